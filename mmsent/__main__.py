@@ -1,0 +1,3 @@
+from mmsent.main import main
+
+main()

@@ -1,0 +1,214 @@
+"""Prepare once, then read fast: the cached Arrow dataset behind every DataModule.
+
+The cache folder is named after a hash of the source's fingerprint, so a changed
+input file or preprocessing setting prepares anew and an unchanged one is read
+back memory-mapped without decoding a frame. Preparation writes shards as it goes:
+an interrupted run keeps them and the next run starts where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import datasets
+import numpy as np
+from tqdm.auto import tqdm
+
+from mmsent.data.schema import MODALITIES, SPLITS, DatasetSpec
+from mmsent.data.sources import DataSource, Loaded, save_json
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+ERROR_POLICIES = ("mask", "skip", "raise")
+
+
+@dataclass
+class PreparedData:
+    """A prepared dataset.
+
+    Attributes:
+        splits (datasets.DatasetDict): One memory-mapped dataset per split.
+        spec (DatasetSpec): What the examples hold.
+        path (Path): The cache folder.
+        problems (list[str]): Clips that failed to decode, one message each.
+    """
+
+    splits: datasets.DatasetDict
+    spec: DatasetSpec
+    path: Path
+    problems: list[str]
+
+
+def cache_key(source: DataSource, on_error: str) -> str:
+    """The cache folder name for a source and its settings.
+
+    Args:
+        source (DataSource): The data source.
+        on_error (str): The decode-error policy (it changes what is kept).
+
+    Returns:
+        str: ``"<source name>-<12 hex digits>"``.
+    """
+    payload = {"format": CACHE_FORMAT, "class": type(source).__qualname__,
+               "on_error": on_error, **source.fingerprint()}
+    digest = hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{source.name}-{digest[:12]}"
+
+
+def prepare(source: DataSource, cache_dir: str | Path, on_error: str = "mask",
+            chunk_size: int = 256, num_workers: int = 0) -> PreparedData:
+    """Returns the cached dataset for a source, preparing it first when needed.
+
+    Args:
+        source (DataSource): The data source.
+        cache_dir (str | Path): The folder holding all caches.
+        on_error (str): What to do with a clip whose file fails to decode:
+            ``"mask"`` keeps it with that modality masked, ``"skip"`` leaves it out,
+            ``"raise"`` stops with the file's name.
+        chunk_size (int): Clips per shard: the most work an interruption can lose.
+        num_workers (int): Processes decoding in parallel (0: in this process).
+
+    Returns:
+        PreparedData: The dataset, its spec and any decode problems.
+    """
+    if on_error not in ERROR_POLICIES:
+        raise ValueError(f"on_decode_error must be one of {ERROR_POLICIES}, got {on_error!r}")
+    folder = Path(cache_dir) / cache_key(source, on_error)
+    if not (folder / "spec.json").exists():
+        _build(source, folder, on_error, chunk_size, num_workers)
+    return _load(folder)
+
+
+def _load(folder: Path) -> PreparedData:
+    meta = json.loads((folder / "spec.json").read_text())
+    splits = datasets.load_from_disk(str(folder / "data"))
+    return PreparedData(splits, DatasetSpec(**meta["spec"]), folder, meta["problems"])
+
+
+def _build(source: DataSource, folder: Path, on_error: str, chunk_size: int, workers: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    records, spec = source.open(folder)
+    features = arrow_features(spec)
+    shard_dir = folder / "shards"
+    shard_dir.mkdir(exist_ok=True)
+    problems: list[str] = []
+    chunks = [records[i:i + chunk_size] for i in range(0, len(records), chunk_size)]
+    with tqdm(total=len(records), desc=f"preparing {source.name}", unit="clip") as bar:
+        for index, chunk in enumerate(chunks):
+            problems += _shard(source, chunk, spec, features, shard_dir / f"{index:05d}", on_error, workers)
+            bar.update(len(chunk))
+    merged = datasets.concatenate_datasets(
+        [datasets.load_from_disk(str(shard_dir / f"{i:05d}")) for i in range(len(chunks))]
+    )
+    splits = datasets.DatasetDict({
+        split: merged.filter(lambda s, name=split: [x == name for x in s], input_columns="split",
+                             batched=True, desc=f"split {split}")
+        for split in SPLITS
+    })
+    empty = [name for name, part in splits.items() if len(part) == 0]
+    if empty:
+        raise ValueError(f"{source.name}: split(s) {', '.join(empty)} hold no clip after preparation")
+    splits.save_to_disk(str(folder / "data"))
+    _report(source, problems, on_error, folder)
+    save_json(folder / "spec.json", {"spec": asdict(spec), "problems": problems})
+    shutil.rmtree(shard_dir, ignore_errors=True)
+
+
+def _shard(source, chunk, spec, features, path: Path, on_error: str, workers: int) -> list[str]:
+    """Prepares one chunk of clips into a shard, or reads its problems if already done."""
+    done = path / "problems.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    if workers > 0:
+        with get_context("fork").Pool(workers) as pool:
+            results: list[Loaded] = pool.map(source.load, chunk)
+    else:
+        results = [source.load(record) for record in chunk]
+    rows, problems = [], []
+    for result in results:
+        problems += result.problems
+        if result.problems and on_error == "raise":
+            raise RuntimeError("; ".join(result.problems))
+        if result.problems and on_error == "skip":
+            continue
+        rows.append(to_row(result.example, spec))
+    shard = datasets.Dataset.from_list(rows, features=features) if rows else _empty(features)
+    shard.save_to_disk(str(path))
+    save_json(done, problems)
+    return problems
+
+
+def _empty(features: datasets.Features) -> datasets.Dataset:
+    return datasets.Dataset.from_dict({name: [] for name in features}, features=features)
+
+
+def _report(source: DataSource, problems: list[str], on_error: str, folder: Path) -> None:
+    if not problems:
+        return
+    action = "left out" if on_error == "skip" else "kept with the failed modality masked"
+    log.warning("%s: %d clip file(s) failed to decode and were %s; every one is listed in %s. "
+                "First: %s", source.name, len(problems), action, folder / "spec.json", problems[0])
+
+
+def arrow_features(spec: DatasetSpec) -> datasets.Features:
+    """The Arrow schema of prepared examples.
+
+    Args:
+        spec (DatasetSpec): What the examples hold.
+
+    Returns:
+        datasets.Features: The schema.
+    """
+    features = {"id": datasets.Value("string"), "split": datasets.Value("string"),
+                "transcript": datasets.Value("string"), "label": datasets.Value("float32"),
+                "clean_label": datasets.Value("float32")}
+    for modality in spec.modalities:
+        features[f"{modality}_present"] = datasets.Value("bool")
+        features[modality] = _modality_feature(modality, spec)
+    return datasets.Features(features)
+
+
+def _modality_feature(modality: str, spec: DatasetSpec):
+    dim = spec.input_dims[modality]
+    if modality == "text" and spec.text_kind == "tokens":
+        return datasets.Sequence(datasets.Value("int32"))
+    if modality == "video" and spec.video_kind == "frames":
+        return datasets.Array4D(tuple(spec.extras["frame_shape"]), "uint8")
+    return datasets.Array2D((None, dim), "float32")
+
+
+def to_row(example: dict, spec: DatasetSpec) -> dict:
+    """Fills a missing modality with a placeholder and a false presence flag.
+
+    Args:
+        example (dict): An example whose missing modalities are ``None``.
+        spec (DatasetSpec): What the examples hold.
+
+    Returns:
+        dict: A row matching :func:`arrow_features`.
+    """
+    row = {key: example[key] for key in ("id", "split", "transcript", "label", "clean_label")}
+    for modality in spec.modalities:
+        value = example.get(modality)
+        present = value is not None and len(value) > 0
+        row[f"{modality}_present"] = present
+        row[modality] = value if present else _placeholder(modality, spec)
+    return row
+
+
+def _placeholder(modality: str, spec: DatasetSpec):
+    if modality == "text" and spec.text_kind == "tokens":
+        return [spec.pad_token_id]
+    if modality == "video" and spec.video_kind == "frames":
+        return np.zeros(spec.extras["frame_shape"], dtype=np.uint8)
+    return np.zeros((1, spec.input_dims[modality]), dtype=np.float32)
+
+
+__all__ = ["MODALITIES", "PreparedData", "arrow_features", "cache_key", "prepare", "to_row"]

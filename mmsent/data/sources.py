@@ -1,0 +1,343 @@
+"""Data sources: one class per on-disk format, each producing prepared examples.
+
+A source is chosen in YAML (``data.source.class_path``). It does two things: a cheap
+``open`` that validates the index and fits what must be fitted on the training
+split (a tokenizer, feature statistics), and a per-clip ``load`` that does the heavy
+work (decoding). :mod:`mmsent.data.cache` runs ``load`` once per clip, with
+progress, error handling and resumable shards, and caches the result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mmsent.data.media import DecodeError, decode_audio, decode_frames, log_mel_frames
+from mmsent.data.schema import MODALITIES, DatasetSpec, check_label, check_split, make_id
+from mmsent.data.tokenize import TextTokenizer
+
+RAW_COLUMNS = ("video_id", "clip_id", "text", "label", "mode")
+
+
+@dataclass
+class Loaded:
+    """What ``load`` returns for one clip.
+
+    Attributes:
+        example (dict): The example (see :mod:`mmsent.data.schema`); a modality that
+            could not be read is ``None``.
+        problems (list[str]): One message per modality that failed, naming the file.
+    """
+
+    example: dict
+    problems: list[str] = field(default_factory=list)
+
+
+class DataSource(ABC):
+    """One dataset on disk, turned into prepared examples.
+
+    Subclasses set :attr:`name` and implement :meth:`fingerprint`, :meth:`open` and
+    :meth:`load`.
+    """
+
+    name: str = "dataset"
+
+    @abstractmethod
+    def fingerprint(self) -> dict:
+        """dict: Every setting and input-file signature the prepared data depends on.
+
+        The cache is rebuilt exactly when this changes.
+        """
+
+    @abstractmethod
+    def open(self, workdir: Path) -> tuple[list[dict], DatasetSpec]:
+        """Validates the index and fits what depends on the training split.
+
+        Args:
+            workdir (Path): The cache folder for this fingerprint (for a tokenizer).
+
+        Returns:
+            tuple[list[dict], DatasetSpec]: One record per clip (at least ``id`` and
+            ``split``), handed to :meth:`load`, and the spec of what load produces.
+
+        Raises:
+            ValueError: On bad index content, naming the file and row.
+        """
+
+    @abstractmethod
+    def load(self, record: dict) -> Loaded:
+        """Produces one example; must not raise for a bad clip, only report it.
+
+        Args:
+            record (dict): One record from :meth:`open`.
+
+        Returns:
+            Loaded: The example and its problems.
+        """
+
+
+def file_signature(paths: list[Path]) -> str:
+    """A hash of the size and modification time of files, cheap even for 20k clips.
+
+    Args:
+        paths (list[Path]): The files; missing ones count as missing.
+
+    Returns:
+        str: A hex digest.
+    """
+    digest = hashlib.sha1()
+    for path in sorted(paths):
+        stat = path.stat() if path.exists() else None
+        digest.update(f"{path}:{stat.st_size if stat else -1}:{stat.st_mtime_ns if stat else -1}\n".encode())
+    return digest.hexdigest()
+
+
+def content_hash(path: Path) -> str:
+    """The SHA-1 of a file's bytes.
+
+    Args:
+        path (Path): The file.
+
+    Returns:
+        str: A hex digest.
+    """
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+def read_label_table(path: Path) -> pd.DataFrame:
+    """Reads and validates an MMSA-style ``label.csv``.
+
+    Args:
+        path (Path): The CSV (``video_id, clip_id, text, label, annotation, mode``).
+
+    Returns:
+        pd.DataFrame: The table with an ``id`` column and float labels.
+
+    Raises:
+        FileNotFoundError: If the file is missing.
+        ValueError: On a missing column, an empty transcript, a bad label, an unknown
+            split or a duplicate id, naming the file and row (1-based, header = row 1).
+    """
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: label file not found")
+    table = pd.read_csv(path, dtype={"video_id": str, "clip_id": str, "text": str, "mode": str},
+                        keep_default_na=False)
+    missing = [c for c in RAW_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
+    seen: dict[str, int] = {}
+    labels = []
+    for index, row in enumerate(table.itertuples(index=False)):
+        where = f"{path}, row {index + 2} ({row.video_id}/{row.clip_id})"
+        if not str(row.text).strip():
+            raise ValueError(f"{where}: empty transcript")
+        labels.append(check_label(_as_float(row.label), where))
+        check_split(row.mode, where)
+        clip = make_id(row.video_id, row.clip_id)
+        if clip in seen:
+            raise ValueError(f"{where}: duplicate id {clip!r} (first at row {seen[clip]})")
+        seen[clip] = index + 2
+    table["label"] = labels
+    table["id"] = list(seen)
+    return table
+
+
+def _as_float(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+class RawClipSource(DataSource):
+    """Raw clips in MMSA's layout: ``label.csv`` plus ``Raw/<video_id>/<clip_id>.mp4``.
+
+    Audio comes from ``<clip_id>.wav`` beside the video where present, otherwise from
+    the video's own audio stream, which is how MMSA ships raw MOSI/MOSEI/SIMS.
+
+    Args:
+        root (str): The dataset folder.
+        label_file (str): The label table, relative to ``root``.
+        video_dir (str): The clip folder, relative to ``root``.
+        video_ext (str): The video file extension.
+        modalities (list[str]): Which of text, audio, video to prepare.
+        frames (int): Frames sampled per clip.
+        frame_size (int): Frame height and width after scaling.
+        sample_rate (int): Audio resampling rate.
+        n_mels (int): Log-mel bands per audio frame.
+        max_audio_frames (int): Longer clips are average-pooled down to this.
+        tokenizer (str): ``"word"``, ``"minilm"``, or a Hugging Face model id or path.
+        max_text_length (int): Longest token sequence kept.
+    """
+
+    name = "raw"
+
+    def __init__(self, root: str, label_file: str = "label.csv", video_dir: str = "Raw",
+                 video_ext: str = "mp4", modalities: list[str] | None = None, frames: int = 16,
+                 frame_size: int = 32, sample_rate: int = 16000, n_mels: int = 40,
+                 max_audio_frames: int = 256, tokenizer: str = "word",
+                 max_text_length: int = 64) -> None:
+        self.root = Path(root)
+        self.label_file = label_file
+        self.video_dir = video_dir
+        self.video_ext = video_ext
+        self.modalities = list(modalities or MODALITIES)
+        unknown = set(self.modalities) - set(MODALITIES)
+        if unknown:
+            raise ValueError(f"modalities: unknown {sorted(unknown)}; expected some of {MODALITIES}")
+        self.frames = frames
+        self.frame_size = frame_size
+        self.sample_rate = sample_rate
+        self.n_mels = n_mels
+        self.max_audio_frames = max_audio_frames
+        self.tokenizer = TextTokenizer(tokenizer, max_text_length)
+
+    def clip_paths(self, video_id: str, clip_id: str) -> tuple[Path, Path]:
+        """The video and audio file of one clip.
+
+        Args:
+            video_id (str): The video.
+            clip_id (str): The clip.
+
+        Returns:
+            tuple[Path, Path]: The video path and the audio path (the WAV beside it if
+            it exists, else the video itself).
+        """
+        video = self.root / self.video_dir / video_id / f"{clip_id}.{self.video_ext}"
+        wav = video.with_suffix(".wav")
+        return video, wav if wav.exists() else video
+
+    def fingerprint(self) -> dict:
+        table = self.root / self.label_file
+        media = [self.root / self.video_dir / p for p in _listing(self.root / self.video_dir)]
+        return {
+            "root": str(self.root.resolve()),
+            "labels": content_hash(table) if table.exists() else None,
+            "media": file_signature(media),
+            "modalities": self.modalities,
+            "frames": self.frames,
+            "frame_size": self.frame_size,
+            "sample_rate": self.sample_rate,
+            "n_mels": self.n_mels,
+            "max_audio_frames": self.max_audio_frames,
+            "tokenizer": self.tokenizer.name,
+            "max_text_length": self.tokenizer.max_length,
+        }
+
+    def open(self, workdir: Path) -> tuple[list[dict], DatasetSpec]:
+        table = read_label_table(self.root / self.label_file)
+        if "text" in self.modalities:
+            self.tokenizer.fit(table.loc[table["mode"] == "train", "text"].tolist(), workdir)
+        records = [self._record(row) for row in table.to_dict("records")]
+        return records, self._spec()
+
+    def _record(self, row: dict) -> dict:
+        video, audio = self.clip_paths(row["video_id"], row["clip_id"])
+        clean = _as_float(row.get("clean_label", math.nan))
+        return {"id": row["id"], "split": row["mode"], "transcript": row["text"], "label": row["label"],
+                "clean_label": clean, "video_path": str(video), "audio_path": str(audio)}
+
+    def _spec(self) -> DatasetSpec:
+        dims = {"text": self.tokenizer.vocab_size if "text" in self.modalities else 0,
+                "audio": self.n_mels, "video": 3}
+        return DatasetSpec(
+            input_dims={m: dims[m] for m in self.modalities},
+            text_kind="tokens",
+            video_kind="frames",
+            pad_token_id=self.tokenizer.pad_token_id if "text" in self.modalities else 0,
+            extras={"frame_shape": [self.frames, self.frame_size, self.frame_size, 3],
+                    "tokenizer": self.tokenizer.name},
+        )
+
+    def load(self, record: dict) -> Loaded:
+        example = {key: record[key] for key in ("id", "split", "transcript", "label", "clean_label")}
+        problems: list[str] = []
+        for modality in MODALITIES:
+            example[modality] = None
+            if modality in self.modalities:
+                try:
+                    example[modality] = self._load_modality(modality, record)
+                except DecodeError as error:
+                    problems.append(f"{record['id']}: {modality}: {error}")
+        return Loaded(example, problems)
+
+    def _load_modality(self, modality: str, record: dict):
+        if modality == "text":
+            return self.tokenizer.encode(record["transcript"])
+        if modality == "audio":
+            samples = decode_audio(record["audio_path"], self.sample_rate)
+            return log_mel_frames(samples, self.sample_rate, self.n_mels,
+                                  max_frames=self.max_audio_frames)
+        return decode_frames(record["video_path"], self.frames, self.frame_size)
+
+
+def _listing(folder: Path) -> list[str]:
+    if not folder.exists():
+        return []
+    return [str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()]
+
+
+class GeneratedSource(RawClipSource):
+    """The built-in default dataset: generated clips in the raw layout.
+
+    The clips are written on first use (deterministic from ``seed``) and then read
+    back through :class:`RawClipSource`, the path real raw clips take. The label
+    table carries the noise-free score, so reports show the best achievable error.
+
+    Args:
+        root (str): Where the clips are written.
+        num_clips (int): How many clips to generate.
+        seed (int): Generation seed.
+        source_frames (int): Frames written per clip.
+        source_frame_size (int): Height and width of the written video.
+        **kwargs: Any :class:`RawClipSource` argument (decoded frames, tokenizer, ...).
+    """
+
+    name = "generated"
+
+    def __init__(self, root: str = "data/generated/default", num_clips: int = 1200, seed: int = 0,
+                 source_frames: int = 16, source_frame_size: int = 64, **kwargs) -> None:
+        super().__init__(root, **kwargs)
+        self.num_clips = num_clips
+        self.seed = seed
+        self.source_frames = source_frames
+        self.source_frame_size = source_frame_size
+
+    def ensure_generated(self) -> None:
+        """Writes the clips unless the same ones are already there."""
+        from mmsent.data.synthetic import generate_raw_dataset
+
+        generate_raw_dataset(self.root, num_clips=self.num_clips, seed=self.seed,
+                             frames=self.source_frames, frame_size=self.source_frame_size,
+                             sample_rate=self.sample_rate)
+
+    def fingerprint(self) -> dict:
+        self.ensure_generated()
+        return super().fingerprint()
+
+
+def save_json(path: Path, payload) -> None:
+    """Writes JSON atomically, so an interrupted write never leaves half a file.
+
+    Args:
+        path (Path): The destination.
+        payload: Anything ``json`` serializes.
+    """
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=_json_default))
+    tmp.replace(path)
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot serialize {type(value).__name__}")

@@ -1,0 +1,93 @@
+"""Text tokenizers: a word-level one trained on the training split, or any Hugging
+Face tokenizer by name or path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PAD, UNK = "[PAD]", "[UNK]"
+
+
+class TextTokenizer:
+    """Turns transcripts into token ids, and saves itself beside the cache.
+
+    Args:
+        name (str): ``"word"`` for a word-level vocabulary learned from the training
+            texts; ``"minilm"`` for the offline MiniLM word-piece tokenizer; anything
+            else is a Hugging Face model id or local path.
+        max_length (int): Longest token sequence kept.
+        min_frequency (int): For ``"word"``: rarer words map to ``[UNK]``.
+    """
+
+    def __init__(self, name: str = "word", max_length: int = 64, min_frequency: int = 1) -> None:
+        self.name = name
+        self.max_length = max_length
+        self.min_frequency = min_frequency
+        self._word = None
+        self._hf = None
+
+    def fit(self, train_texts: list[str], save_dir: Path) -> None:
+        """Learns the vocabulary (word level) or loads the pretrained tokenizer.
+
+        Args:
+            train_texts (list[str]): Training transcripts only, so no test word leaks
+                into the vocabulary.
+            save_dir (Path): Where ``tokenizer.json`` is written for later reuse.
+        """
+        if self.name == "word":
+            self._word = train_word_tokenizer(train_texts, self.min_frequency)
+            save_dir.mkdir(parents=True, exist_ok=True)
+            self._word.save(str(save_dir / "tokenizer.json"))
+        else:
+            from transformers import AutoTokenizer
+
+            from mmsent.models.text import resolve_model_path
+
+            self._hf = AutoTokenizer.from_pretrained(resolve_model_path(self.name))
+
+    @property
+    def vocab_size(self) -> int:
+        """int: The number of token ids."""
+        if self._word is not None:
+            return self._word.get_vocab_size()
+        return len(self._hf)
+
+    @property
+    def pad_token_id(self) -> int:
+        """int: The id of the padding token."""
+        if self._word is not None:
+            return self._word.token_to_id(PAD)
+        return self._hf.pad_token_id or 0
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of one transcript, truncated to ``max_length``.
+
+        Args:
+            text (str): The transcript.
+
+        Returns:
+            list[int]: The ids; a pretrained tokenizer adds its special tokens.
+        """
+        if self._word is not None:
+            return self._word.encode(text).ids[: self.max_length]
+        return self._hf(text, truncation=True, max_length=self.max_length)["input_ids"]
+
+
+def train_word_tokenizer(texts: list[str], min_frequency: int = 1):
+    """Trains a lower-cased word-level tokenizer with the ``tokenizers`` library.
+
+    Args:
+        texts (list[str]): The corpus.
+        min_frequency (int): Words seen fewer times map to ``[UNK]``.
+
+    Returns:
+        tokenizers.Tokenizer: The trained tokenizer; ``[PAD]`` has id 0.
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.WordLevelTrainer(special_tokens=[PAD, UNK], min_frequency=min_frequency)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return tokenizer

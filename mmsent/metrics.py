@@ -1,0 +1,132 @@
+"""The field's regression metrics for sentiment scores, with MMSA's definitions.
+
+MMSA (thuiar/MMSA, ``utils/metricsTop.py``) is what MOSI/MOSEI papers report, so
+the names and definitions here match it exactly:
+
+* ``Has0_acc_2`` / ``Has0_F1_score``: binary, positive means ``>= 0``, every sample.
+* ``Non0_acc_2`` / ``Non0_F1_score``: binary, positive means ``> 0``, samples whose
+  label is exactly 0 are left out.
+* ``Mult_acc_5`` / ``Mult_acc_7``: clip to ``[-2, 2]`` / ``[-3, 3]``, round, exact match.
+* ``MAE`` and ``Corr`` (Pearson). F1 is weighted by class support.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics import Metric
+
+METRIC_NAMES: tuple[str, ...] = (
+    "Has0_acc_2",
+    "Has0_F1_score",
+    "Non0_acc_2",
+    "Non0_F1_score",
+    "Mult_acc_5",
+    "Mult_acc_7",
+    "MAE",
+    "Corr",
+)
+
+
+def weighted_f1(truth: torch.Tensor, pred: torch.Tensor) -> float:
+    """F1 averaged over the two classes, weighted by their support (sklearn's "weighted").
+
+    Args:
+        truth (torch.Tensor): Boolean ground truth, shape ``(N,)``.
+        pred (torch.Tensor): Boolean predictions, shape ``(N,)``.
+
+    Returns:
+        float: The weighted F1 score, 0 for empty input.
+    """
+    if truth.numel() == 0:
+        return 0.0
+    total = 0.0
+    for positive in (True, False):
+        actual = truth == positive
+        guessed = pred == positive
+        true_pos = (actual & guessed).sum().item()
+        precision = true_pos / guessed.sum().item() if guessed.any() else 0.0
+        recall = true_pos / actual.sum().item() if actual.any() else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        total += f1 * actual.sum().item()
+    return total / truth.numel()
+
+
+def pearson(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Pearson correlation, 0 when either side is constant.
+
+    Args:
+        pred (torch.Tensor): Predictions, shape ``(N,)``.
+        target (torch.Tensor): Labels, shape ``(N,)``.
+
+    Returns:
+        float: The correlation coefficient.
+    """
+    pred = pred.double() - pred.double().mean()
+    target = target.double() - target.double().mean()
+    denom = pred.norm() * target.norm()
+    return float((pred @ target) / denom) if denom > 0 else 0.0
+
+
+def regression_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """Computes every MMSA regression metric.
+
+    Args:
+        pred (torch.Tensor): Predicted scores, shape ``(N,)``.
+        target (torch.Tensor): True scores in ``[-3, 3]``, shape ``(N,)``.
+
+    Returns:
+        dict[str, float]: One value per name in :data:`METRIC_NAMES`; accuracies and F1
+        as fractions in ``[0, 1]``.
+    """
+    pred = pred.detach().float().flatten().cpu()
+    target = target.detach().float().flatten().cpu()
+    non_zero = target != 0
+    has0_truth, has0_pred = target >= 0, pred >= 0
+    non0_truth, non0_pred = target[non_zero] > 0, pred[non_zero] > 0
+    return {
+        "Has0_acc_2": float((has0_truth == has0_pred).float().mean()),
+        "Has0_F1_score": weighted_f1(has0_truth, has0_pred),
+        "Non0_acc_2": float((non0_truth == non0_pred).float().mean()) if non_zero.any() else 0.0,
+        "Non0_F1_score": weighted_f1(non0_truth, non0_pred),
+        "Mult_acc_5": _class_accuracy(pred, target, 2.0),
+        "Mult_acc_7": _class_accuracy(pred, target, 3.0),
+        "MAE": float((pred - target).abs().mean()),
+        "Corr": pearson(pred, target),
+    }
+
+
+def _class_accuracy(pred: torch.Tensor, target: torch.Tensor, bound: float) -> float:
+    pred_class = torch.round(pred.clamp(-bound, bound))
+    target_class = torch.round(target.clamp(-bound, bound))
+    return float((pred_class == target_class).float().mean())
+
+
+class SentimentMetrics(Metric):
+    """Accumulates predictions over an epoch and computes :func:`regression_metrics`.
+
+    The metrics are not decomposable (F1, correlation), so the metric keeps every
+    prediction; an epoch of sentiment scores is small.
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("preds", default=[], dist_reduce_fx="cat")
+        self.add_state("targets", default=[], dist_reduce_fx="cat")
+
+    def update(self, preds: torch.Tensor, targets: torch.Tensor) -> None:
+        """Adds a batch.
+
+        Args:
+            preds (torch.Tensor): Predicted scores.
+            targets (torch.Tensor): True scores.
+        """
+        self.preds.append(preds.detach().flatten().float())
+        self.targets.append(targets.detach().flatten().float())
+
+    def compute(self) -> dict[str, float]:
+        """dict[str, float]: Every MMSA metric over the accumulated samples."""
+        preds = torch.cat(self.preds) if isinstance(self.preds, list) else self.preds
+        targets = torch.cat(self.targets) if isinstance(self.targets, list) else self.targets
+        return regression_metrics(preds, targets)

@@ -1,0 +1,19 @@
+"""Plain ``nn.Module`` networks, usable without Lightning."""
+
+from mmsent.models.audio import AcousticMLPEncoder
+from mmsent.models.fusion import ConcatFusion, LateFusionModel, LowRankFusion, RegressionHead, TensorFusion
+from mmsent.models.text import TextLSTMEncoder
+from mmsent.models.visual import FrameCNNEncoder, Visual3DCNNEncoder, VisualSequenceEncoder
+
+__all__ = [
+    "AcousticMLPEncoder",
+    "ConcatFusion",
+    "FrameCNNEncoder",
+    "LateFusionModel",
+    "LowRankFusion",
+    "RegressionHead",
+    "TensorFusion",
+    "TextLSTMEncoder",
+    "Visual3DCNNEncoder",
+    "VisualSequenceEncoder",
+]

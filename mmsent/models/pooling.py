@@ -1,0 +1,48 @@
+"""Masked pooling over a time axis, shared by the sequence encoders."""
+
+from __future__ import annotations
+
+import torch
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Averages the valid steps of a sequence.
+
+    Args:
+        x (torch.Tensor): Sequence, shape ``(B, T, D)``.
+        mask (torch.Tensor): True at valid steps, shape ``(B, T)``.
+
+    Returns:
+        torch.Tensor: Shape ``(B, D)``; all zeros for a sample with no valid step.
+    """
+    weights = mask.unsqueeze(-1).to(x.dtype)
+    return (x * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+def masked_mean_std(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Statistics pooling: the mean and standard deviation of the valid steps.
+
+    Args:
+        x (torch.Tensor): Sequence, shape ``(B, T, D)``.
+        mask (torch.Tensor): True at valid steps, shape ``(B, T)``.
+
+    Returns:
+        torch.Tensor: Shape ``(B, 2 * D)``, mean then standard deviation.
+    """
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean.unsqueeze(1)) ** 2, mask)
+    return torch.cat([mean, var.clamp(min=1e-8).sqrt()], dim=-1)
+
+
+def masked_max(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Max over the valid steps.
+
+    Args:
+        x (torch.Tensor): Sequence, shape ``(B, T, D)``.
+        mask (torch.Tensor): True at valid steps, shape ``(B, T)``.
+
+    Returns:
+        torch.Tensor: Shape ``(B, D)``; zeros for a sample with no valid step.
+    """
+    filled = x.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)
+    return torch.where(torch.isfinite(filled), filled, torch.zeros_like(filled))

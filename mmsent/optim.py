@@ -1,0 +1,117 @@
+"""Parameter groups with their own learning rate, weight decay and schedule.
+
+Fine-tuning a fused model wants different steps for different parts: a CNN likes a
+high, decaying rate, an LSTM and an MLP smaller ones, and the freshly trained fusion
+head its own. Groups are named after the modality (or ``fusion``) and configured in
+YAML; an optimizer callable from LightningCLI receives the groups.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+GROUP_KEYS = ("lr", "weight_decay", "momentum", "schedule", "betas", "eps", "alpha", "rho")
+SCHEDULES = ("constant", "step", "exponential", "cosine")
+
+
+def build_param_groups(parts: dict[str, nn.Module], settings: dict[str, dict] | None) -> list[dict]:
+    """One optimizer parameter group per named part, trainable parameters only.
+
+    Args:
+        parts (dict[str, nn.Module]): Named parts, e.g. ``{"text": ..., "fusion": ...}``.
+        settings (dict[str, dict] | None): Per part name, optimizer options for its
+            group (``lr``, ``weight_decay``, ``momentum``...) and an optional
+            ``schedule``; parts without settings use the optimizer's defaults.
+
+    Returns:
+        list[dict]: Groups with ``params`` and ``name``; parts with no trainable
+        parameter are left out.
+
+    Raises:
+        ValueError: If settings name a part that does not exist or an unknown option.
+    """
+    settings = settings or {}
+    unknown = set(settings) - set(parts)
+    if unknown:
+        raise ValueError(f"param_groups: unknown group(s) {sorted(unknown)}; the model has {sorted(parts)}")
+    groups = []
+    for name, module in parts.items():
+        options = dict(settings.get(name, {}))
+        bad = set(options) - set(GROUP_KEYS)
+        if bad:
+            raise ValueError(f"param_groups.{name}: unknown option(s) {sorted(bad)}; allowed {GROUP_KEYS}")
+        params = [p for p in module.parameters() if p.requires_grad]
+        if params:
+            options.pop("schedule", None)
+            groups.append({"params": params, "name": name, **options})
+    return groups
+
+
+def schedule_factor(schedule: dict | None) -> Callable[[int], float]:
+    """A learning-rate multiplier as a function of the epoch.
+
+    Args:
+        schedule (dict | None): ``{"name": "constant"}``, ``{"name": "step",
+            "step_size": 5, "gamma": 0.5}``, ``{"name": "exponential", "gamma": 0.9}``
+            or ``{"name": "cosine", "epochs": 20, "min_factor": 0.0}``, each with an
+            optional ``warmup`` (epochs of linear ramp-up).
+
+    Returns:
+        Callable[[int], float]: The multiplier for epoch ``e`` (0-based).
+    """
+    schedule = dict(schedule or {"name": "constant"})
+    name = schedule.pop("name", "constant")
+    warmup = schedule.pop("warmup", 0)
+    if name not in SCHEDULES:
+        raise ValueError(f"schedule name must be one of {SCHEDULES}, got {name!r}")
+    if name == "step":
+        step_size, gamma = schedule.get("step_size", 10), schedule.get("gamma", 0.1)
+
+        def decay(epoch: int) -> float:
+            return gamma ** (epoch // step_size)
+    elif name == "exponential":
+        gamma = schedule.get("gamma", 0.9)
+
+        def decay(epoch: int) -> float:
+            return gamma**epoch
+    elif name == "cosine":
+        epochs, floor = schedule.get("epochs", 20), schedule.get("min_factor", 0.0)
+
+        def decay(epoch: int) -> float:
+            progress = min(epoch, epochs) / max(epochs, 1)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    else:
+
+        def decay(epoch: int) -> float:
+            return 1.0
+
+    def factor(epoch: int) -> float:
+        ramp = min(1.0, (epoch + 1) / warmup) if warmup else 1.0
+        return ramp * decay(epoch)
+
+    return factor
+
+
+def per_group_scheduler(optimizer: Optimizer, settings: dict[str, dict] | None) -> LambdaLR:
+    """A per-epoch scheduler applying each group's own schedule.
+
+    Args:
+        optimizer (Optimizer): Built from :func:`build_param_groups`.
+        settings (dict[str, dict] | None): The same settings, read for ``schedule``.
+
+    Returns:
+        LambdaLR: One multiplier function per group.
+    """
+    settings = settings or {}
+    factors = [schedule_factor(settings.get(g.get("name"), {}).get("schedule")) for g in optimizer.param_groups]
+    return LambdaLR(optimizer, factors)
+
+
+def has_schedules(settings: dict[str, dict] | None) -> bool:
+    """bool: Whether any group setting names a schedule."""
+    return any("schedule" in options for options in (settings or {}).values())

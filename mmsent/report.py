@@ -1,0 +1,133 @@
+"""The pipeline report: every stage's validation and test metrics side by side,
+printed and written as ``report.json``, ``report.md`` and ``report.png``."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from mmsent.data.sources import save_json
+from mmsent.metrics import METRIC_NAMES
+
+PERCENT = {"Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score", "Mult_acc_5", "Mult_acc_7"}
+TABLE_METRICS = ("MAE", "Corr", "Non0_acc_2", "Non0_F1_score", "Has0_acc_2", "Mult_acc_7")
+
+
+def report_rows(manifest: dict) -> list[dict]:
+    """One row per finished stage.
+
+    Args:
+        manifest (dict): The pipeline manifest.
+
+    Returns:
+        list[dict]: ``stage``, ``val`` and ``test`` (MMSA metric name -> value),
+        ``best_achievable_MAE`` where known, ``wall_time_s``.
+    """
+    rows = []
+    for name, record in manifest.get("stages", {}).items():
+        if record.get("status") != "done":
+            continue
+        metrics = record.get("metrics", {})
+        row = {"stage": name, "wall_time_s": record.get("wall_time_s")}
+        for split in ("val", "test"):
+            row[split] = {k: v for k, v in metrics.get(split, {}).items() if k in METRIC_NAMES}
+        best = metrics.get("test", {}).get("best_achievable_MAE")
+        if best is not None and math.isfinite(best):
+            row["best_achievable_MAE"] = best
+        extra = {k: v for k, v in metrics.get("test", {}).items()
+                 if k.startswith(("without_", "contribution/"))}
+        if extra:
+            row["ablation"] = extra
+        rows.append(row)
+    return rows
+
+
+def _format(name: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.1f}" if name in PERCENT else f"{value:.3f}"
+
+
+def markdown_table(rows: list[dict], baselines: dict) -> str:
+    """The report as a Markdown table.
+
+    Args:
+        rows (list[dict]): From :func:`report_rows`.
+        baselines (dict): Reference predictors, e.g. ``{"constant": {"MAE": ...}}``.
+
+    Returns:
+        str: Markdown; accuracies and F1 in percent.
+    """
+    header = ["stage"] + [f"test {m}" for m in TABLE_METRICS] + ["val MAE", "best achievable MAE", "time (s)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["stage"]] + [_format(m, row["test"].get(m)) for m in TABLE_METRICS]
+        cells += [_format("MAE", row["val"].get("MAE")),
+                  _format("MAE", row.get("best_achievable_MAE")), f"{row.get('wall_time_s') or 0:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    for name, values in baselines.items():
+        cells = [f"*{name} predictor*", _format("MAE", values.get("MAE"))] + ["-"] * (len(header) - 2)
+        lines.append("| " + " | ".join(cells) + " |")
+    contributions = [r for r in rows if "ablation" in r]
+    if contributions:
+        lines += ["", "Per-modality contribution (test MAE with the modality masked, minus full MAE):", ""]
+        for row in contributions:
+            parts = [f"{k.split('/')[1]} {v:+.3f}" for k, v in row["ablation"].items() if k.startswith("contribution/")]
+            lines.append(f"- {row['stage']}: " + ", ".join(parts))
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], baselines: dict, path: Path) -> None:
+    """A bar chart of test MAE and correlation per stage.
+
+    Args:
+        rows (list[dict]): From :func:`report_rows`.
+        baselines (dict): Reference predictors, drawn as lines.
+        path (Path): The PNG to write.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["stage"] for r in rows]
+    fig, (ax_mae, ax_corr) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_mae.bar(names, [r["test"].get("MAE", 0) for r in rows], color="tab:blue")
+    ax_mae.set_title("test MAE (lower is better)")
+    best = [r["best_achievable_MAE"] for r in rows if "best_achievable_MAE" in r]
+    if best:
+        ax_mae.axhline(best[0], color="tab:green", linestyle="--", label="best achievable")
+    if "constant" in baselines:
+        ax_mae.axhline(baselines["constant"]["MAE"], color="tab:red", linestyle=":", label="constant")
+    ax_mae.legend(loc="upper right")
+    ax_corr.bar(names, [r["test"].get("Corr", 0) for r in rows], color="tab:orange")
+    ax_corr.set_title("test Pearson correlation")
+    ax_corr.set_ylim(min(0.0, *[r["test"].get("Corr", 0) for r in rows]), 1.0)
+    for ax in (ax_mae, ax_corr):
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(manifest: dict, out_dir: Path) -> dict:
+    """Prints the table and writes ``report.json``, ``report.md`` and ``report.png``.
+
+    Args:
+        manifest (dict): The pipeline manifest.
+        out_dir (Path): The pipeline's output folder.
+
+    Returns:
+        dict: The report as written to ``report.json``.
+    """
+    out_dir = Path(out_dir)
+    rows = report_rows(manifest)
+    baselines = manifest.get("baselines", {})
+    report = {"pipeline": manifest.get("pipeline"), "stages": rows, "baselines": baselines}
+    save_json(out_dir / "report.json", report)
+    table = markdown_table(rows, baselines)
+    (out_dir / "report.md").write_text(f"# {manifest.get('pipeline')} report\n\n{table}")
+    if rows:
+        plot(rows, baselines, out_dir / "report.png")
+    print(f"\n{table}\nreport written to {out_dir / 'report.md'}")
+    return report

@@ -1,0 +1,150 @@
+"""The base LightningModule: loss, metrics, logging, optimizers, checkpoint metadata.
+
+Subclasses build their networks in :meth:`configure_models` and score a batch in
+:meth:`forward`; everything else (L1/MSE loss, the MMSA metrics per split, the best
+achievable error on generated data, regularization, per-group optimizers) lives here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+
+from mmsent.metrics import SentimentMetrics
+from mmsent.optim import build_param_groups, has_schedules, per_group_scheduler
+from mmsent.regularization import Regularizer
+
+LOSSES = {"l1": nn.functional.l1_loss, "mse": nn.functional.mse_loss,
+          "huber": nn.functional.smooth_l1_loss}
+STAGES = ("val", "test")
+
+
+class BaseTask(pl.LightningModule):
+    """Shared training logic for every sentiment regression task.
+
+    Args:
+        input_dims (dict[str, int] | None): Per modality, the input size of its
+            encoder; linked from the DataModule by the CLI.
+        loss (str): ``"l1"`` (the field's default), ``"mse"`` or ``"huber"``.
+        optimizer (OptimizerCallable): Builds the optimizer from parameter groups.
+        lr_scheduler (LRSchedulerCallable | None): Builds a scheduler for the whole
+            optimizer; ignored when ``param_groups`` set per-group schedules.
+        param_groups (dict[str, dict] | None): Per part (see :meth:`parameter_parts`),
+            its own ``lr``, ``weight_decay``, ``momentum`` and ``schedule``.
+        regularizer (Regularizer | None): A weight penalty added to the training loss.
+    """
+
+    def __init__(self, input_dims: dict[str, int] | None = None, loss: str = "l1",
+                 optimizer: OptimizerCallable = torch.optim.Adam,
+                 lr_scheduler: LRSchedulerCallable | None = None,
+                 param_groups: dict[str, dict] | None = None,
+                 regularizer: Regularizer | None = None) -> None:
+        super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"model.loss must be one of {sorted(LOSSES)}, got {loss!r}")
+        self.input_dims = dict(input_dims or {})
+        self.loss_fn = LOSSES[loss]
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+        self.group_settings = param_groups
+        self.regularizer = regularizer
+        self.metrics = nn.ModuleDict({stage: SentimentMetrics() for stage in STAGES})
+        self._best_error: dict[str, list[torch.Tensor]] = {stage: [] for stage in STAGES}
+
+    def save_plain_hyperparameters(self, ignore: tuple[str, ...] = ()) -> None:
+        """Saves the init arguments that are plain data, so checkpoints load with
+        ``weights_only=True``; callables and modules are left to the YAML config.
+
+        Args:
+            ignore (tuple[str, ...]): Further argument names to leave out.
+        """
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "regularizer", *ignore])
+
+    def parameter_parts(self) -> dict[str, nn.Module]:
+        """dict[str, nn.Module]: Named parts that get one optimizer group each."""
+        return {"model": self}
+
+    def compute_loss(self, batch: dict) -> torch.Tensor:
+        """The training objective on one batch (used by diagnostics too).
+
+        Args:
+            batch (dict): A collated batch.
+
+        Returns:
+            torch.Tensor: The scalar loss, regularization included.
+        """
+        loss = self.loss_fn(self(batch), batch["label"])
+        if self.regularizer is not None:
+            loss = loss + self.regularizer(self)
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        preds = self(batch)
+        loss = self.loss_fn(preds, batch["label"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(preds))
+        if self.regularizer is not None:
+            penalty = self.regularizer(self)
+            self.log("train/penalty", penalty, batch_size=len(preds))
+            loss = loss + penalty
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        return {"id": batch["id"], "transcript": batch["transcript"], "label": batch["label"],
+                "prediction": self(batch).detach()}
+
+    def _evaluate(self, batch: dict, stage: str) -> torch.Tensor:
+        preds = self(batch)
+        self.log(f"{stage}/loss", self.loss_fn(preds, batch["label"]), batch_size=len(preds))
+        self.metrics[stage].update(preds, batch["label"])
+        self._best_error[stage].append((batch["label"] - batch["clean_label"]).abs())
+        return preds
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        values = self.metrics[stage].compute()
+        self.metrics[stage].reset()
+        for name, value in values.items():
+            self.log(f"{stage}/{name}", value, prog_bar=name in ("MAE", "Corr"))
+        errors = self._best_error[stage]
+        if errors:
+            best = torch.cat(errors).mean().item()
+            if math.isfinite(best):
+                self.log(f"{stage}/best_achievable_MAE", best)
+        self._best_error[stage] = []
+
+    def configure_optimizers(self):
+        groups = build_param_groups(self.parameter_parts(), self.group_settings)
+        if not groups:
+            raise ValueError("no trainable parameter: every part of the model is frozen")
+        optimizer = self.optimizer_factory(groups)
+        if has_schedules(self.group_settings):
+            scheduler = per_group_scheduler(optimizer, self.group_settings)
+        elif self.scheduler_factory is not None:
+            scheduler = self.scheduler_factory(optimizer)
+        else:
+            return optimizer
+        config = {"scheduler": scheduler, "interval": "epoch"}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config["monitor"] = "val/MAE"
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def on_train_epoch_start(self) -> None:
+        optimizer = self.optimizers()
+        optimizer = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
+        for index, group in enumerate(optimizer.param_groups):
+            self.log(f"lr/{group.get('name', index)}", group["lr"])

@@ -1,0 +1,130 @@
+"""Fusing the pretrained encoders: stage 4 (frozen encoders) and stage 5 (fine-tuning)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from mmsent.data.schema import MODALITIES
+from mmsent.metrics import SentimentMetrics
+from mmsent.models.fusion import ConcatFusion, LateFusionModel, RegressionHead
+from mmsent.tasks.base import BaseTask
+from mmsent.tasks.checkpoints import META_KEY, load_encoder, read_checkpoint
+
+EncoderFactory = Callable[[int], nn.Module]
+
+
+class FusionTask(BaseTask):
+    """Pretrained encoders, a fusion module and a head, over every modality present.
+
+    Stage 4 sets ``freeze_encoders: true`` and loads each encoder from its unimodal
+    checkpoint; frozen encoders also stay in eval mode, so batch norm statistics and
+    dropout do not drift while the head learns. Stage 5 loads the whole stage-4 model
+    with ``init_checkpoint``, unfreezes everything and trains with plain SGD, one
+    parameter group per modality plus ``fusion`` (fusion module and head).
+
+    Args:
+        text_encoder (EncoderFactory | None): Builds the text encoder.
+        audio_encoder (EncoderFactory | None): Builds the acoustic encoder.
+        video_encoder (EncoderFactory | None): Builds the visual encoder.
+        text_checkpoint (str | None): The text stage's checkpoint.
+        audio_checkpoint (str | None): The audio stage's checkpoint.
+        video_checkpoint (str | None): The visual stage's checkpoint.
+        init_checkpoint (str | None): A fusion checkpoint to start from (stage 5).
+        fusion (Callable[[dict], nn.Module]): Builds the fusion module from the
+            encoders' output sizes (``ConcatFusion``, ``TensorFusion``, ``LowRankFusion``).
+        head_hidden (int): Hidden size of the head; 0 for linear.
+        freeze_encoders (bool): Train only the fusion module and head.
+        modality_dropout (float): Probability of dropping each modality per sample.
+        **kwargs: :class:`BaseTask` arguments (loss, optimizer, param_groups, ...).
+    """
+
+    def __init__(self, text_encoder: EncoderFactory | None = None,
+                 audio_encoder: EncoderFactory | None = None,
+                 video_encoder: EncoderFactory | None = None,
+                 text_checkpoint: str | None = None, audio_checkpoint: str | None = None,
+                 video_checkpoint: str | None = None, init_checkpoint: str | None = None,
+                 fusion: Callable[[dict], nn.Module] = ConcatFusion, head_hidden: int = 0,
+                 freeze_encoders: bool = True, modality_dropout: float = 0.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.save_plain_hyperparameters(ignore=("text_encoder", "audio_encoder", "video_encoder", "fusion"))
+        factories = {"text": text_encoder, "audio": audio_encoder, "video": video_encoder}
+        checkpoints = {"text": text_checkpoint, "audio": audio_checkpoint, "video": video_checkpoint}
+        encoders = self._build_encoders(factories, checkpoints)
+        fusion_module = fusion({m: e.out_dim for m, e in encoders.items()})
+        head = RegressionHead(fusion_module.out_dim, head_hidden)
+        self.model = LateFusionModel(encoders, fusion_module, head, modality_dropout)
+        if init_checkpoint:
+            self._load_fused(init_checkpoint)
+        self.freeze_encoders = freeze_encoders
+        self.model.encoders.requires_grad_(not freeze_encoders)
+        self.ablation = nn.ModuleDict({m: SentimentMetrics() for m in encoders})
+
+    def _build_encoders(self, factories: dict, checkpoints: dict) -> nn.ModuleDict:
+        encoders = nn.ModuleDict()
+        for modality in MODALITIES:
+            factory = factories[modality]
+            if factory is None:
+                continue
+            if modality not in self.input_dims:
+                raise ValueError(f"model.{modality}_encoder is set but the data holds only "
+                                 f"{sorted(self.input_dims)}")
+            encoders[modality] = factory(self.input_dims[modality])
+            if checkpoints[modality]:
+                load_encoder(encoders[modality], modality, checkpoints[modality],
+                             f"model.{modality}_checkpoint")
+        if not encoders:
+            raise ValueError("model: configure at least one of text_encoder, audio_encoder, video_encoder")
+        return encoders
+
+    def _load_fused(self, path: str) -> None:
+        checkpoint = read_checkpoint(path, "model.init_checkpoint")
+        meta = checkpoint.get(META_KEY, {})
+        if meta.get("task") not in (None, "fusion"):
+            raise ValueError(f"model.init_checkpoint: {path} holds a {meta['task']} model, not a fused one")
+        state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+        try:
+            self.model.load_state_dict(state)
+        except RuntimeError as error:
+            raise ValueError(f"model.init_checkpoint: the weights in {path} do not fit the configured "
+                             f"encoders {meta.get('encoder_classes')} vs "
+                             f"{ {m: type(e).__name__ for m, e in self.model.encoders.items()} }: {error}") from error
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze_encoders:
+            self.model.encoders.eval()
+        return self
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.model(batch)
+
+    def parameter_parts(self) -> dict[str, nn.Module]:
+        parts = dict(self.model.encoders.items())
+        parts["fusion"] = nn.ModuleList([self.model.fusion, self.model.head])
+        return parts
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        super().test_step(batch, batch_idx)
+        embeddings = self.model.encode(batch)
+        present = self.model.presence(batch)
+        for modality, metric in self.ablation.items():
+            ablated = dict(present)
+            ablated[modality] = torch.zeros_like(present[modality])
+            metric.update(self.model.predict_from_embeddings(embeddings, ablated), batch["label"])
+
+    def on_test_epoch_end(self) -> None:
+        full_mae = self.metrics["test"].compute()["MAE"]
+        super().on_test_epoch_end()
+        for modality, metric in self.ablation.items():
+            without = metric.compute()
+            metric.reset()
+            self.log(f"test/without_{modality}/MAE", without["MAE"])
+            self.log(f"test/without_{modality}/Corr", without["Corr"])
+            self.log(f"test/contribution/{modality}", without["MAE"] - full_mae)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[META_KEY] = {"task": "fusion",
+                                "encoder_classes": {m: type(e).__name__ for m, e in self.model.encoders.items()}}

@@ -1,0 +1,42 @@
+"""Shared fixtures: a tiny generated raw dataset, written once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = Path(__file__).resolve().parent / "conf"
+MOSI_DIR = Path(os.environ.get("MMSENT_MOSI_DIR", REPO.parent / "shared" / "data" / "cmu-mosi"))
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+@pytest.fixture(scope="session")
+def tiny_raw(tmp_path_factory) -> Path:
+    """A 48-clip generated dataset in the raw layout (mp4 + wav + label.csv)."""
+    from mmsent.data.synthetic import generate_raw_dataset
+
+    root = tmp_path_factory.mktemp("tiny_raw")
+    generate_raw_dataset(root, num_clips=48, seed=0, frames=8, frame_size=32)
+    return root
+
+
+@pytest.fixture()
+def tiny_data_args(tiny_raw, tmp_path) -> list[str]:
+    """CLI arguments pointing the tests' data config at the tiny dataset."""
+    return ["-c", str(CONF / "tiny_data.yaml"),
+            f"--data.source.init_args.root={tiny_raw}",
+            f"--data.cache_dir={tmp_path / 'cache'}",
+            f"--trainer.default_root_dir={tmp_path / 'run'}"]
+
+
+@pytest.fixture()
+def mosi_dir() -> Path:
+    """The real CMU-MOSI folder; tests that need it skip when it is absent."""
+    if not (MOSI_DIR / "label.csv").exists():
+        pytest.skip(f"real CMU-MOSI data not found at {MOSI_DIR} (set MMSENT_MOSI_DIR)")
+    return MOSI_DIR

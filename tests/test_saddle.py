@@ -1,0 +1,264 @@
+"""Tests for the Hessian diagnostics and the saddle-point monitor."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from mmsent.callbacks.saddle import SaddlePointMonitor
+from mmsent.diagnostics import (
+    extreme_hessian_eigenvalues,
+    hessian_vector_product,
+    is_indefinite,
+    probe_neighbourhood,
+)
+
+A = torch.diag(torch.tensor([3.0, -2.0, 1.0]))
+
+
+def _quadratic(matrix: torch.Tensor, x: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """Returns the closure ``0.5 xᵀ M x``, whose Hessian is ``M``."""
+    return lambda: 0.5 * x @ matrix @ x
+
+
+def test_hessian_vector_product_of_quadratic() -> None:
+    x = torch.tensor([0.3, -0.2, 0.5], requires_grad=True)
+    v = torch.tensor([1.0, 2.0, -1.0])
+    (hv,) = hessian_vector_product(_quadratic(A, x), [x], [v])
+    assert torch.allclose(hv, A @ v)
+    assert x.grad is None
+
+
+def test_hessian_vector_product_over_several_tensors() -> None:
+    w = torch.tensor([[1.0, 2.0]], requires_grad=True)
+    b = torch.tensor([0.5], requires_grad=True)
+    unused = torch.zeros(2, requires_grad=True)
+
+    def loss() -> torch.Tensor:
+        return (w.sum() * b.sum()) ** 2
+
+    hw, hb, hu = hessian_vector_product(
+        loss, [w, b, unused], [torch.ones(1, 2), torch.ones(1), torch.ones(2)]
+    )
+    # Compare with the dense Hessian of the same function of the flattened parameters.
+    flat = torch.cat([w.detach().flatten(), b.detach()]).requires_grad_(True)
+    dense = torch.autograd.functional.hessian(lambda z: (z[:2].sum() * z[2]) ** 2, flat)
+    assert torch.allclose(torch.cat([hw.flatten(), hb]), dense @ torch.ones(3))
+    assert torch.equal(hu, torch.zeros(2))
+
+
+def test_extreme_eigenvalues_of_known_quadratic() -> None:
+    x = torch.tensor([0.3, -0.2, 0.5], requires_grad=True)
+    lambda_max, lambda_min, (v,) = extreme_hessian_eigenvalues(_quadratic(A, x), [x])
+    assert lambda_max == pytest.approx(3.0, abs=1e-4)
+    assert lambda_min == pytest.approx(-2.0, abs=1e-4)
+    assert is_indefinite(lambda_max, lambda_min, tol=1e-3)
+    assert torch.allclose(v.abs(), torch.tensor([0.0, 1.0, 0.0]), atol=1e-4)
+
+
+def test_extreme_eigenvalues_when_magnitudes_tie() -> None:
+    # ±2 defeats plain power iteration, which cannot tell the two ends apart.
+    z = torch.tensor([1e-3, 1e-3], requires_grad=True)
+    lambda_max, lambda_min, _ = extreme_hessian_eigenvalues(
+        lambda: z[0] ** 2 - z[1] ** 2, [z], iterations=5
+    )
+    assert (lambda_max, lambda_min) == (pytest.approx(2.0, abs=1e-4), pytest.approx(-2.0, abs=1e-4))
+
+
+def test_extreme_eigenvalues_of_larger_matrix() -> None:
+    generator = torch.Generator().manual_seed(1)
+    n = 60
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=generator, dtype=torch.float64))
+    spectrum = torch.cat(
+        [
+            torch.linspace(-1.0, 1.0, n - 2, dtype=torch.float64),
+            torch.tensor([4.0, -5.0], dtype=torch.float64),
+        ]
+    )
+    matrix = ((q * spectrum) @ q.T).float()
+    x = torch.randn(n, generator=generator).requires_grad_(True)
+    lambda_max, lambda_min, (v,) = extreme_hessian_eigenvalues(
+        _quadratic(matrix, x), [x], iterations=20
+    )
+    assert lambda_max == pytest.approx(4.0, abs=1e-3)
+    assert lambda_min == pytest.approx(-5.0, abs=1e-3)
+    assert torch.allclose(matrix @ v, lambda_min * v, atol=1e-3)
+
+
+def test_extreme_eigenvalues_of_small_network_match_dense_hessian() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1))
+    x, y = torch.randn(10, 2), torch.randn(10, 1)
+    names = [name for name, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+
+    def flat_loss(flat: torch.Tensor) -> torch.Tensor:
+        chunks = flat.split([s.numel() for s in shapes])
+        params = {n: c.view(s) for n, c, s in zip(names, chunks, shapes, strict=True)}
+        return nn.functional.mse_loss(torch.func.functional_call(model, params, (x,)), y)
+
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    dense = torch.autograd.functional.hessian(flat_loss, flat)
+    expected = torch.linalg.eigvalsh(dense.double())
+    lambda_max, lambda_min, _ = extreme_hessian_eigenvalues(
+        lambda: nn.functional.mse_loss(model(x), y), model.parameters(), iterations=20
+    )
+    assert lambda_max == pytest.approx(expected[-1].item(), abs=1e-4)
+    assert lambda_min == pytest.approx(expected[0].item(), abs=1e-4)
+
+
+def test_positive_definite_quadratic_is_not_indefinite() -> None:
+    x = torch.ones(3, requires_grad=True)
+    lambda_max, lambda_min, _ = extreme_hessian_eigenvalues(
+        _quadratic(torch.diag(torch.tensor([3.0, 2.0, 1.0])), x), [x]
+    )
+    assert lambda_min == pytest.approx(1.0, abs=1e-4)
+    assert not is_indefinite(lambda_max, lambda_min)
+
+
+def test_linear_loss_has_zero_hessian() -> None:
+    w = torch.ones(4, requires_grad=True)
+    assert extreme_hessian_eigenvalues(lambda: (2 * w).sum(), [w])[:2] == (0.0, 0.0)
+
+
+def test_is_indefinite_tolerance() -> None:
+    assert is_indefinite(1.0, -0.5)
+    assert not is_indefinite(1.0, -1e-8, tol=1e-6)
+    assert not is_indefinite(-0.1, -0.5)
+
+
+def test_probe_restores_parameters_bit_exactly() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 1))
+    x, y = torch.randn(16, 5), torch.randn(16, 1)
+    before = [p.detach().clone() for p in model.parameters()]
+
+    def loss() -> torch.Tensor:
+        return nn.functional.mse_loss(model(x), y)
+
+    result = probe_neighbourhood(loss, model.parameters(), radius=0.3, num_directions=6, seed=3)
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+    assert result.base_loss == pytest.approx(loss().item())
+    assert len(result.losses) == 6
+    assert result.best_delta == pytest.approx(min(result.losses) - result.base_loss)
+    norm = sum(d.pow(2).sum() for d in result.best_direction).sqrt()
+    assert norm.item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_probe_restores_parameters_when_loss_fails() -> None:
+    w = torch.ones(3, requires_grad=True)
+    calls = []
+
+    def loss() -> torch.Tensor:
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("boom")
+        return w.sum()
+
+    with pytest.raises(RuntimeError):
+        probe_neighbourhood(loss, [w], radius=1.0, num_directions=2, seed=0)
+    assert torch.equal(w, torch.ones(3))
+
+
+def test_probe_finds_descent_at_a_saddle() -> None:
+    x = torch.zeros(3, requires_grad=True)
+    result = probe_neighbourhood(_quadratic(A, x), [x], radius=0.5, num_directions=16, seed=0)
+    assert result.best_delta < 0
+
+
+class _Saddle(pl.LightningModule):
+    """``f(x, y) = 1 + x² - y²`` started next to its saddle at the origin.
+
+    The offset keeps the loss away from 0 so that relative improvements are meaningful.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.point = nn.Parameter(torch.tensor([1e-3, 1e-4]))
+        self.dropout = nn.Dropout(0.5)
+        self.modes_seen: list[bool] = []
+        self.losses: list[float] = []
+
+    def compute_loss(self, batch: dict) -> torch.Tensor:
+        self.modes_seen.append(self.dropout.training)
+        x, y = self.point
+        return 1.0 + x**2 - y**2 + 0.0 * batch["x"].sum()
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.compute_loss(batch)
+        self.losses.append(loss.item())
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=1e-3)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader([{"x": torch.zeros(1)}] * 64, batch_size=1)
+
+
+def _fit(monitor: SaddlePointMonitor, model: pl.LightningModule, steps: int) -> pl.Trainer:
+    trainer = pl.Trainer(
+        max_steps=steps,
+        callbacks=[monitor],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    trainer.fit(model)
+    return trainer
+
+
+def test_monitor_detects_plateau_logs_and_escapes() -> None:
+    model = _Saddle()
+    monitor = SaddlePointMonitor(
+        window=5, iterations=5, num_directions=4, escape=True, escape_step=0.5
+    )
+    trainer = _fit(monitor, model, steps=12)
+
+    assert len(monitor.history) == 1, "the plateau was not detected"
+    check = monitor.history[0]
+    assert check["reason"] == "plateau" and check["step"] == 10
+    assert check["lambda_max"] == pytest.approx(2.0, abs=1e-3)
+    assert check["lambda_min"] == pytest.approx(-2.0, abs=1e-3)
+    assert check["indefinite"] and check["escaped"]
+    assert check["escape_delta"] == pytest.approx(-0.25, abs=1e-2)
+    assert model.losses[-1] < model.losses[9] - 0.2
+    for key in ("lambda_max", "lambda_min", "indefinite", "probe_best_delta"):
+        assert f"saddle/{key}" in trainer.callback_metrics
+    assert trainer.callback_metrics["saddle/indefinite"].item() == 1.0
+    # Training steps run in train mode, the check in eval mode, and the mode comes back.
+    during_check = model.modes_seen[10:-2]
+    assert all(model.modes_seen[:10]) and all(model.modes_seen[-2:])
+    assert during_check and not any(during_check)
+
+
+def test_monitor_without_escape_leaves_parameters_and_runs_on_schedule() -> None:
+    model = _Saddle()
+    monitor = SaddlePointMonitor(window=100, iterations=3, num_directions=2, every_n_steps=4)
+    _fit(monitor, model, steps=8)
+    assert [c["reason"] for c in monitor.history] == ["schedule", "schedule"]
+    assert all(c["indefinite"] and not c["escaped"] for c in monitor.history)
+    # Plain SGD from y = 1e-4 with lr 1e-3 grows y by 0.2 % per step: no jump.
+    assert abs(model.point[1].item()) < 2e-4
+
+
+def test_monitor_requires_compute_loss() -> None:
+    class NoLoss(pl.LightningModule):
+        pass
+
+    with pytest.raises(TypeError, match="compute_loss"):
+        SaddlePointMonitor().setup(trainer=None, pl_module=NoLoss(), stage="fit")
+
+
+def test_monitor_validates_arguments() -> None:
+    with pytest.raises(ValueError, match="window"):
+        SaddlePointMonitor(window=0)
+    with pytest.raises(ValueError, match="every_n_steps"):
+        SaddlePointMonitor(every_n_steps=0)
