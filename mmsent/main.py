@@ -28,6 +28,29 @@ class MMSentCLI(LightningCLI):
             "checkpoint.auto_insert_metric_name": False,
         })
 
+    def instantiate_classes(self) -> None:
+        """Instantiates as LightningCLI does, but surfaces the error a class raised
+        (a missing checkpoint, a bad label row) instead of jsonargparse's wrapper,
+        which repeats the whole configuration around it."""
+        try:
+            super().instantiate_classes()
+        except ValueError as error:
+            raise root_cause(error) from None
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The innermost exception of a ``raise ... from ...`` chain.
+
+    Args:
+        error (BaseException): The outermost exception.
+
+    Returns:
+        BaseException: The exception that started the chain.
+    """
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> MMSentCLI:
     """Builds (and by default runs) the CLI.

@@ -25,13 +25,26 @@ def tiny_raw(tmp_path_factory) -> Path:
     return root
 
 
+def data_args(raw_root: Path, folder: Path) -> list[str]:
+    """CLI arguments pointing the tests' data config at a dataset.
+
+    Args:
+        raw_root (Path): The raw dataset.
+        folder (Path): Where the cache and the run go.
+
+    Returns:
+        list[str]: Arguments for ``mmsent fit`` and friends.
+    """
+    return ["-c", str(CONF / "tiny_data.yaml"),
+            f"--data.source.init_args.root={raw_root}",
+            f"--data.cache_dir={folder / 'cache'}",
+            f"--trainer.default_root_dir={folder / 'run'}"]
+
+
 @pytest.fixture()
 def tiny_data_args(tiny_raw, tmp_path) -> list[str]:
     """CLI arguments pointing the tests' data config at the tiny dataset."""
-    return ["-c", str(CONF / "tiny_data.yaml"),
-            f"--data.source.init_args.root={tiny_raw}",
-            f"--data.cache_dir={tmp_path / 'cache'}",
-            f"--trainer.default_root_dir={tmp_path / 'run'}"]
+    return data_args(tiny_raw, tmp_path)
 
 
 @pytest.fixture()

@@ -1,0 +1,113 @@
+"""The one LightningCLI, run in-process with tiny configs."""
+
+import pytest
+import torch
+import yaml
+
+from conftest import data_args
+
+from mmsent.main import main
+
+QUICKSTART = "pipelines/quickstart"
+STAGE_CONFIGS = {
+    "text": f"{QUICKSTART}/1_text.yaml",
+    "audio": f"{QUICKSTART}/2_audio.yaml",
+    "video": f"{QUICKSTART}/3_visual.yaml",
+}
+SHORT = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]
+
+
+@pytest.mark.parametrize("modality", sorted(STAGE_CONFIGS))
+def test_each_unimodal_stage_fast_dev_run(tiny_data_args, modality):
+    main(["fit", "-c", STAGE_CONFIGS[modality], *tiny_data_args, "--trainer.fast_dev_run=1"])
+
+
+def train_stage(args, config, root):
+    main(["fit", "-c", config, *args, *SHORT, f"--trainer.default_root_dir={root}"])
+    return root / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def unimodal_checkpoints(tiny_raw, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("unimodal")
+    args = data_args(tiny_raw, folder)
+    return {m: train_stage(args, c, folder / m) for m, c in STAGE_CONFIGS.items()}
+
+
+def fusion_args(tiny_data_args, checkpoints, extra=()):
+    args = ["-c", f"{QUICKSTART}/encoders.yaml", "-c", f"{QUICKSTART}/4_fusion.yaml", *tiny_data_args]
+    args += [f"--model.init_args.{m}_checkpoint={path}" for m, path in checkpoints.items()]
+    return args + list(extra)
+
+
+def test_fusion_validate_test_predict_from_unimodal_checkpoints(tiny_data_args, unimodal_checkpoints, tmp_path):
+    args = fusion_args(tiny_data_args, unimodal_checkpoints)
+    main(["fit", *args, *SHORT, f"--trainer.default_root_dir={tmp_path / 'fusion'}"])
+    fused = tmp_path / "fusion" / "checkpoints" / "last.ckpt"
+    text_state = torch.load(unimodal_checkpoints["text"], weights_only=True)["state_dict"]
+    fused_state = torch.load(fused, weights_only=True)["state_dict"]
+    # Frozen encoders leave stage 4 exactly as pretrained.
+    for key, value in text_state.items():
+        if key.startswith("encoder."):
+            assert torch.equal(fused_state["model.encoders.text." + key[len("encoder."):]], value)
+    for command in ("validate", "test", "predict"):
+        main([command, *args, f"--ckpt_path={fused}"])
+
+
+def test_finetune_uses_one_sgd_group_per_modality(tiny_data_args, unimodal_checkpoints, tmp_path):
+    from mmsent.main import build_cli
+
+    stage4 = tmp_path / "fusion"
+    main(["fit", *fusion_args(tiny_data_args, unimodal_checkpoints), *SHORT,
+          f"--trainer.default_root_dir={stage4}"])
+    cli = build_cli(["-c", f"{QUICKSTART}/encoders.yaml", "-c", f"{QUICKSTART}/4_fusion.yaml",
+                     "-c", f"{QUICKSTART}/5_finetune.yaml", *tiny_data_args,
+                     f"--model.init_args.init_checkpoint={stage4 / 'checkpoints' / 'last.ckpt'}"], run=False)
+    optimizer = cli.model.configure_optimizers()["optimizer"]
+    assert isinstance(optimizer, torch.optim.SGD)
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    assert set(groups) == {"text", "audio", "video", "fusion"}
+    settings = yaml.safe_load(open(f"{QUICKSTART}/5_finetune.yaml"))["model"]["init_args"]["param_groups"]
+    for name, group in groups.items():
+        assert group["lr"] == settings[name]["lr"]
+        assert group["nesterov"] is True
+    assert all(p.requires_grad for p in cli.model.parameters())
+
+
+def test_missing_checkpoint_fails_before_training_naming_key_and_path(tiny_data_args, tmp_path):
+    missing = tmp_path / "nowhere.ckpt"
+    with pytest.raises(FileNotFoundError, match=r"model.text_checkpoint: checkpoint .*nowhere.ckpt"):
+        main(["fit", *fusion_args(tiny_data_args, {"text": missing})])
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_checkpoint_of_another_modality_is_rejected(tiny_data_args, unimodal_checkpoints):
+    swapped = {"text": unimodal_checkpoints["audio"]}
+    with pytest.raises(ValueError, match="holds a audio encoder, but it is configured for text"):
+        main(["fit", *fusion_args(tiny_data_args, swapped)])
+
+
+def test_checkpoint_of_another_encoder_class_is_rejected(tiny_data_args, tmp_path):
+    frame_cnn = ["--model.init_args.encoder=mmsent.models.FrameCNNEncoder"]
+    main(["fit", "-c", STAGE_CONFIGS["video"], *tiny_data_args, *SHORT, *frame_cnn,
+          f"--trainer.default_root_dir={tmp_path / 'frames'}"])
+    checkpoint = tmp_path / "frames" / "checkpoints" / "last.ckpt"
+    with pytest.raises(ValueError, match=r"holds a FrameCNNEncoder.*configured video encoder is a Visual3DCNNEncoder"):
+        main(["fit", *fusion_args(tiny_data_args, {"video": checkpoint})])
+
+
+def test_unknown_config_key_is_rejected_before_any_work(tiny_data_args, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "-c", STAGE_CONFIGS["text"], *tiny_data_args, "--model.init_args.hiden_dim=3"])
+    assert "hiden_dim" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists(), "nothing may be prepared before the config is valid"
+
+
+def test_print_config_and_stacked_configs(tiny_data_args, capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "-c", "pipelines/quickstart/base.yaml", "-c", STAGE_CONFIGS["text"], *tiny_data_args,
+              "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"] == "mmsent.tasks.UnimodalTask"
+    assert printed["data"]["source"]["class_path"] == "mmsent.data.RawClipSource"
+    assert printed["trainer"]["max_epochs"] == 1  # the later file wins

@@ -1,0 +1,59 @@
+"""The MMSA metrics against values worked out by hand."""
+
+import math
+
+import pytest
+import torch
+
+from mmsent.metrics import SentimentMetrics, regression_metrics, weighted_f1
+
+PREDS = torch.tensor([2.6, -0.4, 0.2, -1.6, 0.0, 1.2])
+LABELS = torch.tensor([3.0, 0.0, -0.4, -2.0, 0.0, 1.4])
+
+
+def test_binary_accuracies_follow_mmsa_zero_handling():
+    values = regression_metrics(PREDS, LABELS)
+    # Has0: positive means >= 0 on every sample.
+    # truth  [T, T, F, F, T, T]; pred [T, F, T, F, T, T] -> 4 of 6 agree.
+    assert values["Has0_acc_2"] == pytest.approx(4 / 6)
+    # Non0: zero labels (2nd, 5th) dropped, positive means > 0.
+    # truth [T, F, F, T]; pred [T, T, F, T] -> 3 of 4.
+    assert values["Non0_acc_2"] == pytest.approx(3 / 4)
+
+
+def test_multiclass_accuracies_clip_then_round():
+    values = regression_metrics(PREDS, LABELS)
+    # 7 classes: round(clip(x, -3, 3)): preds [3,-0,0,-2,0,1], labels [3,0,-0,-2,0,1] -> all equal.
+    assert values["Mult_acc_7"] == pytest.approx(1.0)
+    # 5 classes clip to [-2, 2] first: preds [2,-0,0,-2,0,1], labels [2,0,-0,-2,0,1].
+    assert values["Mult_acc_5"] == pytest.approx(1.0)
+    shifted = regression_metrics(torch.tensor([2.6, 1.6]), torch.tensor([3.0, 0.4]))
+    # [3, 2] vs [3, 0] -> one of two.
+    assert shifted["Mult_acc_7"] == pytest.approx(0.5)
+
+
+def test_mae_and_correlation():
+    values = regression_metrics(PREDS, LABELS)
+    assert values["MAE"] == pytest.approx((0.4 + 0.4 + 0.6 + 0.4 + 0.0 + 0.2) / 6)
+    expected = torch.corrcoef(torch.stack([PREDS, LABELS]))[0, 1].item()
+    assert values["Corr"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_weighted_f1_by_hand():
+    truth = torch.tensor([True, True, True, False])
+    pred = torch.tensor([True, False, True, True])
+    # positive: precision 2/3, recall 2/3 -> f1 2/3, support 3; negative: p 0, r 0 -> 0, support 1.
+    assert weighted_f1(truth, pred) == pytest.approx((2 / 3 * 3 + 0 * 1) / 4)
+
+
+def test_constant_predictions_have_zero_correlation():
+    values = regression_metrics(torch.zeros(4), torch.tensor([1.0, -1.0, 2.0, 0.5]))
+    assert values["Corr"] == 0.0
+    assert math.isfinite(values["MAE"])
+
+
+def test_metric_accumulates_batches_like_one_call():
+    metric = SentimentMetrics()
+    metric.update(PREDS[:3], LABELS[:3])
+    metric.update(PREDS[3:], LABELS[3:])
+    assert metric.compute() == pytest.approx(regression_metrics(PREDS, LABELS))
