@@ -1,0 +1,121 @@
+"""The staged pipeline: hand-off, manifest, report, skipping, resuming after SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import CONF, REPO
+
+from mmsent.pipeline import load_pipeline, run
+
+QUICKSTART = REPO / "pipelines" / "quickstart"
+STAGES = ["text", "audio", "visual", "fusion", "finetune"]
+
+
+def write_pipeline(folder: Path, raw_root: Path, fusion_epochs: int = 1) -> Path:
+    """A five-stage pipeline over the quickstart stage configs and the tiny dataset."""
+    base = [str(QUICKSTART / "base.yaml")]
+    fused = base + [str(QUICKSTART / "encoders.yaml"), str(QUICKSTART / "4_fusion.yaml")]
+    spec = {
+        "name": "tiny",
+        "output_dir": str(folder / "out"),
+        "args": ["-c", str(CONF / "tiny_data.yaml"), f"--data.source.init_args.root={raw_root}",
+                 f"--data.cache_dir={folder / 'cache'}", "--trainer.max_epochs=1"],
+        "stages": [
+            {"name": "text", "configs": base + [str(QUICKSTART / "1_text.yaml")]},
+            {"name": "audio", "configs": base + [str(QUICKSTART / "2_audio.yaml")]},
+            {"name": "visual", "configs": base + [str(QUICKSTART / "3_visual.yaml")]},
+            {"name": "fusion", "configs": fused, "args": [f"--trainer.max_epochs={fusion_epochs}"],
+             "checkpoints": {"model.init_args.text_checkpoint": "text",
+                             "model.init_args.audio_checkpoint": "audio",
+                             "model.init_args.video_checkpoint": "visual"}},
+            {"name": "finetune", "configs": fused + [str(QUICKSTART / "5_finetune.yaml")],
+             "checkpoints": {"model.init_args.init_checkpoint": "fusion"}},
+        ],
+    }
+    path = folder / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def manifest(folder: Path) -> dict:
+    return json.loads((folder / "out" / "manifest.json").read_text())
+
+
+def checkpoint_times(folder: Path, stages) -> dict:
+    return {s: Path(manifest(folder)["stages"][s]["best_checkpoint"]).stat().st_mtime_ns for s in stages}
+
+
+def test_pipeline_runs_every_stage_hands_checkpoints_on_and_reports(tiny_raw, tmp_path):
+    out = run(write_pipeline(tmp_path, tiny_raw))
+    record = manifest(tmp_path)
+    assert list(record["stages"]) == STAGES
+    for name in STAGES:
+        stage = record["stages"][name]
+        assert stage["status"] == "done"
+        assert Path(stage["best_checkpoint"]).is_file()
+        assert stage["command"].startswith("mmsent fit -c ")
+        assert {"MAE", "Corr", "Non0_acc_2"} <= set(stage["metrics"]["test"])
+    fusion_command = record["stages"]["fusion"]["command"]
+    assert record["stages"]["text"]["best_checkpoint"] in fusion_command
+    assert record["stages"]["fusion"]["best_checkpoint"] in record["stages"]["finetune"]["command"]
+    report = json.loads((out / "report.json").read_text())
+    assert [row["stage"] for row in report["stages"]] == STAGES
+    assert all("best_achievable_MAE" in row for row in report["stages"])
+    assert "constant" in report["baselines"]
+    assert (out / "report.md").read_text().count("\n| ") >= len(STAGES) + 1
+    assert (out / "report.png").stat().st_size > 0
+
+    before = checkpoint_times(tmp_path, STAGES)
+    run(tmp_path / "pipeline.yaml")
+    assert checkpoint_times(tmp_path, STAGES) == before, "finished stages must not run again"
+    run(tmp_path / "pipeline.yaml", only="audio")
+    after = checkpoint_times(tmp_path, STAGES)
+    assert after["audio"] != before["audio"]
+    assert {s: after[s] for s in STAGES if s != "audio"} == {s: before[s] for s in STAGES if s != "audio"}
+
+
+def test_pipeline_file_errors_name_the_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"stages": [{"name": "a", "configs": [], "checkpoint": {}}]}))
+    with pytest.raises(ValueError, match=r"stages\[0\]: unknown key\(s\) \['checkpoint'\]"):
+        load_pipeline(path)
+    path.write_text(yaml.safe_dump({"stages": [{"name": "a", "configs": [],
+                                                "checkpoints": {"model.init_args.x": "b"}}]}))
+    with pytest.raises(ValueError, match="checkpoints.model.init_args.x takes stage 'b'"):
+        load_pipeline(path)
+
+
+def test_sigkill_in_stage_four_resumes_from_its_last_checkpoint(tiny_raw, tmp_path):
+    pipeline = write_pipeline(tmp_path, tiny_raw, fusion_epochs=8)
+    command = [sys.executable, "-m", "mmsent", "pipeline", "run", str(pipeline)]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    last = tmp_path / "out" / "fusion" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 600
+    while not last.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # let the checkpoint file be written completely
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    killed = manifest(tmp_path)
+    assert killed["stages"]["fusion"]["status"] == "running", "the kill must land inside stage 4"
+    assert "finetune" not in killed["stages"]
+    before = checkpoint_times(tmp_path, ["text", "audio", "visual"])
+
+    subprocess.run(command, cwd=tmp_path, env=env, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    final = manifest(tmp_path)
+    assert checkpoint_times(tmp_path, ["text", "audio", "visual"]) == before
+    assert final["stages"]["fusion"]["resumed_from"] == str(last)
+    assert all(final["stages"][s]["status"] == "done" for s in STAGES)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [row["stage"] for row in report["stages"]] == STAGES
