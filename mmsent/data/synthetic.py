@@ -20,8 +20,8 @@ just statistics:
 * audio: pitch, loudness and spectral tilt carry the score, under speaker and
   recording nuisance;
 * video: the mouth curvature moves linearly over the clip and the score is the
-  direction of that movement, so any single frame and the multiset of frames say
-  nothing about its sign; only a model that sees time order can recover it.
+  direction of that movement: the multiset of frames says nothing about its sign and
+  any single frame little, so only a model that sees time order can recover it.
 
 Run ``python -m mmsent.data.synthetic --out DIR --num-clips N --seed S`` to generate
 from the command line.
@@ -92,7 +92,8 @@ POLAR_WORDS: dict[str, float] = {**ADJECTIVES, **VERBS}
 """dict[str, float]: Every word that carries sentiment on its own."""
 
 INTENSIFIERS: dict[str, float] = {
-    "extremely": 1.5, "incredibly": 1.5, "absolutely": 1.5, "really": 1.3, "very": 1.3, "truly": 1.3,
+    "extremely": 1.5, "incredibly": 1.5, "absolutely": 1.5,
+    "really": 1.3, "very": 1.3, "truly": 1.3,
     "quite": 1.15, "pretty": 1.1, "rather": 0.85, "fairly": 0.8, "somewhat": 0.6,
     "slightly": 0.5, "mildly": 0.5,
 }
@@ -238,7 +239,8 @@ def _clause(rng: np.random.Generator, sign: int = 0) -> str:
         verbs = [past for past, (_, value) in _SENTIMENT_VERBS.items()
                  if sign == 0 or value * sign * (-1 if negated else 1) > 0]
         past = _pick(rng, verbs)
-        verb = f"didn't {intensifier}{_SENTIMENT_VERBS[past][0]}" if negated else f"{intensifier}{past}"
+        base = _SENTIMENT_VERBS[past][0]
+        verb = f"didn't {intensifier}{base}" if negated else f"{intensifier}{past}"
         subject = _pick(rng, _SINGULAR_SUBJECTS + _PLURAL_SUBJECTS)
         return f"{_pick(rng, _SPEAKERS)} {verb} {subject}"
     plural = rng.random() < 0.25
@@ -322,8 +324,8 @@ def sample_voice(rng: np.random.Generator) -> Voice:
         Voice: The voice.
     """
     return Voice(
-        pitch_offset_hz=float(rng.normal(0.0, 15.0)),
-        tilt_offset=float(rng.normal(0.0, 0.2)),
+        pitch_offset_hz=float(rng.normal(0.0, 20.0)),
+        tilt_offset=float(rng.normal(0.0, 0.25)),
         gain_offset_db=float(rng.normal(0.0, 2.0)),
     )
 
@@ -357,7 +359,7 @@ def synthesize_audio(
         np.ndarray: float32 samples in ``[-1, 1]``, shape ``(round(duration * sample_rate),)``.
     """
     t = np.arange(round(duration * sample_rate)) / sample_rate
-    f0 = 140.0 + 50.0 * s_audio + voice.pitch_offset_hz + rng.normal(0.0, 6.0)
+    f0 = 140.0 + 50.0 * s_audio + voice.pitch_offset_hz + rng.normal(0.0, 8.0)
     contour = 1.0 + 0.04 * np.sin(2 * np.pi * rng.uniform(0.5, 2.0) * t + rng.uniform(0, 2 * np.pi))
     contour -= rng.uniform(0.0, 0.08) * t / duration
     phase = 2 * np.pi * np.cumsum(f0 * contour) / sample_rate
@@ -365,7 +367,7 @@ def synthesize_audio(
     harmonics = [k for k in range(1, 11) if k * f0 * 1.1 < sample_rate / 2]
     voiced = sum(k**-tilt * np.sin(k * phase) for k in harmonics)
     voiced /= np.sqrt(np.mean(voiced**2)) + 1e-8
-    gain_db = -20.0 + 5.0 * s_audio + voice.gain_offset_db + rng.normal(0.0, 2.0)
+    gain_db = -20.0 + 5.0 * s_audio + voice.gain_offset_db + rng.normal(0.0, 3.0)
     signal = 10 ** (gain_db / 20) * voiced * _syllable_envelope(t, rng)
     noise = 10 ** (rng.uniform(-50.0, -38.0) / 20) * rng.standard_normal(t.size)
     return np.clip(signal + noise, -1.0, 1.0).astype(np.float32)
@@ -391,8 +393,12 @@ def write_wav(path: str | os.PathLike, samples: np.ndarray, sample_rate: int) ->
 # Video: a cartoon face whose mouth curvature moves over the clip.
 # ---------------------------------------------------------------------------
 
-VISUAL_SWING = 1.5
+VISUAL_SWING = 1.4
 """float: The change in mouth curvature over a clip per unit of ``s_visual``."""
+
+MOUTH_MIDPOINT_SPREAD = 2.0
+"""float: Mid-clip curvatures are uniform in ``[-spread, spread]``; a spread well above
+``VISUAL_SWING / 2`` keeps any single frame nearly uninformative about ``s_visual``."""
 
 
 @dataclass(frozen=True)
@@ -457,7 +463,9 @@ def sample_appearance(rng: np.random.Generator) -> Appearance:
     )
 
 
-def sample_face_style(appearance: Appearance, frame_size: int, rng: np.random.Generator) -> FaceStyle:
+def sample_face_style(
+    appearance: Appearance, frame_size: int, rng: np.random.Generator
+) -> FaceStyle:
     """Places a speaker's face in one clip, with position, size and colour jitter.
 
     Args:
@@ -526,7 +534,7 @@ def _mouth_layer(curvatures: np.ndarray, style: FaceStyle, frame_size: int) -> n
     """
     y, x = np.mgrid[0:frame_size, 0:frame_size].astype(np.float64) + 0.5
     (cx, cy), (rx, ry) = style.center, style.radii
-    xm, ym, half_width, bend = cx, cy + 0.42 * ry, 0.5 * rx, 0.2 * rx
+    xm, ym, half_width, bend = cx, cy + 0.42 * ry, 0.5 * rx, 0.16 * rx
     c = np.asarray(curvatures, dtype=np.float64)[:, None, None]
     u = (x - xm) / half_width
     inside = np.abs(u) <= 1.0
@@ -552,7 +560,8 @@ def render_face_frames(curvatures: np.ndarray, style: FaceStyle, frame_size: int
     """
     face, eyes = _face_layers(style, frame_size)
     mouth = _mouth_layer(curvatures, style, frame_size) * face
-    background, skin, features = (np.asarray(c) for c in (style.background, style.skin, style.features))
+    colours = (style.background, style.skin, style.features)
+    background, skin, features = (np.asarray(colour) for colour in colours)
     still = background + face[..., None] * (skin - background)
     still = still + (eyes * face)[..., None] * (features - still)
     return still[None] + mouth[..., None] * (features - still[None])
@@ -588,9 +597,13 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int) -> None:
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
         # Low crf keeps the thin mouth stroke; one thread keeps workers from oversubscribing.
-        stream.options = {"crf": "18", "preset": "veryfast", "threads": "1"}
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        # Macroblock-tree rate control made the files differ from run to run for identical
+        # frames at these tiny sizes, so it is off to keep the output deterministic.
+        stream.options = {
+            "crf": "18", "preset": "veryfast", "threads": "1", "x264-params": "mbtree=0",
+        }
+        for pixels in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
         container.mux(stream.encode())
 
 
@@ -615,7 +628,9 @@ def _video_sizes(num_clips: int, rng: np.random.Generator) -> list[int]:
     return sizes
 
 
-def _assign_splits(sizes: list[int], fractions: Sequence[float], rng: np.random.Generator) -> list[str]:
+def _assign_splits(
+    sizes: list[int], fractions: Sequence[float], rng: np.random.Generator
+) -> list[str]:
     """Assigns whole videos to splits so clip counts follow ``fractions`` (speaker independent)."""
     order = rng.permutation(len(sizes))
     bounds = np.cumsum(fractions) * sum(sizes)
@@ -623,7 +638,8 @@ def _assign_splits(sizes: list[int], fractions: Sequence[float], rng: np.random.
     done = 0
     for video in order:
         middle = done + sizes[video] / 2
-        splits[video] = SPLITS[min(int(np.searchsorted(bounds, middle, side="right")), len(SPLITS) - 1)]
+        position = int(np.searchsorted(bounds, middle, side="right"))
+        splits[video] = SPLITS[min(position, len(SPLITS) - 1)]
         done += sizes[video]
     _fill_empty_splits(splits, fractions, [int(v) for v in order])
     return splits
@@ -631,7 +647,7 @@ def _assign_splits(sizes: list[int], fractions: Sequence[float], rng: np.random.
 
 def _fill_empty_splits(splits: list[str], fractions: Sequence[float], order: list[int]) -> None:
     """Moves a video into each wanted split left empty, taking from the split with most videos."""
-    for split, fraction in zip(SPLITS, fractions):
+    for split, fraction in zip(SPLITS, fractions, strict=True):
         if fraction <= 0 or split in splits:
             continue
         donor = max(SPLITS, key=splits.count)
@@ -661,7 +677,7 @@ def _plan_clip(seed: int, index: int, noise_std: float) -> dict:
     label = round(float(np.clip(clean + rng.normal(0.0, noise_std), low, high)), 4)
     return {
         "text": text, "label": label, "annotation": _annotation(label), "clean_label": clean,
-        "text_score": scores["text"], "audio_score": scores["audio"], "visual_score": scores["visual"],
+        **{f"{name}_score": value for name, value in scores.items()},
     }
 
 
@@ -687,7 +703,7 @@ def plan_clips(
     splits = _assign_splits(sizes, split_fractions, rng)
     width = max(4, len(str(len(sizes))))
     rows = []
-    for video, (size, split) in enumerate(zip(sizes, splits)):
+    for video, (size, split) in enumerate(zip(sizes, splits, strict=True)):
         for clip in range(size):
             row = _plan_clip(seed, len(rows), noise_std)
             rows.append({"video_id": f"vid{video + 1:0{width}d}", "clip_id": clip + 1,
@@ -695,7 +711,9 @@ def plan_clips(
     return pd.DataFrame(rows, columns=[*LABEL_COLUMNS, "video_index"])
 
 
-def best_achievable_mae(label_csv_or_frame: str | os.PathLike | pd.DataFrame, split: str | None = "test") -> float:
+def best_achievable_mae(
+    label_csv_or_frame: str | os.PathLike | pd.DataFrame, split: str | None = "test"
+) -> float:
     """The mean absolute error of predicting the noise-free score, the floor for any model.
 
     Args:
@@ -713,7 +731,7 @@ def best_achievable_mae(label_csv_or_frame: str | os.PathLike | pd.DataFrame, sp
     if not isinstance(frame, pd.DataFrame):
         frame = pd.read_csv(frame)
     if "clean_label" not in frame.columns:
-        raise ValueError("no clean_label column: only generated datasets know their noise-free score")
+        raise ValueError("no clean_label column: only generated data know the noise-free score")
     if split is not None:
         frame = frame[frame["mode"] == split]
     if frame.empty:
@@ -758,7 +776,8 @@ def _write_clip(job: _MediaJob) -> int:
     size, frames = params["frame_size"], params["frames"]
 
     style = sample_face_style(appearance, size, rng)
-    curvatures = mouth_curvatures(float(rng.uniform(-1.0, 1.0)), job.visual_score, frames)
+    midpoint = float(rng.uniform(-MOUTH_MIDPOINT_SPREAD, MOUTH_MIDPOINT_SPREAD))
+    curvatures = mouth_curvatures(midpoint, job.visual_score, frames)
     pixels = add_frame_noise(render_face_frames(curvatures, style, size), rng)
     _atomic(mp4_path, lambda tmp: write_mp4(tmp, pixels, params["fps"]))
 
@@ -786,7 +805,10 @@ def _check_params(params: dict) -> None:
     """Rejects parameters that cannot produce a valid dataset."""
     fractions = params["split_fractions"]
     if len(fractions) != len(SPLITS) or min(fractions) < 0 or not math.isclose(sum(fractions), 1.0):
-        raise ValueError(f"split_fractions must be {len(SPLITS)} non-negative shares summing to 1, got {fractions}")
+        raise ValueError(
+            f"split_fractions must be {len(SPLITS)} non-negative shares summing to 1, "
+            f"got {fractions}"
+        )
     if params["num_clips"] < sum(f > 0 for f in fractions):
         raise ValueError(f"num_clips={params['num_clips']} is too few for the requested splits")
     if params["frames"] < 2:
@@ -808,7 +830,10 @@ def _read_marker(out_dir: Path) -> dict | None:
 
 def _write_marker(out_dir: Path, params: dict, complete: bool) -> None:
     """Writes ``generated.json`` atomically."""
-    record = {"generator": __name__, "version": GENERATOR_VERSION, "params": params, "complete": complete}
+    record = {
+        "generator": "mmsent.data.synthetic", "version": GENERATOR_VERSION,
+        "params": params, "complete": complete,
+    }
     _atomic(out_dir / "generated.json",
             lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8"))
 
@@ -820,7 +845,9 @@ def _prepare_dir(out_dir: Path, params: dict, overwrite: bool) -> bool:
         ValueError: If it holds a different or foreign dataset and ``overwrite`` is False.
     """
     marker = _read_marker(out_dir)
-    same = marker is not None and marker.get("params") == params and marker.get("version") == GENERATOR_VERSION
+    same = marker is not None and (marker.get("params"), marker.get("version")) == (
+        params, GENERATOR_VERSION
+    )
     if same and marker.get("complete") and (out_dir / "label.csv").exists():
         return True
     foreign = marker is None and ((out_dir / "label.csv").exists() or (out_dir / "Raw").exists())
@@ -828,7 +855,9 @@ def _prepare_dir(out_dir: Path, params: dict, overwrite: bool) -> bool:
         what = "holds a dataset without generated.json" if foreign else (
             f"was generated with other parameters (generated.json: {marker.get('params')}, "
             f"version {marker.get('version')})")
-        raise ValueError(f"{out_dir} {what}; requested {params}. Pass overwrite=True to regenerate.")
+        raise ValueError(
+            f"{out_dir} {what}; requested {params}. Pass overwrite=True to regenerate."
+        )
     if not same:
         # An unfinished run with the same parameters resumes; anything else starts clean.
         shutil.rmtree(out_dir / "Raw", ignore_errors=True)
@@ -894,7 +923,8 @@ def generate_raw_dataset(
         split_fractions (Sequence[float]): Train, valid and test shares of the clips,
             assigned by whole video.
         num_workers (int): Processes writing media; 1 writes in this process.
-        overwrite (bool): Replace a dataset generated with other parameters.
+        overwrite (bool): Replace a dataset generated with other parameters; a complete
+            one with the same parameters is kept as it is.
 
     Returns:
         Path: ``out_dir``.
@@ -940,12 +970,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    generate_raw_dataset(
-        args.out, num_clips=args.num_clips, seed=args.seed, frames=args.frames,
-        frame_size=args.frame_size, fps=args.fps, sample_rate=args.sample_rate,
-        noise_std=args.noise_std, split_fractions=args.split_fractions,
-        num_workers=args.num_workers, overwrite=args.overwrite,
-    )
+    try:
+        generate_raw_dataset(
+            args.out, num_clips=args.num_clips, seed=args.seed, frames=args.frames,
+            frame_size=args.frame_size, fps=args.fps, sample_rate=args.sample_rate,
+            noise_std=args.noise_std, split_fractions=args.split_fractions,
+            num_workers=args.num_workers, overwrite=args.overwrite,
+        )
+    except ValueError as error:
+        parser.error(str(error))
 
 
 if __name__ == "__main__":
