@@ -9,6 +9,7 @@ from pytorch_lightning.cli import LightningCLI
 
 from mmsent.data.datamodule import MultimodalDataModule
 from mmsent.tasks.base import BaseTask
+from mmsent.tracking import default_to_offline
 
 MONITOR = "val/MAE"
 
@@ -87,6 +88,7 @@ def main(args: list[str] | None = None) -> None:
 
         pipeline_main(args[1:])
         return
+    default_to_offline()
     build_cli(args)
 
 

@@ -4,7 +4,8 @@ Each stage is a stack of LightningCLI config files. The pipeline hands every
 stage the best checkpoints of the stages it names (as init arguments, never
 ``--ckpt_path``), records each stage in ``manifest.json`` as it goes, and writes the
 report at the end. A rerun skips finished stages and resumes an interrupted one from
-its last checkpoint.
+its last checkpoint. With a ``wandb:`` section, every stage is also a W&B run in the
+pipeline run's group (see :mod:`mmsent.tracking`).
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ import json
 import logging
 import shlex
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from mmsent import tracking
 from mmsent.data.sources import save_json
+from mmsent.figures import PREDICTIONS_FILE, predictions_table
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +56,14 @@ class Pipeline:
         output_dir (Path): Where stage folders, the manifest and the report go.
         stages (list[Stage]): The stages in run order.
         args (list[str]): Command-line arguments added to every stage.
+        wandb (tracking.WandbSettings): The ``wandb:`` section; off when absent.
     """
 
     name: str
     output_dir: Path
     stages: list[Stage]
     args: list[str] = field(default_factory=list)
+    wandb: tracking.WandbSettings = field(default_factory=lambda: tracking.WandbSettings(enabled=False))
 
     def stage(self, name: str) -> Stage:
         """Stage: The stage called ``name``."""
@@ -67,7 +73,7 @@ class Pipeline:
         raise ValueError(f"no stage {name!r}; the pipeline has {[s.name for s in self.stages]}")
 
 
-PIPELINE_KEYS = {"name", "output_dir", "stages", "args"}
+PIPELINE_KEYS = {"name", "output_dir", "stages", "args", "wandb"}
 STAGE_KEYS = {"name", "configs", "checkpoints", "args"}
 
 
@@ -99,7 +105,8 @@ def load_pipeline(path: str | Path) -> Pipeline:
     if not stages:
         raise ValueError(f"{path}: the pipeline lists no stage")
     return Pipeline(raw.get("name", path.stem), Path(raw.get("output_dir", f"runs/{path.stem}")),
-                    stages, list(raw.get("args") or []))
+                    stages, list(raw.get("args") or []),
+                    tracking.WandbSettings.from_dict(raw.get("wandb"), f"{path}: wandb"))
 
 
 def _check_keys(entry: dict, allowed: set[str], where: str) -> None:
@@ -156,7 +163,8 @@ def stage_arguments(pipeline: Pipeline, stage: Stage, manifest: Manifest, extra:
         extra (list[str]): Arguments from the command line, added last.
 
     Returns:
-        list[str]: ``-c`` files, handed-on checkpoints, the stage folder, then overrides.
+        list[str]: ``-c`` files, handed-on checkpoints, the stage and checkpoint folders,
+        then overrides.
     """
     args = []
     for config in stage.configs:
@@ -164,12 +172,15 @@ def stage_arguments(pipeline: Pipeline, stage: Stage, manifest: Manifest, extra:
     for key, source in stage.checkpoints.items():
         args.append(f"--{key}={manifest.stage(source)['best_checkpoint']}")
     args.append(f"--trainer.default_root_dir={pipeline.output_dir / stage.name}")
+    # Whatever the logger, checkpoints land where a resumed stage looks for them.
+    args.append(f"--checkpoint.dirpath={pipeline.output_dir / stage.name / 'checkpoints'}")
     return args + pipeline.args + stage.args + extra
 
 
 def run_stage(pipeline: Pipeline, stage: Stage, manifest: Manifest, extra: list[str]) -> None:
-    """Fits one stage (resuming it if it was interrupted), then validates and tests
-    its best checkpoint, recording everything in the manifest.
+    """Fits one stage (resuming it if it was interrupted), then validates, tests and
+    predicts the test split with its best checkpoint, recording everything in the
+    manifest (and in the stage's W&B run, when W&B is on).
 
     Args:
         pipeline (Pipeline): The pipeline.
@@ -188,8 +199,11 @@ def run_stage(pipeline: Pipeline, stage: Stage, manifest: Manifest, extra: list[
     manifest.save()
     started = time.time() - (record.get("wall_time_s", 0.0) if resume else 0.0)
     cli = build_cli(args, run=False)
+    tracker = tracking.start_stage(pipeline, stage, manifest, cli)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume)
-    best = cli.trainer.checkpoint_callback.best_model_path or cli.trainer.checkpoint_callback.last_model_path
+    # Read before validate/test: loading the best checkpoint resets the callback's state.
+    last = cli.trainer.checkpoint_callback.last_model_path
+    best = cli.trainer.checkpoint_callback.best_model_path or last
     metrics = {
         "val": _metrics(cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path=best)),
         "test": _metrics(cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best)),
@@ -198,12 +212,36 @@ def run_stage(pipeline: Pipeline, stage: Stage, manifest: Manifest, extra: list[
         "status": "done",
         "config": str(Path(cli.trainer.log_dir or pipeline.output_dir / stage.name) / "config.yaml"),
         "best_checkpoint": best,
-        "last_checkpoint": cli.trainer.checkpoint_callback.last_model_path,
+        "last_checkpoint": last,
         "metrics": metrics,
+        "predictions": save_predictions(cli, best, pipeline.output_dir / stage.name),
         "wall_time_s": round(time.time() - started, 1),
     })
     manifest.data.setdefault("baselines", constant_baseline(cli.datamodule))
     manifest.save()
+    if tracker:
+        tracker.finish(manifest)
+
+
+def save_predictions(cli, checkpoint: str, folder: Path) -> str | None:
+    """Predicts the test split with a checkpoint into ``<folder>/predictions.csv``.
+
+    Args:
+        cli (MMSentCLI): The stage's CLI.
+        checkpoint (str): The checkpoint to predict with.
+        folder (Path): The stage folder.
+
+    Returns:
+        str | None: The file, or None when the model predicts no score (a generative
+        stage).
+    """
+    outputs = cli.trainer.predict(cli.model, dataloaders=cli.datamodule.test_dataloader(),
+                                  ckpt_path=checkpoint)
+    if not outputs or "prediction" not in outputs[0]:
+        return None
+    path = folder / PREDICTIONS_FILE
+    predictions_table(outputs).to_csv(path, index=False)
+    return str(path)
 
 
 def _resume_checkpoint(pipeline: Pipeline, stage: Stage, record: dict) -> str | None:
@@ -269,7 +307,8 @@ def select_stages(pipeline: Pipeline, manifest: Manifest, start: str | None, onl
 
 
 def run(path: str | Path, start: str | None = None, only: str | None = None,
-        extra: list[str] | None = None, output_dir: str | None = None) -> Path:
+        extra: list[str] | None = None, output_dir: str | None = None,
+        use_wandb: bool = True) -> Path:
     """Runs a pipeline file and writes its report.
 
     Args:
@@ -278,6 +317,7 @@ def run(path: str | Path, start: str | None = None, only: str | None = None,
         only (str | None): Rerun only this stage.
         extra (list[str] | None): CLI arguments added to every stage.
         output_dir (str | None): Overrides the file's ``output_dir``.
+        use_wandb (bool): False turns the file's ``wandb:`` section off.
 
     Returns:
         Path: The output folder (manifest, stage folders, report).
@@ -285,8 +325,11 @@ def run(path: str | Path, start: str | None = None, only: str | None = None,
     pipeline = load_pipeline(path)
     if output_dir:
         pipeline.output_dir = Path(output_dir)
+    if not use_wandb:
+        pipeline.wandb.enabled = False
     manifest = Manifest(pipeline.output_dir / "manifest.json")
     manifest.data["pipeline"] = pipeline.name
+    manifest.data.setdefault("group", tracking.new_group(pipeline.name))
     for stage in pipeline.stages:
         if manifest.is_done(stage.name) and not (start or only):
             print(f"=== stage {stage.name}: finished before, skipped")
@@ -295,25 +338,31 @@ def run(path: str | Path, start: str | None = None, only: str | None = None,
     from mmsent.report import write_report
 
     write_report(manifest.data, pipeline.output_dir)
+    hint = tracking.sync_hint(manifest.data)
+    if hint:
+        print(hint)
     return pipeline.output_dir
 
 
 def main(args: list[str] | None = None) -> None:
-    """``mmsent pipeline run FILE [--from STAGE | --only STAGE] [-- CLI args]``.
+    """``mmsent pipeline run FILE [--from STAGE | --only STAGE] [--output-dir DIR]
+    [--no-wandb] [-- CLI args]``.
 
     Args:
         args (list[str] | None): Arguments after ``pipeline``.
     """
     parser = argparse.ArgumentParser(prog="mmsent pipeline", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    runner = sub.add_parser("run", help="run (or resume) a pipeline file")
+    runner = sub.add_parser("run", help="run (or resume) a pipeline file",
+                            epilog="after --, arguments added to every stage (e.g. -- --trainer.max_epochs=2)")
     runner.add_argument("file", help="the pipeline YAML, e.g. pipelines/quickstart.yaml")
     group = runner.add_mutually_exclusive_group()
     group.add_argument("--from", dest="start", help="rerun this stage and every later one")
     group.add_argument("--only", help="rerun this stage alone")
     runner.add_argument("--output-dir", help="override the pipeline's output_dir")
-    runner.add_argument("extra", nargs=argparse.REMAINDER,
-                        help="after --, arguments added to every stage (e.g. -- --trainer.max_epochs=2)")
-    parsed = parser.parse_args(args)
-    extra = parsed.extra[1:] if parsed.extra[:1] == ["--"] else parsed.extra
-    run(parsed.file, parsed.start, parsed.only, extra, parsed.output_dir)
+    runner.add_argument("--no-wandb", action="store_true",
+                        help="ignore the file's wandb section; stages keep their own trainer.logger")
+    args = list(sys.argv[1:] if args is None else args)
+    cut = args.index("--") if "--" in args else len(args)
+    parsed = parser.parse_args(args[:cut])
+    run(parsed.file, parsed.start, parsed.only, args[cut + 1:], parsed.output_dir, not parsed.no_wandb)

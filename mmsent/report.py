@@ -1,5 +1,6 @@
 """The pipeline report: every stage's validation and test metrics side by side,
-printed and written as ``report.json``, ``report.md`` and ``report.png``."""
+printed and written as ``report.json``, ``report.md`` and ``report.png``, with the
+figures of the stages' test predictions beside it (:func:`mmsent.figures.write_figures`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 from pathlib import Path
 
 from mmsent.data.sources import save_json
+from mmsent.figures import write_figures
 from mmsent.metrics import METRIC_NAMES
 
 PERCENT = {"Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score", "Mult_acc_5", "Mult_acc_7"}
@@ -110,8 +112,28 @@ def plot(rows: list[dict], baselines: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def figures_section(files: list[Path]) -> str:
+    """Markdown that shows the figures and links the predictions table.
+
+    Args:
+        files (list[Path]): Files beside ``report.md``.
+
+    Returns:
+        str: The section; empty without files.
+    """
+    if not files:
+        return ""
+    lines = ["", "## Test predictions", ""]
+    for path in files:
+        is_image = path.suffix == ".png"
+        lines += [f"![{path.stem}]({path.name})" if is_image else f"[{path.name}]({path.name})", ""]
+    return "\n".join(lines)
+
+
 def write_report(manifest: dict, out_dir: Path) -> dict:
-    """Prints the table and writes ``report.json``, ``report.md`` and ``report.png``.
+    """Prints the table and writes ``report.json``, ``report.md`` and ``report.png``,
+    and beside them ``scatter.png``, ``confusion.png``, ``contributions.png`` and
+    ``predictions.csv`` when the stages recorded test predictions.
 
     Args:
         manifest (dict): The pipeline manifest.
@@ -126,8 +148,9 @@ def write_report(manifest: dict, out_dir: Path) -> dict:
     report = {"pipeline": manifest.get("pipeline"), "stages": rows, "baselines": baselines}
     save_json(out_dir / "report.json", report)
     table = markdown_table(rows, baselines)
-    (out_dir / "report.md").write_text(f"# {manifest.get('pipeline')} report\n\n{table}")
     if rows:
         plot(rows, baselines, out_dir / "report.png")
+    figures = figures_section(write_figures(manifest, out_dir))
+    (out_dir / "report.md").write_text(f"# {manifest.get('pipeline')} report\n\n{table}{figures}")
     print(f"\n{table}\nreport written to {out_dir / 'report.md'}")
     return report

@@ -93,6 +93,8 @@ def _load(folder: Path) -> PreparedData:
 
 
 def _build(source: DataSource, folder: Path, on_error: str, chunk_size: int, workers: int) -> None:
+    # One progress bar over clips says it all; the per-shard save bars would bury it.
+    datasets.disable_progress_bars()
     folder.mkdir(parents=True, exist_ok=True)
     records, spec = source.open(folder)
     features = arrow_features(spec)
