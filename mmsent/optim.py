@@ -19,7 +19,8 @@ GROUP_KEYS = ("lr", "weight_decay", "momentum", "schedule", "betas", "eps", "alp
 SCHEDULES = ("constant", "step", "exponential", "cosine")
 
 
-def build_param_groups(parts: dict[str, nn.Module], settings: dict[str, dict] | None) -> list[dict]:
+def build_param_groups(parts: dict[str, nn.Module], settings: dict[str, dict] | None,
+                       optional: tuple[str, ...] = ()) -> list[dict]:
     """One optimizer parameter group per named part, trainable parameters only.
 
     Args:
@@ -27,6 +28,9 @@ def build_param_groups(parts: dict[str, nn.Module], settings: dict[str, dict] | 
         settings (dict[str, dict] | None): Per part name, optimizer options for its
             group (``lr``, ``weight_decay``, ``momentum``...) and an optional
             ``schedule``; parts without settings use the optimizer's defaults.
+        optional (tuple[str, ...]): Names settings may hold although the model lacks
+            them (a modality this dataset does not have), so one stage config serves
+            datasets with and without video.
 
     Returns:
         list[dict]: Groups with ``params`` and ``name``; parts with no trainable
@@ -35,7 +39,7 @@ def build_param_groups(parts: dict[str, nn.Module], settings: dict[str, dict] | 
     Raises:
         ValueError: If settings name a part that does not exist or an unknown option.
     """
-    settings = settings or {}
+    settings = {k: v for k, v in (settings or {}).items() if k in parts or k not in optional}
     unknown = set(settings) - set(parts)
     if unknown:
         raise ValueError(f"param_groups: unknown group(s) {sorted(unknown)}; the model has {sorted(parts)}")

@@ -25,26 +25,33 @@ def tiny_raw(tmp_path_factory) -> Path:
     return root
 
 
-def data_args(raw_root: Path, folder: Path) -> list[str]:
+def data_args(raw_root: Path, folder: Path, cache: Path | None = None) -> list[str]:
     """CLI arguments pointing the tests' data config at a dataset.
 
     Args:
         raw_root (Path): The raw dataset.
-        folder (Path): Where the cache and the run go.
+        folder (Path): Where the run goes (and the cache, unless given).
+        cache (Path | None): A cache folder to share between tests.
 
     Returns:
         list[str]: Arguments for ``mmsent fit`` and friends.
     """
     return ["-c", str(CONF / "tiny_data.yaml"),
             f"--data.source.init_args.root={raw_root}",
-            f"--data.cache_dir={folder / 'cache'}",
+            f"--data.cache_dir={cache or folder / 'cache'}",
             f"--trainer.default_root_dir={folder / 'run'}"]
 
 
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory) -> Path:
+    """A cache folder shared by the tests: keyed by fingerprint, so sharing is safe."""
+    return tmp_path_factory.mktemp("cache")
+
+
 @pytest.fixture()
-def tiny_data_args(tiny_raw, tmp_path) -> list[str]:
+def tiny_data_args(tiny_raw, tiny_cache, tmp_path) -> list[str]:
     """CLI arguments pointing the tests' data config at the tiny dataset."""
-    return data_args(tiny_raw, tmp_path)
+    return data_args(tiny_raw, tmp_path, tiny_cache)
 
 
 @pytest.fixture()

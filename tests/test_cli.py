@@ -3,7 +3,6 @@
 import pytest
 import torch
 import yaml
-
 from conftest import data_args
 
 from mmsent.main import main
@@ -28,9 +27,9 @@ def train_stage(args, config, root):
 
 
 @pytest.fixture(scope="module")
-def unimodal_checkpoints(tiny_raw, tmp_path_factory):
+def unimodal_checkpoints(tiny_raw, tiny_cache, tmp_path_factory):
     folder = tmp_path_factory.mktemp("unimodal")
-    args = data_args(tiny_raw, folder)
+    args = data_args(tiny_raw, folder, tiny_cache)
     return {m: train_stage(args, c, folder / m) for m, c in STAGE_CONFIGS.items()}
 
 
@@ -67,7 +66,8 @@ def test_finetune_uses_one_sgd_group_per_modality(tiny_data_args, unimodal_check
     assert isinstance(optimizer, torch.optim.SGD)
     groups = {g["name"]: g for g in optimizer.param_groups}
     assert set(groups) == {"text", "audio", "video", "fusion"}
-    settings = yaml.safe_load(open(f"{QUICKSTART}/5_finetune.yaml"))["model"]["init_args"]["param_groups"]
+    with open(f"{QUICKSTART}/5_finetune.yaml") as stream:
+        settings = yaml.safe_load(stream)["model"]["init_args"]["param_groups"]
     for name, group in groups.items():
         assert group["lr"] == settings[name]["lr"]
         assert group["nesterov"] is True
@@ -96,9 +96,9 @@ def test_checkpoint_of_another_encoder_class_is_rejected(tiny_data_args, tmp_pat
         main(["fit", *fusion_args(tiny_data_args, {"video": checkpoint})])
 
 
-def test_unknown_config_key_is_rejected_before_any_work(tiny_data_args, tmp_path, capsys):
+def test_unknown_config_key_is_rejected_before_any_work(tiny_raw, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        main(["fit", "-c", STAGE_CONFIGS["text"], *tiny_data_args, "--model.init_args.hiden_dim=3"])
+        main(["fit", "-c", STAGE_CONFIGS["text"], *data_args(tiny_raw, tmp_path), "--model.init_args.hiden_dim=3"])
     assert "hiden_dim" in capsys.readouterr().err
     assert not (tmp_path / "cache").exists(), "nothing may be prepared before the config is valid"
 
@@ -111,3 +111,42 @@ def test_print_config_and_stacked_configs(tiny_data_args, capsys):
     assert printed["model"]["class_path"] == "mmsent.tasks.UnimodalTask"
     assert printed["data"]["source"]["class_path"] == "mmsent.data.RawClipSource"
     assert printed["trainer"]["max_epochs"] == 1  # the later file wins
+
+
+@pytest.mark.parametrize("optimizer", ["torch.optim.Adam", "torch.optim.RMSprop", "torch.optim.Adadelta"])
+def test_adaptive_optimizers_from_yaml(tiny_data_args, optimizer):
+    from mmsent.main import build_cli
+
+    cli = build_cli(["-c", STAGE_CONFIGS["audio"], *tiny_data_args, f"--model.init_args.optimizer={optimizer}",
+                     "--model.init_args.optimizer.init_args.lr=0.5"], run=False)
+    built = cli.model.configure_optimizers()
+    assert type(built).__name__ == optimizer.rsplit(".", 1)[1]
+    assert {g["name"] for g in built.param_groups} == {"audio", "head"}
+    assert all(g["lr"] == 0.5 for g in built.param_groups)
+
+
+def test_lecture_toolkit_from_yaml(tiny_data_args):
+    """A weight penalty, epoch-level dropout masks and the saddle monitor, configured
+    from the command line like any YAML key, in one short training run."""
+    from mmsent.main import build_cli
+
+    cli = build_cli([
+        "-c", STAGE_CONFIGS["audio"], *tiny_data_args,
+        "--model.init_args.optimizer=torch.optim.RMSprop",
+        "--model.init_args.optimizer.init_args.lr=0.01",
+        "--model.init_args.regularizer.l1=0.0001",
+        "--model.init_args.regularizer.tikhonov=0.001",
+        "--model.init_args.encoder.init_args.dropout_kind=bernoulli_epoch",
+        "--trainer.callbacks+=mmsent.callbacks.EpochDropoutCallback",
+        "--trainer.callbacks+=mmsent.callbacks.SaddlePointMonitor",
+        "--trainer.callbacks.every_n_steps=2",
+        "--trainer.callbacks.iterations=4",
+        "--trainer.max_epochs=2",
+    ], run=False)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    monitor = next(c for c in cli.trainer.callbacks if type(c).__name__ == "SaddlePointMonitor")
+    assert monitor.history, "the saddle monitor must have probed the loss surface"
+    assert {"lambda_max", "lambda_min"} <= set(monitor.history[0])
+    assert "train/penalty" in cli.trainer.logged_metrics
+    epoch_masks = [m for m in cli.model.modules() if getattr(m, "mode", None) == "epoch"]
+    assert len(epoch_masks) == 2, "each MLP layer holds its own epoch-level mask"

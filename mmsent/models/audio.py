@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -16,7 +18,8 @@ def mlp(in_dim: int, hidden_dims: list[int], out_dim: int, dropout: nn.Module | 
         in_dim (int): Input size.
         hidden_dims (list[int]): Sizes of the hidden layers.
         out_dim (int): Output size (no activation after the last layer).
-        dropout (nn.Module | None): Applied after every hidden activation.
+        dropout (nn.Module | None): A copy is applied after every hidden activation;
+            copies, so a stateful dropout (an epoch-level mask) holds one mask per layer.
 
     Returns:
         nn.Sequential: The network.
@@ -25,7 +28,7 @@ def mlp(in_dim: int, hidden_dims: list[int], out_dim: int, dropout: nn.Module | 
     for width in hidden_dims:
         layers += [nn.Linear(in_dim, width), nn.LayerNorm(width), nn.ReLU()]
         if dropout is not None:
-            layers.append(dropout)
+            layers.append(copy.deepcopy(dropout))
         in_dim = width
     layers.append(nn.Linear(in_dim, out_dim))
     return nn.Sequential(*layers)

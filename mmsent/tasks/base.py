@@ -14,6 +14,7 @@ import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
+from mmsent.data.schema import MODALITIES
 from mmsent.metrics import SentimentMetrics
 from mmsent.optim import build_param_groups, has_schedules, per_group_scheduler
 from mmsent.regularization import Regularizer
@@ -67,6 +68,17 @@ class BaseTask(pl.LightningModule):
     def parameter_parts(self) -> dict[str, nn.Module]:
         """dict[str, nn.Module]: Named parts that get one optimizer group each."""
         return {"model": self}
+
+    def param_groups(self) -> list[dict]:
+        """The optimizer's parameter groups, one per part, with their settings.
+
+        Subclasses call it once at the end of ``__init__`` too, so a misspelt group
+        name fails before any data is prepared.
+
+        Returns:
+            list[dict]: Groups for the optimizer callable.
+        """
+        return build_param_groups(self.parameter_parts(), self.group_settings, optional=MODALITIES)
 
     def compute_loss(self, batch: dict) -> torch.Tensor:
         """The training objective on one batch (used by diagnostics too).
@@ -128,7 +140,7 @@ class BaseTask(pl.LightningModule):
         self._best_error[stage] = []
 
     def configure_optimizers(self):
-        groups = build_param_groups(self.parameter_parts(), self.group_settings)
+        groups = self.param_groups()
         if not groups:
             raise ValueError("no trainable parameter: every part of the model is frozen")
         optimizer = self.optimizer_factory(groups)
