@@ -202,10 +202,7 @@ def scatter_figure(tables: Mapping[str, pd.DataFrame]) -> Figure:
     Returns:
         Figure: The figure.
     """
-    figure, axes = _grid(len(tables))
-    for ax, (stage, table) in zip(axes, tables.items(), strict=True):
-        draw_scatter(ax, table["label"], table["prediction"], stage)
-    return figure
+    return _panels(tables, draw_scatter)
 
 
 def confusion_figure(tables: Mapping[str, pd.DataFrame]) -> Figure:
@@ -217,9 +214,13 @@ def confusion_figure(tables: Mapping[str, pd.DataFrame]) -> Figure:
     Returns:
         Figure: The figure.
     """
+    return _panels(tables, draw_confusion)
+
+
+def _panels(tables: Mapping[str, pd.DataFrame], draw) -> Figure:
     figure, axes = _grid(len(tables))
     for ax, (stage, table) in zip(axes, tables.items(), strict=True):
-        draw_confusion(ax, table["label"], table["prediction"], stage)
+        draw(ax, table["label"], table["prediction"], stage)
     return figure
 
 
