@@ -40,17 +40,27 @@ class MMSentCLI(LightningCLI):
 
 
 def root_cause(error: BaseException) -> BaseException:
-    """The innermost exception of a ``raise ... from ...`` chain.
+    """The first exception in a ``raise ... from ...`` chain not raised by jsonargparse.
+
+    Unwrapping stops there, so a message the project wrote around a lower-level
+    error (a checkpoint whose weights do not fit) is the one shown.
 
     Args:
         error (BaseException): The outermost exception.
 
     Returns:
-        BaseException: The exception that started the chain.
+        BaseException: The exception a class raised.
     """
-    while error.__cause__ is not None:
+    while error.__cause__ is not None and _raised_in(error, "jsonargparse"):
         error = error.__cause__
     return error
+
+
+def _raised_in(error: BaseException, package: str) -> bool:
+    trace = error.__traceback__
+    while trace is not None and trace.tb_next is not None:
+        trace = trace.tb_next
+    return trace is not None and f"{package}/" in trace.tb_frame.f_code.co_filename
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> MMSentCLI:

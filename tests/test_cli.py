@@ -150,3 +150,9 @@ def test_lecture_toolkit_from_yaml(tiny_data_args):
     assert "train/penalty" in cli.trainer.logged_metrics
     epoch_masks = [m for m in cli.model.modules() if getattr(m, "mode", None) == "epoch"]
     assert len(epoch_masks) == 2, "each MLP layer holds its own epoch-level mask"
+
+
+def test_weights_that_do_not_fit_are_reported_by_the_project_message(tiny_data_args, unimodal_checkpoints):
+    wider = ["--model.init_args.text_encoder.init_args.hidden_dim=32"]
+    with pytest.raises(ValueError, match=r"weights in .* do not fit the configured text encoder TextLSTMEncoder"):
+        main(["fit", *fusion_args(tiny_data_args, {"text": unimodal_checkpoints["text"]}, wider)])

@@ -170,10 +170,13 @@ class MultimodalDataModule(pl.LightningDataModule):
         columns = ["id", "transcript", "label", "clean_label"]
         for modality in spec.modalities:
             columns += [modality, f"{modality}_present"]
+        rows = self.split(name)
         return DataLoader(
-            ExampleDataset(self.split(name), columns),
+            ExampleDataset(rows, columns),
             batch_size=self.batch_size,
             shuffle=shuffle,
+            # A last training batch of one sample breaks batch norm.
+            drop_last=shuffle and len(rows) > self.batch_size,
             num_workers=self.num_workers,
             collate_fn=lambda examples: collate(examples, spec),
             persistent_workers=self.num_workers > 0,
