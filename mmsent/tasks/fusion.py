@@ -10,10 +10,46 @@ from torch import nn
 from mmsent.data.schema import MODALITIES
 from mmsent.metrics import SentimentMetrics
 from mmsent.models.fusion import ConcatFusion, LateFusionModel, RegressionHead
+from mmsent.models.generative import SCORE_MODES, sample_embeddings
 from mmsent.tasks.base import BaseTask
 from mmsent.tasks.checkpoints import META_KEY, load_encoder, read_checkpoint
 
 EncoderFactory = Callable[[int], nn.Module]
+
+
+def build_encoders(factories: dict[str, EncoderFactory | None], checkpoints: dict[str, str | None],
+                   input_dims: dict[str, int]) -> nn.ModuleDict:
+    """Builds the configured encoders and loads each from its unimodal checkpoint.
+
+    Args:
+        factories (dict[str, EncoderFactory | None]): Per modality, the encoder factory
+            (``model.<modality>_encoder``) or None to leave the modality out.
+        checkpoints (dict[str, str | None]): Per modality, its unimodal checkpoint
+            (``model.<modality>_checkpoint``) or None.
+        input_dims (dict[str, int]): Per modality in the data, the encoder's input size.
+
+    Returns:
+        nn.ModuleDict: The encoders, in the canonical modality order.
+
+    Raises:
+        ValueError: If an encoder is configured for a modality the data lacks, none is
+            configured, or a checkpoint does not fit (see :func:`load_encoder`).
+    """
+    encoders = nn.ModuleDict()
+    for modality in MODALITIES:
+        factory = factories[modality]
+        if factory is None:
+            continue
+        if modality not in input_dims:
+            raise ValueError(f"model.{modality}_encoder is set but the data holds only "
+                             f"{sorted(input_dims)}")
+        encoders[modality] = factory(input_dims[modality])
+        if checkpoints[modality]:
+            load_encoder(encoders[modality], modality, checkpoints[modality],
+                         f"model.{modality}_checkpoint")
+    if not encoders:
+        raise ValueError("model: configure at least one of text_encoder, audio_encoder, video_encoder")
+    return encoders
 
 
 class FusionTask(BaseTask):
@@ -24,6 +60,12 @@ class FusionTask(BaseTask):
     dropout do not drift while the head learns. Stage 5 loads the whole stage-4 model
     with ``init_checkpoint``, unfreezes everything and trains with plain SGD, one
     parameter group per modality plus ``fusion`` (fusion module and head).
+
+    With ``generator_checkpoint`` (a stage-4a generator trained on the same frozen
+    encoders), every training batch of ``B`` real samples gets
+    ``round(generated_ratio * B)`` generated embedding tuples, and the loss becomes
+    ``loss(real) + generated_ratio * loss(generated)``: the real term keeps its scale,
+    and each generated sample weighs as much as a real one.
 
     Args:
         text_encoder (EncoderFactory | None): Builds the text encoder.
@@ -38,6 +80,12 @@ class FusionTask(BaseTask):
         head_hidden (int): Hidden size of the head; 0 for linear.
         freeze_encoders (bool): Train only the fusion module and head.
         modality_dropout (float): Probability of dropping each modality per sample.
+        generator_checkpoint (str | None): A generative stage's checkpoint; needs
+            ``freeze_encoders``, since its samples live in the frozen encoders' space.
+        generated_ratio (float): Generated samples per real sample in training.
+        generated_scores (str): Scores the samples are conditioned on: ``"train"``
+            (drawn from the batch's labels, i.e. the training distribution) or
+            ``"uniform"`` (uniform in [-3, 3]).
         **kwargs: :class:`BaseTask` arguments (loss, optimizer, param_groups, ...).
     """
 
@@ -47,12 +95,14 @@ class FusionTask(BaseTask):
                  text_checkpoint: str | None = None, audio_checkpoint: str | None = None,
                  video_checkpoint: str | None = None, init_checkpoint: str | None = None,
                  fusion: Callable[[dict], nn.Module] = ConcatFusion, head_hidden: int = 0,
-                 freeze_encoders: bool = True, modality_dropout: float = 0.0, **kwargs) -> None:
+                 freeze_encoders: bool = True, modality_dropout: float = 0.0,
+                 generator_checkpoint: str | None = None, generated_ratio: float = 0.0,
+                 generated_scores: str = "train", **kwargs) -> None:
         super().__init__(**kwargs)
         self.save_plain_hyperparameters(ignore=("text_encoder", "audio_encoder", "video_encoder", "fusion"))
         factories = {"text": text_encoder, "audio": audio_encoder, "video": video_encoder}
         checkpoints = {"text": text_checkpoint, "audio": audio_checkpoint, "video": video_checkpoint}
-        encoders = self._build_encoders(factories, checkpoints)
+        encoders = build_encoders(factories, checkpoints, self.input_dims)
         fusion_module = fusion({m: e.out_dim for m, e in encoders.items()})
         head = RegressionHead(fusion_module.out_dim, head_hidden)
         self.model = LateFusionModel(encoders, fusion_module, head, modality_dropout)
@@ -61,23 +111,30 @@ class FusionTask(BaseTask):
         self.freeze_encoders = freeze_encoders
         self.model.encoders.requires_grad_(not freeze_encoders)
         self.ablation = nn.ModuleDict({m: SentimentMetrics() for m in encoders})
+        self.generated_ratio = generated_ratio
+        self.generated_scores = generated_scores
+        self.generator = self._load_generator(generator_checkpoint)
+        # Lightning restores each submodule's mode as found at the start of fit instead
+        # of calling train(), so the frozen parts are put in eval mode here.
+        self.train()
+        self.param_groups()
 
-    def _build_encoders(self, factories: dict, checkpoints: dict) -> nn.ModuleDict:
-        encoders = nn.ModuleDict()
-        for modality in MODALITIES:
-            factory = factories[modality]
-            if factory is None:
-                continue
-            if modality not in self.input_dims:
-                raise ValueError(f"model.{modality}_encoder is set but the data holds only "
-                                 f"{sorted(self.input_dims)}")
-            encoders[modality] = factory(self.input_dims[modality])
-            if checkpoints[modality]:
-                load_encoder(encoders[modality], modality, checkpoints[modality],
-                             f"model.{modality}_checkpoint")
-        if not encoders:
-            raise ValueError("model: configure at least one of text_encoder, audio_encoder, video_encoder")
-        return encoders
+    def _load_generator(self, path: str | None) -> nn.Module | None:
+        if self.generated_ratio < 0:
+            raise ValueError(f"model.generated_ratio must be >= 0, got {self.generated_ratio}")
+        if self.generated_scores not in SCORE_MODES:
+            raise ValueError(f"model.generated_scores must be one of {SCORE_MODES}, got {self.generated_scores!r}")
+        if not path:
+            if self.generated_ratio > 0:
+                raise ValueError("model.generated_ratio > 0 needs model.generator_checkpoint")
+            return None
+        if not self.freeze_encoders:
+            raise ValueError("model.generator_checkpoint needs model.freeze_encoders: true; generated "
+                             "embeddings live in the space of the encoders it was trained on")
+        # Imported here: the generative task builds on this module's build_encoders.
+        from mmsent.tasks.generative import load_generator
+
+        return load_generator(path, "model.generator_checkpoint", self.model.encoders)
 
     def _load_fused(self, path: str) -> None:
         checkpoint = read_checkpoint(path, "model.init_checkpoint")
@@ -96,10 +153,37 @@ class FusionTask(BaseTask):
         super().train(mode)
         if self.freeze_encoders:
             self.model.encoders.eval()
+        if self.generator is not None:
+            self.generator.eval()
         return self
 
     def forward(self, batch: dict) -> torch.Tensor:
         return self.model(batch)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        if self.generator is None or not self.generated_ratio:
+            return loss
+        generated_loss = self.generated_loss(batch["label"])
+        self.log("train/generated_loss", generated_loss, batch_size=len(batch["label"]))
+        return loss + self.generated_ratio * generated_loss
+
+    def generated_loss(self, labels: torch.Tensor) -> torch.Tensor:
+        """The loss on generated samples to add to a real batch's.
+
+        Args:
+            labels (torch.Tensor): The real batch's scores, shape ``(B,)``.
+
+        Returns:
+            torch.Tensor: The loss of the fused prediction against the conditioning score
+            on ``round(generated_ratio * B)`` generated embedding tuples.
+        """
+        dims = {m: e.out_dim for m, e in self.model.encoders.items()}
+        embeddings, scores = sample_embeddings(self.generator, dims, labels, self.generated_ratio,
+                                               self.generated_scores)
+        # Generated samples get the same modality dropout as real ones.
+        present = self.model.presence({f"{m}_present": torch.ones_like(scores, dtype=torch.bool) for m in dims})
+        return self.loss_fn(self.model.predict_from_embeddings(embeddings, present), scores)
 
     def parameter_parts(self) -> dict[str, nn.Module]:
         parts = dict(self.model.encoders.items())
