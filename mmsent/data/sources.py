@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mmsent.data.lm_features import TranscriptText
 from mmsent.data.media import DecodeError, decode_audio, decode_frames, log_mel_frames
 from mmsent.data.schema import MODALITIES, DatasetSpec, check_label, check_split, make_id
-from mmsent.data.tokenize import TextTokenizer
 
 RAW_COLUMNS = ("video_id", "clip_id", "text", "label", "mode")
 
@@ -175,6 +175,10 @@ class RawClipSource(DataSource):
         max_audio_frames (int): Longer clips are average-pooled down to this.
         tokenizer (str): ``"word"``, ``"minilm"``, or a Hugging Face model id or path.
         max_text_length (int): Longest token sequence kept.
+        text_features (str | None): A language model (``"minilm"``, a Hugging Face id
+            or a local path) whose frozen token states, computed once while
+            preparing, become the text input (``text_kind == "vectors"``) instead of
+            token ids; see :mod:`mmsent.data.lm_features`.
     """
 
     name = "raw"
@@ -183,7 +187,7 @@ class RawClipSource(DataSource):
                  video_ext: str = "mp4", modalities: list[str] | None = None, frames: int = 16,
                  frame_size: int = 32, sample_rate: int = 16000, n_mels: int = 40,
                  max_audio_frames: int = 256, tokenizer: str = "word",
-                 max_text_length: int = 64) -> None:
+                 max_text_length: int = 64, text_features: str | None = None) -> None:
         self.root = Path(root)
         self.label_file = label_file
         self.video_dir = video_dir
@@ -197,7 +201,8 @@ class RawClipSource(DataSource):
         self.sample_rate = sample_rate
         self.n_mels = n_mels
         self.max_audio_frames = max_audio_frames
-        self.tokenizer = TextTokenizer(tokenizer, max_text_length)
+        self.text = TranscriptText(tokenizer, max_text_length, text_features)
+        self.tokenizer = self.text.tokenizer
 
     def clip_paths(self, video_id: str, clip_id: str) -> tuple[Path, Path]:
         """The video and audio file of one clip.
@@ -229,12 +234,14 @@ class RawClipSource(DataSource):
             "max_audio_frames": self.max_audio_frames,
             "tokenizer": self.tokenizer.name,
             "max_text_length": self.tokenizer.max_length,
+            **({"text_features": self.text.states.fingerprint()} if self.text.states else {}),
         }
 
     def open(self, workdir: Path) -> tuple[list[dict], DatasetSpec]:
         table = read_label_table(self.root / self.label_file)
         if "text" in self.modalities:
-            self.tokenizer.fit(table.loc[table["mode"] == "train", "text"].tolist(), workdir)
+            self.text.fit(table.loc[table["mode"] == "train", "text"].tolist(),
+                          dict(zip(table["id"], table["text"], strict=True)), workdir)
         records = [self._record(row) for row in table.to_dict("records")]
         return records, self._spec()
 
@@ -245,15 +252,15 @@ class RawClipSource(DataSource):
                 "clean_label": clean, "video_path": str(video), "audio_path": str(audio)}
 
     def _spec(self) -> DatasetSpec:
-        dims = {"text": self.tokenizer.vocab_size if "text" in self.modalities else 0,
+        dims = {"text": self.text.input_dim if "text" in self.modalities else 0,
                 "audio": self.n_mels, "video": 3}
         return DatasetSpec(
             input_dims={m: dims[m] for m in self.modalities},
-            text_kind="tokens",
+            text_kind=self.text.kind,
             video_kind="frames",
-            pad_token_id=self.tokenizer.pad_token_id if "text" in self.modalities else 0,
+            pad_token_id=self.text.pad_token_id if "text" in self.modalities else 0,
             extras={"frame_shape": [self.frames, self.frame_size, self.frame_size, 3],
-                    "tokenizer": self.tokenizer.name},
+                    "tokenizer": self.text.name},
         )
 
     def load(self, record: dict) -> Loaded:
@@ -270,7 +277,7 @@ class RawClipSource(DataSource):
 
     def _load_modality(self, modality: str, record: dict):
         if modality == "text":
-            return self.tokenizer.encode(record["transcript"])
+            return self.text.encode(record["id"], record["transcript"])
         if modality == "audio":
             samples = decode_audio(record["audio_path"], self.sample_rate)
             return log_mel_frames(samples, self.sample_rate, self.n_mels,

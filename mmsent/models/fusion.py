@@ -228,3 +228,54 @@ class LateFusionModel(nn.Module):
             torch.Tensor: Scores, shape ``(B,)``.
         """
         return self.predict_from_embeddings(self.encode(batch), self.presence(batch))
+
+
+class GatedResidualFusion(nn.Module):
+    """A primary modality's embedding plus gated, residual contributions of the others.
+
+    ``fused = z_p + sum_{m != p} g_m * W_m z_m`` with per-dimension gates
+    ``g_m = sigmoid(G_m [z_1; ...; z_M])``. ``W_m`` starts at zero, so the fused
+    model begins as the primary modality alone (its pretrained embedding, unchanged)
+    and a weak modality, such as MOSI's utterance-level audio, enters only as far as
+    it lowers the training loss; ``W_m`` has no bias, so an absent (zeroed) modality
+    adds exactly nothing.
+
+    Args:
+        input_dims (dict[str, int]): Embedding size per modality.
+        primary (str | None): The modality the fused embedding is built on; the
+            first one by default. Its embedding size is the fused size.
+        dropout (float): Dropout on the other modalities' embeddings.
+        gate_bias (float): Initial gate bias; ``0`` opens the gates halfway.
+    """
+
+    def __init__(self, input_dims: dict[str, int], primary: str | None = None, dropout: float = 0.1,
+                 gate_bias: float = 0.0) -> None:
+        super().__init__()
+        self.modalities = list(input_dims)
+        self.primary = primary or self.modalities[0]
+        if self.primary not in input_dims:
+            raise ValueError(f"primary {self.primary!r} is not one of the fused modalities {self.modalities}")
+        self.out_dim = input_dims[self.primary]
+        self.dropout = nn.Dropout(dropout)
+        others = [m for m in self.modalities if m != self.primary]
+        self.project = nn.ModuleDict({m: nn.Linear(input_dims[m], self.out_dim, bias=False) for m in others})
+        self.gates = nn.ModuleDict({m: nn.Linear(sum(input_dims.values()), self.out_dim) for m in others})
+        for name in others:
+            nn.init.zeros_(self.project[name].weight)
+            nn.init.constant_(self.gates[name].bias, gate_bias)
+
+    def forward(self, embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Fuses one embedding per modality.
+
+        Args:
+            embeddings (dict[str, torch.Tensor]): Shape ``(B, D_m)`` per modality.
+
+        Returns:
+            torch.Tensor: Shape ``(B, D_primary)``.
+        """
+        joint = torch.cat([embeddings[m] for m in self.modalities], dim=-1)
+        fused = embeddings[self.primary]
+        for name, project in self.project.items():
+            gate = torch.sigmoid(self.gates[name](joint))
+            fused = fused + gate * project(self.dropout(embeddings[name]))
+        return fused

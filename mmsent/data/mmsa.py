@@ -1,0 +1,232 @@
+"""MMSA's processed feature pickles (``aligned_50.pkl``, ``unaligned_50.pkl``) for
+CMU-MOSI, CMU-MOSEI and CH-SIMS.
+
+A pickle holds a dict of splits ``train`` / ``valid`` / ``test``, each a dict of
+arrays over its ``N`` samples:
+
+* ``id``: ``"<video_id>$_$<clip_id>"``; ``raw_text``: the transcripts;
+  ``regression_labels``: the scores.
+* ``text``: ``(N, L, 768)`` BERT states or ``(N, L, 300)`` GloVe vectors;
+  ``text_bert``: ``(N, 3, L)`` word-piece ids, attention mask and segment ids.
+* ``audio`` ``(N, T_a, D_a)`` and ``vision`` ``(N, T_v, D_v)``, zero-padded; the
+  unaligned pickles add ``audio_lengths`` and ``vision_lengths``. In the aligned
+  ones every sequence follows the words, so the text length applies to all three.
+
+Unpickling can run arbitrary code, so only load pickles from a source you trust;
+the cache converts the pickle once into Arrow, and later runs never unpickle again.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from mmsent.data.schema import ID_SEPARATOR, SPLITS, check_label
+from mmsent.data.sources import file_signature
+from mmsent.data.tables import FeatureData, FeatureSource
+
+log = logging.getLogger(__name__)
+
+TEXT_MODES = ("vectors", "bert_ids", "transcript")
+MODALITY_KEYS = {"audio": "audio", "video": "vision"}
+
+
+def load_pickle(path: Path) -> dict:
+    """Unpickles an MMSA feature file, warning that this can run code.
+
+    Args:
+        path (Path): The ``.pkl`` file.
+
+    Returns:
+        dict: The splits.
+
+    Raises:
+        FileNotFoundError: If the file is missing.
+        ValueError: If it does not hold MMSA's ``train``/``valid``/``test`` dict.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: MMSA feature pickle not found")
+    log.warning("loading the pickle %s: unpickling can execute arbitrary code, so only load "
+                "files from a source you trust. It is converted once into the Arrow cache; "
+                "later runs read the cache and do not unpickle it again.", path)
+    with path.open("rb") as handle:
+        data = pickle.load(handle)
+    if not isinstance(data, dict) or any(split not in data for split in SPLITS):
+        keys = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"{path}: expected a dict with splits {SPLITS}, got {keys}")
+    return data
+
+
+def text_lengths(split: dict) -> np.ndarray | None:
+    """Word pieces per sample from ``text_bert``'s attention mask, if present.
+
+    Args:
+        split (dict): One split of the pickle.
+
+    Returns:
+        np.ndarray | None: ``int (N,)``, or None without ``text_bert``.
+    """
+    bert = split.get("text_bert")
+    if bert is None:
+        return None
+    return np.asarray(bert)[:, 1, :].sum(-1).astype(int)
+
+
+def trailing_nonzero_length(sequence: np.ndarray) -> int:
+    """The length of a zero-padded sequence: up to its last non-zero step.
+
+    Args:
+        sequence (np.ndarray): ``(T, D)``.
+
+    Returns:
+        int: The number of steps before the trailing all-zero padding.
+    """
+    nonzero = np.flatnonzero(np.any(sequence != 0, axis=-1))
+    return int(nonzero[-1]) + 1 if nonzero.size else 0
+
+
+class MMSAPickleSource(FeatureSource):
+    """MMSA's processed features (aligned or unaligned) from one pickle.
+
+    Args:
+        path (str): The pickle, e.g. ``.../MOSI/Processed/unaligned_50.pkl``.
+        modalities (list[str] | None): Which of text, audio, video (MMSA's
+            ``vision``) to prepare; all three by default.
+        text (str | None): ``"vectors"`` (the pickle's ``text`` array: BERT states or
+            GloVe vectors), ``"bert_ids"`` (``text_bert``'s word-piece ids, for an
+            embedding table such as ``TextLSTMEncoder(pretrained_embeddings=
+            "bert-base-uncased")``) or ``"transcript"`` (``raw_text`` through
+            ``tokenizer`` or ``text_features``). None: ``"transcript"`` when
+            ``text_features`` is set, else ``"vectors"``.
+        vocab_size (int): Vocabulary size of ``text_bert`` ids (BERT base: 30522).
+        standardize (bool): Scale audio and vision with training statistics; off by
+            default, as MMSA's models take the features as they are.
+        **kwargs: :class:`FeatureSource` options (``missing``, ``tokenizer``,
+            ``max_text_length``, ``text_features``).
+    """
+
+    name = "mmsa"
+
+    def __init__(self, path: str, modalities: list[str] | None = None, text: str | None = None,
+                 vocab_size: int = 30522, standardize: bool = False, **kwargs) -> None:
+        super().__init__(modalities=modalities, standardize=standardize, **kwargs)
+        if text is None:
+            text = "transcript" if self.text.states is not None else "vectors"
+        if text not in TEXT_MODES:
+            raise ValueError(f"text must be one of {TEXT_MODES}, got {text!r}")
+        if self.text.states is not None and text != "transcript":
+            raise ValueError(f"text_features computes text from the transcripts; it cannot be "
+                             f"combined with text: {text}")
+        self.path = Path(path)
+        self.text_mode = text
+        self.vocab_size = vocab_size
+
+    def fingerprint(self) -> dict:
+        return {"path": str(self.path.resolve()), "file": file_signature([self.path]),
+                "text_mode": self.text_mode, "vocab_size": self.vocab_size, **self.settings()}
+
+    def read(self) -> FeatureData:
+        data = load_pickle(self.path)
+        clips, features = [], {m: {} for m in self._feature_modalities()}
+        dims: dict[str, tuple[int, str]] = {}
+        seen: set[str] = set()
+        for split in SPLITS:
+            part = data[split]
+            ids = self._split_ids(part, split, seen)
+            clips += self._clips(part, split, ids)
+            for modality, found in features.items():
+                values = self._modality(part, split, modality, ids)
+                self._check_dims(values, modality, split, dims)
+                found.update(values)
+        files = {m: str(self.path) for m in self.modalities}
+        text = None
+        if "text" in features:
+            text = ("tokens", self.vocab_size, 0) if self.text_mode == "bert_ids" else \
+                ("vectors", dims["text"][0], 0)
+        return FeatureData(clips, features, files, text=text)
+
+    def _feature_modalities(self) -> list[str]:
+        return [m for m in self.modalities if m != "text" or self.text_mode != "transcript"]
+
+    def _split_ids(self, part: dict, split: str, seen: set[str]) -> list[str]:
+        where = f"{self.path} [{split}]"
+        for key in ("id", "regression_labels", "raw_text"):
+            if key not in part:
+                raise ValueError(f"{where}: missing key {key!r}; the split has {sorted(part)}")
+        ids = [_as_str(i) for i in part["id"]]
+        for key in ("regression_labels", "raw_text"):
+            if len(part[key]) != len(ids):
+                raise ValueError(f"{where}: {key} holds {len(part[key])} entries for {len(ids)} ids")
+        for index, clip in enumerate(ids):
+            if ID_SEPARATOR not in clip:
+                raise ValueError(f"{where} row {index}: id {clip!r} is not of the form "
+                                 f"<video_id>{ID_SEPARATOR}<clip_id>")
+            if clip in seen:
+                raise ValueError(f"{where}: duplicate id {clip!r} at row {index}")
+            seen.add(clip)
+        return ids
+
+    def _clips(self, part: dict, split: str, ids: list[str]) -> list[dict]:
+        labels = np.asarray(part["regression_labels"], dtype=np.float64).reshape(len(ids), -1)[:, 0]
+        return [{"id": clip, "split": split, "transcript": _as_str(part["raw_text"][i]),
+                 "label": check_label(float(labels[i]), f"{self.path} [{split}] row {i} ({clip})")}
+                for i, clip in enumerate(ids)]
+
+    def _modality(self, part: dict, split: str, modality: str, ids: list[str]) -> dict:
+        key = self._key(modality)
+        if key not in part:
+            raise ValueError(f"{self.path} [{split}]: no {key!r} array for the {modality} "
+                             f"modality; the split has {sorted(part)}")
+        array = np.asarray(part[key])
+        if len(array) != len(ids):
+            raise ValueError(f"{self.path} [{split}]: {key} holds {len(array)} samples for {len(ids)} ids")
+        lengths = self._lengths(part, modality, array)
+        values = {}
+        for index, clip in enumerate(ids):
+            sample = array[index][0] if key == "text_bert" else array[index]
+            sample = sample[: lengths[index]]
+            if len(sample):
+                values[clip] = sample.astype(np.int64 if key == "text_bert" else np.float32)
+        if key == "text_bert":
+            self._check_ids(values, split)
+        return values
+
+    def _key(self, modality: str) -> str:
+        if modality == "text":
+            return "text_bert" if self.text_mode == "bert_ids" else "text"
+        return MODALITY_KEYS[modality]
+
+    def _lengths(self, part: dict, modality: str, array: np.ndarray) -> list[int]:
+        words = text_lengths(part)
+        own = part.get(f"{MODALITY_KEYS.get(modality, '')}_lengths")
+        if own is not None:
+            return [int(n) for n in own]
+        steps = array.shape[-1] if self._key(modality) == "text_bert" else array.shape[1]
+        if words is not None and (modality == "text" or steps == part["text_bert"].shape[-1]):
+            return [int(n) for n in words]
+        return [trailing_nonzero_length(sample) for sample in array]
+
+    def _check_ids(self, values: dict, split: str) -> None:
+        for clip, ids in values.items():
+            if ids.min() < 0 or ids.max() >= self.vocab_size:
+                raise ValueError(f"{self.path} [{split}] {clip}: text_bert id {int(ids.max())} is "
+                                 f"outside the vocabulary of {self.vocab_size} (set vocab_size)")
+
+    def _check_dims(self, values: dict, modality: str, split: str, dims: dict) -> None:
+        if not values or self._key(modality) == "text_bert":
+            return
+        clip, sample = next(iter(values.items()))
+        if sample.ndim != 2:
+            raise ValueError(f"{self.path} [{split}] {clip}: {modality} should be (steps, features), "
+                             f"got shape {sample.shape}")
+        first = dims.setdefault(modality, (sample.shape[1], split))
+        if sample.shape[1] != first[0]:
+            raise ValueError(f"{self.path} [{split}] {clip}: {modality} has {sample.shape[1]} "
+                             f"features, but split {first[1]!r} has {first[0]}")
+
+
+def _as_str(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
