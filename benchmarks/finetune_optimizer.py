@@ -1,0 +1,86 @@
+"""Stage 5 with plain SGD against stage 5 with Adam, from the same stage-4 start.
+
+Reads a finished pipeline (its file and output folder), takes the fine-tuning
+stage's configs and the fusion stage's best checkpoint, and fine-tunes with each
+optimizer over several seeds:
+
+* ``sgd``: the stage as configured (SGD, one learning rate and schedule per modality);
+* ``adam``: Adam at one learning rate for every parameter, no groups or schedules.
+
+    python benchmarks/finetune_optimizer.py --pipeline pipelines/quickstart.yaml --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from common import fit_and_test, machine, mean_std, save
+
+from mmsent.pipeline import load_pipeline
+
+METRICS = ("MAE", "Corr", "Non0_acc_2", "Mult_acc_7")
+
+
+def stage_args(pipeline_file: str, output_dir: str | None, stage: str, source: str) -> tuple[list[str], dict]:
+    """The CLI arguments of a stage, with its input checkpoints from the manifest.
+
+    Args:
+        pipeline_file (str): The pipeline YAML.
+        output_dir (str | None): Its output folder (default: the file's).
+        stage (str): The stage to rerun.
+        source (str): The stage whose best checkpoint it starts from.
+
+    Returns:
+        tuple[list[str], dict]: The arguments and the source stage's manifest record.
+    """
+    pipeline = load_pipeline(pipeline_file)
+    folder = Path(output_dir) if output_dir else pipeline.output_dir
+    manifest = json.loads((folder / "manifest.json").read_text())
+    record = manifest["stages"][source]
+    target = pipeline.stage(stage)
+    args = [arg for config in target.configs for arg in ("-c", str(config))] + pipeline.args + target.args
+    for key, name in target.checkpoints.items():
+        args.append(f"--{key}={manifest['stages'][name]['best_checkpoint']}")
+    return args, record
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pipeline", default="pipelines/quickstart.yaml")
+    parser.add_argument("--output-dir", default=None, help="the pipeline's output folder")
+    parser.add_argument("--stage", default="finetune")
+    parser.add_argument("--source", default="fusion")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--adam-lr", type=float, default=1e-3)
+    parser.add_argument("--runs", default="runs/benchmarks/finetune_optimizer")
+    options = parser.parse_args()
+    base, start = stage_args(options.pipeline, options.output_dir, options.stage, options.source)
+    variants = {
+        "sgd": [],
+        "adam": ["--model.init_args.optimizer=torch.optim.Adam",
+                 f"--model.init_args.optimizer.init_args.lr={options.adam_lr}",
+                 "--model.init_args.param_groups=null"],
+    }
+    name = Path(options.pipeline).stem
+    results = {}
+    for variant, extra in variants.items():
+        for seed in options.seeds:
+            args = base + extra + [f"--seed_everything={seed}", "--trainer.logger=false",
+                                   "--trainer.enable_progress_bar=false",
+                                   f"--trainer.default_root_dir={options.runs}/{name}/{variant}/seed{seed}"]
+            results.setdefault(variant, []).append(fit_and_test(args))
+    start_metrics = start["metrics"]["test"]
+    save(f"finetune_optimizer_{name}", {"machine": machine(), "seeds": options.seeds,
+                                        "stage4_test": start_metrics, "results": results})
+    print(f"\nmachine: {machine()}\n")
+    print("| stage 5 optimizer | " + " | ".join(f"test {m}" for m in METRICS) + " |")
+    print("|---" * (len(METRICS) + 1) + "|")
+    print("| (stage 4 start) | " + " | ".join(f"{start_metrics[m]:.3f}" for m in METRICS) + " |")
+    for variant, runs in results.items():
+        print(f"| {variant} | " + " | ".join(mean_std([r[m] for r in runs]) for m in METRICS) + " |")
+
+
+if __name__ == "__main__":
+    main()
