@@ -74,8 +74,13 @@ def run_seed(seed: int, output_dir: Path, cache_dir: str) -> dict:
     started = time.time()
     with (output_dir / "benchmark.log").open("w") as log:
         subprocess.run(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+    manifest = json.loads((output_dir / "manifest.json").read_text())
+    unfinished = [s for s in STAGES if manifest["stages"].get(s, {}).get("status") != "done"]
+    if unfinished:
+        raise RuntimeError(f"seed {seed}: stage(s) {unfinished} did not finish (interrupted?); "
+                           f"see {output_dir / 'benchmark.log'}, then rerun to resume")
     print(f"seed {seed}: pipeline finished in {time.time() - started:.0f} s", flush=True)
-    return json.loads((output_dir / "manifest.json").read_text())
+    return manifest
 
 
 def stage_results(manifests: dict[int, dict]) -> dict:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmsent.data import MMSAPickleSource, MultimodalDataModule, SDKSource, TableSource
+from mmsent.data import FeatureTableSource, MMSAPickleSource, MultimodalDataModule, SDKSource
 from mmsent.data.cache import prepare
 from mmsent.data.sdk import (
     Sequence,
@@ -56,9 +56,9 @@ def table_root(tmp_path):
     return root
 
 
-def table_source(root, **kwargs) -> TableSource:
+def table_source(root, **kwargs) -> FeatureTableSource:
     options = {"tables": {"audio": "audio.parquet", "video": "video.csv"}, **kwargs}
-    return TableSource(str(root), **options)
+    return FeatureTableSource(str(root), **options)
 
 
 def present(split, modality) -> list[bool]:
@@ -157,7 +157,7 @@ def test_table_cells_holding_sequences_keep_their_time_axis(table_root, tmp_path
     steps = [np.arange(3 * (1 + i % 4), dtype=np.float32).reshape(-1, 3).tolist() for i in range(len(labels))]
     pd.DataFrame({"video_id": labels.video_id, "clip_id": labels.clip_id, "frames": steps}).to_parquet(
         table_root / "seq.parquet")
-    source = TableSource(str(table_root), tables={"video": "seq.parquet"}, columns={"video": "frames"},
+    source = FeatureTableSource(str(table_root), tables={"video": "seq.parquet"}, columns={"video": "frames"},
                          modalities=["video"], standardize=False)
     data = prepare(source, tmp_path / "cache")
     lengths = sorted({len(np.asarray(v)) for v in data.splits["train"]["video"]})

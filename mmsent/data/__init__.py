@@ -6,12 +6,13 @@ from mmsent.data.mmsa import MMSAPickleSource
 from mmsent.data.schema import DatasetSpec
 from mmsent.data.sdk import SDKSource
 from mmsent.data.sources import DataSource, GeneratedSource, RawClipSource
-from mmsent.data.tables import FeatureSource, MOSISource, TableSource
+from mmsent.data.tables import FeatureSource, FeatureTableSource, MOSISource
 
 __all__ = [
     "DataSource",
     "DatasetSpec",
     "FeatureSource",
+    "FeatureTableSource",
     "GeneratedSource",
     "LMTokenStates",
     "MMSAPickleSource",
@@ -19,7 +20,6 @@ __all__ = [
     "MultimodalDataModule",
     "RawClipSource",
     "SDKSource",
-    "TableSource",
     "TranscriptText",
     "collate",
 ]

@@ -397,7 +397,7 @@ def _read_table(path: Path) -> pd.DataFrame:
     raise ValueError(f"{path}: expected a .parquet or .csv feature table")
 
 
-class TableSource(FeatureSource):
+class FeatureTableSource(FeatureSource):
     """Per-clip feature tables joined to an MMSA-style ``label.csv``.
 
     Labels, splits and transcripts come from ``label.csv`` (``video_id, clip_id,
@@ -523,7 +523,7 @@ def find_mosi(root: str | None = None) -> Path:
                                              env=MOSI_ENV))
 
 
-class MOSISource(TableSource):
+class MOSISource(FeatureTableSource):
     """Real CMU-MOSI: transcripts and scores from ``label.csv``, openSMILE acoustic
     vectors (73-d, one per clip) from ``audio_opensmile.parquet``.
 
