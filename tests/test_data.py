@@ -6,8 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import mmsent.data.sources as sources
-from mmsent.data import MultimodalDataModule, RawClipSource
+from mmsent.data import MultimodalDataModule, RawClipSource, sources
 from mmsent.data.cache import prepare
 
 

@@ -117,7 +117,7 @@ def test_sigkill_in_stage_four_resumes_from_its_last_checkpoint(tiny_raw, tiny_c
     assert "finetune" not in killed["stages"]
     before = checkpoint_times(tmp_path, ["text", "audio"])
 
-    rerun = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    rerun = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     final = manifest(tmp_path)
     assert checkpoint_times(tmp_path, ["text", "audio"]) == before
