@@ -217,7 +217,8 @@ def run_stage(pipeline: Pipeline, stage: Stage, manifest: Manifest, extra: list[
         "predictions": save_predictions(cli, best, pipeline.output_dir / stage.name),
         "wall_time_s": round(time.time() - started, 1),
     })
-    manifest.data.setdefault("baselines", constant_baseline(cli.datamodule))
+    if "baselines" not in manifest.data:
+        manifest.data["baselines"] = constant_baseline(cli.datamodule)
     manifest.save()
     if tracker:
         tracker.finish(manifest)

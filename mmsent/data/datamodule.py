@@ -78,11 +78,8 @@ def collate(examples: list[dict], spec: DatasetSpec) -> dict:
             mask = present.unsqueeze(1).expand(-1, frames.shape[1]).clone()
         else:
             pad = spec.pad_token_id if modality == "text" and spec.text_kind == "tokens" else 0
-            batch[modality], mask = pad_sequences(values, pad)
-            if batch[modality].dtype != torch.float32 and batch[modality].is_floating_point():
-                batch[modality] = batch[modality].float()
-            if not batch[modality].is_floating_point():
-                batch[modality] = batch[modality].long()
+            padded, mask = pad_sequences(values, pad)
+            batch[modality] = padded.float() if padded.is_floating_point() else padded.long()
             mask &= present.unsqueeze(1)
         batch[f"{modality}_mask"] = mask
         batch[f"{modality}_present"] = present

@@ -114,8 +114,8 @@ class BaseTask(pl.LightningModule):
         return {"id": batch["id"], "transcript": batch["transcript"], "label": batch["label"],
                 "prediction": self(batch).detach()}
 
-    def _evaluate(self, batch: dict, stage: str) -> torch.Tensor:
-        preds = self(batch)
+    def _evaluate(self, batch: dict, stage: str, preds: torch.Tensor | None = None) -> torch.Tensor:
+        preds = self(batch) if preds is None else preds
         self.log(f"{stage}/loss", self.loss_fn(preds, batch["label"]), batch_size=len(preds))
         self.metrics[stage].update(preds, batch["label"])
         self._best_error[stage].append((batch["label"] - batch["clean_label"]).abs())

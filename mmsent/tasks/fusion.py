@@ -191,9 +191,10 @@ class FusionTask(BaseTask):
         return parts
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        super().test_step(batch, batch_idx)
+        # One pass through the encoders serves the full prediction and every ablation.
         embeddings = self.model.encode(batch)
         present = self.model.presence(batch)
+        self._evaluate(batch, "test", self.model.predict_from_embeddings(embeddings, present))
         for modality, metric in self.ablation.items():
             ablated = dict(present)
             ablated[modality] = torch.zeros_like(present[modality])
