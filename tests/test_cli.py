@@ -74,6 +74,44 @@ def test_finetune_uses_one_sgd_group_per_modality(tiny_data_args, unimodal_check
     assert all(p.requires_grad for p in cli.model.parameters())
 
 
+def test_same_seed_gives_the_same_fused_weights(tiny_data_args, unimodal_checkpoints, tmp_path):
+    def fused_state(seed, root):
+        main(["fit", *fusion_args(tiny_data_args, unimodal_checkpoints), *SHORT, f"--seed_everything={seed}",
+              "--trainer.deterministic=true", "--model.init_args.modality_dropout=0.3",
+              f"--trainer.default_root_dir={root}"])
+        return torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+    first, again, other = fused_state(3, tmp_path / "a"), fused_state(3, tmp_path / "b"), fused_state(4, tmp_path / "c")
+    assert all(torch.equal(first[key], again[key]) for key in first)
+    assert not all(torch.equal(first[key], other[key]) for key in first if key.startswith("model.head"))
+
+
+GATED_ON_TEXT = ["--model.init_args.fusion=mmsent.models.fusion.GatedResidualFusion",
+                 "--model.init_args.fusion.init_args.primary=text"]
+
+
+def test_fused_model_can_start_as_the_text_model(tiny_data_args, unimodal_checkpoints):
+    from mmsent.main import build_cli
+
+    cli = build_cli([*fusion_args(tiny_data_args, unimodal_checkpoints, GATED_ON_TEXT),
+                     "--model.init_args.head_from=text"], run=False)
+    fused = cli.model.model.eval()
+    text_state = torch.load(unimodal_checkpoints["text"], weights_only=True)["state_dict"]
+    for key, value in fused.head.state_dict().items():
+        assert torch.equal(value, text_state["head." + key])
+    cli.datamodule.setup("validate")
+    batch = next(iter(cli.datamodule.val_dataloader()))
+    with torch.no_grad():
+        text_only = fused.head(fused.encoders["text"](batch["text"], batch["text_mask"]))
+        torch.testing.assert_close(fused(batch), text_only)
+
+
+def test_head_of_another_size_is_rejected(tiny_data_args, unimodal_checkpoints):
+    with pytest.raises(ValueError, match=r"model.text_checkpoint: the head in .* does not fit the fused head"):
+        main(["fit", *fusion_args(tiny_data_args, unimodal_checkpoints, GATED_ON_TEXT),
+              "--model.init_args.head_from=text", "--model.init_args.head_hidden=16"])
+
+
 def test_missing_checkpoint_fails_before_training_naming_key_and_path(tiny_data_args, tmp_path):
     missing = tmp_path / "nowhere.ckpt"
     with pytest.raises(FileNotFoundError, match=r"model.text_checkpoint: checkpoint .*nowhere.ckpt"):

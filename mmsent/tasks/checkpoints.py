@@ -75,3 +75,28 @@ def load_encoder(encoder: nn.Module, modality: str, path: str | Path, what: str)
     except RuntimeError as error:
         raise ValueError(f"{what}: the weights in {path} do not fit the configured {modality} "
                          f"encoder {configured} (a different size?): {error}") from error
+
+
+def load_head(head: nn.Module, modality: str, path: str | Path, what: str) -> None:
+    """Loads the regression head of a unimodal stage's checkpoint.
+
+    Args:
+        head (nn.Module): The configured head.
+        modality (str): The modality the unimodal stage was trained on.
+        path (str | Path): The unimodal checkpoint.
+        what (str): The config key that named the path, for messages.
+
+    Raises:
+        ValueError: If the checkpoint holds another modality, or its head does not fit
+            the configured one, naming both sides.
+    """
+    checkpoint = read_checkpoint(path, what)
+    meta = checkpoint.get(META_KEY, {})
+    if meta.get("task") not in (None, "unimodal") or meta.get("modality") not in (None, modality):
+        raise ValueError(f"{what}: {path} holds no unimodal {modality} model to take the head from")
+    try:
+        head.load_state_dict(sub_state_dict(checkpoint["state_dict"], "head."))
+    except RuntimeError as error:
+        raise ValueError(f"{what}: the head in {path} does not fit the fused head (the fused "
+                         f"embedding must have the {modality} embedding's size, and head_hidden "
+                         f"must match): {error}") from error

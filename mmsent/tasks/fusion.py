@@ -12,7 +12,7 @@ from mmsent.metrics import SentimentMetrics
 from mmsent.models.fusion import ConcatFusion, LateFusionModel, RegressionHead
 from mmsent.models.generative import SCORE_MODES, sample_embeddings
 from mmsent.tasks.base import BaseTask
-from mmsent.tasks.checkpoints import META_KEY, load_encoder, read_checkpoint
+from mmsent.tasks.checkpoints import META_KEY, load_encoder, load_head, read_checkpoint
 
 EncoderFactory = Callable[[int], nn.Module]
 
@@ -78,6 +78,14 @@ class FusionTask(BaseTask):
         fusion (Callable[[dict], nn.Module]): Builds the fusion module from the
             encoders' output sizes (``ConcatFusion``, ``TensorFusion``, ``LowRankFusion``).
         head_hidden (int): Hidden size of the head; 0 for linear.
+        head_from (str | None): A modality whose unimodal head (from its
+            ``<modality>_checkpoint``) the fused head starts from. With a fusion whose
+            output starts as that modality's embedding (``GatedResidualFusion`` with it
+            as ``primary``), the fused model starts as the unimodal model, and the other
+            modalities enter only as far as training moves it from there. Like the
+            encoders, the head is loaded only when that checkpoint is set (evaluating a
+            saved fused model needs none), and not with ``init_checkpoint``, which
+            brings its own head.
         freeze_encoders (bool): Train only the fusion module and head.
         modality_dropout (float): Probability of dropping each modality per sample.
         generator_checkpoint (str | None): A generative stage's checkpoint; needs
@@ -95,7 +103,7 @@ class FusionTask(BaseTask):
                  text_checkpoint: str | None = None, audio_checkpoint: str | None = None,
                  video_checkpoint: str | None = None, init_checkpoint: str | None = None,
                  fusion: Callable[[dict], nn.Module] = ConcatFusion, head_hidden: int = 0,
-                 freeze_encoders: bool = True, modality_dropout: float = 0.0,
+                 head_from: str | None = None, freeze_encoders: bool = True, modality_dropout: float = 0.0,
                  generator_checkpoint: str | None = None, generated_ratio: float = 0.0,
                  generated_scores: str = "train", **kwargs) -> None:
         super().__init__(**kwargs)
@@ -108,6 +116,8 @@ class FusionTask(BaseTask):
         self.model = LateFusionModel(encoders, fusion_module, head, modality_dropout)
         if init_checkpoint:
             self._load_fused(init_checkpoint)
+        elif head_from:
+            self._load_head(head_from, checkpoints)
         self.freeze_encoders = freeze_encoders
         self.model.encoders.requires_grad_(not freeze_encoders)
         self.ablation = nn.ModuleDict({m: SentimentMetrics() for m in encoders})
@@ -135,6 +145,13 @@ class FusionTask(BaseTask):
         from mmsent.tasks.generative import load_generator
 
         return load_generator(path, "model.generator_checkpoint", self.model.encoders)
+
+    def _load_head(self, modality: str, checkpoints: dict[str, str | None]) -> None:
+        if modality not in self.model.encoders:
+            raise ValueError(f"model.head_from is {modality!r}, not one of the fused modalities "
+                             f"{list(self.model.encoders)}")
+        if checkpoints[modality]:
+            load_head(self.model.head, modality, checkpoints[modality], f"model.{modality}_checkpoint")
 
     def _load_fused(self, path: str) -> None:
         checkpoint = read_checkpoint(path, "model.init_checkpoint")
