@@ -188,6 +188,8 @@ def run_stage(pipeline: Pipeline, stage: Stage, manifest: Manifest, extra: list[
         manifest (Manifest): Updated and saved as the stage progresses.
         extra (list[str]): Arguments from the command line.
     """
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
     from mmsent.main import build_cli
 
     record = manifest.stage(stage.name)
@@ -200,7 +202,12 @@ def run_stage(pipeline: Pipeline, stage: Stage, manifest: Manifest, extra: list[
     started = time.time() - (record.get("wall_time_s", 0.0) if resume else 0.0)
     cli = build_cli(args, run=False)
     tracker = tracking.start_stage(pipeline, stage, manifest, cli)
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume)
+    try:
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume)
+    except SIGTERMException:
+        # Lightning stops the fit cleanly on SIGTERM and would exit with status 0.
+        raise SystemExit(f"stage {stage.name!r} stopped by SIGTERM; run the same command again to "
+                         f"resume it from its last checkpoint") from None
     # Read before validate/test: loading the best checkpoint resets the callback's state.
     last = cli.trainer.checkpoint_callback.last_model_path
     best = cli.trainer.checkpoint_callback.best_model_path or last

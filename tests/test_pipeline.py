@@ -98,20 +98,27 @@ def test_pipeline_file_errors_name_the_key(tmp_path):
         load_pipeline(path)
 
 
-def test_sigkill_in_stage_four_resumes_from_its_last_checkpoint(tiny_raw, tiny_cache, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_stop_in_stage_four_resumes_from_its_last_checkpoint(tiny_raw, tiny_cache, tmp_path, stop):
     pipeline = write_pipeline(tmp_path, tiny_raw, tiny_cache, fusion_epochs=8, with_video=False)
     stages = [s for s in STAGES if s != "visual"]
     command = [sys.executable, "-m", "mmsent", "pipeline", "run", str(pipeline)]
     env = {**os.environ, "WANDB_MODE": "disabled"}
+    stderr = (tmp_path / "stderr.txt").open("w")
     process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+                               stderr=stderr, start_new_session=True)
     last = tmp_path / "out" / "fusion" / "checkpoints" / "last.ckpt"
     deadline = time.time() + 600
     while not last.exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     time.sleep(0.3)  # let the checkpoint file be written completely
-    os.killpg(process.pid, signal.SIGKILL)
+    os.killpg(process.pid, stop)
     process.wait()
+    stderr.close()
+    if stop == signal.SIGTERM:
+        # Lightning ends the fit cleanly; the pipeline must still report the stop.
+        assert process.returncode == 1
+        assert "stage 'fusion' stopped by SIGTERM" in (tmp_path / "stderr.txt").read_text()
     killed = manifest(tmp_path)
     assert killed["stages"]["fusion"]["status"] == "running", "the kill must land inside stage 4"
     assert "finetune" not in killed["stages"]
