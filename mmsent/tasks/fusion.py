@@ -58,7 +58,8 @@ class FusionTask(BaseTask):
     Stage 4 sets ``freeze_encoders: true`` and loads each encoder from its unimodal
     checkpoint; frozen encoders also stay in eval mode, so batch norm statistics and
     dropout do not drift while the head learns. Stage 5 loads the whole stage-4 model
-    with ``init_checkpoint``, unfreezes everything and trains with plain SGD, one
+    with ``init_checkpoint``, unfreezes everything (except what an encoder's own
+    config freezes, such as ``freeze_embeddings``) and trains with plain SGD, one
     parameter group per modality plus ``fusion`` (fusion module and head).
 
     With ``generator_checkpoint`` (a stage-4a generator trained on the same frozen
@@ -119,7 +120,9 @@ class FusionTask(BaseTask):
         elif head_from:
             self._load_head(head_from, checkpoints)
         self.freeze_encoders = freeze_encoders
-        self.model.encoders.requires_grad_(not freeze_encoders)
+        if freeze_encoders:
+            self.model.encoders.requires_grad_(False)
+        # Otherwise each encoder keeps what its own config froze (e.g. freeze_embeddings).
         self.ablation = nn.ModuleDict({m: SentimentMetrics() for m in encoders})
         self.generated_ratio = generated_ratio
         self.generated_scores = generated_scores
