@@ -49,11 +49,40 @@ def build_param_groups(parts: dict[str, nn.Module], settings: dict[str, dict] | 
         bad = set(options) - set(GROUP_KEYS)
         if bad:
             raise ValueError(f"param_groups.{name}: unknown option(s) {sorted(bad)}; allowed {GROUP_KEYS}")
+        options = _numeric_options(name, options)
         params = [p for p in module.parameters() if p.requires_grad]
         if params:
             options.pop("schedule", None)
             groups.append({"params": params, "name": name, **options})
     return groups
+
+
+def _numeric_options(group: str, options: dict) -> dict:
+    """Checks that the numeric options of a group are numbers.
+
+    A value set on the command line (``--model.init_args.param_groups.text.lr=0.01``)
+    arrives as a string, since the groups are a free-form dict; it is converted here.
+
+    Args:
+        group (str): The group's name, for the message.
+        options (dict): Its options.
+
+    Returns:
+        dict: The options with numeric strings converted to floats.
+
+    Raises:
+        ValueError: If a numeric option is not a number, naming the key.
+    """
+    converted = dict(options)
+    for key in ("lr", "weight_decay", "momentum", "eps", "alpha", "rho"):
+        value = converted.get(key)
+        if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+            continue
+        try:
+            converted[key] = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"param_groups.{group}.{key} must be a number, got {value!r}") from None
+    return converted
 
 
 def schedule_factor(schedule: dict | None) -> Callable[[int], float]:
