@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from common import fit_and_test, machine, mean_std, save
+from common import RESULTS, fit_and_test, machine, mean_std, save
 
 from mmsent.pipeline import load_pipeline
 
@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--adam-lr", type=float, default=1e-3)
     parser.add_argument("--runs", default="runs/benchmarks/finetune_optimizer")
+    parser.add_argument("--table-only", action="store_true", help="print the saved results' table")
     options = parser.parse_args()
     base, start = stage_args(options.pipeline, options.output_dir, options.stage, options.source)
     variants = {
@@ -64,6 +65,11 @@ def main() -> None:
                  "--model.init_args.param_groups=null"],
     }
     name = Path(options.pipeline).stem
+    if options.table_only:
+        payload = json.loads((RESULTS / f"finetune_optimizer_{name}.json").read_text())
+        print(table(payload))
+        return
+    start_metrics = start["metrics"]
     results = {}
     for variant, extra in variants.items():
         for seed in options.seeds:
@@ -71,16 +77,32 @@ def main() -> None:
                                    "--trainer.enable_progress_bar=false",
                                    f"--trainer.default_root_dir={options.runs}/{name}/{variant}/seed{seed}"]
             results.setdefault(variant, []).append(fit_and_test(args))
-    start_metrics = start["metrics"]["test"]
-    save(f"finetune_optimizer_{name}", {"machine": machine(), "seeds": options.seeds,
-                                        "stage4_test": start_metrics, "results": results})
-    print(f"\nmachine: {machine()}\n")
-    print("| stage 5 optimizer | " + " | ".join(f"test {m}" for m in METRICS) + " |")
-    print("|---" * (len(METRICS) + 1) + "|")
-    print("| (stage 4 start) | " + " | ".join(f"{start_metrics[m]:.3f}" for m in METRICS) + " |")
-    for variant, runs in results.items():
-        print(f"| {variant} | " + " | ".join(mean_std([r[m] for r in runs]) for m in METRICS) + " |")
+            # Saved after every run so that an interrupted benchmark keeps what it measured.
+            payload = {"machine": machine(), "seeds": options.seeds, "stage4": start_metrics,
+                       "results": results}
+            save(f"finetune_optimizer_{name}", payload)
+    print(table(payload))
 
+
+def table(payload: dict) -> str:
+    """The Markdown table of a benchmark's results.
+
+    Args:
+        payload (dict): What :func:`main` saved.
+
+    Returns:
+        str: The machine line and the table.
+    """
+    start = payload["stage4"]
+    lines = [f"machine: {payload['machine']}", "",
+             "| stage 5 optimizer | " + " | ".join(f"test {m}" for m in METRICS) + " | val MAE |",
+             "|---" * (len(METRICS) + 2) + "|",
+             "| (stage 4 start) | " + " | ".join(f"{start['test'][m]:.3f}" for m in METRICS)
+             + f" | {start['val']['MAE']:.3f} |"]
+    for variant, runs in payload["results"].items():
+        cells = [mean_std([r[m] for r in runs]) for m in (*METRICS, "val_MAE")]
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 if __name__ == "__main__":
     main()
