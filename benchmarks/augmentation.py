@@ -108,12 +108,10 @@ def embed_splits(task, datamodule) -> dict:
     """Every split's embeddings, presence flags and labels, encoded once."""
     task.eval()
     datamodule.prepare_data()
-    loaders = {"train": datamodule.train_dataloader(), "valid": datamodule.val_dataloader(),
-               "test": datamodule.test_dataloader()}
     splits = {}
-    for name, loader in loaders.items():
+    for name in ("train", "valid", "test"):
         parts = [(task.model.encode(b), {m: b[f"{m}_present"] for m in task.model.encoders}, b["label"])
-                 for b in loader]
+                 for b in datamodule.split_dataloader(name)]
         splits[name] = {
             "embeddings": {m: torch.cat([p[0][m] for p in parts]) for m in task.model.encoders},
             "present": {m: torch.cat([p[1][m] for p in parts]).bool() for m in task.model.encoders},

@@ -44,6 +44,17 @@ def test_batches_hold_every_modality_with_masks(tiny_raw, tmp_path):
     assert set(data.input_dims) == {"text", "audio", "video"}
 
 
+def test_training_batches_are_full_and_split_loaders_hold_every_sample(tiny_raw, tmp_path):
+    data = MultimodalDataModule(RawClipSource(str(tiny_raw), frames=8, frame_size=32),
+                                cache_dir=str(tmp_path), batch_size=5)
+    data.setup("fit")
+    train_size = len(data.split("train"))
+    assert train_size % 5, "the tiny training split must leave a partial batch for this test"
+    assert all(len(b["label"]) == 5 for b in data.train_dataloader())
+    ordered = [i for b in data.split_dataloader("train") for i in b["id"]]
+    assert ordered == list(data.split("train")["id"])
+
+
 def test_unchanged_settings_reuse_the_cache_and_changed_ones_rebuild(tiny_raw, tmp_path, monkeypatch):
     calls = count_decodes(monkeypatch)
     first = prepare(RawClipSource(str(tiny_raw), frames=8, frame_size=32), tmp_path)

@@ -190,3 +190,14 @@ class MultimodalDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.predict_split, shuffle=False)
+
+    def split_dataloader(self, name: str) -> DataLoader:
+        """Every sample of one split, in order, none dropped (unlike training batches).
+
+        Args:
+            name (str): ``"train"``, ``"valid"`` or ``"test"``.
+
+        Returns:
+            DataLoader: The split's batches.
+        """
+        return self._loader(name, shuffle=False)
