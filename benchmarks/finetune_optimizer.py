@@ -5,9 +5,13 @@ stage's configs and the fusion stage's best checkpoint, and fine-tunes with each
 optimizer over several seeds:
 
 * ``sgd``: the stage as configured (SGD, one learning rate and schedule per modality);
-* ``adam``: Adam at one learning rate for every parameter, no groups or schedules.
+* ``adam``: Adam at one learning rate for every parameter, no groups or schedules;
+* ``sgd xK`` (with ``--sgd-scales K ...``): the configured SGD with every group's
+  learning rate multiplied by K, schedules kept.
 
     python benchmarks/finetune_optimizer.py --pipeline pipelines/quickstart.yaml --seeds 0 1 2
+
+Results are kept per variant: a run with ``--variants`` replaces only those.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
+import yaml
 from common import RESULTS, fit_and_test, machine, mean_std, save
 
 from mmsent.pipeline import load_pipeline
@@ -46,6 +51,24 @@ def stage_args(pipeline_file: str, output_dir: str | None, stage: str, source: s
     return args, record
 
 
+def scaled_groups(configs: list[Path], scale: float) -> str:
+    """The stage's parameter groups with every learning rate scaled, as a CLI argument.
+
+    Args:
+        configs (list[Path]): The stage's config files, later ones winning.
+        scale (float): The factor.
+
+    Returns:
+        str: ``--model.init_args.param_groups=<json>``.
+    """
+    groups = {}
+    for config in configs:
+        init_args = (yaml.safe_load(Path(config).read_text()) or {}).get("model", {}).get("init_args", {})
+        groups = init_args.get("param_groups", groups)
+    scaled = {name: {**options, "lr": options["lr"] * scale} for name, options in groups.items()}
+    return "--model.init_args.param_groups=" + json.dumps(scaled)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pipeline", default="pipelines/quickstart.yaml")
@@ -54,6 +77,9 @@ def main() -> None:
     parser.add_argument("--source", default="fusion")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--adam-lr", type=float, default=1e-3)
+    parser.add_argument("--sgd-scales", type=float, nargs="*", default=[],
+                        help="also run SGD with every group's learning rate scaled by these")
+    parser.add_argument("--variants", nargs="*", default=None, help="run only these (e.g. 'sgd x3')")
     parser.add_argument("--runs", default="runs/benchmarks/finetune_optimizer")
     parser.add_argument("--table-only", action="store_true", help="print the saved results' table")
     options = parser.parse_args()
@@ -64,19 +90,28 @@ def main() -> None:
                  f"--model.init_args.optimizer.init_args.lr={options.adam_lr}",
                  "--model.init_args.param_groups=null"],
     }
+    configs = load_pipeline(options.pipeline).stage(options.stage).configs
+    for scale in options.sgd_scales:
+        variants[f"sgd x{scale:g}"] = [scaled_groups(configs, scale)]
+    if options.variants is not None:
+        variants = {name: variants[name] for name in options.variants}
     name = Path(options.pipeline).stem
     if options.table_only:
         payload = json.loads((RESULTS / f"finetune_optimizer_{name}.json").read_text())
         print(table(payload))
         return
     start_metrics = start["metrics"]
-    results = {}
+    saved = RESULTS / f"finetune_optimizer_{name}.json"
+    previous = json.loads(saved.read_text()) if saved.is_file() else {}
+    # Results of other variants are kept only when they started from the same stage 4.
+    results = previous["results"] if previous.get("stage4") == start_metrics else {}
     for variant, extra in variants.items():
+        results[variant] = []
         for seed in options.seeds:
             args = base + extra + [f"--seed_everything={seed}", "--trainer.logger=false",
                                    "--trainer.enable_progress_bar=false",
-                                   f"--trainer.default_root_dir={options.runs}/{name}/{variant}/seed{seed}"]
-            results.setdefault(variant, []).append(fit_and_test(args))
+                                   f"--trainer.default_root_dir={options.runs}/{name}/{variant.replace(' ', '_')}/seed{seed}"]
+            results[variant].append(fit_and_test(args))
             # Saved after every run so that an interrupted benchmark keeps what it measured.
             payload = {"machine": machine(), "seeds": options.seeds, "stage4": start_metrics,
                        "results": results}
