@@ -23,16 +23,16 @@ from pathlib import Path
 import yaml
 from common import RESULTS, fit_and_test, machine, mean_std, save
 
-from mmsent.pipeline import load_pipeline
+from mmsent.pipeline import Pipeline, load_pipeline
 
 METRICS = ("MAE", "Corr", "Non0_acc_2", "Mult_acc_7")
 
 
-def stage_args(pipeline_file: str, output_dir: str | None, stage: str, source: str) -> tuple[list[str], dict]:
+def stage_args(pipeline: Pipeline, output_dir: str | None, stage: str, source: str) -> tuple[list[str], dict]:
     """The CLI arguments of a stage, with its input checkpoints from the manifest.
 
     Args:
-        pipeline_file (str): The pipeline YAML.
+        pipeline (Pipeline): The loaded pipeline file.
         output_dir (str | None): Its output folder (default: the file's).
         stage (str): The stage to rerun.
         source (str): The stage whose best checkpoint it starts from.
@@ -40,7 +40,6 @@ def stage_args(pipeline_file: str, output_dir: str | None, stage: str, source: s
     Returns:
         tuple[list[str], dict]: The arguments and the source stage's manifest record.
     """
-    pipeline = load_pipeline(pipeline_file)
     folder = Path(output_dir) if output_dir else pipeline.output_dir
     manifest = json.loads((folder / "manifest.json").read_text())
     record = manifest["stages"][source]
@@ -83,28 +82,28 @@ def main() -> None:
     parser.add_argument("--runs", default="runs/benchmarks/finetune_optimizer")
     parser.add_argument("--table-only", action="store_true", help="print the saved results' table")
     options = parser.parse_args()
-    base, start = stage_args(options.pipeline, options.output_dir, options.stage, options.source)
+    name = Path(options.pipeline).stem
+    saved = RESULTS / f"finetune_optimizer_{name}.json"
+    if options.table_only:
+        print(table(json.loads(saved.read_text())))
+        return
+    pipeline = load_pipeline(options.pipeline)
+    base, start = stage_args(pipeline, options.output_dir, options.stage, options.source)
     variants = {
         "sgd": [],
         "adam": ["--model.init_args.optimizer=torch.optim.Adam",
                  f"--model.init_args.optimizer.init_args.lr={options.adam_lr}",
                  "--model.init_args.param_groups=null"],
     }
-    configs = load_pipeline(options.pipeline).stage(options.stage).configs
     for scale in options.sgd_scales:
-        variants[f"sgd x{scale:g}"] = [scaled_groups(configs, scale)]
+        variants[f"sgd x{scale:g}"] = [scaled_groups(pipeline.stage(options.stage).configs, scale)]
     if options.variants is not None:
-        variants = {name: variants[name] for name in options.variants}
-    name = Path(options.pipeline).stem
-    if options.table_only:
-        payload = json.loads((RESULTS / f"finetune_optimizer_{name}.json").read_text())
-        print(table(payload))
-        return
+        variants = {variant: variants[variant] for variant in options.variants}
     start_metrics = start["metrics"]
-    saved = RESULTS / f"finetune_optimizer_{name}.json"
     previous = json.loads(saved.read_text()) if saved.is_file() else {}
     # Results of other variants are kept only when they started from the same stage 4.
     results = previous["results"] if previous.get("stage4") == start_metrics else {}
+    payload = {"machine": machine(), "seeds": options.seeds, "stage4": start_metrics, "results": results}
     for variant, extra in variants.items():
         results[variant] = []
         for seed in options.seeds:
@@ -113,9 +112,7 @@ def main() -> None:
                                    f"--trainer.default_root_dir={options.runs}/{name}/{variant.replace(' ', '_')}/seed{seed}"]
             results[variant].append(fit_and_test(args))
             # Saved after every run so that an interrupted benchmark keeps what it measured.
-            payload = {"machine": machine(), "seeds": options.seeds, "stage4": start_metrics,
-                       "results": results}
-            save(f"finetune_optimizer_{name}", payload)
+            save(saved.stem, payload)
     print(table(payload))
 
 
