@@ -161,6 +161,11 @@ class LateFusionModel(nn.Module):
         head (nn.Module): Maps the fused embedding to ``(B,)`` scores.
         modality_dropout (float): Probability of dropping each modality of each
             training sample; at least one modality is always kept.
+
+    Attributes:
+        active (torch.Tensor): Boolean, one entry per encoder; a switched-off modality
+            (see :meth:`switch_off`) is treated as absent everywhere, in training too.
+            A buffer, so the choice travels with the weights.
     """
 
     def __init__(self, encoders: nn.ModuleDict, fusion: nn.Module, head: nn.Module,
@@ -170,6 +175,32 @@ class LateFusionModel(nn.Module):
         self.fusion = fusion
         self.head = head
         self.modality_dropout = modality_dropout
+        self.register_buffer("active", torch.ones(len(encoders), dtype=torch.bool))
+
+    @property
+    def active_modalities(self) -> list[str]:
+        """list[str]: The modalities the model uses, in encoder order."""
+        return [m for m, on in zip(self.encoders, self.active.tolist(), strict=True) if on]
+
+    def switch_off(self, modality: str) -> None:
+        """Stops using a modality: it enters the fusion as absent from now on.
+
+        Args:
+            modality (str): One of the encoders' modalities.
+
+        Raises:
+            ValueError: If the model has no such encoder, or it is the last one in use.
+        """
+        if modality not in self.encoders:
+            raise ValueError(f"cannot switch off {modality!r}: the model fuses {list(self.encoders)}")
+        if self.active_modalities == [modality]:
+            raise ValueError(f"cannot switch off {modality!r}: it is the last modality in use")
+        self.active[list(self.encoders).index(modality)] = False
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Fused checkpoints written before modality selection existed use every modality.
+        state_dict.setdefault(prefix + "active", torch.ones_like(self.active))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def encode(self, batch: dict) -> dict[str, torch.Tensor]:
         """Runs every encoder.
@@ -191,7 +222,8 @@ class LateFusionModel(nn.Module):
         Returns:
             dict[str, torch.Tensor]: Boolean ``(B,)`` per modality.
         """
-        present = {m: batch[f"{m}_present"].bool() for m in self.encoders}
+        present = {m: batch[f"{m}_present"].bool() & on
+                   for m, on in zip(self.encoders, self.active, strict=True)}
         if not (self.training and self.modality_dropout > 0):
             return present
         names = list(present)
@@ -209,13 +241,28 @@ class LateFusionModel(nn.Module):
         Args:
             embeddings (dict[str, torch.Tensor]): Shape ``(B, D_m)`` per modality.
             present (dict[str, torch.Tensor] | None): Boolean ``(B,)`` per modality;
-                absent ones are zeroed. None means all present.
+                absent ones are zeroed. None means all present. Switched-off
+                modalities are zeroed either way.
 
         Returns:
             torch.Tensor: Scores, shape ``(B,)``.
         """
-        if present is not None:
-            embeddings = {m: z * present[m].unsqueeze(-1).to(z.dtype) for m, z in embeddings.items()}
+        if present is None:
+            present = {m: torch.ones(len(z), dtype=torch.bool, device=z.device) for m, z in embeddings.items()}
+        return self.fuse(embeddings, {m: present[m] & on for m, on in zip(self.encoders, self.active, strict=True)})
+
+    def fuse(self, embeddings: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Scores embeddings with exactly the given presence, whatever :attr:`active` says.
+
+        Args:
+            embeddings (dict[str, torch.Tensor]): Shape ``(B, D_m)`` per modality.
+            present (dict[str, torch.Tensor]): Boolean ``(B,)`` per modality; absent
+                ones are zeroed.
+
+        Returns:
+            torch.Tensor: Scores, shape ``(B,)``.
+        """
+        embeddings = {m: z * present[m].unsqueeze(-1).to(z.dtype) for m, z in embeddings.items()}
         return self.head(self.fusion(embeddings))
 
     def forward(self, batch: dict) -> torch.Tensor:

@@ -1,0 +1,217 @@
+"""Callback that keeps only what a fused stage gains significantly on validation."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import move_data_to_device, rank_zero_info
+from torch import nn
+
+from mmsent.models.fusion import LateFusionModel
+from mmsent.selection import as_records, bootstrap_p_value, select_modalities, video_groups
+from mmsent.tasks.checkpoints import META_KEY
+
+
+class ModalitySelection(pl.Callback):
+    """At the end of a fused stage, hands on only what validation can vouch for.
+
+    The best checkpoint is loaded, the validation split is scored with every subset of
+    modalities that backward elimination asks for (see :mod:`mmsent.selection`), and
+    each modality whose gain is not significant at ``alpha`` is switched off
+    (:meth:`LateFusionModel.switch_off`). With ``keep_start_unless_better``, the
+    result must also beat the stage's starting weights (the model before its first
+    training step) significantly, or the starting model is handed on unchanged: the
+    one-standard-error habit of preferring the simpler, earlier model when a small
+    validation split cannot tell the two apart.
+
+    The outcome is written into the best checkpoint, so the evaluation that follows,
+    the next stage (which starts from that checkpoint) and ``predict`` all use it; its
+    evidence goes to the checkpoint's metadata (``mmsent.modality_selection``) and to
+    the logger (``selection/<modality>/...``, ``selection/start/...``). A modality
+    already switched off stays off.
+
+    Args:
+        alpha (float): Significance level of the one-sided bootstrap tests.
+        samples (int): Bootstrap resamples (of whole videos).
+        seed (int): Seed of the resampling.
+        keep_start_unless_better (bool): Test the result against the starting weights,
+            whose trainable part is kept in this callback's checkpointed state so a
+            resumed stage still knows them.
+
+    Attributes:
+        record (dict | None): The last outcome: ``alpha``, ``kept``, ``switched_off``,
+            every modality test, and with ``keep_start_unless_better`` the test against
+            the start and ``handed_on`` (``"trained"`` or ``"start"``).
+    """
+
+    def __init__(self, alpha: float = 0.05, samples: int = 10000, seed: int = 0,
+                 keep_start_unless_better: bool = False) -> None:
+        super().__init__()
+        if not 0 < alpha < 1:
+            raise ValueError(f"ModalitySelection: alpha must be in (0, 1), got {alpha}")
+        self.alpha = alpha
+        self.samples = samples
+        self.seed = seed
+        self.keep_start_unless_better = keep_start_unless_better
+        self.start: dict[str, torch.Tensor] | None = None
+        self.record: dict | None = None
+
+    def state_dict(self) -> dict:
+        return {"start": self.start}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.start = state_dict.get("start")
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Keeps the starting weights, unless a resumed stage brought them back.
+
+        Args:
+            trainer (pl.Trainer): The running trainer.
+            pl_module (pl.LightningModule): The model about to be trained.
+        """
+        if self.keep_start_unless_better and self.start is None:
+            # What training can change; frozen weights (a word-piece table) would only
+            # double every checkpoint's size.
+            changing = {n for n, p in pl_module.named_parameters() if p.requires_grad}
+            changing |= {n for n, _ in pl_module.named_buffers()}
+            self.start = _cpu_copy({k: v for k, v in pl_module.state_dict().items() if k in changing})
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Selects on the best checkpoint's weights and writes the outcome into it.
+
+        Args:
+            trainer (pl.Trainer): The trainer that just finished fitting.
+            pl_module (pl.LightningModule): A task whose ``model`` is a
+                :class:`LateFusionModel`.
+
+        Raises:
+            TypeError: If the task holds no fused model.
+        """
+        model = getattr(pl_module, "model", None)
+        if not isinstance(model, LateFusionModel):
+            raise TypeError(f"ModalitySelection needs a fused model (FusionTask), got {type(pl_module).__name__}")
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if best:
+            checkpoint = torch.load(best, map_location="cpu", weights_only=True)
+            pl_module.load_state_dict(checkpoint["state_dict"])
+        candidates = model.active_modalities
+        errors, ids = validation_errors(trainer, pl_module)
+        groups = video_groups(ids)
+        kept, tests = select_modalities(candidates, errors, groups, self.alpha, self.samples, self.seed)
+        for modality in candidates:
+            if modality not in kept:
+                model.switch_off(modality)
+        self.record = {"alpha": self.alpha, "kept": kept,
+                       "switched_off": [m for m in candidates if m not in kept], "tests": as_records(tests)}
+        self._report_modalities(trainer, tests)
+        if self.keep_start_unless_better and self.start is not None:
+            self._against_start(trainer, pl_module, kept, errors(frozenset(kept)), groups)
+        if best and trainer.is_global_zero:
+            checkpoint["state_dict"] = _cpu_copy(pl_module.state_dict())
+            checkpoint.setdefault(META_KEY, {})["modality_selection"] = self.record
+            _replace(Path(best), checkpoint)
+
+    def _against_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, kept: list[str],
+                       trained_errors: torch.Tensor, groups: list[str]) -> None:
+        """Leaves the starting weights in ``pl_module`` unless the trained ones are significantly better.
+
+        Both sides use the selected modalities: the selection decides what is fused,
+        this test only which weights fuse it.
+        """
+        trained = _cpu_copy(pl_module.state_dict())
+        pl_module.load_state_dict({**trained, **self.start})
+        for modality in pl_module.model.active_modalities:
+            if modality not in kept:
+                pl_module.model.switch_off(modality)
+        start_errors, _ = validation_errors(trainer, pl_module)
+        gain = start_errors(frozenset(kept)) - trained_errors
+        p_value = bootstrap_p_value(gain, groups, self.samples, self.seed)
+        better = p_value < self.alpha
+        if better:
+            pl_module.load_state_dict(trained)
+        self.record.update(start_gain=float(gain.mean()), start_p_value=p_value,
+                           handed_on="trained" if better else "start")
+        rank_zero_info(f"ModalitySelection: {'trained' if better else 'starting'} model handed on "
+                       f"(validation MAE gain over the start {float(gain.mean()):+.4f}, p = {p_value:.3f})")
+        _log(trainer, {"selection/start/gain_MAE": float(gain.mean()), "selection/start/p_value": p_value,
+                       "selection/start/kept": float(not better)})
+
+    def _report_modalities(self, trainer: pl.Trainer, tests) -> None:
+        final = {t.modality: t for t in tests}  # the last test of each modality
+        metrics = {}
+        for modality, test in final.items():
+            kept = modality in self.record["kept"]
+            metrics.update({f"selection/{modality}/gain_MAE": test.gain, f"selection/{modality}/p_value": test.p_value,
+                            f"selection/{modality}/kept": float(kept)})
+            rank_zero_info(f"ModalitySelection: {modality} {'kept' if kept else 'switched off'} "
+                           f"(validation MAE gain {test.gain:+.4f}, p = {test.p_value:.3f} "
+                           f"over {test.groups} videos, alpha {self.alpha})")
+        _log(trainer, metrics)
+
+
+def validation_errors(trainer: pl.Trainer, pl_module: pl.LightningModule):
+    """Embeds the validation split once, for scoring any set of modalities.
+
+    Args:
+        trainer (pl.Trainer): Gives the validation dataloader.
+        pl_module (pl.LightningModule): A task whose ``model`` is a :class:`LateFusionModel`.
+
+    Returns:
+        tuple: A function from a set of modalities to the per-clip absolute errors of
+        the model using exactly those (results cached), and the clip ids.
+    """
+    loader = trainer.datamodule.val_dataloader() if trainer.datamodule else trainer.val_dataloaders
+    model: LateFusionModel = pl_module.model
+    embeddings, present, labels, ids = [], [], [], []
+    with _evaluating(pl_module):
+        for batch in loader:
+            batch = move_data_to_device(batch, pl_module.device)
+            embeddings.append(model.encode(batch))
+            present.append({m: batch[f"{m}_present"].bool() for m in model.encoders})
+            labels.append(batch["label"])
+            ids.extend(batch["id"])
+    embeddings = {m: torch.cat([e[m] for e in embeddings]) for m in model.encoders}
+    present = {m: torch.cat([p[m] for p in present]) for m in model.encoders}
+    labels = torch.cat(labels)
+    cache: dict[frozenset[str], torch.Tensor] = {}
+
+    def errors(used: frozenset[str]) -> torch.Tensor:
+        # Scored with the fusion weights the model holds when first asked for this set.
+        if used not in cache:
+            with _evaluating(pl_module):
+                scores = model.fuse(embeddings, {m: present[m] & (m in used) for m in embeddings})
+            cache[used] = (scores - labels).abs().cpu()
+        return cache[used]
+
+    return errors, ids
+
+
+@contextmanager
+def _evaluating(module: nn.Module):
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        module.train(was_training)
+
+
+def _cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {key: value.detach().cpu().clone() for key, value in state.items()}
+
+
+def _log(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
+    if trainer.logger is not None and metrics:
+        trainer.logger.log_metrics(metrics, step=trainer.global_step)
+
+
+def _replace(path: Path, checkpoint: dict) -> None:
+    partial = path.with_name(path.name + ".partial")
+    torch.save(checkpoint, partial)
+    # Replaced in one step: an interruption leaves the old checkpoint, never half a file.
+    os.replace(partial, path)

@@ -1,0 +1,152 @@
+"""Choosing the modalities a fused model uses, from validation evidence.
+
+A weak modality can lower the validation error of a fused model by chance and raise
+the error on new speakers. Here each modality has to earn its place: its *gain* on a
+validation clip is the absolute error without it minus the error with it, and it is
+kept only if the mean gain is significantly above zero under a bootstrap that
+resamples whole videos (clips of one video share a speaker, so they are not
+independent evidence). Modalities are removed one at a time, the least significant
+first, and the rest are tested again without it (backward elimination).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+
+from mmsent.data.schema import ID_SEPARATOR
+
+
+@dataclass(frozen=True)
+class GainTest:
+    """The validation evidence for one modality, given the others in use.
+
+    Attributes:
+        modality (str): The modality tested.
+        others (tuple[str, ...]): The modalities in use beside it.
+        gain (float): Mean over clips of MAE without it minus MAE with it.
+        p_value (float): One-sided bootstrap p-value of ``gain <= 0``.
+        groups (int): Number of independent groups (videos) resampled.
+    """
+
+    modality: str
+    others: tuple[str, ...]
+    gain: float
+    p_value: float
+    groups: int
+
+
+def video_groups(ids: Sequence[str]) -> list[str]:
+    """The video of each clip id (``"<video_id>$_$<clip_id>"``); the id itself otherwise.
+
+    Args:
+        ids (Sequence[str]): Clip ids.
+
+    Returns:
+        list[str]: One group name per id.
+    """
+    return [clip.split(ID_SEPARATOR, 1)[0] for clip in ids]
+
+
+def bootstrap_p_value(gain: torch.Tensor, groups: Sequence[str], samples: int = 10000,
+                      seed: int = 0) -> float:
+    """One-sided p-value that the mean gain is not above zero, resampling whole groups.
+
+    Args:
+        gain (torch.Tensor): Per-sample gain, shape ``(N,)``.
+        groups (Sequence[str]): The group of each sample (e.g. its video).
+        samples (int): Bootstrap resamples.
+        seed (int): Seed of the resampling, so a decision can be repeated exactly.
+
+    Returns:
+        float: ``(1 + #{resampled mean <= 0}) / (1 + samples)``.
+
+    Raises:
+        ValueError: If ``gain`` is empty or ``groups`` does not match it in length.
+    """
+    if gain.numel() == 0:
+        raise ValueError("no validation samples to test a modality's gain on")
+    if len(groups) != gain.numel():
+        raise ValueError(f"{len(groups)} group names for {gain.numel()} gains")
+    names = sorted(set(groups))
+    index = torch.tensor([names.index(g) for g in groups])
+    sums = torch.zeros(len(names), dtype=torch.float64).index_add_(0, index, gain.double())
+    counts = torch.zeros(len(names), dtype=torch.float64).index_add_(0, index, torch.ones_like(gain, dtype=torch.float64))
+    generator = torch.Generator().manual_seed(seed)
+    draws = torch.randint(len(names), (samples, len(names)), generator=generator)
+    means = sums[draws].sum(1) / counts[draws].sum(1)
+    return (1 + int((means <= 0).sum())) / (1 + samples)
+
+
+def measure_gain(modality: str, others: Sequence[str], errors: Callable[[frozenset[str]], torch.Tensor],
+              groups: Sequence[str], samples: int = 10000, seed: int = 0) -> GainTest:
+    """Tests one modality's gain on top of the others.
+
+    Args:
+        modality (str): The modality tested.
+        others (Sequence[str]): The modalities in use beside it.
+        errors (Callable[[frozenset[str]], torch.Tensor]): Per-sample absolute error
+            of the model when it uses exactly the given modalities.
+        groups (Sequence[str]): The group of each sample.
+        samples (int): Bootstrap resamples.
+        seed (int): Seed of the resampling.
+
+    Returns:
+        GainTest: The gain and its p-value.
+    """
+    gain = errors(frozenset(others)) - errors(frozenset(others) | {modality})
+    return GainTest(modality, tuple(others), float(gain.mean()), bootstrap_p_value(gain, groups, samples, seed),
+                    len(set(groups)))
+
+
+def select_modalities(modalities: Sequence[str], errors: Callable[[frozenset[str]], torch.Tensor],
+                      groups: Sequence[str], alpha: float = 0.05, samples: int = 10000,
+                      seed: int = 0) -> tuple[list[str], list[GainTest]]:
+    """Backward elimination: drops the least significant modality until all are significant.
+
+    One modality is always kept, whatever its evidence.
+
+    Args:
+        modalities (Sequence[str]): The candidates, in the model's order.
+        errors (Callable[[frozenset[str]], torch.Tensor]): Per-sample absolute error
+            of the model when it uses exactly the given modalities.
+        groups (Sequence[str]): The group of each sample.
+        alpha (float): Significance level; a modality stays if its p-value is below it.
+        samples (int): Bootstrap resamples.
+        seed (int): Seed of the resampling.
+
+    Returns:
+        tuple[list[str], list[GainTest]]: The modalities kept, and every test made, in
+        order (the last round's tests describe the kept ones).
+
+    Raises:
+        ValueError: If ``alpha`` is not in (0, 1) or there is no candidate.
+    """
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if not modalities:
+        raise ValueError("no modality to select from")
+    kept = list(modalities)
+    history: list[GainTest] = []
+    while len(kept) > 1:
+        tests = [measure_gain(m, [o for o in kept if o != m], errors, groups, samples, seed) for m in kept]
+        history.extend(tests)
+        weakest = max(tests, key=lambda t: (t.p_value, -t.gain))
+        if weakest.p_value < alpha:
+            break
+        kept.remove(weakest.modality)
+    return kept, history
+
+
+def as_records(tests: Sequence[GainTest]) -> list[dict]:
+    """Plain dicts of the tests, for checkpoints (``weights_only``) and JSON.
+
+    Args:
+        tests (Sequence[GainTest]): Tests from :func:`select_modalities`.
+
+    Returns:
+        list[dict]: One dict per test, ``others`` as a list.
+    """
+    return [{**asdict(t), "others": list(t.others)} for t in tests]

@@ -1,0 +1,214 @@
+"""Choosing a fused model's modalities and weights on validation evidence."""
+
+from functools import partial
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader
+
+from mmsent.callbacks import ModalitySelection
+from mmsent.models import AcousticMLPEncoder, TextLSTMEncoder
+from mmsent.models.fusion import ConcatFusion, GatedResidualFusion, LateFusionModel, RegressionHead
+from mmsent.selection import bootstrap_p_value, select_modalities, video_groups
+from mmsent.tasks import FusionTask
+from mmsent.tasks.checkpoints import META_KEY
+
+
+def test_video_groups_split_clip_ids():
+    assert video_groups(["v1$_$3", "v1$_$4", "v2$_$1", "plain"]) == ["v1", "v1", "v2", "plain"]
+
+
+def test_bootstrap_p_value_separates_a_steady_gain_from_none():
+    groups = [f"v{i // 5}" for i in range(50)]
+    steady = torch.full((50,), 0.1) + 0.02 * torch.randn(50, generator=torch.Generator().manual_seed(0))
+    assert bootstrap_p_value(steady, groups, samples=2000) < 0.001
+    assert bootstrap_p_value(torch.zeros(50), groups, samples=2000) == 1.0
+    assert bootstrap_p_value(-steady, groups, samples=2000) == 1.0
+
+
+def test_bootstrap_resamples_videos_not_clips():
+    # A large gain on the many clips of one video and a small loss on nine others: a
+    # clip-level test calls it significant, but nine of ten videos say otherwise.
+    gain = torch.cat([torch.ones(100), torch.full((9,), -0.1)])
+    by_video = ["big"] * 100 + [f"v{i}" for i in range(9)]
+    by_clip = [str(i) for i in range(109)]
+    assert bootstrap_p_value(gain, by_clip, samples=2000) < 0.01
+    assert bootstrap_p_value(gain, by_video, samples=2000) > 0.2
+
+
+def test_bootstrap_is_repeatable_and_checks_its_input():
+    gain = torch.randn(30, generator=torch.Generator().manual_seed(1)) + 0.2
+    groups = [f"v{i % 6}" for i in range(30)]
+    assert bootstrap_p_value(gain, groups, seed=3) == bootstrap_p_value(gain, groups, seed=3)
+    with pytest.raises(ValueError, match="3 group names for 30 gains"):
+        bootstrap_p_value(gain, groups[:3])
+    with pytest.raises(ValueError, match="no validation samples"):
+        bootstrap_p_value(torch.zeros(0), [])
+
+
+def additive_errors(contribution: dict[str, float], noise: torch.Tensor, used: frozenset[str]) -> torch.Tensor:
+    """Errors of a model whose error drops by ``contribution[m]`` with each modality used."""
+    return 2.0 - sum(contribution[m] for m in used) + noise
+
+
+def test_backward_elimination_drops_only_what_does_not_help():
+    noise = 0.05 * torch.randn(60, generator=torch.Generator().manual_seed(0))
+    groups = [f"v{i // 3}" for i in range(60)]
+    errors = partial(additive_errors, {"text": 0.8, "audio": 0.2, "video": 0.0}, noise)
+    kept, tests = select_modalities(["text", "audio", "video"], errors, groups, samples=2000)
+    assert kept == ["text", "audio"]
+    final = {t.modality: t for t in tests}
+    assert final["video"].p_value == 1.0 and final["video"].others == ("text", "audio")
+    assert final["audio"].gain == pytest.approx(0.2) and final["audio"].p_value < 0.01
+    assert final["text"].gain == pytest.approx(0.8)
+
+
+def test_backward_elimination_keeps_one_modality_and_checks_alpha():
+    groups = [f"v{i}" for i in range(10)]
+    errors = partial(additive_errors, {"text": 0.0, "audio": 0.0}, torch.zeros(10))
+    kept, _ = select_modalities(["text", "audio"], errors, groups, samples=200)
+    assert len(kept) == 1
+    with pytest.raises(ValueError, match=r"alpha must be in \(0, 1\)"):
+        select_modalities(["text"], errors, groups, alpha=1.5)
+
+
+def small_fused_model() -> LateFusionModel:
+    torch.manual_seed(0)
+    encoders = torch.nn.ModuleDict({"text": AcousticMLPEncoder(input_dim=3, hidden_dims=[], out_dim=4),
+                                    "audio": AcousticMLPEncoder(input_dim=3, hidden_dims=[], out_dim=4)})
+    return LateFusionModel(encoders, ConcatFusion({"text": 4, "audio": 4}, out_dim=4), RegressionHead(4)).eval()
+
+
+def small_batch() -> dict:
+    return {"text": torch.randn(4, 2, 3), "text_mask": torch.ones(4, 2, dtype=torch.bool),
+            "text_present": torch.ones(4, dtype=torch.bool), "audio": torch.randn(4, 2, 3),
+            "audio_mask": torch.ones(4, 2, dtype=torch.bool), "audio_present": torch.ones(4, dtype=torch.bool)}
+
+
+def test_a_switched_off_modality_is_absent_everywhere():
+    model, batch = small_fused_model(), small_batch()
+    without_audio = model({**batch, "audio_present": torch.zeros(4, dtype=torch.bool)})
+    model.switch_off("audio")
+    assert model.active_modalities == ["text"]
+    torch.testing.assert_close(model(batch), without_audio)
+    torch.testing.assert_close(model.predict_from_embeddings(model.encode(batch)), without_audio)
+    model.train()
+    assert not model.presence(batch)["audio"].any()
+    with pytest.raises(ValueError, match="'text': it is the last modality in use"):
+        model.switch_off("text")
+    with pytest.raises(ValueError, match="'video': the model fuses"):
+        model.switch_off("video")
+
+
+def test_the_choice_travels_with_the_weights_and_old_checkpoints_load():
+    model = small_fused_model()
+    model.switch_off("audio")
+    state = model.state_dict()
+    restored = small_fused_model()
+    restored.load_state_dict(state)
+    assert restored.active_modalities == ["text"]
+    state.pop("active")  # a fused checkpoint from before modality selection
+    restored.load_state_dict(state)
+    assert restored.active_modalities == ["text", "audio"]
+
+
+class SignalAndNoise(pl.LightningDataModule):
+    """Text vectors that carry the score; audio that carries it too, or only noise."""
+
+    def __init__(self, audio_informative: bool) -> None:
+        super().__init__()
+        self.audio_informative = audio_informative
+
+    def _split(self, size: int, seed: int, videos: int) -> list[dict]:
+        generator = torch.Generator().manual_seed(seed)
+        labels = torch.empty(size).uniform_(-3, 3, generator=generator)
+        clips = []
+        for i, label in enumerate(labels):
+            text = torch.randn(4, 6, generator=generator)
+            text[:, 0] += label
+            audio = torch.randn(1, 5, generator=generator)
+            if self.audio_informative:
+                audio[:, 0] += label
+            clips.append({"id": f"v{i % videos}$_${i}", "label": label, "clean_label": label,
+                          "text": text, "text_mask": torch.ones(4, dtype=torch.bool),
+                          "text_present": torch.tensor(True), "audio": audio,
+                          "audio_mask": torch.ones(1, dtype=torch.bool), "audio_present": torch.tensor(True)})
+        return clips
+
+    def train_dataloader(self):
+        return DataLoader(self._split(256, 0, 32), batch_size=32, shuffle=True)
+
+    def val_dataloader(self):
+        return DataLoader(self._split(120, 1, 20), batch_size=64)
+
+
+def fit_gated_model(tmp_path, audio_informative: bool, epochs: int = 4, **selection) -> tuple[dict, ModalitySelection]:
+    pl.seed_everything(0)
+    task = FusionTask(
+        input_dims={"text": 6, "audio": 5},
+        text_encoder=lambda d: TextLSTMEncoder(d, input_kind="vectors", embed_dim=8, hidden_dim=8, out_dim=8),
+        audio_encoder=lambda d: AcousticMLPEncoder(d, hidden_dims=[8], out_dim=8),
+        fusion=partial(GatedResidualFusion, primary="text", dropout=0.0), freeze_encoders=False,
+        optimizer=partial(torch.optim.Adam, lr=0.01))
+    callback = ModalitySelection(samples=2000, **selection)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, monitor="val/MAE", mode="min")
+    trainer = pl.Trainer(max_epochs=epochs, callbacks=[checkpoint, callback], logger=False,
+                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.fit(task, datamodule=SignalAndNoise(audio_informative))
+    return torch.load(checkpoint.best_model_path, weights_only=True), callback
+
+
+def test_noise_audio_is_switched_off_in_the_best_checkpoint(tmp_path):
+    best, callback = fit_gated_model(tmp_path, audio_informative=False)
+    assert best["state_dict"]["model.active"].tolist() == [True, False]
+    record = best[META_KEY]["modality_selection"]
+    assert record["kept"] == ["text"] and record["switched_off"] == ["audio"]
+    assert record == callback.record
+    audio = [t for t in record["tests"] if t["modality"] == "audio"][-1]
+    assert audio["p_value"] >= 0.05 and audio["groups"] == 20
+
+
+def test_informative_audio_is_kept(tmp_path):
+    best, callback = fit_gated_model(tmp_path, audio_informative=True)
+    assert best["state_dict"]["model.active"].tolist() == [True, True]
+    assert callback.record["switched_off"] == []
+
+
+def test_a_stage_that_cannot_beat_its_start_hands_the_start_on(tmp_path):
+    # No gain is significant at this alpha (the smallest p-value is 1 / (samples + 1)).
+    best, callback = fit_gated_model(tmp_path / "still", audio_informative=True, epochs=1,
+                                     keep_start_unless_better=True, alpha=1e-9)
+    assert callback.record["handed_on"] == "start"
+    torch.testing.assert_close(best["state_dict"]["model.head.net.0.weight"], callback.start["model.head.net.0.weight"])
+    best, callback = fit_gated_model(tmp_path / "learns", audio_informative=True, epochs=4,
+                                     keep_start_unless_better=True)
+    assert callback.record["handed_on"] == "trained"
+    assert callback.record["start_p_value"] < 0.05
+
+
+def test_selection_needs_a_fused_model():
+    class NotFused(pl.LightningModule):
+        pass
+
+    with pytest.raises(TypeError, match="needs a fused model"):
+        ModalitySelection().on_fit_end(pl.Trainer(logger=False), NotFused())
+
+
+def test_a_resumed_stage_keeps_the_start_it_checkpointed():
+    callback = ModalitySelection(keep_start_unless_better=True)
+    saved = {"start": {"model.head.net.0.weight": torch.ones(1, 4)}}
+    callback.load_state_dict(saved)
+    callback.on_train_start(None, small_fused_model())
+    assert callback.state_dict() is not saved and callback.state_dict()["start"] is saved["start"]
+
+
+def test_the_start_kept_for_the_test_leaves_frozen_weights_out():
+    task = FusionTask(input_dims={"text": 6, "audio": 5}, freeze_encoders=True,
+                      text_encoder=lambda d: TextLSTMEncoder(d, input_kind="vectors", embed_dim=8, hidden_dim=8, out_dim=8),
+                      audio_encoder=lambda d: AcousticMLPEncoder(d, hidden_dims=[8], out_dim=8))
+    callback = ModalitySelection(keep_start_unless_better=True)
+    callback.on_train_start(None, task)
+    assert callback.start and not any(key.startswith("model.encoders.text.") for key in callback.start)
+    assert "model.active" in callback.start and "model.head.net.0.weight" in callback.start
