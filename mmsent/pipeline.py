@@ -190,6 +190,7 @@ def run_stage(pipeline: Pipeline, stage: Stage, manifest: Manifest, extra: list[
     """
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+    from mmsent.callbacks import ModalitySelection
     from mmsent.main import build_cli
 
     record = manifest.stage(stage.name)
@@ -215,8 +216,10 @@ def run_stage(pipeline: Pipeline, stage: Stage, manifest: Manifest, extra: list[
         "val": _metrics(cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path=best)),
         "test": _metrics(cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best)),
     }
+    selection = [c.record for c in cli.trainer.callbacks if isinstance(c, ModalitySelection)]
     record.update({
         "status": "done",
+        "selection": selection[-1] if selection else None,
         "config": str(Path(cli.trainer.log_dir or pipeline.output_dir / stage.name) / "config.yaml"),
         "best_checkpoint": best,
         "last_checkpoint": last,

@@ -40,6 +40,8 @@ def report_rows(manifest: dict) -> list[dict]:
                  if k.startswith(("without_", "contribution/"))}
         if extra:
             row["ablation"] = extra
+        if record.get("selection"):
+            row["selection"] = record["selection"]
         rows.append(row)
     return rows
 
@@ -76,7 +78,34 @@ def markdown_table(rows: list[dict], baselines: dict) -> str:
         for row in contributions:
             parts = [f"{k.split('/')[1]} {v:+.3f}" for k, v in row["ablation"].items() if k.startswith("contribution/")]
             lines.append(f"- {row['stage']}: " + ", ".join(parts))
+    selections = [r for r in rows if "selection" in r]
+    if selections:
+        lines += ["", "Modality selection (validation, one-sided bootstrap over videos):", ""]
+        lines += [f"- {row['stage']}: {selection_summary(row['selection'])}" for row in selections]
     return "\n".join(lines) + "\n"
+
+
+def selection_summary(record: dict) -> str:
+    """One line on what :class:`mmsent.callbacks.ModalitySelection` decided in a stage.
+
+    Args:
+        record (dict): The callback's ``record``.
+
+    Returns:
+        str: Modalities kept and switched off with their evidence, and which model
+        was handed on.
+    """
+    final = {t["modality"]: t for t in record["tests"]}  # the last test of each
+    parts = []
+    for modality in [*record["kept"], *record["switched_off"]]:
+        verdict = "kept" if modality in record["kept"] else "switched off"
+        test = final.get(modality)
+        evidence = f" (gain {test['gain']:+.3f} MAE, p {test['p_value']:.3f})" if test else ""
+        parts.append(f"{modality} {verdict}{evidence}")
+    if "handed_on" in record:
+        parts.append(f"{record['handed_on']} model handed on (gain over the start "
+                     f"{record['start_gain']:+.3f} MAE, p {record['start_p_value']:.3f})")
+    return "; ".join(parts)
 
 
 def plot(rows: list[dict], baselines: dict, path: Path) -> None:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import CONF, REPO
 
@@ -76,6 +77,13 @@ def test_pipeline_runs_every_stage_hands_checkpoints_on_and_reports(tiny_raw, ti
     assert all("best_achievable_MAE" in row for row in report["stages"])
     assert "constant" in report["baselines"]
     assert (out / "report.md").read_text().count("\n| ") >= len(STAGES) + 1
+    # The fused stages' ModalitySelection outcome: in the manifest, the best checkpoint and the report.
+    fused = record["stages"]["fusion"]
+    best = torch.load(fused["best_checkpoint"], weights_only=True)
+    assert fused["selection"] == best["mmsent"]["modality_selection"]
+    assert fused["selection"]["handed_on"] in ("trained", "start") and fused["selection"]["kept"]
+    assert record["stages"]["text"]["selection"] is None
+    assert "- fusion: " in (out / "report.md").read_text().split("Modality selection")[1]
     assert (out / "report.png").stat().st_size > 0
 
     before = checkpoint_times(tmp_path, STAGES)

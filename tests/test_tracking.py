@@ -187,6 +187,8 @@ def test_history_has_metrics_learning_rates_and_media(offline_pipeline):
     assert {"lr/text", "lr/head"} <= runs["text"].history
     assert {"lr/text", "lr/fusion"} <= runs["finetune"].history
     assert {"test/contribution/text", "figures/contributions", "media/samples"} <= runs["fusion"].history
+    # ModalitySelection (in the fusion configs) reports its test against the stage's start.
+    assert {"selection/start/gain_MAE", "selection/start/p_value"} <= runs["fusion"].history
     assert "media/samples" not in runs["text"].history
 
 
