@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -73,3 +74,40 @@ def save(name: str, payload: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2))
     return path
+
+
+def stacked_setting(configs: list[Path], section: str, key: str, default=None):
+    """A setting of stacked config files as LightningCLI resolves it: the last file that sets it wins.
+
+    Args:
+        configs (list[Path]): The config files, in stacking order.
+        section (str): ``"trainer"`` or ``"model"`` (for the model, under ``init_args``).
+        key (str): The key in that section.
+        default: The value when no file sets it.
+
+    Returns:
+        The value.
+    """
+    value = default
+    for config in configs:
+        part = (yaml.safe_load(Path(config).read_text()) or {}).get(section) or {}
+        if section == "model":
+            part = part.get("init_args") or {}
+        value = part.get(key, value)
+    return value
+
+
+def callbacks_without(configs: list[Path], class_name: str) -> str:
+    """The stacked configs' trainer callbacks minus one class, as a CLI argument.
+
+    Args:
+        configs (list[Path]): The stage's config files, in stacking order.
+        class_name (str): E.g. ``"ModalitySelection"``.
+
+    Returns:
+        str: ``--trainer.callbacks=<json list>``.
+    """
+    callbacks = stacked_setting(configs, "trainer", "callbacks", [])
+    kept = [c for c in callbacks if c["class_path"].rsplit(".", 1)[-1] != class_name]
+    return "--trainer.callbacks=" + json.dumps(kept)
+

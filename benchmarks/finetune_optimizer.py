@@ -20,8 +20,15 @@ import argparse
 import json
 from pathlib import Path
 
-import yaml
-from common import RESULTS, fit_and_test, machine, mean_std, save
+from common import (
+    RESULTS,
+    callbacks_without,
+    fit_and_test,
+    machine,
+    mean_std,
+    save,
+    stacked_setting,
+)
 
 from mmsent.pipeline import Pipeline, load_pipeline
 
@@ -60,10 +67,7 @@ def scaled_groups(configs: list[Path], scale: float) -> str:
     Returns:
         str: ``--model.init_args.param_groups=<json>``.
     """
-    groups = {}
-    for config in configs:
-        init_args = (yaml.safe_load(Path(config).read_text()) or {}).get("model", {}).get("init_args", {})
-        groups = init_args.get("param_groups", groups)
+    groups = stacked_setting(configs, "model", "param_groups", {})
     scaled = {name: {**options, "lr": options["lr"] * scale} for name, options in groups.items()}
     return "--model.init_args.param_groups=" + json.dumps(scaled)
 
@@ -89,6 +93,8 @@ def main() -> None:
         return
     pipeline = load_pipeline(options.pipeline)
     base, start = stage_args(pipeline, options.output_dir, options.stage, options.source)
+    # The optimizers are compared as they train, not after ModalitySelection's choice.
+    base.append(callbacks_without(pipeline.stage(options.stage).configs, "ModalitySelection"))
     variants = {
         "sgd": [],
         "adam": ["--model.init_args.optimizer=torch.optim.Adam",

@@ -5,7 +5,11 @@ once per seed, each stage keeping its checkpoint with the lowest validation MAE,
 and reports the test metrics of those checkpoints as mean and standard deviation
 over seeds. Beside them: a ridge regression on mean-pooled MiniLM sentence
 embeddings (its penalty chosen by validation MAE) and the published MMSA rows.
-Raw results go to ``benchmarks/results/mosi.json``; a Markdown table is printed.
+The fused stages end with :class:`mmsent.callbacks.ModalitySelection` (audio kept
+only if validation shows a significant gain, a stage's start handed on unless its
+result is significantly better); the same stages are run again without it, from the
+same unimodal checkpoints, for comparison. Raw results go to
+``benchmarks/results/mosi.json``; a Markdown table is printed.
 
     python benchmarks/mosi.py                    # 5 seeds, 2 at a time
     python benchmarks/mosi.py --seeds 0 1 --jobs 1
@@ -29,11 +33,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from common import REPO, machine, mean_std, save
+from common import REPO, callbacks_without, machine, mean_std, save
+
+from mmsent.pipeline import load_pipeline
 
 PIPELINE = REPO / "pipelines" / "mosi.yaml"
 STAGES = {"text": "text only", "audio": "audio only", "fusion": "fused, frozen encoders",
           "finetune": "fused, fine-tuned"}
+FUSED = ("fusion", "finetune")
+UNGATED = " without selection"
 METRICS = ("Non0_acc_2", "Non0_F1_score", "Has0_acc_2", "Mult_acc_7", "MAE", "Corr")
 PERCENT = {"Non0_acc_2", "Non0_F1_score", "Has0_acc_2", "Mult_acc_7"}
 # MMSA's published CMU-MOSI results (thuiar/MMSA, results table): Non0_acc_2 / MAE / Corr.
@@ -56,20 +64,21 @@ def prepare_cache(cache_dir: str) -> None:
     cli.datamodule.prepare_data()
 
 
-def run_seed(seed: int, output_dir: Path, cache_dir: str) -> dict:
+def run_seed(seed: int, output_dir: Path, cache_dir: str, extra: tuple[str, ...] = ()) -> dict:
     """Runs (or resumes) the whole pipeline for one seed in its own process.
 
     Args:
         seed (int): ``seed_everything`` of every stage.
         output_dir (Path): This seed's pipeline folder.
         cache_dir (str): The prepared dataset's cache folder.
+        extra (tuple[str, ...]): Further arguments for every stage.
 
     Returns:
         dict: The pipeline manifest.
     """
     command = [sys.executable, "-m", "mmsent", "pipeline", "run", str(PIPELINE), "--no-wandb",
                "--output-dir", str(output_dir), "--", f"--seed_everything={seed}",
-               "--trainer.enable_progress_bar=false", f"--data.cache_dir={cache_dir}"]
+               "--trainer.enable_progress_bar=false", f"--data.cache_dir={cache_dir}", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     output_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -82,6 +91,44 @@ def run_seed(seed: int, output_dir: Path, cache_dir: str) -> dict:
                            f"see {output_dir / 'benchmark.log'}, then rerun to resume")
     print(f"seed {seed}: pipeline finished in {time.time() - started:.0f} s", flush=True)
     return manifest
+
+
+def run_seed_without_selection(seed: int, output_dir: Path, cache_dir: str, manifest: dict) -> dict:
+    """The fused stages of one seed again, without ModalitySelection, from its unimodal stages.
+
+    Args:
+        seed (int): The seed.
+        output_dir (Path): This variant's pipeline folder.
+        cache_dir (str): The prepared dataset's cache folder.
+        manifest (dict): The seed's full pipeline manifest; its unimodal stages are reused.
+
+    Returns:
+        dict: The variant's manifest.
+    """
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / "manifest.json"
+    if not path.is_file():
+        unimodal = {k: v for k, v in manifest["stages"].items() if k not in FUSED}
+        path.write_text(json.dumps({**manifest, "stages": unimodal}, indent=2))
+    configs = load_pipeline(PIPELINE).stage("fusion").configs
+    return run_seed(seed, output_dir, cache_dir, (callbacks_without(configs, "ModalitySelection"),))
+
+
+def selection_records(manifests: dict[int, dict]) -> dict:
+    """Per fused stage, per seed, what ModalitySelection decided (from the best checkpoint).
+
+    Args:
+        manifests (dict[int, dict]): Seed -> pipeline manifest.
+
+    Returns:
+        dict: ``{stage: [record per seed]}``, each record as the callback wrote it.
+    """
+    import torch
+
+    from mmsent.tasks.checkpoints import META_KEY
+
+    return {stage: [torch.load(m["stages"][stage]["best_checkpoint"], weights_only=True)[META_KEY]
+                    ["modality_selection"] for m in manifests.values()] for stage in FUSED}
 
 
 def stage_results(manifests: dict[int, dict]) -> dict:
@@ -101,51 +148,11 @@ def stage_results(manifests: dict[int, dict]) -> dict:
                     for name in METRICS if name in records[0]["metrics"][split]}
             for split in ("val", "test")
         }
-        if stage in ("fusion", "finetune"):
+        if stage in FUSED:
             results[stage]["test"]["contribution/audio"] = [
                 r["metrics"]["test"]["contribution/audio"] for r in records]
         results[stage]["seconds"] = [r["wall_time_s"] for r in records]
     return results
-
-
-def validation_contribution(manifests: dict[int, dict], cache_dir: str) -> dict:
-    """How much the audio lowers each fused stage's validation MAE, per seed.
-
-    The pipeline reports the same ablation on the test split
-    (``test/contribution/audio``); this is its validation counterpart.
-
-    Args:
-        manifests (dict[int, dict]): Seed -> pipeline manifest.
-        cache_dir (str): The prepared dataset's cache folder.
-
-    Returns:
-        dict: Per fused stage, per seed: validation MAE with the audio masked minus
-        the full validation MAE (positive: the audio helps).
-    """
-    import torch
-
-    from mmsent.main import build_cli
-    from mmsent.metrics import regression_metrics
-
-    configs = [f"{PIPELINE.parent}/mosi/{name}" for name in ("base.yaml", "encoders.yaml", "3_fusion.yaml")]
-    cli = build_cli([*[a for c in configs for a in ("-c", c)], f"--data.cache_dir={cache_dir}",
-                     "--trainer.logger=false"], run=False)
-    model, batches = cli.model.eval(), list(cli.datamodule.val_dataloader())
-    labels = torch.cat([b["label"] for b in batches])
-
-    def mae(masked: bool) -> float:
-        with torch.no_grad():
-            preds = [model({**b, "audio_present": b["audio_present"] & (not masked)}) for b in batches]
-        return regression_metrics(torch.cat(preds), labels)["MAE"]
-
-    result = {}
-    for stage in ("fusion", "finetune"):
-        result[stage] = []
-        for manifest in manifests.values():
-            checkpoint = torch.load(manifest["stages"][stage]["best_checkpoint"], weights_only=True)
-            model.load_state_dict(checkpoint["state_dict"])
-            result[stage].append(mae(True) - mae(False))
-    return result
 
 
 def ridge_baseline(cache_dir: str) -> dict:
@@ -214,12 +221,13 @@ def markdown(results: dict, ridge: dict, seeds: list[int]) -> str:
     ridge_cells = [cell(m, [ridge["test"][m]]).split(" ±")[0] for m in METRICS]
     lines.append("| " + " | ".join([f"ridge on mean-pooled MiniLM (alpha {ridge['alpha']:g})",
                                     *ridge_cells, f"{ridge['val']['MAE']:.3f}", "-"]) + " |")
-    for stage, label in STAGES.items():
+    for stage, label in [*STAGES.items(), *((s + UNGATED, STAGES[s] + UNGATED) for s in FUSED)]:
         stats = results[stage]
         cells = [cell(m, stats["test"][m]) for m in METRICS]
         lines.append("| " + " | ".join([f"mmsent: {label}", *cells, mean_std(stats["val"]["MAE"]),
                                         f"{statistics.mean(stats['seconds']):.0f}"]) + " |")
-    return "\n".join(lines) + f"\n\nTest split, mean ± std over seeds {seeds}.\n\n{paired(results)}\n"
+    comparisons = "\n".join(f"- {paired(results, stage)}" for stage in ("finetune", "finetune" + UNGATED))
+    return "\n".join(lines) + f"\n\nTest split, mean ± std over seeds {seeds}.\n\n{comparisons}\n"
 
 
 def paired(results: dict, stage: str = "finetune", reference: str = "text") -> str:
@@ -238,26 +246,40 @@ def paired(results: dict, stage: str = "finetune", reference: str = "text") -> s
         ours, theirs = results[stage]["test"][name], results[reference]["test"][name]
         diffs = ", ".join(f"{scale * (a - b):+.{digits}f}" for a, b in zip(ours, theirs, strict=True))
         parts.append(f"{name} [{diffs}]")
-    return f"{STAGES[stage]} minus {STAGES[reference]}, per seed (test): " + "; ".join(parts)
+    label = STAGES[stage.removesuffix(UNGATED)] + (UNGATED if stage.endswith(UNGATED) else "")
+    return f"{label} minus {STAGES[reference]}, per seed (test): " + "; ".join(parts)
 
 
-def contribution_lines(results: dict, audio_val: dict) -> str:
-    """The audio's contribution to each fused stage on validation and on test.
+def selection_lines(results: dict, selection: dict) -> str:
+    """What ModalitySelection decided per seed, and what the audio did to the test MAE without it.
 
     Args:
-        results (dict): From :func:`stage_results` (holds the test ablation).
-        audio_val (dict): From :func:`validation_contribution`.
+        results (dict): From :func:`stage_results`, with the variant's stages.
+        selection (dict): From :func:`selection_records`.
 
     Returns:
-        str: Markdown lines, per seed, MAE with the audio masked minus full MAE.
+        str: Markdown lines.
     """
-    title = ("\nAudio contribution, MAE with the audio masked minus full MAE, per seed "
-             "(positive: the audio helps):\n")
-    lines = [title]
-    for stage, val in audio_val.items():
-        test = results[stage]["test"]["contribution/audio"]
-        lines.append(f"- {STAGES[stage]}: validation [{', '.join(f'{v:+.3f}' for v in val)}]; "
-                     f"test [{', '.join(f'{v:+.3f}' for v in test)}]")
+    def signed(values):
+        return "[" + ", ".join(f"{v:+.3f}" for v in values) + "]"
+
+    def p_values(values):
+        return "[" + ", ".join(f"{v:.2f}" for v in values) + "]"
+
+    audio = [next(t for t in reversed(r["tests"]) if t["modality"] == "audio") for r in selection["fusion"]]
+    off = sum("audio" in r["switched_off"] for r in selection["fusion"])
+    lines = ["\nModality selection per seed (validation, bootstrap over its 10 videos, alpha 0.05):\n",
+             (f"- stage fusion: audio gain in MAE {signed([t['gain'] for t in audio])}, p "
+              f"{p_values([t['p_value'] for t in audio])}; audio switched off on {off} of {len(audio)} seeds")]
+    for stage in FUSED:
+        records = selection[stage]
+        lines.append(f"- stage {stage}: gain over its start {signed([r['start_gain'] for r in records])}, p "
+                     f"{p_values([r['start_p_value'] for r in records])}; handed on "
+                     f"{[r['handed_on'] for r in records]}")
+    for stage in FUSED:
+        test = results[stage + UNGATED]["test"]["contribution/audio"]
+        lines.append(f"- {STAGES[stage]}{UNGATED}: test MAE with the audio masked minus full "
+                     f"{signed(test)} (positive: the audio helps)")
     return "\n".join(lines) + "\n"
 
 
@@ -281,14 +303,18 @@ def main(args: list[str] | None = None) -> None:
     with ThreadPoolExecutor(parsed.jobs) as pool:
         runs = {s: pool.submit(run_seed, s, output / f"seed{s}", cache) for s in parsed.seeds}
         manifests = {s: run.result() for s, run in runs.items()}
+        runs = {s: pool.submit(run_seed_without_selection, s, output / "without-selection" / f"seed{s}",
+                               cache, manifests[s]) for s in parsed.seeds}
+        ungated = {s: run.result() for s, run in runs.items()}
     results = stage_results(manifests)
+    results.update({stage + UNGATED: value for stage, value in stage_results(ungated).items() if stage in FUSED})
+    selection = selection_records(manifests)
     ridge = ridge_baseline(cache)
-    audio = validation_contribution(manifests, cache)
-    table = markdown(results, ridge, parsed.seeds) + contribution_lines(results, audio)
+    table = markdown(results, ridge, parsed.seeds) + selection_lines(results, selection)
     payload = {"command": "python benchmarks/mosi.py " + " ".join(args or sys.argv[1:]),
                "machine": machine(), "seeds": parsed.seeds, "jobs": parsed.jobs,
                "wall_time_s": round(time.time() - started), "stages": results, "ridge": ridge,
-               "published": PUBLISHED, "audio_contribution_val": audio, "table": table}
+               "published": PUBLISHED, "selection": selection, "table": table}
     path = save("mosi", payload)
     print(f"\n{table}\nmachine: {payload['machine']}; wall time {payload['wall_time_s']} s; "
           f"raw results: {path}")
