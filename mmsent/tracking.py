@@ -128,8 +128,14 @@ def resolve_mode(requested: str = "auto") -> str | None:
     Returns:
         str | None: ``"online"`` (only with credentials), ``"offline"``, or None when
         ``WANDB_MODE=disabled``.
+
+    Raises:
+        ValueError: If ``WANDB_MODE`` holds a value W&B does not know.
     """
-    env = os.environ.get("WANDB_MODE", "").strip().lower()
+    env = _env_mode()
+    if env and env not in ENV_MODES:
+        raise ValueError(f"WANDB_MODE={os.environ['WANDB_MODE']!r} is not one of {sorted(ENV_MODES)}; "
+                         f"unset it to let the pipeline file's wandb.mode decide")
     mode = ENV_MODES.get(env, requested)
     if mode is None or mode == "offline":
         return mode
@@ -144,8 +150,16 @@ def resolve_mode(requested: str = "auto") -> str | None:
 def default_to_offline() -> None:
     """Makes W&B write offline in this process when nobody chose a mode and there are
     no credentials, so a ``WandbLogger`` in a config never asks for a login."""
-    if not os.environ.get("WANDB_MODE") and not has_credentials():
+    if not _env_mode() and not has_credentials():
         os.environ["WANDB_MODE"] = "offline"
+
+
+def _env_mode() -> str:
+    """``WANDB_MODE`` normalized; a blank one is removed, since W&B rejects it and
+    nobody chose a mode by leaving it empty."""
+    if "WANDB_MODE" in os.environ and not os.environ["WANDB_MODE"].strip():
+        del os.environ["WANDB_MODE"]
+    return os.environ.get("WANDB_MODE", "").strip().lower()
 
 
 def new_id(length: int = 8) -> str:

@@ -296,6 +296,19 @@ def test_mode_is_offline_without_credentials_and_online_with_them(no_credentials
     assert tracking.resolve_mode("online") == "offline"
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert tracking.resolve_mode("auto") is None
+    monkeypatch.setenv("WANDB_MODE", "sometimes")
+    with pytest.raises(ValueError, match="WANDB_MODE='sometimes' is not one of"):
+        tracking.resolve_mode("auto")
+
+
+def test_a_blank_wandb_mode_counts_as_unset(no_credentials, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", " ")
+    tracking.default_to_offline()
+    assert os.environ["WANDB_MODE"] == "offline"  # no credentials: offline, as if unset
+    monkeypatch.setenv("WANDB_MODE", "")
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    assert tracking.resolve_mode("auto") == "online"
+    assert "WANDB_MODE" not in os.environ  # W&B itself rejects an empty mode
 
 
 def test_single_stage_fit_with_a_wandb_logger_in_yaml_writes_offline(no_credentials, tiny_data_args,
