@@ -58,3 +58,5 @@ def test_mosi_pipeline_runs_every_stage(mosi_dir, tmp_path, monkeypatch):
     report = json.loads((out / "report.json").read_text())
     assert [row["stage"] for row in report["stages"]] == ["text", "audio", "fusion", "finetune"]
     assert all(np.isfinite(row["test"]["MAE"]) for row in report["stages"])
+    selection = {row["stage"]: row.get("selection") for row in report["stages"]}
+    assert selection["fusion"]["kept"] and selection["finetune"]["handed_on"] in ("trained", "start")
