@@ -53,6 +53,27 @@ def test_fusion_validate_test_predict_from_unimodal_checkpoints(tiny_data_args, 
         main([command, *args, f"--ckpt_path={fused}"])
 
 
+def test_checkpoints_leave_the_frozen_pretrained_table_out_and_loading_checks_it(
+        tiny_data_args, unimodal_checkpoints, tmp_path):
+    from mmsent.models import TextLSTMEncoder
+    from mmsent.tasks.checkpoints import load_encoder
+
+    path = unimodal_checkpoints["text"]
+    checkpoint = torch.load(path, weights_only=True)
+    assert "encoder.embed.weight" not in checkpoint["state_dict"]
+    assert checkpoint["mmsent"]["rebuilt"]["encoder.embed.weight"]["shape"] == [30522, 384]
+    assert path.stat().st_size < 5e6  # the MiniLM table alone is 47 MB
+    main(["test", "-c", STAGE_CONFIGS["text"], *tiny_data_args, f"--ckpt_path={path}"])
+    encoder = TextLSTMEncoder(30522, pretrained_embeddings="minilm", freeze_embeddings=True, embed_dim=384,
+                              hidden_dim=64, out_dim=64)
+    load_encoder(encoder, "text", path, "model.text_checkpoint")
+    checkpoint["mmsent"]["rebuilt"]["encoder.embed.weight"]["sha1"] = "0" * 40
+    torch.save(checkpoint, tmp_path / "other_table.ckpt")
+    with pytest.raises(ValueError, match=r"model.text_checkpoint: encoder.embed.weight was left out .* "
+                                         r"configure the same pretrained_embeddings"):
+        load_encoder(encoder, "text", tmp_path / "other_table.ckpt", "model.text_checkpoint")
+
+
 def test_finetune_uses_one_sgd_group_per_modality(tiny_data_args, unimodal_checkpoints, tmp_path):
     from mmsent.main import build_cli
 

@@ -59,6 +59,12 @@ def test_text_lstm_from_pretrained_embeddings():
     assert not encoder.embed.weight.requires_grad
     with pytest.raises(ValueError, match="tokenize with the same model"):
         TextLSTMEncoder(input_dim=100, pretrained_embeddings="minilm")
+    # A frozen copy of the language model's table is rebuilt from the config, not saved;
+    # a trained one is saved.
+    assert encoder.rebuilt_state_keys() == ["embed.weight"]
+    encoder.embed.weight.requires_grad_(True)
+    assert encoder.rebuilt_state_keys() == []
+    assert TextLSTMEncoder(input_dim=50, freeze_embeddings=True).rebuilt_state_keys() == []
 
 
 def test_acoustic_mlp_pools_valid_frames_only():

@@ -28,6 +28,7 @@ from mmsent.models.generative import (
     sample_quality,
     split_embeddings,
 )
+from mmsent.tasks.checkpoints import load_weights
 
 DIM = 16
 GENERATORS = {
@@ -300,7 +301,7 @@ def test_augmented_pipeline_trains_generators_and_mixes_their_samples_in(augment
 def test_gan_does_not_collapse_on_the_generated_dataset(augmented):
     cli = stage_cli(augmented["gan"])
     task = cli.model
-    task.load_state_dict(torch.load(augmented["gan"]["best_checkpoint"], weights_only=True)["state_dict"])
+    load_weights(task, augmented["gan"]["best_checkpoint"])
     task.eval()
     cli.datamodule.prepare_data()
     batches = [task.embed(batch) for loader in (cli.datamodule.train_dataloader(),

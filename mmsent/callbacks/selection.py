@@ -13,7 +13,7 @@ from torch import nn
 
 from mmsent.models.fusion import LateFusionModel
 from mmsent.selection import as_records, bootstrap_p_value, select_modalities, video_groups
-from mmsent.tasks.checkpoints import META_KEY
+from mmsent.tasks.checkpoints import META_KEY, load_weights, omit_rebuilt
 
 
 class ModalitySelection(pl.Callback):
@@ -96,8 +96,7 @@ class ModalitySelection(pl.Callback):
             raise TypeError(f"ModalitySelection needs a fused model (FusionTask), got {type(pl_module).__name__}")
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if best:
-            checkpoint = torch.load(best, map_location="cpu", weights_only=True)
-            pl_module.load_state_dict(checkpoint["state_dict"])
+            checkpoint = load_weights(pl_module, best, "ModalitySelection: the best checkpoint")
         candidates = model.active_modalities
         errors, ids = validation_errors(trainer, pl_module)
         groups = video_groups(ids)
@@ -112,7 +111,9 @@ class ModalitySelection(pl.Callback):
             self._against_start(trainer, pl_module, kept, errors(frozenset(kept)), groups)
         if best and trainer.is_global_zero:
             checkpoint["state_dict"] = _cpu_copy(pl_module.state_dict())
-            checkpoint.setdefault(META_KEY, {})["modality_selection"] = self.record
+            meta = checkpoint.setdefault(META_KEY, {})
+            meta["rebuilt"] = omit_rebuilt(pl_module, checkpoint["state_dict"])
+            meta["modality_selection"] = self.record
             _replace(Path(best), checkpoint)
 
     def _against_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, kept: list[str],

@@ -90,6 +90,7 @@ class TextLSTMEncoder(nn.Module):
         self.input_kind = input_kind
         self.pooling = pooling
         self.out_dim = out_dim
+        self.pretrained_embeddings = pretrained_embeddings if input_kind == "tokens" else None
         self.embed = self._build_input(
             input_dim, embed_dim, pretrained_embeddings, freeze_embeddings, padding_idx
         )
@@ -120,6 +121,16 @@ class TextLSTMEncoder(nn.Module):
                 f"was tokenized into {input_dim}; tokenize with the same model's tokenizer"
             )
         return nn.Embedding.from_pretrained(weights, freeze=freeze, padding_idx=padding_idx)
+
+    def rebuilt_state_keys(self) -> list[str]:
+        """State-dict keys this encoder rebuilds from its config, so checkpoints can leave them out.
+
+        Returns:
+            list[str]: ``["embed.weight"]`` while the table is a frozen copy of
+            ``pretrained_embeddings`` (tens of MB for a transformer's vocabulary), else none.
+        """
+        frozen_copy = self.pretrained_embeddings is not None and not self.embed.weight.requires_grad
+        return ["embed.weight"] if frozen_copy else []
 
     def forward(self, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Encodes a padded batch.

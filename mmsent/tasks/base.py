@@ -18,6 +18,7 @@ from mmsent.data.schema import MODALITIES
 from mmsent.metrics import SentimentMetrics
 from mmsent.optim import build_param_groups, has_schedules, per_group_scheduler
 from mmsent.regularization import Regularizer
+from mmsent.tasks.checkpoints import META_KEY, fill_rebuilt, omit_rebuilt
 
 LOSSES = {"l1": nn.functional.l1_loss, "mse": nn.functional.mse_loss,
           "huber": nn.functional.smooth_l1_loss}
@@ -138,6 +139,21 @@ class BaseTask(pl.LightningModule):
             if math.isfinite(best):
                 self.log(f"{stage}/best_achievable_MAE", best)
         self._best_error[stage] = []
+
+    def checkpoint_meta(self) -> dict:
+        """dict: What a checkpoint records about the task (under ``META_KEY``), for the
+        stages that load it to check it against their configuration."""
+        return {}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Frozen weights rebuilt from the config (a pretrained embedding table) are left
+        # out: they would make every checkpoint, and every W&B artifact, tens of MB.
+        rebuilt = omit_rebuilt(self, checkpoint["state_dict"])
+        checkpoint[META_KEY] = {**self.checkpoint_meta(), "rebuilt": rebuilt}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        rebuilt = checkpoint.get(META_KEY, {}).get("rebuilt", {})
+        fill_rebuilt(checkpoint["state_dict"], self, rebuilt, "", "checkpoint")
 
     def configure_optimizers(self):
         groups = self.param_groups()

@@ -12,7 +12,14 @@ from mmsent.metrics import SentimentMetrics
 from mmsent.models.fusion import ConcatFusion, LateFusionModel, RegressionHead
 from mmsent.models.generative import SCORE_MODES, sample_embeddings
 from mmsent.tasks.base import BaseTask
-from mmsent.tasks.checkpoints import META_KEY, load_encoder, load_head, read_checkpoint
+from mmsent.tasks.checkpoints import (
+    META_KEY,
+    fill_rebuilt,
+    load_encoder,
+    load_head,
+    read_checkpoint,
+    sub_state_dict,
+)
 
 EncoderFactory = Callable[[int], nn.Module]
 
@@ -161,7 +168,8 @@ class FusionTask(BaseTask):
         meta = checkpoint.get(META_KEY, {})
         if meta.get("task") not in (None, "fusion"):
             raise ValueError(f"model.init_checkpoint: {path} holds a {meta['task']} model, not a fused one")
-        state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+        state = sub_state_dict(checkpoint["state_dict"], "model.")
+        fill_rebuilt(state, self.model, meta.get("rebuilt", {}), "model.", "model.init_checkpoint")
         try:
             self.model.load_state_dict(state)
         except RuntimeError as error:
@@ -230,6 +238,5 @@ class FusionTask(BaseTask):
             self.log(f"test/without_{modality}/Corr", without["Corr"])
             self.log(f"test/contribution/{modality}", without["MAE"] - full_mae)
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint[META_KEY] = {"task": "fusion",
-                                "encoder_classes": {m: type(e).__name__ for m, e in self.model.encoders.items()}}
+    def checkpoint_meta(self) -> dict:
+        return {"task": "fusion", "encoder_classes": {m: type(e).__name__ for m, e in self.model.encoders.items()}}

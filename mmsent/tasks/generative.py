@@ -268,8 +268,8 @@ class GenerativeTask(BaseTask):
         self.figure_path = folder / f"{name}.png"
         figure.savefig(self.figure_path, dpi=100)
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint[META_KEY] = {
+    def checkpoint_meta(self) -> dict:
+        return {
             "task": "generative",
             "generator_class": type(self.generator).__name__,
             "generator_config": self.generator.config,

@@ -9,7 +9,6 @@ from torch import nn
 from mmsent.data.schema import MODALITIES
 from mmsent.models.fusion import RegressionHead
 from mmsent.tasks.base import BaseTask
-from mmsent.tasks.checkpoints import META_KEY
 
 
 class UnimodalTask(BaseTask):
@@ -45,7 +44,6 @@ class UnimodalTask(BaseTask):
     def parameter_parts(self) -> dict[str, nn.Module]:
         return {self.modality: self.encoder, "head": self.head}
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint[META_KEY] = {"task": "unimodal", "modality": self.modality,
-                                "encoder_class": type(self.encoder).__name__,
-                                "encoder_prefix": "encoder."}
+    def checkpoint_meta(self) -> dict:
+        return {"task": "unimodal", "modality": self.modality,
+                "encoder_class": type(self.encoder).__name__, "encoder_prefix": "encoder."}
