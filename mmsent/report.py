@@ -13,6 +13,9 @@ from mmsent.metrics import METRIC_NAMES
 
 PERCENT = {"Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score", "Mult_acc_5", "Mult_acc_7"}
 TABLE_METRICS = ("MAE", "Corr", "Non0_acc_2", "Non0_F1_score", "Has0_acc_2", "Mult_acc_7")
+# What a generative stage measures (mmsent.models.generative.sample_quality), in table order.
+GENERATIVE_METRICS = ("frechet", "diversity", "conditional_diversity", "fidelity_MAE", "real_MAE",
+                      "recon_error")
 
 
 def report_rows(manifest: dict) -> list[dict]:
@@ -42,6 +45,9 @@ def report_rows(manifest: dict) -> list[dict]:
             row["ablation"] = extra
         if record.get("selection"):
             row["selection"] = record["selection"]
+        quality = {k: v for k, v in metrics.get("test", {}).items() if k in GENERATIVE_METRICS}
+        if quality:
+            row["generative"] = quality
         rows.append(row)
     return rows
 
@@ -64,7 +70,7 @@ def markdown_table(rows: list[dict], baselines: dict) -> str:
     """
     header = ["stage"] + [f"test {m}" for m in TABLE_METRICS] + ["val MAE", "best achievable MAE", "time (s)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
+    for row in scoring_rows(rows):
         cells = [row["stage"]] + [_format(m, row["test"].get(m)) for m in TABLE_METRICS]
         cells += [_format("MAE", row["val"].get("MAE")),
                   _format("MAE", row.get("best_achievable_MAE")), f"{row.get('wall_time_s') or 0:.0f}"]
@@ -78,11 +84,47 @@ def markdown_table(rows: list[dict], baselines: dict) -> str:
         for row in contributions:
             parts = [f"{k.split('/')[1]} {v:+.3f}" for k, v in row["ablation"].items() if k.startswith("contribution/")]
             lines.append(f"- {row['stage']}: " + ", ".join(parts))
+    lines += generative_table(rows)
     selections = [r for r in rows if "selection" in r]
     if selections:
         lines += ["", "Modality selection (validation, one-sided bootstrap over videos):", ""]
         lines += [f"- {row['stage']}: {selection_summary(row['selection'])}" for row in selections]
     return "\n".join(lines) + "\n"
+
+
+def scoring_rows(rows: list[dict]) -> list[dict]:
+    """The rows of stages that predict sentiment (a generative stage only generates).
+
+    Args:
+        rows (list[dict]): From :func:`report_rows`.
+
+    Returns:
+        list[dict]: The rows with test sentiment metrics, or without generative ones.
+    """
+    return [r for r in rows if r["test"] or "generative" not in r]
+
+
+def generative_table(rows: list[dict]) -> list[str]:
+    """Markdown lines: the generative stages' sample quality on the test split.
+
+    Args:
+        rows (list[dict]): From :func:`report_rows`.
+
+    Returns:
+        list[str]: A titled table, or nothing without generative stages.
+    """
+    generative = [r for r in rows if "generative" in r]
+    if not generative:
+        return []
+    header = ["stage", *GENERATIVE_METRICS, "time (s)"]
+    title = ("Generative stages, test split (Fréchet distance and diversity in the standardized "
+             "embedding space; fidelity_MAE: a ridge probe's MAE on the samples against their scores, "
+             "real_MAE: the same probe on real embeddings):")
+    lines = ["", title, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in generative:
+        cells = [_format(m, row["generative"].get(m)) for m in GENERATIVE_METRICS]
+        lines.append("| " + " | ".join([row["stage"], *cells, f"{row.get('wall_time_s') or 0:.0f}"]) + " |")
+    return lines
 
 
 def selection_summary(record: dict) -> str:
@@ -121,6 +163,7 @@ def plot(rows: list[dict], baselines: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = scoring_rows(rows)
     names = [r["stage"] for r in rows]
     fig, (ax_mae, ax_corr) = plt.subplots(1, 2, figsize=(10, 4))
     ax_mae.bar(names, [r["test"].get("MAE", 0) for r in rows], color="tab:blue")

@@ -298,6 +298,16 @@ def test_augmented_pipeline_trains_generators_and_mixes_their_samples_in(augment
     assert "train/generated_loss" in fusion_log.read_text().splitlines()[0]
 
 
+def test_report_shows_generative_stages_in_their_own_table(augmented):
+    report = (Path(augmented["gan"]["best_checkpoint"]).parents[2] / "report.md").read_text()
+    sentiment, generative = report.split("Generative stages, test split")
+    assert "| vae |" not in sentiment and "| gan |" not in sentiment and "| fusion_gan |" in sentiment
+    rows = {line.split(" | ")[0].strip("| "): line for line in generative.splitlines() if line.startswith("| ")}
+    assert set(rows) == {"stage", "vae", "gan"}
+    frechet = float(rows["gan"].split(" | ")[1])
+    assert frechet == pytest.approx(augmented["gan"]["metrics"]["test"]["frechet"], abs=1e-3)
+
+
 def test_gan_does_not_collapse_on_the_generated_dataset(augmented):
     cli = stage_cli(augmented["gan"])
     task = cli.model
