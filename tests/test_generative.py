@@ -293,6 +293,8 @@ def test_augmented_pipeline_trains_generators_and_mixes_their_samples_in(augment
         assert {r["split"] for r in records} == {"val", "test"}
         assert list((log_dir / "generative").glob("val_epoch*.png"))
         assert (log_dir / "generative" / "test.png").is_file()
+        stage_dir = Path(augmented[generator]["best_checkpoint"]).parents[1]
+        assert (stage_dir / "media" / "samples.png").is_file()  # what W&B logs as media/samples
     assert "recon_error" in augmented["vae"]["metrics"]["val"]
     fusion_log = Path(augmented["fusion_gan"]["config"]).parent / "metrics.csv"
     assert "train/generated_loss" in fusion_log.read_text().splitlines()[0]

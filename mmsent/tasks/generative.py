@@ -267,6 +267,12 @@ class GenerativeTask(BaseTask):
                                           f"Fréchet {measures['frechet']:.1f}")
         self.figure_path = folder / f"{name}.png"
         figure.savefig(self.figure_path, dpi=100)
+        if self.trainer.state.fn == TrainerFn.TESTING:
+            # <stage dir>/media is where the pipeline picks up a stage's own pictures
+            # (a W&B run's media/samples).
+            media = Path(self.trainer.default_root_dir) / "media"
+            media.mkdir(parents=True, exist_ok=True)
+            figure.savefig(media / "samples.png", dpi=100)
 
     def checkpoint_meta(self) -> dict:
         return {
