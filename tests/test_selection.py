@@ -144,7 +144,8 @@ class SignalAndNoise(pl.LightningDataModule):
         return DataLoader(self._split(120, 1, 20), batch_size=64)
 
 
-def fit_gated_model(tmp_path, audio_informative: bool, epochs: int = 4, **selection) -> tuple[dict, ModalitySelection]:
+def fit_gated_model(tmp_path, audio_informative: bool, epochs: int = 4, accelerator: str = "cpu",
+                    **selection) -> tuple[dict, ModalitySelection]:
     pl.seed_everything(0)
     task = FusionTask(
         input_dims={"text": 6, "audio": 5},
@@ -155,7 +156,7 @@ def fit_gated_model(tmp_path, audio_informative: bool, epochs: int = 4, **select
     callback = ModalitySelection(samples=2000, **selection)
     checkpoint = ModelCheckpoint(dirpath=tmp_path, monitor="val/MAE", mode="min")
     trainer = pl.Trainer(max_epochs=epochs, callbacks=[checkpoint, callback], logger=False,
-                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+                         enable_progress_bar=False, enable_model_summary=False, accelerator=accelerator)
     trainer.fit(task, datamodule=SignalAndNoise(audio_informative))
     return torch.load(checkpoint.best_model_path, weights_only=True), callback
 
