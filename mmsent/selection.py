@@ -70,18 +70,18 @@ def bootstrap_p_value(gain: torch.Tensor, groups: Sequence[str], samples: int = 
         raise ValueError("no validation samples to test a modality's gain on")
     if len(groups) != gain.numel():
         raise ValueError(f"{len(groups)} group names for {gain.numel()} gains")
-    names = sorted(set(groups))
-    index = torch.tensor([names.index(g) for g in groups])
-    sums = torch.zeros(len(names), dtype=torch.float64).index_add_(0, index, gain.double())
-    counts = torch.zeros(len(names), dtype=torch.float64).index_add_(0, index, torch.ones_like(gain, dtype=torch.float64))
+    position = {name: i for i, name in enumerate(sorted(set(groups)))}
+    index = torch.tensor([position[g] for g in groups])
+    sums = torch.zeros(len(position), dtype=torch.float64).index_add_(0, index, gain.double())
+    counts = torch.bincount(index, minlength=len(position)).double()
     generator = torch.Generator().manual_seed(seed)
-    draws = torch.randint(len(names), (samples, len(names)), generator=generator)
+    draws = torch.randint(len(position), (samples, len(position)), generator=generator)
     means = sums[draws].sum(1) / counts[draws].sum(1)
     return (1 + int((means <= 0).sum())) / (1 + samples)
 
 
 def measure_gain(modality: str, others: Sequence[str], errors: Callable[[frozenset[str]], torch.Tensor],
-              groups: Sequence[str], samples: int = 10000, seed: int = 0) -> GainTest:
+                 groups: Sequence[str], samples: int = 10000, seed: int = 0) -> GainTest:
     """Tests one modality's gain on top of the others.
 
     Args:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -272,7 +273,7 @@ class GenerativeTask(BaseTask):
             # (a W&B run's media/samples).
             media = Path(self.trainer.default_root_dir) / "media"
             media.mkdir(parents=True, exist_ok=True)
-            figure.savefig(media / "samples.png", dpi=100)
+            shutil.copyfile(self.figure_path, media / "samples.png")
 
     def checkpoint_meta(self) -> dict:
         return {
