@@ -23,8 +23,8 @@ from pathlib import Path
 import yaml
 
 from mmsent import tracking
-from mmsent.data.sources import save_json
 from mmsent.figures import PREDICTIONS_FILE, predictions_table
+from mmsent.io import save_json
 
 log = logging.getLogger(__name__)
 

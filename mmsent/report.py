@@ -7,8 +7,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from mmsent.data.sources import save_json
 from mmsent.figures import write_figures
+from mmsent.io import save_json
 from mmsent.metrics import METRIC_NAMES
 
 PERCENT = {"Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score", "Mult_acc_5", "Mult_acc_7"}

@@ -12,9 +12,9 @@ import yaml
 
 from mmsent.data import RawClipSource
 from mmsent.data.cache import cache_key, prepare
-from mmsent.data.lm_features import LMTokenStates, model_signature
+from mmsent.data.lm_features import LMTokenStates
 from mmsent.main import build_cli, main
-from mmsent.models.text import resolve_model_path
+from mmsent.pretrained import model_signature, resolve_model_path
 
 MINILM_VOCAB, MINILM_DIM = 30522, 384
 

@@ -21,7 +21,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mmsent.data.schema import MODALITIES, SPLITS, DatasetSpec
-from mmsent.data.sources import DataSource, Loaded, save_json
+from mmsent.data.sources import DataSource, Loaded
+from mmsent.io import save_json
 
 log = logging.getLogger(__name__)
 

@@ -24,32 +24,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mmsent.data.tokenize import TextTokenizer
+from mmsent.io import atomic_write
+from mmsent.pretrained import model_signature, resolve_model_path
 
 log = logging.getLogger(__name__)
 
 STATES_FILE = "text_states.npy"
 INDEX_FILE = "text_states.json"
-
-
-def model_signature(name_or_path: str) -> dict:
-    """What identifies a pretrained model's weights, for cache fingerprints.
-
-    Args:
-        name_or_path (str): ``"minilm"``, a Hugging Face model id or a local path.
-
-    Returns:
-        dict: The name, and for a local folder the size and modification time of
-        its files, so replacing the weights prepares the text again.
-    """
-    from mmsent.data.sources import file_signature
-    from mmsent.models.text import resolve_model_path
-
-    path = Path(resolve_model_path(name_or_path))
-    signature = {"model": name_or_path}
-    if path.exists():
-        files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
-        signature["files"] = file_signature(files)
-    return signature
 
 
 class LMTokenStates:
@@ -78,8 +59,6 @@ class LMTokenStates:
             return
         from transformers import AutoModel, AutoTokenizer
 
-        from mmsent.models.text import resolve_model_path
-
         path = resolve_model_path(self.name)
         self._tokenizer = AutoTokenizer.from_pretrained(path)
         self._model = AutoModel.from_pretrained(path).eval()
@@ -88,8 +67,6 @@ class LMTokenStates:
     def hidden_size(self) -> int:
         """int: The size of one token state."""
         from transformers import AutoConfig
-
-        from mmsent.models.text import resolve_model_path
 
         return int(AutoConfig.from_pretrained(resolve_model_path(self.name)).hidden_size)
 
@@ -188,7 +165,7 @@ class StateStore:
         del array
         tmp.replace(self.folder / STATES_FILE)
         index = {clip: [int(offsets[i]), int(lengths[i])] for i, clip in enumerate(ids)}
-        (self.folder / INDEX_FILE).write_text(json.dumps(index))
+        atomic_write(self.folder / INDEX_FILE, lambda part: part.write_text(json.dumps(index)))
 
     def get(self, clip_id: str) -> np.ndarray:
         """The states of one clip.

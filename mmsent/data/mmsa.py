@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from mmsent.data.schema import ID_SEPARATOR, SPLITS, check_label
-from mmsent.data.sources import file_signature
 from mmsent.data.tables import FeatureData, FeatureSource
+from mmsent.io import file_signature
 
 log = logging.getLogger(__name__)
 

@@ -36,8 +36,9 @@ import numpy as np
 import pandas as pd
 
 from mmsent.data.schema import MODALITIES, check_label, check_split, make_id
-from mmsent.data.sources import content_hash, file_signature, read_label_table
+from mmsent.data.sources import read_label_table
 from mmsent.data.tables import FeatureData, FeatureSource
+from mmsent.io import content_hash, file_signature
 
 log = logging.getLogger(__name__)
 

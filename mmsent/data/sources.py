@@ -9,19 +9,17 @@ progress, error handling and resumable shards, and caches the result.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from mmsent.data.lm_features import TranscriptText
 from mmsent.data.media import DecodeError, decode_audio, decode_frames, log_mel_frames
 from mmsent.data.schema import MODALITIES, DatasetSpec, check_label, check_split, make_id
+from mmsent.io import content_hash, file_signature
 
 RAW_COLUMNS = ("video_id", "clip_id", "text", "label", "mode")
 
@@ -81,34 +79,6 @@ class DataSource(ABC):
         Returns:
             Loaded: The example and its problems.
         """
-
-
-def file_signature(paths: list[Path]) -> str:
-    """A hash of the size and modification time of files, cheap even for 20k clips.
-
-    Args:
-        paths (list[Path]): The files; missing ones count as missing.
-
-    Returns:
-        str: A hex digest.
-    """
-    digest = hashlib.sha1()
-    for path in sorted(paths):
-        stat = path.stat() if path.exists() else None
-        digest.update(f"{path}:{stat.st_size if stat else -1}:{stat.st_mtime_ns if stat else -1}\n".encode())
-    return digest.hexdigest()
-
-
-def content_hash(path: Path) -> str:
-    """The SHA-1 of a file's bytes.
-
-    Args:
-        path (Path): The file.
-
-    Returns:
-        str: A hex digest.
-    """
-    return hashlib.sha1(path.read_bytes()).hexdigest()
 
 
 def read_label_table(path: Path) -> pd.DataFrame:
@@ -328,23 +298,3 @@ class GeneratedSource(RawClipSource):
     def fingerprint(self) -> dict:
         self.ensure_generated()
         return super().fingerprint()
-
-
-def save_json(path: Path, payload) -> None:
-    """Writes JSON atomically, so an interrupted write never leaves half a file.
-
-    Args:
-        path (Path): The destination.
-        payload: Anything ``json`` serializes.
-    """
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=_json_default))
-    tmp.replace(path)
-
-
-def _json_default(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot serialize {type(value).__name__}")

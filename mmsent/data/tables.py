@@ -30,7 +30,8 @@ import pandas as pd
 
 from mmsent.data.lm_features import TranscriptText
 from mmsent.data.schema import MODALITIES, SPLITS, DatasetSpec, make_id
-from mmsent.data.sources import DataSource, Loaded, content_hash, file_signature, read_label_table
+from mmsent.data.sources import DataSource, Loaded, read_label_table
+from mmsent.io import content_hash, file_signature
 
 log = logging.getLogger(__name__)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mmsent.pretrained import resolve_model_path
+
 PAD, UNK = "[PAD]", "[UNK]"
 
 
@@ -40,8 +42,6 @@ class TextTokenizer:
             self._word.save(str(save_dir / "tokenizer.json"))
         else:
             from transformers import AutoTokenizer
-
-            from mmsent.models.text import resolve_model_path
 
             self._hf = AutoTokenizer.from_pretrained(resolve_model_path(self.name))
 

