@@ -172,7 +172,7 @@ def ridge_baseline(cache_dir: str) -> dict:
     from sklearn.linear_model import Ridge
 
     from mmsent.data.cache import prepare
-    from mmsent.data.tables import MOSISource
+    from mmsent.data.mosi import MOSISource
     from mmsent.metrics import regression_metrics
 
     splits = prepare(MOSISource(text_features="minilm"), cache_dir).splits

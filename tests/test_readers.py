@@ -12,7 +12,7 @@ import pytest
 
 from mmsent.data import FeatureTableSource, MMSAPickleSource, MultimodalDataModule, SDKSource
 from mmsent.data.cache import prepare
-from mmsent.data.sdk import (
+from mmsent.data.csd import (
     Sequence,
     align_mean,
     align_sequence,

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mmsent.data.features import FeatureData, FeatureSource
 from mmsent.data.schema import ID_SEPARATOR, SPLITS, check_label
-from mmsent.data.tables import FeatureData, FeatureSource
 from mmsent.io import file_signature
 
 log = logging.getLogger(__name__)
