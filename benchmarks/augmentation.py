@@ -18,7 +18,8 @@ Results are cached per (fraction, seed), so an interrupted run resumes.
     python benchmarks/augmentation.py --dataset generated
     python benchmarks/augmentation.py --dataset mosi --fractions 0.1 0.2496 0.5 1.0
 
-(MOSI's 25 % would be 321 clips, whose last training batch of one clip the acoustic
+(CMU-MOSI is read from the folder in ``MMSENT_MOSI_DIR``. MOSI's 25 % would be 321
+clips, whose last training batch of one clip the acoustic
 encoder's batch norm rejects; 0.2496 gives 320.)
 """
 

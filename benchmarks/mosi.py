@@ -11,6 +11,7 @@ result is significantly better); the same stages are run again without it, from 
 same unimodal checkpoints, for comparison. Raw results go to
 ``benchmarks/results/mosi.json``; a Markdown table is printed.
 
+    export MMSENT_MOSI_DIR=/path/to/cmu-mosi     # the data folder
     python benchmarks/mosi.py                    # 5 seeds, 2 at a time
     python benchmarks/mosi.py --seeds 0 1 --jobs 1
 

@@ -9,7 +9,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = Path(__file__).resolve().parent / "conf"
-MOSI_DIR = Path(os.environ.get("MMSENT_MOSI_DIR", REPO.parent / "shared" / "data" / "cmu-mosi"))
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -56,7 +55,10 @@ def tiny_data_args(tiny_raw, tiny_cache, tmp_path) -> list[str]:
 
 @pytest.fixture()
 def mosi_dir() -> Path:
-    """The real CMU-MOSI folder; tests that need it skip when it is absent."""
-    if not (MOSI_DIR / "label.csv").exists():
-        pytest.skip(f"real CMU-MOSI data not found at {MOSI_DIR} (set MMSENT_MOSI_DIR)")
-    return MOSI_DIR
+    """The real CMU-MOSI folder from ``$MMSENT_MOSI_DIR``; tests that need it skip without it."""
+    folder = os.environ.get("MMSENT_MOSI_DIR")
+    if not folder:
+        pytest.skip("real CMU-MOSI data: MMSENT_MOSI_DIR is not set")
+    if not (Path(folder) / "label.csv").is_file():
+        pytest.skip(f"real CMU-MOSI data: MMSENT_MOSI_DIR={folder} holds no label.csv")
+    return Path(folder).resolve()

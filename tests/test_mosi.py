@@ -1,7 +1,7 @@
 """Real CMU-MOSI: the source prepares the standard split, and the pipeline's configs run.
 
-These tests read ``../shared/data/cmu-mosi`` (or ``$MMSENT_MOSI_DIR``) and skip when
-it is absent. The accuracy over seeds is measured by ``benchmarks/mosi.py``.
+The tests marked ``mosi`` read the folder named by ``$MMSENT_MOSI_DIR`` and skip
+without it. The accuracy over seeds is measured by ``benchmarks/mosi.py``.
 """
 
 from __future__ import annotations
@@ -46,6 +46,28 @@ def test_missing_mosi_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setenv("MMSENT_MOSI_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match=r"(?s)CMU-MOSI not found.*nowhere.*MMSENT_MOSI_DIR.*label\.csv"):
         MOSISource()
+
+
+def test_unset_mosi_location_names_the_key_and_the_variable(tmp_path, monkeypatch):
+    monkeypatch.delenv("MMSENT_MOSI_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"neither data\.source\.init_args\.root nor .*MMSENT_MOSI_DIR"):
+        MOSISource()
+
+
+def fake_mosi(folder):
+    folder.mkdir()
+    (folder / "label.csv").write_text("video_id,clip_id,text,label,annotation,mode\n")
+    return folder
+
+
+def test_mosi_folder_comes_from_the_key_before_the_variable(tmp_path, monkeypatch):
+    from_env, from_key = fake_mosi(tmp_path / "env"), fake_mosi(tmp_path / "key")
+    monkeypatch.setenv("MMSENT_MOSI_DIR", str(from_env))
+    assert MOSISource().root == from_env
+    assert MOSISource(str(from_key)).root == from_key
+    with pytest.raises(FileNotFoundError, match=r"(?s)missing .*from data\.source\.init_args\.root"):
+        MOSISource(str(tmp_path / "missing"))
 
 
 @pytest.mark.mosi

@@ -1,4 +1,9 @@
-"""Real CMU-MOSI: its feature-table source, and where its folder is."""
+"""Real CMU-MOSI: its feature-table source, and where its folder is.
+
+The folder comes from the configuration (``data.source.init_args.root``) or, when
+that is null, from the environment variable ``MMSENT_MOSI_DIR``; nothing else is
+searched, so the same configuration runs from any working directory.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,13 @@ from pathlib import Path
 from mmsent.data.tables import FeatureTableSource
 
 MOSI_ENV = "MMSENT_MOSI_DIR"
-MOSI_DEFAULT = Path("..") / "shared" / "data" / "cmu-mosi"
-MOSI_HELP = """CMU-MOSI not found; looked in: {places}.
-Point mmsent at a folder holding
+MOSI_ROOT_KEY = "data.source.init_args.root"
+MOSI_HELP = """CMU-MOSI not found: {problem}.
+Set the environment variable {env} or the config key {key}
+to a folder holding
   label.csv                 video_id, clip_id, text, label, annotation, mode (MMSA's
                             layout: transcripts, scores in [-3, 3], standard folds)
   audio_opensmile.parquet   video_id, clip_id, audio (one acoustic vector per clip)
-with the environment variable {env} or data.source.init_args.root.
 The corpus (Zadeh et al., 2016) is distributed by CMU (CMU-MultimodalSDK,
 github.com/CMU-MultiComp-Lab/CMU-MultimodalSDK) and, with MMSA's label.csv and
 feature pickles, by thuiar/MMSA (github.com/thuiar/MMSA); MMSA's pickles load
@@ -23,30 +28,31 @@ mmsent.data.SDKSource."""
 
 
 def find_mosi(root: str | None = None) -> Path:
-    """Finds the CMU-MOSI folder.
+    """The CMU-MOSI folder, from the configuration or the environment.
 
     Args:
-        root (str | None): An explicit folder; else ``$MMSENT_MOSI_DIR``; else
-            ``../shared/data/cmu-mosi`` relative to the working directory, then to
-            the repository holding this package.
+        root (str | None): The folder (``data.source.init_args.root``); None reads
+            ``$MMSENT_MOSI_DIR``.
 
     Returns:
-        Path: The folder holding ``label.csv``.
+        Path: The folder holding ``label.csv``, made absolute.
 
     Raises:
-        FileNotFoundError: With instructions on how to get the data.
+        FileNotFoundError: If neither names a folder, or the folder named holds no
+            ``label.csv``; the message says where the setting came from and how to
+            get the data.
     """
     if root:
-        places = [Path(root)]
+        folder, origin = Path(root), MOSI_ROOT_KEY
     elif os.environ.get(MOSI_ENV):
-        places = [Path(os.environ[MOSI_ENV])]
+        folder, origin = Path(os.environ[MOSI_ENV]), f"${MOSI_ENV}"
     else:
-        places = [MOSI_DEFAULT, Path(__file__).resolve().parents[2] / MOSI_DEFAULT]
-    for place in places:
-        if (place / "label.csv").is_file():
-            return place.resolve()
-    raise FileNotFoundError(MOSI_HELP.format(places=", ".join(str(p.resolve()) for p in places),
-                                             env=MOSI_ENV))
+        problem = f"neither {MOSI_ROOT_KEY} nor the environment variable {MOSI_ENV} is set"
+        raise FileNotFoundError(MOSI_HELP.format(problem=problem, env=MOSI_ENV, key=MOSI_ROOT_KEY))
+    if not (folder / "label.csv").is_file():
+        problem = f"{folder.resolve()} (from {origin}) holds no label.csv"
+        raise FileNotFoundError(MOSI_HELP.format(problem=problem, env=MOSI_ENV, key=MOSI_ROOT_KEY))
+    return folder.resolve()
 
 
 class MOSISource(FeatureTableSource):
@@ -54,11 +60,12 @@ class MOSISource(FeatureTableSource):
     vectors (73-d, one per clip) from ``audio_opensmile.parquet``.
 
     Args:
-        root (str | None): The data folder; None finds it with :func:`find_mosi`
-            (``$MMSENT_MOSI_DIR``, else ``../shared/data/cmu-mosi``).
+        root (str | None): The data folder; None reads ``$MMSENT_MOSI_DIR`` (see
+            :func:`find_mosi`).
         audio_table (str): The acoustic table, relative to the folder.
         modalities (list[str] | None): Default ``["text", "audio"]``.
-        **kwargs: :class:`~mmsent.data.features.FeatureSource` options, e.g. ``text_features: minilm``.
+        **kwargs: :class:`~mmsent.data.features.FeatureSource` options, e.g.
+            ``text_features: minilm``.
     """
 
     name = "cmu-mosi"
