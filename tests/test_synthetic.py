@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 import wave
 
 import av
@@ -13,6 +15,8 @@ import pytest
 
 from mmsent.data import synthetic
 from mmsent.data.schema import SPLITS
+from mmsent.data.synthetic import audio, text, video, writer
+from mmsent.data.synthetic.cli import main
 
 NUM_CLIPS = 24
 
@@ -137,14 +141,14 @@ def test_refuses_a_folder_holding_another_dataset(tmp_path):
 
 
 def test_interrupted_run_never_looks_complete_and_resumes(tmp_path, monkeypatch):
-    write_clip, written = synthetic._write_clip, []
+    write_clip, written = writer._write_clip, []
 
     def crash_after_three(job):
         if len(written) == 3:
             raise RuntimeError("simulated crash")
         written.append(write_clip(job))
 
-    monkeypatch.setattr(synthetic, "_write_clip", crash_after_three)
+    monkeypatch.setattr(writer, "_write_clip", crash_after_three)
     with pytest.raises(RuntimeError, match="simulated crash"):
         synthetic.generate_raw_dataset(tmp_path / "a", num_clips=6, seed=2)
     assert not (tmp_path / "a" / "label.csv").exists()
@@ -166,25 +170,40 @@ def test_invalid_parameters_raise(tmp_path, kwargs):
 
 
 def test_command_line(tmp_path):
-    synthetic.main(["--out", str(tmp_path), "--num-clips", "5", "--seed", "3"])
-    assert json.loads((tmp_path / "generated.json").read_text())["complete"] is True
+    main(["--out_dir", str(tmp_path), "--num_clips", "5", "--seed", "3",
+          "--split_fractions", "[0.6, 0.2, 0.2]", "--num_workers", "1"])
+    marker = json.loads((tmp_path / "generated.json").read_text())
+    assert marker["complete"] is True
+    assert marker["params"]["split_fractions"] == [0.6, 0.2, 0.2] and marker["params"]["frames"] == 16
     assert len(pd.read_csv(tmp_path / "label.csv")) == 5
+
+
+def test_command_line_rejects_invalid_parameters(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--out_dir", str(tmp_path), "--frame_size", "63"])
+    assert "frame_size must be even" in capsys.readouterr().err
+
+
+def test_module_runs_from_the_command_line():
+    done = subprocess.run([sys.executable, "-m", "mmsent.data.synthetic", "--help"],
+                          capture_output=True, text=True, check=True)
+    assert "--num_clips" in done.stdout and "--out_dir" in done.stdout
 
 
 # --- text -------------------------------------------------------------------
 
 
 def test_contrast_clause_order_changes_the_score():
-    good_but_boring = synthetic.tokenize("the acting was good but the plot was boring")
-    boring_but_good = synthetic.tokenize("the plot was boring but the acting was good")
+    good_but_boring = text.tokenize("the acting was good but the plot was boring")
+    boring_but_good = text.tokenize("the plot was boring but the acting was good")
     assert sorted(good_but_boring) == sorted(boring_but_good)
-    assert synthetic.score_sentence(good_but_boring) < 0 < synthetic.score_sentence(boring_but_good)
-    although = synthetic.score_sentence("although the acting was good, the plot was boring")
-    assert although == pytest.approx(synthetic.score_sentence(good_but_boring))
+    assert text.score_sentence(good_but_boring) < 0 < text.score_sentence(boring_but_good)
+    although = text.score_sentence("although the acting was good, the plot was boring")
+    assert although == pytest.approx(text.score_sentence(good_but_boring))
 
 
 def test_intensifiers_and_negation_compose():
-    score = synthetic.score_sentence
+    score = text.score_sentence
     words = ("very", "", "slightly")
     very, plain, slightly = (score(f"the movie was {word} good") for word in words)
     assert very > plain > slightly > 0
@@ -194,7 +213,7 @@ def test_intensifiers_and_negation_compose():
 
 
 def test_generated_text_scores_are_compositional(labels):
-    recomputed = labels["text"].map(lambda text: round(synthetic.score_sentence(text), 4))
+    recomputed = labels["text"].map(lambda sentence: round(text.score_sentence(sentence), 4))
     assert np.allclose(recomputed, labels["text_score"], atol=1e-9)
     table = synthetic.plan_clips(300, seed=0)
     assert table["text"].str.contains(" but |although").mean() > 0.2
@@ -206,8 +225,8 @@ def test_make_sentence_returns_its_exact_score():
     targets = rng.uniform(-1, 1, size=200)
     errors = []
     for target in targets:
-        text, value = synthetic.make_sentence(float(target), rng)
-        assert value == synthetic.score_sentence(text)
+        sentence, value = text.make_sentence(float(target), rng)
+        assert value == text.score_sentence(sentence)
         errors.append(abs(value - target))
     assert np.mean(errors) < 0.15
 
@@ -218,19 +237,19 @@ def test_make_sentence_returns_its_exact_score():
 @pytest.fixture
 def style():
     rng = np.random.default_rng(0)
-    return synthetic.sample_face_style(synthetic.sample_appearance(rng), 64, rng)
+    return video.sample_face_style(video.sample_appearance(rng), 64, rng)
 
 
 def test_reversed_frames_are_the_negated_visual_score(style):
-    forward = synthetic.render_face_frames(synthetic.mouth_curvatures(0.3, 0.8, 16), style, 64)
-    backward = synthetic.render_face_frames(synthetic.mouth_curvatures(0.3, -0.8, 16), style, 64)
+    forward = video.render_face_frames(video.mouth_curvatures(0.3, 0.8, 16), style, 64)
+    backward = video.render_face_frames(video.mouth_curvatures(0.3, -0.8, 16), style, 64)
     assert np.array_equal(forward[::-1], backward)
     assert not np.allclose(forward, backward)
     assert np.allclose(forward.mean(axis=0), backward.mean(axis=0))
 
 
 def test_mouth_change_survives_downscaling(style):
-    frames = synthetic.render_face_frames(synthetic.mouth_curvatures(0.0, 1.0, 16), style, 64)
+    frames = video.render_face_frames(video.mouth_curvatures(0.0, 1.0, 16), style, 64)
     small = frames.mean(axis=-1).reshape(16, 32, 2, 32, 2).mean(axis=(2, 4))
     assert (np.abs(small[-1] - small[0]) > 30).sum() >= 10
 
@@ -239,10 +258,10 @@ def test_mouth_change_survives_downscaling(style):
 
 
 def test_audio_pitch_follows_the_score():
-    voice = synthetic.Voice(pitch_offset_hz=0.0, tilt_offset=0.0, gain_offset_db=0.0)
+    voice = audio.Voice(pitch_offset_hz=0.0, tilt_offset=0.0, gain_offset_db=0.0)
 
     def peak_hz(score):
-        samples = synthetic.synthesize_audio(score, 1.5, 16000, voice, np.random.default_rng(0))
+        samples = audio.synthesize_audio(score, 1.5, 16000, voice, np.random.default_rng(0))
         spectrum = np.abs(np.fft.rfft(samples))
         freqs = np.fft.rfftfreq(len(samples), 1 / 16000)
         band = (freqs > 60) & (freqs < 300)

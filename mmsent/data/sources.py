@@ -19,6 +19,7 @@ import pandas as pd
 from mmsent.data.lm_features import TranscriptText
 from mmsent.data.media import DecodeError, decode_audio, decode_frames, log_mel_frames
 from mmsent.data.schema import MODALITIES, DatasetSpec, check_label, check_split, make_id
+from mmsent.data.synthetic import generate_raw_dataset
 from mmsent.io import content_hash, file_signature
 
 RAW_COLUMNS = ("video_id", "clip_id", "text", "label", "mode")
@@ -289,8 +290,6 @@ class GeneratedSource(RawClipSource):
 
     def ensure_generated(self) -> None:
         """Writes the clips unless the same ones are already there."""
-        from mmsent.data.synthetic import generate_raw_dataset
-
         generate_raw_dataset(self.root, num_clips=self.num_clips, seed=self.seed,
                              frames=self.source_frames, frame_size=self.source_frame_size,
                              sample_rate=self.sample_rate)

@@ -1,0 +1,45 @@
+"""The command line of the generator: ``python -m mmsent.data.synthetic --out_dir DIR``.
+
+The options are :func:`~mmsent.data.synthetic.writer.generate_raw_dataset`'s
+parameters, typed and documented from its signature by jsonargparse.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+from jsonargparse import ArgumentParser
+
+from mmsent.data.synthetic.writer import generate_raw_dataset
+
+
+def build_parser() -> ArgumentParser:
+    """The argument parser, one option per parameter of the generator.
+
+    Returns:
+        ArgumentParser: The parser; ``num_workers`` defaults to the CPU count (at
+        most 8) instead of the function's single process.
+    """
+    parser = ArgumentParser(prog="python -m mmsent.data.synthetic",
+                            description="A generated raw dataset laid out like MMSA's raw "
+                                        "CMU-MOSI, CMU-MOSEI and CH-SIMS.")
+    parser.add_function_arguments(generate_raw_dataset)
+    parser.set_defaults(num_workers=max(1, min(8, os.cpu_count() or 1)))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command-line entry point.
+
+    Args:
+        argv (Sequence[str] | None): Arguments; None reads ``sys.argv``.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        generate_raw_dataset(**args.as_dict())
+    except ValueError as error:
+        parser.error(str(error))
