@@ -64,7 +64,7 @@ def test_label_csv_columns_and_values(labels):
 def test_clean_label_is_weighted_sum_of_latents(labels):
     weights = synthetic.MODALITY_WEIGHTS
     raw = (weights["text"] * labels["text_score"] + weights["audio"] * labels["audio_score"]
-           + weights["visual"] * labels["visual_score"])
+           + weights["video"] * labels["video_score"])
     assert np.allclose(labels["clean_label"], raw.clip(-3, 3), atol=1e-4)
 
 
@@ -240,7 +240,7 @@ def style():
     return video.sample_face_style(video.sample_appearance(rng), 64, rng)
 
 
-def test_reversed_frames_are_the_negated_visual_score(style):
+def test_reversed_frames_are_the_negated_video_score(style):
     forward = video.render_face_frames(video.mouth_curvatures(0.3, 0.8, 16), style, 64)
     backward = video.render_face_frames(video.mouth_curvatures(0.3, -0.8, 16), style, 64)
     assert np.array_equal(forward[::-1], backward)

@@ -173,7 +173,7 @@ class FeatureSource(DataSource):
 
     Args:
         modalities (list[str] | None): Which of text, audio, video to prepare.
-        standardize (bool): Scale acoustic and visual features with training
+        standardize (bool): Scale audio and video features with training
             statistics (text vectors are left as the model produced them).
         missing (str): A labelled clip without one of the modalities is kept with it
             masked (``"mask"``) or left out (``"drop"``).

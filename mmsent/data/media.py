@@ -1,4 +1,4 @@
-"""Decoding clips with PyAV: frames for the visual encoder, log-mel frames for audio."""
+"""Decoding clips with PyAV: frames for the video encoder, log-mel frames for audio."""
 
 from __future__ import annotations
 

@@ -19,9 +19,9 @@ from mmsent.data.synthetic.text import make_sentence
 
 LABEL_COLUMNS: tuple[str, ...] = (
     "video_id", "clip_id", "text", "label", "annotation", "mode",
-    "clean_label", "text_score", "audio_score", "visual_score",
+    "clean_label", "text_score", "audio_score", "video_score",
 )
-MODALITY_WEIGHTS: dict[str, float] = {"text": 1.5, "audio": 1.05, "visual": 1.25}
+MODALITY_WEIGHTS: dict[str, float] = {"text": 1.5, "audio": 1.05, "video": 1.25}
 
 # Independent random streams, so adding a draw to one part never shifts another.
 PLAN_STREAM, CLIP_STREAM, MEDIA_STREAM, VIDEO_STREAM = 0, 1, 2, 3
@@ -93,7 +93,7 @@ def _plan_clip(seed: int, index: int, noise_std: float) -> dict:
     scores = {
         "text": round(s_text, 4),
         "audio": round(float(rng.uniform(-1.0, 1.0)), 4),
-        "visual": round(float(rng.uniform(-1.0, 1.0)), 4),
+        "video": round(float(rng.uniform(-1.0, 1.0)), 4),
     }
     low, high = LABEL_RANGE
     clean = sum(MODALITY_WEIGHTS[name] * value for name, value in scores.items())

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-VISUAL_SWING = 1.4
-"""float: The change in mouth curvature over a clip per unit of ``s_visual``."""
+VIDEO_SWING = 1.4
+"""float: The change in mouth curvature over a clip per unit of ``s_video``."""
 
 MOUTH_MIDPOINT_SPREAD = 2.0
 """float: Mid-clip curvatures are uniform in ``[-spread, spread]``; a spread well above
-``VISUAL_SWING / 2`` keeps any single frame nearly uninformative about ``s_visual``."""
+``VIDEO_SWING / 2`` keeps any single frame nearly uninformative about ``s_video``."""
 
 
 @dataclass(frozen=True)
@@ -107,22 +107,22 @@ def sample_face_style(
     )
 
 
-def mouth_curvatures(midpoint: float, s_visual: float, frames: int) -> np.ndarray:
+def mouth_curvatures(midpoint: float, s_video: float, frames: int) -> np.ndarray:
     """The mouth curvature in each frame: a line from ``A`` to ``B`` around ``midpoint``.
 
-    ``B - A = VISUAL_SWING * s_visual``. The time steps are exactly antisymmetric, so
-    the curvatures for ``-s_visual`` are exactly those for ``s_visual`` reversed.
+    ``B - A = VIDEO_SWING * s_video``. The time steps are exactly antisymmetric, so
+    the curvatures for ``-s_video`` are exactly those for ``s_video`` reversed.
 
     Args:
         midpoint (float): The curvature half-way through the clip.
-        s_visual (float): The visual latent score in ``[-1, 1]``.
+        s_video (float): The video latent score in ``[-1, 1]``.
         frames (int): The number of frames (at least 2).
 
     Returns:
         np.ndarray: float64 curvatures, shape ``(frames,)``; positive is a smile.
     """
     steps = np.arange(frames, dtype=np.float64) * 2 - (frames - 1)
-    return midpoint + VISUAL_SWING * s_visual * (steps / (2 * (frames - 1)))
+    return midpoint + VIDEO_SWING * s_video * (steps / (2 * (frames - 1)))
 
 
 def _coverage(distance: np.ndarray, half_thickness: float) -> np.ndarray:

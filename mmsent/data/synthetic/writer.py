@@ -54,7 +54,7 @@ class _MediaJob:
     video_dir: str
     clip_id: int
     audio_score: float
-    visual_score: float
+    video_score: float
     params: dict
 
 
@@ -78,7 +78,7 @@ def _write_clip(job: _MediaJob) -> int:
 
     style = sample_face_style(appearance, size, rng)
     midpoint = float(rng.uniform(-MOUTH_MIDPOINT_SPREAD, MOUTH_MIDPOINT_SPREAD))
-    curvatures = mouth_curvatures(midpoint, job.visual_score, frames)
+    curvatures = mouth_curvatures(midpoint, job.video_score, frames)
     pixels = add_frame_noise(render_face_frames(curvatures, style, size), rng)
     atomic_write(mp4_path, lambda tmp: write_mp4(tmp, pixels, params["fps"]))
 
@@ -106,7 +106,7 @@ def _check_params(params: dict) -> None:
     if params["num_clips"] < sum(f > 0 for f in fractions):
         raise ValueError(f"num_clips={params['num_clips']} is too few for the requested splits")
     if params["frames"] < 2:
-        raise ValueError("frames must be at least 2: the visual cue is a change over time")
+        raise ValueError("frames must be at least 2: the video cue is a change over time")
     if params["frame_size"] < 16 or params["frame_size"] % 2:
         raise ValueError("frame_size must be even and at least 16 (H.264 yuv420p)")
     if params["fps"] < 1 or params["sample_rate"] < 8000 or params["noise_std"] < 0:
@@ -166,7 +166,7 @@ def _media_jobs(table: pd.DataFrame, out_dir: Path, params: dict) -> Iterator[_M
         video_dir = out_dir / "Raw" / row.video_id
         video_dir.mkdir(parents=True, exist_ok=True)
         job = _MediaJob(index, row.video_index, str(video_dir), row.clip_id,
-                        row.audio_score, row.visual_score, params)
+                        row.audio_score, row.video_score, params)
         if not all(path.exists() for path in _media_paths(job)):
             yield job
 
