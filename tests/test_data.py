@@ -5,9 +5,12 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from mmsent.data import MultimodalDataModule, RawClipSource, sources
 from mmsent.data.cache import prepare
+from mmsent.data.datamodule import pad_sequences
+from mmsent.data.media import DecodeError
 
 
 @pytest.fixture()
@@ -178,3 +181,57 @@ def test_training_subset_is_a_seeded_fraction(tiny_raw, tmp_path):
     full, half = train_ids(1.0, 0), train_ids(0.5, 0)
     assert len(half) == round(len(full) * 0.5) and set(half) <= set(full)
     assert half == train_ids(0.5, 0) and half != train_ids(0.5, 1)
+
+
+def test_spawned_dataloader_workers_give_the_same_batches(tiny_raw, tmp_path):
+    def first_batch(**options):
+        data = MultimodalDataModule(RawClipSource(str(tiny_raw), frames=4, frame_size=16),
+                                    cache_dir=str(tmp_path), batch_size=6, **options)
+        loader = data.val_dataloader()
+        return loader, next(iter(loader))
+
+    _, inline = first_batch()
+    loader, spawned = first_batch(num_workers=1, multiprocessing_context="spawn")
+    assert loader.multiprocessing_context.get_start_method() == "spawn"
+    assert inline.keys() == spawned.keys()
+    for key, value in inline.items():
+        if isinstance(value, torch.Tensor):
+            assert value.dtype == spawned[key].dtype and torch.equal(value, spawned[key]), key
+        else:
+            assert value == spawned[key], key
+
+
+def test_an_unknown_start_method_names_the_key(tiny_raw, tmp_path):
+    with pytest.raises(ValueError, match="data.multiprocessing_context must be one of"):
+        MultimodalDataModule(RawClipSource(str(tiny_raw)), cache_dir=str(tmp_path),
+                             multiprocessing_context="thread")
+
+
+def test_preparation_in_spawned_processes_matches_preparation_in_process(tiny_raw, tmp_path,
+                                                                         monkeypatch):
+    def source():
+        return RawClipSource(str(tiny_raw), frames=4, frame_size=16)
+
+    inline = prepare(source(), tmp_path / "inline")
+
+    def broken(*args, **kwargs):
+        raise DecodeError("a forked copy of the test process")
+
+    # Spawned workers import the package afresh; only forked copies would see this patch.
+    monkeypatch.setattr(sources, "decode_frames", broken)
+    spawned = prepare(source(), tmp_path / "spawned", num_workers=1, chunk_size=16,
+                      multiprocessing_context="spawn")
+    assert spawned.problems == []
+    for split, rows in inline.splits.items():
+        assert rows.data.table.equals(spawned.splits[split].data.table), split
+
+
+def test_padding_keeps_the_dtype_and_marks_real_steps():
+    padded, mask = pad_sequences([np.array([5, 6, 7], dtype=np.int32), np.array([8], dtype=np.int32)],
+                                 pad_value=1)
+    assert padded.dtype == torch.int32
+    assert padded.tolist() == [[5, 6, 7], [8, 1, 1]]
+    assert mask.tolist() == [[True, True, True], [True, False, False]]
+    vectors, mask = pad_sequences([np.ones((1, 2), np.float32), np.full((2, 2), 2, np.float32)])
+    assert vectors.shape == (2, 2, 2) and vectors[0, 1].tolist() == [0, 0]
+    assert mask.tolist() == [[True, False], [True, True]]

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import shutil
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -64,7 +65,8 @@ def cache_key(source: DataSource, on_error: str) -> str:
 
 
 def prepare(source: DataSource, cache_dir: str | Path, on_error: str = "mask",
-            chunk_size: int = 256, num_workers: int = 0) -> PreparedData:
+            chunk_size: int = 256, num_workers: int = 0,
+            multiprocessing_context: str | None = None) -> PreparedData:
     """Returns the cached dataset for a source, preparing it first when needed.
 
     Args:
@@ -75,6 +77,9 @@ def prepare(source: DataSource, cache_dir: str | Path, on_error: str = "mask",
             ``"raise"`` stops with the file's name.
         chunk_size (int): Clips per shard: the most work an interruption can lose.
         num_workers (int): Processes decoding in parallel (0: in this process).
+        multiprocessing_context (str | None): How those processes start
+            (``"spawn"``, ``"forkserver"``, ``"fork"``); None takes the platform's
+            default.
 
     Returns:
         PreparedData: The dataset, its spec and any decode problems.
@@ -83,7 +88,7 @@ def prepare(source: DataSource, cache_dir: str | Path, on_error: str = "mask",
         raise ValueError(f"on_decode_error must be one of {ERROR_POLICIES}, got {on_error!r}")
     folder = Path(cache_dir) / cache_key(source, on_error)
     if not (folder / "spec.json").exists():
-        _build(source, folder, on_error, chunk_size, num_workers)
+        _build(source, folder, on_error, chunk_size, num_workers, multiprocessing_context)
     return _load(folder)
 
 
@@ -93,7 +98,8 @@ def _load(folder: Path) -> PreparedData:
     return PreparedData(splits, DatasetSpec(**meta["spec"]), folder, meta["problems"])
 
 
-def _build(source: DataSource, folder: Path, on_error: str, chunk_size: int, workers: int) -> None:
+def _build(source: DataSource, folder: Path, on_error: str, chunk_size: int, workers: int,
+           multiprocessing_context: str | None) -> None:
     # One progress bar over clips says it all; the per-shard save bars would bury it.
     datasets.disable_progress_bars()
     folder.mkdir(parents=True, exist_ok=True)
@@ -103,9 +109,12 @@ def _build(source: DataSource, folder: Path, on_error: str, chunk_size: int, wor
     shard_dir.mkdir(exist_ok=True)
     problems: list[str] = []
     chunks = [records[i:i + chunk_size] for i in range(0, len(records), chunk_size)]
-    with tqdm(total=len(records), desc=f"preparing {source.name}", unit="clip") as bar:
+    pool = get_context(multiprocessing_context).Pool(workers) if workers > 0 else None
+    with pool or nullcontext(), tqdm(total=len(records), desc=f"preparing {source.name}",
+                                     unit="clip") as bar:
         for index, chunk in enumerate(chunks):
-            problems += _shard(source, chunk, spec, features, shard_dir / f"{index:05d}", on_error, workers)
+            problems += _shard(source, chunk, spec, features, shard_dir / f"{index:05d}", on_error,
+                               pool)
             bar.update(len(chunk))
     merged = datasets.concatenate_datasets(
         [datasets.load_from_disk(str(shard_dir / f"{i:05d}")) for i in range(len(chunks))]
@@ -124,14 +133,13 @@ def _build(source: DataSource, folder: Path, on_error: str, chunk_size: int, wor
     shutil.rmtree(shard_dir, ignore_errors=True)
 
 
-def _shard(source, chunk, spec, features, path: Path, on_error: str, workers: int) -> list[str]:
+def _shard(source, chunk, spec, features, path: Path, on_error: str, pool) -> list[str]:
     """Prepares one chunk of clips into a shard, or reads its problems if already done."""
     done = path / "problems.json"
     if done.exists():
         return json.loads(done.read_text())
-    if workers > 0:
-        with get_context("fork").Pool(workers) as pool:
-            results: list[Loaded] = pool.map(source.load, chunk)
+    if pool is not None:
+        results: list[Loaded] = pool.map(source.load, chunk)
     else:
         results = [source.load(record) for record in chunk]
     rows, problems = [], []

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import multiprocessing
+from functools import partial
+
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset
 
 from mmsent.data.cache import PreparedData, prepare
@@ -34,21 +38,17 @@ def pad_sequences(sequences: list[np.ndarray], pad_value=0) -> tuple[torch.Tenso
     """Right-pads variable-length sequences.
 
     Args:
-        sequences (list[np.ndarray]): Each ``(L_i,)`` or ``(L_i, D)``.
+        sequences (list[np.ndarray]): Each ``(L_i,)`` or ``(L_i, D)``, of one dtype.
         pad_value: The fill value.
 
     Returns:
         tuple[torch.Tensor, torch.Tensor]: The padded batch ``(B, L, ...)`` and the
         mask ``(B, L)``, true at real steps.
     """
-    longest = max(len(s) for s in sequences)
-    first = np.asarray(sequences[0])
-    padded = np.full((len(sequences), longest, *first.shape[1:]), pad_value, dtype=first.dtype)
-    mask = np.zeros((len(sequences), longest), dtype=bool)
-    for i, seq in enumerate(sequences):
-        padded[i, : len(seq)] = seq
-        mask[i, : len(seq)] = True
-    return torch.from_numpy(padded), torch.from_numpy(mask)
+    tensors = [torch.as_tensor(seq) for seq in sequences]
+    padded = pad_sequence(tensors, batch_first=True, padding_value=pad_value)
+    lengths = torch.tensor([len(t) for t in tensors])
+    return padded, torch.arange(padded.shape[1]) < lengths.unsqueeze(1)
 
 
 def collate(examples: list[dict], spec: DatasetSpec) -> dict:
@@ -102,17 +102,24 @@ class MultimodalDataModule(pl.LightningDataModule):
             data-efficiency studies); the subset is fixed by ``subset_seed``.
         subset_seed (int): Seed of the training subset.
         predict_split (str): The split ``predict`` runs on.
+        multiprocessing_context (str | None): How worker processes start, for the
+            DataLoader and for preparation: ``"spawn"``, ``"forkserver"`` or
+            ``"fork"``; None takes the platform's default.
     """
 
     def __init__(self, source: DataSource, cache_dir: str = "data/cache", batch_size: int = 32,
                  num_workers: int = 0, on_decode_error: str = "mask", prepare_workers: int = 0,
                  train_fraction: float = 1.0, subset_seed: int = 0,
-                 predict_split: str = "test") -> None:
+                 predict_split: str = "test", multiprocessing_context: str | None = None) -> None:
         super().__init__()
         if not 0.0 < train_fraction <= 1.0:
             raise ValueError(f"data.train_fraction must be in (0, 1], got {train_fraction}")
         if predict_split not in SPLITS:
             raise ValueError(f"data.predict_split must be one of {SPLITS}, got {predict_split!r}")
+        methods = multiprocessing.get_all_start_methods()
+        if multiprocessing_context is not None and multiprocessing_context not in methods:
+            raise ValueError(f"data.multiprocessing_context must be one of {methods} or null, "
+                             f"got {multiprocessing_context!r}")
         self.source = source
         self.cache_dir = cache_dir
         self.batch_size = batch_size
@@ -122,6 +129,7 @@ class MultimodalDataModule(pl.LightningDataModule):
         self.train_fraction = train_fraction
         self.subset_seed = subset_seed
         self.predict_split = predict_split
+        self.multiprocessing_context = multiprocessing_context
         self._prepared: PreparedData | None = None
 
     @property
@@ -129,7 +137,8 @@ class MultimodalDataModule(pl.LightningDataModule):
         """PreparedData: The cached dataset, prepared on first access."""
         if self._prepared is None:
             self._prepared = prepare(self.source, self.cache_dir, self.on_decode_error,
-                                     num_workers=self.prepare_workers)
+                                     num_workers=self.prepare_workers,
+                                     multiprocessing_context=self.multiprocessing_context)
         return self._prepared
 
     @property
@@ -175,8 +184,9 @@ class MultimodalDataModule(pl.LightningDataModule):
             # A last training batch of one sample breaks batch norm.
             drop_last=shuffle and len(rows) > self.batch_size,
             num_workers=self.num_workers,
-            collate_fn=lambda examples: collate(examples, spec),
+            collate_fn=partial(collate, spec=spec),
             persistent_workers=self.num_workers > 0,
+            multiprocessing_context=self.multiprocessing_context if self.num_workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:
