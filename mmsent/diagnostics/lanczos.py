@@ -147,8 +147,9 @@ def _ritz_residuals(coords: Tensor, beta: float, dropped: list[tuple[int, float]
 def _orthogonalise(vector: Vector, basis: list[Vector]) -> Vector:
     """Removes ``vector``'s components along an orthonormal basis, twice.
 
-    One classical Gram-Schmidt pass loses orthogonality in finite precision; a second
-    pass restores it to rounding level ("twice is enough").
+    One Gram-Schmidt pass leaves components of rounding size times the vector's
+    original length, which matter when the projection removed most of it; a second
+    pass brings them to rounding level ("twice is enough").
 
     Args:
         vector (Vector): The vector to orthogonalise.
