@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import pytest
@@ -12,9 +13,14 @@ from torch.utils.data import DataLoader
 
 from mmsent.callbacks.saddle import SaddlePointMonitor
 from mmsent.diagnostics import (
+    VERDICT_CODES,
+    classify_critical_point,
+    diagnose_critical_point,
     extreme_hessian_eigenvalues,
+    hessian_extremes,
     hessian_vector_product,
     is_indefinite,
+    lanczos,
     probe_neighbourhood,
 )
 
@@ -110,6 +116,173 @@ def test_extreme_eigenvalues_of_small_network_match_dense_hessian() -> None:
     )
     assert lambda_max == pytest.approx(expected[-1].item(), abs=1e-4)
     assert lambda_min == pytest.approx(expected[0].item(), abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def rotation() -> torch.Tensor:
+    """A random 2000 x 2000 orthogonal matrix, shared by the ill-conditioned spectra."""
+    generator = torch.Generator().manual_seed(7)
+    q, _ = torch.linalg.qr(torch.randn(2000, 2000, generator=generator, dtype=torch.float64))
+    return q
+
+
+def _spectrum(kind: str, top: float, n: int = 2000) -> torch.Tensor:
+    """One large eigenvalue ``top`` above either a positive bulk with a single ``-1``
+    (``"one_negative"``) or a negative bulk reaching down to ``-1`` (``"negative_bulk"``)."""
+    if kind == "one_negative":
+        values = torch.linspace(0.0, 1.0, n, dtype=torch.float64)
+        values[0] = -1.0
+    else:
+        values = -torch.linspace(0.5, 1.0, n, dtype=torch.float64)
+    values[-1] = top
+    return values
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("ratio", [1e3, 1e4, 1e5, 1e6])
+@pytest.mark.parametrize("kind", ["one_negative", "negative_bulk"])
+def test_lanczos_finds_negative_curvature_below_a_dominant_eigenvalue(
+    rotation: torch.Tensor, kind: str, ratio: float, dtype: torch.dtype
+) -> None:
+    matrix = ((rotation * _spectrum(kind, ratio)) @ rotation.T).to(dtype)
+    x = torch.zeros(2000, dtype=dtype, requires_grad=True)
+    lambda_max, lambda_min, _ = extreme_hessian_eigenvalues(_quadratic(matrix, x), [x])
+    # float32 products carry an error of about eps * ratio next to the eigenvalue -1.
+    atol = 2e-3 if dtype == torch.float64 else 3e-2
+    assert lambda_min == pytest.approx(-1.0, abs=atol)
+    assert lambda_max == pytest.approx(ratio, rel=1e-5)
+    assert is_indefinite(lambda_max, lambda_min)
+
+
+def test_lanczos_restarts_when_the_start_spans_an_invariant_subspace() -> None:
+    # Starting on an eigenvector, the first residual vanishes: stopping there would
+    # report lambda_min = lambda_max = 3.
+    matrix = torch.diag(torch.tensor([3.0, 1.0, -2.0], dtype=torch.float64))
+    start = [torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)]
+    result = lanczos(lambda v: [matrix @ v[0]], start, iterations=3, start=start)
+    assert result.restarts >= 1 and result.exhausted
+    assert result.lambda_min == pytest.approx(-2.0) and result.lambda_max == pytest.approx(3.0)
+
+
+def test_lanczos_leaves_the_global_random_state_alone() -> None:
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    matrix = torch.diag(torch.linspace(-1.0, 1.0, 50))
+    lanczos(lambda v: [matrix @ v[0]], [torch.zeros(50)], iterations=30)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def _trained_mlp() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A 745-parameter tanh MLP after 2000 full-batch SGD steps on a toy regression,
+    stopped near (not at) a point where the loss still curves downwards."""
+    torch.manual_seed(0)
+    x = torch.randn(64, 4)
+    y = torch.sin(2 * x[:, :1]) + 0.5 * x[:, 1:2] * x[:, 2:3] + 0.1 * torch.randn(64, 1)
+    model = nn.Sequential(
+        nn.Linear(4, 24), nn.Tanh(), nn.Linear(24, 24), nn.Tanh(), nn.Linear(24, 1)
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    for _ in range(2000):
+        optimizer.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+    return model, x, y
+
+
+def _dense_hessian_eigenvalues(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The exact spectrum of the MSE loss's Hessian, in float64."""
+    model = copy.deepcopy(model).double()
+    names = [name for name, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+
+    def flat_loss(flat: torch.Tensor) -> torch.Tensor:
+        chunks = flat.split([s.numel() for s in shapes])
+        params = {n: c.view(s) for n, c, s in zip(names, chunks, shapes, strict=True)}
+        prediction = torch.func.functional_call(model, params, (x.double(),))
+        return nn.functional.mse_loss(prediction, y.double())
+
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    return torch.linalg.eigvalsh(torch.func.hessian(flat_loss)(flat))
+
+
+def test_monitor_default_finds_negative_curvature_of_a_trained_network() -> None:
+    model, x, y = _trained_mlp()
+    expected = _dense_hessian_eigenvalues(model, x, y)
+    assert expected[0] < -0.01 < 20.0 < expected[-1]
+    lambda_max, lambda_min, _ = extreme_hessian_eigenvalues(
+        lambda: nn.functional.mse_loss(model(x), y),
+        model.parameters(),
+        iterations=SaddlePointMonitor().iterations,
+    )
+    assert lambda_min == pytest.approx(expected[0].item(), abs=1e-4)
+    assert lambda_max == pytest.approx(expected[-1].item(), rel=1e-4)
+
+
+def _at(*values: float) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float64, requires_grad=True)
+
+
+def test_verdict_saddle_at_the_origin_of_x2_minus_y2() -> None:
+    z = _at(0.0, 0.0)
+    diagnosis = diagnose_critical_point(lambda: z[0] ** 2 - z[1] ** 2, [z])
+    assert diagnosis.verdict == "saddle" and diagnosis.code == VERDICT_CODES["saddle"]
+    assert diagnosis.gradient_norm == 0.0
+    assert diagnosis.spectrum.lambda_min == pytest.approx(-2.0)
+
+
+def test_verdict_cannot_tell_away_from_a_critical_point() -> None:
+    z = _at(1.0, 0.5)
+    diagnosis = diagnose_critical_point(lambda: z[0] ** 2 - z[1] ** 2, [z])
+    assert diagnosis.verdict == "cannot tell"
+    assert diagnosis.gradient_norm == pytest.approx(5**0.5)
+    assert "not a critical point" in diagnosis.reason
+    # The curvature is still reported: it is the point, not the Hessian, that is unfit.
+    assert diagnosis.spectrum.lambda_min == pytest.approx(-2.0)
+
+
+def test_verdict_minimum_at_the_origin_of_x2_plus_y2() -> None:
+    z = _at(0.0, 0.0)
+    diagnosis = diagnose_critical_point(lambda: z[0] ** 2 + z[1] ** 2, [z])
+    assert diagnosis.verdict == "minimum" and diagnosis.spectrum.converged
+
+
+def test_verdict_cannot_tell_with_zero_curvature() -> None:
+    z = _at(0.0)
+    diagnosis = diagnose_critical_point(lambda: z[0] ** 4, [z])
+    assert diagnosis.verdict == "cannot tell" and "zero curvature" in diagnosis.reason
+
+
+def test_verdict_saddle_of_a_two_layer_linear_network_at_zero() -> None:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 3, generator=generator, dtype=torch.float64)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5]], dtype=torch.float64)
+    first = torch.zeros(4, 3, dtype=torch.float64, requires_grad=True)
+    second = torch.zeros(1, 4, dtype=torch.float64, requires_grad=True)
+
+    def loss() -> torch.Tensor:
+        return nn.functional.mse_loss(x @ first.T @ second.T, y)
+
+    diagnosis = diagnose_critical_point(loss, [first, second])
+    assert diagnosis.gradient_norm == 0.0
+    assert diagnosis.verdict == "saddle"
+
+
+def test_verdict_cannot_confirm_a_minimum_before_convergence() -> None:
+    # Positive definite, but three products cannot have converged on 500 dimensions.
+    values = torch.linspace(1e-3, 1.0, 500, dtype=torch.float64)
+    x = torch.zeros(500, dtype=torch.float64, requires_grad=True)
+    diagnosis = diagnose_critical_point(lambda: 0.5 * (values * x**2).sum(), [x], iterations=3)
+    assert diagnosis.spectrum.lambda_min > 0 and not diagnosis.spectrum.converged_min
+    assert diagnosis.verdict == "cannot tell" and "upper bound" in diagnosis.reason
+    converged = diagnose_critical_point(lambda: 0.5 * (values * x**2).sum(), [x], iterations=500)
+    assert converged.verdict == "minimum"
+
+
+def test_verdict_without_positive_curvature_cannot_tell() -> None:
+    z = _at(0.0, 0.0)
+    spectrum = hessian_extremes(lambda: -(z[0] ** 2) - z[1] ** 2, [z])
+    verdict, reason = classify_critical_point(0.0, spectrum)
+    assert verdict == "cannot tell" and "no positive curvature" in reason
 
 
 def test_positive_definite_quadratic_is_not_indefinite() -> None:
@@ -262,3 +435,60 @@ def test_monitor_validates_arguments() -> None:
         SaddlePointMonitor(window=0)
     with pytest.raises(ValueError, match="every_n_steps"):
         SaddlePointMonitor(every_n_steps=0)
+
+
+def test_monitor_logs_the_verdict_beside_the_gradient_norm() -> None:
+    model = _Saddle()
+    monitor = SaddlePointMonitor(window=100, num_directions=2, every_n_steps=4, grad_tol=1.0)
+    trainer = _fit(monitor, model, steps=4)
+    (check,) = monitor.history
+    x, y = model.point.detach().tolist()
+    assert check["gradient_norm"] == pytest.approx((4 * x**2 + 4 * y**2) ** 0.5, rel=1e-4)
+    assert check["verdict"] == "saddle" and check["verdict_code"] == VERDICT_CODES["saddle"]
+    assert "indefinite" in check["verdict_reason"] and check["converged"]
+    assert trainer.callback_metrics["saddle/verdict"].item() == VERDICT_CODES["saddle"]
+    assert trainer.callback_metrics["saddle/gradient_norm"].item() == pytest.approx(
+        check["gradient_norm"], rel=1e-4
+    )
+    # With the default tolerance a gradient of 2e-3 is not small: not a critical point.
+    strict = SaddlePointMonitor(window=100, num_directions=2, every_n_steps=4)
+    _fit(strict, _Saddle(), steps=4)
+    assert strict.history[0]["verdict"] == "cannot tell" and strict.history[0]["indefinite"]
+
+
+class _NoisyRegression(pl.LightningModule):
+    """A linear model behind dropout, so training draws from the global generator."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Dropout(0.3), nn.Linear(6, 1))
+        self.data = [{"x": torch.randn(4, 6), "y": torch.randn(4, 1)} for _ in range(12)]
+
+    def compute_loss(self, batch: dict) -> torch.Tensor:
+        return nn.functional.mse_loss(self.net(batch["x"]), batch["y"])
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self.compute_loss(batch)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.data, batch_size=None)
+
+
+def test_monitor_leaves_the_training_figures_unchanged() -> None:
+    def train(callbacks: list[pl.Callback]) -> list[torch.Tensor]:
+        model = _NoisyRegression()
+        torch.manual_seed(1)
+        pl.Trainer(
+            max_steps=12, callbacks=callbacks, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+        ).fit(model)
+        return [p.detach().clone() for p in model.parameters()]
+
+    monitor = SaddlePointMonitor(window=100, num_directions=3, every_n_steps=3)
+    with_monitor = train([monitor])
+    assert len(monitor.history) == 4
+    assert all(torch.equal(a, b) for a, b in zip(train([]), with_monitor, strict=True))

@@ -11,6 +11,10 @@ class EpochDropoutCallback(pl.Callback):
     """Redraws every epoch-mode :class:`~mmsent.models.dropout.BernoulliDropout` mask at
     the start of each training epoch, so one mask is used for a whole epoch.
 
+    A model with epoch-mode dropout (``dropout_kind: bernoulli_epoch``) needs it: such a
+    layer refuses to train before an epoch start has redrawn its mask, rather than keep
+    one mask for the whole run.
+
     Attributes:
         last_count (int): How many layers were reset at the last epoch start.
     """

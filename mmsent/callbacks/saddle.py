@@ -9,13 +9,15 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from mmsent.diagnostics.lanczos import DEFAULT_ITERATIONS, DEFAULT_RTOL
+from mmsent.diagnostics.probe import probe_neighbourhood
 from mmsent.diagnostics.saddle import (
-    LossFn,
-    Vector,
-    extreme_hessian_eigenvalues,
+    DEFAULT_CURVATURE_TOL,
+    DEFAULT_GRAD_TOL,
+    diagnose_critical_point,
     is_indefinite,
-    probe_neighbourhood,
 )
+from mmsent.diagnostics.vectors import LossFn, Vector
 
 
 def _loss_from_outputs(outputs: Any) -> Tensor | None:
@@ -65,39 +67,56 @@ class SaddlePointMonitor(pl.Callback):
     ``min_rel_improvement`` (or every ``every_n_steps`` steps, if set), the monitor takes
     the current batch and, with the model in eval mode so that dropout adds no noise:
 
-    1. estimates the extreme Hessian eigenvalues of ``pl_module.compute_loss(batch)``
-       over the trainable parameters (Lanczos, ``iterations`` Hessian-vector products);
+    1. computes the gradient norm and estimates the extreme Hessian eigenvalues of
+       ``pl_module.compute_loss(batch)`` over the trainable parameters (Lanczos, at most
+       ``iterations`` Hessian-vector products, fewer once both ends have converged to
+       ``rtol``), and gives the verdict of
+       :func:`~mmsent.diagnostics.saddle.classify_critical_point`: ``"minimum"``,
+       ``"saddle"`` or ``"cannot tell"`` (a point whose batch gradient norm exceeds
+       ``grad_tol`` is not critical, and an unconverged positive ``λ_min`` cannot confirm
+       a minimum);
     2. probes the loss at ``num_directions`` random points at distance ``probe_radius``;
     3. if ``escape`` is set and the Hessian is indefinite, moves the parameters by
        ``escape_step`` along the negative-curvature eigenvector, in whichever sign lowers
        the loss (no move if neither does).
 
-    It logs ``saddle/lambda_max``, ``saddle/lambda_min``, ``saddle/indefinite`` (0/1) and
-    ``saddle/probe_best_delta`` and appends a dict per check to :attr:`history`.
+    It logs ``saddle/lambda_max``, ``saddle/lambda_min``, ``saddle/indefinite`` (0/1),
+    ``saddle/probe_best_delta``, ``saddle/gradient_norm`` and ``saddle/verdict`` (the code
+    of :data:`~mmsent.diagnostics.saddle.VERDICT_CODES`: 0 cannot tell, 1 minimum,
+    2 saddle) and appends a dict per check, with the verdict in words, to
+    :attr:`history`. Random vectors come from a private generator, so a check leaves the
+    training's random draws, and hence its figures, unchanged (unless it escapes).
 
     The model must define ``compute_loss(batch: dict) -> Tensor``. The diagnostics cost
     about ``iterations + num_directions + 3`` forward/backward passes per check and hold
-    ``iterations`` copies of the trainable parameters. ``escape`` is refused under
+    up to ``iterations`` copies of the trainable parameters. ``escape`` is refused under
     multi-process training, where each rank would move its replica differently.
 
     Args:
         window (int): Steps per averaging window.
         min_rel_improvement (float): A plateau is a relative improvement of the window
             mean below this.
-        iterations (int): Hessian-vector products per eigenvalue estimate.
+        iterations (int): The most Hessian-vector products per eigenvalue estimate.
+        rtol (float): Lanczos stops once both extreme Ritz residuals are below ``rtol``
+            times their Ritz values.
+        grad_tol (float): The largest batch gradient norm at which the point counts as
+            critical.
         probe_radius (float): Step length of the random probe.
         num_directions (int): Random directions probed.
         escape (bool): Whether to step along negative curvature at a saddle.
         escape_step (float): Length of that step.
         every_n_steps (int | None): Also check every this many steps.
-        tol (float): Eigenvalues within ``tol`` of 0 count as flat.
+        tol (float): Eigenvalues within ``tol`` of 0 (or within the products' rounding
+            level, if larger) count as flat.
         seed (int): Seed for the random vectors; check ``k`` uses ``seed + k``.
 
     Attributes:
         history (list[dict[str, Any]]): One record per check: ``step``, ``reason``
             (``"plateau"`` or ``"schedule"``), ``loss``, ``lambda_max``, ``lambda_min``,
-            ``indefinite``, ``probe_best_delta``, ``escaped`` and ``escape_delta`` (the
-            loss change of the escape step, or ``None``).
+            ``indefinite``, ``probe_best_delta``, ``escaped``, ``escape_delta`` (the
+            loss change of the escape step, or ``None``), ``gradient_norm``,
+            ``verdict`` and ``verdict_reason`` (text), ``verdict_code``, ``converged``
+            (both extreme eigenvalues), ``residual_min`` and ``hessian_products``.
 
     Raises:
         ValueError: If a count or length is not positive.
@@ -107,13 +126,15 @@ class SaddlePointMonitor(pl.Callback):
         self,
         window: int = 50,
         min_rel_improvement: float = 1e-3,
-        iterations: int = 10,
+        iterations: int = DEFAULT_ITERATIONS,
+        rtol: float = DEFAULT_RTOL,
+        grad_tol: float = DEFAULT_GRAD_TOL,
         probe_radius: float = 1e-2,
         num_directions: int = 8,
         escape: bool = False,
         escape_step: float = 1e-2,
         every_n_steps: int | None = None,
-        tol: float = 1e-6,
+        tol: float = DEFAULT_CURVATURE_TOL,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -131,6 +152,8 @@ class SaddlePointMonitor(pl.Callback):
         self.window = window
         self.min_rel_improvement = min_rel_improvement
         self.iterations = iterations
+        self.rtol = rtol
+        self.grad_tol = grad_tol
         self.probe_radius = probe_radius
         self.num_directions = num_directions
         self.escape = escape
@@ -247,26 +270,37 @@ class SaddlePointMonitor(pl.Callback):
             return pl_module.compute_loss(batch)
 
         with _EvalMode(pl_module), torch.enable_grad():
-            lambda_max, lambda_min, eigenvector = extreme_hessian_eigenvalues(
-                loss_fn, params, iterations=self.iterations, seed=seed
+            diagnosis = diagnose_critical_point(
+                loss_fn, params, self.iterations, self.rtol, self.grad_tol, self.tol, seed
             )
+            spectrum = diagnosis.spectrum
             probe = probe_neighbourhood(
                 loss_fn, params, self.probe_radius, self.num_directions, seed
             )
-            indefinite = is_indefinite(lambda_max, lambda_min, self.tol)
+            flat = max(self.tol, spectrum.rounding)
+            indefinite = is_indefinite(spectrum.lambda_max, spectrum.lambda_min, flat)
             escape_delta = None
             if self.escape and indefinite:
-                escape_delta = self._escape(loss_fn, params, eigenvector, probe.base_loss)
+                escape_delta = self._escape(
+                    loss_fn, params, spectrum.eigenvector_min, probe.base_loss
+                )
         record = {
             "step": trainer.global_step,
             "reason": reason,
             "loss": probe.base_loss,
-            "lambda_max": lambda_max,
-            "lambda_min": lambda_min,
+            "lambda_max": spectrum.lambda_max,
+            "lambda_min": spectrum.lambda_min,
             "indefinite": indefinite,
             "probe_best_delta": probe.best_delta,
             "escaped": escape_delta is not None,
             "escape_delta": escape_delta,
+            "gradient_norm": diagnosis.gradient_norm,
+            "verdict": diagnosis.verdict,
+            "verdict_code": diagnosis.code,
+            "verdict_reason": diagnosis.reason,
+            "converged": spectrum.converged,
+            "residual_min": spectrum.residual_min,
+            "hessian_products": spectrum.products,
         }
         self.history.append(record)
         self._log(pl_module, record)
@@ -321,6 +355,8 @@ class SaddlePointMonitor(pl.Callback):
             "saddle/lambda_min": record["lambda_min"],
             "saddle/indefinite": float(record["indefinite"]),
             "saddle/probe_best_delta": record["probe_best_delta"],
+            "saddle/gradient_norm": record["gradient_norm"],
+            "saddle/verdict": float(record["verdict_code"]),
         }
         for name, value in metrics.items():
             pl_module.log(name, value, on_step=True, on_epoch=False, batch_size=1)

@@ -1,17 +1,29 @@
 """Training diagnostics."""
 
+from mmsent.diagnostics.lanczos import LanczosResult, lanczos
+from mmsent.diagnostics.probe import ProbeResult, probe_neighbourhood
 from mmsent.diagnostics.saddle import (
-    ProbeResult,
+    VERDICT_CODES,
+    CriticalPointDiagnosis,
+    classify_critical_point,
+    diagnose_critical_point,
     extreme_hessian_eigenvalues,
+    hessian_extremes,
     hessian_vector_product,
     is_indefinite,
-    probe_neighbourhood,
 )
 
 __all__ = [
+    "VERDICT_CODES",
+    "CriticalPointDiagnosis",
+    "LanczosResult",
     "ProbeResult",
+    "classify_critical_point",
+    "diagnose_critical_point",
     "extreme_hessian_eigenvalues",
+    "hessian_extremes",
     "hessian_vector_product",
     "is_indefinite",
+    "lanczos",
     "probe_neighbourhood",
 ]

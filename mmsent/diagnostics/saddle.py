@@ -3,68 +3,39 @@
 At a critical point the gradient vanishes and the Hessian decides: all eigenvalues
 positive is a minimum, mixed signs (an indefinite Hessian) is a saddle, which gradient
 descent leaves only slowly because the gradient is small along the escape direction.
-The Hessian is never formed: everything is built on Hessian-vector products from double
-backpropagation, so the cost is a few backward passes per product.
+Anything else, and any point whose gradient is not small, the test cannot decide:
+:func:`diagnose_critical_point` then says so rather than guess.
 
-Parameter-space vectors are lists of tensors shaped like the parameters they belong to.
-``loss_fn`` is a zero-argument callable returning the scalar loss at the current value of
-the parameters, so the same closure can be re-evaluated after the parameters move.
+The Hessian is never formed: everything is built on Hessian-vector products from double
+backpropagation, so the cost is a few backward passes per product. Vectors and loss
+closures are those of :mod:`mmsent.diagnostics.vectors`.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-LossFn = Callable[[], Tensor]
-Vector = list[Tensor]
-HessianOperator = Callable[[Sequence[Tensor]], Vector]
+from mmsent.diagnostics.lanczos import (
+    DEFAULT_ITERATIONS,
+    DEFAULT_RTOL,
+    LanczosResult,
+    Operator,
+    lanczos,
+)
+from mmsent.diagnostics.vectors import LossFn, Vector, checked_parameters, norm
+
+MINIMUM, SADDLE, CANNOT_TELL = "minimum", "saddle", "cannot tell"
+VERDICT_CODES: dict[str, int] = {CANNOT_TELL: 0, MINIMUM: 1, SADDLE: 2}
+"""The number logged for each verdict (loggers take numbers, not text)."""
+DEFAULT_GRAD_TOL = 1e-3
+DEFAULT_CURVATURE_TOL = 1e-6
 
 
-def _dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> float:
-    """Returns the inner product of two parameter-space vectors."""
-    return float(sum((x * y).sum() for x, y in zip(a, b, strict=True)))
-
-
-def _norm(a: Sequence[Tensor]) -> float:
-    """Returns the Euclidean norm of a parameter-space vector."""
-    return math.sqrt(_dot(a, a))
-
-
-def _axpy(alpha: float, x: Sequence[Tensor], y: Sequence[Tensor]) -> Vector:
-    """Returns ``alpha * x + y``."""
-    return [alpha * xi + yi for xi, yi in zip(x, y, strict=True)]
-
-
-def _scale(alpha: float, x: Sequence[Tensor]) -> Vector:
-    """Returns ``alpha * x``."""
-    return [alpha * xi for xi in x]
-
-
-def _random_unit_vector(params: Sequence[Tensor], generator: torch.Generator) -> Vector:
-    """Draws a direction uniformly on the unit sphere of parameter space.
-
-    The draw happens on the CPU so that a seed gives the same direction on every device.
-
-    Args:
-        params (Sequence[Tensor]): The parameters that fix shapes, dtypes and devices.
-        generator (torch.Generator): A seeded CPU generator.
-
-    Returns:
-        Vector: A vector of norm 1.
-    """
-    vector = [
-        torch.randn(p.shape, generator=generator, dtype=torch.float64).to(p.device, p.dtype)
-        for p in params
-    ]
-    return _scale(1.0 / _norm(vector), vector)
-
-
-def _hessian_operator(loss_fn: LossFn, params: Sequence[Tensor]) -> HessianOperator:
+def _hessian_operator(loss_fn: LossFn, params: Sequence[Tensor]) -> tuple[Operator, Vector]:
     """Builds ``v -> Hv`` for the Hessian of ``loss_fn`` at the current parameters.
 
     The loss and its gradient graph are computed once and reused by every product, which
@@ -75,11 +46,16 @@ def _hessian_operator(loss_fn: LossFn, params: Sequence[Tensor]) -> HessianOpera
         params (Sequence[Tensor]): The parameters, all requiring gradients.
 
     Returns:
-        HessianOperator: A function from a vector to its Hessian-vector product.
+        tuple[Operator, Vector]: A function from a vector to its Hessian-vector product,
+        and the (detached) gradient at the current parameters.
     """
     with torch.enable_grad():
         loss = loss_fn()
         grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+    gradient = [
+        torch.zeros_like(p) if g is None else g.detach()
+        for p, g in zip(params, grads, strict=True)
+    ]
 
     def apply(vector: Sequence[Tensor]) -> Vector:
         with torch.enable_grad():
@@ -96,7 +72,7 @@ def _hessian_operator(loss_fn: LossFn, params: Sequence[Tensor]) -> HessianOpera
             for p, h in zip(params, products, strict=True)
         ]
 
-    return apply
+    return apply, gradient
 
 
 def hessian_vector_product(
@@ -112,73 +88,58 @@ def hessian_vector_product(
     Returns:
         Vector: ``Hv``, shaped like ``params`` and detached from the graph.
     """
-    return _hessian_operator(loss_fn, list(params))(vector)
+    return _hessian_operator(loss_fn, list(params))[0](vector)
 
 
-def _lanczos(
-    hessian: HessianOperator, start: Vector, iterations: int
-) -> tuple[Tensor, list[Vector]]:
-    """Runs Lanczos with full reorthogonalisation.
+def hessian_extremes(
+    loss_fn: LossFn,
+    params: Iterable[Tensor],
+    iterations: int = DEFAULT_ITERATIONS,
+    rtol: float = DEFAULT_RTOL,
+    seed: int = 0,
+) -> LanczosResult:
+    """Estimates the extreme Hessian eigenvalues by Lanczos on Hessian-vector products.
 
-    Args:
-        hessian (HessianOperator): ``v -> Hv``.
-        start (Vector): A unit starting vector.
-        iterations (int): The most Krylov vectors to build.
-
-    Returns:
-        tuple[Tensor, list[Vector]]: The tridiagonal matrix ``T`` (float64) and the
-        orthonormal basis whose coordinates it is expressed in.
-    """
-    basis: list[Vector] = []
-    alphas: list[float] = []
-    betas: list[float] = []
-    vector = start
-    rel_tol = math.sqrt(torch.finfo(start[0].dtype).eps)
-    while True:
-        basis.append(vector)
-        w = hessian(vector)
-        alphas.append(_dot(w, vector))
-        if len(basis) == iterations:
-            break
-        scale = _norm(w)
-        # Full reorthogonalisation (run twice) against every basis vector keeps the basis
-        # orthonormal in finite precision; without it Lanczos produces ghost eigenvalues.
-        for _ in range(2):
-            for u in basis:
-                w = _axpy(-_dot(w, u), u, w)
-        beta = _norm(w)
-        if beta <= rel_tol * scale or beta == 0.0:
-            # The Krylov space is invariant under H: T's eigenvalues are exact.
-            break
-        betas.append(beta)
-        vector = _scale(1.0 / beta, w)
-    size = len(alphas)
-    tridiagonal = torch.diag(torch.tensor(alphas, dtype=torch.float64))
-    if size > 1:
-        off = torch.tensor(betas[: size - 1], dtype=torch.float64)
-        tridiagonal += torch.diag(off, 1) + torch.diag(off, -1)
-    return tridiagonal, basis
-
-
-def extreme_hessian_eigenvalues(
-    loss_fn: LossFn, params: Iterable[Tensor], iterations: int = 20, seed: int = 0
-) -> tuple[float, float, Vector]:
-    """Estimates the largest and smallest Hessian eigenvalues with the Lanczos method.
-
-    Lanczos builds an orthonormal basis of the Krylov space ``{v, Hv, H²v, ...}`` from a
-    random ``v``; the eigenvalues of ``H`` restricted to that space (Ritz values) converge
-    to both ends of the spectrum at once, much faster than power iteration and without
-    its trouble when ``λ_max ≈ -λ_min``. Ritz values are Rayleigh quotients, so
-    ``λ_min < 0`` is a certificate of negative curvature even before convergence. When
-    there are no more parameters than ``iterations`` the result is exact.
-
-    Memory: the basis holds up to ``iterations`` copies of the parameters.
+    See :func:`mmsent.diagnostics.lanczos.lanczos` for the method, its stopping rule and
+    the convergence measure. A negative ``lambda_min`` is a certificate of negative
+    curvature even before convergence (it is a Rayleigh quotient); a positive one is only
+    an upper bound until ``converged_min``.
 
     Args:
         loss_fn (LossFn): Returns the scalar loss at the current parameters.
         params (Iterable[Tensor]): The parameters, all requiring gradients.
-        iterations (int): The number of Hessian-vector products (Krylov dimension).
+        iterations (int): The most Hessian-vector products.
+        rtol (float): Convergence tolerance on the Ritz residuals, relative to their
+            Ritz values.
+        seed (int): Seed of the private generator for the random start (and restart)
+            vectors; the global random state is not touched.
+
+    Returns:
+        LanczosResult: The extreme eigenvalue estimates and their residuals.
+
+    Raises:
+        ValueError: If ``params`` is empty or ``iterations < 1``.
+    """
+    params = checked_parameters(params, "hessian_extremes")
+    operator, _ = _hessian_operator(loss_fn, params)
+    return lanczos(operator, params, iterations, rtol, torch.Generator().manual_seed(seed))
+
+
+def extreme_hessian_eigenvalues(
+    loss_fn: LossFn,
+    params: Iterable[Tensor],
+    iterations: int = DEFAULT_ITERATIONS,
+    seed: int = 0,
+    rtol: float = DEFAULT_RTOL,
+) -> tuple[float, float, Vector]:
+    """Estimates the largest and smallest Hessian eigenvalues (see :func:`hessian_extremes`).
+
+    Args:
+        loss_fn (LossFn): Returns the scalar loss at the current parameters.
+        params (Iterable[Tensor]): The parameters, all requiring gradients.
+        iterations (int): The most Hessian-vector products.
         seed (int): Seed for the random starting vector.
+        rtol (float): Convergence tolerance on the Ritz residuals.
 
     Returns:
         tuple[float, float, Vector]: ``(λ_max, λ_min, v_min)`` where ``v_min`` is a unit
@@ -187,23 +148,134 @@ def extreme_hessian_eigenvalues(
     Raises:
         ValueError: If ``params`` is empty or ``iterations < 1``.
     """
-    params = list(params)
-    if not params:
-        raise ValueError("extreme_hessian_eigenvalues needs at least one parameter")
-    if iterations < 1:
-        raise ValueError(f"iterations must be >= 1, got {iterations}")
-    size = sum(p.numel() for p in params)
-    generator = torch.Generator().manual_seed(seed)
-    start = _random_unit_vector(params, generator)
-    hessian = _hessian_operator(loss_fn, params)
-    tridiagonal, basis = _lanczos(hessian, start, min(iterations, size))
-    values, vectors = torch.linalg.eigh(tridiagonal)
-    coords = vectors[:, 0].tolist()
-    eigenvector = [torch.zeros_like(p) for p in params]
-    for weight, basis_vector in zip(coords, basis, strict=False):
-        eigenvector = _axpy(weight, basis_vector, eigenvector)
-    eigenvector = _scale(1.0 / _norm(eigenvector), eigenvector)
-    return float(values[-1]), float(values[0]), eigenvector
+    result = hessian_extremes(loss_fn, params, iterations, rtol, seed)
+    return result.lambda_max, result.lambda_min, result.eigenvector_min
+
+
+@dataclass
+class CriticalPointDiagnosis:
+    """The second-derivative test at the current parameters.
+
+    Attributes:
+        verdict (str): ``"minimum"``, ``"saddle"`` or ``"cannot tell"``.
+        reason (str): Why, in words (the numbers that decided it).
+        gradient_norm (float): ``‖∇L‖`` at the point.
+        spectrum (LanczosResult): The extreme Hessian eigenvalue estimates.
+    """
+
+    verdict: str
+    reason: str
+    gradient_norm: float
+    spectrum: LanczosResult
+
+    @property
+    def code(self) -> int:
+        """int: The verdict as a number, from :data:`VERDICT_CODES`."""
+        return VERDICT_CODES[self.verdict]
+
+
+def classify_critical_point(
+    gradient_norm: float,
+    spectrum: LanczosResult,
+    grad_tol: float = DEFAULT_GRAD_TOL,
+    curvature_tol: float = DEFAULT_CURVATURE_TOL,
+) -> tuple[str, str]:
+    """Applies the second-derivative test, saying "cannot tell" when it cannot decide.
+
+    The test speaks of critical points only: a point whose gradient norm exceeds
+    ``grad_tol`` is neither a minimum nor a saddle. At a critical point:
+
+    * ``λ_min < 0 < λ_max`` (an indefinite Hessian) is a **saddle**. Both Ritz values are
+      Rayleigh quotients, so this needs no convergence: curvature of both signs has been
+      seen along actual directions.
+    * ``λ_min > 0`` (positive definite) is a **minimum**, but only once ``λ_min`` has
+      converged and ``λ_min`` minus its Ritz residual is still positive: before that it is
+      an upper bound, and a true negative eigenvalue may not have been found yet.
+    * Otherwise it **cannot tell**: a zero eigenvalue leaves the decision to higher-order
+      terms (``x⁴`` and ``-x⁴`` both have a zero Hessian at 0), and a Hessian without
+      positive curvature (a maximum or a degenerate point) is neither case.
+
+    An eigenvalue counts as zero within ``max(curvature_tol, spectrum.rounding)``: the
+    Hessian-vector products are only accurate to rounding level relative to the largest
+    eigenvalue, so a smaller curvature cannot be told from none.
+
+    Args:
+        gradient_norm (float): ``‖∇L‖`` at the point.
+        spectrum (LanczosResult): The extreme Hessian eigenvalue estimates there.
+        grad_tol (float): The largest gradient norm of a critical point. With minibatch
+            losses the gradient of one batch is rarely this small; evaluate on a larger
+            batch or raise the tolerance knowingly.
+        curvature_tol (float): Eigenvalues within this of 0 count as zero curvature.
+
+    Returns:
+        tuple[str, str]: The verdict and the reason.
+    """
+    flat = max(curvature_tol, spectrum.rounding)
+    lambda_min, lambda_max = spectrum.lambda_min, spectrum.lambda_max
+    if gradient_norm > grad_tol:
+        return CANNOT_TELL, (
+            f"not a critical point: gradient norm {gradient_norm:.3g} > grad_tol {grad_tol:.3g}"
+        )
+    if lambda_min < -flat and lambda_max > flat:
+        return SADDLE, (
+            f"indefinite Hessian: lambda_min {lambda_min:.3g} < 0 < lambda_max {lambda_max:.3g}"
+        )
+    if lambda_min < -flat:
+        return CANNOT_TELL, (
+            f"no positive curvature found (lambda_max {lambda_max:.3g}): not a minimum; "
+            "a maximum or a degenerate point"
+        )
+    if not spectrum.converged_min:
+        return CANNOT_TELL, (
+            f"lambda_min {lambda_min:.3g} has not converged (Ritz residual "
+            f"{spectrum.residual_min:.3g} > {spectrum.tolerance_min:.3g}): only an upper bound"
+        )
+    if lambda_min - spectrum.residual_min > flat:
+        return MINIMUM, f"positive definite Hessian: lambda_min {lambda_min:.3g} > 0"
+    return CANNOT_TELL, (
+        f"zero curvature (lambda_min {lambda_min:.3g} within {flat:.3g} of 0): "
+        "higher-order terms decide"
+    )
+
+
+def diagnose_critical_point(
+    loss_fn: LossFn,
+    params: Iterable[Tensor],
+    iterations: int = DEFAULT_ITERATIONS,
+    rtol: float = DEFAULT_RTOL,
+    grad_tol: float = DEFAULT_GRAD_TOL,
+    curvature_tol: float = DEFAULT_CURVATURE_TOL,
+    seed: int = 0,
+) -> CriticalPointDiagnosis:
+    """Tells a minimum from a saddle at the current parameters, or says it cannot.
+
+    Computes the gradient norm and the extreme Hessian eigenvalues (one loss evaluation,
+    then up to ``iterations`` Hessian-vector products) and applies
+    :func:`classify_critical_point`.
+
+    Args:
+        loss_fn (LossFn): Returns the scalar loss at the current parameters.
+        params (Iterable[Tensor]): The parameters, all requiring gradients.
+        iterations (int): The most Hessian-vector products.
+        rtol (float): Convergence tolerance on the Ritz residuals, relative to their
+            Ritz values.
+        grad_tol (float): The largest gradient norm of a critical point.
+        curvature_tol (float): Eigenvalues within this of 0 count as zero curvature.
+        seed (int): Seed of the private generator for the Lanczos start vector.
+
+    Returns:
+        CriticalPointDiagnosis: The verdict, its reason, the gradient norm and the
+        eigenvalue estimates.
+
+    Raises:
+        ValueError: If ``params`` is empty or ``iterations < 1``.
+    """
+    params = checked_parameters(params, "diagnose_critical_point")
+    operator, gradient = _hessian_operator(loss_fn, params)
+    spectrum = lanczos(operator, params, iterations, rtol, torch.Generator().manual_seed(seed))
+    gradient_norm = norm(gradient)
+    verdict, reason = classify_critical_point(gradient_norm, spectrum, grad_tol, curvature_tol)
+    return CriticalPointDiagnosis(verdict, reason, gradient_norm, spectrum)
 
 
 def is_indefinite(lambda_max: float, lambda_min: float, tol: float = 1e-6) -> bool:
@@ -219,92 +291,3 @@ def is_indefinite(lambda_max: float, lambda_min: float, tol: float = 1e-6) -> bo
         bool: ``lambda_max > tol and lambda_min < -tol``.
     """
     return lambda_max > tol and lambda_min < -tol
-
-
-@dataclass
-class ProbeResult:
-    """The loss around the current parameters along random directions.
-
-    Attributes:
-        base_loss (float): The loss at the current parameters.
-        losses (list[float]): The loss at ``params + radius * d`` for each direction ``d``.
-        best_delta (float): The lowest ``loss - base_loss``; negative when a direction
-            descends.
-        best_direction (Vector): The unit direction that reached ``best_delta``.
-        radius (float): The step length used.
-    """
-
-    base_loss: float
-    losses: list[float]
-    best_delta: float
-    best_direction: Vector
-    radius: float
-
-
-@torch.no_grad()
-def _loss_after_step(loss_fn: LossFn, params: Sequence[Tensor], step: Sequence[Tensor]) -> float:
-    """Evaluates the loss at ``params + step`` and moves the parameters back exactly.
-
-    Args:
-        loss_fn (LossFn): Returns the scalar loss at the current parameters.
-        params (Sequence[Tensor]): The parameters, modified in place and restored.
-        step (Sequence[Tensor]): The displacement.
-
-    Returns:
-        float: The loss at the displaced point.
-    """
-    # Copying the saved values back is bit-exact, unlike subtracting the step again.
-    saved = [p.detach().clone() for p in params]
-    try:
-        for p, s in zip(params, step, strict=True):
-            p.add_(s)
-        return float(loss_fn())
-    finally:
-        for p, original in zip(params, saved, strict=True):
-            p.copy_(original)
-
-
-def probe_neighbourhood(
-    loss_fn: LossFn,
-    params: Iterable[Tensor],
-    radius: float = 1e-2,
-    num_directions: int = 8,
-    seed: int = 0,
-) -> ProbeResult:
-    """Evaluates the loss at ``num_directions`` random points at distance ``radius``.
-
-    The parameters are restored bit-exactly afterwards, also when ``loss_fn`` raises.
-    Put the model in eval mode first if dropout or batch-norm statistics would otherwise
-    add noise to (or be changed by) the evaluations.
-
-    Args:
-        loss_fn (LossFn): Returns the scalar loss at the current parameters.
-        params (Iterable[Tensor]): The parameters to perturb.
-        radius (float): The step length.
-        num_directions (int): How many random unit directions to try.
-        seed (int): Seed for the directions.
-
-    Returns:
-        ProbeResult: The base loss, the loss along each direction and the best direction.
-
-    Raises:
-        ValueError: If ``params`` is empty or ``num_directions < 1``.
-    """
-    params = list(params)
-    if not params:
-        raise ValueError("probe_neighbourhood needs at least one parameter")
-    if num_directions < 1:
-        raise ValueError(f"num_directions must be >= 1, got {num_directions}")
-    with torch.no_grad():
-        base_loss = float(loss_fn())
-    generator = torch.Generator().manual_seed(seed)
-    directions = [_random_unit_vector(params, generator) for _ in range(num_directions)]
-    losses = [_loss_after_step(loss_fn, params, _scale(radius, d)) for d in directions]
-    best = min(range(num_directions), key=losses.__getitem__)
-    return ProbeResult(
-        base_loss=base_loss,
-        losses=losses,
-        best_delta=losses[best] - base_loss,
-        best_direction=directions[best],
-        radius=radius,
-    )

@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import nn
 
-from mmsent.models.dropout import make_dropout
+from mmsent.models.dropout import Swapout, average_stochastic_passes, make_dropout
 from mmsent.models.pooling import masked_mean_std
 
 
@@ -34,6 +34,61 @@ def mlp(in_dim: int, hidden_dims: list[int], out_dim: int, dropout: nn.Module | 
     return nn.Sequential(*layers)
 
 
+class ResidualBlock(nn.Module):
+    """``y = x + F(x)``, the identity shortcut of a ResNet block.
+
+    Args:
+        block (nn.Module): ``F``; its output has the shape of its input.
+    """
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Adds the block's output to its input."""
+        return x + self.block(x)
+
+
+def residual_mlp(in_dim: int, hidden_dims: list[int], out_dim: int, dropout: nn.Module | None,
+                 swapout: tuple[float, float] | None = None) -> nn.Sequential:
+    """A ReLU MLP whose hidden layers after the first are residual blocks.
+
+    The first hidden layer maps the input to the hidden width, as in :func:`mlp`; every
+    further hidden layer ``F = Linear, LayerNorm, ReLU (, dropout)`` becomes
+    ``x + F(x)``, or with ``swapout = (p_skip, p_residual)`` the Swapout unit
+    ``Θ1 ⊙ x + Θ2 ⊙ F(x)`` (:class:`~mmsent.models.dropout.Swapout`).
+
+    Args:
+        in_dim (int): Input size.
+        hidden_dims (list[int]): Sizes of the hidden layers; all equal, since a residual
+            block keeps its width.
+        out_dim (int): Output size (no activation after the last layer).
+        dropout (nn.Module | None): A copy is applied after every hidden activation.
+        swapout (tuple[float, float] | None): ``(p_skip, p_residual)`` of every block, or
+            ``None`` for plain residual blocks.
+
+    Returns:
+        nn.Sequential: The network.
+
+    Raises:
+        ValueError: If the hidden sizes differ or there is none.
+    """
+    if not hidden_dims or len(set(hidden_dims)) != 1:
+        raise ValueError(f"residual blocks need equal hidden sizes, got hidden_dims={hidden_dims}")
+    width = hidden_dims[0]
+    layers: list[nn.Module] = [nn.Linear(in_dim, width), nn.LayerNorm(width), nn.ReLU()]
+    if dropout is not None:
+        layers.append(copy.deepcopy(dropout))
+    for _ in hidden_dims[1:]:
+        block = nn.Sequential(nn.Linear(width, width), nn.LayerNorm(width), nn.ReLU())
+        if dropout is not None:
+            block.append(copy.deepcopy(dropout))
+        layers.append(ResidualBlock(block) if swapout is None else Swapout(block, *swapout))
+    layers.append(nn.Linear(width, out_dim))
+    return nn.Sequential(*layers)
+
+
 class AcousticMLPEncoder(nn.Module):
     """Frame features -> masked mean and std pooling -> MLP.
 
@@ -48,6 +103,17 @@ class AcousticMLPEncoder(nn.Module):
         dropout_kind (str): A kind accepted by :func:`make_dropout`.
         input_norm (bool): Normalize the pooled statistics with a learned batch norm,
             so raw, unscaled features (openSMILE, COVAREP) need no preprocessing.
+        residual (bool): Make the hidden layers after the first residual blocks
+            (:func:`residual_mlp`; the hidden sizes must then be equal).
+        swapout (tuple[float, float] | None): ``(p_skip, p_residual)``: Swapout units
+            instead of plain residual blocks (needs ``residual``).
+        swapout_samples (int): In eval mode, average this many sampled passes
+            (:func:`~mmsent.models.dropout.average_stochastic_passes`) instead of taking
+            every Swapout unit's expectation; 0 for the expectation.
+
+    Raises:
+        ValueError: If ``swapout`` is set without ``residual``, or ``swapout_samples``
+            without ``swapout`` or below 0.
     """
 
     def __init__(
@@ -58,12 +124,25 @@ class AcousticMLPEncoder(nn.Module):
         dropout: float = 0.2,
         dropout_kind: str = "bernoulli",
         input_norm: bool = True,
+        residual: bool = False,
+        swapout: tuple[float, float] | None = None,
+        swapout_samples: int = 0,
     ) -> None:
         super().__init__()
+        if swapout is not None and not residual:
+            raise ValueError("AcousticMLPEncoder: swapout needs residual=True")
+        if swapout_samples < 0 or (swapout_samples and swapout is None):
+            raise ValueError("AcousticMLPEncoder: swapout_samples must be 0, or > 0 with swapout, "
+                             f"got {swapout_samples!r}")
         self.out_dim = out_dim
+        self.swapout_samples = swapout_samples
         self.norm = nn.BatchNorm1d(2 * input_dim) if input_norm else nn.Identity()
         hidden = [128, 128] if hidden_dims is None else list(hidden_dims)
-        self.net = mlp(2 * input_dim, hidden, out_dim, make_dropout(dropout_kind, dropout))
+        noise = make_dropout(dropout_kind, dropout)
+        if residual:
+            self.net = residual_mlp(2 * input_dim, hidden, out_dim, noise, swapout)
+        else:
+            self.net = mlp(2 * input_dim, hidden, out_dim, noise)
 
     def forward(self, audio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Encodes a padded batch.
@@ -75,4 +154,7 @@ class AcousticMLPEncoder(nn.Module):
         Returns:
             torch.Tensor: Shape ``(B, out_dim)``.
         """
-        return self.net(self.norm(masked_mean_std(audio, mask)))
+        pooled = self.norm(masked_mean_std(audio, mask))
+        if self.training or not self.swapout_samples:
+            return self.net(pooled)
+        return average_stochastic_passes(self.net, pooled, self.swapout_samples)

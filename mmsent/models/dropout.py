@@ -2,7 +2,8 @@
 and Swapout.
 
 Every module here is the identity (or, for Swapout, its expectation) in eval mode, so a
-model trained with noise is evaluated deterministically.
+model trained with noise is evaluated deterministically; :func:`average_stochastic_passes`
+evaluates a Swapout network by averaging sampled passes instead.
 
 Encoders build their dropout layer with :func:`make_dropout` so that the kind of noise is
 a configuration choice; :func:`resample_epoch_masks` (driven by
@@ -75,10 +76,15 @@ class BernoulliDropout(nn.Module):
     * ``"batch"``: one mask over the feature dimensions (all but the first), shared by
       every sample of the batch and redrawn at every forward pass.
     * ``"epoch"``: one mask over the feature dimensions, drawn lazily at the first
-      forward pass and kept until :meth:`resample` is called (typically at the start of
-      each epoch, see :func:`resample_epoch_masks`). The feature shape is fixed by that
-      first pass, so epoch mode suits fixed-size features (MLP layers, pooled encoder
-      outputs) unless ``feature_ndim`` restricts the mask to the trailing dimensions.
+      forward pass after :meth:`resample` and kept until the next :meth:`resample`,
+      which marks the start of an epoch. Under Lightning,
+      :class:`mmsent.callbacks.EpochDropoutCallback` calls it at every training epoch
+      start; in a plain loop, call :func:`resample_epoch_masks` there. A training
+      forward pass before any :meth:`resample` raises, naming the callback: without a
+      driver the layer would silently keep one mask for the whole run. The feature
+      shape is fixed by the first pass of an epoch, so epoch mode suits fixed-size
+      features (MLP layers, pooled encoder outputs) unless ``feature_ndim`` restricts
+      the mask to the trailing dimensions.
 
     With ``feature_ndim=1`` a ``(batch, time, features)`` input gets one mask over the
     last dimension shared by every time step, the "locked" or variational dropout of
@@ -110,6 +116,7 @@ class BernoulliDropout(nn.Module):
         # A buffer so that ``model.to(device)`` moves it; not persistent because a mask
         # is training noise, not state worth checkpointing.
         self.register_buffer("mask", None, persistent=False)
+        self.epochs_started = 0
 
     def forward(self, x: Tensor) -> Tensor:
         """Applies dropout in training mode.
@@ -124,6 +131,8 @@ class BernoulliDropout(nn.Module):
         Raises:
             ValueError: If ``x`` has no more than ``feature_ndim`` dimensions, or in epoch
                 mode if the feature shape differs from the shape of the current mask.
+            RuntimeError: In epoch mode, if no epoch has been started by
+                :meth:`resample`.
         """
         if not self.training or self.p == 0.0:
             return x
@@ -165,7 +174,16 @@ class BernoulliDropout(nn.Module):
 
         Raises:
             ValueError: If the feature shape differs from the mask's shape.
+            RuntimeError: If no epoch has been started by :meth:`resample`.
         """
+        if not self.epochs_started:
+            raise RuntimeError(
+                "BernoulliDropout(mode='epoch') was never told that an epoch started, so it "
+                "would keep one mask for the whole run: add "
+                "mmsent.callbacks.EpochDropoutCallback to the trainer's callbacks "
+                "(--trainer.callbacks+=mmsent.callbacks.EpochDropoutCallback), or call "
+                "mmsent.models.dropout.resample_epoch_masks(model) at every epoch start"
+            )
         features = self._feature_shape(x)
         if self.mask is None:
             self.mask = _bernoulli_mask(features, self.p, like=x)
@@ -178,8 +196,10 @@ class BernoulliDropout(nn.Module):
         return self.mask.to(dtype=x.dtype, device=x.device)
 
     def resample(self) -> None:
-        """Discards the current mask; the next training forward pass draws a new one."""
+        """Starts an epoch: discards the current mask, and the next training forward pass
+        draws a new one."""
         self.mask = None
+        self.epochs_started += 1
 
     def extra_repr(self) -> str:
         """Returns the settings shown by ``repr``."""
@@ -228,7 +248,8 @@ class Swapout(nn.Module):
 
     ``Θ1`` and ``Θ2`` are independent per-element Bernoulli masks that keep a unit with
     probability ``1 - p_skip`` and ``1 - p_residual``. Masks are not rescaled; in eval mode
-    the layer returns the expectation ``(1 - p_skip) x + (1 - p_residual) F(x)``.
+    the layer returns the expectation ``(1 - p_skip) x + (1 - p_residual) F(x)``, unless
+    :func:`average_stochastic_passes` is running, which samples masks in eval mode too.
 
     The masks span a family of architectures, per unit and per sample:
 
@@ -256,6 +277,9 @@ class Swapout(nn.Module):
         self.block = block
         self.p_skip = float(p_skip)
         self.p_residual = float(p_residual)
+        # Set only while average_stochastic_passes runs: masks are then sampled in eval
+        # mode, from this private generator.
+        self.inference_generator: torch.Generator | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         """Combines the skip and residual paths.
@@ -264,7 +288,8 @@ class Swapout(nn.Module):
             x (Tensor): Input of any shape accepted by ``block``.
 
         Returns:
-            Tensor: The masked sum in training mode, its expectation in eval mode.
+            Tensor: The masked sum in training mode (and under
+            :func:`average_stochastic_passes`), its expectation otherwise.
 
         Raises:
             ValueError: If ``block`` changes the shape of its input.
@@ -276,15 +301,57 @@ class Swapout(nn.Module):
                 f"{tuple(residual.shape)}"
             )
         keep_skip, keep_residual = 1.0 - self.p_skip, 1.0 - self.p_residual
-        if not self.training:
+        generator = None if self.training else self.inference_generator
+        if not self.training and generator is None:
             return keep_skip * x + keep_residual * residual
-        theta1 = torch.empty_like(x).bernoulli_(keep_skip)
-        theta2 = torch.empty_like(residual).bernoulli_(keep_residual)
+        theta1 = torch.empty_like(x).bernoulli_(keep_skip, generator=generator)
+        theta2 = torch.empty_like(residual).bernoulli_(keep_residual, generator=generator)
         return theta1 * x + theta2 * residual
 
     def extra_repr(self) -> str:
         """Returns the settings shown by ``repr``."""
         return f"p_skip={self.p_skip}, p_residual={self.p_residual}"
+
+
+def average_stochastic_passes(
+    network: nn.Module, x: Tensor, samples: int, seed: int = 0
+) -> Tensor:
+    """Evaluates a network with Swapout layers by averaging sampled passes.
+
+    Singh et al. (2016) infer with Swapout by averaging the outputs of ``samples``
+    forward passes, each with freshly drawn masks in every Swapout layer, rather than by
+    replacing every layer with its expectation: downstream nonlinearities make the two
+    differ, and the average is the better estimate of the trained ensemble's prediction.
+    Every other module keeps its mode (dropout stays off in eval mode). The masks come
+    from a private generator seeded with ``seed``, so the result is reproducible and the
+    global random state, which training draws from, is left alone.
+
+    Args:
+        network (nn.Module): The network, normally in eval mode.
+        x (Tensor): Its input.
+        samples (int): How many passes to average, ``>= 1``.
+        seed (int): Seed of the masks' generator.
+
+    Returns:
+        Tensor: The mean output.
+
+    Raises:
+        ValueError: If ``samples < 1``.
+    """
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples!r}")
+    layers = [m for m in network.modules() if isinstance(m, Swapout)]
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    for layer in layers:
+        layer.inference_generator = generator
+    try:
+        total = network(x)
+        for _ in range(samples - 1):
+            total = total + network(x)
+    finally:
+        for layer in layers:
+            layer.inference_generator = None
+    return total / samples
 
 
 def make_dropout(kind: str, p: float, feature_ndim: int | None = None) -> nn.Module:

@@ -171,6 +171,12 @@ class BaseTask(pl.LightningModule):
             config["monitor"] = "val/MAE"
         return {"optimizer": optimizer, "lr_scheduler": config}
 
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        # A proximal L1 step completes the gradient step it follows (regularizer.l1_proximal).
+        if self.regularizer is not None:
+            self.regularizer.proximal_step(self, optimizer)
+
     def on_train_epoch_start(self) -> None:
         optimizer = self.optimizers()
         optimizer = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer

@@ -1,0 +1,110 @@
+"""Matrices for the weight penalties, given in a config inline or as a file.
+
+A config value is either an inline matrix (a list of rows) or the path of a file holding
+one tensor: ``.npy`` (read with ``allow_pickle=False``), ``.pt``/``.pth`` (read with
+``torch.load(weights_only=True)``) or ``.safetensors``. None of these readers executes
+code from the file. Relative paths are taken from the working directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from torch import Tensor
+
+MATRIX_SUFFIXES: tuple[str, ...] = (".npy", ".pt", ".pth", ".safetensors")
+
+
+def _single_tensor(loaded: object, path: Path, key: str) -> Tensor:
+    """Returns the one tensor a file holds, directly or as the only value of a dict.
+
+    Args:
+        loaded (object): What the reader returned.
+        path (Path): The file, for the message.
+        key (str): The config key, for the message.
+
+    Returns:
+        Tensor: The tensor.
+
+    Raises:
+        ValueError: If the file holds no tensor or several.
+    """
+    if isinstance(loaded, dict) and len(loaded) == 1:
+        loaded = next(iter(loaded.values()))
+    if isinstance(loaded, np.ndarray):
+        loaded = torch.from_numpy(loaded)
+    if isinstance(loaded, Tensor):
+        return loaded
+    kind = type(loaded).__name__
+    raise ValueError(f"{key}: {path} must hold exactly one tensor, got {kind}")
+
+
+def load_matrix(spec: str | list[list[float]], key: str) -> Tensor:
+    """Reads a matrix from an inline list of rows or from a file.
+
+    Args:
+        spec (str | list[list[float]]): The rows, or the path of a ``.npy``, ``.pt``,
+            ``.pth`` or ``.safetensors`` file holding one 2-D tensor.
+        key (str): The config key, for messages.
+
+    Returns:
+        Tensor: The matrix, float64 on the CPU.
+
+    Raises:
+        ValueError: If the file is missing, of another kind or unreadable, or the value
+            is not a 2-D matrix of finite numbers.
+    """
+    if isinstance(spec, str):
+        path = Path(spec)
+        if path.suffix not in MATRIX_SUFFIXES:
+            raise ValueError(f"{key}: {spec!r} is not a {MATRIX_SUFFIXES} file")
+        if not path.is_file():
+            raise ValueError(f"{key}: matrix file {path} does not exist")
+        try:
+            if path.suffix == ".npy":
+                loaded: object = np.load(path, allow_pickle=False)
+            elif path.suffix == ".safetensors":
+                loaded = load_file(path)
+            else:
+                loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise ValueError(f"{key}: cannot read matrix file {path}: {error}") from error
+        matrix = _single_tensor(loaded, path, key)
+    else:
+        try:
+            matrix = torch.tensor(spec, dtype=torch.float64)
+        except (TypeError, ValueError) as error:
+            message = f"{key}: an inline matrix must be a list of equal rows: {error}"
+            raise ValueError(message) from error
+    matrix = matrix.to(torch.float64)
+    if matrix.ndim != 2 or 0 in matrix.shape:
+        raise ValueError(f"{key}: expected a non-empty 2-D matrix, got shape {tuple(matrix.shape)}")
+    if not bool(torch.isfinite(matrix).all()):
+        raise ValueError(f"{key}: the matrix holds non-finite values")
+    return matrix
+
+
+def load_covariance(spec: str | list[list[float]], key: str) -> Tensor:
+    """Reads a covariance matrix and checks that it is one.
+
+    Args:
+        spec (str | list[list[float]]): As for :func:`load_matrix`.
+        key (str): The config key, for messages.
+
+    Returns:
+        Tensor: ``Σ``, float64 on the CPU.
+
+    Raises:
+        ValueError: If the matrix is not square, symmetric and positive definite.
+    """
+    matrix = load_matrix(spec, key)
+    if matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"{key}: a covariance must be square, got shape {tuple(matrix.shape)}")
+    if not torch.allclose(matrix, matrix.T, rtol=1e-6, atol=1e-12):
+        raise ValueError(f"{key}: a covariance must be symmetric")
+    if torch.linalg.cholesky_ex(matrix).info != 0:
+        raise ValueError(f"{key}: a covariance must be positive definite")
+    return matrix
