@@ -229,7 +229,7 @@ class FusionTask(BaseTask):
             metric.update(self.model.predict_from_embeddings(embeddings, ablated), batch["label"])
 
     def on_test_epoch_end(self) -> None:
-        full_mae = self.metrics["test"].compute()["MAE"]
+        full_mae = self.metrics["test"].compute()["test/MAE"]
         super().on_test_epoch_end()
         for modality, metric in self.ablation.items():
             without = metric.compute()

@@ -207,11 +207,6 @@ class GenerativeTask(BaseTask):
     def on_train_epoch_start(self) -> None:
         # Frozen encoders give the same embeddings every epoch: keep one epoch's worth.
         self._train_real = []
-        optimizers = self.optimizers()
-        for optimizer in optimizers if isinstance(optimizers, list) else [optimizers]:
-            optimizer = getattr(optimizer, "optimizer", optimizer)
-            for index, group in enumerate(optimizer.param_groups):
-                self.log(f"lr/{group.get('name', index)}", group["lr"])
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_real.append(self.embed(batch))
