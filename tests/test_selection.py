@@ -10,7 +10,8 @@ from torch.utils.data import DataLoader
 
 from mmsent.callbacks import ModalitySelection
 from mmsent.models import AcousticMLPEncoder, TextLSTMEncoder
-from mmsent.models.fusion import ConcatFusion, GatedResidualFusion, LateFusionModel, RegressionHead
+from mmsent.models.fusion import ConcatFusion, GatedResidualFusion, RegressionHead
+from mmsent.models.late_fusion import LateFusionModel
 from mmsent.selection import bootstrap_p_value, select_modalities, video_groups
 from mmsent.tasks import FusionTask
 from mmsent.tasks.checkpoints import META_KEY
@@ -102,16 +103,16 @@ def test_a_switched_off_modality_is_absent_everywhere():
         model.switch_off("video")
 
 
-def test_the_choice_travels_with_the_weights_and_old_checkpoints_load():
+def test_the_choice_travels_with_the_weights():
     model = small_fused_model()
     model.switch_off("audio")
     state = model.state_dict()
     restored = small_fused_model()
     restored.load_state_dict(state)
     assert restored.active_modalities == ["text"]
-    state.pop("active")  # a fused checkpoint from before modality selection
-    restored.load_state_dict(state)
-    assert restored.active_modalities == ["text", "audio"]
+    state.pop("active")
+    with pytest.raises(RuntimeError, match='Missing key.*"active"'):
+        restored.load_state_dict(state)
 
 
 class SignalAndNoise(pl.LightningDataModule):

@@ -11,7 +11,7 @@ import torch
 from pytorch_lightning.utilities import move_data_to_device, rank_zero_info
 from torch import nn
 
-from mmsent.models.fusion import LateFusionModel
+from mmsent.models.late_fusion import LateFusionModel
 from mmsent.selection import as_records, bootstrap_p_value, select_modalities, video_groups
 from mmsent.tasks.checkpoints import META_KEY, load_weights, omit_rebuilt
 
@@ -184,7 +184,7 @@ def validation_errors(trainer: pl.Trainer, pl_module: pl.LightningModule):
         # Scored with the fusion weights the model holds when first asked for this set.
         if used not in cache:
             with _evaluating(pl_module):
-                scores = model.fuse(embeddings, {m: present[m] & (m in used) for m in embeddings})
+                scores = model.predict_from_embeddings(embeddings, {m: present[m] & (m in used) for m in embeddings})
             cache[used] = (scores - labels).abs().cpu()
         return cache[used]
 

@@ -9,8 +9,9 @@ from torch import nn
 
 from mmsent.data.schema import MODALITIES
 from mmsent.metrics import SentimentMetrics
-from mmsent.models.fusion import ConcatFusion, LateFusionModel, RegressionHead
+from mmsent.models.fusion import ConcatFusion, RegressionHead
 from mmsent.models.generative import SCORE_MODES, sample_embeddings
+from mmsent.models.late_fusion import LateFusionModel
 from mmsent.tasks.base import BaseTask
 from mmsent.tasks.checkpoints import (
     META_KEY,
