@@ -7,6 +7,7 @@ import copy
 import torch
 from torch import nn
 
+from mmsent.models.config import init_args
 from mmsent.models.dropout import make_dropout
 from mmsent.models.pooling import masked_mean_std
 
@@ -60,6 +61,7 @@ class AcousticMLPEncoder(nn.Module):
         input_norm: bool = True,
     ) -> None:
         super().__init__()
+        self.config = init_args(locals())
         self.out_dim = out_dim
         self.norm = nn.BatchNorm1d(2 * input_dim) if input_norm else nn.Identity()
         hidden = [128, 128] if hidden_dims is None else list(hidden_dims)
