@@ -1,4 +1,4 @@
-"""Visual encoders: a compact 3D-CNN over frames, torchvision video backbones, a
+"""Video encoders: a compact 3D-CNN over frames, torchvision video backbones, a
 per-frame 2D-CNN baseline, and an LSTM over pre-extracted feature sequences."""
 
 from __future__ import annotations
@@ -196,7 +196,7 @@ class FrameCNNEncoder(nn.Module):
 
 
 class VisualSequenceEncoder(TextLSTMEncoder):
-    """An LSTM over pre-extracted visual features per frame (FACET, OpenFace).
+    """An LSTM over pre-extracted video features per frame (FACET, OpenFace).
 
     The same network as :class:`TextLSTMEncoder` over vectors; the separate name
     keeps configs readable.
