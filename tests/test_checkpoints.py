@@ -63,8 +63,8 @@ def test_a_configured_encoder_that_agrees_is_accepted(unimodal):
 
 def test_a_configured_encoder_that_disagrees_fails_naming_key_path_and_both(unimodal):
     wider = partial(TextLSTMEncoder, input_kind="vectors", embed_dim=8, hidden_dim=16, out_dim=8)
-    with pytest.raises(ValueError, match=r"model.text_encoder: .* differs from the one .*text.ckpt "
-                                         r"\(model.text_checkpoint\) was saved with \(in hidden_dim\)") as error:
+    with pytest.raises(ValueError, match=r"model.text_encoder: the configured text encoder differs from the one "
+                                         r".*text.ckpt \(model.text_checkpoint\) was saved with \(in hidden_dim\)") as error:
         FusionTask(text_encoder=wider, text_checkpoint=unimodal["text"], input_dims=INPUT_DIMS)
     assert '"hidden_dim": 16' in str(error.value) and '"hidden_dim": 8' in str(error.value)
     with pytest.raises(ValueError, match=r"\(class mmsent.models.audio.AcousticMLPEncoder vs "
@@ -102,3 +102,12 @@ def test_one_tensor_hash_behind_fingerprints_and_digests():
     layer = torch.nn.Linear(2, 1)
     assert weights_digest(layer) == tensor_digest(sorted(layer.state_dict().items()))
     assert fingerprint(weights)["sha1"] != fingerprint(weights + 1)["sha1"]
+
+
+def test_records_that_disagree_with_each_other_fail(unimodal, tmp_path):
+    fused = save(FusionTask(text_checkpoint=unimodal["text"], input_dims=INPUT_DIMS), tmp_path / "fused.ckpt")
+    wider = partial(TextLSTMEncoder, input_kind="vectors", embed_dim=8, hidden_dim=16, out_dim=8)
+    other = save(UnimodalTask("text", wider, input_dims=INPUT_DIMS), tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match=r"the text encoder recorded in .*other.ckpt \(model.text_checkpoint\) "
+                                         r"differs from the one .*fused.ckpt \(model.init_checkpoint\)"):
+        FusionTask(text_checkpoint=other, init_checkpoint=fused, input_dims=INPUT_DIMS)

@@ -239,19 +239,21 @@ def _build_encoder(modality: str, factory: EncoderFactory | None, records: list[
                    input_dim: int) -> nn.Module:
     key = f"model.{modality}_encoder"
     if factory is not None:
-        encoder, source = factory(input_dim), f"{key} as configured"
+        encoder, source, label = factory(input_dim), f"the configured {modality} encoder", "configured"
     else:
         what, path, config = records[0]
         if config is None:
             raise ValueError(f"{key} is not set and {path} ({what}) records no encoder configuration "
                              f"to build it from; set {key}")
-        encoder, source = build_module(config, input_dim, what=f"{what} {path}"), f"{path} ({what})"
+        encoder = build_module(config, input_dim, what=f"{what} {path}")
+        source, label = f"the {modality} encoder recorded in {path} ({what})", str(path)
     built = encoder_config(encoder) or {"class_path": class_path(encoder), "init_args": None}
     for what, path, config in records:
         if config is not None and not _same_config(built, config):
-            raise ValueError(f"{key}: the {modality} encoder from {source} differs from the one "
-                             f"{path} ({what}) was saved with{_differences(built, config)}:\n"
-                             f"  {source}: {json.dumps(built)}\n  {path}: {json.dumps(config)}\n"
+            raise ValueError(f"{key}: {source} differs from the one {path} ({what}) was saved "
+                             f"with{_differences(built, config)}:\n"
+                             f"  {label}: {json.dumps(built, default=repr)}\n"
+                             f"  {path}: {json.dumps(config, default=repr)}\n"
                              f"Leave {key} unset to build it from the checkpoint.")
     return encoder
 
