@@ -49,8 +49,8 @@ PIPELINES = REPO / "pipelines"
 DATASETS = {
     "generated": {
         "folder": PIPELINES / "quickstart",
-        "stages": {"text": "1_text.yaml", "audio": "2_audio.yaml", "video": "3_visual.yaml"},
-        "fusion": ["encoders.yaml", "4_fusion.yaml"],
+        "stages": {"text": "1_text.yaml", "audio": "2_audio.yaml", "video": "3_video.yaml"},
+        "fusion": ["4_fusion.yaml"],
         "augmented": "4_fusion_augmented.yaml",
         "generators": {"vae": "4a_vae.yaml", "gan": "4a_gan.yaml"},
         "modalities": ["text", "audio"],
@@ -58,7 +58,7 @@ DATASETS = {
     "mosi": {
         "folder": PIPELINES / "mosi",
         "stages": {"text": "1_text.yaml", "audio": "2_audio.yaml"},
-        "fusion": ["encoders.yaml", "3_fusion.yaml"],
+        "fusion": ["3_fusion.yaml"],
         "augmented": "3_fusion_augmented.yaml",
         "generators": {"vae": "3a_vae.yaml", "gan": "3a_gan.yaml"},
         "modalities": ["text", "audio"],

@@ -8,12 +8,17 @@ the names and definitions here match it exactly:
   label is exactly 0 are left out.
 * ``Mult_acc_5`` / ``Mult_acc_7``: clip to ``[-2, 2]`` / ``[-3, 3]``, round, exact match.
 * ``MAE`` and ``Corr`` (Pearson). F1 is weighted by class support.
+
+The F1 score and the correlation are torchmetrics' own; this module decides which
+samples and which binarization they see.
 """
 
 from __future__ import annotations
 
 import torch
-from torchmetrics import Metric
+from torchmetrics import Metric, MetricCollection
+from torchmetrics.functional import pearson_corrcoef
+from torchmetrics.functional.classification import multiclass_f1_score
 
 METRIC_NAMES: tuple[str, ...] = (
     "Has0_acc_2",
@@ -39,16 +44,7 @@ def weighted_f1(truth: torch.Tensor, pred: torch.Tensor) -> float:
     """
     if truth.numel() == 0:
         return 0.0
-    total = 0.0
-    for positive in (True, False):
-        actual = truth == positive
-        guessed = pred == positive
-        true_pos = (actual & guessed).sum().item()
-        precision = true_pos / guessed.sum().item() if guessed.any() else 0.0
-        recall = true_pos / actual.sum().item() if actual.any() else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        total += f1 * actual.sum().item()
-    return total / truth.numel()
+    return float(multiclass_f1_score(pred.long(), truth.long(), num_classes=2, average="weighted"))
 
 
 def pearson(pred: torch.Tensor, target: torch.Tensor) -> float:
@@ -61,10 +57,11 @@ def pearson(pred: torch.Tensor, target: torch.Tensor) -> float:
     Returns:
         float: The correlation coefficient.
     """
-    pred = pred.double() - pred.double().mean()
-    target = target.double() - target.double().mean()
-    denom = pred.norm() * target.norm()
-    return float((pred @ target) / denom) if denom > 0 else 0.0
+    pred, target = pred.double(), target.double()
+    # torchmetrics answers a constant side with a warning and nan; MMSA's tables read 0.
+    if len(pred) < 2 or bool((pred == pred[0]).all()) or bool((target == target[0]).all()):
+        return 0.0
+    return float(pearson_corrcoef(pred, target))
 
 
 def regression_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
@@ -130,3 +127,16 @@ class SentimentMetrics(Metric):
         preds = torch.cat(self.preds) if isinstance(self.preds, list) else self.preds
         targets = torch.cat(self.targets) if isinstance(self.targets, list) else self.targets
         return regression_metrics(preds, targets)
+
+
+def split_metrics(split: str) -> MetricCollection:
+    """The metrics of one split, their names prefixed with it (``val/MAE``).
+
+    Args:
+        split (str): ``"val"`` or ``"test"``.
+
+    Returns:
+        MetricCollection: :class:`SentimentMetrics`, to which other torchmetrics
+        metrics of ``(preds, targets)`` can be added.
+    """
+    return MetricCollection([SentimentMetrics()], prefix=f"{split}/")

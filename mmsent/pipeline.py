@@ -212,14 +212,16 @@ def run_stage(pipeline: Pipeline, stage: Stage, manifest: Manifest, extra: list[
     # Read before validate/test: loading the best checkpoint resets the callback's state.
     last = cli.trainer.checkpoint_callback.last_model_path
     best = cli.trainer.checkpoint_callback.best_model_path or last
+    selection = [c for c in cli.trainer.callbacks if isinstance(c, ModalitySelection)]
+    if selection and selection[-1].selected_path:
+        best = selection[-1].selected_path
     metrics = {
         "val": _metrics(cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path=best)),
         "test": _metrics(cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best)),
     }
-    selection = [c.record for c in cli.trainer.callbacks if isinstance(c, ModalitySelection)]
     record.update({
         "status": "done",
-        "selection": selection[-1] if selection else None,
+        "selection": selection[-1].record if selection else None,
         "config": str(Path(cli.trainer.log_dir or pipeline.output_dir / stage.name) / "config.yaml"),
         "best_checkpoint": best,
         "last_checkpoint": last,

@@ -11,7 +11,7 @@ QUICKSTART = "pipelines/quickstart"
 STAGE_CONFIGS = {
     "text": f"{QUICKSTART}/1_text.yaml",
     "audio": f"{QUICKSTART}/2_audio.yaml",
-    "video": f"{QUICKSTART}/3_visual.yaml",
+    "video": f"{QUICKSTART}/3_video.yaml",
 }
 SHORT = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]
 
@@ -34,7 +34,7 @@ def unimodal_checkpoints(tiny_raw, tiny_cache, tmp_path_factory):
 
 
 def fusion_args(tiny_data_args, checkpoints, extra=()):
-    args = ["-c", f"{QUICKSTART}/encoders.yaml", "-c", f"{QUICKSTART}/4_fusion.yaml", *tiny_data_args]
+    args = ["-c", f"{QUICKSTART}/4_fusion.yaml", *tiny_data_args]
     args += [f"--model.init_args.{m}_checkpoint={path}" for m, path in checkpoints.items()]
     return args + list(extra)
 
@@ -80,7 +80,7 @@ def test_finetune_uses_one_sgd_group_per_modality(tiny_data_args, unimodal_check
     stage4 = tmp_path / "fusion"
     main(["fit", *fusion_args(tiny_data_args, unimodal_checkpoints), *SHORT,
           f"--trainer.default_root_dir={stage4}"])
-    cli = build_cli(["-c", f"{QUICKSTART}/encoders.yaml", "-c", f"{QUICKSTART}/4_fusion.yaml",
+    cli = build_cli(["-c", f"{QUICKSTART}/4_fusion.yaml",
                      "-c", f"{QUICKSTART}/5_finetune.yaml", *tiny_data_args,
                      f"--model.init_args.init_checkpoint={stage4 / 'checkpoints' / 'last.ckpt'}"], run=False)
     optimizer = cli.model.configure_optimizers()["optimizer"]
@@ -153,8 +153,10 @@ def test_checkpoint_of_another_encoder_class_is_rejected(tiny_data_args, tmp_pat
     main(["fit", "-c", STAGE_CONFIGS["video"], *tiny_data_args, *SHORT, *frame_cnn,
           f"--trainer.default_root_dir={tmp_path / 'frames'}"])
     checkpoint = tmp_path / "frames" / "checkpoints" / "last.ckpt"
-    with pytest.raises(ValueError, match=r"holds a FrameCNNEncoder.*configured video encoder is a Visual3DCNNEncoder"):
-        main(["fit", *fusion_args(tiny_data_args, {"video": checkpoint})])
+    c3d = ["--model.init_args.video_encoder=mmsent.models.Visual3DCNNEncoder"]
+    with pytest.raises(ValueError, match=r"model.video_encoder: .* \(class mmsent.models.visual.Visual3DCNNEncoder "
+                                         r"vs mmsent.models.visual.FrameCNNEncoder\)"):
+        main(["fit", *fusion_args(tiny_data_args, {"video": checkpoint}, c3d)])
 
 
 def test_unknown_config_key_is_rejected_before_any_work(tiny_raw, tmp_path, capsys):
@@ -213,7 +215,8 @@ def test_lecture_toolkit_from_yaml(tiny_data_args):
     assert len(epoch_masks) == 2, "each MLP layer holds its own epoch-level mask"
 
 
-def test_weights_that_do_not_fit_are_reported_by_the_project_message(tiny_data_args, unimodal_checkpoints):
-    wider = ["--model.init_args.text_encoder.init_args.hidden_dim=32"]
-    with pytest.raises(ValueError, match=r"weights in .* do not fit the configured text encoder TextLSTMEncoder"):
+def test_an_encoder_unlike_the_checkpoints_is_reported_by_the_project_message(tiny_data_args, unimodal_checkpoints):
+    wider = ["--model.init_args.text_encoder=mmsent.models.TextLSTMEncoder",
+             "--model.init_args.text_encoder.init_args.hidden_dim=32"]
+    with pytest.raises(ValueError, match=r"model.text_encoder: the configured text encoder differs from the one"):
         main(["fit", *fusion_args(tiny_data_args, {"text": unimodal_checkpoints["text"]}, wider)])

@@ -355,9 +355,14 @@ def test_fusion_stage_validates_the_generator_checkpoint(augmented, tmp_path):
         stage_cli(record, f"--model.init_args.generator_checkpoint={augmented['text']['best_checkpoint']}")
     with pytest.raises(ValueError, match="laid out as .* but the configured encoders produce"):
         stage_cli(record, "--model.init_args.audio_checkpoint=null",
+                  "--model.init_args.audio_encoder=mmsent.models.AcousticMLPEncoder",
                   "--model.init_args.audio_encoder.init_args.out_dim=32")
+    text = torch.load(augmented["text"]["best_checkpoint"], weights_only=True)
+    text["state_dict"]["encoder.project.bias"] += 1.0
+    retrained = tmp_path / "retrained_text.ckpt"
+    torch.save(text, retrained)
     with pytest.raises(ValueError, match="other text encoder weights"):
-        stage_cli(record, "--model.init_args.text_checkpoint=null")
+        stage_cli(record, f"--model.init_args.text_checkpoint={retrained}")
     with pytest.raises(ValueError, match="needs model.freeze_encoders: true"):
         stage_cli(record, "--model.init_args.freeze_encoders=false")
     with pytest.raises(ValueError, match="generated_ratio > 0 needs model.generator_checkpoint"):
@@ -377,10 +382,10 @@ def test_autoencoder_stage_config_trains_on_the_pipeline_checkpoints(augmented, 
     from mmsent.main import main
 
     checkpoints = [f"--model.init_args.{m}_checkpoint={augmented[stage]['best_checkpoint']}"
-                   for m, stage in (("text", "text"), ("audio", "audio"), ("video", "visual"))]
+                   for m, stage in (("text", "text"), ("audio", "audio"), ("video", "video"))]
     quickstart = AUGMENTED.parent / "quickstart"
-    main(["fit", "-c", str(quickstart / "base.yaml"), "-c", str(quickstart / "encoders.yaml"),
-          "-c", str(quickstart / "4a_autoencoder.yaml"), "-c", str(CONF / "tiny_data.yaml"),
+    main(["fit", "-c", str(quickstart / "base.yaml"), "-c", str(quickstart / "4a_autoencoder.yaml"),
+          "-c", str(CONF / "tiny_data.yaml"),
           f"--data.source.init_args.root={tiny_raw}", f"--data.cache_dir={tmp_path / 'cache'}",
           f"--trainer.default_root_dir={tmp_path}", "--trainer.fast_dev_run=1", *checkpoints])
     assert (tmp_path / "generative" / "quality.jsonl").is_file()

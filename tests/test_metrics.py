@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from mmsent.metrics import SentimentMetrics, regression_metrics, weighted_f1
+from mmsent.metrics import SentimentMetrics, regression_metrics, split_metrics, weighted_f1
 
 PREDS = torch.tensor([2.6, -0.4, 0.2, -1.6, 0.0, 1.2])
 LABELS = torch.tensor([3.0, 0.0, -0.4, -2.0, 0.0, 1.4])
@@ -57,3 +57,10 @@ def test_metric_accumulates_batches_like_one_call():
     metric.update(PREDS[:3], LABELS[:3])
     metric.update(PREDS[3:], LABELS[3:])
     assert metric.compute() == pytest.approx(regression_metrics(PREDS, LABELS))
+
+
+def test_split_collection_prefixes_every_metric_with_its_split():
+    metrics = split_metrics("val")
+    metrics.update(PREDS[:2], LABELS[:2])
+    metrics.update(PREDS[2:], LABELS[2:])
+    assert metrics.compute() == pytest.approx({f"val/{k}": v for k, v in regression_metrics(PREDS, LABELS).items()})

@@ -16,14 +16,14 @@ from conftest import CONF, REPO
 from mmsent.pipeline import load_pipeline, run
 
 QUICKSTART = REPO / "pipelines" / "quickstart"
-STAGES = ["text", "audio", "visual", "fusion", "finetune"]
+STAGES = ["text", "audio", "video", "fusion", "finetune"]
 
 
 def write_pipeline(folder: Path, raw_root: Path, cache: Path, fusion_epochs: int = 1,
                    with_video: bool = True) -> Path:
-    """The quickstart stages over the tiny dataset (without the visual stage, cheaper)."""
+    """The quickstart stages over the tiny dataset (without the video stage, cheaper)."""
     base = [str(QUICKSTART / "base.yaml")]
-    fused = base + [str(QUICKSTART / "encoders.yaml"), str(QUICKSTART / "4_fusion.yaml")]
+    fused = base + [str(QUICKSTART / "4_fusion.yaml")]
     spec = {
         "name": "tiny",
         "output_dir": str(folder / "out"),
@@ -32,11 +32,11 @@ def write_pipeline(folder: Path, raw_root: Path, cache: Path, fusion_epochs: int
         "stages": [
             {"name": "text", "configs": base + [str(QUICKSTART / "1_text.yaml")]},
             {"name": "audio", "configs": base + [str(QUICKSTART / "2_audio.yaml")]},
-            {"name": "visual", "configs": base + [str(QUICKSTART / "3_visual.yaml")]},
+            {"name": "video", "configs": base + [str(QUICKSTART / "3_video.yaml")]},
             {"name": "fusion", "configs": fused, "args": [f"--trainer.max_epochs={fusion_epochs}"],
              "checkpoints": {"model.init_args.text_checkpoint": "text",
                              "model.init_args.audio_checkpoint": "audio",
-                             "model.init_args.video_checkpoint": "visual"}},
+                             "model.init_args.video_checkpoint": "video"}},
             {"name": "finetune", "configs": fused + [str(QUICKSTART / "5_finetune.yaml")],
              "checkpoints": {"model.init_args.init_checkpoint": "fusion"}},
         ],
@@ -109,7 +109,7 @@ def test_pipeline_file_errors_name_the_key(tmp_path):
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_stop_in_stage_four_resumes_from_its_last_checkpoint(tiny_raw, tiny_cache, tmp_path, stop):
     pipeline = write_pipeline(tmp_path, tiny_raw, tiny_cache, fusion_epochs=8, with_video=False)
-    stages = [s for s in STAGES if s != "visual"]
+    stages = [s for s in STAGES if s != "video"]
     command = [sys.executable, "-m", "mmsent", "pipeline", "run", str(pipeline)]
     env = {**os.environ, "WANDB_MODE": "disabled"}
     stderr = (tmp_path / "stderr.txt").open("w")

@@ -1,6 +1,7 @@
 """Choosing a fused model's modalities and weights on validation evidence."""
 
 from functools import partial
+from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
@@ -10,7 +11,8 @@ from torch.utils.data import DataLoader
 
 from mmsent.callbacks import ModalitySelection
 from mmsent.models import AcousticMLPEncoder, TextLSTMEncoder
-from mmsent.models.fusion import ConcatFusion, GatedResidualFusion, LateFusionModel, RegressionHead
+from mmsent.models.fusion import ConcatFusion, GatedResidualFusion, RegressionHead
+from mmsent.models.late_fusion import LateFusionModel
 from mmsent.selection import bootstrap_p_value, select_modalities, video_groups
 from mmsent.tasks import FusionTask
 from mmsent.tasks.checkpoints import META_KEY
@@ -102,16 +104,16 @@ def test_a_switched_off_modality_is_absent_everywhere():
         model.switch_off("video")
 
 
-def test_the_choice_travels_with_the_weights_and_old_checkpoints_load():
+def test_the_choice_travels_with_the_weights():
     model = small_fused_model()
     model.switch_off("audio")
     state = model.state_dict()
     restored = small_fused_model()
     restored.load_state_dict(state)
     assert restored.active_modalities == ["text"]
-    state.pop("active")  # a fused checkpoint from before modality selection
-    restored.load_state_dict(state)
-    assert restored.active_modalities == ["text", "audio"]
+    state.pop("active")
+    with pytest.raises(RuntimeError, match='Missing key.*"active"'):
+        restored.load_state_dict(state)
 
 
 class SignalAndNoise(pl.LightningDataModule):
@@ -158,10 +160,11 @@ def fit_gated_model(tmp_path, audio_informative: bool, epochs: int = 4, accelera
     trainer = pl.Trainer(max_epochs=epochs, callbacks=[checkpoint, callback], logger=False,
                          enable_progress_bar=False, enable_model_summary=False, accelerator=accelerator)
     trainer.fit(task, datamodule=SignalAndNoise(audio_informative))
-    return torch.load(checkpoint.best_model_path, weights_only=True), callback
+    assert callback.selected_path == str(Path(checkpoint.best_model_path).with_name("selected.ckpt"))
+    return torch.load(callback.selected_path, weights_only=True), callback
 
 
-def test_noise_audio_is_switched_off_in_the_best_checkpoint(tmp_path):
+def test_noise_audio_is_switched_off_in_the_selected_checkpoint(tmp_path):
     best, callback = fit_gated_model(tmp_path, audio_informative=False)
     assert best["state_dict"]["model.active"].tolist() == [True, False]
     record = best[META_KEY]["modality_selection"]
@@ -175,6 +178,17 @@ def test_informative_audio_is_kept(tmp_path):
     best, callback = fit_gated_model(tmp_path, audio_informative=True)
     assert best["state_dict"]["model.active"].tolist() == [True, True]
     assert callback.record["switched_off"] == []
+
+
+def test_the_best_epoch_checkpoint_keeps_what_its_epoch_trained(tmp_path):
+    selected, _ = fit_gated_model(tmp_path, audio_informative=False, keep_start_unless_better=True, alpha=1e-9)
+    (best,) = tmp_path.glob("epoch=*.ckpt")
+    trained = torch.load(best, weights_only=True)
+    assert trained["state_dict"]["model.active"].tolist() == [True, True]
+    assert META_KEY not in trained or "modality_selection" not in trained[META_KEY]
+    assert not torch.equal(trained["state_dict"]["model.head.net.0.weight"],
+                           selected["state_dict"]["model.head.net.0.weight"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([best.name, "selected.ckpt"])
 
 
 def test_a_stage_that_cannot_beat_its_start_hands_the_start_on(tmp_path):

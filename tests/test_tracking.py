@@ -88,8 +88,7 @@ def write_pipeline(folder: Path, raw_root: Path, stages: list[str], wandb: dict 
     (folder / "text_only.yaml").write_text(yaml.safe_dump(TEXT_ONLY))
     (folder / "text_only_groups.yaml").write_text(yaml.safe_dump(TEXT_ONLY_GROUPS))
     base = [str(QUICKSTART / "base.yaml")]
-    fused = base + [str(QUICKSTART / "encoders.yaml"), str(QUICKSTART / "4_fusion.yaml"),
-                    str(folder / "text_only.yaml")]
+    fused = base + [str(QUICKSTART / "4_fusion.yaml"), str(folder / "text_only.yaml")]
     every = {
         "text": {"name": "text", "configs": base + [str(QUICKSTART / "1_text.yaml")]},
         "fusion": {"name": "fusion", "configs": fused,

@@ -11,9 +11,11 @@ import torch
 from pytorch_lightning.utilities import move_data_to_device, rank_zero_info
 from torch import nn
 
-from mmsent.models.fusion import LateFusionModel
+from mmsent.models.late_fusion import LateFusionModel
 from mmsent.selection import as_records, bootstrap_p_value, select_modalities, video_groups
 from mmsent.tasks.checkpoints import META_KEY, load_weights, omit_rebuilt
+
+SELECTED_FILE = "selected.ckpt"
 
 
 class ModalitySelection(pl.Callback):
@@ -28,11 +30,12 @@ class ModalitySelection(pl.Callback):
     one-standard-error habit of preferring the simpler, earlier model when a small
     validation split cannot tell the two apart.
 
-    The outcome is written into the best checkpoint, so the evaluation that follows,
-    the next stage (which starts from that checkpoint) and ``predict`` all use it; its
-    evidence goes to the checkpoint's metadata (``mmsent.modality_selection``) and to
-    the logger (``selection/<modality>/...``, ``selection/start/...``). A modality
-    already switched off stays off.
+    The selected model is written to ``selected.ckpt`` beside the best checkpoint
+    (which keeps what its epoch trained) and named by :attr:`selected_path`: the
+    pipeline evaluates, predicts with and hands on that file. Its evidence goes to the
+    checkpoint's metadata (``mmsent.modality_selection``) and to the logger
+    (``selection/<modality>/...``, ``selection/start/...``). A modality already switched
+    off stays off.
 
     Args:
         alpha (float): Significance level of the one-sided bootstrap tests.
@@ -46,6 +49,9 @@ class ModalitySelection(pl.Callback):
         record (dict | None): The last outcome: ``alpha``, ``kept``, ``switched_off``,
             every modality test, and with ``keep_start_unless_better`` the test against
             the start and ``handed_on`` (``"trained"`` or ``"start"``).
+        selected_path (str | None): After fitting, the checkpoint of the selected
+            model; None when the trainer keeps no checkpoint (the selected model is
+            then only in memory).
     """
 
     def __init__(self, alpha: float = 0.05, samples: int = 10000, seed: int = 0,
@@ -59,6 +65,7 @@ class ModalitySelection(pl.Callback):
         self.keep_start_unless_better = keep_start_unless_better
         self.start: dict[str, torch.Tensor] | None = None
         self.record: dict | None = None
+        self.selected_path: str | None = None
 
     def state_dict(self) -> dict:
         return {"start": self.start}
@@ -81,7 +88,7 @@ class ModalitySelection(pl.Callback):
             self.start = _cpu_copy({k: v for k, v in pl_module.state_dict().items() if k in changing})
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Selects on the best checkpoint's weights and writes the outcome into it.
+        """Selects on the best checkpoint's weights and writes the outcome to ``selected.ckpt``.
 
         Args:
             trainer (pl.Trainer): The trainer that just finished fitting.
@@ -94,6 +101,7 @@ class ModalitySelection(pl.Callback):
         model = getattr(pl_module, "model", None)
         if not isinstance(model, LateFusionModel):
             raise TypeError(f"ModalitySelection needs a fused model (FusionTask), got {type(pl_module).__name__}")
+        self.selected_path = None
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if best:
             checkpoint = load_weights(pl_module, best, "ModalitySelection: the best checkpoint")
@@ -109,12 +117,16 @@ class ModalitySelection(pl.Callback):
         self._report_modalities(trainer, tests)
         if self.keep_start_unless_better and self.start is not None:
             self._against_start(trainer, pl_module, kept, errors(frozenset(kept)), groups)
-        if best and trainer.is_global_zero:
-            checkpoint["state_dict"] = _cpu_copy(pl_module.state_dict())
-            meta = checkpoint.setdefault(META_KEY, {})
-            meta["rebuilt"] = omit_rebuilt(pl_module, checkpoint["state_dict"])
-            meta["modality_selection"] = self.record
-            _replace(Path(best), checkpoint)
+        if best:
+            selected = Path(best).with_name(SELECTED_FILE)
+            if trainer.is_global_zero:
+                checkpoint["state_dict"] = _cpu_copy(pl_module.state_dict())
+                meta = checkpoint.setdefault(META_KEY, {})
+                meta["rebuilt"] = omit_rebuilt(pl_module, checkpoint["state_dict"])
+                meta["modality_selection"] = self.record
+                _save_atomically(selected, checkpoint)
+            trainer.strategy.barrier()
+            self.selected_path = str(selected)
 
     def _against_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, kept: list[str],
                        trained_errors: torch.Tensor, groups: list[str]) -> None:
@@ -184,7 +196,7 @@ def validation_errors(trainer: pl.Trainer, pl_module: pl.LightningModule):
         # Scored with the fusion weights the model holds when first asked for this set.
         if used not in cache:
             with _evaluating(pl_module):
-                scores = model.fuse(embeddings, {m: present[m] & (m in used) for m in embeddings})
+                scores = model.predict_from_embeddings(embeddings, {m: present[m] & (m in used) for m in embeddings})
             cache[used] = (scores - labels).abs().cpu()
         return cache[used]
 
@@ -211,8 +223,8 @@ def _log(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
         trainer.logger.log_metrics(metrics, step=trainer.global_step)
 
 
-def _replace(path: Path, checkpoint: dict) -> None:
+def _save_atomically(path: Path, checkpoint: dict) -> None:
     partial = path.with_name(path.name + ".partial")
     torch.save(checkpoint, partial)
-    # Replaced in one step: an interruption leaves the old checkpoint, never half a file.
+    # Renamed in one step: an interruption leaves the previous file, never half a file.
     os.replace(partial, path)

@@ -1,14 +1,9 @@
 """Plain ``nn.Module`` networks, usable without Lightning."""
 
 from mmsent.models.audio import AcousticMLPEncoder
-from mmsent.models.fusion import (
-    ConcatFusion,
-    LateFusionModel,
-    LowRankFusion,
-    RegressionHead,
-    TensorFusion,
-)
+from mmsent.models.fusion import ConcatFusion, LowRankFusion, RegressionHead, TensorFusion
 from mmsent.models.generative import ConditionalAutoencoder, ConditionalGAN, ConditionalVAE
+from mmsent.models.late_fusion import LateFusionModel
 from mmsent.models.text import TextLSTMEncoder
 from mmsent.models.visual import FrameCNNEncoder, Visual3DCNNEncoder, VisualSequenceEncoder
 

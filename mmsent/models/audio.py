@@ -7,6 +7,7 @@ import copy
 import torch
 from torch import nn
 
+from mmsent.models.config import init_args
 from mmsent.models.dropout import Swapout, average_stochastic_passes, make_dropout
 from mmsent.models.pooling import masked_mean_std
 
@@ -129,6 +130,7 @@ class AcousticMLPEncoder(nn.Module):
         swapout_samples: int = 0,
     ) -> None:
         super().__init__()
+        self.config = init_args(locals())
         if swapout is not None and not residual:
             raise ValueError("AcousticMLPEncoder: swapout needs residual=True")
         if swapout_samples < 0 or (swapout_samples and swapout is None):

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from mmsent.models.config import init_args
 from mmsent.models.dropout import make_dropout
 from mmsent.models.pooling import masked_max, masked_mean
 from mmsent.pretrained import resolve_model_path
@@ -68,6 +69,7 @@ class TextLSTMEncoder(nn.Module):
         padding_idx: int = 0,
     ) -> None:
         super().__init__()
+        self.config = init_args(locals())
         if input_kind not in ("tokens", "vectors"):
             raise ValueError(f"input_kind must be 'tokens' or 'vectors', got {input_kind!r}")
         if pooling not in POOLINGS:

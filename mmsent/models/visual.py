@@ -1,4 +1,4 @@
-"""Visual encoders: a compact 3D-CNN over frames, torchvision video backbones, a
+"""Video encoders: a compact 3D-CNN over frames, torchvision video backbones, a
 per-frame 2D-CNN baseline, and an LSTM over pre-extracted feature sequences."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mmsent.models.config import init_args
 from mmsent.models.dropout import make_dropout
 from mmsent.models.text import TextLSTMEncoder
 
@@ -113,6 +114,7 @@ class Visual3DCNNEncoder(nn.Module):
         dropout_kind: str = "bernoulli",
     ) -> None:
         super().__init__()
+        self.config = init_args(locals())
         self.out_dim = out_dim
         if backbone == "c3d":
             widths = [16, 32, 64] if widths is None else list(widths)
@@ -161,6 +163,7 @@ class FrameCNNEncoder(nn.Module):
         dropout_kind: str = "bernoulli",
     ) -> None:
         super().__init__()
+        self.config = init_args(locals())
         self.out_dim = out_dim
         widths = [16, 32, 64] if widths is None else list(widths)
         blocks, channels = [], input_dim
@@ -193,7 +196,7 @@ class FrameCNNEncoder(nn.Module):
 
 
 class VisualSequenceEncoder(TextLSTMEncoder):
-    """An LSTM over pre-extracted visual features per frame (FACET, OpenFace).
+    """An LSTM over pre-extracted video features per frame (FACET, OpenFace).
 
     The same network as :class:`TextLSTMEncoder` over vectors; the separate name
     keeps configs readable.
@@ -207,3 +210,5 @@ class VisualSequenceEncoder(TextLSTMEncoder):
                  out_dim: int = 64, **kwargs) -> None:
         super().__init__(input_dim, input_kind="vectors", embed_dim=embed_dim,
                          hidden_dim=hidden_dim, out_dim=out_dim, **kwargs)
+        # The base class recorded every argument; input_kind is fixed by this class.
+        del self.config["input_kind"]

@@ -15,7 +15,7 @@ from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from mmsent.data.schema import MODALITIES
-from mmsent.metrics import SentimentMetrics
+from mmsent.metrics import split_metrics
 from mmsent.optim import build_param_groups, has_schedules, per_group_scheduler
 from mmsent.regularization import Regularizer
 from mmsent.tasks.checkpoints import META_KEY, fill_rebuilt, omit_rebuilt
@@ -54,7 +54,7 @@ class BaseTask(pl.LightningModule):
         self.scheduler_factory = lr_scheduler
         self.group_settings = param_groups
         self.regularizer = regularizer
-        self.metrics = nn.ModuleDict({stage: SentimentMetrics() for stage in STAGES})
+        self.metrics = nn.ModuleDict({stage: split_metrics(stage) for stage in STAGES})
         self._best_error: dict[str, list[torch.Tensor]] = {stage: [] for stage in STAGES}
 
     def save_plain_hyperparameters(self, ignore: tuple[str, ...] = ()) -> None:
@@ -129,10 +129,9 @@ class BaseTask(pl.LightningModule):
         self._log_epoch_metrics("test")
 
     def _log_epoch_metrics(self, stage: str) -> None:
-        values = self.metrics[stage].compute()
+        for name, value in self.metrics[stage].compute().items():
+            self.log(name, value, prog_bar=name in (f"{stage}/MAE", f"{stage}/Corr"))
         self.metrics[stage].reset()
-        for name, value in values.items():
-            self.log(f"{stage}/{name}", value, prog_bar=name in ("MAE", "Corr"))
         errors = self._best_error[stage]
         if errors:
             best = torch.cat(errors).mean().item()
@@ -177,8 +176,3 @@ class BaseTask(pl.LightningModule):
         if self.regularizer is not None:
             self.regularizer.proximal_step(self, optimizer)
 
-    def on_train_epoch_start(self) -> None:
-        optimizer = self.optimizers()
-        optimizer = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
-        for index, group in enumerate(optimizer.param_groups):
-            self.log(f"lr/{group.get('name', index)}", group["lr"])

@@ -1,19 +1,32 @@
-"""Handing weights from one stage to the next, through init arguments.
+"""Every loading of saved weights: encoders, heads, fused models and generators.
 
-A stage names the checkpoints it starts from (a path); the task loads the matching
-sub-network's state dict with ``weights_only=True``. LightningCLI's ``--ckpt_path``
-is kept for resuming or evaluating the *same* stage.
+A stage names the checkpoints it starts from (a path, as an init argument); the task
+loads the matching sub-network's state dict with ``weights_only=True``. LightningCLI's
+``--ckpt_path`` is kept for resuming or evaluating the *same* stage.
+
+Checkpoints record what built their networks under :data:`META_KEY`: a unimodal one
+its encoder's configuration (``{"class_path", "init_args"}``, see
+:mod:`mmsent.models.config`), a fused or generative one each encoder's. A later stage
+builds its encoders from these records, so its config names no encoder; an encoder it
+does configure must agree with every record it loads weights from.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from mmsent.data.schema import MODALITIES
+from mmsent.models.config import build_module, class_path, module_config
+from mmsent.models.generative import GENERATORS, EmbeddingGenerator
+
 META_KEY = "mmsent"
+EncoderFactory = Callable[[int], nn.Module]
 
 
 def read_checkpoint(path: str | Path, what: str) -> dict:
@@ -48,6 +61,22 @@ def sub_state_dict(state: dict, prefix: str) -> dict:
     return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
 
 
+def tensor_digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """A SHA-1 of tensors' bytes, each preceded by its name.
+
+    Args:
+        named (Iterable[tuple[str, torch.Tensor]]): Name and tensor pairs, in order.
+
+    Returns:
+        str: A hex digest.
+    """
+    digest = hashlib.sha1()
+    for name, tensor in named:
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 def fingerprint(tensor: torch.Tensor) -> dict:
     """What tells two weight tensors apart: shape, dtype and a hash of the bytes.
 
@@ -57,8 +86,12 @@ def fingerprint(tensor: torch.Tensor) -> dict:
     Returns:
         dict: ``shape``, ``dtype`` and ``sha1``.
     """
-    data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
-    return {"shape": list(tensor.shape), "dtype": str(tensor.dtype), "sha1": hashlib.sha1(data).hexdigest()}
+    return {"shape": list(tensor.shape), "dtype": str(tensor.dtype), "sha1": tensor_digest([("", tensor)])}
+
+
+def weights_digest(module: nn.Module) -> str:
+    """str: A hash of a module's parameters and buffers, to recognize the same weights."""
+    return tensor_digest(sorted(module.state_dict().items()))
 
 
 def omit_rebuilt(module: nn.Module, state: dict) -> dict[str, dict]:
@@ -135,6 +168,111 @@ def load_weights(task: nn.Module, path: str | Path, what: str = "checkpoint") ->
     return checkpoint
 
 
+def encoder_config(encoder: nn.Module) -> dict | None:
+    """dict | None: How to build an encoder again, without the ``input_dim`` the data
+    decides (:func:`mmsent.models.config.module_config`)."""
+    return module_config(encoder, leave_out=("input_dim",))
+
+
+def build_encoders(factories: dict[str, EncoderFactory | None], checkpoints: dict[str, str | None],
+                   input_dims: dict[str, int], fused_checkpoint: str | None = None) -> nn.ModuleDict:
+    """Builds each modality's encoder and loads it from its unimodal checkpoint.
+
+    A modality's encoder comes from its factory (``model.<modality>_encoder``) when
+    one is configured, else from the configuration recorded in its unimodal checkpoint
+    (``model.<modality>_checkpoint``) or in the fused checkpoint the stage starts from
+    (``model.init_checkpoint``). Every record must agree with the encoder built.
+
+    Args:
+        factories (dict[str, EncoderFactory | None]): Per modality, the configured
+            encoder factory or None.
+        checkpoints (dict[str, str | None]): Per modality, its unimodal checkpoint or None.
+        input_dims (dict[str, int]): Per modality in the data, the encoder's input size.
+        fused_checkpoint (str | None): A fused checkpoint whose encoders to rebuild
+            (its weights are loaded later, with :func:`load_fused`).
+
+    Returns:
+        nn.ModuleDict: The encoders, in the canonical modality order.
+
+    Raises:
+        ValueError: If an encoder is wanted for a modality the data lacks, none is
+            wanted, a record is missing or disagrees with the configuration, or a
+            checkpoint does not fit (see :func:`load_encoder`), naming the keys.
+    """
+    fused = _fused_records(fused_checkpoint) if fused_checkpoint else {}
+    encoders = nn.ModuleDict()
+    for modality in MODALITIES:
+        records = []
+        if checkpoints[modality]:
+            meta = read_checkpoint(checkpoints[modality], f"model.{modality}_checkpoint").get(META_KEY, {})
+            records.append((f"model.{modality}_checkpoint", checkpoints[modality], meta.get("encoder_config")))
+        if modality in fused:
+            records.append(("model.init_checkpoint", fused_checkpoint, fused[modality]))
+        if factories[modality] is None and not records:
+            continue
+        if modality not in input_dims:
+            raise ValueError(f"model.{modality}_encoder: the stage wants a {modality} encoder but the data "
+                             f"holds only {sorted(input_dims)}")
+        encoders[modality] = _build_encoder(modality, factories[modality], records, input_dims[modality])
+        if checkpoints[modality]:
+            load_encoder(encoders[modality], modality, checkpoints[modality], f"model.{modality}_checkpoint")
+    if not encoders:
+        raise ValueError("model: configure at least one of text_encoder, audio_encoder, video_encoder "
+                         "or the checkpoints to build them from")
+    return encoders
+
+
+def _fused_records(path: str) -> dict[str, dict | None]:
+    return _read_fused(path, "model.init_checkpoint")[META_KEY].get("encoder_configs", {})
+
+
+def _read_fused(path: str | Path, what: str) -> dict:
+    checkpoint = read_checkpoint(path, what)
+    checkpoint.setdefault(META_KEY, {})
+    task = checkpoint[META_KEY].get("task")
+    if task not in (None, "fusion"):
+        raise ValueError(f"{what}: {path} holds a {task} model, not a fused one")
+    return checkpoint
+
+
+def _build_encoder(modality: str, factory: EncoderFactory | None, records: list[tuple[str, str, dict | None]],
+                   input_dim: int) -> nn.Module:
+    key = f"model.{modality}_encoder"
+    if factory is not None:
+        encoder, source, label = factory(input_dim), f"the configured {modality} encoder", "configured"
+    else:
+        what, path, config = records[0]
+        if config is None:
+            raise ValueError(f"{key} is not set and {path} ({what}) records no encoder configuration "
+                             f"to build it from; set {key}")
+        encoder = build_module(config, input_dim, what=f"{what} {path}")
+        source, label = f"the {modality} encoder recorded in {path} ({what})", str(path)
+    built = encoder_config(encoder) or {"class_path": class_path(encoder), "init_args": None}
+    for what, path, config in records:
+        if config is not None and not _same_config(built, config):
+            raise ValueError(f"{key}: {source} differs from the one {path} ({what}) was saved "
+                             f"with{_differences(built, config)}:\n"
+                             f"  {label}: {json.dumps(built, default=repr)}\n"
+                             f"  {path}: {json.dumps(config, default=repr)}\n"
+                             f"Leave {key} unset to build it from the checkpoint.")
+    return encoder
+
+
+def _same_config(built: dict, recorded: dict) -> bool:
+    # An encoder class that records no arguments can only be compared by class.
+    if built["init_args"] is None:
+        return built["class_path"] == recorded["class_path"]
+    return built == recorded
+
+
+def _differences(built: dict, recorded: dict) -> str:
+    if built["class_path"] != recorded["class_path"]:
+        return f" (class {built['class_path']} vs {recorded['class_path']})"
+    names = sorted(set(built["init_args"] or {}) | set(recorded["init_args"]))
+    changed = [n for n in names if (built["init_args"] or {}).get(n) != recorded["init_args"].get(n)]
+    return f" (in {', '.join(changed)})" if changed else ""
+
+
 def load_encoder(encoder: nn.Module, modality: str, path: str | Path, what: str) -> None:
     """Loads a pretrained encoder from a unimodal stage's checkpoint.
 
@@ -154,9 +292,10 @@ def load_encoder(encoder: nn.Module, modality: str, path: str | Path, what: str)
     if meta.get("modality") not in (None, modality):
         raise ValueError(f"{what}: {path} holds a {meta['modality']} encoder, "
                          f"but it is configured for {modality}")
-    if meta.get("encoder_class") not in (None, configured):
-        raise ValueError(f"{what}: {path} holds a {meta['encoder_class']}, "
-                         f"but the configured {modality} encoder is a {configured}")
+    saved = (meta.get("encoder_config") or {}).get("class_path")
+    if saved not in (None, class_path(encoder)):
+        raise ValueError(f"{what}: {path} holds a {saved}, "
+                         f"but the configured {modality} encoder is a {class_path(encoder)}")
     prefix = meta.get("encoder_prefix", "encoder.")
     state = sub_state_dict(checkpoint["state_dict"], prefix)
     fill_rebuilt(state, encoder, meta.get("rebuilt", {}), prefix, what)
@@ -190,3 +329,70 @@ def load_head(head: nn.Module, modality: str, path: str | Path, what: str) -> No
         raise ValueError(f"{what}: the head in {path} does not fit the fused head (the fused "
                          f"embedding must have the {modality} embedding's size, and head_hidden "
                          f"must match): {error}") from error
+
+
+def load_fused(model: nn.Module, path: str | Path, what: str) -> None:
+    """Loads a fused stage's whole model (encoders, fusion, head, modalities in use).
+
+    Args:
+        model (nn.Module): The configured :class:`~mmsent.models.LateFusionModel`.
+        path (str | Path): The fused checkpoint.
+        what (str): The config key that named the path, for messages.
+
+    Raises:
+        ValueError: If the checkpoint holds no fused model or its weights do not fit.
+    """
+    checkpoint = _read_fused(path, what)
+    meta = checkpoint[META_KEY]
+    state = sub_state_dict(checkpoint["state_dict"], "model.")
+    fill_rebuilt(state, model, meta.get("rebuilt", {}), "model.", what)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(f"{what}: the weights in {path} do not fit the configured fused model "
+                         f"(encoders {list(meta.get('encoder_configs', {}))} in the checkpoint, "
+                         f"{list(model.encoders)} configured): {error}") from error
+
+
+def load_generator(path: str | Path, what: str, encoders: nn.ModuleDict) -> EmbeddingGenerator:
+    """Loads a generative stage's generator for the given (loaded, frozen) encoders.
+
+    Args:
+        path (str | Path): The generative stage's checkpoint.
+        what (str): The config key that named it, for messages.
+        encoders (nn.ModuleDict): The encoders whose embeddings it must generate.
+
+    Returns:
+        EmbeddingGenerator: The generator, frozen, in eval mode.
+
+    Raises:
+        FileNotFoundError: If the file does not exist.
+        ValueError: If it holds no generator, an unknown generator class, another
+            embedding layout, weights that do not fit, or was trained on other encoder
+            weights, naming the key and path.
+    """
+    checkpoint = read_checkpoint(path, what)
+    meta = checkpoint.get(META_KEY, {})
+    if meta.get("task") != "generative":
+        raise ValueError(f"{what}: {path} holds a {meta.get('task') or 'non-mmsent'} checkpoint, "
+                         "not a generator (train one with mmsent.tasks.GenerativeTask)")
+    name = meta.get("generator_class")
+    if name not in GENERATORS:
+        raise ValueError(f"{what}: {path} holds an unknown generator {name!r}; known: {sorted(GENERATORS)}")
+    dims = {m: e.out_dim for m, e in encoders.items()}
+    if list(meta["layout"].items()) != list(dims.items()):
+        raise ValueError(f"{what}: {path} generates embeddings laid out as {meta['layout']}, "
+                         f"but the configured encoders produce {dims}")
+    other = [m for m, e in encoders.items() if meta["encoder_digests"].get(m) != weights_digest(e)]
+    if other:
+        raise ValueError(f"{what}: {path} was trained on the embeddings of other {'/'.join(other)} "
+                         "encoder weights; give the generative stage and this stage the same "
+                         "unimodal checkpoints")
+    generator = GENERATORS[name](**meta["generator_config"])
+    try:
+        generator.load_state_dict(sub_state_dict(checkpoint["state_dict"], "generator."))
+    except RuntimeError as error:
+        # Not chained: the CLI reports the innermost cause, and this is the message.
+        raise ValueError(f"{what}: the weights in {path} do not fit a {name} built from "
+                         f"{meta['generator_config']}: {error}") from None
+    return generator.requires_grad_(False).eval()

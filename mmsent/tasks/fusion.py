@@ -7,67 +7,32 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from mmsent.data.schema import MODALITIES
 from mmsent.metrics import SentimentMetrics
-from mmsent.models.fusion import ConcatFusion, LateFusionModel, RegressionHead
+from mmsent.models.fusion import ConcatFusion, RegressionHead
 from mmsent.models.generative import SCORE_MODES, sample_embeddings
+from mmsent.models.late_fusion import LateFusionModel
 from mmsent.tasks.base import BaseTask
 from mmsent.tasks.checkpoints import (
-    META_KEY,
-    fill_rebuilt,
-    load_encoder,
+    EncoderFactory,
+    build_encoders,
+    encoder_config,
+    load_fused,
+    load_generator,
     load_head,
-    read_checkpoint,
-    sub_state_dict,
 )
-
-EncoderFactory = Callable[[int], nn.Module]
-
-
-def build_encoders(factories: dict[str, EncoderFactory | None], checkpoints: dict[str, str | None],
-                   input_dims: dict[str, int]) -> nn.ModuleDict:
-    """Builds the configured encoders and loads each from its unimodal checkpoint.
-
-    Args:
-        factories (dict[str, EncoderFactory | None]): Per modality, the encoder factory
-            (``model.<modality>_encoder``) or None to leave the modality out.
-        checkpoints (dict[str, str | None]): Per modality, its unimodal checkpoint
-            (``model.<modality>_checkpoint``) or None.
-        input_dims (dict[str, int]): Per modality in the data, the encoder's input size.
-
-    Returns:
-        nn.ModuleDict: The encoders, in the canonical modality order.
-
-    Raises:
-        ValueError: If an encoder is configured for a modality the data lacks, none is
-            configured, or a checkpoint does not fit (see :func:`load_encoder`).
-    """
-    encoders = nn.ModuleDict()
-    for modality in MODALITIES:
-        factory = factories[modality]
-        if factory is None:
-            continue
-        if modality not in input_dims:
-            raise ValueError(f"model.{modality}_encoder is set but the data holds only "
-                             f"{sorted(input_dims)}")
-        encoders[modality] = factory(input_dims[modality])
-        if checkpoints[modality]:
-            load_encoder(encoders[modality], modality, checkpoints[modality],
-                         f"model.{modality}_checkpoint")
-    if not encoders:
-        raise ValueError("model: configure at least one of text_encoder, audio_encoder, video_encoder")
-    return encoders
 
 
 class FusionTask(BaseTask):
     """Pretrained encoders, a fusion module and a head, over every modality present.
 
-    Stage 4 sets ``freeze_encoders: true`` and loads each encoder from its unimodal
-    checkpoint; frozen encoders also stay in eval mode, so batch norm statistics and
-    dropout do not drift while the head learns. Stage 5 loads the whole stage-4 model
-    with ``init_checkpoint``, unfreezes everything (except what an encoder's own
-    config freezes, such as ``freeze_embeddings``) and trains with plain SGD, one
-    parameter group per modality plus ``fusion`` (fusion module and head).
+    Stage 4 sets ``freeze_encoders: true`` and builds and loads each encoder from its
+    unimodal checkpoint; frozen encoders also stay in eval mode, so batch norm
+    statistics and dropout do not drift while the head learns. Stage 5 builds and
+    loads the whole stage-4 model from ``init_checkpoint``, unfreezes everything
+    (except what an encoder's own config freezes, such as ``freeze_embeddings``) and
+    trains with plain SGD, one parameter group per modality plus ``fusion`` (fusion
+    module and head). Neither names the encoders: the checkpoints record them (see
+    :func:`mmsent.tasks.checkpoints.build_encoders`).
 
     With ``generator_checkpoint`` (a stage-4a generator trained on the same frozen
     encoders), every training batch of ``B`` real samples gets
@@ -76,12 +41,14 @@ class FusionTask(BaseTask):
     and each generated sample weighs as much as a real one.
 
     Args:
-        text_encoder (EncoderFactory | None): Builds the text encoder.
-        audio_encoder (EncoderFactory | None): Builds the acoustic encoder.
-        video_encoder (EncoderFactory | None): Builds the visual encoder.
+        text_encoder (EncoderFactory | None): Builds the text encoder; None builds the
+            one recorded in ``text_checkpoint`` or ``init_checkpoint`` (a configured one
+            must agree with those records).
+        audio_encoder (EncoderFactory | None): Builds the acoustic encoder, likewise.
+        video_encoder (EncoderFactory | None): Builds the video encoder, likewise.
         text_checkpoint (str | None): The text stage's checkpoint.
         audio_checkpoint (str | None): The audio stage's checkpoint.
-        video_checkpoint (str | None): The visual stage's checkpoint.
+        video_checkpoint (str | None): The video stage's checkpoint.
         init_checkpoint (str | None): A fusion checkpoint to start from (stage 5).
         fusion (Callable[[dict], nn.Module]): Builds the fusion module from the
             encoders' output sizes (``ConcatFusion``, ``TensorFusion``, ``LowRankFusion``).
@@ -118,12 +85,12 @@ class FusionTask(BaseTask):
         self.save_plain_hyperparameters(ignore=("text_encoder", "audio_encoder", "video_encoder", "fusion"))
         factories = {"text": text_encoder, "audio": audio_encoder, "video": video_encoder}
         checkpoints = {"text": text_checkpoint, "audio": audio_checkpoint, "video": video_checkpoint}
-        encoders = build_encoders(factories, checkpoints, self.input_dims)
+        encoders = build_encoders(factories, checkpoints, self.input_dims, init_checkpoint)
         fusion_module = fusion({m: e.out_dim for m, e in encoders.items()})
         head = RegressionHead(fusion_module.out_dim, head_hidden)
         self.model = LateFusionModel(encoders, fusion_module, head, modality_dropout)
         if init_checkpoint:
-            self._load_fused(init_checkpoint)
+            load_fused(self.model, init_checkpoint, "model.init_checkpoint")
         elif head_from:
             self._load_head(head_from, checkpoints)
         self.freeze_encoders = freeze_encoders
@@ -151,9 +118,6 @@ class FusionTask(BaseTask):
         if not self.freeze_encoders:
             raise ValueError("model.generator_checkpoint needs model.freeze_encoders: true; generated "
                              "embeddings live in the space of the encoders it was trained on")
-        # Imported here: the generative task builds on this module's build_encoders.
-        from mmsent.tasks.generative import load_generator
-
         return load_generator(path, "model.generator_checkpoint", self.model.encoders)
 
     def _load_head(self, modality: str, checkpoints: dict[str, str | None]) -> None:
@@ -162,20 +126,6 @@ class FusionTask(BaseTask):
                              f"{list(self.model.encoders)}")
         if checkpoints[modality]:
             load_head(self.model.head, modality, checkpoints[modality], f"model.{modality}_checkpoint")
-
-    def _load_fused(self, path: str) -> None:
-        checkpoint = read_checkpoint(path, "model.init_checkpoint")
-        meta = checkpoint.get(META_KEY, {})
-        if meta.get("task") not in (None, "fusion"):
-            raise ValueError(f"model.init_checkpoint: {path} holds a {meta['task']} model, not a fused one")
-        state = sub_state_dict(checkpoint["state_dict"], "model.")
-        fill_rebuilt(state, self.model, meta.get("rebuilt", {}), "model.", "model.init_checkpoint")
-        try:
-            self.model.load_state_dict(state)
-        except RuntimeError as error:
-            raise ValueError(f"model.init_checkpoint: the weights in {path} do not fit the configured "
-                             f"encoders {meta.get('encoder_classes')} vs "
-                             f"{ {m: type(e).__name__ for m, e in self.model.encoders.items()} }: {error}") from error
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -229,7 +179,7 @@ class FusionTask(BaseTask):
             metric.update(self.model.predict_from_embeddings(embeddings, ablated), batch["label"])
 
     def on_test_epoch_end(self) -> None:
-        full_mae = self.metrics["test"].compute()["MAE"]
+        full_mae = self.metrics["test"].compute()["test/MAE"]
         super().on_test_epoch_end()
         for modality, metric in self.ablation.items():
             without = metric.compute()
@@ -239,4 +189,4 @@ class FusionTask(BaseTask):
             self.log(f"test/contribution/{modality}", without["MAE"] - full_mae)
 
     def checkpoint_meta(self) -> dict:
-        return {"task": "fusion", "encoder_classes": {m: type(e).__name__ for m, e in self.model.encoders.items()}}
+        return {"task": "fusion", "encoder_configs": {m: encoder_config(e) for m, e in self.model.encoders.items()}}

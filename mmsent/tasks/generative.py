@@ -4,8 +4,8 @@ The task loads the pretrained encoders exactly as the fusion stage does, encodes
 each training batch, and trains a generator from :mod:`mmsent.models.generative` on
 the concatenated embeddings and the score. The fusion stage then mixes generated
 tuples into its batches (``FusionTask(generator_checkpoint=..., generated_ratio=...)``),
-loading the generator with :func:`load_generator`, which checks that it was trained
-on the same encoder weights.
+loading the generator with :func:`mmsent.tasks.checkpoints.load_generator`, which
+checks that it was trained on the same encoder weights.
 
 At every validation and test epoch the task logs, under ``val/`` or ``test/``:
 ``recon_error`` (where the generator can reconstruct), ``frechet``, ``diversity``,
@@ -19,7 +19,6 @@ when a checkpoint is validated or tested (:attr:`GenerativeTask.figure_path`;
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -31,7 +30,6 @@ from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor, nn
 
 from mmsent.models.generative import (
-    GENERATORS,
     EmbeddingGenerator,
     RidgeProbe,
     concat_embeddings,
@@ -40,8 +38,7 @@ from mmsent.models.generative import (
 )
 from mmsent.optim import build_param_groups, has_schedules
 from mmsent.tasks.base import BaseTask
-from mmsent.tasks.checkpoints import META_KEY, read_checkpoint, sub_state_dict
-from mmsent.tasks.fusion import EncoderFactory, build_encoders
+from mmsent.tasks.checkpoints import EncoderFactory, build_encoders, encoder_config, weights_digest
 
 GeneratorFactory = Callable[[int], EmbeddingGenerator]
 
@@ -61,13 +58,13 @@ class GenerativeTask(BaseTask):
         generator (GeneratorFactory): Builds the generator from the size of the
             concatenated embeddings (in YAML: a ``class_path`` from
             :mod:`mmsent.models.generative` and ``init_args`` without ``data_dim``).
-        text_encoder (EncoderFactory | None): Builds the text encoder, as in the
-            fusion stage.
-        audio_encoder (EncoderFactory | None): Builds the acoustic encoder.
-        video_encoder (EncoderFactory | None): Builds the visual encoder.
+        text_encoder (EncoderFactory | None): Builds the text encoder; None builds the
+            one recorded in ``text_checkpoint``, as in the fusion stage.
+        audio_encoder (EncoderFactory | None): Builds the acoustic encoder, likewise.
+        video_encoder (EncoderFactory | None): Builds the video encoder, likewise.
         text_checkpoint (str | None): The text stage's checkpoint.
         audio_checkpoint (str | None): The audio stage's checkpoint.
-        video_checkpoint (str | None): The visual stage's checkpoint.
+        video_checkpoint (str | None): The video stage's checkpoint.
         discriminator_steps (int): Discriminator updates per generator update (GAN).
         probe_alpha (float): Ridge penalty of the regressor fitted on real training
             embeddings that scores generated ones.
@@ -207,11 +204,6 @@ class GenerativeTask(BaseTask):
     def on_train_epoch_start(self) -> None:
         # Frozen encoders give the same embeddings every epoch: keep one epoch's worth.
         self._train_real = []
-        optimizers = self.optimizers()
-        for optimizer in optimizers if isinstance(optimizers, list) else [optimizers]:
-            optimizer = getattr(optimizer, "optimizer", optimizer)
-            for index, group in enumerate(optimizer.param_groups):
-                self.log(f"lr/{group.get('name', index)}", group["lr"])
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_real.append(self.embed(batch))
@@ -281,73 +273,9 @@ class GenerativeTask(BaseTask):
             "generator_class": type(self.generator).__name__,
             "generator_config": self.generator.config,
             "layout": dict(self.dims),
-            "encoder_classes": {m: type(e).__name__ for m, e in self.encoders.items()},
+            "encoder_configs": {m: encoder_config(e) for m, e in self.encoders.items()},
             "encoder_digests": {m: weights_digest(e) for m, e in self.encoders.items()},
         }
-
-
-def weights_digest(module: nn.Module) -> str:
-    """A hash of a module's parameters and buffers, to recognize the same weights.
-
-    Args:
-        module (nn.Module): The module.
-
-    Returns:
-        str: A hex digest.
-    """
-    digest = hashlib.sha1()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def load_generator(path: str | Path, what: str, encoders: nn.ModuleDict) -> EmbeddingGenerator:
-    """Loads a stage-4a generator for the given (loaded, frozen) encoders.
-
-    Args:
-        path (str | Path): The generative stage's checkpoint.
-        what (str): The config key that named it, for messages.
-        encoders (nn.ModuleDict): The encoders whose embeddings it must generate.
-
-    Returns:
-        EmbeddingGenerator: The generator, frozen, in eval mode.
-
-    Raises:
-        FileNotFoundError: If the file does not exist.
-        ValueError: If it holds no generator, an unknown generator class, another
-            embedding layout, weights that do not fit, or was trained on other encoder
-            weights, naming the key and path.
-    """
-    checkpoint = read_checkpoint(path, what)
-    meta = checkpoint.get(META_KEY, {})
-    if meta.get("task") != "generative":
-        raise ValueError(f"{what}: {path} holds a {meta.get('task') or 'non-mmsent'} checkpoint, "
-                         "not a generator (train one with mmsent.tasks.GenerativeTask)")
-    name = meta.get("generator_class")
-    if name not in GENERATORS:
-        raise ValueError(f"{what}: {path} holds an unknown generator {name!r}; known: {sorted(GENERATORS)}")
-    _check_encoders(meta, encoders, path, what)
-    generator = GENERATORS[name](**meta["generator_config"])
-    try:
-        generator.load_state_dict(sub_state_dict(checkpoint["state_dict"], "generator."))
-    except RuntimeError as error:
-        # Not chained: the CLI reports the innermost cause, and this is the message.
-        raise ValueError(f"{what}: the weights in {path} do not fit a {name} built from "
-                         f"{meta['generator_config']}: {error}") from None
-    return generator.requires_grad_(False).eval()
-
-
-def _check_encoders(meta: dict, encoders: nn.ModuleDict, path: str | Path, what: str) -> None:
-    dims = {m: e.out_dim for m, e in encoders.items()}
-    if list(meta["layout"].items()) != list(dims.items()):
-        raise ValueError(f"{what}: {path} generates embeddings laid out as {meta['layout']}, "
-                         f"but the configured encoders produce {dims}")
-    other = [m for m, e in encoders.items() if meta["encoder_digests"].get(m) != weights_digest(e)]
-    if other:
-        raise ValueError(f"{what}: {path} was trained on the embeddings of other {'/'.join(other)} "
-                         "encoder weights; give the generative stage and this stage the same "
-                         "unimodal checkpoints")
 
 
 def sample_projection_figure(real: Tensor, generated: Tensor, scores: Tensor, title: str = "",

@@ -9,6 +9,7 @@ from torch import nn
 from mmsent.data.schema import MODALITIES
 from mmsent.models.fusion import RegressionHead
 from mmsent.tasks.base import BaseTask
+from mmsent.tasks.checkpoints import encoder_config
 
 
 class UnimodalTask(BaseTask):
@@ -46,4 +47,4 @@ class UnimodalTask(BaseTask):
 
     def checkpoint_meta(self) -> dict:
         return {"task": "unimodal", "modality": self.modality,
-                "encoder_class": type(self.encoder).__name__, "encoder_prefix": "encoder."}
+                "encoder_config": encoder_config(self.encoder), "encoder_prefix": "encoder."}

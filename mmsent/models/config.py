@@ -1,0 +1,77 @@
+"""What a module was built with, as plain data, and building it again from that.
+
+A module records its constructor's arguments in ``self.config`` (with
+:func:`init_args`); a checkpoint stores them next to the weights as
+``{"class_path": ..., "init_args": ...}`` (:func:`module_config`), the shape a
+LightningCLI config gives a class, so a later stage rebuilds the module without
+being told its configuration again (:func:`build_module`).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from torch import nn
+
+
+def init_args(frame_locals: dict) -> dict:
+    """A constructor's arguments as plain data, for ``self.config``.
+
+    Args:
+        frame_locals (dict): ``locals()`` taken in ``__init__`` before any other
+            local is assigned; ``**kwargs`` are merged in, tuples become lists.
+
+    Returns:
+        dict: Argument name -> value.
+    """
+    args = {k: v for k, v in frame_locals.items() if k not in ("self", "__class__", "kwargs")}
+    args.update(frame_locals.get("kwargs") or {})
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in args.items()}
+
+
+def class_path(module: nn.Module) -> str:
+    """str: The importable name of a module's class, e.g. ``mmsent.models.text.TextLSTMEncoder``."""
+    return f"{type(module).__module__}.{type(module).__qualname__}"
+
+
+def module_config(module: nn.Module, leave_out: tuple[str, ...] = ()) -> dict | None:
+    """How to build a module again: its class path and its recorded init arguments.
+
+    Args:
+        module (nn.Module): A module that records its arguments in ``config``.
+        leave_out (tuple[str, ...]): Arguments given at build time instead (e.g. the
+            ``input_dim`` that the data decides).
+
+    Returns:
+        dict | None: ``{"class_path": ..., "init_args": ...}``, or None for a module
+        that records nothing.
+    """
+    recorded = getattr(module, "config", None)
+    if not isinstance(recorded, dict):
+        return None
+    return {"class_path": class_path(module),
+            "init_args": {k: v for k, v in recorded.items() if k not in leave_out}}
+
+
+def build_module(config: dict, *args, what: str = "config") -> nn.Module:
+    """Builds a module from :func:`module_config`'s record.
+
+    Args:
+        config (dict): ``{"class_path": ..., "init_args": ...}``.
+        *args: Positional arguments given at build time (e.g. ``input_dim``).
+        what (str): Where the record comes from, for messages.
+
+    Returns:
+        nn.Module: The module, freshly initialized.
+
+    Raises:
+        ValueError: If the class cannot be imported or is not an ``nn.Module``.
+    """
+    module_name, _, name = config["class_path"].rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ValueError(f"{what}: cannot import {config['class_path']!r}: {error}") from None
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ValueError(f"{what}: {config['class_path']!r} is not an nn.Module class")  # noqa: TRY004
+    return cls(*args, **config["init_args"])

@@ -1,0 +1,113 @@
+"""Checkpoints record the encoders that built them, and later stages build theirs from
+those records: unimodal -> fused (stage 4) -> fused (stage 5), and unimodal ->
+generative."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import torch
+
+from mmsent.models import AcousticMLPEncoder, ConditionalVAE, TextLSTMEncoder
+from mmsent.tasks import FusionTask, GenerativeTask, UnimodalTask
+from mmsent.tasks.checkpoints import META_KEY, fingerprint, tensor_digest, weights_digest
+
+INPUT_DIMS = {"text": 6, "audio": 5}
+TEXT = partial(TextLSTMEncoder, input_kind="vectors", embed_dim=8, hidden_dim=8, out_dim=8)
+AUDIO = partial(AcousticMLPEncoder, hidden_dims=[8], out_dim=4)
+
+
+def save(task, path) -> str:
+    """Writes a checkpoint as Lightning does: the state dict, then the task's hook."""
+    checkpoint = {"state_dict": task.state_dict()}
+    task.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, path)
+    return str(path)
+
+
+@pytest.fixture()
+def unimodal(tmp_path) -> dict[str, str]:
+    torch.manual_seed(0)
+    return {"text": save(UnimodalTask("text", TEXT, input_dims=INPUT_DIMS), tmp_path / "text.ckpt"),
+            "audio": save(UnimodalTask("audio", AUDIO, input_dims=INPUT_DIMS), tmp_path / "audio.ckpt")}
+
+
+def test_a_unimodal_checkpoint_records_its_encoder_as_plain_data(unimodal):
+    meta = torch.load(unimodal["audio"], weights_only=True)[META_KEY]
+    assert meta["encoder_config"] == {
+        "class_path": "mmsent.models.audio.AcousticMLPEncoder",
+        "init_args": {"hidden_dims": [8], "out_dim": 4, "dropout": 0.2, "dropout_kind": "bernoulli",
+                      "input_norm": True}}
+
+
+def test_stage_4_and_5_build_their_encoders_from_the_checkpoints(unimodal, tmp_path):
+    fused = FusionTask(text_checkpoint=unimodal["text"], audio_checkpoint=unimodal["audio"], input_dims=INPUT_DIMS)
+    audio_state = torch.load(unimodal["audio"], weights_only=True)["state_dict"]
+    assert isinstance(fused.model.encoders["text"], TextLSTMEncoder)
+    for key, value in fused.model.encoders["audio"].state_dict().items():
+        assert torch.equal(value, audio_state[f"encoder.{key}"])
+    fused.model.switch_off("audio")
+    path = save(fused, tmp_path / "fused.ckpt")
+    records = torch.load(path, weights_only=True)[META_KEY]["encoder_configs"]
+    assert records["text"]["init_args"]["hidden_dim"] == 8 and records["audio"]["init_args"]["out_dim"] == 4
+    finetuned = FusionTask(init_checkpoint=path, freeze_encoders=False, input_dims=INPUT_DIMS)
+    assert finetuned.model.active_modalities == ["text"]
+    for key, value in fused.model.state_dict().items():
+        assert torch.equal(value, finetuned.model.state_dict()[key])
+
+
+def test_a_configured_encoder_that_agrees_is_accepted(unimodal):
+    FusionTask(text_encoder=TEXT, text_checkpoint=unimodal["text"], input_dims=INPUT_DIMS)
+
+
+def test_a_configured_encoder_that_disagrees_fails_naming_key_path_and_both(unimodal):
+    wider = partial(TextLSTMEncoder, input_kind="vectors", embed_dim=8, hidden_dim=16, out_dim=8)
+    with pytest.raises(ValueError, match=r"model.text_encoder: the configured text encoder differs from the one "
+                                         r".*text.ckpt \(model.text_checkpoint\) was saved with \(in hidden_dim\)") as error:
+        FusionTask(text_encoder=wider, text_checkpoint=unimodal["text"], input_dims=INPUT_DIMS)
+    assert '"hidden_dim": 16' in str(error.value) and '"hidden_dim": 8' in str(error.value)
+    with pytest.raises(ValueError, match=r"\(class mmsent.models.audio.AcousticMLPEncoder vs "
+                                         r"mmsent.models.text.TextLSTMEncoder\)"):
+        FusionTask(text_encoder=partial(AcousticMLPEncoder, out_dim=8), text_checkpoint=unimodal["text"],
+                   input_dims=INPUT_DIMS)
+
+
+def test_a_checkpoint_without_a_record_needs_a_configured_encoder(unimodal, tmp_path):
+    checkpoint = torch.load(unimodal["text"], weights_only=True)
+    del checkpoint[META_KEY]["encoder_config"]
+    bare = tmp_path / "bare.ckpt"
+    torch.save(checkpoint, bare)
+    with pytest.raises(ValueError, match=r"model.text_encoder is not set and .*bare.ckpt \(model.text_checkpoint\) "
+                                         r"records no encoder configuration"):
+        FusionTask(text_checkpoint=str(bare), input_dims=INPUT_DIMS)
+    FusionTask(text_encoder=TEXT, text_checkpoint=str(bare), input_dims=INPUT_DIMS)
+    with pytest.raises(ValueError, match="configure at least one of text_encoder"):
+        FusionTask(input_dims=INPUT_DIMS)
+
+
+def test_the_generative_stage_builds_its_encoders_from_the_checkpoints(unimodal, tmp_path):
+    task = GenerativeTask(partial(ConditionalVAE, latent_dim=2), text_checkpoint=unimodal["text"],
+                          audio_checkpoint=unimodal["audio"], input_dims=INPUT_DIMS)
+    assert task.dims == {"text": 8, "audio": 4}
+    meta = torch.load(save(task, tmp_path / "vae.ckpt"), weights_only=True)[META_KEY]
+    assert meta["encoder_configs"]["audio"]["class_path"] == "mmsent.models.audio.AcousticMLPEncoder"
+    assert meta["encoder_digests"]["text"] == weights_digest(task.encoders["text"])
+
+
+def test_one_tensor_hash_behind_fingerprints_and_digests():
+    weights = torch.arange(6, dtype=torch.float32)
+    assert fingerprint(weights) == {"shape": [6], "dtype": "torch.float32",
+                                    "sha1": tensor_digest([("", weights)])}
+    layer = torch.nn.Linear(2, 1)
+    assert weights_digest(layer) == tensor_digest(sorted(layer.state_dict().items()))
+    assert fingerprint(weights)["sha1"] != fingerprint(weights + 1)["sha1"]
+
+
+def test_records_that_disagree_with_each_other_fail(unimodal, tmp_path):
+    fused = save(FusionTask(text_checkpoint=unimodal["text"], input_dims=INPUT_DIMS), tmp_path / "fused.ckpt")
+    wider = partial(TextLSTMEncoder, input_kind="vectors", embed_dim=8, hidden_dim=16, out_dim=8)
+    other = save(UnimodalTask("text", wider, input_dims=INPUT_DIMS), tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match=r"the text encoder recorded in .*other.ckpt \(model.text_checkpoint\) "
+                                         r"differs from the one .*fused.ckpt \(model.init_checkpoint\)"):
+        FusionTask(text_checkpoint=other, init_checkpoint=fused, input_dims=INPUT_DIMS)
