@@ -38,7 +38,7 @@ def test_a_unimodal_checkpoint_records_its_encoder_as_plain_data(unimodal):
     assert meta["encoder_config"] == {
         "class_path": "mmsent.models.audio.AcousticMLPEncoder",
         "init_args": {"hidden_dims": [8], "out_dim": 4, "dropout": 0.2, "dropout_kind": "bernoulli",
-                      "input_norm": True}}
+                      "input_norm": True, "residual": False, "swapout": None, "swapout_samples": 0}}
 
 
 def test_stage_4_and_5_build_their_encoders_from_the_checkpoints(unimodal, tmp_path):
