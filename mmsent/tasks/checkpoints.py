@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mmsent.errors import ConfigError, MissingFileError
+
 META_KEY = "mmsent"
 
 
@@ -31,7 +33,7 @@ def read_checkpoint(path: str | Path, what: str) -> dict:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what}: checkpoint {path} does not exist")
+        raise MissingFileError(f"{what}: checkpoint {path} does not exist")
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -107,10 +109,10 @@ def fill_rebuilt(state: dict, module: nn.Module, omitted: dict[str, dict], prefi
             continue  # not part of this module; load_state_dict names anything missing
         found = fingerprint(own[local])
         if found != expected:
-            raise ValueError(f"{what}: {key} was left out of the checkpoint, to be rebuilt from the "
-                             f"configuration (a frozen pretrained table), but the configured module "
-                             f"rebuilds other weights (shape {found['shape']} vs {expected['shape']}); "
-                             f"configure the same pretrained_embeddings as the run that saved it")
+            raise ConfigError(f"{what}: {key} was left out of the checkpoint, to be rebuilt from the "
+                              f"configuration (a frozen pretrained table), but the configured module "
+                              f"rebuilds other weights (shape {found['shape']} vs {expected['shape']}); "
+                              f"configure the same pretrained_embeddings as the run that saved it")
         state[local] = own[local]
     return state
 
@@ -152,19 +154,19 @@ def load_encoder(encoder: nn.Module, modality: str, path: str | Path, what: str)
     meta = checkpoint.get(META_KEY, {})
     configured = type(encoder).__name__
     if meta.get("modality") not in (None, modality):
-        raise ValueError(f"{what}: {path} holds a {meta['modality']} encoder, "
-                         f"but it is configured for {modality}")
+        raise ConfigError(f"{what}: {path} holds a {meta['modality']} encoder, "
+                          f"but it is configured for {modality}")
     if meta.get("encoder_class") not in (None, configured):
-        raise ValueError(f"{what}: {path} holds a {meta['encoder_class']}, "
-                         f"but the configured {modality} encoder is a {configured}")
+        raise ConfigError(f"{what}: {path} holds a {meta['encoder_class']}, "
+                          f"but the configured {modality} encoder is a {configured}")
     prefix = meta.get("encoder_prefix", "encoder.")
     state = sub_state_dict(checkpoint["state_dict"], prefix)
     fill_rebuilt(state, encoder, meta.get("rebuilt", {}), prefix, what)
     try:
         encoder.load_state_dict(state)
     except RuntimeError as error:
-        raise ValueError(f"{what}: the weights in {path} do not fit the configured {modality} "
-                         f"encoder {configured} (a different size?): {error}") from error
+        raise ConfigError(f"{what}: the weights in {path} do not fit the configured {modality} "
+                          f"encoder {configured} (a different size?): {error}") from error
 
 
 def load_head(head: nn.Module, modality: str, path: str | Path, what: str) -> None:
@@ -183,10 +185,10 @@ def load_head(head: nn.Module, modality: str, path: str | Path, what: str) -> No
     checkpoint = read_checkpoint(path, what)
     meta = checkpoint.get(META_KEY, {})
     if meta.get("task") not in (None, "unimodal") or meta.get("modality") not in (None, modality):
-        raise ValueError(f"{what}: {path} holds no unimodal {modality} model to take the head from")
+        raise ConfigError(f"{what}: {path} holds no unimodal {modality} model to take the head from")
     try:
         head.load_state_dict(sub_state_dict(checkpoint["state_dict"], "head."))
     except RuntimeError as error:
-        raise ValueError(f"{what}: the head in {path} does not fit the fused head (the fused "
-                         f"embedding must have the {modality} embedding's size, and head_hidden "
-                         f"must match): {error}") from error
+        raise ConfigError(f"{what}: the head in {path} does not fit the fused head (the fused "
+                          f"embedding must have the {modality} embedding's size, and head_hidden "
+                          f"must match): {error}") from error
