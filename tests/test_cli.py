@@ -1,17 +1,21 @@
 """The one LightningCLI, run in-process with tiny configs."""
 
+from pathlib import Path
+
 import pytest
 import torch
 import yaml
 from conftest import data_args
 
+from mmsent.cli import build_cli
+from mmsent.errors import ConfigError, MissingFileError, user_error
 from mmsent.main import main
 
 QUICKSTART = "pipelines/quickstart"
 STAGE_CONFIGS = {
     "text": f"{QUICKSTART}/1_text.yaml",
     "audio": f"{QUICKSTART}/2_audio.yaml",
-    "video": f"{QUICKSTART}/3_visual.yaml",
+    "video": str(next(Path(QUICKSTART).glob("3_*.yaml"))),
 }
 SHORT = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]
 
@@ -75,8 +79,6 @@ def test_checkpoints_leave_the_frozen_pretrained_table_out_and_loading_checks_it
 
 
 def test_finetune_uses_one_sgd_group_per_modality(tiny_data_args, unimodal_checkpoints, tmp_path):
-    from mmsent.main import build_cli
-
     stage4 = tmp_path / "fusion"
     main(["fit", *fusion_args(tiny_data_args, unimodal_checkpoints), *SHORT,
           f"--trainer.default_root_dir={stage4}"])
@@ -114,8 +116,6 @@ GATED_ON_TEXT = ["--model.init_args.fusion=mmsent.models.fusion.GatedResidualFus
 
 
 def test_fused_model_can_start_as_the_text_model(tiny_data_args, unimodal_checkpoints):
-    from mmsent.main import build_cli
-
     cli = build_cli([*fusion_args(tiny_data_args, unimodal_checkpoints, GATED_ON_TEXT),
                      "--model.init_args.head_from=text"], run=False)
     fused = cli.model.model.eval()
@@ -137,8 +137,11 @@ def test_head_of_another_size_is_rejected(tiny_data_args, unimodal_checkpoints):
 
 def test_missing_checkpoint_fails_before_training_naming_key_and_path(tiny_data_args, tmp_path):
     missing = tmp_path / "nowhere.ckpt"
-    with pytest.raises(FileNotFoundError, match=r"model.text_checkpoint: checkpoint .*nowhere.ckpt"):
+    with pytest.raises(FileNotFoundError, match=r"model.text_checkpoint: checkpoint .*nowhere.ckpt") as raised:
         main(["fit", *fusion_args(tiny_data_args, {"text": missing})])
+    # The class's own message, not jsonargparse's wrapper that repeats the configuration.
+    assert isinstance(raised.value, MissingFileError)
+    assert str(raised.value) == f"model.text_checkpoint: checkpoint {missing} does not exist"
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
@@ -176,8 +179,6 @@ def test_print_config_and_stacked_configs(tiny_data_args, capsys):
 
 @pytest.mark.parametrize("optimizer", ["torch.optim.Adam", "torch.optim.RMSprop", "torch.optim.Adadelta"])
 def test_adaptive_optimizers_from_yaml(tiny_data_args, optimizer):
-    from mmsent.main import build_cli
-
     cli = build_cli(["-c", STAGE_CONFIGS["audio"], *tiny_data_args, f"--model.init_args.optimizer={optimizer}",
                      "--model.init_args.optimizer.init_args.lr=0.5"], run=False)
     built = cli.model.configure_optimizers()
@@ -189,8 +190,6 @@ def test_adaptive_optimizers_from_yaml(tiny_data_args, optimizer):
 def test_lecture_toolkit_from_yaml(tiny_data_args):
     """A weight penalty, epoch-level dropout masks and the saddle monitor, configured
     from the command line like any YAML key, in one short training run."""
-    from mmsent.main import build_cli
-
     cli = build_cli([
         "-c", STAGE_CONFIGS["audio"], *tiny_data_args,
         "--model.init_args.optimizer=torch.optim.RMSprop",
@@ -215,5 +214,22 @@ def test_lecture_toolkit_from_yaml(tiny_data_args):
 
 def test_weights_that_do_not_fit_are_reported_by_the_project_message(tiny_data_args, unimodal_checkpoints):
     wider = ["--model.init_args.text_encoder.init_args.hidden_dim=32"]
-    with pytest.raises(ValueError, match=r"weights in .* do not fit the configured text encoder TextLSTMEncoder"):
+    with pytest.raises(ConfigError, match=r"^model.text_checkpoint: the weights in .* do not fit the configured "
+                                          r"text encoder TextLSTMEncoder") as raised:
         main(["fit", *fusion_args(tiny_data_args, {"text": unimodal_checkpoints["text"]}, wider)])
+    assert "Does not validate" not in str(raised.value)
+    assert isinstance(raised.value.__cause__, RuntimeError), "the reason from torch stays attached"
+
+
+def test_errors_raised_outside_the_project_are_left_as_they_are():
+    class Wrapper(ValueError):
+        pass
+
+    outer = Wrapper("jsonargparse's words")
+    outer.__cause__ = KeyError("inner")
+    assert user_error(outer) is None
+    inner = ConfigError("model.x: bad")
+    outer.__cause__ = inner
+    assert user_error(outer) is inner
+    inner.__cause__ = ConfigError("lower")
+    assert user_error(outer) is inner, "the outermost project error is the one shown"

@@ -6,9 +6,9 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from mmsent import figures
 from mmsent.metrics import regression_metrics
-from mmsent.report import write_report
+from mmsent.pipeline import figures
+from mmsent.pipeline.report import write_report
 
 
 def test_confusion_matrix_counts_the_classes_of_mult_acc_7():

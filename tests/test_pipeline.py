@@ -7,21 +7,26 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
 from conftest import CONF, REPO
 
+from mmsent.callbacks import ModalitySelection
+from mmsent.errors import ConfigError
 from mmsent.pipeline import load_pipeline, run
+from mmsent.pipeline.runner import selected_checkpoint
 
 QUICKSTART = REPO / "pipelines" / "quickstart"
-STAGES = ["text", "audio", "visual", "fusion", "finetune"]
+VIDEO_CONFIG = next(QUICKSTART.glob("3_*.yaml"))  # the quickstart's video stage
+STAGES = ["text", "audio", "video", "fusion", "finetune"]
 
 
 def write_pipeline(folder: Path, raw_root: Path, cache: Path, fusion_epochs: int = 1,
                    with_video: bool = True) -> Path:
-    """The quickstart stages over the tiny dataset (without the visual stage, cheaper)."""
+    """The quickstart stages over the tiny dataset (without the video stage, cheaper)."""
     base = [str(QUICKSTART / "base.yaml")]
     fused = base + [str(QUICKSTART / "encoders.yaml"), str(QUICKSTART / "4_fusion.yaml")]
     spec = {
@@ -32,11 +37,11 @@ def write_pipeline(folder: Path, raw_root: Path, cache: Path, fusion_epochs: int
         "stages": [
             {"name": "text", "configs": base + [str(QUICKSTART / "1_text.yaml")]},
             {"name": "audio", "configs": base + [str(QUICKSTART / "2_audio.yaml")]},
-            {"name": "visual", "configs": base + [str(QUICKSTART / "3_visual.yaml")]},
+            {"name": "video", "configs": base + [str(VIDEO_CONFIG)]},
             {"name": "fusion", "configs": fused, "args": [f"--trainer.max_epochs={fusion_epochs}"],
              "checkpoints": {"model.init_args.text_checkpoint": "text",
                              "model.init_args.audio_checkpoint": "audio",
-                             "model.init_args.video_checkpoint": "visual"}},
+                             "model.init_args.video_checkpoint": "video"}},
             {"name": "finetune", "configs": fused + [str(QUICKSTART / "5_finetune.yaml")],
              "checkpoints": {"model.init_args.init_checkpoint": "fusion"}},
         ],
@@ -95,21 +100,63 @@ def test_pipeline_runs_every_stage_hands_checkpoints_on_and_reports(tiny_raw, ti
     assert {s: after[s] for s in STAGES if s != "audio"} == {s: before[s] for s in STAGES if s != "audio"}
 
 
-def test_pipeline_file_errors_name_the_key(tmp_path):
+def write_spec(path: Path, spec: dict) -> Path:
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_pipeline_file_errors_name_the_file_and_key(tmp_path):
+    config = str(QUICKSTART / "1_text.yaml")
     path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump({"stages": [{"name": "a", "configs": [], "checkpoint": {}}]}))
-    with pytest.raises(ValueError, match=r"stages\[0\]: unknown key\(s\) \['checkpoint'\]"):
-        load_pipeline(path)
-    path.write_text(yaml.safe_dump({"stages": [{"name": "a", "configs": [],
-                                                "checkpoints": {"model.init_args.x": "b"}}]}))
-    with pytest.raises(ValueError, match="checkpoints.model.init_args.x takes stage 'b'"):
-        load_pipeline(path)
+    cases = [
+        ({"stages": [{"name": "a", "checkpoint": {"model.init_args.x": "b"}}]},
+         rf"{path}: stages\[0\]: .*'checkpoint\..*' .*the keys are name, configs, checkpoints, args"),
+        ({"stages": [{"name": "a"}], "output": "runs/x"}, rf"{path}: .*'output'"),
+        ({"stages": [{"name": "a", "configs": config}]}, r"stages\[0\]: .*configs.*Expected a <class 'list'>"),
+        ({"stages": [{"configs": [config]}]}, r"stages\[0\]: .*required: name"),
+        ({"stages": ["text"]}, rf"{path}: .*stages.*Expected a <class 'dict'>. Got value: text"),
+        ({"stages": [{"name": "a", "configs": ["nowhere.yaml"]}]},
+         rf"stages\[0\]: config file {tmp_path / 'nowhere.yaml'} does not exist"),
+        ({"stages": [{"name": "a"}, {"name": "a"}]}, r"stages\[1\]: duplicate stage name 'a'"),
+        ({"stages": [{"name": "a", "checkpoints": {"model.init_args.x": "b"}}, {"name": "b"}]},
+         r"stages\[0\]: checkpoints.model.init_args.x takes stage 'b', which does not run before 'a'"),
+        ({"stages": []}, rf"{path}: the pipeline lists no stage"),
+        ({"name": "x"}, r"required: stages"),
+    ]
+    for spec, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            load_pipeline(write_spec(path, spec))
+
+
+def test_pipeline_file_paths_are_relative_to_it(tmp_path):
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / "one.yaml").write_text("trainer: {max_epochs: 1}\n")
+    pipeline = load_pipeline(write_spec(tmp_path / "p.yaml", {
+        "args": ["--seed_everything=3"],
+        "stages": [{"name": "one", "configs": ["stages/one.yaml"], "args": ["--trainer.max_epochs=2"]},
+                   {"name": "two", "checkpoints": {"model.init_args.init_checkpoint": "one"}}]}))
+    assert (pipeline.name, pipeline.output_dir) == ("p", Path("runs") / "p")
+    assert pipeline.stage("one").configs == [tmp_path / "stages" / "one.yaml"]
+    assert pipeline.stage("two").checkpoints == {"model.init_args.init_checkpoint": "one"}
+    assert pipeline.args == ["--seed_everything=3"] and not pipeline.wandb.enabled
+    with pytest.raises(ConfigError, match=r"no stage 'three'; the pipeline has \['one', 'two'\]"):
+        pipeline.stage("three")
+
+
+def test_the_model_selection_picked_is_handed_on():
+    selection, other = ModalitySelection(), ModalitySelection()
+    cli = SimpleNamespace(trainer=SimpleNamespace(callbacks=[selection, object(), other]))
+    assert selected_checkpoint(cli) is None  # no selection yet: the best checkpoint goes on
+    selection.selected_path = "fusion/checkpoints/selected.ckpt"
+    assert selected_checkpoint(cli) == "fusion/checkpoints/selected.ckpt"
+    other.selected_path = "fusion/checkpoints/later.ckpt"
+    assert selected_checkpoint(cli) == "fusion/checkpoints/later.ckpt"
 
 
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_stop_in_stage_four_resumes_from_its_last_checkpoint(tiny_raw, tiny_cache, tmp_path, stop):
     pipeline = write_pipeline(tmp_path, tiny_raw, tiny_cache, fusion_epochs=8, with_video=False)
-    stages = [s for s in STAGES if s != "visual"]
+    stages = [s for s in STAGES if s != "video"]
     command = [sys.executable, "-m", "mmsent", "pipeline", "run", str(pipeline)]
     env = {**os.environ, "WANDB_MODE": "disabled"}
     stderr = (tmp_path / "stderr.txt").open("w")

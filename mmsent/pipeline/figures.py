@@ -1,7 +1,7 @@
 """Figures of a stage's test predictions, usable with or without W&B.
 
 Every function returns a :class:`matplotlib.figure.Figure` (never touching pyplot's
-global state), or a table or an image array; :mod:`mmsent.tracking` sends the same
+global state), or a table or an image array; :mod:`mmsent.pipeline.tracking` sends the same
 figures to W&B that :func:`write_figures` saves beside ``report.md``:
 
 * predicted against true score, one panel per stage (``scatter.png``);
