@@ -3,7 +3,10 @@ every pipeline stage."""
 
 from __future__ import annotations
 
-from pytorch_lightning.callbacks import ModelCheckpoint
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 
 from mmsent.data.datamodule import MultimodalDataModule
@@ -13,9 +16,22 @@ from mmsent.tasks.base import BaseTask
 MONITOR = "val/MAE"
 
 
+class EpochLearningRates(LearningRateMonitor):
+    """Lightning's ``LearningRateMonitor``, logging every parameter group's learning
+    rate (``lr-<optimizer>/<group>``) once per epoch by default.
+
+    Lightning's stops the fit when the trainer has no logger (``trainer.logger:
+    false``); this one then has nothing to log to and stands aside.
+    """
+
+    def on_train_start(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+        if trainer.loggers:
+            super().on_train_start(trainer, *args, **kwargs)
+
+
 class MMSentCLI(LightningCLI):
-    """LightningCLI with the data's input sizes linked to the model and checkpoints
-    kept for the best validation MAE and the last epoch."""
+    """LightningCLI with the data's input sizes linked to the model, checkpoints kept
+    for the best validation MAE and the last epoch, and the learning rates logged."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.input_dims", "model.init_args.input_dims", apply_on="instantiate")
@@ -27,6 +43,8 @@ class MMSentCLI(LightningCLI):
             "checkpoint.filename": "best-epoch{epoch:03d}",
             "checkpoint.auto_insert_metric_name": False,
         })
+        parser.add_lightning_class_args(EpochLearningRates, "lr_monitor")
+        parser.set_defaults({"lr_monitor.logging_interval": "epoch"})
 
     def instantiate_classes(self) -> None:
         """Instantiates as LightningCLI does, but raises the :class:`mmsent.errors.MMSentError`

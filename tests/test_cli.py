@@ -1,11 +1,13 @@
 """The one LightningCLI, run in-process with tiny configs."""
 
+import csv as csv_module
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from conftest import data_args
+from pytorch_lightning.callbacks import LearningRateMonitor
 
 from mmsent.cli import build_cli
 from mmsent.errors import ConfigError, MissingFileError, user_error
@@ -233,3 +235,16 @@ def test_errors_raised_outside_the_project_are_left_as_they_are():
     assert user_error(outer) is inner
     inner.__cause__ = ConfigError("lower")
     assert user_error(outer) is inner, "the outermost project error is the one shown"
+
+
+def test_learning_rates_are_logged_per_group_once_an_epoch(tiny_data_args, tmp_path):
+    csv = ["--trainer.logger=CSVLogger", f"--trainer.logger.save_dir={tmp_path / 'csv'}"]
+    main(["fit", "-c", STAGE_CONFIGS["audio"], *tiny_data_args, *SHORT, "--trainer.max_epochs=2", *csv])
+    rows = list(csv_module.DictReader(next((tmp_path / "csv").rglob("metrics.csv")).open()))
+    logged = [{k: float(v) for k, v in row.items() if k.startswith("lr-Adam/") and v} for row in rows]
+    assert [rates for rates in logged if rates] == [{"lr-Adam/audio": 0.002, "lr-Adam/head": 0.002}] * 2
+    # Without a logger (the tiny configs' trainer.logger: false) the monitor stands aside.
+    cli = build_cli(["-c", STAGE_CONFIGS["audio"], *tiny_data_args, *SHORT], run=False)
+    assert not cli.trainer.loggers
+    assert any(isinstance(c, LearningRateMonitor) for c in cli.trainer.callbacks)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
