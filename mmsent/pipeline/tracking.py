@@ -175,8 +175,8 @@ class StageTracker(pl.Callback):
         tables = figures.stage_predictions(manifest)
         own = tables.get(self.stage)
         if own is not None:
-            logged["figures/scatter"] = wandb.Image(figures.scatter_figure({self.stage: own}))
-            logged["figures/confusion_matrix"] = wandb.Image(figures.confusion_figure({self.stage: own}))
+            for key, draw in (("scatter", figures.draw_scatter), ("confusion_matrix", figures.draw_confusion)):
+                logged[f"figures/{key}"] = wandb.Image(figures.stage_panels({self.stage: own}, draw))
             logged["predictions"] = wandb.Table(dataframe=figures.merge_predictions(tables))
         contributions = figures.contributions({"stages": {self.stage: manifest["stages"][self.stage]}})
         if contributions:
