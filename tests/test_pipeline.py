@@ -122,6 +122,7 @@ def test_pipeline_file_errors_name_the_file_and_key(tmp_path):
          r"stages\[0\]: checkpoints.model.init_args.x takes stage 'b', which does not run before 'a'"),
         ({"stages": []}, rf"{path}: the pipeline lists no stage"),
         ({"name": "x"}, r"required: stages"),
+        (["text", "audio"], rf"{path}: expected a mapping with the keys stages, name, output_dir, args, wandb"),
     ]
     for spec, message in cases:
         with pytest.raises(ConfigError, match=message):
