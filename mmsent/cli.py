@@ -47,21 +47,21 @@ class MMSentCLI(LightningCLI):
         parser.set_defaults({"lr_monitor.logging_interval": "epoch"})
 
     def instantiate_classes(self) -> None:
-        """Instantiates as LightningCLI does, but raises the :class:`mmsent.errors.MMSentError`
-        a class raised (a missing checkpoint, a bad label row) itself, not jsonargparse's
-        wrapper around it, which repeats the whole configuration.
+        """Instantiates as LightningCLI does, but raises the error a class raised (a
+        missing checkpoint, a bad label row) itself, not jsonargparse's wrapper around
+        it, which repeats the whole configuration (:func:`mmsent.errors.user_error`).
 
         Raises:
-            MMSentError: The error a class raised, as it raised it.
+            Exception: The error a class raised, as it raised it.
         """
         try:
             super().instantiate_classes()
         except Exception as error:
-            raised = user_error(error)
-            if raised is None or raised is error:
+            shown = user_error(error)
+            if shown is error:
                 raise
-            # Hides jsonargparse's wrapper, keeps what caused the error.
-            raise raised from raised.__cause__
+            # Hides the wrappers, keeps what caused the error shown.
+            raise shown from shown.__cause__
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> MMSentCLI:

@@ -1,10 +1,10 @@
 """The errors mmsent raises about what a user gave it: a config, a file, a checkpoint.
 
-Each message names the setting, file or sample at fault. The command line shows an
-:class:`MMSentError` as raised, even when jsonargparse caught it while instantiating
-a class and wrapped it in a message that repeats the whole configuration
-(:meth:`mmsent.cli.MMSentCLI.instantiate_classes`). Both subclasses keep a built-in
-base, so code that catches ``ValueError`` or ``FileNotFoundError`` still does.
+Each message names the setting, file or sample at fault. Both subclasses keep a
+built-in base, so code that catches ``ValueError`` or ``FileNotFoundError`` still
+does. A message that explains a lower-level error is an :class:`MMSentError` raised
+``from`` it: that is how the command line knows which message of a chain to show
+(:func:`user_error`).
 
 This module imports nothing of mmsent, so every module can raise these errors.
 """
@@ -24,22 +24,22 @@ class MissingFileError(MMSentError, FileNotFoundError):
     """A file that a setting names does not exist."""
 
 
-def user_error(error: BaseException) -> MMSentError | None:
-    """The outermost :class:`MMSentError` in an exception's chain of causes.
+def user_error(error: BaseException) -> BaseException:
+    """The exception to show for one raised while the command line built its classes.
 
-    The outermost one is the message mmsent wrote closest to the user (a checkpoint
-    whose weights do not fit wraps the lower-level error that says why).
+    jsonargparse reports a class that fails as an error of its own, caused by the
+    class's error, that repeats the whole configuration. Shown instead is the
+    outermost :class:`MMSentError` along the chain of causes (``raise ... from ...``),
+    the message mmsent wrote closest to the user; without one, the root cause, where
+    things first went wrong.
 
     Args:
         error (BaseException): The exception caught.
 
     Returns:
-        MMSentError | None: The error to show, or None when mmsent raised none.
+        BaseException: The exception to show; ``error`` itself when it has no cause.
     """
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, MMSentError):
-            return error
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return None
+    chain = [error]
+    while chain[-1].__cause__ is not None and chain[-1].__cause__ not in chain:
+        chain.append(chain[-1].__cause__)
+    return next((cause for cause in chain if isinstance(cause, MMSentError)), chain[-1])

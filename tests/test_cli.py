@@ -223,18 +223,27 @@ def test_weights_that_do_not_fit_are_reported_by_the_project_message(tiny_data_a
     assert isinstance(raised.value.__cause__, RuntimeError), "the reason from torch stays attached"
 
 
-def test_errors_raised_outside_the_project_are_left_as_they_are():
-    class Wrapper(ValueError):
-        pass
+def test_the_error_shown_is_the_outermost_project_error_or_the_root_cause():
+    wrapper = ValueError("jsonargparse's words, then the whole configuration")
+    assert user_error(wrapper) is wrapper
+    root = KeyError("inner")
+    wrapper.__cause__ = root
+    assert user_error(wrapper) is root
+    explained = ConfigError("model.x: does not fit")
+    wrapper.__cause__, explained.__cause__ = explained, root
+    assert user_error(wrapper) is explained, "the project's message around a lower-level error"
+    explained.__cause__ = ConfigError("lower")
+    assert user_error(wrapper) is explained, "the outermost project error is the one shown"
 
-    outer = Wrapper("jsonargparse's words")
-    outer.__cause__ = KeyError("inner")
-    assert user_error(outer) is None
-    inner = ConfigError("model.x: bad")
-    outer.__cause__ = inner
-    assert user_error(outer) is inner
-    inner.__cause__ = ConfigError("lower")
-    assert user_error(outer) is inner, "the outermost project error is the one shown"
+
+def test_class_errors_are_shown_without_the_wrapper(tiny_data_args):
+    audio = ["fit", "-c", STAGE_CONFIGS["audio"], *tiny_data_args, "--trainer.fast_dev_run=1"]
+    with pytest.raises(ValueError) as raised:
+        main([*audio, "--model.init_args.loss=l3"])
+    assert str(raised.value) == "model.loss must be one of ['huber', 'l1', 'mse'], got 'l3'"
+    with pytest.raises(ValueError) as raised:
+        main([*audio, "--model.init_args.encoder.init_args.dropout=1.5"])
+    assert str(raised.value) == "p must be in [0, 1), got 1.5"
 
 
 def test_learning_rates_are_logged_per_group_once_an_epoch(tiny_data_args, tmp_path):

@@ -31,6 +31,7 @@ import pandas as pd
 from mmsent.data.lm_features import TranscriptText
 from mmsent.data.schema import MODALITIES, SPLITS, DatasetSpec, make_id
 from mmsent.data.sources import DataSource, Loaded, content_hash, file_signature, read_label_table
+from mmsent.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +330,7 @@ def feature_matrix(value, where: str) -> np.ndarray:
     try:
         array = _as_array(value)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"{where}: not a numeric feature vector ({error})") from error
+        raise ConfigError(f"{where}: not a numeric feature vector ({error})") from error
     if array.ndim == 1:
         array = array[None, :]
     if array.ndim != 2 or array.shape[1] == 0:

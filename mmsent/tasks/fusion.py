@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from mmsent.data.schema import MODALITIES
+from mmsent.errors import ConfigError
 from mmsent.metrics import SentimentMetrics
 from mmsent.models.fusion import ConcatFusion, LateFusionModel, RegressionHead
 from mmsent.models.generative import SCORE_MODES, sample_embeddings
@@ -167,15 +168,15 @@ class FusionTask(BaseTask):
         checkpoint = read_checkpoint(path, "model.init_checkpoint")
         meta = checkpoint.get(META_KEY, {})
         if meta.get("task") not in (None, "fusion"):
-            raise ValueError(f"model.init_checkpoint: {path} holds a {meta['task']} model, not a fused one")
+            raise ConfigError(f"model.init_checkpoint: {path} holds a {meta['task']} model, not a fused one")
         state = sub_state_dict(checkpoint["state_dict"], "model.")
         fill_rebuilt(state, self.model, meta.get("rebuilt", {}), "model.", "model.init_checkpoint")
         try:
             self.model.load_state_dict(state)
         except RuntimeError as error:
-            raise ValueError(f"model.init_checkpoint: the weights in {path} do not fit the configured "
-                             f"encoders {meta.get('encoder_classes')} vs "
-                             f"{ {m: type(e).__name__ for m, e in self.model.encoders.items()} }: {error}") from error
+            raise ConfigError(f"model.init_checkpoint: the weights in {path} do not fit the configured "
+                              f"encoders {meta.get('encoder_classes')} vs "
+                              f"{ {m: type(e).__name__ for m, e in self.model.encoders.items()} }: {error}") from error
 
     def train(self, mode: bool = True):
         super().train(mode)
