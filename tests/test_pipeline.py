@@ -145,13 +145,14 @@ def test_pipeline_file_paths_are_relative_to_it(tmp_path):
 
 
 def test_the_model_selection_picked_is_handed_on():
-    selection, other = ModalitySelection(), ModalitySelection()
-    cli = SimpleNamespace(trainer=SimpleNamespace(callbacks=[selection, object(), other]))
-    assert selected_checkpoint(cli) is None  # no selection yet: the best checkpoint goes on
+    selection = ModalitySelection()
+    cli = SimpleNamespace(trainer=SimpleNamespace(callbacks=[object(), selection]))
+    assert selected_checkpoint(cli) is None  # no selected file: the best checkpoint goes on
     selection.selected_path = "fusion/checkpoints/selected.ckpt"
     assert selected_checkpoint(cli) == "fusion/checkpoints/selected.ckpt"
-    other.selected_path = "fusion/checkpoints/later.ckpt"
-    assert selected_checkpoint(cli) == "fusion/checkpoints/later.ckpt"
+    cli.trainer.callbacks.append(ModalitySelection())
+    assert selected_checkpoint(cli) is None, "the last selection decides"
+    assert selected_checkpoint(SimpleNamespace(trainer=SimpleNamespace(callbacks=[]))) is None
 
 
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])

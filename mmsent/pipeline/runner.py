@@ -110,17 +110,18 @@ def run_stage(pipeline: Pipeline, stage: Stage, manifest: Manifest, extra: list[
 
 
 def selected_checkpoint(cli: MMSentCLI) -> str | None:
-    """The checkpoint :class:`mmsent.callbacks.ModalitySelection` wrote, if any.
+    """The checkpoint the stage's (last) :class:`mmsent.callbacks.ModalitySelection`
+    wrote its selected model to.
 
     Args:
         cli (MMSentCLI): The stage's CLI, after fitting.
 
     Returns:
-        str | None: The selected model's file, or None without a selection.
+        str | None: The selected model's file (``selected_path``), or None without a
+        selection.
     """
-    paths = [getattr(c, "selected_path", None) for c in cli.trainer.callbacks
-             if isinstance(c, ModalitySelection)]
-    return next((path for path in reversed(paths) if path), None)
+    selections = [c for c in cli.trainer.callbacks if isinstance(c, ModalitySelection)]
+    return getattr(selections[-1], "selected_path", None) if selections else None
 
 
 def save_predictions(cli: MMSentCLI, checkpoint: str, folder: Path) -> str | None:
