@@ -1,15 +1,15 @@
 """The pipeline report: every stage's validation and test metrics side by side,
 printed and written as ``report.json``, ``report.md`` and ``report.png``, with the
-figures of the stages' test predictions beside it (:func:`mmsent.figures.write_figures`)."""
+figures of the stages' test predictions beside it (:func:`mmsent.pipeline.figures.write_figures`)."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-from mmsent.figures import write_figures
 from mmsent.io import save_json
 from mmsent.metrics import METRIC_NAMES
+from mmsent.pipeline.figures import write_figures
 
 PERCENT = {"Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score", "Mult_acc_5", "Mult_acc_7"}
 TABLE_METRICS = ("MAE", "Corr", "Non0_acc_2", "Non0_F1_score", "Has0_acc_2", "Mult_acc_7")
