@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import nn
 
-from mmsent.models.config import init_args
+from mmsent.models.config import HubMixin, init_args
 from mmsent.models.dropout import Swapout, average_stochastic_passes, make_dropout
 from mmsent.models.pooling import masked_mean_std
 
@@ -90,7 +90,7 @@ def residual_mlp(in_dim: int, hidden_dims: list[int], out_dim: int, dropout: nn.
     return nn.Sequential(*layers)
 
 
-class AcousticMLPEncoder(nn.Module):
+class AcousticMLPEncoder(nn.Module, HubMixin):
     """Frame features -> masked mean and std pooling -> MLP.
 
     Utterance-level features (one vector per clip, ``T == 1``) pass through the same

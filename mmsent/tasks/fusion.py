@@ -10,6 +10,7 @@ from torch import nn
 from mmsent.metrics import SentimentMetrics
 from mmsent.models.fusion import ConcatFusion, RegressionHead
 from mmsent.models.generative import SCORE_MODES, sample_embeddings
+from mmsent.models.config import module_config
 from mmsent.models.late_fusion import LateFusionModel
 from mmsent.tasks.base import BaseTask
 from mmsent.tasks.checkpoints import (
@@ -189,4 +190,5 @@ class FusionTask(BaseTask):
             self.log(f"test/contribution/{modality}", without["MAE"] - full_mae)
 
     def checkpoint_meta(self) -> dict:
-        return {"task": "fusion", "encoder_configs": {m: encoder_config(e) for m, e in self.model.encoders.items()}}
+        return {"task": "fusion", "encoder_configs": {m: encoder_config(e) for m, e in self.model.encoders.items()},
+                "fusion_config": module_config(self.model.fusion), "head_config": module_config(self.model.head)}
