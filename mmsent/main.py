@@ -7,6 +7,7 @@ import sys
 
 from mmsent import pipeline
 from mmsent.cli import build_cli
+from mmsent.hub import export, score
 from mmsent.pipeline.wandb_mode import default_to_offline
 
 
@@ -19,6 +20,9 @@ def main(args: list[str] | None = None) -> None:
     args = sys.argv[1:] if args is None else list(args)
     if args and args[0] == "pipeline":
         pipeline.main(args[1:])
+        return
+    if args and args[0] in ("export", "score"):
+        (export.main if args[0] == "export" else score.main)(args[1:])
         return
     default_to_offline()
     build_cli(args)

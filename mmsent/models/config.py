@@ -15,6 +15,8 @@ Each network also saves and loads itself alone in the Hugging Face layout
 from __future__ import annotations
 
 import importlib
+import json
+from pathlib import Path
 
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
@@ -24,8 +26,15 @@ class HubMixin(PyTorchModelHubMixin, library_name="mmsent", tags=["mmsent"]):
     """``save_pretrained``/``from_pretrained``/``push_to_hub`` for an ``nn.Module``.
 
     The saved ``config.json`` holds the module's JSON-able init arguments, which is
-    what its class needs to be built again; the weights go to ``model.safetensors``.
+    what its class needs to be built again, in the order the module was given them
+    (a fusion module concatenates its modalities in its ``input_dims`` order); the
+    weights go to ``model.safetensors``.
     """
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        super()._save_pretrained(save_directory)
+        # huggingface_hub would write the config with sorted keys, reordering input_dims.
+        (Path(save_directory) / "config.json").write_text(json.dumps(self._hub_mixin_config, indent=2))
 
 
 def init_args(frame_locals: dict) -> dict:
