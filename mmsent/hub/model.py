@@ -23,6 +23,7 @@ from mmsent.errors import ConfigError, MissingFileError
 from mmsent.hub.preprocess import Clip, PreparedClip, Preprocessor
 from mmsent.models.config import HubMixin, build_module
 from mmsent.models.late_fusion import LateFusionModel
+from mmsent.tasks.checkpoints import META_KEY, omit_rebuilt
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -96,6 +97,31 @@ class SentimentModel(nn.Module, HubMixin, tags=["mmsent", "multimodal-sentiment-
         model = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         model.folder = str(folder) if folder.is_dir() else None
         return model.eval()
+
+    def save_checkpoint(self, path: str | Path) -> Path:
+        """Writes the model as a fused stage's checkpoint, to fine-tune it with the CLI
+        (``--model.init_args.init_checkpoint=PATH`` of a ``FusionTask`` configured
+        with the same fusion module and head).
+
+        Args:
+            path (str | Path): The checkpoint file to write.
+
+        Returns:
+            Path: The file.
+        """
+        state = self.model.state_dict()
+        rebuilt = omit_rebuilt(self.model, state)
+        configs = {m: {"class_path": c["class_path"], "init_args": {k: v for k, v in c["init_args"].items()
+                                                                     if k != "input_dim"}}
+                   for m, c in self.config["encoders"].items()}
+        checkpoint = {"state_dict": {f"model.{k}": v for k, v in state.items()},
+                      META_KEY: {"task": "fusion", "encoder_configs": configs, "fusion_config": self.config["fusion"],
+                                 "head_config": self.config["head"],
+                                 "rebuilt": {f"model.{k}": v for k, v in rebuilt.items()}}}
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(checkpoint, path)
+        return path
 
     @property
     def modalities(self) -> list[str]:
