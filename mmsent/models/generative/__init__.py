@@ -17,6 +17,9 @@ consumes, so generated tuples can be mixed into its training batches
   InfoGAN's latent codes (Chen et al. 2016) as an option. It is trained by
   alternating :meth:`ConditionalGAN.discriminator_loss` and
   :meth:`ConditionalGAN.generator_loss` steps.
+* :class:`BiGAN`: a conditional BiGAN (Donahue et al. 2017), a generator and an
+  encoder whose discriminator judges (x, z) pairs; trained like the GAN, it can also
+  encode and reconstruct.
 
 Every generator standardizes its data with running statistics that the training loop
 feeds through :meth:`EmbeddingGenerator.observe`, and :meth:`EmbeddingGenerator.sample`
@@ -42,6 +45,7 @@ from mmsent.models.generative.base import (
     score_condition,
     split_embeddings,
 )
+from mmsent.models.generative.bigan import BiGAN
 from mmsent.models.generative.gan import (
     GAN_LOSSES,
     ConditionalGAN,
@@ -60,13 +64,14 @@ from mmsent.models.generative.quality import (
 from mmsent.models.generative.vae import ConditionalVAE
 
 GENERATORS: dict[str, type[EmbeddingGenerator]] = {
-    cls.__name__: cls for cls in (ConditionalAutoencoder, ConditionalVAE, ConditionalGAN)
+    cls.__name__: cls for cls in (ConditionalAutoencoder, ConditionalVAE, ConditionalGAN, BiGAN)
 }
 """The generators a checkpoint may name, by class name."""
 
 __all__ = [
     "GAN_LOSSES",
     "GENERATORS",
+    "BiGAN",
     "SCORE_MODES",
     "SCORE_SCALE",
     "ConditionalAutoencoder",

@@ -215,11 +215,13 @@ class ConditionalGAN(EmbeddingGenerator):
             terms["info"] = F.mse_loss(code, latent[:, self.noise_dim:])
         return self._total(terms)
 
-    def generator_loss(self, scores: Tensor) -> dict[str, Tensor]:
+    def generator_loss(self, scores: Tensor, real: Tensor | None = None) -> dict[str, Tensor]:
         """The generator's objective on one fake per score.
 
         Args:
             scores (Tensor): Conditioning scores, shape ``(B,)`` (a real batch's).
+            real (Tensor | None): The real batch; unused here, taken so that every
+                adversarial generator is stepped alike (a BiGAN's encoder needs it).
 
         Returns:
             dict[str, Tensor]: ``loss`` and its terms: ``adversarial`` and, with
