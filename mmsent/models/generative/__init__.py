@@ -20,6 +20,9 @@ consumes, so generated tuples can be mixed into its training batches
 * :class:`BiGAN`: a conditional BiGAN (Donahue et al. 2017), a generator and an
   encoder whose discriminator judges (x, z) pairs; trained like the GAN, it can also
   encode and reconstruct.
+* :class:`EmbeddingCycleGAN`: translators between two modalities' embedding spaces
+  (not score-conditioned), with the cycle-consistency loss; :func:`fill_missing` uses
+  them to fill in a modality a sample lacks.
 
 Every generator standardizes its data with running statistics that the training loop
 feeds through :meth:`EmbeddingGenerator.observe`, and :meth:`EmbeddingGenerator.sample`
@@ -46,6 +49,7 @@ from mmsent.models.generative.base import (
     split_embeddings,
 )
 from mmsent.models.generative.bigan import BiGAN
+from mmsent.models.generative.cycle import EmbeddingCycleGAN, fill_missing
 from mmsent.models.generative.gan import (
     GAN_LOSSES,
     ConditionalGAN,
@@ -78,6 +82,7 @@ __all__ = [
     "ConditionalGAN",
     "ConditionalVAE",
     "Critic",
+    "EmbeddingCycleGAN",
     "EmbeddingGenerator",
     "RidgeProbe",
     "RunningStandardizer",
@@ -85,6 +90,7 @@ __all__ = [
     "conditional_diversity",
     "discriminator_objective",
     "draw_scores",
+    "fill_missing",
     "frechet_distance",
     "generator_objective",
     "gradient_penalty",
