@@ -31,7 +31,7 @@ PARTS = ("text", "audio", "video", "fusion")
 def learning_curves(modality: str, seed: int) -> dict[str, list]:
     """The unimodal run's validation MAE per epoch, with the step count at each."""
     (metrics,) = sorted((RUNS / modality / str(seed)).glob("lightning_logs/version_*/metrics.csv"))[-1:]
-    rows = [r for r in csv.DictReader(open(metrics)) if r.get("val/MAE")]
+    rows = [r for r in csv.DictReader(metrics.read_text().splitlines()) if r.get("val/MAE")]
     return {"epoch": [int(r["epoch"]) + 1 for r in rows], "step": [int(r["step"]) + 1 for r in rows],
             "val_MAE": [float(r["val/MAE"]) for r in rows]}
 

@@ -53,7 +53,7 @@ def stage_args(stage: str, fusion_checkpoint: str | None) -> list[str]:
 
 def curves(checkpoint: str) -> dict[str, list]:
     """The run's logged training loss (per logging step) and validation MAE (per epoch)."""
-    rows = list(csv.DictReader(open(Path(checkpoint).parents[1] / "metrics.csv")))
+    rows = list(csv.DictReader((Path(checkpoint).parents[1] / "metrics.csv").read_text().splitlines()))
     train = [(int(r["step"]), float(r["train/loss"])) for r in rows if r.get("train/loss")]
     val = [(int(r["epoch"]), float(r["val/MAE"])) for r in rows if r.get("val/MAE")]
     return {"curve_train_loss": train, "curve_val_MAE": val}

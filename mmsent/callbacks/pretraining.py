@@ -45,11 +45,11 @@ class LayerwisePretraining(pl.Callback):
             pl_module (pl.LightningModule): A unimodal task.
 
         Raises:
-            ValueError: If the task's encoder is not an :class:`AcousticMLPEncoder`.
+            TypeError: If the task's encoder is not an :class:`AcousticMLPEncoder`.
         """
         encoder = getattr(pl_module, "encoder", None)
         if not isinstance(encoder, AcousticMLPEncoder):
-            raise ValueError("LayerwisePretraining pretrains the AcousticMLPEncoder of a unimodal audio "
+            raise TypeError("LayerwisePretraining pretrains the AcousticMLPEncoder of a unimodal audio "
                              f"stage; this task's encoder is {type(encoder).__name__}")
         modality = pl_module.modality
         batches = ((batch[modality].to(pl_module.device), batch[f"{modality}_mask"].to(pl_module.device))

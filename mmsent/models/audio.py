@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Iterable
 
 import torch
 from torch import nn
 
 from mmsent.models.config import init_args
-from mmsent.models.dropout import Swapout, average_stochastic_passes, make_dropout, resample_epoch_masks
+from mmsent.models.dropout import (
+    Swapout,
+    average_stochastic_passes,
+    make_dropout,
+    resample_epoch_masks,
+)
 from mmsent.models.pooling import masked_mean_std
 
 
@@ -121,7 +127,7 @@ def greedy_layerwise_pretraining(network: nn.Sequential, inputs: torch.Tensor, e
     rng = torch.Generator().manual_seed(seed)
     errors, hidden = [], inputs.detach()
     was_training = network.training
-    for start, end in zip(starts[:-1], starts[1:], strict=True):
+    for start, end in itertools.pairwise(starts):
         layer = network[start:end].train()
         decoder = nn.Linear(layer[0].out_features, layer[0].in_features)
         optimizer = torch.optim.Adam([*layer.parameters(), *decoder.parameters()], lr)

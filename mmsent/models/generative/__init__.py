@@ -75,9 +75,9 @@ GENERATORS: dict[str, type[EmbeddingGenerator]] = {
 __all__ = [
     "GAN_LOSSES",
     "GENERATORS",
-    "BiGAN",
     "SCORE_MODES",
     "SCORE_SCALE",
+    "BiGAN",
     "ConditionalAutoencoder",
     "ConditionalGAN",
     "ConditionalVAE",

@@ -9,8 +9,8 @@ from mmsent.models.audio import mlp
 from mmsent.models.config import init_args
 from mmsent.models.generative.base import EmbeddingGenerator, score_condition
 from mmsent.models.generative.gan import (
-    GAN_LOSSES,
     Critic,
+    check_adversarial_loss,
     discriminator_objective,
     generator_objective,
     gradient_penalty,
@@ -57,11 +57,7 @@ class BiGAN(EmbeddingGenerator):
                  spectral_norm: bool = False, gradient_penalty: float = 10.0) -> None:
         super().__init__(data_dim)
         self.config = init_args(locals())
-        if loss not in GAN_LOSSES:
-            raise ValueError(f"BiGAN: loss must be one of {GAN_LOSSES}, got {loss!r}")
-        if loss == "wasserstein" and not (spectral_norm or gradient_penalty):
-            raise ValueError("BiGAN: the wasserstein loss needs a Lipschitz constraint: "
-                             "spectral_norm or gradient_penalty > 0")
+        check_adversarial_loss("BiGAN", loss, spectral_norm, gradient_penalty)
         hidden = [128, 128] if hidden_dims is None else list(hidden_dims)
         critic = hidden if critic_dims is None else list(critic_dims)
         self.noise_dim = noise_dim

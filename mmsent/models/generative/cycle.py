@@ -14,8 +14,8 @@ from mmsent.models.audio import mlp
 from mmsent.models.config import init_args
 from mmsent.models.generative.base import RunningStandardizer
 from mmsent.models.generative.gan import (
-    GAN_LOSSES,
     Critic,
+    check_adversarial_loss,
     discriminator_objective,
     generator_objective,
     gradient_penalty,
@@ -64,13 +64,9 @@ class EmbeddingCycleGAN(nn.Module):
                  cycle_weight: float = 10.0, paired_weight: float = 0.0) -> None:
         super().__init__()
         self.config = init_args(locals())
-        if loss not in GAN_LOSSES:
-            raise ValueError(f"EmbeddingCycleGAN: loss must be one of {GAN_LOSSES}, got {loss!r}")
+        check_adversarial_loss("EmbeddingCycleGAN", loss, spectral_norm, gradient_penalty)
         if source == target:
             raise ValueError(f"EmbeddingCycleGAN: source and target are both {source!r}")
-        if loss == "wasserstein" and not (spectral_norm or gradient_penalty):
-            raise ValueError("EmbeddingCycleGAN: the wasserstein loss needs spectral_norm "
-                             "or gradient_penalty > 0")
         hidden = [128, 128] if hidden_dims is None else list(hidden_dims)
         self.source, self.target = source, target
         self.loss_kind, self.penalty_weight = loss, gradient_penalty
@@ -189,9 +185,9 @@ def fill_missing(embeddings: dict[str, Tensor], present: dict[str, Tensor],
         replaced, and the presence with those rows marked present.
     """
     filled, now_present = dict(embeddings), dict(present)
-    for missing in embeddings:
+    for missing, own in embeddings.items():
         gap = ~present[missing].bool()
-        total = torch.zeros_like(embeddings[missing])
+        total = torch.zeros_like(own)
         count = torch.zeros(len(gap), 1, device=gap.device)
         for translator in translators:
             if translator.target == missing and translator.source in embeddings:
@@ -204,6 +200,6 @@ def fill_missing(embeddings: dict[str, Tensor], present: dict[str, Tensor],
             total = total + translate(embeddings[origin]) * usable[:, None]
             count = count + usable[:, None]
         reached = count.squeeze(-1) > 0
-        filled[missing] = torch.where(reached[:, None], total / count.clamp(min=1), embeddings[missing])
+        filled[missing] = torch.where(reached[:, None], total / count.clamp(min=1), own)
         now_present[missing] = present[missing].bool() | reached
     return filled, now_present
