@@ -88,8 +88,8 @@ def main() -> None:
         cli, _, _ = fit(fusion_args(checkpoints, seed, args.epochs, ROOT))
         fused = cli.model.model
         data = cli.datamodule
-        train = collect_embeddings(fused, data.train_dataloader())
-        test = collect_embeddings(fused, data.test_dataloader())
+        train = collect_embeddings(fused, data.split_dataloader("train"))
+        test = collect_embeddings(fused, data.split_dataloader("test"))
         translators = {
             kind: [train_translator(train, s, t, weight, args.steps, seed)
                    for s, t in itertools.combinations(fused.encoders, 2)]

@@ -30,7 +30,7 @@ PARTS = ("text", "audio", "video", "fusion")
 
 def learning_curves(modality: str, seed: int) -> dict[str, list]:
     """The unimodal run's validation MAE per epoch, with the step count at each."""
-    (metrics,) = sorted((RUNS / modality / str(seed)).glob("lightning_logs/version_*/metrics.csv"))[-1:]
+    (metrics,) = sorted((RUNS / modality / str(seed)).rglob("metrics.csv"))[-1:]
     rows = [r for r in csv.DictReader(metrics.read_text().splitlines()) if r.get("val/MAE")]
     return {"epoch": [int(r["epoch"]) + 1 for r in rows], "step": [int(r["step"]) + 1 for r in rows],
             "val_MAE": [float(r["val/MAE"]) for r in rows]}
@@ -57,7 +57,7 @@ def curve_figure(curves: dict, path: Path) -> None:
 
 
 def fusion_checkpoint(seed: int) -> str:
-    (path,) = sorted((RUNS / "fusion" / str(seed)).glob("lightning_logs/version_*/checkpoints/best-*.ckpt"))[-1:]
+    (path,) = sorted((RUNS / "fusion" / str(seed)).rglob("best-*.ckpt"))[-1:]
     return str(path)
 
 

@@ -51,9 +51,10 @@ def stage_args(stage: str, fusion_checkpoint: str | None) -> list[str]:
             "--model.init_args.param_groups=null", f"--model.init_args.init_checkpoint={fusion_checkpoint}"]
 
 
-def curves(checkpoint: str) -> dict[str, list]:
+def curves(root: str) -> dict[str, list]:
     """The run's logged training loss (per logging step) and validation MAE (per epoch)."""
-    rows = list(csv.DictReader((Path(checkpoint).parents[1] / "metrics.csv").read_text().splitlines()))
+    (metrics,) = sorted(Path(root).rglob("metrics.csv"))[-1:]
+    rows = list(csv.DictReader(metrics.read_text().splitlines()))
     train = [(int(r["step"]), float(r["train/loss"])) for r in rows if r.get("train/loss")]
     val = [(int(r["epoch"]), float(r["val/MAE"])) for r in rows if r.get("val/MAE")]
     return {"curve_train_loss": train, "curve_val_MAE": val}
@@ -62,10 +63,11 @@ def curves(checkpoint: str) -> dict[str, list]:
 def run(stage: str, name: str, lr: float, seed: int, epochs: int, fusion_checkpoint: str | None) -> dict:
     class_path, extra = OPTIMIZERS[name]
     optimizer = json.dumps({"class_path": class_path, "init_args": {"lr": lr, **extra}})
+    root = f"runs/bench_opt/{stage}/{name}/{lr:g}/{seed}"
     result = fit_and_test([*stage_args(stage, fusion_checkpoint), f"--seed_everything={seed}", *QUIET,
                            f"--trainer.max_epochs={epochs}", f"--model.init_args.optimizer={optimizer}",
-                           f"--trainer.default_root_dir=runs/bench_opt/{stage}/{name}/{lr:g}/{seed}"])
-    return {"stage": stage, "optimizer": name, "lr": lr, "seed": seed, **result, **curves(result["checkpoint"])}
+                           f"--trainer.default_root_dir={root}"])
+    return {"stage": stage, "optimizer": name, "lr": lr, "seed": seed, **result, **curves(root)}
 
 
 def figure(payload: dict, path: Path) -> None:
@@ -73,12 +75,13 @@ def figure(payload: dict, path: Path) -> None:
 
     fig = Figure(figsize=(12, 8))
     axes = fig.subplots(2, 2)
-    for column, stage in enumerate(payload["stages"]):
+    for column, stage in enumerate(payload["best_lr"]):
         for name, lr in payload["best_lr"][stage].items():
             (record,) = [r for r in payload["runs"] if r["stage"] == stage and r["optimizer"] == name
                          and r["lr"] == lr and r["seed"] == payload["seeds"][0]]
-            steps, losses = zip(*record["curve_train_loss"], strict=True)
-            axes[0, column].plot(steps, losses, label=f"{name} lr={lr:g}")
+            if record["curve_train_loss"]:
+                steps, losses = zip(*record["curve_train_loss"], strict=True)
+                axes[0, column].plot(steps, losses, label=f"{name} lr={lr:g}")
             epochs, maes = zip(*record["curve_val_MAE"], strict=True)
             axes[1, column].plot(epochs, maes, marker="o", label=f"{name} lr={lr:g}")
         axes[0, column].set_title(f"{stage}: training loss (L1), seed {payload['seeds'][0]}")
