@@ -35,6 +35,7 @@ class MMSentCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.input_dims", "model.init_args.input_dims", apply_on="instantiate")
+        parser.link_arguments("data.label_statistics", "model.init_args.label_statistics", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": MONITOR,

@@ -88,6 +88,7 @@ class FusionTask(BaseTask):
         encoders = build_encoders(factories, checkpoints, self.input_dims, init_checkpoint)
         fusion_module = fusion({m: e.out_dim for m, e in encoders.items()})
         head = RegressionHead(fusion_module.out_dim, head_hidden)
+        self.start_head(head)
         self.model = LateFusionModel(encoders, fusion_module, head, modality_dropout)
         if init_checkpoint:
             load_fused(self.model, init_checkpoint, "model.init_checkpoint")
