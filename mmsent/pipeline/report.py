@@ -7,9 +7,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pandas as pd
+import torch
+import yaml
+
+from mmsent.data.schema import ID_SEPARATOR
 from mmsent.io import save_json
-from mmsent.metrics import METRIC_NAMES
-from mmsent.pipeline.figures import write_figures
+from mmsent.metrics import METRIC_NAMES, pearson
+from mmsent.pipeline.figures import stage_predictions, write_figures
 
 PERCENT = {"Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score", "Mult_acc_5", "Mult_acc_7"}
 TABLE_METRICS = ("MAE", "Corr", "Non0_acc_2", "Non0_F1_score", "Has0_acc_2", "Mult_acc_7")
@@ -73,19 +78,54 @@ def stage_baselines(manifest: dict) -> dict[str, dict[str, float]]:
     return {}
 
 
+def own_score_correlations(manifest: dict) -> dict[str, dict]:
+    """On generated data, how well each unimodal stage recovers its own modality's
+    noise-free score (``<modality>_score`` in the generated ``label.csv``): the
+    Pearson correlation of its test predictions with that score.
+
+    Args:
+        manifest (dict): The pipeline manifest.
+
+    Returns:
+        dict[str, dict]: Stage -> ``{"modality": ..., "corr": ...}``; empty for data
+        that records no per-modality score.
+    """
+    found = {}
+    for name, table in stage_predictions(manifest).items():
+        config_path = Path(manifest["stages"][name].get("config", ""))
+        if not config_path.is_file():
+            continue
+        config = yaml.safe_load(config_path.read_text()) or {}
+        modality = (config.get("model", {}).get("init_args") or {}).get("modality")
+        root = ((config.get("data", {}).get("source") or {}).get("init_args") or {}).get("root")
+        labels = Path(root) / "label.csv" if modality and root else None
+        if labels is None or not labels.is_file():
+            continue
+        truth = pd.read_csv(labels, dtype={"video_id": str, "clip_id": str})
+        column = f"{modality}_score"
+        if column not in truth:
+            continue
+        truth["id"] = truth["video_id"] + ID_SEPARATOR + truth["clip_id"]
+        merged = table.merge(truth[["id", column]], on="id")
+        corr = pearson(torch.tensor(merged["prediction"].to_numpy()), torch.tensor(merged[column].to_numpy()))
+        found[name] = {"modality": modality, "corr": corr}
+    return found
+
+
 def _format(name: str, value: float | None) -> str:
     if value is None:
         return "-"
     return f"{100 * value:.1f}" if name in PERCENT else f"{value:.3f}"
 
 
-def markdown_table(rows: list[dict], baselines: dict) -> str:
+def markdown_table(rows: list[dict], baselines: dict, own_scores: dict | None = None) -> str:
     """The report as a Markdown table.
 
     Args:
         rows (list[dict]): From :func:`report_rows`.
         baselines (dict): The trivial predictors' metrics per split, from
             :func:`stage_baselines`.
+        own_scores (dict | None): From :func:`own_score_correlations`.
 
     Returns:
         str: Markdown; accuracies and F1 in percent.
@@ -111,6 +151,10 @@ def markdown_table(rows: list[dict], baselines: dict) -> str:
             parts = [f"{k.split('/')[1]} {v:+.3f}" for k, v in row["ablation"].items() if k.startswith("contribution/")]
             lines.append(f"- {row['stage']}: " + ", ".join(parts))
     lines += generative_table(rows)
+    if own_scores:
+        lines += ["", "Unimodal stages against their own modality's noise-free score (generated data; "
+                  "test Pearson correlation):", ""]
+        lines += [f"- {stage}: {v['corr']:.3f} with {v['modality']}_score" for stage, v in own_scores.items()]
     selections = [r for r in rows if "selection" in r]
     if selections:
         lines += ["", "Modality selection (validation, one-sided bootstrap over videos):", ""]
@@ -251,9 +295,11 @@ def write_report(manifest: dict, out_dir: Path) -> dict:
     out_dir = Path(out_dir)
     rows = report_rows(manifest)
     baselines = stage_baselines(manifest)
-    report = {"pipeline": manifest.get("pipeline"), "stages": rows, "baselines": baselines}
+    own_scores = own_score_correlations(manifest)
+    report = {"pipeline": manifest.get("pipeline"), "stages": rows, "baselines": baselines,
+              "own_score_correlations": own_scores}
     save_json(out_dir / "report.json", report)
-    table = markdown_table(rows, baselines)
+    table = markdown_table(rows, baselines, own_scores)
     if rows:
         plot(rows, baselines, out_dir / "report.png")
     figures = figures_section(write_figures(manifest, out_dir))
