@@ -47,7 +47,7 @@ def run_seed(seed: int, out_root: Path) -> dict:
     subprocess.run(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
     report = json.loads((out / "report.json").read_text())
     manifest = json.loads((out / "manifest.json").read_text())
-    return {
+    result = {
         "seed": seed,
         "seconds": round(time.time() - started, 1),
         "stages": {row["stage"]: {"test": row["test"], "val": row["val"]} for row in report["stages"]},
@@ -55,6 +55,8 @@ def run_seed(seed: int, out_root: Path) -> dict:
         "own_score_correlations": report.get("own_score_correlations", {}),
         "baselines": report.get("baselines", {}),
     }
+    (out_root / f"seed{seed}.json").write_text(json.dumps(result, indent=2))
+    return result
 
 
 def summarize(runs: list[dict]) -> str:
