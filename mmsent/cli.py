@@ -3,6 +3,7 @@ every pipeline stage."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import pytorch_lightning as pl
@@ -14,6 +15,11 @@ from mmsent.errors import user_error
 from mmsent.tasks.base import BaseTask
 
 MONITOR = "val/MAE"
+
+# Not the user's to act on: the pipeline passes each stage's args while sys.argv holds the
+# pipeline's own, and frozen encoders are in eval mode on purpose.
+warnings.filterwarnings("ignore", message=r"(?s).*not recommended to provide both args and command line arguments")
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 
 class EpochLearningRates(LearningRateMonitor):
@@ -35,6 +41,7 @@ class MMSentCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.input_dims", "model.init_args.input_dims", apply_on="instantiate")
+        parser.link_arguments("data.label_statistics", "model.init_args.label_statistics", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": MONITOR,

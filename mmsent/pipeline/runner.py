@@ -15,12 +15,10 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mmsent.callbacks import ModalitySelection
 from mmsent.cli import MMSentCLI, build_cli
-from mmsent.data.datamodule import MultimodalDataModule
 from mmsent.errors import ConfigError
 from mmsent.pipeline import tracking
 from mmsent.pipeline.figures import PREDICTIONS_FILE, predictions_table
@@ -104,7 +102,6 @@ def run_stage(pipeline: Pipeline, stage: Stage, manifest: Manifest, extra: list[
         predictions=save_predictions(cli, best, pipeline.output_dir / stage.name),
         wall_time_s=round(time.time() - started, 1),
     )
-    manifest.keep_baselines(constant_baseline(cli.datamodule))
     if tracker:
         tracker.finish(manifest)
 
@@ -175,21 +172,6 @@ def flat_metrics(results: list[dict]) -> dict[str, float]:
     for result in results:
         merged.update({key.split("/", 1)[1]: float(value) for key, value in result.items() if "/" in key})
     return merged
-
-
-def constant_baseline(datamodule: MultimodalDataModule) -> dict:
-    """The test error of predicting the training median, the best constant under L1.
-
-    Args:
-        datamodule (MultimodalDataModule): The data of the pipeline.
-
-    Returns:
-        dict: ``{"constant": {"value": ..., "MAE": ...}}``.
-    """
-    train = np.asarray(datamodule.split("train")["label"], dtype=float)
-    test = np.asarray(datamodule.split("test")["label"], dtype=float)
-    return {"constant": {"value": float(np.median(train)),
-                         "MAE": float(np.abs(test - np.median(train)).mean())}}
 
 
 def select_stages(pipeline: Pipeline, manifest: Manifest, start: str | None, only: str | None) -> list[Stage]:
