@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 from mmsent import pipeline
 from mmsent.cli import build_cli
@@ -55,6 +56,9 @@ def dispatch(args: list[str]) -> None:
         pipeline.main(args[1:])
         return
     default_to_offline()
+    # The arguments are sys.argv's own; LightningCLI's warning about both being given
+    # would only confuse.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     build_cli(args)
 
 

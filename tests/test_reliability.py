@@ -25,13 +25,13 @@ from mmsent.data import RawClipSource
 from mmsent.data.cache import cache_key, prepare
 from mmsent.data.sources import read_label_table
 from mmsent.errors import ConfigError
+from mmsent.main import main
 from mmsent.optim import build_param_groups
 from mmsent.pipeline import run
 from mmsent.pipeline.lock import LOCK_FILE, RunLock
 from mmsent.pipeline.runner import resume_checkpoint
 from mmsent.tasks.checkpoint_io import AtomicCheckpointIO
 
-NO_WEIGHTS_ONLY = {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
 
 
 class Payload:
@@ -153,7 +153,9 @@ def test_a_malicious_checkpoint_is_refused_on_every_loading_path(tmp_path, monke
     assert not marker.exists()
 
 
-def test_the_pipeline_resume_refuses_a_malicious_last_checkpoint(tiny_raw, tiny_cache, tmp_path):
+def test_the_pipeline_resume_refuses_a_malicious_last_checkpoint(tiny_raw, tiny_cache, tmp_path,
+                                                                 monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     pipeline = write_pipeline(tmp_path, tiny_raw, tiny_cache, with_video=False)
     spec = yaml.safe_load(pipeline.read_text())
     spec["stages"] = spec["stages"][:1]
@@ -161,13 +163,11 @@ def test_the_pipeline_resume_refuses_a_malicious_last_checkpoint(tiny_raw, tiny_
     last = malicious_checkpoint(tmp_path / "out" / "text" / "checkpoints" / "last.ckpt", tmp_path / "marker")
     (tmp_path / "out" / "manifest.json").write_text(json.dumps(
         {"pipeline": "tiny", "group": "g", "stages": {"text": {"status": "running"}}}))
-    result = subprocess.run([sys.executable, "-m", "mmsent", "pipeline", "run", str(pipeline)],
-                            cwd=tmp_path, env={**os.environ, **NO_WEIGHTS_ONLY, "WANDB_MODE": "disabled"},
-                            capture_output=True, text=True, check=False)
+    with pytest.raises(SystemExit) as stop:
+        main(["pipeline", "run", str(pipeline)])
     assert not (tmp_path / "marker").exists(), "the pickle's code ran"
-    assert result.returncode == 1
-    assert f"stage text: --ckpt_path: checkpoint {last} refused" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert stop.value.code == 1
+    assert f"stage text: --ckpt_path: checkpoint {last} refused" in capsys.readouterr().err
     assert manifest(tmp_path)["stages"]["text"]["status"] == "failed"
 
 
@@ -292,20 +292,24 @@ def test_a_label_that_is_not_a_number_is_shown_as_written(tiny_raw, tmp_path, va
         read_label_table(root / "label.csv")
 
 
-def test_a_data_error_is_one_line_unless_debugging(tiny_raw, tmp_path):
+def test_a_data_error_is_one_line_unless_debugging(tiny_raw, tmp_path, capsys, monkeypatch):
     def spoil(path):
         path.write_bytes(path.read_text().replace("\n", "\né", 1).encode("latin-1"))
 
     root = bad_label_copy(tiny_raw, tmp_path / "raw", spoil)
-    command = [sys.executable, "-m", "mmsent", "fit", *data_args(root, tmp_path),
+    command = ["fit", *data_args(root, tmp_path),
                "-c", str(CONF.parent.parent / "pipelines" / "quickstart" / "2_audio.yaml")]
-    short = subprocess.run(command, capture_output=True, text=True, check=False)
-    assert short.returncode == 1
-    lines = short.stderr.strip().splitlines()
-    assert lines[0] == f"mmsent: error: {root / 'label.csv'}, row 2: not UTF-8 (byte b'\\xe9' at column 1); " \
-                       "save the file as UTF-8", short.stderr[-2000:]
-    assert len(lines) == 2 and "Traceback" not in short.stderr
+    with pytest.raises(SystemExit) as stop:
+        main(command)
+    assert stop.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"mmsent: error: {root / 'label.csv'}, row 2: not UTF-8 (byte b'\\xe9' at column 1); "
+                     "save the file as UTF-8",
+                     "(the full traceback: run again with --debug or MMSENT_DEBUG=1)"]
     cache = tmp_path / "cache"
     assert not [p for p in cache.iterdir() if p.is_dir()], "no empty cache folder is left behind"
-    full = subprocess.run(command + ["--debug"], capture_output=True, text=True, check=False)
-    assert full.returncode == 1 and "Traceback" in full.stderr and "not UTF-8" in full.stderr
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        main(command + ["--debug"])
+    monkeypatch.setenv("MMSENT_DEBUG", "1")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        main(command)
