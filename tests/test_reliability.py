@@ -52,9 +52,13 @@ def malicious_checkpoint(path: Path, marker: Path) -> Path:
 
 # 1. Atomic checkpoints, and resuming past an unreadable last.ckpt.
 
-def test_a_checkpoint_write_cut_short_leaves_the_previous_one_intact(tmp_path, monkeypatch):
+def test_a_checkpoint_write_cut_short_leaves_the_previous_one_intact(tiny_data_args, tmp_path, monkeypatch):
+    audio = str(CONF.parent.parent / "pipelines" / "quickstart" / "2_audio.yaml")
+    trainer = build_cli([*tiny_data_args, "-c", audio], run=False).trainer
+    io = trainer.strategy.checkpoint_io
+    assert isinstance(io, AtomicCheckpointIO), "every mmsent fit writes checkpoints atomically"
+    assert any(isinstance(callback, RandomState) for callback in trainer.callbacks)
     path = tmp_path / "last.ckpt"
-    io = AtomicCheckpointIO()
     io.save_checkpoint({"epoch": 1, "weights": torch.ones(3)}, path)
     real_save = torch.save
 
@@ -68,7 +72,7 @@ def test_a_checkpoint_write_cut_short_leaves_the_previous_one_intact(tmp_path, m
         io.save_checkpoint({"epoch": 2, "weights": torch.zeros(3)}, path)
     monkeypatch.undo()
     assert io.load_checkpoint(path)["epoch"] == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"], "no temporary file is left"
+    assert [p.name for p in tmp_path.glob("*ckpt*")] == ["last.ckpt"], "no temporary file is left"
 
 
 def test_a_resume_skips_an_unreadable_last_checkpoint_for_the_newest_readable_one(tmp_path, capsys):
@@ -156,6 +160,7 @@ def test_a_malicious_checkpoint_is_refused_on_every_loading_path(tmp_path, monke
 def test_the_pipeline_resume_refuses_a_malicious_last_checkpoint(tiny_raw, tiny_cache, tmp_path,
                                                                  monkeypatch, capsys):
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    monkeypatch.delenv("MMSENT_DEBUG", raising=False)
     pipeline = write_pipeline(tmp_path, tiny_raw, tiny_cache, with_video=False)
     spec = yaml.safe_load(pipeline.read_text())
     spec["stages"] = spec["stages"][:1]
@@ -190,9 +195,21 @@ def test_a_second_run_on_the_same_folder_is_refused_naming_the_first(tmp_path):
         assert json.loads(lock.path.read_text())["pid"] == os.getpid()
 
 
-def test_two_runs_preparing_the_same_cache_both_read_it(tiny_raw, tmp_path):
+def test_two_runs_preparing_the_same_cache_both_read_it(tiny_raw, tmp_path, monkeypatch):
     source = RawClipSource(str(tiny_raw), modalities=["audio"], frames=4, frame_size=16)
     results, errors = [], []
+    both = threading.Barrier(2)
+    real_open = RawClipSource.open
+
+    def open_together(self, workdir):
+        # Without a lock both runs would be preparing at once from here on.
+        try:
+            both.wait(timeout=3)
+        except threading.BrokenBarrierError:
+            pass
+        return real_open(self, workdir)
+
+    monkeypatch.setattr(RawClipSource, "open", open_together)
 
     def prepare_it():
         try:
@@ -296,6 +313,7 @@ def test_a_data_error_is_one_line_unless_debugging(tiny_raw, tmp_path, capsys, m
     def spoil(path):
         path.write_bytes(path.read_text().replace("\n", "\né", 1).encode("latin-1"))
 
+    monkeypatch.delenv("MMSENT_DEBUG", raising=False)
     root = bad_label_copy(tiny_raw, tmp_path / "raw", spoil)
     command = ["fit", *data_args(root, tmp_path),
                "-c", str(CONF.parent.parent / "pipelines" / "quickstart" / "2_audio.yaml")]
