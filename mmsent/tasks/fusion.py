@@ -9,12 +9,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mmsent.errors import ConfigError
 from mmsent.metrics import SentimentMetrics
 from mmsent.models.fusion import ConcatFusion, RegressionHead
 from mmsent.models.generative import SCORE_MODES, sample_embeddings
 from mmsent.models.late_fusion import LateFusionModel
 from mmsent.tasks.base import BaseTask
-from mmsent.errors import ConfigError
 from mmsent.tasks.checkpoints import (
     META_KEY,
     EncoderFactory,
