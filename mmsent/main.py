@@ -15,6 +15,7 @@ import warnings
 from mmsent import pipeline
 from mmsent.cli import build_cli
 from mmsent.errors import MMSentError, user_error
+from mmsent.hub import export, score
 from mmsent.pipeline.wandb_mode import default_to_offline
 
 DEBUG_FLAG = "--debug"
@@ -54,6 +55,9 @@ def dispatch(args: list[str]) -> None:
     """
     if args and args[0] == "pipeline":
         pipeline.main(args[1:])
+        return
+    if args and args[0] in ("export", "score"):
+        (export.main if args[0] == "export" else score.main)(args[1:])
         return
     default_to_offline()
     # The arguments are sys.argv's own; LightningCLI's warning about both being given

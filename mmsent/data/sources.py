@@ -156,6 +156,20 @@ def check_utf8(path: Path) -> None:
                     f"column {error.start + 1}); save the file as UTF-8") from None
 
 
+def audio_file(video: Path) -> Path:
+    """The audio of a clip: the ``.wav`` of the same name beside its video, else the
+    video itself (its own audio track).
+
+    Args:
+        video (Path): The clip's video file.
+
+    Returns:
+        Path: The file to read the audio from.
+    """
+    wav = video.with_suffix(".wav")
+    return wav if wav.exists() else video
+
+
 class RawClipSource(DataSource):
     """Raw clips in MMSA's layout: ``label.csv`` plus ``Raw/<video_id>/<clip_id>.mp4``.
 
@@ -216,8 +230,7 @@ class RawClipSource(DataSource):
             it exists, else the video itself).
         """
         video = self.root / self.video_dir / video_id / f"{clip_id}.{self.video_ext}"
-        wav = video.with_suffix(".wav")
-        return video, wav if wav.exists() else video
+        return video, audio_file(video)
 
     def fingerprint(self) -> dict:
         table = self.root / self.label_file
