@@ -90,7 +90,7 @@ def pretrain(spec: dict, modalities: list[str], fraction: float, seed: int, step
 
 def fusion_cli(spec: dict, modalities: list[str], fraction: float, seed: int, checkpoints: dict):
     """The fusion stage's task (encoders loaded, head untrained) and data."""
-    from mmsent.main import build_cli
+    from mmsent.cli import build_cli
 
     args = ["-c", str(spec["folder"] / "base.yaml")]
     for config in spec["fusion"]:

@@ -26,7 +26,7 @@ def fit_and_test(args: list[str]) -> dict:
         dict: Test metrics (MMSA names), ``val_MAE`` of the selected checkpoint, the
         best checkpoint path and the wall time in seconds.
     """
-    from mmsent.main import build_cli
+    from mmsent.cli import build_cli
 
     started = time.time()
     cli = build_cli(args, run=False)

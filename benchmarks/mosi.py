@@ -57,7 +57,7 @@ def prepare_cache(cache_dir: str) -> None:
     Args:
         cache_dir (str): The cache folder the stages use.
     """
-    from mmsent.main import build_cli
+    from mmsent.cli import build_cli
 
     configs = ["-c", str(PIPELINE.parent / "mosi" / "base.yaml"),
                "-c", str(PIPELINE.parent / "mosi" / "1_text.yaml")]

@@ -1,89 +1,26 @@
-"""The one command line: ``mmsent fit|validate|test|predict`` and ``mmsent pipeline``."""
+"""The ``mmsent`` command: ``mmsent fit|validate|test|predict`` go to the CLI
+(:mod:`mmsent.cli`), ``mmsent pipeline`` to the pipeline (:mod:`mmsent.pipeline`).
+
+An error a user can act on (a config key, a data file, a checkpoint, a full disk)
+is printed in a line or two naming its culprit, with exit status 1; ``--debug`` (or
+``MMSENT_DEBUG=1``) shows the whole traceback instead.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
+import warnings
 
-from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.cli import LightningCLI
+from mmsent import pipeline
+from mmsent.cli import build_cli
+from mmsent.errors import MMSentError, user_error
+from mmsent.hub import export, score
+from mmsent.pipeline.wandb_mode import default_to_offline
 
-from mmsent.data.datamodule import MultimodalDataModule
-from mmsent.tasks.base import BaseTask
-from mmsent.tracking import default_to_offline
-
-MONITOR = "val/MAE"
-
-
-class MMSentCLI(LightningCLI):
-    """LightningCLI with the data's input sizes linked to the model and checkpoints
-    kept for the best validation MAE and the last epoch."""
-
-    def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("data.input_dims", "model.init_args.input_dims", apply_on="instantiate")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({
-            "checkpoint.monitor": MONITOR,
-            "checkpoint.mode": "min",
-            "checkpoint.save_last": True,
-            "checkpoint.filename": "best-epoch{epoch:03d}",
-            "checkpoint.auto_insert_metric_name": False,
-        })
-
-    def instantiate_classes(self) -> None:
-        """Instantiates as LightningCLI does, but surfaces the error a class raised
-        (a missing checkpoint, a bad label row) instead of jsonargparse's wrapper,
-        which repeats the whole configuration around it."""
-        try:
-            super().instantiate_classes()
-        except ValueError as error:
-            raise root_cause(error) from None
-
-
-def root_cause(error: BaseException) -> BaseException:
-    """The first exception in a ``raise ... from ...`` chain not raised by jsonargparse.
-
-    Unwrapping stops there, so a message the project wrote around a lower-level
-    error (a checkpoint whose weights do not fit) is the one shown.
-
-    Args:
-        error (BaseException): The outermost exception.
-
-    Returns:
-        BaseException: The exception a class raised.
-    """
-    while error.__cause__ is not None and _raised_in(error, "jsonargparse"):
-        error = error.__cause__
-    return error
-
-
-def _raised_in(error: BaseException, package: str) -> bool:
-    trace = error.__traceback__
-    while trace is not None and trace.tb_next is not None:
-        trace = trace.tb_next
-    return trace is not None and f"{package}/" in trace.tb_frame.f_code.co_filename
-
-
-def build_cli(args: list[str] | None = None, run: bool = True) -> MMSentCLI:
-    """Builds (and by default runs) the CLI.
-
-    Args:
-        args (list[str] | None): Command-line arguments; None reads ``sys.argv``.
-        run (bool): Run the subcommand; False parses and instantiates only (then
-            ``args`` holds no subcommand).
-
-    Returns:
-        MMSentCLI: The CLI, with ``model``, ``datamodule`` and ``trainer``.
-    """
-    return MMSentCLI(
-        BaseTask,
-        MultimodalDataModule,
-        subclass_mode_model=True,
-        seed_everything_default=0,
-        auto_configure_optimizers=False,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        run=run,
-    )
+DEBUG_FLAG = "--debug"
+DEBUG_VARIABLE = "MMSENT_DEBUG"
+USER_ERRORS = (MMSentError, ValueError, OSError)
 
 
 def main(args: list[str] | None = None) -> None:
@@ -91,14 +28,41 @@ def main(args: list[str] | None = None) -> None:
 
     Args:
         args (list[str] | None): Command-line arguments; None reads ``sys.argv``.
+
+    Raises:
+        SystemExit: Status 1 after a user's error, printed short.
     """
     args = sys.argv[1:] if args is None else list(args)
-    if args and args[0] == "pipeline":
-        from mmsent.pipeline import main as pipeline_main
+    cut = args.index("--") if "--" in args else len(args)
+    debug = DEBUG_FLAG in args[:cut] or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+    args = [a for a in args[:cut] if a != DEBUG_FLAG] + args[cut:]
+    try:
+        dispatch(args)
+    except Exception as error:
+        shown = user_error(error)
+        if debug or not isinstance(shown, USER_ERRORS):
+            raise
+        print(f"mmsent: error: {shown}\n(the full traceback: run again with {DEBUG_FLAG} or "
+              f"{DEBUG_VARIABLE}=1)", file=sys.stderr)
+        raise SystemExit(1) from None
 
-        pipeline_main(args[1:])
+
+def dispatch(args: list[str]) -> None:
+    """Runs ``mmsent pipeline ...`` or a LightningCLI subcommand.
+
+    Args:
+        args (list[str]): Command-line arguments.
+    """
+    if args and args[0] == "pipeline":
+        pipeline.main(args[1:])
+        return
+    if args and args[0] in ("export", "score"):
+        (export.main if args[0] == "export" else score.main)(args[1:])
         return
     default_to_offline()
+    # The arguments are sys.argv's own; LightningCLI's warning about both being given
+    # would only confuse.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     build_cli(args)
 
 

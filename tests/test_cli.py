@@ -1,10 +1,15 @@
 """The one LightningCLI, run in-process with tiny configs."""
 
+import csv as csv_module
+
 import pytest
 import torch
 import yaml
 from conftest import data_args
+from pytorch_lightning.callbacks import LearningRateMonitor
 
+from mmsent.cli import build_cli
+from mmsent.errors import ConfigError, MissingFileError, user_error
 from mmsent.main import main
 
 QUICKSTART = "pipelines/quickstart"
@@ -75,8 +80,6 @@ def test_checkpoints_leave_the_frozen_pretrained_table_out_and_loading_checks_it
 
 
 def test_finetune_uses_one_sgd_group_per_modality(tiny_data_args, unimodal_checkpoints, tmp_path):
-    from mmsent.main import build_cli
-
     stage4 = tmp_path / "fusion"
     main(["fit", *fusion_args(tiny_data_args, unimodal_checkpoints), *SHORT,
           f"--trainer.default_root_dir={stage4}"])
@@ -114,8 +117,6 @@ GATED_ON_TEXT = ["--model.init_args.fusion=mmsent.models.fusion.GatedResidualFus
 
 
 def test_fused_model_can_start_as_the_text_model(tiny_data_args, unimodal_checkpoints):
-    from mmsent.main import build_cli
-
     cli = build_cli([*fusion_args(tiny_data_args, unimodal_checkpoints, GATED_ON_TEXT),
                      "--model.init_args.head_from=text"], run=False)
     fused = cli.model.model.eval()
@@ -137,8 +138,11 @@ def test_head_of_another_size_is_rejected(tiny_data_args, unimodal_checkpoints):
 
 def test_missing_checkpoint_fails_before_training_naming_key_and_path(tiny_data_args, tmp_path):
     missing = tmp_path / "nowhere.ckpt"
-    with pytest.raises(FileNotFoundError, match=r"model.text_checkpoint: checkpoint .*nowhere.ckpt"):
+    with pytest.raises(FileNotFoundError, match=r"model.text_checkpoint: checkpoint .*nowhere.ckpt") as raised:
         main(["fit", *fusion_args(tiny_data_args, {"text": missing})])
+    # The class's own message, not jsonargparse's wrapper that repeats the configuration.
+    assert isinstance(raised.value, MissingFileError)
+    assert str(raised.value) == f"model.text_checkpoint: checkpoint {missing} does not exist"
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
@@ -178,8 +182,6 @@ def test_print_config_and_stacked_configs(tiny_data_args, capsys):
 
 @pytest.mark.parametrize("optimizer", ["torch.optim.Adam", "torch.optim.RMSprop", "torch.optim.Adadelta"])
 def test_adaptive_optimizers_from_yaml(tiny_data_args, optimizer):
-    from mmsent.main import build_cli
-
     cli = build_cli(["-c", STAGE_CONFIGS["audio"], *tiny_data_args, f"--model.init_args.optimizer={optimizer}",
                      "--model.init_args.optimizer.init_args.lr=0.5"], run=False)
     built = cli.model.configure_optimizers()
@@ -191,8 +193,6 @@ def test_adaptive_optimizers_from_yaml(tiny_data_args, optimizer):
 def test_lecture_toolkit_from_yaml(tiny_data_args):
     """A weight penalty, epoch-level dropout masks and the saddle monitor, configured
     from the command line like any YAML key, in one short training run."""
-    from mmsent.main import build_cli
-
     cli = build_cli([
         "-c", STAGE_CONFIGS["audio"], *tiny_data_args,
         "--model.init_args.optimizer=torch.optim.RMSprop",
@@ -218,5 +218,42 @@ def test_lecture_toolkit_from_yaml(tiny_data_args):
 def test_an_encoder_unlike_the_checkpoints_is_reported_by_the_project_message(tiny_data_args, unimodal_checkpoints):
     wider = ["--model.init_args.text_encoder=mmsent.models.TextLSTMEncoder",
              "--model.init_args.text_encoder.init_args.hidden_dim=32"]
-    with pytest.raises(ValueError, match=r"model.text_encoder: the configured text encoder differs from the one"):
+    with pytest.raises(ConfigError, match=r"^model.text_encoder: the configured text encoder differs from the one") as raised:
         main(["fit", *fusion_args(tiny_data_args, {"text": unimodal_checkpoints["text"]}, wider)])
+    assert "Does not validate" not in str(raised.value)
+
+
+def test_the_error_shown_is_the_outermost_project_error_or_the_root_cause():
+    wrapper = ValueError("jsonargparse's words, then the whole configuration")
+    assert user_error(wrapper) is wrapper
+    root = KeyError("inner")
+    wrapper.__cause__ = root
+    assert user_error(wrapper) is root
+    explained = ConfigError("model.x: does not fit")
+    wrapper.__cause__, explained.__cause__ = explained, root
+    assert user_error(wrapper) is explained, "the project's message around a lower-level error"
+    explained.__cause__ = ConfigError("lower")
+    assert user_error(wrapper) is explained, "the outermost project error is the one shown"
+
+
+def test_class_errors_are_shown_without_the_wrapper(tiny_data_args):
+    audio = ["fit", "-c", STAGE_CONFIGS["audio"], *tiny_data_args, "--trainer.fast_dev_run=1"]
+    with pytest.raises(ValueError) as raised:
+        main([*audio, "--model.init_args.loss=l3"])
+    assert str(raised.value) == "model.loss must be one of ['huber', 'l1', 'mse'], got 'l3'"
+    with pytest.raises(ValueError) as raised:
+        main([*audio, "--model.init_args.encoder.init_args.dropout=1.5"])
+    assert str(raised.value) == "p must be in [0, 1), got 1.5"
+
+
+def test_learning_rates_are_logged_per_group_once_an_epoch(tiny_data_args, tmp_path):
+    csv = ["--trainer.logger=CSVLogger", f"--trainer.logger.save_dir={tmp_path / 'csv'}"]
+    main(["fit", "-c", STAGE_CONFIGS["audio"], *tiny_data_args, *SHORT, "--trainer.max_epochs=2", *csv])
+    rows = list(csv_module.DictReader(next((tmp_path / "csv").rglob("metrics.csv")).open()))
+    logged = [{k: float(v) for k, v in row.items() if k.startswith("lr-Adam/") and v} for row in rows]
+    assert [rates for rates in logged if rates] == [{"lr-Adam/audio": 0.002, "lr-Adam/head": 0.002}] * 2
+    # Without a logger (the tiny configs' trainer.logger: false) the monitor stands aside.
+    cli = build_cli(["-c", STAGE_CONFIGS["audio"], *tiny_data_args, *SHORT], run=False)
+    assert not cli.trainer.loggers
+    assert any(isinstance(c, LearningRateMonitor) for c in cli.trainer.callbacks)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)

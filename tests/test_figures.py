@@ -6,9 +6,9 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from mmsent import figures
 from mmsent.metrics import regression_metrics
-from mmsent.report import write_report
+from mmsent.pipeline import figures
+from mmsent.pipeline.report import write_report
 
 
 def test_confusion_matrix_counts_the_classes_of_mult_acc_7():
@@ -85,7 +85,7 @@ def test_report_without_predictions_writes_no_figures(tmp_path):
 
 def test_figures_have_a_panel_per_stage():
     table = pd.DataFrame({"label": [0.0, 1.0], "prediction": [0.5, 1.5]})
-    figure = figures.scatter_figure({"a": table, "b": table, "c": table, "d": table})
+    figure = figures.stage_panels({"a": table, "b": table, "c": table, "d": table}, figures.draw_scatter)
     assert isinstance(figure, Figure)
     assert sum(ax.get_visible() for ax in figure.axes) == 4
     assert figure.axes[0].get_title() == "a (MAE 0.500)"

@@ -308,7 +308,7 @@ def augmented(tiny_raw, tmp_path_factory) -> dict:
 
 def stage_cli(record: dict, *overrides: str):
     """Rebuilds a finished stage's model and data from its saved config."""
-    from mmsent.main import build_cli
+    from mmsent.cli import build_cli
 
     return build_cli(["-c", record["config"], "--trainer.logger=false", *overrides], run=False)
 

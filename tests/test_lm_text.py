@@ -10,10 +10,11 @@ import pytest
 import torch
 import yaml
 
+from mmsent.cli import build_cli
 from mmsent.data import RawClipSource
 from mmsent.data.cache import cache_key, prepare
 from mmsent.data.lm_features import LMTokenStates
-from mmsent.main import build_cli, main
+from mmsent.main import main
 from mmsent.pretrained import model_signature, resolve_model_path
 
 MINILM_VOCAB, MINILM_DIM = 30522, 384

@@ -7,13 +7,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
 from conftest import CONF, REPO
 
+from mmsent.callbacks import ModalitySelection
+from mmsent.errors import ConfigError
+from mmsent.metrics import METRIC_NAMES
 from mmsent.pipeline import load_pipeline, run
+from mmsent.pipeline.runner import selected_checkpoint
 
 QUICKSTART = REPO / "pipelines" / "quickstart"
 STAGES = ["text", "audio", "video", "fusion", "finetune"]
@@ -75,7 +80,14 @@ def test_pipeline_runs_every_stage_hands_checkpoints_on_and_reports(tiny_raw, ti
     report = json.loads((out / "report.json").read_text())
     assert [row["stage"] for row in report["stages"]] == STAGES
     assert all("best_achievable_MAE" in row for row in report["stages"])
-    assert "constant" in report["baselines"]
+    # The trivial predictors on every metric, validation and test, in the report and logged by each stage.
+    for split in ("val", "test"):
+        assert set(report["baselines"][split]) == set(METRIC_NAMES)
+        assert record["stages"]["text"]["metrics"][split]["baseline/MAE"] == report["baselines"][split]["MAE"]
+    assert report["baselines"]["test"]["Corr"] == 0.0
+    trivial = next(line for line in (out / "report.md").read_text().splitlines() if "*trivial predictor*" in line)
+    assert f"{report['baselines']['test']['MAE']:.3f}" in trivial
+    assert f"{100 * report['baselines']['test']['Non0_acc_2']:.1f}" in trivial
     assert (out / "report.md").read_text().count("\n| ") >= len(STAGES) + 1
     # The fused stages' ModalitySelection outcome: in the manifest, the best checkpoint and the report.
     fused = record["stages"]["fusion"]
@@ -95,15 +107,59 @@ def test_pipeline_runs_every_stage_hands_checkpoints_on_and_reports(tiny_raw, ti
     assert {s: after[s] for s in STAGES if s != "audio"} == {s: before[s] for s in STAGES if s != "audio"}
 
 
-def test_pipeline_file_errors_name_the_key(tmp_path):
+def write_spec(path: Path, spec: dict) -> Path:
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_pipeline_file_errors_name_the_file_and_key(tmp_path):
+    config = str(QUICKSTART / "1_text.yaml")
     path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump({"stages": [{"name": "a", "configs": [], "checkpoint": {}}]}))
-    with pytest.raises(ValueError, match=r"stages\[0\]: unknown key\(s\) \['checkpoint'\]"):
-        load_pipeline(path)
-    path.write_text(yaml.safe_dump({"stages": [{"name": "a", "configs": [],
-                                                "checkpoints": {"model.init_args.x": "b"}}]}))
-    with pytest.raises(ValueError, match="checkpoints.model.init_args.x takes stage 'b'"):
-        load_pipeline(path)
+    cases = [
+        ({"stages": [{"name": "a", "checkpoint": {"model.init_args.x": "b"}}]},
+         rf"{path}: stages\[0\]: .*'checkpoint\..*' .*the keys are name, configs, checkpoints, args"),
+        ({"stages": [{"name": "a"}], "output": "runs/x"}, rf"{path}: .*'output'"),
+        ({"stages": [{"name": "a", "configs": config}]}, r"stages\[0\]: .*configs.*Expected a <class 'list'>"),
+        ({"stages": [{"configs": [config]}]}, r"stages\[0\]: .*required: name"),
+        ({"stages": ["text"]}, rf"{path}: .*stages.*Expected a <class 'dict'>. Got value: text"),
+        ({"stages": [{"name": "a", "configs": ["nowhere.yaml"]}]},
+         rf"stages\[0\]: config file {tmp_path / 'nowhere.yaml'} does not exist"),
+        ({"stages": [{"name": "a"}, {"name": "a"}]}, r"stages\[1\]: duplicate stage name 'a'"),
+        ({"stages": [{"name": "a", "checkpoints": {"model.init_args.x": "b"}}, {"name": "b"}]},
+         r"stages\[0\]: checkpoints.model.init_args.x takes stage 'b', which does not run before 'a'"),
+        ({"stages": []}, rf"{path}: the pipeline lists no stage"),
+        ({"name": "x"}, r"required: stages"),
+        (["text", "audio"], rf"{path}: expected a mapping with the keys stages, name, output_dir, args, wandb"),
+    ]
+    for spec, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            load_pipeline(write_spec(path, spec))
+
+
+def test_pipeline_file_paths_are_relative_to_it(tmp_path):
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / "one.yaml").write_text("trainer: {max_epochs: 1}\n")
+    pipeline = load_pipeline(write_spec(tmp_path / "p.yaml", {
+        "args": ["--seed_everything=3"],
+        "stages": [{"name": "one", "configs": ["stages/one.yaml"], "args": ["--trainer.max_epochs=2"]},
+                   {"name": "two", "checkpoints": {"model.init_args.init_checkpoint": "one"}}]}))
+    assert (pipeline.name, pipeline.output_dir) == ("p", Path("runs") / "p")
+    assert pipeline.stage("one").configs == [tmp_path / "stages" / "one.yaml"]
+    assert pipeline.stage("two").checkpoints == {"model.init_args.init_checkpoint": "one"}
+    assert pipeline.args == ["--seed_everything=3"] and not pipeline.wandb.enabled
+    with pytest.raises(ConfigError, match=r"no stage 'three'; the pipeline has \['one', 'two'\]"):
+        pipeline.stage("three")
+
+
+def test_the_model_selection_picked_is_handed_on():
+    selection = ModalitySelection()
+    cli = SimpleNamespace(trainer=SimpleNamespace(callbacks=[object(), selection]))
+    assert selected_checkpoint(cli) is None  # no selected file: the best checkpoint goes on
+    selection.selected_path = "fusion/checkpoints/selected.ckpt"
+    assert selected_checkpoint(cli) == "fusion/checkpoints/selected.ckpt"
+    cli.trainer.callbacks.append(ModalitySelection())
+    assert selected_checkpoint(cli) is None, "the last selection decides"
+    assert selected_checkpoint(SimpleNamespace(trainer=SimpleNamespace(callbacks=[]))) is None
 
 
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
@@ -128,7 +184,9 @@ def test_stop_in_stage_four_resumes_from_its_last_checkpoint(tiny_raw, tiny_cach
         assert process.returncode == 1
         assert "stage 'fusion' stopped by SIGTERM" in (tmp_path / "stderr.txt").read_text()
     killed = manifest(tmp_path)
-    assert killed["stages"]["fusion"]["status"] == "running", "the kill must land inside stage 4"
+    # SIGKILL leaves the stage running; the pipeline records a SIGTERM stop as failed.
+    status = "running" if stop == signal.SIGKILL else "failed"
+    assert killed["stages"]["fusion"]["status"] == status, "the kill must land inside stage 4"
     assert "finetune" not in killed["stages"]
     before = checkpoint_times(tmp_path, ["text", "audio"])
 

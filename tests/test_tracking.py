@@ -2,24 +2,24 @@
 
 The pipeline runs text -> fusion -> fine-tuning (text only, to stay fast) in a
 subprocess with no W&B credentials, no reachable W&B host and stdin closed; the tests
-then read each stage's ``run-<id>.wandb`` transaction log.
+then read each stage's offline run back (:mod:`wandb_offline`).
 """
 
 import json
 import os
-import struct
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import wandb
 import yaml
 from conftest import CONF, REPO
-from wandb.proto import wandb_internal_pb2
+from wandb_offline import OfflineRun
 
-from mmsent import tracking
-from mmsent.pipeline import load_pipeline, run
+from mmsent.errors import ConfigError
+from mmsent.pipeline import load_pipeline, run, tracking, wandb_mode
 
 QUICKSTART = REPO / "pipelines" / "quickstart"
 STAGES = ["text", "fusion", "finetune"]
@@ -28,60 +28,6 @@ TEXT_ONLY_GROUPS = {"model": {"init_args": {"param_groups": {
     "text": {"lr": 0.002, "schedule": {"name": "cosine", "epochs": 8}},
     "fusion": {"lr": 0.002, "schedule": {"name": "cosine", "epochs": 8}},
 }}}}
-
-# The .wandb file is a LevelDB-style log: a 7-byte file header, then 32 KiB blocks of
-# chunks, each with a 7-byte header (CRC, length, type); a record spans chunks
-# FIRST/MIDDLE/LAST or fits in one FULL chunk.
-BLOCK, CHUNK_HEADER, FULL, LAST = 32768, 7, 1, 4
-
-
-def read_records(path: Path) -> list:
-    """Every protobuf record of an offline run's transaction log."""
-    data = path.read_bytes()
-    assert data[:4] == b":W&B", f"{path} is not a W&B transaction log"
-    records, parts, pos = [], [], 7
-    while pos + CHUNK_HEADER <= len(data):
-        if BLOCK - pos % BLOCK < CHUNK_HEADER:
-            pos += BLOCK - pos % BLOCK
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + CHUNK_HEADER])
-        pos += CHUNK_HEADER
-        if kind == 0:
-            pos += BLOCK - pos % BLOCK if pos % BLOCK else 0
-            continue
-        parts.append(data[pos:pos + length])
-        pos += length
-        if kind in (FULL, LAST):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(b"".join(parts))
-            records.append(record)
-            parts = []
-    return records
-
-
-def _key(item) -> str:
-    return item.key or item.nested_key[0]
-
-
-class OfflineRun:
-    """What one offline run recorded: run settings, config, history keys, artifacts."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        records = read_records(next(folder.glob("run-*.wandb")))
-        self.run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
-        self.config = {u.key: json.loads(u.value_json) for u in self.run.config.update}
-        for record in records:
-            if record.WhichOneof("record_type") == "config":
-                self.config.update({_key(u): json.loads(u.value_json) for u in record.config.update})
-        self.history = {_key(item) for r in records if r.WhichOneof("record_type") == "history"
-                        for item in r.history.item}
-        self.artifacts = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
-
-    def models(self, used: bool) -> dict:
-        """Model artifacts by name: those it declared used, or those it produced."""
-        return {a.name: a for a in self.artifacts if a.type == "model" and a.use_after_commit == used}
-
 
 def write_pipeline(folder: Path, raw_root: Path, stages: list[str], wandb: dict | None) -> Path:
     """A pipeline over the quickstart stage configs, the tiny dataset and text only."""
@@ -148,7 +94,7 @@ def test_runs_offline_without_credentials_and_never_prompts(offline_pipeline):
         assert record["wandb"]["mode"] == "offline"
         assert Path(record["wandb"]["dir"]).parent == folder / "wandb-dir" / "wandb"
     assert "API key" not in output and "wandb login" not in output
-    assert f"wandb sync -n 1 {folder / 'wandb-dir' / 'wandb'}/offline-run-*" in output
+    assert f"wandb sync {folder / 'wandb-dir' / 'wandb'}/offline-run-*" in output
 
 
 def test_one_group_with_a_run_per_stage_and_its_job_type(offline_pipeline):
@@ -168,7 +114,7 @@ def test_config_holds_the_resolved_stage_config_and_hyperparameters(offline_pipe
     manifest, runs = offline_pipeline["manifest"], offline_pipeline["runs"]
     text, finetune = runs["text"].config, runs["finetune"].config
     assert text["pipeline"] == {"name": "tiny", "stage": "text", "group": manifest["group"],
-                                "command": manifest["stages"]["text"]["command"]}
+                                "command": manifest["stages"]["text"]["command"], "inputs": {}}
     assert text["model"]["class_path"] == "mmsent.tasks.UnimodalTask"
     assert text["trainer"]["max_epochs"] == 1
     assert text["data"]["batch_size"] == 8
@@ -178,13 +124,19 @@ def test_config_holds_the_resolved_stage_config_and_hyperparameters(offline_pipe
     assert finetune["init_checkpoint"] == manifest["stages"]["fusion"]["best_checkpoint"]
 
 
+def learning_rate_groups(history: set[str]) -> set[str]:
+    """The parameter groups whose learning rate Lightning's LearningRateMonitor logged
+    (``lr-<optimizer>/<group>``)."""
+    return {key.split("/", 1)[1] for key in history if key.startswith("lr-") and "/" in key}
+
+
 def test_history_has_metrics_learning_rates_and_media(offline_pipeline):
     runs = offline_pipeline["runs"]
     for offline in runs.values():
         assert {"train/loss", "val/MAE", "val/Corr", "test/MAE", "test/Mult_acc_7", "figures/scatter",
                 "figures/confusion_matrix", "figures/frames", "predictions"} <= offline.history
-    assert {"lr/text", "lr/head"} <= runs["text"].history
-    assert {"lr/text", "lr/fusion"} <= runs["finetune"].history
+    assert learning_rate_groups(runs["text"].history) == {"text", "head"}
+    assert learning_rate_groups(runs["finetune"].history) == {"text", "fusion"}
     assert {"test/contribution/text", "figures/contributions", "media/samples"} <= runs["fusion"].history
     # ModalitySelection (in the fusion configs) reports its test against the stage's start.
     assert {"selection/start/gain_MAE", "selection/start/p_value"} <= runs["fusion"].history
@@ -213,16 +165,32 @@ def test_each_stage_logs_its_best_checkpoint_with_metrics(offline_pipeline):
         assert artifact.manifest.contents[0].size == Path(record["best_checkpoint"]).stat().st_size
 
 
-def test_lineage_each_stage_uses_the_artifacts_it_loads(offline_pipeline):
-    runs = offline_pipeline["runs"]
-    produced = {name: runs[name].models(used=False)[f"tiny-{name}"] for name in STAGES}
-    assert runs["text"].models(used=True) == {}
-    for consumer, source in (("fusion", "text"), ("finetune", "fusion")):
-        used = runs[consumer].models(used=True)
-        assert list(used) == [f"tiny-{source}"]
-        # The same name and digest make `wandb sync` resolve it to the producer's version.
-        assert used[f"tiny-{source}"].digest == produced[source].digest
-        assert used[f"tiny-{source}"].metadata == produced[source].metadata
+def test_each_run_names_the_artifact_versions_it_starts_from(offline_pipeline):
+    manifest, runs = offline_pipeline["manifest"], offline_pipeline["runs"]
+    group = manifest["group"]
+    assert runs["text"].config["pipeline"]["inputs"] == {}
+    assert runs["fusion"].config["pipeline"]["inputs"] == {"model.init_args.text_checkpoint": f"tiny-text:{group}"}
+    assert runs["finetune"].config["pipeline"]["inputs"] == {
+        "model.init_args.init_checkpoint": f"tiny-fusion:{group}"}
+    for offline in runs.values():
+        # W&B refuses to declare a used artifact offline; the config names it instead.
+        assert offline.models(used=True) == {}
+
+
+def test_an_online_run_declares_the_artifacts_it_loads_as_used(offline_pipeline):
+    manifest, runs = offline_pipeline["manifest"], offline_pipeline["runs"]
+    pipeline = SimpleNamespace(name="tiny")
+    stage = SimpleNamespace(checkpoints={"model.init_args.init_checkpoint": "fusion"})
+    records = SimpleNamespace(stage=lambda name: manifest["stages"][name])
+    used = []
+    tracking.declare_inputs(SimpleNamespace(offline=True, use_artifact=used.append), pipeline, stage, records)
+    assert used == []
+    tracking.declare_inputs(SimpleNamespace(offline=False, use_artifact=used.append), pipeline, stage, records)
+    (artifact,) = used
+    produced = runs["fusion"].models(used=False)["tiny-fusion"]
+    # The same name and digest make W&B resolve it to the producer's version.
+    assert (artifact.name, artifact.type, artifact.digest) == ("tiny-fusion", "model", produced.digest)
+    assert artifact.metadata == json.loads(produced.metadata)
 
 
 def test_report_figures_are_written_beside_the_report(offline_pipeline):
@@ -264,10 +232,13 @@ def test_without_wandb_the_stage_keeps_its_own_logger(tiny_raw, tmp_path):
 
 def test_wandb_section_is_validated(tmp_path):
     path = write_pipeline(tmp_path, tmp_path, ["text"], {"project": "p", "modes": "offline"})
-    with pytest.raises(ValueError, match=r"wandb: unknown key\(s\) \['modes'\]"):
+    with pytest.raises(ConfigError, match=r"pipeline.yaml: wandb: .*'modes'.* \(the keys are enabled, project"):
         load_pipeline(path)
     path = write_pipeline(tmp_path, tmp_path, ["text"], {"mode": "sometimes"})
-    with pytest.raises(ValueError, match=r"wandb.mode must be one of"):
+    with pytest.raises(ConfigError, match=r"wandb: .*mode.*Expected a typing.Literal\['auto', 'online', 'offline'\]"):
+        load_pipeline(path)
+    path = write_pipeline(tmp_path, tmp_path, ["text"], {"tags": "quickstart"})
+    with pytest.raises(ConfigError, match=r"wandb: .*tags.*Expected a <class 'list'>"):
         load_pipeline(path)
     assert not load_pipeline(write_pipeline(tmp_path, tmp_path, ["text"], None)).wandb.enabled
     assert load_pipeline(write_pipeline(tmp_path, tmp_path, ["text"], {})).wandb.project == "mmsent"
@@ -282,37 +253,37 @@ def no_credentials(tmp_path, monkeypatch):
 
 
 def test_mode_is_offline_without_credentials_and_online_with_them(no_credentials, monkeypatch):
-    assert not tracking.has_credentials()
-    assert [tracking.resolve_mode(m) for m in ("auto", "online", "offline")] == ["offline"] * 3
+    assert not wandb_mode.has_credentials()
+    assert [wandb_mode.resolve_mode(m) for m in ("auto", "online", "offline")] == ["offline"] * 3
     no_credentials.write_text("machine api.wandb.ai\n  login user\n  password " + "k" * 40 + "\n")
-    assert tracking.has_credentials()
-    assert [tracking.resolve_mode(m) for m in ("auto", "online", "offline")] == ["online", "online", "offline"]
+    assert wandb_mode.has_credentials()
+    assert [wandb_mode.resolve_mode(m) for m in ("auto", "online", "offline")] == ["online", "online", "offline"]
     monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.com")
-    assert not tracking.has_credentials()
+    assert not wandb_mode.has_credentials()
     monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
-    assert tracking.has_credentials()
+    assert wandb_mode.has_credentials()
     monkeypatch.setenv("WANDB_MODE", "offline")
-    assert tracking.resolve_mode("online") == "offline"
+    assert wandb_mode.resolve_mode("online") == "offline"
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    assert tracking.resolve_mode("auto") is None
+    assert wandb_mode.resolve_mode("auto") is None
     monkeypatch.setenv("WANDB_MODE", "sometimes")
     with pytest.raises(ValueError, match="WANDB_MODE='sometimes' is not one of"):
-        tracking.resolve_mode("auto")
+        wandb_mode.resolve_mode("auto")
 
 
 def test_a_blank_wandb_mode_counts_as_unset(no_credentials, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", " ")
-    tracking.default_to_offline()
+    wandb_mode.default_to_offline()
     assert os.environ["WANDB_MODE"] == "offline"  # no credentials: offline, as if unset
     monkeypatch.setenv("WANDB_MODE", "")
     monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
-    assert tracking.resolve_mode("auto") == "online"
+    assert wandb_mode.resolve_mode("auto") == "online"
     assert "WANDB_MODE" not in os.environ  # W&B itself rejects an empty mode
 
 
 def test_single_stage_fit_with_a_wandb_logger_in_yaml_writes_offline(no_credentials, tiny_data_args,
                                                                      tmp_path):
-    tracking.default_to_offline()
+    wandb_mode.default_to_offline()
     assert os.environ["WANDB_MODE"] == "offline"
     logger = {"trainer": {"logger": {"class_path": "pytorch_lightning.loggers.WandbLogger",
                                      "init_args": {"project": "mmsent-tests", "save_dir": str(tmp_path / "w")}}}}

@@ -19,6 +19,7 @@ import pandas as pd
 from mmsent.data.features import FeatureData, FeatureSource
 from mmsent.data.schema import MODALITIES, make_id
 from mmsent.data.sources import read_label_table
+from mmsent.errors import ConfigError
 from mmsent.io import content_hash, file_signature
 
 KEYS = ("video_id", "clip_id")
@@ -40,7 +41,7 @@ def feature_matrix(value, where: str) -> np.ndarray:
     try:
         array = _as_array(value)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"{where}: not a numeric feature vector ({error})") from error
+        raise ConfigError(f"{where}: not a numeric feature vector ({error})") from error
     if array.ndim == 1:
         array = array[None, :]
     if array.ndim != 2 or array.shape[1] == 0:

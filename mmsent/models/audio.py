@@ -9,7 +9,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from mmsent.models.config import init_args
+from mmsent.models.config import HubMixin, init_args
 from mmsent.models.dropout import (
     Swapout,
     average_stochastic_passes,
@@ -147,7 +147,7 @@ def greedy_layerwise_pretraining(network: nn.Sequential, inputs: torch.Tensor, e
     return errors
 
 
-class AcousticMLPEncoder(nn.Module):
+class AcousticMLPEncoder(nn.Module, HubMixin):
     """Frame features -> masked mean and std pooling -> MLP.
 
     Utterance-level features (one vector per clip, ``T == 1``) pass through the same

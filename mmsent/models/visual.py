@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmsent.models.config import init_args
+from mmsent.models.config import HubMixin, init_args
 from mmsent.models.dropout import make_dropout
 from mmsent.models.inflation import inflate_into, read_state_dict
 from mmsent.models.text import TextLSTMEncoder
@@ -90,7 +90,7 @@ def torchvision_backbone(name: str) -> tuple[nn.Module, int]:
     return network, features
 
 
-class Visual3DCNNEncoder(nn.Module):
+class Visual3DCNNEncoder(nn.Module, HubMixin):
     """A 3D-CNN over a clip of frames.
 
     Args:
@@ -158,7 +158,7 @@ def _frame_network_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return kept or state
 
 
-class FrameCNNEncoder(nn.Module):
+class FrameCNNEncoder(nn.Module, HubMixin):
     """A per-frame 2D-CNN whose frame embeddings are averaged over time.
 
     The order-blind baseline for the 3D-CNN: the same widths, so a gap between the

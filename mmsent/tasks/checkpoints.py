@@ -22,8 +22,10 @@ import torch
 from torch import nn
 
 from mmsent.data.schema import MODALITIES
+from mmsent.errors import ConfigError
 from mmsent.models.config import build_module, class_path, module_config
 from mmsent.models.generative import GENERATORS, EmbeddingGenerator
+from mmsent.tasks.checkpoint_io import load_weights_only
 
 META_KEY = "mmsent"
 EncoderFactory = Callable[[int], nn.Module]
@@ -41,11 +43,9 @@ def read_checkpoint(path: str | Path, what: str) -> dict:
 
     Raises:
         FileNotFoundError: If the file does not exist, naming the key and path.
+        ConfigError: If the file is refused or unreadable, naming the key and path.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what}: checkpoint {path} does not exist")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_weights_only(path, what)
 
 
 def sub_state_dict(state: dict, prefix: str) -> dict:
@@ -140,7 +140,7 @@ def fill_rebuilt(state: dict, module: nn.Module, omitted: dict[str, dict], prefi
             continue  # not part of this module; load_state_dict names anything missing
         found = fingerprint(own[local])
         if found != expected:
-            raise ValueError(f"{what}: {key} was left out of the checkpoint, to be rebuilt from the "
+            raise ConfigError(f"{what}: {key} was left out of the checkpoint, to be rebuilt from the "
                              f"configuration (a frozen pretrained table), but the configured module "
                              f"rebuilds other weights (shape {found['shape']} vs {expected['shape']}); "
                              f"configure the same pretrained_embeddings as the run that saved it")
@@ -211,13 +211,13 @@ def build_encoders(factories: dict[str, EncoderFactory | None], checkpoints: dic
         if factories[modality] is None and not records:
             continue
         if modality not in input_dims:
-            raise ValueError(f"model.{modality}_encoder: the stage wants a {modality} encoder but the data "
+            raise ConfigError(f"model.{modality}_encoder: the stage wants a {modality} encoder but the data "
                              f"holds only {sorted(input_dims)}")
         encoders[modality] = _build_encoder(modality, factories[modality], records, input_dims[modality])
         if checkpoints[modality]:
             load_encoder(encoders[modality], modality, checkpoints[modality], f"model.{modality}_checkpoint")
     if not encoders:
-        raise ValueError("model: configure at least one of text_encoder, audio_encoder, video_encoder "
+        raise ConfigError("model: configure at least one of text_encoder, audio_encoder, video_encoder "
                          "or the checkpoints to build them from")
     return encoders
 
@@ -231,7 +231,7 @@ def _read_fused(path: str | Path, what: str) -> dict:
     checkpoint.setdefault(META_KEY, {})
     task = checkpoint[META_KEY].get("task")
     if task not in (None, "fusion"):
-        raise ValueError(f"{what}: {path} holds a {task} model, not a fused one")
+        raise ConfigError(f"{what}: {path} holds a {task} model, not a fused one")
     return checkpoint
 
 
@@ -243,14 +243,14 @@ def _build_encoder(modality: str, factory: EncoderFactory | None, records: list[
     else:
         what, path, config = records[0]
         if config is None:
-            raise ValueError(f"{key} is not set and {path} ({what}) records no encoder configuration "
+            raise ConfigError(f"{key} is not set and {path} ({what}) records no encoder configuration "
                              f"to build it from; set {key}")
         encoder = build_module(config, input_dim, what=f"{what} {path}")
         source, label = f"the {modality} encoder recorded in {path} ({what})", str(path)
     built = encoder_config(encoder) or {"class_path": class_path(encoder), "init_args": None}
     for what, path, config in records:
         if config is not None and not _same_config(built, config):
-            raise ValueError(f"{key}: {source} differs from the one {path} ({what}) was saved "
+            raise ConfigError(f"{key}: {source} differs from the one {path} ({what}) was saved "
                              f"with{_differences(built, config)}:\n"
                              f"  {label}: {json.dumps(built, default=repr)}\n"
                              f"  {path}: {json.dumps(config, default=repr)}\n"
@@ -290,11 +290,11 @@ def load_encoder(encoder: nn.Module, modality: str, path: str | Path, what: str)
     meta = checkpoint.get(META_KEY, {})
     configured = type(encoder).__name__
     if meta.get("modality") not in (None, modality):
-        raise ValueError(f"{what}: {path} holds a {meta['modality']} encoder, "
+        raise ConfigError(f"{what}: {path} holds a {meta['modality']} encoder, "
                          f"but it is configured for {modality}")
     saved = (meta.get("encoder_config") or {}).get("class_path")
     if saved not in (None, class_path(encoder)):
-        raise ValueError(f"{what}: {path} holds a {saved}, "
+        raise ConfigError(f"{what}: {path} holds a {saved}, "
                          f"but the configured {modality} encoder is a {class_path(encoder)}")
     prefix = meta.get("encoder_prefix", "encoder.")
     state = sub_state_dict(checkpoint["state_dict"], prefix)
@@ -302,7 +302,7 @@ def load_encoder(encoder: nn.Module, modality: str, path: str | Path, what: str)
     try:
         encoder.load_state_dict(state)
     except RuntimeError as error:
-        raise ValueError(f"{what}: the weights in {path} do not fit the configured {modality} "
+        raise ConfigError(f"{what}: the weights in {path} do not fit the configured {modality} "
                          f"encoder {configured} (a different size?): {error}") from error
 
 
@@ -322,11 +322,11 @@ def load_head(head: nn.Module, modality: str, path: str | Path, what: str) -> No
     checkpoint = read_checkpoint(path, what)
     meta = checkpoint.get(META_KEY, {})
     if meta.get("task") not in (None, "unimodal") or meta.get("modality") not in (None, modality):
-        raise ValueError(f"{what}: {path} holds no unimodal {modality} model to take the head from")
+        raise ConfigError(f"{what}: {path} holds no unimodal {modality} model to take the head from")
     try:
         head.load_state_dict(sub_state_dict(checkpoint["state_dict"], "head."))
     except RuntimeError as error:
-        raise ValueError(f"{what}: the head in {path} does not fit the fused head (the fused "
+        raise ConfigError(f"{what}: the head in {path} does not fit the fused head (the fused "
                          f"embedding must have the {modality} embedding's size, and head_hidden "
                          f"must match): {error}") from error
 
@@ -349,7 +349,7 @@ def load_fused(model: nn.Module, path: str | Path, what: str) -> None:
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
-        raise ValueError(f"{what}: the weights in {path} do not fit the configured fused model "
+        raise ConfigError(f"{what}: the weights in {path} do not fit the configured fused model "
                          f"(encoders {list(meta.get('encoder_configs', {}))} in the checkpoint, "
                          f"{list(model.encoders)} configured): {error}") from error
 
@@ -374,18 +374,18 @@ def load_generator(path: str | Path, what: str, encoders: nn.ModuleDict) -> Embe
     checkpoint = read_checkpoint(path, what)
     meta = checkpoint.get(META_KEY, {})
     if meta.get("task") != "generative":
-        raise ValueError(f"{what}: {path} holds a {meta.get('task') or 'non-mmsent'} checkpoint, "
+        raise ConfigError(f"{what}: {path} holds a {meta.get('task') or 'non-mmsent'} checkpoint, "
                          "not a generator (train one with mmsent.tasks.GenerativeTask)")
     name = meta.get("generator_class")
     if name not in GENERATORS:
-        raise ValueError(f"{what}: {path} holds an unknown generator {name!r}; known: {sorted(GENERATORS)}")
+        raise ConfigError(f"{what}: {path} holds an unknown generator {name!r}; known: {sorted(GENERATORS)}")
     dims = {m: e.out_dim for m, e in encoders.items()}
     if list(meta["layout"].items()) != list(dims.items()):
-        raise ValueError(f"{what}: {path} generates embeddings laid out as {meta['layout']}, "
+        raise ConfigError(f"{what}: {path} generates embeddings laid out as {meta['layout']}, "
                          f"but the configured encoders produce {dims}")
     other = [m for m, e in encoders.items() if meta["encoder_digests"].get(m) != weights_digest(e)]
     if other:
-        raise ValueError(f"{what}: {path} was trained on the embeddings of other {'/'.join(other)} "
+        raise ConfigError(f"{what}: {path} was trained on the embeddings of other {'/'.join(other)} "
                          "encoder weights; give the generative stage and this stage the same "
                          "unimodal checkpoints")
     generator = GENERATORS[name](**meta["generator_config"])
@@ -393,6 +393,6 @@ def load_generator(path: str | Path, what: str, encoders: nn.ModuleDict) -> Embe
         generator.load_state_dict(sub_state_dict(checkpoint["state_dict"], "generator."))
     except RuntimeError as error:
         # Not chained: the CLI reports the innermost cause, and this is the message.
-        raise ValueError(f"{what}: the weights in {path} do not fit a {name} built from "
+        raise ConfigError(f"{what}: the weights in {path} do not fit a {name} built from "
                          f"{meta['generator_config']}: {error}") from None
     return generator.requires_grad_(False).eval()

@@ -1,7 +1,7 @@
 """Figures of a stage's test predictions, usable with or without W&B.
 
 Every function returns a :class:`matplotlib.figure.Figure` (never touching pyplot's
-global state), or a table or an image array; :mod:`mmsent.tracking` sends the same
+global state), or a table or an image array; :mod:`mmsent.pipeline.tracking` sends the same
 figures to W&B that :func:`write_figures` saves beside ``report.md``:
 
 * predicted against true score, one panel per stage (``scatter.png``);
@@ -193,31 +193,17 @@ def draw_confusion(ax, labels: Iterable[float], predictions: Iterable[float], ti
     ax.set_title(f"{title} (Mult_acc_7 {100 * accuracy:.1f}%)".strip())
 
 
-def scatter_figure(tables: Mapping[str, pd.DataFrame]) -> Figure:
-    """Predicted against true score, one panel per stage.
+def stage_panels(tables: Mapping[str, pd.DataFrame], draw) -> Figure:
+    """One panel per stage, each drawn from the stage's test predictions.
 
     Args:
         tables (Mapping[str, pd.DataFrame]): Stage -> predictions.
+        draw: :func:`draw_scatter` (predicted against true score) or
+            :func:`draw_confusion` (the 7-class confusion matrix).
 
     Returns:
         Figure: The figure.
     """
-    return _panels(tables, draw_scatter)
-
-
-def confusion_figure(tables: Mapping[str, pd.DataFrame]) -> Figure:
-    """The 7-class confusion matrix, one panel per stage.
-
-    Args:
-        tables (Mapping[str, pd.DataFrame]): Stage -> predictions.
-
-    Returns:
-        Figure: The figure.
-    """
-    return _panels(tables, draw_confusion)
-
-
-def _panels(tables: Mapping[str, pd.DataFrame], draw) -> Figure:
     figure, axes = _grid(len(tables))
     for ax, (stage, table) in zip(axes, tables.items(), strict=True):
         draw(ax, table["label"], table["prediction"], stage)
@@ -285,8 +271,8 @@ def write_figures(manifest: Mapping, out_dir: str | Path) -> list[Path]:
     if tables:
         merge_predictions(tables).to_csv(out_dir / PREDICTIONS_FILE, index=False)
         written.append(out_dir / PREDICTIONS_FILE)
-        for name, draw in (("scatter.png", scatter_figure), ("confusion.png", confusion_figure)):
-            draw(tables).savefig(out_dir / name, dpi=100)
+        for name, draw in (("scatter.png", draw_scatter), ("confusion.png", draw_confusion)):
+            stage_panels(tables, draw).savefig(out_dir / name, dpi=100)
             written.append(out_dir / name)
     values = contributions(manifest)
     if values:

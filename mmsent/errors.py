@@ -1,0 +1,45 @@
+"""The errors mmsent raises about what a user gave it: a config, a file, a checkpoint.
+
+Each message names the setting, file or sample at fault. Both subclasses keep a
+built-in base, so code that catches ``ValueError`` or ``FileNotFoundError`` still
+does. A message that explains a lower-level error is an :class:`MMSentError` raised
+``from`` it: that is how the command line knows which message of a chain to show
+(:func:`user_error`).
+
+This module imports nothing of mmsent, so every module can raise these errors.
+"""
+
+from __future__ import annotations
+
+
+class MMSentError(Exception):
+    """Base of the errors that explain a user's mistake in mmsent's own words."""
+
+
+class ConfigError(MMSentError, ValueError):
+    """A setting, a pipeline file, a checkpoint or a data row that cannot work."""
+
+
+class MissingFileError(MMSentError, FileNotFoundError):
+    """A file that a setting names does not exist."""
+
+
+def user_error(error: BaseException) -> BaseException:
+    """The exception to show for one raised while the command line built its classes.
+
+    jsonargparse reports a class that fails as an error of its own, caused by the
+    class's error, that repeats the whole configuration. Shown instead is the
+    outermost :class:`MMSentError` along the chain of causes (``raise ... from ...``),
+    the message mmsent wrote closest to the user; without one, the root cause, where
+    things first went wrong.
+
+    Args:
+        error (BaseException): The exception caught.
+
+    Returns:
+        BaseException: The exception to show; ``error`` itself when it has no cause.
+    """
+    chain = [error]
+    while chain[-1].__cause__ is not None and chain[-1].__cause__ not in chain:
+        chain.append(chain[-1].__cause__)
+    return next((cause for cause in chain if isinstance(cause, MMSentError)), chain[-1])

@@ -1,0 +1,139 @@
+"""``manifest.json``: what a pipeline run did, stage by stage; the only code that
+writes it.
+
+Per stage it holds the status (``running``, then ``done``, or ``failed`` with the
+error and the command that resumes it), the command, the
+checkpoint it resumed from, the best and last checkpoints, the validation and test
+metrics, the test predictions, what :class:`mmsent.callbacks.ModalitySelection`
+decided, the wall time and the stage's W&B run. At the top: the pipeline's name,
+its W&B group (a stable id per pipeline run) and the reference predictors. Every
+change is written at once, atomically, so a rerun after a kill finds the truth.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mmsent.io import save_json
+
+
+class Manifest:
+    """The manifest of one pipeline output folder.
+
+    Args:
+        path (Path): The manifest file; read if it exists.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.data = json.loads(self.path.read_text()) if self.path.exists() else {"stages": {}}
+
+    @property
+    def group(self) -> str:
+        """str: The pipeline run's id, the W&B group of its stages."""
+        return self.data["group"]
+
+    def stage(self, name: str) -> dict:
+        """The record of one stage, to read.
+
+        Args:
+            name (str): The stage.
+
+        Returns:
+            dict: Its record; empty for a stage that never started.
+        """
+        return self.data["stages"].get(name, {})
+
+    def is_done(self, name: str) -> bool:
+        """bool: Whether the stage finished and its best checkpoint still exists."""
+        record = self.stage(name)
+        return record.get("status") == "done" and Path(record.get("best_checkpoint", "")).is_file()
+
+    def open_run(self, pipeline: str, group: str) -> None:
+        """Names the pipeline, and keeps the group of an earlier run of this folder.
+
+        Args:
+            pipeline (str): The pipeline's name.
+            group (str): The group for a folder that has none yet.
+        """
+        self.data["pipeline"] = pipeline
+        self.data.setdefault("group", group)
+        self.save()
+
+    def forget(self, name: str) -> None:
+        """Drops a stage's record, so that it runs again from scratch.
+
+        Args:
+            name (str): The stage.
+        """
+        self.data["stages"].pop(name, None)
+        self.save()
+
+    def start_stage(self, name: str, command: str, resumed_from: str | None) -> float:
+        """Marks a stage as running.
+
+        Args:
+            name (str): The stage.
+            command (str): The ``mmsent fit`` command it runs.
+            resumed_from (str | None): The checkpoint an interrupted fit resumes from.
+
+        Returns:
+            float: The seconds the stage already ran before it was interrupted; 0 for
+            a fresh start.
+        """
+        record = self.data["stages"].setdefault(name, {})
+        spent = record.get("wall_time_s", 0.0) if resumed_from else 0.0
+        record.update({"status": "running", "command": command, "resumed_from": resumed_from})
+        record.pop("error", None)
+        record.pop("resume_command", None)
+        self.save()
+        return spent
+
+    def track_stage(self, name: str, **wandb: Any) -> None:
+        """Records the stage's W&B run (``run_id``, ``mode``, ``project``, ``dir``).
+
+        Args:
+            name (str): The stage.
+            **wandb: The fields to set, merged into what is recorded.
+        """
+        self.data["stages"].setdefault(name, {}).setdefault("wandb", {}).update(wandb)
+        self.save()
+
+    def finish_stage(self, name: str, **results: Any) -> None:
+        """Marks a stage as done with what it produced.
+
+        Args:
+            name (str): The stage.
+            **results: ``best_checkpoint``, ``metrics``, ``predictions`` and the like.
+        """
+        self.data["stages"].setdefault(name, {}).update({"status": "done", **results})
+        self.save()
+
+    def fail_stage(self, name: str, error: str, resume: str) -> None:
+        """Marks a stage as failed.
+
+        Args:
+            name (str): The stage.
+            error (str): What went wrong, as shown to the user.
+            resume (str): The command that resumes the pipeline from this stage.
+        """
+        self.data["stages"].setdefault(name, {}).update({"status": "failed", "error": error,
+                                                          "resume_command": resume})
+        self.save()
+
+    def keep_baselines(self, baselines: dict) -> None:
+        """Records the reference predictors, once per folder.
+
+        Args:
+            baselines (dict): E.g. ``{"constant": {"value": ..., "MAE": ...}}``.
+        """
+        if "baselines" not in self.data:
+            self.data["baselines"] = baselines
+            self.save()
+
+    def save(self) -> None:
+        """Writes the manifest atomically."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        save_json(self.path, self.data)
