@@ -27,7 +27,7 @@ def fit(args: list[str]):
         tuple: The CLI (``cli.model`` holds the best weights, ``cli.datamodule`` the
         data), the best checkpoint's path and the fit's wall time in seconds.
     """
-    from mmsent.main import build_cli
+    from mmsent.cli import build_cli
     from mmsent.tasks.checkpoints import load_weights
 
     started = time.time()

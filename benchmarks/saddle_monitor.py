@@ -28,7 +28,7 @@ MONITOR = "--trainer.callbacks+=mmsent.callbacks.SaddlePointMonitor"
 def timed_fit(extra: list[str], epochs: int, root: str) -> tuple[float, list[dict], float]:
     """Fits the audio stage; returns the fit's seconds, the monitor's history and the
     best validation MAE."""
-    from mmsent.main import build_cli
+    from mmsent.cli import build_cli
 
     cli = build_cli([*configs("2_audio.yaml"), "--seed_everything=0", *QUIET, f"--trainer.max_epochs={epochs}",
                      f"--trainer.default_root_dir={root}", *extra], run=False)

@@ -42,7 +42,7 @@ def test_residual_networks_are_refused():
 
 
 def test_callback_pretrains_the_audio_stage_before_fitting(tiny_data_args):
-    from mmsent.main import build_cli
+    from mmsent.cli import build_cli
 
     cli = build_cli(["fit", "-c", str(REPO / "pipelines/quickstart/base.yaml"),
                      "-c", str(REPO / "pipelines/quickstart/2_audio.yaml"), *tiny_data_args,
