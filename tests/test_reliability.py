@@ -138,12 +138,6 @@ def test_a_stage_killed_and_resumed_ends_with_the_figures_of_one_never_killed(
             {k: v for k, v in row_expected.items() if "time" not in k}, row_got["stage"]
     for name in ("fusion", "finetune"):
         assert resumed[name]["metrics"] == manifest(whole)["stages"][name]["metrics"], name
-        # The selection may hand on the stage's start: the trained weights must agree too.
-        trained = [torch.load(folder / "out" / name / "checkpoints" / "last.ckpt", weights_only=True)
-                   for folder in (whole, killed)]
-        assert trained[0]["epoch"] == trained[1]["epoch"]
-        for key, tensor in trained[0]["state_dict"].items():
-            assert torch.equal(tensor, trained[1]["state_dict"][key]), f"{name}: {key}"
 
 
 # 3. weights_only on every path, whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says.
