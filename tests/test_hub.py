@@ -13,8 +13,7 @@ from mmsent import SentimentModel
 from mmsent.errors import ConfigError, MissingFileError
 from mmsent.hub import export as export_command
 from mmsent.hub import score as score_command
-from mmsent.hub.export import export
-from mmsent.hub.export import stage_data
+from mmsent.hub.export import export, stage_data
 from mmsent.models import AcousticMLPEncoder, ConcatFusion, ConditionalVAE, TextLSTMEncoder
 from mmsent.pipeline import run
 

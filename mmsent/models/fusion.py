@@ -152,6 +152,17 @@ class RegressionHead(nn.Module, HubMixin):
         """
         return self.net(x).squeeze(-1)
 
+    def start_at(self, value: float) -> None:
+        """Sets the output bias, so that the head starts predicting ``value`` on average
+        instead of 0. Consumes no random numbers.
+
+        Args:
+            value (float): E.g. the training labels' median (L1) or mean (MSE).
+        """
+        output = [m for m in self.net.modules() if isinstance(m, nn.Linear)][-1]
+        with torch.no_grad():
+            output.bias.fill_(float(value))
+
 
 class GatedResidualFusion(nn.Module, HubMixin):
     """A primary modality's embedding plus gated, residual contributions of the others.
