@@ -3,161 +3,66 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 from functools import partial
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import DataLoader, Dataset
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
+from mmsent.data.batches import (
+    DEFAULT_MEMORY_BUDGET_MB,
+    ExampleDataset,
+    collate,
+    collate_columns,
+    pad_sequences,
+)
 from mmsent.data.cache import PreparedData, prepare
 from mmsent.data.schema import SPLITS, DatasetSpec
 from mmsent.data.sources import DataSource
 
-DEFAULT_MEMORY_BUDGET_MB = 2048
 
-
-def is_frames(modality: str, spec: DatasetSpec) -> bool:
-    """Whether a modality holds raw video frames (the one kind always read from the cache).
+def model_modalities(module) -> list[str] | None:
+    """The modalities a task reads: its ``modality``, or its fused model's encoders.
 
     Args:
-        modality (str): The modality name.
-        spec (DatasetSpec): What the dataset holds.
+        module: A LightningModule, or None.
 
     Returns:
-        bool: True for ``video`` stored as uint8 frames.
+        list[str] | None: None when the task does not say (then every modality is read).
     """
-    return modality == "video" and spec.video_kind == "frames"
+    if isinstance(getattr(module, "modality", None), str):
+        return [module.modality]
+    encoders = getattr(getattr(module, "model", None), "encoders", None)
+    return list(encoders) if encoders is not None else None
 
 
-class ExampleDataset(Dataset):
-    """One prepared split, read a whole batch at a time.
+class PartitionSampler(DistributedSampler):
+    """One process's share of a shuffled training split: every clip at most once per epoch.
 
-    Ids, transcripts, labels and presence flags are always held in memory; each
-    modality of vectors, token ids or feature sequences is held in memory as
-    tensors too while the total stays under ``memory_budget_bytes`` (counted in
-    Arrow bytes), so an epoch touches no Arrow row for them. Frames, and whatever
-    exceeds the budget, are read from the memory-mapped cache with one Arrow read
-    per batch.
+    The permutation (seeded by ``seed`` and the epoch, the same on every process) is
+    cut to a multiple of the process count, so each process gets as many clips as
+    the others (at most ``num_replicas - 1`` clips sit out an epoch, different ones
+    each epoch) and no clip is repeated, unlike the padding of Lightning's default
+    ``DistributedSampler``.
 
     Args:
-        rows: A ``datasets.Dataset`` (memory-mapped Arrow).
-        spec (DatasetSpec): What the rows hold.
-        memory_budget_bytes (int): The most Arrow bytes of modality columns held in memory.
+        dataset: The split.
+        num_replicas (int): The number of processes.
+        rank (int): This process's rank.
+        seed (int): The shuffling seed.
     """
 
-    def __init__(self, rows, spec: DatasetSpec, memory_budget_bytes: int) -> None:
-        self.ids = [str(value) for value in rows["id"]]
-        self.transcripts = [str(value) for value in rows["transcript"]]
-        self.labels = {key: torch.from_numpy(np.asarray(rows[key], dtype=np.float32))
-                       for key in ("label", "clean_label")}
-        self.present = {m: torch.from_numpy(np.asarray(rows[f"{m}_present"], dtype=bool))
-                        for m in spec.modalities}
-        self.in_memory: dict[str, list[torch.Tensor]] = {}
-        budget = memory_budget_bytes
-        for modality in spec.modalities:
-            size = rows.data.column(modality).nbytes
-            if not is_frames(modality, spec) and size <= budget:
-                budget -= size
-                column = rows.select_columns([modality]).with_format("numpy")[modality]
-                self.in_memory[modality] = [torch.from_numpy(np.asarray(v)) for v in column]
-        on_disk = [m for m in spec.modalities if m not in self.in_memory]
-        self.on_disk = rows.select_columns(on_disk).with_format("numpy") if on_disk else None
+    def __init__(self, dataset, num_replicas: int, rank: int, seed: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed,
+                         drop_last=True)
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitems__(self, indices: list[int]) -> dict:
-        """Reads a batch as columns.
-
-        Args:
-            indices (list[int]): Row positions in the split.
-
-        Returns:
-            dict: Per key of :func:`collate_columns`, one entry per row.
-        """
-        positions = torch.as_tensor(indices, dtype=torch.long)
-        columns = {"id": [self.ids[i] for i in indices],
-                   "transcript": [self.transcripts[i] for i in indices],
-                   **{key: values[positions] for key, values in self.labels.items()}}
-        for modality, present in self.present.items():
-            columns[f"{modality}_present"] = present[positions]
-        for modality, values in self.in_memory.items():
-            columns[modality] = [values[i] for i in indices]
-        if self.on_disk is not None:
-            columns.update(self.on_disk[list(map(int, indices))])
-        return columns
-
-    def __getitem__(self, index: int) -> dict:
-        return {key: value[0] for key, value in self.__getitems__([int(index)]).items()}
-
-
-def pad_sequences(sequences: list, pad_value=0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pads variable-length sequences.
-
-    Args:
-        sequences (list): Arrays or tensors, each ``(L_i,)`` or ``(L_i, D)``, of one dtype.
-        pad_value: The fill value.
-
-    Returns:
-        tuple[torch.Tensor, torch.Tensor]: The padded batch ``(B, L, ...)`` and the
-        mask ``(B, L)``, true at real steps.
-    """
-    tensors = [torch.as_tensor(seq) for seq in sequences]
-    padded = pad_sequence(tensors, batch_first=True, padding_value=pad_value)
-    lengths = torch.tensor([len(t) for t in tensors])
-    return padded, torch.arange(padded.shape[1]) < lengths.unsqueeze(1)
-
-
-def collate_columns(columns: dict, spec: DatasetSpec) -> dict:
-    """Builds a batch dict from a batch read as columns.
-
-    Args:
-        columns (dict): ``id`` and ``transcript`` (lists of str), ``label``,
-            ``clean_label`` and ``<m>_present`` (one value per row), and per modality
-            ``m`` its rows (a list of sequences, or a stacked uint8 frame array).
-        spec (DatasetSpec): What the rows hold.
-
-    Returns:
-        dict: ``id``, ``transcript``, ``label``, ``clean_label`` and per modality ``m``:
-        ``m`` (input tensor), ``m_mask`` (``(B, T)`` bool), ``m_present`` (``(B,)`` bool).
-        Frames come as float ``(B, 3, T, H, W)`` scaled to [-1, 1].
-    """
-    batch = {
-        "id": list(columns["id"]),
-        "transcript": list(columns["transcript"]),
-        "label": torch.as_tensor(columns["label"], dtype=torch.float32),
-        "clean_label": torch.as_tensor(columns["clean_label"], dtype=torch.float32),
-    }
-    for modality in spec.modalities:
-        present = torch.as_tensor(columns[f"{modality}_present"], dtype=torch.bool)
-        values = columns[modality]
-        if is_frames(modality, spec):
-            frames = torch.as_tensor(np.asarray(values)).float().div_(127.5).sub_(1.0)
-            batch[modality] = frames.permute(0, 4, 1, 2, 3).contiguous()
-            mask = present.unsqueeze(1).expand(-1, frames.shape[1]).clone()
-        else:
-            pad = spec.pad_token_id if modality == "text" and spec.text_kind == "tokens" else 0
-            padded, mask = pad_sequences(values, pad)
-            batch[modality] = padded.float() if padded.is_floating_point() else padded.long()
-            mask &= present.unsqueeze(1)
-        batch[f"{modality}_mask"] = mask
-        batch[f"{modality}_present"] = present
-    return batch
-
-
-def collate(examples: list[dict], spec: DatasetSpec) -> dict:
-    """Builds a batch dict from single rows (see :func:`collate_columns`).
-
-    Args:
-        examples (list[dict]): Rows, each with the keys of :func:`collate_columns`.
-        spec (DatasetSpec): What the rows hold.
-
-    Returns:
-        dict: The batch, as :func:`collate_columns` builds it.
-    """
-    return collate_columns({key: [e[key] for e in examples] for key in examples[0]}, spec)
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.dataset), generator=generator)[:self.total_size]
+        return iter(order[self.rank::self.num_replicas].tolist())
 
 
 class MultimodalDataModule(pl.LightningDataModule):
@@ -185,13 +90,18 @@ class MultimodalDataModule(pl.LightningDataModule):
             batch at a time.
         pin_memory (bool): Page-locked batches for faster copies to a GPU; ignored
             (with nothing to pin to) when no GPU is present.
+        modalities (list[str] | None): The modalities batches hold. None: those the
+            trained model reads (a unimodal task's ``modality``, a fused model's
+            encoders) when a trainer runs it, otherwise all; unread video frames are
+            never loaded.
     """
 
     def __init__(self, source: DataSource, cache_dir: str = "data/cache", batch_size: int = 32,
                  num_workers: int = 0, on_decode_error: str = "mask", prepare_workers: int = 0,
                  train_fraction: float = 1.0, subset_seed: int = 0,
                  predict_split: str = "test", multiprocessing_context: str | None = None,
-                 memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB, pin_memory: bool = False) -> None:
+                 memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB, pin_memory: bool = False,
+                 modalities: list[str] | None = None) -> None:
         super().__init__()
         if not 0.0 < train_fraction <= 1.0:
             raise ValueError(f"data.train_fraction must be in (0, 1], got {train_fraction}")
@@ -215,8 +125,9 @@ class MultimodalDataModule(pl.LightningDataModule):
         self.multiprocessing_context = multiprocessing_context
         self.memory_budget_mb = memory_budget_mb
         self.pin_memory = pin_memory
+        self.modalities = None if modalities is None else list(modalities)
         self._prepared: PreparedData | None = None
-        self._datasets: dict[str, ExampleDataset] = {}
+        self._datasets: dict[tuple[str, tuple[str, ...]], ExampleDataset] = {}
 
     @property
     def prepared(self) -> PreparedData:
@@ -257,6 +168,26 @@ class MultimodalDataModule(pl.LightningDataModule):
             rows = rows.select(sorted(order.tolist()))
         return rows
 
+    def read_modalities(self) -> list[str]:
+        """The modalities batches hold (see ``modalities``).
+
+        Returns:
+            list[str]: In the canonical order.
+
+        Raises:
+            ValueError: If ``data.modalities`` names one the dataset lacks.
+        """
+        wanted = self.modalities
+        if wanted is None:
+            wanted = model_modalities(self.trainer.lightning_module if self.trainer else None)
+        if wanted is None:
+            return self.spec.modalities
+        unknown = sorted(set(wanted) - set(self.spec.modalities))
+        if unknown:
+            raise ValueError(f"data.modalities: {unknown} not in the prepared dataset, "
+                             f"which holds {self.spec.modalities}")
+        return [m for m in self.spec.modalities if m in wanted]
+
     def dataset(self, name: str) -> ExampleDataset:
         """The batch-reading dataset of one split, built once and reused by every loader.
 
@@ -266,17 +197,37 @@ class MultimodalDataModule(pl.LightningDataModule):
         Returns:
             ExampleDataset: The split, its small modalities held in memory.
         """
-        if name not in self._datasets:
-            self._datasets[name] = ExampleDataset(self.split(name), self.spec,
-                                                  int(self.memory_budget_mb * 2**20))
-        return self._datasets[name]
+        modalities = self.read_modalities()
+        key = (name, tuple(modalities))
+        if key not in self._datasets:
+            self._datasets[key] = ExampleDataset(self.split(name), self.spec,
+                                                 int(self.memory_budget_mb * 2**20), modalities)
+        return self._datasets[key]
 
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+    def _sampler(self, dataset: ExampleDataset, shuffle: bool) -> DistributedSampler | None:
+        """This process's share of a split when the trainer runs several (None otherwise).
+
+        Training shards come from :class:`PartitionSampler`; evaluation shards split
+        the rows without repeating any, so metrics gathered over processes cover the
+        split exactly once.
+        """
+        trainer = self.trainer
+        if trainer is None or trainer.world_size <= 1:
+            return None
+        if shuffle:
+            seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
+            return PartitionSampler(dataset, trainer.world_size, trainer.global_rank, seed)
+        return UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size,
+                                            rank=trainer.global_rank, shuffle=False)
+
+    def _loader(self, name: str, shuffle: bool, shard: bool = True) -> DataLoader:
         dataset = self.dataset(name)
+        sampler = self._sampler(dataset, shuffle) if shard else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             # A last training batch of one sample breaks batch norm.
             drop_last=shuffle and len(dataset) > self.batch_size,
             num_workers=self.num_workers,
@@ -299,7 +250,8 @@ class MultimodalDataModule(pl.LightningDataModule):
         return self._loader(self.predict_split, shuffle=False)
 
     def split_dataloader(self, name: str) -> DataLoader:
-        """Every sample of one split, in order, none dropped (unlike training batches).
+        """Every sample of one split, in order, none dropped (unlike training batches),
+        in every process alike when several train together.
 
         Args:
             name (str): ``"train"``, ``"valid"`` or ``"test"``.
@@ -307,4 +259,8 @@ class MultimodalDataModule(pl.LightningDataModule):
         Returns:
             DataLoader: The split's batches.
         """
-        return self._loader(name, shuffle=False)
+        return self._loader(name, shuffle=False, shard=False)
+
+
+__all__ = ["ExampleDataset", "MultimodalDataModule", "PartitionSampler", "collate", "collate_columns",
+           "model_modalities", "pad_sequences"]
