@@ -101,6 +101,9 @@ class Visual3DCNNEncoder(nn.Module):
         out_dim (int): Size of the returned embedding.
         dropout (float): Dropout before the projection.
         dropout_kind (str): A kind accepted by :func:`make_dropout`.
+        channels_last (bool): Run the 3D convolutions in the ``channels_last_3d``
+            memory format (faster on GPUs with tensor cores, bf16 above all; the
+            numbers are the same up to float rounding).
     """
 
     def __init__(
@@ -112,6 +115,7 @@ class Visual3DCNNEncoder(nn.Module):
         out_dim: int = 64,
         dropout: float = 0.2,
         dropout_kind: str = "bernoulli",
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.config = init_args(locals())
@@ -123,6 +127,9 @@ class Visual3DCNNEncoder(nn.Module):
             self.backbone, features = torchvision_backbone(backbone)
         self.dropout = make_dropout(dropout_kind, dropout)
         self.project = nn.Linear(features, out_dim)
+        self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
+        if channels_last:
+            self.backbone.to(memory_format=torch.channels_last_3d)
 
     def forward(self, video: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Encodes a batch of clips.
@@ -134,6 +141,7 @@ class Visual3DCNNEncoder(nn.Module):
         Returns:
             torch.Tensor: Shape ``(B, out_dim)``.
         """
+        video = video.contiguous(memory_format=self.memory_format)
         return self.project(self.dropout(self.backbone(video)))
 
 
