@@ -24,7 +24,7 @@ def run_ddp(args: list[str], probe: Path, tmp_path: Path) -> None:
            "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-m", "mmsent", "fit", *args, *DDP,
                            "--trainer.callbacks+=ddp_probe.RankRecorder"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-4000:]
 
 

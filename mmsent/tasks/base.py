@@ -128,7 +128,8 @@ class BaseTask(pl.LightningModule):
         # gathered metrics those of the saved model.
         if self.trainer.world_size > 1:
             for buffer in self.buffers():
-                torch.distributed.broadcast(buffer, src=0)
+                if buffer.is_floating_point():
+                    buffer.copy_(self.trainer.strategy.broadcast(buffer, src=0))
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics("val")
