@@ -122,15 +122,6 @@ class BaseTask(pl.LightningModule):
         self._best_error[stage].append((batch["label"] - batch["clean_label"]).abs())
         return preds
 
-    def on_validation_epoch_start(self) -> None:
-        # Each DDP process updates batch-norm statistics on its own shard after the last
-        # broadcast; evaluating everywhere with rank 0's (the checkpointed ones) makes the
-        # gathered metrics those of the saved model.
-        if self.trainer.world_size > 1:
-            for buffer in self.buffers():
-                if buffer.is_floating_point():
-                    buffer.copy_(self.trainer.strategy.broadcast(buffer, src=0))
-
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics("val")
 
