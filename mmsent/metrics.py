@@ -15,6 +15,7 @@ samples and which binarization they see.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.functional import pearson_corrcoef
@@ -90,6 +91,59 @@ def regression_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, fl
         "MAE": float((pred - target).abs().mean()),
         "Corr": pearson(pred, target),
     }
+
+
+# Per accuracy or F1 metric, the label statistic that predicts the training set's majority class.
+MAJORITY_KEYS = {"Has0_acc_2": "Has0_majority", "Has0_F1_score": "Has0_majority",
+                 "Non0_acc_2": "Non0_majority", "Non0_F1_score": "Non0_majority",
+                 "Mult_acc_5": "Mult5_majority", "Mult_acc_7": "Mult7_majority"}
+
+
+def label_statistics(labels) -> dict[str, float]:
+    """What the trivial predictors of the training labels predict.
+
+    Args:
+        labels: The training scores, any array-like of shape ``(N,)``.
+
+    Returns:
+        dict[str, float]: ``median`` (the best constant under L1), ``mean`` (under
+        MSE), and per class metric a score in the training set's majority class:
+        ``Has0_majority`` (0 or -1), ``Non0_majority`` (1 or -1), ``Mult5_majority``
+        and ``Mult7_majority`` (the most frequent rounded class).
+
+    Raises:
+        ValueError: If there is no label.
+    """
+    values = np.asarray(labels, dtype=np.float64).ravel()
+    if values.size == 0:
+        raise ValueError("no training label to compute label statistics from")
+    non_zero = values[values != 0]
+    stats = {"median": float(np.median(values)), "mean": float(values.mean()),
+             "Has0_majority": 0.0 if (values >= 0).mean() >= 0.5 else -1.0,
+             "Non0_majority": 1.0 if non_zero.size == 0 or (non_zero > 0).mean() >= 0.5 else -1.0}
+    for name, bound in (("Mult5_majority", 2.0), ("Mult7_majority", 3.0)):
+        classes, counts = np.unique(np.round(np.clip(values, -bound, bound)), return_counts=True)
+        stats[name] = float(classes[np.argmax(counts)])
+    return stats
+
+
+def baseline_metrics(statistics: dict[str, float], target: torch.Tensor) -> dict[str, float]:
+    """Every metric of the trivial predictors: the training median for ``MAE`` and
+    ``Corr`` (a constant correlates with nothing: 0), the training set's majority class
+    for each accuracy and F1.
+
+    Args:
+        statistics (dict[str, float]): From :func:`label_statistics` on the training labels.
+        target (torch.Tensor): The true scores of the split scored, shape ``(N,)``.
+
+    Returns:
+        dict[str, float]: One value per name in :data:`METRIC_NAMES`.
+    """
+    target = target.detach().float().flatten().cpu()
+    scores = {"MAE": statistics["median"], "Corr": statistics["median"],
+              **{name: statistics[key] for name, key in MAJORITY_KEYS.items()}}
+    return {name: regression_metrics(torch.full_like(target, scores[name]), target)[name]
+            for name in METRIC_NAMES}
 
 
 def _class_accuracy(pred: torch.Tensor, target: torch.Tensor, bound: float) -> float:

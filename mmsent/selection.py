@@ -5,7 +5,9 @@ the error on new speakers. Here each modality has to earn its place: its *gain* 
 validation clip is the absolute error without it minus the error with it, and it is
 kept only if the mean gain is significantly above zero under a bootstrap that
 resamples whole videos (clips of one video share a speaker, so they are not
-independent evidence). Modalities are removed one at a time, the least significant
+independent evidence) *and* large enough to matter: at least ``min_gain`` (0.5 % by
+default) of the MAE without it. On a large validation split a gain of 0.0002 MAE
+can be significant and still not worth a modality. Modalities are removed one at a time, the least significant
 first, and the rest are tested again without it (backward elimination).
 """
 
@@ -27,6 +29,7 @@ class GainTest:
         modality (str): The modality tested.
         others (tuple[str, ...]): The modalities in use beside it.
         gain (float): Mean over clips of MAE without it minus MAE with it.
+        relative_gain (float): ``gain`` over the MAE without it.
         p_value (float): One-sided bootstrap p-value of ``gain <= 0``.
         groups (int): Number of independent groups (videos) resampled.
     """
@@ -34,8 +37,21 @@ class GainTest:
     modality: str
     others: tuple[str, ...]
     gain: float
+    relative_gain: float
     p_value: float
     groups: int
+
+    def passes(self, alpha: float, min_gain: float) -> bool:
+        """Whether the modality earns its place.
+
+        Args:
+            alpha (float): Significance level.
+            min_gain (float): Smallest relative gain worth a modality.
+
+        Returns:
+            bool: The gain is significant at ``alpha`` and at least ``min_gain``.
+        """
+        return self.p_value < alpha and self.relative_gain >= min_gain
 
 
 def video_groups(ids: Sequence[str]) -> list[str]:
@@ -96,15 +112,19 @@ def measure_gain(modality: str, others: Sequence[str], errors: Callable[[frozens
     Returns:
         GainTest: The gain and its p-value.
     """
-    gain = errors(frozenset(others)) - errors(frozenset(others) | {modality})
-    return GainTest(modality, tuple(others), float(gain.mean()), bootstrap_p_value(gain, groups, samples, seed),
-                    len(set(groups)))
+    without = errors(frozenset(others))
+    gain = without - errors(frozenset(others) | {modality})
+    mae_without = float(without.mean())
+    relative = float(gain.mean()) / mae_without if mae_without > 0 else 0.0
+    return GainTest(modality, tuple(others), float(gain.mean()), relative,
+                    bootstrap_p_value(gain, groups, samples, seed), len(set(groups)))
 
 
 def select_modalities(modalities: Sequence[str], errors: Callable[[frozenset[str]], torch.Tensor],
                       groups: Sequence[str], alpha: float = 0.05, samples: int = 10000,
-                      seed: int = 0) -> tuple[list[str], list[GainTest]]:
-    """Backward elimination: drops the least significant modality until all are significant.
+                      seed: int = 0, min_gain: float = 0.005) -> tuple[list[str], list[GainTest]]:
+    """Backward elimination: drops the weakest modality until every one left passes
+    (:meth:`GainTest.passes`); the weakest is one that fails, the least significant first.
 
     One modality is always kept, whatever its evidence.
 
@@ -116,16 +136,20 @@ def select_modalities(modalities: Sequence[str], errors: Callable[[frozenset[str
         alpha (float): Significance level; a modality stays if its p-value is below it.
         samples (int): Bootstrap resamples.
         seed (int): Seed of the resampling.
+        min_gain (float): Smallest relative MAE gain worth a modality (0.005: 0.5 %).
 
     Returns:
         tuple[list[str], list[GainTest]]: The modalities kept, and every test made, in
         order (the last round's tests describe the kept ones).
 
     Raises:
-        ValueError: If ``alpha`` is not in (0, 1) or there is no candidate.
+        ValueError: If ``alpha`` is not in (0, 1), ``min_gain`` is negative or there
+            is no candidate.
     """
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if min_gain < 0:
+        raise ValueError(f"min_gain must be >= 0, got {min_gain}")
     if not modalities:
         raise ValueError("no modality to select from")
     kept = list(modalities)
@@ -133,8 +157,8 @@ def select_modalities(modalities: Sequence[str], errors: Callable[[frozenset[str
     while len(kept) > 1:
         tests = [measure_gain(m, [o for o in kept if o != m], errors, groups, samples, seed) for m in kept]
         history.extend(tests)
-        weakest = max(tests, key=lambda t: (t.p_value, -t.gain))
-        if weakest.p_value < alpha:
+        weakest = max(tests, key=lambda t: (not t.passes(alpha, min_gain), t.p_value, -t.gain))
+        if weakest.passes(alpha, min_gain):
             break
         kept.remove(weakest.modality)
     return kept, history

@@ -5,7 +5,14 @@ import math
 import pytest
 import torch
 
-from mmsent.metrics import SentimentMetrics, regression_metrics, split_metrics, weighted_f1
+from mmsent.metrics import (
+    SentimentMetrics,
+    baseline_metrics,
+    label_statistics,
+    regression_metrics,
+    split_metrics,
+    weighted_f1,
+)
 
 PREDS = torch.tensor([2.6, -0.4, 0.2, -1.6, 0.0, 1.2])
 LABELS = torch.tensor([3.0, 0.0, -0.4, -2.0, 0.0, 1.4])
@@ -64,3 +71,19 @@ def test_split_collection_prefixes_every_metric_with_its_split():
     metrics.update(PREDS[:2], LABELS[:2])
     metrics.update(PREDS[2:], LABELS[2:])
     assert metrics.compute() == pytest.approx({f"val/{k}": v for k, v in regression_metrics(PREDS, LABELS).items()})
+
+
+def test_label_statistics_and_trivial_predictors_by_hand():
+    train = [2.0, 1.6, 1.4, -0.4, 0.0, 1.2, 2.6, 0.9, 1.0]
+    stats = label_statistics(train)
+    assert stats["median"] == 1.2 and abs(stats["mean"] - 10.3 / 9) < 1e-12
+    assert stats["Has0_majority"] == 0.0 and stats["Non0_majority"] == 1.0
+    assert stats["Mult5_majority"] == 1.0 and stats["Mult7_majority"] == 1.0
+    target = torch.tensor([1.0, -1.0, 0.0, 3.0])
+    base = baseline_metrics(stats, target)
+    assert abs(base["MAE"] - (0.2 + 2.2 + 1.2 + 1.8) / 4) < 1e-6
+    assert base["Corr"] == 0.0
+    assert base["Has0_acc_2"] == 0.75 and abs(base["Non0_acc_2"] - 2 / 3) < 1e-6
+    assert base["Mult_acc_7"] == 0.25 and base["Mult_acc_5"] == 0.25
+    negative = label_statistics([-2.0, -1.0, 0.5])
+    assert negative["Has0_majority"] == -1.0 and negative["Non0_majority"] == -1.0

@@ -206,7 +206,7 @@ def write_mmsa(path, aligned=False, **overrides):
     return data
 
 
-def test_mmsa_unaligned_pickle_keeps_true_lengths_and_zeroes_minus_inf(tmp_path, caplog):
+def test_mmsa_unaligned_pickle_keeps_true_lengths_and_masks_minus_inf_frames(tmp_path, caplog):
     path = tmp_path / "unaligned_50.pkl"
     data = write_mmsa(path)
     data["train"]["audio"][1, 0, 2] = -np.inf
@@ -221,11 +221,48 @@ def test_mmsa_unaligned_pickle_keeps_true_lengths_and_zeroes_minus_inf(tmp_path,
     train = {r["id"]: r for r in prepared.splits["train"]}
     for index, clip in enumerate(data["train"]["id"]):
         row = train[clip]
-        assert len(np.asarray(row["audio"])) == data["train"]["audio_lengths"][index]
+        dropped = 1 if index in (1, 4) else 0  # the frame holding -inf is masked, not zeroed
+        assert len(np.asarray(row["audio"])) == data["train"]["audio_lengths"][index] - dropped
         assert len(np.asarray(row["video"])) == data["train"]["vision_lengths"][index]
         assert len(np.asarray(row["text"])) == data["train"]["text_bert"][index, 1].sum()
     assert np.isfinite(np.asarray(train["vtrain2$_$1"]["audio"])).all()
+    np.testing.assert_allclose(np.asarray(train["vtrain2$_$1"]["audio"]), data["train"]["audio"][4, 1:data["train"]["audio_lengths"][4]])
     np.testing.assert_allclose(train["vtrain1$_$1"]["label"], data["train"]["regression_labels"][2])
+
+
+def test_mmsa_sequences_padded_at_the_front_lose_their_leading_zeros(tmp_path):
+    path = tmp_path / "front.pkl"
+    data = write_mmsa(path)
+    for split in ("train", "valid", "test"):
+        part = data[split]
+        for key in ("audio", "vision"):
+            lengths = part.pop(f"{key}_lengths")
+            for i, length in enumerate(lengths):
+                real = part[key][i, :length].copy()
+                part[key][i] = 0
+                part[key][i, part[key].shape[1] - length:] = real
+        if split == "train":
+            part["vision_lengths"] = lengths  # recorded lengths count from the padded end too
+    path.write_bytes(pickle.dumps(data))
+    prepared = prepare(MMSAPickleSource(str(path)), tmp_path / "cache")
+    train = {r["id"]: r for r in prepared.splits["train"]}
+    for index, clip in enumerate(data["train"]["id"]):
+        audio = np.asarray(train[clip]["audio"])
+        assert np.all(np.any(audio != 0, axis=-1)) and len(audio) == np.any(data["train"]["audio"][index] != 0, axis=-1).sum()
+        np.testing.assert_allclose(np.asarray(train[clip]["video"]),
+                                   data["train"]["vision"][index, 6 - data["train"]["vision_lengths"][index]:])
+
+
+def test_mmsa_label_scale_maps_another_range_and_the_error_points_to_it(tmp_path):
+    path = tmp_path / "five_point.pkl"
+    write_mmsa(path, **{split: {"regression_labels": np.linspace(1, 5, 6 if split == "train" else 4)}
+                        for split in ("train", "valid", "test")})
+    with pytest.raises(ValueError, match=r"row 3 .*label 3.4.* set the source's label_scale: \[low, high\]"):
+        prepare(MMSAPickleSource(str(path)), tmp_path / "cache")
+    prepared = prepare(MMSAPickleSource(str(path), label_scale=[1, 5]), tmp_path / "cache")
+    np.testing.assert_allclose(sorted(prepared.splits["train"]["label"]), np.linspace(-3, 3, 6), atol=1e-6)
+    with pytest.raises(ValueError, match="label_scale must be"):
+        MMSAPickleSource(str(path), label_scale=[5, 1])
 
 
 def test_mmsa_is_unpickled_once_then_read_from_the_cache(tmp_path, monkeypatch):

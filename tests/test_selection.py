@@ -76,6 +76,19 @@ def test_backward_elimination_keeps_one_modality_and_checks_alpha():
         select_modalities(["text"], errors, groups, alpha=1.5)
 
 
+def test_a_significant_but_negligible_gain_does_not_keep_a_modality():
+    noise = 0.05 * torch.randn(600, generator=torch.Generator().manual_seed(0))
+    groups = [f"v{i // 3}" for i in range(600)]
+    errors = partial(additive_errors, {"text": 0.8, "audio": 0.004}, noise)
+    kept, tests = select_modalities(["text", "audio"], errors, groups, samples=2000)
+    audio = [t for t in tests if t.modality == "audio"][-1]
+    assert audio.p_value < 0.001 and audio.relative_gain == pytest.approx(0.004 / 1.2, rel=1e-2)
+    assert kept == ["text"]
+    assert select_modalities(["text", "audio"], errors, groups, samples=2000, min_gain=0.0)[0] == ["text", "audio"]
+    with pytest.raises(ValueError, match="min_gain must be >= 0"):
+        select_modalities(["text"], errors, groups, min_gain=-0.1)
+
+
 def small_fused_model() -> LateFusionModel:
     torch.manual_seed(0)
     encoders = torch.nn.ModuleDict({"text": AcousticMLPEncoder(input_dim=3, hidden_dims=[], out_dim=4),
@@ -197,6 +210,9 @@ def test_a_stage_that_cannot_beat_its_start_hands_the_start_on(tmp_path):
                                      keep_start_unless_better=True, alpha=1e-9)
     assert callback.record["handed_on"] == "start"
     torch.testing.assert_close(best["state_dict"]["model.head.net.0.weight"], callback.start["model.head.net.0.weight"])
+    # The start's audio projection is still zero: audio contributes nothing there, so it is not kept.
+    assert callback.record["kept"] == ["text"] and callback.record["switched_off"] == ["audio"]
+    assert best["state_dict"]["model.active"].tolist() == [True, False]
     best, callback = fit_gated_model(tmp_path / "learns", audio_informative=True, epochs=4,
                                      keep_start_unless_better=True)
     assert callback.record["handed_on"] == "trained"

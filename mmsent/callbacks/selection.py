@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import move_data_to_device, rank_zero_info
+from pytorch_lightning.utilities import move_data_to_device, rank_zero_info, rank_zero_warn
 from torch import nn
 
 from mmsent.models.late_fusion import LateFusionModel
@@ -23,12 +23,21 @@ class ModalitySelection(pl.Callback):
 
     The best checkpoint is loaded, the validation split is scored with every subset of
     modalities that backward elimination asks for (see :mod:`mmsent.selection`), and
-    each modality whose gain is not significant at ``alpha`` is switched off
-    (:meth:`LateFusionModel.switch_off`). With ``keep_start_unless_better``, the
-    result must also beat the stage's starting weights (the model before its first
-    training step) significantly, or the starting model is handed on unchanged: the
-    one-standard-error habit of preferring the simpler, earlier model when a small
-    validation split cannot tell the two apart.
+    each modality whose gain is not significant at ``alpha``, or smaller than
+    ``min_gain``, is switched off (:meth:`LateFusionModel.switch_off`). With
+    ``keep_start_unless_better``, the result must also beat the stage's starting
+    weights (the model before its first training step) significantly, or the starting
+    model is handed on: the one-standard-error habit of preferring the simpler, earlier
+    model when a small validation split cannot tell the two apart. The modalities of a
+    handed-on start are selected again on its own errors, so one it does not use (a
+    ``GatedResidualFusion`` input whose projection is still zero) is switched off, not
+    reported as kept.
+
+    With ``no_worse_than_unimodal``, the model handed on must also be no worse on
+    validation than the best unimodal stage the fused task records
+    (``FusionTask.unimodal``). If it is worse, the task becomes that unimodal model
+    when its fusion can pass the modality through (:meth:`FusionTask.fall_back_to_unimodal`);
+    otherwise a warning says so. Either way the record says which was handed on.
 
     The selected model is written to ``selected.ckpt`` beside the best checkpoint
     (which keeps what its epoch trained) and named by :attr:`selected_path`: the
@@ -39,6 +48,10 @@ class ModalitySelection(pl.Callback):
 
     Args:
         alpha (float): Significance level of the one-sided bootstrap tests.
+        min_gain (float): Smallest relative validation MAE gain (gain over the MAE
+            without the modality) that keeps a modality; 0.005 is 0.5 %.
+        no_worse_than_unimodal (bool): Never hand on a model worse on validation than
+            the best unimodal stage.
         samples (int): Bootstrap resamples (of whole videos).
         seed (int): Seed of the resampling.
         keep_start_unless_better (bool): Test the result against the starting weights,
@@ -48,18 +61,25 @@ class ModalitySelection(pl.Callback):
     Attributes:
         record (dict | None): The last outcome: ``alpha``, ``kept``, ``switched_off``,
             every modality test, and with ``keep_start_unless_better`` the test against
-            the start and ``handed_on`` (``"trained"`` or ``"start"``).
+            the start and ``handed_on`` (``"trained"`` or ``"start"``), and with the
+            unimodal check ``unimodal`` (the best unimodal stage's ``modality`` and
+            ``val_MAE``, the fused model's ``fused_val_MAE`` and ``handed_on``:
+            ``"fused"``, ``"unimodal"`` or ``"fused, worse"``).
         selected_path (str | None): After fitting, the checkpoint of the selected
             model; None when the trainer keeps no checkpoint (the selected model is
             then only in memory).
     """
 
-    def __init__(self, alpha: float = 0.05, samples: int = 10000, seed: int = 0,
-                 keep_start_unless_better: bool = False) -> None:
+    def __init__(self, alpha: float = 0.05, min_gain: float = 0.005, samples: int = 10000, seed: int = 0,
+                 keep_start_unless_better: bool = False, no_worse_than_unimodal: bool = True) -> None:
         super().__init__()
         if not 0 < alpha < 1:
             raise ValueError(f"ModalitySelection: alpha must be in (0, 1), got {alpha}")
+        if min_gain < 0:
+            raise ValueError(f"ModalitySelection: min_gain must be >= 0, got {min_gain}")
         self.alpha = alpha
+        self.min_gain = min_gain
+        self.no_worse_than_unimodal = no_worse_than_unimodal
         self.samples = samples
         self.seed = seed
         self.keep_start_unless_better = keep_start_unless_better
@@ -108,15 +128,12 @@ class ModalitySelection(pl.Callback):
         candidates = model.active_modalities
         errors, ids = validation_errors(trainer, pl_module)
         groups = video_groups(ids)
-        kept, tests = select_modalities(candidates, errors, groups, self.alpha, self.samples, self.seed)
-        for modality in candidates:
-            if modality not in kept:
-                model.switch_off(modality)
-        self.record = {"alpha": self.alpha, "kept": kept,
-                       "switched_off": [m for m in candidates if m not in kept], "tests": as_records(tests)}
-        self._report_modalities(trainer, tests)
+        self.record = {"alpha": self.alpha, "min_gain": self.min_gain}
+        kept = self._select(trainer, model, candidates, errors, groups)
         if self.keep_start_unless_better and self.start is not None:
             self._against_start(trainer, pl_module, kept, errors(frozenset(kept)), groups)
+        if self.no_worse_than_unimodal and getattr(pl_module, "unimodal", {}).get("scores"):
+            self._against_unimodal(trainer, pl_module)
         if best:
             selected = Path(best).with_name(SELECTED_FILE)
             if trainer.is_global_zero:
@@ -127,6 +144,18 @@ class ModalitySelection(pl.Callback):
                 _save_atomically(selected, checkpoint)
             trainer.strategy.barrier()
             self.selected_path = str(selected)
+
+    def _select(self, trainer: pl.Trainer, model: LateFusionModel, candidates: list[str], errors,
+                groups: list[str]) -> list[str]:
+        kept, tests = select_modalities(candidates, errors, groups, self.alpha, self.samples, self.seed,
+                                        self.min_gain)
+        for modality in candidates:
+            if modality not in kept:
+                model.switch_off(modality)
+        self.record.update(kept=kept, switched_off=[m for m in candidates if m not in kept],
+                           tests=as_records(tests))
+        self._report_modalities(trainer, tests)
+        return kept
 
     def _against_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, kept: list[str],
                        trained_errors: torch.Tensor, groups: list[str]) -> None:
@@ -146,12 +175,39 @@ class ModalitySelection(pl.Callback):
         better = p_value < self.alpha
         if better:
             pl_module.load_state_dict(trained)
+        else:
+            switched_off = self.record["switched_off"]
+            self._select(trainer, pl_module.model, kept, start_errors, groups)
+            self.record["switched_off"] = switched_off + self.record["switched_off"]
         self.record.update(start_gain=float(gain.mean()), start_p_value=p_value,
                            handed_on="trained" if better else "start")
         rank_zero_info(f"ModalitySelection: {'trained' if better else 'starting'} model handed on "
                        f"(validation MAE gain over the start {float(gain.mean()):+.4f}, p = {p_value:.3f})")
         _log(trainer, {"selection/start/gain_MAE": float(gain.mean()), "selection/start/p_value": p_value,
                        "selection/start/kept": float(not better)})
+
+    def _against_unimodal(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        scores = pl_module.unimodal["scores"]
+        best = min(scores, key=scores.get)
+        errors, _ = validation_errors(trainer, pl_module)
+        fused = float(errors(frozenset(pl_module.model.active_modalities)).mean())
+        handed_on = "fused"
+        # A tolerance for float32 sums: a fused model that starts as the unimodal one ties it.
+        if fused > scores[best] + 1e-5:
+            handed_on = "unimodal" if pl_module.fall_back_to_unimodal(best) else "fused, worse"
+        if handed_on == "unimodal":
+            self.record.update(kept=[best], switched_off=[m for m in pl_module.model.encoders if m != best])
+        self.record["unimodal"] = {"modality": best, "val_MAE": scores[best], "fused_val_MAE": fused,
+                                   "handed_on": handed_on}
+        message = (f"ModalitySelection: fused validation MAE {fused:.4f}, best unimodal stage ({best}) "
+                   f"{scores[best]:.4f}: ")
+        if handed_on == "fused, worse":
+            rank_zero_warn(message + "the fused model is worse, and its fusion cannot pass the "
+                           f"{best} embedding through (use GatedResidualFusion with head_from: best)")
+        else:
+            rank_zero_info(message + f"{handed_on} model handed on")
+        _log(trainer, {"selection/unimodal/fused_val_MAE": fused, "selection/unimodal/val_MAE": scores[best],
+                       "selection/unimodal/handed_on": float(handed_on == "unimodal")})
 
     def _report_modalities(self, trainer: pl.Trainer, tests) -> None:
         final = {t.modality: t for t in tests}  # the last test of each modality
@@ -161,8 +217,9 @@ class ModalitySelection(pl.Callback):
             metrics.update({f"selection/{modality}/gain_MAE": test.gain, f"selection/{modality}/p_value": test.p_value,
                             f"selection/{modality}/kept": float(kept)})
             rank_zero_info(f"ModalitySelection: {modality} {'kept' if kept else 'switched off'} "
-                           f"(validation MAE gain {test.gain:+.4f}, p = {test.p_value:.3f} "
-                           f"over {test.groups} videos, alpha {self.alpha})")
+                           f"(validation MAE gain {test.gain:+.4f} = {100 * test.relative_gain:+.2f} %, "
+                           f"p = {test.p_value:.3f} over {test.groups} videos, alpha {self.alpha}, "
+                           f"min_gain {100 * self.min_gain:g} %)")
         _log(trainer, metrics)
 
 

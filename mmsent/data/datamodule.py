@@ -22,6 +22,7 @@ from mmsent.data.batches import (
 from mmsent.data.cache import PreparedData, prepare
 from mmsent.data.schema import SPLITS, DatasetSpec
 from mmsent.data.sources import DataSource
+from mmsent.metrics import label_statistics
 
 
 def model_modalities(module) -> list[str] | None:
@@ -147,6 +148,12 @@ class MultimodalDataModule(pl.LightningDataModule):
     def input_dims(self) -> dict[str, int]:
         """dict[str, int]: Per modality, the size its encoder takes (linked to the model)."""
         return dict(self.spec.input_dims)
+
+    @property
+    def label_statistics(self) -> dict[str, float]:
+        """dict[str, float]: The training labels' median, mean and majority classes
+        (:func:`mmsent.metrics.label_statistics`; linked to the model)."""
+        return label_statistics(self.split("train")["label"])
 
     def prepare_data(self) -> None:
         """Prepares the cache (once, in the main process)."""

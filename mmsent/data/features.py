@@ -118,22 +118,34 @@ def _first(ids: list[str], count: int = 5) -> str:
 
 
 def clean_nonfinite(features: dict[str, np.ndarray]) -> dict[str, int]:
-    """Sets NaN and infinite values to 0, in place.
+    """Masks NaN and infinite values, in place: a frame of a sequence ``(T, D)``,
+    ``T > 1``, holding any is dropped (the batch's time mask then leaves it out, and
+    a clip with no finite frame left lacks the modality); in a single vector
+    (``(D,)`` or ``(1, D)``, utterance-level features) they are set to 0, as masking
+    would drop the clip's whole modality for one value.
 
     Args:
         features (dict[str, np.ndarray]): Clip id -> float array.
 
     Returns:
-        dict[str, int]: Clip id -> values replaced, for clips that had any.
+        dict[str, int]: Clip id -> non-finite values found, for clips that had any.
     """
     counts = {}
-    for clip, values in features.items():
+    for clip, values in list(features.items()):
         if not np.issubdtype(values.dtype, np.floating):
             continue
         bad = ~np.isfinite(values)
-        if bad.any():
+        if not bad.any():
+            continue
+        counts[clip] = int(bad.sum())
+        if values.ndim < 2 or len(values) == 1:
             values[bad] = 0.0
-            counts[clip] = int(bad.sum())
+            continue
+        finite_frames = ~bad.reshape(len(values), -1).any(axis=1)
+        if finite_frames.any():
+            features[clip] = values[finite_frames]
+        else:
+            del features[clip]
     return counts
 
 

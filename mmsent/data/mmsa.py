@@ -8,9 +8,15 @@ arrays over its ``N`` samples:
   ``regression_labels``: the scores.
 * ``text``: ``(N, L, 768)`` BERT states or ``(N, L, 300)`` GloVe vectors;
   ``text_bert``: ``(N, 3, L)`` word-piece ids, attention mask and segment ids.
-* ``audio`` ``(N, T_a, D_a)`` and ``vision`` ``(N, T_v, D_v)``, zero-padded; the
-  unaligned pickles add ``audio_lengths`` and ``vision_lengths``. In the aligned
-  ones every sequence follows the words, so the text length applies to all three.
+* ``audio`` ``(N, T_a, D_a)`` and ``vision`` ``(N, T_v, D_v)``, zero-padded at the
+  end or at the front (MMSA's own pickles do both); the unaligned pickles add
+  ``audio_lengths`` and ``vision_lengths``. In the aligned ones every sequence
+  follows the words, so the text length applies to all three.
+
+A sequence's real steps are those between its first and last non-zero step
+(:func:`real_steps`), or its recorded length counted from the end it is not padded
+at. Frames holding NaN or infinite values are dropped, i.e. masked, by
+:class:`~mmsent.data.features.FeatureSource`, not set to 0.
 
 Unpickling can run arbitrary code, so only load pickles from a source you trust;
 the cache converts the pickle once into Arrow, and later runs never unpickle again.
@@ -25,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from mmsent.data.features import FeatureData, FeatureSource
-from mmsent.data.schema import ID_SEPARATOR, SPLITS, check_label
+from mmsent.data.schema import ID_SEPARATOR, SPLITS, check_label, scale_label
 from mmsent.io import file_signature
 
 log = logging.getLogger(__name__)
@@ -75,17 +81,26 @@ def text_lengths(split: dict) -> np.ndarray | None:
     return np.asarray(bert)[:, 1, :].sum(-1).astype(int)
 
 
-def trailing_nonzero_length(sequence: np.ndarray) -> int:
-    """The length of a zero-padded sequence: up to its last non-zero step.
+def real_steps(sequence: np.ndarray, length: int | None = None) -> np.ndarray:
+    """The real steps of a zero-padded sequence, padded at the end or at the front.
 
     Args:
-        sequence (np.ndarray): ``(T, D)``.
+        sequence (np.ndarray): ``(T, D)`` (or ``(T,)`` ids).
+        length (int | None): The recorded number of real steps, if the pickle has it.
 
     Returns:
-        int: The number of steps before the trailing all-zero padding.
+        np.ndarray: Without the padding: with ``length``, its first ``length`` steps,
+        or its last ones when the sequence starts with a zero step; without, the
+        steps from the first non-zero step to the last.
     """
-    nonzero = np.flatnonzero(np.any(sequence != 0, axis=-1))
-    return int(nonzero[-1]) + 1 if nonzero.size else 0
+    steps = sequence.reshape(len(sequence), -1)
+    nonzero = np.flatnonzero(np.any(steps != 0, axis=-1))
+    if length is not None:
+        front_padded = length < len(sequence) and nonzero.size and nonzero[0] > 0
+        return sequence[len(sequence) - length:] if front_padded else sequence[:length]
+    if not nonzero.size:
+        return sequence[:0]
+    return sequence[nonzero[0]: nonzero[-1] + 1]
 
 
 class MMSAPickleSource(FeatureSource):
@@ -104,6 +119,9 @@ class MMSAPickleSource(FeatureSource):
         vocab_size (int): Vocabulary size of ``text_bert`` ids (BERT base: 30522).
         standardize (bool): Scale audio and vision with training statistics; off by
             default, as MMSA's models take the features as they are.
+        label_scale (list[float] | None): ``[low, high]`` of a corpus scored on another
+            range (e.g. ``[1, 5]``), mapped linearly onto [-3, 3]; None: the scores
+            are already on [-3, 3].
         **kwargs: :class:`FeatureSource` options (``missing``, ``tokenizer``,
             ``max_text_length``, ``text_features``).
     """
@@ -111,8 +129,12 @@ class MMSAPickleSource(FeatureSource):
     name = "mmsa"
 
     def __init__(self, path: str, modalities: list[str] | None = None, text: str | None = None,
-                 vocab_size: int = 30522, standardize: bool = False, **kwargs) -> None:
+                 vocab_size: int = 30522, standardize: bool = False, label_scale: list[float] | None = None,
+                 **kwargs) -> None:
         super().__init__(modalities=modalities, standardize=standardize, **kwargs)
+        if label_scale is not None and (len(label_scale) != 2 or not label_scale[0] < label_scale[1]):
+            raise ValueError(f"label_scale must be [low, high] with low < high, got {label_scale}")
+        self.label_scale = tuple(float(v) for v in label_scale) if label_scale is not None else None
         if text is None:
             text = "transcript" if self.text.states is not None else "vectors"
         if text not in TEXT_MODES:
@@ -126,7 +148,8 @@ class MMSAPickleSource(FeatureSource):
 
     def fingerprint(self) -> dict:
         return {"path": str(self.path.resolve()), "file": file_signature([self.path]),
-                "text_mode": self.text_mode, "vocab_size": self.vocab_size, **self.settings()}
+                "text_mode": self.text_mode, "vocab_size": self.vocab_size, "label_scale": self.label_scale,
+                **self.settings()}
 
     def read(self) -> FeatureData:
         data = load_pickle(self.path)
@@ -171,8 +194,10 @@ class MMSAPickleSource(FeatureSource):
 
     def _clips(self, part: dict, split: str, ids: list[str]) -> list[dict]:
         labels = np.asarray(part["regression_labels"], dtype=np.float64).reshape(len(ids), -1)[:, 0]
+        scaled = f" (label_scale {list(self.label_scale)} applied)" if self.label_scale else ""
         return [{"id": clip, "split": split, "transcript": _as_str(part["raw_text"][i]),
-                 "label": check_label(float(labels[i]), f"{self.path} [{split}] row {i} ({clip})")}
+                 "label": check_label(scale_label(labels[i], self.label_scale),
+                                      f"{self.path} [{split}] row {i} ({clip}){scaled}")}
                 for i, clip in enumerate(ids)]
 
     def _modality(self, part: dict, split: str, modality: str, ids: list[str]) -> dict:
@@ -183,11 +208,11 @@ class MMSAPickleSource(FeatureSource):
         array = np.asarray(part[key])
         if len(array) != len(ids):
             raise ValueError(f"{self.path} [{split}]: {key} holds {len(array)} samples for {len(ids)} ids")
-        lengths = self._lengths(part, modality, array)
+        lengths = self._lengths(part, modality)
         values = {}
         for index, clip in enumerate(ids):
             sample = array[index][0] if key == "text_bert" else array[index]
-            sample = sample[: lengths[index]]
+            sample = real_steps(sample, None if lengths is None else lengths[index])
             if len(sample):
                 values[clip] = sample.astype(np.int64 if key == "text_bert" else np.float32)
         if key == "text_bert":
@@ -199,15 +224,16 @@ class MMSAPickleSource(FeatureSource):
             return "text_bert" if self.text_mode == "bert_ids" else "text"
         return MODALITY_KEYS[modality]
 
-    def _lengths(self, part: dict, modality: str, array: np.ndarray) -> list[int]:
+    def _lengths(self, part: dict, modality: str) -> list[int] | None:
         words = text_lengths(part)
         own = part.get(f"{MODALITY_KEYS.get(modality, '')}_lengths")
         if own is not None:
             return [int(n) for n in own]
-        steps = array.shape[-1] if self._key(modality) == "text_bert" else array.shape[1]
+        array = part[self._key(modality)]
+        steps = np.shape(array)[-1] if self._key(modality) == "text_bert" else np.shape(array)[1]
         if words is not None and (modality == "text" or steps == part["text_bert"].shape[-1]):
             return [int(n) for n in words]
-        return [trailing_nonzero_length(sample) for sample in array]
+        return None
 
     def _check_ids(self, values: dict, split: str) -> None:
         for clip, ids in values.items():

@@ -60,8 +60,28 @@ def check_label(value: float, where: str) -> float:
     score = float(value)
     low, high = LABEL_RANGE
     if not math.isfinite(score) or not low <= score <= high:
-        raise ValueError(f"{where}: label {value!r} is not a finite score in [{low:g}, {high:g}]")
+        raise ValueError(f"{where}: label {value!r} is not a finite score in [{low:g}, {high:g}]; for a "
+                         f"corpus scored on another range, set the source's label_scale: [low, high] "
+                         f"(MMSAPickleSource) to map it linearly onto [{low:g}, {high:g}]")
     return score
+
+
+def scale_label(value: float, label_scale: tuple[float, float] | None) -> float:
+    """Maps a score from a corpus's own range linearly onto :data:`LABEL_RANGE`.
+
+    Args:
+        value (float): The score as the corpus records it.
+        label_scale (tuple[float, float] | None): The corpus's ``(low, high)``, e.g.
+            ``(1, 5)``; None leaves the score as it is.
+
+    Returns:
+        float: The score on ``[-3, 3]`` (not yet checked: see :func:`check_label`).
+    """
+    if label_scale is None:
+        return float(value)
+    low, high = label_scale
+    target_low, target_high = LABEL_RANGE
+    return target_low + (float(value) - low) * (target_high - target_low) / (high - low)
 
 
 def check_split(value: str, where: str) -> str:

@@ -7,9 +7,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pandas as pd
+import torch
+import yaml
+
+from mmsent.data.schema import ID_SEPARATOR
 from mmsent.io import save_json
-from mmsent.metrics import METRIC_NAMES
-from mmsent.pipeline.figures import write_figures
+from mmsent.metrics import METRIC_NAMES, pearson
+from mmsent.pipeline.figures import stage_predictions, write_figures
 
 PERCENT = {"Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score", "Mult_acc_5", "Mult_acc_7"}
 TABLE_METRICS = ("MAE", "Corr", "Non0_acc_2", "Non0_F1_score", "Has0_acc_2", "Mult_acc_7")
@@ -52,18 +57,75 @@ def report_rows(manifest: dict) -> list[dict]:
     return rows
 
 
+def stage_baselines(manifest: dict) -> dict[str, dict[str, float]]:
+    """The trivial predictors' metrics, as the first finished stage that scored
+    sentiment logged them (``<split>/baseline/<metric>``, see
+    :class:`mmsent.tasks.base.BaseTask`): every stage sees the same data.
+
+    Args:
+        manifest (dict): The pipeline manifest.
+
+    Returns:
+        dict[str, dict[str, float]]: ``{"val": {metric: value}, "test": {...}}``;
+        empty when no stage logged them.
+    """
+    for record in manifest.get("stages", {}).values():
+        metrics = record.get("metrics", {}) if record.get("status") == "done" else {}
+        found = {split: {k.split("/", 1)[1]: v for k, v in metrics.get(split, {}).items()
+                         if k.startswith("baseline/")} for split in ("val", "test")}
+        if found["test"]:
+            return found
+    return {}
+
+
+def own_score_correlations(manifest: dict) -> dict[str, dict]:
+    """On generated data, how well each unimodal stage recovers its own modality's
+    noise-free score (``<modality>_score`` in the generated ``label.csv``): the
+    Pearson correlation of its test predictions with that score.
+
+    Args:
+        manifest (dict): The pipeline manifest.
+
+    Returns:
+        dict[str, dict]: Stage -> ``{"modality": ..., "corr": ...}``; empty for data
+        that records no per-modality score.
+    """
+    found = {}
+    for name, table in stage_predictions(manifest).items():
+        config_path = Path(manifest["stages"][name].get("config", ""))
+        if not config_path.is_file():
+            continue
+        config = yaml.safe_load(config_path.read_text()) or {}
+        modality = (config.get("model", {}).get("init_args") or {}).get("modality")
+        root = ((config.get("data", {}).get("source") or {}).get("init_args") or {}).get("root")
+        labels = Path(root) / "label.csv" if modality and root else None
+        if labels is None or not labels.is_file():
+            continue
+        truth = pd.read_csv(labels, dtype={"video_id": str, "clip_id": str})
+        column = f"{modality}_score"
+        if column not in truth:
+            continue
+        truth["id"] = truth["video_id"] + ID_SEPARATOR + truth["clip_id"]
+        merged = table.merge(truth[["id", column]], on="id")
+        corr = pearson(torch.tensor(merged["prediction"].to_numpy()), torch.tensor(merged[column].to_numpy()))
+        found[name] = {"modality": modality, "corr": corr}
+    return found
+
+
 def _format(name: str, value: float | None) -> str:
     if value is None:
         return "-"
     return f"{100 * value:.1f}" if name in PERCENT else f"{value:.3f}"
 
 
-def markdown_table(rows: list[dict], baselines: dict) -> str:
+def markdown_table(rows: list[dict], baselines: dict, own_scores: dict | None = None) -> str:
     """The report as a Markdown table.
 
     Args:
         rows (list[dict]): From :func:`report_rows`.
-        baselines (dict): Reference predictors, e.g. ``{"constant": {"MAE": ...}}``.
+        baselines (dict): The trivial predictors' metrics per split, from
+            :func:`stage_baselines`.
+        own_scores (dict | None): From :func:`own_score_correlations`.
 
     Returns:
         str: Markdown; accuracies and F1 in percent.
@@ -75,9 +137,13 @@ def markdown_table(rows: list[dict], baselines: dict) -> str:
         cells += [_format("MAE", row["val"].get("MAE")),
                   _format("MAE", row.get("best_achievable_MAE")), f"{row.get('wall_time_s') or 0:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    for name, values in baselines.items():
-        cells = [f"*{name} predictor*", _format("MAE", values.get("MAE"))] + ["-"] * (len(header) - 2)
+    if baselines:
+        cells = ["*trivial predictor*"] + [_format(m, baselines["test"].get(m)) for m in TABLE_METRICS]
+        cells += [_format("MAE", baselines.get("val", {}).get("MAE")), "-", "-"]
         lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", "The trivial predictor predicts the training median for MAE and Corr (a constant "
+                  "correlates with nothing) and the training set's majority class for each accuracy "
+                  "and F1: a stage that does not beat it on a metric has learned nothing it measures.", ""]
     contributions = [r for r in rows if "ablation" in r]
     if contributions:
         lines += ["", "Per-modality contribution (test MAE with the modality masked, minus full MAE):", ""]
@@ -85,6 +151,10 @@ def markdown_table(rows: list[dict], baselines: dict) -> str:
             parts = [f"{k.split('/')[1]} {v:+.3f}" for k, v in row["ablation"].items() if k.startswith("contribution/")]
             lines.append(f"- {row['stage']}: " + ", ".join(parts))
     lines += generative_table(rows)
+    if own_scores:
+        lines += ["", "Unimodal stages against their own modality's noise-free score (generated data; "
+                  "test Pearson correlation):", ""]
+        lines += [f"- {stage}: {v['corr']:.3f} with {v['modality']}_score" for stage, v in own_scores.items()]
     selections = [r for r in rows if "selection" in r]
     if selections:
         lines += ["", "Modality selection (validation, one-sided bootstrap over videos):", ""]
@@ -142,11 +212,19 @@ def selection_summary(record: dict) -> str:
     for modality in [*record["kept"], *record["switched_off"]]:
         verdict = "kept" if modality in record["kept"] else "switched off"
         test = final.get(modality)
-        evidence = f" (gain {test['gain']:+.3f} MAE, p {test['p_value']:.3f})" if test else ""
+        relative = f" = {100 * test['relative_gain']:+.1f} %" if test and "relative_gain" in test else ""
+        evidence = f" (gain {test['gain']:+.3f} MAE{relative}, p {test['p_value']:.3f})" if test else ""
         parts.append(f"{modality} {verdict}{evidence}")
     if "handed_on" in record:
         parts.append(f"{record['handed_on']} model handed on (gain over the start "
                      f"{record['start_gain']:+.3f} MAE, p {record['start_p_value']:.3f})")
+    unimodal = record.get("unimodal")
+    if unimodal:
+        verdict = {"fused": "the fused model is no worse, handed on",
+                   "unimodal": f"the fused model was worse: the {unimodal['modality']} model handed on instead",
+                   "fused, worse": "the fused model is WORSE and was handed on (its fusion cannot fall back)"}
+        parts.append(f"validation MAE {unimodal['fused_val_MAE']:.3f} vs the best unimodal stage "
+                     f"({unimodal['modality']}) {unimodal['val_MAE']:.3f}: {verdict[unimodal['handed_on']]}")
     return "; ".join(parts)
 
 
@@ -155,7 +233,7 @@ def plot(rows: list[dict], baselines: dict, path: Path) -> None:
 
     Args:
         rows (list[dict]): From :func:`report_rows`.
-        baselines (dict): Reference predictors, drawn as lines.
+        baselines (dict): The trivial predictors' metrics per split, drawn as lines.
         path (Path): The PNG to write.
     """
     import matplotlib
@@ -171,8 +249,8 @@ def plot(rows: list[dict], baselines: dict, path: Path) -> None:
     best = [r["best_achievable_MAE"] for r in rows if "best_achievable_MAE" in r]
     if best:
         ax_mae.axhline(best[0], color="tab:green", linestyle="--", label="best achievable")
-    if "constant" in baselines:
-        ax_mae.axhline(baselines["constant"]["MAE"], color="tab:red", linestyle=":", label="constant")
+    if "MAE" in baselines.get("test", {}):
+        ax_mae.axhline(baselines["test"]["MAE"], color="tab:red", linestyle=":", label="training median")
     ax_mae.legend(loc="upper right")
     ax_corr.bar(names, [r["test"].get("Corr", 0) for r in rows], color="tab:orange")
     ax_corr.set_title("test Pearson correlation")
@@ -216,10 +294,12 @@ def write_report(manifest: dict, out_dir: Path) -> dict:
     """
     out_dir = Path(out_dir)
     rows = report_rows(manifest)
-    baselines = manifest.get("baselines", {})
-    report = {"pipeline": manifest.get("pipeline"), "stages": rows, "baselines": baselines}
+    baselines = stage_baselines(manifest)
+    own_scores = own_score_correlations(manifest)
+    report = {"pipeline": manifest.get("pipeline"), "stages": rows, "baselines": baselines,
+              "own_score_correlations": own_scores}
     save_json(out_dir / "report.json", report)
-    table = markdown_table(rows, baselines)
+    table = markdown_table(rows, baselines, own_scores)
     if rows:
         plot(rows, baselines, out_dir / "report.png")
     figures = figures_section(write_figures(manifest, out_dir))

@@ -15,7 +15,7 @@ from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from mmsent.data.schema import MODALITIES
-from mmsent.metrics import split_metrics
+from mmsent.metrics import baseline_metrics, split_metrics
 from mmsent.optim import build_param_groups, has_schedules, per_group_scheduler
 from mmsent.regularization import Regularizer
 from mmsent.tasks.checkpoints import META_KEY, fill_rebuilt, omit_rebuilt
@@ -31,6 +31,12 @@ class BaseTask(pl.LightningModule):
     Args:
         input_dims (dict[str, int] | None): Per modality, the input size of its
             encoder; linked from the DataModule by the CLI.
+        label_statistics (dict[str, float] | None): The training labels' median, mean
+            and majority classes (:func:`mmsent.metrics.label_statistics`); linked from
+            the DataModule by the CLI. Heads start at the median (the mean under
+            ``mse``), and every validation and test epoch also logs the trivial
+            predictors' metrics (``<split>/baseline/<metric>``). None: heads start at
+            0 and no baseline is logged.
         loss (str): ``"l1"`` (the field's default), ``"mse"`` or ``"huber"``.
         optimizer (OptimizerCallable): Builds the optimizer from parameter groups.
         lr_scheduler (LRSchedulerCallable | None): Builds a scheduler for the whole
@@ -40,7 +46,8 @@ class BaseTask(pl.LightningModule):
         regularizer (Regularizer | None): A weight penalty added to the training loss.
     """
 
-    def __init__(self, input_dims: dict[str, int] | None = None, loss: str = "l1",
+    def __init__(self, input_dims: dict[str, int] | None = None,
+                 label_statistics: dict[str, float] | None = None, loss: str = "l1",
                  optimizer: OptimizerCallable = torch.optim.Adam,
                  lr_scheduler: LRSchedulerCallable | None = None,
                  param_groups: dict[str, dict] | None = None,
@@ -49,6 +56,8 @@ class BaseTask(pl.LightningModule):
         if loss not in LOSSES:
             raise ValueError(f"model.loss must be one of {sorted(LOSSES)}, got {loss!r}")
         self.input_dims = dict(input_dims or {})
+        self.label_statistics = dict(label_statistics) if label_statistics else None
+        self.loss_name = loss
         self.loss_fn = LOSSES[loss]
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
@@ -56,6 +65,24 @@ class BaseTask(pl.LightningModule):
         self.regularizer = regularizer
         self.metrics = nn.ModuleDict({stage: split_metrics(stage) for stage in STAGES})
         self._best_error: dict[str, list[torch.Tensor]] = {stage: [] for stage in STAGES}
+        self._targets: dict[str, list[torch.Tensor]] = {stage: [] for stage in STAGES}
+
+    @property
+    def label_center(self) -> float | None:
+        """float | None: Where a new head starts: the training labels' mean under the
+        ``mse`` loss, their median otherwise; None without label statistics."""
+        if self.label_statistics is None:
+            return None
+        return self.label_statistics["mean" if self.loss_name == "mse" else "median"]
+
+    def start_head(self, head: nn.Module) -> None:
+        """Starts a new head at :attr:`label_center` (nothing without label statistics).
+
+        Args:
+            head (nn.Module): A :class:`mmsent.models.fusion.RegressionHead`.
+        """
+        if self.label_center is not None:
+            head.start_at(self.label_center)
 
     def save_plain_hyperparameters(self, ignore: tuple[str, ...] = ()) -> None:
         """Saves the init arguments that are plain data, so checkpoints load with
@@ -120,6 +147,7 @@ class BaseTask(pl.LightningModule):
         self.log(f"{stage}/loss", self.loss_fn(preds, batch["label"]), batch_size=len(preds))
         self.metrics[stage].update(preds, batch["label"])
         self._best_error[stage].append((batch["label"] - batch["clean_label"]).abs())
+        self._targets[stage].append(batch["label"].detach())
         return preds
 
     def on_validation_epoch_end(self) -> None:
@@ -138,6 +166,10 @@ class BaseTask(pl.LightningModule):
             if math.isfinite(best):
                 self.log(f"{stage}/best_achievable_MAE", best)
         self._best_error[stage] = []
+        targets, self._targets[stage] = self._targets[stage], []
+        if targets and self.label_statistics is not None:
+            for name, value in baseline_metrics(self.label_statistics, torch.cat(targets)).items():
+                self.log(f"{stage}/baseline/{name}", value)
 
     def checkpoint_meta(self) -> dict:
         """dict: What a checkpoint records about the task (under ``META_KEY``), for the

@@ -2,24 +2,33 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from mmsent.errors import ConfigError
 from mmsent.metrics import SentimentMetrics
+from mmsent.models.config import module_config
 from mmsent.models.fusion import ConcatFusion, RegressionHead
 from mmsent.models.generative import SCORE_MODES, sample_embeddings
 from mmsent.models.late_fusion import LateFusionModel
 from mmsent.tasks.base import BaseTask
 from mmsent.tasks.checkpoints import (
+    META_KEY,
     EncoderFactory,
     build_encoders,
     encoder_config,
+    load_encoder,
     load_fused,
     load_generator,
     load_head,
+    read_checkpoint,
 )
+
+MONITOR = "val/MAE"
 
 
 class FusionTask(BaseTask):
@@ -54,13 +63,15 @@ class FusionTask(BaseTask):
             encoders' output sizes (``ConcatFusion``, ``TensorFusion``, ``LowRankFusion``).
         head_hidden (int): Hidden size of the head; 0 for linear.
         head_from (str | None): A modality whose unimodal head (from its
-            ``<modality>_checkpoint``) the fused head starts from. With a fusion whose
-            output starts as that modality's embedding (``GatedResidualFusion`` with it
-            as ``primary``), the fused model starts as the unimodal model, and the other
-            modalities enter only as far as training moves it from there. Like the
-            encoders, the head is loaded only when that checkpoint is set (evaluating a
-            saved fused model needs none), and not with ``init_checkpoint``, which
-            brings its own head.
+            ``<modality>_checkpoint``) the fused head starts from, or ``"best"``: the
+            unimodal stage with the lowest validation MAE (as its checkpoint's
+            ``ModelCheckpoint`` state records it). A fusion that takes a ``primary``
+            argument (``GatedResidualFusion``) is built on that modality, so the fused
+            model starts as the unimodal model, and the other modalities enter only as
+            far as training moves it from there. Like the encoders, the head is loaded
+            only when that checkpoint is set (evaluating a saved fused model needs
+            none), and not with ``init_checkpoint``, which brings its own head and
+            records which modality it came from.
         freeze_encoders (bool): Train only the fusion module and head.
         modality_dropout (float): Probability of dropping each modality per sample.
         generator_checkpoint (str | None): A generative stage's checkpoint; needs
@@ -86,13 +97,17 @@ class FusionTask(BaseTask):
         factories = {"text": text_encoder, "audio": audio_encoder, "video": video_encoder}
         checkpoints = {"text": text_checkpoint, "audio": audio_checkpoint, "video": video_checkpoint}
         encoders = build_encoders(factories, checkpoints, self.input_dims, init_checkpoint)
-        fusion_module = fusion({m: e.out_dim for m, e in encoders.items()})
+        self.unimodal = unimodal_record(checkpoints, init_checkpoint)
+        self.head_modality = self._head_modality(head_from, list(encoders))
+        fusion_module = build_fusion(fusion, {m: e.out_dim for m, e in encoders.items()}, self.head_modality)
         head = RegressionHead(fusion_module.out_dim, head_hidden)
+        self.start_head(head)
         self.model = LateFusionModel(encoders, fusion_module, head, modality_dropout)
         if init_checkpoint:
             load_fused(self.model, init_checkpoint, "model.init_checkpoint")
-        elif head_from:
-            self._load_head(head_from, checkpoints)
+        elif self.head_modality and checkpoints[self.head_modality]:
+            load_head(self.model.head, self.head_modality, checkpoints[self.head_modality],
+                      f"model.{self.head_modality}_checkpoint")
         self.freeze_encoders = freeze_encoders
         if freeze_encoders:
             self.model.encoders.requires_grad_(False)
@@ -120,12 +135,40 @@ class FusionTask(BaseTask):
                              "embeddings live in the space of the encoders it was trained on")
         return load_generator(path, "model.generator_checkpoint", self.model.encoders)
 
-    def _load_head(self, modality: str, checkpoints: dict[str, str | None]) -> None:
-        if modality not in self.model.encoders:
-            raise ValueError(f"model.head_from is {modality!r}, not one of the fused modalities "
-                             f"{list(self.model.encoders)}")
-        if checkpoints[modality]:
-            load_head(self.model.head, modality, checkpoints[modality], f"model.{modality}_checkpoint")
+    def _head_modality(self, head_from: str | None, modalities: list[str]) -> str | None:
+        if head_from not in (None, "best", *modalities):
+            raise ConfigError(f"model.head_from is {head_from!r}, not 'best' nor one of the fused "
+                              f"modalities {modalities}")
+        if self.unimodal["head_modality"]:
+            return self.unimodal["head_modality"]  # the fused checkpoint started from has its head
+        if head_from != "best":
+            return head_from
+        scores = {m: v for m, v in self.unimodal["scores"].items() if m in modalities}
+        if not scores and self.unimodal["checkpoints"]:
+            raise ConfigError(f"model.head_from is 'best', but no unimodal checkpoint records its "
+                              f"validation MAE ({MONITOR} monitored by its ModelCheckpoint)")
+        return min(scores, key=scores.get) if scores else None
+
+    def fall_back_to_unimodal(self, modality: str) -> bool:
+        """Turns the fused model into the unimodal model of ``modality``, when the fusion
+        passes that modality's embedding through unchanged once the others are off
+        (a ``GatedResidualFusion`` built on it): its encoder and head are loaded from
+        the unimodal checkpoint and every other modality is switched off.
+
+        Args:
+            modality (str): The modality whose unimodal stage to become.
+
+        Returns:
+            bool: Whether the model is now that unimodal model; False when the fusion
+            cannot pass it through or its checkpoint is unknown or gone.
+        """
+        path = self.unimodal["checkpoints"].get(modality)
+        if getattr(self.model.fusion, "primary", None) != modality or not path or not Path(path).is_file():
+            return False
+        load_encoder(self.model.encoders[modality], modality, path, f"the {modality} stage's checkpoint")
+        load_head(self.model.head, modality, path, f"the {modality} stage's checkpoint")
+        self.model.use_only(modality)
+        return True
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -189,4 +232,66 @@ class FusionTask(BaseTask):
             self.log(f"test/contribution/{modality}", without["MAE"] - full_mae)
 
     def checkpoint_meta(self) -> dict:
-        return {"task": "fusion", "encoder_configs": {m: encoder_config(e) for m, e in self.model.encoders.items()}}
+        return {"task": "fusion", "encoder_configs": {m: encoder_config(e) for m, e in self.model.encoders.items()},
+                "unimodal": {**self.unimodal, "head_modality": self.head_modality},
+                "fusion_config": module_config(self.model.fusion), "head_config": module_config(self.model.head)}
+
+
+def build_fusion(factory: Callable[..., nn.Module], dims: dict[str, int], primary: str | None) -> nn.Module:
+    """Builds the fusion module, on ``primary`` when it takes a ``primary`` argument.
+
+    Args:
+        factory (Callable[..., nn.Module]): The configured fusion.
+        dims (dict[str, int]): Embedding size per modality.
+        primary (str | None): The modality the head comes from.
+
+    Returns:
+        nn.Module: The fusion module.
+    """
+    if primary is not None and "primary" in inspect.signature(factory).parameters:
+        return factory(dims, primary=primary)
+    return factory(dims)
+
+
+def recorded_val_mae(path: str, what: str) -> float | None:
+    """The best validation MAE a stage's checkpoint records in its ``ModelCheckpoint`` state.
+
+    Args:
+        path (str): A checkpoint.
+        what (str): The config key that named it, for messages.
+
+    Returns:
+        float | None: The score, or None when no checkpoint callback monitored ``val/MAE``.
+    """
+    for key, state in read_checkpoint(path, what).get("callbacks", {}).items():
+        score = state.get("best_model_score") if isinstance(state, dict) else None
+        if key.startswith("ModelCheckpoint") and state.get("monitor") == MONITOR and score is not None:
+            return float(score)
+    return None
+
+
+def unimodal_record(checkpoints: dict[str, str | None], init_checkpoint: str | None) -> dict:
+    """What a fused stage knows of the unimodal stages it builds on.
+
+    Args:
+        checkpoints (dict[str, str | None]): Per modality, its unimodal checkpoint.
+        init_checkpoint (str | None): A fused checkpoint, whose record is taken over.
+
+    Returns:
+        dict: ``scores`` (per modality, its stage's best validation MAE),
+        ``checkpoints`` (per modality, its file) and ``head_modality`` (the modality
+        the fused head came from, or None).
+    """
+    if init_checkpoint:
+        recorded = read_checkpoint(init_checkpoint, "model.init_checkpoint").get(META_KEY, {}).get("unimodal")
+        if recorded:
+            return {"scores": dict(recorded["scores"]), "checkpoints": dict(recorded["checkpoints"]),
+                    "head_modality": recorded.get("head_modality")}
+    record = {"scores": {}, "checkpoints": {}, "head_modality": None}
+    for modality, path in checkpoints.items():
+        if path:
+            record["checkpoints"][modality] = str(path)
+            score = recorded_val_mae(path, f"model.{modality}_checkpoint")
+            if score is not None:
+                record["scores"][modality] = score
+    return record

@@ -36,6 +36,7 @@ class UnimodalTask(BaseTask):
         self.modality = modality
         self.encoder = encoder(self.input_dims[modality])
         self.head = RegressionHead(self.encoder.out_dim, head_hidden, head_dropout)
+        self.start_head(self.head)
         self.param_groups()
 
     def forward(self, batch: dict):
