@@ -234,7 +234,12 @@ def validation_errors(trainer: pl.Trainer, pl_module: pl.LightningModule):
         tuple: A function from a set of modalities to the per-clip absolute errors of
         the model using exactly those (results cached), and the clip ids.
     """
-    loader = trainer.datamodule.val_dataloader() if trainer.datamodule else trainer.val_dataloaders
+    data = trainer.datamodule
+    if hasattr(data, "split_dataloader"):
+        # The whole split in every process, so that all of them decide alike.
+        loader = data.split_dataloader("valid")
+    else:
+        loader = data.val_dataloader() if data else trainer.val_dataloaders
     model: LateFusionModel = pl_module.model
     embeddings, present, labels, ids = [], [], [], []
     with _evaluating(pl_module):

@@ -3,88 +3,67 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 from functools import partial
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import DataLoader, Dataset
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
+from mmsent.data.batches import (
+    DEFAULT_MEMORY_BUDGET_MB,
+    ExampleDataset,
+    collate,
+    collate_columns,
+    pad_sequences,
+)
 from mmsent.data.cache import PreparedData, prepare
 from mmsent.data.schema import SPLITS, DatasetSpec
 from mmsent.data.sources import DataSource
 from mmsent.metrics import label_statistics
 
 
-class ExampleDataset(Dataset):
-    """Rows of one prepared split as numpy arrays.
+def model_modalities(module) -> list[str] | None:
+    """The modalities a task reads: its ``modality``, or its fused model's encoders.
 
     Args:
-        rows: A ``datasets.Dataset`` (memory-mapped Arrow).
-        columns (list[str]): The columns to read.
-    """
-
-    def __init__(self, rows, columns: list[str]) -> None:
-        self.rows = rows.select_columns(columns).with_format("numpy")
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> dict:
-        return self.rows[int(index)]
-
-
-def pad_sequences(sequences: list[np.ndarray], pad_value=0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pads variable-length sequences.
-
-    Args:
-        sequences (list[np.ndarray]): Each ``(L_i,)`` or ``(L_i, D)``, of one dtype.
-        pad_value: The fill value.
+        module: A LightningModule, or None.
 
     Returns:
-        tuple[torch.Tensor, torch.Tensor]: The padded batch ``(B, L, ...)`` and the
-        mask ``(B, L)``, true at real steps.
+        list[str] | None: None when the task does not say (then every modality is read).
     """
-    tensors = [torch.as_tensor(seq) for seq in sequences]
-    padded = pad_sequence(tensors, batch_first=True, padding_value=pad_value)
-    lengths = torch.tensor([len(t) for t in tensors])
-    return padded, torch.arange(padded.shape[1]) < lengths.unsqueeze(1)
+    if isinstance(getattr(module, "modality", None), str):
+        return [module.modality]
+    encoders = getattr(getattr(module, "model", None), "encoders", None)
+    return list(encoders) if encoders is not None else None
 
 
-def collate(examples: list[dict], spec: DatasetSpec) -> dict:
-    """Builds a batch dict: per modality the padded input, a time mask and presence.
+class PartitionSampler(DistributedSampler):
+    """One process's share of a shuffled training split: every clip at most once per epoch.
+
+    The permutation (seeded by ``seed`` and the epoch, the same on every process) is
+    cut to a multiple of the process count, so each process gets as many clips as
+    the others (at most ``num_replicas - 1`` clips sit out an epoch, different ones
+    each epoch) and no clip is repeated, unlike the padding of Lightning's default
+    ``DistributedSampler``.
 
     Args:
-        examples (list[dict]): Rows from :class:`ExampleDataset`.
-        spec (DatasetSpec): What the rows hold.
-
-    Returns:
-        dict: ``id``, ``transcript``, ``label``, ``clean_label`` and per modality ``m``:
-        ``m`` (input tensor), ``m_mask`` (``(B, T)`` bool), ``m_present`` (``(B,)`` bool).
-        Frames come as float ``(B, 3, T, H, W)`` scaled to [-1, 1].
+        dataset: The split.
+        num_replicas (int): The number of processes.
+        rank (int): This process's rank.
+        seed (int): The shuffling seed.
     """
-    batch = {
-        "id": [str(e["id"]) for e in examples],
-        "transcript": [str(e["transcript"]) for e in examples],
-        "label": torch.tensor(np.array([e["label"] for e in examples]), dtype=torch.float32),
-        "clean_label": torch.tensor(np.array([e["clean_label"] for e in examples]), dtype=torch.float32),
-    }
-    for modality in spec.modalities:
-        present = torch.tensor(np.array([bool(e[f"{modality}_present"]) for e in examples]))
-        values = [e[modality] for e in examples]
-        if modality == "video" and spec.video_kind == "frames":
-            frames = torch.from_numpy(np.stack(values)).float().div_(127.5).sub_(1.0)
-            batch[modality] = frames.permute(0, 4, 1, 2, 3).contiguous()
-            mask = present.unsqueeze(1).expand(-1, frames.shape[1]).clone()
-        else:
-            pad = spec.pad_token_id if modality == "text" and spec.text_kind == "tokens" else 0
-            padded, mask = pad_sequences(values, pad)
-            batch[modality] = padded.float() if padded.is_floating_point() else padded.long()
-            mask &= present.unsqueeze(1)
-        batch[f"{modality}_mask"] = mask
-        batch[f"{modality}_present"] = present
-    return batch
+
+    def __init__(self, dataset, num_replicas: int, rank: int, seed: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed,
+                         drop_last=True)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.dataset), generator=generator)[:self.total_size]
+        return iter(order[self.rank::self.num_replicas].tolist())
 
 
 class MultimodalDataModule(pl.LightningDataModule):
@@ -106,12 +85,24 @@ class MultimodalDataModule(pl.LightningDataModule):
         multiprocessing_context (str | None): How worker processes start, for the
             DataLoader and for preparation: ``"spawn"``, ``"forkserver"`` or
             ``"fork"``; None takes the platform's default.
+        memory_budget_mb (float): Per split, the most megabytes (Arrow size) of
+            vectors, token ids and feature sequences held in memory as tensors; the
+            rest, and video frames always, are read from the memory-mapped cache a
+            batch at a time.
+        pin_memory (bool): Page-locked batches for faster copies to a GPU; ignored
+            (with nothing to pin to) when no GPU is present.
+        modalities (list[str] | None): The modalities batches hold. None: those the
+            trained model reads (a unimodal task's ``modality``, a fused model's
+            encoders) when a trainer runs it, otherwise all; unread video frames are
+            never loaded.
     """
 
     def __init__(self, source: DataSource, cache_dir: str = "data/cache", batch_size: int = 32,
                  num_workers: int = 0, on_decode_error: str = "mask", prepare_workers: int = 0,
                  train_fraction: float = 1.0, subset_seed: int = 0,
-                 predict_split: str = "test", multiprocessing_context: str | None = None) -> None:
+                 predict_split: str = "test", multiprocessing_context: str | None = None,
+                 memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB, pin_memory: bool = False,
+                 modalities: list[str] | None = None) -> None:
         super().__init__()
         if not 0.0 < train_fraction <= 1.0:
             raise ValueError(f"data.train_fraction must be in (0, 1], got {train_fraction}")
@@ -130,8 +121,14 @@ class MultimodalDataModule(pl.LightningDataModule):
         self.train_fraction = train_fraction
         self.subset_seed = subset_seed
         self.predict_split = predict_split
+        if memory_budget_mb < 0:
+            raise ValueError(f"data.memory_budget_mb must be >= 0, got {memory_budget_mb}")
         self.multiprocessing_context = multiprocessing_context
+        self.memory_budget_mb = memory_budget_mb
+        self.pin_memory = pin_memory
+        self.modalities = None if modalities is None else list(modalities)
         self._prepared: PreparedData | None = None
+        self._datasets: dict[tuple[str, tuple[str, ...]], ExampleDataset] = {}
 
     @property
     def prepared(self) -> PreparedData:
@@ -178,20 +175,71 @@ class MultimodalDataModule(pl.LightningDataModule):
             rows = rows.select(sorted(order.tolist()))
         return rows
 
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        spec = self.spec
-        columns = ["id", "transcript", "label", "clean_label"]
-        for modality in spec.modalities:
-            columns += [modality, f"{modality}_present"]
-        rows = self.split(name)
+    def read_modalities(self) -> list[str]:
+        """The modalities batches hold (see ``modalities``).
+
+        Returns:
+            list[str]: In the canonical order.
+
+        Raises:
+            ValueError: If ``data.modalities`` names one the dataset lacks.
+        """
+        wanted = self.modalities
+        if wanted is None:
+            wanted = model_modalities(self.trainer.lightning_module if self.trainer else None)
+        if wanted is None:
+            return self.spec.modalities
+        unknown = sorted(set(wanted) - set(self.spec.modalities))
+        if unknown:
+            raise ValueError(f"data.modalities: {unknown} not in the prepared dataset, "
+                             f"which holds {self.spec.modalities}")
+        return [m for m in self.spec.modalities if m in wanted]
+
+    def dataset(self, name: str) -> ExampleDataset:
+        """The batch-reading dataset of one split, built once and reused by every loader.
+
+        Args:
+            name (str): ``"train"``, ``"valid"`` or ``"test"``.
+
+        Returns:
+            ExampleDataset: The split, its small modalities held in memory.
+        """
+        modalities = self.read_modalities()
+        key = (name, tuple(modalities))
+        if key not in self._datasets:
+            self._datasets[key] = ExampleDataset(self.split(name), self.spec,
+                                                 int(self.memory_budget_mb * 2**20), modalities)
+        return self._datasets[key]
+
+    def _sampler(self, dataset: ExampleDataset, shuffle: bool) -> DistributedSampler | None:
+        """This process's share of a split when the trainer runs several (None otherwise).
+
+        Training shards come from :class:`PartitionSampler`; evaluation shards split
+        the rows without repeating any, so metrics gathered over processes cover the
+        split exactly once.
+        """
+        trainer = self.trainer
+        if trainer is None or trainer.world_size <= 1:
+            return None
+        if shuffle:
+            seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
+            return PartitionSampler(dataset, trainer.world_size, trainer.global_rank, seed)
+        return UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size,
+                                            rank=trainer.global_rank, shuffle=False)
+
+    def _loader(self, name: str, shuffle: bool, shard: bool = True) -> DataLoader:
+        dataset = self.dataset(name)
+        sampler = self._sampler(dataset, shuffle) if shard else None
         return DataLoader(
-            ExampleDataset(rows, columns),
+            dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             # A last training batch of one sample breaks batch norm.
-            drop_last=shuffle and len(rows) > self.batch_size,
+            drop_last=shuffle and len(dataset) > self.batch_size,
             num_workers=self.num_workers,
-            collate_fn=partial(collate, spec=spec),
+            collate_fn=partial(collate_columns, spec=self.spec),
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
             multiprocessing_context=self.multiprocessing_context if self.num_workers > 0 else None,
         )
@@ -209,7 +257,8 @@ class MultimodalDataModule(pl.LightningDataModule):
         return self._loader(self.predict_split, shuffle=False)
 
     def split_dataloader(self, name: str) -> DataLoader:
-        """Every sample of one split, in order, none dropped (unlike training batches).
+        """Every sample of one split, in order, none dropped (unlike training batches),
+        in every process alike when several train together.
 
         Args:
             name (str): ``"train"``, ``"valid"`` or ``"test"``.
@@ -217,4 +266,8 @@ class MultimodalDataModule(pl.LightningDataModule):
         Returns:
             DataLoader: The split's batches.
         """
-        return self._loader(name, shuffle=False)
+        return self._loader(name, shuffle=False, shard=False)
+
+
+__all__ = ["ExampleDataset", "MultimodalDataModule", "PartitionSampler", "collate", "collate_columns",
+           "model_modalities", "pad_sequences"]

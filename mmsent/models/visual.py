@@ -102,6 +102,9 @@ class Visual3DCNNEncoder(nn.Module, HubMixin):
         out_dim (int): Size of the returned embedding.
         dropout (float): Dropout before the projection.
         dropout_kind (str): A kind accepted by :func:`make_dropout`.
+        channels_last (bool): Run the 3D convolutions in the ``channels_last_3d``
+            memory format (faster on GPUs with tensor cores, bf16 above all; the
+            numbers are the same up to float rounding).
         inflate_from (str | None): A pretrained 2D network's weights (a state dict in a
             ``.pt``/``.pth``/``.ckpt``/``.safetensors`` file, read with
             ``weights_only``) whose kernels initialize the 3D convolutions, inflated
@@ -119,6 +122,7 @@ class Visual3DCNNEncoder(nn.Module, HubMixin):
         out_dim: int = 64,
         dropout: float = 0.2,
         dropout_kind: str = "bernoulli",
+        channels_last: bool = False,
         inflate_from: str | None = None,
     ) -> None:
         super().__init__()
@@ -137,6 +141,9 @@ class Visual3DCNNEncoder(nn.Module, HubMixin):
             inflate_into(self.backbone, _frame_network_state(read_state_dict(inflate_from, key)), key)
         self.dropout = make_dropout(dropout_kind, dropout)
         self.project = nn.Linear(features, out_dim)
+        self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
+        if channels_last:
+            self.backbone.to(memory_format=torch.channels_last_3d)
 
     def forward(self, video: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Encodes a batch of clips.
@@ -148,6 +155,7 @@ class Visual3DCNNEncoder(nn.Module, HubMixin):
         Returns:
             torch.Tensor: Shape ``(B, out_dim)``.
         """
+        video = video.contiguous(memory_format=self.memory_format)
         return self.project(self.dropout(self.backbone(video)))
 
 

@@ -1,0 +1,157 @@
+"""Batches from a prepared split: batched reads, small modalities held in memory, padding."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.nn.utils.rnn import pad_sequence
+from torch.utils.data import Dataset
+
+from mmsent.data.schema import DatasetSpec
+
+DEFAULT_MEMORY_BUDGET_MB = 2048
+
+
+def is_frames(modality: str, spec: DatasetSpec) -> bool:
+    """Whether a modality holds raw video frames (the one kind always read from the cache).
+
+    Args:
+        modality (str): The modality name.
+        spec (DatasetSpec): What the dataset holds.
+
+    Returns:
+        bool: True for ``video`` stored as uint8 frames.
+    """
+    return modality == "video" and spec.video_kind == "frames"
+
+
+class ExampleDataset(Dataset):
+    """One prepared split, read a whole batch at a time.
+
+    Ids, transcripts, labels and presence flags are always held in memory; each
+    modality of vectors, token ids or feature sequences is held in memory as
+    tensors too while the total stays under ``memory_budget_bytes`` (counted in
+    Arrow bytes), so an epoch touches no Arrow row for them. Frames, and whatever
+    exceeds the budget, are read from the memory-mapped cache with one Arrow read
+    per batch.
+
+    Args:
+        rows: A ``datasets.Dataset`` (memory-mapped Arrow).
+        spec (DatasetSpec): What the rows hold.
+        memory_budget_bytes (int): The most Arrow bytes of modality columns held in memory.
+        modalities (list[str] | None): The modalities to read (None: all of ``spec``).
+    """
+
+    def __init__(self, rows, spec: DatasetSpec, memory_budget_bytes: int,
+                 modalities: list[str] | None = None) -> None:
+        modalities = spec.modalities if modalities is None else modalities
+        self.ids = [str(value) for value in rows["id"]]
+        self.transcripts = [str(value) for value in rows["transcript"]]
+        self.labels = {key: torch.from_numpy(np.asarray(rows[key], dtype=np.float32))
+                       for key in ("label", "clean_label")}
+        self.present = {m: torch.from_numpy(np.asarray(rows[f"{m}_present"], dtype=bool))
+                        for m in modalities}
+        self.in_memory: dict[str, list[torch.Tensor]] = {}
+        budget = memory_budget_bytes
+        for modality in modalities:
+            size = rows.data.column(modality).nbytes
+            if not is_frames(modality, spec) and size <= budget:
+                budget -= size
+                column = rows.select_columns([modality]).with_format("numpy")[modality]
+                self.in_memory[modality] = [torch.from_numpy(np.asarray(v)) for v in column]
+        on_disk = [m for m in modalities if m not in self.in_memory]
+        self.on_disk = rows.select_columns(on_disk).with_format("numpy") if on_disk else None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitems__(self, indices: list[int]) -> dict:
+        """Reads a batch as columns.
+
+        Args:
+            indices (list[int]): Row positions in the split.
+
+        Returns:
+            dict: Per key of :func:`collate_columns`, one entry per row.
+        """
+        positions = torch.as_tensor(indices, dtype=torch.long)
+        columns = {"id": [self.ids[i] for i in indices],
+                   "transcript": [self.transcripts[i] for i in indices],
+                   **{key: values[positions] for key, values in self.labels.items()}}
+        for modality, present in self.present.items():
+            columns[f"{modality}_present"] = present[positions]
+        for modality, values in self.in_memory.items():
+            columns[modality] = [values[i] for i in indices]
+        if self.on_disk is not None:
+            columns.update(self.on_disk[list(map(int, indices))])
+        return columns
+
+    def __getitem__(self, index: int) -> dict:
+        return {key: value[0] for key, value in self.__getitems__([int(index)]).items()}
+
+
+def pad_sequences(sequences: list, pad_value=0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pads variable-length sequences.
+
+    Args:
+        sequences (list): Arrays or tensors, each ``(L_i,)`` or ``(L_i, D)``, of one dtype.
+        pad_value: The fill value.
+
+    Returns:
+        tuple[torch.Tensor, torch.Tensor]: The padded batch ``(B, L, ...)`` and the
+        mask ``(B, L)``, true at real steps.
+    """
+    tensors = [torch.as_tensor(seq) for seq in sequences]
+    padded = pad_sequence(tensors, batch_first=True, padding_value=pad_value)
+    lengths = torch.tensor([len(t) for t in tensors])
+    return padded, torch.arange(padded.shape[1]) < lengths.unsqueeze(1)
+
+
+def collate_columns(columns: dict, spec: DatasetSpec) -> dict:
+    """Builds a batch dict from a batch read as columns.
+
+    Args:
+        columns (dict): ``id`` and ``transcript`` (lists of str), ``label``,
+            ``clean_label`` and ``<m>_present`` (one value per row), and per modality
+            ``m`` its rows (a list of sequences, or a stacked uint8 frame array).
+        spec (DatasetSpec): What the rows hold.
+
+    Returns:
+        dict: ``id``, ``transcript``, ``label``, ``clean_label`` and per modality read
+        ``m``: ``m`` (input tensor), ``m_mask`` (``(B, T)`` bool), ``m_present``
+        (``(B,)`` bool). Frames come as float ``(B, 3, T, H, W)`` scaled to [-1, 1].
+    """
+    batch = {
+        "id": list(columns["id"]),
+        "transcript": list(columns["transcript"]),
+        "label": torch.as_tensor(columns["label"], dtype=torch.float32),
+        "clean_label": torch.as_tensor(columns["clean_label"], dtype=torch.float32),
+    }
+    for modality in (m for m in spec.modalities if m in columns):
+        present = torch.as_tensor(columns[f"{modality}_present"], dtype=torch.bool)
+        values = columns[modality]
+        if is_frames(modality, spec):
+            frames = torch.as_tensor(np.asarray(values)).float().div_(127.5).sub_(1.0)
+            batch[modality] = frames.permute(0, 4, 1, 2, 3).contiguous()
+            mask = present.unsqueeze(1).expand(-1, frames.shape[1]).clone()
+        else:
+            pad = spec.pad_token_id if modality == "text" and spec.text_kind == "tokens" else 0
+            padded, mask = pad_sequences(values, pad)
+            batch[modality] = padded.float() if padded.is_floating_point() else padded.long()
+            mask &= present.unsqueeze(1)
+        batch[f"{modality}_mask"] = mask
+        batch[f"{modality}_present"] = present
+    return batch
+
+
+def collate(examples: list[dict], spec: DatasetSpec) -> dict:
+    """Builds a batch dict from single rows (see :func:`collate_columns`).
+
+    Args:
+        examples (list[dict]): Rows, each with the keys of :func:`collate_columns`.
+        spec (DatasetSpec): What the rows hold.
+
+    Returns:
+        dict: The batch, as :func:`collate_columns` builds it.
+    """
+    return collate_columns({key: [e[key] for e in examples] for key in examples[0]}, spec)
