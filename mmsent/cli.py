@@ -4,15 +4,21 @@ every pipeline stage."""
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from jsonargparse import ArgumentError, Namespace
+from lightning_fabric.plugins import CheckpointIO
+from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 
+from mmsent.callbacks.random_state import RandomState
 from mmsent.data.datamodule import MultimodalDataModule
-from mmsent.errors import user_error
+from mmsent.data.schema import MODALITIES
+from mmsent.errors import ConfigError, user_error
 from mmsent.tasks.base import BaseTask
+from mmsent.tasks.checkpoint_io import AtomicCheckpointIO, load_weights_only
 
 MONITOR = "val/MAE"
 
@@ -37,7 +43,13 @@ class EpochLearningRates(LearningRateMonitor):
 
 class MMSentCLI(LightningCLI):
     """LightningCLI with the data's input sizes linked to the model, checkpoints kept
-    for the best validation MAE and the last epoch, and the learning rates logged."""
+    for the best validation MAE and the last epoch, and the learning rates logged.
+
+    Every trainer it builds writes checkpoints atomically and reads them with
+    ``weights_only=True`` (:class:`mmsent.tasks.checkpoint_io.AtomicCheckpointIO`),
+    and keeps the random generators' states in them (:class:`RandomState`), so a
+    resumed fit ends with the figures of one never stopped.
+    """
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.input_dims", "model.init_args.input_dims", apply_on="instantiate")
@@ -53,14 +65,33 @@ class MMSentCLI(LightningCLI):
         parser.add_lightning_class_args(EpochLearningRates, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "epoch"})
 
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> pl.Trainer:
+        plugins = config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            plugins.append(AtomicCheckpointIO())
+        config["plugins"] = plugins
+        return super()._instantiate_trainer(config, [*callbacks, RandomState()])
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads the file's hyperparameters here; a refused or corrupt file
+        # is reported naming it and the key instead of with torch's traceback.
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if path and Path(path).is_file():
+            load_weights_only(path, "--ckpt_path")
+        super()._parse_ckpt_path()
+
     def instantiate_classes(self) -> None:
-        """Instantiates as LightningCLI does, but raises the error a class raised (a
+        """Checks the configuration's values (:func:`check_values`), then instantiates
+        as LightningCLI does, but raises the error a class raised (a
         missing checkpoint, a bad label row) itself, not jsonargparse's wrapper around
         it, which repeats the whole configuration (:func:`mmsent.errors.user_error`).
 
         Raises:
             Exception: The error a class raised, as it raised it.
         """
+        check_values(self.config.get(str(self.subcommand), self.config))
         try:
             super().instantiate_classes()
         except Exception as error:
@@ -92,3 +123,66 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> MMSentCLI:
         args=args,
         run=run,
     )
+
+
+class ConfigCheckCLI(MMSentCLI):
+    """Parses a configuration and checks its values without building anything: no
+    data prepared, no model, no seeding."""
+
+    def _set_seed(self) -> None:
+        pass
+
+    def instantiate_classes(self) -> None:
+        check_values(self.config)
+
+
+def check_config(args: list[str]) -> None:
+    """Parses and checks a configuration (no subcommand) as ``mmsent fit`` would,
+    without preparing data or building a model.
+
+    Args:
+        args (list[str]): Command-line arguments, e.g. ``-c`` files and overrides.
+
+    Raises:
+        ConfigError: On an unknown key, a value of the wrong type or a value that
+            cannot work (:func:`check_values`).
+    """
+    try:
+        ConfigCheckCLI(BaseTask, MultimodalDataModule, subclass_mode_model=True,
+                       seed_everything_default=0, auto_configure_optimizers=False,
+                       parser_kwargs={"exit_on_error": False}, args=args, run=False)
+    except ArgumentError as error:
+        raise ConfigError(" ".join(str(error).split())) from None
+
+
+def check_values(config: Namespace) -> None:
+    """What the types allow but cannot work, checked before any data is prepared:
+    a negative learning rate (the optimizer's or a parameter group's, anywhere in the
+    configuration) and an unknown ``modality``.
+
+    Args:
+        config (Namespace): The parsed configuration.
+
+    Raises:
+        ConfigError: Naming the key and the value.
+    """
+    for key, value in _leaves(config.as_dict() if isinstance(config, Namespace) else config):
+        name = key.rsplit(".", 1)[-1]
+        if name == "lr" and value is not None:
+            try:
+                rate = float(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{key} must be a number, got {value!r}") from None
+            if not rate >= 0:
+                raise ConfigError(f"{key} must be >= 0, got {value!r}: a negative learning rate "
+                                  f"climbs the loss")
+        if name == "modality" and key.startswith("model.") and value not in MODALITIES:
+            raise ConfigError(f"{key} must be one of {list(MODALITIES)}, got {value!r}")
+
+
+def _leaves(tree: Any, prefix: str = ""):
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _leaves(value, f"{prefix}.{key}" if prefix else str(key))
+    else:
+        yield prefix, tree

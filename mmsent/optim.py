@@ -71,7 +71,8 @@ def _numeric_options(group: str, options: dict) -> dict:
         dict: The options with numeric strings converted to floats.
 
     Raises:
-        ValueError: If a numeric option is not a number, naming the key.
+        ValueError: If a numeric option is not a number, or the learning rate is
+            negative, naming the key.
     """
     converted = dict(options)
     for key in ("lr", "weight_decay", "momentum", "eps", "alpha", "rho"):
@@ -82,6 +83,8 @@ def _numeric_options(group: str, options: dict) -> dict:
             converted[key] = float(value)
         except (TypeError, ValueError):
             raise ValueError(f"param_groups.{group}.{key} must be a number, got {value!r}") from None
+    if converted.get("lr") is not None and not converted["lr"] >= 0:
+        raise ValueError(f"param_groups.{group}.lr must be >= 0, got {options['lr']!r}")
     return converted
 
 

@@ -12,6 +12,8 @@ CONF = Path(__file__).resolve().parent / "conf"
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# Tests calling mmsent.main.main expect the error itself; tests of the short message unset it.
+os.environ.setdefault("MMSENT_DEBUG", "1")
 
 
 @pytest.fixture(scope="session")

@@ -184,7 +184,9 @@ def test_stop_in_stage_four_resumes_from_its_last_checkpoint(tiny_raw, tiny_cach
         assert process.returncode == 1
         assert "stage 'fusion' stopped by SIGTERM" in (tmp_path / "stderr.txt").read_text()
     killed = manifest(tmp_path)
-    assert killed["stages"]["fusion"]["status"] == "running", "the kill must land inside stage 4"
+    # SIGKILL leaves the stage running; the pipeline records a SIGTERM stop as failed.
+    status = "running" if stop == signal.SIGKILL else "failed"
+    assert killed["stages"]["fusion"]["status"] == status, "the kill must land inside stage 4"
     assert "finetune" not in killed["stages"]
     before = checkpoint_times(tmp_path, ["text", "audio"])
 

@@ -3,11 +3,13 @@
 The cache folder is named after a hash of the source's fingerprint, so a changed
 input file or preprocessing setting prepares anew and an unchanged one is read
 back memory-mapped without decoding a frame. Preparation writes shards as it goes:
-an interrupted run keeps them and the next run starts where it stopped.
+an interrupted run keeps them and the next run starts where it stopped. A file lock
+beside the folder lets one run prepare while another run of the same cache waits.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+from filelock import FileLock
 from tqdm.auto import tqdm
 
 from mmsent.data.schema import MODALITIES, SPLITS, DatasetSpec
@@ -29,6 +32,7 @@ log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
 ERROR_POLICIES = ("mask", "skip", "raise")
+WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
 
 
 @dataclass
@@ -83,13 +87,42 @@ def prepare(source: DataSource, cache_dir: str | Path, on_error: str = "mask",
 
     Returns:
         PreparedData: The dataset, its spec and any decode problems.
+
+    Raises:
+        OSError: If writing the cache fails (a full disk), naming the cache folder.
     """
     if on_error not in ERROR_POLICIES:
         raise ValueError(f"on_decode_error must be one of {ERROR_POLICIES}, got {on_error!r}")
     folder = Path(cache_dir) / cache_key(source, on_error)
     if not (folder / "spec.json").exists():
-        _build(source, folder, on_error, chunk_size, num_workers, multiprocessing_context)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        # One run prepares; another run of the same cache waits, then reads it.
+        with FileLock(str(folder) + ".lock"):
+            if not (folder / "spec.json").exists():
+                _build_or_clean(source, folder, on_error, chunk_size, num_workers, multiprocessing_context)
     return _load(folder)
+
+
+def _build_or_clean(source: DataSource, folder: Path, *options) -> None:
+    """Builds a cache; a failure leaves no folder without a finished shard, and a
+    write that fails for want of space names the cache folder."""
+    existed = folder.exists()
+    try:
+        _build(source, folder, *options)
+    except OSError as error:
+        _clean(folder, existed)
+        if error.errno not in WRITE_ERRORS:
+            raise
+        raise OSError(error.errno, f"preparing the cache {folder} failed: "
+                                   f"{error.strerror or error}") from error
+    except BaseException:
+        _clean(folder, existed)
+        raise
+
+
+def _clean(folder: Path, existed: bool) -> None:
+    if not existed and not any(folder.glob("shards/*/problems.json")):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _load(folder: Path) -> PreparedData:

@@ -20,6 +20,7 @@ from mmsent.data.lm_features import TranscriptText
 from mmsent.data.media import DecodeError, decode_audio, decode_frames, log_mel_frames
 from mmsent.data.schema import MODALITIES, DatasetSpec, check_label, check_split, make_id
 from mmsent.data.synthetic import generate_raw_dataset
+from mmsent.errors import ConfigError
 from mmsent.io import content_hash, file_signature
 
 RAW_COLUMNS = ("video_id", "clip_id", "text", "label", "mode")
@@ -98,6 +99,7 @@ def read_label_table(path: Path) -> pd.DataFrame:
     """
     if not path.exists():
         raise FileNotFoundError(f"{path}: label file not found")
+    check_utf8(path)
     table = pd.read_csv(path, dtype={"video_id": str, "clip_id": str, "text": str, "mode": str},
                         keep_default_na=False)
     missing = [c for c in RAW_COLUMNS if c not in table.columns]
@@ -109,7 +111,7 @@ def read_label_table(path: Path) -> pd.DataFrame:
         where = f"{path}, row {index + 2} ({row.video_id}/{row.clip_id})"
         if not str(row.text).strip():
             raise ValueError(f"{where}: empty transcript")
-        labels.append(check_label(_as_float(row.label), where))
+        labels.append(check_label(_label_value(row.label, where), where))
         check_split(row.mode, where)
         clip = make_id(row.video_id, row.clip_id)
         if clip in seen:
@@ -125,6 +127,47 @@ def _as_float(value) -> float:
         return float(value)
     except (TypeError, ValueError):
         return math.nan
+
+
+def _label_value(value, where: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: label {value!r} is not a number") from None
+
+
+def check_utf8(path: Path) -> None:
+    """Checks that a text file is UTF-8, naming the first line that is not.
+
+    Args:
+        path (Path): The file.
+
+    Raises:
+        ConfigError: Naming the file, the line (1-based) and the byte, and asking
+            for UTF-8.
+    """
+    with path.open("rb") as stream:
+        for number, line in enumerate(stream, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ConfigError(
+                    f"{path}, row {number}: not UTF-8 (byte {line[error.start:error.start + 1]!r} at "
+                    f"column {error.start + 1}); save the file as UTF-8") from None
+
+
+def audio_file(video: Path) -> Path:
+    """The audio of a clip: the ``.wav`` of the same name beside its video, else the
+    video itself (its own audio track).
+
+    Args:
+        video (Path): The clip's video file.
+
+    Returns:
+        Path: The file to read the audio from.
+    """
+    wav = video.with_suffix(".wav")
+    return wav if wav.exists() else video
 
 
 class RawClipSource(DataSource):
@@ -187,8 +230,7 @@ class RawClipSource(DataSource):
             it exists, else the video itself).
         """
         video = self.root / self.video_dir / video_id / f"{clip_id}.{self.video_ext}"
-        wav = video.with_suffix(".wav")
-        return video, wav if wav.exists() else video
+        return video, audio_file(video)
 
     def fingerprint(self) -> dict:
         table = self.root / self.label_file

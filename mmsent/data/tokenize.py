@@ -3,6 +3,8 @@ Face tokenizer by name or path."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 from mmsent.pretrained import resolve_model_path
@@ -44,6 +46,21 @@ class TextTokenizer:
             from transformers import AutoTokenizer
 
             self._hf = AutoTokenizer.from_pretrained(resolve_model_path(self.name))
+
+    def load(self, path: Path) -> None:
+        """Loads a word-level vocabulary that :meth:`fit` saved, instead of learning it.
+
+        Args:
+            path (Path): The saved ``tokenizer.json``.
+        """
+        from tokenizers import Tokenizer
+
+        self._word = Tokenizer.from_file(str(path))
+
+    def fingerprint(self) -> str:
+        """str: A SHA-1 of the fitted vocabulary, to recognize the same tokenizer."""
+        vocab = self._word.get_vocab() if self._word is not None else self._hf.get_vocab()
+        return hashlib.sha1(json.dumps(sorted(vocab.items())).encode()).hexdigest()
 
     @property
     def vocab_size(self) -> int:

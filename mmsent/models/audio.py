@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import copy
+import itertools
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
-from mmsent.models.config import init_args
-from mmsent.models.dropout import Swapout, average_stochastic_passes, make_dropout
+from mmsent.models.config import HubMixin, init_args
+from mmsent.models.dropout import (
+    Swapout,
+    average_stochastic_passes,
+    make_dropout,
+    resample_epoch_masks,
+)
 from mmsent.models.pooling import masked_mean_std
 
 
@@ -90,7 +97,57 @@ def residual_mlp(in_dim: int, hidden_dims: list[int], out_dim: int, dropout: nn.
     return nn.Sequential(*layers)
 
 
-class AcousticMLPEncoder(nn.Module):
+def greedy_layerwise_pretraining(network: nn.Sequential, inputs: torch.Tensor, epochs: int, lr: float = 1e-3,
+                                 batch_size: int = 64, seed: int = 0) -> list[float]:
+    """Pretrains an :func:`mlp`'s hidden layers one at a time as autoencoders.
+
+    Greedy layer-wise pretraining (Bengio et al. 2007): hidden layer ``k`` (its
+    ``Linear``, ``LayerNorm``, ``ReLU`` and dropout) and a linear decoder learn to
+    reconstruct layer ``k``'s input, the output of the layers already pretrained, by
+    mean squared error; then the next layer learns on its output. The output layer is
+    left to supervised training.
+
+    Args:
+        network (nn.Sequential): An MLP built by :func:`mlp`.
+        inputs (torch.Tensor): The first layer's training inputs, ``(N, in_dim)``.
+        epochs (int): Passes over ``inputs`` per layer.
+        lr (float): Adam's learning rate.
+        batch_size (int): Batch size.
+        seed (int): Seed of the private generator that orders the batches.
+
+    Returns:
+        list[float]: Per hidden layer, the reconstruction error of its last epoch.
+
+    Raises:
+        ValueError: If ``network`` is not a plain MLP (residual blocks, Swapout).
+    """
+    starts = [i for i, layer in enumerate(network) if isinstance(layer, nn.Linear)]
+    if any(isinstance(layer, (ResidualBlock, Swapout)) for layer in network):
+        raise ValueError("greedy layer-wise pretraining needs a plain MLP (residual=False)")
+    rng = torch.Generator().manual_seed(seed)
+    errors, hidden = [], inputs.detach()
+    was_training = network.training
+    for start, end in itertools.pairwise(starts):
+        layer = network[start:end].train()
+        decoder = nn.Linear(layer[0].out_features, layer[0].in_features)
+        optimizer = torch.optim.Adam([*layer.parameters(), *decoder.parameters()], lr)
+        for _ in range(epochs):
+            resample_epoch_masks(layer)
+            total = 0.0
+            for batch in torch.randperm(len(hidden), generator=rng).split(batch_size):
+                loss = nn.functional.mse_loss(decoder(layer(hidden[batch])), hidden[batch])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(batch)
+        errors.append(total / len(hidden))
+        with torch.no_grad():
+            hidden = layer.eval()(hidden)
+    network.train(was_training)
+    return errors
+
+
+class AcousticMLPEncoder(nn.Module, HubMixin):
     """Frame features -> masked mean and std pooling -> MLP.
 
     Utterance-level features (one vector per clip, ``T == 1``) pass through the same
@@ -145,6 +202,25 @@ class AcousticMLPEncoder(nn.Module):
             self.net = residual_mlp(2 * input_dim, hidden, out_dim, noise, swapout)
         else:
             self.net = mlp(2 * input_dim, hidden, out_dim, noise)
+
+    @torch.no_grad()
+    def pooled_inputs(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """The MLP's inputs for many batches: pooled statistics, standardized over them.
+
+        Standardizing over all of them stands in for the input batch norm, which
+        normalizes by batch statistics while training.
+
+        Args:
+            batches (Iterable[tuple[torch.Tensor, torch.Tensor]]): ``(audio, mask)``
+                pairs as :meth:`forward` takes them.
+
+        Returns:
+            torch.Tensor: Shape ``(N, 2 * input_dim)``.
+        """
+        pooled = torch.cat([masked_mean_std(audio, mask) for audio, mask in batches])
+        if isinstance(self.norm, nn.Identity):
+            return pooled
+        return (pooled - pooled.mean(0)) / pooled.std(0).clamp(min=1e-5)
 
     def forward(self, audio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Encodes a padded batch.

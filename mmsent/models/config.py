@@ -5,13 +5,36 @@ A module records its constructor's arguments in ``self.config`` (with
 ``{"class_path": ..., "init_args": ...}`` (:func:`module_config`), the shape a
 LightningCLI config gives a class, so a later stage rebuilds the module without
 being told its configuration again (:func:`build_module`).
+
+Each network also saves and loads itself alone in the Hugging Face layout
+(``save_pretrained(folder)``, ``from_pretrained(folder or Hub name)``: a
+``config.json`` of its init arguments and a ``model.safetensors``) through
+:class:`HubMixin`.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
+from pathlib import Path
 
+from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
+
+
+class HubMixin(PyTorchModelHubMixin, library_name="mmsent", tags=["mmsent"]):
+    """``save_pretrained``/``from_pretrained``/``push_to_hub`` for an ``nn.Module``.
+
+    The saved ``config.json`` holds the module's JSON-able init arguments, which is
+    what its class needs to be built again, in the order the module was given them
+    (a fusion module concatenates its modalities in its ``input_dims`` order); the
+    weights go to ``model.safetensors``.
+    """
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        super()._save_pretrained(save_directory)
+        # huggingface_hub would write the config with sorted keys, reordering input_dims.
+        (Path(save_directory) / "config.json").write_text(json.dumps(self._hub_mixin_config, indent=2))
 
 
 def init_args(frame_locals: dict) -> dict:

@@ -7,10 +7,11 @@ import torch
 from torch import nn
 
 from mmsent.models.audio import mlp
+from mmsent.models.config import HubMixin, init_args
 from mmsent.models.dropout import make_dropout
 
 
-class ConcatFusion(nn.Module):
+class ConcatFusion(nn.Module, HubMixin):
     """Late fusion by concatenating the modality embeddings, then an MLP.
 
     Args:
@@ -23,6 +24,7 @@ class ConcatFusion(nn.Module):
     def __init__(self, input_dims: dict[str, int], hidden_dim: int = 128, out_dim: int = 64,
                  dropout: float = 0.2) -> None:
         super().__init__()
+        self.config = init_args(locals())
         self.modalities = list(input_dims)
         self.out_dim = out_dim
         self.net = mlp(sum(input_dims.values()), [hidden_dim], out_dim, make_dropout("bernoulli", dropout))
@@ -39,7 +41,7 @@ class ConcatFusion(nn.Module):
         return self.net(torch.cat([embeddings[name] for name in self.modalities], dim=-1))
 
 
-class TensorFusion(nn.Module):
+class TensorFusion(nn.Module, HubMixin):
     """Tensor fusion (Zadeh et al., 2017, TFN): the outer product of ``[1; z_m]``.
 
     The appended 1 keeps every unimodal and bimodal term inside the product. Each
@@ -56,6 +58,7 @@ class TensorFusion(nn.Module):
     def __init__(self, input_dims: dict[str, int], proj_dim: int = 16, hidden_dim: int = 128,
                  out_dim: int = 64, dropout: float = 0.2) -> None:
         super().__init__()
+        self.config = init_args(locals())
         self.modalities = list(input_dims)
         self.out_dim = out_dim
         self.project = nn.ModuleDict({m: nn.Linear(d, proj_dim) for m, d in input_dims.items()})
@@ -79,7 +82,7 @@ class TensorFusion(nn.Module):
         return self.net(product)
 
 
-class LowRankFusion(nn.Module):
+class LowRankFusion(nn.Module, HubMixin):
     """Low-rank multimodal fusion (Liu et al., 2018, LMF).
 
     The TFN weight tensor factorized into ``rank`` modality-specific factors, so the
@@ -93,6 +96,7 @@ class LowRankFusion(nn.Module):
 
     def __init__(self, input_dims: dict[str, int], rank: int = 4, out_dim: int = 64) -> None:
         super().__init__()
+        self.config = init_args(locals())
         self.modalities = list(input_dims)
         self.out_dim = out_dim
         self.factors = nn.ParameterDict({
@@ -120,7 +124,7 @@ class LowRankFusion(nn.Module):
         return torch.einsum("bro,r->bo", fused, self.rank_weights) + self.bias
 
 
-class RegressionHead(nn.Module):
+class RegressionHead(nn.Module, HubMixin):
     """Maps an embedding to one sentiment score.
 
     Args:
@@ -131,6 +135,7 @@ class RegressionHead(nn.Module):
 
     def __init__(self, in_dim: int, hidden_dim: int = 0, dropout: float = 0.0) -> None:
         super().__init__()
+        self.config = init_args(locals())
         hidden = [hidden_dim] if hidden_dim else []
         self.net = mlp(in_dim, hidden, 1, make_dropout("bernoulli", dropout) if hidden else None)
         if not hidden and dropout:
@@ -159,7 +164,7 @@ class RegressionHead(nn.Module):
             output.bias.fill_(float(value))
 
 
-class GatedResidualFusion(nn.Module):
+class GatedResidualFusion(nn.Module, HubMixin):
     """A primary modality's embedding plus gated, residual contributions of the others.
 
     ``fused = z_p + sum_{m != p} g_m * W_m z_m`` with per-dimension gates
@@ -180,6 +185,7 @@ class GatedResidualFusion(nn.Module):
     def __init__(self, input_dims: dict[str, int], primary: str | None = None, dropout: float = 0.1,
                  gate_bias: float = 0.0) -> None:
         super().__init__()
+        self.config = init_args(locals())
         self.modalities = list(input_dims)
         self.primary = primary or self.modalities[0]
         if self.primary not in input_dims:

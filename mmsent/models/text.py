@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from mmsent.models.config import init_args
+from mmsent.models.config import HubMixin, init_args
 from mmsent.models.dropout import make_dropout
 from mmsent.models.pooling import masked_max, masked_mean
 from mmsent.pretrained import resolve_model_path
@@ -30,7 +30,7 @@ def pretrained_input_embeddings(name_or_path: str) -> torch.Tensor:
     return model.get_input_embeddings().weight.detach().clone()
 
 
-class TextLSTMEncoder(nn.Module):
+class TextLSTMEncoder(nn.Module, HubMixin):
     """Embedding (or a projection of precomputed vectors), a (bi)LSTM, masked pooling.
 
     Args:

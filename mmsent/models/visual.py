@@ -6,8 +6,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmsent.models.config import init_args
+from mmsent.models.config import HubMixin, init_args
 from mmsent.models.dropout import make_dropout
+from mmsent.models.inflation import inflate_into, read_state_dict
 from mmsent.models.text import TextLSTMEncoder
 
 TORCHVISION_BACKBONES = ("r3d_18", "mc3_18", "r2plus1d_18")
@@ -89,7 +90,7 @@ def torchvision_backbone(name: str) -> tuple[nn.Module, int]:
     return network, features
 
 
-class Visual3DCNNEncoder(nn.Module):
+class Visual3DCNNEncoder(nn.Module, HubMixin):
     """A 3D-CNN over a clip of frames.
 
     Args:
@@ -101,6 +102,12 @@ class Visual3DCNNEncoder(nn.Module):
         out_dim (int): Size of the returned embedding.
         dropout (float): Dropout before the projection.
         dropout_kind (str): A kind accepted by :func:`make_dropout`.
+        inflate_from (str | None): A pretrained 2D network's weights (a state dict in a
+            ``.pt``/``.pth``/``.ckpt``/``.safetensors`` file, read with
+            ``weights_only``) whose kernels initialize the 3D convolutions, inflated
+            over time (I3D; see :func:`~mmsent.models.inflation.inflate_into`): a
+            :class:`FrameCNNEncoder` of the same widths for ``c3d``, torchvision's
+            ``resnet18`` for ``r3d_18``. None: random initialization.
     """
 
     def __init__(
@@ -112,15 +119,22 @@ class Visual3DCNNEncoder(nn.Module):
         out_dim: int = 64,
         dropout: float = 0.2,
         dropout_kind: str = "bernoulli",
+        inflate_from: str | None = None,
     ) -> None:
         super().__init__()
         self.config = init_args(locals())
+        # The 2D weights only initialize: a rebuilt encoder takes its checkpoint's
+        # weights, so its record must not need the 2D file.
+        del self.config["inflate_from"]
         self.out_dim = out_dim
         if backbone == "c3d":
             widths = [16, 32, 64] if widths is None else list(widths)
             self.backbone, features = compact_c3d(input_dim, widths, global_pool), widths[-1]
         else:
             self.backbone, features = torchvision_backbone(backbone)
+        if inflate_from is not None:
+            key = "Visual3DCNNEncoder.inflate_from"
+            inflate_into(self.backbone, _frame_network_state(read_state_dict(inflate_from, key)), key)
         self.dropout = make_dropout(dropout_kind, dropout)
         self.project = nn.Linear(features, out_dim)
 
@@ -137,7 +151,14 @@ class Visual3DCNNEncoder(nn.Module):
         return self.project(self.dropout(self.backbone(video)))
 
 
-class FrameCNNEncoder(nn.Module):
+def _frame_network_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # A FrameCNNEncoder's (or its stage checkpoint's) convolutions sit under frame_net;
+    # its projection is not part of the 2D network being inflated.
+    kept = {name: t for name, t in state.items() if "frame_net." in name}
+    return kept or state
+
+
+class FrameCNNEncoder(nn.Module, HubMixin):
     """A per-frame 2D-CNN whose frame embeddings are averaged over time.
 
     The order-blind baseline for the 3D-CNN: the same widths, so a gap between the

@@ -1,7 +1,8 @@
 """``manifest.json``: what a pipeline run did, stage by stage; the only code that
 writes it.
 
-Per stage it holds the status (``running``, then ``done``), the command, the
+Per stage it holds the status (``running``, then ``done``, or ``failed`` with the
+error and the command that resumes it), the command, the
 checkpoint it resumed from, the best and last checkpoints, the validation and test
 metrics, the test predictions, what :class:`mmsent.callbacks.ModalitySelection`
 decided, the wall time and the stage's W&B run. At the top: the pipeline's name,
@@ -85,6 +86,8 @@ class Manifest:
         record = self.data["stages"].setdefault(name, {})
         spent = record.get("wall_time_s", 0.0) if resumed_from else 0.0
         record.update({"status": "running", "command": command, "resumed_from": resumed_from})
+        record.pop("error", None)
+        record.pop("resume_command", None)
         self.save()
         return spent
 
@@ -106,6 +109,18 @@ class Manifest:
             **results: ``best_checkpoint``, ``metrics``, ``predictions`` and the like.
         """
         self.data["stages"].setdefault(name, {}).update({"status": "done", **results})
+        self.save()
+
+    def fail_stage(self, name: str, error: str, resume: str) -> None:
+        """Marks a stage as failed.
+
+        Args:
+            name (str): The stage.
+            error (str): What went wrong, as shown to the user.
+            resume (str): The command that resumes the pipeline from this stage.
+        """
+        self.data["stages"].setdefault(name, {}).update({"status": "failed", "error": error,
+                                                          "resume_command": resume})
         self.save()
 
     def keep_baselines(self, baselines: dict) -> None:

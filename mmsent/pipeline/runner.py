@@ -10,6 +10,7 @@ run's group (see :mod:`mmsent.pipeline.tracking`).
 
 from __future__ import annotations
 
+import pickle
 import shlex
 import shutil
 import time
@@ -18,22 +19,26 @@ from pathlib import Path
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mmsent.callbacks import ModalitySelection
-from mmsent.cli import MMSentCLI, build_cli
-from mmsent.errors import ConfigError
+from mmsent.cli import MMSentCLI, build_cli, check_config
+from mmsent.errors import ConfigError, user_error
 from mmsent.pipeline import tracking
 from mmsent.pipeline.figures import PREDICTIONS_FILE, predictions_table
+from mmsent.pipeline.lock import RunLock
 from mmsent.pipeline.manifest import Manifest
 from mmsent.pipeline.report import write_report
 from mmsent.pipeline.spec import Pipeline, Stage, load_pipeline
+from mmsent.tasks.checkpoint_io import load_weights_only
 
 
-def stage_arguments(pipeline: Pipeline, stage: Stage, manifest: Manifest, extra: list[str]) -> list[str]:
+def stage_arguments(pipeline: Pipeline, stage: Stage, manifest: Manifest | None, extra: list[str]) -> list[str]:
     """The CLI arguments of one stage (without the subcommand).
 
     Args:
         pipeline (Pipeline): The pipeline.
         stage (Stage): The stage.
-        manifest (Manifest): Where earlier stages' checkpoints are recorded.
+        manifest (Manifest | None): Where earlier stages' checkpoints are recorded;
+            None names each handed-on checkpoint by a placeholder, to check the
+            configuration before those stages have run.
         extra (list[str]): Arguments from the command line, added last.
 
     Returns:
@@ -44,7 +49,8 @@ def stage_arguments(pipeline: Pipeline, stage: Stage, manifest: Manifest, extra:
     for config in stage.configs:
         args += ["-c", str(config)]
     for key, source in stage.checkpoints.items():
-        args.append(f"--{key}={manifest.stage(source)['best_checkpoint']}")
+        handed = manifest.stage(source)["best_checkpoint"] if manifest else f"<best checkpoint of {source}>"
+        args.append(f"--{key}={handed}")
     args.append(f"--trainer.default_root_dir={pipeline.output_dir / stage.name}")
     # Whatever the logger, checkpoints land where a resumed stage looks for them.
     args.append(f"--checkpoint.dirpath={pipeline.output_dir / stage.name / 'checkpoints'}")
@@ -143,7 +149,12 @@ def save_predictions(cli: MMSentCLI, checkpoint: str, folder: Path) -> str | Non
 
 
 def resume_checkpoint(pipeline: Pipeline, stage: Stage, record: dict) -> str | None:
-    """The last checkpoint of a stage that was interrupted, to resume its fit from.
+    """The checkpoint to resume an interrupted or failed stage's fit from.
+
+    That is ``last.ckpt``; when it is unreadable (a write cut short by a full disk
+    before checkpoints were written atomically, or a damaged file), the newest
+    readable checkpoint of the stage, saying so. A file holding more than tensors and
+    plain data is refused, never skipped over.
 
     Args:
         pipeline (Pipeline): The pipeline.
@@ -151,11 +162,33 @@ def resume_checkpoint(pipeline: Pipeline, stage: Stage, record: dict) -> str | N
         record (dict): The stage's manifest record.
 
     Returns:
-        str | None: ``last.ckpt`` of a stage still marked running, or None.
+        str | None: The checkpoint, or None for a stage to start afresh.
+
+    Raises:
+        ConfigError: If a checkpoint of the stage is refused (not tensors and plain
+            data), naming the file.
     """
-    last = pipeline.output_dir / stage.name / "checkpoints" / "last.ckpt"
-    if record.get("status") == "running" and last.is_file():
-        return str(last)
+    if record.get("status") not in ("running", "failed"):
+        return None
+    folder = pipeline.output_dir / stage.name / "checkpoints"
+    last = folder / "last.ckpt"
+    others = sorted((p for p in folder.glob("*.ckpt") if p.name != last.name),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    for candidate in [last, *others] if last.is_file() else others:
+        try:
+            loaded = load_weights_only(candidate, f"stage {stage.name}: --ckpt_path")
+        except ConfigError as error:
+            if isinstance(error.__cause__, pickle.UnpicklingError):
+                raise  # a file that is not a checkpoint: the user must look at it
+            print(f"=== {error}; looking for an older checkpoint")
+            continue
+        if "loops" not in loaded:
+            continue
+        if candidate != last:
+            print(f"=== stage {stage.name}: resuming from {candidate}, the newest readable checkpoint")
+        return str(candidate)
+    if others or last.is_file():
+        print(f"=== stage {stage.name}: no readable checkpoint to resume from; starting it afresh")
     return None
 
 
@@ -230,15 +263,46 @@ def run(path: str | Path, start: str | None = None, only: str | None = None,
         pipeline.output_dir = Path(output_dir)
     if not use_wandb:
         pipeline.wandb.enabled = False
-    manifest = Manifest(pipeline.output_dir / "manifest.json")
-    manifest.open_run(pipeline.name, tracking.new_group(pipeline.name))
-    for stage in pipeline.stages:
-        if manifest.is_done(stage.name) and not (start or only):
-            print(f"=== stage {stage.name}: finished before, skipped")
-    for stage in select_stages(pipeline, manifest, start, only):
-        run_stage(pipeline, stage, manifest, list(extra or []))
-    write_report(manifest.data, pipeline.output_dir)
+    extra = list(extra or [])
+    resume = shlex.join(["mmsent", "pipeline", "run", str(path)]
+                        + (["--output-dir", output_dir] if output_dir else [])
+                        + ([] if use_wandb else ["--no-wandb"]) + (["--", *extra] if extra else []))
+    with RunLock(pipeline.output_dir):
+        manifest = Manifest(pipeline.output_dir / "manifest.json")
+        manifest.open_run(pipeline.name, tracking.new_group(pipeline.name))
+        for stage in pipeline.stages:
+            if manifest.is_done(stage.name) and not (start or only):
+                print(f"=== stage {stage.name}: finished before, skipped")
+        stages = select_stages(pipeline, manifest, start, only)
+        check_stages(pipeline, stages, extra)
+        for stage in stages:
+            try:
+                run_stage(pipeline, stage, manifest, extra)
+            except BaseException as error:
+                shown = user_error(error)
+                manifest.fail_stage(stage.name, f"{type(shown).__name__}: {shown}", resume)
+                raise
+        write_report(manifest.data, pipeline.output_dir)
     hint = tracking.sync_hint(manifest.data)
     if hint:
         print(hint)
     return pipeline.output_dir
+
+
+def check_stages(pipeline: Pipeline, stages: list[Stage], extra: list[str]) -> None:
+    """Parses and checks the configuration of every stage to run, before the first
+    starts (:func:`mmsent.cli.check_config`); handed-on checkpoints are placeholders.
+
+    Args:
+        pipeline (Pipeline): The pipeline.
+        stages (list[Stage]): The stages about to run.
+        extra (list[str]): Arguments from the command line.
+
+    Raises:
+        ConfigError: Naming the stage and the key at fault.
+    """
+    for stage in stages:
+        try:
+            check_config(stage_arguments(pipeline, stage, None, extra))
+        except ConfigError as error:
+            raise ConfigError(f"stage {stage.name!r} ({', '.join(map(str, stage.configs))}): {error}") from None

@@ -22,9 +22,10 @@ import torch
 from torch import nn
 
 from mmsent.data.schema import MODALITIES
-from mmsent.errors import ConfigError, MissingFileError
+from mmsent.errors import ConfigError
 from mmsent.models.config import build_module, class_path, module_config
 from mmsent.models.generative import GENERATORS, EmbeddingGenerator
+from mmsent.tasks.checkpoint_io import load_weights_only
 
 META_KEY = "mmsent"
 EncoderFactory = Callable[[int], nn.Module]
@@ -42,11 +43,9 @@ def read_checkpoint(path: str | Path, what: str) -> dict:
 
     Raises:
         FileNotFoundError: If the file does not exist, naming the key and path.
+        ConfigError: If the file is refused or unreadable, naming the key and path.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"{what}: checkpoint {path} does not exist")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_weights_only(path, what)
 
 
 def sub_state_dict(state: dict, prefix: str) -> dict:

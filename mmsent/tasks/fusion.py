@@ -9,12 +9,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mmsent.errors import ConfigError
 from mmsent.metrics import SentimentMetrics
+from mmsent.models.config import module_config
 from mmsent.models.fusion import ConcatFusion, RegressionHead
 from mmsent.models.generative import SCORE_MODES, sample_embeddings
 from mmsent.models.late_fusion import LateFusionModel
 from mmsent.tasks.base import BaseTask
-from mmsent.errors import ConfigError
 from mmsent.tasks.checkpoints import (
     META_KEY,
     EncoderFactory,
@@ -232,7 +233,8 @@ class FusionTask(BaseTask):
 
     def checkpoint_meta(self) -> dict:
         return {"task": "fusion", "encoder_configs": {m: encoder_config(e) for m, e in self.model.encoders.items()},
-                "unimodal": {**self.unimodal, "head_modality": self.head_modality}}
+                "unimodal": {**self.unimodal, "head_modality": self.head_modality},
+                "fusion_config": module_config(self.model.fusion), "head_config": module_config(self.model.head)}
 
 
 def build_fusion(factory: Callable[..., nn.Module], dims: dict[str, int], primary: str | None) -> nn.Module:

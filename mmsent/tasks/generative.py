@@ -46,7 +46,7 @@ GeneratorFactory = Callable[[int], EmbeddingGenerator]
 class GenerativeTask(BaseTask):
     """Frozen pretrained encoders and a generator of their embeddings given the score.
 
-    Autoencoders and VAEs train with one optimizer over the generator; a GAN
+    Autoencoders and VAEs train with one optimizer over the generator; a GAN or BiGAN
     (``generator.adversarial``) trains with manual optimization, one optimizer for
     the generator and one for the discriminator, built from the same ``optimizer``
     with ``param_groups`` keys ``generator`` and ``discriminator`` (their own
@@ -158,7 +158,7 @@ class GenerativeTask(BaseTask):
     def compute_loss(self, batch: dict) -> Tensor:
         x, y = self.embed(batch)
         if self.generator.adversarial:
-            return self.generator.generator_loss(y)["loss"]
+            return self.generator.generator_loss(y, real=x)["loss"]
         return self.generator.losses(x, y)["loss"]
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
@@ -181,7 +181,7 @@ class GenerativeTask(BaseTask):
             discriminator_opt.zero_grad()
             self.manual_backward(d_losses["loss"])
             discriminator_opt.step()
-        g_losses = self.generator.generator_loss(y)
+        g_losses = self.generator.generator_loss(y, real=x)
         generator_opt.zero_grad()
         self.manual_backward(g_losses["loss"])
         generator_opt.step()

@@ -17,6 +17,12 @@ consumes, so generated tuples can be mixed into its training batches
   InfoGAN's latent codes (Chen et al. 2016) as an option. It is trained by
   alternating :meth:`ConditionalGAN.discriminator_loss` and
   :meth:`ConditionalGAN.generator_loss` steps.
+* :class:`BiGAN`: a conditional BiGAN (Donahue et al. 2017), a generator and an
+  encoder whose discriminator judges (x, z) pairs; trained like the GAN, it can also
+  encode and reconstruct.
+* :class:`EmbeddingCycleGAN`: translators between two modalities' embedding spaces
+  (not score-conditioned), with the cycle-consistency loss; :func:`fill_missing` uses
+  them to fill in a modality a sample lacks.
 
 Every generator standardizes its data with running statistics that the training loop
 feeds through :meth:`EmbeddingGenerator.observe`, and :meth:`EmbeddingGenerator.sample`
@@ -42,6 +48,8 @@ from mmsent.models.generative.base import (
     score_condition,
     split_embeddings,
 )
+from mmsent.models.generative.bigan import BiGAN
+from mmsent.models.generative.cycle import EmbeddingCycleGAN, fill_missing
 from mmsent.models.generative.gan import (
     GAN_LOSSES,
     ConditionalGAN,
@@ -60,7 +68,7 @@ from mmsent.models.generative.quality import (
 from mmsent.models.generative.vae import ConditionalVAE
 
 GENERATORS: dict[str, type[EmbeddingGenerator]] = {
-    cls.__name__: cls for cls in (ConditionalAutoencoder, ConditionalVAE, ConditionalGAN)
+    cls.__name__: cls for cls in (ConditionalAutoencoder, ConditionalVAE, ConditionalGAN, BiGAN)
 }
 """The generators a checkpoint may name, by class name."""
 
@@ -69,10 +77,12 @@ __all__ = [
     "GENERATORS",
     "SCORE_MODES",
     "SCORE_SCALE",
+    "BiGAN",
     "ConditionalAutoencoder",
     "ConditionalGAN",
     "ConditionalVAE",
     "Critic",
+    "EmbeddingCycleGAN",
     "EmbeddingGenerator",
     "RidgeProbe",
     "RunningStandardizer",
@@ -80,6 +90,7 @@ __all__ = [
     "conditional_diversity",
     "discriminator_objective",
     "draw_scores",
+    "fill_missing",
     "frechet_distance",
     "generator_objective",
     "gradient_penalty",

@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from mmsent.models.config import HubMixin
+
 SCORE_SCALE = 3.0
 SCORE_MODES = ("train", "uniform")
 
@@ -113,7 +115,7 @@ class RunningStandardizer(nn.Module):
         return x * self.std.to(x.dtype) + self.mean.to(x.dtype)
 
 
-class EmbeddingGenerator(nn.Module):
+class EmbeddingGenerator(nn.Module, HubMixin):
     """What every generator shares: standardization, conditioning and sampling.
 
     Subclasses implement :meth:`_generate` (standardized samples for a condition) and,

@@ -62,6 +62,25 @@ class Critic(nn.Module):
         return logits, info
 
 
+def check_adversarial_loss(owner: str, loss: str, spectral_norm: bool, gradient_penalty: float) -> None:
+    """Checks an adversarial model's loss settings.
+
+    Args:
+        owner (str): The model's name, for the message.
+        loss (str): One of :data:`GAN_LOSSES`.
+        spectral_norm (bool): Whether the critic is spectrally normalized.
+        gradient_penalty (float): Weight of the gradient penalty.
+
+    Raises:
+        ValueError: If ``loss`` is unknown, or Wasserstein has no Lipschitz constraint.
+    """
+    if loss not in GAN_LOSSES:
+        raise ValueError(f"{owner}: loss must be one of {GAN_LOSSES}, got {loss!r}")
+    if loss == "wasserstein" and not (spectral_norm or gradient_penalty):
+        raise ValueError(f"{owner}: the wasserstein loss needs a Lipschitz constraint: "
+                         "spectral_norm or gradient_penalty > 0")
+
+
 def discriminator_objective(real: Tensor, fake: Tensor, kind: str) -> Tensor:
     """The discriminator's loss for real and fake logits.
 
@@ -144,11 +163,7 @@ class ConditionalGAN(EmbeddingGenerator):
                  info_weight: float = 1.0) -> None:
         super().__init__(data_dim)
         self.config = init_args(locals())
-        if loss not in GAN_LOSSES:
-            raise ValueError(f"loss must be one of {GAN_LOSSES}, got {loss!r}")
-        if loss == "wasserstein" and not (spectral_norm or gradient_penalty):
-            raise ValueError("the wasserstein loss needs a Lipschitz constraint: "
-                             "spectral_norm or gradient_penalty > 0")
+        check_adversarial_loss("ConditionalGAN", loss, spectral_norm, gradient_penalty)
         hidden = [128, 128] if hidden_dims is None else list(hidden_dims)
         critic = hidden if critic_dims is None else list(critic_dims)
         self.noise_dim, self.info_dim = noise_dim, info_dim
@@ -215,11 +230,13 @@ class ConditionalGAN(EmbeddingGenerator):
             terms["info"] = F.mse_loss(code, latent[:, self.noise_dim:])
         return self._total(terms)
 
-    def generator_loss(self, scores: Tensor) -> dict[str, Tensor]:
+    def generator_loss(self, scores: Tensor, real: Tensor | None = None) -> dict[str, Tensor]:
         """The generator's objective on one fake per score.
 
         Args:
             scores (Tensor): Conditioning scores, shape ``(B,)`` (a real batch's).
+            real (Tensor | None): The real batch; unused here, taken so that every
+                adversarial generator is stepped alike (a BiGAN's encoder needs it).
 
         Returns:
             dict[str, Tensor]: ``loss`` and its terms: ``adversarial`` and, with

@@ -1,0 +1,99 @@
+"""Do modalities learn at different speeds, and do per-modality learning rates in
+stage 5 beat one shared rate?
+
+1. Learning curves: the validation MAE of each unimodal stage against epochs and
+   against gradient steps, read from the CSV logs of the unimodal runs that
+   ``benchmarks/cycle_fill.py`` trained (``runs/bench_cycle/<modality>/<seed>``), drawn
+   to ``benchmarks/figures/modality_speeds.png``.
+2. Stage 5 from each seed's stage 4 checkpoint of the same runs, with the per-modality
+   rates and schedules of ``5_finetune.yaml`` against every group at one shared rate
+   (the config's text/fusion rate, and the video rate) with the same cosine schedule.
+
+    OMP_NUM_THREADS=1 python benchmarks/modality_speeds.py --seeds 0 1 2 --epochs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+from pathlib import Path
+
+import torch
+from common import REPO, callbacks_without, fit_and_test, machine, mean_std, save
+from quickstart_stages import QUICKSTART, QUIET, configs
+
+RUNS = Path("runs/bench_cycle")
+PARTS = ("text", "audio", "video", "fusion")
+
+
+def learning_curves(modality: str, seed: int) -> dict[str, list]:
+    """The unimodal run's validation MAE per epoch, with the step count at each."""
+    (metrics,) = sorted((RUNS / modality / str(seed)).rglob("metrics.csv"))[-1:]
+    rows = [r for r in csv.DictReader(metrics.read_text().splitlines()) if r.get("val/MAE")]
+    return {"epoch": [int(r["epoch"]) + 1 for r in rows], "step": [int(r["step"]) + 1 for r in rows],
+            "val_MAE": [float(r["val/MAE"]) for r in rows]}
+
+
+def curve_figure(curves: dict, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4))
+    by_epoch, by_step = fig.subplots(1, 2, sharey=True)
+    for colour, modality in zip(("C0", "C1", "C2"), ("text", "audio", "video"), strict=True):
+        for index, curve in enumerate(curves[modality]):
+            label = modality if index == 0 else None
+            by_epoch.plot(curve["epoch"], curve["val_MAE"], colour, marker="o", alpha=0.7, label=label)
+            by_step.plot(curve["step"], curve["val_MAE"], colour, marker="o", alpha=0.7, label=label)
+    by_epoch.set_xlabel("epoch")
+    by_step.set_xlabel("gradient steps")
+    by_epoch.set_ylabel("validation MAE (one line per seed)")
+    by_epoch.legend()
+    fig.suptitle("Unimodal stages on the generated default dataset")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+
+
+def fusion_checkpoint(seed: int) -> str:
+    (path,) = sorted((RUNS / "fusion" / str(seed)).rglob("best-*.ckpt"))[-1:]
+    return str(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=3, help="stage 5 epochs")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    curves = {m: [learning_curves(m, seed) for seed in args.seeds] for m in ("text", "audio", "video")}
+    curve_figure(curves, REPO / "benchmarks" / "figures" / "modality_speeds.png")
+    payload = {"seeds": args.seeds, "epochs": args.epochs, "curves": curves, "machine": machine(),
+               "date": datetime.date.today().isoformat(), "runs": []}
+    save("modality_speeds", payload)
+    files = [QUICKSTART / "base.yaml", QUICKSTART / "4_fusion.yaml", QUICKSTART / "5_finetune.yaml"]
+    stage = [*configs("4_fusion.yaml", "5_finetune.yaml"), callbacks_without(files, "ModalitySelection"), *QUIET]
+
+    def shared(lr: float) -> list[str]:
+        group = {"lr": lr, "schedule": {"name": "cosine", "epochs": 8}}
+        return [f"--model.init_args.param_groups={json.dumps({part: group for part in PARTS})}"]
+
+    variants = {"per_modality": [], "shared_0.002": shared(0.002), "shared_0.01": shared(0.01)}
+    for seed in args.seeds:
+        for name, extra in variants.items():
+            result = fit_and_test([*stage, f"--seed_everything={seed}", f"--trainer.max_epochs={args.epochs}",
+                                   f"--model.init_args.init_checkpoint={fusion_checkpoint(seed)}",
+                                   f"--trainer.default_root_dir=runs/bench_rates/{name}/{seed}", *extra])
+            payload["runs"].append({"variant": name, "seed": seed, **result})
+            save("modality_speeds", payload)
+            print(json.dumps({"variant": name, "seed": seed, "MAE": result["MAE"], "val_MAE": result["val_MAE"],
+                              "seconds": result["seconds"]}), flush=True)
+    print("| stage 5 rates | val MAE | test MAE | test Corr |")
+    for name in variants:
+        runs = [r for r in payload["runs"] if r["variant"] == name]
+        print(f"| {name} | " + " | ".join(mean_std([r[k] for r in runs]) for k in ("val_MAE", "MAE", "Corr")) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""The random number generators' states, kept in every checkpoint so that a resumed
+fit draws what an uninterrupted one would have drawn."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+
+class RandomState(pl.Callback):
+    """Saves the states of torch's (CPU and CUDA), NumPy's and Python's global
+    generators with each checkpoint, and restores them on resume.
+
+    The shuffled order of an epoch, dropout masks and augmentation all come from these
+    generators: a shuffling DataLoader seeds each epoch's order from torch's global
+    generator. Lightning restores the weights, the optimizer, the loops and the
+    callbacks, but not these states, so a resumed fit would shuffle and drop out
+    differently from one never stopped. A checkpoint is written after the epoch's
+    validation, and restoring happens before the resumed fit draws anything, so the
+    next epoch sees the generators exactly as the uninterrupted fit would have.
+    The states are tensors and plain data, which ``weights_only`` loading accepts.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        """dict[str, Any]: The generators' states now."""
+        kind, keys, position, has_gauss, cached = np.random.get_state()
+        version, python_state, gauss = random.getstate()
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)),
+                      "position": int(position), "has_gauss": int(has_gauss), "cached": float(cached)},
+            "python": {"version": version, "state": list(python_state), "gauss": gauss},
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restores the generators' states saved by :meth:`state_dict`.
+
+        Args:
+            state_dict (dict[str, Any]): What the checkpoint holds for this callback.
+        """
+        torch.set_rng_state(state_dict["torch"])
+        if state_dict["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+        saved = state_dict["numpy"]
+        np.random.set_state((saved["kind"], saved["keys"].numpy().astype(np.uint32), saved["position"],
+                             saved["has_gauss"], saved["cached"]))
+        saved = state_dict["python"]
+        random.setstate((saved["version"], tuple(saved["state"]), saved["gauss"]))

@@ -1,0 +1,243 @@
+"""The fused model as a self-contained folder: ``SentimentModel.from_pretrained(folder)``.
+
+The folder is the Hugging Face layout (``config.json``, ``model.safetensors``,
+``README.md``), so it loads from a local path or, pushed with ``push_to_hub``, from
+the Hub by name. ``config.json`` holds how to build every network, which modalities
+are in use, and every preprocessing setting (:mod:`mmsent.hub.preprocess`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mmsent.data.schema import MODALITIES
+from mmsent.data.sources import audio_file
+from mmsent.errors import ConfigError, MissingFileError
+from mmsent.hub.preprocess import Clip, PreparedClip, Preprocessor
+from mmsent.models.config import HubMixin, build_module
+from mmsent.models.late_fusion import LateFusionModel
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def class_labels(score: float) -> dict[str, int | str]:
+    """The field's 2-, 5- and 7-class labels of a score (MMSA's conventions).
+
+    Args:
+        score (float): A sentiment score.
+
+    Returns:
+        dict[str, int | str]: ``label_2`` (``positive`` for ``>= 0``, else
+        ``negative``, as ``Has0_acc_2``), ``label_5`` (rounded after clipping to
+        [-2, 2]) and ``label_7`` (rounded after clipping to [-3, 3]).
+    """
+    return {"label_2": "positive" if score >= 0 else "negative",
+            "label_5": int(np.round(np.clip(score, -2.0, 2.0))),
+            "label_7": int(np.round(np.clip(score, -3.0, 3.0)))}
+
+
+class SentimentModel(nn.Module, HubMixin, tags=["mmsent", "multimodal-sentiment-analysis"]):
+    """A fused sentiment model with its preprocessing, built from a model folder's config.
+
+    Args:
+        config (dict): ``format_version``, ``encoders`` (per modality a
+            ``{"class_path", "init_args"}`` record), ``fusion``, ``head``,
+            ``active_modalities`` and ``preprocessing``.
+
+    Raises:
+        ConfigError: If the config is of another format version or lacks a key.
+    """
+
+    def __init__(self, config: dict) -> None:
+        super().__init__()
+        check_config(config, "config")
+        self.config = config
+        encoders = nn.ModuleDict({m: build_module(config["encoders"][m], what=f"config encoders.{m}")
+                                  for m in MODALITIES if m in config["encoders"]})
+        self.model = LateFusionModel(encoders, build_module(config["fusion"], what="config fusion"),
+                                     build_module(config["head"], what="config head"))
+        for modality in encoders:
+            if modality not in config["active_modalities"]:
+                self.model.switch_off(modality)
+        self.folder: str | None = None
+        self._preprocessor: Preprocessor | None = None
+        self.eval()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs) -> SentimentModel:
+        """Loads a model folder (or a Hub repository by name).
+
+        Args:
+            pretrained_model_name_or_path (str | Path): The folder or Hub name.
+            **kwargs: Passed to ``huggingface_hub``'s ``from_pretrained``.
+
+        Returns:
+            SentimentModel: The model, in eval mode.
+
+        Raises:
+            MissingFileError: If a local folder lacks a file, naming it.
+            ConfigError: If its format version is not this one's.
+        """
+        folder = Path(pretrained_model_name_or_path)
+        if folder.is_dir():
+            missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if not (folder / name).is_file()]
+            if missing:
+                raise MissingFileError(f"{folder}: not a complete model folder, missing {', '.join(missing)}")
+            check_config(json.loads((folder / CONFIG_FILE).read_text()), str(folder / CONFIG_FILE))
+        model = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        model.folder = str(folder) if folder.is_dir() else None
+        return model.eval()
+
+    @property
+    def modalities(self) -> list[str]:
+        """list[str]: The modalities the model uses."""
+        return self.model.active_modalities
+
+    @property
+    def encoders(self) -> nn.ModuleDict:
+        """nn.ModuleDict: The encoder of each modality."""
+        return self.model.encoders
+
+    @property
+    def preprocessor(self) -> Preprocessor:
+        """Preprocessor: Raw files to inputs, built on first use."""
+        if self._preprocessor is None:
+            self._preprocessor = Preprocessor(self.config["preprocessing"], self.folder)
+        return self._preprocessor
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        """Scores a collated batch (as the DataModule serves them).
+
+        Args:
+            batch (dict): The batch.
+
+        Returns:
+            torch.Tensor: Scores, shape ``(B,)``.
+        """
+        return self.model(batch)
+
+    @torch.no_grad()
+    def score_batch(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The fused score and each modality's own score of a collated batch.
+
+        A modality's own score is the fused model's with only that modality present
+        (the others enter as absent, as modality dropout trained it to handle).
+
+        Args:
+            batch (dict): The batch.
+
+        Returns:
+            dict[str, torch.Tensor]: ``score`` and ``score_<modality>`` per modality
+            in use, shape ``(B,)``; NaN where the sample lacks that modality.
+        """
+        embeddings = self.model.encode(batch)
+        present = self.model.presence(batch)
+        scores = {"score": self.model.predict_from_embeddings(embeddings, present)}
+        for modality in self.modalities:
+            alone = {m: torch.zeros_like(p) if m != modality else p for m, p in present.items()}
+            own = self.model.predict_from_embeddings(embeddings, alone)
+            scores[f"score_{modality}"] = torch.where(present[modality], own, torch.full_like(own, math.nan))
+        return scores
+
+    def score_clips(self, clips: Iterable[Clip], batch_size: int = 32) -> Iterator[dict]:
+        """Scores clips from their files, a batch at a time (bounded memory).
+
+        Args:
+            clips (Iterable[Clip]): The clips.
+            batch_size (int): Clips per forward pass.
+
+        Yields:
+            dict: Per clip: ``id``, ``score``, ``score_<modality>``, the class labels,
+            ``modalities`` (those read), ``problems`` (inputs given but unreadable),
+            ``label``; a clip with nothing readable gets ``score`` None.
+        """
+        pending: list[PreparedClip] = []
+        for clip in clips:
+            pending.append(self.preprocessor.prepare(clip))
+            if len(pending) == batch_size:
+                yield from self._score_prepared(pending)
+                pending = []
+        if pending:
+            yield from self._score_prepared(pending)
+
+    def _score_prepared(self, prepared: list[PreparedClip]) -> Iterator[dict]:
+        usable = [p for p in prepared if set(p.present) & set(self.modalities)]
+        scores = self.score_batch(self.preprocessor.collate(usable)) if usable else {}
+        index, scored = 0, {id(p) for p in usable}
+        for item in prepared:
+            result = {"id": item.clip.id, "score": None, "modalities": item.present,
+                      "problems": item.problems, "label": item.clip.label}
+            if id(item) in scored:
+                for name, values in scores.items():
+                    value = float(values[index])
+                    result[name] = None if math.isnan(value) else value
+                result.update(class_labels(result["score"]))
+                index += 1
+            yield result
+
+    def predict(self, video: str | list[str | None] | None = None, audio: str | list[str | None] | None = None,
+                text: str | list[str | None] | None = None, batch_size: int = 32) -> dict | list[dict]:
+        """Scores one clip or a list of clips from raw inputs.
+
+        Args:
+            video (str | list | None): The video file(s).
+            audio (str | list | None): The audio file(s); by default each video's
+                ``.wav`` beside it, else its own audio track.
+            text (str | list | None): What is said in each clip.
+            batch_size (int): Clips per forward pass.
+
+        Returns:
+            dict | list[dict]: Per clip (a list when lists were given): ``score``,
+            ``score_<modality>``, the 2-/5-/7-class labels, ``modalities`` (the ones
+            used) and ``problems``.
+
+        Raises:
+            ValueError: If the lists differ in length or no input is given.
+        """
+        inputs = {"video": video, "audio": audio, "text": text}
+        many = any(isinstance(v, list | tuple) for v in inputs.values())
+        lists = {k: list(v) if isinstance(v, list | tuple) else v for k, v in inputs.items()}
+        count = max((len(v) for v in lists.values() if isinstance(v, list)), default=1)
+        for name, value in lists.items():
+            if not isinstance(value, list):
+                lists[name] = [value] * count
+            elif len(value) != count:
+                raise ValueError(f"predict: {name} has {len(value)} entries, another input {count}")
+        if all(v is None for values in lists.values() for v in values):
+            raise ValueError("predict: give at least one of video, audio, text")
+        clips = [Clip(id=str(i), video=lists["video"][i], text=lists["text"][i],
+                      audio=lists["audio"][i] or (str(audio_file(Path(lists["video"][i])))
+                                                  if lists["video"][i] else None))
+                 for i in range(count)]
+        results = [{k: v for k, v in r.items() if k not in ("id", "label")}
+                   for r in self.score_clips(clips, batch_size)]
+        return results if many else results[0]
+
+
+def check_config(config: dict, where: str) -> None:
+    """Checks a model config's format version and keys.
+
+    Args:
+        config (dict): The config.
+        where (str): Its file, for messages.
+
+    Raises:
+        ConfigError: If it is of another format version or lacks a key, naming it.
+    """
+    version = config.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ConfigError(f"{where}: model format version {version!r}; this mmsent reads version "
+                          f"{FORMAT_VERSION} (export the model again with this version)")
+    missing = [key for key in ("encoders", "fusion", "head", "active_modalities", "preprocessing")
+               if key not in config]
+    if missing:
+        raise ConfigError(f"{where}: missing {', '.join(missing)}")

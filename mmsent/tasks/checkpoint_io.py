@@ -1,0 +1,142 @@
+"""Reading and writing checkpoint files safely: tensors and plain data only, and
+never a half-written file.
+
+Every checkpoint mmsent reads goes through :func:`load_weights_only`, which passes
+``weights_only=True`` to ``torch.load`` explicitly; torch honours an explicit value
+whatever ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says, so a checkpoint replaced by a
+malicious pickle is refused instead of run. :class:`AtomicCheckpointIO`, which every
+``mmsent fit`` installs, writes a checkpoint to a temporary file beside it, flushes it
+to disk and renames it over the old one, so a full disk or a kill leaves the previous
+checkpoint intact; Lightning's own resume (``--ckpt_path``) reads through it too.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from mmsent.errors import ConfigError, MissingFileError
+
+
+def load_weights_only(path: str | Path, what: str) -> dict:
+    """Loads a checkpoint with ``weights_only=True``, whatever the environment says.
+
+    Args:
+        path (str | Path): The checkpoint file.
+        what (str): The config key that named it, for the message.
+
+    Returns:
+        dict: The checkpoint, on the CPU.
+
+    Raises:
+        MissingFileError: If the file does not exist.
+        ConfigError: If the file holds objects other than tensors and plain data
+            (refused), or is truncated or corrupt; naming the key and the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{what}: checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"{what}: checkpoint {path} refused: it holds objects other than tensors "
+                          f"and plain data, which mmsent never loads ({reason})") from error
+    except (RuntimeError, EOFError, zipfile.BadZipFile) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"{what}: checkpoint {path} is unreadable, truncated or corrupt "
+                          f"({reason})") from error
+
+
+def readable(path: str | Path) -> bool:
+    """bool: Whether a checkpoint file loads (with ``weights_only=True``)."""
+    try:
+        load_weights_only(path, "checkpoint")
+    except (ConfigError, MissingFileError):
+        return False
+    return True
+
+
+def atomic_torch_save(checkpoint: Any, path: str | Path) -> None:
+    """Writes ``torch.save(checkpoint)`` to ``path`` all at once or not at all.
+
+    Args:
+        checkpoint (Any): What to save.
+        path (str | Path): The file; its folder is created.
+
+    Raises:
+        OSError: If the write fails (a full disk), naming the file; the file as it
+            was before is left in place and the temporary file removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(checkpoint, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        Path(temporary).unlink(missing_ok=True)
+        raise OSError(error.errno, f"writing checkpoint {path} failed: {error.strerror or error}") from error
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    # The rename is durable only once the folder's entry is on disk.
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint I/O, writing atomically and reading tensors and plain
+    data only (``weights_only=True``, also on Lightning's resume path)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        """Writes a checkpoint atomically (:func:`atomic_torch_save`).
+
+        Args:
+            checkpoint (dict[str, Any]): What Lightning dumps.
+            path: The file.
+            storage_options (Any | None): Unsupported, as in Lightning's own.
+
+        Raises:
+            TypeError: If ``storage_options`` is given.
+        """
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
+        """Reads a checkpoint with ``weights_only=True`` (:func:`load_weights_only`),
+        whatever ``weights_only`` Lightning asks for.
+
+        Args:
+            path: The file.
+            map_location (Any | None): Ignored: the checkpoint is read to the CPU and
+                Lightning moves the states where they belong.
+            weights_only (bool | None): Ignored, always True.
+
+        Returns:
+            dict: The checkpoint.
+        """
+        return load_weights_only(path, "--ckpt_path")

@@ -1,0 +1,169 @@
+"""Reuse: networks saved and loaded alone, the exported model folder, scoring raw clips."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from test_pipeline import write_pipeline
+
+from mmsent import SentimentModel
+from mmsent.errors import ConfigError, MissingFileError
+from mmsent.hub import export as export_command
+from mmsent.hub import score as score_command
+from mmsent.hub.export import export, stage_data
+from mmsent.models import AcousticMLPEncoder, ConcatFusion, ConditionalVAE, TextLSTMEncoder
+from mmsent.pipeline import run
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tiny_raw, tiny_cache, tmp_path_factory) -> Path:
+    """A finished tiny pipeline (text and audio stages, fusion, fine-tuning)."""
+    folder = tmp_path_factory.mktemp("hub_pipeline")
+    run(write_pipeline(folder, tiny_raw, tiny_cache, with_video=False), use_wandb=False)
+    return folder / "out"
+
+
+@pytest.fixture(scope="module")
+def model_dir(pipeline_run, tmp_path_factory) -> Path:
+    return export(pipeline_run, tmp_path_factory.mktemp("models") / "tiny")
+
+
+def test_encoder_round_trip_gives_identical_outputs(tmp_path):
+    torch.manual_seed(0)
+    encoder = AcousticMLPEncoder(40, hidden_dims=[16, 16], out_dim=8, residual=True).eval()
+    encoder.save_pretrained(tmp_path / "audio")
+    loaded = AcousticMLPEncoder.from_pretrained(tmp_path / "audio").eval()
+    x, mask = torch.randn(4, 7, 40), torch.ones(4, 7, dtype=torch.bool)
+    assert torch.equal(encoder(x, mask), loaded(x, mask))
+    text = TextLSTMEncoder(50, embed_dim=8, hidden_dim=8, out_dim=8).eval()
+    text.save_pretrained(tmp_path / "text")
+    tokens = torch.randint(1, 50, (3, 5))
+    assert torch.equal(text(tokens, tokens > 0), TextLSTMEncoder.from_pretrained(tmp_path / "text").eval()(tokens, tokens > 0))
+
+
+def test_fusion_module_round_trip_keeps_the_modality_order(tmp_path):
+    torch.manual_seed(0)
+    # Not alphabetical: a config saved with sorted keys would concatenate in another order.
+    fusion = ConcatFusion({"text": 4, "audio": 3, "video": 2}, hidden_dim=8, out_dim=5).eval()
+    fusion.save_pretrained(tmp_path)
+    loaded = ConcatFusion.from_pretrained(tmp_path).eval()
+    embeddings = {"text": torch.randn(2, 4), "audio": torch.randn(2, 3), "video": torch.randn(2, 2)}
+    assert loaded.modalities == ["text", "audio", "video"]
+    assert torch.equal(fusion(embeddings), loaded(embeddings))
+
+
+def test_generator_round_trip_gives_identical_weights(tmp_path):
+    torch.manual_seed(0)
+    generator = ConditionalVAE(12, latent_dim=4, hidden_dims=[8])
+    generator.save_pretrained(tmp_path)
+    loaded = ConditionalVAE.from_pretrained(tmp_path)
+    saved = generator.state_dict()
+    assert all(torch.equal(saved[k], v) for k, v in loaded.state_dict().items())
+
+
+def test_fused_model_round_trip_gives_identical_outputs(model_dir, pipeline_run, tmp_path):
+    model = SentimentModel.from_pretrained(model_dir)
+    model.save_pretrained(tmp_path)
+    again = SentimentModel.from_pretrained(tmp_path)
+    batch = next(iter(stage_data(json.loads((pipeline_run / "manifest.json").read_text())
+                                 ["stages"]["finetune"]["config"]).test_dataloader()))
+    assert torch.equal(model(batch), again(batch))
+
+
+def test_model_folder_holds_weights_config_card_and_each_encoder(model_dir):
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["format_version"] == 1
+    assert {"tokenizer_fingerprint", "max_length"} <= set(config["preprocessing"]["text"])
+    assert {"frames", "frame_size"} <= set(config["preprocessing"]["video"])
+    assert {"n_mels", "sample_rate", "normalization"} <= set(config["preprocessing"]["audio"])
+    assert "Test metrics per pipeline stage" in (model_dir / "README.md").read_text()
+    audio = AcousticMLPEncoder.from_pretrained(model_dir / "encoders" / "audio")
+    fused = SentimentModel.from_pretrained(model_dir)
+    assert torch.equal(audio.state_dict()["net.0.weight"], fused.encoders["audio"].state_dict()["net.0.weight"])
+
+
+def test_scoring_raw_test_clips_reproduces_the_pipeline_predictions(model_dir, pipeline_run, tiny_raw, tmp_path,
+                                                                      capsys):
+    output = tmp_path / "scores.csv"
+    score_command.main([str(model_dir), str(tiny_raw), "--split", "test", "-o", str(output)])
+    scores = pd.read_csv(output)
+    manifest = json.loads((pipeline_run / "manifest.json").read_text())
+    expected = pd.read_csv(manifest["stages"]["finetune"]["predictions"])
+    joined = scores.merge(expected, on="id", suffixes=("", "_pipeline"))
+    assert len(joined) == len(expected) == len(scores)
+    assert (joined["score"] - joined["prediction"]).abs().max() < 1e-5
+    mae = manifest["stages"]["finetune"]["metrics"]["test"]["MAE"]
+    assert abs((joined["score"] - joined["label_pipeline"]).abs().mean() - mae) < 1e-5
+    assert f"MAE {mae:.4f}" in capsys.readouterr().out
+    assert set(scores["label_7"]) <= set(range(-3, 4))
+
+
+def test_predict_takes_raw_inputs_and_lists(model_dir, tiny_raw):
+    model = SentimentModel.from_pretrained(model_dir)
+    video = str(next((tiny_raw / "Raw").rglob("*.mp4")))
+    one = model.predict(video=video, text="the acting was wonderful")
+    assert set(one["modalities"]) == {"text", "audio", "video"}
+    assert {"score", "label_2", "label_5", "label_7", "problems"} <= set(one)
+    many = model.predict(video=[video, None], text=["good", "bad"])
+    assert [m["modalities"] for m in many] == [["text", "audio", "video"], ["text"]]
+
+
+def test_missing_audio_track_empty_text_and_unreadable_video_are_scored_from_the_rest(model_dir, tiny_raw, tmp_path):
+    model = SentimentModel.from_pretrained(model_dir)
+    alone = tmp_path / "alone.mp4"  # no .wav beside it, and no audio stream of its own
+    shutil.copyfile(next((tiny_raw / "Raw").rglob("*.mp4")), alone)
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    wav = str(next((tiny_raw / "Raw").rglob("*.wav")))
+    no_audio, no_text, bad_video = model.predict(video=[str(alone), str(alone), str(broken)],
+                                                 audio=[None, wav, wav], text=["fine", " ", "fine"])
+    assert no_audio["modalities"] == ["text", "video"] and "no audio stream" in no_audio["problems"][0]
+    assert no_text["modalities"] == ["audio", "video"] and no_text["problems"] == []
+    assert bad_video["modalities"] == ["text", "audio"] and str(broken) in bad_video["problems"][0]
+    for result in (no_audio, no_text, bad_video):
+        usable = set(result["modalities"]) & set(model.modalities)
+        assert (result["score"] is not None) == bool(usable)
+        assert (result.get(f"score_{model.modalities[0]}") is not None) == (model.modalities[0] in usable)
+
+
+def test_unreadable_clip_gets_a_one_line_error_and_the_others_are_scored(model_dir, tiny_raw, tmp_path, capsys):
+    folder = tmp_path / "raw"
+    shutil.copytree(tiny_raw, folder)
+    table = pd.read_csv(folder / "label.csv", dtype=str, keep_default_na=False)
+    test = table[table["mode"] == "test"].copy()
+    bad = test.iloc[0]
+    test.loc[test.index[0], "text"] = ""
+    test.drop(columns=["label"]).to_csv(folder / "label.csv", index=False)
+    clip = folder / "Raw" / bad["video_id"] / f"{bad['clip_id']}.mp4"
+    clip.write_bytes(b"garbage")
+    clip.with_suffix(".wav").write_bytes(b"garbage")
+    output = tmp_path / "scores.jsonl"
+    with pytest.raises(SystemExit) as exit_info:
+        score_command.main([str(model_dir), str(folder), "-o", str(output)])
+    assert exit_info.value.code == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(clip) in errors[0]
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(rows) == len(test) - 1 and all(r["score"] is not None for r in rows)
+
+
+def test_model_folder_of_another_version_or_missing_a_file_fails_naming_it(model_dir, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "format_version": 99}))
+    with pytest.raises(ConfigError, match="format version 99"):
+        SentimentModel.from_pretrained(copy)
+    (copy / "model.safetensors").unlink()
+    with pytest.raises(MissingFileError, match="missing model.safetensors"):
+        SentimentModel.from_pretrained(copy)
+    with pytest.raises(SystemExit, match="missing model.safetensors"):
+        score_command.main([str(copy), str(tmp_path)])
+
+
+def test_export_names_a_folder_without_a_pipeline_run(tmp_path):
+    with pytest.raises(SystemExit, match="no manifest.json"):
+        export_command.main([str(tmp_path), "--to", str(tmp_path / "model")])

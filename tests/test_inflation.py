@@ -1,0 +1,77 @@
+"""Initializing the 3D-CNN by inflating a 2D-CNN's kernels over time (I3D)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from mmsent.models import FrameCNNEncoder, Visual3DCNNEncoder
+from mmsent.models.inflation import inflate_into, inflate_kernel
+
+
+@pytest.fixture()
+def frame_weights(tmp_path):
+    torch.manual_seed(0)
+    frame = FrameCNNEncoder(widths=[4, 8], dropout=0.0)
+    for norm in frame.modules():
+        if isinstance(norm, nn.BatchNorm2d):
+            norm.running_mean.normal_()
+            norm.running_var.uniform_(0.5, 2.0)
+            norm.weight.data.uniform_(0.5, 1.5)
+    state = {name: t.clone() for name, t in frame.state_dict().items()}
+    torch.save(state, tmp_path / "frame.pt")
+    save_file(state, tmp_path / "frame.safetensors")
+    return frame, tmp_path
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_inflated_conv_reproduces_the_2d_conv_on_a_constant_clip(frame_weights, suffix):
+    frame, folder = frame_weights
+    encoder = Visual3DCNNEncoder(widths=[4, 8], dropout=0.0, inflate_from=str(folder / f"frame{suffix}"))
+    conv3d, conv2d = encoder.backbone[0][0], frame.frame_net[0]
+    image = torch.randn(2, 3, 16, 16)
+    clip = image.unsqueeze(2).repeat(1, 1, 5, 1, 1)
+    with torch.no_grad():
+        per_frame, inflated = conv2d(image), conv3d(clip)
+    for t in range(1, 4):
+        torch.testing.assert_close(inflated[:, :, t], per_frame, atol=1e-5, rtol=1e-5)
+    # At the clip's ends the zero padding hides one of the three time slices.
+    torch.testing.assert_close(inflated[:, :, 0], per_frame * 2 / 3, atol=1e-5, rtol=1e-5)
+    norm3d, norm2d = encoder.backbone[0][1], frame.frame_net[1]
+    for field in ("weight", "bias", "running_mean", "running_var"):
+        assert torch.equal(getattr(norm3d, field), getattr(norm2d, field))
+    # The record does not need the 2D file: a rebuilt encoder loads its own weights.
+    assert "inflate_from" not in encoder.config
+
+
+def test_inflate_kernel_averages_to_the_2d_kernel():
+    kernel = torch.randn(5, 3, 3, 3)
+    inflated = inflate_kernel(kernel, 4)
+    assert inflated.shape == (5, 3, 4, 3, 3)
+    torch.testing.assert_close(inflated.sum(2), kernel)
+
+
+def test_mismatched_2d_weights_are_rejected_naming_the_key(frame_weights, tmp_path):
+    _, folder = frame_weights
+    with pytest.raises(ValueError, match="inflate_from: the 2D weights hold 2 convolution kernels, "
+                                         "the 3D network has 3"):
+        Visual3DCNNEncoder(widths=[4, 8, 16], inflate_from=str(folder / "frame.pt"))
+    wider = FrameCNNEncoder(widths=[4, 6])
+    torch.save(wider.state_dict(), tmp_path / "wider.pt")
+    with pytest.raises(ValueError, match=r"does not fit a 3D kernel"):
+        Visual3DCNNEncoder(widths=[4, 8], inflate_from=str(tmp_path / "wider.pt"))
+    with pytest.raises(FileNotFoundError, match="inflate_from: no weights file"):
+        Visual3DCNNEncoder(inflate_from=str(tmp_path / "missing.pt"))
+
+
+def test_resnet18_inflates_into_r3d_18():
+    from torchvision.models import resnet18
+    from torchvision.models.video import r3d_18
+
+    torch.manual_seed(0)
+    image_net, video_net = resnet18(weights=None), r3d_18(weights=None)
+    assert inflate_into(video_net, image_net.state_dict(), "test") == 20
+    torch.testing.assert_close(video_net.stem[0].weight.sum(2), image_net.conv1.weight)
+    torch.testing.assert_close(video_net.layer4[1].conv2[0].weight.sum(2), image_net.layer4[1].conv2.weight)
