@@ -32,6 +32,7 @@ import wandb
 import yaml
 from pytorch_lightning.loggers import Logger, WandbLogger
 
+from mmsent.data.batches import ExampleDataset, collate_columns
 from mmsent.pipeline import figures
 from mmsent.pipeline.manifest import Manifest
 from mmsent.pipeline.spec import Pipeline, Stage
@@ -199,7 +200,9 @@ class StageTracker(pl.Callback):
         spec = getattr(self.datamodule, "spec", None)
         if spec is None or "video" not in spec.modalities or spec.video_kind != "frames":
             return []
-        batch = next(iter(self.datamodule.test_dataloader()))
+        # Read the frames even in stages whose batches carry no video (text, audio).
+        clips = ExampleDataset(self.datamodule.split("test"), spec, 0, ["video"])
+        batch = collate_columns(clips.__getitems__(list(range(min(FRAME_CLIPS, len(clips))))), spec)
         predicted = {} if predictions is None else dict(zip(predictions["id"], predictions["prediction"]))
         images = []
         for index, clip in enumerate(batch["id"][:FRAME_CLIPS]):
