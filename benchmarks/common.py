@@ -7,6 +7,7 @@ import os
 import platform
 import statistics
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -111,3 +112,17 @@ def callbacks_without(configs: list[Path], class_name: str) -> str:
     kept = [c for c in callbacks if c["class_path"].rsplit(".", 1)[-1] != class_name]
     return "--trainer.callbacks=" + json.dumps(kept)
 
+
+def save_measurement(name: str, command: str, results: list[dict]) -> Path:
+    """Writes one benchmark run's results with its command, machine and date.
+
+    Args:
+        name (str): File stem under ``benchmarks/results``.
+        command (str): The command that produced them.
+        results (list[dict]): One record per measured case.
+
+    Returns:
+        Path: The file written.
+    """
+    return save(name, {"command": command, "machine": machine(), "threads": 1,
+                       "date": datetime.now(UTC).isoformat(timespec="minutes"), "results": results})

@@ -23,13 +23,12 @@ import argparse
 import os
 import statistics
 import time
-from datetime import UTC, datetime
 from functools import partial
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch
-from common import REPO, machine, save
+from common import REPO, save_measurement
 from torch.utils.data import DataLoader
 
 from mmsent.data import collate
@@ -126,10 +125,9 @@ def main() -> None:
               f"memory {m['memory']:.3f} s per epoch; loader reaches "
               f"{result['loader_vs_memory']:.2f} of in-memory (rows: {result['rows_vs_memory']:.2f})",
               flush=True)
-    path = save(f"data_loading_{args.pipeline}", {
-        "command": f"python benchmarks/data_loading.py --pipeline {args.pipeline} --repeats {args.repeats}",
-        "machine": machine(), "threads": 1, "date": datetime.now(UTC).isoformat(timespec="minutes"),
-        "results": results})
+    path = save_measurement(f"data_loading_{args.pipeline}",
+                            f"python benchmarks/data_loading.py --pipeline {args.pipeline} --repeats {args.repeats}",
+                            results)
     print(f"raw results: {path}")
 
 

@@ -17,13 +17,12 @@ import argparse
 import os
 import statistics
 import time
-from datetime import UTC, datetime
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytorch_lightning as pl
 import torch
-from common import REPO, machine, save
+from common import REPO, save_measurement
 from data_loading import STAGES, epoch_seconds
 
 
@@ -87,10 +86,9 @@ def main() -> None:
         results.append({"stage": stage, "seconds": times, "median_seconds": medians, "plain_vs_fit": ratio})
         print(f"{args.pipeline} {stage}: fit {medians['fit']:.3f} s, plain {medians['plain']:.3f} s per epoch; "
               f"mmsent reaches {ratio:.2f} of plain PyTorch", flush=True)
-    path = save(f"overhead_{args.pipeline}", {
-        "command": f"python benchmarks/overhead.py --pipeline {args.pipeline} --repeats {args.repeats}",
-        "machine": machine(), "threads": 1, "date": datetime.now(UTC).isoformat(timespec="minutes"),
-        "results": results})
+    path = save_measurement(f"overhead_{args.pipeline}",
+                            f"python benchmarks/overhead.py --pipeline {args.pipeline} --repeats {args.repeats}",
+                            results)
     print(f"raw results: {path}")
 
 

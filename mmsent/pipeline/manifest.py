@@ -123,16 +123,6 @@ class Manifest:
                                                           "resume_command": resume})
         self.save()
 
-    def keep_baselines(self, baselines: dict) -> None:
-        """Records the reference predictors, once per folder.
-
-        Args:
-            baselines (dict): E.g. ``{"constant": {"value": ..., "MAE": ...}}``.
-        """
-        if "baselines" not in self.data:
-            self.data["baselines"] = baselines
-            self.save()
-
     def save(self) -> None:
         """Writes the manifest atomically."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
