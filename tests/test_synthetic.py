@@ -6,12 +6,15 @@ import json
 import math
 import subprocess
 import sys
+import threading
+import time
 import wave
 
 import av
 import numpy as np
 import pandas as pd
 import pytest
+from filelock import FileLock
 
 from mmsent.data import synthetic
 from mmsent.data.schema import SPLITS
@@ -124,6 +127,19 @@ def test_rerun_with_same_parameters_is_a_no_op(dataset, labels):
     before = [path.stat().st_mtime_ns for path in files]
     synthetic.generate_raw_dataset(dataset, num_clips=NUM_CLIPS, seed=0, num_workers=2)
     assert [path.stat().st_mtime_ns for path in files] == before
+
+
+def test_a_second_run_on_the_same_folder_waits_for_the_first(tmp_path):
+    root = tmp_path / "data"
+    done = threading.Event()
+    with FileLock(str(root) + ".lock"):
+        worker = threading.Thread(target=lambda: (synthetic.generate_raw_dataset(
+            root, num_clips=4, seed=1, frames=8, frame_size=32), done.set()))
+        worker.start()
+        time.sleep(1.0)
+        assert not done.is_set() and not (root / "generated.json").exists()
+    worker.join(timeout=60)
+    assert done.is_set() and json.loads((root / "generated.json").read_text())["complete"]
 
 
 def test_other_parameters_raise_unless_overwrite(tmp_path):

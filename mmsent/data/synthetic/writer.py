@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from filelock import FileLock
 from tqdm.auto import tqdm
 
 from mmsent.data.schema import SPLITS
@@ -232,13 +233,15 @@ def generate_raw_dataset(
                      sample_rate=sample_rate, noise_std=noise_std, split_fractions=split_fractions)
     _check_params(params)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if _prepare_dir(out_dir, params, overwrite):
-        logger.info("%s is already generated with these parameters", out_dir)
-        return out_dir
-    _write_marker(out_dir, params, complete=False)
-    table = plan_clips(num_clips, seed, noise_std, split_fractions)
-    _write_media(list(_media_jobs(table, out_dir, params)), len(table), num_workers)
-    atomic_write(out_dir / "label.csv", lambda tmp: table[list(LABEL_COLUMNS)].to_csv(tmp, index=False))
-    _write_marker(out_dir, params, complete=True)
+    # A second run asking for the same folder waits for the first, then finds it complete.
+    with FileLock(str(out_dir) + ".lock"):
+        if _prepare_dir(out_dir, params, overwrite):
+            logger.info("%s is already generated with these parameters", out_dir)
+            return out_dir
+        _write_marker(out_dir, params, complete=False)
+        table = plan_clips(num_clips, seed, noise_std, split_fractions)
+        _write_media(list(_media_jobs(table, out_dir, params)), len(table), num_workers)
+        atomic_write(out_dir / "label.csv", lambda tmp: table[list(LABEL_COLUMNS)].to_csv(tmp, index=False))
+        _write_marker(out_dir, params, complete=True)
     logger.info("generated %d clips in %s", len(table), out_dir)
     return out_dir
