@@ -1,11 +1,13 @@
 """Lightning callbacks."""
 
+from mmsent.callbacks.compile import CompileParts
 from mmsent.callbacks.dropout import EpochDropoutCallback
 from mmsent.callbacks.pretraining import LayerwisePretraining
 from mmsent.callbacks.saddle import SaddlePointMonitor
 from mmsent.callbacks.selection import ModalitySelection
 
 __all__ = [
+    "CompileParts",
     "EpochDropoutCallback",
     "LayerwisePretraining",
     "ModalitySelection",
