@@ -3,12 +3,13 @@ configs checked before any work, failed stages recorded, short errors."""
 
 import errno
 import json
+import multiprocessing
 import os
+import queue
 import shutil
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,6 +20,7 @@ import yaml
 from conftest import CONF, data_args
 from test_pipeline import manifest, write_pipeline
 
+import mmsent.data.cache as data_cache
 from mmsent.callbacks.random_state import RandomState
 from mmsent.cli import build_cli
 from mmsent.data import RawClipSource
@@ -27,9 +29,10 @@ from mmsent.data.sources import read_label_table
 from mmsent.errors import ConfigError
 from mmsent.main import main
 from mmsent.optim import build_param_groups
-from mmsent.pipeline import run
+from mmsent.pipeline import report, run
 from mmsent.pipeline.lock import LOCK_FILE, RunLock
 from mmsent.pipeline.runner import resume_checkpoint
+from mmsent.tasks import FusionTask
 from mmsent.tasks.checkpoint_io import AtomicCheckpointIO
 
 
@@ -90,53 +93,81 @@ def test_a_resume_skips_an_unreadable_last_checkpoint_for_the_newest_readable_on
     assert resume_checkpoint(pipeline, stage, {"status": "done"}) is None
 
 
-# 2 and 6. Killed in stage 4 and resumed: the same figures; the failure is recorded.
+# 2 and 6. Killed in the fusion stage and resumed: the same figures; the failure is recorded.
 
 class Crash(RuntimeError):
     """Raised inside the fusion stage to kill it after an epoch's checkpoint."""
+
+
+def killable_pipeline(folder: Path, tiny_raw: Path, tiny_cache: Path) -> Path:
+    """Text, audio, then a three-epoch fusion stage whose ModalitySelection judges (and
+    the pipeline hands on) the last epoch, not the best one, which may come before the
+    kill: the report then depends on every random draw of the stage's training and on
+    the selection's state (its starting weights) carried over the kill."""
+    folder.mkdir()
+    path = write_pipeline(folder, tiny_raw, tiny_cache, fusion_epochs=3, with_video=False)
+    spec = yaml.safe_load(path.read_text())
+    spec["stages"] = spec["stages"][:3]
+    spec["stages"][2]["args"].append("--checkpoint.monitor=null")
+    path.write_text(yaml.safe_dump(spec))
+    return path
 
 
 def test_a_stage_killed_and_resumed_ends_with_the_figures_of_one_never_killed(
         tiny_raw, tiny_cache, tmp_path, monkeypatch):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     for folder in (whole, killed):
-        folder.mkdir()
-        write_pipeline(folder, tiny_raw, tiny_cache, fusion_epochs=3, with_video=False)
+        killable_pipeline(folder, tiny_raw, tiny_cache)
+    # The report's figures are tested with the pipeline; drawing them would double this test's time.
+    monkeypatch.setattr(report, "plot", lambda *args: None)
+    monkeypatch.setattr(report, "write_figures", lambda *args: [])
+    batches = []  # (run, epoch, the clips of a training batch): the sampler's order
+    monkeypatch.setattr(FusionTask, "on_train_batch_start", lambda self, batch, index: batches.append(
+        (Path(self.trainer.default_root_dir).parent.parent.name, self.current_epoch, tuple(batch["id"]))),
+        raising=False)
     run(whole / "pipeline.yaml")
-    # The same unimodal stages, handed over as finished, so only stages 4 and 5 run again.
-    shutil.copytree(whole / "out", killed / "out")
-    for name in ("fusion", "finetune"):
-        shutil.rmtree(killed / "out" / name)
+    assert "start_gain" in manifest(whole)["stages"]["fusion"]["selection"], "the trained weights were judged"
+    # The same unimodal stages, handed over as finished, so only the fusion stage runs again.
+    shutil.copytree(whole / "out", killed / "out", dirs_exist_ok=True)
+    shutil.rmtree(killed / "out" / "fusion")
     record = manifest(killed)
-    for name in ("fusion", "finetune"):
-        del record["stages"][name]
+    del record["stages"]["fusion"]
     (killed / "out" / "manifest.json").write_text(json.dumps(record))
 
-    def crash_at_epoch_two(self, trainer, pl_module):
-        if trainer.current_epoch == 2 and Path(trainer.default_root_dir).name == "fusion":
-            raise Crash("killed in epoch 2 of the fusion stage")
+    def crash_in_epoch_one(self):
+        if self.current_epoch == 1:
+            raise Crash("killed in epoch 1 of the fusion stage")
 
-    monkeypatch.setattr(RandomState, "on_train_epoch_start", crash_at_epoch_two, raising=False)
-    with pytest.raises(Crash):
-        run(killed / "pipeline.yaml")
+    with monkeypatch.context() as patch:
+        patch.setattr(FusionTask, "on_train_epoch_start", crash_in_epoch_one, raising=False)
+        with pytest.raises(Crash):
+            run(killed / "pipeline.yaml")
     failed = manifest(killed)["stages"]["fusion"]
     assert failed["status"] == "failed"
-    assert failed["error"] == "Crash: killed in epoch 2 of the fusion stage"
+    assert failed["error"] == "Crash: killed in epoch 1 of the fusion stage"
     assert failed["resume_command"] == f"mmsent pipeline run {killed / 'pipeline.yaml'}"
-    assert "finetune" not in manifest(killed)["stages"]
-    monkeypatch.undo()
 
     run(killed / "pipeline.yaml")
-    resumed = manifest(killed)["stages"]
-    assert resumed["fusion"]["resumed_from"] == str(killed / "out" / "fusion" / "checkpoints" / "last.ckpt")
-    assert "error" not in resumed["fusion"]
+    resumed = manifest(killed)["stages"]["fusion"]
+    assert resumed["resumed_from"] == str(killed / "out" / "fusion" / "checkpoints" / "last.ckpt")
+    assert "error" not in resumed
+    order = {name: [(epoch, ids) for run_name, epoch, ids in batches if run_name == name]
+             for name in ("whole", "killed")}
+    assert [epoch for epoch, _ in order["killed"]] == [epoch for epoch, _ in order["whole"]], \
+        "the resumed fit starts at the epoch after its last checkpoint"
+    for (epoch, expected), (_, got) in zip(order["whole"], order["killed"], strict=True):
+        assert got == expected, f"epoch {epoch}: the resumed fit shuffles otherwise"
+    trained = [torch.load(folder / "out" / "fusion" / "checkpoints" / "last.ckpt", weights_only=True)
+               for folder in (whole, killed)]
+    assert trained[0]["epoch"] == trained[1]["epoch"] == 2
+    for key, tensor in trained[0]["state_dict"].items():
+        assert torch.equal(tensor, trained[1]["state_dict"][key]), f"trained weights differ: {key}"
+    assert resumed["metrics"] == manifest(whole)["stages"]["fusion"]["metrics"]
     expected = json.loads((whole / "out" / "report.json").read_text())
     got = json.loads((killed / "out" / "report.json").read_text())
     for row_expected, row_got in zip(expected["stages"], got["stages"], strict=True):
         assert {k: v for k, v in row_got.items() if "time" not in k} == \
             {k: v for k, v in row_expected.items() if "time" not in k}, row_got["stage"]
-    for name in ("fusion", "finetune"):
-        assert resumed[name]["metrics"] == manifest(whole)["stages"][name]["metrics"], name
 
 
 # 3. weights_only on every path, whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says.
@@ -182,10 +213,10 @@ def test_a_second_run_on_the_same_folder_is_refused_naming_the_first(tmp_path):
     pipeline = tmp_path / "p.yaml"
     pipeline.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "out"),
                                         "stages": [{"name": "a", "configs": ["a.yaml"]}]}))
-    with RunLock(tmp_path / "out"):
-        with pytest.raises(ConfigError, match=rf"another pipeline run is using this folder \(pid "
-                                              rf"{os.getpid()} on host {socket.gethostname()}, started"):
-            run(pipeline)
+    refused = (rf"another pipeline run is using this folder \(pid {os.getpid()} "
+               rf"on host {socket.gethostname()}, started")
+    with RunLock(tmp_path / "out"), pytest.raises(ConfigError, match=refused):
+        run(pipeline)
     assert not (tmp_path / "out" / LOCK_FILE).exists()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -194,36 +225,70 @@ def test_a_second_run_on_the_same_folder_is_refused_naming_the_first(tmp_path):
         assert json.loads(lock.path.read_text())["pid"] == os.getpid()
 
 
-def test_two_runs_preparing_the_same_cache_both_read_it(tiny_raw, tmp_path, monkeypatch):
-    source = RawClipSource(str(tiny_raw), modalities=["audio"], frames=4, frame_size=16)
-    results, errors = [], []
-    both = threading.Barrier(2)
-    real_open = RawClipSource.open
+def prepare_in_a_process(role: str, raw: Path, cache_dir: Path, events: dict, results) -> None:
+    """One of two processes preparing the same new cache (forked, so it imports nothing).
 
-    def open_together(self, workdir):
-        # Without a lock both runs would be preparing at once from here on.
+    The first holds the cache half-prepared until the second has reached the cache's
+    lock or, with no lock, started preparing the same folder itself. The second starts
+    only once the first is preparing.
+    """
+    try:
+        def arrive(what: str) -> None:
+            events[what].set()
+            if role == "second":
+                events["second arrived"].set()
+
+        real_open = RawClipSource.open
+
+        def open_and_tell(self, workdir):
+            arrive(f"{role} preparing")
+            if role == "first" and not events["second arrived"].wait(timeout=60):
+                raise TimeoutError("the second process never reached the lock")
+            return real_open(self, workdir)
+
+        class TellingLock(data_cache.FileLock):
+            """The real file lock, telling the first process that this one waits at it."""
+
+            def acquire(self, *args, **kwargs):
+                arrive(f"{role} at the lock")
+                return super().acquire(*args, **kwargs)
+
+        RawClipSource.open = open_and_tell
+        data_cache.FileLock = TellingLock
+        if role == "second" and not events["first preparing"].wait(timeout=60):
+            raise TimeoutError("the first process never started preparing")
+        source = RawClipSource(str(raw), modalities=["audio"], frames=4, frame_size=16)
+        prepared = data_cache.prepare(source, cache_dir, chunk_size=8)
+        results.put((role, str(prepared.path), len(prepared.splits["train"]), prepared.spec.input_dims))
+    except BaseException as error:  # noqa: BLE001 - reported by the test
+        results.put((role, "failed", f"{type(error).__name__}: {error}", None))
+
+
+def test_two_processes_preparing_the_same_cache_prepare_it_once_and_both_read_it(tiny_raw, tmp_path):
+    context = multiprocessing.get_context("fork")
+    events = {name: context.Event() for name in ("first preparing", "second preparing", "first at the lock",
+                                                 "second at the lock", "second arrived")}
+    results = context.Queue()
+    processes = [context.Process(target=prepare_in_a_process,
+                                 args=(role, tiny_raw, tmp_path, events, results))
+                 for role in ("first", "second")]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=300)
+    outcomes = {}
+    for _ in processes:
         try:
-            both.wait(timeout=3)
-        except threading.BrokenBarrierError:
-            pass
-        return real_open(self, workdir)
-
-    monkeypatch.setattr(RawClipSource, "open", open_together)
-
-    def prepare_it():
-        try:
-            results.append(prepare(source, tmp_path, chunk_size=8))
-        except Exception as error:  # noqa: BLE001 - reported below
-            errors.append(error)
-
-    threads = [threading.Thread(target=prepare_it) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors, errors
-    assert [len(r.splits["train"]) for r in results] == [len(results[0].splits["train"])] * 2
-    assert results[0].path == results[1].path == tmp_path / cache_key(source, "mask")
+            role, *outcome = results.get(timeout=10)
+        except queue.Empty:
+            break
+        outcomes[role] = outcome
+    assert set(outcomes) == {"first", "second"}, f"exit codes {[p.exitcode for p in processes]}"
+    assert {role: outcome[1] for role, outcome in outcomes.items() if outcome[0] == "failed"} == {}
+    assert outcomes["first"] == outcomes["second"], "both read the same finished cache"
+    assert Path(outcomes["first"][0]).parent == tmp_path and outcomes["first"][1] > 0
+    assert not events["second preparing"].is_set(), "the second process prepared the cache too"
+    assert events["second at the lock"].is_set(), "the second process waited at the lock"
 
 
 def test_a_full_disk_while_preparing_names_the_cache_and_leaves_no_empty_folder(tiny_raw, tmp_path, monkeypatch):
@@ -320,8 +385,8 @@ def test_a_data_error_is_one_line_unless_debugging(tiny_raw, tmp_path, capsys, m
         main(command)
     assert stop.value.code == 1
     lines = capsys.readouterr().err.strip().splitlines()
-    assert lines == [f"mmsent: error: {root / 'label.csv'}, row 2: not UTF-8 (byte b'\\xe9' at column 1); "
-                     "save the file as UTF-8",
+    assert lines == [(f"mmsent: error: {root / 'label.csv'}, row 2: not UTF-8 (byte b'\\xe9' at column 1); "
+                      "save the file as UTF-8"),
                      "(the full traceback: run again with --debug or MMSENT_DEBUG=1)"]
     cache = tmp_path / "cache"
     assert not [p for p in cache.iterdir() if p.is_dir()], "no empty cache folder is left behind"
