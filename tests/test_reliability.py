@@ -319,6 +319,23 @@ def test_a_bad_value_in_stage_two_is_rejected_before_stage_one_trains(tiny_raw, 
     with pytest.raises(ConfigError, match=r"stage 'audio' .*no_such_option"):
         run(pipeline)
     assert not (tmp_path / "out" / "text").exists()
+    assert not (tmp_path / "out" / "manifest.json").exists(), "a refused run writes no manifest"
+
+
+def test_a_rerun_refused_for_a_bad_value_keeps_the_stages_it_would_have_redone(tiny_raw, tiny_cache, tmp_path):
+    pipeline = write_pipeline(tmp_path, tiny_raw, tiny_cache, with_video=False)
+    spec = yaml.safe_load(pipeline.read_text())
+    spec["stages"][1]["args"] = ["--model.init_args.modality=smell"]
+    pipeline.write_text(yaml.safe_dump(spec))
+    finished = tmp_path / "out" / "text" / "checkpoints" / "best.ckpt"
+    finished.parent.mkdir(parents=True)
+    finished.write_bytes(b"weights")
+    record = {"stages": {"text": {"status": "done", "best_checkpoint": str(finished)}}}
+    (tmp_path / "out" / "manifest.json").write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match=r"stage 'audio' .*got 'smell'"):
+        run(pipeline, start="text")
+    assert finished.read_bytes() == b"weights", "--from must not delete a stage before the configs pass"
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text()) == record
 
 
 def test_a_negative_learning_rate_is_rejected_naming_the_key(tiny_raw, tmp_path):

@@ -207,8 +207,9 @@ def flat_metrics(results: list[dict]) -> dict[str, float]:
     return merged
 
 
-def select_stages(pipeline: Pipeline, manifest: Manifest, start: str | None, only: str | None) -> list[Stage]:
-    """The stages to run now, forgetting the records of stages that must run again.
+def select_stages(pipeline: Pipeline, manifest: Manifest, start: str | None,
+                  only: str | None) -> tuple[list[Stage], list[str]]:
+    """The stages to run now; nothing is changed, so a run refused later loses nothing.
 
     Args:
         pipeline (Pipeline): The pipeline.
@@ -217,7 +218,9 @@ def select_stages(pipeline: Pipeline, manifest: Manifest, start: str | None, onl
         only (str | None): ``--only``: rerun this stage alone.
 
     Returns:
-        list[Stage]: The stages that are not finished, in order.
+        tuple[list[Stage], list[str]]: The stages that are not finished or must run
+        again, in order, and the names of the finished ones among them that must run
+        again (:func:`forget_stages`).
 
     Raises:
         ConfigError: If a stage to run needs the checkpoint of a stage that has not
@@ -229,17 +232,28 @@ def select_stages(pipeline: Pipeline, manifest: Manifest, start: str | None, onl
         forced = [pipeline.stage(only).name]
     elif start:
         forced = names[names.index(pipeline.stage(start).name):]
-    for name in forced:
-        manifest.forget(name)
-        shutil.rmtree(pipeline.output_dir / name, ignore_errors=True)
-    selected = [s for s in pipeline.stages if not manifest.is_done(s.name)]
+    selected = [s for s in pipeline.stages if s.name in forced or not manifest.is_done(s.name)]
     if only:
         selected = [s for s in selected if s.name == only]
+    running = {s.name for s in selected}
     for stage in selected:
         for source in stage.checkpoints.values():
-            if source not in [s.name for s in selected] and not manifest.is_done(source):
+            if source not in running and (source in forced or not manifest.is_done(source)):
                 raise ConfigError(f"stage {stage.name!r} needs stage {source!r}, which has not finished")
-    return selected
+    return selected, forced
+
+
+def forget_stages(pipeline: Pipeline, manifest: Manifest, names: list[str]) -> None:
+    """Drops the records and folders of finished stages that are to run again.
+
+    Args:
+        pipeline (Pipeline): The pipeline.
+        manifest (Manifest): Its records.
+        names (list[str]): The stages to forget.
+    """
+    for name in names:
+        manifest.forget(name)
+        shutil.rmtree(pipeline.output_dir / name, ignore_errors=True)
 
 
 def run(path: str | Path, start: str | None = None, only: str | None = None,
@@ -269,12 +283,13 @@ def run(path: str | Path, start: str | None = None, only: str | None = None,
                         + ([] if use_wandb else ["--no-wandb"]) + (["--", *extra] if extra else []))
     with RunLock(pipeline.output_dir):
         manifest = Manifest(pipeline.output_dir / "manifest.json")
-        manifest.open_run(pipeline.name, tracking.new_group(pipeline.name))
-        for stage in pipeline.stages:
-            if manifest.is_done(stage.name) and not (start or only):
-                print(f"=== stage {stage.name}: finished before, skipped")
-        stages = select_stages(pipeline, manifest, start, only)
+        stages, forced = select_stages(pipeline, manifest, start, only)
         check_stages(pipeline, stages, extra)
+        for stage in pipeline.stages:
+            if manifest.is_done(stage.name) and stage not in stages:
+                print(f"=== stage {stage.name}: finished before, skipped")
+        manifest.open_run(pipeline.name, tracking.new_group(pipeline.name))
+        forget_stages(pipeline, manifest, forced)
         for stage in stages:
             try:
                 run_stage(pipeline, stage, manifest, extra)
