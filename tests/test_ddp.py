@@ -10,12 +10,16 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from conftest import CONF, REPO
 from test_cli import QUICKSTART, STAGE_CONFIGS, train_stage
+from test_pipeline import manifest, write_pipeline
 from torch.utils.data import DistributedSampler
 
 from mmsent.cli import build_cli
+from mmsent.errors import ConfigError
+from mmsent.pipeline import run
 
 DDP = ["--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices=2"]
 # Clips moved from the evaluation splits to training, so validation (7 clips) and test
@@ -197,3 +201,12 @@ def test_ddp_every_modality_test_split_and_finetune(uneven_raw, probe_env):
     check_one_fit(finetune_probe, every_train_id, epochs=1)
     last = tmp_path / "finetune" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["epoch"] == 0
+
+
+def test_pipeline_stops_a_stage_asking_for_several_processes(tiny_raw, tiny_cache, tmp_path, monkeypatch):
+    """The runner is one process: a multi-process stage is refused before it starts any."""
+    monkeypatch.setattr(pl.Trainer, "fit", lambda *args, **kwargs: pytest.fail("fit started on two processes"))
+    path = write_pipeline(tmp_path, tiny_raw, tiny_cache)
+    with pytest.raises(ConfigError, match=r"stage 'text': its trainer runs 2 processes .* `mmsent fit`"):
+        run(path, extra=DDP, use_wandb=False)
+    assert manifest(tmp_path)["stages"]["text"]["status"] == "failed"
