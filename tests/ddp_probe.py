@@ -2,12 +2,13 @@
 
 Imported by the processes of ``tests/test_ddp.py`` (the test puts this folder on
 ``PYTHONPATH``): a data source that records which process decodes clips, and a
-callback that records training ids, validation metrics, checkpoint writes and the
-modality selection per rank.
+callback that records training ids, validation and test metrics, checkpoint writes,
+the modality selection and the weights handed on, per rank.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -37,13 +38,20 @@ class RankRecorder(pl.Callback):
     def setup(self, trainer, pl_module, stage):
         self.rank = trainer.global_rank
         self.saves = []
-        original = torch.save
+        checkpoint_io = trainer.strategy.checkpoint_io
+        write_checkpoint, write_file = checkpoint_io.save_checkpoint, torch.save
 
-        def recording_save(obj, path, *args, **kwargs):
+        def recording_checkpoint(checkpoint, path, *args, **kwargs):
             self.saves.append(str(path))
-            return original(obj, path, *args, **kwargs)
+            return write_checkpoint(checkpoint, path, *args, **kwargs)
 
-        torch.save = recording_save
+        def recording_file(obj, target, *args, **kwargs):
+            if isinstance(target, (str, os.PathLike)):  # a checkpoint I/O's own stream is counted above
+                self.saves.append(str(target))
+            return write_file(obj, target, *args, **kwargs)
+
+        checkpoint_io.save_checkpoint = recording_checkpoint
+        torch.save = recording_file
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         with probe_file(f"train-rank{self.rank}-epoch{trainer.current_epoch}.txt").open("a") as out:
@@ -54,8 +62,15 @@ class RankRecorder(pl.Callback):
             metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
             probe_file(f"val-rank{self.rank}-epoch{trainer.current_epoch}.json").write_text(json.dumps(metrics))
 
+    def on_test_end(self, trainer, pl_module):
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        probe_file(f"test-rank{trainer.global_rank}.json").write_text(json.dumps(metrics))
+
     def on_fit_end(self, trainer, pl_module):
         selection = next((c for c in trainer.callbacks if type(c).__name__ == "ModalitySelection"), None)
-        record = {"saves": self.saves, "world_size": trainer.world_size,
+        weights = hashlib.sha1()
+        for value in pl_module.state_dict().values():
+            weights.update(value.detach().cpu().contiguous().numpy().tobytes())
+        record = {"saves": self.saves, "world_size": trainer.world_size, "weights": weights.hexdigest(),
                   "selection": selection.record if selection else None}
         probe_file(f"fit-rank{self.rank}.json").write_text(json.dumps(record, default=str))

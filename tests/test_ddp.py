@@ -1,31 +1,48 @@
-"""Two CPU processes (DDP over gloo) train the fused stages as one process would."""
+"""Two CPU processes (DDP over gloo) train and score the fused stages as one process would."""
 
+import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from conftest import CONF, REPO
 from test_cli import QUICKSTART, STAGE_CONFIGS, train_stage
+from test_pipeline import manifest, write_pipeline
+from torch.utils.data import DistributedSampler
 
 from mmsent.cli import build_cli
+from mmsent.errors import ConfigError
+from mmsent.pipeline import run
 
 DDP = ["--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices=2"]
-BATCH = 17  # the tiny training split holds 34 clips: one whole batch per rank
+# Clips moved from the evaluation splits to training, so validation (7 clips) and test
+# (5) split unevenly over two processes and training (36) in two whole batches.
+MOVED_TO_TRAIN = {("vid0013", "4"), ("vid0008", "3")}
+BATCH = 18
 
 
-def run_ddp(args: list[str], probe: Path, tmp_path: Path) -> None:
-    """Runs ``mmsent fit`` with two processes; the probe records what each one did."""
-    probe.mkdir()
-    env = {**os.environ, "MMSENT_PROBE_DIR": str(probe), "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-m", "mmsent", "fit", *args, *DDP,
-                           "--trainer.callbacks+=ddp_probe.RankRecorder"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
-    assert done.returncode == 0, done.stderr[-4000:]
+@pytest.fixture(scope="module")
+def uneven_raw(tiny_raw, tmp_path_factory) -> Path:
+    """The tiny dataset with odd-sized validation and test splits."""
+    root = tmp_path_factory.mktemp("uneven") / "raw"
+    shutil.copytree(tiny_raw, root)
+    with (tiny_raw / "label.csv").open(newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    for row in rows:
+        if (row["video_id"], row["clip_id"]) in MOVED_TO_TRAIN:
+            row["mode"] = "train"
+    with (root / "label.csv").open("w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
 
 
 def source_args(raw_root: Path, cache: Path, root: Path) -> list[str]:
@@ -35,70 +52,161 @@ def source_args(raw_root: Path, cache: Path, root: Path) -> list[str]:
             f"--data.cache_dir={cache}", f"--trainer.default_root_dir={root}", "--data.batch_size=4"]
 
 
-def train_ids(probe: Path, epoch: int) -> dict[int, list[str]]:
-    return {rank: (probe / f"train-rank{rank}-epoch{epoch}.txt").read_text().split()
-            for rank in (0, 1)}
-
-
-@pytest.mark.slow  # 4-9 minutes on the shared 2-core machine: two processes, each importing torch
-def test_ddp_fusion_and_finetune_match_one_process(tiny_raw, tmp_path, monkeypatch):
+@pytest.fixture()
+def probe_env(tmp_path, monkeypatch) -> Path:
+    """Runs in the repository with the probe importable here and in child processes."""
     monkeypatch.chdir(REPO)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), str(REPO / "tests"),
+                                                      os.environ.get("PYTHONPATH", "")]))
     monkeypatch.syspath_prepend(str(REPO / "tests"))
-    monkeypatch.setenv("MMSENT_PROBE_DIR", str(tmp_path / "unimodal-probe"))
-    (tmp_path / "unimodal-probe").mkdir()
-    cache = tmp_path / "cache"
-    unimodal = {m: train_stage(source_args(tiny_raw, cache, tmp_path / m), config, tmp_path / m)
-                for m, config in STAGE_CONFIGS.items()}
-    # A cache of its own, so the two-process run prepares the data itself.
-    fusion_args = [*source_args(tiny_raw, tmp_path / "ddp-cache", tmp_path / "fusion"), "-c", f"{QUICKSTART}/4_fusion.yaml",
-                   *[f"--model.init_args.{m}_checkpoint={path}" for m, path in unimodal.items()],
-                   "--trainer.max_epochs=2", f"--data.batch_size={BATCH}"]
+    probe = tmp_path / "unimodal-probe"
+    probe.mkdir()
+    monkeypatch.setenv("MMSENT_PROBE_DIR", str(probe))
+    return tmp_path
 
-    run_ddp(fusion_args, tmp_path / "fusion-probe", tmp_path)
+
+def run_ddp(subcommand: str, args: list[str], probe: Path) -> None:
+    """Runs ``mmsent <subcommand>`` with two processes; the probe records what each one did."""
+    probe.mkdir()
+    env = {**os.environ, "MMSENT_PROBE_DIR": str(probe), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "mmsent", subcommand, *args, *DDP,
+                           "--trainer.callbacks+=ddp_probe.RankRecorder"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "sync_dist=True" not in done.stderr, "an epoch value is logged without being gathered"
+
+
+def read_ranks(probe: Path, pattern: str) -> list[dict]:
+    return [json.loads((probe / pattern.format(rank=rank)).read_text()) for rank in (0, 1)]
+
+
+def train_ids(probe: Path, epoch: int) -> dict[int, list[str]]:
+    return {rank: (probe / f"train-rank{rank}-epoch{epoch}.txt").read_text().split() for rank in (0, 1)}
+
+
+def assert_same_metrics(gathered: dict, single: dict, prefix: str) -> None:
+    names = sorted(name for name in single if name.startswith(prefix))
+    assert names and sorted(name for name in gathered if name.startswith(prefix)) == names
+    differing = {name: (gathered[name], single[name]) for name in names
+                 if gathered[name] != pytest.approx(single[name], abs=1e-6)}
+    assert not differing, f"gathered over two processes vs one process: {differing}"
+
+
+def check_one_fit(probe: Path, every_train_id: list[str], epochs: int) -> list[dict]:
+    """The checks every multi-process fit passes; returns each rank's fit record."""
+    for epoch in range(epochs):
+        ids = train_ids(probe, epoch)
+        assert len(ids[0]) == len(ids[1]) == len(every_train_id) // 2
+        assert sorted(ids[0] + ids[1]) == sorted(every_train_id), f"epoch {epoch}: not every clip exactly once"
+    ranks = read_ranks(probe, "fit-rank{rank}.json")
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert ranks[1]["saves"] == [], "only rank 0 writes files"
+    assert ranks[0]["selection"] == ranks[1]["selection"] is not None
+    assert ranks[0]["weights"] == ranks[1]["weights"], "every rank must hand on the same weights"
+    for epoch in range(epochs):
+        rank0, rank1 = read_ranks(probe, f"val-rank{{rank}}-epoch{epoch}.json")
+        assert rank0 == rank1, "every rank logs the metrics of the whole split"
+    return ranks
+
+
+def test_shares_cover_each_split_once(uneven_raw, probe_env):
+    """Each process's loaders, as Lightning keeps them: training shares of equal size,
+    each clip once, and still a batch when a share is smaller than one; evaluation
+    shares uneven, each row once."""
+    args = [*source_args(uneven_raw, probe_env / "cache", probe_env / "run"), "-c", STAGE_CONFIGS["audio"],
+            "--data.batch_size=32"]
+    data = build_cli(args, run=False).datamodule
+    ids = {}
+    for rank in (0, 1):
+        data.trainer = SimpleNamespace(world_size=2, global_rank=rank, lightning_module=None)
+        loaders = {"train": data.train_dataloader(), "valid": data.val_dataloader(), "test": data.test_dataloader()}
+        for loader in loaders.values():
+            assert isinstance(loader.sampler, DistributedSampler), "Lightning would replace the sampler"
+        loaders["train"].sampler.set_epoch(3)
+        ids[rank] = {name: [clip for batch in loader for clip in batch["id"]] for name, loader in loaders.items()}
+    assert len(ids[0]["train"]) == len(ids[1]["train"]) == BATCH
+    for name in ("train", "valid", "test"):
+        assert sorted(ids[0][name] + ids[1][name]) == sorted(data.split(name)["id"]), name
+    assert [len(ids[rank]["valid"]) for rank in (0, 1)] == [4, 3]
+
+
+def fused_on_two_processes(raw: Path, tmp_path: Path, modalities: tuple[str, ...], extra: list[str]):
+    """Trains the unimodal stages in this process, then fits the fused stage on two.
+
+    Returns:
+        tuple: The fused stage's arguments (without DDP), its probe folder, and a
+        one-process CLI of the same configuration.
+    """
+    unimodal = {m: train_stage(source_args(raw, tmp_path / "cache", tmp_path / m), STAGE_CONFIGS[m], tmp_path / m)
+                for m in modalities}
+    # A cache of its own, so the two-process run prepares the data itself.
+    args = [*source_args(raw, tmp_path / "ddp-cache", tmp_path / "fusion"), "-c", f"{QUICKSTART}/4_fusion.yaml",
+            *[f"--model.init_args.{m}_checkpoint={path}" for m, path in unimodal.items()],
+            f"--data.batch_size={BATCH}", *extra]
     probe = tmp_path / "fusion-probe"
+    run_ddp("fit", args, probe)
     decoders = (probe / "loads.txt").read_text().split()
     assert len(set(decoders)) == 1 and len(decoders) == 48, "the data must be prepared once, by one process"
+    return args, probe, build_cli(args, run=False)
 
-    cli = build_cli([*source_args(tiny_raw, cache, tmp_path / "single"), "-c", f"{QUICKSTART}/4_fusion.yaml",
-                     *[f"--model.init_args.{m}_checkpoint={path}" for m, path in unimodal.items()]], run=False)
-    every_train_id = list(cli.datamodule.split("train")["id"])
-    assert len(every_train_id) % (2 * BATCH) == 0, "the test needs a training split of whole batches on both ranks"
-    for epoch in (0, 1):
-        ids = train_ids(probe, epoch)
-        assert len(ids[0]) == len(ids[1])
-        assert sorted(ids[0] + ids[1]) == sorted(every_train_id), f"epoch {epoch}: not every clip exactly once"
+
+def test_ddp_fusion_matches_one_process(uneven_raw, probe_env):
+    """Fusion over text and audio, one epoch: prepared once, each training clip once,
+    only rank 0 writes, one selection, and the validation metrics gathered over uneven
+    shards equal one process's on the same checkpoint."""
+    _, probe, single = fused_on_two_processes(uneven_raw, probe_env, ("text", "audio"),
+                                              ["--trainer.max_epochs=1", "--trainer.num_sanity_val_steps=0"])
+    split_sizes = {name: len(single.datamodule.split(name)) for name in ("train", "valid", "test")}
+    assert split_sizes == {"train": 2 * BATCH, "valid": 7, "test": 5}
+    ranks = check_one_fit(probe, list(single.datamodule.split("train")["id"]), epochs=1)
+    assert sorted(Path(path).name for path in ranks[0]["saves"]) == [
+        "best-epoch000.ckpt", "last.ckpt", "selected.ckpt.partial"]
+    (gathered,) = read_ranks(probe, "val-rank{rank}-epoch0.json")[:1]
+    checkpoint = probe_env / "fusion" / "checkpoints" / "best-epoch000.ckpt"
+    (alone,) = single.trainer.validate(single.model, datamodule=single.datamodule, ckpt_path=str(checkpoint),
+                                       verbose=False)
+    assert_same_metrics(gathered, alone, "val/")
+
+
+@pytest.mark.slow  # 5-8 minutes on the shared 2-core machine: three launches of two processes
+def test_ddp_every_modality_test_split_and_finetune(uneven_raw, probe_env):
+    """Every modality, two epochs of fusion, the test split on two processes, then
+    fine-tuning on two processes."""
+    tmp_path = probe_env
+    args, probe, single = fused_on_two_processes(uneven_raw, tmp_path, tuple(STAGE_CONFIGS),
+                                                 ["--trainer.max_epochs=2", "--checkpoint.save_top_k=-1"])
+    every_train_id = list(single.datamodule.split("train")["id"])
+    check_one_fit(probe, every_train_id, epochs=2)
     assert train_ids(probe, 0) != train_ids(probe, 1), "each epoch must shuffle anew"
+    # Every epoch is kept (save_top_k=-1), so the second epoch's metrics meet its own checkpoint.
+    (gathered,) = read_ranks(probe, "val-rank{rank}-epoch1.json")[:1]
+    (alone,) = single.trainer.validate(single.model, datamodule=single.datamodule, verbose=False,
+                                       ckpt_path=str(tmp_path / "fusion" / "checkpoints" / "best-epoch001.ckpt"))
+    assert_same_metrics(gathered, alone, "val/")
 
-    # Validation metrics gathered over both ranks equal one process scoring the whole split.
-    ranks = [json.loads((probe / f"fit-rank{r}.json").read_text()) for r in (0, 1)]
-    assert [r["world_size"] for r in ranks] == [2, 2]
-    last = [json.loads((probe / f"val-rank{r}-epoch1.json").read_text()) for r in (0, 1)]
-    assert last[0]["val/MAE"] == pytest.approx(last[1]["val/MAE"], abs=1e-6)
-    checkpoint = tmp_path / "fusion" / "checkpoints" / "last.ckpt"
+    selected = str(tmp_path / "fusion" / "checkpoints" / "selected.ckpt")
+    test_probe = tmp_path / "test-probe"
+    run_ddp("test", [*args, f"--ckpt_path={selected}"], test_probe)
+    rank0, rank1 = read_ranks(test_probe, "test-rank{rank}.json")
+    assert rank0 == rank1
+    (alone,) = single.trainer.test(single.model, datamodule=single.datamodule, ckpt_path=selected, verbose=False)
+    assert_same_metrics(rank0, alone, "test/")
 
-    # Only rank 0 writes checkpoints; both ranks select the same modalities and weights.
-    assert any(path.endswith("last.ckpt") for path in ranks[0]["saves"])
-    assert any(path.endswith("selected.ckpt") or "selected" in path for path in ranks[0]["saves"])
-    assert ranks[1]["saves"] == []
-    assert ranks[0]["selection"] == ranks[1]["selection"] is not None
+    finetune_args = [*source_args(uneven_raw, tmp_path / "ddp-cache", tmp_path / "finetune"),
+                     "-c", f"{QUICKSTART}/4_fusion.yaml", "-c", f"{QUICKSTART}/5_finetune.yaml",
+                     f"--model.init_args.init_checkpoint={selected}", "--trainer.max_epochs=1",
+                     f"--data.batch_size={BATCH}"]
+    finetune_probe = tmp_path / "finetune-probe"
+    run_ddp("fit", finetune_args, finetune_probe)
+    check_one_fit(finetune_probe, every_train_id, epochs=1)
+    last = tmp_path / "finetune" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["epoch"] == 0
 
-    # Fine-tuning from the fused checkpoint, on the same two processes.
-    finetune_args = [*source_args(tiny_raw, cache, tmp_path / "finetune"), "-c", f"{QUICKSTART}/4_fusion.yaml",
-                     "-c", f"{QUICKSTART}/5_finetune.yaml", f"--model.init_args.init_checkpoint={checkpoint}",
-                     "--trainer.max_epochs=1", f"--data.batch_size={BATCH}"]
-    run_ddp(finetune_args, tmp_path / "finetune-probe", tmp_path)
-    ids = train_ids(tmp_path / "finetune-probe", 0)
-    assert sorted(ids[0] + ids[1]) == sorted(every_train_id)
-    assert (tmp_path / "finetune" / "checkpoints" / "last.ckpt").is_file()
-    assert torch.load(tmp_path / "finetune" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
 
-    # Validation metrics gathered over both ranks against one process scoring the whole split.
-    (single,) = cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path=str(checkpoint), verbose=False)
-    differing = [name for name in ("val/MAE", "val/Corr", "val/Non0_acc_2", "val/Mult_acc_7")
-                 if last[0][name] != pytest.approx(single[name], abs=1e-5)]
-    if differing:
-        # Open, not yet explained (batch-norm statistics were ruled out): the gathered
-        # val/MAE was 1.774 with two processes against 1.758 in one, same checkpoint.
-        pytest.xfail(f"gathered {differing} differ from one process: {last[0]} vs {single}")
-
+def test_pipeline_stops_a_stage_asking_for_several_processes(tiny_raw, tiny_cache, tmp_path, monkeypatch):
+    """The runner is one process: a multi-process stage is refused before it starts any."""
+    monkeypatch.setattr(pl.Trainer, "fit", lambda *args, **kwargs: pytest.fail("fit started on two processes"))
+    path = write_pipeline(tmp_path, tiny_raw, tiny_cache)
+    with pytest.raises(ConfigError, match=r"stage 'text': its trainer runs 2 processes .* `mmsent fit`"):
+        run(path, extra=DDP, use_wandb=False)
+    assert manifest(tmp_path)["stages"]["text"]["status"] == "failed"

@@ -134,6 +134,8 @@ class ModalitySelection(pl.Callback):
             self._against_start(trainer, pl_module, kept, errors(frozenset(kept)), groups)
         if self.no_worse_than_unimodal and getattr(pl_module, "unimodal", {}).get("scores"):
             self._against_unimodal(trainer, pl_module)
+        if trainer.world_size > 1:
+            self._adopt_rank_zero(trainer, pl_module)
         if best:
             selected = Path(best).with_name(SELECTED_FILE)
             if trainer.is_global_zero:
@@ -144,6 +146,19 @@ class ModalitySelection(pl.Callback):
                 _save_atomically(selected, checkpoint)
             trainer.strategy.barrier()
             self.selected_path = str(selected)
+
+    def _adopt_rank_zero(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Makes every process hand on rank 0's outcome: its record and its selected
+        weights (the ``active`` flags included), whatever another device's floating
+        point would have decided on a borderline test.
+
+        Frozen weights rebuilt from the config (a pretrained table) are the same in
+        every process and are not sent.
+        """
+        state = _cpu_copy(pl_module.state_dict())
+        omit_rebuilt(pl_module, state)
+        self.record, state = trainer.strategy.broadcast((self.record, state), src=0)
+        pl_module.load_state_dict(state, strict=False)
 
     def _select(self, trainer: pl.Trainer, model: LateFusionModel, candidates: list[str], errors,
                 groups: list[str]) -> list[str]:

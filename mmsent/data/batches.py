@@ -25,15 +25,61 @@ def is_frames(modality: str, spec: DatasetSpec) -> bool:
     return modality == "video" and spec.video_kind == "frames"
 
 
+def pad_value(modality: str, spec: DatasetSpec):
+    """The value sequences of a modality are padded with.
+
+    Args:
+        modality (str): The modality name.
+        spec (DatasetSpec): What the dataset holds.
+
+    Returns:
+        The tokenizer's pad id for token ids, 0 otherwise.
+    """
+    return spec.pad_token_id if modality == "text" and spec.text_kind == "tokens" else 0
+
+
+class PaddedColumn:
+    """A modality's sequences held in memory as one tensor padded to the longest.
+
+    A batch is then one indexed copy cut to its own longest sequence, the same tensor
+    that padding the batch's sequences gives, without a Python step per sequence.
+
+    Args:
+        sequences (list[torch.Tensor]): One ``(L_i,)`` or ``(L_i, D)`` tensor per row.
+        pad: The fill value.
+    """
+
+    def __init__(self, sequences: list[torch.Tensor], pad) -> None:
+        self.values = pad_sequence(sequences, batch_first=True, padding_value=pad)
+        self.lengths = torch.tensor([len(sequence) for sequence in sequences])
+
+    @property
+    def nbytes(self) -> int:
+        """int: The bytes the padded tensor takes."""
+        return self.values.numel() * self.values.element_size()
+
+    def batch(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows at ``positions``, padded to their longest.
+
+        Args:
+            positions (torch.Tensor): Row positions, ``(B,)`` long.
+
+        Returns:
+            tuple[torch.Tensor, torch.Tensor]: ``(B, L, ...)`` values and ``(B,)`` lengths.
+        """
+        lengths = self.lengths[positions]
+        return torch.index_select(self.values.narrow(1, 0, int(lengths.max())), 0, positions), lengths
+
+
 class ExampleDataset(Dataset):
     """One prepared split, read a whole batch at a time.
 
     Ids, transcripts, labels and presence flags are always held in memory; each
-    modality of vectors, token ids or feature sequences is held in memory as
-    tensors too while the total stays under ``memory_budget_bytes`` (counted in
-    Arrow bytes), so an epoch touches no Arrow row for them. Frames, and whatever
-    exceeds the budget, are read from the memory-mapped cache with one Arrow read
-    per batch.
+    modality of vectors, token ids or feature sequences is held in memory too, as a
+    :class:`PaddedColumn`, while the total stays under ``memory_budget_bytes``
+    (counted as the larger of its Arrow bytes and its padded tensor's), so an epoch
+    touches no Arrow row for them. Frames, and whatever exceeds the budget, are read
+    from the memory-mapped cache with one Arrow read per batch.
 
     Args:
         rows: A ``datasets.Dataset`` (memory-mapped Arrow).
@@ -51,14 +97,17 @@ class ExampleDataset(Dataset):
                        for key in ("label", "clean_label")}
         self.present = {m: torch.from_numpy(np.asarray(rows[f"{m}_present"], dtype=bool))
                         for m in modalities}
-        self.in_memory: dict[str, list[torch.Tensor]] = {}
+        self.in_memory: dict[str, PaddedColumn] = {}
         budget = memory_budget_bytes
         for modality in modalities:
             size = rows.data.column(modality).nbytes
-            if not is_frames(modality, spec) and size <= budget:
-                budget -= size
-                column = rows.select_columns([modality]).with_format("numpy")[modality]
-                self.in_memory[modality] = [torch.from_numpy(np.asarray(v)) for v in column]
+            if is_frames(modality, spec) or size > budget:
+                continue
+            column = rows.select_columns([modality]).with_format("numpy")[modality]
+            held = PaddedColumn([torch.from_numpy(np.asarray(v)) for v in column], pad_value(modality, spec))
+            if max(size, held.nbytes) <= budget:
+                budget -= max(size, held.nbytes)
+                self.in_memory[modality] = held
         on_disk = [m for m in modalities if m not in self.in_memory]
         self.on_disk = rows.select_columns(on_disk).with_format("numpy") if on_disk else None
 
@@ -80,14 +129,17 @@ class ExampleDataset(Dataset):
                    **{key: values[positions] for key, values in self.labels.items()}}
         for modality, present in self.present.items():
             columns[f"{modality}_present"] = present[positions]
-        for modality, values in self.in_memory.items():
-            columns[modality] = [values[i] for i in indices]
+        for modality, held in self.in_memory.items():
+            columns[modality], columns[f"{modality}_lengths"] = held.batch(positions)
         if self.on_disk is not None:
             columns.update(self.on_disk[list(map(int, indices))])
         return columns
 
     def __getitem__(self, index: int) -> dict:
-        return {key: value[0] for key, value in self.__getitems__([int(index)]).items()}
+        columns = self.__getitems__([int(index)])
+        for modality in self.in_memory:
+            columns[modality] = [columns[modality][0, :int(columns.pop(f"{modality}_lengths")[0])]]
+        return {key: value[0] for key, value in columns.items()}
 
 
 def pad_sequences(sequences: list, pad_value=0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,7 +165,9 @@ def collate_columns(columns: dict, spec: DatasetSpec) -> dict:
     Args:
         columns (dict): ``id`` and ``transcript`` (lists of str), ``label``,
             ``clean_label`` and ``<m>_present`` (one value per row), and per modality
-            ``m`` its rows (a list of sequences, or a stacked uint8 frame array).
+            ``m`` its rows: a list of sequences, a stacked uint8 frame array, or a
+            tensor already padded (:class:`PaddedColumn`) with the lengths under
+            ``<m>_lengths``.
         spec (DatasetSpec): What the rows hold.
 
     Returns:
@@ -135,8 +189,11 @@ def collate_columns(columns: dict, spec: DatasetSpec) -> dict:
             batch[modality] = frames.permute(0, 4, 1, 2, 3).contiguous()
             mask = present.unsqueeze(1).expand(-1, frames.shape[1]).clone()
         else:
-            pad = spec.pad_token_id if modality == "text" and spec.text_kind == "tokens" else 0
-            padded, mask = pad_sequences(values, pad)
+            lengths = columns.get(f"{modality}_lengths")
+            if lengths is None:
+                padded, mask = pad_sequences(values, pad_value(modality, spec))
+            else:
+                padded, mask = values, torch.arange(values.shape[1]) < lengths.unsqueeze(1)
             batch[modality] = padded.float() if padded.is_floating_point() else padded.long()
             mask &= present.unsqueeze(1)
         batch[f"{modality}_mask"] = mask

@@ -40,32 +40,6 @@ def model_modalities(module) -> list[str] | None:
     return list(encoders) if encoders is not None else None
 
 
-class PartitionSampler(DistributedSampler):
-    """One process's share of a shuffled training split: every clip at most once per epoch.
-
-    The permutation (seeded by ``seed`` and the epoch, the same on every process) is
-    cut to a multiple of the process count, so each process gets as many clips as
-    the others (at most ``num_replicas - 1`` clips sit out an epoch, different ones
-    each epoch) and no clip is repeated, unlike the padding of Lightning's default
-    ``DistributedSampler``.
-
-    Args:
-        dataset: The split.
-        num_replicas (int): The number of processes.
-        rank (int): This process's rank.
-        seed (int): The shuffling seed.
-    """
-
-    def __init__(self, dataset, num_replicas: int, rank: int, seed: int) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed,
-                         drop_last=True)
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(len(self.dataset), generator=generator)[:self.total_size]
-        return iter(order[self.rank::self.num_replicas].tolist())
-
-
 class MultimodalDataModule(pl.LightningDataModule):
     """Serves any :class:`DataSource` as dict batches, preparing and caching it once.
 
@@ -214,16 +188,22 @@ class MultimodalDataModule(pl.LightningDataModule):
     def _sampler(self, dataset: ExampleDataset, shuffle: bool) -> DistributedSampler | None:
         """This process's share of a split when the trainer runs several (None otherwise).
 
-        Training shards come from :class:`PartitionSampler`; evaluation shards split
-        the rows without repeating any, so metrics gathered over processes cover the
-        split exactly once.
+        Lightning keeps a sampler that is already a ``DistributedSampler``. Training
+        takes torch's with ``drop_last``: one permutation per epoch (seeded by the
+        global seed and the epoch, alike in every process), cut to a multiple of the
+        process count and dealt out, so no clip is repeated in an epoch (at most
+        ``world_size - 1`` clips sit out, different ones each epoch) where Lightning's
+        default would pad the shares with repeated clips. Evaluation takes Lightning's
+        ``UnrepeatedDistributedSampler``: shares may differ by one row, none is
+        repeated, so the metrics gathered over the processes are those of the split.
         """
         trainer = self.trainer
         if trainer is None or trainer.world_size <= 1:
             return None
         if shuffle:
             seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
-            return PartitionSampler(dataset, trainer.world_size, trainer.global_rank, seed)
+            return DistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank,
+                                      shuffle=True, seed=seed, drop_last=True)
         return UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size,
                                             rank=trainer.global_rank, shuffle=False)
 
@@ -235,8 +215,10 @@ class MultimodalDataModule(pl.LightningDataModule):
             batch_size=self.batch_size,
             shuffle=shuffle and sampler is None,
             sampler=sampler,
-            # A last training batch of one sample breaks batch norm.
-            drop_last=shuffle and len(dataset) > self.batch_size,
+            # A last training batch of one sample breaks batch norm. Decided on this
+            # process's share, which is the same size in every process: equal batch
+            # counts, and a share smaller than a batch still trains.
+            drop_last=shuffle and len(dataset if sampler is None else sampler) > self.batch_size,
             num_workers=self.num_workers,
             collate_fn=partial(collate_columns, spec=self.spec),
             pin_memory=self.pin_memory and torch.cuda.is_available(),
@@ -269,5 +251,5 @@ class MultimodalDataModule(pl.LightningDataModule):
         return self._loader(name, shuffle=False, shard=False)
 
 
-__all__ = ["ExampleDataset", "MultimodalDataModule", "PartitionSampler", "collate", "collate_columns",
+__all__ = ["ExampleDataset", "MultimodalDataModule", "collate", "collate_columns",
            "model_modalities", "pad_sequences"]

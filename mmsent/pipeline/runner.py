@@ -81,6 +81,7 @@ def run_stage(pipeline: Pipeline, stage: Stage, manifest: Manifest, extra: list[
     print(f"\n=== stage {stage.name}: {command}" + (f" --ckpt_path={resume}" if resume else ""))
     started = time.time() - manifest.start_stage(stage.name, command, resume)
     cli = build_cli(args, run=False)
+    refuse_several_processes(stage, cli)
     tracker = tracking.start_stage(pipeline, stage, manifest, cli)
     if tracker:
         manifest.track_stage(stage.name, **tracker.record)
@@ -110,6 +111,28 @@ def run_stage(pipeline: Pipeline, stage: Stage, manifest: Manifest, extra: list[
     )
     if tracker:
         tracker.finish(manifest)
+
+
+def refuse_several_processes(stage: Stage, cli: MMSentCLI) -> None:
+    """Stops a stage configured for several processes before it starts any.
+
+    Lightning's ``ddp`` starts the other processes by running the same command
+    again, so each would run the whole pipeline, each taking the run lock and
+    writing the manifest; the runner is not built for that yet.
+
+    Args:
+        stage (Stage): The stage.
+        cli (MMSentCLI): Its CLI, built but not run.
+
+    Raises:
+        ConfigError: If its trainer would run more than one process.
+    """
+    processes = cli.trainer.world_size
+    if processes > 1:
+        raise ConfigError(f"stage {stage.name!r}: its trainer runs {processes} processes (trainer.strategy, "
+                          f"trainer.devices, trainer.num_nodes), but `mmsent pipeline run` runs every stage in "
+                          f"one process; run the stages with `mmsent fit`, handing each the checkpoint of the one "
+                          f"before (README, \"Scaling out\")")
 
 
 def selected_checkpoint(cli: MMSentCLI) -> str | None:

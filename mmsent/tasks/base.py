@@ -13,9 +13,10 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
+from torchmetrics.aggregation import CatMetric
 
 from mmsent.data.schema import MODALITIES
-from mmsent.metrics import baseline_metrics, split_metrics
+from mmsent.metrics import BatchMean, baseline_metrics, split_metrics
 from mmsent.optim import build_param_groups, has_schedules, per_group_scheduler
 from mmsent.regularization import Regularizer
 from mmsent.tasks.checkpoints import META_KEY, fill_rebuilt, omit_rebuilt
@@ -64,8 +65,11 @@ class BaseTask(pl.LightningModule):
         self.group_settings = param_groups
         self.regularizer = regularizer
         self.metrics = nn.ModuleDict({stage: split_metrics(stage) for stage in STAGES})
-        self._best_error: dict[str, list[torch.Tensor]] = {stage: [] for stage in STAGES}
-        self._targets: dict[str, list[torch.Tensor]] = {stage: [] for stage in STAGES}
+        # Gathered over the processes like the metrics, so that the loss, the best
+        # achievable error and the baselines are those of the whole split too.
+        self.losses = nn.ModuleDict({stage: BatchMean() for stage in STAGES})
+        self.best_errors = nn.ModuleDict({stage: CatMetric(nan_strategy="disable") for stage in STAGES})
+        self.targets = nn.ModuleDict({stage: CatMetric(nan_strategy="disable") for stage in STAGES})
 
     @property
     def label_center(self) -> float | None:
@@ -144,10 +148,10 @@ class BaseTask(pl.LightningModule):
 
     def _evaluate(self, batch: dict, stage: str, preds: torch.Tensor | None = None) -> torch.Tensor:
         preds = self(batch) if preds is None else preds
-        self.log(f"{stage}/loss", self.loss_fn(preds, batch["label"]), batch_size=len(preds))
+        self.losses[stage].update(self.loss_fn(preds, batch["label"]), len(preds))
         self.metrics[stage].update(preds, batch["label"])
-        self._best_error[stage].append((batch["label"] - batch["clean_label"]).abs())
-        self._targets[stage].append(batch["label"].detach())
+        self.best_errors[stage].update((batch["label"] - batch["clean_label"]).abs())
+        self.targets[stage].update(batch["label"].detach())
         return preds
 
     def on_validation_epoch_end(self) -> None:
@@ -158,18 +162,35 @@ class BaseTask(pl.LightningModule):
 
     def _log_epoch_metrics(self, stage: str) -> None:
         for name, value in self.metrics[stage].compute().items():
-            self.log(name, value, prog_bar=name in (f"{stage}/MAE", f"{stage}/Corr"))
+            self.log_gathered(name, value, prog_bar=name in (f"{stage}/MAE", f"{stage}/Corr"))
         self.metrics[stage].reset()
-        errors = self._best_error[stage]
-        if errors:
-            best = torch.cat(errors).mean().item()
-            if math.isfinite(best):
-                self.log(f"{stage}/best_achievable_MAE", best)
-        self._best_error[stage] = []
-        targets, self._targets[stage] = self._targets[stage], []
-        if targets and self.label_statistics is not None:
-            for name, value in baseline_metrics(self.label_statistics, torch.cat(targets)).items():
-                self.log(f"{stage}/baseline/{name}", value)
+        if not self.targets[stage].update_called:
+            return
+        self.log_gathered(f"{stage}/loss", self.losses[stage].compute())
+        self.losses[stage].reset()
+        best = self.best_errors[stage].compute().mean().item()
+        if math.isfinite(best):
+            self.log_gathered(f"{stage}/best_achievable_MAE", best)
+        targets = self.targets[stage].compute()
+        self.best_errors[stage].reset()
+        self.targets[stage].reset()
+        if self.label_statistics is not None:
+            for name, value in baseline_metrics(self.label_statistics, targets).items():
+                self.log_gathered(f"{stage}/baseline/{name}", value)
+
+    def log_gathered(self, name: str, value: float | torch.Tensor, prog_bar: bool = False) -> None:
+        """Logs an epoch value computed from states gathered over every process.
+
+        Every process holds the same value, so the cross-process reduction is a
+        maximum, which keeps it exact (a mean of equal floats may not be), and
+        Lightning does not warn about an unsynchronised epoch value.
+
+        Args:
+            name (str): The metric's name.
+            value (float | torch.Tensor): The value, the same in every process.
+            prog_bar (bool): Show it in the progress bar.
+        """
+        self.log(name, value, prog_bar=prog_bar, sync_dist=True, reduce_fx="max")
 
     def checkpoint_meta(self) -> dict:
         """dict: What a checkpoint records about the task (under ``META_KEY``), for the

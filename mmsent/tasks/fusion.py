@@ -227,9 +227,9 @@ class FusionTask(BaseTask):
         for modality, metric in self.ablation.items():
             without = metric.compute()
             metric.reset()
-            self.log(f"test/without_{modality}/MAE", without["MAE"])
-            self.log(f"test/without_{modality}/Corr", without["Corr"])
-            self.log(f"test/contribution/{modality}", without["MAE"] - full_mae)
+            self.log_gathered(f"test/without_{modality}/MAE", without["MAE"])
+            self.log_gathered(f"test/without_{modality}/Corr", without["Corr"])
+            self.log_gathered(f"test/contribution/{modality}", without["MAE"] - full_mae)
 
     def checkpoint_meta(self) -> dict:
         return {"task": "fusion", "encoder_configs": {m: encoder_config(e) for m, e in self.model.encoders.items()},
