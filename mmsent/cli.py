@@ -10,9 +10,10 @@ from typing import Any
 import pytorch_lightning as pl
 from jsonargparse import ArgumentError, Namespace
 from lightning_fabric.plugins import CheckpointIO
-from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, LearningRateMonitor
 from pytorch_lightning.cli import LightningCLI
 
+from mmsent.callbacks.checkpoint import LastEpochCheckpoint
 from mmsent.callbacks.random_state import RandomState
 from mmsent.data.datamodule import MultimodalDataModule
 from mmsent.data.schema import MODALITIES
@@ -54,7 +55,7 @@ class MMSentCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.input_dims", "model.init_args.input_dims", apply_on="instantiate")
         parser.link_arguments("data.label_statistics", "model.init_args.label_statistics", apply_on="instantiate")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(LastEpochCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": MONITOR,
             "checkpoint.mode": "min",

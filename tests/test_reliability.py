@@ -77,6 +77,18 @@ def test_a_checkpoint_write_cut_short_leaves_the_previous_one_intact(tiny_data_a
     assert [p.name for p in tmp_path.glob("*ckpt*")] == ["last.ckpt"], "no temporary file is left"
 
 
+def test_last_checkpoint_holds_the_last_epoch_even_without_a_new_best(tiny_data_args, tmp_path):
+    audio = str(CONF.parent.parent / "pipelines" / "quickstart" / "2_audio.yaml")
+    cli = build_cli([*tiny_data_args, "-c", audio, "--trainer.max_epochs=3", "--trainer.limit_train_batches=1",
+                     "--checkpoint.monitor=epoch"], run=False)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    callback = cli.trainer.checkpoint_callback
+    assert torch.load(callback.best_model_path, weights_only=True)["epoch"] == 0, "only epoch 0 is the best"
+    last = torch.load(callback.last_model_path, weights_only=True)
+    assert last["epoch"] == 2 and last["global_step"] == 3
+    assert any(key.startswith("ModelCheckpoint{") for key in last["callbacks"]), "the state key stays Lightning's"
+
+
 def test_a_resume_skips_an_unreadable_last_checkpoint_for_the_newest_readable_one(tmp_path, capsys):
     folder = tmp_path / "out" / "fusion" / "checkpoints"
     folder.mkdir(parents=True)

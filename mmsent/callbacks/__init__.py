@@ -1,5 +1,6 @@
 """Lightning callbacks."""
 
+from mmsent.callbacks.checkpoint import LastEpochCheckpoint
 from mmsent.callbacks.compile import CompileParts
 from mmsent.callbacks.dropout import EpochDropoutCallback
 from mmsent.callbacks.pretraining import LayerwisePretraining
@@ -9,6 +10,7 @@ from mmsent.callbacks.selection import ModalitySelection
 __all__ = [
     "CompileParts",
     "EpochDropoutCallback",
+    "LastEpochCheckpoint",
     "LayerwisePretraining",
     "ModalitySelection",
     "SaddlePointMonitor",

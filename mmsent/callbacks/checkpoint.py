@@ -1,0 +1,39 @@
+"""Lightning's ModelCheckpoint with a ``last.ckpt`` that really is the last epoch."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+
+class LastEpochCheckpoint(ModelCheckpoint):
+    """A :class:`~pytorch_lightning.callbacks.ModelCheckpoint` that writes ``last.ckpt``
+    after every validation, not only when a new best checkpoint is saved.
+
+    Lightning 2.6 saves the last checkpoint only in a step that also saved a top-k one,
+    so with ``save_top_k: 1`` its ``last.ckpt`` is the best epoch: a run stopped after
+    a few epochs without improvement resumed from the best epoch and trained those
+    epochs again, and ``--ckpt_path=last.ckpt`` evaluated the best weights, not the
+    last. The callback state is stored under ModelCheckpoint's key, so checkpoints
+    written with either class resume with either.
+    """
+
+    @property
+    def state_key(self) -> str:
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missed(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missed(trainer)
+
+    def _save_last_if_missed(self, trainer: pl.Trainer) -> None:
+        """Writes ``last.ckpt`` when the step saved nothing and saving is not skipped."""
+        if (self.save_last and not self._should_skip_saving_checkpoint(trainer)
+                and self._last_global_step_saved != trainer.global_step):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
