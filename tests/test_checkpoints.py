@@ -86,6 +86,20 @@ def test_a_checkpoint_without_a_record_needs_a_configured_encoder(unimodal, tmp_
         FusionTask(input_dims=INPUT_DIMS)
 
 
+def test_a_record_from_before_an_argument_existed_matches_that_argument_at_its_default(unimodal, tmp_path):
+    checkpoint = torch.load(unimodal["audio"], weights_only=True)
+    del checkpoint[META_KEY]["encoder_config"]["init_args"]["swapout_samples"]  # at its default, 0
+    older = tmp_path / "older.ckpt"
+    torch.save(checkpoint, older)
+    FusionTask(audio_encoder=AUDIO, audio_checkpoint=str(older), input_dims=INPUT_DIMS)
+    with pytest.raises(ValueError, match=r"\(in residual"):
+        FusionTask(audio_encoder=partial(AUDIO, residual=True), audio_checkpoint=str(older), input_dims=INPUT_DIMS)
+    del checkpoint[META_KEY]["encoder_config"]["init_args"]["dropout"]  # 0.2, the default
+    torch.save(checkpoint, older)
+    with pytest.raises(ValueError, match=r"\(in dropout"):
+        FusionTask(audio_encoder=partial(AUDIO, dropout=0.1), audio_checkpoint=str(older), input_dims=INPUT_DIMS)
+
+
 def test_the_generative_stage_builds_its_encoders_from_the_checkpoints(unimodal, tmp_path):
     task = GenerativeTask(partial(ConditionalVAE, latent_dim=2), text_checkpoint=unimodal["text"],
                           audio_checkpoint=unimodal["audio"], input_dims=INPUT_DIMS)

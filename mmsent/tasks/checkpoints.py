@@ -14,6 +14,7 @@ does configure must agree with every record it loads weights from.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -249,7 +250,7 @@ def _build_encoder(modality: str, factory: EncoderFactory | None, records: list[
         source, label = f"the {modality} encoder recorded in {path} ({what})", str(path)
     built = encoder_config(encoder) or {"class_path": class_path(encoder), "init_args": None}
     for what, path, config in records:
-        if config is not None and not _same_config(built, config):
+        if config is not None and not _same_config(built, config, type(encoder)):
             raise ConfigError(f"{key}: {source} differs from the one {path} ({what}) was saved "
                              f"with{_differences(built, config)}:\n"
                              f"  {label}: {json.dumps(built, default=repr)}\n"
@@ -258,11 +259,15 @@ def _build_encoder(modality: str, factory: EncoderFactory | None, records: list[
     return encoder
 
 
-def _same_config(built: dict, recorded: dict) -> bool:
+def _same_config(built: dict, recorded: dict, encoder_class: type) -> bool:
     # An encoder class that records no arguments can only be compared by class.
-    if built["init_args"] is None:
+    if built["init_args"] is None or built["class_path"] != recorded["class_path"]:
         return built["class_path"] == recorded["class_path"]
-    return built == recorded
+    # A record written before an argument existed lacks it; at its default it changes nothing.
+    defaults = {name: parameter.default for name, parameter in inspect.signature(encoder_class).parameters.items()}
+    added = {name: value for name, value in built["init_args"].items()
+             if name not in recorded["init_args"] and name in defaults and defaults[name] == value}
+    return built["init_args"] == {**added, **recorded["init_args"]}
 
 
 def _differences(built: dict, recorded: dict) -> str:
