@@ -125,3 +125,16 @@ def test_records_that_disagree_with_each_other_fail(unimodal, tmp_path):
     with pytest.raises(ValueError, match=r"the text encoder recorded in .*other.ckpt \(model.text_checkpoint\) "
                                          r"differs from the one .*fused.ckpt \(model.init_checkpoint\)"):
         FusionTask(text_checkpoint=other, init_checkpoint=fused, input_dims=INPUT_DIMS)
+
+
+def test_stage_5_can_keep_some_encoders_frozen(unimodal, tmp_path):
+    fused = FusionTask(text_checkpoint=unimodal["text"], audio_checkpoint=unimodal["audio"], input_dims=INPUT_DIMS)
+    path = save(fused, tmp_path / "fused.ckpt")
+    finetuned = FusionTask(init_checkpoint=path, freeze_encoders=["audio"], input_dims=INPUT_DIMS).train()
+    encoders = finetuned.model.encoders
+    assert not any(p.requires_grad for p in encoders["audio"].parameters())
+    assert all(p.requires_grad for p in encoders["text"].parameters())
+    assert not encoders["audio"].training and encoders["text"].training
+    assert [group["name"] for group in finetuned.param_groups()] == ["text", "fusion"]
+    with pytest.raises(ValueError, match=r"model.freeze_encoders names \['video'\]"):
+        FusionTask(init_checkpoint=path, freeze_encoders=["video"], input_dims=INPUT_DIMS)
