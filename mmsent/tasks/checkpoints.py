@@ -14,7 +14,6 @@ does configure must agree with every record it loads weights from.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -24,7 +23,7 @@ from torch import nn
 
 from mmsent.data.schema import MODALITIES
 from mmsent.errors import ConfigError
-from mmsent.models.config import build_module, class_path, module_config
+from mmsent.models.config import build_module, class_path, matches_record, module_config
 from mmsent.models.generative import GENERATORS, EmbeddingGenerator
 from mmsent.tasks.checkpoint_io import load_weights_only
 
@@ -261,13 +260,9 @@ def _build_encoder(modality: str, factory: EncoderFactory | None, records: list[
 
 def _same_config(built: dict, recorded: dict, encoder_class: type) -> bool:
     # An encoder class that records no arguments can only be compared by class.
-    if built["init_args"] is None or built["class_path"] != recorded["class_path"]:
+    if built["init_args"] is None:
         return built["class_path"] == recorded["class_path"]
-    # A record written before an argument existed lacks it; at its default it changes nothing.
-    defaults = {name: parameter.default for name, parameter in inspect.signature(encoder_class).parameters.items()}
-    added = {name: value for name, value in built["init_args"].items()
-             if name not in recorded["init_args"] and name in defaults and defaults[name] == value}
-    return built["init_args"] == {**added, **recorded["init_args"]}
+    return matches_record(built, recorded, encoder_class)
 
 
 def _differences(built: dict, recorded: dict) -> str:
