@@ -253,7 +253,7 @@ def test_learning_rates_are_logged_per_group_once_an_epoch(tiny_data_args, tmp_p
     main(["fit", "-c", STAGE_CONFIGS["audio"], *tiny_data_args, *SHORT, "--trainer.max_epochs=2", *csv])
     rows = list(csv_module.DictReader(next((tmp_path / "csv").rglob("metrics.csv")).open()))
     logged = [{k: float(v) for k, v in row.items() if k.startswith("lr-Adam/") and v} for row in rows]
-    assert [rates for rates in logged if rates] == [{"lr-Adam/audio": 0.002, "lr-Adam/head": 0.002}] * 2
+    assert [rates for rates in logged if rates] == [{"lr-Adam/audio": 0.0003, "lr-Adam/head": 0.0003}] * 2
     # Without a logger (the tiny configs' trainer.logger: false) the monitor stands aside.
     cli = build_cli(["-c", STAGE_CONFIGS["audio"], *tiny_data_args, *SHORT], run=False)
     assert not cli.trainer.loggers
