@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mmsent.data.schema import MODALITIES
 from mmsent.errors import ConfigError
 from mmsent.metrics import SentimentMetrics
 from mmsent.models.config import module_config
@@ -246,6 +247,9 @@ class FusionTask(BaseTask):
 def frozen_modalities(freeze_encoders: bool | list[str], modalities: list[str]) -> list[str]:
     """The modalities whose encoders a fused stage keeps frozen.
 
+    A modality the data lacks may be named, so one stage config serves datasets with
+    and without it.
+
     Args:
         freeze_encoders (bool | list[str]): ``model.freeze_encoders``: all, none, or
             the named modalities.
@@ -255,13 +259,13 @@ def frozen_modalities(freeze_encoders: bool | list[str], modalities: list[str]) 
         list[str]: The frozen ones, in the model's order.
 
     Raises:
-        ConfigError: If a named modality is not fused.
+        ConfigError: If a name is not a modality at all.
     """
     if isinstance(freeze_encoders, bool):
         return list(modalities) if freeze_encoders else []
-    unknown = sorted(set(freeze_encoders) - set(modalities))
+    unknown = sorted(set(freeze_encoders) - set(MODALITIES))
     if unknown:
-        raise ConfigError(f"model.freeze_encoders names {unknown}, not among the fused modalities {modalities}")
+        raise ConfigError(f"model.freeze_encoders names {unknown}, not among the modalities {list(MODALITIES)}")
     return [m for m in modalities if m in freeze_encoders]
 
 
