@@ -86,6 +86,20 @@ def test_a_checkpoint_without_a_record_needs_a_configured_encoder(unimodal, tmp_
         FusionTask(input_dims=INPUT_DIMS)
 
 
+def test_a_record_from_before_an_argument_existed_matches_that_argument_at_its_default(unimodal, tmp_path):
+    checkpoint = torch.load(unimodal["audio"], weights_only=True)
+    del checkpoint[META_KEY]["encoder_config"]["init_args"]["swapout_samples"]  # at its default, 0
+    older = tmp_path / "older.ckpt"
+    torch.save(checkpoint, older)
+    FusionTask(audio_encoder=AUDIO, audio_checkpoint=str(older), input_dims=INPUT_DIMS)
+    with pytest.raises(ValueError, match=r"\(in residual"):
+        FusionTask(audio_encoder=partial(AUDIO, residual=True), audio_checkpoint=str(older), input_dims=INPUT_DIMS)
+    del checkpoint[META_KEY]["encoder_config"]["init_args"]["dropout"]  # 0.2, the default
+    torch.save(checkpoint, older)
+    with pytest.raises(ValueError, match=r"\(in dropout"):
+        FusionTask(audio_encoder=partial(AUDIO, dropout=0.1), audio_checkpoint=str(older), input_dims=INPUT_DIMS)
+
+
 def test_the_generative_stage_builds_its_encoders_from_the_checkpoints(unimodal, tmp_path):
     task = GenerativeTask(partial(ConditionalVAE, latent_dim=2), text_checkpoint=unimodal["text"],
                           audio_checkpoint=unimodal["audio"], input_dims=INPUT_DIMS)
@@ -111,3 +125,18 @@ def test_records_that_disagree_with_each_other_fail(unimodal, tmp_path):
     with pytest.raises(ValueError, match=r"the text encoder recorded in .*other.ckpt \(model.text_checkpoint\) "
                                          r"differs from the one .*fused.ckpt \(model.init_checkpoint\)"):
         FusionTask(text_checkpoint=other, init_checkpoint=fused, input_dims=INPUT_DIMS)
+
+
+def test_stage_5_can_keep_some_encoders_frozen(unimodal, tmp_path):
+    fused = FusionTask(text_checkpoint=unimodal["text"], audio_checkpoint=unimodal["audio"], input_dims=INPUT_DIMS)
+    path = save(fused, tmp_path / "fused.ckpt")
+    finetuned = FusionTask(init_checkpoint=path, freeze_encoders=["audio"], input_dims=INPUT_DIMS).train()
+    encoders = finetuned.model.encoders
+    assert not any(p.requires_grad for p in encoders["audio"].parameters())
+    assert all(p.requires_grad for p in encoders["text"].parameters())
+    assert not encoders["audio"].training and encoders["text"].training
+    assert [group["name"] for group in finetuned.param_groups()] == ["text", "fusion"]
+    # A modality the data lacks may be named (one config for data with and without it).
+    assert FusionTask(init_checkpoint=path, freeze_encoders=["video"], input_dims=INPUT_DIMS).frozen == []
+    with pytest.raises(ValueError, match=r"model.freeze_encoders names \['vision'\]"):
+        FusionTask(init_checkpoint=path, freeze_encoders=["vision"], input_dims=INPUT_DIMS)

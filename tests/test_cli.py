@@ -89,15 +89,17 @@ def test_finetune_uses_one_sgd_group_per_modality(tiny_data_args, unimodal_check
     optimizer = cli.model.configure_optimizers()["optimizer"]
     assert isinstance(optimizer, torch.optim.SGD)
     groups = {g["name"]: g for g in optimizer.param_groups}
-    assert set(groups) == {"text", "audio", "video", "fusion"}
+    assert set(groups) == {"text", "audio", "fusion"}  # the video encoder stays frozen
     with open(f"{QUICKSTART}/5_finetune.yaml") as stream:
         settings = yaml.safe_load(stream)["model"]["init_args"]["param_groups"]
     for name, group in groups.items():
         assert group["lr"] == settings[name]["lr"]
         assert group["nesterov"] is True
     frozen = {name for name, p in cli.model.named_parameters() if not p.requires_grad}
-    # Everything trains except the word-piece table that the text encoder's config freezes.
-    assert frozen == {"model.encoders.text.embed.weight"}
+    video = {name for name, _ in cli.model.named_parameters() if name.startswith("model.encoders.video.")}
+    # Everything trains except the word-piece table that the text encoder's config freezes
+    # and the video encoder, which the stage keeps frozen.
+    assert video and frozen == {"model.encoders.text.embed.weight", *video}
 
 
 def test_same_seed_gives_the_same_fused_weights(tiny_data_args, unimodal_checkpoints, tmp_path):
@@ -251,7 +253,7 @@ def test_learning_rates_are_logged_per_group_once_an_epoch(tiny_data_args, tmp_p
     main(["fit", "-c", STAGE_CONFIGS["audio"], *tiny_data_args, *SHORT, "--trainer.max_epochs=2", *csv])
     rows = list(csv_module.DictReader(next((tmp_path / "csv").rglob("metrics.csv")).open()))
     logged = [{k: float(v) for k, v in row.items() if k.startswith("lr-Adam/") and v} for row in rows]
-    assert [rates for rates in logged if rates] == [{"lr-Adam/audio": 0.002, "lr-Adam/head": 0.002}] * 2
+    assert [rates for rates in logged if rates] == [{"lr-Adam/audio": 0.0003, "lr-Adam/head": 0.0003}] * 2
     # Without a logger (the tiny configs' trainer.logger: false) the monitor stands aside.
     cli = build_cli(["-c", STAGE_CONFIGS["audio"], *tiny_data_args, *SHORT], run=False)
     assert not cli.trainer.loggers

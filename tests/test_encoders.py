@@ -96,6 +96,46 @@ def test_frame_baseline_is_blind_to_frame_order_and_c3d_is_not():
     assert not torch.allclose(c3d(video), c3d(reversed_video), atol=1e-5)
 
 
+def test_c3d_temporal_bins_keep_the_order_of_events():
+    torch.manual_seed(0)
+    encoder = Visual3DCNNEncoder(widths=[4, 8], temporal_bins=2, out_dim=3).eval()
+    assert encoder.project.in_features == 8 * 2
+
+    def bins(video):  # (channels, bin): the backbone flattens channel-major
+        return encoder.backbone(video).view(8, 2)
+
+    # A bright blob early in the clip shows in the first bin only, late in the second only.
+    empty, early, late = (torch.zeros(1, 3, 8, 16, 16) for _ in range(3))
+    early[:, :, 1, 6:10, 6:10] = 3.0
+    late[:, :, 6, 6:10, 6:10] = 3.0
+    assert torch.allclose(bins(early)[:, 1], bins(empty)[:, 1])
+    assert not torch.allclose(bins(early)[:, 0], bins(empty)[:, 0])
+    assert torch.allclose(bins(late)[:, 0], bins(empty)[:, 0])
+    assert not torch.allclose(bins(late)[:, 1], bins(empty)[:, 1])
+    assert encoder(torch.randn(2, 3, 8, 32, 32)).shape == (2, 3)
+    with pytest.raises(ValueError, match="temporal_bins"):
+        Visual3DCNNEncoder(temporal_bins=0)
+    with pytest.raises(ValueError, match="c3d"):
+        Visual3DCNNEncoder(backbone="r3d_18", temporal_bins=2)
+
+
+def test_c3d_motion_input_ignores_what_stands_still():
+    torch.manual_seed(0)
+    encoder = Visual3DCNNEncoder(widths=[4, 8], motion_input=True, out_dim=3).eval()
+    first_conv = encoder.backbone[0][0]
+    assert first_conv.in_channels == 6
+    with torch.no_grad():
+        first_conv.weight[:, :3] = 0.0  # only the motion channels are left
+    still = torch.randn(2, 3, 1, 16, 16).expand(2, 3, 8, 16, 16)
+    moving = still.clone()
+    moving[:, :, 4:, 4:8, 4:8] += 1.0
+    # Two different still clips look alike once the frames themselves are ignored.
+    assert torch.allclose(encoder(still[:1]), encoder(still[1:]), atol=1e-5)
+    assert not torch.allclose(encoder(moving[:1]), encoder(still[:1]), atol=1e-5)
+    with pytest.raises(ValueError, match="c3d"):
+        Visual3DCNNEncoder(backbone="r3d_18", motion_input=True)
+
+
 def test_torchvision_backbone_is_selectable():
     encoder = Visual3DCNNEncoder(backbone="r2plus1d_18", out_dim=5).eval()
     assert encoder(torch.randn(1, 3, 4, 32, 32)).shape == (1, 5)

@@ -15,6 +15,7 @@ Each network also saves and loads itself alone in the Hugging Face layout
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 from pathlib import Path
 
@@ -74,6 +75,27 @@ def module_config(module: nn.Module, leave_out: tuple[str, ...] = ()) -> dict | 
         return None
     return {"class_path": class_path(module),
             "init_args": {k: v for k, v in recorded.items() if k not in leave_out}}
+
+
+def matches_record(config: dict, recorded: dict, module_class: type) -> bool:
+    """Whether a module's :func:`module_config` matches one recorded earlier.
+
+    A record written before an argument existed lacks it; it matches a module that
+    holds that argument at its default, which builds the same module the record did.
+
+    Args:
+        config (dict): The module's ``{"class_path": ..., "init_args": ...}``.
+        recorded (dict): The recorded one.
+        module_class (type): The module's class, whose signature gives the defaults.
+
+    Returns:
+        bool: Whether both name the same class with the same arguments.
+    """
+    if config["class_path"] != recorded["class_path"]:
+        return False
+    params = inspect.signature(module_class).parameters
+    defaults = {n: v for n, v in config["init_args"].items() if n in params and params[n].default == v}
+    return config["init_args"] == {**defaults, **recorded["init_args"]}
 
 
 def build_module(config: dict, *args, what: str = "config") -> nn.Module:

@@ -36,7 +36,8 @@ def conv3d_block(in_channels: int, out_channels: int, pool: tuple[int, int, int]
 GLOBAL_POOLS = ("max", "avg")
 
 
-def compact_c3d(in_channels: int, widths: list[int], global_pool: str = "max") -> nn.Sequential:
+def compact_c3d(in_channels: int, widths: list[int], global_pool: str = "max",
+                temporal_bins: int = 1) -> nn.Sequential:
     """A C3D-style stack small enough to train on a CPU.
 
     The first block pools space only, as C3D does, so early layers keep the temporal
@@ -49,22 +50,33 @@ def compact_c3d(in_channels: int, widths: list[int], global_pool: str = "max") -
         in_channels (int): Input channels (3 for RGB).
         widths (list[int]): Channels of each block.
         global_pool (str): ``"max"`` or ``"avg"`` over the last block's positions.
+        temporal_bins (int): The last block's time axis is pooled into this many
+            ordered bins instead of one, and the bins are concatenated: with more
+            than one, what follows sees *when* a feature fired, so the direction of
+            a movement (a feature early versus late) is a linear read-out.
 
     Returns:
-        nn.Sequential: Blocks ending in global pooling, output ``(B, widths[-1])``.
+        nn.Sequential: Blocks ending in global pooling, output
+        ``(B, widths[-1] * temporal_bins)``.
+
+    Raises:
+        ValueError: If ``temporal_bins`` is below 1.
     """
+    if temporal_bins < 1:
+        raise ValueError(f"temporal_bins must be at least 1, got {temporal_bins!r}")
     blocks, channels = [], in_channels
     for index, width in enumerate(widths):
         blocks.append(conv3d_block(channels, width, (1, 2, 2) if index == 0 else (2, 2, 2)))
         channels = width
-    return nn.Sequential(*blocks, _global_pool(global_pool, 3), nn.Flatten())
+    return nn.Sequential(*blocks, _global_pool(global_pool, 3, temporal_bins), nn.Flatten())
 
 
-def _global_pool(kind: str, dims: int) -> nn.Module:
+def _global_pool(kind: str, dims: int, temporal_bins: int = 1) -> nn.Module:
     if kind not in GLOBAL_POOLS:
         raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {kind!r}")
     if dims == 3:
-        return nn.AdaptiveMaxPool3d(1) if kind == "max" else nn.AdaptiveAvgPool3d(1)
+        size = (temporal_bins, 1, 1)
+        return nn.AdaptiveMaxPool3d(size) if kind == "max" else nn.AdaptiveAvgPool3d(size)
     return nn.AdaptiveMaxPool2d(1) if kind == "max" else nn.AdaptiveAvgPool2d(1)
 
 
@@ -99,6 +111,12 @@ class Visual3DCNNEncoder(nn.Module, HubMixin):
             network (``"r3d_18"``, ``"mc3_18"``, ``"r2plus1d_18"``) for GPUs.
         widths (list[int]): Channels of the compact network's blocks.
         global_pool (str): The compact network's final pooling, ``"max"`` or ``"avg"``.
+        temporal_bins (int): Ordered time bins the compact network's final pooling
+            keeps (see :func:`compact_c3d`); 1 pools time away with space.
+        motion_input (bool): Give the compact network, besides each frame, the
+            frame minus the clip's mean frame as extra channels: what stays still
+            (background, face, lighting) cancels there and only what moves is left,
+            a cheap motion stream in the spirit of two-stream networks.
         out_dim (int): Size of the returned embedding.
         dropout (float): Dropout before the projection.
         dropout_kind (str): A kind accepted by :func:`make_dropout`.
@@ -119,6 +137,8 @@ class Visual3DCNNEncoder(nn.Module, HubMixin):
         backbone: str = "c3d",
         widths: list[int] | None = None,
         global_pool: str = "max",
+        temporal_bins: int = 1,
+        motion_input: bool = False,
         out_dim: int = 64,
         dropout: float = 0.2,
         dropout_kind: str = "bernoulli",
@@ -131,9 +151,15 @@ class Visual3DCNNEncoder(nn.Module, HubMixin):
         # weights, so its record must not need the 2D file.
         del self.config["inflate_from"]
         self.out_dim = out_dim
+        self.motion_input = motion_input
         if backbone == "c3d":
             widths = [16, 32, 64] if widths is None else list(widths)
-            self.backbone, features = compact_c3d(input_dim, widths, global_pool), widths[-1]
+            channels = 2 * input_dim if motion_input else input_dim
+            self.backbone = compact_c3d(channels, widths, global_pool, temporal_bins)
+            features = widths[-1] * temporal_bins
+        elif temporal_bins != 1 or motion_input:
+            raise ValueError("temporal_bins and motion_input apply to backbone 'c3d' only, "
+                             f"got backbone {backbone!r}")
         else:
             self.backbone, features = torchvision_backbone(backbone)
         if inflate_from is not None:
@@ -155,6 +181,8 @@ class Visual3DCNNEncoder(nn.Module, HubMixin):
         Returns:
             torch.Tensor: Shape ``(B, out_dim)``.
         """
+        if self.motion_input:
+            video = torch.cat([video, video - video.mean(2, keepdim=True)], dim=1)
         video = video.contiguous(memory_format=self.memory_format)
         return self.project(self.dropout(self.backbone(video)))
 

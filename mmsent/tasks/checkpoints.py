@@ -23,7 +23,7 @@ from torch import nn
 
 from mmsent.data.schema import MODALITIES
 from mmsent.errors import ConfigError
-from mmsent.models.config import build_module, class_path, module_config
+from mmsent.models.config import build_module, class_path, matches_record, module_config
 from mmsent.models.generative import GENERATORS, EmbeddingGenerator
 from mmsent.tasks.checkpoint_io import load_weights_only
 
@@ -249,7 +249,7 @@ def _build_encoder(modality: str, factory: EncoderFactory | None, records: list[
         source, label = f"the {modality} encoder recorded in {path} ({what})", str(path)
     built = encoder_config(encoder) or {"class_path": class_path(encoder), "init_args": None}
     for what, path, config in records:
-        if config is not None and not _same_config(built, config):
+        if config is not None and not _same_config(built, config, type(encoder)):
             raise ConfigError(f"{key}: {source} differs from the one {path} ({what}) was saved "
                              f"with{_differences(built, config)}:\n"
                              f"  {label}: {json.dumps(built, default=repr)}\n"
@@ -258,11 +258,11 @@ def _build_encoder(modality: str, factory: EncoderFactory | None, records: list[
     return encoder
 
 
-def _same_config(built: dict, recorded: dict) -> bool:
+def _same_config(built: dict, recorded: dict, encoder_class: type) -> bool:
     # An encoder class that records no arguments can only be compared by class.
     if built["init_args"] is None:
         return built["class_path"] == recorded["class_path"]
-    return built == recorded
+    return matches_record(built, recorded, encoder_class)
 
 
 def _differences(built: dict, recorded: dict) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mmsent.data.schema import MODALITIES
 from mmsent.errors import ConfigError
 from mmsent.metrics import SentimentMetrics
 from mmsent.models.config import module_config
@@ -38,8 +39,8 @@ class FusionTask(BaseTask):
     unimodal checkpoint; frozen encoders also stay in eval mode, so batch norm
     statistics and dropout do not drift while the head learns. Stage 5 builds and
     loads the whole stage-4 model from ``init_checkpoint``, unfreezes everything
-    (except what an encoder's own config freezes, such as ``freeze_embeddings``) and
-    trains with plain SGD, one parameter group per modality plus ``fusion`` (fusion
+    (except what an encoder's own config freezes, such as ``freeze_embeddings``, and
+    the encoders ``freeze_encoders`` names) and trains with plain SGD, one parameter group per modality plus ``fusion`` (fusion
     module and head). Neither names the encoders: the checkpoints record them (see
     :func:`mmsent.tasks.checkpoints.build_encoders`).
 
@@ -72,7 +73,11 @@ class FusionTask(BaseTask):
             only when that checkpoint is set (evaluating a saved fused model needs
             none), and not with ``init_checkpoint``, which brings its own head and
             records which modality it came from.
-        freeze_encoders (bool): Train only the fusion module and head.
+        freeze_encoders (bool | list[str]): Train only the fusion module and head
+            (true), every encoder too (false), or all but the listed modalities'
+            encoders, which stay frozen and in eval mode: a slow encoder that already
+            recovers its cue (a 3D-CNN) can stay as it is while the others learn from
+            the fused error, and fine-tuning skips its backward pass.
         modality_dropout (float): Probability of dropping each modality per sample.
         generator_checkpoint (str | None): A generative stage's checkpoint; needs
             ``freeze_encoders``, since its samples live in the frozen encoders' space.
@@ -89,7 +94,8 @@ class FusionTask(BaseTask):
                  text_checkpoint: str | None = None, audio_checkpoint: str | None = None,
                  video_checkpoint: str | None = None, init_checkpoint: str | None = None,
                  fusion: Callable[[dict], nn.Module] = ConcatFusion, head_hidden: int = 0,
-                 head_from: str | None = None, freeze_encoders: bool = True, modality_dropout: float = 0.0,
+                 head_from: str | None = None, freeze_encoders: bool | list[str] = True,
+                 modality_dropout: float = 0.0,
                  generator_checkpoint: str | None = None, generated_ratio: float = 0.0,
                  generated_scores: str = "train", **kwargs) -> None:
         super().__init__(**kwargs)
@@ -108,9 +114,10 @@ class FusionTask(BaseTask):
         elif self.head_modality and checkpoints[self.head_modality]:
             load_head(self.model.head, self.head_modality, checkpoints[self.head_modality],
                       f"model.{self.head_modality}_checkpoint")
-        self.freeze_encoders = freeze_encoders
-        if freeze_encoders:
-            self.model.encoders.requires_grad_(False)
+        self.frozen = frozen_modalities(freeze_encoders, list(encoders))
+        self.freeze_encoders = self.frozen == list(encoders)
+        for modality in self.frozen:
+            self.model.encoders[modality].requires_grad_(False)
         # Otherwise each encoder keeps what its own config froze (e.g. freeze_embeddings).
         self.ablation = nn.ModuleDict({m: SentimentMetrics() for m in encoders})
         self.generated_ratio = generated_ratio
@@ -172,8 +179,8 @@ class FusionTask(BaseTask):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if self.freeze_encoders:
-            self.model.encoders.eval()
+        for modality in self.frozen:
+            self.model.encoders[modality].eval()
         if self.generator is not None:
             self.generator.eval()
         return self
@@ -235,6 +242,31 @@ class FusionTask(BaseTask):
         return {"task": "fusion", "encoder_configs": {m: encoder_config(e) for m, e in self.model.encoders.items()},
                 "unimodal": {**self.unimodal, "head_modality": self.head_modality},
                 "fusion_config": module_config(self.model.fusion), "head_config": module_config(self.model.head)}
+
+
+def frozen_modalities(freeze_encoders: bool | list[str], modalities: list[str]) -> list[str]:
+    """The modalities whose encoders a fused stage keeps frozen.
+
+    A modality the data lacks may be named, so one stage config serves datasets with
+    and without it.
+
+    Args:
+        freeze_encoders (bool | list[str]): ``model.freeze_encoders``: all, none, or
+            the named modalities.
+        modalities (list[str]): The fused model's modalities.
+
+    Returns:
+        list[str]: The frozen ones, in the model's order.
+
+    Raises:
+        ConfigError: If a name is not a modality at all.
+    """
+    if isinstance(freeze_encoders, bool):
+        return list(modalities) if freeze_encoders else []
+    unknown = sorted(set(freeze_encoders) - set(MODALITIES))
+    if unknown:
+        raise ConfigError(f"model.freeze_encoders names {unknown}, not among the modalities {list(MODALITIES)}")
+    return [m for m in modalities if m in freeze_encoders]
 
 
 def build_fusion(factory: Callable[..., nn.Module], dims: dict[str, int], primary: str | None) -> nn.Module:
