@@ -120,7 +120,7 @@ def test_config_holds_the_resolved_stage_config_and_hyperparameters(offline_pipe
     assert text["data"]["batch_size"] == 8
     assert text["modality"] == "text" and text["loss"] == "l1"
     assert finetune["model"]["init_args"]["optimizer"]["class_path"] == "torch.optim.SGD"
-    assert finetune["freeze_encoders"] is False
+    assert finetune["freeze_encoders"] == ["video"], "the quickstart fine-tunes text and audio, video stays frozen"
     assert finetune["init_checkpoint"] == manifest["stages"]["fusion"]["best_checkpoint"]
 
 
