@@ -65,7 +65,8 @@ def prepare_cache(cache_dir: str) -> None:
     cli.datamodule.prepare_data()
 
 
-def run_seed(seed: int, output_dir: Path, cache_dir: str, extra: tuple[str, ...] = ()) -> dict:
+def run_seed(seed: int, output_dir: Path, cache_dir: str, extra: tuple[str, ...] = (),
+             pipeline: Path = PIPELINE) -> dict:
     """Runs (or resumes) the whole pipeline for one seed in its own process.
 
     Args:
@@ -73,11 +74,12 @@ def run_seed(seed: int, output_dir: Path, cache_dir: str, extra: tuple[str, ...]
         output_dir (Path): This seed's pipeline folder.
         cache_dir (str): The prepared dataset's cache folder.
         extra (tuple[str, ...]): Further arguments for every stage.
+        pipeline (Path): The pipeline file; its stages must be those of :data:`STAGES`.
 
     Returns:
         dict: The pipeline manifest.
     """
-    command = [sys.executable, "-m", "mmsent", "pipeline", "run", str(PIPELINE), "--no-wandb",
+    command = [sys.executable, "-m", "mmsent", "pipeline", "run", str(pipeline), "--no-wandb",
                "--output-dir", str(output_dir), "--", f"--seed_everything={seed}",
                "--trainer.enable_progress_bar=false", f"--data.cache_dir={cache_dir}", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -202,6 +204,32 @@ def cell(name: str, values: list[float]) -> str:
     return mean_std(scaled)
 
 
+def published_head() -> list[str]:
+    """list[str]: The Markdown table's header and the published rows."""
+    header = ["model", *METRICS, "val MAE", "time (s)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, (acc, mae, corr) in PUBLISHED.items():
+        row = {"Non0_acc_2": f"{acc:.2f}", "MAE": f"{mae:.3f}", "Corr": f"{corr:.3f}"}
+        lines.append("| " + " | ".join([f"{name} (MMSA, published)", *[row.get(m, "-") for m in METRICS],
+                                        "-", "-"]) + " |")
+    return lines
+
+
+def stage_row(label: str, stats: dict) -> str:
+    """One stage's Markdown row: test metrics, validation MAE and seconds, mean ± std over seeds.
+
+    Args:
+        label (str): The row's name.
+        stats (dict): The stage's entry of :func:`stage_results`.
+
+    Returns:
+        str: The row.
+    """
+    cells = [cell(m, stats["test"][m]) for m in METRICS]
+    return "| " + " | ".join([label, *cells, mean_std(stats["val"]["MAE"]),
+                              f"{statistics.mean(stats['seconds']):.0f}"]) + " |"
+
+
 def markdown(results: dict, ridge: dict, seeds: list[int]) -> str:
     """The results table in Markdown.
 
@@ -213,20 +241,12 @@ def markdown(results: dict, ridge: dict, seeds: list[int]) -> str:
     Returns:
         str: The table, test split, mean ± std over seeds.
     """
-    header = ["model", *METRICS, "val MAE", "time (s)"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, (acc, mae, corr) in PUBLISHED.items():
-        row = {"Non0_acc_2": f"{acc:.2f}", "MAE": f"{mae:.3f}", "Corr": f"{corr:.3f}"}
-        lines.append("| " + " | ".join([f"{name} (MMSA, published)", *[row.get(m, "-") for m in METRICS],
-                                        "-", "-"]) + " |")
+    lines = published_head()
     ridge_cells = [cell(m, [ridge["test"][m]]).split(" ±")[0] for m in METRICS]
     lines.append("| " + " | ".join([f"ridge on mean-pooled MiniLM (alpha {ridge['alpha']:g})",
                                     *ridge_cells, f"{ridge['val']['MAE']:.3f}", "-"]) + " |")
     for stage, label in [*STAGES.items(), *((s + UNGATED, STAGES[s] + UNGATED) for s in FUSED)]:
-        stats = results[stage]
-        cells = [cell(m, stats["test"][m]) for m in METRICS]
-        lines.append("| " + " | ".join([f"mmsent: {label}", *cells, mean_std(stats["val"]["MAE"]),
-                                        f"{statistics.mean(stats['seconds']):.0f}"]) + " |")
+        lines.append(stage_row(f"mmsent: {label}", results[stage]))
     comparisons = "\n".join(f"- {paired(results, stage)}" for stage in ("finetune", "finetune" + UNGATED))
     return "\n".join(lines) + f"\n\nTest split, mean ± std over seeds {seeds}.\n\n{comparisons}\n"
 

@@ -88,21 +88,34 @@ def _numeric_options(group: str, options: dict) -> dict:
     return converted
 
 
-def schedule_factor(schedule: dict | None) -> Callable[[int], float]:
-    """A learning-rate multiplier as a function of the epoch.
+def schedule_factor(schedule: dict | None, steps_per_epoch: int | None = None) -> Callable[[int], float]:
+    """A learning-rate multiplier as a function of the epoch, or of the optimizer step.
 
     Args:
         schedule (dict | None): ``{"name": "constant"}``, ``{"name": "step",
             "step_size": 5, "gamma": 0.5}``, ``{"name": "exponential", "gamma": 0.9}``
             or ``{"name": "cosine", "epochs": 20, "min_factor": 0.0}``, each with an
-            optional ``warmup`` (epochs of linear ramp-up).
+            optional ``warmup`` (epochs of linear ramp-up) or ``warmup_steps``
+            (optimizer steps of linear ramp-up: a pretrained transformer's first
+            steps at the full rate can undo its pretraining).
+        steps_per_epoch (int | None): Optimizer steps per epoch. Given, the multiplier
+            is a function of the step (the scheduler then steps after every batch),
+            with the schedule's decay still by epoch; ``warmup_steps`` needs it.
 
     Returns:
-        Callable[[int], float]: The multiplier for epoch ``e`` (0-based).
+        Callable[[int], float]: The multiplier for epoch ``e`` (0-based), or for step
+        ``s`` when ``steps_per_epoch`` is given.
+
+    Raises:
+        ValueError: If the name is unknown, or ``warmup_steps`` is set without
+            ``steps_per_epoch``.
     """
     schedule = dict(schedule or {"name": "constant"})
     name = schedule.pop("name", "constant")
     warmup = schedule.pop("warmup", 0)
+    warmup_steps = schedule.pop("warmup_steps", 0)
+    if warmup_steps and not steps_per_epoch:
+        raise ValueError("schedule warmup_steps needs the steps per epoch (a per-step scheduler)")
     if name not in SCHEDULES:
         raise ValueError(f"schedule name must be one of {SCHEDULES}, got {name!r}")
     if name == "step":
@@ -130,24 +143,60 @@ def schedule_factor(schedule: dict | None) -> Callable[[int], float]:
         ramp = min(1.0, (epoch + 1) / warmup) if warmup else 1.0
         return ramp * decay(epoch)
 
-    return factor
+    if not steps_per_epoch:
+        return factor
+
+    def per_step(step: int) -> float:
+        ramp = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+        return ramp * factor(step // steps_per_epoch)
+
+    return per_step
 
 
-def per_group_scheduler(optimizer: Optimizer, settings: dict[str, dict] | None) -> LambdaLR:
-    """A per-epoch scheduler applying each group's own schedule.
+def per_group_scheduler(optimizer: Optimizer, settings: dict[str, dict] | None,
+                        steps_per_epoch: int | None = None) -> LambdaLR:
+    """A scheduler applying each group's own schedule, per epoch or per step.
 
     Args:
         optimizer (Optimizer): Built from :func:`build_param_groups`.
         settings (dict[str, dict] | None): The same settings, read for ``schedule``.
+        steps_per_epoch (int | None): Optimizer steps per epoch, for a scheduler that
+            steps after every batch (see :func:`has_step_warmup`); None steps per epoch.
 
     Returns:
         LambdaLR: One multiplier function per group.
+
+    Raises:
+        ValueError: If a group's ``schedule.warmup_steps`` is not a whole number >= 0,
+            naming the key.
     """
     settings = settings or {}
-    factors = [schedule_factor(settings.get(g.get("name"), {}).get("schedule")) for g in optimizer.param_groups]
+    factors = []
+    for group in optimizer.param_groups:
+        schedule = dict(settings.get(group.get("name"), {}).get("schedule") or {"name": "constant"})
+        if "warmup_steps" in schedule:
+            schedule["warmup_steps"] = _whole_number(schedule["warmup_steps"],
+                                                     f"param_groups.{group.get('name')}.schedule.warmup_steps")
+        factors.append(schedule_factor(schedule, steps_per_epoch))
     return LambdaLR(optimizer, factors)
+
+
+def _whole_number(value, key: str) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = -1
+    if number < 0 or str(number) != str(value).strip():
+        raise ValueError(f"{key} must be a whole number of optimizer steps >= 0, got {value!r}")
+    return number
 
 
 def has_schedules(settings: dict[str, dict] | None) -> bool:
     """bool: Whether any group setting names a schedule."""
     return any("schedule" in options for options in (settings or {}).values())
+
+
+def has_step_warmup(settings: dict[str, dict] | None) -> bool:
+    """bool: Whether any group's schedule warms up by optimizer steps (``warmup_steps``),
+    which needs a scheduler that steps after every batch."""
+    return any((options.get("schedule") or {}).get("warmup_steps") for options in (settings or {}).values())

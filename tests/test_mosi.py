@@ -82,3 +82,12 @@ def test_mosi_pipeline_runs_every_stage(mosi_dir, tmp_path, monkeypatch):
     assert all(np.isfinite(row["test"]["MAE"]) for row in report["stages"])
     selection = {row["stage"]: row.get("selection") for row in report["stages"]}
     assert selection["fusion"]["kept"] and selection["finetune"]["handed_on"] in ("trained", "start")
+
+
+@pytest.mark.mosi
+def test_mosi_fine_tuned_text_stage_fast_dev_run(mosi_dir, tmp_path):
+    # The data are MiniLM's word-piece ids, which the fine-tuned MiniLM reads itself.
+    main(["fit", "-c", f"{MOSI}/base.yaml", "-c", "pipelines/mosi_finetuned_text/base.yaml",
+          "-c", "pipelines/mosi_finetuned_text/1_text.yaml", f"--data.source.init_args.root={mosi_dir}",
+          f"--data.cache_dir={tmp_path / 'cache'}", f"--trainer.default_root_dir={tmp_path / 'run'}",
+          "--trainer.fast_dev_run=1", "--trainer.logger=false"])

@@ -5,6 +5,7 @@ from mmsent.models.fusion import ConcatFusion, LowRankFusion, RegressionHead, Te
 from mmsent.models.generative import BiGAN, ConditionalAutoencoder, ConditionalGAN, ConditionalVAE
 from mmsent.models.late_fusion import LateFusionModel
 from mmsent.models.text import TextLSTMEncoder
+from mmsent.models.transformer_text import TransformerTextEncoder
 from mmsent.models.visual import FrameCNNEncoder, Visual3DCNNEncoder, VisualSequenceEncoder
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "RegressionHead",
     "TensorFusion",
     "TextLSTMEncoder",
+    "TransformerTextEncoder",
     "Visual3DCNNEncoder",
     "VisualSequenceEncoder",
 ]

@@ -17,7 +17,7 @@ from torchmetrics.aggregation import CatMetric
 
 from mmsent.data.schema import MODALITIES
 from mmsent.metrics import BatchMean, baseline_metrics, split_metrics
-from mmsent.optim import build_param_groups, has_schedules, per_group_scheduler
+from mmsent.optim import build_param_groups, has_schedules, has_step_warmup, per_group_scheduler
 from mmsent.regularization import Regularizer
 from mmsent.tasks.checkpoints import META_KEY, fill_rebuilt, omit_rebuilt
 
@@ -212,16 +212,26 @@ class BaseTask(pl.LightningModule):
         if not groups:
             raise ValueError("no trainable parameter: every part of the model is frozen")
         optimizer = self.optimizer_factory(groups)
+        interval = "epoch"
         if has_schedules(self.group_settings):
-            scheduler = per_group_scheduler(optimizer, self.group_settings)
+            steps = self._steps_per_epoch() if has_step_warmup(self.group_settings) else None
+            scheduler = per_group_scheduler(optimizer, self.group_settings, steps)
+            interval = "step" if steps else "epoch"
         elif self.scheduler_factory is not None:
             scheduler = self.scheduler_factory(optimizer)
         else:
             return optimizer
-        config = {"scheduler": scheduler, "interval": "epoch"}
+        config = {"scheduler": scheduler, "interval": interval}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = "val/MAE"
         return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def _steps_per_epoch(self) -> int:
+        self.trainer.estimated_stepping_batches  # noqa: B018 (sets up the training data)
+        batches = self.trainer.num_training_batches
+        if not math.isfinite(batches):
+            raise ValueError("param_groups: schedule warmup_steps needs a training set of known length")
+        return max(1, math.ceil(batches / self.trainer.accumulate_grad_batches))
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
