@@ -39,10 +39,10 @@ def model_card(config: dict, manifest: dict, rows: list[dict], stage: str,
         "---",
         f"# {manifest.get('pipeline', 'mmsent')}: multimodal sentiment model",
         "",
-        f"The fused model of stage `{stage}` of the mmsent pipeline `{manifest.get('pipeline')}`: "
+        (f"The fused model of stage `{stage}` of the mmsent pipeline `{manifest.get('pipeline')}`: "
         f"{encoders}; fusion `{config['fusion']['class_path'].rsplit('.', 1)[1]}`; "
         f"modalities in use: {', '.join(config['active_modalities'])}. It predicts a sentiment "
-        "score in [-3, 3] (CMU-MOSI's scale) for a short clip from its video, audio and transcript.",
+        "score in [-3, 3] (CMU-MOSI's scale) for a short clip from its video, audio and transcript."),
         "",
         "```python",
         "from mmsent import SentimentModel",
@@ -52,11 +52,11 @@ def model_card(config: dict, manifest: dict, rows: list[dict], stage: str,
         "",
         "## Data",
         "",
-        f"`{type(source).__name__}` at `{source.root}` (clips per split: {sizes}). Preprocessing "
+        (f"`{type(source).__name__}` at `{source.root}` (clips per split: {sizes}). Preprocessing "
         f"(in `config.json`): {pre['video']['frames']} frames of {pre['video']['frame_size']}x"
         f"{pre['video']['frame_size']} RGB, {pre['audio']['n_mels']} log-mel bands at "
         f"{pre['audio']['sample_rate']} Hz (at most {pre['audio']['max_frames']} frames), the "
-        f"`{pre['text']['tokenizer']}` tokenizer, at most {pre['text']['max_length']} tokens.",
+        f"`{pre['text']['tokenizer']}` tokenizer, at most {pre['text']['max_length']} tokens."),
         "",
         "## Test metrics per pipeline stage",
         "",
@@ -64,10 +64,10 @@ def model_card(config: dict, manifest: dict, rows: list[dict], stage: str,
         "",
         "## Intended use and limits",
         "",
-        "Research on multimodal sentiment analysis: scoring short single-speaker clips like "
+        ("Research on multimodal sentiment analysis: scoring short single-speaker clips like "
         "the ones it was trained on, and a starting point for fine-tuning. Scores of clips "
         "unlike the training data (other languages, recording conditions, lengths, or a "
         "generated training set) are not to be trusted; a missing modality is scored from "
-        "the others, less accurately. Not for decisions about people.",
+        "the others, less accurately. Not for decisions about people."),
         "",
     ])

@@ -7,6 +7,7 @@ import os
 import socket
 import time
 from pathlib import Path
+from typing import Self
 
 from mmsent.errors import ConfigError
 
@@ -28,7 +29,7 @@ class RunLock:
         self.path = Path(folder) / LOCK_FILE
         self.held = False
 
-    def __enter__(self) -> RunLock:
+    def __enter__(self) -> Self:
         self.acquire()
         return self
 

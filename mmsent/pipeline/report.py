@@ -141,9 +141,9 @@ def markdown_table(rows: list[dict], baselines: dict, own_scores: dict | None = 
         cells = ["*trivial predictor*"] + [_format(m, baselines["test"].get(m)) for m in TABLE_METRICS]
         cells += [_format("MAE", baselines.get("val", {}).get("MAE")), "-", "-"]
         lines.append("| " + " | ".join(cells) + " |")
-        lines += ["", "The trivial predictor predicts the training median for MAE and Corr (a constant "
+        lines += ["", ("The trivial predictor predicts the training median for MAE and Corr (a constant "
                   "correlates with nothing) and the training set's majority class for each accuracy "
-                  "and F1: a stage that does not beat it on a metric has learned nothing it measures.", ""]
+                  "and F1: a stage that does not beat it on a metric has learned nothing it measures."), ""]
     contributions = [r for r in rows if "ablation" in r]
     if contributions:
         lines += ["", "Per-modality contribution (test MAE with the modality masked, minus full MAE):", ""]
@@ -152,8 +152,8 @@ def markdown_table(rows: list[dict], baselines: dict, own_scores: dict | None = 
             lines.append(f"- {row['stage']}: " + ", ".join(parts))
     lines += generative_table(rows)
     if own_scores:
-        lines += ["", "Unimodal stages against their own modality's noise-free score (generated data; "
-                  "test Pearson correlation):", ""]
+        lines += ["", ("Unimodal stages against their own modality's noise-free score (generated data; "
+                  "test Pearson correlation):"), ""]
         lines += [f"- {stage}: {v['corr']:.3f} with {v['modality']}_score" for stage, v in own_scores.items()]
     selections = [r for r in rows if "selection" in r]
     if selections:
