@@ -99,6 +99,9 @@ def test_the_fused_stage_starts_from_the_best_unimodal_stage_and_is_no_worse(wea
     assert fused["metrics"]["val"]["MAE"] <= unimodal["audio"] + 1e-4
     record = torch.load(fused["best_checkpoint"], weights_only=True)["mmsent"]
     assert record["unimodal"]["head_modality"] == "audio"
+    weights = torch.load(fused["best_checkpoint"], weights_only=True)["state_dict"]
+    assert "model.fusion.project.text.weight" in weights, "the fusion is built on the audio, the text added to it"
+    assert not any(key.startswith("model.fusion.project.audio") for key in weights)
     assert record["unimodal"]["scores"] == pytest.approx(unimodal, abs=1e-5)
     check = fused["selection"]["unimodal"]
     assert check["modality"] == "audio" and check["handed_on"] in ("fused", "unimodal")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from pathlib import Path
@@ -280,9 +281,31 @@ def build_fusion(factory: Callable[..., nn.Module], dims: dict[str, int], primar
     Returns:
         nn.Module: The fusion module.
     """
-    if primary is not None and "primary" in inspect.signature(factory).parameters:
+    if primary is not None and takes_primary(factory):
         return factory(dims, primary=primary)
     return factory(dims)
+
+
+def takes_primary(factory: Callable[..., nn.Module]) -> bool:
+    """Whether a fusion factory takes a ``primary`` argument.
+
+    A fusion configured in YAML reaches the task as a ``functools.partial`` of
+    jsonargparse's whose own signature is ``(*args, **kwargs)``; its keywords hold
+    every init argument of the class, ``primary`` among them.
+
+    Args:
+        factory (Callable[..., nn.Module]): The configured fusion: a class, or a partial.
+
+    Returns:
+        bool: True when ``primary`` can be passed.
+    """
+    if isinstance(factory, functools.partial) and "primary" in factory.keywords:
+        return True
+    target = factory.func if isinstance(factory, functools.partial) else factory
+    try:
+        return "primary" in inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def recorded_val_mae(path: str, what: str) -> float | None:
