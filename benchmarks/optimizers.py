@@ -25,9 +25,11 @@ import torch
 from common import REPO, callbacks_without, fit_and_test, machine, mean_std, save
 from quickstart_stages import QUICKSTART, QUIET, configs
 
+# Every setting is explicit: a stage config's own SGD arguments (5_finetune.yaml's
+# Nesterov momentum) would otherwise carry over into the plain SGD rows.
 OPTIMIZERS = {
-    "SGD": ("torch.optim.SGD", {}),
-    "momentum": ("torch.optim.SGD", {"momentum": 0.9}),
+    "SGD": ("torch.optim.SGD", {"momentum": 0.0, "nesterov": False}),
+    "momentum": ("torch.optim.SGD", {"momentum": 0.9, "nesterov": False}),
     "Nesterov": ("torch.optim.SGD", {"momentum": 0.9, "nesterov": True}),
     "Adam": ("torch.optim.Adam", {}),
     "RMSprop": ("torch.optim.RMSprop", {}),
