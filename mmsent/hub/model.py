@@ -114,9 +114,11 @@ class SentimentModel(nn.Module, HubMixin, tags=["mmsent", "multimodal-sentiment-
         configs = {m: {"class_path": c["class_path"], "init_args": {k: v for k, v in c["init_args"].items()
                                                                      if k != "input_dim"}}
                    for m, c in self.config["encoders"].items()}
+        # The modality the fusion is built on, so that the fine-tuning stage builds it alike.
+        unimodal = {"scores": {}, "checkpoints": {}, "head_modality": getattr(self.model.fusion, "primary", None)}
         checkpoint = {"state_dict": {f"model.{k}": v for k, v in state.items()},
                       META_KEY: {"task": "fusion", "encoder_configs": configs, "fusion_config": self.config["fusion"],
-                                 "head_config": self.config["head"],
+                                 "head_config": self.config["head"], "unimodal": unimodal,
                                  "rebuilt": {f"model.{k}": v for k, v in rebuilt.items()}}}
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
