@@ -41,6 +41,8 @@ def learning_curves(modality: str, seed: int, seed_runs: Path | None = None) -> 
     """The unimodal run's validation MAE per epoch, with the step count at each."""
     (metrics,) = sorted(stage_folder(modality, seed, seed_runs).rglob("metrics.csv"))[-1:]
     rows = [r for r in csv.DictReader(metrics.read_text().splitlines()) if r.get("val/MAE")]
+    if len(rows) > 1 and int(rows[-1]["step"]) - int(rows[-2]["step"]) <= 1:
+        rows = rows[:-1]  # the pipeline's evaluation of the chosen checkpoint after training
     return {"epoch": [int(r["epoch"]) + 1 for r in rows], "step": [int(r["step"]) + 1 for r in rows],
             "val_MAE": [float(r["val/MAE"]) for r in rows]}
 
