@@ -141,6 +141,9 @@ def test_history_has_metrics_learning_rates_and_media(offline_pipeline):
     # ModalitySelection (in the fusion configs) reports its test against the stage's start.
     assert {"selection/start/gain_MAE", "selection/start/p_value"} <= runs["fusion"].history
     assert "media/samples" not in runs["text"].history
+    # On generated data a unimodal stage logs how well it recovers its own modality's score.
+    assert "test/own_score_corr/text" in runs["text"].history
+    assert not any(key.startswith("test/own_score_corr") for key in runs["fusion"].history)
 
 
 def test_predictions_table_of_the_last_stage_holds_every_stage(offline_pipeline):

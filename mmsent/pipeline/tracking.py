@@ -35,6 +35,7 @@ from pytorch_lightning.loggers import Logger, WandbLogger
 from mmsent.data.batches import ExampleDataset, collate_columns
 from mmsent.pipeline import figures
 from mmsent.pipeline.manifest import Manifest
+from mmsent.pipeline.report import own_score_correlations
 from mmsent.pipeline.spec import Pipeline, Stage
 from mmsent.pipeline.wandb_mode import resolve_mode
 
@@ -164,7 +165,8 @@ class StageTracker(pl.Callback):
 
     def media(self, manifest: dict) -> dict[str, Any]:
         """The stage's figures, the predictions table of every stage so far, video
-        frames and the stage's own pictures, keyed for ``run.log``.
+        frames, the stage's own pictures and, on generated data, a unimodal stage's
+        correlation with its modality's noise-free score, keyed for ``run.log``.
 
         Args:
             manifest (dict): The manifest's data.
@@ -179,7 +181,11 @@ class StageTracker(pl.Callback):
             for key, draw in (("scatter", figures.draw_scatter), ("confusion_matrix", figures.draw_confusion)):
                 logged[f"figures/{key}"] = wandb.Image(figures.stage_panels({self.stage: own}, draw))
             logged["predictions"] = wandb.Table(dataframe=figures.merge_predictions(tables))
-        contributions = figures.contributions({"stages": {self.stage: manifest["stages"][self.stage]}})
+        this_stage = {"stages": {self.stage: manifest["stages"][self.stage]}}
+        own_score = own_score_correlations(this_stage).get(self.stage)
+        if own_score is not None:
+            logged[f"test/own_score_corr/{own_score['modality']}"] = own_score["corr"]
+        contributions = figures.contributions(this_stage)
         if contributions:
             logged["figures/contributions"] = wandb.Image(figures.contribution_figure(contributions))
         frames = self.frames(own)
