@@ -17,7 +17,7 @@ and starting checkpoint, is kept rather than repeated, so widening a grid runs o
 added rates (and the other seeds of a newly chosen rate).
 
     OMP_NUM_THREADS=1 python benchmarks/optimizers.py --fusion-checkpoint runs/.../selected.ckpt
-    OMP_NUM_THREADS=1 python benchmarks/optimizers.py --pipeline pipelines/mosi.yaml --stages finetune \
+    OMP_NUM_THREADS=1 python benchmarks/optimizers.py --pipeline pipelines/mosi.yaml --stages finetune --epochs 10 \
         --fusion-checkpoint runs/mosi/fusion/checkpoints/selected.ckpt -- --data.cache_dir=/path/to/cache
 """
 
