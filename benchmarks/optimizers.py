@@ -1,16 +1,24 @@
 """Optimizers, each at its own best learning rate, on the text stage and on stage 5.
 
 For each optimizer (SGD, SGD with momentum 0.9, Nesterov, Adam, RMSprop, Adadelta), four or
-five learning rates are tried with seed 0; the one with the lowest validation MAE is then run
-with the other seeds, and the table reports that rate over all seeds. Stage 1 (text)
-starts from scratch; stage 5 fine-tunes everything from a stage 4 checkpoint
-(``--fusion-checkpoint``, e.g. one that ``benchmarks/cycle_fill.py`` trained) with one
-rate for every parameter group (``param_groups`` off, no schedule) and without
-ModalitySelection. Raw results and every run's logged curves go to
-``benchmarks/results/optimizers.json``; the curves of each optimizer at its chosen rate
-(seed 0) to ``benchmarks/figures/optimizers.png``.
+more learning rates are tried with seed 0; the one with the lowest validation MAE is then run
+with the other seeds, and the table reports that rate over all seeds. The text stage
+starts from scratch; the fine-tuning stage trains everything from a fusion checkpoint
+(``--fusion-checkpoint``) with one rate for every parameter group (``param_groups`` off,
+no schedule) and without ModalitySelection. The stages' configs come from a pipeline
+file (``--pipeline``, the quickstart by default; ``pipelines/mosi.yaml`` for CMU-MOSI);
+arguments after ``--`` go to every run (e.g. data folders).
 
-    OMP_NUM_THREADS=1 python benchmarks/optimizers.py --fusion-checkpoint runs/.../best.ckpt
+Raw results and every run's logged curves go to ``benchmarks/results/optimizers.json``
+(``optimizers_<pipeline>.json`` for another pipeline); the curves of each optimizer at
+its chosen rate (seed 0) to ``benchmarks/figures/optimizers.png`` (likewise named). A run
+already in that file for the same stage, optimizer, rate and seed, with the same epochs
+and starting checkpoint, is kept rather than repeated, so widening a grid runs only the
+added rates (and the other seeds of a newly chosen rate).
+
+    OMP_NUM_THREADS=1 python benchmarks/optimizers.py --fusion-checkpoint runs/.../selected.ckpt
+    OMP_NUM_THREADS=1 python benchmarks/optimizers.py --pipeline pipelines/mosi.yaml --stages finetune --epochs 10 \
+        --fusion-checkpoint runs/mosi/fusion/checkpoints/selected.ckpt -- --data.cache_dir=/path/to/cache
 """
 
 from __future__ import annotations
@@ -22,8 +30,10 @@ import json
 from pathlib import Path
 
 import torch
-from common import REPO, callbacks_without, fit_and_test, machine, mean_std, save
-from quickstart_stages import QUICKSTART, QUIET, configs
+from common import REPO, RESULTS, callbacks_without, fit_and_test, machine, mean_std, save
+from quickstart_stages import QUIET
+
+from mmsent.pipeline import Pipeline, load_pipeline
 
 # Every setting is explicit: a stage config's own SGD arguments (5_finetune.yaml's
 # Nesterov momentum) would otherwise carry over into the plain SGD rows.
@@ -37,21 +47,39 @@ OPTIMIZERS = {
 }
 RATES = {
     "text": {"SGD": [0.01, 0.03, 0.1, 0.3, 1.0], "momentum": [0.003, 0.01, 0.03, 0.1, 0.3],
-             "Nesterov": [0.003, 0.01, 0.03, 0.1, 0.3], "Adam": [3e-4, 1e-3, 3e-3, 1e-2],
-             "RMSprop": [3e-4, 1e-3, 3e-3, 1e-2], "Adadelta": [0.3, 1.0, 3.0, 10.0, 30.0]},
+             "Nesterov": [0.003, 0.01, 0.03, 0.1, 0.3], "Adam": [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1],
+             "RMSprop": [3e-4, 1e-3, 3e-3, 1e-2], "Adadelta": [0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0]},
     "finetune": {"SGD": [0.001, 0.003, 0.01, 0.03, 0.1], "momentum": [0.0001, 0.0003, 0.001, 0.003, 0.01],
                  "Nesterov": [0.0001, 0.0003, 0.001, 0.003, 0.01], "Adam": [3e-5, 1e-4, 3e-4, 1e-3],
                  "RMSprop": [1e-5, 3e-5, 1e-4, 3e-4], "Adadelta": [0.1, 0.3, 1.0, 3.0]},
 }
+# CMU-MOSI's fusion model starts close to its best: Adam's and RMSprop's best rates there
+# lie below the quickstart's grids.
+PIPELINE_RATES = {
+    "mosi": {"finetune": {**RATES["finetune"], "Adam": [3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3],
+                          "RMSprop": [1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4]}},
+}
+STAGES = ("text", "finetune")
+TABLE_METRICS = ("val_MAE", "MAE", "Corr", "Non0_acc_2", "seconds")
 
 
-def stage_args(stage: str, fusion_checkpoint: str | None) -> list[str]:
-    """list[str]: The stage's configs and overrides shared by every optimizer."""
+def stage_args(pipeline: Pipeline, stage: str, fusion_checkpoint: str | None) -> list[str]:
+    """The stage's configs and overrides shared by every optimizer.
+
+    Args:
+        pipeline (Pipeline): The pipeline file the stage's configs come from.
+        stage (str): ``"text"`` (from scratch) or ``"finetune"`` (from ``fusion_checkpoint``).
+        fusion_checkpoint (str | None): The checkpoint the fine-tuning stage starts from.
+
+    Returns:
+        list[str]: ``mmsent fit`` arguments.
+    """
+    files = pipeline.stage(stage).configs
+    args = [arg for config in files for arg in ("-c", str(config))] + pipeline.args + pipeline.stage(stage).args
     if stage == "text":
-        return configs("1_text.yaml")
-    files = [QUICKSTART / "base.yaml", QUICKSTART / "4_fusion.yaml", QUICKSTART / "5_finetune.yaml"]
-    return [*configs("4_fusion.yaml", "5_finetune.yaml"), callbacks_without(files, "ModalitySelection"),
-            "--model.init_args.param_groups=null", f"--model.init_args.init_checkpoint={fusion_checkpoint}"]
+        return args
+    return [*args, callbacks_without(files, "ModalitySelection"), "--model.init_args.param_groups=null",
+            f"--model.init_args.init_checkpoint={fusion_checkpoint}"]
 
 
 def curves(root: str) -> dict[str, list]:
@@ -63,22 +91,56 @@ def curves(root: str) -> dict[str, list]:
     return {"curve_train_loss": train, "curve_val_MAE": val}
 
 
-def run(stage: str, name: str, lr: float, seed: int, epochs: int, fusion_checkpoint: str | None) -> dict:
+def run(base: list[str], stage: str, name: str, lr: float, seed: int, epochs: int, runs: str) -> dict:
+    """Fits and tests one optimizer at one rate and seed.
+
+    Args:
+        base (list[str]): The stage's arguments (:func:`stage_args` and the command's extras).
+        stage (str): The stage's name, for the record and the run folder.
+        name (str): A key of :data:`OPTIMIZERS`.
+        lr (float): The learning rate.
+        seed (int): ``seed_everything``.
+        epochs (int): ``trainer.max_epochs``.
+        runs (str): Folder under which the run's logs and checkpoints go.
+
+    Returns:
+        dict: The test metrics and validation MAE of :func:`common.fit_and_test`, with the
+        run's key and its logged curves.
+    """
     class_path, extra = OPTIMIZERS[name]
     optimizer = json.dumps({"class_path": class_path, "init_args": {"lr": lr, **extra}})
-    root = f"runs/bench_opt/{stage}/{name}/{lr:g}/{seed}"
-    result = fit_and_test([*stage_args(stage, fusion_checkpoint), f"--seed_everything={seed}", *QUIET,
-                           f"--trainer.max_epochs={epochs}", f"--model.init_args.optimizer={optimizer}",
-                           f"--trainer.default_root_dir={root}"])
+    root = f"{runs}/{stage}/{name}/{lr:g}/{seed}"
+    result = fit_and_test([*base, f"--seed_everything={seed}", *QUIET, f"--trainer.max_epochs={epochs}",
+                           f"--model.init_args.optimizer={optimizer}", f"--trainer.default_root_dir={root}"])
     return {"stage": stage, "optimizer": name, "lr": lr, "seed": seed, **result, **curves(root)}
+
+
+def reusable_runs(earlier: dict, epochs: int, fusion_checkpoint: str | None) -> dict[tuple, dict]:
+    """An earlier results file's runs that this command would repeat exactly.
+
+    Args:
+        earlier (dict): The earlier payload (empty when there is none).
+        epochs (int): This command's epochs.
+        fusion_checkpoint (str | None): This command's stage 5 start.
+
+    Returns:
+        dict[tuple, dict]: ``(stage, optimizer, lr, seed)`` -> record; the fine-tuning
+        stage's runs only when they started from the same checkpoint.
+    """
+    if earlier.get("epochs") != epochs:
+        return {}
+    same_start = earlier.get("fusion_checkpoint") == fusion_checkpoint
+    return {(r["stage"], r["optimizer"], r["lr"], r["seed"]): r for r in earlier.get("runs", [])
+            if r["stage"] == "text" or same_start}
 
 
 def figure(payload: dict, path: Path) -> None:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(12, 8))
-    axes = fig.subplots(2, 2)
-    for column, stage in enumerate(payload["best_lr"]):
+    stages = list(payload["best_lr"])
+    fig = Figure(figsize=(6 * len(stages), 8))
+    axes = fig.subplots(2, len(stages), squeeze=False)
+    for column, stage in enumerate(stages):
         for name, lr in payload["best_lr"][stage].items():
             (record,) = [r for r in payload["runs"] if r["stage"] == stage and r["optimizer"] == name
                          and r["lr"] == lr and r["seed"] == payload["seeds"][0]]
@@ -87,9 +149,9 @@ def figure(payload: dict, path: Path) -> None:
                 axes[0, column].plot(steps, losses, label=f"{name} lr={lr:g}")
             epochs, maes = zip(*record["curve_val_MAE"], strict=True)
             axes[1, column].plot(epochs, maes, marker="o", label=f"{name} lr={lr:g}")
-        axes[0, column].set_title(f"{stage}: training loss (L1), seed {payload['seeds'][0]}")
+        axes[0, column].set_title(f"{payload['pipeline']} {stage}: training loss (L1), seed {payload['seeds'][0]}")
         axes[0, column].set_xlabel("step")
-        axes[1, column].set_title(f"{stage}: validation MAE")
+        axes[1, column].set_title(f"{payload['pipeline']} {stage}: validation MAE")
         axes[1, column].set_xlabel("epoch")
         axes[0, column].legend(fontsize=8)
     fig.tight_layout()
@@ -99,45 +161,74 @@ def figure(payload: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fusion-checkpoint", help="stage 4 checkpoint that stage 5 starts from")
-    parser.add_argument("--stages", nargs="+", default=["text", "finetune"], choices=["text", "finetune"])
+    parser.add_argument("--pipeline", default=str(REPO / "pipelines" / "quickstart.yaml"),
+                        help="pipeline file whose stages' configs are used")
+    parser.add_argument("--fusion-checkpoint", help="fusion checkpoint that the fine-tuning stage starts from")
+    parser.add_argument("--stages", nargs="+", default=["text", "finetune"], choices=STAGES)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("extra", nargs="*", help="after --: arguments added to every run")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    payload = {"stages": args.stages, "epochs": args.epochs, "seeds": args.seeds, "rates": RATES,
-               "fusion_checkpoint": args.fusion_checkpoint, "machine": machine(),
-               "date": datetime.date.today().isoformat(), "runs": [], "best_lr": {}}
-    earlier = REPO / "benchmarks" / "results" / "optimizers.json"
-    if earlier.exists():  # a stage not rerun now keeps its earlier runs, so stages can run apart
-        kept = json.loads(earlier.read_text())
-        for stage in set(kept.get("best_lr", {})) - set(args.stages):
-            payload["runs"] += [r for r in kept["runs"] if r["stage"] == stage]
-            payload["best_lr"][stage] = kept["best_lr"][stage]
-            payload["stages"] = [stage, *payload["stages"]]
+    pipeline = load_pipeline(args.pipeline)
+    name = "optimizers" if pipeline.name == "quickstart" else f"optimizers_{pipeline.name}"
+    runs = "runs/bench_opt" if pipeline.name == "quickstart" else f"runs/bench_opt_{pipeline.name}"
+    rates = {**RATES, **PIPELINE_RATES.get(pipeline.name, {})}
+    payload = {"pipeline": pipeline.name, "stages": args.stages, "epochs": args.epochs, "seeds": args.seeds,
+               "rates": rates, "fusion_checkpoint": args.fusion_checkpoint, "extra": args.extra,
+               "machine": machine(), "date": datetime.date.today().isoformat(), "runs": [], "best_lr": {}}
+    earlier = json.loads((RESULTS / f"{name}.json").read_text()) if (RESULTS / f"{name}.json").exists() else {}
+    done = reusable_runs(earlier, args.epochs, args.fusion_checkpoint)
+    payload["runs"] = [r for r in done.values() if r["stage"] in args.stages]
+    for stage in STAGES:  # a stage not rerun keeps its runs
+        if stage in earlier.get("best_lr", {}) and stage not in args.stages:
+            payload["runs"] += [r for r in earlier["runs"] if r["stage"] == stage]
+            payload["best_lr"][stage] = earlier["best_lr"][stage]
+    payload["stages"] = [stage for stage in STAGES if stage in args.stages or stage in payload["best_lr"]]
+
+    def measured(base: list[str], stage: str, optimizer: str, lr: float, seed: int) -> dict:
+        if (stage, optimizer, lr, seed) in done:
+            return done[(stage, optimizer, lr, seed)]
+        record = done[(stage, optimizer, lr, seed)] = run(base, stage, optimizer, lr, seed, args.epochs, runs)
+        print(json.dumps({"stage": stage, "optimizer": optimizer, "lr": lr, "seed": seed,
+                          "best_val_MAE": record["val_MAE"], "seconds": record["seconds"]}), flush=True)
+        payload["runs"].append(record)
+        save(name, payload)  # after every run, so that an interrupted benchmark keeps what it measured
+        return record
+
     for stage in args.stages:
-        sweep = {}
-        for name in OPTIMIZERS:
-            for lr in RATES[stage][name]:
-                record = run(stage, name, lr, args.seeds[0], args.epochs, args.fusion_checkpoint)
-                payload["runs"].append(record)
-                sweep[(name, lr)] = record["val_MAE"]
-                print(json.dumps({"stage": stage, "optimizer": name, "lr": lr, "best_val_MAE": sweep[(name, lr)],
-                                  "seconds": record["seconds"]}), flush=True)
-                save("optimizers", payload)
-        payload["best_lr"][stage] = {name: min(RATES[stage][name], key=lambda lr, n=name: sweep[(n, lr)])
-                                     for name in OPTIMIZERS}
-        for name, lr in payload["best_lr"][stage].items():
+        base = [*stage_args(pipeline, stage, args.fusion_checkpoint), *args.extra]
+        sweep = {(optimizer, lr): measured(base, stage, optimizer, lr, args.seeds[0])["val_MAE"]
+                 for optimizer in OPTIMIZERS for lr in rates[stage][optimizer]}
+        payload["best_lr"][stage] = {optimizer: min(rates[stage][optimizer], key=lambda lr, o=optimizer: sweep[(o, lr)])
+                                     for optimizer in OPTIMIZERS}
+        for optimizer, lr in payload["best_lr"][stage].items():
             for seed in args.seeds[1:]:
-                payload["runs"].append(run(stage, name, lr, seed, args.epochs, args.fusion_checkpoint))
-                save("optimizers", payload)
-        figure(payload, REPO / "benchmarks" / "figures" / "optimizers.png")
+                measured(base, stage, optimizer, lr, seed)
+    payload["best_lr"] = {stage: payload["best_lr"][stage] for stage in payload["stages"]}
+    save(name, payload)
+    figure(payload, REPO / "benchmarks" / "figures" / f"{name}.png")
+    print(table(payload))
+
+
+def table(payload: dict) -> str:
+    """The Markdown table of each optimizer at its chosen rate, over the seeds.
+
+    Args:
+        payload (dict): What :func:`main` saved.
+
+    Returns:
+        str: One table per stage.
+    """
+    lines = []
     for stage in payload["stages"]:
-        print(f"\n{stage}: | optimizer | chosen lr | val MAE | test MAE | test Corr | seconds |")
-        for name, lr in payload["best_lr"][stage].items():
-            runs = [r for r in payload["runs"] if r["stage"] == stage and r["optimizer"] == name and r["lr"] == lr]
-            cells = [mean_std([r[k] for r in runs]) for k in ("val_MAE", "MAE", "Corr", "seconds")]
-            print(f"| {name} | {lr:g} | " + " | ".join(cells) + " |")
+        lines += ["", f"{stage}: | optimizer | chosen lr | " + " | ".join(TABLE_METRICS) + " |"]
+        for optimizer, lr in payload["best_lr"][stage].items():
+            runs = [r for r in payload["runs"] if r["stage"] == stage and r["optimizer"] == optimizer
+                    and r["lr"] == lr]
+            cells = [mean_std([r[k] for r in runs]) for k in TABLE_METRICS]
+            lines.append(f"| {optimizer} | {lr:g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
