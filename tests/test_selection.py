@@ -219,6 +219,21 @@ def test_a_stage_that_cannot_beat_its_start_hands_the_start_on(tmp_path):
     assert callback.record["start_p_value"] < 0.05
 
 
+def test_start_alpha_one_hands_on_the_trained_weights_whenever_validation_prefers_them(tmp_path):
+    # The same one-epoch run whose gain alpha 1e-9 cannot call significant.
+    best, callback = fit_gated_model(tmp_path, audio_informative=True, epochs=1,
+                                     keep_start_unless_better=True, alpha=1e-9, start_alpha=1.0)
+    assert callback.record["start_gain"] > 0 and callback.record["start_alpha"] == 1.0
+    assert callback.record["handed_on"] == "trained"
+    assert not torch.equal(best["state_dict"]["model.head.net.0.weight"], callback.start["model.head.net.0.weight"])
+
+
+@pytest.mark.parametrize("start_alpha", [0.0, 1.5])
+def test_start_alpha_outside_its_range_is_refused(start_alpha):
+    with pytest.raises(ValueError, match="start_alpha must be in"):
+        ModalitySelection(start_alpha=start_alpha)
+
+
 def test_selection_needs_a_fused_model():
     class NotFused(pl.LightningModule):
         pass

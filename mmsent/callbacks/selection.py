@@ -26,9 +26,11 @@ class ModalitySelection(pl.Callback):
     each modality whose gain is not significant at ``alpha``, or smaller than
     ``min_gain``, is switched off (:meth:`LateFusionModel.switch_off`). With
     ``keep_start_unless_better``, the result must also beat the stage's starting
-    weights (the model before its first training step) significantly, or the starting
-    model is handed on: the one-standard-error habit of preferring the simpler, earlier
-    model when a small validation split cannot tell the two apart. The modalities of a
+    weights (the model before its first training step) significantly (at
+    ``start_alpha``), or the starting model is handed on: the one-standard-error habit
+    of preferring the simpler, earlier model when a small validation split cannot tell
+    the two apart. A validation split of few videos gives that test little power; with
+    ``start_alpha: 1.0`` the start is only one more candidate checkpoint. The modalities of a
     handed-on start are selected again on its own errors, so one it does not use (a
     ``GatedResidualFusion`` input whose projection is still zero) is switched off, not
     reported as kept.
@@ -57,6 +59,11 @@ class ModalitySelection(pl.Callback):
         keep_start_unless_better (bool): Test the result against the starting weights,
             whose trainable part is kept in this callback's checkpointed state so a
             resumed stage still knows them.
+        start_alpha (float | None): Significance level of that test; None uses
+            ``alpha``. The trained weights are handed on when their mean validation
+            gain over the start is positive and its p-value is below ``start_alpha``,
+            so 1.0 drops the significance requirement: the start then competes as one
+            more checkpoint, selected on validation MAE like the others.
 
     Attributes:
         record (dict | None): The last outcome: ``alpha``, ``kept``, ``switched_off``,
@@ -71,10 +78,14 @@ class ModalitySelection(pl.Callback):
     """
 
     def __init__(self, alpha: float = 0.05, min_gain: float = 0.005, samples: int = 10000, seed: int = 0,
-                 keep_start_unless_better: bool = False, no_worse_than_unimodal: bool = True) -> None:
+                 keep_start_unless_better: bool = False, start_alpha: float | None = None,
+                 no_worse_than_unimodal: bool = True) -> None:
         super().__init__()
         if not 0 < alpha < 1:
             raise ValueError(f"ModalitySelection: alpha must be in (0, 1), got {alpha}")
+        if start_alpha is not None and not 0 < start_alpha <= 1:
+            raise ValueError(f"ModalitySelection: start_alpha must be in (0, 1] or null, got {start_alpha}")
+        self.start_alpha = alpha if start_alpha is None else start_alpha
         if min_gain < 0:
             raise ValueError(f"ModalitySelection: min_gain must be >= 0, got {min_gain}")
         self.alpha = alpha
@@ -129,6 +140,8 @@ class ModalitySelection(pl.Callback):
         errors, ids = validation_errors(trainer, pl_module)
         groups = video_groups(ids)
         self.record = {"alpha": self.alpha, "min_gain": self.min_gain}
+        if self.keep_start_unless_better:
+            self.record["start_alpha"] = self.start_alpha
         kept = self._select(trainer, model, candidates, errors, groups)
         if self.keep_start_unless_better and self.start is not None:
             self._against_start(trainer, pl_module, kept, errors(frozenset(kept)), groups)
@@ -187,7 +200,7 @@ class ModalitySelection(pl.Callback):
         start_errors, _ = validation_errors(trainer, pl_module)
         gain = start_errors(frozenset(kept)) - trained_errors
         p_value = bootstrap_p_value(gain, groups, self.samples, self.seed)
-        better = p_value < self.alpha
+        better = float(gain.mean()) > 0 and p_value < self.start_alpha
         if better:
             pl_module.load_state_dict(trained)
         else:
@@ -197,7 +210,8 @@ class ModalitySelection(pl.Callback):
         self.record.update(start_gain=float(gain.mean()), start_p_value=p_value,
                            handed_on="trained" if better else "start")
         rank_zero_info(f"ModalitySelection: {'trained' if better else 'starting'} model handed on "
-                       f"(validation MAE gain over the start {float(gain.mean()):+.4f}, p = {p_value:.3f})")
+                       f"(validation MAE gain over the start {float(gain.mean()):+.4f}, p = {p_value:.3f}, "
+                       f"start_alpha {self.start_alpha:g})")
         _log(trainer, {"selection/start/gain_MAE": float(gain.mean()), "selection/start/p_value": p_value,
                        "selection/start/kept": float(not better)})
 
