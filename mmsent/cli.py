@@ -3,6 +3,7 @@ every pipeline stage."""
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,22 @@ from mmsent.tasks.checkpoint_io import AtomicCheckpointIO, load_weights_only
 MONITOR = "val/MAE"
 
 # Not the user's to act on: the pipeline passes each stage's args while sys.argv holds the
-# pipeline's own, and frozen encoders are in eval mode on purpose.
+# pipeline's own, frozen encoders are in eval mode on purpose, CSV is the intended
+# logger without W&B, and the pytree deprecation is inside Lightning.
 warnings.filterwarnings("ignore", message=r"(?s).*not recommended to provide both args and command line arguments")
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+warnings.filterwarnings("ignore", message=r"Starting from v1\.9\.0, `tensorboardX` has been removed")
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
+class _WithoutAdvertisements(logging.Filter):
+    """Drops Lightning's per-trainer advertisement for its hosted logger."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB} Tip:")
+
+
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_WithoutAdvertisements())
 
 
 class EpochLearningRates(LearningRateMonitor):

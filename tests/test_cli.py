@@ -259,3 +259,20 @@ def test_learning_rates_are_logged_per_group_once_an_epoch(tiny_data_args, tmp_p
     assert not cli.trainer.loggers
     assert any(isinstance(c, LearningRateMonitor) for c in cli.trainer.callbacks)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+
+
+def test_a_stage_prints_no_warning_that_is_not_the_users_to_act_on(tiny_data_args, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    # The default logger, as a pipeline run with --no-wandb gives each stage.
+    command = [sys.executable, "-m", "mmsent", "fit", "-c", f"{QUICKSTART}/base.yaml", "-c", f"{QUICKSTART}/1_text.yaml",
+               *tiny_data_args, *SHORT, "--trainer.logger=true"]
+    env = {**os.environ, "PYTHONWARNINGS": "default"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    for message in ("tensorboardX", "Tip:", "LeafSpec", "not recommended to provide both args",
+                    "in eval mode at the start of training"):
+        assert message not in output
