@@ -42,7 +42,8 @@ def fit_test_predict(args: list[str], scores: dict[str, float]) -> dict:
 
     Returns:
         dict: Test metrics (MMSA names), ``val_MAE``, ``video_score_Corr`` (None
-        without scores), the checkpoint and the wall time in seconds.
+        without scores), ``val_MAE_by_epoch``, the checkpoint and the wall time in
+        seconds.
     """
     import time
 
@@ -64,9 +65,16 @@ def fit_test_predict(args: list[str], scores: dict[str, float]) -> dict:
                 predicted += cli.model(batch).reshape(-1).tolist()
                 rendered += [scores[i] for i in batch["id"]]
         result["video_score_Corr"] = float(torch.corrcoef(torch.tensor([predicted, rendered]))[0, 1])
+    result["val_MAE_by_epoch"] = validation_curve(Path(cli.trainer.logger.log_dir) / "metrics.csv")
     result["checkpoint"] = best
     result["seconds"] = round(time.time() - started, 1)
     return result
+
+
+def validation_curve(metrics: Path) -> list[float]:
+    """list[float]: The validation MAE after each epoch, from a run's ``metrics.csv``."""
+    with metrics.open(newline="") as handle:
+        return [float(row["val/MAE"]) for row in csv.DictReader(handle) if row.get("val/MAE")]
 
 
 def video_scores(root: Path) -> dict[str, float]:
@@ -119,6 +127,9 @@ def main() -> None:
         columns = [mean_std([r[k] for r in runs]) for k in ("val_MAE", "MAE", "Corr")]
         columns.append(mean_std([r["video_score_Corr"] for r in runs]) if scores else "n/a")
         print(f"| {name} | " + " | ".join(columns) + " |")
+    for name in ("c3d_random", "c3d_inflated"):
+        curves = [r["val_MAE_by_epoch"] for r in payload["runs"] if r["variant"] == name]
+        print(f"{name} val MAE by epoch: " + ", ".join(mean_std(list(epoch)) for epoch in zip(*curves)))
 
 
 if __name__ == "__main__":
