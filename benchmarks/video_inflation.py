@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 
 import torch
-from common import REPO, machine, mean_std, save
+from common import REPO, fit_and_test, machine, mean_std, save
 from quickstart_stages import QUIET, configs
 
 from mmsent.data.schema import make_id
@@ -32,43 +32,31 @@ ENCODER = "--model.init_args.encoder"
 ONET_KERNELS = ["conv1.weight", "conv2.weight", "conv3.weight"]
 
 
-def fit_test_predict(args: list[str], scores: dict[str, float]) -> dict:
-    """Fits one video stage, tests its best checkpoint and correlates its test
-    predictions with the rendered video score.
+def video_stage_measures(scores: dict[str, float]):
+    """The measures :func:`fit_and_test` adds for a video stage run.
 
     Args:
-        args (list[str]): ``mmsent fit`` arguments without the subcommand.
         scores (dict[str, float]): Clip id -> ``video_score``; empty to skip.
 
     Returns:
-        dict: Test metrics (MMSA names), ``val_MAE``, ``video_score_Corr`` (None
-        without scores), ``val_MAE_by_epoch``, the checkpoint and the wall time in
-        seconds.
+        Callable: CLI -> ``video_score_Corr`` (the test predictions' correlation with
+        the rendered video score, None without scores) and ``val_MAE_by_epoch``.
     """
-    import time
 
-    from mmsent.cli import build_cli
+    def measure(cli) -> dict:
+        result = {"video_score_Corr": None,
+                  "val_MAE_by_epoch": validation_curve(Path(cli.trainer.logger.log_dir) / "metrics.csv")}
+        if scores:
+            predicted, rendered = [], []
+            cli.model.eval()
+            with torch.no_grad():
+                for batch in cli.datamodule.test_dataloader():
+                    predicted += cli.model(batch).reshape(-1).tolist()
+                    rendered += [scores[i] for i in batch["id"]]
+            result["video_score_Corr"] = float(torch.corrcoef(torch.tensor([predicted, rendered]))[0, 1])
+        return result
 
-    started = time.time()
-    cli = build_cli(args, run=False)
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    best = cli.trainer.checkpoint_callback.best_model_path
-    (test,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best, verbose=False)
-    result = {key.split("/", 1)[1]: float(value) for key, value in test.items()}
-    result["val_MAE"] = float(cli.trainer.checkpoint_callback.best_model_score)
-    result["video_score_Corr"] = None
-    if scores:
-        predicted, rendered = [], []
-        cli.model.eval()
-        with torch.no_grad():
-            for batch in cli.datamodule.test_dataloader():
-                predicted += cli.model(batch).reshape(-1).tolist()
-                rendered += [scores[i] for i in batch["id"]]
-        result["video_score_Corr"] = float(torch.corrcoef(torch.tensor([predicted, rendered]))[0, 1])
-    result["val_MAE_by_epoch"] = validation_curve(Path(cli.trainer.logger.log_dir) / "metrics.csv")
-    result["checkpoint"] = best
-    result["seconds"] = round(time.time() - started, 1)
-    return result
+    return measure
 
 
 def validation_curve(metrics: Path) -> list[float]:
@@ -101,6 +89,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     scores = video_scores(Path(args.data_root))
+    measure = video_stage_measures(scores)
     widths = ",".join(map(str, args.widths))
     payload = {"donor": Path(args.donor).name, "donor_kernels": args.donor_kernels, "widths": args.widths,
                "seeds": args.seeds, "machine": machine(), "date": datetime.date.today().isoformat(), "runs": []}
@@ -114,8 +103,8 @@ def main() -> None:
                              f"{ENCODER}.init_args.inflate_kernels=[{','.join(args.donor_kernels)}]"],
         }
         for name, extra in variants.items():
-            result = fit_test_predict(
-                [*common, f"--trainer.default_root_dir=runs/bench_inflation/{name}/{seed}", *extra], scores)
+            result = fit_and_test(
+                [*common, f"--trainer.default_root_dir=runs/bench_inflation/{name}/{seed}", *extra], measure)
             payload["runs"].append({"variant": name, "seed": seed, **result})
             print(json.dumps({"variant": name, "seed": seed, "val_MAE": result["val_MAE"], "MAE": result["MAE"],
                               "Corr": result["Corr"], "video_score_Corr": result["video_score_Corr"],
