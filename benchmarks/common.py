@@ -17,11 +17,13 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 
 
-def fit_and_test(args: list[str]) -> dict:
+def fit_and_test(args: list[str], measure=None) -> dict:
     """Fits one stage through the CLI, then tests its best checkpoint.
 
     Args:
         args (list[str]): ``mmsent fit`` arguments without the subcommand.
+        measure (Callable | None): Called with the CLI after the test (its model
+            holds the best checkpoint's weights); the dict it returns joins the result.
 
     Returns:
         dict: Test metrics (MMSA names), ``val_MAE`` of the selected checkpoint, the
@@ -36,6 +38,8 @@ def fit_and_test(args: list[str]) -> dict:
     (test,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best, verbose=False)
     metrics = {key.split("/", 1)[1]: float(value) for key, value in test.items()}
     metrics["val_MAE"] = float(cli.trainer.checkpoint_callback.best_model_score)
+    if measure is not None:
+        metrics.update(measure(cli))
     metrics["checkpoint"] = best
     metrics["seconds"] = round(time.time() - started, 1)
     return metrics

@@ -75,3 +75,45 @@ def test_resnet18_inflates_into_r3d_18():
     assert inflate_into(video_net, image_net.state_dict(), "test") == 20
     torch.testing.assert_close(video_net.stem[0].weight.sum(2), image_net.conv1.weight)
     torch.testing.assert_close(video_net.layer4[1].conv2[0].weight.sum(2), image_net.layer4[1].conv2.weight)
+
+
+@pytest.fixture()
+def detector_weights(tmp_path):
+    """A 2D network laid out like a face detector: more convolutions than the 3D
+    network, biases, PReLU slopes and a dense head."""
+    generator = torch.Generator().manual_seed(0)
+    shapes = {"conv1.weight": (4, 3, 3, 3), "conv1.bias": (4,), "prelu1.weight": (4,),
+              "conv2.weight": (8, 4, 3, 3), "conv2.bias": (8,), "conv3.weight": (16, 8, 2, 2),
+              "dense4.weight": (2, 16)}
+    state = {name: torch.randn(shape, generator=generator) for name, shape in shapes.items()}
+    torch.save(state, tmp_path / "detector.pt")
+    return state, tmp_path / "detector.pt"
+
+
+def test_named_kernels_inflate_and_serve_the_motion_channels_too(detector_weights):
+    state, path = detector_weights
+    encoder = Visual3DCNNEncoder(widths=[4, 8], motion_input=True, dropout=0.0, inflate_from=str(path),
+                                 inflate_kernels=["conv1.weight", "conv2.weight"])
+    first, second = encoder.backbone[0][0], encoder.backbone[1][0]
+    assert first.weight.shape == (4, 6, 3, 3, 3)
+    torch.testing.assert_close(first.weight[:, :3].sum(2), state["conv1.weight"])
+    torch.testing.assert_close(first.weight[:, 3:].sum(2), state["conv1.weight"])
+    torch.testing.assert_close(second.weight.sum(2), state["conv2.weight"])
+    # A still clip has zero motion channels, so the inflated conv gives the 2D response.
+    image = torch.randn(2, 3, 16, 16)
+    clip = image.unsqueeze(2).repeat(1, 1, 5, 1, 1)
+    with torch.no_grad():
+        inflated = first(torch.cat([clip, clip - clip.mean(2, keepdim=True)], dim=1))
+        per_frame = nn.functional.conv2d(image, state["conv1.weight"], padding=1)
+    torch.testing.assert_close(inflated[:, :, 2], per_frame, atol=1e-5, rtol=1e-5)
+    assert "inflate_kernels" not in encoder.config
+
+
+def test_named_kernels_that_are_missing_or_not_kernels_are_rejected(detector_weights):
+    _, path = detector_weights
+    with pytest.raises(ValueError, match="inflate_from: the 2D weights hold 3 convolution kernels"):
+        Visual3DCNNEncoder(widths=[4, 8], inflate_from=str(path))
+    with pytest.raises(ValueError, match=r"inflate_from: the 2D weights hold no 'conv9.weight'"):
+        Visual3DCNNEncoder(widths=[4, 8], inflate_from=str(path), inflate_kernels=["conv1.weight", "conv9.weight"])
+    with pytest.raises(ValueError, match=r"dense4.weight \(2, 16\) is not a 2D convolution kernel"):
+        Visual3DCNNEncoder(widths=[4, 8], inflate_from=str(path), inflate_kernels=["conv1.weight", "dense4.weight"])

@@ -128,7 +128,14 @@ class Visual3DCNNEncoder(nn.Module, HubMixin):
             ``weights_only``) whose kernels initialize the 3D convolutions, inflated
             over time (I3D; see :func:`~mmsent.models.inflation.inflate_into`): a
             :class:`FrameCNNEncoder` of the same widths for ``c3d``, torchvision's
-            ``resnet18`` for ``r3d_18``. None: random initialization.
+            ``resnet18`` for ``r3d_18``. None: random initialization. With
+            ``motion_input`` the first kernel serves the frame and the motion channels
+            alike.
+        inflate_kernels (list[str] | None): Names of the 2D kernels in
+            ``inflate_from`` to inflate, one per 3D convolution in order, for any other
+            2D network (e.g. ``["conv1.weight", "conv2.weight", "conv3.weight"]`` of a
+            face detector, with ``widths`` equal to their output channels). None: a
+            :class:`FrameCNNEncoder`'s convolutions, or every 2D kernel of the file.
     """
 
     def __init__(
@@ -144,12 +151,13 @@ class Visual3DCNNEncoder(nn.Module, HubMixin):
         dropout_kind: str = "bernoulli",
         channels_last: bool = False,
         inflate_from: str | None = None,
+        inflate_kernels: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.config = init_args(locals())
         # The 2D weights only initialize: a rebuilt encoder takes its checkpoint's
         # weights, so its record must not need the 2D file.
-        del self.config["inflate_from"]
+        del self.config["inflate_from"], self.config["inflate_kernels"]
         self.out_dim = out_dim
         self.motion_input = motion_input
         if backbone == "c3d":
@@ -164,7 +172,10 @@ class Visual3DCNNEncoder(nn.Module, HubMixin):
             self.backbone, features = torchvision_backbone(backbone)
         if inflate_from is not None:
             key = "Visual3DCNNEncoder.inflate_from"
-            inflate_into(self.backbone, _frame_network_state(read_state_dict(inflate_from, key)), key)
+            state = read_state_dict(inflate_from, key)
+            if inflate_kernels is None:
+                state = _frame_network_state(state)
+            inflate_into(self.backbone, state, key, inflate_kernels)
         self.dropout = make_dropout(dropout_kind, dropout)
         self.project = nn.Linear(features, out_dim)
         self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
