@@ -167,12 +167,16 @@ def main() -> None:
     parser.add_argument("--stages", nargs="+", default=["text", "finetune"], choices=STAGES)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--name", help="results file name (default: optimizers[_<pipeline>])")
+    parser.add_argument("--chosen-from", help="an earlier results file: run its chosen rates only, no sweep")
     parser.add_argument("extra", nargs="*", help="after --: arguments added to every run")
     args = parser.parse_args()
     torch.set_num_threads(1)
     pipeline = load_pipeline(args.pipeline)
-    name = "optimizers" if pipeline.name == "quickstart" else f"optimizers_{pipeline.name}"
+    name = args.name or ("optimizers" if pipeline.name == "quickstart" else f"optimizers_{pipeline.name}")
+    chosen = json.loads(Path(args.chosen_from).read_text())["best_lr"] if args.chosen_from else {}
     runs = "runs/bench_opt" if pipeline.name == "quickstart" else f"runs/bench_opt_{pipeline.name}"
+    runs = f"runs/bench_{args.name}" if args.name else runs
     rates = {**RATES, **PIPELINE_RATES.get(pipeline.name, {})}
     payload = {"pipeline": pipeline.name, "stages": args.stages, "epochs": args.epochs, "seeds": args.seeds,
                "rates": rates, "fusion_checkpoint": args.fusion_checkpoint, "extra": args.extra,
@@ -198,12 +202,18 @@ def main() -> None:
 
     for stage in args.stages:
         base = [*stage_args(pipeline, stage, args.fusion_checkpoint), *args.extra]
-        sweep = {(optimizer, lr): measured(base, stage, optimizer, lr, args.seeds[0])["val_MAE"]
-                 for optimizer in OPTIMIZERS for lr in rates[stage][optimizer]}
-        payload["best_lr"][stage] = {optimizer: min(rates[stage][optimizer], key=lambda lr, o=optimizer: sweep[(o, lr)])
-                                     for optimizer in OPTIMIZERS}
+        if stage in chosen:
+            payload["best_lr"][stage] = chosen[stage]
+            seeds = args.seeds
+        else:
+            sweep = {(optimizer, lr): measured(base, stage, optimizer, lr, args.seeds[0])["val_MAE"]
+                     for optimizer in OPTIMIZERS for lr in rates[stage][optimizer]}
+            payload["best_lr"][stage] = {optimizer: min(rates[stage][optimizer],
+                                                        key=lambda lr, o=optimizer: sweep[(o, lr)])
+                                         for optimizer in OPTIMIZERS}
+            seeds = args.seeds[1:]
         for optimizer, lr in payload["best_lr"][stage].items():
-            for seed in args.seeds[1:]:
+            for seed in seeds:
                 measured(base, stage, optimizer, lr, seed)
     payload["best_lr"] = {stage: payload["best_lr"][stage] for stage in payload["stages"]}
     save(name, payload)
