@@ -113,8 +113,30 @@ def omit_rebuilt(module: nn.Module, state: dict) -> dict[str, dict]:
         for key in getattr(sub, "rebuilt_state_keys", list)():
             full = f"{prefix}.{key}" if prefix else key
             if full in state:
-                omitted[full] = fingerprint(state.pop(full))
+                omitted[full] = rebuilt_fingerprint(sub, key, state.pop(full))
     return omitted
+
+
+def rebuilt_fingerprint(owner: nn.Module, key: str, tensor: torch.Tensor) -> dict:
+    """The :func:`fingerprint` of a weight its module rebuilds, hashed once per version.
+
+    Hashing a frozen transformer embedding table at every checkpoint takes tens of
+    milliseconds; it is hashed again only once changed in place (its version counter)
+    or replaced (its storage).
+
+    Args:
+        owner (nn.Module): The module whose ``rebuilt_state_keys()`` named ``key``.
+        key (str): The key within ``owner``.
+        tensor (torch.Tensor): The weight, as ``owner``'s state dict holds it.
+
+    Returns:
+        dict: ``shape``, ``dtype`` and ``sha1``.
+    """
+    version = (tensor._version, tensor.data_ptr(), tuple(tensor.shape), tensor.dtype)
+    known = owner.__dict__.setdefault("_rebuilt_fingerprints", {})
+    if key not in known or known[key][0] != version:
+        known[key] = (version, fingerprint(tensor))
+    return known[key][1]
 
 
 def fill_rebuilt(state: dict, module: nn.Module, omitted: dict[str, dict], prefix: str, what: str) -> dict:
