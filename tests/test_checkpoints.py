@@ -11,7 +11,8 @@ import torch
 
 from mmsent.models import AcousticMLPEncoder, ConditionalVAE, TextLSTMEncoder
 from mmsent.tasks import FusionTask, GenerativeTask, UnimodalTask
-from mmsent.tasks.checkpoints import META_KEY, fingerprint, rebuilt_fingerprint, tensor_digest, weights_digest
+from mmsent.tasks.checkpoints import META_KEY
+from mmsent.tasks.rebuilt import fingerprint, rebuilt_fingerprint, tensor_digest, weights_digest
 
 INPUT_DIMS = {"text": 6, "audio": 5}
 TEXT = partial(TextLSTMEncoder, input_kind="vectors", embed_dim=8, hidden_dim=8, out_dim=8)
