@@ -5,14 +5,15 @@ changed), each phase runs in its own process, one after the other, so its wall t
 and its peak resident memory (``ru_maxrss``) are its own:
 
 * ``generate``: writing the raw clips (mp4, wav, transcripts, labels),
-* ``prepare``: decoding and featurizing them into the cache (``prepare_workers``
-  processes; 0: in the main process),
+* ``prepare``: decoding and featurizing them into the cache with the quickstart
+  source's settings (``prepare_workers`` processes; 0: in the main process),
 * ``<stage>``: one training epoch of a quickstart unimodal stage through
   ``Trainer.fit`` (validation off), timed from the training loader's ``iter()`` to
   the end of the epoch; its process's peak memory covers building and fitting.
 
-Results go to ``benchmarks/results/scale.json`` and a plot of seconds against clips
-to ``benchmarks/figures/scale.png``.
+Results go to ``benchmarks/results/scale.json`` (sizes an earlier run measured are
+kept unless ``--fresh``) and a plot of seconds and peak memory against clips to
+``benchmarks/figures/scale.png``.
 
     python benchmarks/scale.py --sizes 1000 4000 --out runs/scale --stages text audio video
 """
@@ -30,7 +31,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from common import REPO, save_measurement
+from common import REPO, RESULTS, save_measurement
 
 FIGURES = REPO / "benchmarks" / "figures"
 STAGE_CONFIGS = {"text": "1_text.yaml", "audio": "2_audio.yaml", "video": "3_video.yaml"}
@@ -75,9 +76,13 @@ def run_phase(phase: str, clips: int, out: Path, prepare_workers: int) -> dict:
         generate_raw_dataset(out / f"clips{clips}", num_clips=clips, seed=0, num_workers=1)
         result["seconds"] = time.perf_counter() - started
     elif phase == "prepare":
-        cli = build([*base, "-c", str(folder / STAGE_CONFIGS["text"]), *data, "--trainer.logger=false"])
+        from mmsent.data import GeneratedSource, MultimodalDataModule
+
+        source = GeneratedSource(str(out / f"clips{clips}"), num_clips=clips, seed=0, frames=8, frame_size=32,
+                                 tokenizer="minilm")
+        datamodule = MultimodalDataModule(source, cache_dir=str(out / "cache"), prepare_workers=prepare_workers)
         started = time.perf_counter()
-        cli.datamodule.prepare_data()
+        datamodule.prepare_data()
         result["seconds"] = time.perf_counter() - started
     else:
         from overhead import EpochTimer
@@ -85,7 +90,7 @@ def run_phase(phase: str, clips: int, out: Path, prepare_workers: int) -> dict:
         cli = build([*base, "-c", str(folder / STAGE_CONFIGS[phase]), *data, "--trainer.max_epochs=1",
                      "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0",
                      "--trainer.enable_progress_bar=false", "--trainer.logger=false",
-                     "--trainer.enable_checkpointing=false"])
+                     f"--trainer.default_root_dir={out / 'fits'}", f"--checkpoint.dirpath={out / 'fits' / phase}"])
         timer = EpochTimer()
         cli.trainer.callbacks.append(timer)
         train_dataloader = cli.datamodule.train_dataloader
@@ -102,7 +107,7 @@ def measure(phase: str, clips: int, out: Path, prepare_workers: int) -> dict:
     command = [sys.executable, str(Path(__file__)), "--phase", phase, "--sizes", str(clips), "--out", str(out),
                "--prepare-workers", str(prepare_workers)]
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parent)
+    done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parent, check=False)
     if done.returncode:
         raise RuntimeError(f"{phase} at {clips} clips failed:\n{done.stderr[-3000:]}")
     record = json.loads(done.stdout.strip().splitlines()[-1])
@@ -122,7 +127,9 @@ def plot(records: list[dict], path: Path) -> None:
         clips = [r["clips"] for r in rows]
         ax.plot(clips, [r["seconds"] for r in rows], marker="o", label=phase)
         mem.plot(clips, [r["peak_rss_mib"] for r in rows], marker="o", label=phase)
-    ax.set(xlabel="generated clips", ylabel="seconds (one epoch for a stage)", title="Time")
+    # Log-log: linear growth is a line of slope 1, whatever the phase's scale.
+    ax.set(xscale="log", yscale="log", xlabel="generated clips", ylabel="seconds (one epoch for a stage)",
+           title="Time (log-log)")
     mem.set(xlabel="generated clips", ylabel="peak resident memory (MiB)", title="Memory")
     for axis in (ax, mem):
         axis.grid(alpha=0.3)
@@ -138,19 +145,28 @@ def main() -> None:
     parser.add_argument("--stages", nargs="*", default=["text", "audio"], choices=list(STAGE_CONFIGS))
     parser.add_argument("--out", default="runs/scale", help="where generated clips and their caches go")
     parser.add_argument("--prepare-workers", type=int, default=0)
+    parser.add_argument("--fresh", action="store_true", help="drop the sizes an earlier run measured")
+    parser.add_argument("--plot-only", action="store_true", help="redraw the figure from the saved results")
     parser.add_argument("--phase", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     out = Path(args.out).resolve()
     if args.phase:
         print(json.dumps(run_phase(args.phase, args.sizes[0], out, args.prepare_workers)))
         return
-    records = []
+    # Sizes measured before (in an earlier run, same stages) stay in the results and the plot.
+    earlier = RESULTS / "scale.json"
+    records = [r for r in json.loads(earlier.read_text())["results"] if r["clips"] not in args.sizes] \
+        if earlier.exists() and not args.fresh else []
+    if args.plot_only:
+        plot(json.loads(earlier.read_text())["results"], FIGURES / "scale.png")
+        return
     for clips in args.sizes:
         for phase in ["generate", "prepare", *args.stages]:
             records.append(measure(phase, clips, out, args.prepare_workers))
             r = records[-1]
             print(f"{clips} clips, {phase}: {r['seconds']:.1f} s, peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
-    command = (f"python benchmarks/scale.py --sizes {' '.join(map(str, args.sizes))} --stages "
+    sizes = sorted({r["clips"] for r in records})
+    command = (f"python benchmarks/scale.py --sizes {' '.join(map(str, sizes))} --stages "
                f"{' '.join(args.stages)} --prepare-workers {args.prepare_workers}")
     path = save_measurement("scale", command, records)
     plot(records, FIGURES / "scale.png")
