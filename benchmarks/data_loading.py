@@ -7,10 +7,14 @@ alternated within each repeat so load on the shared machine hits all of them ali
 * ``loader``: the project's training DataLoader (batched reads from the cache),
 * ``rows``: the former reader, one Arrow row at a time with numpy formatting and
   per-row collation (:func:`mmsent.data.collate`), for the before/after figure,
-* ``memory``: the batches of one epoch of the loader, already collated in memory.
+* ``memory``: the batches of one epoch of the loader, already collated in memory,
+* ``copied``: those batches with every tensor copied afresh before its step: the
+  least any loader that builds new batch tensors pays (allocation, a write and a
+  read of fresh memory), which tells the loader's own cost from the copy's.
 
 The figure of merit is ``memory / loader`` seconds (the loader's share of the
-in-memory throughput; target >= 0.90). Medians over repeats. Raw results go to
+in-memory throughput; target >= 0.90): the ratio of the medians over repeats, and
+the median of each repeat's own ratio (steadier on a loaded machine). Raw results go to
 ``benchmarks/results/data_loading_<pipeline>.json``.
 
     python benchmarks/data_loading.py --pipeline quickstart
@@ -37,7 +41,7 @@ STAGES = {"quickstart": {"text": "1_text.yaml", "audio": "2_audio.yaml", "video"
           "mosi": {"text": "1_text.yaml", "audio": "2_audio.yaml"}}
 
 
-def build_stage(pipeline: str, stage: str, config: str):
+def build_stage(pipeline: str, stage: str, config: str, overrides: tuple[str, ...] = ()):
     """The stage's model and DataModule as ``mmsent fit`` builds them.
 
     Args:
@@ -45,6 +49,7 @@ def build_stage(pipeline: str, stage: str, config: str):
         stage (str): The modality the stage trains (the only one its batches hold,
             as under ``mmsent fit``).
         config (str): The stage's config file in ``pipelines/<pipeline>/``.
+        overrides (tuple[str, ...]): Further ``mmsent fit`` arguments (data paths).
 
     Returns:
         tuple: The LightningModule and the prepared DataModule.
@@ -53,7 +58,7 @@ def build_stage(pipeline: str, stage: str, config: str):
 
     folder = REPO / "pipelines" / pipeline
     cli = build_cli(["-c", str(folder / "base.yaml"), "-c", str(folder / config),
-                     "--trainer.logger=false", f"--data.modalities=[{stage}]"], run=False)
+                     "--trainer.logger=false", f"--data.modalities=[{stage}]", *overrides], run=False)
     cli.datamodule.prepare_data()
     cli.datamodule.setup("fit")
     return cli.model, cli.datamodule
@@ -72,6 +77,17 @@ def row_loader(datamodule) -> DataLoader:
                       collate_fn=partial(collate, spec=spec))
 
 
+class CopiedBatches:
+    """Batches held in memory, each tensor cloned as it is handed out."""
+
+    def __init__(self, batches: list[dict]) -> None:
+        self.batches = batches
+
+    def __iter__(self):
+        for batch in self.batches:
+            yield {key: value.clone() if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
+
+
 def epoch_seconds(model, optimizer, batches) -> float:
     """Trains one pass over ``batches`` in a plain loop; returns the wall seconds."""
     torch.manual_seed(0)
@@ -84,16 +100,19 @@ def epoch_seconds(model, optimizer, batches) -> float:
     return time.perf_counter() - started
 
 
-def measure(pipeline: str, stage: str, config: str, repeats: int) -> dict:
+def measure(pipeline: str, stage: str, config: str, repeats: int, overrides: tuple[str, ...] = ()) -> dict:
     """Times the three sources of one stage's training batches, alternated."""
-    model, datamodule = build_stage(pipeline, stage, config)
+    model, datamodule = build_stage(pipeline, stage, config, overrides)
     model.train()
     optimizer = model.configure_optimizers()
     optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
     loader = datamodule.train_dataloader()
     torch.manual_seed(0)
     in_memory = list(loader)
-    sources = {"loader": loader, "rows": row_loader(datamodule), "memory": in_memory}
+    # Loader and memory sit next to each other in either order, so the load of the
+    # shared machine changes least between the two sides of the ratio.
+    sources = {"loader": loader, "memory": in_memory, "copied": CopiedBatches(in_memory),
+               "rows": row_loader(datamodule)}
     epoch_seconds(model, optimizer, in_memory)  # warm-up
     times: dict[str, list[float]] = {name: [] for name in sources}
     for repeat in range(repeats):
@@ -105,7 +124,9 @@ def measure(pipeline: str, stage: str, config: str, repeats: int) -> dict:
     return {"stage": stage, "clips": len(datamodule.split("train")), "batches": len(in_memory),
             "held_in_memory": held, "seconds": times, "median_seconds": medians,
             "loader_vs_memory": medians["memory"] / medians["loader"],
-            "rows_vs_memory": medians["memory"] / medians["rows"]}
+            "paired_loader_vs_memory": statistics.median(m / lo for m, lo in zip(times["memory"], times["loader"])),
+            "rows_vs_memory": medians["memory"] / medians["rows"],
+            "copied_vs_memory": medians["memory"] / medians["copied"]}
 
 
 def main() -> None:
@@ -113,17 +134,22 @@ def main() -> None:
     parser.add_argument("--pipeline", choices=sorted(STAGES), default="quickstart")
     parser.add_argument("--stages", nargs="*", default=None)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--data-root", default=None, help="the generated quickstart data (default: the config's)")
+    parser.add_argument("--cache-dir", default=None, help="the prepared cache (default: the config's)")
     args = parser.parse_args()
+    overrides = tuple(f"--{key}={value}" for key, value in (("data.source.init_args.root", args.data_root),
+                                                             ("data.cache_dir", args.cache_dir)) if value)
     torch.set_num_threads(1)
     stages = STAGES[args.pipeline]
     results = []
     for stage in args.stages or list(stages):
-        result = measure(args.pipeline, stage, stages[stage], args.repeats)
+        result = measure(args.pipeline, stage, stages[stage], args.repeats, overrides)
         results.append(result)
         m = result["median_seconds"]
         print(f"{args.pipeline} {stage}: loader {m['loader']:.3f} s, rows {m['rows']:.3f} s, "
-              f"memory {m['memory']:.3f} s per epoch; loader reaches "
-              f"{result['loader_vs_memory']:.2f} of in-memory (rows: {result['rows_vs_memory']:.2f})",
+              f"memory {m['memory']:.3f} s, copied {m['copied']:.3f} s per epoch; loader reaches "
+              f"{result['loader_vs_memory']:.2f} of in-memory (per repeat: {result['paired_loader_vs_memory']:.2f}; "
+              f"rows: {result['rows_vs_memory']:.2f})",
               flush=True)
     path = save_measurement(f"data_loading_{args.pipeline}",
                             f"python benchmarks/data_loading.py --pipeline {args.pipeline} --repeats {args.repeats}",

@@ -11,7 +11,8 @@ import torch
 
 from mmsent.models import AcousticMLPEncoder, ConditionalVAE, TextLSTMEncoder
 from mmsent.tasks import FusionTask, GenerativeTask, UnimodalTask
-from mmsent.tasks.checkpoints import META_KEY, fingerprint, tensor_digest, weights_digest
+from mmsent.tasks.checkpoints import META_KEY
+from mmsent.tasks.rebuilt import fingerprint, rebuilt_fingerprint, tensor_digest, weights_digest
 
 INPUT_DIMS = {"text": 6, "audio": 5}
 TEXT = partial(TextLSTMEncoder, input_kind="vectors", embed_dim=8, hidden_dim=8, out_dim=8)
@@ -116,6 +117,20 @@ def test_one_tensor_hash_behind_fingerprints_and_digests():
     layer = torch.nn.Linear(2, 1)
     assert weights_digest(layer) == tensor_digest(sorted(layer.state_dict().items()))
     assert fingerprint(weights)["sha1"] != fingerprint(weights + 1)["sha1"]
+
+
+def test_a_rebuilt_weight_is_hashed_again_once_changed_in_place_or_replaced():
+    table = torch.nn.Embedding(5, 3)
+    table.weight.requires_grad_(False)
+
+    def recorded():
+        return rebuilt_fingerprint(table, "weight", table.state_dict()["weight"])
+
+    assert recorded() == fingerprint(table.weight)
+    table.load_state_dict({"weight": torch.zeros(5, 3)})
+    assert recorded() == fingerprint(torch.zeros(5, 3))
+    table.weight.data = torch.ones(5, 3)
+    assert recorded() == fingerprint(torch.ones(5, 3))
 
 
 def test_records_that_disagree_with_each_other_fail(unimodal, tmp_path):

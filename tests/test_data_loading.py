@@ -106,3 +106,12 @@ def test_a_training_subset_reads_the_same_rows(tiny_raw, tiny_cache):
 def test_a_negative_memory_budget_is_refused(tiny_raw, tiny_cache):
     with pytest.raises(ValueError, match="data.memory_budget_mb"):
         MultimodalDataModule(RawClipSource(str(tiny_raw)), cache_dir=str(tiny_cache), memory_budget_mb=-1)
+
+
+def test_a_batch_moves_to_a_device_without_rebuilding_its_string_lists():
+    from mmsent.tasks.base import BaseTask
+
+    batch = {"id": ["a", "b"], "transcript": ["x", "y"], "label": torch.zeros(2), "other": [torch.ones(1)]}
+    moved = BaseTask().transfer_batch_to_device(batch, torch.device("meta"), 0)
+    assert moved["id"] is batch["id"] and moved["transcript"] is batch["transcript"]
+    assert moved["label"].device.type == "meta" and moved["other"][0].device.type == "meta"

@@ -13,7 +13,8 @@ from torch import nn
 
 from mmsent.models.late_fusion import LateFusionModel
 from mmsent.selection import as_records, bootstrap_p_value, select_modalities, video_groups
-from mmsent.tasks.checkpoints import META_KEY, load_weights, omit_rebuilt
+from mmsent.tasks.checkpoints import META_KEY, load_weights
+from mmsent.tasks.rebuilt import omit_rebuilt
 
 SELECTED_FILE = "selected.ckpt"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import Dataset
+from torch.utils.data import BatchSampler, Dataset
 
 from mmsent.data.schema import DatasetSpec
 
@@ -42,21 +42,26 @@ class PaddedColumn:
     """A modality's sequences held in memory as one tensor padded to the longest.
 
     A batch is then one indexed copy cut to its own longest sequence, the same tensor
-    that padding the batch's sequences gives, without a Python step per sequence.
+    (in the model's dtype) that padding the batch's sequences gives, without a Python
+    step per sequence; its mask (real steps of present rows) is cut from one computed
+    once.
 
     Args:
         sequences (list[torch.Tensor]): One ``(L_i,)`` or ``(L_i, D)`` tensor per row.
         pad: The fill value.
+        present (torch.Tensor): ``(N,)`` bool, whether each row has the modality.
     """
 
-    def __init__(self, sequences: list[torch.Tensor], pad) -> None:
-        self.values = pad_sequence(sequences, batch_first=True, padding_value=pad)
+    def __init__(self, sequences: list[torch.Tensor], pad, present: torch.Tensor) -> None:
+        values = pad_sequence(sequences, batch_first=True, padding_value=pad)
+        self.values = values.float() if values.is_floating_point() else values.long()
         self.lengths = torch.tensor([len(sequence) for sequence in sequences])
+        self.mask = (torch.arange(self.values.shape[1]) < self.lengths.unsqueeze(1)) & present.unsqueeze(1)
 
     @property
     def nbytes(self) -> int:
-        """int: The bytes the padded tensor takes."""
-        return self.values.numel() * self.values.element_size()
+        """int: The bytes the padded tensors take."""
+        return sum(t.numel() * t.element_size() for t in (self.values, self.mask))
 
     def batch(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The rows at ``positions``, padded to their longest.
@@ -65,10 +70,28 @@ class PaddedColumn:
             positions (torch.Tensor): Row positions, ``(B,)`` long.
 
         Returns:
-            tuple[torch.Tensor, torch.Tensor]: ``(B, L, ...)`` values and ``(B,)`` lengths.
+            tuple[torch.Tensor, torch.Tensor]: ``(B, L, ...)`` values and their
+            ``(B, L)`` mask, true at real steps of present rows.
         """
-        lengths = self.lengths[positions]
-        return torch.index_select(self.values.narrow(1, 0, int(lengths.max())), 0, positions), lengths
+        longest = int(self.lengths[positions].max())
+        return (torch.index_select(self.values.narrow(1, 0, longest), 0, positions),
+                torch.index_select(self.mask.narrow(1, 0, longest), 0, positions))
+
+
+class IndexBatchSampler(BatchSampler):
+    """:class:`torch.utils.data.BatchSampler` yielding each batch as one ``(B,)`` long tensor.
+
+    It draws one epoch's order from ``sampler`` at once, consuming random numbers
+    exactly as a ``BatchSampler`` over it does, so the batches are the same; a
+    dataset's ``__getitems__`` then gathers them without a Python int per row.
+    Same arguments as ``BatchSampler`` (which lets Lightning rebuild it around
+    another sampler).
+    """
+
+    def __iter__(self):
+        order = torch.as_tensor(list(self.sampler), dtype=torch.long)
+        stop = len(order) - len(order) % self.batch_size if self.drop_last else len(order)
+        yield from order[:stop].split(self.batch_size)
 
 
 class ExampleDataset(Dataset):
@@ -104,7 +127,8 @@ class ExampleDataset(Dataset):
             if is_frames(modality, spec) or size > budget:
                 continue
             column = rows.select_columns([modality]).with_format("numpy")[modality]
-            held = PaddedColumn([torch.from_numpy(np.asarray(v)) for v in column], pad_value(modality, spec))
+            held = PaddedColumn([torch.from_numpy(np.asarray(v)) for v in column], pad_value(modality, spec),
+                                self.present[modality])
             if max(size, held.nbytes) <= budget:
                 budget -= max(size, held.nbytes)
                 self.in_memory[modality] = held
@@ -114,31 +138,33 @@ class ExampleDataset(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitems__(self, indices: list[int]) -> dict:
+    def __getitems__(self, indices: list[int] | torch.Tensor) -> dict:
         """Reads a batch as columns.
 
         Args:
-            indices (list[int]): Row positions in the split.
+            indices (list[int] | torch.Tensor): Row positions in the split.
 
         Returns:
             dict: Per key of :func:`collate_columns`, one entry per row.
         """
         positions = torch.as_tensor(indices, dtype=torch.long)
-        columns = {"id": [self.ids[i] for i in indices],
-                   "transcript": [self.transcripts[i] for i in indices],
-                   **{key: values[positions] for key, values in self.labels.items()}}
+        rows = positions.tolist()
+        columns = {"id": [self.ids[i] for i in rows],
+                   "transcript": [self.transcripts[i] for i in rows],
+                   **{key: torch.index_select(values, 0, positions) for key, values in self.labels.items()}}
         for modality, present in self.present.items():
-            columns[f"{modality}_present"] = present[positions]
+            columns[f"{modality}_present"] = torch.index_select(present, 0, positions)
         for modality, held in self.in_memory.items():
-            columns[modality], columns[f"{modality}_lengths"] = held.batch(positions)
+            columns[modality], columns[f"{modality}_mask"] = held.batch(positions)
         if self.on_disk is not None:
-            columns.update(self.on_disk[list(map(int, indices))])
+            columns.update(self.on_disk[rows])
         return columns
 
     def __getitem__(self, index: int) -> dict:
         columns = self.__getitems__([int(index)])
         for modality in self.in_memory:
-            columns[modality] = [columns[modality][0, :int(columns.pop(f"{modality}_lengths")[0])]]
+            columns[modality] = [columns[modality][0, :int(self.in_memory[modality].lengths[int(index)])]]
+            del columns[f"{modality}_mask"]
         return {key: value[0] for key, value in columns.items()}
 
 
@@ -166,8 +192,8 @@ def collate_columns(columns: dict, spec: DatasetSpec) -> dict:
         columns (dict): ``id`` and ``transcript`` (lists of str), ``label``,
             ``clean_label`` and ``<m>_present`` (one value per row), and per modality
             ``m`` its rows: a list of sequences, a stacked uint8 frame array, or a
-            tensor already padded (:class:`PaddedColumn`) with the lengths under
-            ``<m>_lengths``.
+            tensor already padded (:class:`PaddedColumn`) with its final mask under
+            ``<m>_mask``.
         spec (DatasetSpec): What the rows hold.
 
     Returns:
@@ -188,12 +214,10 @@ def collate_columns(columns: dict, spec: DatasetSpec) -> dict:
             frames = torch.as_tensor(np.asarray(values)).float().div_(127.5).sub_(1.0)
             batch[modality] = frames.permute(0, 4, 1, 2, 3).contiguous()
             mask = present.unsqueeze(1).expand(-1, frames.shape[1]).clone()
+        elif f"{modality}_mask" in columns:
+            batch[modality], mask = values, columns[f"{modality}_mask"]
         else:
-            lengths = columns.get(f"{modality}_lengths")
-            if lengths is None:
-                padded, mask = pad_sequences(values, pad_value(modality, spec))
-            else:
-                padded, mask = values, torch.arange(values.shape[1]) < lengths.unsqueeze(1)
+            padded, mask = pad_sequences(values, pad_value(modality, spec))
             batch[modality] = padded.float() if padded.is_floating_point() else padded.long()
             mask &= present.unsqueeze(1)
         batch[f"{modality}_mask"] = mask

@@ -10,11 +10,12 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
 from mmsent.data.batches import (
     DEFAULT_MEMORY_BUDGET_MB,
     ExampleDataset,
+    IndexBatchSampler,
     collate,
     collate_columns,
     pad_sequences,
@@ -210,15 +211,20 @@ class MultimodalDataModule(pl.LightningDataModule):
     def _loader(self, name: str, shuffle: bool, shard: bool = True) -> DataLoader:
         dataset = self.dataset(name)
         sampler = self._sampler(dataset, shuffle) if shard else None
+        # A last training batch of one sample breaks batch norm. Decided on this
+        # process's share, which is the same size in every process: equal batch
+        # counts, and a share smaller than a batch still trains.
+        drop_last = shuffle and len(dataset if sampler is None else sampler) > self.batch_size
+        if sampler is None:
+            # One process: each batch is one tensor of row positions, gathered by
+            # ``__getitems__`` at once (the same batches as a ``BatchSampler``).
+            order = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+            batching = {"batch_sampler": IndexBatchSampler(order, self.batch_size, drop_last)}
+        else:
+            batching = {"batch_size": self.batch_size, "sampler": sampler, "drop_last": drop_last}
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle and sampler is None,
-            sampler=sampler,
-            # A last training batch of one sample breaks batch norm. Decided on this
-            # process's share, which is the same size in every process: equal batch
-            # counts, and a share smaller than a batch still trains.
-            drop_last=shuffle and len(dataset if sampler is None else sampler) > self.batch_size,
+            **batching,
             num_workers=self.num_workers,
             collate_fn=partial(collate_columns, spec=self.spec),
             pin_memory=self.pin_memory and torch.cuda.is_available(),

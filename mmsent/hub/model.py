@@ -23,7 +23,8 @@ from mmsent.errors import ConfigError, MissingFileError
 from mmsent.hub.preprocess import Clip, PreparedClip, Preprocessor
 from mmsent.models.config import HubMixin, build_module
 from mmsent.models.late_fusion import LateFusionModel
-from mmsent.tasks.checkpoints import META_KEY, omit_rebuilt
+from mmsent.tasks.checkpoints import META_KEY
+from mmsent.tasks.rebuilt import omit_rebuilt
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
