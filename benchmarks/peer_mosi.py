@@ -70,7 +70,7 @@ def main() -> None:
                for stage, values in mmsent.items()]
     for result in results:
         print(f"{result['stage']}: mmsent {result['median_seconds']:.3f} s, {args.peer_model} {peer_median:.3f} s "
-              f"per epoch; mmsent {result['peer_vs_mmsent']:.2f}x faster", flush=True)
+              f"per epoch; {args.peer_model} / mmsent {result['peer_vs_mmsent']:.2f}", flush=True)
     results.append({"peer": peer, "load": loads})
     path = save_measurement(f"peer_mosi_{args.peer_model}",
                             f"python benchmarks/peer_mosi.py --stages {' '.join(stages)} --repeats {args.repeats} "
