@@ -13,6 +13,12 @@ it leaves out; 2: a steady epoch). The fused stages start from the unimodal
 pipeline hands them on. Figure of merit: ``plain / fit`` seconds (target >= 0.95).
 Medians.
 
+With ``--validate`` each fit keeps its validation pass, which Lightning runs inside
+the timed epoch (before ``on_train_epoch_end``), so the figure is a whole epoch as a
+pipeline run pays it; the plain loop has no counterpart then (``--sides fit``).
+``--pipeline`` names the pipeline in ``pipelines/`` whose stages, configs and
+handed-on checkpoints are used.
+
     python benchmarks/overhead.py --data-root data/generated/quickstart --cache-dir data/cache \\
         --run runs/quickstart
 """
@@ -30,16 +36,17 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytorch_lightning as pl
 import torch
+import yaml
 from common import REPO, save_measurement
 from data_loading import epoch_seconds
 
 from mmsent.data.datamodule import model_modalities
 
-CONFIGS = {"text": ["1_text.yaml"], "audio": ["2_audio.yaml"], "video": ["3_video.yaml"],
-           "fusion": ["4_fusion.yaml"], "finetune": ["4_fusion.yaml", "5_finetune.yaml"]}
-HANDED_ON = {"fusion": {"model.init_args.text_checkpoint": "text", "model.init_args.audio_checkpoint": "audio",
-                        "model.init_args.video_checkpoint": "video"},
-             "finetune": {"model.init_args.init_checkpoint": "fusion"}}
+
+def pipeline_stages(pipeline: str) -> dict[str, dict]:
+    """The stages of ``pipelines/<pipeline>.yaml`` by name, each with its ``configs`` and ``checkpoints``."""
+    spec = yaml.safe_load((REPO / "pipelines" / f"{pipeline}.yaml").read_text())
+    return {stage["name"]: stage for stage in spec["stages"]}
 
 
 class EpochTimer(pl.Callback):
@@ -73,16 +80,20 @@ class EpochTimer(pl.Callback):
 
 
 def stage_arguments(stage: str, args: argparse.Namespace, root: str) -> list[str]:
-    """``mmsent fit`` arguments of one quickstart stage for a run of ``args.epochs`` without validation."""
-    folder = REPO / "pipelines" / "quickstart"
-    cli_args = ["-c", str(folder / "base.yaml")]
-    for config in CONFIGS[stage]:
-        cli_args += ["-c", str(folder / config)]
-    if stage in HANDED_ON:
+    """``mmsent fit`` arguments of one stage of ``args.pipeline`` for a run of ``args.epochs``.
+
+    Validation is off unless ``args.validate``; the sanity check is off either way.
+    """
+    spec = pipeline_stages(args.pipeline)[stage]
+    cli_args = []
+    for config in spec["configs"]:
+        cli_args += ["-c", str(REPO / "pipelines" / config)]
+    if spec.get("checkpoints"):
         stages = json.loads((Path(args.run) / "manifest.json").read_text())["stages"]
-        cli_args += [f"--{key}={stages[source]['best_checkpoint']}" for key, source in HANDED_ON[stage].items()]
+        cli_args += [f"--{key}={stages[source]['best_checkpoint']}" for key, source in spec["checkpoints"].items()]
+    validation = [] if args.validate else ["--trainer.limit_val_batches=0"]
     return cli_args + [f"--data.source.init_args.root={args.data_root}", f"--data.cache_dir={args.cache_dir}",
-                       f"--trainer.max_epochs={args.epochs}", "--trainer.limit_val_batches=0",
+                       f"--trainer.max_epochs={args.epochs}", *validation,
                        "--trainer.num_sanity_val_steps=0", "--trainer.enable_progress_bar=false",
                        f"--trainer.default_root_dir={root}", f"--checkpoint.dirpath={root}/checkpoints"]
 
@@ -118,35 +129,62 @@ def plain_seconds(stage: str, args: argparse.Namespace, root: str) -> float:
     return epoch_seconds(model, optimizer, loader)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stages", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--repeats", type=int, default=3)
+def add_fit_options(parser: argparse.ArgumentParser) -> None:
+    """Adds the options :func:`fit_seconds` reads: pipeline, data, run, epochs, validation."""
+    parser.add_argument("--pipeline", default="quickstart", help="a pipeline in pipelines/ (quickstart, mosi)")
+    parser.add_argument("--stages", nargs="*", default=None, help="stages of the pipeline (default: all)")
     parser.add_argument("--epochs", type=int, default=1,
                         help="epochs per run; the last one is timed (2: a steady epoch, after the first "
                              "checkpoint hashed its frozen weights)")
     parser.add_argument("--data-root", default="data/generated/quickstart")
     parser.add_argument("--cache-dir", default="data/cache")
     parser.add_argument("--run", default="runs/quickstart",
-                        help="a finished quickstart pipeline run, whose checkpoints the fused stages start from")
+                        help="a finished run of the pipeline, whose checkpoints the fused stages start from")
     parser.add_argument("--root", default="/tmp/mmsent-overhead", help="where the fits write")
+    parser.add_argument("--validate", action="store_true",
+                        help="keep each fit's validation pass, inside the timed epoch")
+
+
+def checked_stages(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """The stages asked for, all of the pipeline's by default; an unknown one is a parser error."""
+    known = list(pipeline_stages(args.pipeline))
+    stages = args.stages or known
+    unknown = [stage for stage in stages if stage not in known]
+    if unknown:
+        parser.error(f"--stages: {unknown} not in pipelines/{args.pipeline}.yaml (its stages: {known})")
+    return stages
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_fit_options(parser)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sides", nargs="+", default=["fit", "plain"], choices=["fit", "plain"],
+                        help="fit: mmsent fit; plain: the hand-written loop (never validates)")
     args = parser.parse_args()
+    stages = checked_stages(parser, args)
     torch.set_num_threads(1)
     results = []
-    sides = {"fit": fit_seconds, "plain": plain_seconds}
-    for stage in args.stages:
+    sides = {name: side for name, side in {"fit": fit_seconds, "plain": plain_seconds}.items() if name in args.sides}
+    for stage in stages:
         times = {name: [] for name in sides}
         for repeat in range(args.repeats):
             for name in (list(sides) if repeat % 2 == 0 else list(reversed(sides))):
                 times[name].append(sides[name](stage, args, f"{args.root}/{stage}"))
         medians = {name: statistics.median(values) for name, values in times.items()}
-        ratio = medians["plain"] / medians["fit"]
-        results.append({"stage": stage, "seconds": times, "median_seconds": medians, "plain_vs_fit": ratio})
-        print(f"quickstart {stage}: fit {medians['fit']:.3f} s, plain {medians['plain']:.3f} s per epoch; "
-              f"mmsent reaches {ratio:.2f} of plain PyTorch", flush=True)
-    path = save_measurement(f"overhead_quickstart{'' if args.epochs == 1 else f'_epoch{args.epochs}'}",
-                            f"python benchmarks/overhead.py --stages {' '.join(args.stages)} --repeats {args.repeats} "
-                            f"--epochs {args.epochs}",
+        result = {"stage": stage, "seconds": times, "median_seconds": medians}
+        line = f"{args.pipeline} {stage}: " + ", ".join(f"{name} {value:.3f} s" for name, value in medians.items())
+        if len(sides) == 2:
+            result["plain_vs_fit"] = medians["plain"] / medians["fit"]
+            line += f" per epoch; mmsent reaches {result['plain_vs_fit']:.2f} of plain PyTorch"
+        results.append(result)
+        print(line, flush=True)
+    name = (f"overhead_{args.pipeline}{'' if args.epochs == 1 else f'_epoch{args.epochs}'}"
+            f"{'_validated' if args.validate else ''}")
+    path = save_measurement(name,
+                            f"python benchmarks/overhead.py --pipeline {args.pipeline} --stages {' '.join(stages)} "
+                            f"--repeats {args.repeats} --epochs {args.epochs} --sides {' '.join(args.sides)}"
+                            f"{' --validate' if args.validate else ''}",
                             results)
     print(f"raw results: {path}")
 
