@@ -22,23 +22,11 @@ import numpy as np
 import pandas as pd
 import torch
 from common import machine, save
+from quickstart_stages import collect_embeddings
 
 from mmsent.data.schema import ID_SEPARATOR
 
 STAGES = ("fusion", "finetune")
-
-
-def embeddings(task, loader) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Every clip's embedding per encoder, and the clip ids, in loader order."""
-    parts: dict[str, list[torch.Tensor]] = {}
-    ids: list[str] = []
-    task.eval()
-    with torch.no_grad():
-        for batch in loader:
-            for modality, value in task.model.encode(batch).items():
-                parts.setdefault(modality, []).append(value)
-            ids += list(batch["id"])
-    return {m: torch.cat(v).numpy() for m, v in parts.items()}, ids
 
 
 def ridge_probe(train: np.ndarray, target: np.ndarray, test: np.ndarray, penalty: float = 1e-2) -> np.ndarray:
@@ -70,13 +58,14 @@ def probe_stage(run: Path, stage: str) -> dict[str, float]:
     data.setup("test")
     scores = pd.read_csv(Path(data.source.root) / "label.csv", dtype={"video_id": str, "clip_id": str})
     scores.index = scores["video_id"] + ID_SEPARATOR + scores["clip_id"]
-    train, train_ids = embeddings(cli.model, data.train_dataloader())
-    test, test_ids = embeddings(cli.model, data.test_dataloader())
+    train = collect_embeddings(cli.model.model, data.split_dataloader("train"))
+    test = collect_embeddings(cli.model.model, data.split_dataloader("test"))
     found = {}
-    for modality in train:
+    for modality in cli.model.model.encoders:
         column = f"{modality}_score"
-        predicted = ridge_probe(train[modality], scores.loc[train_ids, column].to_numpy(), test[modality])
-        found[modality] = float(np.corrcoef(predicted, scores.loc[test_ids, column].to_numpy())[0, 1])
+        predicted = ridge_probe(train[modality].numpy(), scores.loc[train["id"], column].to_numpy(),
+                                test[modality].numpy())
+        found[modality] = float(np.corrcoef(predicted, scores.loc[test["id"], column].to_numpy())[0, 1])
     return found
 
 

@@ -68,22 +68,24 @@ def fusion_args(checkpoints: dict[str, str], seed: int, epochs: int, root: str) 
 
 
 @torch.no_grad()
-def collect_embeddings(model, loader) -> dict[str, torch.Tensor]:
-    """Every sample's embeddings, presence and label under a fused model's encoders.
+def collect_embeddings(model, loader) -> dict:
+    """Every sample's embeddings, presence, label and id under a fused model's encoders.
 
     Args:
         model: A :class:`~mmsent.models.LateFusionModel`.
         loader: A data loader.
 
     Returns:
-        dict[str, torch.Tensor]: ``<m>`` ``(N, D_m)``, ``<m>_present`` ``(N,)`` and
-        ``label`` ``(N,)``.
+        dict: ``<m>`` ``(N, D_m)``, ``<m>_present`` ``(N,)`` and ``label`` ``(N,)``
+        tensors, and ``id``, the clip ids in the same order.
     """
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {}
+    ids: list[str] = []
     for batch in loader:
         columns = {**model.encode(batch), "label": batch["label"]}
         columns.update({f"{m}_present": batch[f"{m}_present"].bool() for m in model.encoders})
         for key, value in columns.items():
             parts.setdefault(key, []).append(value)
-    return {key: torch.cat(values) for key, values in parts.items()}
+        ids += list(batch["id"])
+    return {**{key: torch.cat(values) for key, values in parts.items()}, "id": ids}
