@@ -31,10 +31,10 @@ class ModalitySelection(pl.Callback):
     ``start_alpha``), or the starting model is handed on: the one-standard-error habit
     of preferring the simpler, earlier model when a small validation split cannot tell
     the two apart. A validation split of few videos gives that test little power; with
-    ``start_alpha: 1.0`` the start is only one more candidate checkpoint. The modalities of a
-    handed-on start are selected again on its own errors, so one it does not use (a
-    ``GatedResidualFusion`` input whose projection is still zero) is switched off, not
-    reported as kept.
+    ``start_alpha: 1.0`` the start is only one more candidate checkpoint. The
+    modalities of a handed-on start are selected again on its own errors, so one it
+    does not use (a ``GatedResidualFusion`` input whose projection is still zero) is
+    switched off, not reported as kept.
 
     With ``no_worse_than_unimodal``, the model handed on must also be no worse on
     validation than the best unimodal stage the fused task records
@@ -86,10 +86,10 @@ class ModalitySelection(pl.Callback):
             raise ValueError(f"ModalitySelection: alpha must be in (0, 1), got {alpha}")
         if start_alpha is not None and not 0 < start_alpha <= 1:
             raise ValueError(f"ModalitySelection: start_alpha must be in (0, 1] or null, got {start_alpha}")
-        self.start_alpha = alpha if start_alpha is None else start_alpha
         if min_gain < 0:
             raise ValueError(f"ModalitySelection: min_gain must be >= 0, got {min_gain}")
         self.alpha = alpha
+        self.start_alpha = alpha if start_alpha is None else start_alpha
         self.min_gain = min_gain
         self.no_worse_than_unimodal = no_worse_than_unimodal
         self.samples = samples

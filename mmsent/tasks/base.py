@@ -260,7 +260,6 @@ class BaseTask(pl.LightningModule):
             self.regularizer.proximal_step(self, optimizer)
 
 
-
 def is_strings(value) -> bool:
     """bool: Whether ``value`` is a list of strings (nothing in it to move to a device)."""
     return isinstance(value, list) and all(isinstance(item, str) for item in value)

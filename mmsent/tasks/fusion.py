@@ -41,8 +41,8 @@ class FusionTask(BaseTask):
     statistics and dropout do not drift while the head learns. Stage 5 builds and
     loads the whole stage-4 model from ``init_checkpoint``, unfreezes everything
     (except what an encoder's own config freezes, such as ``freeze_embeddings``, and
-    the encoders ``freeze_encoders`` names) and trains with plain SGD, one parameter group per modality plus ``fusion`` (fusion
-    module and head). Neither names the encoders: the checkpoints record them (see
+    the encoders ``freeze_encoders`` names) and trains with plain SGD, one parameter
+    group per modality plus ``fusion`` (fusion module and head). Neither names the encoders: the checkpoints record them (see
     :func:`mmsent.tasks.checkpoints.build_encoders`).
 
     With ``generator_checkpoint`` (a stage-4a generator trained on the same frozen
