@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from mmsent.models.config import HubMixin, init_args
 from mmsent.models.dropout import make_dropout
 from mmsent.models.pooling import masked_max, masked_mean
+from mmsent.models.recurrent import lstm_over_lengths
 from mmsent.pretrained import resolve_model_path
 
 POOLINGS = ("mean", "max", "last")
@@ -130,10 +130,7 @@ class TextLSTMEncoder(nn.Module, HubMixin):
             torch.Tensor: Shape ``(B, out_dim)``.
         """
         x = self.input_dropout(self.embed(text))
-        lengths = mask.sum(1).clamp(min=1).cpu()
-        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-        out, (h, _) = self.lstm(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+        out, h = lstm_over_lengths(self.lstm, x, mask.sum(1).clamp(min=1))
         if self.pooling == "last":
             directions = 2 if self.lstm.bidirectional else 1
             pooled = torch.cat(list(h[-directions:]), dim=-1)
