@@ -274,5 +274,6 @@ def test_a_stage_prints_no_warning_that_is_not_the_users_to_act_on(tiny_data_arg
     assert done.returncode == 0, done.stderr[-3000:]
     output = done.stdout + done.stderr
     for message in ("tensorboardX", "Tip:", "LeafSpec", "not recommended to provide both args",
-                    "in eval mode at the start of training"):
+                    "in eval mode at the start of training", "You have overridden"):
         assert message not in output
+    assert "Warning:" not in output, output
