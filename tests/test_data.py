@@ -1,7 +1,9 @@
 """Preparation, caching, batches, and the handling of bad input."""
 
 import shutil
+from pathlib import Path
 
+import datasets
 import numpy as np
 import pandas as pd
 import pytest
@@ -118,6 +120,30 @@ def test_raise_policy_names_the_file(raw_copy, tmp_path):
     path.write_bytes(content)
     with pytest.raises(RuntimeError, match=str(path.name)):
         prepare(RawClipSource(str(raw_copy), frames=4, frame_size=16), tmp_path, on_error="raise")
+
+
+def test_preparation_workers_write_whole_shards_and_keep_problems_in_record_order(raw_copy, tmp_path,
+                                                                                  monkeypatch):
+    table = pd.read_csv(raw_copy / "label.csv", dtype=str)
+    damaged = [raw_copy / "Raw" / table.loc[row, "video_id"] / f"{table.loc[row, 'clip_id']}.mp4" for row in (41, 2)]
+    for path in damaged:
+        path.write_bytes(path.read_bytes()[:200])
+    inline = prepare(RawClipSource(str(raw_copy), frames=4, frame_size=16), tmp_path / "inline", chunk_size=8)
+    saved = []
+    original = datasets.Dataset.save_to_disk
+
+    def recording(self, path, *args, **kwargs):
+        saved.append(Path(path).name)
+        return original(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(datasets.Dataset, "save_to_disk", recording)
+    parallel = prepare(RawClipSource(str(raw_copy), frames=4, frame_size=16), tmp_path / "parallel", chunk_size=8,
+                       num_workers=2, multiprocessing_context="fork")
+    assert sorted(saved) == sorted(parallel.splits), "shards are written in the workers, not here"
+    assert parallel.problems == inline.problems and len(inline.problems) == 2
+    assert str(damaged[1]) in inline.problems[0], "problems follow the label table's order"
+    for split, rows in inline.splits.items():
+        assert rows.data.table.equals(parallel.splits[split].data.table), split
 
 
 def edit_table(root, column, value, row=3):

@@ -25,7 +25,7 @@ from filelock import FileLock
 from tqdm.auto import tqdm
 
 from mmsent.data.schema import MODALITIES, SPLITS, DatasetSpec
-from mmsent.data.sources import DataSource, Loaded
+from mmsent.data.sources import DataSource
 from mmsent.io import save_json
 
 log = logging.getLogger(__name__)
@@ -140,15 +140,18 @@ def _build(source: DataSource, folder: Path, on_error: str, chunk_size: int, wor
     features = arrow_features(spec)
     shard_dir = folder / "shards"
     shard_dir.mkdir(exist_ok=True)
-    problems: list[str] = []
     chunks = [records[i:i + chunk_size] for i in range(0, len(records), chunk_size)]
+    tasks = [(source, chunk, spec, features, shard_dir / f"{index:05d}", on_error)
+             for index, chunk in enumerate(chunks)]
+    problems: dict[Path, list[str]] = {}
+    # Each worker decodes, converts and writes whole shards, so the main process has
+    # nothing to do in between and every worker stays busy.
     pool = get_context(multiprocessing_context).Pool(workers) if workers > 0 else None
     with pool or nullcontext(), tqdm(total=len(records), desc=f"preparing {source.name}",
                                      unit="clip") as bar:
-        for index, chunk in enumerate(chunks):
-            problems += _shard(source, chunk, spec, features, shard_dir / f"{index:05d}", on_error,
-                               pool)
-            bar.update(len(chunk))
+        for path, clips, shard_problems in (pool.imap_unordered(_shard, tasks) if pool else map(_shard, tasks)):
+            problems[path] = shard_problems
+            bar.update(clips)
     merged = datasets.concatenate_datasets(
         [datasets.load_from_disk(str(shard_dir / f"{i:05d}")) for i in range(len(chunks))]
     )
@@ -161,22 +164,31 @@ def _build(source: DataSource, folder: Path, on_error: str, chunk_size: int, wor
     if empty:
         raise ValueError(f"{source.name}: split(s) {', '.join(empty)} hold no clip after preparation")
     splits.save_to_disk(str(folder / "data"))
-    _report(source, problems, on_error, folder)
-    save_json(folder / "spec.json", {"spec": asdict(spec), "problems": problems})
+    in_order = [problem for task in tasks for problem in problems[task[4]]]
+    _report(source, in_order, on_error, folder)
+    save_json(folder / "spec.json", {"spec": asdict(spec), "problems": in_order})
     shutil.rmtree(shard_dir, ignore_errors=True)
 
 
-def _shard(source, chunk, spec, features, path: Path, on_error: str, pool) -> list[str]:
-    """Prepares one chunk of clips into a shard, or reads its problems if already done."""
+def _shard(task: tuple) -> tuple[Path, int, list[str]]:
+    """Prepares one chunk of clips into a shard, or reads its problems if already done.
+
+    Args:
+        task (tuple): The source, the chunk's records, the spec, the Arrow features,
+            the shard's folder and the decode-error policy.
+
+    Returns:
+        tuple[Path, int, list[str]]: The shard's folder, its number of records and
+        its decode problems.
+    """
+    source, chunk, spec, features, path, on_error = task
+    datasets.disable_progress_bars()
     done = path / "problems.json"
     if done.exists():
-        return json.loads(done.read_text())
-    if pool is not None:
-        results: list[Loaded] = pool.map(source.load, chunk)
-    else:
-        results = [source.load(record) for record in chunk]
+        return path, len(chunk), json.loads(done.read_text())
     rows, problems = [], []
-    for result in results:
+    for record in chunk:
+        result = source.load(record)
         problems += result.problems
         if result.problems and on_error == "raise":
             raise RuntimeError("; ".join(result.problems))
@@ -186,7 +198,7 @@ def _shard(source, chunk, spec, features, path: Path, on_error: str, pool) -> li
     shard = datasets.Dataset.from_list(rows, features=features) if rows else _empty(features)
     shard.save_to_disk(str(path))
     save_json(done, problems)
-    return problems
+    return path, len(chunk), problems
 
 
 def _empty(features: datasets.Features) -> datasets.Dataset:
