@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 import pytorch_lightning as pl
 import torch
+import yaml
 from conftest import CONF, REPO
 from test_cli import QUICKSTART, STAGE_CONFIGS, train_stage
 from test_pipeline import manifest, write_pipeline
@@ -19,7 +20,10 @@ from torch.utils.data import DistributedSampler
 
 from mmsent.cli import build_cli
 from mmsent.errors import ConfigError
-from mmsent.pipeline import run
+from mmsent.pipeline import load_pipeline, run
+from mmsent.pipeline.figures import read_predictions
+from mmsent.pipeline.manifest import Manifest
+from mmsent.pipeline.runner import stage_arguments
 
 DDP = ["--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices=2"]
 # Clips moved from the evaluation splits to training, so validation (7 clips) and test
@@ -203,10 +207,62 @@ def test_ddp_every_modality_test_split_and_finetune(uneven_raw, probe_env):
     assert torch.load(last, weights_only=True)["epoch"] == 0
 
 
-def test_pipeline_stops_a_stage_asking_for_several_processes(tiny_raw, tiny_cache, tmp_path, monkeypatch):
-    """The runner is one process: a multi-process stage is refused before it starts any."""
-    monkeypatch.setattr(pl.Trainer, "fit", lambda *args, **kwargs: pytest.fail("fit started on two processes"))
+def test_pipeline_runs_its_fused_stage_on_two_processes(uneven_raw, tiny_cache, probe_env):
+    """`mmsent pipeline run`: the unimodal stages in one process, the fused stage on two
+    (Lightning starts the second by running the command again); the main process alone
+    writes, the figures are those of one process on the handed-on checkpoint, and the
+    test predictions hold every clip once."""
+    spec = yaml.safe_load(write_pipeline(probe_env, uneven_raw, tiny_cache, with_video=False).read_text())
+    spec["stages"] = spec["stages"][:3]
+    spec["stages"][2]["args"] += [*DDP, "--trainer.callbacks+=ddp_probe.RankRecorder",
+                                  f"--data.batch_size={BATCH}"]
+    path = probe_env / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    probe = probe_env / "unimodal-probe"
+    done = subprocess.run([sys.executable, "-m", "mmsent", "pipeline", "run", str(path), "--no-wandb"],
+                          cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.count("report written to") == 1 and done.stdout.count("=== stage fusion") == 1
+
+    out = probe_env / "out"
+    record = manifest(probe_env)
+    assert {name: stage["status"] for name, stage in record["stages"].items()} == dict.fromkeys(
+        ["text", "audio", "fusion"], "done")
+    ranks = read_ranks(probe, "fit-rank{rank}.json")
+    assert [r["world_size"] for r in ranks] == [2, 2] and ranks[1]["saves"] == []
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*")}
+    assert {f for f in files if "/" not in f} == {
+        "audio", "fusion", "text", "manifest.json", "report.json", "report.md", "report.png", "predictions.csv",
+        "confusion.png", "contributions.png", "scatter.png"}, "no lock left, nothing written twice"
+    assert {f for f in files if f.startswith("fusion/")} == {
+        f.replace("text/", "fusion/", 1) for f in files if f.startswith("text/")} | {
+        "fusion/checkpoints/selected.ckpt"}, "the files of a one-process stage, no more"
+
+    fused = record["stages"]["fusion"]
+    assert Path(fused["best_checkpoint"]).is_file()
+    args = [*stage_arguments(load_pipeline(path), load_pipeline(path).stage("fusion"), Manifest(out / "manifest.json"),
+                             []), "--trainer.strategy=auto", "--trainer.devices=1"]
+    single = build_cli(args, run=False)
+    for split, score in (("val", single.trainer.validate), ("test", single.trainer.test)):
+        (alone,) = score(single.model, datamodule=single.datamodule, ckpt_path=fused["best_checkpoint"],
+                         verbose=False)
+        assert_same_metrics({f"{split}/{k}": v for k, v in fused["metrics"][split].items()}, alone, f"{split}/")
+    predicted = read_predictions(fused["predictions"])["id"].tolist()
+    assert predicted == [str(clip) for clip in single.datamodule.split("test")["id"]], "every test clip once, in order"
+
+
+def test_pipeline_under_torchrun_refuses_a_single_process_stage(tiny_raw, tiny_cache, tmp_path, monkeypatch):
+    """Under torchrun every process runs every stage: a single-process stage is refused
+    before any stage starts, naming it and what to set."""
+    monkeypatch.setattr(pl.Trainer, "fit", lambda *args, **kwargs: pytest.fail("a stage started"))
+    for key, value in {"TORCHELASTIC_RUN_ID": "test", "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0",
+                       "GROUP_RANK": "0", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(key, value)
     path = write_pipeline(tmp_path, tiny_raw, tiny_cache)
-    with pytest.raises(ConfigError, match=r"stage 'text': its trainer runs 2 processes .* `mmsent fit`"):
-        run(path, extra=DDP, use_wandb=False)
-    assert manifest(tmp_path)["stages"]["text"]["status"] == "failed"
+    with pytest.raises(ConfigError, match=r"stage 'text': its trainer runs 1 process\(es\) \(trainer.devices=1, "
+                                          r"trainer.num_nodes=1\), but torchrun .* on 2 processes.*trainer.devices"):
+        run(path, use_wandb=False)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    with pytest.raises(ConfigError, match="stage 'text': its trainer runs 3 process"):
+        run(path, extra=["--trainer.devices=3"], use_wandb=False)
