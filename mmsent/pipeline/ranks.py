@@ -49,9 +49,23 @@ def launched_processes() -> int:
     return 1
 
 
-def running_processes() -> int:
-    """int: How many processes the run's process group holds; 1 before there is one."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+def announce_stage(name: str, processes: int, resume: str | None) -> None:
+    """Tells the other processes, once they exist, which multi-process stage the main
+    one runs next and the checkpoint it resumes from (:func:`share_from_main`).
+
+    Args:
+        name (str): The stage.
+        processes (int): How many processes its trainer runs.
+        resume (str | None): The checkpoint its fit resumes from.
+
+    Raises:
+        ConfigError: If the processes started for an earlier stage are another number.
+    """
+    started = dist.get_world_size() if dist.is_available() and dist.is_initialized() else processes
+    if started != processes:
+        raise ConfigError(f"stage {name!r}: its trainer runs {processes} processes, but an earlier stage of "
+                          f"this run started {started}; every multi-process stage must run on as many")
+    share_from_main((name, resume))
 
 
 def share_from_main(value: Any) -> Any:

@@ -67,18 +67,14 @@ def run_stage(pipeline: Pipeline, stage: Stage, manifest: Manifest, extra: list[
     """Runs one stage in the main process (:func:`fit_and_score`), recording
     everything in the manifest (and in the stage's W&B run, when W&B is on).
 
-    A multi-process stage is first announced to the other processes, with the
-    checkpoint it resumes from, once they exist (:func:`follow`).
+    A multi-process stage is first announced to the other processes, once they exist
+    (:func:`mmsent.pipeline.ranks.announce_stage`, :func:`follow`).
 
     Args:
         pipeline (Pipeline): The pipeline.
         stage (Stage): The stage to run.
         manifest (Manifest): Updated as the stage progresses.
         extra (list[str]): Arguments from the command line.
-
-    Raises:
-        ConfigError: If the stage asks for another number of processes than an
-            earlier one of this run started.
     """
     args = stage_arguments(pipeline, stage, manifest, extra)
     resume = resume_checkpoint(pipeline, stage, manifest.stage(stage.name))
@@ -87,10 +83,7 @@ def run_stage(pipeline: Pipeline, stage: Stage, manifest: Manifest, extra: list[
     started = time.time() - manifest.start_stage(stage.name, command, resume)
     cli = build_cli(args, run=False)
     if cli.trainer.world_size > 1:
-        if ranks.running_processes() not in (1, cli.trainer.world_size):
-            raise ConfigError(f"stage {stage.name!r}: its trainer runs {cli.trainer.world_size} processes, but "
-                              f"an earlier stage of this run started another number")
-        ranks.share_from_main((stage.name, resume))
+        ranks.announce_stage(stage.name, cli.trainer.world_size, resume)
     tracker = tracking.start_stage(pipeline, stage, manifest, cli)
     if tracker:
         manifest.track_stage(stage.name, **tracker.record)
@@ -149,13 +142,11 @@ def follow(pipeline: Pipeline, start: str | None, only: str | None, extra: list[
     """Runs the multi-process stages in a process other than the main one, writing
     nothing of the pipeline's own (no lock, manifest, report or W&B run).
 
-    Its first stage is the first selected one (the selection the main process makes)
-    under torchrun or ``srun``, and under Lightning's launch, which starts this
-    process when the main one fits its first multi-process stage, the first selected
-    one not finished yet. After each stage the main process, having recorded it,
-    names the next multi-process stage and the checkpoint it resumes from, or None at
-    the end (:func:`mmsent.pipeline.ranks.share_from_main`); this process then reads
-    the manifest again for the checkpoints handed on.
+    The first is the main process's first selected stage under torchrun or ``srun``;
+    under Lightning's launch (which starts this process when the main one fits its
+    first multi-process stage), the first selected one not finished yet. After each,
+    the main process, having recorded it, names the next one and its resume
+    checkpoint, or None at the end; this process then rereads the manifest.
 
     Args:
         pipeline (Pipeline): The pipeline.
@@ -340,7 +331,8 @@ def forget_stages(pipeline: Pipeline, manifest: Manifest, names: list[str]) -> N
 def run(path: str | Path, start: str | None = None, only: str | None = None,
         extra: list[str] | None = None, output_dir: str | None = None,
         use_wandb: bool = True) -> Path:
-    """Runs a pipeline file and writes its report.
+    """Runs a pipeline file and writes its report; in a process other than the main
+    one of a multi-process run, joins its multi-process stages instead (:func:`follow`).
 
     Args:
         path (str | Path): The pipeline file.
