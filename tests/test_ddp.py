@@ -251,6 +251,20 @@ def test_pipeline_runs_its_fused_stage_on_two_processes(uneven_raw, tiny_cache, 
     predicted = read_predictions(fused["predictions"])["id"].tolist()
     assert predicted == [str(clip) for clip in single.datamodule.split("test")["id"]], "every test clip once, in order"
 
+    # Rerun from a one-process stage (which the second process, started later, must not
+    # rerun), then the fused stage, then a one-process stage failing in the main process
+    # while the other waits for the next multi-process stage: both end, none hangs.
+    spec["stages"].append({"name": "failing", "configs": spec["stages"][2]["configs"],
+                           "args": ["--model.init_args.video_encoder=null", "--data.cache_dir=/dev/null/cache"]})
+    path.write_text(yaml.safe_dump(spec))
+    done = subprocess.run([sys.executable, "-m", "mmsent", "pipeline", "run", str(path), "--no-wandb",
+                           "--from", "audio"], cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 1 and "/dev/null/cache" in done.stderr, done.stderr[-4000:]
+    stages = manifest(probe_env)["stages"]
+    assert [stages[name]["status"] for name in ("audio", "fusion", "failing")] == ["done", "done", "failed"]
+    assert not (out / "run.lock").exists()
+
 
 def test_pipeline_under_torchrun_refuses_a_single_process_stage(tiny_raw, tiny_cache, tmp_path, monkeypatch):
     """Under torchrun every process runs every stage: a single-process stage is refused

@@ -170,6 +170,8 @@ def follow(pipeline: Pipeline, start: str | None, only: str | None, extra: list[
         manifest = Manifest(pipeline.output_dir / "manifest.json")
         stage = pipeline.stage(name)
         cli = build_cli(stage_arguments(pipeline, stage, manifest, extra), run=False)
+        if cli.trainer.world_size == 1:
+            raise ConfigError(f"stage {name!r} runs in one process, yet this process was started for it")
         fit_and_score(cli, stage, resume, pipeline.output_dir / name)
         announced = ranks.share_from_main(None)
 
