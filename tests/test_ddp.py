@@ -20,7 +20,7 @@ from torch.utils.data import DistributedSampler
 
 from mmsent.cli import build_cli
 from mmsent.errors import ConfigError
-from mmsent.pipeline import load_pipeline, run
+from mmsent.pipeline import load_pipeline, run, runner
 from mmsent.pipeline.figures import read_predictions
 from mmsent.pipeline.manifest import Manifest
 from mmsent.pipeline.runner import stage_arguments
@@ -280,3 +280,39 @@ def test_pipeline_under_torchrun_refuses_a_single_process_stage(tiny_raw, tiny_c
     assert not (tmp_path / "out" / "manifest.json").exists()
     with pytest.raises(ConfigError, match="stage 'text': its trainer runs 3 process"):
         run(path, extra=["--trainer.devices=3"], use_wandb=False)
+
+
+LIGHTNING_CHILD = {"LOCAL_RANK": "1", "NODE_RANK": "0", "WORLD_SIZE": "2"}
+TORCHRUN_RANK1 = {"TORCHELASTIC_RUN_ID": "test", "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1",
+                  "GROUP_RANK": "0", "LOCAL_WORLD_SIZE": "2"}
+
+
+@pytest.mark.parametrize(("launch", "start", "expected"), [
+    (LIGHTNING_CHILD, None, "recorded"), (TORCHRUN_RANK1, None, "last"), (TORCHRUN_RANK1, "fusion", None)])
+def test_a_second_process_joins_the_stage_the_main_one_runs(tiny_raw, tiny_cache, tmp_path, monkeypatch, launch,
+                                                            start, expected):
+    """A process other than the main one: no lock, no writes; it starts with the first
+    unfinished stage and resumes it from the checkpoint the main process does (recorded
+    by it once Lightning started this process; found on disk under torchrun; none for a
+    stage rerun with --from, which the main process forgets)."""
+    path = write_pipeline(tmp_path, tiny_raw, tiny_cache)
+    out = tmp_path / "out"
+    (out / "fusion" / "checkpoints").mkdir(parents=True)
+    last = out / "fusion" / "checkpoints" / "last.ckpt"
+    torch.save({"loops": {}, "state_dict": {}}, last)
+    stages = {}
+    for name in ("text", "audio", "video"):
+        (out / f"{name}.ckpt").write_bytes(b"")
+        stages[name] = {"status": "done", "best_checkpoint": str(out / f"{name}.ckpt")}
+    stages["fusion"] = {"status": "running", "resumed_from": "recorded.ckpt"}
+    (out / "manifest.json").write_text(json.dumps({"stages": stages}))
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    for key, value in launch.items():
+        monkeypatch.setenv(key, value)
+    joined = []
+    monkeypatch.setattr(runner, "build_cli", lambda args, run: SimpleNamespace(trainer=SimpleNamespace(world_size=2)))
+    monkeypatch.setattr(runner, "fit_and_score", lambda cli, stage, resume, folder: joined.append((stage.name, resume)))
+    run(path, start=start, extra=DDP, use_wandb=False)
+    resumed = {"recorded": "recorded.ckpt", "last": str(last), None: None}[expected]
+    assert joined == [("fusion", resumed)], "the next stage comes from the main process, which has none here"
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before, "it writes nothing"
