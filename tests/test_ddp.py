@@ -20,7 +20,7 @@ from torch.utils.data import DistributedSampler
 
 from mmsent.cli import build_cli
 from mmsent.errors import ConfigError
-from mmsent.pipeline import load_pipeline, run, runner
+from mmsent.pipeline import load_pipeline, ranks, run, runner
 from mmsent.pipeline.figures import read_predictions
 from mmsent.pipeline.manifest import Manifest
 from mmsent.pipeline.runner import stage_arguments
@@ -316,3 +316,20 @@ def test_a_second_process_joins_the_stage_the_main_one_runs(tiny_raw, tiny_cache
     resumed = {"recorded": "recorded.ckpt", "last": str(last), None: None}[expected]
     assert joined == [("fusion", resumed)], "the next stage comes from the main process, which has none here"
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before, "it writes nothing"
+
+
+SLURM_JOB = {"SLURM_JOB_NAME": "train", "SLURM_NTASKS": "2", "SLURM_PROCID": "1"}
+
+
+@pytest.mark.parametrize(("env", "main", "launched"), [
+    ({}, True, 1), (LIGHTNING_CHILD, False, 1), (TORCHRUN_RANK1, False, 2),
+    ({**TORCHRUN_RANK1, "RANK": "0", "LOCAL_RANK": "0"}, True, 2), (SLURM_JOB, False, 2),
+    ({**SLURM_JOB, "SLURM_NTASKS": "1", "SLURM_PROCID": "0", **LIGHTNING_CHILD}, False, 1)])
+def test_each_process_knows_its_part_from_the_environment(monkeypatch, env, main, launched):
+    """Main process or not, and how many processes a launcher started, under no launcher,
+    Lightning's, torchrun, srun, and Lightning's inside a one-task SLURM job."""
+    for key in {*LIGHTNING_CHILD, *TORCHRUN_RANK1, *SLURM_JOB}:
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert (ranks.is_main_process(), ranks.launched_processes()) == (main, launched)

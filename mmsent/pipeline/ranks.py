@@ -29,8 +29,9 @@ def is_main_process() -> bool:
     """
     if TorchElasticEnvironment.detect():
         return int(os.environ.get("RANK", "0")) == 0
-    if SLURMEnvironment.detect():
+    if launched_processes() > 1:
         return int(os.environ.get("SLURM_PROCID", "0")) == 0
+    # One SLURM task, or none: Lightning's launch, whose processes inherit SLURM_PROCID.
     return all(int(os.environ.get(key, "0")) == 0 for key in ("LOCAL_RANK", "NODE_RANK", "GROUP_RANK"))
 
 
