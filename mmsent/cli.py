@@ -153,21 +153,24 @@ class ConfigCheckCLI(MMSentCLI):
         check_values(self.config)
 
 
-def check_config(args: list[str]) -> None:
+def check_config(args: list[str]) -> Namespace:
     """Parses and checks a configuration (no subcommand) as ``mmsent fit`` would,
     without preparing data or building a model.
 
     Args:
         args (list[str]): Command-line arguments, e.g. ``-c`` files and overrides.
 
+    Returns:
+        Namespace: The parsed configuration.
+
     Raises:
         ConfigError: On an unknown key, a value of the wrong type or a value that
             cannot work (:func:`check_values`).
     """
     try:
-        ConfigCheckCLI(BaseTask, MultimodalDataModule, subclass_mode_model=True,
-                       seed_everything_default=0, auto_configure_optimizers=False,
-                       parser_kwargs={"exit_on_error": False}, args=args, run=False)
+        return ConfigCheckCLI(BaseTask, MultimodalDataModule, subclass_mode_model=True,
+                              seed_everything_default=0, auto_configure_optimizers=False,
+                              parser_kwargs={"exit_on_error": False}, args=args, run=False).config
     except ArgumentError as error:
         raise ConfigError(" ".join(str(error).split())) from None
 

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 import pytorch_lightning as pl
 import torch
+import yaml
 from conftest import CONF, REPO
 from test_cli import QUICKSTART, STAGE_CONFIGS, train_stage
 from test_pipeline import manifest, write_pipeline
@@ -19,7 +20,10 @@ from torch.utils.data import DistributedSampler
 
 from mmsent.cli import build_cli
 from mmsent.errors import ConfigError
-from mmsent.pipeline import run
+from mmsent.pipeline import load_pipeline, ranks, run, runner
+from mmsent.pipeline.figures import read_predictions
+from mmsent.pipeline.manifest import Manifest
+from mmsent.pipeline.runner import stage_arguments
 
 DDP = ["--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices=2"]
 # Clips moved from the evaluation splits to training, so validation (7 clips) and test
@@ -203,10 +207,129 @@ def test_ddp_every_modality_test_split_and_finetune(uneven_raw, probe_env):
     assert torch.load(last, weights_only=True)["epoch"] == 0
 
 
-def test_pipeline_stops_a_stage_asking_for_several_processes(tiny_raw, tiny_cache, tmp_path, monkeypatch):
-    """The runner is one process: a multi-process stage is refused before it starts any."""
-    monkeypatch.setattr(pl.Trainer, "fit", lambda *args, **kwargs: pytest.fail("fit started on two processes"))
+def test_pipeline_runs_its_fused_stage_on_two_processes(uneven_raw, tiny_cache, probe_env):
+    """`mmsent pipeline run`: the unimodal stages in one process, the fused stage on two
+    (Lightning starts the second by running the command again); the main process alone
+    writes, the figures are those of one process on the handed-on checkpoint, and the
+    test predictions hold every clip once."""
+    spec = yaml.safe_load(write_pipeline(probe_env, uneven_raw, tiny_cache, with_video=False).read_text())
+    spec["stages"] = spec["stages"][:3]
+    spec["stages"][2]["args"] += [*DDP, "--trainer.callbacks+=ddp_probe.RankRecorder",
+                                  f"--data.batch_size={BATCH}"]
+    path = probe_env / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    probe = probe_env / "unimodal-probe"
+    done = subprocess.run([sys.executable, "-m", "mmsent", "pipeline", "run", str(path), "--no-wandb"],
+                          cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.count("report written to") == 1 and done.stdout.count("=== stage fusion") == 1
+
+    out = probe_env / "out"
+    record = manifest(probe_env)
+    assert {name: stage["status"] for name, stage in record["stages"].items()} == dict.fromkeys(
+        ["text", "audio", "fusion"], "done")
+    ranks = read_ranks(probe, "fit-rank{rank}.json")
+    assert [r["world_size"] for r in ranks] == [2, 2] and ranks[1]["saves"] == []
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*")}
+    assert {f for f in files if "/" not in f} == {
+        "audio", "fusion", "text", "manifest.json", "report.json", "report.md", "report.png", "predictions.csv",
+        "confusion.png", "contributions.png", "scatter.png"}, "no lock left, nothing written twice"
+    assert {f for f in files if f.startswith("fusion/")} == {
+        f.replace("text/", "fusion/", 1) for f in files if f.startswith("text/")} | {
+        "fusion/checkpoints/selected.ckpt"}, "the files of a one-process stage, no more"
+
+    fused = record["stages"]["fusion"]
+    assert Path(fused["best_checkpoint"]).is_file()
+    args = [*stage_arguments(load_pipeline(path), load_pipeline(path).stage("fusion"), Manifest(out / "manifest.json"),
+                             []), "--trainer.strategy=auto", "--trainer.devices=1"]
+    single = build_cli(args, run=False)
+    for split, score in (("val", single.trainer.validate), ("test", single.trainer.test)):
+        (alone,) = score(single.model, datamodule=single.datamodule, ckpt_path=fused["best_checkpoint"],
+                         verbose=False)
+        assert_same_metrics({f"{split}/{k}": v for k, v in fused["metrics"][split].items()}, alone, f"{split}/")
+    predicted = read_predictions(fused["predictions"])["id"].tolist()
+    assert predicted == [str(clip) for clip in single.datamodule.split("test")["id"]], "every test clip once, in order"
+
+    # Rerun from a one-process stage (which the second process, started later, must not
+    # rerun), then the fused stage, then a one-process stage failing in the main process
+    # while the other waits for the next multi-process stage: both end, none hangs.
+    spec["stages"].append({"name": "failing", "configs": spec["stages"][2]["configs"],
+                           "args": ["--model.init_args.video_encoder=null", "--data.cache_dir=/dev/null/cache"]})
+    path.write_text(yaml.safe_dump(spec))
+    done = subprocess.run([sys.executable, "-m", "mmsent", "pipeline", "run", str(path), "--no-wandb",
+                           "--from", "audio"], cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 1 and "/dev/null/cache" in done.stderr, done.stderr[-4000:]
+    stages = manifest(probe_env)["stages"]
+    assert [stages[name]["status"] for name in ("audio", "fusion", "failing")] == ["done", "done", "failed"]
+    assert not (out / "run.lock").exists()
+
+
+def test_pipeline_under_torchrun_refuses_a_single_process_stage(tiny_raw, tiny_cache, tmp_path, monkeypatch):
+    """Under torchrun every process runs every stage: a single-process stage is refused
+    before any stage starts, naming it and what to set."""
+    monkeypatch.setattr(pl.Trainer, "fit", lambda *args, **kwargs: pytest.fail("a stage started"))
+    for key, value in {"TORCHELASTIC_RUN_ID": "test", "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0",
+                       "GROUP_RANK": "0", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(key, value)
     path = write_pipeline(tmp_path, tiny_raw, tiny_cache)
-    with pytest.raises(ConfigError, match=r"stage 'text': its trainer runs 2 processes .* `mmsent fit`"):
-        run(path, extra=DDP, use_wandb=False)
-    assert manifest(tmp_path)["stages"]["text"]["status"] == "failed"
+    with pytest.raises(ConfigError, match=r"stage 'text': its trainer runs 1 process\(es\) \(trainer.devices=1, "
+                                          r"trainer.num_nodes=1\), but torchrun .* on 2 processes.*trainer.devices"):
+        run(path, use_wandb=False)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    with pytest.raises(ConfigError, match="stage 'text': its trainer runs 3 process"):
+        run(path, extra=["--trainer.devices=3"], use_wandb=False)
+
+
+LIGHTNING_CHILD = {"LOCAL_RANK": "1", "NODE_RANK": "0", "WORLD_SIZE": "2"}
+TORCHRUN_RANK1 = {"TORCHELASTIC_RUN_ID": "test", "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1",
+                  "GROUP_RANK": "0", "LOCAL_WORLD_SIZE": "2"}
+
+
+@pytest.mark.parametrize(("launch", "start", "expected"), [
+    (LIGHTNING_CHILD, None, "recorded"), (TORCHRUN_RANK1, None, "last"), (TORCHRUN_RANK1, "fusion", None)])
+def test_a_second_process_joins_the_stage_the_main_one_runs(tiny_raw, tiny_cache, tmp_path, monkeypatch, launch,
+                                                            start, expected):
+    """A process other than the main one: no lock, no writes; it starts with the first
+    unfinished stage and resumes it from the checkpoint the main process does (recorded
+    by it once Lightning started this process; found on disk under torchrun; none for a
+    stage rerun with --from, which the main process forgets)."""
+    path = write_pipeline(tmp_path, tiny_raw, tiny_cache)
+    out = tmp_path / "out"
+    (out / "fusion" / "checkpoints").mkdir(parents=True)
+    last = out / "fusion" / "checkpoints" / "last.ckpt"
+    torch.save({"loops": {}, "state_dict": {}}, last)
+    stages = {}
+    for name in ("text", "audio", "video"):
+        (out / f"{name}.ckpt").write_bytes(b"")
+        stages[name] = {"status": "done", "best_checkpoint": str(out / f"{name}.ckpt")}
+    stages["fusion"] = {"status": "running", "resumed_from": "recorded.ckpt"}
+    (out / "manifest.json").write_text(json.dumps({"stages": stages}))
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    for key, value in launch.items():
+        monkeypatch.setenv(key, value)
+    joined = []
+    monkeypatch.setattr(runner, "build_cli", lambda args, run: SimpleNamespace(trainer=SimpleNamespace(world_size=2)))
+    monkeypatch.setattr(runner, "fit_and_score", lambda cli, stage, resume, folder: joined.append((stage.name, resume)))
+    run(path, start=start, extra=DDP, use_wandb=False)
+    resumed = {"recorded": "recorded.ckpt", "last": str(last), None: None}[expected]
+    assert joined == [("fusion", resumed)], "the next stage comes from the main process, which has none here"
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before, "it writes nothing"
+
+
+SLURM_JOB = {"SLURM_JOB_NAME": "train", "SLURM_NTASKS": "2", "SLURM_PROCID": "1"}
+
+
+@pytest.mark.parametrize(("env", "main", "launched"), [
+    ({}, True, 1), (LIGHTNING_CHILD, False, 1), (TORCHRUN_RANK1, False, 2),
+    ({**TORCHRUN_RANK1, "RANK": "0", "LOCAL_RANK": "0"}, True, 2), (SLURM_JOB, False, 2),
+    ({**SLURM_JOB, "SLURM_NTASKS": "1", "SLURM_PROCID": "0", **LIGHTNING_CHILD}, False, 1)])
+def test_each_process_knows_its_part_from_the_environment(monkeypatch, env, main, launched):
+    """Main process or not, and how many processes a launcher started, under no launcher,
+    Lightning's, torchrun, srun, and Lightning's inside a one-task SLURM job."""
+    for key in {*LIGHTNING_CHILD, *TORCHRUN_RANK1, *SLURM_JOB}:
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert (ranks.is_main_process(), ranks.launched_processes()) == (main, launched)

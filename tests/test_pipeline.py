@@ -18,7 +18,7 @@ from mmsent.callbacks import ModalitySelection
 from mmsent.errors import ConfigError
 from mmsent.metrics import METRIC_NAMES
 from mmsent.pipeline import load_pipeline, run
-from mmsent.pipeline.runner import selected_checkpoint
+from mmsent.pipeline.scoring import selected_checkpoint
 
 QUICKSTART = REPO / "pipelines" / "quickstart"
 STAGES = ["text", "audio", "video", "fusion", "finetune"]

@@ -6,6 +6,11 @@ records each stage in ``manifest.json`` as it goes, and writes the report at the
 end. A rerun skips finished stages and resumes an interrupted one from its last
 checkpoint. With a ``wandb:`` section, every stage is also a W&B run in the pipeline
 run's group (see :mod:`mmsent.pipeline.tracking`).
+
+A stage may train on several processes (``trainer.strategy=ddp``,
+``trainer.devices``): the same command then runs in each (:mod:`mmsent.pipeline.ranks`).
+The main process does all of the above; the others join the multi-process stages
+only (:func:`follow`) and write nothing of the pipeline's own.
 """
 
 from __future__ import annotations
@@ -16,16 +21,13 @@ import shutil
 import time
 from pathlib import Path
 
-from pytorch_lightning.utilities.exceptions import SIGTERMException
-
-from mmsent.callbacks import ModalitySelection
-from mmsent.cli import MMSentCLI, build_cli, check_config
+from mmsent.cli import build_cli, check_config
 from mmsent.errors import ConfigError, user_error
-from mmsent.pipeline import tracking
-from mmsent.pipeline.figures import PREDICTIONS_FILE, predictions_table
+from mmsent.pipeline import ranks, tracking
 from mmsent.pipeline.lock import RunLock
 from mmsent.pipeline.manifest import Manifest
 from mmsent.pipeline.report import write_report
+from mmsent.pipeline.scoring import fit_and_score
 from mmsent.pipeline.spec import Pipeline, Stage, load_pipeline
 from mmsent.tasks.checkpoint_io import load_weights_only
 
@@ -58,22 +60,17 @@ def stage_arguments(pipeline: Pipeline, stage: Stage, manifest: Manifest | None,
 
 
 def run_stage(pipeline: Pipeline, stage: Stage, manifest: Manifest, extra: list[str]) -> None:
-    """Fits one stage (resuming it if it was interrupted), then validates, tests and
-    predicts the test split with the checkpoint it hands on, recording everything in
-    the manifest (and in the stage's W&B run, when W&B is on).
+    """Runs one stage in the main process (:func:`mmsent.pipeline.scoring.fit_and_score`), recording
+    everything in the manifest (and in the stage's W&B run, when W&B is on).
 
-    The checkpoint handed on is the one :class:`mmsent.callbacks.ModalitySelection`
-    selected, when the stage has that callback and it wrote one, else the best
-    validation checkpoint.
+    A multi-process stage is first announced to the other processes, once they exist
+    (:func:`mmsent.pipeline.ranks.announce_stage`, :func:`follow`).
 
     Args:
         pipeline (Pipeline): The pipeline.
         stage (Stage): The stage to run.
         manifest (Manifest): Updated as the stage progresses.
         extra (list[str]): Arguments from the command line.
-
-    Raises:
-        SystemExit: When the fit was stopped by SIGTERM, which Lightning ends cleanly.
     """
     args = stage_arguments(pipeline, stage, manifest, extra)
     resume = resume_checkpoint(pipeline, stage, manifest.stage(stage.name))
@@ -81,94 +78,53 @@ def run_stage(pipeline: Pipeline, stage: Stage, manifest: Manifest, extra: list[
     print(f"\n=== stage {stage.name}: {command}" + (f" --ckpt_path={resume}" if resume else ""))
     started = time.time() - manifest.start_stage(stage.name, command, resume)
     cli = build_cli(args, run=False)
-    refuse_several_processes(stage, cli)
+    if cli.trainer.world_size > 1:
+        ranks.announce_stage(stage.name, cli.trainer.world_size, resume)
     tracker = tracking.start_stage(pipeline, stage, manifest, cli)
     if tracker:
         manifest.track_stage(stage.name, **tracker.record)
-    try:
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume)
-    except SIGTERMException:
-        # Lightning stops the fit cleanly on SIGTERM and would exit with status 0.
-        raise SystemExit(f"stage {stage.name!r} stopped by SIGTERM; run the same command again to "
-                         f"resume it from its last checkpoint") from None
-    # Read before validate/test: loading the best checkpoint resets the callback's state.
-    last = cli.trainer.checkpoint_callback.last_model_path
-    best = selected_checkpoint(cli) or cli.trainer.checkpoint_callback.best_model_path or last
-    metrics = {
-        "val": flat_metrics(cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path=best)),
-        "test": flat_metrics(cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best)),
-    }
-    selection = [c.record for c in cli.trainer.callbacks if isinstance(c, ModalitySelection)]
-    manifest.finish_stage(
-        stage.name,
-        selection=selection[-1] if selection else None,
-        config=str(Path(cli.trainer.log_dir or pipeline.output_dir / stage.name) / "config.yaml"),
-        best_checkpoint=best,
-        last_checkpoint=last,
-        metrics=metrics,
-        predictions=save_predictions(cli, best, pipeline.output_dir / stage.name),
-        wall_time_s=round(time.time() - started, 1),
-    )
+    results = fit_and_score(cli, stage, resume, pipeline.output_dir / stage.name)
+    manifest.finish_stage(stage.name, **results, wall_time_s=round(time.time() - started, 1))
     if tracker:
         tracker.finish(manifest)
 
 
-def refuse_several_processes(stage: Stage, cli: MMSentCLI) -> None:
-    """Stops a stage configured for several processes before it starts any.
+def follow(pipeline: Pipeline, start: str | None, only: str | None, extra: list[str]) -> None:
+    """Runs the multi-process stages in a process other than the main one, writing
+    nothing of the pipeline's own (no lock, manifest, report or W&B run).
 
-    Lightning's ``ddp`` starts the other processes by running the same command
-    again, so each would run the whole pipeline, each taking the run lock and
-    writing the manifest; the runner is not built for that yet.
-
-    Args:
-        stage (Stage): The stage.
-        cli (MMSentCLI): Its CLI, built but not run.
-
-    Raises:
-        ConfigError: If its trainer would run more than one process.
-    """
-    processes = cli.trainer.world_size
-    if processes > 1:
-        raise ConfigError(f"stage {stage.name!r}: its trainer runs {processes} processes (trainer.strategy, "
-                          f"trainer.devices, trainer.num_nodes), but `mmsent pipeline run` runs every stage in "
-                          f"one process; run the stages with `mmsent fit`, handing each the checkpoint of the one "
-                          f"before (README, \"Scaling out\")")
-
-
-def selected_checkpoint(cli: MMSentCLI) -> str | None:
-    """The checkpoint the stage's (last) :class:`mmsent.callbacks.ModalitySelection`
-    wrote its selected model to.
+    The first is the main process's first selected stage under torchrun or ``srun``;
+    under Lightning's launch (which starts this process when the main one fits its
+    first multi-process stage), the first selected one not finished yet. After each,
+    the main process, having recorded it, names the next one and its resume
+    checkpoint, or None at the end; this process then rereads the manifest.
 
     Args:
-        cli (MMSentCLI): The stage's CLI, after fitting.
-
-    Returns:
-        str | None: The selected model's file (``selected_path``), or None without a
-        selection.
+        pipeline (Pipeline): The pipeline.
+        start (str | None): ``--from``, as the main process got it.
+        only (str | None): ``--only``, as the main process got it.
+        extra (list[str]): Arguments from the command line.
     """
-    selections = [c for c in cli.trainer.callbacks if isinstance(c, ModalitySelection)]
-    return getattr(selections[-1], "selected_path", None) if selections else None
-
-
-def save_predictions(cli: MMSentCLI, checkpoint: str, folder: Path) -> str | None:
-    """Predicts the test split with a checkpoint into ``<folder>/predictions.csv``.
-
-    Args:
-        cli (MMSentCLI): The stage's CLI.
-        checkpoint (str): The checkpoint to predict with.
-        folder (Path): The stage folder.
-
-    Returns:
-        str | None: The file, or None when the model predicts no score (a generative
-        stage).
-    """
-    outputs = cli.trainer.predict(cli.model, dataloaders=cli.datamodule.test_dataloader(),
-                                  ckpt_path=checkpoint)
-    if not outputs or "prediction" not in outputs[0]:
-        return None
-    path = folder / PREDICTIONS_FILE
-    predictions_table(outputs).to_csv(path, index=False)
-    return str(path)
+    manifest = Manifest(pipeline.output_dir / "manifest.json")
+    stages, forced = select_stages(pipeline, manifest, start, only)
+    if ranks.launched_processes() > 1:
+        check_stages(pipeline, stages, extra)
+        # The main process forgets the stages to rerun, so resumes none of them.
+        resume = None if not stages or stages[0].name in forced else resume_checkpoint(
+            pipeline, stages[0], manifest.stage(stages[0].name))
+    else:
+        stages = [s for s in stages if not manifest.is_done(s.name)]
+        resume = manifest.stage(stages[0].name).get("resumed_from") if stages else None
+    announced = (stages[0].name, resume) if stages else None
+    while announced:
+        name, resume = announced
+        manifest = Manifest(pipeline.output_dir / "manifest.json")
+        stage = pipeline.stage(name)
+        cli = build_cli(stage_arguments(pipeline, stage, manifest, extra), run=False)
+        if cli.trainer.world_size == 1:
+            raise ConfigError(f"stage {name!r} runs in one process, yet this process was started for it")
+        fit_and_score(cli, stage, resume, pipeline.output_dir / name)
+        announced = ranks.share_from_main(None)
 
 
 def resume_checkpoint(pipeline: Pipeline, stage: Stage, record: dict) -> str | None:
@@ -213,21 +169,6 @@ def resume_checkpoint(pipeline: Pipeline, stage: Stage, record: dict) -> str | N
     if others or last.is_file():
         print(f"=== stage {stage.name}: no readable checkpoint to resume from; starting it afresh")
     return None
-
-
-def flat_metrics(results: list[dict]) -> dict[str, float]:
-    """What ``trainer.validate`` or ``trainer.test`` returned, without the split prefix.
-
-    Args:
-        results (list[dict]): One dict per dataloader, keys like ``test/MAE``.
-
-    Returns:
-        dict[str, float]: E.g. ``{"MAE": ..., "contribution/text": ...}``.
-    """
-    merged = {}
-    for result in results:
-        merged.update({key.split("/", 1)[1]: float(value) for key, value in result.items() if "/" in key})
-    return merged
 
 
 def select_stages(pipeline: Pipeline, manifest: Manifest, start: str | None,
@@ -282,7 +223,8 @@ def forget_stages(pipeline: Pipeline, manifest: Manifest, names: list[str]) -> N
 def run(path: str | Path, start: str | None = None, only: str | None = None,
         extra: list[str] | None = None, output_dir: str | None = None,
         use_wandb: bool = True) -> Path:
-    """Runs a pipeline file and writes its report.
+    """Runs a pipeline file and writes its report; in a process other than the main
+    one of a multi-process run, joins its multi-process stages instead (:func:`follow`).
 
     Args:
         path (str | Path): The pipeline file.
@@ -301,6 +243,9 @@ def run(path: str | Path, start: str | None = None, only: str | None = None,
     if not use_wandb:
         pipeline.wandb.enabled = False
     extra = list(extra or [])
+    if not ranks.is_main_process():
+        follow(pipeline, start, only, extra)
+        return pipeline.output_dir
     resume = shlex.join(["mmsent", "pipeline", "run", str(path)]
                         + (["--output-dir", output_dir] if output_dir else [])
                         + ([] if use_wandb else ["--no-wandb"]) + (["--", *extra] if extra else []))
@@ -320,6 +265,7 @@ def run(path: str | Path, start: str | None = None, only: str | None = None,
                 shown = user_error(error)
                 manifest.fail_stage(stage.name, f"{type(shown).__name__}: {shown}", resume)
                 raise
+        ranks.share_from_main(None)  # the other processes, if any, end
         write_report(manifest.data, pipeline.output_dir)
     hint = tracking.sync_hint(manifest.data)
     if hint:
@@ -329,7 +275,9 @@ def run(path: str | Path, start: str | None = None, only: str | None = None,
 
 def check_stages(pipeline: Pipeline, stages: list[Stage], extra: list[str]) -> None:
     """Parses and checks the configuration of every stage to run, before the first
-    starts (:func:`mmsent.cli.check_config`); handed-on checkpoints are placeholders.
+    starts (:func:`mmsent.cli.check_config`), and that their process counts can run
+    together (:func:`mmsent.pipeline.ranks.check_process_counts`); handed-on
+    checkpoints are placeholders.
 
     Args:
         pipeline (Pipeline): The pipeline.
@@ -339,8 +287,11 @@ def check_stages(pipeline: Pipeline, stages: list[Stage], extra: list[str]) -> N
     Raises:
         ConfigError: Naming the stage and the key at fault.
     """
+    counts = {}
     for stage in stages:
         try:
-            check_config(stage_arguments(pipeline, stage, None, extra))
+            trainer = check_config(stage_arguments(pipeline, stage, None, extra)).trainer
         except ConfigError as error:
             raise ConfigError(f"stage {stage.name!r} ({', '.join(map(str, stage.configs))}): {error}") from None
+        counts[stage.name] = (ranks.configured_processes(trainer), trainer)
+    ranks.check_process_counts(counts)

@@ -1,0 +1,123 @@
+"""Fitting and scoring one stage, the same in every process of a multi-process stage:
+the fit, the checkpoint handed on, its validation and test metrics and its test
+predictions (``predictions.csv``, written by the main process).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from mmsent.callbacks import ModalitySelection
+from mmsent.cli import MMSentCLI
+from mmsent.pipeline import ranks
+from mmsent.pipeline.figures import PREDICTIONS_FILE, predictions_table
+from mmsent.pipeline.spec import Stage
+
+
+def fit_and_score(cli: MMSentCLI, stage: Stage, resume: str | None, folder: Path) -> dict:
+    """Fits one stage (resuming it if it was interrupted), then validates, tests and
+    predicts the test split with the checkpoint it hands on; every process of a
+    multi-process stage calls this alike.
+
+    The checkpoint handed on is the one :class:`mmsent.callbacks.ModalitySelection`
+    selected, when the stage has that callback and it wrote one, else the best
+    validation checkpoint.
+
+    Args:
+        cli (MMSentCLI): The stage's CLI, built but not run.
+        stage (Stage): The stage.
+        resume (str | None): The checkpoint to resume the fit from.
+        folder (Path): The stage folder.
+
+    Returns:
+        dict: ``selection``, ``config``, ``best_checkpoint``, ``last_checkpoint``,
+        ``metrics`` (``val`` and ``test``) and ``predictions``, as the manifest
+        records them.
+
+    Raises:
+        SystemExit: When the fit was stopped by SIGTERM, which Lightning ends cleanly.
+    """
+    try:
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume)
+    except SIGTERMException:
+        # Lightning stops the fit cleanly on SIGTERM and would exit with status 0.
+        raise SystemExit(f"stage {stage.name!r} stopped by SIGTERM; run the same command again to "
+                         f"resume it from its last checkpoint") from None
+    # Every process reads the checkpoints the main one wrote.
+    cli.trainer.strategy.barrier("mmsent.pipeline: checkpoints written")
+    # Read before validate/test: loading the best checkpoint resets the callback's state.
+    last = cli.trainer.checkpoint_callback.last_model_path
+    best = selected_checkpoint(cli) or cli.trainer.checkpoint_callback.best_model_path or last
+    metrics = {
+        "val": flat_metrics(cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path=best)),
+        "test": flat_metrics(cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best)),
+    }
+    selection = [c.record for c in cli.trainer.callbacks if isinstance(c, ModalitySelection)]
+    # trainer.log_dir is a collective call on several processes.
+    config = str(Path(cli.trainer.log_dir or folder) / "config.yaml")
+    return {"selection": selection[-1] if selection else None, "config": config, "best_checkpoint": best,
+            "last_checkpoint": last, "metrics": metrics, "predictions": save_predictions(cli, best, folder)}
+
+
+def selected_checkpoint(cli: MMSentCLI) -> str | None:
+    """The checkpoint the stage's (last) :class:`mmsent.callbacks.ModalitySelection`
+    wrote its selected model to.
+
+    Args:
+        cli (MMSentCLI): The stage's CLI, after fitting.
+
+    Returns:
+        str | None: The selected model's file (``selected_path``), or None without a
+        selection.
+    """
+    selections = [c for c in cli.trainer.callbacks if isinstance(c, ModalitySelection)]
+    return getattr(selections[-1], "selected_path", None) if selections else None
+
+
+def save_predictions(cli: MMSentCLI, checkpoint: str, folder: Path) -> str | None:
+    """Predicts the test split with a checkpoint into ``<folder>/predictions.csv``.
+
+    On several processes each predicts its share; the main process writes them all,
+    in the split's order.
+
+    Args:
+        cli (MMSentCLI): The stage's CLI.
+        checkpoint (str): The checkpoint to predict with.
+        folder (Path): The stage folder.
+
+    Returns:
+        str | None: The file, or None when the model predicts no score (a generative
+        stage).
+    """
+    outputs = cli.trainer.predict(cli.model, dataloaders=cli.datamodule.test_dataloader(),
+                                  ckpt_path=checkpoint)
+    table = predictions_table(outputs) if outputs and "prediction" in outputs[0] else None
+    if cli.trainer.world_size > 1:
+        shares = [share for share in ranks.gather(table) if share is not None]
+        order = {str(clip): position for position, clip in enumerate(cli.datamodule.split("test")["id"])}
+        table = pd.concat(shares).sort_values("id", key=lambda ids: ids.map(order), kind="stable",
+                                              ignore_index=True) if shares else None
+    if table is None:
+        return None
+    path = folder / PREDICTIONS_FILE
+    if cli.trainer.is_global_zero:
+        table.to_csv(path, index=False)
+    return str(path)
+
+
+def flat_metrics(results: list[dict]) -> dict[str, float]:
+    """What ``trainer.validate`` or ``trainer.test`` returned, without the split prefix.
+
+    Args:
+        results (list[dict]): One dict per dataloader, keys like ``test/MAE``.
+
+    Returns:
+        dict[str, float]: E.g. ``{"MAE": ..., "contribution/text": ...}``.
+    """
+    merged = {}
+    for result in results:
+        merged.update({key.split("/", 1)[1]: float(value) for key, value in result.items() if "/" in key})
+    return merged
