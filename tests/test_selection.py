@@ -212,6 +212,7 @@ def test_a_stage_that_cannot_beat_its_start_hands_the_start_on(tmp_path):
     torch.testing.assert_close(best["state_dict"]["model.head.net.0.weight"], callback.start["model.head.net.0.weight"])
     # The start's audio projection is still zero: audio contributes nothing there, so it is not kept.
     assert callback.record["kept"] == ["text"] and callback.record["switched_off"] == ["audio"]
+    assert [t["modality"] for t in callback.record["tests"]] == ["text", "audio"], "the trained model's tests stay"
     assert best["state_dict"]["model.active"].tolist() == [True, False]
     best, callback = fit_gated_model(tmp_path / "learns", audio_informative=True, epochs=4,
                                      keep_start_unless_better=True)

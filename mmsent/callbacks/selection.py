@@ -205,9 +205,10 @@ class ModalitySelection(pl.Callback):
         if better:
             pl_module.load_state_dict(trained)
         else:
-            switched_off = self.record["switched_off"]
+            earlier = {key: self.record[key] for key in ("switched_off", "tests")}
             self._select(trainer, pl_module.model, kept, start_errors, groups)
-            self.record["switched_off"] = switched_off + self.record["switched_off"]
+            for key, values in earlier.items():
+                self.record[key] = values + self.record[key]
         self.record.update(start_gain=float(gain.mean()), start_p_value=p_value,
                            handed_on="trained" if better else "start")
         rank_zero_info(f"ModalitySelection: {'trained' if better else 'starting'} model handed on "
