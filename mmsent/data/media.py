@@ -35,8 +35,10 @@ def decode_frames(path: str | Path, num_frames: int, size: int) -> np.ndarray:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise DecodeError(f"{path}: no video stream")
-            for frame in container.decode(video=0):
-                frames.append(frame.to_ndarray(width=size, height=size, format="rgb24"))
+            stream = container.streams.video[0]
+            stream.thread_count = 1
+            for frame in container.decode(stream):
+                frames.append(frame.to_ndarray(width=size, height=size, format="rgb24", threads=1))
     except (av.FFmpegError, OSError, ValueError) as error:
         raise DecodeError(f"{path}: cannot decode video ({error})") from error
     if not frames:
