@@ -277,3 +277,22 @@ def test_a_stage_prints_no_warning_that_is_not_the_users_to_act_on(tiny_data_arg
                     "in eval mode at the start of training", "You have overridden"):
         assert message not in output
     assert "Warning:" not in output, output
+
+
+def test_train_loss_is_logged_only_on_the_steps_the_logger_writes(tiny_data_args, tmp_path, monkeypatch):
+    from mmsent.tasks.base import BaseTask
+
+    calls = []
+    original = BaseTask.log
+
+    def counting(self, name, *args, **kwargs):
+        calls.append(name)
+        return original(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(BaseTask, "log", counting)
+    csv = ["--trainer.logger=CSVLogger", f"--trainer.logger.save_dir={tmp_path / 'csv'}"]
+    main(["fit", "-c", STAGE_CONFIGS["audio"], *tiny_data_args, "--trainer.max_epochs=1", "--data.batch_size=4",
+          "--trainer.limit_train_batches=7", "--trainer.limit_val_batches=1", "--trainer.log_every_n_steps=3", *csv])
+    rows = list(csv_module.DictReader(next((tmp_path / "csv").rglob("metrics.csv")).open()))
+    assert [int(row["step"]) for row in rows if row.get("train/loss")] == [2, 5]
+    assert calls.count("train/loss") == 2, "the steps the logger does not write log nothing"

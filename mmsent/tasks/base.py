@@ -149,12 +149,31 @@ class BaseTask(pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         preds = self(batch)
         loss = self.loss_fn(preds, batch["label"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(preds))
+        written = self.loggers_write_this_step()
+        if written:
+            self.log("train/loss", loss, prog_bar=True, batch_size=len(preds))
         if self.regularizer is not None:
             penalty = self.regularizer(self)
-            self.log("train/penalty", penalty, batch_size=len(preds))
+            if written:
+                self.log("train/penalty", penalty, batch_size=len(preds))
             loss = loss + penalty
         return loss
+
+    def loggers_write_this_step(self) -> bool:
+        """Whether the loggers write this training step's values.
+
+        Lightning writes step values every ``trainer.log_every_n_steps`` optimizer
+        steps, and each ``self.log`` call costs about half a millisecond, a sixth of
+        a small model's step on a CPU, so the steps in between log nothing. The
+        progress bar's loss changes on the written steps only.
+
+        Returns:
+            bool: True on the steps Lightning writes, and outside a fit.
+        """
+        trainer = self._trainer
+        if trainer is None or trainer.fast_dev_run or trainer.log_every_n_steps < 1:
+            return True
+        return (self.global_step + 1) % trainer.log_every_n_steps == 0
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, "val")
