@@ -207,6 +207,7 @@ def test_lecture_toolkit_from_yaml(tiny_data_args):
         "--trainer.callbacks.every_n_steps=2",
         "--trainer.callbacks.iterations=4",
         "--trainer.max_epochs=2",
+        "--trainer.log_every_n_steps=1",
     ], run=False)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     monitor = next(c for c in cli.trainer.callbacks if type(c).__name__ == "SaddlePointMonitor")
