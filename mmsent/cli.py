@@ -26,13 +26,11 @@ MONITOR = "val/MAE"
 
 # Not the user's to act on: the pipeline passes each stage's args while sys.argv holds the
 # pipeline's own, frozen encoders are in eval mode on purpose, CSV is the intended
-# logger without W&B, the pytree deprecation is inside Lightning, and the batch transfer
-# is the module's on purpose (it leaves the id and transcript lists alone).
+# logger without W&B, and the pytree deprecation is inside Lightning.
 warnings.filterwarnings("ignore", message=r"(?s).*not recommended to provide both args and command line arguments")
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 warnings.filterwarnings("ignore", message=r"Starting from v1\.9\.0, `tensorboardX` has been removed")
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-warnings.filterwarnings("ignore", message=r"You have overridden `transfer_batch_to_device` in `LightningModule` but")
 
 
 class _WithoutAdvertisements(logging.Filter):

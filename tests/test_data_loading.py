@@ -109,9 +109,9 @@ def test_a_negative_memory_budget_is_refused(tiny_raw, tiny_cache):
 
 
 def test_a_batch_moves_to_a_device_without_rebuilding_its_string_lists():
-    from mmsent.tasks.base import BaseTask
+    from mmsent.data.batches import move_batch
 
     batch = {"id": ["a", "b"], "transcript": ["x", "y"], "label": torch.zeros(2), "other": [torch.ones(1)]}
-    moved = BaseTask().transfer_batch_to_device(batch, torch.device("meta"), 0)
+    moved = move_batch(batch, torch.device("meta"))
     assert moved["id"] is batch["id"] and moved["transcript"] is batch["transcript"]
     assert moved["label"].device.type == "meta" and moved["other"][0].device.type == "meta"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from lightning_fabric.utilities.apply_func import move_data_to_device
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import BatchSampler, Dataset
 
@@ -236,3 +237,23 @@ def collate(examples: list[dict], spec: DatasetSpec) -> dict:
         dict: The batch, as :func:`collate_columns` builds it.
     """
     return collate_columns({key: [e[key] for e in examples] for key in examples[0]}, spec)
+
+
+def move_batch(batch: dict, device: torch.device) -> dict:
+    """Moves a batch's tensors to ``device`` as Lightning does, without visiting every
+    string of its ``id`` and ``transcript`` lists, which Lightning's generic walk does
+    on every step (a visible share of a small model's step on CPU).
+
+    Args:
+        batch (dict): A collated batch.
+        device (torch.device): The target device.
+
+    Returns:
+        dict: The batch on ``device``; lists of strings are the same objects.
+    """
+    return {key: value if _is_strings(value) else move_data_to_device(value, device)
+            for key, value in batch.items()}
+
+
+def _is_strings(value) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)

@@ -141,8 +141,8 @@ def _build(source: DataSource, folder: Path, on_error: str, chunk_size: int, wor
     shard_dir = folder / "shards"
     shard_dir.mkdir(exist_ok=True)
     chunks = [records[i:i + chunk_size] for i in range(0, len(records), chunk_size)]
-    tasks = [(source, chunk, spec, features, shard_dir / f"{index:05d}", on_error)
-             for index, chunk in enumerate(chunks)]
+    paths = [shard_dir / f"{index:05d}" for index in range(len(chunks))]
+    tasks = [(source, chunk, spec, features, path, on_error) for chunk, path in zip(chunks, paths, strict=True)]
     problems: dict[Path, list[str]] = {}
     # Each worker decodes, converts and writes whole shards, so the main process has
     # nothing to do in between and every worker stays busy.
@@ -152,9 +152,7 @@ def _build(source: DataSource, folder: Path, on_error: str, chunk_size: int, wor
         for path, clips, shard_problems in (pool.imap_unordered(_shard, tasks) if pool else map(_shard, tasks)):
             problems[path] = shard_problems
             bar.update(clips)
-    merged = datasets.concatenate_datasets(
-        [datasets.load_from_disk(str(shard_dir / f"{i:05d}")) for i in range(len(chunks))]
-    )
+    merged = datasets.concatenate_datasets([datasets.load_from_disk(str(path)) for path in paths])
     splits = datasets.DatasetDict({
         split: merged.filter(lambda s, name=split: [x == name for x in s], input_columns="split",
                              batched=True, desc=f"split {split}")
@@ -164,7 +162,7 @@ def _build(source: DataSource, folder: Path, on_error: str, chunk_size: int, wor
     if empty:
         raise ValueError(f"{source.name}: split(s) {', '.join(empty)} hold no clip after preparation")
     splits.save_to_disk(str(folder / "data"))
-    in_order = [problem for task in tasks for problem in problems[task[4]]]
+    in_order = [problem for path in paths for problem in problems[path]]
     _report(source, in_order, on_error, folder)
     save_json(folder / "spec.json", {"spec": asdict(spec), "problems": in_order})
     shutil.rmtree(shard_dir, ignore_errors=True)

@@ -18,6 +18,7 @@ from mmsent.data.batches import (
     IndexBatchSampler,
     collate,
     collate_columns,
+    move_batch,
     pad_sequences,
 )
 from mmsent.data.cache import PreparedData, prepare
@@ -243,6 +244,22 @@ class MultimodalDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.predict_split, shuffle=False)
+
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        """Moves this module's batches with :func:`mmsent.data.batches.move_batch`
+        (tensors only; the ``id`` and ``transcript`` lists stay as they are).
+
+        Args:
+            batch: A collated batch (a dict), or anything else Lightning can move.
+            device (torch.device): The target device.
+            dataloader_idx (int): The loader the batch came from.
+
+        Returns:
+            The batch on ``device``.
+        """
+        if not isinstance(batch, dict):
+            return super().transfer_batch_to_device(batch, device, dataloader_idx)
+        return move_batch(batch, device)
 
     def split_dataloader(self, name: str) -> DataLoader:
         """Every sample of one split, in order, none dropped (unlike training batches),

@@ -11,7 +11,6 @@ import math
 
 import pytorch_lightning as pl
 import torch
-from lightning_fabric.utilities.apply_func import move_data_to_device
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics.aggregation import CatMetric
@@ -127,24 +126,6 @@ class BaseTask(pl.LightningModule):
         if self.regularizer is not None:
             loss = loss + self.regularizer(self)
         return loss
-
-    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
-        """Moves a batch's tensors to ``device`` as Lightning does, without visiting
-        every string of its ``id`` and ``transcript`` lists, which Lightning's generic
-        walk does on every step (a visible share of a small model's step on CPU).
-
-        Args:
-            batch: A collated batch (a dict), or anything else Lightning can move.
-            device (torch.device): The target device.
-            dataloader_idx (int): The loader the batch came from.
-
-        Returns:
-            The batch on ``device``.
-        """
-        if not isinstance(batch, dict):
-            return super().transfer_batch_to_device(batch, device, dataloader_idx)
-        return {key: value if is_strings(value) else move_data_to_device(value, device)
-                for key, value in batch.items()}
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         preds = self(batch)
@@ -277,8 +258,3 @@ class BaseTask(pl.LightningModule):
         # A proximal L1 step completes the gradient step it follows (regularizer.l1_proximal).
         if self.regularizer is not None:
             self.regularizer.proximal_step(self, optimizer)
-
-
-def is_strings(value) -> bool:
-    """bool: Whether ``value`` is a list of strings (nothing in it to move to a device)."""
-    return isinstance(value, list) and all(isinstance(item, str) for item in value)
