@@ -13,17 +13,28 @@ and its peak resident memory (``ru_maxrss``) are its own:
 
 Results go to ``benchmarks/results/scale.json`` (sizes an earlier run measured are
 kept unless ``--fresh``) and a plot of seconds and peak memory against clips to
-``benchmarks/figures/scale.png``.
+``benchmarks/figures/scale.png``. The ``prepare`` phase also reports the CPU seconds of
+its process and its worker processes, and the cores they kept busy on average.
+
+With ``--interrupt-after SECONDS``, preparation alone is measured instead: from a fresh
+cache (``<out>/cache`` is emptied), stopped after that many seconds (SIGINT, then
+SIGKILL of its process group), the finished shards counted, run again to the end, and
+then once more from an empty cache for comparison (``scale_interrupted.json``).
 
     python benchmarks/scale.py --sizes 1000 4000 --out runs/scale --stages text audio video
+    python benchmarks/scale.py --sizes 23000 --out runs/scale --prepare-workers 2 --interrupt-after 100
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import math
 import os
 import resource
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -81,9 +92,11 @@ def run_phase(phase: str, clips: int, out: Path, prepare_workers: int) -> dict:
         source = GeneratedSource(str(out / f"clips{clips}"), num_clips=clips, seed=0, frames=8, frame_size=32,
                                  tokenizer="minilm")
         datamodule = MultimodalDataModule(source, cache_dir=str(out / "cache"), prepare_workers=prepare_workers)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), cpu_seconds()
         datamodule.prepare_data()
         result["seconds"] = time.perf_counter() - started
+        result["cpu_seconds"] = cpu_seconds() - cpu
+        result["cores_busy"] = result["cpu_seconds"] / result["seconds"]
     else:
         from overhead import EpochTimer
 
@@ -100,6 +113,53 @@ def run_phase(phase: str, clips: int, out: Path, prepare_workers: int) -> dict:
         result["train_clips"] = len(cli.datamodule.split("train"))
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
+
+
+def cpu_seconds() -> float:
+    """User and system CPU seconds of this process and of its children that have ended
+    (the preparation workers, once their pool has closed)."""
+    return sum(getattr(resource.getrusage(who), field) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for field in ("ru_utime", "ru_stime"))
+
+
+def interrupted_preparation(clips: int, out: Path, prepare_workers: int, after: float) -> dict:
+    """Preparation stopped after ``after`` seconds, then run again, then run from scratch.
+
+    Args:
+        clips (int): The number of generated clips (generated first if missing).
+        out (Path): Where clips and the cache are written; ``<out>/cache`` is emptied.
+        prepare_workers (int): Processes preparing the cache.
+        after (float): Seconds before the first run is stopped.
+
+    Returns:
+        dict: The shards finished when it was stopped, of how many, and the ``prepare``
+        records of the resumed and the uninterrupted runs.
+    """
+    from mmsent.data.cache import prepare
+
+    if not (out / f"clips{clips}").exists():
+        measure("generate", clips, out, prepare_workers)
+    cache = out / "cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    command = [sys.executable, str(Path(__file__)), "--phase", "prepare", "--sizes", str(clips), "--out", str(out),
+               "--prepare-workers", str(prepare_workers)]
+    first = subprocess.Popen(command, cwd=Path(__file__).parent, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    time.sleep(after)
+    for stop in (signal.SIGINT, signal.SIGKILL):
+        try:
+            os.killpg(first.pid, stop)
+        except ProcessLookupError:
+            break
+        time.sleep(5)
+    first.wait()
+    finished = len(list(cache.glob("*/shards/*/problems.json")))
+    resumed = measure("prepare", clips, out, prepare_workers)
+    shutil.rmtree(cache, ignore_errors=True)
+    uninterrupted = measure("prepare", clips, out, prepare_workers)
+    shards = math.ceil(clips / inspect.signature(prepare).parameters["chunk_size"].default)
+    return {"clips": clips, "stopped_after_s": after, "shards_finished": finished, "shards": shards,
+            "resumed": resumed, "uninterrupted": uninterrupted}
 
 
 def measure(phase: str, clips: int, out: Path, prepare_workers: int) -> dict:
@@ -147,11 +207,23 @@ def main() -> None:
     parser.add_argument("--prepare-workers", type=int, default=0)
     parser.add_argument("--fresh", action="store_true", help="drop the sizes an earlier run measured")
     parser.add_argument("--plot-only", action="store_true", help="redraw the figure from the saved results")
+    parser.add_argument("--interrupt-after", type=float, default=None,
+                        help="measure an interrupted preparation instead, stopped after this many seconds")
     parser.add_argument("--phase", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     out = Path(args.out).resolve()
     if args.phase:
         print(json.dumps(run_phase(args.phase, args.sizes[0], out, args.prepare_workers)))
+        return
+    if args.interrupt_after is not None:
+        runs = [interrupted_preparation(clips, out, args.prepare_workers, args.interrupt_after) for clips in args.sizes]
+        for run in runs:
+            print(f"{run['clips']} clips: stopped after {run['stopped_after_s']:.0f} s with {run['shards_finished']} "
+                  f"of {run['shards']} shards; resumed {run['resumed']['seconds']:.1f} s, uninterrupted "
+                  f"{run['uninterrupted']['seconds']:.1f} s", flush=True)
+        command = (f"python benchmarks/scale.py --sizes {' '.join(map(str, args.sizes))} --prepare-workers "
+                   f"{args.prepare_workers} --interrupt-after {args.interrupt_after:g}")
+        print(f"raw results: {save_measurement('scale_interrupted', command, runs)}")
         return
     # Sizes measured before (in an earlier run, same stages) stay in the results and the plot.
     earlier = RESULTS / "scale.json"
