@@ -7,6 +7,7 @@ the same for every run. Each run is one process with one thread; at most
 ``--parallel`` run at a time (the CPU is shared).
 
     python benchmarks/quickstart_seeds.py --seeds 0 1 2 --parallel 2
+    python benchmarks/quickstart_seeds.py --pipeline pipelines/quickstart_minilm.yaml --name quickstart_minilm_seeds
 
 With ``--from STAGE`` each seed's pipeline reruns that stage and the later ones in an
 existing output folder (e.g. a copy of an earlier run's), keeping the earlier stages.
@@ -30,13 +31,14 @@ PIPELINE = REPO / "pipelines" / "quickstart.yaml"
 STAGES = ("text", "audio", "video", "fusion", "finetune")
 
 
-def run_seed(seed: int, out_root: Path, start: str | None = None) -> dict:
+def run_seed(seed: int, out_root: Path, start: str | None = None, pipeline: Path = PIPELINE) -> dict:
     """Runs the quickstart pipeline with one ``seed_everything``.
 
     Args:
         seed (int): The global seed of every stage.
         out_root (Path): Parent of the run folders.
         start (str | None): Rerun from this stage on; None runs the whole pipeline.
+        pipeline (Path): The pipeline file (the quickstart's stage names).
 
     Returns:
         dict: Per stage the test and validation metrics, the selection records, the
@@ -45,7 +47,7 @@ def run_seed(seed: int, out_root: Path, start: str | None = None) -> dict:
     out = out_root / f"seed{seed}"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     started = time.time()
-    command = [sys.executable, "-m", "mmsent", "pipeline", "run", str(PIPELINE), "--no-wandb",
+    command = [sys.executable, "-m", "mmsent", "pipeline", "run", str(pipeline), "--no-wandb",
                "--output-dir", str(out), *(["--from", start] if start else []), "--", f"--seed_everything={seed}"]
     log = (out_root / f"seed{seed}.log").open("w")
     subprocess.run(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
@@ -105,19 +107,21 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--out", default=str(REPO / "runs" / "quickstart_seeds"))
     parser.add_argument("--from", dest="start", choices=STAGES, help="rerun from this stage in existing outputs")
+    parser.add_argument("--pipeline", type=Path, default=PIPELINE, help="a pipeline with the quickstart's stage names")
+    parser.add_argument("--name", default="quickstart_seeds", help="the raw results' file name")
     args = parser.parse_args()
     out_root = Path(args.out)
     out_root.mkdir(parents=True, exist_ok=True)
     started = time.time()
     # The first run writes and prepares the dataset; the others then find it cached.
-    runs = [run_seed(args.seeds[0], out_root, args.start)]
+    runs = [run_seed(args.seeds[0], out_root, args.start, args.pipeline)]
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-        runs += list(pool.map(lambda seed: run_seed(seed, out_root, args.start), args.seeds[1:]))
+        runs += list(pool.map(lambda seed: run_seed(seed, out_root, args.start, args.pipeline), args.seeds[1:]))
     table = summarize(runs)
     payload = {"command": " ".join(sys.argv), "from": args.start, "machine": machine(), "date": datetime.date.today().isoformat(),
                "seeds": args.seeds, "seconds": round(time.time() - started, 1), "runs": runs, "table": table}
     print(table)
-    print("raw results:", save("quickstart_seeds" + (f"_from_{args.start}" if args.start else ""), payload))
+    print("raw results:", save(args.name + (f"_from_{args.start}" if args.start else ""), payload))
 
 
 if __name__ == "__main__":

@@ -198,3 +198,28 @@ def test_stop_in_stage_four_resumes_from_its_last_checkpoint(tiny_raw, tiny_cach
     assert all(final["stages"][s]["status"] == "done" for s in stages)
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert [row["stage"] for row in report["stages"]] == stages
+
+
+def test_the_minilm_quickstart_fine_tunes_the_transformer_in_stages_one_and_five(tiny_raw, tiny_cache, tmp_path):
+    # The shipped pipeline file itself, over the tiny dataset, one epoch a stage.
+    extra = ["-c", str(CONF / "tiny_data.yaml"), f"--data.source.init_args.root={tiny_raw}",
+             f"--data.cache_dir={tiny_cache}", "--trainer.max_epochs=1"]
+    run(REPO / "pipelines" / "quickstart_minilm.yaml", extra=extra, output_dir=str(tmp_path / "out"),
+        use_wandb=False)
+    record = manifest(tmp_path)
+    assert all(record["stages"][name]["status"] == "done" for name in STAGES)
+
+    def transformer(stage: str) -> dict:
+        weights = torch.load(record["stages"][stage]["best_checkpoint"], weights_only=True)["state_dict"]
+        prefix = "encoder." if stage == "text" else "model.encoders.text."
+        found = {k.removeprefix(prefix): v for k, v in weights.items()
+                 if k.startswith(prefix + "transformer.") and "word_embeddings" not in k}
+        assert found, f"no transformer weights in the {stage} checkpoint"
+        return found
+
+    pretrained = transformer("text")
+    fused, finetuned = transformer("fusion"), transformer("finetune")
+    assert all(torch.equal(pretrained[k], fused[k]) for k in pretrained), "stage 4 keeps the encoders frozen"
+    assert any(not torch.equal(fused[k], finetuned[k]) for k in fused), "stage 5 trains the transformer"
+    finetune_command = record["stages"]["finetune"]["command"]
+    assert finetune_command.index("5_finetune.yaml") < finetune_command.index("5_finetune_minilm.yaml")
