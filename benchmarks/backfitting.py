@@ -145,13 +145,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="quickstart pipeline output folders, one per seed")
     parser.add_argument("--steps", nargs="+", default=["text", "audio", "video", "text"], choices=list(CONFIGS))
+    parser.add_argument("--text-config", default=CONFIGS["text"],
+                        help="the text stage's file in pipelines/quickstart (1_text_minilm.yaml: MiniLM fine-tuned)")
     parser.add_argument("--out", type=Path, default=Path("runs/backfitting"))
     parser.add_argument("--name", default="backfitting")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    CONFIGS["text"] = args.text_config
     results = {str(run): backfit(run, args.steps, args.out / run.name) for run in args.runs}
     payload = {"command": "python benchmarks/backfitting.py " + " ".join(sys.argv[1:]), "machine": machine(),
-               "date": datetime.date.today().isoformat(), "steps": args.steps, "runs": results}
+               "date": datetime.date.today().isoformat(), "steps": args.steps, "text_config": args.text_config, "runs": results}
     print(f"raw results: {save(args.name, payload)}")
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from mmsent.models import AcousticMLPEncoder, ConditionalVAE, TextLSTMEncoder
+from mmsent.models.fusion import GatedResidualFusion
 from mmsent.tasks import FusionTask, GenerativeTask, UnimodalTask
 from mmsent.tasks.checkpoints import META_KEY
 from mmsent.tasks.rebuilt import fingerprint, rebuilt_fingerprint, tensor_digest, weights_digest
@@ -155,3 +156,66 @@ def test_stage_5_can_keep_some_encoders_frozen(unimodal, tmp_path):
     assert FusionTask(init_checkpoint=path, freeze_encoders=["video"], input_dims=INPUT_DIMS).frozen == []
     with pytest.raises(ValueError, match=r"model.freeze_encoders names \['vision'\]"):
         FusionTask(init_checkpoint=path, freeze_encoders=["vision"], input_dims=INPUT_DIMS)
+
+
+def batch_of(size: int = 4) -> dict:
+    torch.manual_seed(1)
+    return {"text": torch.randn(size, 3, 6), "text_mask": torch.ones(size, 3, dtype=torch.bool),
+            "text_present": torch.ones(size, dtype=torch.bool),
+            "audio": torch.randn(size, 1, 5), "audio_mask": torch.ones(size, 1, dtype=torch.bool),
+            "audio_present": torch.tensor([True, True, False, True])[:size]}
+
+
+def test_a_backfit_stage_adds_the_fixed_stage_and_trains_only_its_own_model(unimodal):
+    from mmsent.data.datamodule import model_modalities
+
+    refit = UnimodalTask("text", TEXT, input_dims=INPUT_DIMS, fixed_audio_checkpoint=unimodal["audio"])
+    audio = UnimodalTask("audio", AUDIO, input_dims=INPUT_DIMS)
+    audio.load_state_dict(torch.load(unimodal["audio"], weights_only=True)["state_dict"])
+    refit.train()
+    assert not refit.fixed.training and all(not p.requires_grad for p in refit.fixed.parameters())
+    assert model_modalities(refit) == ["text", "audio"]
+    batch = batch_of()
+    refit.eval(), audio.eval()
+    added = audio(batch) * batch["audio_present"]
+    assert torch.allclose(refit(batch), refit.own_prediction(batch) + added)
+    assert added[2] == 0 and refit(batch)[2] == refit.own_prediction(batch)[2], "an absent modality adds nothing"
+    refit.train()
+    refit(batch).sum().backward()
+    assert all(p.grad is None for p in refit.fixed.parameters())
+    assert any(p.grad is not None for p in refit.encoder.parameters())
+    refit.eval()
+    outputs = refit.predict_step({**batch, "id": list("abcd"), "transcript": list("abcd"),
+                                  "label": torch.zeros(4)}, 0)
+    assert torch.allclose(outputs["own_prediction"], refit.own_prediction(batch))
+
+
+def test_a_backfit_stage_names_the_key_of_a_wrong_fixed_checkpoint(unimodal, tmp_path):
+    from mmsent.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.fixed_text_checkpoint is set, but this stage trains the text"):
+        UnimodalTask("text", TEXT, input_dims=INPUT_DIMS, fixed_text_checkpoint=unimodal["text"])
+    with pytest.raises(ConfigError, match=r"model.fixed_text_checkpoint: .*audio.ckpt holds a audio model"):
+        UnimodalTask("audio", AUDIO, input_dims=INPUT_DIMS, fixed_text_checkpoint=unimodal["audio"])
+    fused = save(FusionTask(text_checkpoint=unimodal["text"], input_dims=INPUT_DIMS), tmp_path / "fused.ckpt")
+    with pytest.raises(ConfigError, match=r"model.fixed_text_checkpoint: .*fused.ckpt holds no unimodal"):
+        UnimodalTask("audio", AUDIO, input_dims=INPUT_DIMS, fixed_text_checkpoint=fused)
+
+
+def test_a_fused_stage_takes_encoder_weights_from_the_encoder_checkpoint(unimodal, tmp_path):
+    torch.manual_seed(5)
+    refit = save(UnimodalTask("audio", AUDIO, input_dims=INPUT_DIMS, fixed_text_checkpoint=unimodal["text"]),
+                 tmp_path / "audio_refit.ckpt")
+    fused = FusionTask(text_checkpoint=unimodal["text"], audio_checkpoint=unimodal["audio"],
+                       audio_encoder_checkpoint=refit, head_from="audio", fusion=GatedResidualFusion,
+                       input_dims=INPUT_DIMS)
+    refit_state = torch.load(refit, weights_only=True)["state_dict"]
+    unimodal_state = torch.load(unimodal["audio"], weights_only=True)["state_dict"]
+    for key, value in fused.model.encoders["audio"].state_dict().items():
+        assert torch.equal(value, refit_state[f"encoder.{key}"])
+    for key, value in fused.model.head.state_dict().items():
+        assert torch.equal(value, unimodal_state[f"head.{key}"]), "the head comes from the unimodal stage"
+    assert fused.unimodal["checkpoints"]["audio"] == unimodal["audio"]
+    assert fused.fall_back_to_unimodal("audio")
+    for key, value in fused.model.encoders["audio"].state_dict().items():
+        assert torch.equal(value, unimodal_state[f"encoder.{key}"]), "the fall-back is the unimodal stage"

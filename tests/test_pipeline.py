@@ -19,6 +19,7 @@ from mmsent.errors import ConfigError
 from mmsent.metrics import METRIC_NAMES
 from mmsent.pipeline import load_pipeline, run
 from mmsent.pipeline.scoring import selected_checkpoint
+from mmsent.tasks.checkpoints import read_checkpoint
 
 QUICKSTART = REPO / "pipelines" / "quickstart"
 STAGES = ["text", "audio", "video", "fusion", "finetune"]
@@ -207,19 +208,25 @@ def test_the_minilm_quickstart_fine_tunes_the_transformer_in_stages_one_and_five
     run(REPO / "pipelines" / "quickstart_minilm.yaml", extra=extra, output_dir=str(tmp_path / "out"),
         use_wandb=False)
     record = manifest(tmp_path)
-    assert all(record["stages"][name]["status"] == "done" for name in STAGES)
+    backfit = ["text_backfit", "audio_backfit", "video_backfit"]
+    assert list(record["stages"]) == STAGES[:3] + backfit + STAGES[3:]
+    assert all(stage["status"] == "done" for stage in record["stages"].values())
 
     def transformer(stage: str) -> dict:
         weights = torch.load(record["stages"][stage]["best_checkpoint"], weights_only=True)["state_dict"]
-        prefix = "encoder." if stage == "text" else "model.encoders.text."
+        prefix = "encoder." if stage.startswith("text") else "model.encoders.text."
         found = {k.removeprefix(prefix): v for k, v in weights.items()
                  if k.startswith(prefix + "transformer.") and "word_embeddings" not in k}
         assert found, f"no transformer weights in the {stage} checkpoint"
         return found
 
-    pretrained = transformer("text")
+    pretrained, refit = transformer("text"), transformer("text_backfit")
     fused, finetuned = transformer("fusion"), transformer("finetune")
-    assert all(torch.equal(pretrained[k], fused[k]) for k in pretrained), "stage 4 keeps the encoders frozen"
+    assert all(torch.equal(refit[k], fused[k]) for k in refit), "stage 4 takes the backfit encoder, frozen"
+    assert any(not torch.equal(pretrained[k], fused[k]) for k in pretrained)
     assert any(not torch.equal(fused[k], finetuned[k]) for k in fused), "stage 5 trains the transformer"
+    # The fused stage still measures itself against the unimodal stages, not the backfit ones.
+    unimodal = read_checkpoint(record["stages"]["fusion"]["best_checkpoint"], "fusion")["mmsent"]["unimodal"]
+    assert unimodal["checkpoints"] == {m: record["stages"][m]["best_checkpoint"] for m in STAGES[:3]}
     finetune_command = record["stages"]["finetune"]["command"]
     assert finetune_command.index("5_finetune.yaml") < finetune_command.index("5_finetune_minilm.yaml")

@@ -28,7 +28,8 @@ from mmsent.metrics import label_statistics
 
 
 def model_modalities(module) -> list[str] | None:
-    """The modalities a task reads: its ``modality``, or its fused model's encoders.
+    """The modalities a task reads: its ``modality`` (and those of the stages it holds
+    fixed), or its fused model's encoders.
 
     Args:
         module: A LightningModule, or None.
@@ -37,7 +38,7 @@ def model_modalities(module) -> list[str] | None:
         list[str] | None: None when the task does not say (then every modality is read).
     """
     if isinstance(getattr(module, "modality", None), str):
-        return [module.modality]
+        return [module.modality, *getattr(module, "fixed", {})]
     encoders = getattr(getattr(module, "model", None), "encoders", None)
     return list(encoders) if encoders is not None else None
 

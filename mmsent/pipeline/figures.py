@@ -60,16 +60,20 @@ def predictions_table(outputs: Iterable[Mapping]) -> pd.DataFrame:
 
     Args:
         outputs (Iterable[Mapping]): Batches with ``id``, ``transcript``, ``label`` and
-            ``prediction``.
+            ``prediction``, and ``own_prediction`` from a stage that adds fixed
+            stages' predictions to its own.
 
     Returns:
-        pd.DataFrame: Columns ``id``, ``text``, ``label``, ``prediction``.
+        pd.DataFrame: Columns ``id``, ``text``, ``label``, ``prediction`` (and
+        ``own_prediction``).
     """
     frames = [pd.DataFrame({
         "id": [str(i) for i in batch["id"]],
         "text": [str(t) for t in batch["transcript"]],
         "label": np.asarray(batch["label"], dtype=float).reshape(-1),
         "prediction": np.asarray(batch["prediction"], dtype=float).reshape(-1),
+        **({"own_prediction": np.asarray(batch["own_prediction"], dtype=float).reshape(-1)}
+           if "own_prediction" in batch else {}),
     }) for batch in outputs]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PREDICTION_COLUMNS)
 

@@ -81,7 +81,8 @@ def stage_baselines(manifest: dict) -> dict[str, dict[str, float]]:
 def own_score_correlations(manifest: dict) -> dict[str, dict]:
     """On generated data, how well each unimodal stage recovers its own modality's
     noise-free score (``<modality>_score`` in the generated ``label.csv``): the
-    Pearson correlation of its test predictions with that score.
+    Pearson correlation of its test predictions with that score (of its own model's
+    part, for a stage that adds fixed stages' predictions).
 
     Args:
         manifest (dict): The pipeline manifest.
@@ -107,7 +108,8 @@ def own_score_correlations(manifest: dict) -> dict[str, dict]:
             continue
         truth["id"] = truth["video_id"] + ID_SEPARATOR + truth["clip_id"]
         merged = table.merge(truth[["id", column]], on="id")
-        corr = pearson(torch.tensor(merged["prediction"].to_numpy()), torch.tensor(merged[column].to_numpy()))
+        own = merged["own_prediction" if "own_prediction" in merged else "prediction"]
+        corr = pearson(torch.tensor(own.to_numpy()), torch.tensor(merged[column].to_numpy()))
         found[name] = {"modality": modality, "corr": corr}
     return found
 

@@ -22,7 +22,9 @@ from torch import nn
 from mmsent.data.schema import MODALITIES
 from mmsent.errors import ConfigError
 from mmsent.models.config import build_module, class_path, matches_record, module_config
+from mmsent.models.fusion import RegressionHead
 from mmsent.models.generative import GENERATORS, EmbeddingGenerator
+from mmsent.models.unimodal import UnimodalModel
 from mmsent.tasks.checkpoint_io import load_weights_only
 from mmsent.tasks.rebuilt import fill_rebuilt, weights_digest
 
@@ -87,13 +89,15 @@ def encoder_config(encoder: nn.Module) -> dict | None:
 
 
 def build_encoders(factories: dict[str, EncoderFactory | None], checkpoints: dict[str, str | None],
-                   input_dims: dict[str, int], fused_checkpoint: str | None = None) -> nn.ModuleDict:
+                   input_dims: dict[str, int], fused_checkpoint: str | None = None,
+                   encoder_checkpoints: dict[str, str | None] | None = None) -> nn.ModuleDict:
     """Builds each modality's encoder and loads it from its unimodal checkpoint.
 
     A modality's encoder comes from its factory (``model.<modality>_encoder``) when
     one is configured, else from the configuration recorded in its unimodal checkpoint
-    (``model.<modality>_checkpoint``) or in the fused checkpoint the stage starts from
-    (``model.init_checkpoint``). Every record must agree with the encoder built.
+    (``model.<modality>_checkpoint``), its encoder checkpoint
+    (``model.<modality>_encoder_checkpoint``) or the fused checkpoint the stage starts
+    from (``model.init_checkpoint``). Every record must agree with the encoder built.
 
     Args:
         factories (dict[str, EncoderFactory | None]): Per modality, the configured
@@ -102,6 +106,9 @@ def build_encoders(factories: dict[str, EncoderFactory | None], checkpoints: dic
         input_dims (dict[str, int]): Per modality in the data, the encoder's input size.
         fused_checkpoint (str | None): A fused checkpoint whose encoders to rebuild
             (its weights are loaded later, with :func:`load_fused`).
+        encoder_checkpoints (dict[str, str | None] | None): Per modality, a unimodal
+            checkpoint to take the encoder's weights from instead of its
+            ``checkpoints`` entry.
 
     Returns:
         nn.ModuleDict: The encoders, in the canonical modality order.
@@ -112,12 +119,17 @@ def build_encoders(factories: dict[str, EncoderFactory | None], checkpoints: dic
             checkpoint does not fit (see :func:`load_encoder`), naming the keys.
     """
     fused = _fused_records(fused_checkpoint) if fused_checkpoint else {}
+    encoder_checkpoints = encoder_checkpoints or {}
     encoders = nn.ModuleDict()
     for modality in MODALITIES:
         records = []
-        if checkpoints[modality]:
-            meta = read_checkpoint(checkpoints[modality], f"model.{modality}_checkpoint").get(META_KEY, {})
-            records.append((f"model.{modality}_checkpoint", checkpoints[modality], meta.get("encoder_config")))
+        weights = None
+        for key, path in ((f"model.{modality}_checkpoint", checkpoints[modality]),
+                          (f"model.{modality}_encoder_checkpoint", encoder_checkpoints.get(modality))):
+            if path:
+                meta = read_checkpoint(path, key).get(META_KEY, {})
+                records.append((key, path, meta.get("encoder_config")))
+                weights = (key, path)
         if modality in fused:
             records.append(("model.init_checkpoint", fused_checkpoint, fused[modality]))
         if factories[modality] is None and not records:
@@ -126,8 +138,8 @@ def build_encoders(factories: dict[str, EncoderFactory | None], checkpoints: dic
             raise ConfigError(f"model.{modality}_encoder: the stage wants a {modality} encoder but the data "
                              f"holds only {sorted(input_dims)}")
         encoders[modality] = _build_encoder(modality, factories[modality], records, input_dims[modality])
-        if checkpoints[modality]:
-            load_encoder(encoders[modality], modality, checkpoints[modality], f"model.{modality}_checkpoint")
+        if weights:
+            load_encoder(encoders[modality], modality, weights[1], weights[0])
     if not encoders:
         raise ConfigError("model: configure at least one of text_encoder, audio_encoder, video_encoder "
                          "or the checkpoints to build them from")
@@ -241,6 +253,37 @@ def load_head(head: nn.Module, modality: str, path: str | Path, what: str) -> No
         raise ConfigError(f"{what}: the head in {path} does not fit the fused head (the fused "
                          f"embedding must have the {modality} embedding's size, and head_hidden "
                          f"must match): {error}") from error
+
+
+def load_unimodal(path: str | Path, what: str, input_dims: dict[str, int]) -> UnimodalModel:
+    """Rebuilds a unimodal stage's whole model (encoder and head) from its checkpoint.
+
+    Args:
+        path (str | Path): The unimodal checkpoint.
+        what (str): The config key that named the path, for messages.
+        input_dims (dict[str, int]): Per modality in the data, the encoder's input size.
+
+    Returns:
+        UnimodalModel: The model, frozen, in eval mode.
+
+    Raises:
+        ValueError: If the file holds no unimodal model, its modality is not in the
+            data, or it records no encoder configuration, naming the key.
+    """
+    checkpoint = read_checkpoint(path, what)
+    meta = checkpoint.get(META_KEY, {})
+    modality = meta.get("modality")
+    if meta.get("task") != "unimodal" or not meta.get("encoder_config"):
+        raise ConfigError(f"{what}: {path} holds no unimodal stage's model (an encoder and a head "
+                         "with their recorded configuration)")
+    if modality not in input_dims:
+        raise ConfigError(f"{what}: {path} holds a {modality} model, but the data holds only {sorted(input_dims)}")
+    encoder = build_module(meta["encoder_config"], input_dims[modality], what=f"{what} {path}")
+    load_encoder(encoder, modality, path, what)
+    settings = checkpoint.get("hyper_parameters", {})
+    head = RegressionHead(encoder.out_dim, settings.get("head_hidden", 0), settings.get("head_dropout", 0.0))
+    load_head(head, modality, path, what)
+    return UnimodalModel(modality, encoder, head).requires_grad_(False).eval()
 
 
 def load_fused(model: nn.Module, path: str | Path, what: str) -> None:

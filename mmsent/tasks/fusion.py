@@ -61,6 +61,13 @@ class FusionTask(BaseTask):
         audio_checkpoint (str | None): The audio stage's checkpoint.
         video_checkpoint (str | None): The video stage's checkpoint.
         init_checkpoint (str | None): A fusion checkpoint to start from (stage 5).
+        text_encoder_checkpoint (str | None): A text stage's checkpoint to take the
+            text encoder's weights from instead of ``text_checkpoint``, which still
+            gives the head, the unimodal stage's validation MAE and the model to fall
+            back to: e.g. a stage that refit the encoder with the other modalities'
+            predictions held fixed (``UnimodalTask``'s ``fixed_<m>_checkpoint``).
+        audio_encoder_checkpoint (str | None): The same for the audio encoder.
+        video_encoder_checkpoint (str | None): The same for the video encoder.
         fusion (Callable[[dict], nn.Module]): Builds the fusion module from the
             encoders' output sizes (``ConcatFusion``, ``TensorFusion``, ``LowRankFusion``).
         head_hidden (int): Hidden size of the head; 0 for linear.
@@ -94,6 +101,8 @@ class FusionTask(BaseTask):
                  video_encoder: EncoderFactory | None = None,
                  text_checkpoint: str | None = None, audio_checkpoint: str | None = None,
                  video_checkpoint: str | None = None, init_checkpoint: str | None = None,
+                 text_encoder_checkpoint: str | None = None, audio_encoder_checkpoint: str | None = None,
+                 video_encoder_checkpoint: str | None = None,
                  fusion: Callable[[dict], nn.Module] = ConcatFusion, head_hidden: int = 0,
                  head_from: str | None = None, freeze_encoders: bool | list[str] = True,
                  modality_dropout: float = 0.0,
@@ -103,7 +112,9 @@ class FusionTask(BaseTask):
         self.save_plain_hyperparameters(ignore=("text_encoder", "audio_encoder", "video_encoder", "fusion"))
         factories = {"text": text_encoder, "audio": audio_encoder, "video": video_encoder}
         checkpoints = {"text": text_checkpoint, "audio": audio_checkpoint, "video": video_checkpoint}
-        encoders = build_encoders(factories, checkpoints, self.input_dims, init_checkpoint)
+        encoder_checkpoints = {"text": text_encoder_checkpoint, "audio": audio_encoder_checkpoint,
+                               "video": video_encoder_checkpoint}
+        encoders = build_encoders(factories, checkpoints, self.input_dims, init_checkpoint, encoder_checkpoints)
         self.unimodal = unimodal_record(checkpoints, init_checkpoint)
         self.head_modality = self._head_modality(head_from, list(encoders))
         fusion_module = build_fusion(fusion, {m: e.out_dim for m, e in encoders.items()}, self.head_modality)

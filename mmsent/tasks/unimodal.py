@@ -4,16 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 from mmsent.data.schema import MODALITIES
+from mmsent.errors import ConfigError
 from mmsent.models.fusion import RegressionHead
 from mmsent.tasks.base import BaseTask
-from mmsent.tasks.checkpoints import encoder_config
+from mmsent.tasks.checkpoints import encoder_config, load_unimodal
 
 
 class UnimodalTask(BaseTask):
     """An encoder and a regression head, trained on one modality.
+
+    With ``fixed_<m>_checkpoint`` set for other modalities, the stage refits its
+    modality on what the others leave unexplained (one backfitting step of an additive
+    model): those stages' models are loaded, frozen, and their predictions added to
+    this model's, so the loss, the metrics and ``predictions.csv`` are those of the
+    sum, and the trained encoder learns the label minus the fixed predictions. Where a
+    sample lacks a fixed modality, that modality adds nothing. The gain: a stage
+    trained on the label alone sees the other modalities' part of it as noise.
 
     Args:
         modality (str): ``"text"``, ``"audio"`` or ``"video"``.
@@ -21,11 +31,17 @@ class UnimodalTask(BaseTask):
             (in YAML: a ``class_path`` and ``init_args`` without ``input_dim``).
         head_hidden (int): Hidden size of the head; 0 for linear.
         head_dropout (float): Dropout in the head.
+        fixed_text_checkpoint (str | None): A text stage's checkpoint whose
+            predictions are held fixed and added (not for the text stage itself).
+        fixed_audio_checkpoint (str | None): The same for an audio stage.
+        fixed_video_checkpoint (str | None): The same for a video stage.
         **kwargs: :class:`BaseTask` arguments (loss, optimizer, ...).
     """
 
     def __init__(self, modality: str, encoder: Callable[[int], nn.Module], head_hidden: int = 0,
-                 head_dropout: float = 0.0, **kwargs) -> None:
+                 head_dropout: float = 0.0, fixed_text_checkpoint: str | None = None,
+                 fixed_audio_checkpoint: str | None = None, fixed_video_checkpoint: str | None = None,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         if modality not in MODALITIES:
             raise ValueError(f"model.modality must be one of {MODALITIES}, got {modality!r}")
@@ -37,15 +53,61 @@ class UnimodalTask(BaseTask):
         self.encoder = encoder(self.input_dims[modality])
         self.head = RegressionHead(self.encoder.out_dim, head_hidden, head_dropout)
         self.start_head(self.head)
+        self.fixed = self._load_fixed({"text": fixed_text_checkpoint, "audio": fixed_audio_checkpoint,
+                                       "video": fixed_video_checkpoint})
         self.param_groups()
 
-    def forward(self, batch: dict):
+    def _load_fixed(self, paths: dict[str, str | None]) -> nn.ModuleDict:
+        fixed = nn.ModuleDict()
+        for name, path in paths.items():
+            if not path:
+                continue
+            key = f"model.fixed_{name}_checkpoint"
+            if name == self.modality:
+                raise ConfigError(f"{key} is set, but this stage trains the {name} model itself; "
+                                  "fix only other modalities' stages")
+            fixed[name] = load_unimodal(path, key, self.input_dims)
+            if fixed[name].modality != name:
+                raise ConfigError(f"{key}: {path} holds a {fixed[name].modality} model, not a {name} one")
+        return fixed
+
+    def train(self, mode: bool = True):
+        # Lightning restores each submodule's mode as found at the start of fit instead
+        # of calling train(), so the fixed models are put back in eval mode here.
+        super().train(mode)
+        self.fixed.eval()
+        return self
+
+    def own_prediction(self, batch: dict) -> torch.Tensor:
+        """This stage's model alone, without the fixed predictions.
+
+        Args:
+            batch (dict): A dict batch.
+
+        Returns:
+            torch.Tensor: Shape ``(B,)``.
+        """
         m = self.modality
         return self.head(self.encoder(batch[m], batch[f"{m}_mask"]))
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        prediction = self.own_prediction(batch)
+        for name, model in self.fixed.items():
+            with torch.no_grad():
+                added = model(batch)
+            prediction = prediction + torch.where(batch[f"{name}_present"].bool(), added, torch.zeros_like(added))
+        return prediction
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        outputs = super().predict_step(batch, batch_idx)
+        if len(self.fixed):
+            outputs["own_prediction"] = self.own_prediction(batch).detach()
+        return outputs
 
     def parameter_parts(self) -> dict[str, nn.Module]:
         return {self.modality: self.encoder, "head": self.head}
 
     def checkpoint_meta(self) -> dict:
         return {"task": "unimodal", "modality": self.modality,
-                "encoder_config": encoder_config(self.encoder), "encoder_prefix": "encoder."}
+                "encoder_config": encoder_config(self.encoder), "encoder_prefix": "encoder.",
+                **({"fixed": sorted(self.fixed)} if len(self.fixed) else {})}
