@@ -9,12 +9,15 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
 from conftest import CONF, REPO
 
 from mmsent.callbacks import ModalitySelection
+from mmsent.data.schema import ID_SEPARATOR
 from mmsent.errors import ConfigError
 from mmsent.metrics import METRIC_NAMES
 from mmsent.pipeline import load_pipeline, run
@@ -225,6 +228,14 @@ def test_the_minilm_quickstart_fine_tunes_the_transformer_in_stages_one_and_five
     assert all(torch.equal(refit[k], fused[k]) for k in refit), "stage 4 takes the backfit encoder, frozen"
     assert any(not torch.equal(pretrained[k], fused[k]) for k in pretrained)
     assert any(not torch.equal(fused[k], finetuned[k]) for k in fused), "stage 5 trains the transformer"
+    # A backfit stage's predictions are the sum's; the report correlates its own part with its score.
+    table = pd.read_csv(record["stages"]["text_backfit"]["predictions"], dtype={"id": str})
+    assert not np.allclose(table["own_prediction"], table["prediction"])
+    truth = pd.read_csv(tiny_raw / "label.csv", dtype={"video_id": str, "clip_id": str})
+    truth.index = truth["video_id"] + ID_SEPARATOR + truth["clip_id"]
+    expected = np.corrcoef(table["own_prediction"], truth.loc[table["id"], "text_score"])[0, 1]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["own_score_correlations"]["text_backfit"]["corr"] == pytest.approx(expected, abs=1e-5)
     # The fused stage still measures itself against the unimodal stages, not the backfit ones.
     unimodal = read_checkpoint(record["stages"]["fusion"]["best_checkpoint"], "fusion")["mmsent"]["unimodal"]
     assert unimodal["checkpoints"] == {m: record["stages"][m]["best_checkpoint"] for m in STAGES[:3]}
