@@ -164,7 +164,12 @@ class BaseTask(pl.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         return {"id": batch["id"], "transcript": batch["transcript"], "label": batch["label"],
-                "prediction": self(batch).detach()}
+                **self.predictions(batch)}
+
+    def predictions(self, batch: dict) -> dict[str, torch.Tensor]:
+        """dict[str, torch.Tensor]: What ``predict`` records per sample besides its id,
+        transcript and label: ``prediction``, the model's score."""
+        return {"prediction": self(batch).detach()}
 
     def _evaluate(self, batch: dict, stage: str, preds: torch.Tensor | None = None) -> torch.Tensor:
         preds = self(batch) if preds is None else preds

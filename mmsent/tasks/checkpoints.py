@@ -127,9 +127,9 @@ def build_encoders(factories: dict[str, EncoderFactory | None], checkpoints: dic
         for key, path in ((f"model.{modality}_checkpoint", checkpoints[modality]),
                           (f"model.{modality}_encoder_checkpoint", encoder_checkpoints.get(modality))):
             if path:
-                meta = read_checkpoint(path, key).get(META_KEY, {})
-                records.append((key, path, meta.get("encoder_config")))
-                weights = (key, path)
+                checkpoint = read_checkpoint(path, key)
+                records.append((key, path, checkpoint.get(META_KEY, {}).get("encoder_config")))
+                weights = (key, path, checkpoint)
         if modality in fused:
             records.append(("model.init_checkpoint", fused_checkpoint, fused[modality]))
         if factories[modality] is None and not records:
@@ -139,7 +139,8 @@ def build_encoders(factories: dict[str, EncoderFactory | None], checkpoints: dic
                              f"holds only {sorted(input_dims)}")
         encoders[modality] = _build_encoder(modality, factories[modality], records, input_dims[modality])
         if weights:
-            load_encoder(encoders[modality], modality, weights[1], weights[0])
+            key, path, checkpoint = weights
+            load_encoder(encoders[modality], modality, path, key, checkpoint)
     if not encoders:
         raise ConfigError("model: configure at least one of text_encoder, audio_encoder, video_encoder "
                          "or the checkpoints to build them from")
@@ -197,7 +198,8 @@ def _differences(built: dict, recorded: dict) -> str:
     return f" (in {', '.join(changed)})" if changed else ""
 
 
-def load_encoder(encoder: nn.Module, modality: str, path: str | Path, what: str) -> None:
+def load_encoder(encoder: nn.Module, modality: str, path: str | Path, what: str,
+                 checkpoint: dict | None = None) -> None:
     """Loads a pretrained encoder from a unimodal stage's checkpoint.
 
     Args:
@@ -205,12 +207,13 @@ def load_encoder(encoder: nn.Module, modality: str, path: str | Path, what: str)
         modality (str): The modality it encodes.
         path (str | Path): The unimodal checkpoint.
         what (str): The config key that named the path, for messages.
+        checkpoint (dict | None): The file's contents, when already read.
 
     Raises:
         ValueError: If the checkpoint holds another modality or another encoder
             class, or its weights do not fit, naming both sides.
     """
-    checkpoint = read_checkpoint(path, what)
+    checkpoint = read_checkpoint(path, what) if checkpoint is None else checkpoint
     meta = checkpoint.get(META_KEY, {})
     configured = type(encoder).__name__
     if meta.get("modality") not in (None, modality):
@@ -230,7 +233,8 @@ def load_encoder(encoder: nn.Module, modality: str, path: str | Path, what: str)
                          f"encoder {configured} (a different size?): {error}") from error
 
 
-def load_head(head: nn.Module, modality: str, path: str | Path, what: str) -> None:
+def load_head(head: nn.Module, modality: str, path: str | Path, what: str,
+              checkpoint: dict | None = None) -> None:
     """Loads the regression head of a unimodal stage's checkpoint.
 
     Args:
@@ -238,12 +242,13 @@ def load_head(head: nn.Module, modality: str, path: str | Path, what: str) -> No
         modality (str): The modality the unimodal stage was trained on.
         path (str | Path): The unimodal checkpoint.
         what (str): The config key that named the path, for messages.
+        checkpoint (dict | None): The file's contents, when already read.
 
     Raises:
         ValueError: If the checkpoint holds another modality, or its head does not fit
             the configured one, naming both sides.
     """
-    checkpoint = read_checkpoint(path, what)
+    checkpoint = read_checkpoint(path, what) if checkpoint is None else checkpoint
     meta = checkpoint.get(META_KEY, {})
     if meta.get("task") not in (None, "unimodal") or meta.get("modality") not in (None, modality):
         raise ConfigError(f"{what}: {path} holds no unimodal {modality} model to take the head from")
@@ -279,10 +284,10 @@ def load_unimodal(path: str | Path, what: str, input_dims: dict[str, int]) -> Un
     if modality not in input_dims:
         raise ConfigError(f"{what}: {path} holds a {modality} model, but the data holds only {sorted(input_dims)}")
     encoder = build_module(meta["encoder_config"], input_dims[modality], what=f"{what} {path}")
-    load_encoder(encoder, modality, path, what)
+    load_encoder(encoder, modality, path, what, checkpoint)
     settings = checkpoint.get("hyper_parameters", {})
     head = RegressionHead(encoder.out_dim, settings.get("head_hidden", 0), settings.get("head_dropout", 0.0))
-    load_head(head, modality, path, what)
+    load_head(head, modality, path, what, checkpoint)
     return UnimodalModel(modality, encoder, head).requires_grad_(False).eval()
 
 

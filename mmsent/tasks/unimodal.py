@@ -90,19 +90,30 @@ class UnimodalTask(BaseTask):
         m = self.modality
         return self.head(self.encoder(batch[m], batch[f"{m}_mask"]))
 
-    def forward(self, batch: dict) -> torch.Tensor:
-        prediction = self.own_prediction(batch)
-        for name, model in self.fixed.items():
-            with torch.no_grad():
-                added = model(batch)
-            prediction = prediction + torch.where(batch[f"{name}_present"].bool(), added, torch.zeros_like(added))
-        return prediction
+    def fixed_prediction(self, batch: dict) -> torch.Tensor | float:
+        """The sum of the fixed models' predictions (0 without any).
 
-    def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        outputs = super().predict_step(batch, batch_idx)
-        if len(self.fixed):
-            outputs["own_prediction"] = self.own_prediction(batch).detach()
-        return outputs
+        Args:
+            batch (dict): A dict batch.
+
+        Returns:
+            torch.Tensor | float: Shape ``(B,)``, or 0.0.
+        """
+        total = 0.0
+        with torch.no_grad():
+            for name, model in self.fixed.items():
+                added = model(batch)
+                total = total + torch.where(batch[f"{name}_present"].bool(), added, torch.zeros_like(added))
+        return total
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.own_prediction(batch) + self.fixed_prediction(batch)
+
+    def predictions(self, batch: dict) -> dict[str, torch.Tensor]:
+        if not len(self.fixed):
+            return super().predictions(batch)
+        own = self.own_prediction(batch).detach()
+        return {"prediction": own + self.fixed_prediction(batch), "own_prediction": own}
 
     def parameter_parts(self) -> dict[str, nn.Module]:
         return {self.modality: self.encoder, "head": self.head}
