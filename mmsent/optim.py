@@ -15,7 +15,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-GROUP_KEYS = ("lr", "weight_decay", "momentum", "schedule", "betas", "eps", "alpha", "rho")
+GROUP_KEYS = ("lr", "weight_decay", "momentum", "schedule", "betas", "eps", "alpha", "rho", "layer_decay")
 SCHEDULES = ("constant", "step", "exponential", "cosine")
 
 
@@ -26,15 +26,18 @@ def build_param_groups(parts: dict[str, nn.Module], settings: dict[str, dict] | 
     Args:
         parts (dict[str, nn.Module]): Named parts, e.g. ``{"text": ..., "fusion": ...}``.
         settings (dict[str, dict] | None): Per part name, optimizer options for its
-            group (``lr``, ``weight_decay``, ``momentum``...) and an optional
-            ``schedule``; parts without settings use the optimizer's defaults.
+            group (``lr``, ``weight_decay``, ``momentum``...), an optional
+            ``schedule`` and, for a pretrained transformer, an optional
+            ``layer_decay`` (see :func:`_layer_decay_groups`); parts without settings
+            use the optimizer's defaults.
         optional (tuple[str, ...]): Names settings may hold although the model lacks
             them (a modality this dataset does not have), so one stage config serves
             datasets with and without video.
 
     Returns:
-        list[dict]: Groups with ``params`` and ``name``; parts with no trainable
-        parameter are left out.
+        list[dict]: Groups with ``params`` and ``name`` (one per part, or one per
+        layer of a part with ``layer_decay``); parts with no trainable parameter are
+        left out.
 
     Raises:
         ValueError: If settings name a part that does not exist or an unknown option.
@@ -50,10 +53,58 @@ def build_param_groups(parts: dict[str, nn.Module], settings: dict[str, dict] | 
         if bad:
             raise ValueError(f"param_groups.{name}: unknown option(s) {sorted(bad)}; allowed {GROUP_KEYS}")
         options = _numeric_options(name, options)
+        options.pop("schedule", None)
+        decay = options.pop("layer_decay", None)
+        if decay is not None:
+            groups.extend(_layer_decay_groups(name, module, options, decay))
+            continue
         params = [p for p in module.parameters() if p.requires_grad]
         if params:
-            options.pop("schedule", None)
             groups.append({"params": params, "name": name, **options})
+    return groups
+
+
+def _layer_decay_groups(name: str, module: nn.Module, options: dict, decay: float) -> list[dict]:
+    """A part's groups under layer-wise rate decay: its top layer at the part's rate,
+    each layer below at ``layer_decay`` times the rate of the one above.
+
+    A pretrained transformer's lower layers hold general features that small steps
+    keep; its upper layers adapt most to the task (Howard & Ruder, 2018; Clark et al.,
+    2020). The groups are named ``<part>.layer<i>`` (0 the bottom) and keep the part
+    under ``part``, whose schedule they share.
+
+    Args:
+        name (str): The part's name, for messages and the groups' ``name``.
+        module (nn.Module): The part; it must have ``layer_groups()``, its parameters
+            from the bottom layer to the top (as :class:`~mmsent.models.TransformerTextEncoder`).
+        options (dict): The part's other group options; ``lr`` is required.
+        decay (float): The factor between neighbouring layers, in (0, 1].
+
+    Returns:
+        list[dict]: One group per layer with a trainable parameter.
+
+    Raises:
+        ValueError: If the part has no layers, ``lr`` is missing, or ``decay`` is not in (0, 1].
+    """
+    key = f"param_groups.{name}.layer_decay"
+    if not hasattr(module, "layer_groups"):
+        raise ValueError(f"{key}: the {name} part ({type(module).__name__}) has no layers to decay "
+                         "the rate over; layer_decay is for pretrained transformers (TransformerTextEncoder)")
+    if options.get("lr") is None:
+        raise ValueError(f"{key} scales param_groups.{name}.lr, which is not set; set it")
+    try:
+        decay = float(decay)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key} must be a number, got {decay!r}") from None
+    if not 0 < decay <= 1:
+        raise ValueError(f"{key} must be in (0, 1] (1 leaves every layer at the part's lr), got {decay!r}")
+    layers = module.layer_groups()
+    groups = []
+    for index, params in enumerate(layers):
+        params = [p for p in params if p.requires_grad]
+        if params:
+            rate = options["lr"] * decay ** (len(layers) - 1 - index)
+            groups.append({"params": params, "name": f"{name}.layer{index}", "part": name, **options, "lr": rate})
     return groups
 
 
@@ -173,10 +224,11 @@ def per_group_scheduler(optimizer: Optimizer, settings: dict[str, dict] | None,
     settings = settings or {}
     factors = []
     for group in optimizer.param_groups:
-        schedule = dict(settings.get(group.get("name"), {}).get("schedule") or {"name": "constant"})
+        part = group.get("part", group.get("name"))
+        schedule = dict(settings.get(part, {}).get("schedule") or {"name": "constant"})
         if "warmup_steps" in schedule:
             schedule["warmup_steps"] = _whole_number(schedule["warmup_steps"],
-                                                     f"param_groups.{group.get('name')}.schedule.warmup_steps")
+                                                     f"param_groups.{part}.schedule.warmup_steps")
         factors.append(schedule_factor(schedule, steps_per_epoch))
     return LambdaLR(optimizer, factors)
 

@@ -124,6 +124,44 @@ def test_the_encoder_gets_its_own_rate_warmed_up_over_steps_and_the_fit_lowers_t
     assert any("encoder.layer.0.attention" in k for k in changed)
 
 
+def test_layer_decay_gives_each_lower_layer_a_smaller_rate_under_the_part_schedule(tmp_path):
+    two_layers = {**TINY_BERT, "num_hidden_layers": 2}
+    torch.manual_seed(0)
+    task = UnimodalTask("text", partial(TransformerTextEncoder, model=None, architecture=two_layers, out_dim=4),
+                        input_dims={"text": VOCAB}, optimizer=torch.optim.AdamW,
+                        param_groups={"text": {"lr": 1e-2, "layer_decay": 0.5,
+                                               "schedule": {"name": "constant", "warmup_steps": 2}},
+                                      "head": {"lr": 3e-2}})
+    groups = task.param_groups()
+    assert [g["name"] for g in groups] == ["text.layer0", "text.layer1", "text.layer2", "head"]
+    assert [g["lr"] for g in groups] == pytest.approx([2.5e-3, 5e-3, 1e-2, 3e-2])
+    # Every weight in exactly one group; the projection trains with the top layer.
+    grouped = [id(p) for g in groups for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in task.parameters()) and len(set(grouped)) == len(grouped)
+    assert {id(p) for p in task.encoder.project.parameters()} <= {id(p) for p in groups[2]["params"]}
+    assert {id(p) for p in task.encoder.transformer.embeddings.parameters()} == {id(p) for p in groups[0]["params"]}
+    # The groups share the part's warm-up, and Lightning's rate monitor accepts their names.
+    rates = LearningRates()
+    trainer = pl.Trainer(max_epochs=1, logger=pl.loggers.CSVLogger(tmp_path), enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[rates, pl.callbacks.LearningRateMonitor()])
+    trainer.fit(task, DataLoader(tiny_batches(), batch_size=None))
+    assert [r["text.layer0"] for r in rates.seen[:3]] == pytest.approx([1.25e-3, 2.5e-3, 2.5e-3])
+    assert [r["text.layer2"] for r in rates.seen[:3]] == pytest.approx([5e-3, 1e-2, 1e-2])
+    assert all(r["head"] == pytest.approx(3e-2) for r in rates.seen)
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"head": {"lr": 1e-3, "layer_decay": 0.9}}, r"param_groups\.head\.layer_decay: the head part"),
+    ({"text": {"layer_decay": 0.9}}, r"param_groups\.text\.lr, which is not set"),
+    ({"text": {"lr": 1e-3, "layer_decay": 1.5}}, r"param_groups\.text\.layer_decay must be in \(0, 1\]"),
+    ({"text": {"lr": 1e-3, "layer_decay": "x"}}, r"param_groups\.text\.layer_decay must be a number"),
+])
+def test_layer_decay_errors_name_the_key(settings, message):
+    with pytest.raises(ValueError, match=message):
+        unimodal_task(**settings)
+
+
 def test_a_checkpoint_reloads_the_fine_tuned_weights_in_the_text_stage_and_in_stage_5(tmp_path):
     task = unimodal_task(text={"lr": 1e-3})
     fit(task, tiny_batches(count=2), epochs=2)

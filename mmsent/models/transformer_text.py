@@ -131,6 +131,29 @@ class TransformerTextEncoder(nn.Module, HubMixin):
             return [key for key in keys if f"{WORD_EMBEDDINGS}.weight" in key]
         return []
 
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """The parameters layer by layer, bottom first, for layer-wise rate decay.
+
+        Returns:
+            list[list[nn.Parameter]]: The embeddings (every transformer weight outside
+            its stack of layers), then each layer of the stack; the top layer's list
+            also holds the projection, which the top layer alone feeds.
+
+        Raises:
+            ValueError: If the transformer has no stack of ``num_hidden_layers`` layers.
+        """
+        depth = self.transformer.config.num_hidden_layers
+        stack = next((module for module in self.transformer.modules()
+                      if isinstance(module, nn.ModuleList) and len(module) == depth), None)
+        if stack is None:
+            raise ValueError(f"TransformerTextEncoder: no stack of {depth} layers found in "
+                             f"{type(self.transformer).__name__}, so layer_decay cannot be applied")
+        layers = [list(layer.parameters()) for layer in stack]
+        in_stack = {id(p) for layer in layers for p in layer}
+        bottom = [p for p in self.transformer.parameters() if id(p) not in in_stack]
+        layers[-1] += list(self.project.parameters())
+        return [bottom, *layers]
+
     def forward(self, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Encodes a padded batch of token ids.
 
