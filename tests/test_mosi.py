@@ -85,6 +85,19 @@ def test_mosi_pipeline_runs_every_stage(mosi_dir, tmp_path, monkeypatch):
 
 
 @pytest.mark.mosi
+def test_mosi_fine_tuned_text_pipeline_runs_every_stage(mosi_dir, tmp_path, monkeypatch):
+    # The fused stages start from the text stage's head, which has a hidden layer.
+    monkeypatch.setenv("MMSENT_MOSI_DIR", str(mosi_dir))
+    short = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2",
+             "--trainer.limit_test_batches=2", f"--data.cache_dir={tmp_path / 'cache'}",
+             "--trainer.enable_progress_bar=false"]
+    out = run("pipelines/mosi_finetuned_text.yaml", extra=short, output_dir=str(tmp_path / "run"), use_wandb=False)
+    report = json.loads((out / "report.json").read_text())
+    assert [row["stage"] for row in report["stages"]] == ["text", "audio", "fusion", "finetune"]
+    assert all(np.isfinite(row["test"]["MAE"]) for row in report["stages"])
+
+
+@pytest.mark.mosi
 def test_mosi_fine_tuned_text_stage_fast_dev_run(mosi_dir, tmp_path):
     # The data are MiniLM's word-piece ids, which the fine-tuned MiniLM reads itself.
     main(["fit", "-c", f"{MOSI}/base.yaml", "-c", "pipelines/mosi_finetuned_text/base.yaml",
