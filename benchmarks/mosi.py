@@ -66,7 +66,7 @@ def prepare_cache(cache_dir: str) -> None:
 
 
 def run_seed(seed: int, output_dir: Path, cache_dir: str, extra: tuple[str, ...] = (),
-             pipeline: Path = PIPELINE) -> dict:
+             pipeline: Path = PIPELINE, only: str | None = None) -> dict:
     """Runs (or resumes) the whole pipeline for one seed in its own process.
 
     Args:
@@ -75,11 +75,13 @@ def run_seed(seed: int, output_dir: Path, cache_dir: str, extra: tuple[str, ...]
         cache_dir (str): The prepared dataset's cache folder.
         extra (tuple[str, ...]): Further arguments for every stage.
         pipeline (Path): The pipeline file; its stages must be those of :data:`STAGES`.
+        only (str | None): Run this stage alone (``mmsent pipeline run --only``).
 
     Returns:
         dict: The pipeline manifest.
     """
-    command = [sys.executable, "-m", "mmsent", "pipeline", "run", str(pipeline), "--no-wandb",
+    selected = ["--only", only] if only else []
+    command = [sys.executable, "-m", "mmsent", "pipeline", "run", str(pipeline), "--no-wandb", *selected,
                "--output-dir", str(output_dir), "--", f"--seed_everything={seed}",
                "--trainer.enable_progress_bar=false", f"--data.cache_dir={cache_dir}", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -88,7 +90,7 @@ def run_seed(seed: int, output_dir: Path, cache_dir: str, extra: tuple[str, ...]
     with (output_dir / "benchmark.log").open("w") as log:
         subprocess.run(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
     manifest = json.loads((output_dir / "manifest.json").read_text())
-    unfinished = [s for s in STAGES if manifest["stages"].get(s, {}).get("status") != "done"]
+    unfinished = [s for s in ([only] if only else STAGES) if manifest["stages"].get(s, {}).get("status") != "done"]
     if unfinished:
         raise RuntimeError(f"seed {seed}: stage(s) {unfinished} did not finish (interrupted?); "
                            f"see {output_dir / 'benchmark.log'}, then rerun to resume")
