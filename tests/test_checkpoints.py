@@ -9,6 +9,7 @@ from functools import partial
 import pytest
 import torch
 
+from mmsent.errors import ConfigError
 from mmsent.models import AcousticMLPEncoder, ConditionalVAE, TextLSTMEncoder
 from mmsent.models.fusion import GatedResidualFusion
 from mmsent.tasks import FusionTask, GenerativeTask, UnimodalTask
@@ -21,8 +22,9 @@ AUDIO = partial(AcousticMLPEncoder, hidden_dims=[8], out_dim=4)
 
 
 def save(task, path) -> str:
-    """Writes a checkpoint as Lightning does: the state dict, then the task's hook."""
-    checkpoint = {"state_dict": task.state_dict()}
+    """Writes a checkpoint as Lightning does: the state dict and hyperparameters, then
+    the task's hook."""
+    checkpoint = {"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}
     task.on_save_checkpoint(checkpoint)
     torch.save(checkpoint, path)
     return str(path)
@@ -191,7 +193,6 @@ def test_a_backfit_stage_adds_the_fixed_stage_and_trains_only_its_own_model(unim
 
 
 def test_a_backfit_stage_names_the_key_of_a_wrong_fixed_checkpoint(unimodal, tmp_path):
-    from mmsent.errors import ConfigError
 
     with pytest.raises(ConfigError, match="model.fixed_text_checkpoint is set, but this stage trains the text"):
         UnimodalTask("text", TEXT, input_dims=INPUT_DIMS, fixed_text_checkpoint=unimodal["text"])
@@ -219,3 +220,25 @@ def test_a_fused_stage_takes_encoder_weights_from_the_encoder_checkpoint(unimoda
     assert fused.fall_back_to_unimodal("audio")
     for key, value in fused.model.encoders["audio"].state_dict().items():
         assert torch.equal(value, unimodal_state[f"encoder.{key}"]), "the fall-back is the unimodal stage"
+
+
+def test_the_fused_head_takes_the_hidden_size_of_the_head_it_starts_from(tmp_path):
+    torch.manual_seed(0)
+    paths = {"text": save(UnimodalTask("text", TEXT, head_hidden=6, input_dims=INPUT_DIMS), tmp_path / "text.ckpt"),
+             "audio": save(UnimodalTask("audio", AUDIO, input_dims=INPUT_DIMS), tmp_path / "audio.ckpt")}
+    checkpoints = {"text_checkpoint": paths["text"], "audio_checkpoint": paths["audio"]}
+    for modality, hidden in (("text", 6), ("audio", 0)):
+        fused = FusionTask(**checkpoints, head_from=modality, fusion=GatedResidualFusion, input_dims=INPUT_DIMS)
+        assert fused.hparams["head_hidden"] == hidden
+        state = torch.load(paths[modality], weights_only=True)["state_dict"]
+        for key, value in fused.model.head.state_dict().items():
+            assert torch.equal(value, state[f"head.{key}"])
+        if modality == "text":
+            path = save(fused, tmp_path / "fused.ckpt")
+    # Stage 5 takes it from the fused checkpoint, which records the size it resolved.
+    finetuned = FusionTask(init_checkpoint=path, freeze_encoders=False, fusion=GatedResidualFusion,
+                           input_dims=INPUT_DIMS)
+    assert finetuned.hparams["head_hidden"] == 6
+    assert torch.load(path, weights_only=True)["hyper_parameters"]["head_hidden"] == 6
+    with pytest.raises(ConfigError, match="head_hidden must match"):
+        FusionTask(**checkpoints, head_from="text", head_hidden=0, fusion=GatedResidualFusion, input_dims=INPUT_DIMS)

@@ -70,7 +70,10 @@ class FusionTask(BaseTask):
         video_encoder_checkpoint (str | None): The same for the video encoder.
         fusion (Callable[[dict], nn.Module]): Builds the fusion module from the
             encoders' output sizes (``ConcatFusion``, ``TensorFusion``, ``LowRankFusion``).
-        head_hidden (int): Hidden size of the head; 0 for linear.
+        head_hidden (int | None): Hidden size of the head; 0 for linear. None takes
+            the size of the head the fused head starts from: ``init_checkpoint``'s, or
+            the ``head_from`` stage's (0 when there is none), so ``head_from: best``
+            fits whichever unimodal stage wins.
         head_from (str | None): A modality whose unimodal head (from its
             ``<modality>_checkpoint``) the fused head starts from, or ``"best"``: the
             unimodal stage with the lowest validation MAE (as its checkpoint's
@@ -103,7 +106,7 @@ class FusionTask(BaseTask):
                  video_checkpoint: str | None = None, init_checkpoint: str | None = None,
                  text_encoder_checkpoint: str | None = None, audio_encoder_checkpoint: str | None = None,
                  video_encoder_checkpoint: str | None = None,
-                 fusion: Callable[[dict], nn.Module] = ConcatFusion, head_hidden: int = 0,
+                 fusion: Callable[[dict], nn.Module] = ConcatFusion, head_hidden: int | None = None,
                  head_from: str | None = None, freeze_encoders: bool | list[str] = True,
                  modality_dropout: float = 0.0,
                  generator_checkpoint: str | None = None, generated_ratio: float = 0.0,
@@ -118,6 +121,8 @@ class FusionTask(BaseTask):
         self.unimodal = unimodal_record(checkpoints, init_checkpoint)
         self.head_modality = self._head_modality(head_from, list(encoders))
         fusion_module = build_fusion(fusion, {m: e.out_dim for m, e in encoders.items()}, self.head_modality)
+        head_hidden = self._head_hidden(head_hidden, checkpoints, init_checkpoint)
+        self.hparams["head_hidden"] = head_hidden  # rebuilding from the saved hyperparameters needs no file
         head = RegressionHead(fusion_module.out_dim, head_hidden)
         self.start_head(head)
         self.model = LateFusionModel(encoders, fusion_module, head, modality_dropout)
@@ -153,6 +158,18 @@ class FusionTask(BaseTask):
             raise ValueError("model.generator_checkpoint needs model.freeze_encoders: true; generated "
                              "embeddings live in the space of the encoders it was trained on")
         return load_generator(path, "model.generator_checkpoint", self.model.encoders)
+
+    def _head_hidden(self, head_hidden: int | None, checkpoints: dict[str, str | None],
+                     init_checkpoint: str | None) -> int:
+        if head_hidden is not None:
+            return head_hidden
+        if init_checkpoint:
+            path, key = init_checkpoint, "model.init_checkpoint"
+        elif self.head_modality and checkpoints[self.head_modality]:
+            path, key = checkpoints[self.head_modality], f"model.{self.head_modality}_checkpoint"
+        else:
+            return 0
+        return int(read_checkpoint(path, key).get("hyper_parameters", {}).get("head_hidden") or 0)
 
     def _head_modality(self, head_from: str | None, modalities: list[str]) -> str | None:
         if head_from not in (None, "best", *modalities):
