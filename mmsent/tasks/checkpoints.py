@@ -151,8 +151,8 @@ def _fused_records(path: str) -> dict[str, dict | None]:
     return _read_fused(path, "model.init_checkpoint")[META_KEY].get("encoder_configs", {})
 
 
-def _read_fused(path: str | Path, what: str) -> dict:
-    checkpoint = read_checkpoint(path, what)
+def _read_fused(path: str | Path, what: str, checkpoint: dict | None = None) -> dict:
+    checkpoint = read_checkpoint(path, what) if checkpoint is None else checkpoint
     checkpoint.setdefault(META_KEY, {})
     task = checkpoint[META_KEY].get("task")
     if task not in (None, "fusion"):
@@ -291,18 +291,19 @@ def load_unimodal(path: str | Path, what: str, input_dims: dict[str, int]) -> Un
     return UnimodalModel(modality, encoder, head).requires_grad_(False).eval()
 
 
-def load_fused(model: nn.Module, path: str | Path, what: str) -> None:
+def load_fused(model: nn.Module, path: str | Path, what: str, checkpoint: dict | None = None) -> None:
     """Loads a fused stage's whole model (encoders, fusion, head, modalities in use).
 
     Args:
         model (nn.Module): The configured :class:`~mmsent.models.LateFusionModel`.
         path (str | Path): The fused checkpoint.
         what (str): The config key that named the path, for messages.
+        checkpoint (dict | None): The file's contents, when already read.
 
     Raises:
         ValueError: If the checkpoint holds no fused model or its weights do not fit.
     """
-    checkpoint = _read_fused(path, what)
+    checkpoint = _read_fused(path, what, checkpoint)
     meta = checkpoint[META_KEY]
     state = sub_state_dict(checkpoint["state_dict"], "model.")
     fill_rebuilt(state, model, meta.get("rebuilt", {}), "model.", what)

@@ -121,16 +121,18 @@ class FusionTask(BaseTask):
         self.unimodal = unimodal_record(checkpoints, init_checkpoint)
         self.head_modality = self._head_modality(head_from, list(encoders))
         fusion_module = build_fusion(fusion, {m: e.out_dim for m, e in encoders.items()}, self.head_modality)
-        head_hidden = self._head_hidden(head_hidden, checkpoints, init_checkpoint)
+        start = self._start_checkpoint(checkpoints, init_checkpoint)
+        if head_hidden is None:
+            recorded = start[2].get("hyper_parameters", {}) if start else {}
+            head_hidden = int(recorded.get("head_hidden") or 0)
         self.hparams["head_hidden"] = head_hidden  # rebuilding from the saved hyperparameters needs no file
         head = RegressionHead(fusion_module.out_dim, head_hidden)
         self.start_head(head)
         self.model = LateFusionModel(encoders, fusion_module, head, modality_dropout)
         if init_checkpoint:
-            load_fused(self.model, init_checkpoint, "model.init_checkpoint")
-        elif self.head_modality and checkpoints[self.head_modality]:
-            load_head(self.model.head, self.head_modality, checkpoints[self.head_modality],
-                      f"model.{self.head_modality}_checkpoint")
+            load_fused(self.model, *start)
+        elif start:
+            load_head(self.model.head, self.head_modality, *start)
         self.frozen = frozen_modalities(freeze_encoders, list(encoders))
         self.freeze_encoders = self.frozen == list(encoders)
         for modality in self.frozen:
@@ -159,17 +161,22 @@ class FusionTask(BaseTask):
                              "embeddings live in the space of the encoders it was trained on")
         return load_generator(path, "model.generator_checkpoint", self.model.encoders)
 
-    def _head_hidden(self, head_hidden: int | None, checkpoints: dict[str, str | None],
-                     init_checkpoint: str | None) -> int:
-        if head_hidden is not None:
-            return head_hidden
+    def _start_checkpoint(self, checkpoints: dict[str, str | None],
+                          init_checkpoint: str | None) -> tuple[str, str, dict] | None:
+        """The checkpoint the fused model's head starts from, read once for its size
+        and its weights: ``init_checkpoint``, else the ``head_from`` stage's.
+
+        Returns:
+            tuple[str, str, dict] | None: Its path, the config key that named it and
+            its contents; None when the head starts fresh.
+        """
         if init_checkpoint:
             path, key = init_checkpoint, "model.init_checkpoint"
         elif self.head_modality and checkpoints[self.head_modality]:
             path, key = checkpoints[self.head_modality], f"model.{self.head_modality}_checkpoint"
         else:
-            return 0
-        return int(read_checkpoint(path, key).get("hyper_parameters", {}).get("head_hidden") or 0)
+            return None
+        return path, key, read_checkpoint(path, key)
 
     def _head_modality(self, head_from: str | None, modalities: list[str]) -> str | None:
         if head_from not in (None, "best", *modalities):
