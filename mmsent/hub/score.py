@@ -223,30 +223,25 @@ def load_model(model_dir: str) -> SentimentModel:
         return SentimentModel.from_pretrained(model_dir)
 
 
-def check_output(output: str | None, inputs: list[Path]) -> None:
-    """Refuses an output file that is one of the inputs.
+def check_output(output: str | None, model_dir: str, target: Path) -> None:
+    """Refuses an output file that is one of the inputs: a file of the model folder,
+    the clip file, or the folder's ``label.csv``.
 
     Args:
         output (str | None): The ``-o`` file.
-        inputs (list[Path]): The files scoring reads.
+        model_dir (str): The model folder.
+        target (Path): The clip file or the folder of clips.
 
     Raises:
-        ConfigError: If ``output`` is one of them, naming it.
+        ConfigError: If ``output`` is an input, naming it.
     """
     if output is None:
         return
-    target = Path(output).resolve()
-    for path in inputs:
-        if path.resolve() == target:
-            raise ConfigError(f"-o {output}: that is an input ({path}); write the scores to another file")
-
-
-def input_files(model_dir: str, path: Path) -> list[Path]:
-    """list[Path]: The files scoring reads: the model folder's, and the clip file or
-    the folder's ``label.csv``."""
     folder = Path(model_dir)
-    files = [p for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
-    return files + [path / LABEL_FILE if path.is_dir() else path]
+    inputs = [p for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
+    for path in [*inputs, target / LABEL_FILE if target.is_dir() else target]:
+        if path.resolve() == Path(output).resolve():
+            raise ConfigError(f"-o {output}: that is an input ({path}); write the scores to another file")
 
 
 def summary(kept: list[dict], used: list[str]) -> tuple[str, list[str]]:
@@ -325,7 +320,7 @@ def score(model_dir: str, target: str, output: str | None = None, kind: str | No
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     path = Path(target)
-    check_output(output, input_files(model_dir, path))
+    check_output(output, model_dir, path)
     model = load_model(model_dir)
     if path.is_dir():
         ext = model.config["preprocessing"]["video"]["container"]

@@ -181,8 +181,8 @@ def markdown_table(rows: list[dict], baselines: dict, own_scores: dict | None = 
         cells += [_format("MAE", baselines.get("val", {}).get("MAE")), "-", "-"]
         lines.append("| " + " | ".join(cells) + " |")
         if marked:
-            lines += ["", f"{WORSE_MARK} worse than the trivial predictor on the same metric: that stage "
-                          f"did not learn what the metric measures."]
+            lines += ["", (f"{WORSE_MARK} worse than the trivial predictor on the same metric: that stage "
+                           f"did not learn what the metric measures.")]
         lines += ["", ("The trivial predictor predicts the training median for MAE and Corr (a constant "
                   "correlates with nothing) and the training set's majority class for each accuracy "
                   "and F1: a stage that does not beat it on a metric has learned nothing it measures."), ""]
