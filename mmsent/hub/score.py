@@ -116,7 +116,8 @@ def clip_media(root: Path, row: dict, video_ext: str) -> tuple[Path, Path]:
         video_ext (str): The extension the model's training videos had.
 
     Returns:
-        tuple[Path, Path]: The video file and the audio file (either may not exist).
+        tuple[Path, Path]: The video file and the audio file (either may not exist,
+        or be None where none is found).
     """
     return RawClipSource(str(root), video_ext=video_ext).clip_paths(row["video_id"], row["clip_id"])
 
@@ -149,7 +150,7 @@ def folder_clips(root: Path, split: str | None, video_ext: str) -> tuple[list[Cl
     for row in table.to_dict("records"):
         video, audio = clip_media(root, row, video_ext)
         label = row["label"]
-        clips.append(Clip(id=row["id"], video=str(video), audio=str(audio),
+        clips.append(Clip(id=row["id"], video=str(video) if video else None, audio=str(audio) if audio else None,
                           text=row.get("text"), label=None if math.isnan(label) else label))
     return clips, bool(clips) and all(c.label is not None for c in clips)
 

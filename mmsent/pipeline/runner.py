@@ -110,9 +110,7 @@ def follow(pipeline: Pipeline, start: str | None, only: str | None, extra: list[
     """
     manifest = Manifest(pipeline.output_dir / "manifest.json")
     configs = stage_configs(pipeline, pipeline.stages, extra)
-    runnable, skipped = follow_data(pipeline, configs)
-    start, only = still_selected(pipeline, skipped, start, only)
-    pipeline = runnable
+    pipeline, _, start, only = follow_data(pipeline, configs, start, only)
     stages, forced = select_stages(pipeline, manifest, start, only)
     if ranks.launched_processes() > 1:
         check_stages(pipeline, stages, extra, configs)
@@ -259,9 +257,7 @@ def run(path: str | Path, start: str | None = None, only: str | None = None,
     with RunLock(pipeline.output_dir):
         manifest = Manifest(pipeline.output_dir / "manifest.json")
         configs = stage_configs(pipeline, pipeline.stages, extra)
-        runnable, skipped = follow_data(pipeline, configs)
-        start, only = still_selected(pipeline, skipped, start, only)
-        pipeline = runnable
+        pipeline, skipped, start, only = follow_data(pipeline, configs, start, only)
         stages, forced = select_stages(pipeline, manifest, start, only)
         check_stages(pipeline, stages, extra, configs)
         for stage in pipeline.stages:
@@ -311,20 +307,25 @@ def stage_configs(pipeline: Pipeline, stages: list[Stage], extra: list[str]) -> 
     return configs
 
 
-def follow_data(pipeline: Pipeline, configs: dict[str, Namespace]) -> tuple[Pipeline, dict[str, str]]:
+def follow_data(pipeline: Pipeline, configs: dict[str, Namespace], start: str | None,
+                only: str | None) -> tuple[Pipeline, dict[str, str], str | None, str | None]:
     """The pipeline without the stages its data leaves nothing to do for
-    (:func:`mmsent.pipeline.modalities.absent_stages`).
+    (:func:`mmsent.pipeline.modalities.absent_stages`), and the stages selected in it.
 
     Args:
         pipeline (Pipeline): The pipeline.
         configs (dict[str, Namespace]): Per stage, its parsed configuration.
+        start (str | None): ``--from``.
+        only (str | None): ``--only``.
 
     Returns:
-        tuple[Pipeline, dict[str, str]]: The stages that run, with nothing handed on
-        from a skipped one, and the skipped stages with their reasons.
+        tuple[Pipeline, dict[str, str], str | None, str | None]: The stages that run,
+        with nothing handed on from a skipped one; the skipped stages with their
+        reasons; ``--from`` and ``--only`` (:func:`still_selected`).
     """
     skipped, lacking = absent_stages(pipeline, configs)
-    return without_stages(pipeline, skipped, lacking, configs), skipped
+    start, only = still_selected(pipeline, skipped, start, only)
+    return without_stages(pipeline, skipped, lacking, configs), skipped, start, only
 
 
 def still_selected(pipeline: Pipeline, skipped: dict[str, str], start: str | None,
