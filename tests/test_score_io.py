@@ -104,4 +104,20 @@ def test_output_onto_an_input_is_refused(video_model, tiny_raw, tmp_path):
 def test_batch_size_zero_is_refused(video_model, tiny_raw, capsys):
     with pytest.raises(SystemExit) as exit_info:
         score_command.main([str(video_model), str(tiny_raw), "--batch-size", "0"])
-    assert exit_info.value.code == 2 and "--batch-size: must be >= 1, got 0" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--batch-size: must be a whole number >= 1, got 0" in capsys.readouterr().err
+
+
+def test_the_media_column_names_a_clip_stored_elsewhere(video_model, tiny_raw, tmp_path, capsys):
+    folder = tmp_path / "raw"
+    shutil.copytree(tiny_raw, folder)
+    table = pd.read_csv(folder / "label.csv", dtype=str, keep_default_na=False)
+    table = table[table["mode"] == "test"].copy()
+    first = table.iloc[0]
+    (folder / "elsewhere").mkdir()
+    for suffix in (".mp4", ".wav"):
+        (folder / "Raw" / first["video_id"] / f"{first['clip_id']}{suffix}").rename(folder / "elsewhere" / f"take{suffix}")
+    table["media"] = ["elsewhere/take.mp4"] + [""] * (len(table) - 1)
+    table.to_csv(folder / "label.csv", index=False)
+    score_command.main([str(video_model), str(folder)])
+    scores = pd.read_csv(io.StringIO(capsys.readouterr().out), keep_default_na=False)
+    assert set(scores["modalities"]) == {"text+audio+video"} and set(scores["problems"]) == {""}

@@ -107,8 +107,9 @@ def _label(raw: str, where: str) -> float:
 
 def clip_media(root: Path, row: dict, video_ext: str) -> tuple[Path, Path]:
     """Where one clip's video and audio are: the one lookup of a clip's media by
-    scoring (the training source's layout, ``Raw/<video_id>/<clip_id>.<ext>``, with
-    the audio from a ``.wav`` beside the video where there is one).
+    scoring. The file the row's ``media`` cell names (relative to ``root``), else the
+    training source's layout, ``Raw/<video_id>/<clip_id>.<ext>``; the audio from a
+    ``.wav`` beside the video where there is one.
 
     Args:
         root (Path): The folder in the raw layout.
@@ -119,6 +120,9 @@ def clip_media(root: Path, row: dict, video_ext: str) -> tuple[Path, Path]:
         tuple[Path, Path]: The video file and the audio file (either may not exist,
         or be None where none is found).
     """
+    named = str(row.get("media") or "").strip()
+    if named:
+        return root / named, audio_file(root / named)
     return RawClipSource(str(root), video_ext=video_ext).clip_paths(row["video_id"], row["clip_id"])
 
 
@@ -358,12 +362,9 @@ def score(model_dir: str, target: str, output: str | None = None, kind: str | No
 
 def positive_int(value: str) -> int:
     """int: An argument that must be a whole number >= 1 (argparse type)."""
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
+    number = int(value) if value.strip().lstrip("-").isdigit() else None
+    if number is None or number < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {value}")
     return number
 
 
