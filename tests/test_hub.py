@@ -97,7 +97,7 @@ def test_scoring_raw_test_clips_reproduces_the_pipeline_predictions(model_dir, p
     assert (joined["score"] - joined["prediction"]).abs().max() < 1e-5
     mae = manifest["stages"]["finetune"]["metrics"]["test"]["MAE"]
     assert abs((joined["score"] - joined["label_pipeline"]).abs().mean() - mae) < 1e-5
-    assert f"MAE {mae:.4f}" in capsys.readouterr().out
+    assert f"MAE {mae:.4f}" in capsys.readouterr().err  # stdout or -o carries the scores only
     assert set(scores["label_7"]) <= set(range(-3, 4))
 
 

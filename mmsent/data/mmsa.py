@@ -109,7 +109,9 @@ class MMSAPickleSource(FeatureSource):
     Args:
         path (str): The pickle, e.g. ``.../MOSI/Processed/unaligned_50.pkl``.
         modalities (list[str] | None): Which of text, audio, video (MMSA's
-            ``vision``) to prepare; all three by default.
+            ``vision``) to prepare; by default each one the pickle holds (text: the
+            array ``text`` names; audio: ``audio``; video: ``vision``), so a pickle
+            without one of them prepares the others.
         text (str | None): ``"vectors"`` (the pickle's ``text`` array: BERT states or
             GloVe vectors), ``"bert_ids"`` (``text_bert``'s word-piece ids, for an
             embedding table such as ``TextLSTMEncoder(pretrained_embeddings=
@@ -132,6 +134,9 @@ class MMSAPickleSource(FeatureSource):
                  vocab_size: int = 30522, standardize: bool = False, label_scale: list[float] | None = None,
                  **kwargs) -> None:
         super().__init__(modalities=modalities, standardize=standardize, **kwargs)
+        # None: resolved against the pickle when it is read; the fingerprint keeps the request.
+        self.held_modalities = modalities is None
+        self.requested_modalities = list(self.modalities)
         if label_scale is not None and (len(label_scale) != 2 or not label_scale[0] < label_scale[1]):
             raise ValueError(f"label_scale must be [low, high] with low < high, got {label_scale}")
         self.label_scale = tuple(float(v) for v in label_scale) if label_scale is not None else None
@@ -149,10 +154,13 @@ class MMSAPickleSource(FeatureSource):
     def fingerprint(self) -> dict:
         return {"path": str(self.path.resolve()), "file": file_signature([self.path]),
                 "text_mode": self.text_mode, "vocab_size": self.vocab_size, "label_scale": self.label_scale,
-                **self.settings()}
+                **self.settings(),
+                "modalities": "held by the pickle" if self.held_modalities else self.requested_modalities}
 
     def read(self) -> FeatureData:
         data = load_pickle(self.path)
+        if self.held_modalities:
+            self.modalities = self._held(data)
         clips, features = [], {m: {} for m in self._feature_modalities()}
         dims: dict[str, tuple[int, str]] = {}
         seen: set[str] = set()
@@ -170,6 +178,25 @@ class MMSAPickleSource(FeatureSource):
             text = ("tokens", self.vocab_size, 0) if self.text_mode == "bert_ids" else \
                 ("vectors", dims["text"][0], 0)
         return FeatureData(clips, features, files, text=text)
+
+    def _held(self, data: dict) -> list[str]:
+        """The modalities whose arrays every split of the pickle holds (text from
+        transcripts needs only ``raw_text``, which every pickle has).
+
+        Raises:
+            ValueError: If the pickle holds none of them.
+        """
+        held = [m for m in self.requested_modalities
+                if (m == "text" and self.text_mode == "transcript")
+                or all(self._key(m) in data[split] for split in SPLITS)]
+        if not held:
+            raise ValueError(f"{self.path}: holds none of the arrays {[self._key(m) for m in self.requested_modalities]}; "
+                             f"the train split has {sorted(data['train'])}")
+        lacking = [m for m in self.requested_modalities if m not in held]
+        if lacking:
+            log.warning("%s holds no %s: preparing %s only", self.path,
+                        " nor ".join(repr(self._key(m)) for m in lacking), "+".join(held))
+        return held
 
     def _feature_modalities(self) -> list[str]:
         return [m for m in self.modalities if m != "text" or self.text_mode != "transcript"]

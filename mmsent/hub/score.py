@@ -6,13 +6,17 @@ clip's file (with ``--text``). Clips stream through in batches, so memory stays
 bounded whatever the folder's size. The output has one row per clip: id, fused score,
 each modality's own score, the 2-/5-/7-class labels, the modalities read and the
 inputs that could not be read. A clip with nothing readable gets a one-line error on
-stderr, the others are still scored, and the exit status is 1. With labels, the MMSA
-metrics are printed.
+stderr, the others are still scored, and the exit status is 1. The scores go to
+stdout (or ``-o``), everything else to stderr: the MMSA metrics of the labelled clips
+(on how many clips, with which modalities), and a summary of the clips scored and,
+per modality the model uses, how many were scored without it. A modality the model
+uses that no clip has is an error (exit status 1) unless ``--allow-missing``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
@@ -25,8 +29,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from mmsent.data.schema import MODALITIES, make_id
-from mmsent.data.sources import RawClipSource, audio_file
+from mmsent.data.schema import MODALITIES, check_label, check_split, make_id
+from mmsent.data.sources import RawClipSource, audio_file, check_utf8
 from mmsent.errors import ConfigError, MissingFileError, MMSentError
 from mmsent.hub.model import SentimentModel
 from mmsent.hub.preprocess import Clip
@@ -36,6 +40,90 @@ LABEL_FILE = "label.csv"
 COLUMNS = ["id", "score", *(f"score_{m}" for m in MODALITIES), "label_2", "label_5", "label_7",
            "modalities", "problems", "label"]
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".m4a", ".ogg")
+
+
+def read_clip_table(path: Path) -> pd.DataFrame:
+    """Reads a folder's ``label.csv`` for scoring, checking each value as the training
+    reader does (:func:`mmsent.data.sources.read_label_table`): UTF-8, the labels
+    given are finite scores in [-3, 3], the splits known, the ids unique. Only
+    ``video_id`` and ``clip_id`` are required.
+
+    Args:
+        path (Path): The table.
+
+    Returns:
+        pd.DataFrame: Its rows as strings, with ``id`` and ``label`` (float, NaN where
+        empty) columns.
+
+    Raises:
+        MissingFileError: If the table is missing.
+        ConfigError: If it is not UTF-8, lacks ``video_id`` or ``clip_id``, holds no
+            row, or a value is bad, naming the file, the row (header = row 1), the
+            column and the raw value.
+    """
+    if not path.is_file():
+        raise MissingFileError(f"{path.parent}: no {LABEL_FILE} (columns video_id, clip_id and optionally "
+                               f"text, label, mode, media)")
+    check_utf8(path)
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as error:
+        raise ConfigError(f"{path}: not a CSV table ({' '.join(str(error).split())})") from None
+    missing = [c for c in ("video_id", "clip_id") if c not in table.columns]
+    if missing:
+        raise ConfigError(f"{path}: missing column(s) {', '.join(missing)}")
+    if table.empty:
+        raise ConfigError(f"{path}: no clip (the table holds only its header)")
+    labels, seen = [], {}
+    for index, row in enumerate(table.to_dict("records")):
+        where = f"{path}, row {index + 2} ({row['video_id']}/{row['clip_id']})"
+        labels.append(_label(row.get("label", ""), where))
+        if row.get("mode", "").strip():
+            try:
+                check_split(row["mode"], where)
+            except ValueError as error:
+                raise ConfigError(f"{error} (column mode)") from None
+        clip = make_id(row["video_id"], row["clip_id"])
+        if clip in seen:
+            raise ConfigError(f"{where}: duplicate id {clip!r} (first at row {seen[clip]})")
+        seen[clip] = index + 2
+    table["id"] = list(seen)
+    table["label"] = labels
+    return table
+
+
+def _label(raw: str, where: str) -> float:
+    if not str(raw).strip():
+        return math.nan
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{where}: column label: {raw!r} is not a number") from None
+    try:
+        return check_label(value, where)
+    except ValueError as error:
+        raise ConfigError(f"{error} (column label)") from None
+
+
+def clip_media(root: Path, row: dict, video_ext: str) -> tuple[Path, Path]:
+    """Where one clip's video and audio are: the one lookup of a clip's media by
+    scoring. The file the row's ``media`` cell names (relative to ``root``), else the
+    training source's layout, ``Raw/<video_id>/<clip_id>.<ext>``; the audio from a
+    ``.wav`` beside the video where there is one.
+
+    Args:
+        root (Path): The folder in the raw layout.
+        row (dict): The clip's ``label.csv`` row.
+        video_ext (str): The extension the model's training videos had.
+
+    Returns:
+        tuple[Path, Path]: The video file and the audio file (either may not exist,
+        or be None where none is found).
+    """
+    named = str(row.get("media") or "").strip()
+    if named:
+        return root / named, audio_file(root / named)
+    return RawClipSource(str(root), video_ext=video_ext).clip_paths(row["video_id"], row["clip_id"])
 
 
 def folder_clips(root: Path, split: str | None, video_ext: str) -> tuple[list[Clip], bool]:
@@ -51,28 +139,23 @@ def folder_clips(root: Path, split: str | None, video_ext: str) -> tuple[list[Cl
 
     Raises:
         MissingFileError: If ``label.csv`` is missing.
-        ConfigError: If it lacks ``video_id`` or ``clip_id``, or has no ``mode`` to
-            select ``split`` by.
+        ConfigError: If it is bad (:func:`read_clip_table`), has no ``mode`` to select
+            ``split`` by, or no row of that split.
     """
     path = root / LABEL_FILE
-    if not path.is_file():
-        raise MissingFileError(f"{root}: no {LABEL_FILE} (columns video_id, clip_id and optionally "
-                               f"text, label, mode)")
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = [c for c in ("video_id", "clip_id") if c not in table.columns]
-    if missing:
-        raise ConfigError(f"{path}: missing column(s) {', '.join(missing)}")
+    table = read_clip_table(path)
     if split:
         if "mode" not in table.columns:
             raise ConfigError(f"{path}: --split {split} needs a mode column")
         table = table[table["mode"] == split]
-    paths = RawClipSource(str(root), video_ext=video_ext)
+        if table.empty:
+            raise ConfigError(f"{path}: no row whose mode is {split!r}")
     clips = []
     for row in table.to_dict("records"):
-        video, audio = paths.clip_paths(row["video_id"], row["clip_id"])
-        label = row.get("label", "")
-        clips.append(Clip(id=make_id(row["video_id"], row["clip_id"]), video=str(video), audio=str(audio),
-                          text=row.get("text"), label=float(label) if label.strip() else None))
+        video, audio = clip_media(root, row, video_ext)
+        label = row["label"]
+        clips.append(Clip(id=row["id"], video=str(video) if video else None, audio=str(audio) if audio else None,
+                          text=row.get("text"), label=None if math.isnan(label) else label))
     return clips, bool(clips) and all(c.label is not None for c in clips)
 
 
@@ -108,8 +191,8 @@ def write_rows(results: Iterator[dict], out: TextIO, kind: str) -> list[dict]:
         kind (str): ``"csv"`` or ``"jsonl"``.
 
     Returns:
-        list[dict]: Per clip only ``score``, ``label`` and ``failed``, for the metrics
-        and the exit status.
+        list[dict]: Per clip only ``score``, ``label``, ``modalities`` and ``failed``,
+        for the summary, the metrics and the exit status.
     """
     writer = csv.DictWriter(out, COLUMNS) if kind == "csv" else None
     if writer:
@@ -126,13 +209,98 @@ def write_rows(results: Iterator[dict], out: TextIO, kind: str) -> list[dict]:
             out.write(json.dumps(output_row(result) | {"modalities": result["modalities"],
                                                        "problems": result["problems"]}) + "\n")
         out.flush()
-        kept.append({"score": result["score"], "label": result["label"], "failed": failed})
+        kept.append({"score": result["score"], "label": result["label"], "modalities": result["modalities"],
+                     "failed": failed})
     return kept
 
 
+def load_model(model_dir: str) -> SentimentModel:
+    """The model folder's model; what loading prints goes to stderr, as stdout carries
+    only the scores.
+
+    Args:
+        model_dir (str): The model folder (or Hub name).
+
+    Returns:
+        SentimentModel: The model.
+    """
+    with contextlib.redirect_stdout(sys.stderr):
+        return SentimentModel.from_pretrained(model_dir)
+
+
+def check_output(output: str | None, model_dir: str, target: Path) -> None:
+    """Refuses an output file that is one of the inputs: a file of the model folder,
+    the clip file, or the folder's ``label.csv``.
+
+    Args:
+        output (str | None): The ``-o`` file.
+        model_dir (str): The model folder.
+        target (Path): The clip file or the folder of clips.
+
+    Raises:
+        ConfigError: If ``output`` is an input, naming it.
+    """
+    if output is None:
+        return
+    folder = Path(model_dir)
+    inputs = [p for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
+    for path in [*inputs, target / LABEL_FILE if target.is_dir() else target]:
+        if path.resolve() == Path(output).resolve():
+            raise ConfigError(f"-o {output}: that is an input ({path}); write the scores to another file")
+
+
+def summary(kept: list[dict], used: list[str]) -> tuple[str, list[str]]:
+    """What scoring used: clips scored, and per modality the model uses, how many were
+    scored without it.
+
+    Args:
+        kept (list[dict]): From :func:`write_rows`.
+        used (list[str]): The modalities the model uses.
+
+    Returns:
+        tuple[str, list[str]]: The summary line, and the modalities the model uses
+        that no scored clip had.
+    """
+    scored = [k for k in kept if not k["failed"]]
+    without = {m: sum(m not in k["modalities"] for k in scored) for m in used}
+    parts = ", ".join(f"{m} {n}" for m, n in without.items())
+    line = f"scored {len(scored)} of {len(kept)} clip(s); scored without each modality the model uses: {parts}"
+    absent = [m for m, n in without.items() if scored and n == len(scored)]
+    return line, absent
+
+
+def metrics_line(kept: list[dict], used: list[str]) -> str | None:
+    """The MMSA metrics of the scored clips against their labels, saying on how many
+    clips and with which modalities they were computed.
+
+    Args:
+        kept (list[dict]): From :func:`write_rows`.
+        used (list[str]): The modalities the model uses.
+
+    Returns:
+        str | None: The line; None without a scored, labelled clip.
+    """
+    scored = [k for k in kept if not k["failed"] and k["label"] is not None]
+    if not scored:
+        return None
+    metrics = regression_metrics(torch.tensor([k["score"] for k in scored]),
+                                 torch.tensor([k["label"] for k in scored]))
+    had = [m for m in used if any(m in k["modalities"] for k in scored)]
+    partial = [f"{m} on {sum(m in k['modalities'] for k in scored)}" for m in had
+               if not all(m in k["modalities"] for k in scored)]
+    scope = f"on {len(scored)} clip(s), with {'+'.join(had) or 'nothing'}"
+    scope += f" ({', '.join(partial)} of them)" if partial else ""
+    values = "  ".join(f"{name} {value:.4f}" for name, value in metrics.items() if not math.isnan(value))
+    return f"metrics {scope}: {values}"
+
+
 def score(model_dir: str, target: str, output: str | None = None, kind: str | None = None,
-          text: str | None = None, split: str | None = None, batch_size: int = 32) -> int:
+          text: str | None = None, split: str | None = None, batch_size: int = 32,
+          allow_missing: bool = False) -> int:
     """Scores a folder or one clip; the body of ``mmsent score``.
+
+    The scores go to ``output`` or stdout; everything else (progress, the metrics,
+    the summary, errors) to stderr.
 
     Args:
         model_dir (str): The exported model folder.
@@ -143,17 +311,27 @@ def score(model_dir: str, target: str, output: str | None = None, kind: str | No
         text (str | None): The transcript of a single clip.
         split (str | None): For a folder: only rows of this ``mode``.
         batch_size (int): Clips per forward pass.
+        allow_missing (bool): Accept scores when a modality the model uses is missing
+            from every clip.
 
     Returns:
-        int: The exit status: 1 when some clip could not be scored, else 0.
+        int: The exit status: 1 when some clip could not be scored, or when a
+        modality the model uses is missing from every clip (unless
+        ``allow_missing``), else 0.
+
+    Raises:
+        ConfigError: If ``batch_size`` < 1 or ``output`` is an input.
     """
-    model = SentimentModel.from_pretrained(model_dir)
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     path = Path(target)
+    check_output(output, model_dir, path)
+    model = load_model(model_dir)
     if path.is_dir():
         ext = model.config["preprocessing"]["video"]["container"]
-        clips, labelled = folder_clips(path, split, ext)
+        clips, _ = folder_clips(path, split, ext)
     elif path.is_file():
-        clips, labelled = [single_clip(path, text)], False
+        clips = [single_clip(path, text)]
     else:
         raise MissingFileError(f"{target}: no such clip file or folder")
     kind = kind or ("jsonl" if output and Path(output).suffix in (".jsonl", ".json") else "csv")
@@ -166,16 +344,28 @@ def score(model_dir: str, target: str, output: str | None = None, kind: str | No
                 kept = write_rows(results, out, kind)
         else:
             kept = write_rows(results, sys.stdout, kind)
-    scored = [k for k in kept if not k["failed"]]
-    if labelled and scored:
-        metrics = regression_metrics(torch.tensor([k["score"] for k in scored]),
-                                     torch.tensor([k["label"] for k in scored]))
-        print("  ".join(f"{name} {value:.4f}" for name, value in metrics.items() if not math.isnan(value)),
-              file=sys.stderr if output is None else sys.stdout)
-    failed = len(kept) - len(scored)
+    line = metrics_line(kept, model.modalities)
+    if line:
+        print(line, file=sys.stderr)
+    failed = sum(k["failed"] for k in kept)
     if failed:
         print(f"{failed} of {len(kept)} clip(s) could not be scored", file=sys.stderr)
+    line, absent = summary(kept, model.modalities)
+    print(line, file=sys.stderr)
+    if absent and not allow_missing:
+        print(f"error: no clip had {' nor '.join(absent)}, which the model uses: every score above comes "
+              f"without it; check the clips' files (pass --allow-missing to accept such scores)",
+              file=sys.stderr)
+        return 1
     return 1 if failed else 0
+
+
+def positive_int(value: str) -> int:
+    """int: An argument that must be a whole number >= 1 (argparse type)."""
+    number = int(value) if value.strip().lstrip("-").isdigit() else None
+    if number is None or number < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {value}")
+    return number
 
 
 def main(args: list[str] | None = None) -> None:
@@ -185,8 +375,9 @@ def main(args: list[str] | None = None) -> None:
         args (list[str] | None): The arguments after ``score``.
 
     Raises:
-        SystemExit: With status 1 when some clip could not be scored, or the message
-            of a bad model folder or input.
+        SystemExit: With status 1 when some clip could not be scored or a modality
+            the model uses is missing from every clip, or the message of a bad model
+            folder or input.
     """
     parser = argparse.ArgumentParser(prog="mmsent score", description="Score raw clips with an exported model.")
     parser.add_argument("model_dir", help="the model folder (mmsent export), e.g. models/quickstart")
@@ -195,11 +386,14 @@ def main(args: list[str] | None = None) -> None:
     parser.add_argument("--format", choices=("csv", "jsonl"), help="the output format (default: from -o, else csv)")
     parser.add_argument("--text", help="what is said in the clip (single-clip input)")
     parser.add_argument("--split", help="score only the label.csv rows whose mode is this (train/valid/test)")
-    parser.add_argument("--batch-size", type=int, default=32, help="clips per forward pass (bounds memory)")
+    parser.add_argument("--batch-size", type=positive_int, default=32,
+                        help="clips per forward pass (bounds memory)")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="exit 0 even when a modality the model uses is missing from every clip")
     parsed = parser.parse_args(args)
     try:
         status = score(parsed.model_dir, parsed.input, parsed.output, parsed.format, parsed.text, parsed.split,
-                       parsed.batch_size)
+                       parsed.batch_size, parsed.allow_missing)
     except MMSentError as error:
         raise SystemExit(f"error: {error}") from None
     if status:

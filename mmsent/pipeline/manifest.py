@@ -2,7 +2,8 @@
 writes it.
 
 Per stage it holds the status (``running``, then ``done``, or ``failed`` with the
-error and the command that resumes it), the command, the
+error and the command that resumes it, or ``skipped`` with the reason when the data
+leaves the stage nothing to do), the command, the
 checkpoint it resumed from, the best and last checkpoints, the validation and test
 metrics, the test predictions, what :class:`mmsent.callbacks.ModalitySelection`
 decided, the wall time and the stage's W&B run. At the top: the pipeline's name,
@@ -109,6 +110,16 @@ class Manifest:
             **results: ``best_checkpoint``, ``metrics``, ``predictions`` and the like.
         """
         self.data["stages"].setdefault(name, {}).update({"status": "done", **results})
+        self.save()
+
+    def skip_stage(self, name: str, reason: str) -> None:
+        """Marks a stage as skipped, replacing what an earlier run recorded of it.
+
+        Args:
+            name (str): The stage.
+            reason (str): Why, as shown to the user.
+        """
+        self.data["stages"][name] = {"status": "skipped", "reason": reason}
         self.save()
 
     def fail_stage(self, name: str, error: str, resume: str) -> None:

@@ -19,6 +19,9 @@ from mmsent.pipeline.figures import stage_predictions, write_figures
 PERCENT = {"Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score", "Mult_acc_5", "Mult_acc_7"}
 TABLE_METRICS = ("MAE", "Corr", "Non0_acc_2", "Non0_F1_score", "Has0_acc_2", "Mult_acc_7")
 # What a generative stage measures (mmsent.models.generative.sample_quality), in table order.
+# Lower is better for these; higher for every other metric of the table.
+LOWER_IS_BETTER = {"MAE"}
+WORSE_MARK = "\N{DAGGER}"
 GENERATIVE_METRICS = ("frechet", "diversity", "conditional_diversity", "fidelity_MAE", "real_MAE",
                       "recon_error")
 
@@ -120,7 +123,35 @@ def _format(name: str, value: float | None) -> str:
     return f"{100 * value:.1f}" if name in PERCENT else f"{value:.3f}"
 
 
-def markdown_table(rows: list[dict], baselines: dict, own_scores: dict | None = None) -> str:
+def worse_than_trivial(name: str, value: float | None, trivial: float | None) -> bool:
+    """Whether a stage's metric is worse than the trivial predictor's on it.
+
+    Args:
+        name (str): The metric (MMSA's name).
+        value (float | None): The stage's value.
+        trivial (float | None): The trivial predictor's value.
+
+    Returns:
+        bool: False when either is unknown or not a number.
+    """
+    if value is None or trivial is None or not (math.isfinite(value) and math.isfinite(trivial)):
+        return False
+    return value > trivial if name in LOWER_IS_BETTER else value < trivial
+
+
+def _cell(name: str, value: float | None, trivial: float | None) -> str:
+    marked = worse_than_trivial(name, value, trivial)
+    return _format(name, value) + (f" {WORSE_MARK}" if marked else "")
+
+
+def skipped_stages(manifest: dict) -> dict[str, str]:
+    """dict[str, str]: The stages the data left nothing to do for, with the reason."""
+    return {name: record.get("reason", "") for name, record in manifest.get("stages", {}).items()
+            if record.get("status") == "skipped"}
+
+
+def markdown_table(rows: list[dict], baselines: dict, own_scores: dict | None = None,
+                   skipped: dict[str, str] | None = None) -> str:
     """The report as a Markdown table.
 
     Args:
@@ -128,24 +159,36 @@ def markdown_table(rows: list[dict], baselines: dict, own_scores: dict | None = 
         baselines (dict): The trivial predictors' metrics per split, from
             :func:`stage_baselines`.
         own_scores (dict | None): From :func:`own_score_correlations`.
+        skipped (dict[str, str] | None): From :func:`skipped_stages`, listed under
+            the table with their reasons.
 
     Returns:
-        str: Markdown; accuracies and F1 in percent.
+        str: Markdown; accuracies and F1 in percent, a cell worse than the trivial
+        predictor's on its metric marked with a dagger.
     """
+    trivial = {split: baselines.get(split, {}) for split in ("val", "test")}
+    marked = False
     header = ["stage"] + [f"test {m}" for m in TABLE_METRICS] + ["val MAE", "best achievable MAE", "time (s)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in scoring_rows(rows):
-        cells = [row["stage"]] + [_format(m, row["test"].get(m)) for m in TABLE_METRICS]
-        cells += [_format("MAE", row["val"].get("MAE")),
+        cells = [row["stage"]] + [_cell(m, row["test"].get(m), trivial["test"].get(m)) for m in TABLE_METRICS]
+        cells += [_cell("MAE", row["val"].get("MAE"), trivial["val"].get("MAE")),
                   _format("MAE", row.get("best_achievable_MAE")), f"{row.get('wall_time_s') or 0:.0f}"]
+        marked = marked or any(cell.endswith(WORSE_MARK) for cell in cells)
         lines.append("| " + " | ".join(cells) + " |")
     if baselines:
         cells = ["*trivial predictor*"] + [_format(m, baselines["test"].get(m)) for m in TABLE_METRICS]
         cells += [_format("MAE", baselines.get("val", {}).get("MAE")), "-", "-"]
         lines.append("| " + " | ".join(cells) + " |")
+        if marked:
+            lines += ["", (f"{WORSE_MARK} worse than the trivial predictor on the same metric: that stage "
+                           f"did not learn what the metric measures.")]
         lines += ["", ("The trivial predictor predicts the training median for MAE and Corr (a constant "
                   "correlates with nothing) and the training set's majority class for each accuracy "
                   "and F1: a stage that does not beat it on a metric has learned nothing it measures."), ""]
+    if skipped:
+        lines += ["", "Skipped stages (the data left them nothing to do):", ""]
+        lines += [f"- {name}: {reason}" for name, reason in skipped.items()]
     contributions = [r for r in rows if "ablation" in r]
     if contributions:
         lines += ["", "Per-modality contribution (test MAE with the modality masked, minus full MAE):", ""]
@@ -298,10 +341,11 @@ def write_report(manifest: dict, out_dir: Path) -> dict:
     rows = report_rows(manifest)
     baselines = stage_baselines(manifest)
     own_scores = own_score_correlations(manifest)
+    skipped = skipped_stages(manifest)
     report = {"pipeline": manifest.get("pipeline"), "stages": rows, "baselines": baselines,
-              "own_score_correlations": own_scores}
+              "own_score_correlations": own_scores, "skipped": skipped}
     save_json(out_dir / "report.json", report)
-    table = markdown_table(rows, baselines, own_scores)
+    table = markdown_table(rows, baselines, own_scores, skipped)
     if rows:
         plot(rows, baselines, out_dir / "report.png")
     figures = figures_section(write_figures(manifest, out_dir))

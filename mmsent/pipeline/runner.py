@@ -21,11 +21,14 @@ import shutil
 import time
 from pathlib import Path
 
+from jsonargparse import Namespace
+
 from mmsent.cli import build_cli, check_config
 from mmsent.errors import ConfigError, user_error
 from mmsent.pipeline import ranks, tracking
 from mmsent.pipeline.lock import RunLock
 from mmsent.pipeline.manifest import Manifest
+from mmsent.pipeline.modalities import absent_stages, without_stages
 from mmsent.pipeline.report import write_report
 from mmsent.pipeline.scoring import fit_and_score
 from mmsent.pipeline.spec import Pipeline, Stage, load_pipeline
@@ -106,9 +109,11 @@ def follow(pipeline: Pipeline, start: str | None, only: str | None, extra: list[
         extra (list[str]): Arguments from the command line.
     """
     manifest = Manifest(pipeline.output_dir / "manifest.json")
+    configs = stage_configs(pipeline, pipeline.stages, extra)
+    pipeline, _, start, only = follow_data(pipeline, configs, start, only)
     stages, forced = select_stages(pipeline, manifest, start, only)
     if ranks.launched_processes() > 1:
-        check_stages(pipeline, stages, extra)
+        check_stages(pipeline, stages, extra, configs)
         # The main process forgets the stages to rerun, so resumes none of them.
         resume = None if not stages or stages[0].name in forced else resume_checkpoint(
             pipeline, stages[0], manifest.stage(stages[0].name))
@@ -251,12 +256,17 @@ def run(path: str | Path, start: str | None = None, only: str | None = None,
                         + ([] if use_wandb else ["--no-wandb"]) + (["--", *extra] if extra else []))
     with RunLock(pipeline.output_dir):
         manifest = Manifest(pipeline.output_dir / "manifest.json")
+        configs = stage_configs(pipeline, pipeline.stages, extra)
+        pipeline, skipped, start, only = follow_data(pipeline, configs, start, only)
         stages, forced = select_stages(pipeline, manifest, start, only)
-        check_stages(pipeline, stages, extra)
+        check_stages(pipeline, stages, extra, configs)
         for stage in pipeline.stages:
             if manifest.is_done(stage.name) and stage not in stages:
                 print(f"=== stage {stage.name}: finished before, skipped")
         manifest.open_run(pipeline.name, tracking.new_group(pipeline.name))
+        for name, reason in skipped.items():
+            print(f"=== stage {name}: skipped: {reason}")
+            manifest.skip_stage(name, reason)
         forget_stages(pipeline, manifest, forced)
         for stage in stages:
             try:
@@ -273,25 +283,100 @@ def run(path: str | Path, start: str | None = None, only: str | None = None,
     return pipeline.output_dir
 
 
-def check_stages(pipeline: Pipeline, stages: list[Stage], extra: list[str]) -> None:
-    """Parses and checks the configuration of every stage to run, before the first
-    starts (:func:`mmsent.cli.check_config`), and that their process counts can run
-    together (:func:`mmsent.pipeline.ranks.check_process_counts`); handed-on
-    checkpoints are placeholders.
+def stage_configs(pipeline: Pipeline, stages: list[Stage], extra: list[str]) -> dict[str, Namespace]:
+    """Parses and checks the configuration of stages (:func:`mmsent.cli.check_config`);
+    handed-on checkpoints are placeholders.
+
+    Args:
+        pipeline (Pipeline): The pipeline.
+        stages (list[Stage]): The stages.
+        extra (list[str]): Arguments from the command line.
+
+    Returns:
+        dict[str, Namespace]: Per stage, its parsed configuration.
+
+    Raises:
+        ConfigError: Naming the stage and the key at fault.
+    """
+    configs = {}
+    for stage in stages:
+        try:
+            configs[stage.name] = check_config(stage_arguments(pipeline, stage, None, extra))
+        except ConfigError as error:
+            raise ConfigError(f"stage {stage.name!r} ({', '.join(map(str, stage.configs))}): {error}") from None
+    return configs
+
+
+def follow_data(pipeline: Pipeline, configs: dict[str, Namespace], start: str | None,
+                only: str | None) -> tuple[Pipeline, dict[str, str], str | None, str | None]:
+    """The pipeline without the stages its data leaves nothing to do for
+    (:func:`mmsent.pipeline.modalities.absent_stages`), and the stages selected in it.
+
+    Args:
+        pipeline (Pipeline): The pipeline.
+        configs (dict[str, Namespace]): Per stage, its parsed configuration.
+        start (str | None): ``--from``.
+        only (str | None): ``--only``.
+
+    Returns:
+        tuple[Pipeline, dict[str, str], str | None, str | None]: The stages that run,
+        with nothing handed on from a skipped one; the skipped stages with their
+        reasons; ``--from`` and ``--only`` (:func:`still_selected`).
+    """
+    skipped, lacking = absent_stages(pipeline, configs)
+    start, only = still_selected(pipeline, skipped, start, only)
+    return without_stages(pipeline, skipped, lacking, configs), skipped, start, only
+
+
+def still_selected(pipeline: Pipeline, skipped: dict[str, str], start: str | None,
+                   only: str | None) -> tuple[str | None, str | None]:
+    """``--from`` and ``--only`` once the skipped stages are left out.
+
+    Args:
+        pipeline (Pipeline): The pipeline, skipped stages included.
+        skipped (dict[str, str]): The skipped stages and their reasons.
+        start (str | None): ``--from``.
+        only (str | None): ``--only``.
+
+    Returns:
+        tuple[str | None, str | None]: ``--from``, moved to the next stage that runs
+        when it names a skipped one, and ``--only``.
+
+    Raises:
+        ConfigError: If ``--only`` names a skipped stage, or ``--from`` a skipped
+            stage with none running after it.
+    """
+    if only in skipped:
+        raise ConfigError(f"stage {only!r} is skipped: {skipped[only]}")
+    if start in skipped:
+        order = [s.name for s in pipeline.stages]
+        following = [name for name in order[order.index(start) + 1:] if name not in skipped]
+        if not following:
+            raise ConfigError(f"stage {start!r} is skipped ({skipped[start]}) and no stage runs after it")
+        start = following[0]
+    return start, only
+
+
+def check_stages(pipeline: Pipeline, stages: list[Stage], extra: list[str],
+                 configs: dict[str, Namespace] | None = None) -> None:
+    """Checks the configuration of every stage to run, before the first starts
+    (:func:`stage_configs`), and that their process counts can run together
+    (:func:`mmsent.pipeline.ranks.check_process_counts`).
 
     Args:
         pipeline (Pipeline): The pipeline.
         stages (list[Stage]): The stages about to run.
         extra (list[str]): Arguments from the command line.
+        configs (dict[str, Namespace] | None): Configurations parsed before; the
+            others are parsed here.
 
     Raises:
         ConfigError: Naming the stage and the key at fault.
     """
+    configs = dict(configs or {})
+    configs.update(stage_configs(pipeline, [s for s in stages if s.name not in configs], extra))
     counts = {}
     for stage in stages:
-        try:
-            trainer = check_config(stage_arguments(pipeline, stage, None, extra)).trainer
-        except ConfigError as error:
-            raise ConfigError(f"stage {stage.name!r} ({', '.join(map(str, stage.configs))}): {error}") from None
+        trainer = configs[stage.name].trainer
         counts[stage.name] = (ranks.configured_processes(trainer), trainer)
     ranks.check_process_counts(counts)

@@ -1,0 +1,113 @@
+"""Stages that follow the data: a pipeline on data lacking a modality skips that
+modality's stages and hands the later ones only what ran.
+
+Which modalities the data holds is read from the prepared dataset (prepared here
+once, as the first stage would prepare it): a modality counts as held when at least
+one clip of any split has it. A stage is skipped when the modality it trains
+(``model.init_args.modality``) is not held, or when every stage whose checkpoint
+it takes was skipped; the other stages lose the checkpoint keys that name a skipped
+stage and any encoder configured for a modality the data lacks, so a fused stage
+fuses what is there.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+from jsonargparse import ArgumentParser, Namespace
+
+from mmsent.data.datamodule import MultimodalDataModule
+from mmsent.data.schema import MODALITIES, SPLITS
+from mmsent.pipeline.spec import Pipeline
+
+
+def held_modalities(data: Namespace) -> list[str]:
+    """The modalities at least one clip of the data holds, preparing it if needed.
+
+    Args:
+        data (Namespace): A stage's parsed ``data`` section.
+
+    Returns:
+        list[str]: In the canonical order.
+    """
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(MultimodalDataModule, "data")
+    datamodule = parser.instantiate(parser.parse_object({"data": data.as_dict()})).data
+    prepared = datamodule.prepared
+    held = []
+    for modality in prepared.spec.modalities:
+        column = f"{modality}_present"
+        splits = [prepared.splits[s] for s in SPLITS if s in prepared.splits]
+        if any(column not in split.column_names or np.asarray(split[column], dtype=bool).any()
+               for split in splits):
+            held.append(modality)
+    return held
+
+
+def stage_modality(config: Namespace) -> str | None:
+    """str | None: The modality a stage trains alone (``model.init_args.modality``)."""
+    init_args = (config.get("model") or Namespace()).get("init_args") or Namespace()
+    modality = init_args.get("modality") if isinstance(init_args, Namespace) else None
+    return modality if modality in MODALITIES else None
+
+
+def absent_stages(pipeline: Pipeline, configs: dict[str, Namespace]) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Decides which stages the data leaves nothing to do for.
+
+    Args:
+        pipeline (Pipeline): The pipeline.
+        configs (dict[str, Namespace]): Per stage, its parsed configuration
+            (:func:`mmsent.cli.check_config`).
+
+    Returns:
+        tuple[dict[str, str], dict[str, list[str]]]: The stages to skip, each with
+        its reason, and per stage the modalities its data lacks.
+    """
+    held_by_data: dict[str, list[str]] = {}
+    lacking: dict[str, list[str]] = {}
+    skipped: dict[str, str] = {}
+    for stage in pipeline.stages:
+        config = configs[stage.name]
+        data = config.get("data")
+        key = json.dumps(data.as_dict() if isinstance(data, Namespace) else data, sort_keys=True, default=str)
+        if key not in held_by_data:
+            held_by_data[key] = held_modalities(data)
+        held = held_by_data[key]
+        lacking[stage.name] = [m for m in MODALITIES if m not in held]
+        modality = stage_modality(config)
+        sources = set(stage.checkpoints.values())
+        if modality is not None and modality not in held:
+            skipped[stage.name] = (f"no clip of its data has {modality} (the data holds "
+                                   f"{'+'.join(held) or 'nothing'})")
+        elif sources and sources <= set(skipped):
+            skipped[stage.name] = f"every stage it builds on was skipped ({', '.join(sorted(sources))})"
+    return skipped, lacking
+
+
+def without_stages(pipeline: Pipeline, skipped: dict[str, str], lacking: dict[str, list[str]],
+                   configs: dict[str, Namespace]) -> Pipeline:
+    """The pipeline with the skipped stages left out and nothing handed on from them.
+
+    Args:
+        pipeline (Pipeline): The pipeline.
+        skipped (dict[str, str]): From :func:`absent_stages`.
+        lacking (dict[str, list[str]]): From :func:`absent_stages`.
+        configs (dict[str, Namespace]): Per stage, its parsed configuration.
+
+    Returns:
+        Pipeline: A copy; each remaining stage keeps the checkpoint keys of stages
+        that run, and an encoder it configures for a modality its data lacks is set
+        to null.
+    """
+    stages = []
+    for stage in pipeline.stages:
+        if stage.name in skipped:
+            continue
+        init_args = (configs[stage.name].get("model") or Namespace()).get("init_args") or Namespace()
+        unset = [f"--model.init_args.{m}_encoder=null" for m in lacking[stage.name]
+                 if isinstance(init_args, Namespace) and init_args.get(f"{m}_encoder") is not None]
+        stages.append(replace(stage, checkpoints={k: v for k, v in stage.checkpoints.items() if v not in skipped},
+                              args=[*stage.args, *unset]))
+    return replace(pipeline, stages=stages)
