@@ -27,7 +27,7 @@ from mmsent.pipeline import ranks, tracking
 from mmsent.pipeline.lock import RunLock
 from mmsent.pipeline.manifest import Manifest
 from mmsent.pipeline.report import write_report
-from mmsent.pipeline.scoring import fit_and_score
+from mmsent.pipeline.scoring import INTERRUPTED, fit_and_score, stopped
 from mmsent.pipeline.spec import Pipeline, Stage, load_pipeline
 from mmsent.tasks.checkpoint_io import load_weights_only
 
@@ -263,7 +263,10 @@ def run(path: str | Path, start: str | None = None, only: str | None = None,
                 run_stage(pipeline, stage, manifest, extra)
             except BaseException as error:
                 shown = user_error(error)
-                manifest.fail_stage(stage.name, f"{type(shown).__name__}: {shown}", resume)
+                # Ctrl+C outside a fit (Lightning turns one inside into SystemExit) has no message.
+                reason = (stopped(stage, INTERRUPTED) if isinstance(shown, KeyboardInterrupt)
+                          else f"{type(shown).__name__}: {shown}")
+                manifest.fail_stage(stage.name, reason, resume)
                 raise
         ranks.share_from_main(None)  # the other processes, if any, end
         write_report(manifest.data, pipeline.output_dir)

@@ -1,0 +1,162 @@
+"""Failures named in a line or two: cut checkpoints, a full disk, a signal, values that
+cannot work, a loss that is not a number, and what goes to stdout."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+from conftest import CONF, REPO, data_args
+
+from mmsent.cli import build_cli
+from mmsent.pipeline import report, run
+from mmsent.pipeline.runner import resume_checkpoint
+from mmsent.tasks import UnimodalTask
+from mmsent.tasks.checkpoint_io import load_weights_only
+
+AUDIO = str(REPO / "pipelines" / "quickstart" / "2_audio.yaml")
+
+
+def cli_env(**extra: str) -> dict:
+    """The environment of an ``mmsent`` subprocess: this checkout's code, short errors."""
+    env = {k: v for k, v in os.environ.items() if k != "MMSENT_DEBUG"}
+    return {**env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", **extra}
+
+
+def mmsent(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    """Runs the ``mmsent`` command line in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "mmsent", *args], capture_output=True, text=True,
+                          env=cli_env(), timeout=300, check=False, **kwargs)
+
+
+def assert_short_error(stderr: str, *names: str) -> str:
+    """The ``mmsent: error:`` line of a short error, checked to name ``names``."""
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("mmsent: error:")]
+    assert len(lines) == 1, stderr[-3000:]
+    for name in names:
+        assert name in lines[0], lines[0]
+    return lines[0]
+
+
+# Checkpoints cut short.
+
+@pytest.mark.parametrize("size", [0, 2, 100, 4096, 30_000, "half"])
+def test_a_resume_skips_a_last_checkpoint_cut_to_any_size_naming_it(tmp_path, capsys, size):
+    folder = tmp_path / "out" / "audio" / "checkpoints"
+    folder.mkdir(parents=True)
+    whole = {"loops": {}, "epoch": 1, "state_dict": {"weight": torch.randn(100_000)}}
+    torch.save({**whole, "epoch": 0}, folder / "best-epoch000.ckpt")
+    torch.save(whole, folder / "last.ckpt")
+    data = (folder / "last.ckpt").read_bytes()
+    (folder / "last.ckpt").write_bytes(data[:len(data) // 2 if size == "half" else size])
+    resumed = resume_checkpoint(SimpleNamespace(output_dir=tmp_path / "out"), SimpleNamespace(name="audio"),
+                                {"status": "running"})
+    assert resumed == str(folder / "best-epoch000.ckpt")
+    said = capsys.readouterr()
+    said = said.out + said.err
+    assert f"checkpoint {folder / 'last.ckpt'} is unreadable, truncated or corrupt" in said
+    assert "the newest readable checkpoint" in said
+
+
+# A full disk, or a file larger than the process may write.
+
+def mount_tmpfs(folder: Path, size: str) -> bool:
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        return False
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                          capture_output=True, check=False)
+    return done.returncode == 0
+
+
+def audio_fit(tiny_raw: Path, tiny_cache: Path, root: Path, *more: str) -> list[str]:
+    return ["fit", "-c", str(CONF / "tiny_data.yaml"), f"--data.source.init_args.root={tiny_raw}",
+            f"--data.cache_dir={tiny_cache}", "-c", AUDIO, f"--trainer.default_root_dir={root}", *more]
+
+
+def prepared(tiny_raw: Path, tiny_cache: Path, tmp_path: Path) -> None:
+    # The shared cache, prepared here so that the limited process writes checkpoints only.
+    build_cli([*data_args(tiny_raw, tmp_path, tiny_cache), "-c", AUDIO], run=False).datamodule.prepare_data()
+
+
+def test_a_full_disk_during_a_checkpoint_names_the_file_and_the_free_space(tiny_raw, tiny_cache, tmp_path):
+    disk = tmp_path / "disk"
+    # One checkpoint of the audio stage is 317 kB: two fit, the third does not.
+    if not mount_tmpfs(disk, "800k"):
+        pytest.skip("mounting a small tmpfs needs root and a kernel that allows it here")
+    try:
+        prepared(tiny_raw, tiny_cache, tmp_path)
+        done = mmsent(*audio_fit(tiny_raw, tiny_cache, disk / "run", "--trainer.max_epochs=4"))
+        assert done.returncode == 1, done.stderr[-3000:]
+        line = assert_short_error(done.stderr, str(disk / "run" / "checkpoints"), "No space left on device",
+                                  f"free on {disk}")
+        assert "kB free" in line
+        last = disk / "run" / "checkpoints" / "last.ckpt"
+        assert load_weights_only(last, "last")["epoch"] == 0, "the previous checkpoint is intact"
+        assert not list(last.parent.glob(".*.tmp")), "no temporary file is left"
+        subprocess.run(["mount", "-o", "remount,size=4m", str(disk)], check=True)
+        cli = build_cli(audio_fit(tiny_raw, tiny_cache, disk / "run", "--trainer.max_epochs=2")[1:], run=False)
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=str(last))
+        assert load_weights_only(last, "last")["epoch"] == 1, "the fit resumed from it"
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_a_file_size_limit_during_a_checkpoint_names_the_file_and_the_limit(tiny_raw, tiny_cache, tmp_path):
+    prepared(tiny_raw, tiny_cache, tmp_path)
+
+    def limited():
+        # Without SIG_IGN the kernel kills the process at the limit; with it, write() fails with EFBIG.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        import resource
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    root = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "mmsent", *audio_fit(tiny_raw, tiny_cache, root)],
+                          capture_output=True, text=True, env=cli_env(), timeout=300, check=False,
+                          preexec_fn=limited)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert_short_error(done.stderr, str(root / "checkpoints" / "best-epoch000.ckpt"), "File too large",
+                       "files are limited to 200.0 kB (ulimit -f)", "free on /")
+    assert not list((root / "checkpoints").iterdir()), "no half-written checkpoint is left"
+
+
+# Ctrl+C.
+
+def test_sigint_in_a_stage_is_recorded_as_an_interruption_and_the_stage_resumes(
+        tiny_raw, tiny_cache, tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "plot", lambda *args: None)
+    monkeypatch.setattr(report, "write_figures", lambda *args: [])
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(yaml.safe_dump({
+        "name": "tiny", "output_dir": str(tmp_path / "out"),
+        "args": ["-c", str(CONF / "tiny_data.yaml"), f"--data.source.init_args.root={tiny_raw}",
+                 f"--data.cache_dir={tiny_cache}", "--trainer.max_epochs=2"],
+        "stages": [{"name": "audio", "configs": [AUDIO]}]}))
+
+    def ctrl_c_in_epoch_one(self):
+        if self.current_epoch == 1:
+            raise KeyboardInterrupt
+
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(UnimodalTask, "on_train_epoch_start", ctrl_c_in_epoch_one, raising=False)
+            with pytest.raises(SystemExit, match=r"stage 'audio' interrupted \(SIGINT\)"):
+                run(pipeline)
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores Ctrl+C from then on
+    record = json.loads((tmp_path / "out" / "manifest.json").read_text())["stages"]["audio"]
+    assert record["status"] == "failed"
+    assert record["error"].startswith("SystemExit: stage 'audio' interrupted (SIGINT); run the same command")
+    run(pipeline)
+    record = json.loads((tmp_path / "out" / "manifest.json").read_text())["stages"]["audio"]
+    assert record["status"] == "done"
+    assert record["resumed_from"] == str(tmp_path / "out" / "audio" / "checkpoints" / "last.ckpt")
