@@ -19,6 +19,7 @@ from mmsent.callbacks.random_state import RandomState
 from mmsent.data.datamodule import MultimodalDataModule
 from mmsent.data.schema import MODALITIES
 from mmsent.errors import ConfigError, user_error
+from mmsent.optim import option_problem
 from mmsent.tasks.base import BaseTask
 from mmsent.tasks.checkpoint_io import AtomicCheckpointIO, load_weights_only
 
@@ -174,9 +175,11 @@ def check_config(args: list[str]) -> Namespace:
 
 
 def check_values(config: Namespace) -> None:
-    """What the types allow but cannot work, checked before any data is prepared:
-    a negative learning rate (the optimizer's or a parameter group's, anywhere in the
-    configuration) and an unknown ``modality``.
+    """What the types allow but cannot work, checked before any data is prepared,
+    anywhere in the configuration: a learning rate or weight decay that is negative
+    or not finite, a ``schedule`` of a parameter group over no epoch
+    (:func:`mmsent.optim.option_problem`), a batch size below 1 and an unknown
+    ``modality``.
 
     Args:
         config (Namespace): The parsed configuration.
@@ -185,15 +188,14 @@ def check_values(config: Namespace) -> None:
         ConfigError: Naming the key and the value.
     """
     for key, value in _leaves(config.as_dict() if isinstance(config, Namespace) else config):
-        name = key.rsplit(".", 1)[-1]
-        if name == "lr" and value is not None:
-            try:
-                rate = float(value)
-            except (TypeError, ValueError):
-                raise ConfigError(f"{key} must be a number, got {value!r}") from None
-            if not rate >= 0:
-                raise ConfigError(f"{key} must be >= 0, got {value!r}: a negative learning rate "
-                                  f"climbs the loss")
+        parts = key.split(".")
+        name, parent = parts[-1], parts[-2] if len(parts) > 1 else ""
+        problem = option_problem(name, value, in_schedule=parent == "schedule")
+        if problem:
+            raise ConfigError(f"{key} {problem}")
+        if name == "batch_size" and value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                                           or value < 1):
+            raise ConfigError(f"{key} must be a whole number >= 1, got {value!r}")
         if name == "modality" and key.startswith("model.") and value not in MODALITIES:
             raise ConfigError(f"{key} must be one of {list(MODALITIES)}, got {value!r}")
 
