@@ -160,3 +160,60 @@ def test_sigint_in_a_stage_is_recorded_as_an_interruption_and_the_stage_resumes(
     record = json.loads((tmp_path / "out" / "manifest.json").read_text())["stages"]["audio"]
     assert record["status"] == "done"
     assert record["resumed_from"] == str(tmp_path / "out" / "audio" / "checkpoints" / "last.ckpt")
+
+
+# Values the types allow but that cannot work, refused before any data is prepared.
+
+TEXT = str(REPO / "pipelines" / "quickstart" / "1_text.yaml")
+REFUSED = [
+    ("--model.init_args.optimizer.init_args.lr=1e400",
+     r"model.init_args.optimizer.init_args.lr must be a finite number, got inf"),
+    ("--model.init_args.param_groups={'encoder': {'lr': 1e400}}",
+     r"model.init_args.param_groups.encoder.lr must be a finite number, got inf"),
+    ("--model.init_args.param_groups={'encoder': {'lr': .nan}}",
+     r"model.init_args.param_groups.encoder.lr must be a finite number, got nan"),
+    ("--model.init_args.optimizer.init_args.weight_decay=-0.01",
+     r"model.init_args.optimizer.init_args.weight_decay must be >= 0, got -0.01: a negative weight decay"),
+    ("--model.init_args.param_groups={'encoder': {'lr': 0.1, 'weight_decay': -1}}",
+     r"model.init_args.param_groups.encoder.weight_decay must be >= 0, got -1"),
+    ("--model.init_args.param_groups={'encoder': {'lr': 0.1, 'schedule': {'name': 'cosine', 'epochs': 0}}}",
+     r"model.init_args.param_groups.encoder.schedule.epochs must be >= 1, got 0"),
+    ("--model.init_args.param_groups={'encoder': {'lr': 0.1, 'schedule': {'name': 'cosine', 'epochs': -3}}}",
+     r"model.init_args.param_groups.encoder.schedule.epochs must be >= 1, got -3"),
+    ("--model.init_args.param_groups={'encoder': {'lr': 0.1, 'schedule': {'name': 'step', 'step_size': 0}}}",
+     r"model.init_args.param_groups.encoder.schedule.step_size must be >= 1, got 0"),
+    ("--data.batch_size=0", r"data.batch_size must be a whole number >= 1, got 0"),
+    ("--data.batch_size=-4", r"data.batch_size must be a whole number >= 1, got -4"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), REFUSED, ids=[m.split(" must")[0] for _, m in REFUSED])
+def test_a_value_that_cannot_work_is_refused_naming_the_key_before_any_data(tiny_raw, tmp_path, override, message):
+    from mmsent.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        build_cli([*data_args(tiny_raw, tmp_path), "-c", TEXT, override], run=False)
+    assert not (tmp_path / "cache").exists(), "the data must not be prepared first"
+
+
+def test_the_parameter_groups_refuse_the_same_values_without_the_command_line():
+    from mmsent.optim import build_param_groups
+
+    parts = {"encoder": torch.nn.Linear(2, 2)}
+    for settings, message in [({"lr": float("inf")}, r"param_groups.encoder.lr must be a finite number, got inf"),
+                              ({"lr": "1e400"}, r"param_groups.encoder.lr must be a finite number, got '1e400'"),
+                              ({"weight_decay": -0.5}, r"param_groups.encoder.weight_decay must be >= 0"),
+                              ({"schedule": {"name": "cosine", "epochs": 0}},
+                               r"param_groups.encoder.schedule.epochs must be >= 1, got 0")]:
+        with pytest.raises(ValueError, match=message):
+            build_param_groups(parts, {"encoder": settings})
+
+
+def test_a_label_table_with_a_header_only_is_refused_naming_it(tiny_raw, tmp_path):
+    root = tmp_path / "raw"
+    root.mkdir()
+    header = (tiny_raw / "label.csv").read_text().splitlines()[0]
+    (root / "label.csv").write_text(header + "\n")
+    done = mmsent(*audio_fit(root, tmp_path / "cache", tmp_path / "run"))
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert_short_error(done.stderr, f"{root / 'label.csv'}: no clip: the table has a header but no row")
