@@ -217,3 +217,48 @@ def test_a_label_table_with_a_header_only_is_refused_naming_it(tiny_raw, tmp_pat
     done = mmsent(*audio_fit(root, tmp_path / "cache", tmp_path / "run"))
     assert done.returncode == 1, done.stderr[-3000:]
     assert_short_error(done.stderr, f"{root / 'label.csv'}: no clip: the table has a header but no row")
+
+
+# A loss that is not a number.
+
+def short_audio_fit(tiny_data_args: list[str], *more: str):
+    return build_cli([*tiny_data_args, "-c", AUDIO, "--trainer.max_epochs=3", "--trainer.limit_train_batches=3",
+                      *more], run=False)
+
+
+def test_a_diverging_fit_stops_at_the_first_non_finite_loss_naming_the_step(tiny_data_args, tmp_path):
+    from mmsent.errors import NonFiniteError
+
+    # Finite, so check_values lets it through; its first step sends the head's weights to 1e30.
+    cli = short_audio_fit(tiny_data_args, "--model.init_args.optimizer.init_args.lr=1e30")
+    with pytest.raises(NonFiniteError, match=r"training stopped in epoch 0 after 1 optimizer step: the loss is nan; "
+                                             r"the weights are finite, the largest 1e\+30 in parameter group "):
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert not list((tmp_path / "run").rglob("*.ckpt")), "no checkpoint of the diverged weights"
+
+
+def test_weights_made_non_finite_are_named_by_their_parameter_group(tiny_data_args, monkeypatch):
+    from mmsent.errors import NonFiniteError
+
+    def spoil_after_two_steps(self, outputs, batch, batch_idx):
+        if self.global_step == 2:
+            with torch.no_grad():
+                next(self.encoder.parameters()).fill_(float("inf"))
+
+    monkeypatch.setattr(UnimodalTask, "on_train_batch_end", spoil_after_two_steps, raising=False)
+    cli = short_audio_fit(tiny_data_args, "--model.init_args.param_groups={'audio': {'lr': 0.001}}")
+    with pytest.raises(NonFiniteError, match=r"training stopped in epoch 0 after 2 optimizer steps: the loss is "
+                                             r"(nan|inf) because the weights of parameter group\(s\) 'audio' "
+                                             r"\(lr 0.001\) are no longer finite"):
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+
+
+def test_an_epoch_whose_validation_error_is_not_a_number_is_never_the_best(tiny_data_args, tmp_path, monkeypatch):
+    def nan_scores(self, batch, batch_idx):
+        self._evaluate(batch, "val", preds=torch.full_like(batch["label"], float("nan")))
+
+    monkeypatch.setattr(UnimodalTask, "validation_step", nan_scores)
+    cli = short_audio_fit(tiny_data_args, "--trainer.max_epochs=1")
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.trainer.checkpoint_callback.best_model_path == ""
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["last.ckpt"]
