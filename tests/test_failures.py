@@ -262,3 +262,83 @@ def test_an_epoch_whose_validation_error_is_not_a_number_is_never_the_best(tiny_
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert cli.trainer.checkpoint_callback.best_model_path == ""
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["last.ckpt"]
+
+
+# Files mmsent wrote, then cut or altered: named, with the entry at fault.
+
+def short_error_of(capsys, args: list[str], monkeypatch) -> str:
+    from mmsent.main import main
+
+    monkeypatch.delenv("MMSENT_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 1
+    return assert_short_error(capsys.readouterr().err)
+
+
+def one_stage_pipeline(folder: Path, tiny_raw: Path, tiny_cache: Path) -> Path:
+    path = folder / "pipeline.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "tiny", "output_dir": str(folder / "out"),
+        "args": ["-c", str(CONF / "tiny_data.yaml"), f"--data.source.init_args.root={tiny_raw}",
+                 f"--data.cache_dir={tiny_cache}", "--trainer.max_epochs=1"],
+        "stages": [{"name": "audio", "configs": [AUDIO]}]}))
+    return path
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ('{"stages": {"audio": {"status": "do', r"not a readable manifest \(Unterminated string"),
+    ("[1, 2]", r"not a manifest \(no 'stages' mapping\)"),
+    ('{"stages": {"audio": "done"}}', r"stages.audio is a str, not a stage's record"),
+], ids=["cut", "a list", "a stage not a mapping"])
+def test_a_manifest_cut_or_altered_is_named(tiny_raw, tiny_cache, tmp_path, capsys, monkeypatch, content, message):
+    pipeline = one_stage_pipeline(tmp_path, tiny_raw, tiny_cache)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "manifest.json").write_text(content)
+    line = short_error_of(capsys, ["pipeline", "run", str(pipeline)], monkeypatch)
+    assert line.startswith(f"mmsent: error: {tmp_path / 'out' / 'manifest.json'}: ")
+    assert __import__("re").search(message, line), line
+    assert "move it away to run every stage again" in line
+
+
+def test_a_pipeline_file_cut_short_is_named_with_its_line(tiny_raw, tiny_cache, tmp_path, capsys, monkeypatch):
+    pipeline = one_stage_pipeline(tmp_path, tiny_raw, tiny_cache)
+    text = yaml.safe_dump(yaml.safe_load(pipeline.read_text()), default_flow_style=True)
+    pipeline.write_text(text[:text.index("--data.cache_dir") + 5])
+    line = short_error_of(capsys, ["pipeline", "run", str(pipeline)], monkeypatch)
+    assert line.startswith(f"mmsent: error: {pipeline}, line "), line
+    assert "not valid YAML" in line
+
+
+def test_a_checkpoint_lacking_what_mmsent_reads_from_it_names_the_entry(tmp_path):
+    from mmsent.errors import ConfigError
+    from mmsent.tasks.checkpoints import load_generator, read_checkpoint
+
+    bare = tmp_path / "bare.ckpt"
+    torch.save({"epoch": 0}, bare)
+    with pytest.raises(ConfigError, match=rf"model.init_checkpoint: checkpoint {bare} has no entry state_dict"):
+        read_checkpoint(bare, "model.init_checkpoint")
+    altered = tmp_path / "altered.ckpt"
+    torch.save({"state_dict": {}, "mmsent": ["not", "metadata"]}, altered)
+    with pytest.raises(ConfigError, match=rf"checkpoint {altered}: entry mmsent is a list, not a dict"):
+        read_checkpoint(altered, "model.init_checkpoint")
+    generator = tmp_path / "generator.ckpt"
+    torch.save({"state_dict": {}, "mmsent": {"task": "generative", "generator_class": "ConditionalVAE"}}, generator)
+    with pytest.raises(ConfigError, match=rf"model.generator_checkpoint: checkpoint {generator} has no entry "
+                                          r"mmsent.layout: it was not written by mmsent, or was altered since"):
+        load_generator(generator, "model.generator_checkpoint", torch.nn.ModuleDict())
+
+
+def test_a_full_disk_under_another_writer_is_named_with_the_free_space(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import mmsent.main
+
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "logs" / "metrics.csv"))
+
+    monkeypatch.setattr(mmsent.main, "dispatch", full)
+    line = short_error_of(capsys, ["fit"], monkeypatch)
+    assert line.startswith(f"mmsent: error: writing {tmp_path / 'logs' / 'metrics.csv'} failed: "
+                           f"No space left on device (")
+    assert " free on /" in line
