@@ -98,14 +98,14 @@ def no_room(error: BaseException) -> OSError | None:
     return None
 
 
-def write_failure(path: Path, error: OSError, what: str = "") -> str:
+def write_failure(path: Path, error: OSError, action: str | None = None) -> str:
     """A one-line message for a write that failed for want of room: the file, the
     reason, the free space where it goes and, for a file too large, the size limit.
 
     Args:
         path (Path): The file being written.
         error (OSError): The full-disk or file-too-large error.
-        what (str): What the file is (``"checkpoint"``), for the message.
+        action (str | None): What failed, naming the file; default ``writing <path>``.
 
     Returns:
         str: The message.
@@ -119,7 +119,7 @@ def write_failure(path: Path, error: OSError, what: str = "") -> str:
         limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
         if limit != resource.RLIM_INFINITY:
             room = f"files are limited to {_size(limit)} (ulimit -f), {room}"
-    return f"writing {what + ' ' if what else ''}{path} failed: {reason} ({room})"
+    return f"{action or f'writing {path}'} failed: {reason} ({room})"
 
 
 def _size(count: float) -> str:

@@ -108,7 +108,7 @@ def atomic_torch_save(checkpoint: Any, path: str | Path) -> None:
         Path(temporary).unlink(missing_ok=True)
         failure = no_room(error)
         if failure is not None:
-            raise WriteError(failure.errno, write_failure(path, failure, "checkpoint")) from error
+            raise WriteError(failure.errno, write_failure(path, failure, f"writing checkpoint {path}")) from error
         if isinstance(error, OSError):
             raise OSError(error.errno, f"writing checkpoint {path} failed: {error.strerror or error}") from error
         raise
