@@ -3,15 +3,17 @@ every pipeline stage."""
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import rich
 from jsonargparse import ArgumentError, Namespace
 from lightning_fabric.plugins import CheckpointIO
-from pytorch_lightning.callbacks import Callback, LearningRateMonitor
+from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ProgressBar, RichProgressBar
 from pytorch_lightning.cli import LightningCLI
 
 from mmsent.callbacks.checkpoint import LastEpochCheckpoint
@@ -65,6 +67,11 @@ class MMSentCLI(LightningCLI):
     ``weights_only=True`` (:class:`mmsent.tasks.checkpoint_io.AtomicCheckpointIO`),
     and keeps the random generators' states in them (:class:`RandomState`), so a
     resumed fit ends with the figures of one never stopped.
+
+    Its streams are a command line's: Lightning's progress bar, model summary and
+    metric tables are notices, on stderr; stdout holds the data, which is the
+    configuration of ``--print_config`` and the metrics of ``validate`` and ``test``
+    (one JSON object).
     """
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -87,7 +94,28 @@ class MMSentCLI(LightningCLI):
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
             plugins.append(AtomicCheckpointIO())
         config["plugins"] = plugins
-        return super()._instantiate_trainer(config, [*callbacks, RandomState()])
+        # Lightning's default bar and its rich tables print to stdout.
+        rich.reconfigure(stderr=True)
+        extra = [RandomState()]
+        configured = config.get("callbacks") or []
+        configured = configured if isinstance(configured, list) else [configured]
+        if config.get("enable_progress_bar", True) is not False and not any(
+                isinstance(callback, ProgressBar) for callback in [*configured, *callbacks]):
+            extra.append(RichProgressBar(console_kwargs={"stderr": True}))
+        return super()._instantiate_trainer(config, [*callbacks, *extra])
+
+    def after_validate(self) -> None:
+        """Prints the validation metrics to stdout, as one JSON object."""
+        self._print_metrics()
+
+    def after_test(self) -> None:
+        """Prints the test metrics to stdout, as one JSON object."""
+        self._print_metrics()
+
+    def _print_metrics(self) -> None:
+        if self.trainer.is_global_zero:
+            metrics = {name: float(value) for name, value in sorted(self.trainer.callback_metrics.items())}
+            print(json.dumps(metrics))
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads the file's hyperparameters here; a refused or corrupt file
