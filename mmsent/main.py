@@ -8,6 +8,7 @@ is printed in a line or two naming its culprit, with exit status 1; ``--debug`` 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
@@ -62,8 +63,13 @@ def dispatch(args: list[str]) -> None:
     if args and args[0] == "pipeline":
         pipeline.main(args[1:])
         return
-    if args and args[0] in ("export", "score"):
-        (export.main if args[0] == "export" else score.main)(args[1:])
+    if args and args[0] == "export":
+        # An export's output is the folder; all it says is a notice.
+        with contextlib.redirect_stdout(sys.stderr):
+            export.main(args[1:])
+        return
+    if args and args[0] == "score":
+        score.main(args[1:])
         return
     default_to_offline()
     # The arguments are sys.argv's own; LightningCLI's warning about both being given
