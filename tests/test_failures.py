@@ -342,3 +342,43 @@ def test_a_full_disk_under_another_writer_is_named_with_the_free_space(tmp_path,
     assert line.startswith(f"mmsent: error: writing {tmp_path / 'logs' / 'metrics.csv'} failed: "
                            f"No space left on device (")
     assert " free on /" in line
+
+
+# stdout holds a command's data; progress and notices go to stderr.
+
+def test_fit_prints_nothing_to_stdout_and_test_prints_its_metrics_as_json(tiny_raw, tiny_cache, tmp_path, capsys):
+    from mmsent.main import main
+
+    shown = ["--trainer.enable_progress_bar=true", "--trainer.enable_model_summary=true"]
+    main(audio_fit(tiny_raw, tiny_cache, tmp_path / "run", "--trainer.max_epochs=1", *shown))
+    printed = capsys.readouterr()
+    assert printed.out == "", "the progress bar and the model summary are notices"
+    assert "Epoch 0/0" in printed.err and "Trainable params" in printed.err
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    main(["test", *audio_fit(tiny_raw, tiny_cache, tmp_path / "run", f"--ckpt_path={last}", *shown)[1:]])
+    printed = capsys.readouterr()
+    metrics = json.loads(printed.out)
+    assert metrics["test/MAE"] > 0 and "test/Corr" in metrics
+    assert "Test metric" in printed.err, "Lightning's table stays on the terminal, on stderr"
+
+
+def test_a_pipeline_prints_its_report_alone_to_stdout(tiny_raw, tiny_cache, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(report, "plot", lambda *args: None)
+    monkeypatch.setattr(report, "write_figures", lambda *args: [])
+    run(one_stage_pipeline(tmp_path, tiny_raw, tiny_cache))
+    printed = capsys.readouterr()
+    assert printed.out.startswith("| stage |"), printed.out[:500]
+    assert "===" not in printed.out and "report written to" not in printed.out
+    assert "=== stage audio: mmsent fit" in printed.err
+    assert f"report written to {tmp_path / 'out' / 'report.md'}" in printed.err
+
+
+def test_an_export_says_where_it_wrote_on_stderr(tmp_path, capsys, monkeypatch):
+    import mmsent.hub.export
+    from mmsent.main import main
+
+    monkeypatch.setattr(mmsent.hub.export, "export", lambda run_dir, to, stage: Path(to))
+    main(["export", str(tmp_path / "run"), "--to", str(tmp_path / "model")])
+    printed = capsys.readouterr()
+    assert printed.out == ""
+    assert f"exported to {tmp_path / 'model'}" in printed.err
