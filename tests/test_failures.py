@@ -47,7 +47,7 @@ def assert_short_error(stderr: str, *names: str) -> str:
 
 # Checkpoints cut short.
 
-@pytest.mark.parametrize("size", [0, 2, 100, 4096, 30_000, "half"])
+@pytest.mark.parametrize("size", [0, 2, 100, 4096, 8_000, 30_000, "half"])
 def test_a_resume_skips_a_last_checkpoint_cut_to_any_size_naming_it(tmp_path, capsys, size):
     folder = tmp_path / "out" / "audio" / "checkpoints"
     folder.mkdir(parents=True)
