@@ -342,6 +342,9 @@ def test_a_full_disk_under_another_writer_is_named_with_the_free_space(tmp_path,
     assert line.startswith(f"mmsent: error: writing {tmp_path / 'logs' / 'metrics.csv'} failed: "
                            f"No space left on device (")
     assert " free on /" in line
+    monkeypatch.setenv("MMSENT_DEBUG", "1")
+    with pytest.raises(OSError, match="No space left on device"):
+        mmsent.main.main(["fit"])
 
 
 # stdout holds a command's data; progress and notices go to stderr.
