@@ -3,15 +3,17 @@ every pipeline stage."""
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import rich
 from jsonargparse import ArgumentError, Namespace
 from lightning_fabric.plugins import CheckpointIO
-from pytorch_lightning.callbacks import Callback, LearningRateMonitor
+from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ProgressBar, RichProgressBar
 from pytorch_lightning.cli import LightningCLI
 
 from mmsent.callbacks.checkpoint import LastEpochCheckpoint
@@ -19,6 +21,7 @@ from mmsent.callbacks.random_state import RandomState
 from mmsent.data.datamodule import MultimodalDataModule
 from mmsent.data.schema import MODALITIES
 from mmsent.errors import ConfigError, user_error
+from mmsent.optim import option_problem
 from mmsent.tasks.base import BaseTask
 from mmsent.tasks.checkpoint_io import AtomicCheckpointIO, load_weights_only
 
@@ -64,6 +67,11 @@ class MMSentCLI(LightningCLI):
     ``weights_only=True`` (:class:`mmsent.tasks.checkpoint_io.AtomicCheckpointIO`),
     and keeps the random generators' states in them (:class:`RandomState`), so a
     resumed fit ends with the figures of one never stopped.
+
+    Its streams are a command line's: Lightning's progress bar, model summary and
+    metric tables are notices, on stderr; stdout holds the data, which is the
+    configuration of ``--print_config`` and the metrics of ``validate`` and ``test``
+    (one JSON object).
     """
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -86,7 +94,28 @@ class MMSentCLI(LightningCLI):
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
             plugins.append(AtomicCheckpointIO())
         config["plugins"] = plugins
-        return super()._instantiate_trainer(config, [*callbacks, RandomState()])
+        # Lightning's default bar and its rich tables print to stdout.
+        rich.reconfigure(stderr=True)
+        extra = [RandomState()]
+        configured = config.get("callbacks") or []
+        configured = configured if isinstance(configured, list) else [configured]
+        if config.get("enable_progress_bar", True) is not False and not any(
+                isinstance(callback, ProgressBar) for callback in [*configured, *callbacks]):
+            extra.append(RichProgressBar(console_kwargs={"stderr": True}))
+        return super()._instantiate_trainer(config, [*callbacks, *extra])
+
+    def after_validate(self) -> None:
+        """Prints the validation metrics to stdout, as one JSON object."""
+        self._print_metrics()
+
+    def after_test(self) -> None:
+        """Prints the test metrics to stdout, as one JSON object."""
+        self._print_metrics()
+
+    def _print_metrics(self) -> None:
+        if self.trainer.is_global_zero:
+            metrics = {name: float(value) for name, value in sorted(self.trainer.callback_metrics.items())}
+            print(json.dumps(metrics))
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads the file's hyperparameters here; a refused or corrupt file
@@ -174,9 +203,11 @@ def check_config(args: list[str]) -> Namespace:
 
 
 def check_values(config: Namespace) -> None:
-    """What the types allow but cannot work, checked before any data is prepared:
-    a negative learning rate (the optimizer's or a parameter group's, anywhere in the
-    configuration) and an unknown ``modality``.
+    """What the types allow but cannot work, checked before any data is prepared,
+    anywhere in the configuration: a learning rate or weight decay that is negative
+    or not finite, a ``schedule`` of a parameter group over no epoch
+    (:func:`mmsent.optim.option_problem`), a batch size below 1 and an unknown
+    ``modality``.
 
     Args:
         config (Namespace): The parsed configuration.
@@ -185,15 +216,14 @@ def check_values(config: Namespace) -> None:
         ConfigError: Naming the key and the value.
     """
     for key, value in _leaves(config.as_dict() if isinstance(config, Namespace) else config):
-        name = key.rsplit(".", 1)[-1]
-        if name == "lr" and value is not None:
-            try:
-                rate = float(value)
-            except (TypeError, ValueError):
-                raise ConfigError(f"{key} must be a number, got {value!r}") from None
-            if not rate >= 0:
-                raise ConfigError(f"{key} must be >= 0, got {value!r}: a negative learning rate "
-                                  f"climbs the loss")
+        parts = key.split(".")
+        name, parent = parts[-1], parts[-2] if len(parts) > 1 else ""
+        problem = option_problem(name, value, in_schedule=parent == "schedule")
+        if problem:
+            raise ConfigError(f"{key} {problem}")
+        if name == "batch_size" and value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                                           or value < 1):
+            raise ConfigError(f"{key} must be a whole number >= 1, got {value!r}")
         if name == "modality" and key.startswith("model.") and value not in MODALITIES:
             raise ConfigError(f"{key} must be one of {list(MODALITIES)}, got {value!r}")
 

@@ -24,6 +24,21 @@ class MissingFileError(MMSentError, FileNotFoundError):
     """A file that a setting names does not exist."""
 
 
+class WriteError(MMSentError, OSError):
+    """A file mmsent writes that did not fit: a full disk or a file size limit.
+
+    Raised as ``WriteError(errno, message)``; shown as the message alone, which names
+    the file.
+    """
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class NonFiniteError(MMSentError, FloatingPointError):
+    """A training loss that is not a finite number: training cannot go on from it."""
+
+
 def user_error(error: BaseException) -> BaseException:
     """The exception to show for one raised while the command line built its classes.
 

@@ -1,18 +1,27 @@
 """File helpers shared across the package: signatures, content hashes, atomic writes.
 
-This module imports nothing of mmsent, so any module may use it without forming an
-import cycle.
+This module imports nothing of mmsent but its errors, so any module may use it
+without forming an import cycle.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import resource
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from mmsent.errors import WriteError
+
+# A write that fails for want of room: the disk or quota is full, or the file would
+# pass the process's size limit (``ulimit -f``).
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def file_signature(paths: list[Path]) -> str:
@@ -51,11 +60,74 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     Args:
         path (Path): The destination.
         write (Callable[[Path], None]): Writes the content to the path it is given.
+
+    Raises:
+        WriteError: If the disk is full or the file too large, naming the file and
+            the free space; the file as it was is left in place.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.part")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as error:
+        tmp.unlink(missing_ok=True)
+        failure = no_room(error)
+        if failure is not None:
+            raise WriteError(failure.errno, write_failure(path, failure)) from error
+        raise
+
+
+def no_room(error: BaseException) -> OSError | None:
+    """The error of a write that failed for want of room, among an error and the ones
+    it was raised from or while handling (torch reports a full disk as a
+    ``RuntimeError`` raised while handling the ``OSError``).
+
+    Args:
+        error (BaseException): The error caught.
+
+    Returns:
+        OSError | None: The full-disk or file-too-large error; None for any other.
+    """
+    seen = []
+    while error is not None and error not in seen:
+        if isinstance(error, OSError) and error.errno in NO_ROOM:
+            return error
+        seen.append(error)
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def write_failure(path: Path, error: OSError, action: str | None = None) -> str:
+    """A one-line message for a write that failed for want of room: the file, the
+    reason, the free space where it goes and, for a file too large, the size limit.
+
+    Args:
+        path (Path): The file being written.
+        error (OSError): The full-disk or file-too-large error.
+        action (str | None): What failed, naming the file; default ``writing <path>``.
+
+    Returns:
+        str: The message.
+    """
+    path = Path(path)
+    folder = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("/"))
+    mount = next((p for p in [folder, *folder.parents] if os.path.ismount(p)), Path("/"))
+    reason = os.strerror(error.errno) if error.errno else str(error)
+    room = f"{_size(shutil.disk_usage(folder).free)} free on {mount}"
+    if error.errno == errno.EFBIG:
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY:
+            room = f"files are limited to {_size(limit)} (ulimit -f), {room}"
+    return f"{action or f'writing {path}'} failed: {reason} ({room})"
+
+
+def _size(count: float) -> str:
+    for unit in ("bytes", "kB", "MB", "GB"):
+        if count < 1000:
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} TB"
 
 
 def save_json(path: Path, payload) -> None:

@@ -8,14 +8,17 @@ is printed in a line or two naming its culprit, with exit status 1; ``--debug`` 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
+from pathlib import Path
 
 from mmsent import pipeline
 from mmsent.cli import build_cli
-from mmsent.errors import MMSentError, user_error
+from mmsent.errors import MMSentError, WriteError, user_error
 from mmsent.hub import export, score
+from mmsent.io import no_room, write_failure
 from mmsent.pipeline.wandb_mode import default_to_offline
 
 DEBUG_FLAG = "--debug"
@@ -40,6 +43,10 @@ def main(args: list[str] | None = None) -> None:
         dispatch(args)
     except Exception as error:
         shown = user_error(error)
+        full = no_room(error)
+        if full is not None and full.filename and not isinstance(shown, WriteError):
+            # A write outside mmsent's own writers (a logger's, a library's) that names its file.
+            shown = WriteError(full.errno, write_failure(Path(full.filename), full))
         if debug or not isinstance(shown, USER_ERRORS):
             raise
         print(f"mmsent: error: {shown}\n(the full traceback: run again with {DEBUG_FLAG} or "
@@ -56,8 +63,13 @@ def dispatch(args: list[str]) -> None:
     if args and args[0] == "pipeline":
         pipeline.main(args[1:])
         return
-    if args and args[0] in ("export", "score"):
-        (export.main if args[0] == "export" else score.main)(args[1:])
+    if args and args[0] == "export":
+        # An export's output is the folder; all it says is a notice.
+        with contextlib.redirect_stdout(sys.stderr):
+            export.main(args[1:])
+        return
+    if args and args[0] == "score":
+        score.main(args[1:])
         return
     default_to_offline()
     # The arguments are sys.argv's own; LightningCLI's warning about both being given

@@ -18,6 +18,15 @@ from torch.optim.lr_scheduler import LambdaLR
 GROUP_KEYS = ("lr", "weight_decay", "momentum", "schedule", "betas", "eps", "alpha", "rho", "layer_decay")
 SCHEDULES = ("constant", "step", "exponential", "cosine")
 
+# Per option: the least value, whether it is allowed itself, whether the value is a
+# whole number, and why a smaller one cannot work.
+OPTION_RULES = {"lr": (0, True, False, ": a negative learning rate climbs the loss"),
+                "weight_decay": (0, True, False, ": a negative weight decay pushes the weights away from zero")}
+SCHEDULE_RULES = {"epochs": (1, True, True, ": the rate decays over this many epochs"),
+                  "step_size": (1, True, True, ": the rate decays every this many epochs"),
+                  "gamma": (0, False, False, ": the rate is multiplied by it at each decay"),
+                  "warmup": (0, True, True, ""), "warmup_steps": (0, True, True, "")}
+
 
 def build_param_groups(parts: dict[str, nn.Module], settings: dict[str, dict] | None,
                        optional: tuple[str, ...] = ()) -> list[dict]:
@@ -122,8 +131,9 @@ def _numeric_options(group: str, options: dict) -> dict:
         dict: The options with numeric strings converted to floats.
 
     Raises:
-        ValueError: If a numeric option is not a number, or the learning rate is
-            negative, naming the key.
+        ValueError: If a numeric option is not a number, or a value cannot work
+            (:func:`option_problem`: a negative or infinite learning rate or weight
+            decay, a schedule over no epoch), naming the key.
     """
     converted = dict(options)
     for key in ("lr", "weight_decay", "momentum", "eps", "alpha", "rho"):
@@ -134,9 +144,53 @@ def _numeric_options(group: str, options: dict) -> dict:
             converted[key] = float(value)
         except (TypeError, ValueError):
             raise ValueError(f"param_groups.{group}.{key} must be a number, got {value!r}") from None
-    if converted.get("lr") is not None and not converted["lr"] >= 0:
-        raise ValueError(f"param_groups.{group}.lr must be >= 0, got {options['lr']!r}")
+    for key in ("lr", "weight_decay"):
+        problem = option_problem(key, converted.get(key), options.get(key))
+        if problem:
+            raise ValueError(f"param_groups.{group}.{key} {problem}")
+    schedule = converted.get("schedule")
+    for key, value in (schedule.items() if isinstance(schedule, dict) else ()):
+        problem = option_problem(key, value, in_schedule=True)
+        if problem:
+            raise ValueError(f"param_groups.{group}.schedule.{key} {problem}")
     return converted
+
+
+def option_problem(name: str, value, written=None, in_schedule: bool = False) -> str | None:
+    """Why an optimizer or schedule option cannot work, for the values its type allows:
+    the one rule behind :func:`build_param_groups` and the command line's checks
+    (:func:`mmsent.cli.check_values`).
+
+    Args:
+        name (str): The option's name: ``lr``, ``weight_decay``, or, in a schedule,
+            ``epochs``, ``step_size``, ``gamma``, ``warmup``, ``warmup_steps``.
+        value: Its value; None (unset) and names this function does not know pass.
+        written: The value as the user wrote it, for the message; default ``value``.
+        in_schedule (bool): Whether the option is one of a ``schedule``'s.
+
+    Returns:
+        str | None: What the value must be and what it is ("must be >= 0, got -1"),
+        to follow the option's key; None when it can work.
+    """
+    written = value if written is None else written
+    if value is None or isinstance(value, bool):
+        return None
+    rules = SCHEDULE_RULES if in_schedule else OPTION_RULES
+    if name not in rules:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return f"must be a number, got {written!r}"
+    if not math.isfinite(number):
+        return f"must be a finite number, got {written!r}"
+    least, inclusive, whole, why = rules[name]
+    bound = f"{'>=' if inclusive else '>'} {least}"
+    if whole and not number.is_integer():
+        return f"must be a whole number {bound}, got {written!r}"
+    if number < least or (number == least and not inclusive):
+        return f"must be {bound}, got {written!r}{why}"
+    return None
 
 
 def schedule_factor(schedule: dict | None, steps_per_epoch: int | None = None) -> Callable[[int], float]:

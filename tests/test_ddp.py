@@ -223,7 +223,7 @@ def test_pipeline_runs_its_fused_stage_on_two_processes(uneven_raw, tiny_cache, 
                           cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                           timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-4000:]
-    assert done.stdout.count("report written to") == 1 and done.stdout.count("=== stage fusion") == 1
+    assert done.stderr.count("report written to") == 1 and done.stderr.count("=== stage fusion") == 1
 
     out = probe_env / "out"
     record = manifest(probe_env)

@@ -99,7 +99,7 @@ def test_a_resume_skips_an_unreadable_last_checkpoint_for_the_newest_readable_on
     pipeline = SimpleNamespace(output_dir=tmp_path / "out")
     stage = SimpleNamespace(name="fusion")
     assert resume_checkpoint(pipeline, stage, {"status": "running"}) == str(folder / "best-epoch001.ckpt")
-    said = capsys.readouterr().out
+    said = capsys.readouterr().err
     assert f"{folder / 'last.ckpt'} is unreadable, truncated or corrupt" in said
     assert "the newest readable checkpoint" in said
     assert resume_checkpoint(pipeline, stage, {"status": "done"}) is None

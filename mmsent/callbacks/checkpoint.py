@@ -1,8 +1,10 @@
-"""Lightning's ModelCheckpoint with a ``last.ckpt`` that really is the last epoch."""
+"""Lightning's ModelCheckpoint with a ``last.ckpt`` that really is the last epoch and
+no best checkpoint whose monitored value is not a number."""
 
 from __future__ import annotations
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 
@@ -16,7 +18,16 @@ class LastEpochCheckpoint(ModelCheckpoint):
     epochs again, and ``--ckpt_path=last.ckpt`` evaluated the best weights, not the
     last. The callback state is stored under ModelCheckpoint's key, so checkpoints
     written with either class resume with either.
+
+    An epoch whose monitored value is NaN or infinite is never kept as a best one:
+    Lightning counts a NaN as the worst score, yet keeps it while it has fewer than
+    ``save_top_k`` checkpoints, so the first epoch of a diverged fit was the best.
     """
+
+    def check_monitor_top_k(self, trainer: pl.Trainer, current: torch.Tensor | None = None) -> bool:
+        if current is not None and not bool(torch.isfinite(torch.as_tensor(current)).all()):
+            return False
+        return super().check_monitor_top_k(trainer, current)
 
     @property
     def state_key(self) -> str:

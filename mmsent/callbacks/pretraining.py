@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_info
 
 from mmsent.models.audio import AcousticMLPEncoder, greedy_layerwise_pretraining
 
@@ -58,4 +59,4 @@ class LayerwisePretraining(pl.Callback):
         self.errors = greedy_layerwise_pretraining(encoder.net, inputs, self.epochs, self.lr,
                                                    self.batch_size, self.seed)
         for index, error in enumerate(self.errors):
-            pl_module.print(f"layer-wise pretraining: layer {index + 1} reconstruction MSE {error:.4f}")
+            rank_zero_info(f"layer-wise pretraining: layer {index + 1} reconstruction MSE {error:.4f}")

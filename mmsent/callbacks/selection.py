@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from torch import nn
 
 from mmsent.models.late_fusion import LateFusionModel
 from mmsent.selection import as_records, bootstrap_p_value, select_modalities, video_groups
+from mmsent.tasks.checkpoint_io import atomic_torch_save
 from mmsent.tasks.checkpoints import META_KEY, load_weights
 from mmsent.tasks.rebuilt import omit_rebuilt
 
@@ -157,7 +157,7 @@ class ModalitySelection(pl.Callback):
                 meta = checkpoint.setdefault(META_KEY, {})
                 meta["rebuilt"] = omit_rebuilt(pl_module, checkpoint["state_dict"])
                 meta["modality_selection"] = self.record
-                _save_atomically(selected, checkpoint)
+                atomic_torch_save(checkpoint, selected)
             trainer.strategy.barrier()
             self.selected_path = str(selected)
 
@@ -315,9 +315,3 @@ def _log(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
     if trainer.logger is not None and metrics:
         trainer.logger.log_metrics(metrics, step=trainer.global_step)
 
-
-def _save_atomically(path: Path, checkpoint: dict) -> None:
-    partial = path.with_name(path.name + ".partial")
-    torch.save(checkpoint, partial)
-    # Renamed in one step: an interruption leaves the previous file, never half a file.
-    os.replace(partial, path)

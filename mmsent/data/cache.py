@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 
 from mmsent.data.schema import MODALITIES, SPLITS, DatasetSpec
 from mmsent.data.sources import DataSource
-from mmsent.io import save_json
+from mmsent.errors import ConfigError, WriteError
+from mmsent.io import no_room, save_json, write_failure
 
 log = logging.getLogger(__name__)
 
@@ -109,14 +110,14 @@ def _build_or_clean(source: DataSource, folder: Path, *options) -> None:
     existed = folder.exists()
     try:
         _build(source, folder, *options)
-    except OSError as error:
+    except BaseException as error:
         _clean(folder, existed)
-        if error.errno not in WRITE_ERRORS:
-            raise
-        raise OSError(error.errno, f"preparing the cache {folder} failed: "
-                                   f"{error.strerror or error}") from error
-    except BaseException:
-        _clean(folder, existed)
+        failure = no_room(error)
+        if failure is not None:
+            raise WriteError(failure.errno, write_failure(folder, failure, f"preparing the cache {folder}")) from error
+        if isinstance(error, OSError) and error.errno in WRITE_ERRORS:
+            raise OSError(error.errno, f"preparing the cache {folder} failed: "
+                                       f"{error.strerror or error}") from error
         raise
 
 
@@ -137,6 +138,8 @@ def _build(source: DataSource, folder: Path, on_error: str, chunk_size: int, wor
     datasets.disable_progress_bars()
     folder.mkdir(parents=True, exist_ok=True)
     records, spec = source.open(folder)
+    if not records:
+        raise ConfigError(f"{source.name} data in {getattr(source, 'root', '?')}: no clip to prepare")
     features = arrow_features(spec)
     shard_dir = folder / "shards"
     shard_dir.mkdir(exist_ok=True)

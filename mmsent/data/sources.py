@@ -94,8 +94,9 @@ def read_label_table(path: Path) -> pd.DataFrame:
 
     Raises:
         FileNotFoundError: If the file is missing.
-        ValueError: On a missing column, an empty transcript, a bad label, an unknown
-            split or a duplicate id, naming the file and row (1-based, header = row 1).
+        ValueError: On a missing column, no row, an empty transcript, a bad label, an
+            unknown split or a duplicate id, naming the file and row (1-based, header =
+            row 1).
     """
     if not path.exists():
         raise FileNotFoundError(f"{path}: label file not found")
@@ -105,6 +106,8 @@ def read_label_table(path: Path) -> pd.DataFrame:
     missing = [c for c in RAW_COLUMNS if c not in table.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
+    if table.empty:
+        raise ConfigError(f"{path}: no clip: the table has a header but no row")
     seen: dict[str, int] = {}
     labels = []
     for index, row in enumerate(table.itertuples(index=False)):

@@ -17,7 +17,36 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mmsent.errors import ConfigError
 from mmsent.io import save_json
+
+# What to do about a manifest that cannot be read: the stages' folders are intact.
+REMEDY = "restore it, or move it away to run every stage again"
+
+
+def read_manifest(path: Path) -> dict:
+    """Reads a manifest, checking its layout before anything relies on it.
+
+    Args:
+        path (Path): The file.
+
+    Returns:
+        dict: The manifest.
+
+    Raises:
+        ConfigError: If the file is not JSON or not laid out as a manifest, naming it
+            and the entry at fault.
+    """
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not a readable manifest ({error}); {REMEDY}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
+        raise ConfigError(f"{path}: not a manifest (no 'stages' mapping); {REMEDY}")
+    for name, record in data["stages"].items():
+        if not isinstance(record, dict):
+            raise ConfigError(f"{path}: stages.{name} is a {type(record).__name__}, not a stage's record; {REMEDY}")
+    return data
 
 
 class Manifest:
@@ -25,11 +54,15 @@ class Manifest:
 
     Args:
         path (Path): The manifest file; read if it exists.
+
+    Raises:
+        ConfigError: If the file is not JSON, or not a manifest (a mapping whose
+            ``stages`` maps each stage to its record), naming it.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.data = json.loads(self.path.read_text()) if self.path.exists() else {"stages": {}}
+        self.data = read_manifest(self.path) if self.path.exists() else {"stages": {}}
 
     @property
     def group(self) -> str:

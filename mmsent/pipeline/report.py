@@ -5,6 +5,7 @@ figures of the stages' test predictions beside it (:func:`mmsent.pipeline.figure
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -350,5 +351,7 @@ def write_report(manifest: dict, out_dir: Path) -> dict:
         plot(rows, baselines, out_dir / "report.png")
     figures = figures_section(write_figures(manifest, out_dir))
     (out_dir / "report.md").write_text(f"# {manifest.get('pipeline')} report\n\n{table}{figures}")
-    print(f"\n{table}\nreport written to {out_dir / 'report.md'}")
+    # The table is the run's result; where it was written, a notice.
+    print(table)
+    print(f"report written to {out_dir / 'report.md'}", file=sys.stderr)
     return report

@@ -10,7 +10,8 @@ run's group (see :mod:`mmsent.pipeline.tracking`).
 A stage may train on several processes (``trainer.strategy=ddp``,
 ``trainer.devices``): the same command then runs in each (:mod:`mmsent.pipeline.ranks`).
 The main process does all of the above; the others join the multi-process stages
-only (:func:`follow`) and write nothing of the pipeline's own.
+only (:func:`follow`) and write nothing of the pipeline's own. Progress goes to
+stderr; stdout holds the report's table alone.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import pickle
 import shlex
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -30,7 +32,7 @@ from mmsent.pipeline.lock import RunLock
 from mmsent.pipeline.manifest import Manifest
 from mmsent.pipeline.modalities import absent_stages, without_stages
 from mmsent.pipeline.report import write_report
-from mmsent.pipeline.scoring import fit_and_score
+from mmsent.pipeline.scoring import INTERRUPTED, fit_and_score, stopped
 from mmsent.pipeline.spec import Pipeline, Stage, load_pipeline
 from mmsent.tasks.checkpoint_io import load_weights_only
 
@@ -78,7 +80,7 @@ def run_stage(pipeline: Pipeline, stage: Stage, manifest: Manifest, extra: list[
     args = stage_arguments(pipeline, stage, manifest, extra)
     resume = resume_checkpoint(pipeline, stage, manifest.stage(stage.name))
     command = "mmsent fit " + shlex.join(args)
-    print(f"\n=== stage {stage.name}: {command}" + (f" --ckpt_path={resume}" if resume else ""))
+    print(f"\n=== stage {stage.name}: {command}" + (f" --ckpt_path={resume}" if resume else ""), file=sys.stderr)
     started = time.time() - manifest.start_stage(stage.name, command, resume)
     cli = build_cli(args, run=False)
     if cli.trainer.world_size > 1:
@@ -164,15 +166,15 @@ def resume_checkpoint(pipeline: Pipeline, stage: Stage, record: dict) -> str | N
         except ConfigError as error:
             if isinstance(error.__cause__, pickle.UnpicklingError):
                 raise  # a file that is not a checkpoint: the user must look at it
-            print(f"=== {error}; looking for an older checkpoint")
+            print(f"=== {error}; looking for an older checkpoint", file=sys.stderr)
             continue
         if "loops" not in loaded:
             continue
         if candidate != last:
-            print(f"=== stage {stage.name}: resuming from {candidate}, the newest readable checkpoint")
+            print(f"=== stage {stage.name}: resuming from {candidate}, the newest readable checkpoint", file=sys.stderr)
         return str(candidate)
     if others or last.is_file():
-        print(f"=== stage {stage.name}: no readable checkpoint to resume from; starting it afresh")
+        print(f"=== stage {stage.name}: no readable checkpoint to resume from; starting it afresh", file=sys.stderr)
     return None
 
 
@@ -262,7 +264,7 @@ def run(path: str | Path, start: str | None = None, only: str | None = None,
         check_stages(pipeline, stages, extra, configs)
         for stage in pipeline.stages:
             if manifest.is_done(stage.name) and stage not in stages:
-                print(f"=== stage {stage.name}: finished before, skipped")
+                print(f"=== stage {stage.name}: finished before, skipped", file=sys.stderr)
         manifest.open_run(pipeline.name, tracking.new_group(pipeline.name))
         for name, reason in skipped.items():
             print(f"=== stage {name}: skipped: {reason}")
@@ -273,13 +275,16 @@ def run(path: str | Path, start: str | None = None, only: str | None = None,
                 run_stage(pipeline, stage, manifest, extra)
             except BaseException as error:
                 shown = user_error(error)
-                manifest.fail_stage(stage.name, f"{type(shown).__name__}: {shown}", resume)
+                # Ctrl+C outside a fit (Lightning turns one inside into SystemExit) has no message.
+                reason = (stopped(stage, INTERRUPTED) if isinstance(shown, KeyboardInterrupt)
+                          else f"{type(shown).__name__}: {shown}")
+                manifest.fail_stage(stage.name, reason, resume)
                 raise
         ranks.share_from_main(None)  # the other processes, if any, end
         write_report(manifest.data, pipeline.output_dir)
     hint = tracking.sync_hint(manifest.data)
     if hint:
-        print(hint)
+        print(hint, file=sys.stderr)
     return pipeline.output_dir
 
 

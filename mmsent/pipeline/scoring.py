@@ -16,6 +16,8 @@ from mmsent.pipeline import ranks
 from mmsent.pipeline.figures import PREDICTIONS_FILE, predictions_table
 from mmsent.pipeline.spec import Stage
 
+INTERRUPTED = "interrupted (SIGINT)"
+
 
 def fit_and_score(cli: MMSentCLI, stage: Stage, resume: str | None, folder: Path) -> dict:
     """Fits one stage (resuming it if it was interrupted), then validates, tests and
@@ -38,14 +40,27 @@ def fit_and_score(cli: MMSentCLI, stage: Stage, resume: str | None, folder: Path
         records them.
 
     Raises:
-        SystemExit: When the fit was stopped by SIGTERM, which Lightning ends cleanly.
+        SystemExit: When the stage was stopped by SIGTERM or SIGINT, which Lightning
+            ends cleanly (status 0) or with a bare status 1, naming the stage.
     """
     try:
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume)
+        return _fit_and_score(cli, stage, resume, folder)
     except SIGTERMException:
-        # Lightning stops the fit cleanly on SIGTERM and would exit with status 0.
-        raise SystemExit(f"stage {stage.name!r} stopped by SIGTERM; run the same command again to "
-                         f"resume it from its last checkpoint") from None
+        raise SystemExit(stopped(stage, "stopped by SIGTERM")) from None
+    except SystemExit as error:
+        # Lightning answers Ctrl+C with sys.exit(1) while handling the KeyboardInterrupt.
+        if isinstance(error.__context__, KeyboardInterrupt):
+            raise SystemExit(stopped(stage, INTERRUPTED)) from None
+        raise
+
+
+def stopped(stage: Stage, how: str) -> str:
+    """str: What the manifest and the terminal say of a stage stopped by a signal."""
+    return f"stage {stage.name!r} {how}; run the same command again to resume it from its last checkpoint"
+
+
+def _fit_and_score(cli: MMSentCLI, stage: Stage, resume: str | None, folder: Path) -> dict:
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume)
     # Every process reads the checkpoints the main one wrote.
     cli.trainer.strategy.barrier("mmsent.pipeline: checkpoints written")
     # Read before validate/test: loading the best checkpoint resets the callback's state.

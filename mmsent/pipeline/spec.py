@@ -123,12 +123,19 @@ def load_pipeline(path: str | Path) -> Pipeline:
         Pipeline: The pipeline.
 
     Raises:
-        ConfigError: On an unknown key, a value of the wrong type, a missing config
-            file, a duplicate stage, or a checkpoint taken from a stage that does not
-            run earlier, naming the file and the key.
+        ConfigError: On a file that is not YAML, an unknown key, a value of the wrong
+            type, a missing config file, a duplicate stage, or a checkpoint taken from
+            a stage that does not run earlier, naming the file and the key.
     """
     path = Path(path)
-    top = validated(PipelineFile, yaml.safe_load(path.read_text()) or {}, str(path))
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
+    top = validated(PipelineFile, raw or {}, str(path))
     stages: list[Stage] = []
     for index, entry in enumerate(top.stages):
         where = f"{path}: stages[{index}]"

@@ -16,6 +16,7 @@ from torch import nn
 from torchmetrics.aggregation import CatMetric
 
 from mmsent.data.schema import MODALITIES
+from mmsent.errors import NonFiniteError
 from mmsent.metrics import BatchMean, baseline_metrics, split_metrics
 from mmsent.optim import build_param_groups, has_schedules, has_step_warmup, per_group_scheduler
 from mmsent.regularization import Regularizer
@@ -139,6 +140,45 @@ class BaseTask(pl.LightningModule):
                 self.log("train/penalty", penalty, batch_size=len(preds))
             loss = loss + penalty
         return loss
+
+    def on_before_backward(self, loss: torch.Tensor) -> None:
+        """Stops the fit before a loss that is not a finite number reaches the weights.
+
+        Lightning calls this before every backward pass, with automatic and with
+        manual optimization alike, so one check covers every task; stopped here, no
+        non-finite step is taken and no later checkpoint holds its weights.
+
+        Args:
+            loss (torch.Tensor): The loss about to be backpropagated.
+
+        Raises:
+            NonFiniteError: Naming the epoch, the step and, where it can tell, the
+                part at fault: the parameter groups whose weights a step made
+                non-finite, the regularizer's penalty, or else the loss itself.
+        """
+        if not bool(torch.isfinite(loss.detach()).all()):
+            raise NonFiniteError(self._non_finite_report(loss))
+
+    def _non_finite_report(self, loss: torch.Tensor) -> str:
+        steps = self.global_step
+        where = (f"training stopped in epoch {self.current_epoch} after {steps} optimizer "
+                 f"step{'' if steps == 1 else 's'}: the loss is {loss.detach().float().flatten()[0].item()}")
+        groups = [group for optimizer in (self.trainer.optimizers if self._trainer else [])
+                  for group in optimizer.param_groups]
+        broken = [group for group in groups if any(not bool(torch.isfinite(p).all()) for p in group["params"])]
+        if broken:
+            names = ", ".join(f"{group.get('name', 'model')!r} (lr {group.get('lr')})" for group in broken)
+            return (f"{where} because the weights of parameter group(s) {names} are no longer finite: "
+                    f"an earlier step diverged; lower the learning rate")
+        if self.regularizer is not None:
+            penalty = self.regularizer(self).detach()
+            if not bool(torch.isfinite(penalty).all()):
+                return f"{where} because the penalty of model.regularizer is {penalty.float().item()}"
+        largest = max(((p.detach().abs().max().item(), group.get("name", "model"))
+                       for group in groups for p in group["params"] if p.numel()), default=None)
+        weights = (f"the weights are finite, the largest {largest[0]:.3g} in parameter group {largest[1]!r}"
+                   if largest else "the weights are finite")
+        return f"{where}; {weights}: lower the learning rate, or look at this batch's inputs and labels"
 
     def loggers_write_this_step(self) -> bool:
         """Whether the loggers write this training step's values.

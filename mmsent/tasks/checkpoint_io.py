@@ -22,7 +22,10 @@ from typing import Any
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from mmsent.errors import ConfigError, MissingFileError
+from mmsent.errors import ConfigError, MissingFileError, WriteError
+from mmsent.io import no_room, write_failure
+
+ZIP_SIGNATURE = b"PK\x03\x04"
 
 
 def load_weights_only(path: str | Path, what: str) -> dict:
@@ -46,13 +49,26 @@ def load_weights_only(path: str | Path, what: str) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        if _cut_inside_zip_signature(path):
+            raise ConfigError(f"{what}: checkpoint {path} is unreadable, truncated or corrupt "
+                              f"(cut to {path.stat().st_size} bytes)") from None
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
         raise ConfigError(f"{what}: checkpoint {path} refused: it holds objects other than tensors "
                           f"and plain data, which mmsent never loads ({reason})") from error
-    except (RuntimeError, EOFError, zipfile.BadZipFile) as error:
+    # torch's zip reader fails with EINVAL on a file cut a few kB after its start.
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(f"{what}: checkpoint {path} is unreadable, truncated or corrupt "
                           f"({reason})") from error
+
+
+def _cut_inside_zip_signature(path: Path) -> bool:
+    # torch reads a file as a zip archive (every checkpoint since torch 1.6) only once
+    # its whole 4-byte signature is there; a shorter cut goes to the pickle reader,
+    # whose refusal would otherwise read as a checkpoint that is not one.
+    with path.open("rb") as stream:
+        head = stream.read(len(ZIP_SIGNATURE))
+    return len(head) < len(ZIP_SIGNATURE) and ZIP_SIGNATURE.startswith(head)
 
 
 def readable(path: str | Path) -> bool:
@@ -72,8 +88,12 @@ def atomic_torch_save(checkpoint: Any, path: str | Path) -> None:
         path (str | Path): The file; its folder is created.
 
     Raises:
-        OSError: If the write fails (a full disk), naming the file; the file as it
-            was before is left in place and the temporary file removed.
+        WriteError: If the disk is full or the file too large, naming the file and
+            the free space (:func:`mmsent.io.write_failure`).
+        OSError: If the write fails otherwise, naming the file.
+
+    Either way the file as it was before is left in place and the temporary file
+    removed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,11 +104,13 @@ def atomic_torch_save(checkpoint: Any, path: str | Path) -> None:
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
-    except OSError as error:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
-        raise OSError(error.errno, f"writing checkpoint {path} failed: {error.strerror or error}") from error
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        failure = no_room(error)
+        if failure is not None:
+            raise WriteError(failure.errno, write_failure(path, failure, f"writing checkpoint {path}")) from error
+        if isinstance(error, OSError):
+            raise OSError(error.errno, f"writing checkpoint {path} failed: {error.strerror or error}") from error
         raise
     _sync_folder(path.parent)
 

@@ -44,9 +44,39 @@ def read_checkpoint(path: str | Path, what: str) -> dict:
 
     Raises:
         FileNotFoundError: If the file does not exist, naming the key and path.
-        ConfigError: If the file is refused or unreadable, naming the key and path.
+        ConfigError: If the file is refused or unreadable, or lacks its weights or
+            holds its metadata in another form, naming the key, path and entry.
     """
-    return load_weights_only(path, what)
+    checkpoint = load_weights_only(path, what)
+    if not isinstance(checkpoint, dict):
+        raise ConfigError(f"{what}: checkpoint {path} holds a {type(checkpoint).__name__}, not a "
+                          f"Lightning checkpoint")
+    require_entries(checkpoint, {"state_dict": dict}, path, what)
+    if META_KEY in checkpoint:
+        require_entries(checkpoint, {META_KEY: dict}, path, what)
+    return checkpoint
+
+
+def require_entries(record: dict, kinds: dict[str, type], path: str | Path, what: str, within: str = "") -> None:
+    """Checks that a checkpoint (or its metadata) holds the entries read from it.
+
+    Args:
+        record (dict): The checkpoint, or a part of it.
+        kinds (dict[str, type]): Per entry, the type it must have.
+        path (str | Path): The checkpoint, for the message.
+        what (str): The config key that named it, for the message.
+        within (str): Where ``record`` sits in the checkpoint (``"mmsent."``).
+
+    Raises:
+        ConfigError: Naming the key, the file and the entry missing or of another type.
+    """
+    for key, kind in kinds.items():
+        if key not in record:
+            raise ConfigError(f"{what}: checkpoint {path} has no entry {within}{key}: it was not written by "
+                              f"mmsent, or was altered since")
+        if not isinstance(record[key], kind):
+            raise ConfigError(f"{what}: checkpoint {path}: entry {within}{key} is a "
+                              f"{type(record[key]).__name__}, not a {kind.__name__}: it was altered")
 
 
 def sub_state_dict(state: dict, prefix: str) -> dict:
@@ -340,6 +370,8 @@ def load_generator(path: str | Path, what: str, encoders: nn.ModuleDict) -> Embe
     name = meta.get("generator_class")
     if name not in GENERATORS:
         raise ConfigError(f"{what}: {path} holds an unknown generator {name!r}; known: {sorted(GENERATORS)}")
+    require_entries(meta, {"layout": dict, "encoder_digests": dict, "generator_config": dict}, path, what,
+                    f"{META_KEY}.")
     dims = {m: e.out_dim for m, e in encoders.items()}
     if list(meta["layout"].items()) != list(dims.items()):
         raise ConfigError(f"{what}: {path} generates embeddings laid out as {meta['layout']}, "
