@@ -45,7 +45,7 @@ def test_mmsa_pipeline_skips_the_stage_of_a_modality_the_pickle_lacks(tmp_path, 
     out = run(MMSA_PIPELINE, output_dir=str(tmp_path / "out"), use_wandb=False,
               extra=[f"--data.source.init_args.path={path}", f"--data.cache_dir={tmp_path / 'cache'}",
                      "--trainer.max_epochs=1", "--trainer.logger=false", "--trainer.enable_progress_bar=false"])
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     assert f"=== stage {skipped}: skipped: no clip of its data has" in printed
     manifest = json.loads((out / "manifest.json").read_text())
     statuses = {name: record["status"] for name, record in manifest["stages"].items()}

@@ -267,7 +267,7 @@ def run(path: str | Path, start: str | None = None, only: str | None = None,
                 print(f"=== stage {stage.name}: finished before, skipped", file=sys.stderr)
         manifest.open_run(pipeline.name, tracking.new_group(pipeline.name))
         for name, reason in skipped.items():
-            print(f"=== stage {name}: skipped: {reason}")
+            print(f"=== stage {name}: skipped: {reason}", file=sys.stderr)
             manifest.skip_stage(name, reason)
         forget_stages(pipeline, manifest, forced)
         for stage in stages:
