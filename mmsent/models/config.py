@@ -295,11 +295,25 @@ def check_state(module: nn.Module, state: dict, where: str, omitted: frozenset[s
              if v.dtype != own[k].dtype]
     if kinds:
         problems.append(f"of another dtype: {_names(kinds)}")
-    infinite = sorted(k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
-    if infinite:
-        problems.append(f"not finite (NaN or infinite values): {_names(infinite)}")
     if problems:
         raise ConfigError(f"{where}: the weights do not fit the model: {'; '.join(problems)}")
+    check_finite(tensors, where)
+
+
+def check_finite(state: dict, where: str) -> None:
+    """Refuses weights holding NaN or infinite values, naming the tensors.
+
+    Args:
+        state (dict): Tensor name -> tensor.
+        where (str): The file (and key), for messages.
+
+    Raises:
+        ConfigError: If a floating-point tensor holds a non-finite value.
+    """
+    infinite = sorted(k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+                      and not bool(torch.isfinite(v).all()))
+    if infinite:
+        raise ConfigError(f"{where}: weights not finite (NaN or infinite values) in {_names(infinite)}")
 
 
 def _names(names: list[str], shown: int = 8) -> str:
