@@ -65,10 +65,10 @@ class SentimentModel(nn.Module, HubMixin, tags=["mmsent", "multimodal-sentiment-
         super().__init__()
         check_config(config, "config")
         self.config = config
-        encoders = nn.ModuleDict({m: build_module(config["encoders"][m], what=f"config encoders.{m}")
+        encoders = nn.ModuleDict({m: build_module(config["encoders"][m], what=f"encoders.{m}")
                                   for m in MODALITIES if m in config["encoders"]})
-        self.model = LateFusionModel(encoders, build_module(config["fusion"], what="config fusion"),
-                                     build_module(config["head"], what="config head"))
+        self.model = LateFusionModel(encoders, build_module(config["fusion"], what="fusion"),
+                                     build_module(config["head"], what="head"))
         for modality in encoders:
             if modality not in config["active_modalities"]:
                 self.model.switch_off(modality)

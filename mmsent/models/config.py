@@ -87,7 +87,7 @@ def registered_class(path: object, what: str) -> type[nn.Module]:
         for point in entry_points(group=ENTRY_POINT_GROUP):
             if point.value.replace(":", ".") == path:
                 return register(point.load())
-    raise ConfigError(f"{what}: class_path {path!r} is not a registered mmsent module, so it was not "
+    raise ConfigError(f"{what}: {path!r} is not a registered mmsent module, so it was not "
                       f"imported (a file names classes, it never runs code); call mmsent.register(YourClass) "
                       f"before loading, or declare it as a {ENTRY_POINT_GROUP!r} entry point")
 
@@ -300,17 +300,18 @@ def check_state(module: nn.Module, state: dict, where: str, omitted: frozenset[s
     check_finite(tensors, where)
 
 
-def check_finite(state: dict, where: str) -> None:
+def check_finite(state: dict, where: str, prefix: str = "") -> None:
     """Refuses weights holding NaN or infinite values, naming the tensors.
 
     Args:
         state (dict): Tensor name -> tensor.
         where (str): The file (and key), for messages.
+        prefix (str): What the file's names have in front of ``state``'s.
 
     Raises:
         ConfigError: If a floating-point tensor holds a non-finite value.
     """
-    infinite = sorted(k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+    infinite = sorted(prefix + k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
                       and not bool(torch.isfinite(v).all()))
     if infinite:
         raise ConfigError(f"{where}: weights not finite (NaN or infinite values) in {_names(infinite)}")

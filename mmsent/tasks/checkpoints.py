@@ -226,7 +226,7 @@ def load_encoder(encoder: nn.Module, modality: str, path: str | Path, what: str,
                          f"but the configured {modality} encoder is a {class_path(encoder)}")
     prefix = meta.get("encoder_prefix", "encoder.")
     state = sub_state_dict(checkpoint["state_dict"], prefix)
-    check_finite(state, f"{what}: {path}")
+    check_finite(state, f"{what}: {path}", prefix)
     fill_rebuilt(state, encoder, meta.get("rebuilt", {}), prefix, what)
     try:
         encoder.load_state_dict(state)
@@ -255,7 +255,7 @@ def load_head(head: nn.Module, modality: str, path: str | Path, what: str,
     if meta.get("task") not in (None, "unimodal") or meta.get("modality") not in (None, modality):
         raise ConfigError(f"{what}: {path} holds no unimodal {modality} model to take the head from")
     state = sub_state_dict(checkpoint["state_dict"], "head.")
-    check_finite(state, f"{what}: {path}")
+    check_finite(state, f"{what}: {path}", "head.")
     try:
         head.load_state_dict(state)
     except RuntimeError as error:
@@ -310,7 +310,7 @@ def load_fused(model: nn.Module, path: str | Path, what: str, checkpoint: dict |
     checkpoint = _read_fused(path, what, checkpoint)
     meta = checkpoint[META_KEY]
     state = sub_state_dict(checkpoint["state_dict"], "model.")
-    check_finite(state, f"{what}: {path}")
+    check_finite(state, f"{what}: {path}", "model.")
     fill_rebuilt(state, model, meta.get("rebuilt", {}), "model.", what)
     try:
         model.load_state_dict(state)
@@ -356,7 +356,7 @@ def load_generator(path: str | Path, what: str, encoders: nn.ModuleDict) -> Embe
                          "unimodal checkpoints")
     generator = GENERATORS[name](**meta["generator_config"])
     state = sub_state_dict(checkpoint["state_dict"], "generator.")
-    check_finite(state, f"{what}: {path}")
+    check_finite(state, f"{what}: {path}", "generator.")
     try:
         generator.load_state_dict(state)
     except RuntimeError as error:
