@@ -22,7 +22,14 @@ from mmsent.data.schema import MODALITIES
 from mmsent.data.sources import audio_file
 from mmsent.errors import ConfigError, MissingFileError
 from mmsent.hub.preprocess import Clip, PreparedClip, Preprocessor
-from mmsent.models.config import CONFIG_METADATA, HubMixin, build_module, load_strict
+from mmsent.models.config import (
+    CONFIG_METADATA,
+    HubMixin,
+    build_module,
+    check_saved_config,
+    load_strict,
+    registered_class,
+)
 from mmsent.models.late_fusion import LateFusionModel
 from mmsent.pretrained import hub_offline_reason, looks_like_path
 from mmsent.tasks.checkpoints import META_KEY
@@ -112,11 +119,16 @@ class SentimentModel(nn.Module, HubMixin, tags=["mmsent", "multimodal-sentiment-
             raise MissingFileError(f"{folder}: not a complete model folder, missing {', '.join(missing)}")
         config_file = folder / CONFIG_FILE
         config = read_config(config_file)
+        for key, record in network_records(config):
+            if not isinstance(record, dict):
+                raise ConfigError(f"{config_file}: {key} must be a mapping with class_path and init_args")
+            registered_class(record.get("class_path"), f"{config_file}: {key}.class_path")
+        check_saved_config(folder / WEIGHTS_FILE, config)
         try:
             model = cls(config)
         except ConfigError as error:
             raise ConfigError(f"{config_file}: {error}") from error
-        load_strict(model, folder / WEIGHTS_FILE, expected_config=config)
+        load_strict(model, folder / WEIGHTS_FILE)
         if model.modalities != [m for m in model.encoders if m in config["active_modalities"]]:
             raise ConfigError(f"{config_file}: active_modalities {config['active_modalities']} disagrees with "
                               f"the modalities {model.modalities} that {WEIGHTS_FILE} switches on")
@@ -316,6 +328,13 @@ def model_folder(name: str, **download) -> Path:
             raise MissingFileError(f"{name}: {where} cannot be asked ({reason}), with no cached copy") from None
         raise MissingFileError(f"{name}: {where} did not give it ({type(error).__name__}: "
                                f"{str(error).strip().splitlines()[0] if str(error).strip() else ''})") from None
+
+
+def network_records(config: dict) -> list[tuple[str, object]]:
+    """list[tuple[str, object]]: Each ``{"class_path", "init_args"}`` record of a model
+    config (every encoder, the fusion, the head) with its key."""
+    return [*((f"encoders.{m}", record) for m, record in config["encoders"].items()),
+            ("fusion", config["fusion"]), ("head", config["head"])]
 
 
 def read_config(path: Path) -> dict:

@@ -34,6 +34,8 @@ from torch import nn
 from mmsent.errors import ConfigError
 
 ENTRY_POINT_GROUP = "mmsent.modules"
+_DOWNLOAD_ARGUMENTS = ("revision", "cache_dir", "force_download", "local_files_only", "token", "strict",
+                       "proxies", "resume_download")
 CONFIG_METADATA = "mmsent_config"
 """The key of the weights file's header that holds the config the weights were saved with."""
 REGISTRY: dict[str, type[nn.Module]] = {}
@@ -108,9 +110,23 @@ class HubMixin(PyTorchModelHubMixin, library_name="mmsent", tags=["mmsent"]):
             register(cls)
 
     @classmethod
+    def _from_pretrained(cls, *, model_id: str, map_location: str = "cpu", **kwargs) -> nn.Module:
+        folder = Path(model_id)
+        if not folder.is_dir():
+            return super()._from_pretrained(model_id=model_id, map_location=map_location, **kwargs)
+        weights = folder / "model.safetensors"
+        if not weights.is_file():
+            raise ConfigError(f"{folder}: no model.safetensors")
+        model_kwargs = {k: v for k, v in kwargs.items() if k not in _DOWNLOAD_ARGUMENTS}
+        check_saved_config(weights, json.loads((folder / "config.json").read_text()))
+        model = cls(**model_kwargs)
+        load_strict(model, weights)
+        return model.to(map_location).eval()
+
+    @classmethod
     def _load_as_safetensor(cls, model: nn.Module, model_file: str, map_location: str, strict: bool) -> nn.Module:
         # huggingface_hub loads with strict=False by default; a missing tensor would stay random.
-        load_strict(model, model_file, expected_config=getattr(model, "_hub_mixin_config", None))
+        load_strict(model, model_file)
         return model.to(map_location).eval()
 
     @classmethod
@@ -209,36 +225,52 @@ def build_module(config: dict, *args, what: str = "config") -> nn.Module:
         raise ConfigError(f"{what}.init_args: expected a mapping of argument names, got {arguments!r:.80}")
     try:
         return module_class(*args, **arguments)
-    except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as error:
+    except (TypeError, ValueError, KeyError, IndexError, RuntimeError, MemoryError, OverflowError) as error:
         if isinstance(error, ConfigError):
             raise ConfigError(f"{what}: {error}") from error
         raise ConfigError(f"{what}: {module_class.__name__} cannot be built from init_args "
                           f"{json.dumps(arguments, default=repr)[:200]}: {error}") from error
 
 
-def load_strict(module: nn.Module, path: str | Path, expected_config: dict | None = None) -> None:
+def check_saved_config(path: str | Path, config: object) -> None:
+    """Refuses a config other than the one a weights file was saved with, before
+    anything is built from it.
+
+    Args:
+        path (str | Path): The ``.safetensors`` file; its header records the config
+            (files saved before mmsent recorded it are not checked).
+        config (object): The config read from the ``config.json`` beside it.
+
+    Raises:
+        ConfigError: If the file is unreadable or records another config, naming the
+            first key that differs.
+    """
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            saved = (weights.metadata() or {}).get(CONFIG_METADATA)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise ConfigError(f"{path}: not a readable safetensors file ({error})") from error
+    if saved is not None and saved != json.dumps(config):
+        raise ConfigError(f"{path}: the config beside it differs from the one these weights were saved with"
+                          f"{_first_difference(_parsed(saved), config)}; restore it or export again")
+
+
+def load_strict(module: nn.Module, path: str | Path) -> None:
     """Loads a ``.safetensors`` file into a module, every tensor accounted for.
 
     Args:
         module (nn.Module): The module, built from its config.
         path (str | Path): The weights file.
-        expected_config (dict | None): The config the module was built from; when the
-            file's header records the one it was saved with, both must be the same.
 
     Raises:
-        ConfigError: If the file is unreadable, was saved with another config, or a
-            tensor is missing, unexpected, of another shape or dtype or not finite,
-            naming the file and the tensors.
+        ConfigError: If the file is unreadable, or a tensor is missing, unexpected, of
+            another shape or dtype or not finite, naming the file and the tensors.
     """
     try:
         with safe_open(str(path), framework="pt") as weights:
-            saved = (weights.metadata() or {}).get(CONFIG_METADATA)
             state = {name: weights.get_tensor(name) for name in weights.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise ConfigError(f"{path}: not a readable safetensors file ({error})") from error
-    if saved is not None and expected_config is not None and saved != json.dumps(expected_config):
-        raise ConfigError(f"{path}: the config beside it differs from the one these weights were saved with"
-                          f"{_first_difference(_parsed(saved), expected_config)}; restore it or export again")
     check_state(module, state, str(path))
     module.load_state_dict(state)
 
