@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -220,8 +221,23 @@ def export(run_dir: str | Path, to: str | Path, stage: str | None = None, overwr
     Raises:
         ConfigError: If ``to`` holds something other than an export (without ``overwrite``).
     """
-    run_dir, to = Path(run_dir), Path(to)
+    to = Path(to)
     check_target(to, overwrite)
+    return write_folder(to, folder_writer(run_dir, stage))
+
+
+def folder_writer(run_dir: str | Path, stage: str | None = None) -> Callable[[Path], None]:
+    """Reads a pipeline's fused stage and prepares its model folder's files.
+
+    Args:
+        run_dir (str | Path): The pipeline's output folder.
+        stage (str | None): The stage to export; by default the last fused one.
+
+    Returns:
+        Callable[[Path], None]: Writes the model folder's files into the (empty)
+        folder it is given.
+    """
+    run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     name, checkpoint_path, checkpoint = fused_stage(manifest, run_dir, stage)
     datamodule = stage_data(manifest["stages"][name]["config"])
@@ -238,7 +254,7 @@ def export(run_dir: str | Path, to: str | Path, stage: str | None = None, overwr
         if config["preprocessing"]["text"]["tokenizer_file"]:
             shutil.copyfile(datamodule.prepared.path / TOKENIZER_FILE, folder / TOKENIZER_FILE)
 
-    return write_folder(to, write)
+    return write
 
 
 def main(args: list[str] | None = None) -> None:
