@@ -385,3 +385,7 @@ def check_config(config: dict, where: str) -> None:
     unknown = [m for m in config["encoders"] if m not in MODALITIES]
     if unknown:
         raise ConfigError(f"{where}: encoders.{unknown[0]} is not a modality; modalities: {list(MODALITIES)}")
+    active = config["active_modalities"]
+    if not active or not all(isinstance(m, str) and m in config["encoders"] for m in active):
+        raise ConfigError(f"{where}: active_modalities must name one or more of the encoders "
+                          f"{list(config['encoders'])}, got {json.dumps(active)[:80]}")

@@ -225,7 +225,9 @@ def build_module(config: dict, *args, what: str = "config") -> nn.Module:
         raise ConfigError(f"{what}.init_args: expected a mapping of argument names, got {arguments!r:.80}")
     try:
         return module_class(*args, **arguments)
-    except (TypeError, ValueError, KeyError, IndexError, RuntimeError, MemoryError, OverflowError) as error:
+    except Exception as error:
+        # A registered class given arguments of the wrong kind fails in its own way (an
+        # AttributeError on a list given for a mapping); the record is what is wrong.
         if isinstance(error, ConfigError):
             raise ConfigError(f"{what}: {error}") from error
         raise ConfigError(f"{what}: {module_class.__name__} cannot be built from init_args "
