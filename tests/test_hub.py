@@ -236,7 +236,8 @@ def test_an_export_killed_at_any_file_boundary_leaves_the_previous_folder_or_non
         model = SentimentModel.from_pretrained(reference)
         for modality, encoder in model.encoders.items():
             type(encoder).from_pretrained(reference / "encoders" / modality)
-    for first in (None, old):
+    # The default run replaces an earlier export, the harder case; -m slow also writes a new folder.
+    for first in (None, old) if every == 1 else (old,):
         target = tmp_path / "killed" / f"over_{first.name if first else 'nothing'}"
         if first:
             shutil.copytree(first, target)

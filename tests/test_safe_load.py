@@ -1,6 +1,7 @@
 """A model folder or run folder is data: loading it runs no code it names, its weights
 load strictly, an export replaces its folder whole, and a path is never a Hub id."""
 
+import errno
 import json
 import sys
 import time
@@ -15,11 +16,13 @@ import mmsent
 from mmsent import SentimentModel
 from mmsent.errors import ConfigError, MissingFileError
 from mmsent.hub.export import export
+from mmsent.io import write_folder
 from mmsent.main import main
 from mmsent.models import AcousticMLPEncoder
 from mmsent.models.config import HubMixin, build_module
 from mmsent.pretrained import resolve_model_path
 from mmsent.tasks.checkpoints import load_fused
+
 
 def tiny_config() -> dict:
     """A two-modality model folder's config, small enough to build in milliseconds."""
@@ -268,3 +271,17 @@ def test_export_refuses_a_folder_that_is_not_an_export_unless_told(tmp_path):
     assert (mine / "README.md").read_text() == "my notes"
     with pytest.raises(MissingFileError, match="manifest.json"):  # past the check, on to the run folder
         export(tmp_path / "run", mine, overwrite=True)
+
+
+def test_an_export_that_fails_midway_leaves_the_previous_folder_and_nothing_beside_it(tmp_path):
+    target = tmp_path / "model"
+    write_folder(target, lambda folder: (folder / "config.json").write_text('{"format_version": 1}'))
+
+    def out_of_disk(folder: Path) -> None:
+        (folder / "config.json").write_text('{"format_version": 1, "new": true}')
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        write_folder(target, out_of_disk)
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+    assert (target / "config.json").read_text() == '{"format_version": 1}'

@@ -21,7 +21,13 @@ from torch import nn
 
 from mmsent.data.schema import MODALITIES
 from mmsent.errors import ConfigError
-from mmsent.models.config import build_module, check_finite, class_path, matches_record, module_config
+from mmsent.models.config import (
+    build_module,
+    check_finite,
+    class_path,
+    matches_record,
+    module_config,
+)
 from mmsent.models.fusion import RegressionHead
 from mmsent.models.generative import GENERATORS, EmbeddingGenerator
 from mmsent.models.unimodal import UnimodalModel
