@@ -285,3 +285,27 @@ def test_an_export_that_fails_midway_leaves_the_previous_folder_and_nothing_besi
         write_folder(target, out_of_disk)
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
     assert (target / "config.json").read_text() == '{"format_version": 1}'
+
+
+class PluginEncoder(UserEncoder):
+    """An encoder a package declares as an entry point of the ``mmsent.modules`` group."""
+
+
+def test_an_entry_point_class_loads_and_no_other_entry_point_is_imported(monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    import mmsent.models.config as config_module
+
+    points = [EntryPoint("broken", "no_such_package_of_mmsent:Thing", "mmsent.modules"),
+              EntryPoint("plugin", f"{__name__}:PluginEncoder", "mmsent.modules")]
+    monkeypatch.setattr(config_module, "entry_points", lambda group: [p for p in points if p.group == group])
+    built = build_module({"class_path": f"{__name__}.PluginEncoder", "init_args": {"input_dim": 5}})
+    assert isinstance(built, PluginEncoder)  # and the broken entry point was never loaded
+
+
+def test_a_folder_exported_before_weights_recorded_their_config_loads_as_before(tmp_path):
+    model = write_tiny_model(tmp_path)
+    state = load_file(str(tmp_path / "model.safetensors"))
+    save_file(state, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with torch.no_grad():
+        assert torch.equal(SentimentModel.from_pretrained(tmp_path)(tiny_batch()), model.eval()(tiny_batch()))
