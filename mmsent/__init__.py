@@ -1,7 +1,7 @@
 """mmsent: staged multimodal sentiment analysis with PyTorch Lightning."""
 
 __version__ = "0.1.0"
-__all__ = ["SentimentModel"]
+__all__ = ["SentimentModel", "register"]
 
 
 def __getattr__(name: str):
@@ -10,4 +10,8 @@ def __getattr__(name: str):
         from mmsent.hub.model import SentimentModel
 
         return SentimentModel
+    if name == "register":
+        from mmsent.models.config import register
+
+        return register
     raise AttributeError(f"module 'mmsent' has no attribute {name!r}")

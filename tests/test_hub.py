@@ -1,19 +1,24 @@
 """Reuse: networks saved and loaded alone, the exported model folder, scoring raw clips."""
 
 import json
+import os
 import shutil
+import signal
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from safetensors import safe_open
 from test_pipeline import write_pipeline
 
 from mmsent import SentimentModel
 from mmsent.errors import ConfigError, MissingFileError
 from mmsent.hub import export as export_command
 from mmsent.hub import score as score_command
-from mmsent.hub.export import export, stage_data
+from mmsent.hub.export import export, folder_writer, stage_data
+from mmsent.io import write_folder
 from mmsent.models import AcousticMLPEncoder, ConcatFusion, ConditionalVAE, TextLSTMEncoder
 from mmsent.pipeline import run
 
@@ -167,3 +172,93 @@ def test_model_folder_of_another_version_or_missing_a_file_fails_naming_it(model
 def test_export_names_a_folder_without_a_pipeline_run(tmp_path):
     with pytest.raises(SystemExit, match="no manifest.json"):
         export_command.main([str(tmp_path), "--to", str(tmp_path / "model")])
+
+
+def folder_files(folder: Path) -> dict[str, object]:
+    """Each file's content; of a weights file, its metadata and tensors (the order of
+    the metadata in its header changes from one process to the next)."""
+    return {str(p.relative_to(folder)): weights_content(p) if p.suffix == ".safetensors" else p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def weights_content(path: Path) -> tuple:
+    with safe_open(str(path), framework="pt") as weights:
+        return (sorted((weights.metadata() or {}).items()),
+                [(name, weights.get_tensor(name).numpy().tobytes()) for name in sorted(weights.keys())])
+
+
+def differing(found: dict[str, object], reference: dict[str, object]) -> list[str]:
+    """The files that are missing, added or changed in ``found``."""
+    return sorted(n for n in set(found) | set(reference) if found.get(n) != reference.get(n))
+
+
+def export_killed_at(write, to: Path, boundary: int) -> tuple[bool, int]:
+    """Writes an export (what :func:`export` does once the run is read) in a forked
+    process that SIGKILLs itself at its ``boundary``-th file operation next to ``to``
+    (a file opened for writing, a folder made, a rename, a deletion).
+
+    Returns:
+        tuple[bool, int]: Whether it was killed; if not, how many such operations it made.
+    """
+    watched = str(to.parent)
+    pid = os.fork()
+    if pid == 0:
+        count = 0
+
+        def kill_at_boundary(event, args):
+            nonlocal count
+            if event in ("open", "os.mkdir", "os.rename", "os.remove", "os.rmdir", "shutil.rmtree"):
+                writes = event != "open" or (isinstance(args[1], str) and any(c in args[1] for c in "wax+"))
+                if writes and any(isinstance(a, str | Path) and str(a).startswith(watched) for a in args):
+                    count += 1
+                    if count == boundary:
+                        os.kill(os.getpid(), signal.SIGKILL)
+
+        sys.addaudithook(kill_at_boundary)
+        try:
+            write_folder(to, write)
+        finally:
+            os._exit(min(count, 255))
+    _, status = os.waitpid(pid, 0)
+    killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    return killed, 0 if killed else os.WEXITSTATUS(status)
+
+
+@pytest.mark.parametrize("every", [pytest.param(1, marks=pytest.mark.slow), 6])
+def test_an_export_killed_at_any_file_boundary_leaves_the_previous_folder_or_none(pipeline_run, tmp_path, every):
+    old, new = tmp_path / "old", tmp_path / "new"
+    export(pipeline_run, old, "fusion")
+    write = folder_writer(pipeline_run, "finetune")
+    write_folder(new, write)
+    references = [folder_files(old), folder_files(new)]
+    assert references[0]["model.safetensors"] != references[1]["model.safetensors"]
+    for reference in (old, new):
+        model = SentimentModel.from_pretrained(reference)
+        for modality, encoder in model.encoders.items():
+            type(encoder).from_pretrained(reference / "encoders" / modality)
+    # The default run replaces an earlier export, the harder case; -m slow also writes a new folder.
+    for first in (None, old) if every == 1 else (old,):
+        target = tmp_path / "killed" / f"over_{first.name if first else 'nothing'}"
+        if first:
+            shutil.copytree(first, target)
+        _, boundaries = export_killed_at(write, target, 10**6)
+        assert boundaries > 10  # every file, folder and rename of the export is a kill point
+        # The default run kills at every sixth boundary and at each of the last (the renames).
+        for boundary in sorted(set(range(1, boundaries + 1, every)) | set(range(boundaries - 4, boundaries + 1))):
+            shutil.rmtree(target, ignore_errors=True)
+            if first:
+                shutil.copytree(first, target)
+            assert export_killed_at(write, target, boundary)[0]
+            if target.exists():  # and then, file for file, one of the two folders that load whole
+                found = folder_files(target)
+                assert found in references, (f"a mixed folder after a kill at boundary {boundary}: "
+                                             f"{[differing(found, r) for r in references]}")
+
+
+def test_a_re_export_replaces_the_old_folder_whole(pipeline_run, model_dir, tmp_path):
+    target = tmp_path / "model"
+    shutil.copytree(model_dir, target)
+    (target / "stale.txt").write_text("from an older export")
+    export(pipeline_run, target, "fusion")
+    assert not (target / "stale.txt").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing left beside it

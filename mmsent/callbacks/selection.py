@@ -170,9 +170,11 @@ class ModalitySelection(pl.Callback):
         every process and are not sent.
         """
         state = _cpu_copy(pl_module.state_dict())
-        omit_rebuilt(pl_module, state)
+        rebuilt = omit_rebuilt(pl_module, state)
         self.record, state = trainer.strategy.broadcast((self.record, state), src=0)
-        pl_module.load_state_dict(state, strict=False)
+        own = pl_module.state_dict()
+        # Strict: only the rebuilt weights, which every process holds alike, come from this one.
+        pl_module.load_state_dict({**{key: own[key] for key in rebuilt}, **state})
 
     def _select(self, trainer: pl.Trainer, model: LateFusionModel, candidates: list[str], errors,
                 groups: list[str]) -> list[str]:

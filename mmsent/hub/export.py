@@ -10,19 +10,25 @@ encoder alone under ``encoders/<modality>/`` (loadable with its class's
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
 from mmsent.data.datamodule import MultimodalDataModule
-from mmsent.data.sources import RawClipSource
+from mmsent.data.features import FeatureSource
+from mmsent.data.mmsa import MMSAPickleSource
+from mmsent.data.mosi import MOSISource
+from mmsent.data.sdk import SDKSource
+from mmsent.data.sources import GeneratedSource, RawClipSource
+from mmsent.data.tables import FeatureTableSource
 from mmsent.errors import ConfigError, MissingFileError, MMSentError
 from mmsent.hub.card import model_card
-from mmsent.hub.model import FORMAT_VERSION, SentimentModel
+from mmsent.hub.model import CONFIG_FILE, FORMAT_VERSION, SentimentModel
 from mmsent.hub.preprocess import TOKENIZER_FILE, WORD_TOKENIZER, preprocessing_settings
+from mmsent.io import write_folder
 from mmsent.pipeline.report import report_rows
 from mmsent.tasks.checkpoints import META_KEY, load_fused, read_checkpoint
 
@@ -74,8 +80,20 @@ def fused_stage(manifest: dict, run_dir: Path, stage: str | None) -> tuple[str, 
     raise ConfigError(f"{run_dir}: no finished fused stage to export")
 
 
+RAW_SOURCES: dict[str, type[RawClipSource]] = {
+    f"{module}.{cls.__name__}": cls for cls in (RawClipSource, GeneratedSource)
+    for module in ("mmsent.data", "mmsent.data.sources")}
+"""The data sources an export rebuilds, by the class paths a stage's config may give them."""
+FEATURE_SOURCES = {f"{module}.{cls.__name__}" for cls in (FeatureSource, FeatureTableSource, MMSAPickleSource,
+                                                           MOSISource, SDKSource)
+                   for module in ("mmsent.data", cls.__module__)}
+
+
 def stage_data(config_path: str | Path) -> MultimodalDataModule:
     """The DataModule a stage trained on, rebuilt from its saved ``config.yaml``.
+
+    The config is read as data: its data source is built only when it names one of
+    mmsent's raw-clip sources (:data:`RAW_SOURCES`); no other name in it is imported.
 
     Args:
         config_path (str | Path): The stage's config (recorded in the manifest).
@@ -85,17 +103,35 @@ def stage_data(config_path: str | Path) -> MultimodalDataModule:
 
     Raises:
         MissingFileError: If the config is missing.
-        ConfigError: If its data source does not read raw clips.
+        ConfigError: If it is unreadable or its data source is not one of mmsent's
+            raw-clip sources, naming the file and the key.
     """
     path = Path(config_path)
     if not path.is_file():
         raise MissingFileError(f"{path}: the stage's saved config is missing")
-    data = yaml.safe_load(path.read_text())["data"]
-    module_name, _, name = data["source"]["class_path"].rpartition(".")
-    source = getattr(importlib.import_module(module_name), name)(**data["source"].get("init_args", {}))
-    if not isinstance(source, RawClipSource):
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not readable YAML ({' '.join(str(error).split())})") from None
+    data = config.get("data") if isinstance(config, dict) else None
+    source_config = data.get("source") if isinstance(data, dict) else None
+    if not isinstance(source_config, dict):
+        raise ConfigError(f"{path}: data.source must be a mapping with class_path and init_args")
+    name = source_config.get("class_path")
+    if name in FEATURE_SOURCES:
         raise ConfigError(f"{path}: data.source is a {name}, which reads prepared features; scoring "
-                          f"raw clips needs a model trained on raw clips (RawClipSource or a subclass)")
+                          f"raw clips needs a model trained on raw clips (RawClipSource or GeneratedSource)")
+    if name not in RAW_SOURCES:
+        raise ConfigError(f"{path}: data.source.class_path {name!r} is not one of mmsent's raw-clip sources "
+                          f"({', '.join(sorted(RAW_SOURCES))}); an export reads a run folder as data and "
+                          f"imports nothing it names")
+    arguments = source_config.get("init_args") or {}
+    if not isinstance(arguments, dict):
+        raise ConfigError(f"{path}: data.source.init_args must be a mapping, got {arguments!r:.80}")
+    try:
+        source = RAW_SOURCES[name](**arguments)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{path}: data.source.init_args: {error}") from error
     return MultimodalDataModule(source, data.get("cache_dir", "data/cache"),
                                 on_decode_error=data.get("on_decode_error", "mask"))
 
@@ -139,32 +175,86 @@ def _fit_tokenizer(source: RawClipSource, cache_folder: Path) -> None:
         source.tokenizer.fit([], cache_folder)
 
 
-def export(run_dir: str | Path, to: str | Path, stage: str | None = None) -> Path:
-    """Writes a pipeline's fused model as a model folder.
+def is_model_folder(folder: Path) -> bool:
+    """bool: Whether a folder holds an mmsent export (a ``config.json`` with a ``format_version``)."""
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(config, dict) and "format_version" in config
+
+
+def check_target(to: Path, overwrite: bool) -> None:
+    """Refuses to replace what is not an earlier export, unless told to.
+
+    Args:
+        to (Path): The model folder to write.
+        overwrite (bool): Replace whatever is there.
+
+    Raises:
+        ConfigError: If ``to`` exists, is not empty and is no mmsent model folder.
+    """
+    if overwrite or not (to.exists() or to.is_symlink()):
+        return
+    if to.is_dir() and not to.is_symlink() and (not any(to.iterdir()) or is_model_folder(to)):
+        return
+    raise ConfigError(f"{to}: exists and is not an mmsent model folder (no {CONFIG_FILE} with a "
+                      f"format_version); an export replaces the whole folder, so choose another --to "
+                      f"or pass --overwrite to replace it")
+
+
+def export(run_dir: str | Path, to: str | Path, stage: str | None = None, overwrite: bool = False) -> Path:
+    """Writes a pipeline's fused model as a model folder, all at once.
+
+    The folder is written beside ``to`` and renamed into place (:func:`mmsent.io.write_folder`):
+    an export killed or out of disk leaves the previous folder, or none.
 
     Args:
         run_dir (str | Path): The pipeline's output folder (``runs/<name>``).
-        to (str | Path): The model folder to write (created; its files replaced).
+        to (str | Path): The model folder to write (created, or replaced whole).
         stage (str | None): The stage to export; by default the last fused one.
+        overwrite (bool): Replace ``to`` even when it is not an earlier export.
 
     Returns:
         Path: The model folder.
+
+    Raises:
+        ConfigError: If ``to`` holds something other than an export (without ``overwrite``).
     """
-    run_dir, to = Path(run_dir), Path(to)
+    to = Path(to)
+    check_target(to, overwrite)
+    return write_folder(to, folder_writer(run_dir, stage))
+
+
+def folder_writer(run_dir: str | Path, stage: str | None = None) -> Callable[[Path], None]:
+    """Reads a pipeline's fused stage and prepares its model folder's files.
+
+    Args:
+        run_dir (str | Path): The pipeline's output folder.
+        stage (str | None): The stage to export; by default the last fused one.
+
+    Returns:
+        Callable[[Path], None]: Writes the model folder's files into the (empty)
+        folder it is given.
+    """
+    run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     name, checkpoint_path, checkpoint = fused_stage(manifest, run_dir, stage)
     datamodule = stage_data(manifest["stages"][name]["config"])
     config = model_config(checkpoint, checkpoint_path, datamodule)
     model = SentimentModel(config)
     load_fused(model.model, checkpoint_path, f"stage {name}")
-    to.mkdir(parents=True, exist_ok=True)
-    (to / "README.md").write_text(model_card(config, manifest, report_rows(manifest), name, datamodule))
-    model.save_pretrained(to)
-    for modality, encoder in model.encoders.items():
-        encoder.save_pretrained(to / "encoders" / modality)
-    if config["preprocessing"]["text"]["tokenizer_file"]:
-        shutil.copyfile(datamodule.prepared.path / TOKENIZER_FILE, to / TOKENIZER_FILE)
-    return to
+    card = model_card(config, manifest, report_rows(manifest), name, datamodule)
+
+    def write(folder: Path) -> None:
+        (folder / "README.md").write_text(card)
+        model.save_pretrained(folder)
+        for modality, encoder in model.encoders.items():
+            encoder.save_pretrained(folder / "encoders" / modality)
+        if config["preprocessing"]["text"]["tokenizer_file"]:
+            shutil.copyfile(datamodule.prepared.path / TOKENIZER_FILE, folder / TOKENIZER_FILE)
+
+    return write
 
 
 def main(args: list[str] | None = None) -> None:
@@ -181,9 +271,11 @@ def main(args: list[str] | None = None) -> None:
     parser.add_argument("run_dir", help="the pipeline's output folder, e.g. runs/quickstart")
     parser.add_argument("--to", required=True, help="the model folder to write, e.g. models/quickstart")
     parser.add_argument("--stage", help="the stage to export (default: the last fused stage)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the --to folder even when it is not an earlier export")
     parsed = parser.parse_args(args)
     try:
-        folder = export(parsed.run_dir, parsed.to, parsed.stage)
+        folder = export(parsed.run_dir, parsed.to, parsed.stage, parsed.overwrite)
     except MMSentError as error:
         raise SystemExit(f"error: {error}") from None
     print(f"exported to {folder}")

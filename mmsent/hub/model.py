@@ -15,14 +15,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_model
 from torch import nn
 
 from mmsent.data.schema import MODALITIES
 from mmsent.data.sources import audio_file
 from mmsent.errors import ConfigError, MissingFileError
 from mmsent.hub.preprocess import Clip, PreparedClip, Preprocessor
-from mmsent.models.config import HubMixin, build_module
+from mmsent.models.config import (
+    CONFIG_METADATA,
+    HubMixin,
+    build_module,
+    check_saved_config,
+    load_strict,
+    registered_class,
+)
 from mmsent.models.late_fusion import LateFusionModel
+from mmsent.pretrained import hub_offline_reason, looks_like_path
 from mmsent.tasks.checkpoints import META_KEY
 from mmsent.tasks.rebuilt import omit_rebuilt
 
@@ -63,10 +72,10 @@ class SentimentModel(nn.Module, HubMixin, tags=["mmsent", "multimodal-sentiment-
         super().__init__()
         check_config(config, "config")
         self.config = config
-        encoders = nn.ModuleDict({m: build_module(config["encoders"][m], what=f"config encoders.{m}")
+        encoders = nn.ModuleDict({m: build_module(config["encoders"][m], what=f"encoders.{m}")
                                   for m in MODALITIES if m in config["encoders"]})
-        self.model = LateFusionModel(encoders, build_module(config["fusion"], what="config fusion"),
-                                     build_module(config["head"], what="config head"))
+        self.model = LateFusionModel(encoders, build_module(config["fusion"], what="fusion"),
+                                     build_module(config["head"], what="head"))
         for modality in encoders:
             if modality not in config["active_modalities"]:
                 self.model.switch_off(modality)
@@ -75,29 +84,62 @@ class SentimentModel(nn.Module, HubMixin, tags=["mmsent", "multimodal-sentiment-
         self.eval()
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs) -> SentimentModel:
-        """Loads a model folder (or a Hub repository by name).
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *, revision: str | None = None,
+                        cache_dir: str | Path | None = None, force_download: bool = False,
+                        token: str | bool | None = None, local_files_only: bool = False,
+                        map_location: str = "cpu") -> SentimentModel:
+        """Loads a model folder, or a Hub repository by name; nothing in it is run.
+
+        The networks ``config.json`` names are built from the registry
+        (:func:`mmsent.models.config.build_module`); ``model.safetensors`` must hold
+        exactly their tensors, all finite (:func:`mmsent.models.config.load_strict`).
+        An argument that looks like a path (:func:`mmsent.pretrained.looks_like_path`)
+        is never sent to the Hub.
 
         Args:
-            pretrained_model_name_or_path (str | Path): The folder or Hub name.
-            **kwargs: Passed to ``huggingface_hub``'s ``from_pretrained``.
+            pretrained_model_name_or_path (str | Path): The folder or Hub repository id.
+            revision, cache_dir, force_download, token, local_files_only: For a Hub
+                repository, as ``huggingface_hub.snapshot_download`` takes them.
+            map_location (str): The device to load onto.
 
         Returns:
             SentimentModel: The model, in eval mode.
 
         Raises:
-            MissingFileError: If a local folder lacks a file, naming it.
-            ConfigError: If its format version is not this one's.
+            MissingFileError: If the folder or one of its files is missing, or a Hub
+                repository cannot be fetched (offline), naming it.
+            ConfigError: If ``config.json`` is unreadable, of another format version,
+                names an unregistered class or disagrees with the weights, or the
+                weights do not fit; naming the file and the key or tensors.
         """
-        folder = Path(pretrained_model_name_or_path)
-        if folder.is_dir():
-            missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if not (folder / name).is_file()]
-            if missing:
-                raise MissingFileError(f"{folder}: not a complete model folder, missing {', '.join(missing)}")
-            check_config(json.loads((folder / CONFIG_FILE).read_text()), str(folder / CONFIG_FILE))
-        model = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        model.folder = str(folder) if folder.is_dir() else None
-        return model.eval()
+        folder = model_folder(str(pretrained_model_name_or_path), revision=revision, cache_dir=cache_dir,
+                              force_download=force_download, token=token, local_files_only=local_files_only)
+        missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if not (folder / name).is_file()]
+        if missing:
+            raise MissingFileError(f"{folder}: not a complete model folder, missing {', '.join(missing)}")
+        config_file = folder / CONFIG_FILE
+        config = read_config(config_file)
+        for key, record in network_records(config):
+            if not isinstance(record, dict):
+                raise ConfigError(f"{config_file}: {key} must be a mapping with class_path and init_args")
+            registered_class(record.get("class_path"), f"{config_file}: {key}.class_path")
+        check_saved_config(folder / WEIGHTS_FILE, config)
+        try:
+            model = cls(config)
+        except ConfigError as error:
+            raise ConfigError(f"{config_file}: {error}") from error
+        load_strict(model, folder / WEIGHTS_FILE)
+        if model.modalities != [m for m in model.encoders if m in config["active_modalities"]]:
+            raise ConfigError(f"{config_file}: active_modalities {config['active_modalities']} disagrees with "
+                              f"the modalities {model.modalities} that {WEIGHTS_FILE} switches on")
+        model.folder = str(folder)
+        return model.to(map_location).eval()
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        # The config goes into the weights' header too, so a config.json changed afterwards is noticed.
+        save_model(self, str(Path(save_directory) / WEIGHTS_FILE),
+                   metadata={"format": "pt", CONFIG_METADATA: json.dumps(self.config)})
+        (Path(save_directory) / CONFIG_FILE).write_text(json.dumps(self.config, indent=2))
 
     def save_checkpoint(self, path: str | Path) -> Path:
         """Writes the model as a fused stage's checkpoint, to fine-tune it with the CLI
@@ -252,6 +294,69 @@ class SentimentModel(nn.Module, HubMixin, tags=["mmsent", "multimodal-sentiment-
         return results if many else results[0]
 
 
+def model_folder(name: str, **download) -> Path:
+    """The local folder of a model argument: the folder itself, or the Hub repository's
+    snapshot (downloaded or cached).
+
+    Args:
+        name (str): A folder, or a Hub repository id.
+        **download: Passed to ``huggingface_hub.snapshot_download``.
+
+    Returns:
+        Path: The folder.
+
+    Raises:
+        MissingFileError: If a path does not exist (it is never sent to the Hub), or
+            a Hub id cannot be fetched, saying why (offline, unknown repository).
+    """
+    if looks_like_path(name):
+        folder = Path(name).expanduser()
+        if not folder.is_dir():
+            raise MissingFileError(f"{name}: no such model folder (a path, so not looked up on the "
+                                   f"Hugging Face Hub)")
+        return folder
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    reason = None if download.get("local_files_only") else hub_offline_reason()
+    try:
+        return Path(snapshot_download(name, **{**download, "local_files_only": bool(reason) or
+                                               download.get("local_files_only", False)}))
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as error:
+        where = f"no folder {name} here, and the Hugging Face Hub"
+        if reason:
+            raise MissingFileError(f"{name}: {where} cannot be asked ({reason}), with no cached copy") from None
+        raise MissingFileError(f"{name}: {where} did not give it ({type(error).__name__}: "
+                               f"{str(error).strip().splitlines()[0] if str(error).strip() else ''})") from None
+
+
+def network_records(config: dict) -> list[tuple[str, object]]:
+    """list[tuple[str, object]]: Each ``{"class_path", "init_args"}`` record of a model
+    config (every encoder, the fusion, the head) with its key."""
+    return [*((f"encoders.{m}", record) for m, record in config["encoders"].items()),
+            ("fusion", config["fusion"]), ("head", config["head"])]
+
+
+def read_config(path: Path) -> dict:
+    """Reads and checks a model folder's ``config.json``.
+
+    Args:
+        path (Path): The file.
+
+    Returns:
+        dict: The config.
+
+    Raises:
+        ConfigError: If it is not JSON, not an object, or fails :func:`check_config`.
+    """
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{path}: not valid JSON ({error})") from None
+    check_config(config, str(path))
+    return config
+
+
 def check_config(config: dict, where: str) -> None:
     """Checks a model config's format version and keys.
 
@@ -262,6 +367,8 @@ def check_config(config: dict, where: str) -> None:
     Raises:
         ConfigError: If it is of another format version or lacks a key, naming it.
     """
+    if not isinstance(config, dict):
+        raise ConfigError(f"{where}: expected a JSON object, got {type(config).__name__}")
     version = config.get("format_version")
     if version != FORMAT_VERSION:
         raise ConfigError(f"{where}: model format version {version!r}; this mmsent reads version "
@@ -270,3 +377,15 @@ def check_config(config: dict, where: str) -> None:
                if key not in config]
     if missing:
         raise ConfigError(f"{where}: missing {', '.join(missing)}")
+    for key, kind in (("encoders", dict), ("fusion", dict), ("head", dict), ("active_modalities", list),
+                      ("preprocessing", dict)):
+        if not isinstance(config[key], kind):
+            raise ConfigError(f"{where}: {key} must be a {'mapping' if kind is dict else 'list'}, "
+                              f"got {json.dumps(config[key])[:80]}")
+    unknown = [m for m in config["encoders"] if m not in MODALITIES]
+    if unknown:
+        raise ConfigError(f"{where}: encoders.{unknown[0]} is not a modality; modalities: {list(MODALITIES)}")
+    active = config["active_modalities"]
+    if not active or not all(isinstance(m, str) and m in config["encoders"] for m in active):
+        raise ConfigError(f"{where}: active_modalities must name one or more of the encoders "
+                          f"{list(config['encoders'])}, got {json.dumps(active)[:80]}")

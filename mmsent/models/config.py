@@ -6,21 +6,92 @@ A module records its constructor's arguments in ``self.config`` (with
 LightningCLI config gives a class, so a later stage rebuilds the module without
 being told its configuration again (:func:`build_module`).
 
+A record is data from a file, never code: :func:`build_module` builds only classes
+of the registry (mmsent's own networks, every :class:`HubMixin` subclass under
+``mmsent.models``, plus the classes a user registers with :func:`register` or
+declares as an entry point of the ``mmsent.modules`` group), and refuses any other
+name before importing anything.
+
 Each network also saves and loads itself alone in the Hugging Face layout
 (``save_pretrained(folder)``, ``from_pretrained(folder or Hub name)``: a
 ``config.json`` of its init arguments and a ``model.safetensors``) through
-:class:`HubMixin`.
+:class:`HubMixin`, whose loading is strict (:func:`load_strict`).
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
+from importlib.metadata import entry_points
 from pathlib import Path
 
+import torch
 from huggingface_hub import PyTorchModelHubMixin
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_model
 from torch import nn
+
+from mmsent.errors import ConfigError
+
+ENTRY_POINT_GROUP = "mmsent.modules"
+_DOWNLOAD_ARGUMENTS = ("revision", "cache_dir", "force_download", "local_files_only", "token", "strict",
+                       "proxies", "resume_download")
+CONFIG_METADATA = "mmsent_config"
+"""The key of the weights file's header that holds the config the weights were saved with."""
+REGISTRY: dict[str, type[nn.Module]] = {}
+"""Class path -> class, of every module a record may name (:func:`register`)."""
+
+
+def register(module_class: type[nn.Module]) -> type[nn.Module]:
+    """Lets records (a checkpoint's metadata, a model folder's ``config.json``) name a class.
+
+    mmsent builds from a record only the classes registered here; its own networks are.
+    Register your own before loading a record that names one, or declare it as an
+    entry point of the ``mmsent.modules`` group (``MyEncoder = "my_package.encoders:MyEncoder"``).
+
+    Args:
+        module_class (type[nn.Module]): The class; usable as a decorator.
+
+    Returns:
+        type[nn.Module]: The class, unchanged.
+
+    Raises:
+        TypeError: If it is not an ``nn.Module`` class.
+    """
+    if not (isinstance(module_class, type) and issubclass(module_class, nn.Module)):
+        raise TypeError(f"register: {module_class!r} is not an nn.Module class")
+    REGISTRY[f"{module_class.__module__}.{module_class.__qualname__}"] = module_class
+    if module_class.__module__.startswith("mmsent.models."):
+        # The public name too (``mmsent.models.TextLSTMEncoder``), as a user would write it.
+        REGISTRY.setdefault(f"mmsent.models.{module_class.__qualname__}", module_class)
+    return module_class
+
+
+def registered_class(path: object, what: str) -> type[nn.Module]:
+    """The registered class a record names, found without importing anything it names.
+
+    An entry point of the ``mmsent.modules`` group whose target is exactly ``path`` is
+    loaded (installed code, declared by its package); nothing else is imported.
+
+    Args:
+        path (object): The record's ``class_path``.
+        what (str): The file and key that hold it, for messages.
+
+    Returns:
+        type[nn.Module]: The class.
+
+    Raises:
+        ConfigError: If the name is not registered, naming ``what`` and how to register.
+    """
+    if isinstance(path, str):
+        if path in REGISTRY:
+            return REGISTRY[path]
+        for point in entry_points(group=ENTRY_POINT_GROUP):
+            if point.value.replace(":", ".") == path:
+                return register(point.load())
+    raise ConfigError(f"{what}: {path!r} is not a registered mmsent module, so it was not "
+                      f"imported (a file names classes, it never runs code); call mmsent.register(YourClass) "
+                      f"before loading, or declare it as a {ENTRY_POINT_GROUP!r} entry point")
 
 
 class HubMixin(PyTorchModelHubMixin, library_name="mmsent", tags=["mmsent"]):
@@ -29,11 +100,43 @@ class HubMixin(PyTorchModelHubMixin, library_name="mmsent", tags=["mmsent"]):
     The saved ``config.json`` holds the module's JSON-able init arguments, which is
     what its class needs to be built again, in the order the module was given them
     (a fusion module concatenates its modalities in its ``input_dims`` order); the
-    weights go to ``model.safetensors``.
+    weights go to ``model.safetensors``. Loading is strict (:func:`load_strict`).
+    Every subclass under ``mmsent.models`` is registered (:func:`register`).
     """
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__module__.startswith("mmsent.models."):
+            register(cls)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, map_location: str = "cpu", **kwargs) -> nn.Module:
+        folder = Path(model_id)
+        if not folder.is_dir():
+            return super()._from_pretrained(model_id=model_id, map_location=map_location, **kwargs)
+        weights = folder / "model.safetensors"
+        if not weights.is_file():
+            raise ConfigError(f"{folder}: no model.safetensors")
+        model_kwargs = {k: v for k, v in kwargs.items() if k not in _DOWNLOAD_ARGUMENTS}
+        check_saved_config(weights, json.loads((folder / "config.json").read_text()))
+        model = cls(**model_kwargs)
+        load_strict(model, weights)
+        return model.to(map_location).eval()
+
+    @classmethod
+    def _load_as_safetensor(cls, model: nn.Module, model_file: str, map_location: str, strict: bool) -> nn.Module:
+        # huggingface_hub loads with strict=False by default; a missing tensor would stay random.
+        load_strict(model, model_file)
+        return model.to(map_location).eval()
+
+    @classmethod
+    def _load_as_pickle(cls, model: nn.Module, model_file: str, map_location: str, strict: bool) -> nn.Module:
+        raise ConfigError(f"{model_file}: mmsent reads weights from model.safetensors only")
+
     def _save_pretrained(self, save_directory: Path) -> None:
-        super()._save_pretrained(save_directory)
+        # The config goes into the weights' header too, so a config.json changed afterwards is noticed.
+        save_model(self, str(Path(save_directory) / "model.safetensors"),
+                   metadata={"format": "pt", CONFIG_METADATA: json.dumps(self._hub_mixin_config)})
         # huggingface_hub would write the config with sorted keys, reordering input_dims.
         (Path(save_directory) / "config.json").write_text(json.dumps(self._hub_mixin_config, indent=2))
 
@@ -99,24 +202,155 @@ def matches_record(config: dict, recorded: dict, module_class: type) -> bool:
 
 
 def build_module(config: dict, *args, what: str = "config") -> nn.Module:
-    """Builds a module from :func:`module_config`'s record.
+    """Builds a module from :func:`module_config`'s record, of a registered class only.
 
     Args:
         config (dict): ``{"class_path": ..., "init_args": ...}``.
         *args: Positional arguments given at build time (e.g. ``input_dim``).
-        what (str): Where the record comes from, for messages.
+        what (str): Where the record comes from (file and key), for messages.
 
     Returns:
         nn.Module: The module, freshly initialized.
 
     Raises:
-        ValueError: If the class cannot be imported or is not an ``nn.Module``.
+        ConfigError: If the record is malformed, names a class outside the registry
+            (:func:`registered_class`; nothing is imported) or the class refuses its
+            arguments, naming ``what``.
     """
-    module_name, _, name = config["class_path"].rpartition(".")
+    if not isinstance(config, dict):
+        raise ConfigError(f"{what}: expected {{'class_path': ..., 'init_args': {{...}}}}, got {config!r:.80}")
+    module_class = registered_class(config.get("class_path"), f"{what}.class_path")
+    arguments = config.get("init_args", {})
+    if not isinstance(arguments, dict):
+        raise ConfigError(f"{what}.init_args: expected a mapping of argument names, got {arguments!r:.80}")
     try:
-        cls = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError, ValueError) as error:
-        raise ValueError(f"{what}: cannot import {config['class_path']!r}: {error}") from None
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ValueError(f"{what}: {config['class_path']!r} is not an nn.Module class")  # noqa: TRY004
-    return cls(*args, **config["init_args"])
+        return module_class(*args, **arguments)
+    except Exception as error:
+        # A registered class given arguments of the wrong kind fails in its own way (an
+        # AttributeError on a list given for a mapping); the record is what is wrong.
+        if isinstance(error, ConfigError):
+            raise ConfigError(f"{what}: {error}") from error
+        raise ConfigError(f"{what}: {module_class.__name__} cannot be built from init_args "
+                          f"{json.dumps(arguments, default=repr)[:200]}: {error}") from error
+
+
+def check_saved_config(path: str | Path, config: object) -> None:
+    """Refuses a config other than the one a weights file was saved with, before
+    anything is built from it.
+
+    Args:
+        path (str | Path): The ``.safetensors`` file; its header records the config
+            (files saved before mmsent recorded it are not checked).
+        config (object): The config read from the ``config.json`` beside it.
+
+    Raises:
+        ConfigError: If the file is unreadable or records another config, naming the
+            first key that differs.
+    """
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            saved = (weights.metadata() or {}).get(CONFIG_METADATA)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise ConfigError(f"{path}: not a readable safetensors file ({error})") from error
+    if saved is not None and saved != json.dumps(config):
+        raise ConfigError(f"{path}: the config beside it differs from the one these weights were saved with"
+                          f"{_first_difference(_parsed(saved), config)}; restore it or export again")
+
+
+def load_strict(module: nn.Module, path: str | Path) -> None:
+    """Loads a ``.safetensors`` file into a module, every tensor accounted for.
+
+    Args:
+        module (nn.Module): The module, built from its config.
+        path (str | Path): The weights file.
+
+    Raises:
+        ConfigError: If the file is unreadable, or a tensor is missing, unexpected, of
+            another shape or dtype or not finite, naming the file and the tensors.
+    """
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            state = {name: weights.get_tensor(name) for name in weights.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise ConfigError(f"{path}: not a readable safetensors file ({error})") from error
+    check_state(module, state, str(path))
+    module.load_state_dict(state)
+
+
+def _parsed(text: str) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _first_difference(saved: object, found: object, key: str = "") -> str:
+    if isinstance(saved, dict) and isinstance(found, dict):
+        if list(saved) != list(found):
+            keys = sorted(set(saved) ^ set(found)) or ["(key order)"]
+            return f" at {key or 'the top level'}: keys {', '.join(map(str, keys))}"
+        for name in saved:
+            if saved[name] != found[name] or json.dumps(saved[name]) != json.dumps(found[name]):
+                return _first_difference(saved[name], found[name], f"{key}.{name}" if key else name)
+        return ""
+    return f" at {key or 'the top level'}: saved {json.dumps(saved)[:60]}, found {json.dumps(found, default=repr)[:60]}"
+
+
+def check_state(module: nn.Module, state: dict, where: str, omitted: frozenset[str] = frozenset()) -> None:
+    """Checks that a state dict fits a module exactly, before loading it.
+
+    Args:
+        module (nn.Module): The module.
+        state (dict): Tensor name -> tensor, as read from ``where``.
+        where (str): The file (and key), for messages.
+        omitted (frozenset[str]): Keys ``state`` may lack (weights the module rebuilds).
+
+    Raises:
+        ConfigError: Naming the missing, unexpected, wrong-shaped or non-finite tensors.
+    """
+    own = module.state_dict()
+    problems = []
+    missing = sorted(set(own) - set(state) - set(omitted))
+    unexpected = sorted(set(state) - set(own))
+    if missing:
+        problems.append(f"missing {_names(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {_names(unexpected)}")
+    tensors = {k: v for k, v in state.items() if k in own}
+    not_tensors = sorted(k for k, v in tensors.items() if not isinstance(v, torch.Tensor))
+    if not_tensors:
+        problems.append(f"not tensors: {_names(not_tensors)}")
+    tensors = {k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)}
+    shapes = [f"{k} {list(v.shape)} (the model's is {list(own[k].shape)})" for k, v in sorted(tensors.items())
+              if v.shape != own[k].shape]
+    if shapes:
+        problems.append(f"of another shape: {_names(shapes)}")
+    kinds = [f"{k} {v.dtype} (the model's is {own[k].dtype})" for k, v in sorted(tensors.items())
+             if v.dtype != own[k].dtype]
+    if kinds:
+        problems.append(f"of another dtype: {_names(kinds)}")
+    if problems:
+        raise ConfigError(f"{where}: the weights do not fit the model: {'; '.join(problems)}")
+    check_finite(tensors, where)
+
+
+def check_finite(state: dict, where: str, prefix: str = "") -> None:
+    """Refuses weights holding NaN or infinite values, naming the tensors.
+
+    Args:
+        state (dict): Tensor name -> tensor.
+        where (str): The file (and key), for messages.
+        prefix (str): What the file's names have in front of ``state``'s.
+
+    Raises:
+        ConfigError: If a floating-point tensor holds a non-finite value.
+    """
+    infinite = sorted(prefix + k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+                      and not bool(torch.isfinite(v).all()))
+    if infinite:
+        raise ConfigError(f"{where}: weights not finite (NaN or infinite values) in {_names(infinite)}")
+
+
+def _names(names: list[str], shown: int = 8) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more

@@ -14,11 +14,16 @@ on a still clip the motion channels are zero, so the response is again the 2D on
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
+
+from mmsent.errors import ConfigError, MissingFileError
+from mmsent.models.config import check_finite
 
 WEIGHT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
 
@@ -36,21 +41,28 @@ def read_state_dict(path: str | Path, key: str) -> dict[str, Tensor]:
         dict[str, Tensor]: Parameter and buffer name -> tensor.
 
     Raises:
-        FileNotFoundError: If the file does not exist.
-        ValueError: If its suffix is unknown or it holds no dict of tensors.
+        MissingFileError: If the file does not exist.
+        ConfigError: If its suffix is unknown, it is unreadable, it holds no dict of
+            tensors or a tensor is not finite.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{key}: no weights file at {path}")
+        raise MissingFileError(f"{key}: no weights file at {path}")
     if path.suffix not in WEIGHT_SUFFIXES:
-        raise ValueError(f"{key}: {path} must end in one of {WEIGHT_SUFFIXES}")
-    if path.suffix == ".safetensors":
-        return load_file(str(path))
-    loaded = torch.load(path, map_location="cpu", weights_only=True)
+        raise ConfigError(f"{key}: {path} must end in one of {WEIGHT_SUFFIXES}")
+    try:
+        loaded = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(
+            path, map_location="cpu", weights_only=True)
+    except (SafetensorError, RuntimeError, EOFError, OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"{key}: {path} is unreadable, refused or corrupt ({reason})") from error
+    except pickle.UnpicklingError as error:
+        raise ConfigError(f"{key}: {path} refused: it holds objects other than tensors") from error
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, dict) or not all(isinstance(v, Tensor) for v in loaded.values()):
-        raise ValueError(f"{key}: {path} holds no state dict (a dict of tensors)")
+        raise ConfigError(f"{key}: {path} holds no state dict (a dict of tensors)")
+    check_finite(loaded, f"{key}: {path}")
     return loaded
 
 

@@ -272,7 +272,10 @@ def run(path: str | Path, start: str | None = None, only: str | None = None,
         forget_stages(pipeline, manifest, forced)
         for stage in stages:
             try:
-                run_stage(pipeline, stage, manifest, extra)
+                try:
+                    run_stage(pipeline, stage, manifest, extra)
+                except SystemExit as error:
+                    raise stage_exit(stage, error) from None
             except BaseException as error:
                 shown = user_error(error)
                 # Ctrl+C outside a fit (Lightning turns one inside into SystemExit) has no message.
@@ -305,10 +308,16 @@ def stage_configs(pipeline: Pipeline, stages: list[Stage], extra: list[str]) -> 
     """
     configs = {}
     for stage in stages:
+        where = f"stage {stage.name!r} ({', '.join(map(str, stage.configs))})"
         try:
             configs[stage.name] = check_config(stage_arguments(pipeline, stage, None, extra))
         except ConfigError as error:
-            raise ConfigError(f"stage {stage.name!r} ({', '.join(map(str, stage.configs))}): {error}") from None
+            raise ConfigError(f"{where}: {error}") from None
+        except SystemExit as error:
+            raise stage_exit(stage, error, where) from None
+        except Exception as error:
+            shown = user_error(error)
+            raise ConfigError(f"{where}: parsing its config failed: {type(shown).__name__}: {shown}") from error
     return configs
 
 
@@ -360,6 +369,29 @@ def still_selected(pipeline: Pipeline, skipped: dict[str, str], start: str | Non
             raise ConfigError(f"stage {start!r} is skipped ({skipped[start]}) and no stage runs after it")
         start = following[0]
     return start, only
+
+
+def stage_exit(stage: Stage, error: SystemExit, where: str | None = None) -> BaseException:
+    """The error to raise for a stage whose config or run called ``sys.exit``.
+
+    Something a stage's config imports may exit (with status 0, even); the pipeline
+    then has not finished that stage and must not exit as if it had.
+
+    Args:
+        stage (Stage): The stage.
+        error (SystemExit): What was raised.
+        where (str | None): The stage and its files, for the message.
+
+    Returns:
+        BaseException: ``error`` itself when it carries a message (mmsent's own,
+        e.g. a stage stopped by SIGTERM); otherwise a :class:`ConfigError` naming
+        the stage and the status.
+    """
+    if isinstance(error.code, str):
+        return error
+    return ConfigError(f"{where or f'stage {stage.name!r}'}: exited (status {error.code or 0}) before the stage "
+                       f"finished, while its config was parsed or run; a class_path it names may run code "
+                       f"when imported")
 
 
 def check_stages(pipeline: Pipeline, stages: list[Stage], extra: list[str],

@@ -21,7 +21,13 @@ from torch import nn
 
 from mmsent.data.schema import MODALITIES
 from mmsent.errors import ConfigError
-from mmsent.models.config import build_module, class_path, matches_record, module_config
+from mmsent.models.config import (
+    build_module,
+    check_finite,
+    class_path,
+    matches_record,
+    module_config,
+)
 from mmsent.models.fusion import RegressionHead
 from mmsent.models.generative import GENERATORS, EmbeddingGenerator
 from mmsent.models.unimodal import UnimodalModel
@@ -108,6 +114,7 @@ def load_weights(task: nn.Module, path: str | Path, what: str = "checkpoint") ->
     """
     checkpoint = read_checkpoint(path, what)
     rebuilt = checkpoint.get(META_KEY, {}).get("rebuilt", {})
+    check_finite(checkpoint["state_dict"], f"{what}: {path}")
     task.load_state_dict(fill_rebuilt(dict(checkpoint["state_dict"]), task, rebuilt, "", what))
     return checkpoint
 
@@ -255,6 +262,7 @@ def load_encoder(encoder: nn.Module, modality: str, path: str | Path, what: str,
                          f"but the configured {modality} encoder is a {class_path(encoder)}")
     prefix = meta.get("encoder_prefix", "encoder.")
     state = sub_state_dict(checkpoint["state_dict"], prefix)
+    check_finite(state, f"{what}: {path}", prefix)
     fill_rebuilt(state, encoder, meta.get("rebuilt", {}), prefix, what)
     try:
         encoder.load_state_dict(state)
@@ -282,8 +290,10 @@ def load_head(head: nn.Module, modality: str, path: str | Path, what: str,
     meta = checkpoint.get(META_KEY, {})
     if meta.get("task") not in (None, "unimodal") or meta.get("modality") not in (None, modality):
         raise ConfigError(f"{what}: {path} holds no unimodal {modality} model to take the head from")
+    state = sub_state_dict(checkpoint["state_dict"], "head.")
+    check_finite(state, f"{what}: {path}", "head.")
     try:
-        head.load_state_dict(sub_state_dict(checkpoint["state_dict"], "head."))
+        head.load_state_dict(state)
     except RuntimeError as error:
         raise ConfigError(f"{what}: the head in {path} does not fit the fused head (the fused "
                          f"embedding must have the {modality} embedding's size, and head_hidden "
@@ -336,6 +346,7 @@ def load_fused(model: nn.Module, path: str | Path, what: str, checkpoint: dict |
     checkpoint = _read_fused(path, what, checkpoint)
     meta = checkpoint[META_KEY]
     state = sub_state_dict(checkpoint["state_dict"], "model.")
+    check_finite(state, f"{what}: {path}", "model.")
     fill_rebuilt(state, model, meta.get("rebuilt", {}), "model.", what)
     try:
         model.load_state_dict(state)
@@ -382,8 +393,10 @@ def load_generator(path: str | Path, what: str, encoders: nn.ModuleDict) -> Embe
                          "encoder weights; give the generative stage and this stage the same "
                          "unimodal checkpoints")
     generator = GENERATORS[name](**meta["generator_config"])
+    state = sub_state_dict(checkpoint["state_dict"], "generator.")
+    check_finite(state, f"{what}: {path}", "generator.")
     try:
-        generator.load_state_dict(sub_state_dict(checkpoint["state_dict"], "generator."))
+        generator.load_state_dict(state)
     except RuntimeError as error:
         # Not chained: the CLI reports the innermost cause, and this is the message.
         raise ConfigError(f"{what}: the weights in {path} do not fit a {name} built from "
