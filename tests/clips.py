@@ -80,7 +80,7 @@ def _audio_stream(container, codec: str, rate: int, channels: int):
     return stream
 
 
-def _mux_audio(container, stream, rate: int, channels: int, seconds: float) -> None:
+def _mux_audio(container, stream, rate: int, channels: int, seconds: float, delay: float = 0.0) -> None:
     samples = _tone(rate, channels, seconds)
     fmt = stream.codec_context.format.name
     layout = "stereo" if channels == 2 else "mono"
@@ -93,7 +93,10 @@ def _mux_audio(container, stream, rate: int, channels: int, seconds: float) -> N
     fifo = av.AudioFifo()
     for frame in resampler.resample(source):
         fifo.write(frame)
+    start = int(round(delay * rate))
     for frame in fifo.read_many(frame_size, partial=True):
+        frame.pts, frame.time_base = start, Fraction(1, rate)
+        start += frame.samples
         container.mux(stream.encode(frame))
     container.mux(stream.encode(None))
 
@@ -101,7 +104,8 @@ def _mux_audio(container, stream, rate: int, channels: int, seconds: float) -> N
 def write_clip(path: Path, video_codec: str, audio_codec: str | None, *, frames: int | None = None,
                fps: int = FPS, audio_rate: int = 16000, audio_channels: int = 1,
                frame_times: list[float] | None = None, rotation: int = 0,
-               pixels=awkward_pixels, size: tuple[int, int] = (WIDTH, HEIGHT)) -> Path:
+               pixels=awkward_pixels, size: tuple[int, int] = (WIDTH, HEIGHT),
+               audio_delay: float = 0.0, seconds: float = SECONDS) -> Path:
     """Encodes one clip with PyAV.
 
     Args:
@@ -117,6 +121,8 @@ def write_clip(path: Path, video_codec: str, audio_codec: str | None, *, frames:
         rotation (int): Display rotation in degrees written to the stream.
         pixels: ``pixels(index, count)`` -> ``uint8 (H, W, 3)``.
         size (tuple[int, int]): Width and height.
+        audio_delay (float): Seconds of the audio's first timestamp after the video's.
+        seconds (float): Length of the audio.
 
     Returns:
         Path: The file written.
@@ -143,7 +149,7 @@ def write_clip(path: Path, video_codec: str, audio_codec: str | None, *, frames:
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
         if audio is not None:
-            _mux_audio(container, audio, audio_rate, audio_channels, SECONDS)
+            _mux_audio(container, audio, audio_rate, audio_channels, seconds, audio_delay)
     return path
 
 
