@@ -93,7 +93,7 @@ def _mux_audio(container, stream, rate: int, channels: int, seconds: float, dela
     fifo = av.AudioFifo()
     for frame in resampler.resample(source):
         fifo.write(frame)
-    start = int(round(delay * rate))
+    start = round(delay * rate)
     for frame in fifo.read_many(frame_size, partial=True):
         frame.pts, frame.time_base = start, Fraction(1, rate)
         start += frame.samples
@@ -128,7 +128,7 @@ def write_clip(path: Path, video_codec: str, audio_codec: str | None, *, frames:
         Path: The file written.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    count = frames or int(round(SECONDS * fps))
+    count = frames or round(SECONDS * fps)
     width, height = size
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(video_codec, rate=fps)
@@ -144,7 +144,7 @@ def write_clip(path: Path, video_codec: str, audio_codec: str | None, *, frames:
         for index in range(count):
             frame = av.VideoFrame.from_ndarray(pixels(index, count), format="rgb24")
             if frame_times is not None:
-                frame.pts = int(round(frame_times[index] * 1000))
+                frame.pts = round(frame_times[index] * 1000)
                 frame.time_base = Fraction(1, 1000)
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
@@ -182,7 +182,7 @@ def build_awkward_clips(root: Path) -> Path:
     """
     folder = root / "Raw" / VIDEO_ID
     rows = []
-    count = int(round(SECONDS * FPS))
+    count = round(SECONDS * FPS)
     for index, (clip, (split, name, video, audio, text, _)) in enumerate(AWKWARD_CLIPS.items()):
         path = folder / name
         options: dict = {}

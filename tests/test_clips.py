@@ -11,9 +11,7 @@ from clips import (
     AWKWARD_CLIPS,
     AWKWARD_MISSING,
     AWKWARD_SUBTITLE_TEXT,
-    FPS,
     VIDEO_ID,
-    awkward_pixels,
     write_clip,
 )
 
@@ -22,6 +20,7 @@ from mmsent.data.cache import prepare
 from mmsent.data.media import ClipMedia, decode_audio, decode_frames, find_clip_media
 from mmsent.data.schema import make_id
 from mmsent.data.transcripts import read_subtitle
+from mmsent.errors import ConfigError
 from mmsent.hub.preprocess import Clip, Preprocessor, preprocessing_settings
 
 CLIP_IDS = [make_id(VIDEO_ID, clip) for clip in AWKWARD_CLIPS]
@@ -124,10 +123,10 @@ def test_stereo_48k_and_separate_flac_are_mixed_down_and_resampled(awkward_clips
 
 
 @pytest.mark.parametrize(("name", "content"), [
-    ("a.srt", "1\n00:00:00,000 --> 00:00:01,000\n<i>Hello</i> there\n\n2\n00:00:01,000 --> "
-              "00:00:02,000\n{\\an8}general   kenobi\n"),
-    ("a.vtt", "\ufeffWEBVTT\n\nNOTE a remark\nnot spoken\n\nintro\n00:00.000 --> 00:01.000 align:start\n"
-              "<v Ann>Hello</v> there\n\n00:01.000 --> 00:02.000\ngeneral kenobi\n"),
+    ("a.srt", ("1\n00:00:00,000 --> 00:00:01,000\n<i>Hello</i> there\n\n2\n00:00:01,000 --> "
+              "00:00:02,000\n{\\an8}general   kenobi\n")),
+    ("a.vtt", ("\ufeffWEBVTT\n\nNOTE a remark\nnot spoken\n\nintro\n00:00.000 --> 00:01.000 align:start\n"
+              "<v Ann>Hello</v> there\n\n00:01.000 --> 00:02.000\ngeneral kenobi\n")),
 ])
 def test_subtitle_cues_are_joined_without_numbers_timings_or_markup(tmp_path, name, content):
     path = tmp_path / name
@@ -172,3 +171,48 @@ def test_a_missing_clip_file_is_named(awkward_clips, tmp_path):
     prepared = prepare(RawClipSource(str(root), frames=2, frame_size=8), tmp_path / "cache")
     lines = [p for p in prepared.problems if "c01" in p]
     assert len(lines) == 2 and all("no " in p and "file (looked for .mp4" in p for p in lines)
+
+
+def tiny_speech_model(folder):
+    """A randomly initialised CTC speech model whose output is always the letter "a"."""
+    import torch
+    from transformers import (
+        Wav2Vec2Config,
+        Wav2Vec2CTCTokenizer,
+        Wav2Vec2FeatureExtractor,
+        Wav2Vec2ForCTC,
+        Wav2Vec2Processor,
+    )
+
+    folder.mkdir(parents=True)
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4, "a": 5, "b": 6}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    tokenizer = Wav2Vec2CTCTokenizer(str(folder / "vocab.json"), word_delimiter_token="|")
+    extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
+                                         do_normalize=True, return_attention_mask=False)
+    Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = Wav2Vec2Config(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                            intermediate_size=32, conv_dim=(8, 8), conv_stride=(5, 4), conv_kernel=(10, 8),
+                            num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2, pad_token_id=0)
+    model = Wav2Vec2ForCTC(config)
+    with torch.no_grad():
+        model.lm_head.bias.zero_()
+        model.lm_head.bias[vocab["a"]] = 100.0
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_clips_without_any_transcript_are_transcribed_by_a_local_speech_model(awkward_clips, tmp_path):
+    model = tiny_speech_model(tmp_path / "asr")
+    source = RawClipSource(str(awkward_clips), frames=2, frame_size=8, asr=str(model))
+    prepared = prepare(source, tmp_path / "cache")
+    rows = {r["id"]: r for split in prepared.splits.values() for r in split}
+    heard = rows[make_id(VIDEO_ID, "c12")]
+    assert heard["transcript"] == "a" and heard["text_present"]
+    assert prepared.notes[make_id(VIDEO_ID, "c12")]["transcript"] == "asr"
+    assert rows[make_id(VIDEO_ID, "c11")]["transcript"] == AWKWARD_SUBTITLE_TEXT
+    assert prepared.summary["transcript"] == {"label.csv": 12, "subtitle": 1, "asr": 1}
+    assert prepared.summary["missing"]["text"] == 0
+    with pytest.raises(ConfigError, match="asr: .*not a folder"):
+        RawClipSource(str(awkward_clips), asr=str(tmp_path / "nowhere"))

@@ -3,10 +3,11 @@ face rather than the whole room.
 
 The detector is OpenCV's Haar cascade for frontal faces, whose weights ship inside the
 ``opencv-python-headless`` wheel (the ``faces`` extra), so nothing is downloaded. Each
-sampled frame is searched; the clip's box is the median of the per-frame boxes
-(robust to a frame where the detector misfires), widened by a margin, made square and
-kept inside the frame, and every frame is cropped to it and scaled to the encoder's
-frame size. A clip where no frame shows a face falls back to the centre square.
+sampled frame is searched; the face seen in most frames is tracked through the clip
+(a misfire elsewhere in the frame is left out), and the clip's box is the smallest
+square holding it on every frame, widened by a margin of the median face size and
+kept inside the frame; every frame is cropped to it and scaled to the encoder's frame
+size. A clip where no frame shows a face falls back to the centre square.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ class FaceCropper:
             tuple[int, int]: Width and height, aspect kept, even.
         """
         target = min(width, max(self.detect_width, 2 * size))
-        scaled = max(2, int(round(height * target / width / 2)) * 2)
+        scaled = max(2, round(height * target / width / 2) * 2)
         return max(2, target - target % 2), scaled
 
     def _load(self):
@@ -132,14 +133,14 @@ class FaceCropper:
             self._cascade = cascade
         return self._cascade
 
-    def detect(self, frame: np.ndarray) -> tuple[int, int, int, int] | None:
-        """The largest face in one RGB frame.
+    def detect(self, frame: np.ndarray) -> list[tuple[int, int, int, int]]:
+        """Every face the detector sees in one RGB frame.
 
         Args:
             frame (np.ndarray): ``uint8 (H, W, 3)``.
 
         Returns:
-            tuple[int, int, int, int] | None: ``(x, y, width, height)``, or None.
+            list[tuple[int, int, int, int]]: ``(x, y, width, height)`` boxes, largest first.
         """
         cv2 = _cv2()
         cascade = self._load()
@@ -147,34 +148,69 @@ class FaceCropper:
         smallest = max(16, int(self.min_face * min(gray.shape)))
         faces = cascade.detectMultiScale(gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
                                          minSize=(smallest, smallest))
-        if len(faces) == 0:
-            return None
-        x, y, w, h = max(faces, key=lambda f: f[2] * f[3])
-        return int(x), int(y), int(w), int(h)
+        boxes = [tuple(int(v) for v in face) for face in faces]
+        return sorted(boxes, key=lambda b: -b[2] * b[3])
 
-    def clip_box(self, boxes: list[tuple[int, int, int, int] | None], width: int,
-                 height: int) -> tuple[tuple[int, int, int, int], bool]:
-        """One square crop for the clip from its per-frame boxes.
+    def track(self, detections: list[list[tuple[int, int, int, int]]]) -> list[tuple[int, int, int, int]]:
+        """The speaker's face through a clip, one box per frame where it was seen.
+
+        The face seen in most frames anchors the track (a misfire on a poster or a
+        shadow shows in few); from its frame, each next and previous frame keeps the
+        box nearest the last kept one, if within one face size of it, so a face that
+        drifts or leans in stays on the track.
 
         Args:
-            boxes (list): Per frame, a face ``(x, y, w, h)`` or None.
+            detections (list): Per frame, its boxes.
+
+        Returns:
+            list[tuple[int, int, int, int]]: The boxes on the track.
+        """
+        def centre(box):
+            return np.array([box[0] + box[2] / 2, box[1] + box[3] / 2])
+
+        def near(box, other) -> bool:
+            return bool(np.linalg.norm(centre(box) - centre(other)) <= max(other[2], other[3]))
+
+        candidates = [(f, box) for f, boxes in enumerate(detections) for box in boxes]
+        if not candidates:
+            return []
+        support = [sum(any(near(other, box) for other in boxes) for boxes in detections)
+                   for _, box in candidates]
+        start, anchor = candidates[int(np.argmax(support))]
+        kept = {start: anchor}
+        for order in (range(start + 1, len(detections)), range(start - 1, -1, -1)):
+            last = anchor
+            for f in order:
+                close = [box for box in detections[f] if near(box, last)]
+                if close:
+                    last = min(close, key=lambda box: np.linalg.norm(centre(box) - centre(last)))
+                    kept[f] = last
+        return [kept[f] for f in sorted(kept)]
+
+    def clip_box(self, detections: list[list[tuple[int, int, int, int]]], width: int,
+                 height: int) -> tuple[tuple[int, int, int, int], bool]:
+        """One square crop for the clip from its per-frame detections.
+
+        Args:
+            detections (list): Per frame, its boxes ``(x, y, w, h)``.
             width (int): Frame width.
             height (int): Frame height.
 
         Returns:
-            tuple: ``((x, y, side, side), found)``; the centre square when no frame
-            holds a face.
+            tuple: ``((x, y, side, side), found)``: the square holding every box on the
+            face's :meth:`track`, widened by ``margin`` median face sizes on each side
+            and kept inside the frame; the centre square when no frame holds a face.
         """
-        found = np.array([b for b in boxes if b is not None], dtype=np.float64)
         limit = min(width, height)
-        if len(found) == 0:
+        track = np.array(self.track(detections), dtype=np.float64)
+        if len(track) == 0:
             return ((width - limit) // 2, (height - limit) // 2, limit, limit), False
-        centre_x = np.median(found[:, 0] + found[:, 2] / 2)
-        centre_y = np.median(found[:, 1] + found[:, 3] / 2)
-        side = int(round(min(np.median(np.maximum(found[:, 2], found[:, 3])) * (1 + 2 * self.margin),
-                             limit)))
-        x = int(round(np.clip(centre_x - side / 2, 0, width - side)))
-        y = int(round(np.clip(centre_y - side / 2, 0, height - side)))
+        typical = np.median(np.maximum(track[:, 2], track[:, 3]))
+        left, top = track[:, 0].min(), track[:, 1].min()
+        right, bottom = (track[:, 0] + track[:, 2]).max(), (track[:, 1] + track[:, 3]).max()
+        side = round(min(max(right - left, bottom - top) + 2 * self.margin * typical, limit))
+        x = round(np.clip((left + right - side) / 2, 0, width - side))
+        y = round(np.clip((top + bottom - side) / 2, 0, height - side))
         return (x, y, side, side), True
 
     def crop(self, frames: list[np.ndarray], size: int) -> FaceCrop:

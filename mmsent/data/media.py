@@ -176,7 +176,7 @@ def _rotation(frame, stream) -> int:
             angle = -int(stream.metadata.get("rotate", 0))
         except ValueError:
             angle = 0
-    return int(round(angle / 90)) % 4
+    return round(angle / 90) % 4
 
 
 def _convert(frame, stream, size: int, face: FaceCropper | None) -> np.ndarray:
@@ -213,6 +213,30 @@ def decode_frames(path: str | Path, num_frames: int, size: int,
     Raises:
         DecodeError: If the file is missing, unreadable, or has no video frame.
     """
+    frames = read_sampled_frames(path, num_frames, size, face)
+    if face is None:
+        return DecodedVideo(np.stack(frames))
+    crop = face.crop(frames, size)
+    return DecodedVideo(crop.frames, crop.found, crop.box)
+
+
+def read_sampled_frames(path: str | Path, num_frames: int, size: int,
+                        face: FaceCropper | None = None) -> list[np.ndarray]:
+    """The sampled frames of :func:`decode_frames`, upright, before any face crop.
+
+    Args:
+        path (str | Path): The video file.
+        num_frames (int): Frames to return.
+        size (int): The encoder's frame size.
+        face (FaceCropper | None): With faces on, frames come at the cropper's
+            working size (aspect kept); else scaled to ``size x size``.
+
+    Returns:
+        list[np.ndarray]: ``uint8 (H, W, 3)`` frames.
+
+    Raises:
+        DecodeError: If the file is missing, unreadable, or has no video frame.
+    """
     try:
         with _open(path) as container:
             if not container.streams.video:
@@ -229,10 +253,7 @@ def decode_frames(path: str | Path, num_frames: int, size: int,
         raise DecodeError(f"{path}: cannot decode video ({error})") from error
     if not frames:
         raise DecodeError(f"{path}: the video holds no frames")
-    if face is None:
-        return DecodedVideo(np.stack(frames))
-    crop = face.crop(frames, size)
-    return DecodedVideo(crop.frames, crop.found, crop.box)
+    return frames
 
 
 def _decode_at(container, stream, wanted: list[int], keys: list[int], size: int,
@@ -320,7 +341,7 @@ def decode_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     if not chunks or sum(len(c) for c in chunks) == 0:
         raise DecodeError(f"{path}: the audio holds no samples")
     if start_audio is not None and start_video is not None and start_audio > start_video:
-        chunks.insert(0, np.zeros(int(round((start_audio - start_video) * sample_rate)), np.float32))
+        chunks.insert(0, np.zeros(round((start_audio - start_video) * sample_rate), np.float32))
     return np.concatenate(chunks).astype(np.float32)
 
 

@@ -29,9 +29,9 @@ from mmsent.data.media import (
     log_mel_frames,
     media_for_file,
 )
-from mmsent.data.transcripts import Transcriber, clip_transcript
 from mmsent.data.schema import MODALITIES, DatasetSpec, check_label, check_split, make_id
 from mmsent.data.synthetic import generate_raw_dataset
+from mmsent.data.transcripts import Transcriber, clip_transcript
 from mmsent.errors import ConfigError
 from mmsent.io import content_hash, file_signature
 

@@ -93,8 +93,8 @@ class Transcriber:
         if self._pipeline is None:
             from transformers import pipeline
 
-            self._pipeline = pipeline("automatic-speech-recognition", model=self.folder,
-                                      model_kwargs={"local_files_only": True}, device="cpu")
+            # A folder path loads from disk; the name is never looked up on the Hub.
+            self._pipeline = pipeline("automatic-speech-recognition", model=self.folder, device="cpu")
         return self._pipeline
 
     def transcribe(self, samples: np.ndarray) -> str:

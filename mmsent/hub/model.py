@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmsent.data.schema import MODALITIES
 from mmsent.data.media import media_for_file
+from mmsent.data.schema import MODALITIES
 from mmsent.errors import ConfigError, MissingFileError
 from mmsent.hub.preprocess import Clip, PreparedClip, Preprocessor
 from mmsent.models.config import HubMixin, build_module
