@@ -105,7 +105,7 @@ def write_clip(path: Path, video_codec: str, audio_codec: str | None, *, frames:
                fps: int = FPS, audio_rate: int = 16000, audio_channels: int = 1,
                frame_times: list[float] | None = None, rotation: int = 0,
                pixels=awkward_pixels, size: tuple[int, int] = (WIDTH, HEIGHT),
-               audio_delay: float = 0.0, seconds: float = SECONDS) -> Path:
+               audio_delay: float = 0.0, seconds: float = SECONDS, gop: int | None = None) -> Path:
     """Encodes one clip with PyAV.
 
     Args:
@@ -123,6 +123,7 @@ def write_clip(path: Path, video_codec: str, audio_codec: str | None, *, frames:
         size (tuple[int, int]): Width and height.
         audio_delay (float): Seconds of the audio's first timestamp after the video's.
         seconds (float): Length of the audio.
+        gop (int | None): Frames between keyframes; the encoder's default when None.
 
     Returns:
         Path: The file written.
@@ -135,6 +136,8 @@ def write_clip(path: Path, video_codec: str, audio_codec: str | None, *, frames:
         stream.width, stream.height = width, height
         stream.pix_fmt = "yuvj420p" if video_codec == "mjpeg" else "yuv420p"
         stream.thread_count = 1
+        if gop:
+            stream.codec_context.gop_size = gop
         if frame_times is not None:
             stream.codec_context.time_base = Fraction(1, 1000)
             stream.time_base = Fraction(1, 1000)

@@ -216,3 +216,26 @@ def test_clips_without_any_transcript_are_transcribed_by_a_local_speech_model(aw
     assert prepared.summary["missing"]["text"] == 0
     with pytest.raises(ConfigError, match="asr: .*not a folder"):
         RawClipSource(str(awkward_clips), asr=str(tmp_path / "nowhere"))
+
+
+@pytest.mark.parametrize(("codec", "name"), [("libx264", "gop.mp4"), ("mpeg4", "gop.avi"), ("libvpx", "gop.webm")])
+def test_seeking_between_keyframes_gives_the_frames_a_full_decode_gives(tmp_path, codec, name, monkeypatch):
+    import av
+
+    from mmsent.data import media
+
+    path = write_clip(tmp_path / name, codec, None, frames=60, gop=5)
+    seeks = []
+    original = av.container.InputContainer.seek
+
+    def counting(self, *args, **kwargs):
+        seeks.append(args)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(av.container.InputContainer, "seek", counting)
+    sampled = decode_frames(path, 5, 16).frames
+    assert seeks, "groups of pictures without a sampled frame are skipped"
+    with av.open(str(path)) as container:
+        every = {f.pts: f.to_ndarray(width=16, height=16, format="rgb24") for f in container.decode(video=0)}
+    wanted = media.sample_times(sorted(every), 5)
+    assert np.array_equal(sampled, np.stack([every[t] for t in wanted]))

@@ -70,7 +70,7 @@ class FaceCropper:
     margin: float = 0.25
     min_face: float = 0.1
     detect_width: int = 320
-    scale_factor: float = 1.1
+    scale_factor: float = 1.2
     min_neighbors: int = 5
 
     def __post_init__(self) -> None:
@@ -126,6 +126,8 @@ class FaceCropper:
     def _load(self):
         if self._cascade is None:
             cv2 = _cv2()
+            # One thread per preparation worker, as the decoders have.
+            cv2.setNumThreads(1)
             path = Path(cv2.data.haarcascades) / CASCADE_FILE
             cascade = cv2.CascadeClassifier(str(path))
             if cascade.empty():

@@ -263,13 +263,17 @@ def _decode_at(container, stream, wanted: list[int], keys: list[int], size: int,
     pending = sorted(set(wanted))
     got: dict[int, np.ndarray] = {}
     position: int | None = None
+    # One decoding iterator, resumed target after target: a discarded one would flush
+    # the decoder, which then refuses the next packet.
+    frames = container.decode(stream)
     index = 0
     while index < len(pending):
         target = pending[index]
         key = keys[max(bisect_right(keys, target) - 1, 0)] if keys else None
         if position is not None and key is not None and key > position:
             container.seek(key, stream=stream, backward=True, any_frame=False)
-        for frame in container.decode(stream):
+            frames = container.decode(stream)
+        for frame in frames:
             if frame.pts is None:
                 continue
             position = frame.pts
