@@ -134,13 +134,14 @@ def test_subtitle_cues_are_joined_without_numbers_timings_or_markup(tmp_path, na
     assert read_subtitle(path) == "Hello there general kenobi"
 
 
-def test_empty_transcripts_mask_text_in_feature_tables_too(tmp_path):
+@pytest.mark.parametrize("tokenizer", ["word", "minilm"])  # MiniLM gives "" its [CLS] and [SEP]
+def test_empty_transcripts_mask_text_in_feature_tables_too(tmp_path, tokenizer):
     rows = [{"video_id": "v", "clip_id": str(i), "text": "" if i == 1 else f"word{i} good",
              "label": 0.5, "mode": ("train", "valid", "test")[i % 3]} for i in range(6)]
     pd.DataFrame(rows).to_csv(tmp_path / "label.csv", index=False)
     pd.DataFrame([{"video_id": "v", "clip_id": str(i), **{f"f{j}": float(i + j) for j in range(3)}}
                   for i in range(6)]).to_csv(tmp_path / "audio.csv", index=False)
-    source = FeatureTableSource(str(tmp_path), tables={"audio": "audio.csv"})
+    source = FeatureTableSource(str(tmp_path), tables={"audio": "audio.csv"}, tokenizer=tokenizer)
     prepared = prepare(source, tmp_path / "cache")
     assert prepared.missing == {"text": ["v$_$1"], "audio": []}
 

@@ -69,7 +69,7 @@ class FaceCropper:
     detector: str = "haar"
     margin: float = 0.25
     min_face: float = 0.1
-    detect_width: int = 320
+    detect_width: int = 640
     scale_factor: float = 1.2
     min_neighbors: int = 5
 
