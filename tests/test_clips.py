@@ -240,3 +240,12 @@ def test_seeking_between_keyframes_gives_the_frames_a_full_decode_gives(tmp_path
         every = {f.pts: f.to_ndarray(width=16, height=16, format="rgb24") for f in container.decode(video=0)}
     wanted = media.sample_times(sorted(every), 5)
     assert np.array_equal(sampled, np.stack([every[t] for t in wanted]))
+
+
+def test_packets_without_timestamps_fall_back_to_counting_decoded_frames(awkward_clips, monkeypatch):
+    from mmsent.data import media
+
+    path = clip_file(awkward_clips, "c08")
+    monkeypatch.setattr(media, "_frame_index", lambda container, stream: ([], []))
+    frames = decode_frames(path, 4, 16).frames
+    assert np.abs(brightness(frames) - levels([0, 4, 7, 11])).max() < 6

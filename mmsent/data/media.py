@@ -242,13 +242,17 @@ def read_sampled_frames(path: str | Path, num_frames: int, size: int,
             if not container.streams.video:
                 raise DecodeError(f"{path}: no video stream")
             times, keys = _frame_index(container, container.streams.video[0])
+        count = 0 if times else _count_frames(path)
         with _open(path) as container:
             stream = container.streams.video[0]
             stream.thread_count = 1
             if times:
                 frames = _decode_at(container, stream, sample_times(times, num_frames), keys, size, face)
+            elif count:
+                indices = np.linspace(0, count - 1, num_frames).round().astype(int).tolist()
+                frames = _decode_indices(container, stream, indices, size, face)
             else:
-                frames = _decode_all(container, stream, num_frames, size, face)
+                frames = []
     except (av.FFmpegError, OSError, ValueError) as error:
         raise DecodeError(f"{path}: cannot decode video ({error})") from error
     if not frames:
@@ -261,10 +265,12 @@ def _decode_at(container, stream, wanted: list[int], keys: list[int], size: int,
     """Decodes the frames with the wanted timestamps, seeking over groups of pictures
     that hold none of them."""
     pending = sorted(set(wanted))
+    pending_set = set(pending)
     got: dict[int, np.ndarray] = {}
     position: int | None = None
-    # One decoding iterator, resumed target after target: a discarded one would flush
-    # the decoder, which then refuses the next packet.
+    # One decoding iterator, resumed target after target: the decoder's last frames
+    # come out together from its final flush, and a new iterator would flush it a
+    # second time, which it refuses.
     frames = container.decode(stream)
     index = 0
     while index < len(pending):
@@ -277,7 +283,7 @@ def _decode_at(container, stream, wanted: list[int], keys: list[int], size: int,
             if frame.pts is None:
                 continue
             position = frame.pts
-            if frame.pts in pending and frame.pts not in got:
+            if frame.pts in pending_set and frame.pts not in got:
                 got[frame.pts] = _convert(frame, stream, size, face)
             if frame.pts >= target:
                 break
@@ -293,14 +299,23 @@ def _decode_at(container, stream, wanted: list[int], keys: list[int], size: int,
     return [closest[t] for t in wanted]
 
 
-def _decode_all(container, stream, num_frames: int, size: int,
-                face: FaceCropper | None) -> list[np.ndarray]:
-    """Without packet timestamps: decodes every frame, converting only the sampled ones."""
-    decoded = [frame for frame in container.decode(stream)]
-    if not decoded:
-        return []
-    indices = np.linspace(0, len(decoded) - 1, num_frames).round().astype(int)
-    return [_convert(decoded[i], stream, size, face) for i in indices]
+def _count_frames(path: str | Path) -> int:
+    """Frames that decode, for a file whose packets carry no timestamps."""
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_count = 1
+        return sum(1 for _ in container.decode(stream))
+
+
+def _decode_indices(container, stream, indices: list[int], size: int,
+                    face: FaceCropper | None) -> list[np.ndarray]:
+    """Decodes every frame, converting only those at ``indices`` (in decoding order)."""
+    wanted = set(indices)
+    got = {}
+    for position, frame in enumerate(container.decode(stream)):
+        if position in wanted:
+            got[position] = _convert(frame, stream, size, face)
+    return [got[i] for i in indices if i in got]
 
 
 def decode_audio(path: str | Path, sample_rate: int) -> np.ndarray:
