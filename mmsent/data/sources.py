@@ -291,10 +291,7 @@ class RawClipSource(DataSource):
     def fingerprint(self) -> dict:
         table = self.root / self.label_file
         media = [self.root / self.video_dir / p for p in _listing(self.root / self.video_dir)]
-        if table.exists():
-            named = pd.read_csv(table, dtype=str, keep_default_na=False, usecols=lambda c: c == "media")
-            if "media" in named.columns:
-                media += [self.root / m for m in named["media"] if m.strip()]
+        media += [self.root / m for m in _media_column(table)]
         return {
             "root": str(self.root.resolve()),
             "labels": content_hash(table) if table.exists() else None,
@@ -405,6 +402,16 @@ def clip_record(clip_id: str, split: str, text: str | None, label: float, media:
             "video_path": str(media.video) if media.video else "",
             "audio_path": str(media.audio) if media.audio else "",
             "subtitle_path": str(media.subtitle) if media.subtitle else ""}
+
+
+def _media_column(table: Path) -> list[str]:
+    """The paths a label table's ``media`` column names; none when it is unreadable
+    (reading it in ``open`` then says why, naming the row)."""
+    try:
+        named = pd.read_csv(table, dtype=str, keep_default_na=False, usecols=lambda c: c == "media")
+    except (OSError, UnicodeDecodeError, ValueError):
+        return []
+    return [m.strip() for m in named.get("media", []) if m.strip()]
 
 
 def _listing(folder: Path) -> list[str]:
