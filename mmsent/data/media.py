@@ -169,9 +169,10 @@ def sample_times(times: list[int], count: int) -> list[int]:
 
 def _rotation(frame, stream) -> int:
     """Counter-clockwise quarter turns that make a frame upright."""
-    angle = frame.rotation
+    # PyAV reads the display matrix from version 14 on; before it, and for files of
+    # older muxers, the clockwise "rotate" tag says the same.
+    angle = getattr(frame, "rotation", 0)
     if not angle:
-        # Older muxers wrote a clockwise "rotate" tag instead of a display matrix.
         try:
             angle = -int(stream.metadata.get("rotate", 0))
         except ValueError:
