@@ -44,6 +44,16 @@ def data_args(raw_root: Path, folder: Path, cache: Path | None = None) -> list[s
 
 
 @pytest.fixture(scope="session")
+def awkward_clips(tmp_path_factory) -> Path:
+    """A raw folder of clips in many containers and codecs with the faults of real
+    recordings (see :mod:`clips`: ``AWKWARD_CLIPS`` lists them, ``AWKWARD_MISSING``
+    counts the clips lacking each modality once prepared). Read-only: copy it to damage it."""
+    from clips import build_awkward_clips
+
+    return build_awkward_clips(tmp_path_factory.mktemp("awkward_clips"))
+
+
+@pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory) -> Path:
     """A cache folder shared by the tests: keyed by fingerprint, so sharing is safe."""
     return tmp_path_factory.mktemp("cache")

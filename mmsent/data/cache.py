@@ -15,7 +15,7 @@ import json
 import logging
 import shutil
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
 ERROR_POLICIES = ("mask", "skip", "raise")
 WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
+NOTES_FILE = "notes.json"
 
 
 @dataclass
@@ -45,12 +46,20 @@ class PreparedData:
         spec (DatasetSpec): What the examples hold.
         path (Path): The cache folder.
         problems (list[str]): Clips that failed to decode, one message each.
+        summary (dict): ``clips`` prepared, per modality the clips ``missing`` it, and
+            counts of what the source noted per clip (``transcript``: where the text
+            came from; ``face``: found or centre crop).
+        missing (dict[str, list[str]]): Per modality, the ids of the clips without it.
+        notes (dict[str, dict]): Per clip id, what the source noted about it.
     """
 
     splits: datasets.DatasetDict
     spec: DatasetSpec
     path: Path
     problems: list[str]
+    summary: dict = field(default_factory=dict)
+    missing: dict = field(default_factory=dict)
+    notes: dict = field(default_factory=dict)
 
 
 def cache_key(source: DataSource, on_error: str) -> str:
@@ -129,7 +138,8 @@ def _clean(folder: Path, existed: bool) -> None:
 def _load(folder: Path) -> PreparedData:
     meta = json.loads((folder / "spec.json").read_text())
     splits = datasets.load_from_disk(str(folder / "data"))
-    return PreparedData(splits, DatasetSpec(**meta["spec"]), folder, meta["problems"])
+    return PreparedData(splits, DatasetSpec(**meta["spec"]), folder, meta["problems"],
+                        meta.get("summary", {}), meta.get("missing", {}), meta.get("notes", {}))
 
 
 def _build(source: DataSource, folder: Path, on_error: str, chunk_size: int, workers: int,
@@ -167,7 +177,15 @@ def _build(source: DataSource, folder: Path, on_error: str, chunk_size: int, wor
     splits.save_to_disk(str(folder / "data"))
     in_order = [problem for path in paths for problem in problems[path]]
     _report(source, in_order, on_error, folder)
-    save_json(folder / "spec.json", {"spec": asdict(spec), "problems": in_order})
+    notes = {clip: note for path in paths if (path / NOTES_FILE).exists()
+             for clip, note in json.loads((path / NOTES_FILE).read_text()).items()}
+    ids = merged["id"]
+    missing = {m: [clip for clip, present in zip(ids, merged[f"{m}_present"], strict=True) if not present]
+               for m in spec.modalities}
+    summary = preparation_summary(len(merged), missing, notes)
+    _report_summary(source, summary, missing, folder)
+    save_json(folder / "spec.json", {"spec": asdict(spec), "problems": in_order, "summary": summary,
+                                     "missing": missing, "notes": notes})
     shutil.rmtree(shard_dir, ignore_errors=True)
 
 
@@ -187,7 +205,7 @@ def _shard(task: tuple) -> tuple[Path, int, list[str]]:
     done = path / "problems.json"
     if done.exists():
         return path, len(chunk), json.loads(done.read_text())
-    rows, problems = [], []
+    rows, problems, notes = [], [], {}
     for record in chunk:
         result = source.load(record)
         problems += result.problems
@@ -196,10 +214,49 @@ def _shard(task: tuple) -> tuple[Path, int, list[str]]:
         if result.problems and on_error == "skip":
             continue
         rows.append(to_row(result.example, spec))
+        if result.notes:
+            notes[rows[-1]["id"]] = result.notes
     shard = datasets.Dataset.from_list(rows, features=features) if rows else _empty(features)
     shard.save_to_disk(str(path))
+    save_json(path / NOTES_FILE, notes)
     save_json(done, problems)
     return path, len(chunk), problems
+
+
+def preparation_summary(clips: int, missing: dict[str, list[str]], notes: dict[str, dict]) -> dict:
+    """Counts of a preparation: clips, clips without each modality, and each kind of note.
+
+    Args:
+        clips (int): Clips prepared.
+        missing (dict[str, list[str]]): Per modality, the clips without it.
+        notes (dict[str, dict]): Per clip, what the source noted.
+
+    Returns:
+        dict: ``{"clips": n, "missing": {modality: n}, <note>: {value: n}}``, e.g.
+        ``"transcript": {"label.csv": 12, "subtitle": 1, "none": 1}``.
+    """
+    summary: dict = {"clips": clips, "missing": {m: len(ids) for m, ids in missing.items()}}
+    for note in notes.values():
+        for key, value in note.items():
+            counts = summary.setdefault(key, {})
+            counts[value] = counts.get(value, 0) + 1
+    return summary
+
+
+def _report_summary(source: DataSource, summary: dict, missing: dict[str, list[str]],
+                    folder: Path) -> None:
+    lacking = ", ".join(f"{count} without {m}" for m, count in summary["missing"].items() if count)
+    details = "; ".join(f"{key}: " + ", ".join(f"{value} {count}" for value, count in sorted(counts.items()))
+                        for key, counts in summary.items() if key not in ("clips", "missing"))
+    line = f"{source.name}: {summary['clips']} clip(s) prepared" + (f", {lacking}" if lacking else "")
+    if details:
+        line += f" ({details})"
+    if lacking:
+        first = next(ids[0] for ids in missing.values() if ids)
+        log.warning("%s; those modalities are masked for those clips, listed in %s. First: %s",
+                    line, folder / "spec.json", first)
+    else:
+        log.info(line)
 
 
 def _empty(features: datasets.Features) -> datasets.Dataset:

@@ -281,7 +281,9 @@ class FeatureSource(DataSource):
         for modality in MODALITIES:
             example[modality] = record.get(modality)
         if "text" in self.modalities and "text" not in record:
-            example["text"] = self.text.encode(record["id"], record["transcript"])
+            # A clip without a transcript lacks the text modality.
+            example["text"] = (self.text.encode(record["id"], record["transcript"])
+                               if str(record["transcript"]).strip() else None)
         return Loaded(example)
 
 

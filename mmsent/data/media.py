@@ -1,57 +1,333 @@
-"""Decoding clips with PyAV: frames for the video encoder, log-mel frames for audio."""
+"""Reading clips with PyAV: finding a clip's files, frames for the video encoder,
+log-mel frames for audio.
+
+One module serves training preparation and scoring alike, so a clip is found and
+decoded the same way on both paths: :func:`find_clip_media` looks a clip up by id
+whatever its container, :func:`decode_frames` samples frames by their timestamps
+(not by what the header claims), and :func:`decode_audio` resamples once to mono.
+"""
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
+
+if TYPE_CHECKING:
+    from mmsent.data.faces import FaceCropper
+
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".flv", ".mpg", ".mpeg", ".ts", ".m4v")
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".m4a", ".ogg")
+SUBTITLE_SUFFIXES = (".srt", ".vtt")
+DEFAULT_VIDEO_DIR = "Raw"
 
 
 class DecodeError(RuntimeError):
     """A media file could not be read; the message names the file and the reason."""
 
 
-def decode_frames(path: str | Path, num_frames: int, size: int) -> np.ndarray:
-    """Decodes a video into ``num_frames`` frames sampled evenly over its length.
+@dataclass(frozen=True)
+class ClipMedia:
+    """The files of one clip; any may be missing.
 
-    Every frame is scaled while decoding, so a long, large clip never sits in memory
-    at full resolution.
+    Attributes:
+        video (Path | None): The video container.
+        audio (Path | None): Where the audio comes from: a separate audio file beside
+            the clip, else the video container itself (its own audio stream, if any).
+        subtitle (Path | None): An ``.srt`` or ``.vtt`` file beside the clip.
+    """
+
+    video: Path | None = None
+    audio: Path | None = None
+    subtitle: Path | None = None
+
+
+def _beside(stem_path: Path, suffixes: tuple[str, ...]) -> Path | None:
+    """The first existing file ``stem_path`` + one of ``suffixes`` (either case)."""
+    for suffix in suffixes:
+        for candidate in (suffix, suffix.upper()):
+            path = stem_path.with_name(stem_path.name + candidate)
+            if path.is_file():
+                return path
+    return None
+
+
+def find_clip_media(root: str | Path, video_id: str, clip_id: str, media: str | None = None,
+                    video_dir: str = DEFAULT_VIDEO_DIR) -> ClipMedia:
+    """Finds a clip's video, audio and subtitle files.
+
+    The clip is ``<root>/<video_dir>/<video_id>/<clip_id>.<ext>`` for any container of
+    :data:`VIDEO_SUFFIXES`, or the file ``media`` names (label.csv's ``media``
+    column, relative to ``root``). Audio comes from a file of the same name with an
+    audio suffix (:data:`AUDIO_SUFFIXES`) beside it, else from the video container;
+    a subtitle from an ``.srt`` or ``.vtt`` of the same name. A clip with only an
+    audio file has no video.
+
+    Args:
+        root (str | Path): The dataset folder (holding ``label.csv``).
+        video_id (str): The source video.
+        clip_id (str): The clip.
+        media (str | None): An explicit path relative to ``root``; empty or None looks
+            the clip up by id.
+        video_dir (str): The clip folder, relative to ``root``.
+
+    Returns:
+        ClipMedia: What was found; ``video`` and ``audio`` are None when no file is
+        there (the modality is then missing for this clip).
+    """
+    root = Path(root)
+    if media and str(media).strip():
+        named = root / str(media).strip()
+        stem = named.with_suffix("")
+        if named.suffix.lower() in AUDIO_SUFFIXES:
+            return ClipMedia(None, named, _beside(stem, SUBTITLE_SUFFIXES))
+        video = named
+    else:
+        stem = root / video_dir / str(video_id) / str(clip_id)
+        video = _beside(stem, VIDEO_SUFFIXES)
+    audio = _beside(stem, AUDIO_SUFFIXES) or video
+    return ClipMedia(video, audio, _beside(stem, SUBTITLE_SUFFIXES))
+
+
+def media_for_file(path: str | Path) -> ClipMedia:
+    """The media of one clip given by its file: a video (audio and subtitle beside it
+    found as :func:`find_clip_media` does) or an audio file.
+
+    Args:
+        path (str | Path): The clip's file.
+
+    Returns:
+        ClipMedia: Its files.
+    """
+    path = Path(path)
+    stem = path.with_suffix("")
+    if path.suffix.lower() in AUDIO_SUFFIXES:
+        return ClipMedia(None, path, _beside(stem, SUBTITLE_SUFFIXES))
+    return ClipMedia(path, _beside(stem, AUDIO_SUFFIXES) or path, _beside(stem, SUBTITLE_SUFFIXES))
+
+
+@dataclass
+class DecodedVideo:
+    """Frames sampled from a clip.
+
+    Attributes:
+        frames (np.ndarray): ``uint8 (num_frames, size, size, 3)``.
+        face_found (bool | None): Whether a face was found (None with faces off).
+        box (tuple[int, int, int, int] | None): The clip's crop ``(x, y, side, side)``
+            in the frames the detector saw, when faces are on.
+    """
+
+    frames: np.ndarray
+    face_found: bool | None = None
+    box: tuple[int, int, int, int] | None = None
+
+
+def _open(path: str | Path):
+    if not str(path):
+        raise DecodeError("no file given")
+    return av.open(str(path))
+
+
+def _frame_index(container, stream) -> tuple[list[int], list[int]]:
+    """Every frame's timestamp and every keyframe's, read from packets without decoding.
+
+    Returns:
+        tuple[list[int], list[int]]: Sorted frame and keyframe timestamps (stream time base);
+        both empty when some packet carries no timestamp.
+    """
+    times, keys = [], []
+    for packet in container.demux(stream):
+        if packet.size == 0:
+            continue
+        if packet.pts is None:
+            return [], []
+        times.append(packet.pts)
+        if packet.is_keyframe:
+            keys.append(packet.pts)
+    return sorted(times), sorted(keys)
+
+
+def sample_times(times: list[int], count: int) -> list[int]:
+    """The frames on display at ``count`` instants spread evenly from the first frame's
+    timestamp to the last's (so a variable frame rate samples by time, not by index).
+
+    Args:
+        times (list[int]): Sorted frame timestamps.
+        count (int): Instants.
+
+    Returns:
+        list[int]: One frame timestamp per instant.
+    """
+    instants = np.linspace(times[0], times[-1], count)
+    return [times[max(bisect_right(times, round(t)) - 1, 0)] for t in instants]
+
+
+def _rotation(frame, stream) -> int:
+    """Counter-clockwise quarter turns that make a frame upright."""
+    # PyAV reads the display matrix from version 14 on; before it, and for files of
+    # older muxers, the clockwise "rotate" tag says the same.
+    angle = getattr(frame, "rotation", 0)
+    if not angle:
+        try:
+            angle = -int(stream.metadata.get("rotate", 0))
+        except ValueError:
+            angle = 0
+    return round(angle / 90) % 4
+
+
+def _convert(frame, stream, size: int, face: FaceCropper | None) -> np.ndarray:
+    turns = _rotation(frame, stream)
+    if face is None:
+        image = frame.to_ndarray(width=size, height=size, format="rgb24", threads=1)
+    else:
+        width, height = face.working_size(frame.width, frame.height, size)
+        image = frame.to_ndarray(width=width, height=height, format="rgb24", threads=1)
+    return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
+
+
+def decode_frames(path: str | Path, num_frames: int, size: int,
+                  face: FaceCropper | None = None) -> DecodedVideo:
+    """Samples ``num_frames`` frames evenly over a video's real, decoded duration.
+
+    The frames' timestamps are read from the packets first (no decoding), so a header
+    that claims more frames than the file holds, a variable frame rate, a late first
+    timestamp or a wrong base rate change nothing. Only sampled frames are converted,
+    scaled while converting; decoding seeks past whole groups of pictures holding no
+    sampled frame. A display rotation (phone clips) is undone, so frames come out
+    upright.
 
     Args:
         path (str | Path): The video file (any container and codec FFmpeg reads).
         num_frames (int): Frames to return.
         size (int): Output height and width.
+        face (FaceCropper | None): Crop every frame to the clip's face, else the whole
+            frame is scaled to ``size x size``.
 
     Returns:
-        np.ndarray: ``uint8`` array, shape ``(num_frames, size, size, 3)``.
+        DecodedVideo: ``uint8`` frames of shape ``(num_frames, size, size, 3)``.
 
     Raises:
         DecodeError: If the file is missing, unreadable, or has no video frame.
     """
-    frames = []
+    frames = read_sampled_frames(path, num_frames, size, face)
+    if face is None:
+        return DecodedVideo(np.stack(frames))
+    crop = face.crop(frames, size)
+    return DecodedVideo(crop.frames, crop.found, crop.box)
+
+
+def read_sampled_frames(path: str | Path, num_frames: int, size: int,
+                        face: FaceCropper | None = None) -> list[np.ndarray]:
+    """The sampled frames of :func:`decode_frames`, upright, before any face crop.
+
+    Args:
+        path (str | Path): The video file.
+        num_frames (int): Frames to return.
+        size (int): The encoder's frame size.
+        face (FaceCropper | None): With faces on, frames come at the cropper's
+            working size (aspect kept); else scaled to ``size x size``.
+
+    Returns:
+        list[np.ndarray]: ``uint8 (H, W, 3)`` frames.
+
+    Raises:
+        DecodeError: If the file is missing, unreadable, or has no video frame.
+    """
     try:
-        with av.open(str(path)) as container:
+        with _open(path) as container:
             if not container.streams.video:
                 raise DecodeError(f"{path}: no video stream")
+            times, keys = _frame_index(container, container.streams.video[0])
+        count = 0 if times else _count_frames(path)
+        with _open(path) as container:
             stream = container.streams.video[0]
             stream.thread_count = 1
-            for frame in container.decode(stream):
-                frames.append(frame.to_ndarray(width=size, height=size, format="rgb24", threads=1))
+            if times:
+                frames = _decode_at(container, stream, sample_times(times, num_frames), keys, size, face)
+            elif count:
+                indices = np.linspace(0, count - 1, num_frames).round().astype(int).tolist()
+                frames = _decode_indices(container, stream, indices, size, face)
+            else:
+                frames = []
     except (av.FFmpegError, OSError, ValueError) as error:
         raise DecodeError(f"{path}: cannot decode video ({error})") from error
     if not frames:
         raise DecodeError(f"{path}: the video holds no frames")
-    indices = np.linspace(0, len(frames) - 1, num_frames).round().astype(int)
-    return np.stack([frames[i] for i in indices])
+    return frames
+
+
+def _decode_at(container, stream, wanted: list[int], keys: list[int], size: int,
+               face: FaceCropper | None) -> list[np.ndarray]:
+    """Decodes the frames with the wanted timestamps, seeking over groups of pictures
+    that hold none of them."""
+    pending = sorted(set(wanted))
+    pending_set = set(pending)
+    got: dict[int, np.ndarray] = {}
+    position: int | None = None
+    # One decoding iterator, resumed target after target: the decoder's last frames
+    # come out together from its final flush, and a new iterator would flush it a
+    # second time, which it refuses.
+    frames = container.decode(stream)
+    index = 0
+    while index < len(pending):
+        target = pending[index]
+        key = keys[max(bisect_right(keys, target) - 1, 0)] if keys else None
+        if position is not None and key is not None and key > position:
+            container.seek(key, stream=stream, backward=True, any_frame=False)
+            frames = container.decode(stream)
+        for frame in frames:
+            if frame.pts is None:
+                continue
+            position = frame.pts
+            if frame.pts in pending_set and frame.pts not in got:
+                got[frame.pts] = _convert(frame, stream, size, face)
+            if frame.pts >= target:
+                break
+        else:
+            break
+        while index < len(pending) and (pending[index] in got or pending[index] <= position):
+            index += 1
+    if not got:
+        return []
+    # A frame whose packet would not decode is replaced by the closest one decoded.
+    decoded = sorted(got)
+    closest = {t: got[t] if t in got else got[min(decoded, key=lambda d: abs(d - t))] for t in wanted}
+    return [closest[t] for t in wanted]
+
+
+def _count_frames(path: str | Path) -> int:
+    """Frames that decode, for a file whose packets carry no timestamps."""
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_count = 1
+        return sum(1 for _ in container.decode(stream))
+
+
+def _decode_indices(container, stream, indices: list[int], size: int,
+                    face: FaceCropper | None) -> list[np.ndarray]:
+    """Decodes every frame, converting only those at ``indices`` (in decoding order)."""
+    wanted = set(indices)
+    got = {}
+    for position, frame in enumerate(container.decode(stream)):
+        if position in wanted:
+            got[position] = _convert(frame, stream, size, face)
+    return [got[i] for i in indices if i in got]
 
 
 def decode_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     """Decodes the first audio stream of a file to mono float samples.
 
+    Any channel count is mixed down and any rate resampled, once, by FFmpeg's
+    resampler. When the audio starts later than the video of the same container,
+    silence fills the gap, so audio and video share one clock.
+
     Args:
-        path (str | Path): A WAV file, or a video whose container carries audio.
+        path (str | Path): An audio file, or a video whose container carries audio.
         sample_rate (int): The rate to resample to.
 
     Returns:
@@ -61,18 +337,31 @@ def decode_audio(path: str | Path, sample_rate: int) -> np.ndarray:
         DecodeError: If the file is missing, unreadable or silent-empty.
     """
     chunks = []
+    start_audio = start_video = None
     try:
-        with av.open(str(path)) as container:
+        with _open(path) as container:
             if not container.streams.audio:
                 raise DecodeError(f"{path}: no audio stream")
+            audio = container.streams.audio[0]
+            video = container.streams.video[0] if container.streams.video else None
             resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-            for frame in container.decode(audio=0):
-                chunks += [r.to_ndarray().reshape(-1) for r in resampler.resample(frame)]
+            for packet in container.demux(*[s for s in (audio, video) if s is not None]):
+                if packet.stream is video:
+                    if packet.pts is not None and packet.size:
+                        time = float(packet.pts * packet.time_base)
+                        start_video = time if start_video is None else min(start_video, time)
+                    continue
+                for frame in packet.decode():
+                    if start_audio is None and frame.pts is not None:
+                        start_audio = float(frame.pts * frame.time_base)
+                    chunks += [r.to_ndarray().reshape(-1) for r in resampler.resample(frame)]
             chunks += [r.to_ndarray().reshape(-1) for r in resampler.resample(None)]
     except (av.FFmpegError, OSError, ValueError) as error:
         raise DecodeError(f"{path}: cannot decode audio ({error})") from error
     if not chunks or sum(len(c) for c in chunks) == 0:
         raise DecodeError(f"{path}: the audio holds no samples")
+    if start_audio is not None and start_video is not None and start_audio > start_video:
+        chunks.insert(0, np.zeros(round((start_audio - start_video) * sample_rate), np.float32))
     return np.concatenate(chunks).astype(np.float32)
 
 

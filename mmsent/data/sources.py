@@ -16,14 +16,28 @@ from pathlib import Path
 
 import pandas as pd
 
+from mmsent.data.faces import FaceCropper
 from mmsent.data.lm_features import TranscriptText
-from mmsent.data.media import DecodeError, decode_audio, decode_frames, log_mel_frames
+from mmsent.data.media import (
+    AUDIO_SUFFIXES,
+    VIDEO_SUFFIXES,
+    ClipMedia,
+    DecodeError,
+    decode_audio,
+    decode_frames,
+    find_clip_media,
+    log_mel_frames,
+    media_for_file,
+)
 from mmsent.data.schema import MODALITIES, DatasetSpec, check_label, check_split, make_id
 from mmsent.data.synthetic import generate_raw_dataset
+from mmsent.data.transcripts import Transcriber, clip_transcript
 from mmsent.errors import ConfigError
 from mmsent.io import content_hash, file_signature
 
 RAW_COLUMNS = ("video_id", "clip_id", "text", "label", "mode")
+# Bumped when the way frames or audio are read changes, so old caches are prepared anew.
+DECODING_VERSION = 2
 
 
 @dataclass
@@ -34,10 +48,14 @@ class Loaded:
         example (dict): The example (see :mod:`mmsent.data.schema`); a modality that
             could not be read is ``None``.
         problems (list[str]): One message per modality that failed, naming the file.
+        notes (dict): What the cache records about the clip without it being a
+            failure: ``transcript`` (where the text came from, see
+            :mod:`mmsent.data.transcripts`), ``face`` (``"found"`` or ``"centre crop"``).
     """
 
     example: dict
     problems: list[str] = field(default_factory=list)
+    notes: dict = field(default_factory=dict)
 
 
 class DataSource(ABC):
@@ -86,23 +104,29 @@ class DataSource(ABC):
 def read_label_table(path: Path) -> pd.DataFrame:
     """Reads and validates an MMSA-style ``label.csv``.
 
+    An empty transcript is allowed: that clip's text is looked for elsewhere
+    (:func:`~mmsent.data.transcripts.clip_transcript`) or is missing. An optional
+    ``media`` column names a clip's file (relative to the table's folder) where it is
+    not ``Raw/<video_id>/<clip_id>.<ext>``.
+
     Args:
-        path (Path): The CSV (``video_id, clip_id, text, label, annotation, mode``).
+        path (Path): The CSV (``video_id, clip_id, text, label, annotation, mode`` and
+            optionally ``media``).
 
     Returns:
-        pd.DataFrame: The table with an ``id`` column and float labels.
+        pd.DataFrame: The table with an ``id`` column, float labels, transcripts with
+        whitespace collapsed, and a ``media`` column (empty where not given).
 
     Raises:
         FileNotFoundError: If the file is missing.
-        ValueError: On a missing column, no row, an empty transcript, a bad label, an
-            unknown split or a duplicate id, naming the file and row (1-based, header =
-            row 1).
+        ValueError: On a missing column, no row, a bad label, an unknown split or a
+            duplicate id, naming the file and row (1-based, header = row 1).
     """
     if not path.exists():
         raise FileNotFoundError(f"{path}: label file not found")
     check_utf8(path)
-    table = pd.read_csv(path, dtype={"video_id": str, "clip_id": str, "text": str, "mode": str},
-                        keep_default_na=False)
+    table = pd.read_csv(path, dtype={"video_id": str, "clip_id": str, "text": str, "mode": str,
+                                     "media": str}, keep_default_na=False)
     missing = [c for c in RAW_COLUMNS if c not in table.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
@@ -112,8 +136,6 @@ def read_label_table(path: Path) -> pd.DataFrame:
     labels = []
     for index, row in enumerate(table.itertuples(index=False)):
         where = f"{path}, row {index + 2} ({row.video_id}/{row.clip_id})"
-        if not str(row.text).strip():
-            raise ValueError(f"{where}: empty transcript")
         labels.append(check_label(_label_value(row.label, where), where))
         check_split(row.mode, where)
         clip = make_id(row.video_id, row.clip_id)
@@ -122,6 +144,9 @@ def read_label_table(path: Path) -> pd.DataFrame:
         seen[clip] = index + 2
     table["label"] = labels
     table["id"] = list(seen)
+    table["text"] = [" ".join(str(text).split()) for text in table["text"]]
+    if "media" not in table.columns:
+        table["media"] = ""
     return table
 
 
@@ -160,8 +185,8 @@ def check_utf8(path: Path) -> None:
 
 
 def audio_file(video: Path) -> Path:
-    """The audio of a clip: the ``.wav`` of the same name beside its video, else the
-    video itself (its own audio track).
+    """The audio of a clip: an audio file of the same name beside its video (any of
+    :data:`~mmsent.data.media.AUDIO_SUFFIXES`), else the video itself (its own track).
 
     Args:
         video (Path): The clip's video file.
@@ -169,23 +194,28 @@ def audio_file(video: Path) -> Path:
     Returns:
         Path: The file to read the audio from.
     """
-    wav = video.with_suffix(".wav")
-    return wav if wav.exists() else video
+    return media_for_file(video).audio
 
 
 class RawClipSource(DataSource):
-    """Raw clips in MMSA's layout: ``label.csv`` plus ``Raw/<video_id>/<clip_id>.mp4``.
+    """Raw clips in MMSA's layout: ``label.csv`` plus ``Raw/<video_id>/<clip_id>.<ext>``.
 
-    Audio comes from ``<clip_id>.wav`` beside the video where present, otherwise from
-    the video's own audio stream, which is how MMSA ships raw MOSI/MOSEI/SIMS.
+    A clip is found by its id in any container of
+    :data:`~mmsent.data.media.VIDEO_SUFFIXES` (one folder may mix them), or at the path
+    ``label.csv``'s optional ``media`` column gives. Audio comes from an audio file of
+    the same name beside it (:data:`~mmsent.data.media.AUDIO_SUFFIXES`) where present,
+    otherwise from the container's own audio stream, which is how MMSA ships raw
+    MOSI/MOSEI/SIMS. A clip with an empty transcript takes the text of an ``.srt`` or
+    ``.vtt`` beside it, else what ``asr`` hears, else lacks the text modality.
 
     Args:
         root (str): The dataset folder.
         label_file (str): The label table, relative to ``root``.
         video_dir (str): The clip folder, relative to ``root``.
-        video_ext (str): The video file extension.
+        video_ext (str | None): A container tried first when a clip has files in
+            several; by default they are tried in the order of ``VIDEO_SUFFIXES``.
         modalities (list[str]): Which of text, audio, video to prepare.
-        frames (int): Frames sampled per clip.
+        frames (int): Frames sampled per clip, evenly over its decoded duration.
         frame_size (int): Frame height and width after scaling.
         sample_rate (int): Audio resampling rate.
         n_mels (int): Log-mel bands per audio frame.
@@ -196,19 +226,25 @@ class RawClipSource(DataSource):
             or a local path) whose frozen token states, computed once while
             preparing, become the text input (``text_kind == "vectors"``) instead of
             token ids; see :mod:`mmsent.data.lm_features`.
+        face (dict | None): Crop frames to the speaker's face
+            (:class:`~mmsent.data.faces.FaceCropper` settings, e.g.
+            ``{detector: haar, margin: 0.25}``); None scales the whole frame.
+        asr (str | None): A local speech-recognition model folder that transcribes
+            clips with no transcript and no subtitle; never downloaded.
     """
 
     name = "raw"
 
     def __init__(self, root: str, label_file: str = "label.csv", video_dir: str = "Raw",
-                 video_ext: str = "mp4", modalities: list[str] | None = None, frames: int = 16,
+                 video_ext: str | None = None, modalities: list[str] | None = None, frames: int = 16,
                  frame_size: int = 32, sample_rate: int = 16000, n_mels: int = 40,
                  max_audio_frames: int = 256, tokenizer: str = "word",
-                 max_text_length: int = 64, text_features: str | None = None) -> None:
+                 max_text_length: int = 64, text_features: str | None = None,
+                 face: dict | None = None, asr: str | None = None) -> None:
         self.root = Path(root)
         self.label_file = label_file
         self.video_dir = video_dir
-        self.video_ext = video_ext
+        self.video_ext = video_ext.lstrip(".") if video_ext else None
         self.modalities = list(modalities or MODALITIES)
         unknown = set(self.modalities) - set(MODALITIES)
         if unknown:
@@ -220,8 +256,27 @@ class RawClipSource(DataSource):
         self.max_audio_frames = max_audio_frames
         self.text = TranscriptText(tokenizer, max_text_length, text_features)
         self.tokenizer = self.text.tokenizer
+        self.face = FaceCropper.from_settings(face)
+        self.asr = Transcriber(asr) if asr else None
 
-    def clip_paths(self, video_id: str, clip_id: str) -> tuple[Path, Path]:
+    def clip_media(self, video_id: str, clip_id: str, media: str | None = None) -> ClipMedia:
+        """The files of one clip (see :func:`~mmsent.data.media.find_clip_media`).
+
+        Args:
+            video_id (str): The video.
+            clip_id (str): The clip.
+            media (str | None): ``label.csv``'s ``media`` cell, if any.
+
+        Returns:
+            ClipMedia: Its video, audio and subtitle files (None where absent).
+        """
+        if self.video_ext and not (media and media.strip()):
+            preferred = self.root / self.video_dir / video_id / f"{clip_id}.{self.video_ext}"
+            if preferred.is_file():
+                return media_for_file(preferred)
+        return find_clip_media(self.root, video_id, clip_id, media, self.video_dir)
+
+    def clip_paths(self, video_id: str, clip_id: str) -> tuple[Path | None, Path | None]:
         """The video and audio file of one clip.
 
         Args:
@@ -229,19 +284,22 @@ class RawClipSource(DataSource):
             clip_id (str): The clip.
 
         Returns:
-            tuple[Path, Path]: The video path and the audio path (the WAV beside it if
-            it exists, else the video itself).
+            tuple[Path | None, Path | None]: The video path and the audio path (an
+            audio file beside it if one exists, else the video itself).
         """
-        video = self.root / self.video_dir / video_id / f"{clip_id}.{self.video_ext}"
-        return video, audio_file(video)
+        media = self.clip_media(video_id, clip_id)
+        return media.video, media.audio
 
     def fingerprint(self) -> dict:
         table = self.root / self.label_file
         media = [self.root / self.video_dir / p for p in _listing(self.root / self.video_dir)]
+        media += [self.root / m for m in _media_column(table)]
         return {
             "root": str(self.root.resolve()),
             "labels": content_hash(table) if table.exists() else None,
             "media": file_signature(media),
+            "decoding": DECODING_VERSION,
+            "video_ext": self.video_ext,
             "modalities": self.modalities,
             "frames": self.frames,
             "frame_size": self.frame_size,
@@ -251,21 +309,27 @@ class RawClipSource(DataSource):
             "tokenizer": self.tokenizer.name,
             "max_text_length": self.tokenizer.max_length,
             **({"text_features": self.text.states.fingerprint()} if self.text.states else {}),
+            **({"face": self.face.settings()} if self.face else {}),
+            **({"asr": self.asr.fingerprint()} if self.asr else {}),
         }
 
     def open(self, workdir: Path) -> tuple[list[dict], DatasetSpec]:
         table = read_label_table(self.root / self.label_file)
-        if "text" in self.modalities:
-            self.text.fit(table.loc[table["mode"] == "train", "text"].tolist(),
-                          dict(zip(table["id"], table["text"], strict=True)), workdir)
         records = [self._record(row) for row in table.to_dict("records")]
+        if "text" in self.modalities:
+            texts = {r["id"]: r["transcript"] for r in records if r["transcript"]}
+            self.text.fit([r["transcript"] for r in records if r["split"] == "train" and r["transcript"]],
+                          texts, workdir)
         return records, self._spec()
 
     def _record(self, row: dict) -> dict:
-        video, audio = self.clip_paths(row["video_id"], row["clip_id"])
+        media = self.clip_media(row["video_id"], row["clip_id"], row.get("media"))
         clean = _as_float(row.get("clean_label", math.nan))
-        return {"id": row["id"], "split": row["mode"], "transcript": row["text"], "label": row["label"],
-                "clean_label": clean, "video_path": str(video), "audio_path": str(audio)}
+        record = clip_record(row["id"], row["mode"], row["text"], row["label"], media,
+                             self.asr if "text" in self.modalities else None)
+        record["clean_label"] = clean
+        record["media_stem"] = str(self.root / self.video_dir / row["video_id"] / row["clip_id"])
+        return record
 
     def _spec(self) -> DatasetSpec:
         dims = {"text": self.text.input_dim if "text" in self.modalities else 0,
@@ -282,23 +346,74 @@ class RawClipSource(DataSource):
     def load(self, record: dict) -> Loaded:
         example = {key: record[key] for key in ("id", "split", "transcript", "label", "clean_label")}
         problems: list[str] = []
+        notes: dict = {}
         for modality in MODALITIES:
             example[modality] = None
-            if modality in self.modalities:
-                try:
-                    example[modality] = self._load_modality(modality, record)
-                except DecodeError as error:
-                    problems.append(f"{record['id']}: {modality}: {error}")
-        return Loaded(example, problems)
+            if modality not in self.modalities:
+                continue
+            if modality == "text":
+                notes["transcript"] = record["transcript_source"]
+                if record["transcript"]:
+                    example["text"] = self.text.encode(record["id"], record["transcript"])
+                continue
+            try:
+                example[modality] = self._load_media(modality, record, notes)
+            except DecodeError as error:
+                problems.append(f"{record['id']}: {modality}: {error}")
+        return Loaded(example, problems, notes)
 
-    def _load_modality(self, modality: str, record: dict):
-        if modality == "text":
-            return self.text.encode(record["id"], record["transcript"])
+    def _load_media(self, modality: str, record: dict, notes: dict):
+        path = record[f"{modality}_path"]
+        if not path:
+            stem = record.get("media_stem") or record["id"]
+            tried = VIDEO_SUFFIXES if modality == "video" else VIDEO_SUFFIXES + AUDIO_SUFFIXES
+            raise DecodeError(f"{stem}: no {modality} file (looked for {', '.join(tried)})")
         if modality == "audio":
-            samples = decode_audio(record["audio_path"], self.sample_rate)
+            samples = decode_audio(path, self.sample_rate)
             return log_mel_frames(samples, self.sample_rate, self.n_mels,
                                   max_frames=self.max_audio_frames)
-        return decode_frames(record["video_path"], self.frames, self.frame_size)
+        decoded = decode_frames(path, self.frames, self.frame_size, self.face)
+        if decoded.face_found is not None:
+            notes["face"] = "found" if decoded.face_found else "centre crop"
+        return decoded.frames
+
+
+def clip_record(clip_id: str, split: str, text: str | None, label: float, media: ClipMedia,
+                transcriber: Transcriber | None = None) -> dict:
+    """One clip's record for :meth:`RawClipSource.load`, from its table row and files.
+
+    Training preparation and scoring both build records here, so a clip's transcript
+    and files are chosen the same way on both paths.
+
+    Args:
+        clip_id (str): The clip id.
+        split (str): Its split.
+        text (str | None): Its transcript in the table (empty or None when unknown).
+        label (float): Its score (NaN when unknown).
+        media (ClipMedia): Its files.
+        transcriber (Transcriber | None): Speech recognition for clips without text.
+
+    Returns:
+        dict: ``id``, ``split``, ``transcript``, ``transcript_source``, ``label``,
+        ``clean_label``, ``video_path``, ``audio_path``, ``subtitle_path`` (paths as
+        strings, empty where absent).
+    """
+    transcript, origin = clip_transcript(text, media.subtitle, media.audio, transcriber)
+    return {"id": clip_id, "split": split, "transcript": transcript, "transcript_source": origin,
+            "label": label, "clean_label": math.nan,
+            "video_path": str(media.video) if media.video else "",
+            "audio_path": str(media.audio) if media.audio else "",
+            "subtitle_path": str(media.subtitle) if media.subtitle else ""}
+
+
+def _media_column(table: Path) -> list[str]:
+    """The paths a label table's ``media`` column names; none when it is unreadable
+    (reading it in ``open`` then says why, naming the row)."""
+    try:
+        named = pd.read_csv(table, dtype=str, keep_default_na=False, usecols=lambda c: c == "media")
+    except (OSError, UnicodeDecodeError, ValueError):
+        return []
+    return [m.strip() for m in named.get("media", []) if m.strip()]
 
 
 def _listing(folder: Path) -> list[str]:

@@ -18,8 +18,8 @@ import torch
 from safetensors.torch import save_model
 from torch import nn
 
+from mmsent.data.media import media_for_file
 from mmsent.data.schema import MODALITIES
-from mmsent.data.sources import audio_file
 from mmsent.errors import ConfigError, MissingFileError
 from mmsent.hub.preprocess import Clip, PreparedClip, Preprocessor
 from mmsent.models.config import (
@@ -261,9 +261,10 @@ class SentimentModel(nn.Module, HubMixin, tags=["mmsent", "multimodal-sentiment-
 
         Args:
             video (str | list | None): The video file(s).
-            audio (str | list | None): The audio file(s); by default each video's
-                ``.wav`` beside it, else its own audio track.
-            text (str | list | None): What is said in each clip.
+            audio (str | list | None): The audio file(s); by default an audio file
+                of the video's name beside it, else its own audio track.
+            text (str | list | None): What is said in each clip; when empty, the cues
+                of an ``.srt``/``.vtt`` of the video's name beside it.
             batch_size (int): Clips per forward pass.
 
         Returns:
@@ -285,9 +286,10 @@ class SentimentModel(nn.Module, HubMixin, tags=["mmsent", "multimodal-sentiment-
                 raise ValueError(f"predict: {name} has {len(value)} entries, another input {count}")
         if all(v is None for values in lists.values() for v in values):
             raise ValueError("predict: give at least one of video, audio, text")
+        found = [media_for_file(v) if v else None for v in lists["video"]]
         clips = [Clip(id=str(i), video=lists["video"][i], text=lists["text"][i],
-                      audio=lists["audio"][i] or (str(audio_file(Path(lists["video"][i])))
-                                                  if lists["video"][i] else None))
+                      audio=lists["audio"][i] or (str(found[i].audio) if found[i] else None),
+                      subtitle=str(found[i].subtitle) if found[i] and found[i].subtitle else None)
                  for i in range(count)]
         results = [{k: v for k, v in r.items() if k not in ("id", "label")}
                    for r in self.score_clips(clips, batch_size)]

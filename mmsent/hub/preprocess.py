@@ -14,8 +14,9 @@ from pathlib import Path
 
 from mmsent.data.cache import to_row
 from mmsent.data.datamodule import collate
+from mmsent.data.media import ClipMedia, media_for_file
 from mmsent.data.schema import MODALITIES, DatasetSpec
-from mmsent.data.sources import RawClipSource
+from mmsent.data.sources import RawClipSource, clip_record
 from mmsent.errors import ConfigError, MissingFileError
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -29,9 +30,11 @@ class Clip:
     Attributes:
         id (str): What the output calls it.
         video (str | None): The video file.
-        audio (str | None): The audio file (a WAV, or a video whose track to use).
+        audio (str | None): The audio file (an audio file, or a video whose track to use).
         text (str | None): What is said in it.
         label (float | None): Its true score, when known.
+        subtitle (str | None): An ``.srt``/``.vtt`` file whose cues are the transcript
+            when ``text`` is empty; by default the one beside the video, if any.
     """
 
     id: str
@@ -39,6 +42,7 @@ class Clip:
     audio: str | None = None
     text: str | None = None
     label: float | None = None
+    subtitle: str | None = None
 
 
 @dataclass
@@ -50,12 +54,15 @@ class PreparedClip:
         row (dict): Its prepared example (:func:`~mmsent.data.cache.to_row`).
         present (list[str]): The modalities read.
         problems (list[str]): One line per input that was given but could not be read.
+        notes (dict): What preparation noted (``transcript``: where the text came
+            from; ``face``: found or centre crop), as in the training cache.
     """
 
     clip: Clip
     row: dict
     present: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    notes: dict = field(default_factory=dict)
 
 
 def preprocessing_settings(source: RawClipSource, spec: DatasetSpec) -> dict:
@@ -84,9 +91,17 @@ def preprocessing_settings(source: RawClipSource, spec: DatasetSpec) -> dict:
                  "tokenizer_file": TOKENIZER_FILE if source.tokenizer.name == WORD_TOKENIZER else None,
                  "max_length": source.tokenizer.max_length},
         "video": {"container": source.video_ext, "frames": source.frames, "frame_size": source.frame_size,
-                  "sampling": "frames evenly spaced over the whole clip, scaled to frame_size x frame_size "
-                              "RGB while decoding, then to [-1, 1]"},
-        "audio": {"source": "the .wav of the same name beside the video, else the video's own audio track",
+                  "sampling": "frames on display at instants evenly spaced from the first frame's timestamp "
+                              "to the last's, display rotation undone, then either scaled whole to "
+                              "frame_size x frame_size RGB or (face) cropped to the clip's face box and "
+                              "scaled, then to [-1, 1]",
+                  "face": source.face.settings() if source.face else None},
+        "transcripts": {"order": "label.csv's text, else the cues of an .srt/.vtt beside the clip, else "
+                                 "the asr model's transcript, else no text",
+                        "asr": source.asr.folder if source.asr else None},
+        "audio": {"source": "an audio file of the same name beside the video (.wav, .flac, .mp3, .m4a, "
+                            ".ogg), else the video's own audio track, mixed down to mono; silence fills a "
+                            "late start of the audio against the video",
                   "sample_rate": source.sample_rate, "features": "log-mel filterbank energies",
                   "n_mels": source.n_mels, "window_ms": 25.0, "hop_ms": 10.0,
                   "max_frames": source.max_audio_frames,
@@ -111,11 +126,13 @@ class Preprocessor:
     def __init__(self, settings: dict, folder: str | Path | None = None) -> None:
         text, video, audio = settings["text"], settings["video"], settings["audio"]
         self.spec = DatasetSpec(**settings["spec"])
+        asr = settings.get("transcripts", {}).get("asr")
         self.source = RawClipSource(".", video_ext=video["container"], modalities=settings["modalities"],
                                     frames=video["frames"], frame_size=video["frame_size"],
                                     sample_rate=audio["sample_rate"], n_mels=audio["n_mels"],
                                     max_audio_frames=audio["max_frames"], tokenizer=text["tokenizer"],
-                                    max_text_length=text["max_length"])
+                                    max_text_length=text["max_length"], face=video.get("face"),
+                                    asr=asr if asr and Path(asr).is_dir() else None)
         if "text" in self.source.modalities:
             self._fit_tokenizer(text, folder)
 
@@ -143,14 +160,14 @@ class Preprocessor:
         Returns:
             PreparedClip: Its example; an input that was given but could not be read
             (an unreadable video, a video without an audio track) is left out and
-            named in ``problems``; an empty transcript counts as no text.
+            named in ``problems``; an empty transcript with no subtitle counts as no text.
         """
-        transcript = (clip.text or "").strip()
-        record = {"id": clip.id, "split": "test", "transcript": transcript,
-                  "label": float("nan") if clip.label is None else clip.label,
-                  "clean_label": float("nan"), "video_path": clip.video or "", "audio_path": clip.audio or ""}
+        subtitle = clip.subtitle or (media_for_file(clip.video).subtitle if clip.video else None)
+        media = ClipMedia(clip.video or None, clip.audio or None, subtitle)
+        record = clip_record(clip.id, "test", clip.text, float("nan") if clip.label is None else clip.label,
+                             media, self.source.asr if "text" in self.source.modalities else None)
         loaded = self.source.load(record)
-        given = {"text": bool(transcript), "video": bool(clip.video), "audio": bool(clip.audio)}
+        given = {"text": bool(record["transcript"]), "video": bool(clip.video), "audio": bool(clip.audio)}
         example = loaded.example
         for modality in MODALITIES:
             if not given[modality]:
@@ -159,7 +176,7 @@ class Preprocessor:
         problems = [p[len(clip.id) + 2:] for p in loaded.problems]
         problems = [p for p in problems if given[p.split(": ", 1)[0]]]
         present = [m for m in self.spec.modalities if example.get(m) is not None]
-        return PreparedClip(clip, to_row(example, self.spec), present, problems)
+        return PreparedClip(clip, to_row(example, self.spec), present, problems, loaded.notes)
 
     def collate(self, prepared: list[PreparedClip]) -> dict:
         """dict: A batch of prepared clips, as the DataModule collates it."""
