@@ -380,7 +380,7 @@ def test_an_export_says_where_it_wrote_on_stderr(tmp_path, capsys, monkeypatch):
     import mmsent.hub.export
     from mmsent.main import main
 
-    monkeypatch.setattr(mmsent.hub.export, "export", lambda run_dir, to, stage: Path(to))
+    monkeypatch.setattr(mmsent.hub.export, "export", lambda run_dir, to, stage, overwrite: Path(to))
     main(["export", str(tmp_path / "run"), "--to", str(tmp_path / "model")])
     printed = capsys.readouterr()
     assert printed.out == ""

@@ -32,7 +32,7 @@ from mmsent.data.media import (
 from mmsent.data.schema import MODALITIES, DatasetSpec, check_label, check_split, make_id
 from mmsent.data.synthetic import generate_raw_dataset
 from mmsent.data.transcripts import Transcriber, clip_transcript
-from mmsent.errors import ConfigError
+from mmsent.errors import ConfigError, MissingFileError
 from mmsent.io import content_hash, file_signature
 
 RAW_COLUMNS = ("video_id", "clip_id", "text", "label", "mode")
@@ -101,8 +101,9 @@ class DataSource(ABC):
         """
 
 
-def read_label_table(path: Path) -> pd.DataFrame:
-    """Reads and validates an MMSA-style ``label.csv``.
+def read_label_table(path: Path, labelled: bool = True) -> pd.DataFrame:
+    """Reads and validates an MMSA-style ``label.csv``: the one reader of a label table,
+    for training and for scoring.
 
     An empty transcript is allowed: that clip's text is looked for elsewhere
     (:func:`~mmsent.data.transcripts.clip_transcript`) or is missing. An optional
@@ -112,32 +113,47 @@ def read_label_table(path: Path) -> pd.DataFrame:
     Args:
         path (Path): The CSV (``video_id, clip_id, text, label, annotation, mode`` and
             optionally ``media``).
+        labelled (bool): Whether every clip must have a label and a split (training);
+            scoring needs only ``video_id`` and ``clip_id``, and an empty label or
+            split is then allowed (the label read as NaN).
 
     Returns:
         pd.DataFrame: The table with an ``id`` column, float labels, transcripts with
-        whitespace collapsed, and a ``media`` column (empty where not given).
+        whitespace collapsed, and ``text``, ``mode`` and ``media`` columns (empty where
+        not given).
 
     Raises:
         FileNotFoundError: If the file is missing.
-        ValueError: On a missing column, no row, a bad label, an unknown split or a
-            duplicate id, naming the file and row (1-based, header = row 1).
+        ValueError: On a table that is not CSV, a missing column, no row, a bad label,
+            an unknown split or a duplicate id, naming the file, the row (1-based,
+            header = row 1), the column and the value as written.
     """
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: label file not found")
+    if not path.is_file():
+        raise MissingFileError(f"{path}: label file not found")
     check_utf8(path)
-    table = pd.read_csv(path, dtype={"video_id": str, "clip_id": str, "text": str, "mode": str,
-                                     "media": str}, keep_default_na=False)
-    missing = [c for c in RAW_COLUMNS if c not in table.columns]
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as error:
+        raise ConfigError(f"{path}: not a CSV table ({' '.join(str(error).split())})") from None
+    required = RAW_COLUMNS if labelled else ("video_id", "clip_id")
+    missing = [c for c in required if c not in table.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
     if table.empty:
         raise ConfigError(f"{path}: no clip: the table has a header but no row")
+    for column in ("text", "label", "mode", "media"):
+        if column not in table.columns:
+            table[column] = ""
     seen: dict[str, int] = {}
     labels = []
     for index, row in enumerate(table.itertuples(index=False)):
         where = f"{path}, row {index + 2} ({row.video_id}/{row.clip_id})"
-        labels.append(check_label(_label_value(row.label, where), where))
-        check_split(row.mode, where)
+        if labelled or str(row.label).strip():
+            labels.append(check_label(_label_value(row.label, where), where))
+        else:
+            labels.append(math.nan)
+        if labelled or str(row.mode).strip():
+            check_split(row.mode, where)
         clip = make_id(row.video_id, row.clip_id)
         if clip in seen:
             raise ValueError(f"{where}: duplicate id {clip!r} (first at row {seen[clip]})")
@@ -145,8 +161,6 @@ def read_label_table(path: Path) -> pd.DataFrame:
     table["label"] = labels
     table["id"] = list(seen)
     table["text"] = [" ".join(str(text).split()) for text in table["text"]]
-    if "media" not in table.columns:
-        table["media"] = ""
     return table
 
 

@@ -25,12 +25,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from mmsent.data.schema import MODALITIES, check_label, check_split, make_id
-from mmsent.data.sources import RawClipSource, audio_file, check_utf8
+from mmsent.data.media import media_for_file
+from mmsent.data.schema import MODALITIES
+from mmsent.data.sources import RawClipSource, read_label_table
 from mmsent.errors import ConfigError, MissingFileError, MMSentError
 from mmsent.hub.model import SentimentModel
 from mmsent.hub.preprocess import Clip
@@ -39,123 +39,45 @@ from mmsent.metrics import regression_metrics
 LABEL_FILE = "label.csv"
 COLUMNS = ["id", "score", *(f"score_{m}" for m in MODALITIES), "label_2", "label_5", "label_7",
            "modalities", "problems", "label"]
-AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".m4a", ".ogg")
 
 
-def read_clip_table(path: Path) -> pd.DataFrame:
-    """Reads a folder's ``label.csv`` for scoring, checking each value as the training
-    reader does (:func:`mmsent.data.sources.read_label_table`): UTF-8, the labels
-    given are finite scores in [-3, 3], the splits known, the ids unique. Only
-    ``video_id`` and ``clip_id`` are required.
-
-    Args:
-        path (Path): The table.
-
-    Returns:
-        pd.DataFrame: Its rows as strings, with ``id`` and ``label`` (float, NaN where
-        empty) columns.
-
-    Raises:
-        MissingFileError: If the table is missing.
-        ConfigError: If it is not UTF-8, lacks ``video_id`` or ``clip_id``, holds no
-            row, or a value is bad, naming the file, the row (header = row 1), the
-            column and the raw value.
-    """
-    if not path.is_file():
-        raise MissingFileError(f"{path.parent}: no {LABEL_FILE} (columns video_id, clip_id and optionally "
-                               f"text, label, mode, media)")
-    check_utf8(path)
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError) as error:
-        raise ConfigError(f"{path}: not a CSV table ({' '.join(str(error).split())})") from None
-    missing = [c for c in ("video_id", "clip_id") if c not in table.columns]
-    if missing:
-        raise ConfigError(f"{path}: missing column(s) {', '.join(missing)}")
-    if table.empty:
-        raise ConfigError(f"{path}: no clip (the table holds only its header)")
-    labels, seen = [], {}
-    for index, row in enumerate(table.to_dict("records")):
-        where = f"{path}, row {index + 2} ({row['video_id']}/{row['clip_id']})"
-        labels.append(_label(row.get("label", ""), where))
-        if row.get("mode", "").strip():
-            try:
-                check_split(row["mode"], where)
-            except ValueError as error:
-                raise ConfigError(f"{error} (column mode)") from None
-        clip = make_id(row["video_id"], row["clip_id"])
-        if clip in seen:
-            raise ConfigError(f"{where}: duplicate id {clip!r} (first at row {seen[clip]})")
-        seen[clip] = index + 2
-    table["id"] = list(seen)
-    table["label"] = labels
-    return table
-
-
-def _label(raw: str, where: str) -> float:
-    if not str(raw).strip():
-        return math.nan
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{where}: column label: {raw!r} is not a number") from None
-    try:
-        return check_label(value, where)
-    except ValueError as error:
-        raise ConfigError(f"{error} (column label)") from None
-
-
-def clip_media(root: Path, row: dict, video_ext: str) -> tuple[Path, Path]:
-    """Where one clip's video and audio are: the one lookup of a clip's media by
-    scoring. The file the row's ``media`` cell names (relative to ``root``), else the
-    training source's layout, ``Raw/<video_id>/<clip_id>.<ext>``; the audio from a
-    ``.wav`` beside the video where there is one.
-
-    Args:
-        root (Path): The folder in the raw layout.
-        row (dict): The clip's ``label.csv`` row.
-        video_ext (str): The extension the model's training videos had.
-
-    Returns:
-        tuple[Path, Path]: The video file and the audio file (either may not exist,
-        or be None where none is found).
-    """
-    named = str(row.get("media") or "").strip()
-    if named:
-        return root / named, audio_file(root / named)
-    return RawClipSource(str(root), video_ext=video_ext).clip_paths(row["video_id"], row["clip_id"])
-
-
-def folder_clips(root: Path, split: str | None, video_ext: str) -> tuple[list[Clip], bool]:
-    """The clips of a folder in the raw layout.
+def folder_clips(root: Path, split: str | None, video_ext: str | None = None) -> tuple[list[Clip], bool]:
+    """The clips of a folder in the raw layout, read as training reads them: the table
+    by :func:`~mmsent.data.sources.read_label_table` (only ``video_id`` and
+    ``clip_id`` required), each clip's files by
+    :meth:`~mmsent.data.sources.RawClipSource.clip_media` (any container, or the
+    ``media`` column; audio and subtitle beside the clip).
 
     Args:
         root (Path): The folder.
         split (str | None): Keep only rows whose ``mode`` is this.
-        video_ext (str): The video files' extension.
+        video_ext (str | None): The container tried first, as in training.
 
     Returns:
         tuple[list[Clip], bool]: The clips, and whether every one has a label.
 
     Raises:
         MissingFileError: If ``label.csv`` is missing.
-        ConfigError: If it is bad (:func:`read_clip_table`), has no ``mode`` to select
-            ``split`` by, or no row of that split.
+        ConfigError: If it is bad (:func:`~mmsent.data.sources.read_label_table`),
+            has no ``mode`` to select ``split`` by, or no row of that split.
     """
     path = root / LABEL_FILE
-    table = read_clip_table(path)
+    if not path.is_file():
+        raise MissingFileError(f"{root}: no {LABEL_FILE} (columns video_id, clip_id and optionally "
+                               f"text, label, mode, media)")
+    table = read_label_table(path, labelled=False)
     if split:
-        if "mode" not in table.columns:
+        if not table["mode"].str.strip().any():
             raise ConfigError(f"{path}: --split {split} needs a mode column")
         table = table[table["mode"] == split]
         if table.empty:
             raise ConfigError(f"{path}: no row whose mode is {split!r}")
-    clips = []
+    clips, source = [], RawClipSource(str(root), video_ext=video_ext)
     for row in table.to_dict("records"):
-        video, audio = clip_media(root, row, video_ext)
+        media = source.clip_media(row["video_id"], row["clip_id"], row["media"])
         label = row["label"]
-        clips.append(Clip(id=row["id"], video=str(video) if video else None, audio=str(audio) if audio else None,
-                          text=row.get("text"), label=None if math.isnan(label) else label))
+        clips.append(Clip(id=row["id"], video=_path(media.video), audio=_path(media.audio), text=row["text"],
+                          subtitle=_path(media.subtitle), label=None if math.isnan(label) else label))
     return clips, bool(clips) and all(c.label is not None for c in clips)
 
 
@@ -169,9 +91,13 @@ def single_clip(path: Path, text: str | None) -> Clip:
     Returns:
         Clip: The clip, named after the file.
     """
-    if path.suffix.lower() in AUDIO_SUFFIXES:
-        return Clip(id=path.stem, audio=str(path), text=text)
-    return Clip(id=path.stem, video=str(path), audio=str(audio_file(path)), text=text)
+    media = media_for_file(path)
+    return Clip(id=path.stem, video=_path(media.video), audio=_path(media.audio), text=text,
+                subtitle=_path(media.subtitle))
+
+
+def _path(path: Path | None) -> str | None:
+    return None if path is None else str(path)
 
 
 def output_row(result: dict) -> dict:
