@@ -34,9 +34,11 @@ def resolved(pipeline: Pipeline) -> dict:
 
 
 @pytest.mark.parametrize("path", sorted(PIPELINES.glob("*.yaml")), ids=lambda path: path.name)
-def test_every_shipped_pipeline_and_its_stage_configs_check(path):
+def test_every_shipped_pipeline_and_its_stage_configs_check(path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where the configs' relative data and run folders would go
     pipeline = load_pipeline(path)
     check_stages(pipeline, pipeline.stages, [])
+    assert not list(tmp_path.iterdir()), "checking a pipeline prepares no data and starts no run"
 
 
 def test_the_check_names_a_mistyped_key_in_a_stage_config(tmp_path):
