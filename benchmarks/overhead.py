@@ -36,17 +36,16 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytorch_lightning as pl
 import torch
-import yaml
 from common import REPO, save_measurement
 from data_loading import epoch_seconds
 
 from mmsent.data.datamodule import model_modalities
+from mmsent.pipeline.spec import Stage, load_pipeline
 
 
-def pipeline_stages(pipeline: str) -> dict[str, dict]:
-    """The stages of ``pipelines/<pipeline>.yaml`` by name, each with its ``configs`` and ``checkpoints``."""
-    spec = yaml.safe_load((REPO / "pipelines" / f"{pipeline}.yaml").read_text())
-    return {stage["name"]: stage for stage in spec["stages"]}
+def pipeline_stages(pipeline: str) -> dict[str, Stage]:
+    """The stages of ``pipelines/<pipeline>.yaml`` by name, as the runner reads them (``extends`` merged)."""
+    return {stage.name: stage for stage in load_pipeline(REPO / "pipelines" / f"{pipeline}.yaml").stages}
 
 
 class EpochTimer(pl.Callback):
@@ -86,11 +85,11 @@ def stage_arguments(stage: str, args: argparse.Namespace, root: str) -> list[str
     """
     spec = pipeline_stages(args.pipeline)[stage]
     cli_args = []
-    for config in spec["configs"]:
-        cli_args += ["-c", str(REPO / "pipelines" / config)]
-    if spec.get("checkpoints"):
+    for config in spec.configs:
+        cli_args += ["-c", str(config)]
+    if spec.checkpoints:
         stages = json.loads((Path(args.run) / "manifest.json").read_text())["stages"]
-        cli_args += [f"--{key}={stages[source]['best_checkpoint']}" for key, source in spec["checkpoints"].items()]
+        cli_args += [f"--{key}={stages[source]['best_checkpoint']}" for key, source in spec.checkpoints.items()]
     validation = [] if args.validate else ["--trainer.limit_val_batches=0"]
     return cli_args + [f"--data.source.init_args.root={args.data_root}", f"--data.cache_dir={args.cache_dir}",
                        f"--trainer.max_epochs={args.epochs}", *validation,

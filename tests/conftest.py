@@ -6,9 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-CONF = Path(__file__).resolve().parent / "conf"
+from helpers import data_args
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -24,23 +22,6 @@ def tiny_raw(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny_raw")
     generate_raw_dataset(root, num_clips=48, seed=0, frames=8, frame_size=32)
     return root
-
-
-def data_args(raw_root: Path, folder: Path, cache: Path | None = None) -> list[str]:
-    """CLI arguments pointing the tests' data config at a dataset.
-
-    Args:
-        raw_root (Path): The raw dataset.
-        folder (Path): Where the run goes (and the cache, unless given).
-        cache (Path | None): A cache folder to share between tests.
-
-    Returns:
-        list[str]: Arguments for ``mmsent fit`` and friends.
-    """
-    return ["-c", str(CONF / "tiny_data.yaml"),
-            f"--data.source.init_args.root={raw_root}",
-            f"--data.cache_dir={cache or folder / 'cache'}",
-            f"--trainer.default_root_dir={folder / 'run'}"]
 
 
 @pytest.fixture(scope="session")

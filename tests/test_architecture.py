@@ -1,5 +1,6 @@
 """The shape of the package: no import cycle among mmsent's modules, not even through an
-import inside a function, and no module longer than a reader holds in mind."""
+import inside a function; each module imports only its own layer and those below it
+(:data:`LAYERS`); and no module longer than a reader holds in mind."""
 
 from __future__ import annotations
 
@@ -11,6 +12,25 @@ import mmsent
 
 PACKAGE = Path(mmsent.__file__).resolve().parent
 MAX_LINES = 400
+
+# The layers of the package, lowest first: a module imports from its own layer and the
+# layers below, never from one above, not even inside a function. Packages joined by
+# " | " share a layer yet may not import each other. ``mmsent.cli`` builds the
+# LightningCLI that runs one stage, so the pipeline stands on it; the command line
+# over everything is ``mmsent.main``. Every module must fall in a layer.
+LAYERS = [
+    "mmsent.errors | mmsent.io | mmsent.metrics | mmsent.optim | mmsent.diagnostics",
+    "mmsent.pretrained",
+    "mmsent.models | mmsent.data",  # plain nn.Modules apart from the Lightning data module
+    "mmsent.regularization | mmsent.selection",
+    "mmsent.tasks",
+    "mmsent.callbacks",
+    "mmsent.cli",
+    "mmsent.pipeline",
+    "mmsent.hub",
+    "mmsent.main",
+    "mmsent | mmsent.__main__",
+]
 
 
 def module_names(root: Path, package: str) -> dict[str, Path]:
@@ -103,6 +123,54 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_no_import_cycle_among_the_modules():
     found = cycles(import_graph(PACKAGE, "mmsent"))
     assert not found, "import cycles:\n" + "\n".join(" -> ".join(cycle) for cycle in found)
+
+
+def layer_of(module: str, layers: list[str]) -> tuple[int, str] | None:
+    """The layer (its index) and the package of it that hold a module: the longest
+    package named in ``layers`` that is the module or holds it. The root package
+    stands for its ``__init__`` alone, so a new top-level module falls in no layer."""
+    named = [(index, name.strip()) for index, layer in enumerate(layers) for name in layer.split("|")]
+    found = [(index, name) for index, name in named
+             if module == name or ("." in name and module.startswith(name + "."))]
+    return max(found, key=lambda entry: len(entry[1]), default=None)
+
+
+def layer_violations(graph: dict[str, set[str]], layers: list[str]) -> list[str]:
+    """Each import against the layers: upward, between packages of one layer, or from or
+    to a module in no layer."""
+    found = []
+    for module in sorted(graph):
+        place = layer_of(module, layers)
+        if place is None:
+            found.append(f"{module} is in no layer")
+            continue
+        for target in sorted(graph[module]):
+            other = layer_of(target, layers)
+            if other is None:
+                continue  # reported as a module of its own
+            if other[0] > place[0]:
+                found.append(f"{module} ({place[1]}) imports {target}, in a higher layer ({other[1]})")
+            elif other[0] == place[0] and other[1] != place[1]:
+                found.append(f"{module} ({place[1]}) imports {target} ({other[1]}), "
+                             f"which shares its layer and must stay apart from it")
+    return found
+
+
+def test_every_module_imports_only_its_layer_and_those_below():
+    found = layer_violations(import_graph(PACKAGE, "mmsent"), LAYERS)
+    assert not found, "imports against the layers (tests/test_architecture.py LAYERS):\n" + "\n".join(found)
+
+
+def test_the_layer_check_sees_upward_sideways_and_unplaced_imports():
+    layers = ["pkg.base", "pkg.low | pkg.side", "pkg.high", "pkg"]
+    graph = {"pkg": {"pkg.high"}, "pkg.base": set(), "pkg.low.a": {"pkg.base", "pkg.low.b"},
+             "pkg.low.b": {"pkg.high.c"}, "pkg.side": {"pkg.low.a"}, "pkg.high.c": {"pkg.low.a"},
+             "pkg.stray": {"pkg.base"}}
+    assert layer_violations(graph, layers) == [
+        "pkg.low.b (pkg.low) imports pkg.high.c, in a higher layer (pkg.high)",
+        "pkg.side (pkg.side) imports pkg.low.a (pkg.low), which shares its layer and must stay apart from it",
+        "pkg.stray is in no layer",
+    ]
 
 
 def test_no_module_over_the_line_limit():

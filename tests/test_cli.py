@@ -5,7 +5,7 @@ import csv as csv_module
 import pytest
 import torch
 import yaml
-from conftest import data_args
+from helpers import data_args
 from pytorch_lightning.callbacks import LearningRateMonitor
 
 from mmsent.cli import build_cli

@@ -13,7 +13,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import yaml
-from conftest import CONF, REPO
+from helpers import CONF, REPO
 from test_cli import QUICKSTART, STAGE_CONFIGS, train_stage
 from test_pipeline import manifest, write_pipeline
 from torch.utils.data import DistributedSampler

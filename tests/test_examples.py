@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO
+from helpers import REPO
 from test_hub import model_dir, pipeline_run  # noqa: F401  (module fixtures)
 
 EXAMPLES = REPO / "examples"

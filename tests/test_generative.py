@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF, REPO
+from helpers import CONF, REPO
 from torch import nn
 
 from mmsent.models.generative import (

@@ -6,7 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import REPO
+from helpers import REPO
 from test_pipeline import write_pipeline
 from test_readers import mmsa_split
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import CONF, REPO
+from helpers import CONF, REPO
 
 from mmsent.callbacks import ModalitySelection
 from mmsent.data.schema import ID_SEPARATOR
@@ -132,8 +132,8 @@ def test_pipeline_file_errors_name_the_file_and_key(tmp_path):
         ({"stages": [{"name": "a", "checkpoints": {"model.init_args.x": "b"}}, {"name": "b"}]},
          r"stages\[0\]: checkpoints.model.init_args.x takes stage 'b', which does not run before 'a'"),
         ({"stages": []}, rf"{path}: the pipeline lists no stage"),
-        ({"name": "x"}, r"required: stages"),
-        (["text", "audio"], rf"{path}: expected a mapping with the keys stages, name, output_dir, args, wandb"),
+        ({"name": "x"}, rf"{path}: the pipeline lists no stage"),
+        (["text", "audio"], rf"{path}: expected a mapping with the keys stages, extends, name, output_dir, args, wandb"),
     ]
     for spec, message in cases:
         with pytest.raises(ConfigError, match=message):

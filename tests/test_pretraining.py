@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import REPO
+from helpers import REPO
 
 from mmsent.models import AcousticMLPEncoder
 from mmsent.models.audio import greedy_layerwise_pretraining

@@ -17,7 +17,7 @@ import datasets
 import pytest
 import torch
 import yaml
-from conftest import CONF, data_args
+from helpers import CONF, data_args
 from test_pipeline import manifest, write_pipeline
 
 import mmsent.data.cache as data_cache

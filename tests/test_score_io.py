@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import CONF, REPO
+from helpers import CONF, REPO
 
 from mmsent.hub import score as score_command
 from mmsent.hub.export import export

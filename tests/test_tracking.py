@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 import wandb
 import yaml
-from conftest import CONF, REPO
+from helpers import CONF, REPO
 from wandb_offline import OfflineRun
 
 from mmsent.errors import ConfigError

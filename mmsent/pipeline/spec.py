@@ -7,18 +7,34 @@ turns W&B tracking on. Every mistake is reported before any stage runs, naming
 the file and the key: an unknown key, a value of the wrong type, a missing config
 file, a duplicate stage, or a checkpoint taken from a stage that does not run
 earlier.
+
+A pipeline file may build on another with ``extends: <file>`` (relative to it) and
+say only what differs:
+
+* ``args`` and ``wandb`` given in the file replace the parent's whole; those it
+  leaves out are the parent's. ``name`` and ``output_dir`` are never inherited: left
+  out, they follow the file's own stem, so two pipelines never share a run folder.
+* ``stages`` merge by name. An entry naming a stage of the parent replaces the fields
+  it gives (``configs``, ``checkpoints``, ``args``, each whole) and keeps the others.
+  An entry with a new name adds a stage right after the entry listed before it in
+  the file, or after the parent's last stage when it is listed first; an entry with
+  only a name changes nothing and can place the new stages after it. A stage is never
+  removed.
+* Config paths are relative to the file that writes them; the parent may extend
+  another in turn, and a chain that comes back to a file is refused, naming the files.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import os
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
 from jsonargparse import ArgumentError, ArgumentParser
 
-from mmsent.errors import ConfigError
+from mmsent.errors import ConfigError, MissingFileError
 
 Section = TypeVar("Section")
 
@@ -69,14 +85,17 @@ class PipelineFile:
     """The top level of a pipeline file, before its sections are validated.
 
     Attributes:
-        stages (list[dict[str, Any]]): One :class:`Stage` mapping per stage.
+        stages (list[dict[str, Any]]): One :class:`Stage` mapping per stage; with
+            ``extends``, the stages to add or change.
+        extends (str | None): The pipeline file this one builds on, relative to it.
         name (str | None): The pipeline's name; None takes the file's stem.
         output_dir (Path | None): Where its runs go; None: ``runs/<file stem>``.
         args (list[str]): Command-line arguments added to every stage.
         wandb (dict[str, Any] | None): A :class:`WandbSettings` mapping.
     """
 
-    stages: list[dict[str, Any]]
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    extends: str | None = None
     name: str | None = None
     output_dir: Path | None = None
     args: list[str] = field(default_factory=list)
@@ -114,41 +133,108 @@ class Pipeline:
 
 
 def load_pipeline(path: str | Path) -> Pipeline:
-    """Reads and validates a pipeline file.
+    """Reads and validates a pipeline file, and the files it extends.
 
     Args:
         path (str | Path): The YAML file; config paths inside are relative to it.
 
     Returns:
-        Pipeline: The pipeline.
+        Pipeline: The pipeline, the files it extends merged in.
 
     Raises:
-        ConfigError: On a file that is not YAML, an unknown key, a value of the wrong
-            type, a missing config file, a duplicate stage, or a checkpoint taken from
-            a stage that does not run earlier, naming the file and the key.
+        MissingFileError: If ``path`` does not exist.
+        ConfigError: On a file that is not YAML, an unknown key, a value of the wrong type, a missing config
+            or extended file, a duplicate stage, a checkpoint taken from a stage that
+            does not run earlier, or a chain of ``extends`` coming back to a file,
+            naming the file and the key.
     """
     path = Path(path)
+    top, written = resolved_file(path, [])
+    stages: list[Stage] = []
+    for stage, where in written:
+        check_order(stage, [s.name for s in stages], where)
+        stages.append(stage)
+    if not stages:
+        raise ConfigError(f"{path}: the pipeline lists no stage")
+    wandb = top.get("wandb") or WandbSettings(enabled=False)
+    return Pipeline(top.get("name") or path.stem, top.get("output_dir") or Path("runs") / path.stem,
+                    stages, top.get("args", []), wandb)
+
+
+def resolved_file(path: Path, chain: list[Path]) -> tuple[dict[str, Any], list[tuple[Stage, str]]]:
+    """One pipeline file with the files it extends merged in, as the module describes.
+
+    Args:
+        path (Path): The file.
+        chain (list[Path]): The files that extend it, outermost first.
+
+    Returns:
+        tuple[dict[str, Any], list[tuple[Stage, str]]]: The top-level keys set
+        (``wandb`` as :class:`WandbSettings`), and the stages in run order, each with
+        the file and key that last wrote it, for messages.
+
+    Raises:
+        ConfigError: As :func:`load_pipeline`.
+    """
+    if path.resolve() in [p.resolve() for p in chain]:
+        loop = " -> ".join(map(str, [*chain, path]))
+        raise ConfigError(f"{chain[-1]}: extends comes back to a file it started from: {loop}")
+    if not path.is_file():
+        if not chain:
+            raise MissingFileError(f"pipeline file {path} does not exist")
+        raise ConfigError(f"{chain[-1]}: extends {path}, which does not exist")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(error, "problem", None) or type(error).__name__
         raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
-    top = validated(PipelineFile, raw or {}, str(path))
-    stages: list[Stage] = []
-    for index, entry in enumerate(top.stages):
+    file = validated(PipelineFile, raw, str(path))
+    top = {key: getattr(file, key) for key in raw if key not in ("stages", "extends")}
+    if top.get("wandb") is not None:
+        top["wandb"] = validated(WandbSettings, top["wandb"], f"{path}: wandb")
+    entries = []
+    for index, entry in enumerate(file.stages):
         where = f"{path}: stages[{index}]"
         stage = validated(Stage, entry, where)
         stage.configs = [path.parent / config for config in stage.configs]
-        check_stage(stage, [s.name for s in stages], where)
-        stages.append(stage)
-    if not stages:
-        raise ConfigError(f"{path}: the pipeline lists no stage")
-    wandb = (WandbSettings(enabled=False) if top.wandb is None
-             else validated(WandbSettings, top.wandb, f"{path}: wandb"))
-    return Pipeline(top.name or path.stem, top.output_dir or Path("runs") / path.stem, stages,
-                    top.args, wandb)
+        check_files(stage, [e[0]["name"] for e in entries], where)
+        entries.append(({key: getattr(stage, key) for key in entry}, where))
+    if file.extends is None:
+        return top, [(Stage(**given), where) for given, where in entries]
+    parent = Path(os.path.normpath(path.parent / file.extends))
+    inherited, stages = resolved_file(parent, [*chain, path])
+    kept = {key: value for key, value in inherited.items() if key not in ("name", "output_dir")}
+    return {**kept, **top}, merged_stages(stages, entries)
+
+
+def merged_stages(stages: list[tuple[Stage, str]],
+                  entries: list[tuple[dict[str, Any], str]]) -> list[tuple[Stage, str]]:
+    """The parent's stages with the child's entries merged in by name.
+
+    Args:
+        stages (list[tuple[Stage, str]]): The parent's stages, each with where it was
+            written.
+        entries (list[tuple[dict[str, Any], str]]): The child's entries, each the
+            fields it gives (``name`` among them) and where it was written.
+
+    Returns:
+        list[tuple[Stage, str]]: A named stage with the fields given replaced, a new
+        one right after the entry listed before it (the parent's last stage for the
+        first), each with where it was last written.
+    """
+    merged = list(stages)
+    after = len(merged) - 1
+    for given, where in entries:
+        names = [stage.name for stage, _ in merged]
+        if given["name"] in names:
+            after = names.index(given["name"])
+            merged[after] = (replace(merged[after][0], **given), where)
+        else:
+            after += 1
+            merged.insert(after, (Stage(**given), where))
+    return merged
 
 
 def validated(kind: type[Section], raw: Any, where: str) -> Section:
@@ -180,23 +266,37 @@ def validated(kind: type[Section], raw: Any, where: str) -> Section:
     return kind(**parsed.as_dict())
 
 
-def check_stage(stage: Stage, earlier: list[str], where: str) -> None:
-    """What the types cannot tell: the stage's place among the others, and its files.
+def check_files(stage: Stage, earlier: list[str], where: str) -> None:
+    """What the types cannot tell of one entry in its file: its name is new there and
+    its config files exist.
 
     Args:
-        stage (Stage): The stage, its config paths resolved.
-        earlier (list[str]): The names of the stages before it.
+        stage (Stage): The entry, its config paths resolved.
+        earlier (list[str]): The names of the entries before it in the same file.
         where (str): The file and key, for messages.
 
     Raises:
-        ConfigError: On a duplicate stage name, a missing config file, or a
-            checkpoint taken from a stage that does not run earlier.
+        ConfigError: On a duplicate stage name or a missing config file.
     """
     if stage.name in earlier:
         raise ConfigError(f"{where}: duplicate stage name {stage.name!r}")
     for config in stage.configs:
         if not config.is_file():
             raise ConfigError(f"{where}: config file {config} does not exist")
+
+
+def check_order(stage: Stage, earlier: list[str], where: str) -> None:
+    """What the types cannot tell of a stage in the merged pipeline: each checkpoint
+    comes from a stage that runs before it.
+
+    Args:
+        stage (Stage): The stage.
+        earlier (list[str]): The names of the stages before it.
+        where (str): The file and key that last wrote the stage, for messages.
+
+    Raises:
+        ConfigError: On a checkpoint taken from a stage that does not run earlier.
+    """
     for key, source in stage.checkpoints.items():
         if source not in earlier:
             raise ConfigError(f"{where}: checkpoints.{key} takes stage {source!r}, "
