@@ -39,7 +39,7 @@ import numpy as np
 from common import save_measurement
 
 from mmsent.data import RawClipSource
-from mmsent.data.media import media_for_file
+from mmsent.data.clip_files import media_for_file
 from mmsent.data.sources import clip_record
 
 SIZES = {"720p": (1280, 720, 4.0), "1080p": (1920, 1080, 10.0)}

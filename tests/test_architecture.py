@@ -19,7 +19,8 @@ MAX_LINES = 400
 # LightningCLI that runs one stage, so the pipeline stands on it; the command line
 # over everything is ``mmsent.main``. Every module must fall in a layer.
 LAYERS = [
-    "mmsent.errors | mmsent.io | mmsent.metrics | mmsent.optim | mmsent.diagnostics",
+    "mmsent.errors",
+    "mmsent.io | mmsent.metrics | mmsent.optim | mmsent.diagnostics",
     "mmsent.pretrained",
     "mmsent.models | mmsent.data",  # plain nn.Modules apart from the Lightning data module
     "mmsent.regularization | mmsent.selection",

@@ -17,7 +17,8 @@ from clips import (
 
 from mmsent.data import FeatureTableSource, RawClipSource
 from mmsent.data.cache import prepare
-from mmsent.data.media import ClipMedia, decode_audio, decode_frames, find_clip_media
+from mmsent.data.clip_files import ClipMedia, find_clip_media
+from mmsent.data.media import decode_audio, decode_frames
 from mmsent.data.schema import make_id
 from mmsent.data.transcripts import read_subtitle
 from mmsent.errors import ConfigError

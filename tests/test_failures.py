@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from conftest import CONF, REPO, data_args
+from helpers import CONF, REPO, data_args
 
 from mmsent.cli import build_cli
 from mmsent.pipeline import report, run

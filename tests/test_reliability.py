@@ -25,7 +25,7 @@ from mmsent.callbacks.random_state import RandomState
 from mmsent.cli import build_cli
 from mmsent.data import RawClipSource
 from mmsent.data.cache import cache_key, prepare
-from mmsent.data.sources import read_label_table
+from mmsent.data.labels import read_label_table
 from mmsent.errors import ConfigError
 from mmsent.main import main
 from mmsent.optim import build_param_groups

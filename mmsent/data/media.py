@@ -1,10 +1,9 @@
-"""Reading clips with PyAV: finding a clip's files, frames for the video encoder,
-log-mel frames for audio.
+"""Reading clips with PyAV: frames for the video encoder, log-mel frames for audio.
 
-One module serves training preparation and scoring alike, so a clip is found and
-decoded the same way on both paths: :func:`find_clip_media` looks a clip up by id
-whatever its container, :func:`decode_frames` samples frames by their timestamps
-(not by what the header claims), and :func:`decode_audio` resamples once to mono.
+One module serves training preparation and scoring alike, so a clip is decoded the
+same way on both paths (found by :mod:`mmsent.data.clip_files`):
+:func:`decode_frames` samples frames by their timestamps (not by what the header
+claims), and :func:`decode_audio` resamples once to mono.
 """
 
 from __future__ import annotations
@@ -21,94 +20,8 @@ import numpy as np
 if TYPE_CHECKING:
     from mmsent.data.faces import FaceCropper
 
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".flv", ".mpg", ".mpeg", ".ts", ".m4v")
-AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".m4a", ".ogg")
-SUBTITLE_SUFFIXES = (".srt", ".vtt")
-DEFAULT_VIDEO_DIR = "Raw"
-
-
 class DecodeError(RuntimeError):
     """A media file could not be read; the message names the file and the reason."""
-
-
-@dataclass(frozen=True)
-class ClipMedia:
-    """The files of one clip; any may be missing.
-
-    Attributes:
-        video (Path | None): The video container.
-        audio (Path | None): Where the audio comes from: a separate audio file beside
-            the clip, else the video container itself (its own audio stream, if any).
-        subtitle (Path | None): An ``.srt`` or ``.vtt`` file beside the clip.
-    """
-
-    video: Path | None = None
-    audio: Path | None = None
-    subtitle: Path | None = None
-
-
-def _beside(stem_path: Path, suffixes: tuple[str, ...]) -> Path | None:
-    """The first existing file ``stem_path`` + one of ``suffixes`` (either case)."""
-    for suffix in suffixes:
-        for candidate in (suffix, suffix.upper()):
-            path = stem_path.with_name(stem_path.name + candidate)
-            if path.is_file():
-                return path
-    return None
-
-
-def find_clip_media(root: str | Path, video_id: str, clip_id: str, media: str | None = None,
-                    video_dir: str = DEFAULT_VIDEO_DIR) -> ClipMedia:
-    """Finds a clip's video, audio and subtitle files.
-
-    The clip is ``<root>/<video_dir>/<video_id>/<clip_id>.<ext>`` for any container of
-    :data:`VIDEO_SUFFIXES`, or the file ``media`` names (label.csv's ``media``
-    column, relative to ``root``). Audio comes from a file of the same name with an
-    audio suffix (:data:`AUDIO_SUFFIXES`) beside it, else from the video container;
-    a subtitle from an ``.srt`` or ``.vtt`` of the same name. A clip with only an
-    audio file has no video.
-
-    Args:
-        root (str | Path): The dataset folder (holding ``label.csv``).
-        video_id (str): The source video.
-        clip_id (str): The clip.
-        media (str | None): An explicit path relative to ``root``; empty or None looks
-            the clip up by id.
-        video_dir (str): The clip folder, relative to ``root``.
-
-    Returns:
-        ClipMedia: What was found; ``video`` and ``audio`` are None when no file is
-        there (the modality is then missing for this clip).
-    """
-    root = Path(root)
-    if media and str(media).strip():
-        named = root / str(media).strip()
-        stem = named.with_suffix("")
-        if named.suffix.lower() in AUDIO_SUFFIXES:
-            return ClipMedia(None, named, _beside(stem, SUBTITLE_SUFFIXES))
-        video = named
-    else:
-        stem = root / video_dir / str(video_id) / str(clip_id)
-        video = _beside(stem, VIDEO_SUFFIXES)
-    audio = _beside(stem, AUDIO_SUFFIXES) or video
-    return ClipMedia(video, audio, _beside(stem, SUBTITLE_SUFFIXES))
-
-
-def media_for_file(path: str | Path) -> ClipMedia:
-    """The media of one clip given by its file: a video (audio and subtitle beside it
-    found as :func:`find_clip_media` does) or an audio file.
-
-    Args:
-        path (str | Path): The clip's file.
-
-    Returns:
-        ClipMedia: Its files.
-    """
-    path = Path(path)
-    stem = path.with_suffix("")
-    if path.suffix.lower() in AUDIO_SUFFIXES:
-        return ClipMedia(None, path, _beside(stem, SUBTITLE_SUFFIXES))
-    return ClipMedia(path, _beside(stem, AUDIO_SUFFIXES) or path, _beside(stem, SUBTITLE_SUFFIXES))
 
 
 @dataclass

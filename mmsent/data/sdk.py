@@ -24,8 +24,8 @@ import pandas as pd
 
 from mmsent.data.csd import Sequence, align_mean, align_sequence, align_words, read_csd
 from mmsent.data.features import FeatureData, FeatureSource, feature_dim
+from mmsent.data.labels import read_label_table
 from mmsent.data.schema import MODALITIES, check_label, check_split, make_id
-from mmsent.data.sources import read_label_table
 from mmsent.io import content_hash, file_signature
 
 ALIGNMENTS = ("mean", "sequence")

@@ -16,26 +16,22 @@ from pathlib import Path
 
 import pandas as pd
 
-from mmsent.data.faces import FaceCropper
-from mmsent.data.lm_features import TranscriptText
-from mmsent.data.media import (
+from mmsent.data.clip_files import (
     AUDIO_SUFFIXES,
     VIDEO_SUFFIXES,
     ClipMedia,
-    DecodeError,
-    decode_audio,
-    decode_frames,
     find_clip_media,
-    log_mel_frames,
     media_for_file,
 )
-from mmsent.data.schema import MODALITIES, DatasetSpec, check_label, check_split, make_id
+from mmsent.data.faces import FaceCropper
+from mmsent.data.labels import read_label_table
+from mmsent.data.lm_features import TranscriptText
+from mmsent.data.media import DecodeError, decode_audio, decode_frames, log_mel_frames
+from mmsent.data.schema import MODALITIES, DatasetSpec
 from mmsent.data.synthetic import generate_raw_dataset
 from mmsent.data.transcripts import Transcriber, clip_transcript
-from mmsent.errors import ConfigError, MissingFileError
 from mmsent.io import content_hash, file_signature
 
-RAW_COLUMNS = ("video_id", "clip_id", "text", "label", "mode")
 # Bumped when the way frames or audio are read changes, so old caches are prepared anew.
 DECODING_VERSION = 2
 
@@ -101,69 +97,6 @@ class DataSource(ABC):
         """
 
 
-def read_label_table(path: Path, labelled: bool = True) -> pd.DataFrame:
-    """Reads and validates an MMSA-style ``label.csv``: the one reader of a label table,
-    for training and for scoring.
-
-    An empty transcript is allowed: that clip's text is looked for elsewhere
-    (:func:`~mmsent.data.transcripts.clip_transcript`) or is missing. An optional
-    ``media`` column names a clip's file (relative to the table's folder) where it is
-    not ``Raw/<video_id>/<clip_id>.<ext>``.
-
-    Args:
-        path (Path): The CSV (``video_id, clip_id, text, label, annotation, mode`` and
-            optionally ``media``).
-        labelled (bool): Whether every clip must have a label and a split (training);
-            scoring needs only ``video_id`` and ``clip_id``, and an empty label or
-            split is then allowed (the label read as NaN).
-
-    Returns:
-        pd.DataFrame: The table with an ``id`` column, float labels, transcripts with
-        whitespace collapsed, and ``text``, ``mode`` and ``media`` columns (empty where
-        not given).
-
-    Raises:
-        FileNotFoundError: If the file is missing.
-        ValueError: On a table that is not CSV, a missing column, no row, a bad label,
-            an unknown split or a duplicate id, naming the file, the row (1-based,
-            header = row 1), the column and the value as written.
-    """
-    if not path.is_file():
-        raise MissingFileError(f"{path}: label file not found")
-    check_utf8(path)
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError) as error:
-        raise ConfigError(f"{path}: not a CSV table ({' '.join(str(error).split())})") from None
-    required = RAW_COLUMNS if labelled else ("video_id", "clip_id")
-    missing = [c for c in required if c not in table.columns]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
-    if table.empty:
-        raise ConfigError(f"{path}: no clip: the table has a header but no row")
-    for column in ("text", "label", "mode", "media"):
-        if column not in table.columns:
-            table[column] = ""
-    seen: dict[str, int] = {}
-    labels = []
-    for index, row in enumerate(table.itertuples(index=False)):
-        where = f"{path}, row {index + 2} ({row.video_id}/{row.clip_id})"
-        if labelled or str(row.label).strip():
-            labels.append(check_label(_label_value(row.label, where), where))
-        else:
-            labels.append(math.nan)
-        if labelled or str(row.mode).strip():
-            check_split(row.mode, where)
-        clip = make_id(row.video_id, row.clip_id)
-        if clip in seen:
-            raise ValueError(f"{where}: duplicate id {clip!r} (first at row {seen[clip]})")
-        seen[clip] = index + 2
-    table["label"] = labels
-    table["id"] = list(seen)
-    table["text"] = [" ".join(str(text).split()) for text in table["text"]]
-    return table
-
-
 def _as_float(value) -> float:
     try:
         return float(value)
@@ -171,36 +104,9 @@ def _as_float(value) -> float:
         return math.nan
 
 
-def _label_value(value, where: str) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: label {value!r} is not a number") from None
-
-
-def check_utf8(path: Path) -> None:
-    """Checks that a text file is UTF-8, naming the first line that is not.
-
-    Args:
-        path (Path): The file.
-
-    Raises:
-        ConfigError: Naming the file, the line (1-based) and the byte, and asking
-            for UTF-8.
-    """
-    with path.open("rb") as stream:
-        for number, line in enumerate(stream, start=1):
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise ConfigError(
-                    f"{path}, row {number}: not UTF-8 (byte {line[error.start:error.start + 1]!r} at "
-                    f"column {error.start + 1}); save the file as UTF-8") from None
-
-
 def audio_file(video: Path) -> Path:
     """The audio of a clip: an audio file of the same name beside its video (any of
-    :data:`~mmsent.data.media.AUDIO_SUFFIXES`), else the video itself (its own track).
+    :data:`~mmsent.data.clip_files.AUDIO_SUFFIXES`), else the video itself (its own track).
 
     Args:
         video (Path): The clip's video file.
@@ -215,9 +121,9 @@ class RawClipSource(DataSource):
     """Raw clips in MMSA's layout: ``label.csv`` plus ``Raw/<video_id>/<clip_id>.<ext>``.
 
     A clip is found by its id in any container of
-    :data:`~mmsent.data.media.VIDEO_SUFFIXES` (one folder may mix them), or at the path
+    :data:`~mmsent.data.clip_files.VIDEO_SUFFIXES` (one folder may mix them), or at the path
     ``label.csv``'s optional ``media`` column gives. Audio comes from an audio file of
-    the same name beside it (:data:`~mmsent.data.media.AUDIO_SUFFIXES`) where present,
+    the same name beside it (:data:`~mmsent.data.clip_files.AUDIO_SUFFIXES`) where present,
     otherwise from the container's own audio stream, which is how MMSA ships raw
     MOSI/MOSEI/SIMS. A clip with an empty transcript takes the text of an ``.srt`` or
     ``.vtt`` beside it, else what ``asr`` hears, else lacks the text modality.
@@ -274,7 +180,7 @@ class RawClipSource(DataSource):
         self.asr = Transcriber(asr) if asr else None
 
     def clip_media(self, video_id: str, clip_id: str, media: str | None = None) -> ClipMedia:
-        """The files of one clip (see :func:`~mmsent.data.media.find_clip_media`).
+        """The files of one clip (see :func:`~mmsent.data.clip_files.find_clip_media`).
 
         Args:
             video_id (str): The video.

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from mmsent.data.features import FeatureData, FeatureSource
+from mmsent.data.labels import read_label_table
 from mmsent.data.schema import MODALITIES, make_id
-from mmsent.data.sources import read_label_table
 from mmsent.errors import ConfigError
 from mmsent.io import content_hash, file_signature
 

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_model
 from torch import nn
 
-from mmsent.data.media import media_for_file
+from mmsent.data.clip_files import media_for_file
 from mmsent.data.schema import MODALITIES
 from mmsent.errors import ConfigError, MissingFileError
 from mmsent.hub.preprocess import Clip, PreparedClip, Preprocessor

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mmsent.data.cache import to_row
+from mmsent.data.clip_files import ClipMedia, media_for_file
 from mmsent.data.datamodule import collate
-from mmsent.data.media import ClipMedia, media_for_file
 from mmsent.data.schema import MODALITIES, DatasetSpec
 from mmsent.data.sources import RawClipSource, clip_record
 from mmsent.errors import ConfigError, MissingFileError

@@ -28,9 +28,10 @@ from typing import TextIO
 import torch
 from tqdm.auto import tqdm
 
-from mmsent.data.media import media_for_file
+from mmsent.data.clip_files import media_for_file
+from mmsent.data.labels import read_label_table
 from mmsent.data.schema import MODALITIES
-from mmsent.data.sources import RawClipSource, read_label_table
+from mmsent.data.sources import RawClipSource
 from mmsent.errors import ConfigError, MissingFileError, MMSentError
 from mmsent.hub.model import SentimentModel
 from mmsent.hub.preprocess import Clip
@@ -43,7 +44,7 @@ COLUMNS = ["id", "score", *(f"score_{m}" for m in MODALITIES), "label_2", "label
 
 def folder_clips(root: Path, split: str | None, video_ext: str | None = None) -> tuple[list[Clip], bool]:
     """The clips of a folder in the raw layout, read as training reads them: the table
-    by :func:`~mmsent.data.sources.read_label_table` (only ``video_id`` and
+    by :func:`~mmsent.data.labels.read_label_table` (only ``video_id`` and
     ``clip_id`` required), each clip's files by
     :meth:`~mmsent.data.sources.RawClipSource.clip_media` (any container, or the
     ``media`` column; audio and subtitle beside the clip).
@@ -58,7 +59,7 @@ def folder_clips(root: Path, split: str | None, video_ext: str | None = None) ->
 
     Raises:
         MissingFileError: If ``label.csv`` is missing.
-        ConfigError: If it is bad (:func:`~mmsent.data.sources.read_label_table`),
+        ConfigError: If it is bad (:func:`~mmsent.data.labels.read_label_table`),
             has no ``mode`` to select ``split`` by, or no row of that split.
     """
     path = root / LABEL_FILE

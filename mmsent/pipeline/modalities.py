@@ -20,6 +20,7 @@ from jsonargparse import ArgumentParser, Namespace
 
 from mmsent.data.datamodule import MultimodalDataModule
 from mmsent.data.schema import MODALITIES, SPLITS
+from mmsent.errors import ConfigError
 from mmsent.pipeline.spec import Pipeline
 
 
@@ -111,3 +112,53 @@ def without_stages(pipeline: Pipeline, skipped: dict[str, str], lacking: dict[st
         stages.append(replace(stage, checkpoints={k: v for k, v in stage.checkpoints.items() if v not in skipped},
                               args=[*stage.args, *unset]))
     return replace(pipeline, stages=stages)
+
+
+def follow_data(pipeline: Pipeline, configs: dict[str, Namespace], start: str | None,
+                only: str | None) -> tuple[Pipeline, dict[str, str], str | None, str | None]:
+    """The pipeline without the stages its data leaves nothing to do for
+    (:func:`mmsent.pipeline.modalities.absent_stages`), and the stages selected in it.
+
+    Args:
+        pipeline (Pipeline): The pipeline.
+        configs (dict[str, Namespace]): Per stage, its parsed configuration.
+        start (str | None): ``--from``.
+        only (str | None): ``--only``.
+
+    Returns:
+        tuple[Pipeline, dict[str, str], str | None, str | None]: The stages that run,
+        with nothing handed on from a skipped one; the skipped stages with their
+        reasons; ``--from`` and ``--only`` (:func:`still_selected`).
+    """
+    skipped, lacking = absent_stages(pipeline, configs)
+    start, only = still_selected(pipeline, skipped, start, only)
+    return without_stages(pipeline, skipped, lacking, configs), skipped, start, only
+
+
+def still_selected(pipeline: Pipeline, skipped: dict[str, str], start: str | None,
+                   only: str | None) -> tuple[str | None, str | None]:
+    """``--from`` and ``--only`` once the skipped stages are left out.
+
+    Args:
+        pipeline (Pipeline): The pipeline, skipped stages included.
+        skipped (dict[str, str]): The skipped stages and their reasons.
+        start (str | None): ``--from``.
+        only (str | None): ``--only``.
+
+    Returns:
+        tuple[str | None, str | None]: ``--from``, moved to the next stage that runs
+        when it names a skipped one, and ``--only``.
+
+    Raises:
+        ConfigError: If ``--only`` names a skipped stage, or ``--from`` a skipped
+            stage with none running after it.
+    """
+    if only in skipped:
+        raise ConfigError(f"stage {only!r} is skipped: {skipped[only]}")
+    if start in skipped:
+        order = [s.name for s in pipeline.stages]
+        following = [name for name in order[order.index(start) + 1:] if name not in skipped]
+        if not following:
+            raise ConfigError(f"stage {start!r} is skipped ({skipped[start]}) and no stage runs after it")
+        start = following[0]
+    return start, only

@@ -30,7 +30,7 @@ from mmsent.errors import ConfigError, user_error
 from mmsent.pipeline import ranks, tracking
 from mmsent.pipeline.lock import RunLock
 from mmsent.pipeline.manifest import Manifest
-from mmsent.pipeline.modalities import absent_stages, without_stages
+from mmsent.pipeline.modalities import follow_data
 from mmsent.pipeline.report import write_report
 from mmsent.pipeline.scoring import INTERRUPTED, fit_and_score, stopped
 from mmsent.pipeline.spec import Pipeline, Stage, load_pipeline
@@ -319,56 +319,6 @@ def stage_configs(pipeline: Pipeline, stages: list[Stage], extra: list[str]) -> 
             shown = user_error(error)
             raise ConfigError(f"{where}: parsing its config failed: {type(shown).__name__}: {shown}") from error
     return configs
-
-
-def follow_data(pipeline: Pipeline, configs: dict[str, Namespace], start: str | None,
-                only: str | None) -> tuple[Pipeline, dict[str, str], str | None, str | None]:
-    """The pipeline without the stages its data leaves nothing to do for
-    (:func:`mmsent.pipeline.modalities.absent_stages`), and the stages selected in it.
-
-    Args:
-        pipeline (Pipeline): The pipeline.
-        configs (dict[str, Namespace]): Per stage, its parsed configuration.
-        start (str | None): ``--from``.
-        only (str | None): ``--only``.
-
-    Returns:
-        tuple[Pipeline, dict[str, str], str | None, str | None]: The stages that run,
-        with nothing handed on from a skipped one; the skipped stages with their
-        reasons; ``--from`` and ``--only`` (:func:`still_selected`).
-    """
-    skipped, lacking = absent_stages(pipeline, configs)
-    start, only = still_selected(pipeline, skipped, start, only)
-    return without_stages(pipeline, skipped, lacking, configs), skipped, start, only
-
-
-def still_selected(pipeline: Pipeline, skipped: dict[str, str], start: str | None,
-                   only: str | None) -> tuple[str | None, str | None]:
-    """``--from`` and ``--only`` once the skipped stages are left out.
-
-    Args:
-        pipeline (Pipeline): The pipeline, skipped stages included.
-        skipped (dict[str, str]): The skipped stages and their reasons.
-        start (str | None): ``--from``.
-        only (str | None): ``--only``.
-
-    Returns:
-        tuple[str | None, str | None]: ``--from``, moved to the next stage that runs
-        when it names a skipped one, and ``--only``.
-
-    Raises:
-        ConfigError: If ``--only`` names a skipped stage, or ``--from`` a skipped
-            stage with none running after it.
-    """
-    if only in skipped:
-        raise ConfigError(f"stage {only!r} is skipped: {skipped[only]}")
-    if start in skipped:
-        order = [s.name for s in pipeline.stages]
-        following = [name for name in order[order.index(start) + 1:] if name not in skipped]
-        if not following:
-            raise ConfigError(f"stage {start!r} is skipped ({skipped[start]}) and no stage runs after it")
-        start = following[0]
-    return start, only
 
 
 def stage_exit(stage: Stage, error: SystemExit, where: str | None = None) -> BaseException:

@@ -31,58 +31,10 @@ from mmsent.models.config import (
 from mmsent.models.fusion import RegressionHead
 from mmsent.models.generative import GENERATORS, EmbeddingGenerator
 from mmsent.models.unimodal import UnimodalModel
-from mmsent.tasks.checkpoint_io import load_weights_only
+from mmsent.tasks.checkpoint_io import META_KEY, read_checkpoint, require_entries
 from mmsent.tasks.rebuilt import fill_rebuilt, weights_digest
 
-META_KEY = "mmsent"
 EncoderFactory = Callable[[int], nn.Module]
-
-
-def read_checkpoint(path: str | Path, what: str) -> dict:
-    """Loads a Lightning checkpoint safely (tensors and plain data only).
-
-    Args:
-        path (str | Path): The checkpoint file.
-        what (str): The config key that named it, for the message.
-
-    Returns:
-        dict: The checkpoint.
-
-    Raises:
-        FileNotFoundError: If the file does not exist, naming the key and path.
-        ConfigError: If the file is refused or unreadable, or lacks its weights or
-            holds its metadata in another form, naming the key, path and entry.
-    """
-    checkpoint = load_weights_only(path, what)
-    if not isinstance(checkpoint, dict):
-        raise ConfigError(f"{what}: checkpoint {path} holds a {type(checkpoint).__name__}, not a "
-                          f"Lightning checkpoint")
-    require_entries(checkpoint, {"state_dict": dict}, path, what)
-    if META_KEY in checkpoint:
-        require_entries(checkpoint, {META_KEY: dict}, path, what)
-    return checkpoint
-
-
-def require_entries(record: dict, kinds: dict[str, type], path: str | Path, what: str, within: str = "") -> None:
-    """Checks that a checkpoint (or its metadata) holds the entries read from it.
-
-    Args:
-        record (dict): The checkpoint, or a part of it.
-        kinds (dict[str, type]): Per entry, the type it must have.
-        path (str | Path): The checkpoint, for the message.
-        what (str): The config key that named it, for the message.
-        within (str): Where ``record`` sits in the checkpoint (``"mmsent."``).
-
-    Raises:
-        ConfigError: Naming the key, the file and the entry missing or of another type.
-    """
-    for key, kind in kinds.items():
-        if key not in record:
-            raise ConfigError(f"{what}: checkpoint {path} has no entry {within}{key}: it was not written by "
-                              f"mmsent, or was altered since")
-        if not isinstance(record[key], kind):
-            raise ConfigError(f"{what}: checkpoint {path}: entry {within}{key} is a "
-                              f"{type(record[key]).__name__}, not a {kind.__name__}: it was altered")
 
 
 def sub_state_dict(state: dict, prefix: str) -> dict:
