@@ -8,7 +8,6 @@ import contextlib
 import io
 import json
 import logging
-from pathlib import Path
 
 import pandas as pd
 import pytest
