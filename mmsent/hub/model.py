@@ -98,8 +98,12 @@ class SentimentModel(nn.Module, HubMixin, tags=["mmsent", "multimodal-sentiment-
 
         Args:
             pretrained_model_name_or_path (str | Path): The folder or Hub repository id.
-            revision, cache_dir, force_download, token, local_files_only: For a Hub
-                repository, as ``huggingface_hub.snapshot_download`` takes them.
+            revision (str | None): For a Hub repository: the revision, as
+                ``huggingface_hub.snapshot_download`` takes it.
+            cache_dir (str | Path | None): For a Hub repository: where to keep its files.
+            force_download (bool): For a Hub repository: fetch it again.
+            token (str | bool | None): For a Hub repository: the access token.
+            local_files_only (bool): For a Hub repository: use the cached files only.
             map_location (str): The device to load onto.
 
         Returns:
