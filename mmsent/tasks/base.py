@@ -106,11 +106,14 @@ class BaseTask(pl.LightningModule):
         """The optimizer's parameter groups, one per part, with their settings.
 
         Subclasses call it once at the end of ``__init__`` too, so a misspelt group
-        name fails before any data is prepared.
+        name, or a regularizer matrix that does not fit its weights, fails before any
+        data is prepared.
 
         Returns:
             list[dict]: Groups for the optimizer callable.
         """
+        if self.regularizer is not None:
+            self.regularizer.check_fits(self)
         return build_param_groups(self.parameter_parts(), self.group_settings, optional=MODALITIES)
 
     def compute_loss(self, batch: dict) -> torch.Tensor:
