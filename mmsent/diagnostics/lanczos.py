@@ -61,6 +61,7 @@ class LanczosResult:
         residual_max (float): ``‖Ax - θx‖`` of the largest Ritz pair.
         residual_min (float): ``‖Ax - θx‖`` of the smallest Ritz pair.
         eigenvector_min (Vector): The unit Ritz vector of ``lambda_min``.
+        eigenvector_max (Vector | None): The unit Ritz vector of ``lambda_max``.
         scale (float): The largest ``|Ritz value|``, an estimate of ``‖A‖``.
         rtol (float): A pair ``(θ, x)`` has converged when its residual is at most
             ``rtol · |θ|``.
@@ -84,6 +85,7 @@ class LanczosResult:
     restarts: int
     exhausted: bool
     rounding: float
+    eigenvector_max: Vector | None = None
 
     @property
     def tolerance_min(self) -> float:
@@ -246,9 +248,10 @@ def lanczos(
         else:
             betas.append(beta)
             vector = scale(1.0 / beta, residual)
-    eigenvector = [torch.zeros_like(t) for t in like]
-    for weight, basis_vector in zip(coords[:, 0].tolist(), basis, strict=True):
-        eigenvector = axpy(weight, basis_vector, eigenvector)
+    eigenvector, eigenvector_max = [torch.zeros_like(t) for t in like], [torch.zeros_like(t) for t in like]
+    for low, high, basis_vector in zip(coords[:, 0].tolist(), coords[:, -1].tolist(), basis, strict=True):
+        eigenvector = axpy(low, basis_vector, eigenvector)
+        eigenvector_max = axpy(high, basis_vector, eigenvector_max)
     return LanczosResult(
         lambda_max=float(values[-1]),
         lambda_min=float(values[0]),
@@ -261,4 +264,5 @@ def lanczos(
         restarts=len(dropped),
         exhausted=len(basis) == size,
         rounding=rounding,
+        eigenvector_max=scale(1.0 / norm(eigenvector_max), eigenvector_max),
     )
