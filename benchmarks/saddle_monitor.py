@@ -16,7 +16,7 @@ the exact extreme eigenvalues of the full Hessian (``torch.autograd.functional.h
 on the same loss) are recorded.
 
     OMP_NUM_THREADS=1 python benchmarks/saddle_monitor.py cost --repeats 3 --epochs 6 --every 50
-    OMP_NUM_THREADS=1 python benchmarks/saddle_monitor.py demo [--max-overhead none --name saddle_demo_every_check]
+    OMP_NUM_THREADS=1 python benchmarks/saddle_monitor.py demo [--subsample none --name saddle_demo_full_batch]
 """
 
 from __future__ import annotations
@@ -145,7 +145,8 @@ def demo(args: argparse.Namespace) -> None:
             if len(self.monitor.history) == self.seen:
                 return
             self.seen = len(self.monitor.history)
-            x, y = self.monitor._check_batch["x"], self.monitor._check_batch["y"]
+            checked = batch if self.monitor._check_batch is None else self.monitor._check_batch
+            x, y = checked["x"], checked["y"]
             shapes = [p.shape for p in module.parameters()]
             flat = torch.cat([p.detach().flatten() for p in module.parameters()]).double()
 
@@ -160,7 +161,7 @@ def demo(args: argparse.Namespace) -> None:
                                "lambda_max": float(eigenvalues[-1]), "gradient_norm": float(gradient.norm()),
                                "eigenvalues": eigenvalues.tolist()})
 
-    monitor = SaddlePointMonitor(window=args.window, max_overhead=args.max_overhead)
+    monitor = SaddlePointMonitor(window=args.window, max_overhead=args.max_overhead, subsample=args.subsample)
     exact = ExactHessian(monitor)
     loader = DataLoader([{"x": inputs, "y": targets}], batch_size=None)
     losses: list[float] = []
@@ -173,7 +174,8 @@ def demo(args: argparse.Namespace) -> None:
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(DeepLinear(), loader)
     payload = {"dim": args.dim, "samples": args.samples, "init": args.init, "lr": args.lr, "steps": args.steps,
-               "window": args.window, "seed": args.seed, "max_overhead": args.max_overhead, "machine": machine(),
+               "window": args.window, "seed": args.seed, "max_overhead": args.max_overhead,
+               "subsample": args.subsample, "machine": machine(),
                "date": datetime.date.today().isoformat(),
                "origin_eigenvalues_expected": sorted([*(-singular).tolist(), *singular.tolist()]),
                "loss_curve": losses, "checks": monitor.history, "exact": exact.exact}
@@ -205,13 +207,15 @@ def main() -> None:
     demo_parser = commands.add_parser("demo", help="a two-layer linear network through its origin saddle")
     demo_parser.add_argument("--dim", type=int, default=3)
     demo_parser.add_argument("--samples", type=int, default=256)
-    demo_parser.add_argument("--init", type=float, default=1e-4)
+    demo_parser.add_argument("--init", type=float, default=1e-6)
     demo_parser.add_argument("--lr", type=float, default=0.01)
     demo_parser.add_argument("--steps", type=int, default=3000)
     demo_parser.add_argument("--window", type=int, default=20)
     demo_parser.add_argument("--seed", type=int, default=0)
     demo_parser.add_argument("--max-overhead", type=lambda v: None if v == "none" else float(v), default=0.05,
                              help="the monitor's max_overhead ('none': every due check runs)")
+    demo_parser.add_argument("--subsample", type=lambda v: None if v == "none" else int(v), default=16,
+                             help="the monitor's subsample ('none': the whole batch)")
     demo_parser.add_argument("--name", default="saddle_demo", help="results file name")
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -42,7 +42,7 @@ def paired_interval(a: list[float], b: list[float], level: float = LEVEL) -> tup
     differences = [x - y for x, y in zip(a, b, strict=True)]
     mean = statistics.mean(differences)
     half = student_t.ppf(0.5 + level / 2, len(differences) - 1) * statistics.stdev(differences) / math.sqrt(len(a))
-    return mean, mean - half, mean + half
+    return mean, float(mean - half), float(mean + half)
 
 
 def verdict(name_a: str, a: list[float], name_b: str, b: list[float], lower_is_better: bool = True) -> str:
