@@ -30,11 +30,11 @@ from mmsent.diagnostics.vectors import LossFn, Vector, axpy, norm, scale
 # more "cannot tell"; warm starts carry the convergence over successive checks.
 MONITOR_ITERATIONS = 10
 MONITOR_RTOL = 1e-2
-# Before any check has been timed, one is predicted to cost 1.25 training steps per
-# product plus 2: a Hessian-vector product on the 16-sample subsample costs 0.5 (the
-# quickstart's MLP) to 1.2 (its LSTM) training steps, and a cold start may use them all.
-FIRST_CHECK_STEPS_PER_ITERATION = 1.25
-FIRST_CHECK_EXTRA_STEPS = 2.0
+# A check starts only when the budget left covers this many training steps (the gradient,
+# two products and the probes on the quickstart's LSTM), and stops starting products
+# when the budget is spent but for this share, kept for the probes.
+MIN_CHECK_STEPS = 5.0
+PROBE_SHARE = 0.2
 
 
 def _rows_of(batch: Any) -> int | None:
@@ -149,14 +149,16 @@ class SaddlePointMonitor(pl.Callback):
     minimizers up to ``O(δ)`` and is smooth. The task's ``compute_loss`` must accept
     ``loss_fn`` for this (:class:`~mmsent.tasks.base.BaseTask`'s does).
 
-    **Cost.** With ``max_overhead`` set, a due check runs only if the time spent in
-    checks so far plus the last check's cost (before the first check, a prediction of
-    ``1.25 * iterations + 2`` training steps) stays within that share of the training
-    time so far; otherwise it waits for the next due step. With the defaults the first
-    check can therefore run only after about 290 training steps. This bounds the
-    monitor's extra time on any stage; set it to ``None`` for every due check. The
-    timing of the checks then depends on the machine's speed, so with ``escape`` a run
-    is reproducible only on the same machine.
+    **Cost.** With ``max_overhead`` set, the checks may spend that share of the training
+    time so far. A due check runs only when what is left of it covers
+    ``MIN_CHECK_STEPS`` (5) training steps, otherwise it waits for the next due step;
+    and Lanczos starts no product once the budget left (less a fifth, kept for the
+    probes) is spent, so a check stops early rather than overrun, and says "cannot
+    tell" where it has not seen enough. The monitor's share of a fit therefore stays
+    near ``max_overhead`` (overshooting by at most a product and the probes), on any
+    stage; set it to ``None`` for every due check, each with its full ``iterations``.
+    The timing of the checks then depends on the machine's speed, so with ``escape`` a
+    run is reproducible only on the same machine.
 
     It logs ``saddle/lambda_max``, ``saddle/lambda_min``, ``saddle/indefinite`` (0/1),
     ``saddle/probe_best_delta``, ``saddle/gradient_norm`` and ``saddle/verdict`` (the code
@@ -284,6 +286,7 @@ class SaddlePointMonitor(pl.Callback):
         self._train_seconds = 0.0
         self._check_seconds = 0.0
         self._last_check_seconds: float | None = None
+        self._deadline: float | None = None
         self._steps = 0
         self._last_step_end: float | None = None
 
@@ -338,9 +341,12 @@ class SaddlePointMonitor(pl.Callback):
         reason = self._due(loss)
         if reason is None:
             return
-        if not self._affordable():
+        budget = self._budget()
+        if budget is not None and (not self._train_seconds
+                                   or budget < MIN_CHECK_STEPS * self._train_seconds / self._steps):
             self.deferred += 1
             return
+        self._deadline = None if budget is None else now + (1.0 - PROBE_SHARE) * budget
         self._check(trainer, pl_module, batch, reason)
         spent = time.perf_counter() - now
         self._check_seconds += spent
@@ -348,23 +354,12 @@ class SaddlePointMonitor(pl.Callback):
         self.history[-1]["seconds"] = spent
         self._last_step_end = time.perf_counter()
 
-    def _affordable(self) -> bool:
-        """Tells whether a check now, costing what the last one did (the first:
-        ``1.25 * iterations + 2`` training steps), keeps the checks within
-        ``max_overhead`` of the training time so far.
-
-        Returns:
-            bool: Whether to run the due check.
-        """
+    def _budget(self) -> float | None:
+        """float | None: The seconds the checks may still spend within ``max_overhead``
+        of the training time so far (None: no limit)."""
         if self.max_overhead is None:
-            return True
-        expected = self._last_check_seconds
-        if expected is None:
-            if not self._train_seconds:
-                return False
-            steps = FIRST_CHECK_STEPS_PER_ITERATION * self.iterations + FIRST_CHECK_EXTRA_STEPS
-            expected = steps * self._train_seconds / self._steps
-        return self._check_seconds + expected <= self.max_overhead * self._train_seconds
+            return None
+        return self.max_overhead * self._train_seconds - self._check_seconds
 
     def _due(self, loss: Tensor) -> str | None:
         """Adds a loss to the current window and decides whether a check is due.
@@ -450,7 +445,7 @@ class SaddlePointMonitor(pl.Callback):
         with _EvalMode(pl_module), torch.enable_grad():
             diagnosis = diagnose_critical_point(
                 loss_fn, params, self.iterations, self.rtol, self.grad_tol, self.tol, seed,
-                self.grad_rtol, self._warm_start(params), self.curvature_rtol,
+                self.grad_rtol, self._warm_start(params), self.curvature_rtol, self._deadline,
             )
             spectrum = diagnosis.spectrum
             if spectrum.eigenvector_max is not None:

@@ -35,6 +35,7 @@ start makes unlikely but not impossible.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -173,6 +174,7 @@ def lanczos(
     rtol: float = DEFAULT_RTOL,
     generator: torch.Generator | None = None,
     start: Sequence[Tensor] | None = None,
+    deadline: float | None = None,
 ) -> LanczosResult:
     """Estimates the extreme eigenvalues of a symmetric operator by Lanczos.
 
@@ -191,6 +193,9 @@ def lanczos(
             is never used.
         start (Sequence[Tensor] | None): A starting vector instead of a random one
             (normalised here); restarts are still random.
+        deadline (float | None): A ``time.perf_counter()`` value after which no further
+            product is started (at least one always is); the result then reports
+            whatever has converged by then.
 
     Returns:
         LanczosResult: The extreme Ritz values, their residuals and the Ritz vector of
@@ -234,7 +239,7 @@ def lanczos(
         spectrum_scale = float(values.abs().max())
         ritz_residuals = _ritz_residuals(coords, beta, dropped)
         rounding = ROUNDING_LEVEL * eps * spectrum_scale
-        if len(basis) == budget:
+        if len(basis) == budget or (deadline is not None and time.perf_counter() >= deadline):
             break
         if beta <= rounding:
             # The Krylov space is invariant, so every Ritz pair has converged, but only

@@ -312,6 +312,7 @@ def diagnose_critical_point(
     grad_rtol: float | None = None,
     start: Sequence[Tensor] | None = None,
     curvature_rtol: float = 0.0,
+    deadline: float | None = None,
 ) -> CriticalPointDiagnosis:
     """Tells a minimum from a saddle at the current parameters, or says it cannot.
 
@@ -332,6 +333,8 @@ def diagnose_critical_point(
         start (Sequence[Tensor] | None): The Lanczos start vector instead of a random
             one, e.g. the last check's ``eigenvector_min`` (a warm start).
         curvature_rtol (float): See :func:`flat_curvature`.
+        deadline (float | None): No product is started after this
+            ``time.perf_counter()`` value (see :func:`~mmsent.diagnostics.lanczos.lanczos`).
 
     Returns:
         CriticalPointDiagnosis: The verdict, its reason, the gradient norm, the loss and
@@ -342,7 +345,7 @@ def diagnose_critical_point(
     """
     params = checked_parameters(params, "diagnose_critical_point")
     operator, gradient, loss = _hessian_operator(loss_fn, params)
-    spectrum = lanczos(operator, params, iterations, rtol, torch.Generator().manual_seed(seed), start)
+    spectrum = lanczos(operator, params, iterations, rtol, torch.Generator().manual_seed(seed), start, deadline)
     gradient_norm = norm(gradient)
     verdict, reason = classify_critical_point(gradient_norm, spectrum, grad_tol, curvature_tol, loss, grad_rtol,
                                               curvature_rtol)
