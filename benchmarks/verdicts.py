@@ -4,7 +4,8 @@ Two variants are run with the same seeds (at least :data:`MIN_SEEDS`), so each s
 gives one paired difference ``a - b`` of a metric. The verdict is read off the 95 %
 t-interval of the mean paired difference: "A beats B" (lower error) only when the whole
 interval lies below 0, "B beats A" when it lies above 0, otherwise "no difference
-detected". The rule is fixed before the results and is the same for every table.
+detected"; an interval within ±:data:`MATTERS` is flagged as too small to matter. The
+rule is fixed before the results and is the same for every table.
 
     python benchmarks/verdicts.py benchmarks/results/audio_dropout.json --baseline none --metric MAE
 """
@@ -21,6 +22,9 @@ from scipy.stats import t as student_t
 
 MIN_SEEDS = 10
 LEVEL = 0.95
+MATTERS = 0.005
+"""The smallest MAE difference that matters: an interval within ±MATTERS is called a
+difference too small to matter, even when it excludes 0."""
 
 
 def paired_interval(a: list[float], b: list[float], level: float = LEVEL) -> tuple[float, float, float]:
@@ -65,7 +69,8 @@ def verdict(name_a: str, a: list[float], name_b: str, b: list[float], lower_is_b
     if low > 0 or high < 0:
         a_better = (high < 0) == lower_is_better
         winner, loser = (name_a, name_b) if a_better else (name_b, name_a)
-        return f"{winner} beats {loser}: {interval}"
+        size = f", by less than the {MATTERS} that matters" if -MATTERS <= low and high <= MATTERS else ""
+        return f"{winner} beats {loser}{size}: {interval}"
     return f"no difference detected: {interval}"
 
 
