@@ -1,8 +1,11 @@
 """Optimizers, each at its own best learning rate, on the text stage and on stage 5.
 
-For each optimizer (SGD, SGD with momentum 0.9, Nesterov, Adam, RMSprop, Adadelta), four or
-more learning rates are tried with seed 0; the one with the lowest validation MAE is then run
-with the other seeds, and the table reports that rate over all seeds. The text stage
+For each optimizer (SGD, SGD with momentum 0.9, Nesterov, Adam, RMSprop, Adadelta, Adagrad),
+four or more learning rates are tried with seed 0; the one with the lowest validation MAE is
+then run with the other seeds, and the table reports that rate over all seeds. With
+``--selection-seeds`` the rates are instead tried with those seeds only (lowest mean
+validation MAE wins) and the chosen rate is reported over every ``--seeds`` seed, so no
+reported seed took part in the choice. The text stage
 starts from scratch; the fine-tuning stage trains everything from a fusion checkpoint
 (``--fusion-checkpoint``) with one rate for every parameter group (``param_groups`` off,
 no schedule) and without ModalitySelection. The stages' configs come from a pipeline
@@ -27,6 +30,7 @@ import argparse
 import csv
 import datetime
 import json
+import statistics
 from pathlib import Path
 
 import torch
@@ -44,15 +48,25 @@ OPTIMIZERS = {
     "Adam": ("torch.optim.Adam", {}),
     "RMSprop": ("torch.optim.RMSprop", {}),
     "Adadelta": ("torch.optim.Adadelta", {}),
+    "Adagrad": ("torch.optim.Adagrad", {}),
 }
 RATES = {
     "text": {"SGD": [0.01, 0.03, 0.1, 0.3, 1.0], "momentum": [0.003, 0.01, 0.03, 0.1, 0.3],
              "Nesterov": [0.003, 0.01, 0.03, 0.1, 0.3], "Adam": [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1],
-             "RMSprop": [3e-4, 1e-3, 3e-3, 1e-2], "Adadelta": [0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0]},
+             "RMSprop": [3e-4, 1e-3, 3e-3, 1e-2], "Adadelta": [0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0],
+             "Adagrad": [3e-3, 1e-2, 3e-2, 1e-1]},
     "finetune": {"SGD": [0.001, 0.003, 0.01, 0.03, 0.1], "momentum": [0.0001, 0.0003, 0.001, 0.003, 0.01],
                  "Nesterov": [0.0001, 0.0003, 0.001, 0.003, 0.01], "Adam": [3e-5, 1e-4, 3e-4, 1e-3],
-                 "RMSprop": [1e-5, 3e-5, 1e-4, 3e-4], "Adadelta": [0.1, 0.3, 1.0, 3.0]},
+                 "RMSprop": [1e-5, 3e-5, 1e-4, 3e-4], "Adadelta": [0.1, 0.3, 1.0, 3.0],
+                 "Adagrad": [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]},
 }
+# The text stage for its own 12 epochs: the 3-epoch sweep's rates around each optimizer's
+# best there (the SGD family's whole range: it stayed at the trivial predictor), and Adagrad's;
+# Nesterov 1.0 and RMSprop 1e-2 added when the 12-epoch choice fell on the grid's top.
+GRIDS = {"text12": {"SGD": [0.01, 0.03, 0.1, 0.3, 1.0], "momentum": [0.003, 0.01, 0.03, 0.1, 0.3],
+                    "Nesterov": [0.03, 0.1, 0.3, 1.0], "Adam": [1e-3, 3e-3, 1e-2, 3e-2],
+                    "RMSprop": [3e-4, 1e-3, 3e-3, 1e-2], "Adadelta": [10.0, 30.0, 100.0],
+                    "Adagrad": [3e-3, 1e-2, 3e-2, 1e-1]}}
 # CMU-MOSI's fusion model starts close to its best: Adam's and RMSprop's best rates there
 # lie below the quickstart's grids.
 PIPELINE_RATES = {
@@ -142,8 +156,9 @@ def figure(payload: dict, path: Path) -> None:
     axes = fig.subplots(2, len(stages), squeeze=False)
     for column, stage in enumerate(stages):
         for name, lr in payload["best_lr"][stage].items():
-            (record,) = [r for r in payload["runs"] if r["stage"] == stage and r["optimizer"] == name
-                         and r["lr"] == lr and r["seed"] == payload["seeds"][0]]
+            first = [payload["seeds"][0], *(payload.get("selection_seeds") or [])]
+            record = next(r for seed in first for r in payload["runs"] if r["stage"] == stage
+                          and r["optimizer"] == name and r["lr"] == lr and r["seed"] == seed)
             if record["curve_train_loss"]:
                 steps, losses = zip(*record["curve_train_loss"], strict=True)
                 axes[0, column].plot(steps, losses, label=f"{name} lr={lr:g}")
@@ -169,6 +184,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--name", help="results file name (default: optimizers[_<pipeline>])")
     parser.add_argument("--chosen-from", help="an earlier results file: run its chosen rates only, no sweep")
+    parser.add_argument("--selection-seeds", type=int, nargs="+",
+                        help="seeds that choose the rates (none of them reported); default: the first of --seeds")
+    parser.add_argument("--grid", choices=sorted(GRIDS), help="a named grid of rates for every stage run")
+    parser.add_argument("--report", nargs="+", choices=sorted(OPTIMIZERS),
+                        help="optimizers run over --seeds at their chosen rate (default: all)")
     parser.add_argument("extra", nargs="*", help="after --: arguments added to every run")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -178,7 +198,10 @@ def main() -> None:
     runs = "runs/bench_opt" if pipeline.name == "quickstart" else f"runs/bench_opt_{pipeline.name}"
     runs = f"runs/bench_{args.name}" if args.name else runs
     rates = {**RATES, **PIPELINE_RATES.get(pipeline.name, {})}
+    if args.grid:
+        rates = {stage: GRIDS[args.grid] for stage in rates}
     payload = {"pipeline": pipeline.name, "stages": args.stages, "epochs": args.epochs, "seeds": args.seeds,
+               "selection_seeds": args.selection_seeds, "grid": args.grid, "report": args.report,
                "rates": rates, "fusion_checkpoint": args.fusion_checkpoint, "extra": args.extra,
                "machine": machine(), "date": datetime.date.today().isoformat(), "runs": [], "best_lr": {}}
     earlier = json.loads((RESULTS / f"{name}.json").read_text()) if (RESULTS / f"{name}.json").exists() else {}
@@ -206,15 +229,18 @@ def main() -> None:
             payload["best_lr"][stage] = chosen[stage]
             seeds = args.seeds
         else:
-            sweep = {(optimizer, lr): measured(base, stage, optimizer, lr, args.seeds[0])["val_MAE"]
+            choosing = args.selection_seeds or args.seeds[:1]
+            sweep = {(optimizer, lr): statistics.mean(measured(base, stage, optimizer, lr, seed)["val_MAE"]
+                                                      for seed in choosing)
                      for optimizer in OPTIMIZERS for lr in rates[stage][optimizer]}
             payload["best_lr"][stage] = {optimizer: min(rates[stage][optimizer],
                                                         key=lambda lr, o=optimizer: sweep[(o, lr)])
                                          for optimizer in OPTIMIZERS}
-            seeds = args.seeds[1:]
-        for optimizer, lr in payload["best_lr"][stage].items():
-            for seed in seeds:
-                measured(base, stage, optimizer, lr, seed)
+            seeds = args.seeds if args.selection_seeds else args.seeds[1:]
+        for seed in seeds:  # seed by seed, so that an interrupted run leaves every optimizer paired
+            for optimizer, lr in payload["best_lr"][stage].items():
+                if args.report is None or optimizer in args.report:
+                    measured(base, stage, optimizer, lr, seed)
     payload["best_lr"] = {stage: payload["best_lr"][stage] for stage in payload["stages"]}
     save(name, payload)
     figure(payload, REPO / "benchmarks" / "figures" / f"{name}.png")
@@ -235,9 +261,14 @@ def table(payload: dict) -> str:
         lines += ["", f"{stage}: | optimizer | chosen lr | " + " | ".join(TABLE_METRICS) + " |"]
         for optimizer, lr in payload["best_lr"][stage].items():
             runs = [r for r in payload["runs"] if r["stage"] == stage and r["optimizer"] == optimizer
-                    and r["lr"] == lr]
+                    and r["lr"] == lr and r["seed"] in payload["seeds"]]
+            note = ""
+            if not runs:  # not reported: its selection runs
+                runs = [r for r in payload["runs"] if r["stage"] == stage and r["optimizer"] == optimizer
+                        and r["lr"] == lr]
+                note = " (selection seeds only)"
             cells = [mean_std([r[k] for r in runs]) for k in TABLE_METRICS]
-            lines.append(f"| {optimizer} | {lr:g} | " + " | ".join(cells) + " |")
+            lines.append(f"| {optimizer}{note} | {lr:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

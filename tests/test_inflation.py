@@ -117,3 +117,94 @@ def test_named_kernels_that_are_missing_or_not_kernels_are_rejected(detector_wei
         Visual3DCNNEncoder(widths=[4, 8], inflate_from=str(path), inflate_kernels=["conv1.weight", "conv9.weight"])
     with pytest.raises(ValueError, match=r"dense4.weight \(2, 16\) is not a 2D convolution kernel"):
         Visual3DCNNEncoder(widths=[4, 8], inflate_from=str(path), inflate_kernels=["conv1.weight", "dense4.weight"])
+
+
+def _relative_distance(features: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
+    """Relative L2 distance and cosine similarity of two feature batches."""
+    distance = float((features - reference).norm() / reference.norm())
+    cosine = float(nn.functional.cosine_similarity(features.flatten(), reference.flatten(), dim=0))
+    return distance, cosine
+
+
+def _still_clip(size: int, frames: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    image = torch.randn(1, 3, size, size)
+    return image, image.unsqueeze(2).repeat(1, 1, frames, 1, 1)
+
+
+@pytest.fixture()
+def compact_frame_weights(tmp_path):
+    """A FrameCNNEncoder with the compact C3D's default widths and non-trivial norms."""
+    torch.manual_seed(0)
+    frame = FrameCNNEncoder(widths=[16, 32, 64], dropout=0.0).eval()
+    for norm in frame.modules():
+        if isinstance(norm, nn.BatchNorm2d):
+            norm.running_mean.normal_()
+            norm.running_var.uniform_(0.5, 2.0)
+            norm.weight.data.uniform_(0.5, 1.5)
+    torch.save(frame.state_dict(), tmp_path / "frame.pt")
+    return frame, tmp_path / "frame.pt"
+
+
+@pytest.mark.parametrize("motion_input", [False, True])
+def test_compact_c3d_with_replicated_time_padding_computes_the_2d_features_on_a_still_clip(
+        compact_frame_weights, motion_input):
+    frame, path = compact_frame_weights
+    image, clip = _still_clip(32)
+    encoder = Visual3DCNNEncoder(widths=[16, 32, 64], dropout=0.0, inflate_from=str(path), motion_input=motion_input,
+                                 temporal_padding="replicate").eval()
+    with torch.no_grad():
+        reference = frame.frame_net(image)
+        video = torch.cat([clip, clip - clip.mean(2, keepdim=True)], dim=1) if motion_input else clip
+        features = encoder.backbone(video)
+    torch.testing.assert_close(features, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_compact_c3d_with_zero_time_padding_differs_on_a_still_clip_by_the_documented_figure(compact_frame_weights):
+    frame, path = compact_frame_weights
+    image, clip = _still_clip(32)
+    encoder = Visual3DCNNEncoder(widths=[16, 32, 64], dropout=0.0, inflate_from=str(path)).eval()
+    with torch.no_grad():
+        distance, _ = _relative_distance(encoder.backbone(clip), frame.frame_net(image))
+    # models/inflation.py's docstring: 0.18 % on this clip (16 frames, 32x32).
+    assert distance == pytest.approx(0.0018, abs=0.0003)
+
+
+def _inflated_r3d_18(temporal_padding: str, stem_pool: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """resnet18's and the inflated r3d_18's pooled features on one still 16-frame
+    112x112 clip (seed 0, random weights, both in eval mode)."""
+    from torchvision.models import resnet18
+
+    from mmsent.models.visual import torchvision_backbone
+
+    torch.manual_seed(0)
+    image_net = resnet18(weights=None).eval()
+    image_net.fc = nn.Identity()
+    image, clip = _still_clip(112)
+    video_net, features = torchvision_backbone("r3d_18", temporal_padding, stem_pool)
+    assert features == 512
+    inflate_into(video_net, image_net.state_dict(), "test")
+    with torch.no_grad():
+        return video_net.eval()(clip), image_net(image)
+
+
+def test_r3d_18_with_the_stem_pool_and_replicated_time_padding_computes_resnet18s_features():
+    features, reference = _inflated_r3d_18("replicate", stem_pool=True)
+    torch.testing.assert_close(features, reference, atol=1e-4, rtol=1e-4)
+
+
+def test_r3d_18_as_torchvision_builds_it_is_as_far_from_resnet18_as_documented():
+    distance, cosine = _relative_distance(*_inflated_r3d_18("zeros", stem_pool=False))
+    # README and models/inflation.py: 76 % relative distance, cosine 0.958.
+    assert distance == pytest.approx(0.760, abs=0.01)
+    assert cosine == pytest.approx(0.958, abs=0.005)
+
+
+def test_stem_pool_and_time_padding_keep_the_parameter_names_so_weights_load():
+    plain = Visual3DCNNEncoder(backbone="r3d_18")
+    restored = Visual3DCNNEncoder(backbone="r3d_18", temporal_padding="replicate", stem_pool=True)
+    restored.load_state_dict(plain.state_dict())
+    assert restored.config["temporal_padding"] == "replicate" and restored.config["stem_pool"] is True
+    with pytest.raises(ValueError, match="temporal_padding must be one of"):
+        Visual3DCNNEncoder(temporal_padding="reflect")
+    with pytest.raises(ValueError, match="stem_pool applies to torchvision backbones only"):
+        Visual3DCNNEncoder(stem_pool=True)

@@ -334,19 +334,41 @@ def test_penalties_per_group_from_yaml(tmp_path: Path) -> None:
     assert regularizer(task).item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_unknown_groups_and_empty_patterns_are_reported() -> None:
-    task = _unimodal_task({"groups": {"fusion": {"l2": 1.0}}})
+def test_unknown_groups_and_empty_patterns_are_reported_when_the_model_is_built() -> None:
     with pytest.raises(ValueError, match=r"unknown group 'fusion'; the model has \['audio', 'head'\]"):
-        task.regularizer(task)
-    task = _unimodal_task({"groups": {"audio": {"l2": 1.0, "parameters": ["lstm.*"]}}})
+        _unimodal_task({"groups": {"fusion": {"l2": 1.0}}})
     with pytest.raises(ValueError, match=r"groups.audio.parameters \['lstm.\*'\] select no"):
-        task.regularizer(task)
+        _unimodal_task({"groups": {"audio": {"l2": 1.0, "parameters": ["lstm.*"]}}})
 
 
-def test_a_matrix_that_does_not_fit_a_weight_is_reported() -> None:
-    task = _unimodal_task({"tikhonov": 1.0, "tikhonov_operator": GAMMA})
-    with pytest.raises(ValueError, match="cannot act on the last dimension"):
-        task.regularizer(task)
+@pytest.mark.parametrize(("regularizer", "message"), [
+    ({"tikhonov": 1.0, "tikhonov_operator": GAMMA},
+     r"regularizer.tikhonov_operator has shape \(2, 3\) but parameter 'encoder.net.0.weight' of shape \(3, 4\)"),
+    ({"mahalanobis": 1.0, "covariance": SIGMA},
+     r"regularizer.covariance has shape \(3, 3\) but parameter 'encoder.net.0.weight' of shape \(3, 4\)"),
+    ({"groups": {"head": {"tikhonov": 1.0, "tikhonov_operator": [[1.0, -1.0]]}}},
+     r"regularizer.groups.head.tikhonov_operator has shape \(1, 2\) but parameter 'head.net.0.weight'"),
+])
+def test_a_matrix_that_does_not_fit_a_weight_is_reported_when_the_model_is_built(regularizer, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        _unimodal_task(regularizer)
+
+
+def test_matrices_that_fit_every_weight_they_reach_build() -> None:
+    task = _unimodal_task({"groups": {"audio": {"tikhonov": 1.0, "tikhonov_operator": GAMMA,
+                                                "parameters": ["net.4.weight", "net.8.weight"]},
+                                      "head": {"mahalanobis": 1.0, "covariance": SIGMA}}})
+    assert task.regularizer(task).item() > 0
+
+
+def test_mahalanobis_penalty_rejects_a_covariance_that_is_not_symmetric_positive_definite() -> None:
+    weight = torch.randn(4, 2)
+    with pytest.raises(ValueError, match=r"covariance: a covariance must be symmetric, but max \|Σ - Σᵀ\| = 1"):
+        mahalanobis_penalty([weight], torch.tensor([[2.0, 1.0], [0.0, 2.0]], dtype=torch.float64))
+    with pytest.raises(ValueError, match="must be positive definite"):
+        mahalanobis_penalty([weight], torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=torch.float64))
+    with pytest.raises(ValueError, match="must be a square matrix"):
+        mahalanobis_penalty([weight], torch.ones(2, 3, dtype=torch.float64))
 
 
 def test_soft_threshold() -> None:

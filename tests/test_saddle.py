@@ -205,17 +205,34 @@ def _dense_hessian_eigenvalues(model: nn.Module, x: torch.Tensor, y: torch.Tenso
     return torch.linalg.eigvalsh(torch.func.hessian(flat_loss)(flat))
 
 
-def test_monitor_default_finds_negative_curvature_of_a_trained_network() -> None:
+def test_lanczos_finds_the_tiny_negative_curvature_of_a_trained_network() -> None:
     model, x, y = _trained_mlp()
     expected = _dense_hessian_eigenvalues(model, x, y)
     assert expected[0] < -0.01 < 20.0 < expected[-1]
     lambda_max, lambda_min, _ = extreme_hessian_eigenvalues(
-        lambda: nn.functional.mse_loss(model(x), y),
-        model.parameters(),
-        iterations=SaddlePointMonitor().iterations,
-    )
+        lambda: nn.functional.mse_loss(model(x), y), model.parameters(), iterations=100)
     assert lambda_min == pytest.approx(expected[0].item(), abs=1e-4)
     assert lambda_max == pytest.approx(expected[-1].item(), rel=1e-4)
+
+
+def test_a_small_budget_sees_the_negative_curvature_and_a_warm_start_sharpens_it() -> None:
+    model, x, y = _trained_mlp()
+    expected = _dense_hessian_eigenvalues(model, x, y)
+    monitor = SaddlePointMonitor(iterations=20)
+    params = list(model.parameters())
+
+    def loss_fn() -> torch.Tensor:
+        return nn.functional.mse_loss(model(x), y)
+
+    cold = diagnose_critical_point(loss_fn, params, monitor.iterations, monitor.rtol)
+    # 20 products from a random start: lambda_min is a Rayleigh quotient, so never below
+    # the true one, and already negative, so the Hessian is known to be indefinite.
+    assert expected[0].item() - 1e-9 <= cold.spectrum.lambda_min < 0
+    assert cold.spectrum.lambda_max == pytest.approx(expected[-1].item(), rel=1e-4)
+    start = [a + b for a, b in zip(cold.spectrum.eigenvector_min, cold.spectrum.eigenvector_max, strict=True)]
+    warm = diagnose_critical_point(loss_fn, params, monitor.iterations, monitor.rtol, seed=1, start=start)
+    assert expected[0].item() - 1e-9 <= warm.spectrum.lambda_min
+    assert abs(warm.spectrum.lambda_min - expected[0].item()) < 0.2 * abs(cold.spectrum.lambda_min - expected[0].item())
 
 
 def _at(*values: float) -> torch.Tensor:
@@ -391,7 +408,7 @@ def _fit(monitor: SaddlePointMonitor, model: pl.LightningModule, steps: int) -> 
 def test_monitor_detects_plateau_logs_and_escapes() -> None:
     model = _Saddle()
     monitor = SaddlePointMonitor(
-        window=5, iterations=5, num_directions=4, escape=True, escape_step=0.5
+        window=5, iterations=5, num_directions=4, escape=True, escape_step=0.5, max_overhead=None
     )
     trainer = _fit(monitor, model, steps=12)
 
@@ -414,7 +431,7 @@ def test_monitor_detects_plateau_logs_and_escapes() -> None:
 
 def test_monitor_without_escape_leaves_parameters_and_runs_on_schedule() -> None:
     model = _Saddle()
-    monitor = SaddlePointMonitor(window=100, iterations=3, num_directions=2, every_n_steps=4)
+    monitor = SaddlePointMonitor(window=100, iterations=3, num_directions=2, every_n_steps=4, max_overhead=None)
     _fit(monitor, model, steps=8)
     assert [c["reason"] for c in monitor.history] == ["schedule", "schedule"]
     assert all(c["indefinite"] and not c["escaped"] for c in monitor.history)
@@ -439,7 +456,7 @@ def test_monitor_validates_arguments() -> None:
 
 def test_monitor_logs_the_verdict_beside_the_gradient_norm() -> None:
     model = _Saddle()
-    monitor = SaddlePointMonitor(window=100, num_directions=2, every_n_steps=4, grad_tol=1.0)
+    monitor = SaddlePointMonitor(window=100, num_directions=2, every_n_steps=4, grad_tol=1.0, max_overhead=None)
     trainer = _fit(monitor, model, steps=4)
     (check,) = monitor.history
     x, y = model.point.detach().tolist()
@@ -450,8 +467,8 @@ def test_monitor_logs_the_verdict_beside_the_gradient_norm() -> None:
     assert trainer.callback_metrics["saddle/gradient_norm"].item() == pytest.approx(
         check["gradient_norm"], rel=1e-4
     )
-    # With the default tolerance a gradient of 2e-3 is not small: not a critical point.
-    strict = SaddlePointMonitor(window=100, num_directions=2, every_n_steps=4)
+    # With the absolute tolerance alone a gradient of 2e-3 is not small: not a critical point.
+    strict = SaddlePointMonitor(window=100, num_directions=2, every_n_steps=4, grad_rtol=None, max_overhead=None)
     _fit(strict, _Saddle(), steps=4)
     assert strict.history[0]["verdict"] == "cannot tell" and strict.history[0]["indefinite"]
 
@@ -488,7 +505,145 @@ def test_monitor_leaves_the_training_figures_unchanged() -> None:
         ).fit(model)
         return [p.detach().clone() for p in model.parameters()]
 
-    monitor = SaddlePointMonitor(window=100, num_directions=3, every_n_steps=3)
+    monitor = SaddlePointMonitor(window=100, num_directions=3, every_n_steps=3, max_overhead=None)
     with_monitor = train([monitor])
     assert len(monitor.history) == 4
     assert all(torch.equal(a, b) for a, b in zip(train([]), with_monitor, strict=True))
+
+
+def test_a_gradient_small_in_the_losss_own_units_makes_the_point_critical() -> None:
+    z = _at(0.01, 0.0)
+
+    def loss_fn() -> torch.Tensor:
+        return 1.0 + 0.5 * (z[0] ** 2 - z[1] ** 2)
+
+    # Gradient 0.01 > grad_tol 1e-3, but a gradient step can gain only 0.01² / 2 = 5e-5,
+    # 5e-5 of the loss: critical for grad_rtol 1e-3, not for 1e-5 or without it.
+    assert diagnose_critical_point(loss_fn, [z], grad_rtol=1e-3).verdict == "saddle"
+    for grad_rtol in (1e-5, None):
+        diagnosis = diagnose_critical_point(loss_fn, [z], grad_rtol=grad_rtol)
+        assert diagnosis.verdict == "cannot tell" and "not a critical point" in diagnosis.reason
+    assert diagnose_critical_point(loss_fn, [z]).loss == pytest.approx(1.00005)
+
+
+class _L1Regression(pl.LightningModule):
+    """A linear model trained with the L1 loss, whose Hessian is zero: only the smooth
+    surrogate has curvature. Its batches are dicts with a per-sample ``id`` list."""
+
+    loss_name = "l1"
+
+    def __init__(self, lr: float = 0.0) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Linear(3, 1)
+        self.lr = lr
+        self.data = [{"x": torch.randn(8, 3), "label": torch.randn(8), "id": [f"{b}-{i}" for i in range(8)]}
+                     for b in range(6)]
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.net(batch["x"]).squeeze(1)
+
+    def compute_loss(self, batch: dict, loss_fn: Callable | None = None) -> torch.Tensor:
+        return (loss_fn or nn.functional.l1_loss)(self(batch), batch["label"])
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self.compute_loss(batch)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.data, batch_size=None)
+
+
+def test_an_l1_task_is_checked_on_the_smooth_surrogate_of_a_fixed_subsample() -> None:
+    from mmsent.diagnostics import smooth_l1_surrogate
+
+    model = _L1Regression()
+    monitor = SaddlePointMonitor(window=100, num_directions=2, every_n_steps=2, subsample=4, max_overhead=None)
+    _fit(monitor, model, steps=6)
+    assert len(monitor.history) == 3 and all(c["surrogate"] for c in monitor.history)
+    subsample = monitor._check_batch
+    assert subsample["id"] == ["1-0", "1-1", "1-2", "1-3"]
+    assert torch.equal(subsample["x"], model.data[1]["x"][:4])
+    with torch.no_grad():
+        expected = smooth_l1_surrogate(model(subsample), subsample["label"], 0.1).item()
+    # lr 0: the parameters stay, so every check sees the same loss on the same subsample.
+    assert [c["loss"] for c in monitor.history] == pytest.approx([expected] * 3)
+    # The L1 loss of a linear model has no curvature; its surrogate has.
+    assert monitor.history[0]["lambda_max"] > 1e-3
+    plain = SaddlePointMonitor(window=100, num_directions=2, every_n_steps=2, max_overhead=None, smooth_l1_delta=None)
+    _fit(plain, _L1Regression(), steps=2)
+    assert not plain.history[0]["surrogate"] and plain.history[0]["lambda_max"] == 0.0
+
+
+def test_the_checks_are_warm_started_from_the_last_eigenvectors() -> None:
+    monitor = SaddlePointMonitor(window=100, num_directions=2, every_n_steps=2, max_overhead=None)
+    model = _L1Regression(lr=0.05)
+    _fit(monitor, model, steps=4)
+    params = [p for p in model.parameters() if p.requires_grad]
+    start = monitor._warm_start(params)
+    assert start is not None and [s.shape for s in start] == [p.shape for p in params]
+    cold = SaddlePointMonitor(window=100, num_directions=2, every_n_steps=2, max_overhead=None, warm_start=False)
+    _fit(cold, _L1Regression(lr=0.05), steps=4)
+    assert cold._warm_start(params) is None
+    # Four parameters: both runs exhaust the space and agree, the warm start only saves products.
+    assert monitor.history[1]["lambda_max"] == pytest.approx(cold.history[1]["lambda_max"], rel=1e-6)
+
+
+def test_the_overhead_budget_defers_checks_that_would_exceed_it() -> None:
+    import time
+
+    def run(max_overhead: float | None) -> SaddlePointMonitor:
+        monitor = SaddlePointMonitor(every_n_steps=1, max_overhead=max_overhead)
+
+        def slow_check(trainer, pl_module, batch, reason):
+            monitor._steps_since_check = 0
+            time.sleep(0.01)
+            monitor.history.append({"step": monitor._steps})
+
+        monitor._check = slow_check
+        for step in range(steps):
+            time.sleep(0.001)
+            monitor.on_train_batch_end(None, None, {"loss": torch.tensor(1.0)}, None, step)
+        return monitor
+
+    steps = 400
+    bounded = run(0.05)
+    spent = sum(c["seconds"] for c in bounded.history)
+    # A check starts once 5 % of the training time covers 5 training steps (about step
+    # 100 here); each then spends 10 steps' time, so the next waits about 200 more (fewer on
+    # a loaded machine, where a step takes longer than its 1 ms sleep).
+    assert 1 <= len(bounded.history) <= steps // 40 and bounded.deferred == steps - len(bounded.history)
+    assert bounded.history[0]["step"] >= 100
+    # A check may overrun what was left (it ignores the deadline here), by at most itself.
+    assert spent <= 0.05 * bounded._train_seconds + max(c["seconds"] for c in bounded.history)
+    unbounded = run(None)
+    assert len(unbounded.history) == steps and unbounded.deferred == 0
+
+
+def test_curvature_within_the_relative_flat_level_is_not_read_as_negative() -> None:
+    eigenvalues = torch.tensor([8.0, 1.0, 0.5, -2e-6], dtype=torch.float64)
+    z = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+
+    def loss_fn() -> torch.Tensor:
+        return 0.5 * (eigenvalues * z**2).sum()
+
+    # At a critical point whose smallest eigenvalue is float32-rounding-sized.
+    assert diagnose_critical_point(loss_fn, [z]).verdict == "saddle"
+    flat = diagnose_critical_point(loss_fn, [z], curvature_rtol=1e-5)
+    assert flat.verdict == "cannot tell" and "zero curvature" in flat.reason
+
+
+def test_lanczos_starts_no_product_after_its_deadline() -> None:
+    import time
+
+    matrix = torch.diag(torch.linspace(-1.0, 1.0, 50, dtype=torch.float64))
+    like = [torch.zeros(50, dtype=torch.float64)]
+
+    def operator(vector):
+        return [matrix @ vector[0]]
+
+    late = lanczos(operator, like, iterations=30, rtol=0.0, deadline=time.perf_counter())
+    assert late.products == 1
+    assert lanczos(operator, like, iterations=30, rtol=0.0).products == 30

@@ -8,9 +8,12 @@ from mmsent.diagnostics.saddle import (
     classify_critical_point,
     diagnose_critical_point,
     extreme_hessian_eigenvalues,
+    first_order_gain,
+    flat_curvature,
     hessian_extremes,
     hessian_vector_product,
     is_indefinite,
+    smooth_l1_surrogate,
 )
 
 __all__ = [
@@ -21,9 +24,12 @@ __all__ = [
     "classify_critical_point",
     "diagnose_critical_point",
     "extreme_hessian_eigenvalues",
+    "first_order_gain",
+    "flat_curvature",
     "hessian_extremes",
     "hessian_vector_product",
     "is_indefinite",
     "lanczos",
     "probe_neighbourhood",
+    "smooth_l1_surrogate",
 ]

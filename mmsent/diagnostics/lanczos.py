@@ -35,6 +35,7 @@ start makes unlikely but not impossible.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -61,6 +62,7 @@ class LanczosResult:
         residual_max (float): ``‖Ax - θx‖`` of the largest Ritz pair.
         residual_min (float): ``‖Ax - θx‖`` of the smallest Ritz pair.
         eigenvector_min (Vector): The unit Ritz vector of ``lambda_min``.
+        eigenvector_max (Vector | None): The unit Ritz vector of ``lambda_max``.
         scale (float): The largest ``|Ritz value|``, an estimate of ``‖A‖``.
         rtol (float): A pair ``(θ, x)`` has converged when its residual is at most
             ``rtol · |θ|``.
@@ -84,6 +86,7 @@ class LanczosResult:
     restarts: int
     exhausted: bool
     rounding: float
+    eigenvector_max: Vector | None = None
 
     @property
     def tolerance_min(self) -> float:
@@ -171,6 +174,7 @@ def lanczos(
     rtol: float = DEFAULT_RTOL,
     generator: torch.Generator | None = None,
     start: Sequence[Tensor] | None = None,
+    deadline: float | None = None,
 ) -> LanczosResult:
     """Estimates the extreme eigenvalues of a symmetric operator by Lanczos.
 
@@ -189,6 +193,9 @@ def lanczos(
             is never used.
         start (Sequence[Tensor] | None): A starting vector instead of a random one
             (normalised here); restarts are still random.
+        deadline (float | None): A ``time.perf_counter()`` value after which no further
+            product is started (at least one always is); the result then reports
+            whatever has converged by then.
 
     Returns:
         LanczosResult: The extreme Ritz values, their residuals and the Ritz vector of
@@ -232,7 +239,7 @@ def lanczos(
         spectrum_scale = float(values.abs().max())
         ritz_residuals = _ritz_residuals(coords, beta, dropped)
         rounding = ROUNDING_LEVEL * eps * spectrum_scale
-        if len(basis) == budget:
+        if len(basis) == budget or (deadline is not None and time.perf_counter() >= deadline):
             break
         if beta <= rounding:
             # The Krylov space is invariant, so every Ritz pair has converged, but only
@@ -246,9 +253,10 @@ def lanczos(
         else:
             betas.append(beta)
             vector = scale(1.0 / beta, residual)
-    eigenvector = [torch.zeros_like(t) for t in like]
-    for weight, basis_vector in zip(coords[:, 0].tolist(), basis, strict=True):
-        eigenvector = axpy(weight, basis_vector, eigenvector)
+    eigenvector, eigenvector_max = [torch.zeros_like(t) for t in like], [torch.zeros_like(t) for t in like]
+    for low, high, basis_vector in zip(coords[:, 0].tolist(), coords[:, -1].tolist(), basis, strict=True):
+        eigenvector = axpy(low, basis_vector, eigenvector)
+        eigenvector_max = axpy(high, basis_vector, eigenvector_max)
     return LanczosResult(
         lambda_max=float(values[-1]),
         lambda_min=float(values[0]),
@@ -261,4 +269,5 @@ def lanczos(
         restarts=len(dropped),
         exhausted=len(basis) == size,
         rounding=rounding,
+        eigenvector_max=scale(1.0 / norm(eigenvector_max), eigenvector_max),
     )

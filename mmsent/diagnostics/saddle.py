@@ -35,7 +35,7 @@ DEFAULT_GRAD_TOL = 1e-3
 DEFAULT_CURVATURE_TOL = 1e-6
 
 
-def _hessian_operator(loss_fn: LossFn, params: Sequence[Tensor]) -> tuple[Operator, Vector]:
+def _hessian_operator(loss_fn: LossFn, params: Sequence[Tensor]) -> tuple[Operator, Vector, float]:
     """Builds ``v -> Hv`` for the Hessian of ``loss_fn`` at the current parameters.
 
     The loss and its gradient graph are computed once and reused by every product, which
@@ -46,8 +46,8 @@ def _hessian_operator(loss_fn: LossFn, params: Sequence[Tensor]) -> tuple[Operat
         params (Sequence[Tensor]): The parameters, all requiring gradients.
 
     Returns:
-        tuple[Operator, Vector]: A function from a vector to its Hessian-vector product,
-        and the (detached) gradient at the current parameters.
+        tuple[Operator, Vector, float]: A function from a vector to its Hessian-vector
+        product, the (detached) gradient and the loss at the current parameters.
     """
     with torch.enable_grad():
         loss = loss_fn()
@@ -72,7 +72,7 @@ def _hessian_operator(loss_fn: LossFn, params: Sequence[Tensor]) -> tuple[Operat
             for p, h in zip(params, products, strict=True)
         ]
 
-    return apply, gradient
+    return apply, gradient, float(loss.detach())
 
 
 def hessian_vector_product(
@@ -121,7 +121,7 @@ def hessian_extremes(
         ValueError: If ``params`` is empty or ``iterations < 1``.
     """
     params = checked_parameters(params, "hessian_extremes")
-    operator, _ = _hessian_operator(loss_fn, params)
+    operator, _, _ = _hessian_operator(loss_fn, params)
     return lanczos(operator, params, iterations, rtol, torch.Generator().manual_seed(seed))
 
 
@@ -161,12 +161,14 @@ class CriticalPointDiagnosis:
         reason (str): Why, in words (the numbers that decided it).
         gradient_norm (float): ``‖∇L‖`` at the point.
         spectrum (LanczosResult): The extreme Hessian eigenvalue estimates.
+        loss (float | None): The loss at the point.
     """
 
     verdict: str
     reason: str
     gradient_norm: float
     spectrum: LanczosResult
+    loss: float | None = None
 
     @property
     def code(self) -> int:
@@ -174,16 +176,65 @@ class CriticalPointDiagnosis:
         return VERDICT_CODES[self.verdict]
 
 
+def first_order_gain(gradient_norm: float, spectrum: LanczosResult) -> float:
+    """The loss decrease that one gradient step still guarantees, ``‖g‖² / (2 L)``.
+
+    With ``L = max(|λ_max|, |λ_min|)`` bounding the curvature, a step ``-g / L`` lowers
+    the local quadratic model by at least ``‖g‖² / (2 L)``. Set against the loss, it says
+    whether the gradient is still large in the loss's own units: a point where gradient
+    steps can gain only a tiny fraction of the loss behaves as a critical point, however
+    the loss is scaled (an absolute gradient norm depends on that scale).
+
+    Args:
+        gradient_norm (float): ``‖g‖``.
+        spectrum (LanczosResult): The extreme Hessian eigenvalue estimates.
+
+    Returns:
+        float: The gain; ``inf`` when no curvature was measured and ``g`` is not 0.
+    """
+    curvature = max(abs(spectrum.lambda_max), abs(spectrum.lambda_min))
+    if curvature == 0.0:
+        return 0.0 if gradient_norm == 0.0 else float("inf")
+    return gradient_norm**2 / (2.0 * curvature)
+
+
+def flat_curvature(spectrum: LanczosResult, curvature_tol: float = DEFAULT_CURVATURE_TOL,
+                   curvature_rtol: float = 0.0) -> float:
+    """The largest ``|eigenvalue|`` that counts as zero curvature.
+
+    ``max(curvature_tol, spectrum.rounding, curvature_rtol · spectrum.scale)``. In
+    float32 a Hessian-vector product carries errors of a few ``ε`` times the spectrum's
+    scale, summed over many terms, so a model's exactly flat directions (a symmetry of
+    its weights) come out as eigenvalues of either sign a little above ``ε · scale``:
+    ``curvature_rtol`` keeps them from reading as negative curvature.
+
+    Args:
+        spectrum (LanczosResult): The eigenvalue estimates.
+        curvature_tol (float): An absolute floor.
+        curvature_rtol (float): A floor relative to the spectrum's scale.
+
+    Returns:
+        float: The threshold.
+    """
+    return max(curvature_tol, spectrum.rounding, curvature_rtol * spectrum.scale)
+
+
 def classify_critical_point(
     gradient_norm: float,
     spectrum: LanczosResult,
     grad_tol: float = DEFAULT_GRAD_TOL,
     curvature_tol: float = DEFAULT_CURVATURE_TOL,
+    loss: float | None = None,
+    grad_rtol: float | None = None,
+    curvature_rtol: float = 0.0,
 ) -> tuple[str, str]:
     """Applies the second-derivative test, saying "cannot tell" when it cannot decide.
 
     The test speaks of critical points only: a point whose gradient norm exceeds
-    ``grad_tol`` is neither a minimum nor a saddle. At a critical point:
+    ``grad_tol`` is neither a minimum nor a saddle, unless ``grad_rtol`` is given and
+    the gain one gradient step still guarantees (:func:`first_order_gain`) is at most
+    ``grad_rtol · |loss|``: the gradient is then small relative to the loss's scale. At
+    a critical point:
 
     * ``λ_min < 0 < λ_max`` (an indefinite Hessian) is a **saddle**. Both Ritz values are
       Rayleigh quotients, so this needs no convergence: curvature of both signs has been
@@ -195,9 +246,9 @@ def classify_critical_point(
       terms (``x⁴`` and ``-x⁴`` both have a zero Hessian at 0), and a Hessian without
       positive curvature (a maximum or a degenerate point) is neither case.
 
-    An eigenvalue counts as zero within ``max(curvature_tol, spectrum.rounding)``: the
-    Hessian-vector products are only accurate to rounding level relative to the largest
-    eigenvalue, so a smaller curvature cannot be told from none.
+    An eigenvalue counts as zero within :func:`flat_curvature`: the Hessian-vector
+    products are only accurate to rounding level relative to the largest eigenvalue, so
+    a smaller curvature cannot be told from none.
 
     Args:
         gradient_norm (float): ``‖∇L‖`` at the point.
@@ -206,16 +257,28 @@ def classify_critical_point(
             losses the gradient of one batch is rarely this small; evaluate on a larger
             batch or raise the tolerance knowingly.
         curvature_tol (float): Eigenvalues within this of 0 count as zero curvature.
+        loss (float | None): The loss at the point, for ``grad_rtol``.
+        grad_rtol (float | None): The largest :func:`first_order_gain` of a critical
+            point, relative to ``|loss|``; None: the absolute ``grad_tol`` alone.
+        curvature_rtol (float): Eigenvalues within this times the spectrum's scale of 0
+            count as zero curvature too.
 
     Returns:
         tuple[str, str]: The verdict and the reason.
     """
-    flat = max(curvature_tol, spectrum.rounding)
+    flat = flat_curvature(spectrum, curvature_tol, curvature_rtol)
     lambda_min, lambda_max = spectrum.lambda_min, spectrum.lambda_max
     if gradient_norm > grad_tol:
-        return CANNOT_TELL, (
-            f"not a critical point: gradient norm {gradient_norm:.3g} > grad_tol {grad_tol:.3g}"
-        )
+        if grad_rtol is None or loss is None:
+            return CANNOT_TELL, (
+                f"not a critical point: gradient norm {gradient_norm:.3g} > grad_tol {grad_tol:.3g}"
+            )
+        gain = first_order_gain(gradient_norm, spectrum)
+        if gain > grad_rtol * abs(loss):
+            return CANNOT_TELL, (
+                f"not a critical point: a gradient step still gains {gain:.3g} > "
+                f"grad_rtol {grad_rtol:.3g} x loss {loss:.3g}"
+            )
     if lambda_min < -flat and lambda_max > flat:
         return SADDLE, (
             f"indefinite Hessian: lambda_min {lambda_min:.3g} < 0 < lambda_max {lambda_max:.3g}"
@@ -246,11 +309,15 @@ def diagnose_critical_point(
     grad_tol: float = DEFAULT_GRAD_TOL,
     curvature_tol: float = DEFAULT_CURVATURE_TOL,
     seed: int = 0,
+    grad_rtol: float | None = None,
+    start: Sequence[Tensor] | None = None,
+    curvature_rtol: float = 0.0,
+    deadline: float | None = None,
 ) -> CriticalPointDiagnosis:
     """Tells a minimum from a saddle at the current parameters, or says it cannot.
 
-    Computes the gradient norm and the extreme Hessian eigenvalues (one loss evaluation,
-    then up to ``iterations`` Hessian-vector products) and applies
+    Computes the loss, the gradient norm and the extreme Hessian eigenvalues (one loss
+    evaluation, then up to ``iterations`` Hessian-vector products) and applies
     :func:`classify_critical_point`.
 
     Args:
@@ -262,20 +329,27 @@ def diagnose_critical_point(
         grad_tol (float): The largest gradient norm of a critical point.
         curvature_tol (float): Eigenvalues within this of 0 count as zero curvature.
         seed (int): Seed of the private generator for the Lanczos start vector.
+        grad_rtol (float | None): See :func:`classify_critical_point`.
+        start (Sequence[Tensor] | None): The Lanczos start vector instead of a random
+            one, e.g. the last check's ``eigenvector_min`` (a warm start).
+        curvature_rtol (float): See :func:`flat_curvature`.
+        deadline (float | None): No product is started after this
+            ``time.perf_counter()`` value (see :func:`~mmsent.diagnostics.lanczos.lanczos`).
 
     Returns:
-        CriticalPointDiagnosis: The verdict, its reason, the gradient norm and the
-        eigenvalue estimates.
+        CriticalPointDiagnosis: The verdict, its reason, the gradient norm, the loss and
+        the eigenvalue estimates.
 
     Raises:
         ValueError: If ``params`` is empty or ``iterations < 1``.
     """
     params = checked_parameters(params, "diagnose_critical_point")
-    operator, gradient = _hessian_operator(loss_fn, params)
-    spectrum = lanczos(operator, params, iterations, rtol, torch.Generator().manual_seed(seed))
+    operator, gradient, loss = _hessian_operator(loss_fn, params)
+    spectrum = lanczos(operator, params, iterations, rtol, torch.Generator().manual_seed(seed), start, deadline)
     gradient_norm = norm(gradient)
-    verdict, reason = classify_critical_point(gradient_norm, spectrum, grad_tol, curvature_tol)
-    return CriticalPointDiagnosis(verdict, reason, gradient_norm, spectrum)
+    verdict, reason = classify_critical_point(gradient_norm, spectrum, grad_tol, curvature_tol, loss, grad_rtol,
+                                              curvature_rtol)
+    return CriticalPointDiagnosis(verdict, reason, gradient_norm, spectrum, loss)
 
 
 def is_indefinite(lambda_max: float, lambda_min: float, tol: float = 1e-6) -> bool:
@@ -291,3 +365,25 @@ def is_indefinite(lambda_max: float, lambda_min: float, tol: float = 1e-6) -> bo
         bool: ``lambda_max > tol and lambda_min < -tol``.
     """
     return lambda_max > tol and lambda_min < -tol
+
+
+def smooth_l1_surrogate(prediction: Tensor, target: Tensor, delta: float) -> Tensor:
+    """The pseudo-Huber loss ``δ (√(1 + (r/δ)²) - 1)``, mean over the residuals ``r``.
+
+    A smooth stand-in for the L1 loss in second-order checks: it equals ``|r| - δ`` up
+    to ``O(δ²/|r|)`` for ``|r| ≫ δ`` and ``r² / (2δ)`` near 0, and is infinitely
+    differentiable. The L1 loss itself is piecewise linear in the prediction, so its
+    Hessian lacks the positive Gauss-Newton part (only the network's own curvature,
+    weighted by the residuals' signs, is left) and its (sub)gradient does not vanish at
+    a minimum of a batch's loss: neither half of the second-derivative test applies to
+    it.
+
+    Args:
+        prediction (Tensor): The predictions.
+        target (Tensor): The targets, shaped like ``prediction``.
+        delta (float): ``δ > 0``, the residual below which the loss is quadratic.
+
+    Returns:
+        Tensor: The mean loss, a 0-d tensor.
+    """
+    return (delta * (torch.sqrt(1.0 + ((prediction - target) / delta) ** 2) - 1.0)).mean()

@@ -8,25 +8,36 @@ from torch import nn
 
 from mmsent.models.config import HubMixin, init_args
 from mmsent.models.dropout import make_dropout
-from mmsent.models.inflation import inflate_into, read_state_dict
+from mmsent.models.inflation import (
+    TimeReplicateConv3d,
+    add_image_stem_pool,
+    inflate_into,
+    read_state_dict,
+    replicate_time_padding_,
+)
 from mmsent.models.text import TextLSTMEncoder
 
 TORCHVISION_BACKBONES = ("r3d_18", "mc3_18", "r2plus1d_18")
+TEMPORAL_PADDINGS = ("zeros", "replicate")
 
 
-def conv3d_block(in_channels: int, out_channels: int, pool: tuple[int, int, int]) -> nn.Sequential:
+def conv3d_block(in_channels: int, out_channels: int, pool: tuple[int, int, int],
+                 temporal_padding: str = "zeros") -> nn.Sequential:
     """Conv3d 3x3x3, batch norm, ReLU, max pool.
 
     Args:
         in_channels (int): Input channels.
         out_channels (int): Output channels.
         pool (tuple[int, int, int]): Max-pool kernel (time, height, width).
+        temporal_padding (str): ``"zeros"`` or ``"replicate"`` (the clip's end frames
+            repeated; see :class:`~mmsent.models.inflation.TimeReplicateConv3d`).
 
     Returns:
         nn.Sequential: The block.
     """
+    conv = TimeReplicateConv3d if _temporal_padding(temporal_padding) == "replicate" else nn.Conv3d
     return nn.Sequential(
-        nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
+        conv(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
         nn.BatchNorm3d(out_channels),
         nn.ReLU(inplace=True),
         nn.MaxPool3d(pool),
@@ -36,8 +47,14 @@ def conv3d_block(in_channels: int, out_channels: int, pool: tuple[int, int, int]
 GLOBAL_POOLS = ("max", "avg")
 
 
+def _temporal_padding(kind: str) -> str:
+    if kind not in TEMPORAL_PADDINGS:
+        raise ValueError(f"temporal_padding must be one of {TEMPORAL_PADDINGS}, got {kind!r}")
+    return kind
+
+
 def compact_c3d(in_channels: int, widths: list[int], global_pool: str = "max",
-                temporal_bins: int = 1) -> nn.Sequential:
+                temporal_bins: int = 1, temporal_padding: str = "zeros") -> nn.Sequential:
     """A C3D-style stack small enough to train on a CPU.
 
     The first block pools space only, as C3D does, so early layers keep the temporal
@@ -54,6 +71,8 @@ def compact_c3d(in_channels: int, widths: list[int], global_pool: str = "max",
             ordered bins instead of one, and the bins are concatenated: with more
             than one, what follows sees *when* a feature fired, so the direction of
             a movement (a feature early versus late) is a linear read-out.
+        temporal_padding (str): ``"zeros"`` or ``"replicate"``, for every block's
+            convolution (see :func:`conv3d_block`).
 
     Returns:
         nn.Sequential: Blocks ending in global pooling, output
@@ -66,7 +85,7 @@ def compact_c3d(in_channels: int, widths: list[int], global_pool: str = "max",
         raise ValueError(f"temporal_bins must be at least 1, got {temporal_bins!r}")
     blocks, channels = [], in_channels
     for index, width in enumerate(widths):
-        blocks.append(conv3d_block(channels, width, (1, 2, 2) if index == 0 else (2, 2, 2)))
+        blocks.append(conv3d_block(channels, width, (1, 2, 2) if index == 0 else (2, 2, 2), temporal_padding))
         channels = width
     return nn.Sequential(*blocks, _global_pool(global_pool, 3, temporal_bins), nn.Flatten())
 
@@ -80,7 +99,8 @@ def _global_pool(kind: str, dims: int, temporal_bins: int = 1) -> nn.Module:
     return nn.AdaptiveMaxPool2d(1) if kind == "max" else nn.AdaptiveAvgPool2d(1)
 
 
-def torchvision_backbone(name: str) -> tuple[nn.Module, int]:
+def torchvision_backbone(name: str, temporal_padding: str = "zeros",
+                         stem_pool: bool = False) -> tuple[nn.Module, int]:
     """A randomly initialized torchvision video network without its classifier.
 
     Pretrained Kinetics weights are not fetched: nothing is downloaded at run time.
@@ -88,6 +108,10 @@ def torchvision_backbone(name: str) -> tuple[nn.Module, int]:
 
     Args:
         name (str): One of :data:`TORCHVISION_BACKBONES`.
+        temporal_padding (str): ``"zeros"`` (torchvision's) or ``"replicate"``: every
+            convolution that pads time repeats the clip's end frames instead.
+        stem_pool (bool): Append ``resnet18``'s stem max-pool, which the video networks
+            lack (see :func:`~mmsent.models.inflation.add_image_stem_pool`).
 
     Returns:
         tuple[nn.Module, int]: The network (output ``(B, features)``) and its feature size.
@@ -97,6 +121,10 @@ def torchvision_backbone(name: str) -> tuple[nn.Module, int]:
     if name not in TORCHVISION_BACKBONES:
         raise ValueError(f"backbone must be 'c3d' or one of {TORCHVISION_BACKBONES}, got {name!r}")
     network = getattr(video, name)(weights=None)
+    if _temporal_padding(temporal_padding) == "replicate":
+        replicate_time_padding_(network)
+    if stem_pool:
+        add_image_stem_pool(network)
     features = network.fc.in_features
     network.fc = nn.Identity()
     return network, features
@@ -136,6 +164,15 @@ class Visual3DCNNEncoder(nn.Module, HubMixin):
             2D network (e.g. ``["conv1.weight", "conv2.weight", "conv3.weight"]`` of a
             face detector, with ``widths`` equal to their output channels). None: a
             :class:`FrameCNNEncoder`'s convolutions, or every 2D kernel of the file.
+        temporal_padding (str): How the 3D convolutions pad time: ``"zeros"`` or
+            ``"replicate"`` (the clip's end frames repeated). With ``"replicate"`` an
+            inflated network computes its 2D network's features on a still clip at
+            every frame, not only away from the clip's ends (see
+            :mod:`mmsent.models.inflation`).
+        stem_pool (bool): For a torchvision backbone, add ``resnet18``'s stem
+            max-pool, which ``r3d_18`` lacks; with ``temporal_padding="replicate"`` an
+            ``r3d_18`` inflated from ``resnet18`` then reproduces its features on a
+            still clip.
     """
 
     def __init__(
@@ -152,6 +189,8 @@ class Visual3DCNNEncoder(nn.Module, HubMixin):
         channels_last: bool = False,
         inflate_from: str | None = None,
         inflate_kernels: list[str] | None = None,
+        temporal_padding: str = "zeros",
+        stem_pool: bool = False,
     ) -> None:
         super().__init__()
         self.config = init_args(locals())
@@ -163,13 +202,15 @@ class Visual3DCNNEncoder(nn.Module, HubMixin):
         if backbone == "c3d":
             widths = [16, 32, 64] if widths is None else list(widths)
             channels = 2 * input_dim if motion_input else input_dim
-            self.backbone = compact_c3d(channels, widths, global_pool, temporal_bins)
+            if stem_pool:
+                raise ValueError("stem_pool applies to torchvision backbones only, got backbone 'c3d'")
+            self.backbone = compact_c3d(channels, widths, global_pool, temporal_bins, temporal_padding)
             features = widths[-1] * temporal_bins
         elif temporal_bins != 1 or motion_input:
             raise ValueError("temporal_bins and motion_input apply to backbone 'c3d' only, "
                              f"got backbone {backbone!r}")
         else:
-            self.backbone, features = torchvision_backbone(backbone)
+            self.backbone, features = torchvision_backbone(backbone, temporal_padding, stem_pool)
         if inflate_from is not None:
             key = "Visual3DCNNEncoder.inflate_from"
             state = read_state_dict(inflate_from, key)

@@ -15,6 +15,8 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
+from mmsent.regularization.penalties import check_covariance
+
 MATRIX_SUFFIXES: tuple[str, ...] = (".npy", ".pt", ".pth", ".safetensors")
 
 
@@ -100,11 +102,4 @@ def load_covariance(spec: str | list[list[float]], key: str) -> Tensor:
     Raises:
         ValueError: If the matrix is not square, symmetric and positive definite.
     """
-    matrix = load_matrix(spec, key)
-    if matrix.shape[0] != matrix.shape[1]:
-        raise ValueError(f"{key}: a covariance must be square, got shape {tuple(matrix.shape)}")
-    if not torch.allclose(matrix, matrix.T, rtol=1e-6, atol=1e-12):
-        raise ValueError(f"{key}: a covariance must be symmetric")
-    if torch.linalg.cholesky_ex(matrix).info != 0:
-        raise ValueError(f"{key}: a covariance must be positive definite")
-    return matrix
+    return check_covariance(load_matrix(spec, key), key)

@@ -212,6 +212,33 @@ def _mahalanobis(weight: Tensor, covariance: Tensor) -> Tensor:
     return whitened.pow(2).sum()
 
 
+def check_covariance(matrix: Tensor, key: str = "covariance") -> Tensor:
+    """Checks that a matrix is a covariance: square, symmetric, positive definite.
+
+    A Cholesky factorisation reads only one triangle, so without this check an
+    asymmetric ``Σ`` would be taken silently as the symmetric matrix of its lower half.
+
+    Args:
+        matrix (Tensor): The candidate ``Σ``.
+        key (str): Its name (a config key or argument), for messages.
+
+    Returns:
+        Tensor: ``matrix``, unchanged.
+
+    Raises:
+        ValueError: If it is not a square 2-D matrix, not symmetric (to a relative
+            1e-6) or not positive definite.
+    """
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"{key}: a covariance must be a square matrix, got shape {tuple(matrix.shape)}")
+    if not torch.allclose(matrix, matrix.T, rtol=1e-6, atol=1e-12):
+        gap = float((matrix - matrix.T).abs().max())
+        raise ValueError(f"{key}: a covariance must be symmetric, but max |Σ - Σᵀ| = {gap:.3g}")
+    if torch.linalg.cholesky_ex(matrix.to(torch.float64)).info != 0:
+        raise ValueError(f"{key}: a covariance must be positive definite")
+    return matrix
+
+
 def mahalanobis_penalty(
     params: Iterable[Tensor], covariance: str | Tensor = "rows", shrinkage: float = 0.1
 ) -> Tensor:
@@ -239,11 +266,13 @@ def mahalanobis_penalty(
 
     Raises:
         ValueError: If ``covariance`` is another string, does not fit a tensor, or is
-            not positive definite.
+            not symmetric positive definite.
     """
     params = list(params)
     if isinstance(covariance, str) and covariance != "rows":
         raise ValueError(f"covariance must be 'rows' or a matrix, got {covariance!r}")
+    if isinstance(covariance, Tensor):
+        check_covariance(covariance)
     terms = []
     for w in params:
         sigma = row_covariance(w, shrinkage) if isinstance(covariance, str) else covariance

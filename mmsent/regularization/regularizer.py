@@ -263,6 +263,39 @@ class Regularizer(PenaltyTerms):
                 if p.requires_grad and p.ndim >= 2 and id(p) not in claimed and self.matches(n)]
         return [(None, rest), *grouped]
 
+    def check_fits(self, module: nn.Module) -> None:
+        """Checks, once the model is built and before any data, that every matrix ``Γ``
+        and ``Σ`` fits the last dimension of each weight it applies to.
+
+        Args:
+            module (nn.Module): The model, as for :meth:`assignments`.
+
+        Raises:
+            ValueError: Naming the config key, the parameter and both shapes, if a
+                ``Γ`` of shape ``(k, n)`` or a ``Σ`` of shape ``(n, n)`` meets a weight
+                whose last dimension is not ``n``; as :meth:`assignments` for unknown
+                groups or patterns that select nothing.
+        """
+        if not self.active:
+            return
+        names = {id(p): n for n, p in module.named_parameters()}
+        for group, params in self.assignments(module):
+            terms = self._terms(group)
+            operator, covariance = self._matrices[group]
+            key = "regularizer" if group is None else f"regularizer.groups.{group}"
+            checks = [("tikhonov_operator", operator, terms.tikhonov, 1),
+                      ("covariance", covariance, terms.mahalanobis, 0)]
+            for field_name, matrix, weight, axis in checks:
+                if not weight or not isinstance(matrix, Tensor):
+                    continue
+                for p in params:
+                    if matrix.shape[axis] != p.shape[-1]:
+                        raise ValueError(
+                            f"{key}.{field_name} has shape {tuple(matrix.shape)} but parameter "
+                            f"{names[id(p)]!r} of shape {tuple(p.shape)} has last dimension "
+                            f"{p.shape[-1]}; narrow it with {key}.parameters or fit the matrix"
+                        )
+
     def _loss_terms(self, group: str | None, params: list[Tensor]) -> list[Tensor]:
         """The weighted penalties of one group's terms on its weights.
 

@@ -8,6 +8,7 @@ achievable error on generated data, regularization, per-group optimizers) lives 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytorch_lightning as pl
 import torch
@@ -107,23 +108,28 @@ class BaseTask(pl.LightningModule):
         """The optimizer's parameter groups, one per part, with their settings.
 
         Subclasses call it once at the end of ``__init__`` too, so a misspelt group
-        name fails before any data is prepared.
+        name, or a regularizer matrix that does not fit its weights, fails before any
+        data is prepared.
 
         Returns:
             list[dict]: Groups for the optimizer callable.
         """
+        if self.regularizer is not None:
+            self.regularizer.check_fits(self)
         return build_param_groups(self.parameter_parts(), self.group_settings, optional=MODALITIES)
 
-    def compute_loss(self, batch: dict) -> torch.Tensor:
+    def compute_loss(self, batch: dict, loss_fn: Callable | None = None) -> torch.Tensor:
         """The training objective on one batch (used by diagnostics too).
 
         Args:
             batch (dict): A collated batch.
+            loss_fn (Callable | None): ``(prediction, label) -> loss`` in place of the
+                task's own (a diagnostic's smooth surrogate of it).
 
         Returns:
             torch.Tensor: The scalar loss, regularization included.
         """
-        loss = self.loss_fn(self(batch), batch["label"])
+        loss = (loss_fn or self.loss_fn)(self(batch), batch["label"])
         if self.regularizer is not None:
             loss = loss + self.regularizer(self)
         return loss
