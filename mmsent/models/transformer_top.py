@@ -90,9 +90,11 @@ class TransformerTopEncoder(nn.Module, HubMixin):
         # The lower layers and the embeddings ran when the states were cached; only the
         # top of the stack (and what the encoder shares across layers, such as MPNet's
         # relative position bias) is kept, so they take no memory and no checkpoint space.
-        transformer.encoder.layer = nn.ModuleList(list(stack)[start:])
-        transformer.embeddings = None
-        self.transformer = transformer
+        # Over the last layer's states nothing of the transformer is kept.
+        if start < depth:
+            transformer.encoder.layer = nn.ModuleList(list(stack)[start:])
+            transformer.embeddings = None
+        self.transformer = transformer if start < depth else None
         self.from_layer = start
         self.dropout = nn.Dropout(dropout)
         self.project = nn.Linear(hidden, out_dim) if out_dim else nn.Identity()
@@ -105,11 +107,11 @@ class TransformerTopEncoder(nn.Module, HubMixin):
             list[list[nn.Parameter]]: The encoder's shared weights (outside the layers),
             then each layer run here; the top layer's list also holds the projection.
         """
+        if self.transformer is None:
+            return [list(self.project.parameters())]
         layers = [list(layer.parameters()) for layer in self.transformer.encoder.layer]
         in_stack = {id(p) for layer in layers for p in layer}
         shared = [p for p in self.transformer.parameters() if id(p) not in in_stack]
-        if not layers:
-            return [shared + list(self.project.parameters())]
         layers[-1] += list(self.project.parameters())
         return [shared, *layers]
 
@@ -130,7 +132,7 @@ class TransformerTopEncoder(nn.Module, HubMixin):
             raise ValueError("TransformerTopEncoder reads cached token states, but the text input is token "
                              "ids: set data.source.init_args.text_features (and text_layer)")
         states = text
-        if len(self.transformer.encoder.layer):
+        if self.transformer is not None:
             attention = bidirectional_mask(self.transformer, states, mask)
             states = self.transformer.encoder(states, attention_mask=attention)[0]
         pooled = states[:, 0] if self.pooling == "cls" else masked_mean(states, mask)

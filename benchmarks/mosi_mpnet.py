@@ -1,0 +1,192 @@
+"""CMU-MOSI with all-mpnet-base-v2: settings screened on validation, over seeds.
+
+Runs ``pipelines/mosi_mpnet.yaml`` (or its text stage alone, ``--only text``) once per
+seed, one process with one thread at a time, with the given overrides after ``--``.
+Before the seeds, the token states the setting reads are computed and cached once
+(timed on their own: the cost of freezing the lower layers is paid once per corpus),
+so each stage's time is training and evaluation. Reported per stage: the validation
+MAE of the selected checkpoint (what settings are chosen on), the test metrics (never
+chosen on), the wall time per seed and the seconds per epoch (stage wall time over
+epochs run). With ``--against NAME`` the setting is compared with an earlier one
+seed by seed on validation MAE: the rule, fixed before the runs, keeps a change only
+if it lowers the mean validation MAE by more than the standard error of the paired
+differences. Raw results: ``benchmarks/results/mosi_mpnet_<name>.json``.
+
+    export MMSENT_MOSI_DIR=/path/to/cmu-mosi
+    # the text stage as configured: the top 2 of 12 layers fine-tuned over layer 10's cached states
+    python benchmarks/mosi_mpnet.py --name top2 --only text
+    # everything frozen: mean-pooled last states under the same head
+    python benchmarks/mosi_mpnet.py --name frozen --only text --against top2 -- \\
+        --data.source.init_args.text_layer=-1 --model.init_args.encoder.init_args.from_layer=-1
+    # the whole pipeline (text, audio, fusion, fine-tuning)
+    python benchmarks/mosi_mpnet.py --name pipeline
+
+Finished seeds are kept (``--output-dir``), so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from common import REPO, machine, save
+from mosi import STAGES, run_seed
+
+MPNET = REPO / "pipelines" / "mosi_mpnet.yaml"
+REPORTED = ("Non0_acc_2", "MAE", "Corr")
+
+
+def cache_states(cache_dir: str, overrides: list[str]) -> float:
+    """Computes (or finds) the cached token states the setting reads; returns the seconds taken.
+
+    Args:
+        cache_dir (str): The prepared dataset's cache folder.
+        overrides (list[str]): The setting's overrides (``text_layer`` among them).
+
+    Returns:
+        float: Seconds, in a process of its own with one thread (near 0 when cached).
+    """
+    layer = next((int(o.split("=", 1)[1]) for o in overrides if o.startswith("--data.source.init_args.text_layer=")),
+                 None)
+    code = ("import sys, yaml; from mmsent.data.cache import prepare; from mmsent.data.mosi import MOSISource; "
+            "base = yaml.safe_load(open(sys.argv[1]))['data']['source']['init_args']; "
+            "layer = int(sys.argv[3]) if sys.argv[3] != 'None' else base['text_layer']; "
+            "prepare(MOSISource(text_features=base['text_features'], text_layer=layer), sys.argv[2])")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    started = time.time()
+    subprocess.run([sys.executable, "-c", code, str(REPO / "pipelines" / "mosi_mpnet" / "base.yaml"), cache_dir,
+                    str(layer)], cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
+    return time.time() - started
+
+
+def epochs_run(stage: dict) -> int:
+    """int: How many epochs a stage trained, from its last checkpoint."""
+    import torch
+
+    return int(torch.load(stage["last_checkpoint"], map_location="cpu", weights_only=True)["epoch"]) + 1
+
+
+def stage_records(manifest: dict, stages: list[str]) -> dict:
+    """Per stage: validation MAE, test metrics, wall time, epochs and seconds per epoch.
+
+    Args:
+        manifest (dict): The seed's pipeline manifest.
+        stages (list[str]): The stages run.
+
+    Returns:
+        dict: ``{stage: {"val_MAE", "test": {...}, "seconds", "epochs", "s_per_epoch"}}``.
+    """
+    records = {}
+    for name in stages:
+        stage = manifest["stages"][name]
+        epochs = epochs_run(stage)
+        records[name] = {"val_MAE": stage["metrics"]["val"]["MAE"],
+                         "test": {k: stage["metrics"]["test"][k] for k in REPORTED},
+                         "seconds": stage["wall_time_s"], "epochs": epochs,
+                         "s_per_epoch": stage["wall_time_s"] / epochs}
+    return records
+
+
+def mean_std(values: list[float]) -> list[float]:
+    """list[float]: ``[mean, sample std]`` (std 0 for one value)."""
+    return [statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0]
+
+
+def summary(per_seed: dict[int, dict], stages: list[str]) -> dict:
+    """Mean and standard deviation over seeds, per stage.
+
+    Args:
+        per_seed (dict[int, dict]): Seed -> :func:`stage_records`.
+        stages (list[str]): The stages run.
+
+    Returns:
+        dict: ``{stage: {"val_MAE": [m, s], "test_<metric>": [m, s], "seconds": ..., "s_per_epoch": ...}}``.
+    """
+    out = {}
+    for name in stages:
+        rows = [r[name] for r in per_seed.values()]
+        out[name] = {"val_MAE": mean_std([r["val_MAE"] for r in rows]),
+                     **{f"test_{k}": mean_std([r["test"][k] for r in rows]) for k in REPORTED},
+                     "seconds": mean_std([r["seconds"] for r in rows]),
+                     "s_per_epoch": mean_std([r["s_per_epoch"] for r in rows])}
+    return out
+
+
+def compare(per_seed: dict[int, dict], reference: dict, stage: str) -> dict | None:
+    """Paired validation-MAE comparison with an earlier setting on their common seeds.
+
+    Args:
+        per_seed (dict[int, dict]): This setting's seeds.
+        reference (dict): The earlier setting's raw results file (``per_seed`` keyed by str).
+        stage (str): The stage compared.
+
+    Returns:
+        dict | None: Seeds, mean difference (this minus reference; negative is better),
+        its standard error, and whether the rule keeps the change; None without two
+        common seeds.
+    """
+    theirs = {int(s): r for s, r in reference["per_seed"].items()}
+    common = sorted(set(per_seed) & set(theirs))
+    if len(common) < 2:
+        return None
+    diffs = [per_seed[s][stage]["val_MAE"] - theirs[s][stage]["val_MAE"] for s in common]
+    error = statistics.stdev(diffs) / math.sqrt(len(diffs))
+    mean = statistics.mean(diffs)
+    return {"against": reference["name"], "seeds": common, "val_MAE_diff": mean, "standard_error": error,
+            "kept": mean < -error}
+
+
+def main(args: list[str] | None = None) -> None:
+    """Runs the benchmark.
+
+    Args:
+        args (list[str] | None): Command-line arguments; None reads ``sys.argv``.
+    """
+    argv = list(sys.argv[1:] if args is None else args)
+    overrides = argv[argv.index("--") + 1:] if "--" in argv else []
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--name", required=True, help="the setting's name, for folders and the results file")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--only", choices=list(STAGES), help="run this stage alone")
+    parser.add_argument("--against", help="an earlier setting's name to compare with on validation MAE")
+    parser.add_argument("--output-dir", default="runs/benchmark-mosi-mpnet")
+    parser.add_argument("--cache-dir", default="data/cache")
+    parsed = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    started = time.time()
+    cache = str(REPO / parsed.cache_dir)
+    cache_seconds = cache_states(cache, overrides)
+    print(f"token states cached in {cache_seconds:.0f} s", flush=True)
+    stages = [parsed.only] if parsed.only else list(STAGES)
+    per_seed = {}
+    for seed in parsed.seeds:
+        manifest = run_seed(seed, REPO / parsed.output_dir / parsed.name / f"seed{seed}", cache,
+                            tuple(overrides), pipeline=MPNET, only=parsed.only)
+        per_seed[seed] = stage_records(manifest, stages)
+    stats = summary(per_seed, stages)
+    payload = {"name": parsed.name, "command": "python benchmarks/mosi_mpnet.py " + " ".join(argv),
+               "machine": machine(), "date": datetime.now(UTC).isoformat(timespec="minutes"), "threads": 1,
+               "seeds": parsed.seeds, "overrides": overrides, "cache_seconds": round(cache_seconds),
+               "wall_time_s": round(time.time() - started), "per_seed": per_seed, "summary": stats}
+    if parsed.against:
+        reference = json.loads((Path(__file__).parent / "results" / f"mosi_mpnet_{parsed.against}.json").read_text())
+        payload["comparison"] = compare(per_seed, reference, stages[0])
+    path = save(f"mosi_mpnet_{parsed.name}", payload)
+    for name in stages:
+        cells = ", ".join(f"{k} {m:.4f} ± {s:.4f}" for k, (m, s) in stats[name].items())
+        per = ", ".join(f"{s}: {r[name]['val_MAE']:.3f}" for s, r in per_seed.items())
+        print(f"{parsed.name} {name}: {cells}\n  val MAE per seed: {per}")
+    if payload.get("comparison"):
+        print(f"against {parsed.against}: {payload['comparison']}")
+    print(f"raw results: {path}")
+
+
+if __name__ == "__main__":
+    main()
