@@ -20,6 +20,8 @@ differences. Raw results: ``benchmarks/results/mosi_mpnet_<name>.json``.
         --data.source.init_args.text_layer=-1 --model.init_args.encoder.init_args.from_layer=-1
     # the whole pipeline (text, audio, fusion, fine-tuning)
     python benchmarks/mosi_mpnet.py --name pipeline
+    # the CMU-MOSI table of BENCHMARKS.md from the raw results of the named settings
+    python benchmarks/mosi_mpnet.py --table frozen pipeline
 
 Finished seeds are kept (``--output-dir``), so an interrupted run resumes.
 """
@@ -38,10 +40,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from common import REPO, machine, save
-from mosi import STAGES, run_seed
+from mosi import PUBLISHED, STAGES, run_seed
 
 MPNET = REPO / "pipelines" / "mosi_mpnet.yaml"
 REPORTED = ("Non0_acc_2", "MAE", "Corr")
+RESULTS = Path(__file__).parent / "results"
+# MMSA's published Self-MM row on CMU-MOSI (thuiar/MMSA results table, BERT-base, three
+# modalities): Non0_acc_2 / MAE / Corr.
+SELF_MM = (85.46, 0.708, 0.796)
+# Epochs each stage of pipelines/mosi_finetuned_text.yaml trains (its configs), to turn
+# that benchmark's seconds per stage into seconds per epoch.
+MINILM_EPOCHS = {"text": 6, "audio": None, "fusion": 2, "finetune": 1}
 
 
 def cache_states(cache_dir: str, overrides: list[str]) -> float:
@@ -144,6 +153,65 @@ def compare(per_seed: dict[int, dict], reference: dict, stage: str) -> dict | No
             "kept": mean < -error}
 
 
+def _cells(acc: list[float], mae: list[float], corr: list[float]) -> list[str]:
+    def fmt(values, scale, digits):
+        values = [scale * v for v in values]
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.mean(values):.{digits}f} ± {spread:.{digits}f}"
+    return [fmt(acc, 100, 1), fmt(mae, 1, 3), fmt(corr, 1, 3)]
+
+
+def table(names: list[str]) -> str:
+    """The CMU-MOSI comparison table in Markdown, from raw result files only.
+
+    Rows: MMSA's published TFN, MulT, MISA and Self-MM; MMSA's LF_DNN as run here by
+    ``benchmarks/peer_mosi.py``; the MiniLM pipeline (``mosi_finetuned_text.py``);
+    then every stage of each named setting of this script.
+
+    Args:
+        names (list[str]): Settings of this script (``mosi_mpnet_<name>.json``).
+
+    Returns:
+        str: The table.
+    """
+    head = ["model", "seeds", "Non0_acc_2", "MAE", "Corr", "val MAE", "s per seed", "s per epoch"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for model, (acc, mae, corr) in {**PUBLISHED, "Self-MM": SELF_MM}.items():
+        lines.append(f"| {model} (MMSA, published) | - | {acc:.2f} | {mae:.3f} | {corr:.3f} | - | - | - |")
+    peer = json.loads((RESULTS / "peer_mosi_lf_dnn_run1.json").read_text())["results"][-1]["peer"]
+    seeds = sorted({run["seed"] for run in peer})
+    # Runs of one seed repeat each other to the digit: one figure, not a spread.
+    runs = peer if len(seeds) > 1 else peer[:1]
+    lines.append("| LF_DNN (MMSA 2.2.1 run here, MiniLM states + audio, `peer_mosi.py`) | "
+                 f"{', '.join(map(str, seeds))} | " + " | ".join(_cells(
+                     [r["Non0_acc_2"] for r in runs], [r["MAE"] for r in runs], [r["Corr"] for r in runs]))
+                 + f" | - | {statistics.mean(r['wall_s'] for r in peer):.0f} | "
+                 f"{statistics.mean(r['epoch_s'] for r in peer):.2f} |")
+    minilm = json.loads((RESULTS / "mosi_finetuned_text_head128_batch8.json").read_text())
+    stages = minilm["stages"]["minilm"]
+    per_seed = [sum(stages[s]["seconds"][i] for s in STAGES) for i in range(len(minilm["seeds"]))]
+    for stage in ("text", "finetune"):
+        test = stages[stage]["test"]
+        epochs = MINILM_EPOCHS[stage]
+        lines.append(f"| MiniLM fine-tuned (`mosi_finetuned_text.yaml`): {STAGES[stage]} | "
+                     f"{min(minilm['seeds'])}-{max(minilm['seeds'])} | "
+                     + " | ".join(_cells(test["Non0_acc_2"], test["MAE"], test["Corr"]))
+                     + f" | {statistics.mean(stages[stage]['val']['MAE']):.3f} | {statistics.mean(per_seed):.0f} | "
+                     f"{statistics.mean(stages[stage]['seconds']) / epochs:.1f} |")
+    for name in names:
+        result = json.loads((RESULTS / f"mosi_mpnet_{name}.json").read_text())
+        rows = result["per_seed"]
+        seeds = ", ".join(rows)
+        for stage in rows[next(iter(rows))]:
+            values = [r[stage] for r in rows.values()]
+            total = statistics.mean(sum(r[s]["seconds"] for s in r) for r in rows.values())
+            lines.append(f"| all-mpnet-base-v2 `{name}`: {STAGES[stage]} | {seeds} | "
+                         + " | ".join(_cells(*[[v["test"][k] for v in values] for k in REPORTED]))
+                         + f" | {statistics.mean(v['val_MAE'] for v in values):.3f} | {total:.0f} | "
+                         f"{statistics.mean(v['s_per_epoch'] for v in values):.1f} |")
+    return "\n".join(lines)
+
+
 def main(args: list[str] | None = None) -> None:
     """Runs the benchmark.
 
@@ -151,6 +219,9 @@ def main(args: list[str] | None = None) -> None:
         args (list[str] | None): Command-line arguments; None reads ``sys.argv``.
     """
     argv = list(sys.argv[1:] if args is None else args)
+    if argv[:1] == ["--table"]:
+        print(table(argv[1:]))
+        return
     overrides = argv[argv.index("--") + 1:] if "--" in argv else []
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", required=True, help="the setting's name, for folders and the results file")
