@@ -156,8 +156,9 @@ def compare(per_seed: dict[int, dict], reference: dict, stage: str) -> dict | No
 def _cells(acc: list[float], mae: list[float], corr: list[float]) -> list[str]:
     def fmt(values, scale, digits):
         values = [scale * v for v in values]
-        spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{statistics.mean(values):.{digits}f} ± {spread:.{digits}f}"
+        if len(values) == 1:
+            return f"{values[0]:.{digits}f}"
+        return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
     return [fmt(acc, 100, 1), fmt(mae, 1, 3), fmt(corr, 1, 3)]
 
 
