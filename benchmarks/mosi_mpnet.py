@@ -20,6 +20,8 @@ differences. Raw results: ``benchmarks/results/mosi_mpnet_<name>.json``.
         --data.source.init_args.text_layer=-1 --model.init_args.encoder.init_args.from_layer=-1
     # the whole pipeline (text, audio, fusion, fine-tuning)
     python benchmarks/mosi_mpnet.py --name pipeline
+    # pipelines/mosi.yaml (biLSTM over frozen states) with MPNet's last states instead of MiniLM's
+    python benchmarks/mosi_mpnet.py --name lstm --pipeline pipelines/mosi_mpnet_lstm.yaml
     # the CMU-MOSI table of BENCHMARKS.md from the raw results of the named settings
     python benchmarks/mosi_mpnet.py --table frozen pipeline
 
@@ -53,26 +55,35 @@ SELF_MM = (85.46, 0.708, 0.796)
 MINILM_EPOCHS = {"text": 6, "audio": None, "fusion": 2, "finetune": 1}
 
 
-def cache_states(cache_dir: str, overrides: list[str]) -> float:
+def cache_states(pipeline: Path, cache_dir: str, overrides: list[str]) -> float:
     """Computes (or finds) the cached token states the setting reads; returns the seconds taken.
 
     Args:
+        pipeline (Path): The pipeline file; its text stage's configs give the source.
         cache_dir (str): The prepared dataset's cache folder.
         overrides (list[str]): The setting's overrides (``text_layer`` among them).
 
     Returns:
         float: Seconds, in a process of its own with one thread (near 0 when cached).
     """
+    import yaml
+
+    from mmsent.pipeline import load_pipeline
+
+    source = {}
+    for config in load_pipeline(pipeline).stage("text").configs:
+        settings = yaml.safe_load(Path(config).read_text()) or {}
+        source.update(settings.get("data", {}).get("source", {}).get("init_args", {}))
     layer = next((int(o.split("=", 1)[1]) for o in overrides if o.startswith("--data.source.init_args.text_layer=")),
-                 None)
-    code = ("import sys, yaml; from mmsent.data.cache import prepare; from mmsent.data.mosi import MOSISource; "
-            "base = yaml.safe_load(open(sys.argv[1]))['data']['source']['init_args']; "
-            "layer = int(sys.argv[3]) if sys.argv[3] != 'None' else base['text_layer']; "
-            "prepare(MOSISource(text_features=base['text_features'], text_layer=layer), sys.argv[2])")
+                 source.get("text_layer", -1))
+    code = ("import sys; from mmsent.data.cache import prepare; from mmsent.data.mosi import MOSISource; "
+            "prepare(MOSISource(text_features=sys.argv[1], text_layer=int(sys.argv[2]), "
+            "max_text_length=int(sys.argv[3])), sys.argv[4])")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     started = time.time()
-    subprocess.run([sys.executable, "-c", code, str(REPO / "pipelines" / "mosi_mpnet" / "base.yaml"), cache_dir,
-                    str(layer)], cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-c", code, source["text_features"], str(layer),
+                    str(source.get("max_text_length", 64)), cache_dir],
+                   cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
     return time.time() - started
 
 
@@ -228,24 +239,26 @@ def main(args: list[str] | None = None) -> None:
     parser.add_argument("--name", required=True, help="the setting's name, for folders and the results file")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--only", choices=list(STAGES), help="run this stage alone")
+    parser.add_argument("--pipeline", default=str(MPNET.relative_to(REPO)), help="the pipeline file")
     parser.add_argument("--against", help="an earlier setting's name to compare with on validation MAE")
     parser.add_argument("--output-dir", default="runs/benchmark-mosi-mpnet")
     parser.add_argument("--cache-dir", default="data/cache")
     parsed = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     started = time.time()
     cache = str(REPO / parsed.cache_dir)
-    cache_seconds = cache_states(cache, overrides)
+    pipeline = REPO / parsed.pipeline
+    cache_seconds = cache_states(pipeline, cache, overrides)
     print(f"token states cached in {cache_seconds:.0f} s", flush=True)
     stages = [parsed.only] if parsed.only else list(STAGES)
     per_seed = {}
     for seed in parsed.seeds:
         manifest = run_seed(seed, REPO / parsed.output_dir / parsed.name / f"seed{seed}", cache,
-                            tuple(overrides), pipeline=MPNET, only=parsed.only)
+                            tuple(overrides), pipeline=pipeline, only=parsed.only)
         per_seed[seed] = stage_records(manifest, stages)
     stats = summary(per_seed, stages)
     payload = {"name": parsed.name, "command": "python benchmarks/mosi_mpnet.py " + " ".join(argv),
                "machine": machine(), "date": datetime.now(UTC).isoformat(timespec="minutes"), "threads": 1,
-               "seeds": parsed.seeds, "overrides": overrides, "cache_seconds": round(cache_seconds),
+               "pipeline": parsed.pipeline, "seeds": parsed.seeds, "overrides": overrides, "cache_seconds": round(cache_seconds),
                "wall_time_s": round(time.time() - started), "per_seed": per_seed, "summary": stats}
     if parsed.against:
         reference = json.loads((Path(__file__).parent / "results" / f"mosi_mpnet_{parsed.against}.json").read_text())
