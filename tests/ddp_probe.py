@@ -16,6 +16,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from mmsent.callbacks import selection
 from mmsent.data import RawClipSource
 
 
@@ -50,8 +51,14 @@ class RankRecorder(pl.Callback):
                 self.saves.append(str(target))
             return write_file(obj, target, *args, **kwargs)
 
+        def recording_selected(obj, target, *args, **kwargs):
+            self.saves.append(str(target))
+            return write_selected(obj, target, *args, **kwargs)
+
         checkpoint_io.save_checkpoint = recording_checkpoint
         torch.save = recording_file
+        write_selected = selection.atomic_torch_save
+        selection.atomic_torch_save = recording_selected
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         with probe_file(f"train-rank{self.rank}-epoch{trainer.current_epoch}.txt").open("a") as out:

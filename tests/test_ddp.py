@@ -164,7 +164,7 @@ def test_ddp_fusion_matches_one_process(uneven_raw, probe_env):
     assert split_sizes == {"train": 2 * BATCH, "valid": 7, "test": 5}
     ranks = check_one_fit(probe, list(single.datamodule.split("train")["id"]), epochs=1)
     assert sorted(Path(path).name for path in ranks[0]["saves"]) == [
-        "best-epoch000.ckpt", "last.ckpt", "selected.ckpt.partial"]
+        "best-epoch000.ckpt", "last.ckpt", "selected.ckpt"]
     (gathered,) = read_ranks(probe, "val-rank{rank}-epoch0.json")[:1]
     checkpoint = probe_env / "fusion" / "checkpoints" / "best-epoch000.ckpt"
     (alone,) = single.trainer.validate(single.model, datamodule=single.datamodule, ckpt_path=str(checkpoint),

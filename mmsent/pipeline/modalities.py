@@ -64,7 +64,9 @@ def absent_stages(pipeline: Pipeline, configs: dict[str, Namespace]) -> tuple[di
 
     Returns:
         tuple[dict[str, str], dict[str, list[str]]]: The stages to skip, each with
-        its reason, and per stage the modalities its data lacks.
+        its reason, and per stage the modalities its data lacks. Data that cannot be
+        prepared here decides nothing: its stages run and fail with their own error,
+        recorded as theirs.
     """
     held_by_data: dict[str, list[str]] = {}
     lacking: dict[str, list[str]] = {}
@@ -74,7 +76,10 @@ def absent_stages(pipeline: Pipeline, configs: dict[str, Namespace]) -> tuple[di
         data = config.get("data")
         key = json.dumps(data.as_dict() if isinstance(data, Namespace) else data, sort_keys=True, default=str)
         if key not in held_by_data:
-            held_by_data[key] = held_modalities(data)
+            try:
+                held_by_data[key] = held_modalities(data)
+            except Exception:  # noqa: BLE001 - the stage that uses this data reports it
+                held_by_data[key] = list(MODALITIES)
         held = held_by_data[key]
         lacking[stage.name] = [m for m in MODALITIES if m not in held]
         modality = stage_modality(config)
