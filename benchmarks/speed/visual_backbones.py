@@ -6,8 +6,8 @@ downloaded) on random clips of a given shape. A training step is forward, L1 los
 against random scores, backward and an SGD step; an inference step is a forward pass
 without gradients. Raw results go to ``benchmarks/results/visual_backbones_<device>.json``.
 
-    python benchmarks/visual_backbones.py --device cuda --precision fp32 bf16
-    python benchmarks/visual_backbones.py --device cpu --shapes 8x32 --backbones c3d r3d_18
+    python benchmarks/speed/visual_backbones.py --device cuda --precision fp32 bf16
+    python benchmarks/speed/visual_backbones.py --device cpu --shapes 8x32 --backbones c3d r3d_18
 
 Shapes are ``<frames>x<size>``: ``8x32`` is the default dataset's clips, ``16x112``
 what the torchvision networks were designed for (Kinetics clips).
@@ -16,11 +16,15 @@ what the torchvision networks were designed for (Kinetics clips).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
-from common import machine, save
 
+# Run as a file, a script sees only its own folder; the repository root makes `benchmarks` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.common import machine, save
 from mmsent.models import Visual3DCNNEncoder
 from mmsent.models.visual import TORCHVISION_BACKBONES
 

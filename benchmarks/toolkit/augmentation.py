@@ -15,8 +15,8 @@ frozen encoders embed every split once, and then, in embedding space:
 Test MAE and Non0_acc_2 are reported as mean and standard deviation over seeds.
 Results are cached per (fraction, seed), so an interrupted run resumes.
 
-    python benchmarks/augmentation.py --dataset generated
-    python benchmarks/augmentation.py --dataset mosi --fractions 0.1 0.2496 0.5 1.0
+    python benchmarks/toolkit/augmentation.py --dataset generated
+    python benchmarks/toolkit/augmentation.py --dataset mosi --fractions 0.1 0.2496 0.5 1.0
 
 (CMU-MOSI is read from the folder in ``MMSENT_MOSI_DIR``. MOSI's 25 % would be 321
 clips, whose last training batch of one clip the acoustic
@@ -29,13 +29,16 @@ import argparse
 import copy
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 import yaml
-from common import REPO, fit_and_test, machine, mean_std, save
 
+# Run as a file, a script sees only its own folder; the repository root makes `benchmarks` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.common import REPO, fit_and_test, machine, mean_std, save
 from mmsent.metrics import regression_metrics
 from mmsent.models.generative import (
     GENERATORS,

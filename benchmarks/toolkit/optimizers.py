@@ -19,8 +19,8 @@ already in that file for the same stage, optimizer, rate and seed, with the same
 and starting checkpoint, is kept rather than repeated, so widening a grid runs only the
 added rates (and the other seeds of a newly chosen rate).
 
-    OMP_NUM_THREADS=1 python benchmarks/optimizers.py --fusion-checkpoint runs/.../selected.ckpt
-    OMP_NUM_THREADS=1 python benchmarks/optimizers.py --pipeline pipelines/mosi.yaml --stages finetune --epochs 10 \
+    OMP_NUM_THREADS=1 python benchmarks/toolkit/optimizers.py --fusion-checkpoint runs/.../selected.ckpt
+    OMP_NUM_THREADS=1 python benchmarks/toolkit/optimizers.py --pipeline pipelines/mosi.yaml --stages finetune --epochs 10 \
         --fusion-checkpoint runs/mosi/fusion/checkpoints/selected.ckpt -- --data.cache_dir=/path/to/cache
 """
 
@@ -31,12 +31,23 @@ import csv
 import datetime
 import json
 import statistics
+import sys
 from pathlib import Path
 
 import torch
-from common import REPO, RESULTS, callbacks_without, fit_and_test, machine, mean_std, save
-from quickstart_stages import QUIET
 
+# Run as a file, a script sees only its own folder; the repository root makes `benchmarks` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.common import (
+    REPO,
+    RESULTS,
+    callbacks_without,
+    fit_and_test,
+    machine,
+    mean_std,
+    save,
+)
+from benchmarks.quickstart_stages import QUIET
 from mmsent.pipeline import Pipeline, load_pipeline
 
 # Every setting is explicit: a stage config's own SGD arguments (5_finetune.yaml's

@@ -20,7 +20,7 @@ epochs, and tests the best checkpoint:
 
 Results go to ``benchmarks/results/audio_<study>.json`` after every run.
 
-    OMP_NUM_THREADS=1 python benchmarks/audio_variants.py dropout --seeds 0 1 2 --epochs 6
+    OMP_NUM_THREADS=1 python benchmarks/toolkit/audio_variants.py dropout --seeds 0 1 2 --epochs 6
 """
 
 from __future__ import annotations
@@ -29,9 +29,14 @@ import argparse
 import datetime
 import json
 import statistics
+import sys
+from pathlib import Path
 
 import torch
-from common import REPO, fit_and_test, machine, mean_std, save
+
+# Run as a file, a script sees only its own folder; the repository root makes `benchmarks` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.common import REPO, fit_and_test, machine, mean_std, save
 
 DATASETS = {name: ["-c", str(REPO / f"pipelines/{name}/base.yaml"), "-c", str(REPO / f"pipelines/{name}/2_audio.yaml")]
             for name in ("quickstart", "mosi")}

@@ -18,7 +18,7 @@ mean ± std over repeats; the figure of merit is ``prepare / floor`` (target >= 
 and the face front end's cost is ``faces - prepare`` seconds per clip. Raw results go
 to ``benchmarks/results/clip_preparation.json``.
 
-    python benchmarks/clip_preparation.py --clips 3 --repeats 5
+    python benchmarks/speed/clip_preparation.py --clips 3 --repeats 5
 """
 
 from __future__ import annotations
@@ -36,8 +36,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import av
 import numpy as np
-from common import save_measurement
 
+# Run as a file, a script sees only its own folder; the repository root makes `benchmarks` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.common import save_measurement
 from mmsent.data import RawClipSource
 from mmsent.data.clip_files import media_for_file
 from mmsent.data.sources import clip_record

@@ -9,7 +9,7 @@ optimizer over several seeds:
 * ``sgd xK`` (with ``--sgd-scales K ...``): the configured SGD with every group's
   learning rate multiplied by K, schedules kept.
 
-    python benchmarks/finetune_optimizer.py --pipeline pipelines/quickstart.yaml --seeds 0 1 2
+    python benchmarks/toolkit/finetune_optimizer.py --pipeline pipelines/quickstart.yaml --seeds 0 1 2
 
 Results are kept per variant: a run with ``--variants`` replaces only those.
 """
@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from common import (
+# Run as a file, a script sees only its own folder; the repository root makes `benchmarks` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.common import (
     RESULTS,
     callbacks_without,
     fit_and_test,
@@ -29,7 +32,6 @@ from common import (
     save,
     stacked_setting,
 )
-
 from mmsent.pipeline import Pipeline, load_pipeline
 
 METRICS = ("MAE", "Corr", "Non0_acc_2", "Mult_acc_7")

@@ -4,14 +4,18 @@ against a per-frame 2D-CNN of the same widths whose frame embeddings are average
 The generated clips encode the visual score in the direction of an expression's
 change over time, so an order-blind model can only guess its sign.
 
-    python benchmarks/visual_temporal.py --seeds 0 1 2
+    python benchmarks/quality/visual_temporal.py --seeds 0 1 2
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
-from common import REPO, fit_and_test, machine, mean_std, save
+# Run as a file, a script sees only its own folder; the repository root makes `benchmarks` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.common import REPO, fit_and_test, machine, mean_std, save
 
 QUICKSTART = REPO / "pipelines" / "quickstart"
 ENCODERS = {

@@ -6,8 +6,8 @@ Only ``seed_everything`` varies: the generated dataset (its own seed in base.yam
 the same for every run. Each run is one process with one thread; at most
 ``--parallel`` run at a time (the CPU is shared).
 
-    python benchmarks/quickstart_seeds.py --seeds 0 1 2 --parallel 2
-    python benchmarks/quickstart_seeds.py --pipeline pipelines/quickstart_minilm.yaml --name quickstart_minilm_seeds
+    python benchmarks/quality/quickstart_seeds.py --seeds 0 1 2 --parallel 2
+    python benchmarks/quality/quickstart_seeds.py --pipeline pipelines/quickstart_minilm.yaml --name quickstart_minilm_seeds
 
 With ``--from STAGE`` each seed's pipeline reruns that stage and the later ones in an
 existing output folder (e.g. a copy of an earlier run's), keeping the earlier stages.
@@ -25,7 +25,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import REPO, machine, mean_std, save
+# Run as a file, a script sees only its own folder; the repository root makes `benchmarks` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.common import REPO, machine, mean_std, save
 
 PIPELINE = REPO / "pipelines" / "quickstart.yaml"
 

@@ -7,7 +7,7 @@ on the training split and its test predictions are correlated with the true scor
 linear probe). Given the label's weights, the probes bound what the fused model's error
 can be: ``error variance ~ sum_m w_m^2 var(score_m) (1 - r_m^2) + noise``.
 
-    OMP_NUM_THREADS=1 python benchmarks/encoder_probe.py runs/quickstart_seeds/seed{0,1,2,3,4}
+    OMP_NUM_THREADS=1 python benchmarks/quality/encoder_probe.py runs/quickstart_seeds/seed{0,1,2,3,4}
 """
 
 from __future__ import annotations
@@ -16,14 +16,17 @@ import argparse
 import datetime
 import json
 import statistics
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from common import machine, save
-from quickstart_stages import collect_embeddings
 
+# Run as a file, a script sees only its own folder; the repository root makes `benchmarks` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.common import machine, save
+from benchmarks.quickstart_stages import collect_embeddings
 from mmsent.data.schema import ID_SEPARATOR
 
 STAGES = ("fusion", "finetune")

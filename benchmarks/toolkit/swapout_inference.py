@@ -8,18 +8,23 @@ average of N sampled passes (``swapout_samples=N``, Singh et al. 2016). Reported
 Swapout probability and N, over seeds: the mean absolute gap between the two modes'
 predictions relative to the predictions' spread, and the test MAE of each mode.
 
-    python benchmarks/swapout_inference.py            # under a minute on one CPU core
+    python benchmarks/toolkit/swapout_inference.py            # under a minute on one CPU core
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
+from pathlib import Path
 
 import torch
-from common import machine, mean_std, save
+
+# Run as a file, a script sees only its own folder; the repository root makes `benchmarks` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from torch import nn
 
+from benchmarks.common import machine, mean_std, save
 from mmsent.models.audio import AcousticMLPEncoder
 
 FRAMES, FEATURES = 10, 8

@@ -8,9 +8,9 @@ Raw results go to ``benchmarks/results/mosi_text_stage_<name>.json``.
 
     export MMSENT_MOSI_DIR=/path/to/cmu-mosi
     # the stage as configured
-    python benchmarks/mosi_text_stage.py --name configured
+    python benchmarks/quality/mosi_text_stage.py --name configured
     # the earlier head and batch size: linear head, batches of 32
-    python benchmarks/mosi_text_stage.py --name linear_head_batch32 -- \\
+    python benchmarks/quality/mosi_text_stage.py --name linear_head_batch32 -- \\
         --model.init_args.head_hidden=0 --model.init_args.head_dropout=0.0 --data.batch_size=32
 
 Finished seeds are kept (``--output-dir``), so an interrupted run resumes.
@@ -23,9 +23,12 @@ import statistics
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
-from common import REPO, machine, save
-from mosi import run_seed
+# Run as a file, a script sees only its own folder; the repository root makes `benchmarks` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.common import REPO, machine, save
+from benchmarks.quality.mosi import run_seed
 
 FINETUNED = REPO / "pipelines" / "mosi_finetuned_text.yaml"
 REPORTED = ("MAE", "Corr", "Non0_acc_2")
@@ -66,7 +69,7 @@ def main(args: list[str] | None = None) -> None:
                             tuple(overrides), pipeline=FINETUNED, only="text")
         per_seed[seed] = manifest["stages"]["text"]["metrics"]
     stats = summary(per_seed)
-    payload = {"command": "python benchmarks/mosi_text_stage.py " + " ".join(argv), "machine": machine(),
+    payload = {"command": "python benchmarks/quality/mosi_text_stage.py " + " ".join(argv), "machine": machine(),
                "date": datetime.now(UTC).isoformat(timespec="minutes"),
                "threads": 1, "seeds": parsed.seeds, "overrides": overrides,
                "wall_time_s": round(time.time() - started), "per_seed": per_seed, "summary": stats}

@@ -21,8 +21,8 @@ cache (``<out>/cache`` is emptied), stopped after that many seconds (SIGINT, the
 SIGKILL of its process group), the finished shards counted, run again to the end, and
 then once more from an empty cache for comparison (``scale_interrupted.json``).
 
-    python benchmarks/scale.py --sizes 1000 4000 --out runs/scale --stages text audio video
-    python benchmarks/scale.py --sizes 23000 --out runs/scale --prepare-workers 2 --interrupt-after 100
+    python benchmarks/speed/scale.py --sizes 1000 4000 --out runs/scale --stages text audio video
+    python benchmarks/speed/scale.py --sizes 23000 --out runs/scale --prepare-workers 2 --interrupt-after 100
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from common import REPO, RESULTS, save_measurement
+# Run as a file, a script sees only its own folder; the repository root makes `benchmarks` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.common import REPO, RESULTS, save_measurement
 
 FIGURES = REPO / "benchmarks" / "figures"
 STAGE_CONFIGS = {"text": "1_text.yaml", "audio": "2_audio.yaml", "video": "3_video.yaml"}
@@ -221,7 +223,7 @@ def main() -> None:
             print(f"{run['clips']} clips: stopped after {run['stopped_after_s']:.0f} s with {run['shards_finished']} "
                   f"of {run['shards']} shards; resumed {run['resumed']['seconds']:.1f} s, uninterrupted "
                   f"{run['uninterrupted']['seconds']:.1f} s", flush=True)
-        command = (f"python benchmarks/scale.py --sizes {' '.join(map(str, args.sizes))} --prepare-workers "
+        command = (f"python benchmarks/speed/scale.py --sizes {' '.join(map(str, args.sizes))} --prepare-workers "
                    f"{args.prepare_workers} --interrupt-after {args.interrupt_after:g}")
         print(f"raw results: {save_measurement('scale_interrupted', command, runs)}")
         return
@@ -238,7 +240,7 @@ def main() -> None:
             r = records[-1]
             print(f"{clips} clips, {phase}: {r['seconds']:.1f} s, peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
     sizes = sorted({r["clips"] for r in records})
-    command = (f"python benchmarks/scale.py --sizes {' '.join(map(str, sizes))} --stages "
+    command = (f"python benchmarks/speed/scale.py --sizes {' '.join(map(str, sizes))} --stages "
                f"{' '.join(args.stages)} --prepare-workers {args.prepare_workers}")
     path = save_measurement("scale", command, records)
     plot(records, FIGURES / "scale.png")

@@ -15,8 +15,8 @@ monitor (defaults, plateau detection only) checks it there and later; beside eac
 the exact extreme eigenvalues of the full Hessian (``torch.autograd.functional.hessian``
 on the same loss) are recorded.
 
-    OMP_NUM_THREADS=1 python benchmarks/saddle_monitor.py cost --repeats 3 --epochs 6 --every 50
-    OMP_NUM_THREADS=1 python benchmarks/saddle_monitor.py demo [--subsample none --name saddle_demo_full_batch]
+    OMP_NUM_THREADS=1 python benchmarks/toolkit/saddle_monitor.py cost --repeats 3 --epochs 6 --every 50
+    OMP_NUM_THREADS=1 python benchmarks/toolkit/saddle_monitor.py demo [--subsample none --name saddle_demo_full_batch]
 """
 
 from __future__ import annotations
@@ -25,11 +25,16 @@ import argparse
 import datetime
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
-from common import machine, save
-from quickstart_stages import QUIET, configs
+
+# Run as a file, a script sees only its own folder; the repository root makes `benchmarks` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.common import machine, save
+from benchmarks.quickstart_stages import QUIET, configs
 
 MONITOR = "--trainer.callbacks+=mmsent.callbacks.SaddlePointMonitor"
 STAGE_CONFIGS = {"text": "1_text.yaml", "audio": "2_audio.yaml"}

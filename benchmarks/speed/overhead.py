@@ -19,7 +19,7 @@ pipeline run pays it; the plain loop has no counterpart then (``--sides fit``).
 ``--pipeline`` names the pipeline in ``pipelines/`` whose stages, configs and
 handed-on checkpoints are used.
 
-    python benchmarks/overhead.py --data-root data/generated/quickstart --cache-dir data/cache \\
+    python benchmarks/speed/overhead.py --data-root data/generated/quickstart --cache-dir data/cache \\
         --run runs/quickstart
 """
 
@@ -34,11 +34,15 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import sys
+
 import pytorch_lightning as pl
 import torch
-from common import REPO, save_measurement
-from data_loading import epoch_seconds
 
+# Run as a file, a script sees only its own folder; the repository root makes `benchmarks` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.common import REPO, save_measurement
+from benchmarks.speed.data_loading import epoch_seconds
 from mmsent.data.datamodule import model_modalities
 from mmsent.pipeline.spec import Stage, load_pipeline
 
@@ -181,7 +185,7 @@ def main() -> None:
     name = (f"overhead_{args.pipeline}{'' if args.epochs == 1 else f'_epoch{args.epochs}'}"
             f"{'_validated' if args.validate else ''}")
     path = save_measurement(name,
-                            f"python benchmarks/overhead.py --pipeline {args.pipeline} --stages {' '.join(stages)} "
+                            f"python benchmarks/speed/overhead.py --pipeline {args.pipeline} --stages {' '.join(stages)} "
                             f"--repeats {args.repeats} --epochs {args.epochs} --sides {' '.join(args.sides)}"
                             f"{' --validate' if args.validate else ''}",
                             results)

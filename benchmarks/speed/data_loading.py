@@ -17,8 +17,8 @@ in-memory throughput; target >= 0.90): the ratio of the medians over repeats, an
 the median of each repeat's own ratio (steadier on a loaded machine). Raw results go to
 ``benchmarks/results/data_loading_<pipeline>.json``.
 
-    python benchmarks/data_loading.py --pipeline quickstart
-    MMSENT_MOSI_DIR=/path/to/cmu-mosi python benchmarks/data_loading.py --pipeline mosi
+    python benchmarks/speed/data_loading.py --pipeline quickstart
+    MMSENT_MOSI_DIR=/path/to/cmu-mosi python benchmarks/speed/data_loading.py --pipeline mosi
 """
 
 from __future__ import annotations
@@ -31,10 +31,16 @@ from functools import partial
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import sys
+from pathlib import Path
+
 import torch
-from common import REPO, save_measurement
+
+# Run as a file, a script sees only its own folder; the repository root makes `benchmarks` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from torch.utils.data import DataLoader
 
+from benchmarks.common import REPO, save_measurement
 from mmsent.data import collate
 
 STAGES = {"quickstart": {"text": "1_text.yaml", "audio": "2_audio.yaml", "video": "3_video.yaml"},
@@ -152,7 +158,7 @@ def main() -> None:
               f"rows: {result['rows_vs_memory']:.2f})",
               flush=True)
     path = save_measurement(f"data_loading_{args.pipeline}",
-                            f"python benchmarks/data_loading.py --pipeline {args.pipeline} --repeats {args.repeats}",
+                            f"python benchmarks/speed/data_loading.py --pipeline {args.pipeline} --repeats {args.repeats}",
                             results)
     print(f"raw results: {path}")
 

@@ -10,7 +10,7 @@ what modality dropout trains it for), (b) replaced by the training mean embeddin
 (c) filled by :func:`fill_missing` from the two other modalities with the unpaired
 CycleGANs, (d) the same with the paired ones. Test MAE per masked modality, over seeds.
 
-    OMP_NUM_THREADS=1 python benchmarks/cycle_fill.py --seeds 0 1 2
+    OMP_NUM_THREADS=1 python benchmarks/toolkit/cycle_fill.py --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -19,11 +19,15 @@ import argparse
 import datetime
 import itertools
 import json
+import sys
+from pathlib import Path
 
 import torch
-from common import machine, mean_std, save
-from quickstart_stages import collect_embeddings, fit, fusion_args, unimodal_checkpoints
 
+# Run as a file, a script sees only its own folder; the repository root makes `benchmarks` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.common import machine, mean_std, save
+from benchmarks.quickstart_stages import collect_embeddings, fit, fusion_args, unimodal_checkpoints
 from mmsent.models.generative import EmbeddingCycleGAN, fill_missing
 
 ROOT = "runs/bench_cycle"

@@ -10,7 +10,7 @@ seeds too, so both rows come from the same machine and day. Raw results go to
 ``benchmarks/results/mosi_finetuned_text.json``; a Markdown table is printed.
 
     export MMSENT_MOSI_DIR=/path/to/cmu-mosi
-    python benchmarks/mosi_finetuned_text.py --seeds 0 1 2 3 4 --lstm
+    python benchmarks/quality/mosi_finetuned_text.py --seeds 0 1 2 3 4 --lstm
 
 Finished seeds are kept (``--output-dir``), so an interrupted benchmark resumes.
 """
@@ -20,9 +20,20 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
-from common import REPO, machine, save
-from mosi import PIPELINE, PUBLISHED, STAGES, published_head, run_seed, stage_results, stage_row
+# Run as a file, a script sees only its own folder; the repository root makes `benchmarks` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.common import REPO, machine, save
+from benchmarks.quality.mosi import (
+    PIPELINE,
+    PUBLISHED,
+    STAGES,
+    published_head,
+    run_seed,
+    stage_results,
+    stage_row,
+)
 
 FINETUNED = REPO / "pipelines" / "mosi_finetuned_text.yaml"
 LABELS = {"lstm": "biLSTM over frozen MiniLM states", "minilm": "MiniLM fine-tuned"}
@@ -89,7 +100,7 @@ def main(args: list[str] | None = None) -> None:
         runs[name] = stage_results(manifests)
     runs = {name: runs[name] for name in ("lstm", "minilm") if name in runs}
     table = markdown(runs, parsed.seeds)
-    payload = {"command": "python benchmarks/mosi_finetuned_text.py " + " ".join(args or sys.argv[1:]),
+    payload = {"command": "python benchmarks/quality/mosi_finetuned_text.py " + " ".join(args or sys.argv[1:]),
                "machine": machine(), "threads": 1, "seeds": parsed.seeds,
                "wall_time_s": round(time.time() - started), "stages": runs, "published": PUBLISHED,
                "table": table}

@@ -1,6 +1,6 @@
 """Inference speed of an exported model on CPU: from raw files and from cached tensors.
 
-    OMP_NUM_THREADS=1 python benchmarks/inference.py models/quickstart runs/quickstart \
+    OMP_NUM_THREADS=1 python benchmarks/speed/inference.py models/quickstart runs/quickstart \
         data/generated/quickstart --split test
 
 Raw: ``SentimentModel.score_clips`` (decode video and audio, tokenize, score).
@@ -75,7 +75,7 @@ def main() -> None:
                                check=True, capture_output=True, text=True)
         results[mode] = json.loads(child.stdout.strip().splitlines()[-1])
     print(json.dumps(results, indent=2))
-    out = Path(__file__).parent / "results" / "inference.json"
+    out = Path(__file__).resolve().parents[1] / "results" / "inference.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
 

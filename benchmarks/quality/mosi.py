@@ -12,8 +12,8 @@ same unimodal checkpoints, for comparison. Raw results go to
 ``benchmarks/results/mosi.json``; a Markdown table is printed.
 
     export MMSENT_MOSI_DIR=/path/to/cmu-mosi     # the data folder
-    python benchmarks/mosi.py                    # 5 seeds, 2 at a time
-    python benchmarks/mosi.py --seeds 0 1 --jobs 1
+    python benchmarks/quality/mosi.py                    # 5 seeds, 2 at a time
+    python benchmarks/quality/mosi.py --seeds 0 1 --jobs 1
 
 Seeds run as separate processes with one thread each: on a small shared CPU, one
 LSTM process per core is far faster than two threads fighting over it (a training
@@ -34,8 +34,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from common import REPO, callbacks_without, machine, mean_std, save
 
+# Run as a file, a script sees only its own folder; the repository root makes `benchmarks` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.common import REPO, callbacks_without, machine, mean_std, save
 from mmsent.pipeline import load_pipeline
 
 PIPELINE = REPO / "pipelines" / "mosi.yaml"
@@ -334,7 +336,7 @@ def main(args: list[str] | None = None) -> None:
     selection = selection_records(manifests)
     ridge = ridge_baseline(cache)
     table = markdown(results, ridge, parsed.seeds) + selection_lines(results, selection)
-    payload = {"command": "python benchmarks/mosi.py " + " ".join(args or sys.argv[1:]),
+    payload = {"command": "python benchmarks/quality/mosi.py " + " ".join(args or sys.argv[1:]),
                "machine": machine(), "seeds": parsed.seeds, "jobs": parsed.jobs,
                "wall_time_s": round(time.time() - started), "stages": results, "ridge": ridge,
                "published": PUBLISHED, "selection": selection, "table": table}

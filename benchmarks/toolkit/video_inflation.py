@@ -11,7 +11,7 @@ video was rendered from) when the data's ``label.csv`` has it.
 
     pip download --no-deps facenet-pytorch==2.6.0 -d /tmp/fnp
     unzip -o -q /tmp/fnp/facenet_pytorch-2.6.0-py3-none-any.whl 'facenet_pytorch/data/*' -d /tmp/fnp
-    OMP_NUM_THREADS=1 python benchmarks/video_inflation.py --donor /tmp/fnp/facenet_pytorch/data/onet.pt
+    OMP_NUM_THREADS=1 python benchmarks/toolkit/video_inflation.py --donor /tmp/fnp/facenet_pytorch/data/onet.pt
 """
 
 from __future__ import annotations
@@ -20,12 +20,15 @@ import argparse
 import csv
 import datetime
 import json
+import sys
 from pathlib import Path
 
 import torch
-from common import REPO, fit_and_test, machine, mean_std, save
-from quickstart_stages import QUIET, configs
 
+# Run as a file, a script sees only its own folder; the repository root makes `benchmarks` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.common import REPO, fit_and_test, machine, mean_std, save
+from benchmarks.quickstart_stages import QUIET, configs
 from mmsent.data.schema import make_id
 
 ENCODER = "--model.init_args.encoder"

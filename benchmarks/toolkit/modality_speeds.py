@@ -3,15 +3,15 @@ stage 5 beat one shared rate?
 
 1. Learning curves: the validation MAE of each unimodal stage against epochs and
    against gradient steps, read from the CSV logs of the unimodal runs of
-   ``benchmarks/quickstart_seeds.py`` (``--seed-runs runs/quickstart_seeds``) or of
-   ``benchmarks/cycle_fill.py`` (``runs/bench_cycle/<modality>/<seed>``), drawn to
+   ``benchmarks/quality/quickstart_seeds.py`` (``--seed-runs runs/quickstart_seeds``) or of
+   ``benchmarks/toolkit/cycle_fill.py`` (``runs/bench_cycle/<modality>/<seed>``), drawn to
    ``benchmarks/figures/modality_speeds.png``.
 2. Stage 5 from each seed's stage 4 checkpoint of the same runs, with the per-modality
    rates and schedules of ``5_finetune.yaml`` against every group at one shared rate
    (``--shared-rates``, by default the config's audio/fusion rate and its text rate)
    with the same cosine schedule; no ModalitySelection, so each variant's own result.
 
-    OMP_NUM_THREADS=1 python benchmarks/modality_speeds.py --seed-runs runs/quickstart_seeds \
+    OMP_NUM_THREADS=1 python benchmarks/toolkit/modality_speeds.py --seed-runs runs/quickstart_seeds \
         --seeds 0 1 2 --epochs 12
 """
 
@@ -21,11 +21,15 @@ import argparse
 import csv
 import datetime
 import json
+import sys
 from pathlib import Path
 
 import torch
-from common import REPO, callbacks_without, fit_and_test, machine, mean_std, save
-from quickstart_stages import QUICKSTART, QUIET, configs
+
+# Run as a file, a script sees only its own folder; the repository root makes `benchmarks` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.common import REPO, callbacks_without, fit_and_test, machine, mean_std, save
+from benchmarks.quickstart_stages import QUICKSTART, QUIET, configs
 
 RUNS = Path("runs/bench_cycle")
 PARTS = ("text", "audio", "video", "fusion")

@@ -9,7 +9,7 @@ divided by its epochs. Even repeats run mmsent first, odd ones the peer. The loa
 average is recorded before each side. Figure of merit: ``peer / mmsent`` seconds
 per epoch (target > 1 for every stage). Medians.
 
-    MMSENT_MOSI_DIR=/path/to/cmu-mosi python benchmarks/peer_mosi.py \\
+    MMSENT_MOSI_DIR=/path/to/cmu-mosi python benchmarks/peers/peer_mosi.py \\
         --peer /path/to/run_peer.sh --run runs/mosi --cache-dir data/cache
 """
 
@@ -23,9 +23,15 @@ import subprocess
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import sys
+from pathlib import Path
+
 import torch
-from common import save_measurement
-from overhead import add_fit_options, checked_stages, fit_seconds
+
+# Run as a file, a script sees only its own folder; the repository root makes `benchmarks` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.common import save_measurement
+from benchmarks.speed.overhead import add_fit_options, checked_stages, fit_seconds
 
 
 def peer_run(command: list[str]) -> dict:
@@ -73,7 +79,7 @@ def main() -> None:
               f"per epoch; {args.peer_model} / mmsent {result['peer_vs_mmsent']:.2f}", flush=True)
     results.append({"peer": peer, "load": loads})
     path = save_measurement(f"peer_mosi_{args.peer_model}",
-                            f"python benchmarks/peer_mosi.py --stages {' '.join(stages)} --repeats {args.repeats} "
+                            f"python benchmarks/peers/peer_mosi.py --stages {' '.join(stages)} --repeats {args.repeats} "
                             f"--epochs {args.epochs} --peer-model {args.peer_model} --peer-seed {args.peer_seed}",
                             results)
     print(f"raw results: {path}")

@@ -9,7 +9,7 @@ current stages are combined by least squares fitted on the validation split (the
 weights and a constant), and each stage's test predictions are correlated with its
 own modality's noise-free score.
 
-    OMP_NUM_THREADS=1 python benchmarks/backfitting.py runs/quickstart_seeds_lstm/seed0 --out /tmp/backfit
+    OMP_NUM_THREADS=1 python benchmarks/quality/backfitting.py runs/quickstart_seeds_lstm/seed0 --out /tmp/backfit
 """
 
 from __future__ import annotations
@@ -25,11 +25,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from common import machine, save
 
+# Run as a file, a script sees only its own folder; the repository root makes `benchmarks` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.common import machine, save
 from mmsent.data.schema import ID_SEPARATOR, SPLITS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = {"text": "1_text.yaml", "audio": "2_audio.yaml", "video": "3_video.yaml"}
 
 
@@ -153,7 +155,7 @@ def main() -> None:
     torch.set_num_threads(1)
     CONFIGS["text"] = args.text_config
     results = {str(run): backfit(run, args.steps, args.out / run.name) for run in args.runs}
-    payload = {"command": "python benchmarks/backfitting.py " + " ".join(sys.argv[1:]), "machine": machine(),
+    payload = {"command": "python benchmarks/quality/backfitting.py " + " ".join(sys.argv[1:]), "machine": machine(),
                "date": datetime.date.today().isoformat(), "steps": args.steps, "text_config": args.text_config, "runs": results}
     print(f"raw results: {save(args.name, payload)}")
 
