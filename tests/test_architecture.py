@@ -21,6 +21,7 @@ MAX_LINES = 400
 LAYERS = [
     "mmsent.errors",
     "mmsent.io | mmsent.metrics | mmsent.optim | mmsent.diagnostics",
+    "mmsent.split_models",
     "mmsent.pretrained",
     "mmsent.models | mmsent.data",  # plain nn.Modules apart from the Lightning data module
     "mmsent.regularization | mmsent.selection",

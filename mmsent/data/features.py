@@ -195,11 +195,13 @@ class FeatureSource(DataSource):
         text_features (str | None): A language model (``"minilm"``, an id or a path)
             whose frozen token states become the text input (see
             :mod:`mmsent.data.lm_features`); None for token ids.
+        text_layer (int): Which of its hidden layers: ``-1`` the last, ``k`` the output
+            of its ``k``-th layer (for :class:`~mmsent.models.TransformerTopEncoder`).
     """
 
     def __init__(self, modalities: list[str] | None = None, standardize: bool = True,
                  missing: str = "mask", tokenizer: str = "word", max_text_length: int = 64,
-                 text_features: str | None = None) -> None:
+                 text_features: str | None = None, text_layer: int = -1) -> None:
         self.modalities = list(modalities or MODALITIES)
         unknown = set(self.modalities) - set(MODALITIES)
         if unknown:
@@ -208,7 +210,7 @@ class FeatureSource(DataSource):
             raise ValueError(f"missing must be one of {MISSING_POLICIES}, got {missing!r}")
         self.standardize = standardize
         self.missing = missing
-        self.text = TranscriptText(tokenizer, max_text_length, text_features)
+        self.text = TranscriptText(tokenizer, max_text_length, text_features, layer=text_layer)
         self.issues = FeatureIssues()
 
     @abstractmethod

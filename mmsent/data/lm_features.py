@@ -198,12 +198,14 @@ class TranscriptText:
             whose frozen token states become the text input, computed once while
             preparing; None for token ids.
         batch_size (int): Transcripts per forward pass of the language model.
+        layer (int): Which hidden layer of ``text_features`` to keep (see
+            :class:`LMTokenStates`).
     """
 
     def __init__(self, tokenizer: str = "word", max_length: int = 64,
-                 text_features: str | None = None, batch_size: int = 64) -> None:
+                 text_features: str | None = None, batch_size: int = 64, layer: int = -1) -> None:
         self.tokenizer = TextTokenizer(tokenizer, max_length)
-        self.states = LMTokenStates(text_features, max_length, batch_size) if text_features else None
+        self.states = LMTokenStates(text_features, max_length, batch_size, layer) if text_features else None
         self._store: StateStore | None = None
 
     @property

@@ -6,6 +6,7 @@ from mmsent.models.generative import BiGAN, ConditionalAutoencoder, ConditionalG
 from mmsent.models.late_fusion import LateFusionModel
 from mmsent.models.text import TextLSTMEncoder
 from mmsent.models.transformer_text import TransformerTextEncoder
+from mmsent.models.transformer_top import TransformerTopEncoder
 from mmsent.models.visual import FrameCNNEncoder, Visual3DCNNEncoder, VisualSequenceEncoder
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "TensorFusion",
     "TextLSTMEncoder",
     "TransformerTextEncoder",
+    "TransformerTopEncoder",
     "Visual3DCNNEncoder",
     "VisualSequenceEncoder",
 ]
