@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 
 import torch
-from common import REPO, callbacks_without
+
+from benchmarks.common import REPO, callbacks_without
 
 QUICKSTART = REPO / "pipelines" / "quickstart"
 STAGE_CONFIGS = {"text": "1_text.yaml", "audio": "2_audio.yaml", "video": "3_video.yaml"}

@@ -194,7 +194,7 @@ def test_r3d_18_with_the_stem_pool_and_replicated_time_padding_computes_resnet18
 
 def test_r3d_18_as_torchvision_builds_it_is_as_far_from_resnet18_as_documented():
     distance, cosine = _relative_distance(*_inflated_r3d_18("zeros", stem_pool=False))
-    # README and models/inflation.py: 76 % relative distance, cosine 0.958.
+    # docs/guides/toolkit.md and models/inflation.py: 76 % relative distance, cosine 0.958.
     assert distance == pytest.approx(0.760, abs=0.01)
     assert cosine == pytest.approx(0.958, abs=0.005)
 

@@ -1,7 +1,7 @@
 """Real CMU-MOSI: the source prepares the standard split, and the pipeline's configs run.
 
 The tests marked ``mosi`` read the folder named by ``$MMSENT_MOSI_DIR`` and skip
-without it. The accuracy over seeds is measured by ``benchmarks/mosi.py``.
+without it. The accuracy over seeds is measured by ``benchmarks/quality/mosi.py``.
 """
 
 from __future__ import annotations

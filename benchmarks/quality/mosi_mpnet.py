@@ -1,0 +1,279 @@
+"""CMU-MOSI with all-mpnet-base-v2: settings screened on validation, over seeds.
+
+Runs ``pipelines/mosi_mpnet.yaml`` (or its text stage alone, ``--only text``) once per
+seed, one process with one thread at a time, with the given overrides after ``--``.
+Before the seeds, the token states the setting reads are computed and cached once
+(timed on their own: the cost of freezing the lower layers is paid once per corpus),
+so each stage's time is training and evaluation. Reported per stage: the validation
+MAE of the selected checkpoint (what settings are chosen on), the test metrics (never
+chosen on), the wall time per seed and the seconds per epoch (stage wall time over
+epochs run). With ``--against NAME`` the setting is compared with an earlier one
+seed by seed on validation MAE: the rule, fixed before the runs, keeps a change only
+if it lowers the mean validation MAE by more than the standard error of the paired
+differences. Raw results: ``benchmarks/results/mosi_mpnet_<name>.json``.
+
+    export MMSENT_MOSI_DIR=/path/to/cmu-mosi
+    # the text stage as configured: the top 2 of 12 layers fine-tuned over layer 10's cached states
+    python benchmarks/quality/mosi_mpnet.py --name top2 --only text
+    # everything frozen: mean-pooled last states under the same head
+    python benchmarks/quality/mosi_mpnet.py --name frozen --only text --against top2 -- \\
+        --data.source.init_args.text_layer=-1 --model.init_args.encoder.init_args.from_layer=-1
+    # the whole pipeline (text, audio, fusion, fine-tuning)
+    python benchmarks/quality/mosi_mpnet.py --name pipeline
+    # pipelines/mosi.yaml (biLSTM over frozen states) with MPNet's last states instead of MiniLM's
+    python benchmarks/quality/mosi_mpnet.py --name lstm --pipeline pipelines/mosi_mpnet_lstm.yaml
+    # the CMU-MOSI table of BENCHMARKS.md from the raw results of the named settings
+    python benchmarks/quality/mosi_mpnet.py --table frozen pipeline
+
+Finished seeds are kept (``--output-dir``), so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+# Run as a file, a script sees only its own folder; the repository root makes `benchmarks` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.common import REPO, machine, save
+from benchmarks.quality.mosi import PUBLISHED, STAGES, run_seed
+
+MPNET = REPO / "pipelines" / "mosi_mpnet.yaml"
+REPORTED = ("Non0_acc_2", "MAE", "Corr")
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+# MMSA's published Self-MM row on CMU-MOSI (thuiar/MMSA results table, BERT-base, three
+# modalities): Non0_acc_2 / MAE / Corr.
+SELF_MM = (85.46, 0.708, 0.796)
+# Epochs each stage of pipelines/mosi_finetuned_text.yaml trains (its configs), to turn
+# that benchmark's seconds per stage into seconds per epoch.
+MINILM_EPOCHS = {"text": 6, "audio": None, "fusion": 2, "finetune": 1}
+
+
+def cache_states(pipeline: Path, cache_dir: str, overrides: list[str]) -> float:
+    """Computes (or finds) the cached token states the setting reads; returns the seconds taken.
+
+    Args:
+        pipeline (Path): The pipeline file; its text stage's configs give the source.
+        cache_dir (str): The prepared dataset's cache folder.
+        overrides (list[str]): The setting's overrides (``text_layer`` among them).
+
+    Returns:
+        float: Seconds, in a process of its own with one thread (near 0 when cached).
+    """
+    import yaml
+
+    from mmsent.pipeline import load_pipeline
+
+    source = {}
+    for config in load_pipeline(pipeline).stage("text").configs:
+        settings = yaml.safe_load(Path(config).read_text()) or {}
+        source.update(settings.get("data", {}).get("source", {}).get("init_args", {}))
+    layer = next((int(o.split("=", 1)[1]) for o in overrides if o.startswith("--data.source.init_args.text_layer=")),
+                 source.get("text_layer", -1))
+    code = ("import sys; from mmsent.data.cache import prepare; from mmsent.data.mosi import MOSISource; "
+            "prepare(MOSISource(text_features=sys.argv[1], text_layer=int(sys.argv[2]), "
+            "max_text_length=int(sys.argv[3])), sys.argv[4])")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    started = time.time()
+    subprocess.run([sys.executable, "-c", code, source["text_features"], str(layer),
+                    str(source.get("max_text_length", 64)), cache_dir],
+                   cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
+    return time.time() - started
+
+
+def epochs_run(stage: dict) -> int:
+    """int: How many epochs a stage trained, from its last checkpoint."""
+    import torch
+
+    return int(torch.load(stage["last_checkpoint"], map_location="cpu", weights_only=True)["epoch"]) + 1
+
+
+def stage_records(manifest: dict, stages: list[str]) -> dict:
+    """Per stage: validation MAE, test metrics, wall time, epochs and seconds per epoch.
+
+    Args:
+        manifest (dict): The seed's pipeline manifest.
+        stages (list[str]): The stages run.
+
+    Returns:
+        dict: ``{stage: {"val_MAE", "test": {...}, "seconds", "epochs", "s_per_epoch"}}``.
+    """
+    records = {}
+    for name in stages:
+        stage = manifest["stages"][name]
+        epochs = epochs_run(stage)
+        records[name] = {"val_MAE": stage["metrics"]["val"]["MAE"],
+                         "test": {k: stage["metrics"]["test"][k] for k in REPORTED},
+                         "seconds": stage["wall_time_s"], "epochs": epochs,
+                         "s_per_epoch": stage["wall_time_s"] / epochs}
+    return records
+
+
+def mean_std(values: list[float]) -> list[float]:
+    """list[float]: ``[mean, sample std]`` (std 0 for one value)."""
+    return [statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0]
+
+
+def summary(per_seed: dict[int, dict], stages: list[str]) -> dict:
+    """Mean and standard deviation over seeds, per stage.
+
+    Args:
+        per_seed (dict[int, dict]): Seed -> :func:`stage_records`.
+        stages (list[str]): The stages run.
+
+    Returns:
+        dict: ``{stage: {"val_MAE": [m, s], "test_<metric>": [m, s], "seconds": ..., "s_per_epoch": ...}}``.
+    """
+    out = {}
+    for name in stages:
+        rows = [r[name] for r in per_seed.values()]
+        out[name] = {"val_MAE": mean_std([r["val_MAE"] for r in rows]),
+                     **{f"test_{k}": mean_std([r["test"][k] for r in rows]) for k in REPORTED},
+                     "seconds": mean_std([r["seconds"] for r in rows]),
+                     "s_per_epoch": mean_std([r["s_per_epoch"] for r in rows])}
+    return out
+
+
+def compare(per_seed: dict[int, dict], reference: dict, stage: str) -> dict | None:
+    """Paired validation-MAE comparison with an earlier setting on their common seeds.
+
+    Args:
+        per_seed (dict[int, dict]): This setting's seeds.
+        reference (dict): The earlier setting's raw results file (``per_seed`` keyed by str).
+        stage (str): The stage compared.
+
+    Returns:
+        dict | None: Seeds, mean difference (this minus reference; negative is better),
+        its standard error, and whether the rule keeps the change; None without two
+        common seeds.
+    """
+    theirs = {int(s): r for s, r in reference["per_seed"].items()}
+    common = sorted(set(per_seed) & set(theirs))
+    if len(common) < 2:
+        return None
+    diffs = [per_seed[s][stage]["val_MAE"] - theirs[s][stage]["val_MAE"] for s in common]
+    error = statistics.stdev(diffs) / math.sqrt(len(diffs))
+    mean = statistics.mean(diffs)
+    return {"against": reference["name"], "seeds": common, "val_MAE_diff": mean, "standard_error": error,
+            "kept": mean < -error}
+
+
+def _cells(acc: list[float], mae: list[float], corr: list[float]) -> list[str]:
+    def fmt(values, scale, digits):
+        values = [scale * v for v in values]
+        if len(values) == 1:
+            return f"{values[0]:.{digits}f}"
+        return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+    return [fmt(acc, 100, 1), fmt(mae, 1, 3), fmt(corr, 1, 3)]
+
+
+def table(names: list[str]) -> str:
+    """The CMU-MOSI comparison table in Markdown, from raw result files only.
+
+    Rows: MMSA's published TFN, MulT, MISA and Self-MM; MMSA's LF_DNN as run here by
+    ``benchmarks/peers/peer_mosi.py``; the MiniLM pipeline (``mosi_finetuned_text.py``);
+    then every stage of each named setting of this script.
+
+    Args:
+        names (list[str]): Settings of this script (``mosi_mpnet_<name>.json``).
+
+    Returns:
+        str: The table.
+    """
+    head = ["model", "seeds", "Non0_acc_2", "MAE", "Corr", "val MAE", "s per seed", "s per epoch"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for model, (acc, mae, corr) in {**PUBLISHED, "Self-MM": SELF_MM}.items():
+        lines.append(f"| {model} (MMSA, published) | - | {acc:.2f} | {mae:.3f} | {corr:.3f} | - | - | - |")
+    peer = json.loads((RESULTS / "peer_mosi_lf_dnn_run1.json").read_text())["results"][-1]["peer"]
+    seeds = sorted({run["seed"] for run in peer})
+    # Runs of one seed repeat each other to the digit: one figure, not a spread.
+    runs = peer if len(seeds) > 1 else peer[:1]
+    lines.append("| LF_DNN (MMSA 2.2.1 run here, MiniLM states + audio, `peer_mosi.py`) | "
+                 f"{', '.join(map(str, seeds))} | " + " | ".join(_cells(
+                     [r["Non0_acc_2"] for r in runs], [r["MAE"] for r in runs], [r["Corr"] for r in runs]))
+                 + f" | - | {statistics.mean(r['wall_s'] for r in peer):.0f} | "
+                 f"{statistics.mean(r['epoch_s'] for r in peer):.2f} |")
+    minilm = json.loads((RESULTS / "mosi_finetuned_text_head128_batch8.json").read_text())
+    stages = minilm["stages"]["minilm"]
+    per_seed = [sum(stages[s]["seconds"][i] for s in STAGES) for i in range(len(minilm["seeds"]))]
+    for stage in ("text", "finetune"):
+        test = stages[stage]["test"]
+        epochs = MINILM_EPOCHS[stage]
+        lines.append(f"| MiniLM fine-tuned (`mosi_finetuned_text.yaml`): {STAGES[stage]} | "
+                     f"{min(minilm['seeds'])}-{max(minilm['seeds'])} | "
+                     + " | ".join(_cells(test["Non0_acc_2"], test["MAE"], test["Corr"]))
+                     + f" | {statistics.mean(stages[stage]['val']['MAE']):.3f} | {statistics.mean(per_seed):.0f} | "
+                     f"{statistics.mean(stages[stage]['seconds']) / epochs:.1f} |")
+    for name in names:
+        result = json.loads((RESULTS / f"mosi_mpnet_{name}.json").read_text())
+        rows = result["per_seed"]
+        seeds = ", ".join(rows)
+        for stage in rows[next(iter(rows))]:
+            values = [r[stage] for r in rows.values()]
+            total = statistics.mean(sum(r[s]["seconds"] for s in r) for r in rows.values())
+            lines.append(f"| all-mpnet-base-v2 `{name}`: {STAGES[stage]} | {seeds} | "
+                         + " | ".join(_cells(*[[v["test"][k] for v in values] for k in REPORTED]))
+                         + f" | {statistics.mean(v['val_MAE'] for v in values):.3f} | {total:.0f} | "
+                         f"{statistics.mean(v['s_per_epoch'] for v in values):.1f} |")
+    return "\n".join(lines)
+
+
+def main(args: list[str] | None = None) -> None:
+    """Runs the benchmark.
+
+    Args:
+        args (list[str] | None): Command-line arguments; None reads ``sys.argv``.
+    """
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv[:1] == ["--table"]:
+        print(table(argv[1:]))
+        return
+    overrides = argv[argv.index("--") + 1:] if "--" in argv else []
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--name", required=True, help="the setting's name, for folders and the results file")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--only", choices=list(STAGES), help="run this stage alone")
+    parser.add_argument("--pipeline", default=str(MPNET.relative_to(REPO)), help="the pipeline file")
+    parser.add_argument("--against", help="an earlier setting's name to compare with on validation MAE")
+    parser.add_argument("--output-dir", default="runs/benchmark-mosi-mpnet")
+    parser.add_argument("--cache-dir", default="data/cache")
+    parsed = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    started = time.time()
+    cache = str(REPO / parsed.cache_dir)
+    pipeline = REPO / parsed.pipeline
+    cache_seconds = cache_states(pipeline, cache, overrides)
+    print(f"token states cached in {cache_seconds:.0f} s", flush=True)
+    stages = [parsed.only] if parsed.only else list(STAGES)
+    per_seed = {}
+    for seed in parsed.seeds:
+        manifest = run_seed(seed, REPO / parsed.output_dir / parsed.name / f"seed{seed}", cache,
+                            tuple(overrides), pipeline=pipeline, only=parsed.only)
+        per_seed[seed] = stage_records(manifest, stages)
+    stats = summary(per_seed, stages)
+    payload = {"name": parsed.name, "command": "python benchmarks/quality/mosi_mpnet.py " + " ".join(argv),
+               "machine": machine(), "date": datetime.now(UTC).isoformat(timespec="minutes"), "threads": 1,
+               "pipeline": parsed.pipeline, "seeds": parsed.seeds, "overrides": overrides, "cache_seconds": round(cache_seconds),
+               "wall_time_s": round(time.time() - started), "per_seed": per_seed, "summary": stats}
+    if parsed.against:
+        reference = json.loads((RESULTS / f"mosi_mpnet_{parsed.against}.json").read_text())
+        payload["comparison"] = compare(per_seed, reference, stages[0])
+    path = save(f"mosi_mpnet_{parsed.name}", payload)
+    for name in stages:
+        cells = ", ".join(f"{k} {m:.4f} ± {s:.4f}" for k, (m, s) in stats[name].items())
+        per = ", ".join(f"{s}: {r[name]['val_MAE']:.3f}" for s, r in per_seed.items())
+        print(f"{parsed.name} {name}: {cells}\n  val MAE per seed: {per}")
+    if payload.get("comparison"):
+        print(f"against {parsed.against}: {payload['comparison']}")
+    print(f"raw results: {path}")
+
+
+if __name__ == "__main__":
+    main()
