@@ -24,6 +24,7 @@ from mmsent.errors import ConfigError, MissingFileError
 from mmsent.hub.preprocess import Clip, PreparedClip, Preprocessor
 from mmsent.models.config import (
     CONFIG_METADATA,
+    META_KEY,
     HubMixin,
     build_module,
     check_saved_config,
@@ -32,8 +33,7 @@ from mmsent.models.config import (
 )
 from mmsent.models.late_fusion import LateFusionModel
 from mmsent.pretrained import hub_offline_reason, looks_like_path
-from mmsent.tasks.checkpoints import META_KEY
-from mmsent.tasks.rebuilt import omit_rebuilt
+from mmsent.models.rebuilt import omit_rebuilt
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"

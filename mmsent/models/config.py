@@ -38,6 +38,8 @@ _DOWNLOAD_ARGUMENTS = ("revision", "cache_dir", "force_download", "local_files_o
                        "proxies", "resume_download")
 CONFIG_METADATA = "mmsent_config"
 """The key of the weights file's header that holds the config the weights were saved with."""
+META_KEY = "mmsent"
+"""The checkpoint entry that holds what mmsent records beside the weights."""
 REGISTRY: dict[str, type[nn.Module]] = {}
 """Class path -> class, of every module a record may name (:func:`register`)."""
 
