@@ -262,3 +262,14 @@ def test_a_re_export_replaces_the_old_folder_whole(pipeline_run, model_dir, tmp_
     export(pipeline_run, target, "fusion")
     assert not (target / "stale.txt").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing left beside it
+
+
+def test_loading_and_scoring_import_neither_lightning_nor_the_training_side():
+    import subprocess
+
+    probe = ("import sys; from mmsent import SentimentModel; import mmsent.hub.score; "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning', "
+             "'lightning_fabric') or m.startswith('mmsent.pipeline') or m.startswith('mmsent.tasks')))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.stdout.strip() == "[]"
