@@ -165,12 +165,12 @@ def test_model_folder_of_another_version_or_missing_a_file_fails_naming_it(model
     (copy / "model.safetensors").unlink()
     with pytest.raises(MissingFileError, match="missing model.safetensors"):
         SentimentModel.from_pretrained(copy)
-    with pytest.raises(SystemExit, match="missing model.safetensors"):
+    with pytest.raises(MissingFileError, match="missing model.safetensors"):
         score_command.main([str(copy), str(tmp_path)])
 
 
 def test_export_names_a_folder_without_a_pipeline_run(tmp_path):
-    with pytest.raises(SystemExit, match="no manifest.json"):
+    with pytest.raises(MissingFileError, match="no manifest.json"):
         export_command.main([str(tmp_path), "--to", str(tmp_path / "model")])
 
 
