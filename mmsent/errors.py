@@ -11,6 +11,8 @@ This module imports nothing of mmsent, so every module can raise these errors.
 
 from __future__ import annotations
 
+import argparse
+
 
 class MMSentError(Exception):
     """Base of the errors that explain a user's mistake in mmsent's own words."""
@@ -33,6 +35,27 @@ class WriteError(MMSentError, OSError):
 
     def __str__(self) -> str:
         return str(self.strerror)
+
+
+class UsageError(MMSentError, ValueError):
+    """A command line its command cannot parse: a missing, unknown or malformed argument."""
+
+
+class CommandParser(argparse.ArgumentParser):
+    """An ``argparse`` parser whose errors are :class:`UsageError` s, so that the
+    ``mmsent`` command shows them in its one-line form (``mmsent.main``) rather than
+    argparse printing and exiting on its own."""
+
+    def error(self, message: str):
+        """Raises the parse error.
+
+        Args:
+            message (str): argparse's message.
+
+        Raises:
+            UsageError: Naming the command, the problem and where its options are listed.
+        """
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
 class NonFiniteError(MMSentError, FloatingPointError):

@@ -1,29 +1,52 @@
 """The ``mmsent`` command: ``mmsent fit|validate|test|predict`` go to the CLI
-(:mod:`mmsent.cli`), ``mmsent pipeline`` to the pipeline (:mod:`mmsent.pipeline`).
+(:mod:`mmsent.cli`), ``mmsent pipeline`` to the pipeline (:mod:`mmsent.pipeline`),
+``mmsent export`` and ``mmsent score`` to :mod:`mmsent.hub`; ``mmsent`` alone or
+``mmsent --help`` lists them all.
 
 An error a user can act on (a config key, a data file, a checkpoint, a full disk)
 is printed in a line or two naming its culprit, with exit status 1; ``--debug`` (or
-``MMSENT_DEBUG=1``) shows the whole traceback instead.
+``MMSENT_DEBUG=1``) shows the whole traceback instead. A command line a command
+cannot parse is printed the same way, with exit status 2.
+
+Each command's code is imported when it runs, so ``mmsent score`` loads no training code.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import warnings
 from pathlib import Path
 
-from mmsent import pipeline
-from mmsent.cli import build_cli
-from mmsent.errors import MMSentError, WriteError, user_error
-from mmsent.hub import export, score
+from mmsent.errors import MMSentError, UsageError, WriteError, user_error
 from mmsent.io import no_room, write_failure
-from mmsent.pipeline.wandb_mode import default_to_offline
 
 DEBUG_FLAG = "--debug"
 DEBUG_VARIABLE = "MMSENT_DEBUG"
 USER_ERRORS = (MMSentError, ValueError, OSError)
+STAGE_COMMANDS = {
+    "fit": "train one stage from its config files (LightningCLI)",
+    "validate": "evaluate a stage's checkpoint on the validation split",
+    "test": "evaluate a stage's checkpoint on the test split",
+    "predict": "write a stage's predictions",
+}
+COMMANDS = {
+    **STAGE_COMMANDS,
+    "pipeline": "run (or resume) the stages of a pipeline file in order",
+    "export": "write a finished pipeline's fused model as a model folder",
+    "score": "score raw clips with an exported model folder",
+}
+
+
+def usage() -> str:
+    """str: The help of the ``mmsent`` command, listing every command."""
+    width = max(map(len, COMMANDS))
+    listed = "\n".join(f"  {name:<{width}}  {what}" for name, what in COMMANDS.items())
+    return (f"usage: mmsent COMMAND [ARGS ...] [{DEBUG_FLAG}]\n\n"
+            f"Staged multimodal sentiment analysis with PyTorch Lightning.\n\n"
+            f"commands:\n{listed}\n\n"
+            f"`mmsent COMMAND --help` lists a command's options. {DEBUG_FLAG} (or {DEBUG_VARIABLE}=1) shows an "
+            f"error's full traceback.\n")
 
 
 def main(args: list[str] | None = None) -> None:
@@ -33,7 +56,8 @@ def main(args: list[str] | None = None) -> None:
         args (list[str] | None): Command-line arguments; None reads ``sys.argv``.
 
     Raises:
-        SystemExit: Status 1 after a user's error, printed short.
+        SystemExit: Status 1 after a user's error, 2 after a command line that does
+            not parse, each printed short.
     """
     args = sys.argv[1:] if args is None else list(args)
     cut = args.index("--") if "--" in args else len(args)
@@ -41,6 +65,10 @@ def main(args: list[str] | None = None) -> None:
     args = [a for a in args[:cut] if a != DEBUG_FLAG] + args[cut:]
     try:
         dispatch(args)
+    except UsageError as error:
+        # A traceback says nothing more about a mistyped command line.
+        print(f"mmsent: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     except Exception as error:
         shown = user_error(error)
         full = no_room(error)
@@ -55,27 +83,43 @@ def main(args: list[str] | None = None) -> None:
 
 
 def dispatch(args: list[str]) -> None:
-    """Runs ``mmsent pipeline ...`` or a LightningCLI subcommand.
+    """Runs the command ``args`` name.
 
     Args:
         args (list[str]): Command-line arguments.
+
+    Raises:
+        UsageError: If the first argument is no command.
     """
-    if args and args[0] == "pipeline":
-        pipeline.main(args[1:])
+    command = args[0] if args else None
+    if command in (None, "-h", "--help"):
+        print(usage(), end="")
         return
-    if args and args[0] == "export":
-        # An export's output is the folder; all it says is a notice.
-        with contextlib.redirect_stdout(sys.stderr):
-            export.main(args[1:])
-        return
-    if args and args[0] == "score":
+    if command == "pipeline":
+        from mmsent.pipeline.command import main as run_pipeline
+
+        run_pipeline(args[1:])
+    elif command == "export":
+        from mmsent.hub import export
+
+        export.main(args[1:])
+    elif command == "score":
+        from mmsent.hub import score
+
         score.main(args[1:])
-        return
-    default_to_offline()
-    # The arguments are sys.argv's own; LightningCLI's warning about both being given
-    # would only confuse.
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-    build_cli(args)
+    elif command in STAGE_COMMANDS or command.startswith("-"):
+        # Options before the subcommand (``-c config.yaml fit``) are LightningCLI's.
+        from mmsent.cli import build_cli
+        from mmsent.pipeline.wandb_mode import default_to_offline
+
+        default_to_offline()
+        # The arguments are sys.argv's own; LightningCLI's warning about both being given
+        # would only confuse.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        build_cli(args)
+    else:
+        raise UsageError(f"{command!r} is not an mmsent command; the commands: {', '.join(COMMANDS)} "
+                         f"(see mmsent --help)")
 
 
 if __name__ == "__main__":

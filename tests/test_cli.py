@@ -300,3 +300,49 @@ def test_train_loss_is_logged_only_on_the_steps_the_logger_writes(tiny_data_args
     rows = list(csv_module.DictReader(next((tmp_path / "csv").rglob("metrics.csv")).open()))
     assert [int(row["step"]) for row in rows if row.get("train/loss")] == [2, 5]
     assert calls.count("train/loss") == 2, "the steps the logger does not write log nothing"
+
+
+def test_mmsent_alone_or_with_help_lists_every_command_and_each_has_its_help(capsys):
+    from mmsent.main import COMMANDS
+
+    main([])
+    alone = capsys.readouterr().out
+    main(["--help"])
+    assert capsys.readouterr().out == alone
+    listed = [line.split()[0] for line in alone.split("commands:\n")[1].split("\n\n")[0].splitlines()]
+    assert listed == ["fit", "validate", "test", "predict", "pipeline", "export", "score"] == list(COMMANDS)
+    for command in listed:
+        with pytest.raises(SystemExit) as stop:
+            main([command, "--help"])
+        assert stop.value.code == 0
+        out = capsys.readouterr()
+        assert f"{command} " in out.out.splitlines()[0], (command, out)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["export", "runs/x"], "mmsent export: the following arguments are required: --to (see mmsent export --help)"),
+    (["score", "models/x"], "mmsent score: the following arguments are required: input (see mmsent score --help)"),
+    (["score", "m", "x", "--format", "xml"], "mmsent score: argument --format: invalid choice: 'xml'"),
+    (["pipeline", "go"], "mmsent pipeline: argument command: invalid choice: 'go'"),
+    (["trian"], "'trian' is not an mmsent command; the commands: fit, validate, test, predict, pipeline, export, "
+                "score (see mmsent --help)"),
+])
+def test_a_command_line_that_does_not_parse_gets_the_one_line_form(args, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2
+    shown = capsys.readouterr().err
+    assert shown.startswith(f"mmsent: error: {message}") and shown.count("\n") == 1, shown
+
+
+def test_mmsent_score_imports_no_training_code():
+    import os
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom mmsent.main import main\ntry:\n    main(['score', '--help'])\nexcept SystemExit:\n"
+             "    pass\nprint(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning', "
+             "'lightning_fabric') or m.startswith(('mmsent.pipeline', 'mmsent.tasks', 'mmsent.cli'))))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.stdout.strip().splitlines()[-1] == "[]"

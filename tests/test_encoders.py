@@ -78,6 +78,19 @@ def test_acoustic_mlp_pools_valid_frames_only():
     assert torch.allclose(encoder(audio, mask), out, atol=1e-5)
 
 
+@pytest.mark.parametrize("make_encoder, inputs", [
+    (lambda: TextLSTMEncoder(input_dim=50, embed_dim=8, hidden_dim=8, out_dim=4), lambda: torch.randint(1, 50, (2, 5))),
+    (lambda: VisualSequenceEncoder(input_dim=6, out_dim=4), lambda: torch.randn(2, 5, 6)),
+    (lambda: AcousticMLPEncoder(input_dim=6, hidden_dims=[8], out_dim=4), lambda: torch.randn(2, 5, 6)),
+    (lambda: Visual3DCNNEncoder(out_dim=4), lambda: torch.randn(2, 3, 8, 32, 32)),
+    (lambda: FrameCNNEncoder(out_dim=4), lambda: torch.randn(2, 3, 4, 32, 32)),
+], ids=["text", "visual-sequence", "audio", "c3d", "frames"])
+def test_every_encoder_takes_no_mask_as_every_position_valid(make_encoder, inputs):
+    torch.manual_seed(0)
+    encoder, x = make_encoder().eval(), inputs()
+    assert torch.allclose(encoder(x), encoder(x, torch.ones(x.shape[:2], dtype=torch.bool)), atol=1e-6)
+
+
 def test_c3d_encoder_and_frame_baseline_shapes():
     video = torch.randn(2, 3, 8, 32, 32)
     for encoder in (Visual3DCNNEncoder(out_dim=7), FrameCNNEncoder(out_dim=7)):

@@ -165,12 +165,12 @@ def test_model_folder_of_another_version_or_missing_a_file_fails_naming_it(model
     (copy / "model.safetensors").unlink()
     with pytest.raises(MissingFileError, match="missing model.safetensors"):
         SentimentModel.from_pretrained(copy)
-    with pytest.raises(SystemExit, match="missing model.safetensors"):
+    with pytest.raises(MissingFileError, match="missing model.safetensors"):
         score_command.main([str(copy), str(tmp_path)])
 
 
 def test_export_names_a_folder_without_a_pipeline_run(tmp_path):
-    with pytest.raises(SystemExit, match="no manifest.json"):
+    with pytest.raises(MissingFileError, match="no manifest.json"):
         export_command.main([str(tmp_path), "--to", str(tmp_path / "model")])
 
 
@@ -262,3 +262,69 @@ def test_a_re_export_replaces_the_old_folder_whole(pipeline_run, model_dir, tmp_
     export(pipeline_run, target, "fusion")
     assert not (target / "stale.txt").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing left beside it
+
+
+def test_loading_and_scoring_import_neither_lightning_nor_the_training_side():
+    import subprocess
+
+    probe = ("import sys; from mmsent import SentimentModel; import mmsent.hub.score; "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning', "
+             "'lightning_fabric') or m.startswith('mmsent.pipeline') or m.startswith('mmsent.tasks')))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.stdout.strip() == "[]"
+
+
+MINILM_TEXT = {"class_path": "mmsent.models.TextLSTMEncoder",
+               "init_args": {"input_dim": 30522, "pretrained_embeddings": "minilm", "freeze_embeddings": True,
+                             "hidden_dim": 8, "out_dim": 4}}
+
+
+def rewrite_header(path: Path, drop: str | None = None, **metadata: str) -> None:
+    """Rewrites a weights file with one tensor dropped and header entries replaced."""
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as weights:
+        state = {k: weights.get_tensor(k) for k in weights.keys() if k != drop}  # noqa: SIM118
+        header = {**weights.metadata(), **metadata}
+    save_file(state, str(path), metadata=header)
+
+
+def test_a_frozen_pretrained_table_is_stored_in_no_file_and_rebuilt_only_as_saved(tmp_path):
+    from mmsent.models.config import REBUILT_METADATA
+
+    torch.manual_seed(0)
+    config = {"format_version": 1, "encoders": {"text": MINILM_TEXT},
+              "fusion": {"class_path": "mmsent.models.ConcatFusion", "init_args": {"input_dims": {"text": 4}}},
+              "head": {"class_path": "mmsent.models.RegressionHead", "init_args": {"in_dim": 64}},
+              "active_modalities": ["text"], "preprocessing": {}}
+    model = SentimentModel(config)
+    model.save_pretrained(tmp_path / "model")
+    model.encoders["text"].save_pretrained(tmp_path / "text")
+    for weights in (tmp_path / "model" / "model.safetensors", tmp_path / "text" / "model.safetensors"):
+        with safe_open(str(weights), framework="pt") as stored:
+            assert not any(k.endswith("embed.weight") for k in stored.keys()), weights  # noqa: SIM118
+        assert weights.stat().st_size < 200_000, weights  # the table alone is 47 MB
+    batch = {"text": torch.randint(1, 30522, (3, 6)), "text_mask": torch.ones(3, 6, dtype=torch.bool),
+             "text_present": torch.ones(3, dtype=torch.bool)}
+    assert torch.equal(SentimentModel.from_pretrained(tmp_path / "model")(batch), model(batch))
+    text = TextLSTMEncoder.from_pretrained(tmp_path / "text")
+    assert torch.equal(text(batch["text"]), model.encoders["text"](batch["text"]))
+
+    # Left out must mean rebuilt, and rebuilt as saved: any other gap is refused.
+    weights = tmp_path / "text" / "model.safetensors"
+    with safe_open(str(weights), framework="pt") as stored:
+        omitted = json.loads(stored.metadata()[REBUILT_METADATA])
+    rewrite_header(weights, drop="lstm.weight_ih_l0",
+                   **{REBUILT_METADATA: json.dumps({**omitted, "lstm.weight_ih_l0": omitted["embed.weight"]})})
+    with pytest.raises(ConfigError, match="lists as rebuilt from the config lstm.weight_ih_l0, which the model"):
+        TextLSTMEncoder.from_pretrained(tmp_path / "text")
+    text.save_pretrained(tmp_path / "text")
+    rewrite_header(weights, **{REBUILT_METADATA: json.dumps({"embed.weight": {**omitted["embed.weight"],
+                                                                              "sha1": "0" * 40}})})
+    with pytest.raises(ConfigError, match="embed.weight was left out of the saved weights, to be rebuilt"):
+        TextLSTMEncoder.from_pretrained(tmp_path / "text")
+    text.save_pretrained(tmp_path / "text")
+    rewrite_header(weights, **{REBUILT_METADATA: "{}"})
+    with pytest.raises(ConfigError, match="missing embed.weight"):
+        TextLSTMEncoder.from_pretrained(tmp_path / "text")

@@ -237,6 +237,28 @@ def test_a_second_run_on_the_same_folder_is_refused_naming_the_first(tmp_path):
         assert json.loads(lock.path.read_text())["pid"] == os.getpid()
 
 
+def test_a_run_killed_holding_the_lock_is_named_while_alive_and_taken_over_once_dead(tmp_path):
+    fork = multiprocessing.get_context("fork")
+    holding, never = fork.Event(), fork.Event()
+
+    def hold() -> None:
+        with RunLock(tmp_path / "out"):
+            holding.set()
+            never.wait(60)
+
+    child = fork.Process(target=hold)
+    child.start()
+    assert holding.wait(30)
+    with pytest.raises(ConfigError, match=rf"pid {child.pid} on host {socket.gethostname()}, started "):
+        RunLock(tmp_path / "out").acquire()
+    child.kill()  # SIGKILL: no release, the file stays behind
+    child.join()
+    assert (tmp_path / "out" / LOCK_FILE).exists()
+    with RunLock(tmp_path / "out") as lock:
+        assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+    assert not (tmp_path / "out" / LOCK_FILE).exists()
+
+
 def prepare_in_a_process(role: str, raw: Path, cache_dir: Path, events: dict, results) -> None:
     """One of two processes preparing the same new cache (forked, so it imports nothing).
 

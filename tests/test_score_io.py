@@ -10,8 +10,10 @@ import pytest
 import yaml
 from helpers import CONF, REPO
 
+from mmsent.errors import MMSentError
 from mmsent.hub import score as score_command
 from mmsent.hub.export import export
+from mmsent.main import main
 from mmsent.pipeline import run
 
 QUICKSTART = REPO / "pipelines" / "quickstart"
@@ -81,13 +83,13 @@ def label_folder(tmp_path: Path, text: str) -> Path:
 
 def test_a_bad_label_names_file_row_column_and_value(video_model, tmp_path):
     folder = label_folder(tmp_path, "video_id,clip_id,text,label\nv,1,fine,0.5\nv,2,good,high\n")
-    with pytest.raises(SystemExit, match=r"label.csv, row 3 \(v/2\): label 'high' is not a number"):
+    with pytest.raises(MMSentError, match=r"label.csv, row 3 \(v/2\): label 'high' is not a number"):
         score_command.main([str(video_model), str(folder)])
 
 
 def test_a_header_only_table_is_refused(video_model, tmp_path):
     folder = label_folder(tmp_path, "video_id,clip_id,text,label\n")
-    with pytest.raises(SystemExit, match="label.csv: no clip"):
+    with pytest.raises(MMSentError, match="label.csv: no clip"):
         score_command.main([str(video_model), str(folder)])
 
 
@@ -95,15 +97,17 @@ def test_output_onto_an_input_is_refused(video_model, tiny_raw, tmp_path):
     folder = tmp_path / "raw"
     shutil.copytree(tiny_raw, folder)
     before = (folder / "label.csv").read_bytes()
-    with pytest.raises(SystemExit, match="that is an input"):
+    with pytest.raises(MMSentError, match="that is an input"):
         score_command.main([str(video_model), str(folder), "-o", str(folder / "label.csv")])
     assert (folder / "label.csv").read_bytes() == before
 
 
 def test_batch_size_zero_is_refused(video_model, tiny_raw, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        score_command.main([str(video_model), str(tiny_raw), "--batch-size", "0"])
-    assert exit_info.value.code == 2 and "--batch-size: must be a whole number >= 1, got 0" in capsys.readouterr().err
+        main(["score", str(video_model), str(tiny_raw), "--batch-size", "0"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == ("mmsent: error: mmsent score: argument --batch-size: must be a whole number "
+                                       ">= 1, got 0 (see mmsent score --help)\n")
 
 
 def test_the_media_column_names_a_clip_stored_elsewhere(video_model, tiny_raw, tmp_path, capsys):

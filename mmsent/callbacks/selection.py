@@ -14,7 +14,7 @@ from mmsent.models.late_fusion import LateFusionModel
 from mmsent.selection import as_records, bootstrap_p_value, select_modalities, video_groups
 from mmsent.tasks.checkpoint_io import atomic_torch_save
 from mmsent.tasks.checkpoints import META_KEY, load_weights
-from mmsent.tasks.rebuilt import omit_rebuilt
+from mmsent.models.rebuilt import omit_rebuilt
 
 SELECTED_FILE = "selected.ckpt"
 

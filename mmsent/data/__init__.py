@@ -1,27 +1,35 @@
-"""Data: sources for each on-disk format, the prepared cache, and the DataModule."""
+"""Data: sources for each on-disk format, the prepared cache, and the DataModule.
 
-from mmsent.data.datamodule import MultimodalDataModule, collate
-from mmsent.data.features import FeatureSource
-from mmsent.data.lm_features import LMTokenStates, TranscriptText
-from mmsent.data.mmsa import MMSAPickleSource
-from mmsent.data.mosi import MOSISource
-from mmsent.data.schema import DatasetSpec
-from mmsent.data.sdk import SDKSource
-from mmsent.data.sources import DataSource, GeneratedSource, RawClipSource
-from mmsent.data.tables import FeatureTableSource
+The names below load on first use, so scoring a clip (which needs the sources and the
+collation, not the Lightning DataModule) imports neither Lightning nor every reader.
+"""
 
-__all__ = [
-    "DataSource",
-    "DatasetSpec",
-    "FeatureSource",
-    "FeatureTableSource",
-    "GeneratedSource",
-    "LMTokenStates",
-    "MMSAPickleSource",
-    "MOSISource",
-    "MultimodalDataModule",
-    "RawClipSource",
-    "SDKSource",
-    "TranscriptText",
-    "collate",
-]
+from importlib import import_module
+
+_HOMES = {
+    "DataSource": "sources",
+    "DatasetSpec": "schema",
+    "FeatureSource": "features",
+    "FeatureTableSource": "tables",
+    "GeneratedSource": "sources",
+    "LMTokenStates": "lm_features",
+    "MMSAPickleSource": "mmsa",
+    "MOSISource": "mosi",
+    "MultimodalDataModule": "datamodule",
+    "RawClipSource": "sources",
+    "SDKSource": "sdk",
+    "TranscriptText": "lm_features",
+    "collate": "batches",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name in _HOMES:
+        return getattr(import_module(f"mmsent.data.{_HOMES[name]}"), name)
+    raise AttributeError(f"module 'mmsent.data' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOMES])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from lightning_fabric.utilities.apply_func import move_data_to_device
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import BatchSampler, Dataset
 
@@ -186,6 +185,33 @@ def pad_sequences(sequences: list, pad_value=0) -> tuple[torch.Tensor, torch.Ten
     return padded, torch.arange(padded.shape[1]) < lengths.unsqueeze(1)
 
 
+def to_row(example: dict, spec: DatasetSpec) -> dict:
+    """Fills a missing modality with a placeholder and a false presence flag.
+
+    Args:
+        example (dict): An example whose missing modalities are ``None``.
+        spec (DatasetSpec): What the examples hold.
+
+    Returns:
+        dict: A row matching :func:`~mmsent.data.cache.arrow_features`.
+    """
+    row = {key: example[key] for key in ("id", "split", "transcript", "label", "clean_label")}
+    for modality in spec.modalities:
+        value = example.get(modality)
+        present = value is not None and len(value) > 0
+        row[f"{modality}_present"] = present
+        row[modality] = value if present else _placeholder(modality, spec)
+    return row
+
+
+def _placeholder(modality: str, spec: DatasetSpec):
+    if modality == "text" and spec.text_kind == "tokens":
+        return [spec.pad_token_id]
+    if modality == "video" and spec.video_kind == "frames":
+        return np.zeros(spec.extras["frame_shape"], dtype=np.uint8)
+    return np.zeros((1, spec.input_dims[modality]), dtype=np.float32)
+
+
 def collate_columns(columns: dict, spec: DatasetSpec) -> dict:
     """Builds a batch dict from a batch read as columns.
 
@@ -251,6 +277,9 @@ def move_batch(batch: dict, device: torch.device) -> dict:
     Returns:
         dict: The batch on ``device``; lists of strings are the same objects.
     """
+    # Imported here: scoring collates batches too, and it runs without Lightning.
+    from lightning_fabric.utilities.apply_func import move_data_to_device
+
     return {key: value if _is_strings(value) else move_data_to_device(value, device)
             for key, value in batch.items()}
 

@@ -20,10 +20,10 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import datasets
-import numpy as np
 from filelock import FileLock
 from tqdm.auto import tqdm
 
+from mmsent.data.batches import to_row
 from mmsent.data.schema import MODALITIES, SPLITS, DatasetSpec
 from mmsent.data.sources import DataSource
 from mmsent.errors import ConfigError, WriteError
@@ -296,33 +296,6 @@ def _modality_feature(modality: str, spec: DatasetSpec):
     if modality == "video" and spec.video_kind == "frames":
         return datasets.Array4D(tuple(spec.extras["frame_shape"]), "uint8")
     return datasets.Array2D((None, dim), "float32")
-
-
-def to_row(example: dict, spec: DatasetSpec) -> dict:
-    """Fills a missing modality with a placeholder and a false presence flag.
-
-    Args:
-        example (dict): An example whose missing modalities are ``None``.
-        spec (DatasetSpec): What the examples hold.
-
-    Returns:
-        dict: A row matching :func:`arrow_features`.
-    """
-    row = {key: example[key] for key in ("id", "split", "transcript", "label", "clean_label")}
-    for modality in spec.modalities:
-        value = example.get(modality)
-        present = value is not None and len(value) > 0
-        row[f"{modality}_present"] = present
-        row[modality] = value if present else _placeholder(modality, spec)
-    return row
-
-
-def _placeholder(modality: str, spec: DatasetSpec):
-    if modality == "text" and spec.text_kind == "tokens":
-        return [spec.pad_token_id]
-    if modality == "video" and spec.video_kind == "frames":
-        return np.zeros(spec.extras["frame_shape"], dtype=np.uint8)
-    return np.zeros((1, spec.input_dims[modality]), dtype=np.float32)
 
 
 __all__ = ["MODALITIES", "PreparedData", "arrow_features", "cache_key", "prepare", "to_row"]

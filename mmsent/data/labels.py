@@ -9,10 +9,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from mmsent.data.schema import check_label, check_split, make_id
 from mmsent.errors import ConfigError, MissingFileError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 RAW_COLUMNS = ("video_id", "clip_id", "text", "label", "mode")
 
@@ -47,6 +50,9 @@ def read_label_table(path: Path, labelled: bool = True) -> pd.DataFrame:
     if not path.is_file():
         raise MissingFileError(f"{path}: label file not found")
     check_utf8(path)
+    # Imported here: loading a model folder reads no table.
+    import pandas as pd
+
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.EmptyDataError, pd.errors.ParserError) as error:

@@ -14,8 +14,6 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
-
 from mmsent.data.clip_files import (
     AUDIO_SUFFIXES,
     VIDEO_SUFFIXES,
@@ -28,7 +26,6 @@ from mmsent.data.labels import read_label_table
 from mmsent.data.lm_features import TranscriptText
 from mmsent.data.media import DecodeError, decode_audio, decode_frames, log_mel_frames
 from mmsent.data.schema import MODALITIES, DatasetSpec
-from mmsent.data.synthetic import generate_raw_dataset
 from mmsent.data.transcripts import Transcriber, clip_transcript
 from mmsent.io import content_hash, file_signature
 
@@ -329,6 +326,8 @@ def clip_record(clip_id: str, split: str, text: str | None, label: float, media:
 def _media_column(table: Path) -> list[str]:
     """The paths a label table's ``media`` column names; none when it is unreadable
     (reading it in ``open`` then says why, naming the row)."""
+    import pandas as pd
+
     try:
         named = pd.read_csv(table, dtype=str, keep_default_na=False, usecols=lambda c: c == "media")
     except (OSError, UnicodeDecodeError, ValueError):
@@ -370,6 +369,9 @@ class GeneratedSource(RawClipSource):
 
     def ensure_generated(self) -> None:
         """Writes the clips unless the same ones are already there."""
+        # Imported here: the generator's tables are needed only to write clips.
+        from mmsent.data.synthetic import generate_raw_dataset
+
         generate_raw_dataset(self.root, num_clips=self.num_clips, seed=self.seed,
                              frames=self.source_frames, frame_size=self.source_frame_size,
                              sample_rate=self.sample_rate)

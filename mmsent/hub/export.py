@@ -9,9 +9,10 @@ encoder alone under ``encoders/<modality>/`` (loadable with its class's
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import json
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from mmsent.data.mosi import MOSISource
 from mmsent.data.sdk import SDKSource
 from mmsent.data.sources import GeneratedSource, RawClipSource
 from mmsent.data.tables import FeatureTableSource
-from mmsent.errors import ConfigError, MissingFileError, MMSentError
+from mmsent.errors import CommandParser, ConfigError, MissingFileError
 from mmsent.hub.card import model_card
 from mmsent.hub.model import CONFIG_FILE, FORMAT_VERSION, SentimentModel
 from mmsent.hub.preprocess import TOKENIZER_FILE, WORD_TOKENIZER, preprocessing_settings
@@ -264,18 +265,18 @@ def main(args: list[str] | None = None) -> None:
         args (list[str] | None): The arguments after ``export``.
 
     Raises:
-        SystemExit: With the message of a bad run folder or stage.
+        UsageError: On arguments it cannot parse.
+        MMSentError: On a bad run folder or stage, naming it (``mmsent.main`` shows it).
     """
-    parser = argparse.ArgumentParser(prog="mmsent export",
-                                     description="Write a finished pipeline's fused model as a model folder.")
+    parser = CommandParser(prog="mmsent export",
+                           description="Write a finished pipeline's fused model as a model folder.")
     parser.add_argument("run_dir", help="the pipeline's output folder, e.g. runs/quickstart")
     parser.add_argument("--to", required=True, help="the model folder to write, e.g. models/quickstart")
     parser.add_argument("--stage", help="the stage to export (default: the last fused stage)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the --to folder even when it is not an earlier export")
     parsed = parser.parse_args(args)
-    try:
+    # An export's output is the folder; all it says is a notice.
+    with contextlib.redirect_stdout(sys.stderr):
         folder = export(parsed.run_dir, parsed.to, parsed.stage, parsed.overwrite)
-    except MMSentError as error:
-        raise SystemExit(f"error: {error}") from None
-    print(f"exported to {folder}")
+        print(f"exported to {folder}")

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_model
 from torch import nn
 
 from mmsent.data.clip_files import media_for_file
@@ -23,17 +22,17 @@ from mmsent.data.schema import MODALITIES
 from mmsent.errors import ConfigError, MissingFileError
 from mmsent.hub.preprocess import Clip, PreparedClip, Preprocessor
 from mmsent.models.config import (
-    CONFIG_METADATA,
+    META_KEY,
     HubMixin,
     build_module,
     check_saved_config,
     load_strict,
     registered_class,
+    save_weights,
 )
 from mmsent.models.late_fusion import LateFusionModel
 from mmsent.pretrained import hub_offline_reason, looks_like_path
-from mmsent.tasks.checkpoints import META_KEY
-from mmsent.tasks.rebuilt import omit_rebuilt
+from mmsent.models.rebuilt import omit_rebuilt
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -140,9 +139,7 @@ class SentimentModel(nn.Module, HubMixin, tags=["mmsent", "multimodal-sentiment-
         return model.to(map_location).eval()
 
     def _save_pretrained(self, save_directory: Path) -> None:
-        # The config goes into the weights' header too, so a config.json changed afterwards is noticed.
-        save_model(self, str(Path(save_directory) / WEIGHTS_FILE),
-                   metadata={"format": "pt", CONFIG_METADATA: json.dumps(self.config)})
+        save_weights(self, Path(save_directory) / WEIGHTS_FILE, self.config)
         (Path(save_directory) / CONFIG_FILE).write_text(json.dumps(self.config, indent=2))
 
     def save_checkpoint(self, path: str | Path) -> Path:

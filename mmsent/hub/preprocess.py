@@ -2,8 +2,8 @@
 
 A model folder records every setting of that preparation (:func:`preprocessing_settings`);
 :class:`Preprocessor` rebuilds the same :class:`~mmsent.data.RawClipSource` from them
-and runs its per-clip ``load``, :func:`~mmsent.data.cache.to_row` and the
-DataModule's :func:`~mmsent.data.datamodule.collate`, so a clip scored from its files
+and runs its per-clip ``load``, :func:`~mmsent.data.batches.to_row` and the
+DataModule's :func:`~mmsent.data.batches.collate`, so a clip scored from its files
 gets exactly the tensors it had in training.
 """
 
@@ -12,9 +12,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mmsent.data.cache import to_row
 from mmsent.data.clip_files import ClipMedia, media_for_file
-from mmsent.data.datamodule import collate
+from mmsent.data.batches import collate, to_row
 from mmsent.data.schema import MODALITIES, DatasetSpec
 from mmsent.data.sources import RawClipSource, clip_record
 from mmsent.errors import ConfigError, MissingFileError
@@ -51,7 +50,7 @@ class PreparedClip:
 
     Attributes:
         clip (Clip): The clip.
-        row (dict): Its prepared example (:func:`~mmsent.data.cache.to_row`).
+        row (dict): Its prepared example (:func:`~mmsent.data.batches.to_row`).
         present (list[str]): The modalities read.
         problems (list[str]): One line per input that was given but could not be read.
         notes (dict): What preparation noted (``transcript``: where the text came

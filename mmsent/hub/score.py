@@ -32,7 +32,7 @@ from mmsent.data.clip_files import media_for_file
 from mmsent.data.labels import read_label_table
 from mmsent.data.schema import MODALITIES
 from mmsent.data.sources import RawClipSource
-from mmsent.errors import ConfigError, MissingFileError, MMSentError
+from mmsent.errors import CommandParser, ConfigError, MissingFileError
 from mmsent.hub.model import SentimentModel
 from mmsent.hub.preprocess import Clip
 from mmsent.metrics import regression_metrics
@@ -303,10 +303,11 @@ def main(args: list[str] | None = None) -> None:
 
     Raises:
         SystemExit: With status 1 when some clip could not be scored or a modality
-            the model uses is missing from every clip, or the message of a bad model
-            folder or input.
+            the model uses is missing from every clip.
+        UsageError: On arguments it cannot parse.
+        MMSentError: On a bad model folder or input, naming it (``mmsent.main`` shows it).
     """
-    parser = argparse.ArgumentParser(prog="mmsent score", description="Score raw clips with an exported model.")
+    parser = CommandParser(prog="mmsent score", description="Score raw clips with an exported model.")
     parser.add_argument("model_dir", help="the model folder (mmsent export), e.g. models/quickstart")
     parser.add_argument("input", help="a folder in the raw layout (label.csv + Raw/) or one clip's file")
     parser.add_argument("-o", "--output", help="the output file (.csv or .jsonl); default: stdout")
@@ -318,10 +319,7 @@ def main(args: list[str] | None = None) -> None:
     parser.add_argument("--allow-missing", action="store_true",
                         help="exit 0 even when a modality the model uses is missing from every clip")
     parsed = parser.parse_args(args)
-    try:
-        status = score(parsed.model_dir, parsed.input, parsed.output, parsed.format, parsed.text, parsed.split,
-                       parsed.batch_size, parsed.allow_missing)
-    except MMSentError as error:
-        raise SystemExit(f"error: {error}") from None
+    status = score(parsed.model_dir, parsed.input, parsed.output, parsed.format, parsed.text, parsed.split,
+                   parsed.batch_size, parsed.allow_missing)
     if status:
         raise SystemExit(status)

@@ -16,7 +16,7 @@ from mmsent.models.dropout import (
     make_dropout,
     resample_epoch_masks,
 )
-from mmsent.models.pooling import masked_mean_std
+from mmsent.models.pooling import all_valid, masked_mean_std
 
 
 def mlp(in_dim: int, hidden_dims: list[int], out_dim: int, dropout: nn.Module | None) -> nn.Sequential:
@@ -222,17 +222,18 @@ class AcousticMLPEncoder(nn.Module, HubMixin):
             return pooled
         return (pooled - pooled.mean(0)) / pooled.std(0).clamp(min=1e-5)
 
-    def forward(self, audio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, audio: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Encodes a padded batch.
 
         Args:
             audio (torch.Tensor): Frames, shape ``(B, T, D)``.
-            mask (torch.Tensor): True at valid frames, shape ``(B, T)``.
+            mask (torch.Tensor | None): True at valid frames, shape ``(B, T)``; None
+                when every frame is valid.
 
         Returns:
             torch.Tensor: Shape ``(B, out_dim)``.
         """
-        pooled = self.norm(masked_mean_std(audio, mask))
+        pooled = self.norm(masked_mean_std(audio, all_valid(audio) if mask is None else mask))
         if self.training or not self.swapout_samples:
             return self.net(pooled)
         return average_stochastic_passes(self.net, pooled, self.swapout_samples)

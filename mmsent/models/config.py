@@ -28,16 +28,22 @@ from pathlib import Path
 import torch
 from huggingface_hub import PyTorchModelHubMixin
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_model
+from safetensors.torch import save_file
 from torch import nn
 
 from mmsent.errors import ConfigError
+from mmsent.models.rebuilt import fill_rebuilt, omit_rebuilt
 
 ENTRY_POINT_GROUP = "mmsent.modules"
 _DOWNLOAD_ARGUMENTS = ("revision", "cache_dir", "force_download", "local_files_only", "token", "strict",
                        "proxies", "resume_download")
 CONFIG_METADATA = "mmsent_config"
 """The key of the weights file's header that holds the config the weights were saved with."""
+REBUILT_METADATA = "mmsent_rebuilt"
+"""The key of the weights file's header that records the weights left out, to be rebuilt
+from the config (:func:`~mmsent.models.rebuilt.omit_rebuilt`), with their fingerprints."""
+META_KEY = "mmsent"
+"""The checkpoint entry that holds what mmsent records beside the weights."""
 REGISTRY: dict[str, type[nn.Module]] = {}
 """Class path -> class, of every module a record may name (:func:`register`)."""
 
@@ -134,9 +140,7 @@ class HubMixin(PyTorchModelHubMixin, library_name="mmsent", tags=["mmsent"]):
         raise ConfigError(f"{model_file}: mmsent reads weights from model.safetensors only")
 
     def _save_pretrained(self, save_directory: Path) -> None:
-        # The config goes into the weights' header too, so a config.json changed afterwards is noticed.
-        save_model(self, str(Path(save_directory) / "model.safetensors"),
-                   metadata={"format": "pt", CONFIG_METADATA: json.dumps(self._hub_mixin_config)})
+        save_weights(self, Path(save_directory) / "model.safetensors", self._hub_mixin_config)
         # huggingface_hub would write the config with sorted keys, reordering input_dims.
         (Path(save_directory) / "config.json").write_text(json.dumps(self._hub_mixin_config, indent=2))
 
@@ -257,8 +261,33 @@ def check_saved_config(path: str | Path, config: object) -> None:
                           f"{_first_difference(_parsed(saved), config)}; restore it or export again")
 
 
+def save_weights(module: nn.Module, path: Path, config: object) -> None:
+    """Writes a module's weights as ``.safetensors``, each tensor once, leaving out the
+    frozen ones its config rebuilds (a pretrained word-piece table).
+
+    The header records the config (so a ``config.json`` changed afterwards is noticed,
+    :func:`check_saved_config`) and the fingerprint of each weight left out (so loading
+    checks that the config rebuilds the same ones, :func:`load_strict`).
+
+    Args:
+        module (nn.Module): The module.
+        path (Path): The file to write.
+        config (object): The JSON-able config it is built from.
+    """
+    state = module.state_dict()
+    omitted = omit_rebuilt(module, state)
+    metadata = {"format": "pt", CONFIG_METADATA: json.dumps(config)}
+    if omitted:
+        metadata[REBUILT_METADATA] = json.dumps(omitted)
+    save_file({name: tensor.contiguous() for name, tensor in state.items()}, str(path), metadata=metadata)
+
+
 def load_strict(module: nn.Module, path: str | Path) -> None:
     """Loads a ``.safetensors`` file into a module, every tensor accounted for.
+
+    The only tensors the file may lack are those the module rebuilds from its config
+    (``rebuilt_state_keys()``) that its header lists as left out, and only when the
+    module rebuilds exactly the weights that were saved (same fingerprint).
 
     Args:
         module (nn.Module): The module, built from its config.
@@ -266,15 +295,22 @@ def load_strict(module: nn.Module, path: str | Path) -> None:
 
     Raises:
         ConfigError: If the file is unreadable, or a tensor is missing, unexpected, of
-            another shape or dtype or not finite, naming the file and the tensors.
+            another shape or dtype or not finite, or left out but rebuilt otherwise,
+            naming the file and the tensors.
     """
     try:
         with safe_open(str(path), framework="pt") as weights:
             state = {name: weights.get_tensor(name) for name in weights.keys()}  # noqa: SIM118
+            omitted = _parsed((weights.metadata() or {}).get(REBUILT_METADATA, "{}"))
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise ConfigError(f"{path}: not a readable safetensors file ({error})") from error
-    check_state(module, state, str(path))
-    module.load_state_dict(state)
+    rebuilt = omit_rebuilt(module, module.state_dict())
+    if not isinstance(omitted, dict) or not set(omitted) <= set(rebuilt):
+        claimed = sorted(set(omitted) - set(rebuilt)) if isinstance(omitted, dict) else [str(omitted)[:60]]
+        raise ConfigError(f"{path}: the header lists as rebuilt from the config {_names(claimed)}, which the "
+                          f"model does not rebuild")
+    check_state(module, state, str(path), omitted=frozenset(omitted))
+    module.load_state_dict(fill_rebuilt(state, module, omitted, "", str(path)))
 
 
 def _parsed(text: str) -> object:

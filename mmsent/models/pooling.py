@@ -5,6 +5,19 @@ from __future__ import annotations
 import torch
 
 
+def all_valid(x: torch.Tensor) -> torch.Tensor:
+    """A mask that counts every position of a batch as valid.
+
+    Args:
+        x (torch.Tensor): A batch whose first two dimensions are batch and position
+            (token ids ``(B, L)`` or vectors ``(B, L, D)``).
+
+    Returns:
+        torch.Tensor: True everywhere, shape ``(B, L)``.
+    """
+    return torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+
+
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Averages the valid steps of a sequence.
 

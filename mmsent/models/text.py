@@ -7,7 +7,7 @@ from torch import nn
 
 from mmsent.models.config import HubMixin, init_args
 from mmsent.models.dropout import make_dropout
-from mmsent.models.pooling import masked_max, masked_mean
+from mmsent.models.pooling import all_valid, masked_max, masked_mean
 from mmsent.models.recurrent import lstm_over_lengths
 from mmsent.pretrained import resolve_model_path
 
@@ -119,16 +119,19 @@ class TextLSTMEncoder(nn.Module, HubMixin):
         frozen_copy = self.pretrained_embeddings is not None and not self.embed.weight.requires_grad
         return ["embed.weight"] if frozen_copy else []
 
-    def forward(self, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, text: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Encodes a padded batch.
 
         Args:
             text (torch.Tensor): Token ids ``(B, L)`` or vectors ``(B, L, D)``.
-            mask (torch.Tensor): True at real tokens, shape ``(B, L)``.
+            mask (torch.Tensor | None): True at real tokens, shape ``(B, L)``; None
+                when every position is a real token.
 
         Returns:
             torch.Tensor: Shape ``(B, out_dim)``.
         """
+        if mask is None:
+            mask = all_valid(text)
         x = self.input_dropout(self.embed(text))
         out, h = lstm_over_lengths(self.lstm, x, mask.sum(1).clamp(min=1))
         if self.pooling == "last":

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
+from mmsent.errors import CommandParser
 from mmsent.pipeline.runner import run
 
 
@@ -15,8 +15,8 @@ def main(args: list[str] | None = None) -> None:
     Args:
         args (list[str] | None): Arguments after ``pipeline``; None reads ``sys.argv``.
     """
-    parser = argparse.ArgumentParser(prog="mmsent pipeline",
-                                     description="Run the stages of a pipeline file in order.")
+    parser = CommandParser(prog="mmsent pipeline",
+                           description="Run the stages of a pipeline file in order.")
     sub = parser.add_subparsers(dest="command", required=True)
     runner = sub.add_parser("run", help="run (or resume) a pipeline file",
                             epilog="after --, arguments added to every stage (e.g. -- --trainer.max_epochs=2)")

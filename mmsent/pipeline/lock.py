@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Self
 
+from filelock import FileLock, Timeout
+
 from mmsent.errors import ConfigError
 
 LOCK_FILE = "run.lock"
@@ -17,9 +19,10 @@ LOCK_FILE = "run.lock"
 class RunLock:
     """Holds ``<output_dir>/run.lock`` while a pipeline runs, as a context manager.
 
-    The file records the holder's pid, host and start time. A second run on the same
-    folder refuses to start, naming the first; a lock left by a process that is no
-    longer alive on this host (a run killed with SIGKILL) is taken over.
+    The lock is ``filelock``'s: the operating system releases it when its process
+    ends, however it ends, so a lock file left by a run killed with SIGKILL is taken
+    over. The file records the holder's pid, host and start time, and a second run on
+    the same folder refuses to start, naming the first; the file goes on release.
 
     Args:
         folder (Path): The pipeline's output folder.
@@ -27,7 +30,12 @@ class RunLock:
 
     def __init__(self, folder: Path) -> None:
         self.path = Path(folder) / LOCK_FILE
-        self.held = False
+        self._lock = FileLock(self.path, timeout=0, on_acquired=_record_holder)
+
+    @property
+    def held(self) -> bool:
+        """bool: Whether this run holds the lock."""
+        return self._lock.is_locked
 
     def __enter__(self) -> Self:
         self.acquire()
@@ -40,55 +48,36 @@ class RunLock:
         """Takes the lock.
 
         Raises:
-            ConfigError: If another live run holds it, naming its pid and host.
+            ConfigError: If another live run holds it, naming its pid, host and start.
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-        for _ in range(2):
-            try:
-                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._holder()
-                if not self._stale(holder):
-                    raise ConfigError(
-                        f"{self.path.parent}: another pipeline run is using this folder (pid "
-                        f"{holder.get('pid')} on host {holder.get('host')}, started {holder.get('started')}); "
-                        f"wait for it to end, or delete {self.path} if it is no longer running") from None
-                self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(descriptor, "w") as stream:
-                json.dump(me, stream)
-            self.held = True
-            return
-        raise ConfigError(f"{self.path}: could not take the lock; another run took it meanwhile")
+        try:
+            self._lock.acquire()
+        except Timeout:
+            holder = self._holder()
+            raise ConfigError(
+                f"{self.path.parent}: another pipeline run is using this folder (pid "
+                f"{holder.get('pid')} on host {holder.get('host')}, started {holder.get('started')}); "
+                f"wait for it to end, or delete {self.path} if it is no longer running") from None
 
     def release(self) -> None:
-        """Gives the lock back, if this run holds it."""
-        if self.held:
+        """Gives the lock back, if this run holds it, and removes the file."""
+        if self._lock.is_locked:
+            # Removed while still held: a run that opened this file meanwhile finds it
+            # unlinked once it gets the lock, and filelock has it take a fresh one.
             self.path.unlink(missing_ok=True)
-            self.held = False
+            self._lock.release()
 
     def _holder(self) -> dict:
         try:
             return json.loads(self.path.read_text())
         except (OSError, ValueError):
-            # Being written by the run that just created it, or left empty by a crash.
-            try:
-                age = time.time() - self.path.stat().st_mtime
-            except OSError:
-                age = 0.0
-            return {"pid": "?", "host": "?", "started": "just now", "abandoned": age > 10}
+            # Taken a moment ago, its holder not yet written down.
+            return {"pid": "?", "host": "?", "started": "just now"}
 
-    @staticmethod
-    def _stale(holder: dict) -> bool:
-        if holder.get("abandoned"):
-            return True
-        if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
-            return False
-        try:
-            os.kill(holder["pid"], 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
+
+def _record_holder(descriptor: int) -> None:
+    me = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                     "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode()
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, me, 0)

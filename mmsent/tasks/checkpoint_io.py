@@ -24,9 +24,7 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from mmsent.errors import ConfigError, MissingFileError, WriteError
 from mmsent.io import no_room, write_failure
-
-META_KEY = "mmsent"
-"""The checkpoint entry that holds what mmsent records beside the weights."""
+from mmsent.models.config import META_KEY
 
 ZIP_SIGNATURE = b"PK\x03\x04"
 

@@ -32,7 +32,7 @@ from mmsent.models.fusion import RegressionHead
 from mmsent.models.generative import GENERATORS, EmbeddingGenerator
 from mmsent.models.unimodal import UnimodalModel
 from mmsent.tasks.checkpoint_io import META_KEY, read_checkpoint, require_entries
-from mmsent.tasks.rebuilt import fill_rebuilt, weights_digest
+from mmsent.models.rebuilt import fill_rebuilt, weights_digest
 
 EncoderFactory = Callable[[int], nn.Module]
 

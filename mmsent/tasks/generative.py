@@ -39,7 +39,7 @@ from mmsent.models.generative import (
 from mmsent.optim import build_param_groups, has_schedules
 from mmsent.tasks.base import BaseTask
 from mmsent.tasks.checkpoints import EncoderFactory, build_encoders, encoder_config
-from mmsent.tasks.rebuilt import weights_digest
+from mmsent.models.rebuilt import weights_digest
 
 GeneratorFactory = Callable[[int], EmbeddingGenerator]
 

@@ -114,7 +114,7 @@ def fill_rebuilt(state: dict, module: nn.Module, omitted: dict[str, dict], prefi
             continue  # not part of this module; load_state_dict names anything missing
         found = fingerprint(own[local])
         if found != expected:
-            raise ConfigError(f"{what}: {key} was left out of the checkpoint, to be rebuilt from the "
+            raise ConfigError(f"{what}: {key} was left out of the saved weights, to be rebuilt from the "
                              f"configuration (a frozen pretrained table), but the configured module "
                              f"rebuilds other weights (shape {found['shape']} vs {expected['shape']}); "
                              f"configure the same pretrained_embeddings as the run that saved it")
