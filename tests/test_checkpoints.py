@@ -12,9 +12,9 @@ import torch
 from mmsent.errors import ConfigError
 from mmsent.models import AcousticMLPEncoder, ConditionalVAE, TextLSTMEncoder
 from mmsent.models.fusion import GatedResidualFusion
+from mmsent.models.rebuilt import fingerprint, rebuilt_fingerprint, tensor_digest, weights_digest
 from mmsent.tasks import FusionTask, GenerativeTask, UnimodalTask
 from mmsent.tasks.checkpoints import META_KEY
-from mmsent.models.rebuilt import fingerprint, rebuilt_fingerprint, tensor_digest, weights_digest
 
 INPUT_DIMS = {"text": 6, "audio": 5}
 TEXT = partial(TextLSTMEncoder, input_kind="vectors", embed_dim=8, hidden_dim=8, out_dim=8)

@@ -324,8 +324,8 @@ def test_mmsent_alone_or_with_help_lists_every_command_and_each_has_its_help(cap
     (["score", "models/x"], "mmsent score: the following arguments are required: input (see mmsent score --help)"),
     (["score", "m", "x", "--format", "xml"], "mmsent score: argument --format: invalid choice: 'xml'"),
     (["pipeline", "go"], "mmsent pipeline: argument command: invalid choice: 'go'"),
-    (["trian"], "'trian' is not an mmsent command; the commands: fit, validate, test, predict, pipeline, export, "
-                "score (see mmsent --help)"),
+    (["trian"], ("'trian' is not an mmsent command; the commands: fit, validate, test, predict, pipeline, export, "
+                "score (see mmsent --help)")),
 ])
 def test_a_command_line_that_does_not_parse_gets_the_one_line_form(args, message, capsys):
     with pytest.raises(SystemExit) as stop:

@@ -22,7 +22,21 @@ _HOMES = {
     "collate": "batches",
 }
 
-__all__ = sorted(_HOMES)
+__all__ = [
+    "DataSource",
+    "DatasetSpec",
+    "FeatureSource",
+    "FeatureTableSource",
+    "GeneratedSource",
+    "LMTokenStates",
+    "MMSAPickleSource",
+    "MOSISource",
+    "MultimodalDataModule",
+    "RawClipSource",
+    "SDKSource",
+    "TranscriptText",
+    "collate",
+]
 
 
 def __getattr__(name: str):

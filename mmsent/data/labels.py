@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from mmsent.data.schema import check_label, check_split, make_id

@@ -31,8 +31,8 @@ from mmsent.models.config import (
     save_weights,
 )
 from mmsent.models.late_fusion import LateFusionModel
-from mmsent.pretrained import hub_offline_reason, looks_like_path
 from mmsent.models.rebuilt import omit_rebuilt
+from mmsent.pretrained import hub_offline_reason, looks_like_path
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"

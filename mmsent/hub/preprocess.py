@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mmsent.data.clip_files import ClipMedia, media_for_file
 from mmsent.data.batches import collate, to_row
+from mmsent.data.clip_files import ClipMedia, media_for_file
 from mmsent.data.schema import MODALITIES, DatasetSpec
 from mmsent.data.sources import RawClipSource, clip_record
 from mmsent.errors import ConfigError, MissingFileError

@@ -19,10 +19,10 @@ from torchmetrics.aggregation import CatMetric
 from mmsent.data.schema import MODALITIES
 from mmsent.errors import NonFiniteError
 from mmsent.metrics import BatchMean, baseline_metrics, split_metrics
+from mmsent.models.rebuilt import fill_rebuilt, omit_rebuilt
 from mmsent.optim import build_param_groups, has_schedules, has_step_warmup, per_group_scheduler
 from mmsent.regularization import Regularizer
 from mmsent.tasks.checkpoints import META_KEY
-from mmsent.models.rebuilt import fill_rebuilt, omit_rebuilt
 
 LOSSES = {"l1": nn.functional.l1_loss, "mse": nn.functional.mse_loss,
           "huber": nn.functional.smooth_l1_loss}

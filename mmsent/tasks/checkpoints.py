@@ -30,9 +30,9 @@ from mmsent.models.config import (
 )
 from mmsent.models.fusion import RegressionHead
 from mmsent.models.generative import GENERATORS, EmbeddingGenerator
+from mmsent.models.rebuilt import fill_rebuilt, weights_digest
 from mmsent.models.unimodal import UnimodalModel
 from mmsent.tasks.checkpoint_io import META_KEY, read_checkpoint, require_entries
-from mmsent.models.rebuilt import fill_rebuilt, weights_digest
 
 EncoderFactory = Callable[[int], nn.Module]
 

@@ -36,10 +36,10 @@ from mmsent.models.generative import (
     sample_quality,
     split_embeddings,
 )
+from mmsent.models.rebuilt import weights_digest
 from mmsent.optim import build_param_groups, has_schedules
 from mmsent.tasks.base import BaseTask
 from mmsent.tasks.checkpoints import EncoderFactory, build_encoders, encoder_config
-from mmsent.models.rebuilt import weights_digest
 
 GeneratorFactory = Callable[[int], EmbeddingGenerator]
 
