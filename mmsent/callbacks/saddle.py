@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import inspect
-import math
 import time
 from functools import partial
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from mmsent.diagnostics.plateau import PlateauDetector
 from mmsent.diagnostics.probe import probe_neighbourhood
 from mmsent.diagnostics.saddle import (
     DEFAULT_CURVATURE_TOL,
@@ -21,6 +21,7 @@ from mmsent.diagnostics.saddle import (
     is_indefinite,
     smooth_l1_surrogate,
 )
+from mmsent.diagnostics.steps import EvalMode, escape_along, first_rows, loss_from_outputs, rows_of
 from mmsent.diagnostics.vectors import LossFn, Vector, axpy, norm, scale
 
 # The monitor's Lanczos budget and tolerance: a saddle verdict needs no convergence
@@ -35,83 +36,6 @@ MONITOR_RTOL = 1e-2
 # when the budget is spent but for this share, kept for the probes.
 MIN_CHECK_STEPS = 5.0
 PROBE_SHARE = 0.2
-
-
-def _rows_of(batch: Any) -> int | None:
-    """The number of samples in a batch: its ``label``'s length, else its first tensor's."""
-    if isinstance(batch, dict) and isinstance(batch.get("label"), Tensor):
-        return len(batch["label"])
-    values = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, list | tuple) else [batch]
-    for value in values:
-        if isinstance(value, Tensor) and value.ndim:
-            return len(value)
-        rows = _rows_of(value) if isinstance(value, dict | list | tuple) else None
-        if rows is not None:
-            return rows
-    return None
-
-
-def first_rows(batch: Any, count: int, rows: int) -> Any:
-    """Copies the first ``count`` samples of a batch (dicts, lists and tuples of tensors
-    and per-sample lists, as collated), leaving anything that is not per sample whole.
-
-    Args:
-        batch (Any): The batch.
-        count (int): Samples to keep.
-        rows (int): The batch's number of samples; a tensor or list of that length
-            along its first dimension is per sample.
-
-    Returns:
-        Any: The subsample, detached from the batch's storage.
-    """
-    if isinstance(batch, Tensor):
-        return batch[:count].clone() if batch.ndim and len(batch) == rows else batch
-    if isinstance(batch, dict):
-        return {key: first_rows(value, count, rows) for key, value in batch.items()}
-    if isinstance(batch, list | tuple):
-        if len(batch) == rows and not any(isinstance(v, Tensor | dict | list | tuple) for v in batch):
-            return type(batch)(batch[:count])
-        return type(batch)(first_rows(value, count, rows) for value in batch)
-    return batch
-
-
-def _loss_from_outputs(outputs: Any) -> Tensor | None:
-    """Extracts the training loss from what ``training_step`` returned.
-
-    Args:
-        outputs (Any): A tensor, a dict with ``"loss"``, or ``None``.
-
-    Returns:
-        Tensor | None: The detached loss, or ``None`` if there is none.
-    """
-    if isinstance(outputs, dict):
-        outputs = outputs.get("loss")
-    if isinstance(outputs, Tensor):
-        return outputs.detach()
-    return None
-
-
-class _EvalMode:
-    """Context manager that puts a module in eval mode and restores every submodule's
-    own train/eval flag afterwards (``module.train()`` would also wake up submodules that
-    were deliberately frozen in eval mode).
-
-    Args:
-        module (nn.Module): The model.
-    """
-
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module
-        self.modes: list[tuple[nn.Module, bool]] = []
-
-    def __enter__(self) -> nn.Module:
-        self.modes = [(m, m.training) for m in self.module.modules()]
-        self.module.eval()
-        return self.module
-
-    def __exit__(self, *exc_info: object) -> None:
-        for m, training in self.modes:
-            m.training = training
 
 
 class SaddlePointMonitor(pl.Callback):
@@ -278,8 +202,7 @@ class SaddlePointMonitor(pl.Callback):
 
     def _reset(self) -> None:
         """Forgets the windows, the subsample, the warm start and the time accounts."""
-        self._current: list[Tensor] = []
-        self._window_means: list[float] = []
+        self._plateau = PlateauDetector(self.window, self.min_rel_improvement)
         self._steps_since_check = 0
         self._check_batch: Any = None
         self._start: Vector | None = None
@@ -333,7 +256,7 @@ class SaddlePointMonitor(pl.Callback):
         if self._last_step_end is not None:
             self._train_seconds += now - self._last_step_end
         self._last_step_end = now
-        loss = _loss_from_outputs(outputs)
+        loss = loss_from_outputs(outputs)
         if loss is None:
             return
         self._steps += 1
@@ -362,40 +285,12 @@ class SaddlePointMonitor(pl.Callback):
         return self.max_overhead * self._train_seconds - self._check_seconds
 
     def _due(self, loss: Tensor) -> str | None:
-        """Adds a loss to the current window and decides whether a check is due.
-
-        Args:
-            loss (Tensor): The step's detached loss.
-
-        Returns:
-            str | None: ``"plateau"``, ``"schedule"`` or ``None``.
-        """
-        self._current.append(loss)
-        if len(self._current) == self.window:
-            # One device sync per window rather than per step.
-            self._window_means.append(float(torch.stack(self._current).float().mean()))
-            self._window_means = self._window_means[-2:]
-            self._current = []
-            if len(self._window_means) == 2 and self._stalled(*self._window_means):
-                return "plateau"
+        """str | None: Why a check is due after this loss: ``"plateau"``, ``"schedule"``."""
+        if self._plateau.add(loss):
+            return "plateau"
         if self.every_n_steps is not None and self._steps_since_check >= self.every_n_steps:
             return "schedule"
         return None
-
-    def _stalled(self, previous: float, current: float) -> bool:
-        """Tells whether the window mean improved by less than the threshold.
-
-        Args:
-            previous (float): The earlier window mean.
-            current (float): The later window mean.
-
-        Returns:
-            bool: Whether training has stalled; ``False`` for non-finite losses.
-        """
-        if not (math.isfinite(previous) and math.isfinite(current)):
-            return False
-        improvement = (previous - current) / max(abs(previous), 1e-12)
-        return improvement < self.min_rel_improvement
 
     def _loss_fn(self, pl_module: pl.LightningModule, batch: Any) -> tuple[LossFn, bool]:
         """The loss a check evaluates, and whether it is the smooth L1 surrogate."""
@@ -411,7 +306,7 @@ class SaddlePointMonitor(pl.Callback):
         if self.subsample is None:
             return batch
         if self._check_batch is None:
-            rows = _rows_of(batch)
+            rows = rows_of(batch)
             self._check_batch = batch if rows is None else first_rows(batch, min(self.subsample, rows), rows)
         return self._check_batch
 
@@ -435,14 +330,14 @@ class SaddlePointMonitor(pl.Callback):
             reason (str): Why the check runs, for :attr:`history`.
         """
         self._steps_since_check = 0
-        self._current, self._window_means = [], []
+        self._plateau.reset()
         params = [p for p in pl_module.parameters() if p.requires_grad]
         if not params:
             return
         seed = self.seed + len(self.history)
         loss_fn, surrogate = self._loss_fn(pl_module, self._check_input(batch))
 
-        with _EvalMode(pl_module), torch.enable_grad():
+        with EvalMode(pl_module), torch.enable_grad():
             diagnosis = diagnose_critical_point(
                 loss_fn, params, self.iterations, self.rtol, self.grad_tol, self.tol, seed,
                 self.grad_rtol, self._warm_start(params), self.curvature_rtol, self._deadline,
@@ -459,8 +354,8 @@ class SaddlePointMonitor(pl.Callback):
             indefinite = is_indefinite(spectrum.lambda_max, spectrum.lambda_min, flat)
             escape_delta = None
             if self.escape and indefinite:
-                escape_delta = self._escape(
-                    loss_fn, params, spectrum.eigenvector_min, probe.base_loss
+                escape_delta = escape_along(
+                    loss_fn, params, spectrum.eigenvector_min, probe.base_loss, self.escape_step
                 )
         record = {
             "step": trainer.global_step,
@@ -484,43 +379,6 @@ class SaddlePointMonitor(pl.Callback):
         }
         self.history.append(record)
         self._log(pl_module, record)
-
-    @torch.no_grad()
-    def _escape(
-        self, loss_fn: LossFn, params: list[Tensor], direction: Vector, base_loss: float
-    ) -> float | None:
-        """Moves the parameters by ``±escape_step * direction``, whichever sign lowers the
-        loss more, or leaves them if neither lowers it.
-
-        Args:
-            loss_fn (LossFn): Zero-argument callable returning the loss.
-            params (list[Tensor]): The parameters, moved in place.
-            direction (Vector): The unit negative-curvature direction.
-            base_loss (float): The loss before the move.
-
-        Returns:
-            float | None: The loss change of the step taken, or ``None`` if none was.
-        """
-        # Every trial starts from a saved copy so that undoing a trial is bit-exact.
-        saved = [p.detach().clone() for p in params]
-        deltas = {}
-        for sign in (1.0, -1.0):
-            self._move(params, saved, direction, sign * self.escape_step)
-            deltas[sign] = float(loss_fn()) - base_loss
-        sign = min(deltas, key=deltas.__getitem__)
-        if deltas[sign] >= 0:
-            self._move(params, saved, direction, 0.0)
-            return None
-        self._move(params, saved, direction, sign * self.escape_step)
-        return deltas[sign]
-
-    @staticmethod
-    def _move(params: list[Tensor], origin: Vector, direction: Vector, step: float) -> None:
-        """Sets the parameters to ``origin + step * direction`` in place."""
-        for p, o, d in zip(params, origin, direction, strict=True):
-            p.copy_(o)
-            if step:
-                p.add_(d, alpha=step)
 
     @staticmethod
     def _log(pl_module: pl.LightningModule, record: dict[str, Any]) -> None:
