@@ -6,6 +6,7 @@ header = row 1), column and the value as written.
 
 from __future__ import annotations
 
+import csv
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -62,6 +63,7 @@ def read_label_table(path: Path, labelled: bool = True) -> pd.DataFrame:
         raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
     if table.empty:
         raise ConfigError(f"{path}: no clip: the table has a header but no row")
+    check_row_lengths(path)
     for column in ("text", "label", "mode", "media"):
         if column not in table.columns:
             table[column] = ""
@@ -110,3 +112,21 @@ def check_utf8(path: Path) -> None:
                 raise ConfigError(
                     f"{path}, row {number}: not UTF-8 (byte {line[error.start:error.start + 1]!r} at "
                     f"column {error.start + 1}); save the file as UTF-8") from None
+
+
+def check_row_lengths(path: Path) -> None:
+    """Checks that every row of a CSV table has one cell per column (pandas would fill
+    a short row's missing cells with empty strings).
+
+    Args:
+        path (Path): The table, UTF-8.
+
+    Raises:
+        ConfigError: Naming the file, the row (header = row 1) and both counts.
+    """
+    with path.open(newline="", encoding="utf-8") as stream:
+        rows = csv.reader(stream)
+        columns = len(next(rows, []))
+        for number, row in enumerate((r for r in rows if r), start=2):
+            if len(row) != columns:
+                raise ConfigError(f"{path}, row {number}: {len(row)} cell(s) under {columns} columns")

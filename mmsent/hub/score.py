@@ -255,7 +255,7 @@ def score(model_dir: str, target: str, output: str | None = None, kind: str | No
     check_output(output, model_dir, path)
     model = load_model(model_dir)
     if path.is_dir():
-        ext = model.config["preprocessing"]["video"]["container"]
+        ext = (model.config["preprocessing"].get("video") or {}).get("container")
         clips, _ = folder_clips(path, split, ext)
     elif path.is_file():
         clips = [single_clip(path, text)]
