@@ -170,18 +170,26 @@ def write_folder(target: Path, write: Callable[[Path], None]) -> Path:
 
 def _sync_tree(folder: Path, files: bool = True) -> None:
     # A rename is durable only once the renamed files' contents and the folder's entries are on disk.
-    paths = [p for p in folder.rglob("*") if files] + [folder]
-    for path in paths:
-        try:
-            descriptor = os.open(path, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            os.fsync(descriptor)
-        except OSError:
-            pass
-        finally:
-            os.close(descriptor)
+    for path in [p for p in folder.rglob("*") if files] + [folder]:
+        sync_path(path)
+
+
+def sync_path(path: Path) -> None:
+    """Flushes a file's or a folder's entries to disk, where the system allows it.
+
+    Args:
+        path (Path): The file or folder; one that cannot be opened is left alone.
+    """
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
 
 
 def save_json(path: Path, payload) -> None:

@@ -23,7 +23,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from mmsent.errors import ConfigError, MissingFileError, WriteError
-from mmsent.io import no_room, write_failure
+from mmsent.io import no_room, sync_path, write_failure
 from mmsent.models.config import META_KEY
 
 ZIP_SIGNATURE = b"PK\x03\x04"
@@ -113,21 +113,7 @@ def atomic_torch_save(checkpoint: Any, path: str | Path) -> None:
         if isinstance(error, OSError):
             raise OSError(error.errno, f"writing checkpoint {path} failed: {error.strerror or error}") from error
         raise
-    _sync_folder(path.parent)
-
-
-def _sync_folder(folder: Path) -> None:
-    # The rename is durable only once the folder's entry is on disk.
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
+    sync_path(path.parent)  # the rename is durable only once the folder's entry is on disk
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
