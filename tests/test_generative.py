@@ -175,7 +175,9 @@ def test_bigan_encoder_learns_to_invert_its_generator(toy):
         return float(torch.nn.functional.cosine_similarity(code, noise).mean())
 
     before = recon_error()
-    train(bigan, toy["x"], toy["y"], steps=400)
+    # 400 steps left the error at 0.26-0.49 of its start over seeds and thread counts;
+    # 800 leave it at 0.25-0.39.
+    train(bigan, toy["x"], toy["y"], steps=800)
     assert recon_error() < 0.45 * before
     assert latent_recovery() > 0.4
 
