@@ -208,3 +208,9 @@ def test_minilm_leaves_only_a_frozen_table_out_of_checkpoints():
     assert "transformer.embeddings.word_embeddings.weight" not in trainable
     encoder.freeze_embeddings = False
     assert encoder.rebuilt_state_keys() == []
+
+
+def test_no_mask_counts_every_token_as_real():
+    torch.manual_seed(0)
+    encoder, ids = tiny_encoder().eval(), torch.randint(1, VOCAB, (2, 5))
+    assert torch.allclose(encoder(ids), encoder(ids, torch.ones(2, 5, dtype=torch.bool)), atol=1e-6)

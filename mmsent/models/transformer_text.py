@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from mmsent.models.config import HubMixin, init_args
-from mmsent.models.pooling import masked_mean
+from mmsent.models.pooling import all_valid, masked_mean
 from mmsent.pretrained import resolve_model_path
 
 POOLINGS = ("mean", "cls")
@@ -154,13 +154,14 @@ class TransformerTextEncoder(nn.Module, HubMixin):
         layers[-1] += list(self.project.parameters())
         return [bottom, *layers]
 
-    def forward(self, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, text: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Encodes a padded batch of token ids.
 
         Args:
             text (torch.Tensor): Token ids ``(B, L)``.
-            mask (torch.Tensor): True at real tokens, shape ``(B, L)``; padded positions
-                are neither attended to nor pooled.
+            mask (torch.Tensor | None): True at real tokens, shape ``(B, L)``; padded
+                positions are neither attended to nor pooled. None: every position is
+                a real token.
 
         Returns:
             torch.Tensor: Shape ``(B, out_dim)``.
@@ -171,6 +172,8 @@ class TransformerTextEncoder(nn.Module, HubMixin):
         if text.is_floating_point():
             raise ValueError("TransformerTextEncoder reads token ids, but the text input is vectors: "
                              "leave data.source.init_args.text_features unset")
+        if mask is None:
+            mask = all_valid(text)
         states = self.transformer(input_ids=text, attention_mask=mask.long()).last_hidden_state
         pooled = states[:, 0] if self.pooling == "cls" else masked_mean(states, mask)
         return self.project(self.dropout(pooled))
