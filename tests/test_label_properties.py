@@ -9,7 +9,6 @@ import math
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from test_safe_load import write_tiny_model
 
 from mmsent.data.labels import read_label_table
