@@ -15,10 +15,11 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from mmsent.errors import WriteError
+from mmsent.errors import ConfigError, WriteError
 
 # A write that fails for want of room: the disk or quota is full, or the file would
 # pass the process's size limit (``ulimit -f``).
@@ -190,6 +191,26 @@ def sync_path(path: Path) -> None:
         pass
     finally:
         os.close(descriptor)
+
+
+def read_json(path: Path, what: str = "valid JSON", remedy: str = "") -> Any:
+    """Reads a JSON file that may come from anyone, naming it when it cannot be read.
+
+    Args:
+        path (Path): The file.
+        what (str): What the file should be, for the message (``not <what>``).
+        remedy (str): What to do about it, appended to the message.
+
+    Returns:
+        Any: The parsed content.
+
+    Raises:
+        ConfigError: If the file is not UTF-8 or not JSON, naming it and the place.
+    """
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{path}: not {what} ({error})" + (f"; {remedy}" if remedy else "")) from None
 
 
 def save_json(path: Path, payload) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from mmsent import SentimentModel
-from mmsent.hub.export import read_manifest, stage_data
+from mmsent.hub.export import run_manifest, stage_data
 from mmsent.hub.score import folder_clips
 
 
@@ -42,7 +42,7 @@ def measure(args: argparse.Namespace) -> dict:
     model = SentimentModel.from_pretrained(args.model)
     with torch.inference_mode():
         if args.mode == "cached":
-            manifest = read_manifest(Path(args.run_dir))
+            manifest = run_manifest(Path(args.run_dir))
             stage = [s for s in manifest["stages"].values() if s.get("predictions")][-1]
             loader = stage_data(stage["config"]).split_dataloader(args.split)
             start, count = time.perf_counter(), 0

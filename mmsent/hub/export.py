@@ -30,22 +30,25 @@ from mmsent.hub.card import model_card
 from mmsent.hub.model import CONFIG_FILE, FORMAT_VERSION, SentimentModel
 from mmsent.hub.preprocess import TOKENIZER_FILE, WORD_TOKENIZER, preprocessing_settings
 from mmsent.io import write_folder
+from mmsent.pipeline.manifest import read_manifest
 from mmsent.pipeline.report import report_rows
 from mmsent.tasks.checkpoints import META_KEY, load_fused, read_checkpoint
 
 MANIFEST_FILE = "manifest.json"
 
 
-def read_manifest(run_dir: Path) -> dict:
-    """dict: A pipeline output folder's manifest.
+def run_manifest(run_dir: Path) -> dict:
+    """dict: A pipeline output folder's manifest, checked as the pipeline checks it
+    (:func:`mmsent.pipeline.manifest.read_manifest`).
 
     Raises:
         MissingFileError: If the folder holds none.
+        ConfigError: If it is not a manifest.
     """
     path = run_dir / MANIFEST_FILE
     if not path.is_file():
         raise MissingFileError(f"{run_dir}: no {MANIFEST_FILE}; give the output_dir of a pipeline run")
-    return json.loads(path.read_text())
+    return read_manifest(path)
 
 
 def fused_stage(manifest: dict, run_dir: Path, stage: str | None) -> tuple[str, str, dict]:
@@ -239,7 +242,7 @@ def folder_writer(run_dir: str | Path, stage: str | None = None) -> Callable[[Pa
         folder it is given.
     """
     run_dir = Path(run_dir)
-    manifest = read_manifest(run_dir)
+    manifest = run_manifest(run_dir)
     name, checkpoint_path, checkpoint = fused_stage(manifest, run_dir, stage)
     datamodule = stage_data(manifest["stages"][name]["config"])
     config = model_config(checkpoint, checkpoint_path, datamodule)

@@ -21,6 +21,7 @@ from mmsent.data.clip_files import media_for_file
 from mmsent.data.schema import MODALITIES
 from mmsent.errors import ConfigError, MissingFileError
 from mmsent.hub.preprocess import Clip, PreparedClip, Preprocessor
+from mmsent.io import read_json
 from mmsent.models.config import (
     META_KEY,
     HubMixin,
@@ -352,10 +353,7 @@ def read_config(path: Path) -> dict:
     Raises:
         ConfigError: If it is not JSON, not an object, or fails :func:`check_config`.
     """
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ConfigError(f"{path}: not valid JSON ({error})") from None
+    config = read_json(path)
     check_config(config, str(path))
     return config
 

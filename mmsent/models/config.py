@@ -32,6 +32,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from mmsent.errors import ConfigError
+from mmsent.io import read_json
 from mmsent.models.rebuilt import fill_rebuilt, omit_rebuilt
 
 ENTRY_POINT_GROUP = "mmsent.modules"
@@ -124,7 +125,7 @@ class HubMixin(PyTorchModelHubMixin, library_name="mmsent", tags=["mmsent"]):
         if not weights.is_file():
             raise ConfigError(f"{folder}: no model.safetensors")
         model_kwargs = {k: v for k, v in kwargs.items() if k not in _DOWNLOAD_ARGUMENTS}
-        check_saved_config(weights, json.loads((folder / "config.json").read_text()))
+        check_saved_config(weights, read_json(folder / "config.json"))
         model = cls(**model_kwargs)
         load_strict(model, weights)
         return model.to(map_location).eval()

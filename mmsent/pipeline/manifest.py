@@ -13,12 +13,11 @@ change is written at once, atomically, so a rerun after a kill finds the truth.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from mmsent.errors import ConfigError
-from mmsent.io import save_json
+from mmsent.io import read_json, save_json
 
 # What to do about a manifest that cannot be read: the stages' folders are intact.
 REMEDY = "restore it, or move it away to run every stage again"
@@ -37,10 +36,7 @@ def read_manifest(path: Path) -> dict:
         ConfigError: If the file is not JSON or not laid out as a manifest, naming it
             and the entry at fault.
     """
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: not a readable manifest ({error}); {REMEDY}") from None
+    data = read_json(path, "a readable manifest", REMEDY)
     if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
         raise ConfigError(f"{path}: not a manifest (no 'stages' mapping); {REMEDY}")
     for name, record in data["stages"].items():
