@@ -309,3 +309,11 @@ def test_a_folder_exported_before_weights_recorded_their_config_loads_as_before(
     save_file(state, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
     with torch.no_grad():
         assert torch.equal(SentimentModel.from_pretrained(tmp_path)(tiny_batch()), model.eval()(tiny_batch()))
+
+
+def test_a_cut_config_of_an_encoder_folder_is_named(tmp_path):
+    folder = tmp_path / "encoder"
+    AcousticMLPEncoder(input_dim=4, hidden_dims=[8], out_dim=3).save_pretrained(folder)
+    (folder / "config.json").write_text('{"input_dim": 4,')
+    with pytest.raises(ConfigError, match=rf"{folder / 'config.json'}: not valid JSON"):
+        AcousticMLPEncoder.from_pretrained(folder)

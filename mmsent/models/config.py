@@ -117,6 +117,26 @@ class HubMixin(PyTorchModelHubMixin, library_name="mmsent", tags=["mmsent"]):
             register(cls)
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs) -> nn.Module:
+        """Loads a folder saved by ``save_pretrained`` (or a Hub repository by name).
+
+        Args:
+            pretrained_model_name_or_path (str | Path): The folder or Hub repository id.
+            **kwargs (Any): As ``huggingface_hub``'s ``from_pretrained`` takes them.
+
+        Returns:
+            nn.Module: The module, in eval mode.
+
+        Raises:
+            ConfigError: If a local folder's ``config.json`` is not JSON, naming it
+                (``huggingface_hub`` would raise a bare ``JSONDecodeError``).
+        """
+        config = Path(pretrained_model_name_or_path) / "config.json"
+        if config.is_file():
+            read_json(config)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
     def _from_pretrained(cls, *, model_id: str, map_location: str = "cpu", **kwargs) -> nn.Module:
         folder = Path(model_id)
         if not folder.is_dir():
