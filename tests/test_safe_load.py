@@ -294,11 +294,11 @@ class PluginEncoder(UserEncoder):
 def test_an_entry_point_class_loads_and_no_other_entry_point_is_imported(monkeypatch):
     from importlib.metadata import EntryPoint
 
-    import mmsent.models.config as config_module
+    import mmsent.models.registry as registry_module
 
     points = [EntryPoint("broken", "no_such_package_of_mmsent:Thing", "mmsent.modules"),
               EntryPoint("plugin", f"{__name__}:PluginEncoder", "mmsent.modules")]
-    monkeypatch.setattr(config_module, "entry_points", lambda group: [p for p in points if p.group == group])
+    monkeypatch.setattr(registry_module, "entry_points", lambda group: [p for p in points if p.group == group])
     built = build_module({"class_path": f"{__name__}.PluginEncoder", "init_args": {"input_dim": 5}})
     assert isinstance(built, PluginEncoder)  # and the broken entry point was never loaded
 

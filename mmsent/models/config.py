@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import inspect
 import json
-from importlib.metadata import entry_points
 from pathlib import Path
 
 import torch
@@ -34,8 +33,8 @@ from torch import nn
 from mmsent.errors import ConfigError
 from mmsent.io import read_json
 from mmsent.models.rebuilt import fill_rebuilt, omit_rebuilt
+from mmsent.models.registry import register, registered_class
 
-ENTRY_POINT_GROUP = "mmsent.modules"
 _DOWNLOAD_ARGUMENTS = ("revision", "cache_dir", "force_download", "local_files_only", "token", "strict",
                        "proxies", "resume_download")
 CONFIG_METADATA = "mmsent_config"
@@ -45,60 +44,6 @@ REBUILT_METADATA = "mmsent_rebuilt"
 from the config (:func:`~mmsent.models.rebuilt.omit_rebuilt`), with their fingerprints."""
 META_KEY = "mmsent"
 """The checkpoint entry that holds what mmsent records beside the weights."""
-REGISTRY: dict[str, type[nn.Module]] = {}
-"""Class path -> class, of every module a record may name (:func:`register`)."""
-
-
-def register(module_class: type[nn.Module]) -> type[nn.Module]:
-    """Lets records (a checkpoint's metadata, a model folder's ``config.json``) name a class.
-
-    mmsent builds from a record only the classes registered here; its own networks are.
-    Register your own before loading a record that names one, or declare it as an
-    entry point of the ``mmsent.modules`` group (``MyEncoder = "my_package.encoders:MyEncoder"``).
-
-    Args:
-        module_class (type[nn.Module]): The class; usable as a decorator.
-
-    Returns:
-        type[nn.Module]: The class, unchanged.
-
-    Raises:
-        TypeError: If it is not an ``nn.Module`` class.
-    """
-    if not (isinstance(module_class, type) and issubclass(module_class, nn.Module)):
-        raise TypeError(f"register: {module_class!r} is not an nn.Module class")
-    REGISTRY[f"{module_class.__module__}.{module_class.__qualname__}"] = module_class
-    if module_class.__module__.startswith("mmsent.models."):
-        # The public name too (``mmsent.models.TextLSTMEncoder``), as a user would write it.
-        REGISTRY.setdefault(f"mmsent.models.{module_class.__qualname__}", module_class)
-    return module_class
-
-
-def registered_class(path: object, what: str) -> type[nn.Module]:
-    """The registered class a record names, found without importing anything it names.
-
-    An entry point of the ``mmsent.modules`` group whose target is exactly ``path`` is
-    loaded (installed code, declared by its package); nothing else is imported.
-
-    Args:
-        path (object): The record's ``class_path``.
-        what (str): The file and key that hold it, for messages.
-
-    Returns:
-        type[nn.Module]: The class.
-
-    Raises:
-        ConfigError: If the name is not registered, naming ``what`` and how to register.
-    """
-    if isinstance(path, str):
-        if path in REGISTRY:
-            return REGISTRY[path]
-        for point in entry_points(group=ENTRY_POINT_GROUP):
-            if point.value.replace(":", ".") == path:
-                return register(point.load())
-    raise ConfigError(f"{what}: {path!r} is not a registered mmsent module, so it was not "
-                      f"imported (a file names classes, it never runs code); call mmsent.register(YourClass) "
-                      f"before loading, or declare it as a {ENTRY_POINT_GROUP!r} entry point")
 
 
 class HubMixin(PyTorchModelHubMixin, library_name="mmsent", tags=["mmsent"]):
