@@ -228,12 +228,9 @@ def collate_columns(columns: dict, spec: DatasetSpec) -> dict:
         ``m``: ``m`` (input tensor), ``m_mask`` (``(B, T)`` bool), ``m_present``
         (``(B,)`` bool). Frames come as float ``(B, 3, T, H, W)`` scaled to [-1, 1].
     """
-    batch = {
-        "id": list(columns["id"]),
-        "transcript": list(columns["transcript"]),
-        "label": torch.as_tensor(columns["label"], dtype=torch.float32),
-        "clean_label": torch.as_tensor(columns["clean_label"], dtype=torch.float32),
-    }
+    batch = {"id": list(columns["id"]), "transcript": list(columns["transcript"]),
+             "label": torch.as_tensor(columns["label"], dtype=torch.float32),
+             "clean_label": torch.as_tensor(columns["clean_label"], dtype=torch.float32)}
     for modality in (m for m in spec.modalities if m in columns):
         present = torch.as_tensor(columns[f"{modality}_present"], dtype=torch.bool)
         values = columns[modality]

@@ -225,14 +225,11 @@ class MultimodalDataModule(pl.LightningDataModule):
         else:
             batching = {"batch_size": self.batch_size, "sampler": sampler, "drop_last": drop_last}
         return DataLoader(
-            dataset,
-            **batching,
-            num_workers=self.num_workers,
+            dataset, **batching, num_workers=self.num_workers,
             collate_fn=partial(collate_columns, spec=self.spec),
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
-            multiprocessing_context=self.multiprocessing_context if self.num_workers > 0 else None,
-        )
+            multiprocessing_context=self.multiprocessing_context if self.num_workers > 0 else None)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

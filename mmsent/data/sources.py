@@ -211,24 +211,16 @@ class RawClipSource(DataSource):
         table = self.root / self.label_file
         media = [self.root / self.video_dir / p for p in _listing(self.root / self.video_dir)]
         media += [self.root / m for m in _media_column(table)]
-        return {
-            "root": str(self.root.resolve()),
-            "labels": content_hash(table) if table.exists() else None,
-            "media": file_signature(media),
-            "decoding": DECODING_VERSION,
-            "video_ext": self.video_ext,
-            "modalities": self.modalities,
-            "frames": self.frames,
-            "frame_size": self.frame_size,
-            "sample_rate": self.sample_rate,
-            "n_mels": self.n_mels,
-            "max_audio_frames": self.max_audio_frames,
-            "tokenizer": self.tokenizer.name,
-            "max_text_length": self.tokenizer.max_length,
-            **({"text_features": self.text.states.fingerprint()} if self.text.states else {}),
-            **({"face": self.face.settings()} if self.face else {}),
-            **({"asr": self.asr.fingerprint()} if self.asr else {}),
-        }
+        return {"root": str(self.root.resolve()),
+                "labels": content_hash(table) if table.exists() else None,
+                "media": file_signature(media), "decoding": DECODING_VERSION,
+                "video_ext": self.video_ext, "modalities": self.modalities, "frames": self.frames,
+                "frame_size": self.frame_size, "sample_rate": self.sample_rate,
+                "n_mels": self.n_mels, "max_audio_frames": self.max_audio_frames,
+                "tokenizer": self.tokenizer.name, "max_text_length": self.tokenizer.max_length,
+                **({"text_features": self.text.states.fingerprint()} if self.text.states else {}),
+                **({"face": self.face.settings()} if self.face else {}),
+                **({"asr": self.asr.fingerprint()} if self.asr else {})}
 
     def open(self, workdir: Path) -> tuple[list[dict], DatasetSpec]:
         table = read_label_table(self.root / self.label_file)

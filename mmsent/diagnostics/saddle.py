@@ -65,8 +65,7 @@ def _hessian_operator(loss_fn: LossFn, params: Sequence[Tensor]) -> tuple[Operat
             if directional is None or not directional.requires_grad:
                 return [torch.zeros_like(p) for p in params]
             products = torch.autograd.grad(
-                directional, params, retain_graph=True, allow_unused=True
-            )
+                directional, params, retain_graph=True, allow_unused=True)
         return [
             torch.zeros_like(p) if h is None else h.detach()
             for p, h in zip(params, products, strict=True)
@@ -91,13 +90,9 @@ def hessian_vector_product(
     return _hessian_operator(loss_fn, list(params))[0](vector)
 
 
-def hessian_extremes(
-    loss_fn: LossFn,
-    params: Iterable[Tensor],
-    iterations: int = DEFAULT_ITERATIONS,
-    rtol: float = DEFAULT_RTOL,
-    seed: int = 0,
-) -> LanczosResult:
+def hessian_extremes(loss_fn: LossFn, params: Iterable[Tensor],
+                     iterations: int = DEFAULT_ITERATIONS, rtol: float = DEFAULT_RTOL,
+                     seed: int = 0) -> LanczosResult:
     """Estimates the extreme Hessian eigenvalues by Lanczos on Hessian-vector products.
 
     See :func:`mmsent.diagnostics.lanczos.lanczos` for the method, its stopping rule and
@@ -125,13 +120,9 @@ def hessian_extremes(
     return lanczos(operator, params, iterations, rtol, torch.Generator().manual_seed(seed))
 
 
-def extreme_hessian_eigenvalues(
-    loss_fn: LossFn,
-    params: Iterable[Tensor],
-    iterations: int = DEFAULT_ITERATIONS,
-    seed: int = 0,
-    rtol: float = DEFAULT_RTOL,
-) -> tuple[float, float, Vector]:
+def extreme_hessian_eigenvalues(loss_fn: LossFn, params: Iterable[Tensor],
+                                iterations: int = DEFAULT_ITERATIONS, seed: int = 0,
+                                rtol: float = DEFAULT_RTOL) -> tuple[float, float, Vector]:
     """Estimates the largest and smallest Hessian eigenvalues (see :func:`hessian_extremes`).
 
     Args:
@@ -219,15 +210,11 @@ def flat_curvature(spectrum: LanczosResult, curvature_tol: float = DEFAULT_CURVA
     return max(curvature_tol, spectrum.rounding, curvature_rtol * spectrum.scale)
 
 
-def classify_critical_point(
-    gradient_norm: float,
-    spectrum: LanczosResult,
-    grad_tol: float = DEFAULT_GRAD_TOL,
-    curvature_tol: float = DEFAULT_CURVATURE_TOL,
-    loss: float | None = None,
-    grad_rtol: float | None = None,
-    curvature_rtol: float = 0.0,
-) -> tuple[str, str]:
+def classify_critical_point(gradient_norm: float, spectrum: LanczosResult,
+                            grad_tol: float = DEFAULT_GRAD_TOL,
+                            curvature_tol: float = DEFAULT_CURVATURE_TOL, loss: float | None = None,
+                            grad_rtol: float | None = None,
+                            curvature_rtol: float = 0.0) -> tuple[str, str]:
     """Applies the second-derivative test, saying "cannot tell" when it cannot decide.
 
     The test speaks of critical points only: a point whose gradient norm exceeds
@@ -281,8 +268,7 @@ def classify_critical_point(
             )
     if lambda_min < -flat and lambda_max > flat:
         return SADDLE, (
-            f"indefinite Hessian: lambda_min {lambda_min:.3g} < 0 < lambda_max {lambda_max:.3g}"
-        )
+            f"indefinite Hessian: lambda_min {lambda_min:.3g} < 0 < lambda_max {lambda_max:.3g}")
     if lambda_min < -flat:
         return CANNOT_TELL, (
             f"no positive curvature found (lambda_max {lambda_max:.3g}): not a minimum; "
@@ -301,19 +287,13 @@ def classify_critical_point(
     )
 
 
-def diagnose_critical_point(
-    loss_fn: LossFn,
-    params: Iterable[Tensor],
-    iterations: int = DEFAULT_ITERATIONS,
-    rtol: float = DEFAULT_RTOL,
-    grad_tol: float = DEFAULT_GRAD_TOL,
-    curvature_tol: float = DEFAULT_CURVATURE_TOL,
-    seed: int = 0,
-    grad_rtol: float | None = None,
-    start: Sequence[Tensor] | None = None,
-    curvature_rtol: float = 0.0,
-    deadline: float | None = None,
-) -> CriticalPointDiagnosis:
+def diagnose_critical_point(loss_fn: LossFn, params: Iterable[Tensor],
+                            iterations: int = DEFAULT_ITERATIONS, rtol: float = DEFAULT_RTOL,
+                            grad_tol: float = DEFAULT_GRAD_TOL,
+                            curvature_tol: float = DEFAULT_CURVATURE_TOL, seed: int = 0,
+                            grad_rtol: float | None = None, start: Sequence[Tensor] | None = None,
+                            curvature_rtol: float = 0.0,
+                            deadline: float | None = None) -> CriticalPointDiagnosis:
     """Tells a minimum from a saddle at the current parameters, or says it cannot.
 
     Computes the loss, the gradient norm and the extreme Hessian eigenvalues (one loss

@@ -19,13 +19,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 BERNOULLI_MODES: tuple[str, ...] = ("sample", "batch", "epoch")
-DROPOUT_KINDS: tuple[str, ...] = (
-    "bernoulli",
-    "bernoulli_batch",
-    "bernoulli_epoch",
-    "gaussian",
-    "none",
-)
+DROPOUT_KINDS: tuple[str, ...] = ("bernoulli", "bernoulli_batch", "bernoulli_epoch", "gaussian",
+                                  "none")
 
 
 def _check_drop_probability(p: float, name: str = "p") -> float:
@@ -313,9 +308,7 @@ class Swapout(nn.Module):
         return f"p_skip={self.p_skip}, p_residual={self.p_residual}"
 
 
-def average_stochastic_passes(
-    network: nn.Module, x: Tensor, samples: int, seed: int = 0
-) -> Tensor:
+def average_stochastic_passes(network: nn.Module, x: Tensor, samples: int, seed: int = 0) -> Tensor:
     """Evaluates a network with Swapout layers by averaging sampled passes.
 
     Singh et al. (2016) infer with Swapout by averaging the outputs of ``samples``

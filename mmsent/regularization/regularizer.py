@@ -191,8 +191,7 @@ class Regularizer(PenaltyTerms):
 
     groups: dict[str, PenaltyTerms] | None = None
     _matrices: dict[str | None, tuple[str | Tensor, str | Tensor]] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
+        default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         matrices = {None: _resolve(self, "regularizer")}
@@ -247,8 +246,7 @@ class Regularizer(PenaltyTerms):
                 if group in MODALITIES:
                     continue
                 raise ValueError(
-                    f"regularizer.groups: unknown group {group!r}; the model has {sorted(parts)}"
-                )
+                    f"regularizer.groups: unknown group {group!r}; the model has {sorted(parts)}")
             named = [(n, p) for n, p in parts[group].named_parameters()
                      if p.requires_grad and p.ndim >= 2]
             selected = [p for n, p in named if terms.matches(n) and id(p) not in claimed]
@@ -336,9 +334,7 @@ class Regularizer(PenaltyTerms):
         if not self.active:
             return _zero(self.penalised_parameters(module))
         assigned = self.assignments(module)
-        terms = [
-            t for group, params in assigned if params for t in self._loss_terms(group, params)
-        ]
+        terms = [t for group, params in assigned if params for t in self._loss_terms(group, params)]
         return _sum(terms, [p for _, params in assigned for p in params])
 
     @property

@@ -33,11 +33,9 @@ def sample_voice(rng: np.random.Generator) -> Voice:
     Returns:
         Voice: The voice.
     """
-    return Voice(
-        pitch_offset_hz=float(rng.normal(0.0, 20.0)),
-        tilt_offset=float(rng.normal(0.0, 0.25)),
-        gain_offset_db=float(rng.normal(0.0, 2.0)),
-    )
+    return Voice(pitch_offset_hz=float(rng.normal(0.0, 20.0)),
+                 tilt_offset=float(rng.normal(0.0, 0.25)),
+                 gain_offset_db=float(rng.normal(0.0, 2.0)))
 
 
 def _syllable_envelope(t: np.ndarray, rng: np.random.Generator) -> np.ndarray:

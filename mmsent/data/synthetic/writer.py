@@ -125,10 +125,8 @@ def _read_marker(out_dir: Path) -> dict | None:
 
 def _write_marker(out_dir: Path, params: dict, complete: bool) -> None:
     """Writes ``generated.json`` atomically."""
-    record = {
-        "generator": "mmsent.data.synthetic", "version": GENERATOR_VERSION,
-        "params": params, "complete": complete,
-    }
+    record = {"generator": "mmsent.data.synthetic", "version": GENERATOR_VERSION,
+              "params": params, "complete": complete}
     atomic_write(out_dir / "generated.json",
                  lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8"))
 
@@ -141,8 +139,7 @@ def _prepare_dir(out_dir: Path, params: dict, overwrite: bool) -> bool:
     """
     marker = _read_marker(out_dir)
     same = marker is not None and (marker.get("params"), marker.get("version")) == (
-        params, GENERATOR_VERSION
-    )
+        params, GENERATOR_VERSION)
     if same and marker.get("complete") and (out_dir / "label.csv").exists():
         return True
     foreign = marker is None and ((out_dir / "label.csv").exists() or (out_dir / "Raw").exists())
@@ -151,8 +148,7 @@ def _prepare_dir(out_dir: Path, params: dict, overwrite: bool) -> bool:
             f"was generated with other parameters (generated.json: {marker.get('params')}, "
             f"version {marker.get('version')})")
         raise ValueError(
-            f"{out_dir} {what}; requested {params}. Pass overwrite=True to regenerate."
-        )
+            f"{out_dir} {what}; requested {params}. Pass overwrite=True to regenerate.")
     if not same:
         # An unfinished run with the same parameters resumes; anything else starts clean.
         shutil.rmtree(out_dir / "Raw", ignore_errors=True)
@@ -186,19 +182,11 @@ def _write_media(jobs: list[_MediaJob], total: int, num_workers: int) -> None:
                 progress.update()
 
 
-def generate_raw_dataset(
-    out_dir: str | os.PathLike,
-    num_clips: int = 1200,
-    seed: int = 0,
-    frames: int = 16,
-    frame_size: int = 64,
-    fps: int = 8,
-    sample_rate: int = 16000,
-    noise_std: float = 0.3,
-    split_fractions: Sequence[float] = (0.7, 0.15, 0.15),
-    num_workers: int = 1,
-    overwrite: bool = False,
-) -> Path:
+def generate_raw_dataset(out_dir: str | os.PathLike, num_clips: int = 1200, seed: int = 0,
+                         frames: int = 16, frame_size: int = 64, fps: int = 8,
+                         sample_rate: int = 16000, noise_std: float = 0.3,
+                         split_fractions: Sequence[float] = (0.7, 0.15, 0.15), num_workers: int = 1,
+                         overwrite: bool = False) -> Path:
     """Writes a generated raw dataset in MMSA's raw layout.
 
     The same parameters always give the same dataset: every clip draws from a random
