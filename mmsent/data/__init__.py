@@ -12,9 +12,7 @@ _HOMES = {"DataSource": "sources", "DatasetSpec": "schema", "FeatureSource": "fe
           "MultimodalDataModule": "datamodule", "RawClipSource": "sources", "SDKSource": "sdk",
           "TranscriptText": "lm_features", "collate": "batches"}
 
-__all__ = ["DataSource", "DatasetSpec", "FeatureSource", "FeatureTableSource", "GeneratedSource",
-           "LMTokenStates", "MMSAPickleSource", "MOSISource", "MultimodalDataModule",
-           "RawClipSource", "SDKSource", "TranscriptText", "collate"]
+__all__ = list(_HOMES)
 
 
 def __getattr__(name: str):
