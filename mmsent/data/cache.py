@@ -169,8 +169,7 @@ def _build(source: DataSource, folder: Path, on_error: str, chunk_size: int, wor
     splits = datasets.DatasetDict({
         split: merged.filter(lambda s, name=split: [x == name for x in s], input_columns="split",
                              batched=True, desc=f"split {split}")
-        for split in SPLITS
-    })
+        for split in SPLITS})
     empty = [name for name, part in splits.items() if len(part) == 0]
     if empty:
         raise ValueError(f"{source.name}: split(s) {', '.join(empty)} hold no clip after preparation")

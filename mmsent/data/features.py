@@ -81,8 +81,7 @@ class FeatureIssues:
             "labelled_without_features": {m: ids for m, ids in self.no_features.items() if ids},
             "features_without_label": {m: ids for m, ids in self.unlabelled.items() if ids},
             "dropped": self.dropped,
-            **{reason: ids for reason, ids in self.left_out.items() if ids},
-        }
+            **{reason: ids for reason, ids in self.left_out.items() if ids}}
 
     def log(self, name: str, files: dict[str, str]) -> None:
         """Logs one warning per kind of problem, with the first sample ids.
@@ -274,8 +273,7 @@ class FeatureSource(DataSource):
             input_dims={m: dims[m] for m in MODALITIES if m in self.modalities},
             text_kind=kind, video_kind="features", pad_token_id=pad,
             extras={"tokenizer": self.text.name, "files": data.files,
-                    "standardization": stats, "issues": self.issues.summary()},
-        )
+                    "standardization": stats, "issues": self.issues.summary()})
 
     def load(self, record: dict) -> Loaded:
         example = {key: record[key] for key in ("id", "split", "transcript", "label")}

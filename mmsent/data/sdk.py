@@ -96,8 +96,7 @@ class SDKSource(FeatureSource):
             "splits": [self.splits, content_hash(self.root / self.splits)
                        if self.splits and (self.root / self.splits).is_file() else None],
             "words": [self.words, file_signature(extra)], "label_column": self.label_column,
-            "align": self.align, "max_steps": self.max_steps, **self.settings(),
-        }
+            "align": self.align, "max_steps": self.max_steps, **self.settings()}
 
     def read(self) -> FeatureData:
         clips, intervals, unsplit = self._read_clips()

@@ -54,8 +54,7 @@ def _hessian_operator(loss_fn: LossFn, params: Sequence[Tensor]) -> tuple[Operat
         grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
     gradient = [
         torch.zeros_like(p) if g is None else g.detach()
-        for p, g in zip(params, grads, strict=True)
-    ]
+        for p, g in zip(params, grads, strict=True)]
 
     def apply(vector: Sequence[Tensor]) -> Vector:
         with torch.enable_grad():
@@ -68,8 +67,7 @@ def _hessian_operator(loss_fn: LossFn, params: Sequence[Tensor]) -> tuple[Operat
                 directional, params, retain_graph=True, allow_unused=True)
         return [
             torch.zeros_like(p) if h is None else h.detach()
-            for p, h in zip(params, products, strict=True)
-        ]
+            for p, h in zip(params, products, strict=True)]
 
     return apply, gradient, float(loss.detach())
 
@@ -264,27 +262,23 @@ def classify_critical_point(gradient_norm: float, spectrum: LanczosResult,
         if gain > grad_rtol * abs(loss):
             return CANNOT_TELL, (
                 f"not a critical point: a gradient step still gains {gain:.3g} > "
-                f"grad_rtol {grad_rtol:.3g} x loss {loss:.3g}"
-            )
+                f"grad_rtol {grad_rtol:.3g} x loss {loss:.3g}")
     if lambda_min < -flat and lambda_max > flat:
         return SADDLE, (
             f"indefinite Hessian: lambda_min {lambda_min:.3g} < 0 < lambda_max {lambda_max:.3g}")
     if lambda_min < -flat:
         return CANNOT_TELL, (
             f"no positive curvature found (lambda_max {lambda_max:.3g}): not a minimum; "
-            "a maximum or a degenerate point"
-        )
+            "a maximum or a degenerate point")
     if not spectrum.converged_min:
         return CANNOT_TELL, (
             f"lambda_min {lambda_min:.3g} has not converged (Ritz residual "
-            f"{spectrum.residual_min:.3g} > {spectrum.tolerance_min:.3g}): only an upper bound"
-        )
+            f"{spectrum.residual_min:.3g} > {spectrum.tolerance_min:.3g}): only an upper bound")
     if lambda_min - spectrum.residual_min > flat:
         return MINIMUM, f"positive definite Hessian: lambda_min {lambda_min:.3g} > 0"
     return CANNOT_TELL, (
         f"zero curvature (lambda_min {lambda_min:.3g} within {flat:.3g} of 0): "
-        "higher-order terms decide"
-    )
+        "higher-order terms decide")
 
 
 def diagnose_critical_point(loss_fn: LossFn, params: Iterable[Tensor],

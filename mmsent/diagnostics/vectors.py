@@ -56,8 +56,7 @@ def random_unit_vector(like: Sequence[Tensor], generator: torch.Generator) -> Ve
     """
     vector = [
         torch.randn(p.shape, generator=generator, dtype=torch.float64).to(p.device, p.dtype)
-        for p in like
-    ]
+        for p in like]
     return scale(1.0 / norm(vector), vector)
 
 

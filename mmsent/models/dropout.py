@@ -154,8 +154,7 @@ class BernoulliDropout(nn.Module):
         if x.ndim <= self.feature_ndim:
             raise ValueError(
                 f"feature_ndim={self.feature_ndim} needs inputs with more dimensions, "
-                f"got shape {tuple(x.shape)}"
-            )
+                f"got shape {tuple(x.shape)}")
         return x.shape[x.ndim - self.feature_ndim :]
 
     def _epoch_mask(self, x: Tensor) -> Tensor:
@@ -177,8 +176,7 @@ class BernoulliDropout(nn.Module):
                 "would keep one mask for the whole run: add "
                 "mmsent.callbacks.EpochDropoutCallback to the trainer's callbacks "
                 "(--trainer.callbacks+=mmsent.callbacks.EpochDropoutCallback), or call "
-                "mmsent.models.dropout.resample_epoch_masks(model) at every epoch start"
-            )
+                "mmsent.models.dropout.resample_epoch_masks(model) at every epoch start")
         features = self._feature_shape(x)
         if self.mask is None:
             self.mask = _bernoulli_mask(features, self.p, like=x)
@@ -186,8 +184,7 @@ class BernoulliDropout(nn.Module):
             raise ValueError(
                 f"epoch-mode dropout holds a mask for feature shape {tuple(self.mask.shape)} "
                 f"but got input of shape {tuple(x.shape)}; call resample() before "
-                "changing the feature shape"
-            )
+                "changing the feature shape")
         return self.mask.to(dtype=x.dtype, device=x.device)
 
     def resample(self) -> None:
@@ -293,8 +290,7 @@ class Swapout(nn.Module):
         if residual.shape != x.shape:
             raise ValueError(
                 f"Swapout needs a block that keeps the shape, got {tuple(x.shape)} -> "
-                f"{tuple(residual.shape)}"
-            )
+                f"{tuple(residual.shape)}")
         keep_skip, keep_residual = 1.0 - self.p_skip, 1.0 - self.p_residual
         generator = None if self.training else self.inference_generator
         if not self.training and generator is None:

@@ -87,8 +87,7 @@ class TextLSTMEncoder(nn.Module, HubMixin):
         if weights.shape[0] != input_dim:
             raise ValueError(
                 f"pretrained_embeddings {pretrained!r} has {weights.shape[0]} tokens but the data "
-                f"was tokenized into {input_dim}; tokenize with the same model's tokenizer"
-            )
+                f"was tokenized into {input_dim}; tokenize with the same model's tokenizer")
         return nn.Embedding.from_pretrained(weights, freeze=freeze, padding_idx=padding_idx)
 
     def rebuilt_state_keys(self) -> list[str]:

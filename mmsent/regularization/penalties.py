@@ -121,8 +121,7 @@ def _apply_operator(w: Tensor, operator: str | Tensor) -> Tensor:
         if operator.ndim != 2 or operator.shape[1] != w.shape[-1]:
             raise ValueError(
                 f"Tikhonov operator of shape {tuple(operator.shape)} cannot act on the last "
-                f"dimension of a parameter of shape {tuple(w.shape)}"
-            )
+                f"dimension of a parameter of shape {tuple(w.shape)}")
         return w @ operator.to(dtype=w.dtype, device=w.device).T
     if operator == "difference":
         return w[..., 1:] - w[..., :-1]
@@ -203,8 +202,7 @@ def _mahalanobis(weight: Tensor, covariance: Tensor) -> Tensor:
     if covariance.shape != (n, n):
         raise ValueError(
             f"a covariance of shape {tuple(covariance.shape)} cannot act on the last "
-            f"dimension of a parameter of shape {tuple(weight.shape)}"
-        )
+            f"dimension of a parameter of shape {tuple(weight.shape)}")
     rows = weight.reshape(-1, n)
     factor = torch.linalg.cholesky(covariance.to(device=weight.device, dtype=torch.float64))
     # Σ⁻¹ = L⁻ᵀ L⁻¹, so θᵀ Σ⁻¹ θ = ‖L⁻¹ θ‖²: a triangular solve instead of an inverse.

@@ -111,16 +111,14 @@ def _resolve(terms: PenaltyTerms, key: str) -> tuple[str | Tensor, str | Tensor]
         if isinstance(operator, str) and Path(operator).suffix not in MATRIX_SUFFIXES:
             raise ValueError(
                 f"unknown Tikhonov operator {operator!r} in {key}.tikhonov_operator; valid: "
-                f"{TIKHONOV_OPERATORS}, an inline matrix or a {MATRIX_SUFFIXES} file"
-            )
+                f"{TIKHONOV_OPERATORS}, an inline matrix or a {MATRIX_SUFFIXES} file")
         operator = load_matrix(operator, f"{key}.tikhonov_operator")
     covariance: str | Tensor = terms.covariance
     if covariance != "rows":
         if isinstance(covariance, str) and Path(covariance).suffix not in MATRIX_SUFFIXES:
             raise ValueError(
                 f"{key}.covariance must be 'rows', an inline matrix or a {MATRIX_SUFFIXES} "
-                f"file, got {covariance!r}"
-            )
+                f"file, got {covariance!r}")
         covariance = load_covariance(covariance, f"{key}.covariance")
     return operator, covariance
 
@@ -253,8 +251,7 @@ class Regularizer(PenaltyTerms):
             if not selected and terms.parameters is not None:
                 raise ValueError(
                     f"regularizer.groups.{group}.parameters {terms.parameters} select no "
-                    f"weight matrix of {group!r}; it has {[n for n, _ in named]}"
-                )
+                    f"weight matrix of {group!r}; it has {[n for n, _ in named]}")
             claimed.update(id(p) for p in selected)
             grouped.append((group, selected))
         rest = [p for n, p in module.named_parameters()
@@ -291,8 +288,7 @@ class Regularizer(PenaltyTerms):
                         raise ValueError(
                             f"{key}.{field_name} has shape {tuple(matrix.shape)} but parameter "
                             f"{names[id(p)]!r} of shape {tuple(p.shape)} has last dimension "
-                            f"{p.shape[-1]}; narrow it with {key}.parameters or fit the matrix"
-                        )
+                            f"{p.shape[-1]}; narrow it with {key}.parameters or fit the matrix")
 
     def _loss_terms(self, group: str | None, params: list[Tensor]) -> list[Tensor]:
         """The weighted penalties of one group's terms on its weights.

@@ -68,8 +68,7 @@ _COPULAS = {
                         "didn't seem", "never seemed", "did not feel")},
     True: {"plain": ("were", "are", "seemed", "felt"),
            "negated": ("were not", "weren't", "were never", "are not", "aren't",
-                       "didn't seem", "never seemed", "did not feel")},
-}
+                       "didn't seem", "never seemed", "did not feel")}}
 _SPEAKERS = ("i", "we")
 _PREFIXES = ("honestly", "overall", "well", "um", "i think", "i guess", "i mean", "to be honest",
              "in my opinion", "basically", "actually", "you know")

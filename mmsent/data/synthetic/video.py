@@ -78,8 +78,7 @@ def sample_appearance(rng: np.random.Generator) -> Appearance:
         # A light face with dark features keeps the mouth visible on any background.
         skin=_colour(rng, 150, 250),
         background=_colour(rng, 0, 255),
-        features=_colour(rng, 0, 70),
-    )
+        features=_colour(rng, 0, 70))
 
 
 def sample_face_style(
