@@ -277,9 +277,5 @@ def move_batch(batch: dict, device: torch.device) -> dict:
     # Imported here: scoring collates batches too, and it runs without Lightning.
     from lightning_fabric.utilities.apply_func import move_data_to_device
 
-    return {key: value if _is_strings(value) else move_data_to_device(value, device)
-            for key, value in batch.items()}
-
-
-def _is_strings(value) -> bool:
-    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+    return {key: value if isinstance(value, list) and all(isinstance(item, str) for item in value)
+            else move_data_to_device(value, device) for key, value in batch.items()}

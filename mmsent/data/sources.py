@@ -182,7 +182,8 @@ class RawClipSource(DataSource):
 
     def fingerprint(self) -> dict:
         table = self.root / self.label_file
-        media = [self.root / self.video_dir / p for p in _listing(self.root / self.video_dir)]
+        clips = self.root / self.video_dir
+        media = [p for p in clips.rglob("*") if p.is_file()] if clips.exists() else []
         media += [self.root / m for m in _media_column(table)]
         return {"root": str(self.root.resolve()),
                 "labels": content_hash(table) if table.exists() else None,
@@ -297,12 +298,6 @@ def _media_column(table: Path) -> list[str]:
     except (OSError, UnicodeDecodeError, ValueError):
         return []
     return [m.strip() for m in named.get("media", []) if m.strip()]
-
-
-def _listing(folder: Path) -> list[str]:
-    if not folder.exists():
-        return []
-    return [str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()]
 
 
 class GeneratedSource(RawClipSource):

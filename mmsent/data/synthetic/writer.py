@@ -116,10 +116,7 @@ def _check_params(params: dict) -> None:
 def _read_marker(out_dir: Path) -> dict | None:
     """The contents of ``generated.json``, or None when absent."""
     marker = out_dir / "generated.json"
-    if not marker.exists():
-        return None
-    with open(marker, encoding="utf-8") as handle:
-        return json.load(handle)
+    return json.loads(marker.read_text(encoding="utf-8")) if marker.exists() else None
 
 
 def _write_marker(out_dir: Path, params: dict, complete: bool) -> None:
