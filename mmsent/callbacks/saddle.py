@@ -150,6 +150,7 @@ class SaddlePointMonitor(pl.Callback):
                  warm_start: bool = True, max_overhead: float | None = 0.05,
                  smooth_l1_delta: float | None = 0.1, curvature_rtol: float = 1e-5) -> None:
         super().__init__()
+        vars(self).update({k: v for k, v in locals().items() if k not in ("self", "__class__")})
         for name, value in (
             ("window", window), ("iterations", iterations), ("num_directions", num_directions),
             ("probe_radius", probe_radius), ("escape_step", escape_step),
@@ -161,24 +162,6 @@ class SaddlePointMonitor(pl.Callback):
                 raise ValueError(f"{name} must be > 0, got {value!r}")
         if every_n_steps is not None and every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1 or None, got {every_n_steps!r}")
-        self.window = window
-        self.min_rel_improvement = min_rel_improvement
-        self.iterations = iterations
-        self.rtol = rtol
-        self.grad_tol = grad_tol
-        self.probe_radius = probe_radius
-        self.num_directions = num_directions
-        self.escape = escape
-        self.escape_step = escape_step
-        self.every_n_steps = every_n_steps
-        self.tol = tol
-        self.seed = seed
-        self.grad_rtol = grad_rtol
-        self.subsample = subsample
-        self.warm_start = warm_start
-        self.max_overhead = max_overhead
-        self.smooth_l1_delta = smooth_l1_delta
-        self.curvature_rtol = curvature_rtol
         self.history: list[dict[str, Any]] = []
         self.deferred = 0
         self._reset()
@@ -191,7 +174,6 @@ class SaddlePointMonitor(pl.Callback):
         self._start: Vector | None = None
         self._train_seconds = 0.0
         self._check_seconds = 0.0
-        self._last_check_seconds: float | None = None
         self._deadline: float | None = None
         self._steps = 0
         self._last_step_end: float | None = None
@@ -249,7 +231,6 @@ class SaddlePointMonitor(pl.Callback):
         self._check(trainer, pl_module, batch, reason)
         spent = time.perf_counter() - now
         self._check_seconds += spent
-        self._last_check_seconds = spent
         self.history[-1]["seconds"] = spent
         self._last_step_end = time.perf_counter()
 
@@ -294,9 +275,8 @@ class SaddlePointMonitor(pl.Callback):
             return None
         return self._start
 
-    def _check(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, reason: str
-    ) -> None:
+    def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+               reason: str) -> None:
         """Runs the diagnostics, logs them and optionally escapes.
 
         Args:
@@ -322,8 +302,8 @@ class SaddlePointMonitor(pl.Callback):
                 both = axpy(1.0, spectrum.eigenvector_min, spectrum.eigenvector_max)
                 length = norm(both)
                 self._start = scale(1.0 / length, both) if length > 0 else spectrum.eigenvector_min
-            probe = probe_neighbourhood(
-                loss_fn, params, self.probe_radius, self.num_directions, seed)
+            probe = probe_neighbourhood(loss_fn, params, self.probe_radius, self.num_directions,
+                                        seed)
             flat = flat_curvature(spectrum, self.tol, self.curvature_rtol)
             indefinite = is_indefinite(spectrum.lambda_max, spectrum.lambda_min, flat)
             escape_delta = None
@@ -349,11 +329,7 @@ class SaddlePointMonitor(pl.Callback):
             pl_module (pl.LightningModule): The model.
             record (dict[str, Any]): The check's record.
         """
-        metrics = {"saddle/lambda_max": record["lambda_max"],
-                   "saddle/lambda_min": record["lambda_min"],
-                   "saddle/indefinite": float(record["indefinite"]),
-                   "saddle/probe_best_delta": record["probe_best_delta"],
-                   "saddle/gradient_norm": record["gradient_norm"],
-                   "saddle/verdict": float(record["verdict_code"])}
-        for name, value in metrics.items():
-            pl_module.log(name, value, on_step=True, on_epoch=False, batch_size=1)
+        for key in ("lambda_max", "lambda_min", "indefinite", "probe_best_delta", "gradient_norm",
+                    "verdict_code"):
+            name = "saddle/" + key.removesuffix("_code")
+            pl_module.log(name, float(record[key]), on_step=True, on_epoch=False, batch_size=1)
