@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 import yaml
+from matplotlib.figure import Figure
 
 from mmsent.data.schema import ID_SEPARATOR
 from mmsent.io import save_json
@@ -282,14 +283,10 @@ def plot(rows: list[dict], baselines: dict, path: Path) -> None:
         baselines (dict): The trivial predictors' metrics per split, drawn as lines.
         path (Path): The PNG to write.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = scoring_rows(rows)
     names = [r["stage"] for r in rows]
-    fig, (ax_mae, ax_corr) = plt.subplots(1, 2, figsize=(10, 4))
+    figure = Figure(figsize=(10, 4))
+    ax_mae, ax_corr = figure.subplots(1, 2)
     ax_mae.bar(names, [r["test"].get("MAE", 0) for r in rows], color="tab:blue")
     ax_mae.set_title("test MAE (lower is better)")
     best = [r["best_achievable_MAE"] for r in rows if "best_achievable_MAE" in r]
@@ -303,9 +300,8 @@ def plot(rows: list[dict], baselines: dict, path: Path) -> None:
     ax_corr.set_ylim(min(0.0, *[r["test"].get("Corr", 0) for r in rows]), 1.0)
     for ax in (ax_mae, ax_corr):
         ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
 
 
 def figures_section(files: list[Path]) -> str:
