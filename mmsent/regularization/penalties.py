@@ -41,10 +41,7 @@ def _sum(terms: list[Tensor], params: list[Tensor]) -> Tensor:
     Returns:
         Tensor: The sum as a 0-d tensor.
     """
-    total = _zero(params)
-    for term in terms:
-        total = total + term
-    return total
+    return sum(terms, _zero(params))
 
 
 def l1_penalty(params: Iterable[Tensor]) -> Tensor:
@@ -237,9 +234,8 @@ def check_covariance(matrix: Tensor, key: str = "covariance") -> Tensor:
     return matrix
 
 
-def mahalanobis_penalty(
-    params: Iterable[Tensor], covariance: str | Tensor = "rows", shrinkage: float = 0.1
-) -> Tensor:
+def mahalanobis_penalty(params: Iterable[Tensor], covariance: str | Tensor = "rows",
+                        shrinkage: float = 0.1) -> Tensor:
     """Mahalanobis penalty ``Σ_i θ_iᵀ Σ⁻¹ θ_i`` over the rows ``θ_i`` of every tensor.
 
     This is the negative log-density of a Gaussian prior ``N(0, Σ)`` on each row (up to a
@@ -274,10 +270,7 @@ def mahalanobis_penalty(
     terms = []
     for w in params:
         sigma = row_covariance(w, shrinkage) if isinstance(covariance, str) else covariance
-        if not bool(sigma.any()):
-            terms.append((w * 0.0).sum())
-            continue
-        terms.append(_mahalanobis(w, sigma))
+        terms.append(_mahalanobis(w, sigma) if bool(sigma.any()) else (w * 0.0).sum())
     return _sum(terms, params)
 
 
