@@ -72,9 +72,8 @@ def _hessian_operator(loss_fn: LossFn, params: Sequence[Tensor]) -> tuple[Operat
     return apply, gradient, float(loss.detach())
 
 
-def hessian_vector_product(
-    loss_fn: LossFn, params: Iterable[Tensor], vector: Sequence[Tensor]
-) -> Vector:
+def hessian_vector_product(loss_fn: LossFn, params: Iterable[Tensor],
+                           vector: Sequence[Tensor]) -> Vector:
     """Computes ``Hv`` by double backpropagation: ``H v = ∇(∇L · v)``.
 
     Args:

@@ -46,9 +46,8 @@ def _syllable_envelope(t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return envelope**1.5 * fade
 
 
-def synthesize_audio(
-    s_audio: float, duration: float, sample_rate: int, voice: Voice, rng: np.random.Generator
-) -> np.ndarray:
+def synthesize_audio(s_audio: float, duration: float, sample_rate: int, voice: Voice,
+                     rng: np.random.Generator) -> np.ndarray:
     """Synthesizes a voiced-like signal whose acoustics carry ``s_audio``.
 
     The fundamental frequency is ``140 + 50 * s_audio`` Hz, loudness rises by 5 dB

@@ -50,9 +50,8 @@ def _video_sizes(num_clips: int, rng: np.random.Generator) -> list[int]:
     return sizes
 
 
-def _assign_splits(
-    sizes: list[int], fractions: Sequence[float], rng: np.random.Generator
-) -> list[str]:
+def _assign_splits(sizes: list[int], fractions: Sequence[float],
+                   rng: np.random.Generator) -> list[str]:
     """Assigns whole videos to splits so clip counts follow ``fractions`` (speaker independent)."""
     order = rng.permutation(len(sizes))
     bounds = np.cumsum(fractions) * sum(sizes)
@@ -124,9 +123,8 @@ def plan_clips(num_clips: int, seed: int = 0, noise_std: float = 0.3,
     return pd.DataFrame(rows, columns=[*LABEL_COLUMNS, "video_index"])
 
 
-def best_achievable_mae(
-    label_csv_or_frame: str | os.PathLike | pd.DataFrame, split: str | None = "test"
-) -> float:
+def best_achievable_mae(label_csv_or_frame: str | os.PathLike | pd.DataFrame,
+                        split: str | None = "test") -> float:
     """The mean absolute error of predicting the noise-free score, the floor for any model.
 
     Args:

@@ -81,9 +81,8 @@ def sample_appearance(rng: np.random.Generator) -> Appearance:
         features=_colour(rng, 0, 70))
 
 
-def sample_face_style(
-    appearance: Appearance, frame_size: int, rng: np.random.Generator
-) -> FaceStyle:
+def sample_face_style(appearance: Appearance, frame_size: int,
+                      rng: np.random.Generator) -> FaceStyle:
     """Places a speaker's face in one clip, with position, size and colour jitter.
 
     Args:
