@@ -43,22 +43,17 @@ def report_rows(manifest: dict) -> list[dict]:
         if record.get("status") != "done":
             continue
         metrics = record.get("metrics", {})
+        test = metrics.get("test", {})
         row = {"stage": name, "wall_time_s": record.get("wall_time_s")}
         for split in ("val", "test"):
             row[split] = {k: v for k, v in metrics.get(split, {}).items() if k in METRIC_NAMES}
-        best = metrics.get("test", {}).get("best_achievable_MAE")
+        best = test.get("best_achievable_MAE")
         if best is not None and math.isfinite(best):
             row["best_achievable_MAE"] = best
-        extra = {k: v for k, v in metrics.get("test", {}).items()
-                 if k.startswith(("without_", "contribution/"))}
-        if extra:
-            row["ablation"] = extra
-        if record.get("selection"):
-            row["selection"] = record["selection"]
-        quality = {k: v for k, v in metrics.get("test", {}).items() if k in GENERATIVE_METRICS}
-        if quality:
-            row["generative"] = quality
-        rows.append(row)
+        extras = {"ablation": {k: v for k, v in test.items() if k.startswith(("without_", "contribution/"))},
+                  "selection": record.get("selection"),
+                  "generative": {k: v for k, v in test.items() if k in GENERATIVE_METRICS}}
+        rows.append(row | {key: value for key, value in extras.items() if value})
     return rows
 
 
