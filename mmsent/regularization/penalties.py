@@ -197,9 +197,8 @@ def _mahalanobis(weight: Tensor, covariance: Tensor) -> Tensor:
     """
     n = weight.shape[-1]
     if covariance.shape != (n, n):
-        raise ValueError(
-            f"a covariance of shape {tuple(covariance.shape)} cannot act on the last "
-            f"dimension of a parameter of shape {tuple(weight.shape)}")
+        raise ValueError(f"a covariance of shape {tuple(covariance.shape)} cannot act on the last "
+                         f"dimension of a parameter of shape {tuple(weight.shape)}")
     rows = weight.reshape(-1, n)
     factor = torch.linalg.cholesky(covariance.to(device=weight.device, dtype=torch.float64))
     # Σ⁻¹ = L⁻ᵀ L⁻¹, so θᵀ Σ⁻¹ θ = ‖L⁻¹ θ‖²: a triangular solve instead of an inverse.

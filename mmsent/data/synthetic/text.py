@@ -62,13 +62,12 @@ _SINGULAR_SUBJECTS = (
     "the lead actor", "the villain", "the pacing", "the humor", "the editing")
 _PLURAL_SUBJECTS = ("the characters", "the jokes", "the visuals", "the action scenes",
                     "the special effects", "the songs")
-_COPULAS = {
-    False: {"plain": ("was", "is", "seemed", "felt"),
-            "negated": ("was not", "wasn't", "was never", "is not", "isn't",
-                        "didn't seem", "never seemed", "did not feel")},
-    True: {"plain": ("were", "are", "seemed", "felt"),
-           "negated": ("were not", "weren't", "were never", "are not", "aren't",
-                       "didn't seem", "never seemed", "did not feel")}}
+_COPULAS = {False: {"plain": ("was", "is", "seemed", "felt"),
+                    "negated": ("was not", "wasn't", "was never", "is not", "isn't",
+                                "didn't seem", "never seemed", "did not feel")},
+            True: {"plain": ("were", "are", "seemed", "felt"),
+                   "negated": ("were not", "weren't", "were never", "are not", "aren't",
+                               "didn't seem", "never seemed", "did not feel")}}
 _SPEAKERS = ("i", "we")
 _PREFIXES = ("honestly", "overall", "well", "um", "i think", "i guess", "i mean", "to be honest",
              "in my opinion", "basically", "actually", "you know")

@@ -100,9 +100,8 @@ def _check_params(params: dict) -> None:
     """Rejects parameters that cannot produce a valid dataset."""
     fractions = params["split_fractions"]
     if len(fractions) != len(SPLITS) or min(fractions) < 0 or not math.isclose(sum(fractions), 1.0):
-        raise ValueError(
-            f"split_fractions must be {len(SPLITS)} non-negative shares summing to 1, "
-            f"got {fractions}")
+        raise ValueError(f"split_fractions must be {len(SPLITS)} non-negative shares summing to 1, "
+                         f"got {fractions}")
     if params["num_clips"] < sum(f > 0 for f in fractions):
         raise ValueError(f"num_clips={params['num_clips']} is too few for the requested splits")
     if params["frames"] < 2:
