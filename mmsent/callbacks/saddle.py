@@ -141,61 +141,27 @@ class SaddlePointMonitor(pl.Callback):
         ValueError: If a count or length is not positive.
     """
 
-    def __init__(
-        self,
-        window: int = 50,
-        min_rel_improvement: float = 1e-3,
-        iterations: int = MONITOR_ITERATIONS,
-        rtol: float = MONITOR_RTOL,
-        grad_tol: float = DEFAULT_GRAD_TOL,
-        probe_radius: float = 1e-2,
-        num_directions: int = 4,
-        escape: bool = False,
-        escape_step: float = 1e-2,
-        every_n_steps: int | None = None,
-        tol: float = DEFAULT_CURVATURE_TOL,
-        seed: int = 0,
-        grad_rtol: float | None = 1e-3,
-        subsample: int | None = 16,
-        warm_start: bool = True,
-        max_overhead: float | None = 0.05,
-        smooth_l1_delta: float | None = 0.1,
-        curvature_rtol: float = 1e-5,
-    ) -> None:
+    def __init__(self, window: int = 50, min_rel_improvement: float = 1e-3,
+                 iterations: int = MONITOR_ITERATIONS, rtol: float = MONITOR_RTOL,
+                 grad_tol: float = DEFAULT_GRAD_TOL, probe_radius: float = 1e-2,
+                 num_directions: int = 4, escape: bool = False, escape_step: float = 1e-2,
+                 every_n_steps: int | None = None, tol: float = DEFAULT_CURVATURE_TOL,
+                 seed: int = 0, grad_rtol: float | None = 1e-3, subsample: int | None = 16,
+                 warm_start: bool = True, max_overhead: float | None = 0.05,
+                 smooth_l1_delta: float | None = 0.1, curvature_rtol: float = 1e-5) -> None:
         super().__init__()
+        vars(self).update({k: v for k, v in locals().items() if k not in ("self", "__class__")})
         for name, value in (
-            ("window", window),
-            ("iterations", iterations),
-            ("num_directions", num_directions),
-            ("probe_radius", probe_radius),
-            ("escape_step", escape_step),
+            ("window", window), ("iterations", iterations), ("num_directions", num_directions),
+            ("probe_radius", probe_radius), ("escape_step", escape_step),
             ("grad_rtol", 1.0 if grad_rtol is None else grad_rtol),
             ("subsample", 1 if subsample is None else subsample),
             ("max_overhead", 1.0 if max_overhead is None else max_overhead),
-            ("smooth_l1_delta", 1.0 if smooth_l1_delta is None else smooth_l1_delta),
-        ):
+            ("smooth_l1_delta", 1.0 if smooth_l1_delta is None else smooth_l1_delta)):
             if value <= 0:
                 raise ValueError(f"{name} must be > 0, got {value!r}")
         if every_n_steps is not None and every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1 or None, got {every_n_steps!r}")
-        self.window = window
-        self.min_rel_improvement = min_rel_improvement
-        self.iterations = iterations
-        self.rtol = rtol
-        self.grad_tol = grad_tol
-        self.probe_radius = probe_radius
-        self.num_directions = num_directions
-        self.escape = escape
-        self.escape_step = escape_step
-        self.every_n_steps = every_n_steps
-        self.tol = tol
-        self.seed = seed
-        self.grad_rtol = grad_rtol
-        self.subsample = subsample
-        self.warm_start = warm_start
-        self.max_overhead = max_overhead
-        self.smooth_l1_delta = smooth_l1_delta
-        self.curvature_rtol = curvature_rtol
         self.history: list[dict[str, Any]] = []
         self.deferred = 0
         self._reset()
@@ -208,7 +174,6 @@ class SaddlePointMonitor(pl.Callback):
         self._start: Vector | None = None
         self._train_seconds = 0.0
         self._check_seconds = 0.0
-        self._last_check_seconds: float | None = None
         self._deadline: float | None = None
         self._steps = 0
         self._last_step_end: float | None = None
@@ -229,20 +194,13 @@ class SaddlePointMonitor(pl.Callback):
             return
         if not callable(getattr(pl_module, "compute_loss", None)):
             raise TypeError(
-                f"SaddlePointMonitor needs {type(pl_module).__name__}.compute_loss(batch)"
-            )
+                f"SaddlePointMonitor needs {type(pl_module).__name__}.compute_loss(batch)")
         if self.escape and trainer.world_size > 1:
             raise ValueError("SaddlePointMonitor(escape=True) supports single-process runs only")
         self._reset()
 
-    def on_train_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
         """Records the step's loss and runs a check when one is due and affordable.
 
         Args:
@@ -273,7 +231,6 @@ class SaddlePointMonitor(pl.Callback):
         self._check(trainer, pl_module, batch, reason)
         spent = time.perf_counter() - now
         self._check_seconds += spent
-        self._last_check_seconds = spent
         self.history[-1]["seconds"] = spent
         self._last_step_end = time.perf_counter()
 
@@ -318,9 +275,8 @@ class SaddlePointMonitor(pl.Callback):
             return None
         return self._start
 
-    def _check(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, reason: str
-    ) -> None:
+    def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+               reason: str) -> None:
         """Runs the diagnostics, logs them and optionally escapes.
 
         Args:
@@ -340,43 +296,28 @@ class SaddlePointMonitor(pl.Callback):
         with EvalMode(pl_module), torch.enable_grad():
             diagnosis = diagnose_critical_point(
                 loss_fn, params, self.iterations, self.rtol, self.grad_tol, self.tol, seed,
-                self.grad_rtol, self._warm_start(params), self.curvature_rtol, self._deadline,
-            )
+                self.grad_rtol, self._warm_start(params), self.curvature_rtol, self._deadline)
             spectrum = diagnosis.spectrum
             if spectrum.eigenvector_max is not None:
                 both = axpy(1.0, spectrum.eigenvector_min, spectrum.eigenvector_max)
                 length = norm(both)
                 self._start = scale(1.0 / length, both) if length > 0 else spectrum.eigenvector_min
-            probe = probe_neighbourhood(
-                loss_fn, params, self.probe_radius, self.num_directions, seed
-            )
+            probe = probe_neighbourhood(loss_fn, params, self.probe_radius, self.num_directions,
+                                        seed)
             flat = flat_curvature(spectrum, self.tol, self.curvature_rtol)
             indefinite = is_indefinite(spectrum.lambda_max, spectrum.lambda_min, flat)
             escape_delta = None
             if self.escape and indefinite:
                 escape_delta = escape_along(
-                    loss_fn, params, spectrum.eigenvector_min, probe.base_loss, self.escape_step
-                )
-        record = {
-            "step": trainer.global_step,
-            "reason": reason,
-            "loss": probe.base_loss,
-            "lambda_max": spectrum.lambda_max,
-            "lambda_min": spectrum.lambda_min,
-            "indefinite": indefinite,
-            "probe_best_delta": probe.best_delta,
-            "escaped": escape_delta is not None,
-            "escape_delta": escape_delta,
-            "gradient_norm": diagnosis.gradient_norm,
-            "verdict": diagnosis.verdict,
-            "verdict_code": diagnosis.code,
-            "verdict_reason": diagnosis.reason,
-            "converged": spectrum.converged,
-            "residual_min": spectrum.residual_min,
-            "hessian_products": spectrum.products,
-            "surrogate": surrogate,
-            "seconds": None,
-        }
+                    loss_fn, params, spectrum.eigenvector_min, probe.base_loss, self.escape_step)
+        record = {"step": trainer.global_step, "reason": reason, "loss": probe.base_loss,
+                  "lambda_max": spectrum.lambda_max, "lambda_min": spectrum.lambda_min,
+                  "indefinite": indefinite, "probe_best_delta": probe.best_delta,
+                  "escaped": escape_delta is not None, "escape_delta": escape_delta,
+                  "gradient_norm": diagnosis.gradient_norm, "verdict": diagnosis.verdict,
+                  "verdict_code": diagnosis.code, "verdict_reason": diagnosis.reason,
+                  "converged": spectrum.converged, "residual_min": spectrum.residual_min,
+                  "hessian_products": spectrum.products, "surrogate": surrogate, "seconds": None}
         self.history.append(record)
         self._log(pl_module, record)
 
@@ -388,13 +329,7 @@ class SaddlePointMonitor(pl.Callback):
             pl_module (pl.LightningModule): The model.
             record (dict[str, Any]): The check's record.
         """
-        metrics = {
-            "saddle/lambda_max": record["lambda_max"],
-            "saddle/lambda_min": record["lambda_min"],
-            "saddle/indefinite": float(record["indefinite"]),
-            "saddle/probe_best_delta": record["probe_best_delta"],
-            "saddle/gradient_norm": record["gradient_norm"],
-            "saddle/verdict": float(record["verdict_code"]),
-        }
-        for name, value in metrics.items():
-            pl_module.log(name, value, on_step=True, on_epoch=False, batch_size=1)
+        for key in ("lambda_max", "lambda_min", "indefinite", "probe_best_delta", "gradient_norm",
+                    "verdict_code"):
+            name = "saddle/" + key.removesuffix("_code")
+            pl_module.log(name, float(record[key]), on_step=True, on_epoch=False, batch_size=1)

@@ -6,37 +6,13 @@ collation, not the Lightning DataModule) imports neither Lightning nor every rea
 
 from importlib import import_module
 
-_HOMES = {
-    "DataSource": "sources",
-    "DatasetSpec": "schema",
-    "FeatureSource": "features",
-    "FeatureTableSource": "tables",
-    "GeneratedSource": "sources",
-    "LMTokenStates": "lm_features",
-    "MMSAPickleSource": "mmsa",
-    "MOSISource": "mosi",
-    "MultimodalDataModule": "datamodule",
-    "RawClipSource": "sources",
-    "SDKSource": "sdk",
-    "TranscriptText": "lm_features",
-    "collate": "batches",
-}
+_HOMES = {"DataSource": "sources", "DatasetSpec": "schema", "FeatureSource": "features",
+          "FeatureTableSource": "tables", "GeneratedSource": "sources",
+          "LMTokenStates": "lm_features", "MMSAPickleSource": "mmsa", "MOSISource": "mosi",
+          "MultimodalDataModule": "datamodule", "RawClipSource": "sources", "SDKSource": "sdk",
+          "TranscriptText": "lm_features", "collate": "batches"}
 
-__all__ = [
-    "DataSource",
-    "DatasetSpec",
-    "FeatureSource",
-    "FeatureTableSource",
-    "GeneratedSource",
-    "LMTokenStates",
-    "MMSAPickleSource",
-    "MOSISource",
-    "MultimodalDataModule",
-    "RawClipSource",
-    "SDKSource",
-    "TranscriptText",
-    "collate",
-]
+__all__ = list(_HOMES)
 
 
 def __getattr__(name: str):

@@ -228,12 +228,9 @@ def collate_columns(columns: dict, spec: DatasetSpec) -> dict:
         ``m``: ``m`` (input tensor), ``m_mask`` (``(B, T)`` bool), ``m_present``
         (``(B,)`` bool). Frames come as float ``(B, 3, T, H, W)`` scaled to [-1, 1].
     """
-    batch = {
-        "id": list(columns["id"]),
-        "transcript": list(columns["transcript"]),
-        "label": torch.as_tensor(columns["label"], dtype=torch.float32),
-        "clean_label": torch.as_tensor(columns["clean_label"], dtype=torch.float32),
-    }
+    batch = {"id": list(columns["id"]), "transcript": list(columns["transcript"]),
+             "label": torch.as_tensor(columns["label"], dtype=torch.float32),
+             "clean_label": torch.as_tensor(columns["clean_label"], dtype=torch.float32)}
     for modality in (m for m in spec.modalities if m in columns):
         present = torch.as_tensor(columns[f"{modality}_present"], dtype=torch.bool)
         values = columns[modality]
@@ -280,9 +277,5 @@ def move_batch(batch: dict, device: torch.device) -> dict:
     # Imported here: scoring collates batches too, and it runs without Lightning.
     from lightning_fabric.utilities.apply_func import move_data_to_device
 
-    return {key: value if _is_strings(value) else move_data_to_device(value, device)
-            for key, value in batch.items()}
-
-
-def _is_strings(value) -> bool:
-    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+    return {key: value if isinstance(value, list) and all(isinstance(item, str) for item in value)
+            else move_data_to_device(value, device) for key, value in batch.items()}

@@ -120,7 +120,8 @@ def _build_or_clean(source: DataSource, folder: Path, *options) -> None:
     try:
         _build(source, folder, *options)
     except BaseException as error:
-        _clean(folder, existed)
+        if not existed and not any(folder.glob("shards/*/problems.json")):
+            shutil.rmtree(folder, ignore_errors=True)
         failure = no_room(error)
         if failure is not None:
             raise WriteError(failure.errno, write_failure(folder, failure, f"preparing the cache {folder}")) from error
@@ -128,11 +129,6 @@ def _build_or_clean(source: DataSource, folder: Path, *options) -> None:
             raise OSError(error.errno, f"preparing the cache {folder} failed: "
                                        f"{error.strerror or error}") from error
         raise
-
-
-def _clean(folder: Path, existed: bool) -> None:
-    if not existed and not any(folder.glob("shards/*/problems.json")):
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _load(folder: Path) -> PreparedData:
@@ -169,8 +165,7 @@ def _build(source: DataSource, folder: Path, on_error: str, chunk_size: int, wor
     splits = datasets.DatasetDict({
         split: merged.filter(lambda s, name=split: [x == name for x in s], input_columns="split",
                              batched=True, desc=f"split {split}")
-        for split in SPLITS
-    })
+        for split in SPLITS})
     empty = [name for name, part in splits.items() if len(part) == 0]
     if empty:
         raise ValueError(f"{source.name}: split(s) {', '.join(empty)} hold no clip after preparation")
@@ -216,7 +211,8 @@ def _shard(task: tuple) -> tuple[Path, int, list[str]]:
         rows.append(to_row(result.example, spec))
         if result.notes:
             notes[rows[-1]["id"]] = result.notes
-    shard = datasets.Dataset.from_list(rows, features=features) if rows else _empty(features)
+    shard = (datasets.Dataset.from_list(rows, features=features) if rows
+             else datasets.Dataset.from_dict({name: [] for name in features}, features=features))
     shard.save_to_disk(str(path))
     save_json(path / NOTES_FILE, notes)
     save_json(done, problems)
@@ -257,10 +253,6 @@ def _report_summary(source: DataSource, summary: dict, missing: dict[str, list[s
                     line, folder / "spec.json", first)
     else:
         log.info(line)
-
-
-def _empty(features: datasets.Features) -> datasets.Dataset:
-    return datasets.Dataset.from_dict({name: [] for name in features}, features=features)
 
 
 def _report(source: DataSource, problems: list[str], on_error: str, folder: Path) -> None:

@@ -16,7 +16,6 @@ SUBTITLE_SUFFIXES = (".srt", ".vtt")
 DEFAULT_VIDEO_DIR = "Raw"
 
 
-
 @dataclass(frozen=True)
 class ClipMedia:
     """The files of one clip; any may be missing.
@@ -66,18 +65,11 @@ def find_clip_media(root: str | Path, video_id: str, clip_id: str, media: str | 
         ClipMedia: What was found; ``video`` and ``audio`` are None when no file is
         there (the modality is then missing for this clip).
     """
-    root = Path(root)
     if media and str(media).strip():
-        named = root / str(media).strip()
-        stem = named.with_suffix("")
-        if named.suffix.lower() in AUDIO_SUFFIXES:
-            return ClipMedia(None, named, _beside(stem, SUBTITLE_SUFFIXES))
-        video = named
-    else:
-        stem = root / video_dir / str(video_id) / str(clip_id)
-        video = _beside(stem, VIDEO_SUFFIXES)
-    audio = _beside(stem, AUDIO_SUFFIXES) or video
-    return ClipMedia(video, audio, _beside(stem, SUBTITLE_SUFFIXES))
+        return media_for_file(Path(root) / str(media).strip())
+    stem = Path(root) / video_dir / str(video_id) / str(clip_id)
+    video = _beside(stem, VIDEO_SUFFIXES)
+    return ClipMedia(video, _beside(stem, AUDIO_SUFFIXES) or video, _beside(stem, SUBTITLE_SUFFIXES))
 
 
 def media_for_file(path: str | Path) -> ClipMedia:

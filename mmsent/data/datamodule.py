@@ -81,6 +81,7 @@ class MultimodalDataModule(pl.LightningDataModule):
                  memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB, pin_memory: bool = False,
                  modalities: list[str] | None = None) -> None:
         super().__init__()
+        settings = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         if not 0.0 < train_fraction <= 1.0:
             raise ValueError(f"data.train_fraction must be in (0, 1], got {train_fraction}")
         if predict_split not in SPLITS:
@@ -89,20 +90,9 @@ class MultimodalDataModule(pl.LightningDataModule):
         if multiprocessing_context is not None and multiprocessing_context not in methods:
             raise ValueError(f"data.multiprocessing_context must be one of {methods} or null, "
                              f"got {multiprocessing_context!r}")
-        self.source = source
-        self.cache_dir = cache_dir
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.on_decode_error = on_decode_error
-        self.prepare_workers = prepare_workers
-        self.train_fraction = train_fraction
-        self.subset_seed = subset_seed
-        self.predict_split = predict_split
         if memory_budget_mb < 0:
             raise ValueError(f"data.memory_budget_mb must be >= 0, got {memory_budget_mb}")
-        self.multiprocessing_context = multiprocessing_context
-        self.memory_budget_mb = memory_budget_mb
-        self.pin_memory = pin_memory
+        vars(self).update(settings)
         self.modalities = None if modalities is None else list(modalities)
         self._prepared: PreparedData | None = None
         self._datasets: dict[tuple[str, tuple[str, ...]], ExampleDataset] = {}
@@ -225,14 +215,11 @@ class MultimodalDataModule(pl.LightningDataModule):
         else:
             batching = {"batch_size": self.batch_size, "sampler": sampler, "drop_last": drop_last}
         return DataLoader(
-            dataset,
-            **batching,
-            num_workers=self.num_workers,
+            dataset, **batching, num_workers=self.num_workers,
             collate_fn=partial(collate_columns, spec=self.spec),
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
-            multiprocessing_context=self.multiprocessing_context if self.num_workers > 0 else None,
-        )
+            multiprocessing_context=self.multiprocessing_context if self.num_workers > 0 else None)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -75,14 +75,12 @@ class FeatureIssues:
 
     def summary(self) -> dict:
         """dict: Counts and the ids behind them, as stored in the dataset spec."""
-        return {
-            "nonfinite_values": {m: {"values": sum(c.values()), "clips": c}
-                                 for m, c in self.nonfinite.items() if c},
-            "labelled_without_features": {m: ids for m, ids in self.no_features.items() if ids},
-            "features_without_label": {m: ids for m, ids in self.unlabelled.items() if ids},
-            "dropped": self.dropped,
-            **{reason: ids for reason, ids in self.left_out.items() if ids},
-        }
+        return {"nonfinite_values": {m: {"values": sum(c.values()), "clips": c}
+                                     for m, c in self.nonfinite.items() if c},
+                "labelled_without_features": {m: ids for m, ids in self.no_features.items() if ids},
+                "features_without_label": {m: ids for m, ids in self.unlabelled.items() if ids},
+                "dropped": self.dropped,
+                **{reason: ids for reason, ids in self.left_out.items() if ids}}
 
     def log(self, name: str, files: dict[str, str]) -> None:
         """Logs one warning per kind of problem, with the first sample ids.
@@ -270,12 +268,10 @@ class FeatureSource(DataSource):
                 kind, dims["text"], pad = data.text
             else:
                 kind, dims["text"], pad = self.text.kind, self.text.input_dim, self.text.pad_token_id
-        return DatasetSpec(
-            input_dims={m: dims[m] for m in MODALITIES if m in self.modalities},
-            text_kind=kind, video_kind="features", pad_token_id=pad,
-            extras={"tokenizer": self.text.name, "files": data.files,
-                    "standardization": stats, "issues": self.issues.summary()},
-        )
+        return DatasetSpec(input_dims={m: dims[m] for m in MODALITIES if m in self.modalities},
+                           text_kind=kind, video_kind="features", pad_token_id=pad,
+                           extras={"tokenizer": self.text.name, "files": data.files,
+                                   "standardization": stats, "issues": self.issues.summary()})
 
     def load(self, record: dict) -> Loaded:
         example = {key: record[key] for key in ("id", "split", "transcript", "label")}

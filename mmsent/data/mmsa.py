@@ -161,7 +161,8 @@ class MMSAPickleSource(FeatureSource):
         data = load_pickle(self.path)
         if self.held_modalities:
             self.modalities = self._held(data)
-        clips, features = [], {m: {} for m in self._feature_modalities()}
+        clips, features = [], {m: {} for m in self.modalities
+                               if m != "text" or self.text_mode != "transcript"}
         dims: dict[str, tuple[int, str]] = {}
         seen: set[str] = set()
         for split in SPLITS:
@@ -197,9 +198,6 @@ class MMSAPickleSource(FeatureSource):
             log.warning("%s holds no %s: preparing %s only", self.path,
                         " nor ".join(repr(self._key(m)) for m in lacking), "+".join(held))
         return held
-
-    def _feature_modalities(self) -> list[str]:
-        return [m for m in self.modalities if m != "text" or self.text_mode != "transcript"]
 
     def _split_ids(self, part: dict, split: str, seen: set[str]) -> list[str]:
         where = f"{self.path} [{split}]"

@@ -90,14 +90,12 @@ class SDKSource(FeatureSource):
         files = {m: [f, file_signature([self.root / f])] for m, f in self.feature_files.items()}
         extra = [self.root / f for f in (self.words,) if f]
         label_path = self.root / self.labels
-        return {
-            "root": str(self.root.resolve()), "features": files,
-            "labels": [self.labels, content_hash(label_path) if label_path.is_file() else None],
-            "splits": [self.splits, content_hash(self.root / self.splits)
-                       if self.splits and (self.root / self.splits).is_file() else None],
-            "words": [self.words, file_signature(extra)], "label_column": self.label_column,
-            "align": self.align, "max_steps": self.max_steps, **self.settings(),
-        }
+        return {"root": str(self.root.resolve()), "features": files,
+                "labels": [self.labels, content_hash(label_path) if label_path.is_file() else None],
+                "splits": [self.splits, content_hash(self.root / self.splits)
+                           if self.splits and (self.root / self.splits).is_file() else None],
+                "words": [self.words, file_signature(extra)], "label_column": self.label_column,
+                "align": self.align, "max_steps": self.max_steps, **self.settings()}
 
     def read(self) -> FeatureData:
         clips, intervals, unsplit = self._read_clips()

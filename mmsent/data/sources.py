@@ -101,19 +101,6 @@ def _as_float(value) -> float:
         return math.nan
 
 
-def audio_file(video: Path) -> Path:
-    """The audio of a clip: an audio file of the same name beside its video (any of
-    :data:`~mmsent.data.clip_files.AUDIO_SUFFIXES`), else the video itself (its own track).
-
-    Args:
-        video (Path): The clip's video file.
-
-    Returns:
-        Path: The file to read the audio from.
-    """
-    return media_for_file(video).audio
-
-
 class RawClipSource(DataSource):
     """Raw clips in MMSA's layout: ``label.csv`` plus ``Raw/<video_id>/<clip_id>.<ext>``.
 
@@ -193,42 +180,21 @@ class RawClipSource(DataSource):
                 return media_for_file(preferred)
         return find_clip_media(self.root, video_id, clip_id, media, self.video_dir)
 
-    def clip_paths(self, video_id: str, clip_id: str) -> tuple[Path | None, Path | None]:
-        """The video and audio file of one clip.
-
-        Args:
-            video_id (str): The video.
-            clip_id (str): The clip.
-
-        Returns:
-            tuple[Path | None, Path | None]: The video path and the audio path (an
-            audio file beside it if one exists, else the video itself).
-        """
-        media = self.clip_media(video_id, clip_id)
-        return media.video, media.audio
-
     def fingerprint(self) -> dict:
         table = self.root / self.label_file
-        media = [self.root / self.video_dir / p for p in _listing(self.root / self.video_dir)]
+        clips = self.root / self.video_dir
+        media = [p for p in clips.rglob("*") if p.is_file()] if clips.exists() else []
         media += [self.root / m for m in _media_column(table)]
-        return {
-            "root": str(self.root.resolve()),
-            "labels": content_hash(table) if table.exists() else None,
-            "media": file_signature(media),
-            "decoding": DECODING_VERSION,
-            "video_ext": self.video_ext,
-            "modalities": self.modalities,
-            "frames": self.frames,
-            "frame_size": self.frame_size,
-            "sample_rate": self.sample_rate,
-            "n_mels": self.n_mels,
-            "max_audio_frames": self.max_audio_frames,
-            "tokenizer": self.tokenizer.name,
-            "max_text_length": self.tokenizer.max_length,
-            **({"text_features": self.text.states.fingerprint()} if self.text.states else {}),
-            **({"face": self.face.settings()} if self.face else {}),
-            **({"asr": self.asr.fingerprint()} if self.asr else {}),
-        }
+        return {"root": str(self.root.resolve()),
+                "labels": content_hash(table) if table.exists() else None,
+                "media": file_signature(media), "decoding": DECODING_VERSION,
+                "video_ext": self.video_ext, "modalities": self.modalities, "frames": self.frames,
+                "frame_size": self.frame_size, "sample_rate": self.sample_rate,
+                "n_mels": self.n_mels, "max_audio_frames": self.max_audio_frames,
+                "tokenizer": self.tokenizer.name, "max_text_length": self.tokenizer.max_length,
+                **({"text_features": self.text.states.fingerprint()} if self.text.states else {}),
+                **({"face": self.face.settings()} if self.face else {}),
+                **({"asr": self.asr.fingerprint()} if self.asr else {})}
 
     def open(self, workdir: Path) -> tuple[list[dict], DatasetSpec]:
         table = read_label_table(self.root / self.label_file)
@@ -257,8 +223,7 @@ class RawClipSource(DataSource):
             video_kind="frames",
             pad_token_id=self.text.pad_token_id if "text" in self.modalities else 0,
             extras={"frame_shape": [self.frames, self.frame_size, self.frame_size, 3],
-                    "tokenizer": self.text.name},
-        )
+                    "tokenizer": self.text.name})
 
     def load(self, record: dict) -> Loaded:
         example = {key: record[key] for key in ("id", "split", "transcript", "label", "clean_label")}
@@ -333,12 +298,6 @@ def _media_column(table: Path) -> list[str]:
     except (OSError, UnicodeDecodeError, ValueError):
         return []
     return [m.strip() for m in named.get("media", []) if m.strip()]
-
-
-def _listing(folder: Path) -> list[str]:
-    if not folder.exists():
-        return []
-    return [str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()]
 
 
 class GeneratedSource(RawClipSource):

@@ -151,13 +151,10 @@ class FeatureTableSource(FeatureSource):
 
     def fingerprint(self) -> dict:
         labels = self.root / self.label_file
-        return {
-            "root": str(self.root.resolve()),
-            "labels": content_hash(labels) if labels.exists() else None,
-            "tables": {m: [f, file_signature([self.root / f])] for m, f in self.tables.items()},
-            "columns": self.columns,
-            **self.settings(),
-        }
+        return {"root": str(self.root.resolve()),
+                "labels": content_hash(labels) if labels.exists() else None,
+                "tables": {m: [f, file_signature([self.root / f])] for m, f in self.tables.items()},
+                "columns": self.columns, **self.settings()}
 
     def read(self) -> FeatureData:
         path = self.root / self.label_file

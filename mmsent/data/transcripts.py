@@ -22,7 +22,6 @@ FROM_ASR = "asr"
 NO_TRANSCRIPT = "none"
 SOURCES = (FROM_TABLE, FROM_SUBTITLE, FROM_ASR, NO_TRANSCRIPT)
 
-_TIMING = re.compile(r"-->")
 _TAG = re.compile(r"<[^>]*>|\{\\[^}]*\}")
 
 
@@ -52,7 +51,7 @@ def read_subtitle(path: str | Path) -> str:
         lines = [line.strip() for line in block.strip().split("\n") if line.strip()]
         if not lines or lines[0].startswith(("WEBVTT", "NOTE", "STYLE", "REGION")):
             continue
-        timing = next((i for i, line in enumerate(lines) if _TIMING.search(line)), None)
+        timing = next((i for i, line in enumerate(lines) if "-->" in line), None)
         if timing is None:
             continue
         for line in lines[timing + 1:]:

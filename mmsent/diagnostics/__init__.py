@@ -16,20 +16,7 @@ from mmsent.diagnostics.saddle import (
     smooth_l1_surrogate,
 )
 
-__all__ = [
-    "VERDICT_CODES",
-    "CriticalPointDiagnosis",
-    "LanczosResult",
-    "ProbeResult",
-    "classify_critical_point",
-    "diagnose_critical_point",
-    "extreme_hessian_eigenvalues",
-    "first_order_gain",
-    "flat_curvature",
-    "hessian_extremes",
-    "hessian_vector_product",
-    "is_indefinite",
-    "lanczos",
-    "probe_neighbourhood",
-    "smooth_l1_surrogate",
-]
+__all__ = ["VERDICT_CODES", "CriticalPointDiagnosis", "LanczosResult", "ProbeResult",
+           "classify_critical_point", "diagnose_critical_point", "extreme_hessian_eigenvalues",
+           "first_order_gain", "flat_curvature", "hessian_extremes", "hessian_vector_product",
+           "is_indefinite", "lanczos", "probe_neighbourhood", "smooth_l1_surrogate"]

@@ -167,15 +167,9 @@ def _orthogonalise(vector: Vector, basis: list[Vector]) -> Vector:
     return vector
 
 
-def lanczos(
-    operator: Operator,
-    like: Sequence[Tensor],
-    iterations: int = DEFAULT_ITERATIONS,
-    rtol: float = DEFAULT_RTOL,
-    generator: torch.Generator | None = None,
-    start: Sequence[Tensor] | None = None,
-    deadline: float | None = None,
-) -> LanczosResult:
+def lanczos(operator: Operator, like: Sequence[Tensor], iterations: int = DEFAULT_ITERATIONS,
+            rtol: float = DEFAULT_RTOL, generator: torch.Generator | None = None,
+            start: Sequence[Tensor] | None = None, deadline: float | None = None) -> LanczosResult:
     """Estimates the extreme eigenvalues of a symmetric operator by Lanczos.
 
     Memory: the basis holds up to ``iterations`` vectors shaped like ``like``.
@@ -233,8 +227,7 @@ def lanczos(
         beta = norm(residual)
         if not math.isfinite(alphas[-1] + beta):
             raise ValueError(
-                f"lanczos: the operator returned non-finite values at product {len(basis)}"
-            )
+                f"lanczos: the operator returned non-finite values at product {len(basis)}")
         values, coords = torch.linalg.eigh(_tridiagonal(alphas, betas))
         spectrum_scale = float(values.abs().max())
         ritz_residuals = _ritz_residuals(coords, beta, dropped)
@@ -257,17 +250,10 @@ def lanczos(
     for low, high, basis_vector in zip(coords[:, 0].tolist(), coords[:, -1].tolist(), basis, strict=True):
         eigenvector = axpy(low, basis_vector, eigenvector)
         eigenvector_max = axpy(high, basis_vector, eigenvector_max)
-    return LanczosResult(
-        lambda_max=float(values[-1]),
-        lambda_min=float(values[0]),
-        residual_max=float(ritz_residuals[-1]),
-        residual_min=float(ritz_residuals[0]),
-        eigenvector_min=scale(1.0 / norm(eigenvector), eigenvector),
-        scale=spectrum_scale,
-        rtol=rtol,
-        products=len(basis),
-        restarts=len(dropped),
-        exhausted=len(basis) == size,
-        rounding=rounding,
-        eigenvector_max=scale(1.0 / norm(eigenvector_max), eigenvector_max),
-    )
+    return LanczosResult(lambda_max=float(values[-1]), lambda_min=float(values[0]),
+                         residual_max=float(ritz_residuals[-1]),
+                         residual_min=float(ritz_residuals[0]),
+                         eigenvector_min=scale(1.0 / norm(eigenvector), eigenvector),
+                         scale=spectrum_scale, rtol=rtol, products=len(basis),
+                         restarts=len(dropped), exhausted=len(basis) == size, rounding=rounding,
+                         eigenvector_max=scale(1.0 / norm(eigenvector_max), eigenvector_max))

@@ -59,13 +59,8 @@ def _loss_after_step(loss_fn: LossFn, params: Sequence[Tensor], step: Sequence[T
             p.copy_(original)
 
 
-def probe_neighbourhood(
-    loss_fn: LossFn,
-    params: Iterable[Tensor],
-    radius: float = 1e-2,
-    num_directions: int = 8,
-    seed: int = 0,
-) -> ProbeResult:
+def probe_neighbourhood(loss_fn: LossFn, params: Iterable[Tensor], radius: float = 1e-2,
+                        num_directions: int = 8, seed: int = 0) -> ProbeResult:
     """Evaluates the loss at ``num_directions`` random points at distance ``radius``.
 
     The parameters are restored bit-exactly afterwards, also when ``loss_fn`` raises.
@@ -94,10 +89,5 @@ def probe_neighbourhood(
     directions = [random_unit_vector(params, generator) for _ in range(num_directions)]
     losses = [_loss_after_step(loss_fn, params, scale(radius, d)) for d in directions]
     best = min(range(num_directions), key=losses.__getitem__)
-    return ProbeResult(
-        base_loss=base_loss,
-        losses=losses,
-        best_delta=losses[best] - base_loss,
-        best_direction=directions[best],
-        radius=radius,
-    )
+    return ProbeResult(base_loss=base_loss, losses=losses, best_delta=losses[best] - base_loss,
+                       best_direction=directions[best], radius=radius)

@@ -52,10 +52,8 @@ def _hessian_operator(loss_fn: LossFn, params: Sequence[Tensor]) -> tuple[Operat
     with torch.enable_grad():
         loss = loss_fn()
         grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
-    gradient = [
-        torch.zeros_like(p) if g is None else g.detach()
-        for p, g in zip(params, grads, strict=True)
-    ]
+    gradient = [torch.zeros_like(p) if g is None else g.detach()
+                for p, g in zip(params, grads, strict=True)]
 
     def apply(vector: Sequence[Tensor]) -> Vector:
         with torch.enable_grad():
@@ -65,19 +63,15 @@ def _hessian_operator(loss_fn: LossFn, params: Sequence[Tensor]) -> tuple[Operat
             if directional is None or not directional.requires_grad:
                 return [torch.zeros_like(p) for p in params]
             products = torch.autograd.grad(
-                directional, params, retain_graph=True, allow_unused=True
-            )
-        return [
-            torch.zeros_like(p) if h is None else h.detach()
-            for p, h in zip(params, products, strict=True)
-        ]
+                directional, params, retain_graph=True, allow_unused=True)
+        return [torch.zeros_like(p) if h is None else h.detach()
+                for p, h in zip(params, products, strict=True)]
 
     return apply, gradient, float(loss.detach())
 
 
-def hessian_vector_product(
-    loss_fn: LossFn, params: Iterable[Tensor], vector: Sequence[Tensor]
-) -> Vector:
+def hessian_vector_product(loss_fn: LossFn, params: Iterable[Tensor],
+                           vector: Sequence[Tensor]) -> Vector:
     """Computes ``Hv`` by double backpropagation: ``H v = ∇(∇L · v)``.
 
     Args:
@@ -91,13 +85,9 @@ def hessian_vector_product(
     return _hessian_operator(loss_fn, list(params))[0](vector)
 
 
-def hessian_extremes(
-    loss_fn: LossFn,
-    params: Iterable[Tensor],
-    iterations: int = DEFAULT_ITERATIONS,
-    rtol: float = DEFAULT_RTOL,
-    seed: int = 0,
-) -> LanczosResult:
+def hessian_extremes(loss_fn: LossFn, params: Iterable[Tensor],
+                     iterations: int = DEFAULT_ITERATIONS, rtol: float = DEFAULT_RTOL,
+                     seed: int = 0) -> LanczosResult:
     """Estimates the extreme Hessian eigenvalues by Lanczos on Hessian-vector products.
 
     See :func:`mmsent.diagnostics.lanczos.lanczos` for the method, its stopping rule and
@@ -125,13 +115,9 @@ def hessian_extremes(
     return lanczos(operator, params, iterations, rtol, torch.Generator().manual_seed(seed))
 
 
-def extreme_hessian_eigenvalues(
-    loss_fn: LossFn,
-    params: Iterable[Tensor],
-    iterations: int = DEFAULT_ITERATIONS,
-    seed: int = 0,
-    rtol: float = DEFAULT_RTOL,
-) -> tuple[float, float, Vector]:
+def extreme_hessian_eigenvalues(loss_fn: LossFn, params: Iterable[Tensor],
+                                iterations: int = DEFAULT_ITERATIONS, seed: int = 0,
+                                rtol: float = DEFAULT_RTOL) -> tuple[float, float, Vector]:
     """Estimates the largest and smallest Hessian eigenvalues (see :func:`hessian_extremes`).
 
     Args:
@@ -219,15 +205,11 @@ def flat_curvature(spectrum: LanczosResult, curvature_tol: float = DEFAULT_CURVA
     return max(curvature_tol, spectrum.rounding, curvature_rtol * spectrum.scale)
 
 
-def classify_critical_point(
-    gradient_norm: float,
-    spectrum: LanczosResult,
-    grad_tol: float = DEFAULT_GRAD_TOL,
-    curvature_tol: float = DEFAULT_CURVATURE_TOL,
-    loss: float | None = None,
-    grad_rtol: float | None = None,
-    curvature_rtol: float = 0.0,
-) -> tuple[str, str]:
+def classify_critical_point(gradient_norm: float, spectrum: LanczosResult,
+                            grad_tol: float = DEFAULT_GRAD_TOL,
+                            curvature_tol: float = DEFAULT_CURVATURE_TOL, loss: float | None = None,
+                            grad_rtol: float | None = None,
+                            curvature_rtol: float = 0.0) -> tuple[str, str]:
     """Applies the second-derivative test, saying "cannot tell" when it cannot decide.
 
     The test speaks of critical points only: a point whose gradient norm exceeds
@@ -275,45 +257,32 @@ def classify_critical_point(
             )
         gain = first_order_gain(gradient_norm, spectrum)
         if gain > grad_rtol * abs(loss):
-            return CANNOT_TELL, (
-                f"not a critical point: a gradient step still gains {gain:.3g} > "
-                f"grad_rtol {grad_rtol:.3g} x loss {loss:.3g}"
-            )
+            return CANNOT_TELL, (f"not a critical point: a gradient step still gains {gain:.3g} > "
+                                 f"grad_rtol {grad_rtol:.3g} x loss {loss:.3g}")
     if lambda_min < -flat and lambda_max > flat:
         return SADDLE, (
-            f"indefinite Hessian: lambda_min {lambda_min:.3g} < 0 < lambda_max {lambda_max:.3g}"
-        )
+            f"indefinite Hessian: lambda_min {lambda_min:.3g} < 0 < lambda_max {lambda_max:.3g}")
     if lambda_min < -flat:
         return CANNOT_TELL, (
             f"no positive curvature found (lambda_max {lambda_max:.3g}): not a minimum; "
-            "a maximum or a degenerate point"
-        )
+            "a maximum or a degenerate point")
     if not spectrum.converged_min:
         return CANNOT_TELL, (
             f"lambda_min {lambda_min:.3g} has not converged (Ritz residual "
-            f"{spectrum.residual_min:.3g} > {spectrum.tolerance_min:.3g}): only an upper bound"
-        )
+            f"{spectrum.residual_min:.3g} > {spectrum.tolerance_min:.3g}): only an upper bound")
     if lambda_min - spectrum.residual_min > flat:
         return MINIMUM, f"positive definite Hessian: lambda_min {lambda_min:.3g} > 0"
-    return CANNOT_TELL, (
-        f"zero curvature (lambda_min {lambda_min:.3g} within {flat:.3g} of 0): "
-        "higher-order terms decide"
-    )
+    return CANNOT_TELL, (f"zero curvature (lambda_min {lambda_min:.3g} within {flat:.3g} of 0): "
+                         "higher-order terms decide")
 
 
-def diagnose_critical_point(
-    loss_fn: LossFn,
-    params: Iterable[Tensor],
-    iterations: int = DEFAULT_ITERATIONS,
-    rtol: float = DEFAULT_RTOL,
-    grad_tol: float = DEFAULT_GRAD_TOL,
-    curvature_tol: float = DEFAULT_CURVATURE_TOL,
-    seed: int = 0,
-    grad_rtol: float | None = None,
-    start: Sequence[Tensor] | None = None,
-    curvature_rtol: float = 0.0,
-    deadline: float | None = None,
-) -> CriticalPointDiagnosis:
+def diagnose_critical_point(loss_fn: LossFn, params: Iterable[Tensor],
+                            iterations: int = DEFAULT_ITERATIONS, rtol: float = DEFAULT_RTOL,
+                            grad_tol: float = DEFAULT_GRAD_TOL,
+                            curvature_tol: float = DEFAULT_CURVATURE_TOL, seed: int = 0,
+                            grad_rtol: float | None = None, start: Sequence[Tensor] | None = None,
+                            curvature_rtol: float = 0.0,
+                            deadline: float | None = None) -> CriticalPointDiagnosis:
     """Tells a minimum from a saddle at the current parameters, or says it cannot.
 
     Computes the loss, the gradient norm and the extreme Hessian eigenvalues (one loss

@@ -54,10 +54,8 @@ def random_unit_vector(like: Sequence[Tensor], generator: torch.Generator) -> Ve
     Returns:
         Vector: A vector of norm 1.
     """
-    vector = [
-        torch.randn(p.shape, generator=generator, dtype=torch.float64).to(p.device, p.dtype)
-        for p in like
-    ]
+    vector = [torch.randn(p.shape, generator=generator, dtype=torch.float64).to(p.device, p.dtype)
+              for p in like]
     return scale(1.0 / norm(vector), vector)
 
 

@@ -69,5 +69,4 @@ def model_card(config: dict, manifest: dict, rows: list[dict], stage: str,
         "unlike the training data (other languages, recording conditions, lengths, or a "
         "generated training set) are not to be trusted; a missing modality is scored from "
         "the others, less accurately. Not for decisions about people."),
-        "",
-    ])
+        ""])

@@ -106,8 +106,7 @@ def preprocessing_settings(source: RawClipSource, spec: DatasetSpec) -> dict:
                   "max_frames": source.max_audio_frames,
                   "normalization": "none in preprocessing: the acoustic encoder standardizes its pooled "
                                    "statistics with its batch norm, whose training statistics are "
-                                   "in model.safetensors"},
-    }
+                                   "in model.safetensors"}}
 
 
 class Preprocessor:

@@ -267,10 +267,8 @@ def score(model_dir: str, target: str, output: str | None = None, kind: str | No
         results = model.score_clips(bar, batch_size)
         if output:
             Path(output).parent.mkdir(parents=True, exist_ok=True)
-            with open(output, "w", newline="") as out:
-                kept = write_rows(results, out, kind)
-        else:
-            kept = write_rows(results, sys.stdout, kind)
+        with open(output, "w", newline="") if output else contextlib.nullcontext(sys.stdout) as out:
+            kept = write_rows(results, out, kind)
     line = metrics_line(kept, model.modalities)
     if line:
         print(line, file=sys.stderr)

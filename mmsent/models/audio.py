@@ -174,18 +174,10 @@ class AcousticMLPEncoder(nn.Module, HubMixin):
             without ``swapout`` or below 0.
     """
 
-    def __init__(
-        self,
-        input_dim: int,
-        hidden_dims: list[int] | None = None,
-        out_dim: int = 64,
-        dropout: float = 0.2,
-        dropout_kind: str = "bernoulli",
-        input_norm: bool = True,
-        residual: bool = False,
-        swapout: tuple[float, float] | None = None,
-        swapout_samples: int = 0,
-    ) -> None:
+    def __init__(self, input_dim: int, hidden_dims: list[int] | None = None, out_dim: int = 64,
+                 dropout: float = 0.2, dropout_kind: str = "bernoulli", input_norm: bool = True,
+                 residual: bool = False, swapout: tuple[float, float] | None = None,
+                 swapout_samples: int = 0) -> None:
         super().__init__()
         self.config = init_args(locals())
         if swapout is not None and not residual:

@@ -19,13 +19,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 BERNOULLI_MODES: tuple[str, ...] = ("sample", "batch", "epoch")
-DROPOUT_KINDS: tuple[str, ...] = (
-    "bernoulli",
-    "bernoulli_batch",
-    "bernoulli_epoch",
-    "gaussian",
-    "none",
-)
+DROPOUT_KINDS: tuple[str, ...] = ("bernoulli", "bernoulli_batch", "bernoulli_epoch", "gaussian",
+                                  "none")
 
 
 def _check_drop_probability(p: float, name: str = "p") -> float:
@@ -157,10 +152,8 @@ class BernoulliDropout(nn.Module):
         if self.feature_ndim is None:
             return x.shape[1:]
         if x.ndim <= self.feature_ndim:
-            raise ValueError(
-                f"feature_ndim={self.feature_ndim} needs inputs with more dimensions, "
-                f"got shape {tuple(x.shape)}"
-            )
+            raise ValueError(f"feature_ndim={self.feature_ndim} needs inputs with more dimensions, "
+                             f"got shape {tuple(x.shape)}")
         return x.shape[x.ndim - self.feature_ndim :]
 
     def _epoch_mask(self, x: Tensor) -> Tensor:
@@ -182,8 +175,7 @@ class BernoulliDropout(nn.Module):
                 "would keep one mask for the whole run: add "
                 "mmsent.callbacks.EpochDropoutCallback to the trainer's callbacks "
                 "(--trainer.callbacks+=mmsent.callbacks.EpochDropoutCallback), or call "
-                "mmsent.models.dropout.resample_epoch_masks(model) at every epoch start"
-            )
+                "mmsent.models.dropout.resample_epoch_masks(model) at every epoch start")
         features = self._feature_shape(x)
         if self.mask is None:
             self.mask = _bernoulli_mask(features, self.p, like=x)
@@ -191,8 +183,7 @@ class BernoulliDropout(nn.Module):
             raise ValueError(
                 f"epoch-mode dropout holds a mask for feature shape {tuple(self.mask.shape)} "
                 f"but got input of shape {tuple(x.shape)}; call resample() before "
-                "changing the feature shape"
-            )
+                "changing the feature shape")
         return self.mask.to(dtype=x.dtype, device=x.device)
 
     def resample(self) -> None:
@@ -296,10 +287,8 @@ class Swapout(nn.Module):
         """
         residual = self.block(x)
         if residual.shape != x.shape:
-            raise ValueError(
-                f"Swapout needs a block that keeps the shape, got {tuple(x.shape)} -> "
-                f"{tuple(residual.shape)}"
-            )
+            raise ValueError(f"Swapout needs a block that keeps the shape, got {tuple(x.shape)} -> "
+                             f"{tuple(residual.shape)}")
         keep_skip, keep_residual = 1.0 - self.p_skip, 1.0 - self.p_residual
         generator = None if self.training else self.inference_generator
         if not self.training and generator is None:
@@ -313,9 +302,7 @@ class Swapout(nn.Module):
         return f"p_skip={self.p_skip}, p_residual={self.p_residual}"
 
 
-def average_stochastic_passes(
-    network: nn.Module, x: Tensor, samples: int, seed: int = 0
-) -> Tensor:
+def average_stochastic_passes(network: nn.Module, x: Tensor, samples: int, seed: int = 0) -> Tensor:
     """Evaluates a network with Swapout layers by averaging sampled passes.
 
     Singh et al. (2016) infer with Swapout by averaging the outputs of ``samples``

@@ -52,22 +52,11 @@ class TextLSTMEncoder(nn.Module, HubMixin):
         padding_idx (int): The padding token id.
     """
 
-    def __init__(
-        self,
-        input_dim: int,
-        input_kind: str = "tokens",
-        embed_dim: int = 128,
-        hidden_dim: int = 128,
-        num_layers: int = 1,
-        bidirectional: bool = True,
-        dropout: float = 0.2,
-        dropout_kind: str = "bernoulli",
-        pooling: str = "mean",
-        out_dim: int = 128,
-        pretrained_embeddings: str | None = None,
-        freeze_embeddings: bool = False,
-        padding_idx: int = 0,
-    ) -> None:
+    def __init__(self, input_dim: int, input_kind: str = "tokens", embed_dim: int = 128,
+                 hidden_dim: int = 128, num_layers: int = 1, bidirectional: bool = True,
+                 dropout: float = 0.2, dropout_kind: str = "bernoulli", pooling: str = "mean",
+                 out_dim: int = 128, pretrained_embeddings: str | None = None,
+                 freeze_embeddings: bool = False, padding_idx: int = 0) -> None:
         super().__init__()
         self.config = init_args(locals())
         if input_kind not in ("tokens", "vectors"):
@@ -79,19 +68,12 @@ class TextLSTMEncoder(nn.Module, HubMixin):
         self.out_dim = out_dim
         self.pretrained_embeddings = pretrained_embeddings if input_kind == "tokens" else None
         self.embed = self._build_input(
-            input_dim, embed_dim, pretrained_embeddings, freeze_embeddings, padding_idx
-        )
+            input_dim, embed_dim, pretrained_embeddings, freeze_embeddings, padding_idx)
         lstm_in = self.embed.embedding_dim if input_kind == "tokens" else embed_dim
         # The mask covers the feature axis only: sequence lengths differ between batches.
         self.input_dropout = make_dropout(dropout_kind, dropout, feature_ndim=1)
-        self.lstm = nn.LSTM(
-            lstm_in,
-            hidden_dim,
-            num_layers=num_layers,
-            batch_first=True,
-            bidirectional=bidirectional,
-            dropout=dropout if num_layers > 1 else 0.0,
-        )
+        self.lstm = nn.LSTM(lstm_in, hidden_dim, num_layers=num_layers, batch_first=True,
+                            bidirectional=bidirectional, dropout=dropout if num_layers > 1 else 0.0)
         directions = 2 if bidirectional else 1
         self.output_dropout = make_dropout(dropout_kind, dropout)
         self.project = nn.Linear(hidden_dim * directions, out_dim)
@@ -105,8 +87,7 @@ class TextLSTMEncoder(nn.Module, HubMixin):
         if weights.shape[0] != input_dim:
             raise ValueError(
                 f"pretrained_embeddings {pretrained!r} has {weights.shape[0]} tokens but the data "
-                f"was tokenized into {input_dim}; tokenize with the same model's tokenizer"
-            )
+                f"was tokenized into {input_dim}; tokenize with the same model's tokenizer")
         return nn.Embedding.from_pretrained(weights, freeze=freeze, padding_idx=padding_idx)
 
     def rebuilt_state_keys(self) -> list[str]:

@@ -36,12 +36,8 @@ def conv3d_block(in_channels: int, out_channels: int, pool: tuple[int, int, int]
         nn.Sequential: The block.
     """
     conv = TimeReplicateConv3d if _temporal_padding(temporal_padding) == "replicate" else nn.Conv3d
-    return nn.Sequential(
-        conv(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
-        nn.BatchNorm3d(out_channels),
-        nn.ReLU(inplace=True),
-        nn.MaxPool3d(pool),
-    )
+    return nn.Sequential(conv(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
+                         nn.BatchNorm3d(out_channels), nn.ReLU(inplace=True), nn.MaxPool3d(pool))
 
 
 GLOBAL_POOLS = ("max", "avg")
@@ -175,23 +171,12 @@ class Visual3DCNNEncoder(nn.Module, HubMixin):
             still clip.
     """
 
-    def __init__(
-        self,
-        input_dim: int = 3,
-        backbone: str = "c3d",
-        widths: list[int] | None = None,
-        global_pool: str = "max",
-        temporal_bins: int = 1,
-        motion_input: bool = False,
-        out_dim: int = 64,
-        dropout: float = 0.2,
-        dropout_kind: str = "bernoulli",
-        channels_last: bool = False,
-        inflate_from: str | None = None,
-        inflate_kernels: list[str] | None = None,
-        temporal_padding: str = "zeros",
-        stem_pool: bool = False,
-    ) -> None:
+    def __init__(self, input_dim: int = 3, backbone: str = "c3d", widths: list[int] | None = None,
+                 global_pool: str = "max", temporal_bins: int = 1, motion_input: bool = False,
+                 out_dim: int = 64, dropout: float = 0.2, dropout_kind: str = "bernoulli",
+                 channels_last: bool = False, inflate_from: str | None = None,
+                 inflate_kernels: list[str] | None = None, temporal_padding: str = "zeros",
+                 stem_pool: bool = False) -> None:
         super().__init__()
         self.config = init_args(locals())
         # The 2D weights only initialize: a rebuilt encoder takes its checkpoint's
@@ -262,27 +247,17 @@ class FrameCNNEncoder(nn.Module, HubMixin):
         dropout_kind (str): A kind accepted by :func:`make_dropout`.
     """
 
-    def __init__(
-        self,
-        input_dim: int = 3,
-        widths: list[int] | None = None,
-        global_pool: str = "max",
-        out_dim: int = 64,
-        dropout: float = 0.2,
-        dropout_kind: str = "bernoulli",
-    ) -> None:
+    def __init__(self, input_dim: int = 3, widths: list[int] | None = None,
+                 global_pool: str = "max", out_dim: int = 64, dropout: float = 0.2,
+                 dropout_kind: str = "bernoulli") -> None:
         super().__init__()
         self.config = init_args(locals())
         self.out_dim = out_dim
         widths = [16, 32, 64] if widths is None else list(widths)
         blocks, channels = [], input_dim
         for width in widths:
-            blocks += [
-                nn.Conv2d(channels, width, 3, padding=1, bias=False),
-                nn.BatchNorm2d(width),
-                nn.ReLU(inplace=True),
-                nn.MaxPool2d(2),
-            ]
+            blocks += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]
             channels = width
         self.frame_net = nn.Sequential(*blocks, _global_pool(global_pool, 2), nn.Flatten())
         self.dropout = make_dropout(dropout_kind, dropout)

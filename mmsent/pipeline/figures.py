@@ -73,8 +73,7 @@ def predictions_table(outputs: Iterable[Mapping]) -> pd.DataFrame:
         "label": np.asarray(batch["label"], dtype=float).reshape(-1),
         "prediction": np.asarray(batch["prediction"], dtype=float).reshape(-1),
         **({"own_prediction": np.asarray(batch["own_prediction"], dtype=float).reshape(-1)}
-           if "own_prediction" in batch else {}),
-    }) for batch in outputs]
+           if "own_prediction" in batch else {})}) for batch in outputs]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PREDICTION_COLUMNS)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 import yaml
+from matplotlib.figure import Figure
 
 from mmsent.data.schema import ID_SEPARATOR
 from mmsent.io import save_json
@@ -42,22 +43,17 @@ def report_rows(manifest: dict) -> list[dict]:
         if record.get("status") != "done":
             continue
         metrics = record.get("metrics", {})
+        test = metrics.get("test", {})
         row = {"stage": name, "wall_time_s": record.get("wall_time_s")}
         for split in ("val", "test"):
             row[split] = {k: v for k, v in metrics.get(split, {}).items() if k in METRIC_NAMES}
-        best = metrics.get("test", {}).get("best_achievable_MAE")
+        best = test.get("best_achievable_MAE")
         if best is not None and math.isfinite(best):
             row["best_achievable_MAE"] = best
-        extra = {k: v for k, v in metrics.get("test", {}).items()
-                 if k.startswith(("without_", "contribution/"))}
-        if extra:
-            row["ablation"] = extra
-        if record.get("selection"):
-            row["selection"] = record["selection"]
-        quality = {k: v for k, v in metrics.get("test", {}).items() if k in GENERATIVE_METRICS}
-        if quality:
-            row["generative"] = quality
-        rows.append(row)
+        extras = {"ablation": {k: v for k, v in test.items() if k.startswith(("without_", "contribution/"))},
+                  "selection": record.get("selection"),
+                  "generative": {k: v for k, v in test.items() if k in GENERATIVE_METRICS}}
+        rows.append(row | {key: value for key, value in extras.items() if value})
     return rows
 
 
@@ -282,14 +278,10 @@ def plot(rows: list[dict], baselines: dict, path: Path) -> None:
         baselines (dict): The trivial predictors' metrics per split, drawn as lines.
         path (Path): The PNG to write.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = scoring_rows(rows)
     names = [r["stage"] for r in rows]
-    fig, (ax_mae, ax_corr) = plt.subplots(1, 2, figsize=(10, 4))
+    figure = Figure(figsize=(10, 4))
+    ax_mae, ax_corr = figure.subplots(1, 2)
     ax_mae.bar(names, [r["test"].get("MAE", 0) for r in rows], color="tab:blue")
     ax_mae.set_title("test MAE (lower is better)")
     best = [r["best_achievable_MAE"] for r in rows if "best_achievable_MAE" in r]
@@ -303,9 +295,8 @@ def plot(rows: list[dict], baselines: dict, path: Path) -> None:
     ax_corr.set_ylim(min(0.0, *[r["test"].get("Corr", 0) for r in rows]), 1.0)
     for ax in (ax_mae, ax_corr):
         ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
 
 
 def figures_section(files: list[Path]) -> str:

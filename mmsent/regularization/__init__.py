@@ -18,15 +18,6 @@ from mmsent.regularization.penalties import (
 )
 from mmsent.regularization.regularizer import PenaltyTerms, Regularizer
 
-__all__ = [
-    "TIKHONOV_OPERATORS",
-    "PenaltyTerms",
-    "Regularizer",
-    "elastic_net_penalty",
-    "l1_penalty",
-    "l2_penalty",
-    "mahalanobis_penalty",
-    "row_covariance",
-    "soft_threshold_",
-    "tikhonov_penalty",
-]
+__all__ = ["TIKHONOV_OPERATORS", "PenaltyTerms", "Regularizer", "elastic_net_penalty", "l1_penalty",
+           "l2_penalty", "mahalanobis_penalty", "row_covariance", "soft_threshold_",
+           "tikhonov_penalty"]

@@ -41,10 +41,7 @@ def _sum(terms: list[Tensor], params: list[Tensor]) -> Tensor:
     Returns:
         Tensor: The sum as a 0-d tensor.
     """
-    total = _zero(params)
-    for term in terms:
-        total = total + term
-    return total
+    return sum(terms, _zero(params))
 
 
 def l1_penalty(params: Iterable[Tensor]) -> Tensor:
@@ -121,8 +118,7 @@ def _apply_operator(w: Tensor, operator: str | Tensor) -> Tensor:
         if operator.ndim != 2 or operator.shape[1] != w.shape[-1]:
             raise ValueError(
                 f"Tikhonov operator of shape {tuple(operator.shape)} cannot act on the last "
-                f"dimension of a parameter of shape {tuple(w.shape)}"
-            )
+                f"dimension of a parameter of shape {tuple(w.shape)}")
         return w @ operator.to(dtype=w.dtype, device=w.device).T
     if operator == "difference":
         return w[..., 1:] - w[..., :-1]
@@ -201,10 +197,8 @@ def _mahalanobis(weight: Tensor, covariance: Tensor) -> Tensor:
     """
     n = weight.shape[-1]
     if covariance.shape != (n, n):
-        raise ValueError(
-            f"a covariance of shape {tuple(covariance.shape)} cannot act on the last "
-            f"dimension of a parameter of shape {tuple(weight.shape)}"
-        )
+        raise ValueError(f"a covariance of shape {tuple(covariance.shape)} cannot act on the last "
+                         f"dimension of a parameter of shape {tuple(weight.shape)}")
     rows = weight.reshape(-1, n)
     factor = torch.linalg.cholesky(covariance.to(device=weight.device, dtype=torch.float64))
     # Σ⁻¹ = L⁻ᵀ L⁻¹, so θᵀ Σ⁻¹ θ = ‖L⁻¹ θ‖²: a triangular solve instead of an inverse.
@@ -239,9 +233,8 @@ def check_covariance(matrix: Tensor, key: str = "covariance") -> Tensor:
     return matrix
 
 
-def mahalanobis_penalty(
-    params: Iterable[Tensor], covariance: str | Tensor = "rows", shrinkage: float = 0.1
-) -> Tensor:
+def mahalanobis_penalty(params: Iterable[Tensor], covariance: str | Tensor = "rows",
+                        shrinkage: float = 0.1) -> Tensor:
     """Mahalanobis penalty ``Σ_i θ_iᵀ Σ⁻¹ θ_i`` over the rows ``θ_i`` of every tensor.
 
     This is the negative log-density of a Gaussian prior ``N(0, Σ)`` on each row (up to a
@@ -276,10 +269,7 @@ def mahalanobis_penalty(
     terms = []
     for w in params:
         sigma = row_covariance(w, shrinkage) if isinstance(covariance, str) else covariance
-        if not bool(sigma.any()):
-            terms.append((w * 0.0).sum())
-            continue
-        terms.append(_mahalanobis(w, sigma))
+        terms.append(_mahalanobis(w, sigma) if bool(sigma.any()) else (w * 0.0).sum())
     return _sum(terms, params)
 
 

@@ -111,16 +111,14 @@ def _resolve(terms: PenaltyTerms, key: str) -> tuple[str | Tensor, str | Tensor]
         if isinstance(operator, str) and Path(operator).suffix not in MATRIX_SUFFIXES:
             raise ValueError(
                 f"unknown Tikhonov operator {operator!r} in {key}.tikhonov_operator; valid: "
-                f"{TIKHONOV_OPERATORS}, an inline matrix or a {MATRIX_SUFFIXES} file"
-            )
+                f"{TIKHONOV_OPERATORS}, an inline matrix or a {MATRIX_SUFFIXES} file")
         operator = load_matrix(operator, f"{key}.tikhonov_operator")
     covariance: str | Tensor = terms.covariance
     if covariance != "rows":
         if isinstance(covariance, str) and Path(covariance).suffix not in MATRIX_SUFFIXES:
             raise ValueError(
                 f"{key}.covariance must be 'rows', an inline matrix or a {MATRIX_SUFFIXES} "
-                f"file, got {covariance!r}"
-            )
+                f"file, got {covariance!r}")
         covariance = load_covariance(covariance, f"{key}.covariance")
     return operator, covariance
 
@@ -191,8 +189,7 @@ class Regularizer(PenaltyTerms):
 
     groups: dict[str, PenaltyTerms] | None = None
     _matrices: dict[str | None, tuple[str | Tensor, str | Tensor]] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
+        default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         matrices = {None: _resolve(self, "regularizer")}
@@ -247,16 +244,14 @@ class Regularizer(PenaltyTerms):
                 if group in MODALITIES:
                     continue
                 raise ValueError(
-                    f"regularizer.groups: unknown group {group!r}; the model has {sorted(parts)}"
-                )
+                    f"regularizer.groups: unknown group {group!r}; the model has {sorted(parts)}")
             named = [(n, p) for n, p in parts[group].named_parameters()
                      if p.requires_grad and p.ndim >= 2]
             selected = [p for n, p in named if terms.matches(n) and id(p) not in claimed]
             if not selected and terms.parameters is not None:
                 raise ValueError(
                     f"regularizer.groups.{group}.parameters {terms.parameters} select no "
-                    f"weight matrix of {group!r}; it has {[n for n, _ in named]}"
-                )
+                    f"weight matrix of {group!r}; it has {[n for n, _ in named]}")
             claimed.update(id(p) for p in selected)
             grouped.append((group, selected))
         rest = [p for n, p in module.named_parameters()
@@ -293,8 +288,7 @@ class Regularizer(PenaltyTerms):
                         raise ValueError(
                             f"{key}.{field_name} has shape {tuple(matrix.shape)} but parameter "
                             f"{names[id(p)]!r} of shape {tuple(p.shape)} has last dimension "
-                            f"{p.shape[-1]}; narrow it with {key}.parameters or fit the matrix"
-                        )
+                            f"{p.shape[-1]}; narrow it with {key}.parameters or fit the matrix")
 
     def _loss_terms(self, group: str | None, params: list[Tensor]) -> list[Tensor]:
         """The weighted penalties of one group's terms on its weights.
@@ -336,9 +330,7 @@ class Regularizer(PenaltyTerms):
         if not self.active:
             return _zero(self.penalised_parameters(module))
         assigned = self.assignments(module)
-        terms = [
-            t for group, params in assigned if params for t in self._loss_terms(group, params)
-        ]
+        terms = [t for group, params in assigned if params for t in self._loss_terms(group, params)]
         return _sum(terms, [p for _, params in assigned for p in params])
 
     @property

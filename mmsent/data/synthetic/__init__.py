@@ -37,11 +37,5 @@ from mmsent.data.synthetic.plan import (
 )
 from mmsent.data.synthetic.writer import GENERATOR_VERSION, generate_raw_dataset
 
-__all__ = [
-    "GENERATOR_VERSION",
-    "LABEL_COLUMNS",
-    "MODALITY_WEIGHTS",
-    "best_achievable_mae",
-    "generate_raw_dataset",
-    "plan_clips",
-]
+__all__ = ["GENERATOR_VERSION", "LABEL_COLUMNS", "MODALITY_WEIGHTS", "best_achievable_mae",
+           "generate_raw_dataset", "plan_clips"]

@@ -33,11 +33,9 @@ def sample_voice(rng: np.random.Generator) -> Voice:
     Returns:
         Voice: The voice.
     """
-    return Voice(
-        pitch_offset_hz=float(rng.normal(0.0, 20.0)),
-        tilt_offset=float(rng.normal(0.0, 0.25)),
-        gain_offset_db=float(rng.normal(0.0, 2.0)),
-    )
+    return Voice(pitch_offset_hz=float(rng.normal(0.0, 20.0)),
+                 tilt_offset=float(rng.normal(0.0, 0.25)),
+                 gain_offset_db=float(rng.normal(0.0, 2.0)))
 
 
 def _syllable_envelope(t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -48,9 +46,8 @@ def _syllable_envelope(t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return envelope**1.5 * fade
 
 
-def synthesize_audio(
-    s_audio: float, duration: float, sample_rate: int, voice: Voice, rng: np.random.Generator
-) -> np.ndarray:
+def synthesize_audio(s_audio: float, duration: float, sample_rate: int, voice: Voice,
+                     rng: np.random.Generator) -> np.ndarray:
     """Synthesizes a voiced-like signal whose acoustics carry ``s_audio``.
 
     The fundamental frequency is ``140 + 50 * s_audio`` Hz, loudness rises by 5 dB

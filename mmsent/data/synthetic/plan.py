@@ -17,10 +17,8 @@ import pandas as pd
 from mmsent.data.schema import LABEL_RANGE, SPLITS
 from mmsent.data.synthetic.text import make_sentence
 
-LABEL_COLUMNS: tuple[str, ...] = (
-    "video_id", "clip_id", "text", "label", "annotation", "mode",
-    "clean_label", "text_score", "audio_score", "video_score",
-)
+LABEL_COLUMNS: tuple[str, ...] = ("video_id", "clip_id", "text", "label", "annotation", "mode",
+                                  "clean_label", "text_score", "audio_score", "video_score")
 MODALITY_WEIGHTS: dict[str, float] = {"text": 1.5, "audio": 1.05, "video": 1.25}
 
 # Independent random streams, so adding a draw to one part never shifts another.
@@ -52,9 +50,8 @@ def _video_sizes(num_clips: int, rng: np.random.Generator) -> list[int]:
     return sizes
 
 
-def _assign_splits(
-    sizes: list[int], fractions: Sequence[float], rng: np.random.Generator
-) -> list[str]:
+def _assign_splits(sizes: list[int], fractions: Sequence[float],
+                   rng: np.random.Generator) -> list[str]:
     """Assigns whole videos to splits so clip counts follow ``fractions`` (speaker independent)."""
     order = rng.permutation(len(sizes))
     bounds = np.cumsum(fractions) * sum(sizes)
@@ -90,27 +87,18 @@ def _plan_clip(seed: int, index: int, noise_std: float) -> dict:
     """Draws one clip's latents, text and labels from its own random stream."""
     rng = stream_rng(seed, CLIP_STREAM, index)
     text, s_text = make_sentence(float(rng.uniform(-1.0, 1.0)), rng)
-    scores = {
-        "text": round(s_text, 4),
-        "audio": round(float(rng.uniform(-1.0, 1.0)), 4),
-        "video": round(float(rng.uniform(-1.0, 1.0)), 4),
-    }
+    scores = {"text": round(s_text, 4), "audio": round(float(rng.uniform(-1.0, 1.0)), 4),
+              "video": round(float(rng.uniform(-1.0, 1.0)), 4)}
     low, high = LABEL_RANGE
     clean = sum(MODALITY_WEIGHTS[name] * value for name, value in scores.items())
     clean = round(float(np.clip(clean, low, high)), 4)
     label = round(float(np.clip(clean + rng.normal(0.0, noise_std), low, high)), 4)
-    return {
-        "text": text, "label": label, "annotation": _annotation(label), "clean_label": clean,
-        **{f"{name}_score": value for name, value in scores.items()},
-    }
+    return {"text": text, "label": label, "annotation": _annotation(label), "clean_label": clean,
+            **{f"{name}_score": value for name, value in scores.items()}}
 
 
-def plan_clips(
-    num_clips: int,
-    seed: int = 0,
-    noise_std: float = 0.3,
-    split_fractions: Sequence[float] = (0.7, 0.15, 0.15),
-) -> pd.DataFrame:
+def plan_clips(num_clips: int, seed: int = 0, noise_std: float = 0.3,
+               split_fractions: Sequence[float] = (0.7, 0.15, 0.15)) -> pd.DataFrame:
     """Builds the label table of a generated dataset without writing any media.
 
     Args:
@@ -135,9 +123,8 @@ def plan_clips(
     return pd.DataFrame(rows, columns=[*LABEL_COLUMNS, "video_index"])
 
 
-def best_achievable_mae(
-    label_csv_or_frame: str | os.PathLike | pd.DataFrame, split: str | None = "test"
-) -> float:
+def best_achievable_mae(label_csv_or_frame: str | os.PathLike | pd.DataFrame,
+                        split: str | None = "test") -> float:
     """The mean absolute error of predicting the noise-free score, the floor for any model.
 
     Args:

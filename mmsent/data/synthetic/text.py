@@ -19,18 +19,15 @@ ADJECTIVES: dict[str, float] = {
     "awful": -0.8, "terrible": -0.8, "horrible": -0.75, "dreadful": -0.7,
     "painful": -0.65, "bad": -0.5, "annoying": -0.5, "boring": -0.45, "dull": -0.4,
     "weak": -0.35, "confusing": -0.3, "bland": -0.25, "predictable": -0.22,
-    "mediocre": -0.2, "forgettable": -0.18, "slow": -0.15,
-}
+    "mediocre": -0.2, "forgettable": -0.18, "slow": -0.15}
 """dict[str, float]: Polar adjectives and their polarity."""
 
 # Past tense for plain clauses, base form after a negated auxiliary ("didn't like").
 _SENTIMENT_VERBS: dict[str, tuple[str, float]] = {
     "loved": ("love", 0.75), "enjoyed": ("enjoy", 0.5), "liked": ("like", 0.4),
-    "hated": ("hate", -0.75), "disliked": ("dislike", -0.4),
-}
+    "hated": ("hate", -0.75), "disliked": ("dislike", -0.4)}
 VERBS: dict[str, float] = {
-    form: value for past, (base, value) in _SENTIMENT_VERBS.items() for form in (past, base)
-}
+    form: value for past, (base, value) in _SENTIMENT_VERBS.items() for form in (past, base)}
 """dict[str, float]: Polar verbs (both forms) and their polarity."""
 
 POLAR_WORDS: dict[str, float] = {**ADJECTIVES, **VERBS}
@@ -40,16 +37,14 @@ INTENSIFIERS: dict[str, float] = {
     "extremely": 1.5, "incredibly": 1.5, "absolutely": 1.5,
     "really": 1.3, "very": 1.3, "truly": 1.3,
     "quite": 1.15, "pretty": 1.1, "rather": 0.85, "fairly": 0.8, "somewhat": 0.6,
-    "slightly": 0.5, "mildly": 0.5,
-}
+    "slightly": 0.5, "mildly": 0.5}
 """dict[str, float]: Words that scale the next polar word."""
 
 _AMPLIFIERS = tuple(word for word, scale in INTENSIFIERS.items() if scale > 1.0)
 _VERB_INTENSIFIERS = ("absolutely", "really", "truly", "quite")
 
 NEGATORS: frozenset[str] = frozenset(
-    {"not", "never", "wasn't", "isn't", "weren't", "aren't", "didn't"}
-)
+    {"not", "never", "wasn't", "isn't", "weren't", "aren't", "didn't"})
 """frozenset[str]: Words that flip and attenuate the next polar word."""
 
 NEGATION_FACTOR = -0.5
@@ -64,25 +59,18 @@ _SINGULAR_SUBJECTS = (
     "the movie", "the film", "the story", "the plot", "the acting", "the script",
     "the dialogue", "the ending", "the soundtrack", "the music", "the direction",
     "the cinematography", "her performance", "his performance", "the main character",
-    "the lead actor", "the villain", "the pacing", "the humor", "the editing",
-)
-_PLURAL_SUBJECTS = (
-    "the characters", "the jokes", "the visuals", "the action scenes",
-    "the special effects", "the songs",
-)
-_COPULAS = {
-    False: {"plain": ("was", "is", "seemed", "felt"),
-            "negated": ("was not", "wasn't", "was never", "is not", "isn't",
-                        "didn't seem", "never seemed", "did not feel")},
-    True: {"plain": ("were", "are", "seemed", "felt"),
-           "negated": ("were not", "weren't", "were never", "are not", "aren't",
-                       "didn't seem", "never seemed", "did not feel")},
-}
+    "the lead actor", "the villain", "the pacing", "the humor", "the editing")
+_PLURAL_SUBJECTS = ("the characters", "the jokes", "the visuals", "the action scenes",
+                    "the special effects", "the songs")
+_COPULAS = {False: {"plain": ("was", "is", "seemed", "felt"),
+                    "negated": ("was not", "wasn't", "was never", "is not", "isn't",
+                                "didn't seem", "never seemed", "did not feel")},
+            True: {"plain": ("were", "are", "seemed", "felt"),
+                   "negated": ("were not", "weren't", "were never", "are not", "aren't",
+                               "didn't seem", "never seemed", "did not feel")}}
 _SPEAKERS = ("i", "we")
-_PREFIXES = (
-    "honestly", "overall", "well", "um", "i think", "i guess", "i mean", "to be honest",
-    "in my opinion", "basically", "actually", "you know",
-)
+_PREFIXES = ("honestly", "overall", "well", "um", "i think", "i guess", "i mean", "to be honest",
+             "in my opinion", "basically", "actually", "you know")
 _SUFFIXES = ("overall", "to be honest", "i guess", "you know", "for me", "in the end")
 # Single clause, "X but Y", "although X, Y", "X and Y".
 _STRUCTURES = ("single", "but", "although", "and")

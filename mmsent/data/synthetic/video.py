@@ -78,13 +78,11 @@ def sample_appearance(rng: np.random.Generator) -> Appearance:
         # A light face with dark features keeps the mouth visible on any background.
         skin=_colour(rng, 150, 250),
         background=_colour(rng, 0, 255),
-        features=_colour(rng, 0, 70),
-    )
+        features=_colour(rng, 0, 70))
 
 
-def sample_face_style(
-    appearance: Appearance, frame_size: int, rng: np.random.Generator
-) -> FaceStyle:
+def sample_face_style(appearance: Appearance, frame_size: int,
+                      rng: np.random.Generator) -> FaceStyle:
     """Places a speaker's face in one clip, with position, size and colour jitter.
 
     Args:
@@ -103,8 +101,7 @@ def sample_face_style(
         radii=(float(half_width), float(half_width * appearance.aspect)),
         skin=tuple(float(v) for v in np.clip(np.add(appearance.skin, jitter), 0, 255)),
         background=tuple(float(v) for v in np.clip(np.add(appearance.background, jitter), 0, 255)),
-        features=appearance.features,
-    )
+        features=appearance.features)
 
 
 def mouth_curvatures(midpoint: float, s_video: float, frames: int) -> np.ndarray:
@@ -219,8 +216,7 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int) -> None:
         # Macroblock-tree rate control makes the bytes of identical frames differ between
         # runs at these tiny sizes; off, the same seed writes the same files.
         stream.options = {
-            "crf": "18", "preset": "veryfast", "threads": "1", "x264-params": "mbtree=0",
-        }
+            "crf": "18", "preset": "veryfast", "threads": "1", "x264-params": "mbtree=0",}
         for pixels in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
         container.mux(stream.encode())

@@ -100,10 +100,8 @@ def _check_params(params: dict) -> None:
     """Rejects parameters that cannot produce a valid dataset."""
     fractions = params["split_fractions"]
     if len(fractions) != len(SPLITS) or min(fractions) < 0 or not math.isclose(sum(fractions), 1.0):
-        raise ValueError(
-            f"split_fractions must be {len(SPLITS)} non-negative shares summing to 1, "
-            f"got {fractions}"
-        )
+        raise ValueError(f"split_fractions must be {len(SPLITS)} non-negative shares summing to 1, "
+                         f"got {fractions}")
     if params["num_clips"] < sum(f > 0 for f in fractions):
         raise ValueError(f"num_clips={params['num_clips']} is too few for the requested splits")
     if params["frames"] < 2:
@@ -117,18 +115,13 @@ def _check_params(params: dict) -> None:
 def _read_marker(out_dir: Path) -> dict | None:
     """The contents of ``generated.json``, or None when absent."""
     marker = out_dir / "generated.json"
-    if not marker.exists():
-        return None
-    with open(marker, encoding="utf-8") as handle:
-        return json.load(handle)
+    return json.loads(marker.read_text(encoding="utf-8")) if marker.exists() else None
 
 
 def _write_marker(out_dir: Path, params: dict, complete: bool) -> None:
     """Writes ``generated.json`` atomically."""
-    record = {
-        "generator": "mmsent.data.synthetic", "version": GENERATOR_VERSION,
-        "params": params, "complete": complete,
-    }
+    record = {"generator": "mmsent.data.synthetic", "version": GENERATOR_VERSION,
+              "params": params, "complete": complete}
     atomic_write(out_dir / "generated.json",
                  lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8"))
 
@@ -141,8 +134,7 @@ def _prepare_dir(out_dir: Path, params: dict, overwrite: bool) -> bool:
     """
     marker = _read_marker(out_dir)
     same = marker is not None and (marker.get("params"), marker.get("version")) == (
-        params, GENERATOR_VERSION
-    )
+        params, GENERATOR_VERSION)
     if same and marker.get("complete") and (out_dir / "label.csv").exists():
         return True
     foreign = marker is None and ((out_dir / "label.csv").exists() or (out_dir / "Raw").exists())
@@ -151,8 +143,7 @@ def _prepare_dir(out_dir: Path, params: dict, overwrite: bool) -> bool:
             f"was generated with other parameters (generated.json: {marker.get('params')}, "
             f"version {marker.get('version')})")
         raise ValueError(
-            f"{out_dir} {what}; requested {params}. Pass overwrite=True to regenerate."
-        )
+            f"{out_dir} {what}; requested {params}. Pass overwrite=True to regenerate.")
     if not same:
         # An unfinished run with the same parameters resumes; anything else starts clean.
         shutil.rmtree(out_dir / "Raw", ignore_errors=True)
@@ -186,19 +177,11 @@ def _write_media(jobs: list[_MediaJob], total: int, num_workers: int) -> None:
                 progress.update()
 
 
-def generate_raw_dataset(
-    out_dir: str | os.PathLike,
-    num_clips: int = 1200,
-    seed: int = 0,
-    frames: int = 16,
-    frame_size: int = 64,
-    fps: int = 8,
-    sample_rate: int = 16000,
-    noise_std: float = 0.3,
-    split_fractions: Sequence[float] = (0.7, 0.15, 0.15),
-    num_workers: int = 1,
-    overwrite: bool = False,
-) -> Path:
+def generate_raw_dataset(out_dir: str | os.PathLike, num_clips: int = 1200, seed: int = 0,
+                         frames: int = 16, frame_size: int = 64, fps: int = 8,
+                         sample_rate: int = 16000, noise_std: float = 0.3,
+                         split_fractions: Sequence[float] = (0.7, 0.15, 0.15), num_workers: int = 1,
+                         overwrite: bool = False) -> Path:
     """Writes a generated raw dataset in MMSA's raw layout.
 
     The same parameters always give the same dataset: every clip draws from a random

@@ -68,35 +68,13 @@ from mmsent.models.generative.quality import (
 from mmsent.models.generative.vae import ConditionalVAE
 
 GENERATORS: dict[str, type[EmbeddingGenerator]] = {
-    cls.__name__: cls for cls in (ConditionalAutoencoder, ConditionalVAE, ConditionalGAN, BiGAN)
-}
+    cls.__name__: cls for cls in (ConditionalAutoencoder, ConditionalVAE, ConditionalGAN, BiGAN)}
 """The generators a checkpoint may name, by class name."""
 
-__all__ = [
-    "GAN_LOSSES",
-    "GENERATORS",
-    "SCORE_MODES",
-    "SCORE_SCALE",
-    "BiGAN",
-    "ConditionalAutoencoder",
-    "ConditionalGAN",
-    "ConditionalVAE",
-    "Critic",
-    "EmbeddingCycleGAN",
-    "EmbeddingGenerator",
-    "RidgeProbe",
-    "RunningStandardizer",
-    "concat_embeddings",
-    "conditional_diversity",
-    "discriminator_objective",
-    "draw_scores",
-    "fill_missing",
-    "frechet_distance",
-    "generator_objective",
-    "gradient_penalty",
-    "mean_pairwise_distance",
-    "sample_embeddings",
-    "sample_quality",
-    "score_condition",
-    "split_embeddings",
-]
+__all__ = ["GAN_LOSSES", "GENERATORS", "SCORE_MODES", "SCORE_SCALE", "BiGAN",
+           "ConditionalAutoencoder", "ConditionalGAN", "ConditionalVAE", "Critic",
+           "EmbeddingCycleGAN", "EmbeddingGenerator", "RidgeProbe", "RunningStandardizer",
+           "concat_embeddings", "conditional_diversity", "discriminator_objective", "draw_scores",
+           "fill_missing", "frechet_distance", "generator_objective", "gradient_penalty",
+           "mean_pairwise_distance", "sample_embeddings", "sample_quality", "score_condition",
+           "split_embeddings"]

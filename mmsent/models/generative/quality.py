@@ -135,8 +135,7 @@ def sample_quality(generator: EmbeddingGenerator, real: Tensor, scores: Tensor,
     measures = {
         "frechet": frechet_distance(real_std, generated_std),
         "diversity": mean_pairwise_distance(generated_std) / max(mean_pairwise_distance(real_std), 1e-12),
-        "conditional_diversity": conditional_diversity(real_std, generated_std, scores),
-    }
+        "conditional_diversity": conditional_diversity(real_std, generated_std, scores)}
     if probe is not None and bool(probe.fitted):
         measures["fidelity_MAE"] = float((probe(generated) - scores).abs().mean())
         measures["real_MAE"] = float((probe(real) - scores).abs().mean())
