@@ -159,6 +159,9 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> MMSentCLI:
 
     Returns:
         MMSentCLI: The CLI, with ``model``, ``datamodule`` and ``trainer``.
+
+    Raises:
+        ArgumentError: If the arguments do not parse (jsonargparse's message).
     """
     return MMSentCLI(
         BaseTask,
@@ -167,6 +170,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> MMSentCLI:
         seed_everything_default=0,
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
+        parser_kwargs={"exit_on_error": False},
         args=args,
         run=run,
     )
