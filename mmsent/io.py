@@ -55,7 +55,7 @@ def content_hash(path: Path) -> str:
     return hashlib.sha1(path.read_bytes()).hexdigest()
 
 
-def atomic_write(path: Path, write: Callable[[Path], None], what: str = "", durable: bool = False) -> Path:
+def atomic_write(path: Path, write: Callable[[Path], None], what: str = "", durable: bool = False) -> None:
     """Writes a file in a temporary folder beside it, then renames it over the old one,
     so an interrupted write (a kill, a full disk) leaves the file as it was or the
     whole new one.
@@ -66,9 +66,6 @@ def atomic_write(path: Path, write: Callable[[Path], None], what: str = "", dura
         what (str): What the file is, for messages (``"checkpoint"``).
         durable (bool): Also flush the file and the rename to disk, so that the write
             outlasts a power cut, at a few milliseconds a file.
-
-    Returns:
-        Path: ``path``.
 
     Raises:
         WriteError: If the disk is full or the file too large, naming the file and
@@ -83,7 +80,6 @@ def atomic_write(path: Path, write: Callable[[Path], None], what: str = "", dura
         os.replace(folder / path.name, path)
     if durable:
         sync_path(path.parent)
-    return path
 
 
 @contextmanager

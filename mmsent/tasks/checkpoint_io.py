@@ -91,9 +91,6 @@ def atomic_torch_save(checkpoint: Any, path: str | Path) -> None:
         WriteError: If the disk is full or the file too large, naming the file and
             the free space (:func:`mmsent.io.write_failure`).
         OSError: If the write fails otherwise, naming the file.
-
-    Either way the file as it was before is left in place and the temporary file
-    removed.
     """
 
     def save(part: Path) -> None:
