@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import rich
 from jsonargparse import ArgumentError, Namespace
 from lightning_fabric.plugins import CheckpointIO
-from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ProgressBar, RichProgressBar
+from pytorch_lightning.callbacks import LearningRateMonitor, ProgressBar, RichProgressBar
 from pytorch_lightning.cli import LightningCLI
 
 from mmsent.callbacks.checkpoint import LastEpochCheckpoint
@@ -88,21 +88,33 @@ class MMSentCLI(LightningCLI):
         parser.add_lightning_class_args(EpochLearningRates, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "epoch"})
 
-    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> pl.Trainer:
+    def parse_arguments(self, parser, args) -> None:
+        """Parses, then loads ``--ckpt_path`` safely before LightningCLI reads its
+        hyperparameters, so a refused or corrupt file is named with the key
+        (:func:`mmsent.tasks.checkpoint_io.load_weights_only`), not shown with torch's traceback."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if path and Path(path).is_file():
+            load_weights_only(path, "--ckpt_path")
+
+    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        """Instantiates the trainer with what every mmsent trainer has: the atomic
+        checkpoint I/O (unless the configuration names its own), :class:`RandomState`
+        and a progress bar on stderr."""
+        config = {**self.config_init.get(str(self.subcommand), self.config_init).get("trainer", {}), **kwargs}
         plugins = config.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, list) else [plugins]
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
             plugins.append(AtomicCheckpointIO())
-        config["plugins"] = plugins
         # Lightning's default bar and its rich tables print to stdout.
         rich.reconfigure(stderr=True)
-        extra = [RandomState()]
-        configured = config.get("callbacks") or []
-        configured = configured if isinstance(configured, list) else [configured]
+        callbacks = config.get("callbacks") or []
+        callbacks = [*(callbacks if isinstance(callbacks, list) else [callbacks]), RandomState()]
         if config.get("enable_progress_bar", True) is not False and not any(
-                isinstance(callback, ProgressBar) for callback in [*configured, *callbacks]):
-            extra.append(RichProgressBar(console_kwargs={"stderr": True}))
-        return super()._instantiate_trainer(config, [*callbacks, *extra])
+                isinstance(callback, ProgressBar) for callback in callbacks):
+            callbacks.append(RichProgressBar(console_kwargs={"stderr": True}))
+        return super().instantiate_trainer(**{**kwargs, "plugins": plugins, "callbacks": callbacks})
 
     def after_validate(self) -> None:
         """Prints the validation metrics to stdout, as one JSON object."""
@@ -116,15 +128,6 @@ class MMSentCLI(LightningCLI):
         if self.trainer.is_global_zero:
             metrics = {name: float(value) for name, value in sorted(self.trainer.callback_metrics.items())}
             print(json.dumps(metrics))
-
-    def _parse_ckpt_path(self) -> None:
-        # LightningCLI reads the file's hyperparameters here; a refused or corrupt file
-        # is reported naming it and the key instead of with torch's traceback.
-        subcommand = self.config.get("subcommand")
-        path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if path and Path(path).is_file():
-            load_weights_only(path, "--ckpt_path")
-        super()._parse_ckpt_path()
 
     def instantiate_classes(self) -> None:
         """Checks the configuration's values (:func:`check_values`), then instantiates
@@ -156,6 +159,9 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> MMSentCLI:
 
     Returns:
         MMSentCLI: The CLI, with ``model``, ``datamodule`` and ``trainer``.
+
+    Raises:
+        ArgumentError: If the arguments do not parse (jsonargparse's message).
     """
     return MMSentCLI(
         BaseTask,
@@ -164,6 +170,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> MMSentCLI:
         seed_everything_default=0,
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
+        parser_kwargs={"exit_on_error": False},
         args=args,
         run=run,
     )
@@ -173,8 +180,9 @@ class ConfigCheckCLI(MMSentCLI):
     """Parses a configuration and checks its values without building anything: no
     data prepared, no model, no seeding."""
 
-    def _set_seed(self) -> None:
-        pass
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        self.config.seed_everything = False
 
     def instantiate_classes(self) -> None:
         check_values(self.config)

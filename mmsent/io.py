@@ -13,13 +13,14 @@ import os
 import resource
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mmsent.errors import ConfigError, WriteError
+from mmsent.errors import ConfigError, MMSentError, WriteError
 
 # A write that fails for want of room: the disk or quota is full, or the file would
 # pass the process's size limit (``ulimit -f``).
@@ -54,30 +55,55 @@ def content_hash(path: Path) -> str:
     return hashlib.sha1(path.read_bytes()).hexdigest()
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Writes a file through a temporary one in the same folder, then renames it.
-
-    An interrupted write therefore leaves either the whole new file or none.
+def atomic_write(path: Path, write: Callable[[Path], None], what: str = "", durable: bool = False) -> None:
+    """Writes a file in a temporary folder beside it, then renames it over the old one,
+    so an interrupted write (a kill, a full disk) leaves the file as it was or the
+    whole new one.
 
     Args:
-        path (Path): The destination.
+        path (Path): The destination; its folder is created.
         write (Callable[[Path], None]): Writes the content to the path it is given.
+        what (str): What the file is, for messages (``"checkpoint"``).
+        durable (bool): Also flush the file and the rename to disk, so that the write
+            outlasts a power cut, at a few milliseconds a file.
 
     Raises:
         WriteError: If the disk is full or the file too large, naming the file and
-            the free space; the file as it was is left in place.
+            the free space (:func:`write_failure`).
+        OSError: If the write fails otherwise, naming the file.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.part")
+    with _staging(path, what) as folder:
+        write(folder / path.name)
+        if durable:
+            sync_path(folder / path.name)
+        os.replace(folder / path.name, path)
+    if durable:
+        sync_path(path.parent)
+
+
+@contextmanager
+def _staging(target: Path, what: str) -> Iterator[Path]:
+    """A new folder beside ``target`` to write it in, removed afterwards; an error of
+    the write (one without a file name, or naming a file in the folder) names
+    ``target`` instead."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        yield staging
     except BaseException as error:
-        tmp.unlink(missing_ok=True)
+        # Removed first, so that the free space a message gives is the space without it.
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, MMSentError):
+            raise
+        action = f"writing {what + ' ' if what else ''}{target}"
         failure = no_room(error)
         if failure is not None:
-            raise WriteError(failure.errno, write_failure(path, failure)) from error
+            raise WriteError(failure.errno, write_failure(target, failure, action)) from error
+        if isinstance(error, OSError) and str(error.filename or staging).startswith(str(staging)):
+            raise OSError(error.errno, f"{action} failed: {error.strerror or error}") from error
         raise
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def no_room(error: BaseException) -> OSError | None:
@@ -133,7 +159,8 @@ def _size(count: float) -> str:
 
 
 def write_folder(target: Path, write: Callable[[Path], None]) -> Path:
-    """Writes a whole folder beside its target, then renames it into place.
+    """Writes a whole folder beside its target, then renames it into place, as
+    :func:`atomic_write` writes a file.
 
     An existing target is renamed aside, the new folder renamed in, and the old one
     deleted, so an interrupted write (a kill, a full disk) leaves the previous folder
@@ -145,21 +172,19 @@ def write_folder(target: Path, write: Callable[[Path], None]) -> Path:
 
     Returns:
         Path: ``target``.
+
+    Raises:
+        WriteError: If the disk is full, naming the folder and the free space.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    try:
+    aside = None
+    with _staging(target, "") as staging:
         write(staging)
         _sync_tree(staging)
-        aside = None
         if target.exists() or target.is_symlink():
             aside = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, aside)
         os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     _sync_tree(target.parent, files=False)
     if aside is not None:
         if aside.is_dir() and not aside.is_symlink():

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from argparse import ArgumentError
 from pathlib import Path
 
 from mmsent.errors import MMSentError, UsageError, WriteError, user_error
@@ -89,7 +90,7 @@ def dispatch(args: list[str]) -> None:
         args (list[str]): Command-line arguments.
 
     Raises:
-        UsageError: If the first argument is no command.
+        UsageError: If the first argument is no command, or the arguments do not parse.
     """
     command = args[0] if args else None
     if command in (None, "-h", "--help"):
@@ -116,7 +117,11 @@ def dispatch(args: list[str]) -> None:
         # The arguments are sys.argv's own; LightningCLI's warning about both being given
         # would only confuse.
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        build_cli(args)
+        try:
+            build_cli(args)
+        except ArgumentError as error:  # jsonargparse's, which would print its whole usage
+            name = f"mmsent {command}" if command in STAGE_COMMANDS else "mmsent"
+            raise UsageError(f"{name}: {' '.join(str(error).split())} (see {name} --help)") from None
     else:
         raise UsageError(f"{command!r} is not an mmsent command; the commands: {', '.join(COMMANDS)} "
                          f"(see mmsent --help)")

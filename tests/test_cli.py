@@ -324,6 +324,8 @@ def test_mmsent_alone_or_with_help_lists_every_command_and_each_has_its_help(cap
     (["score", "models/x"], "mmsent score: the following arguments are required: input (see mmsent score --help)"),
     (["score", "m", "x", "--format", "xml"], "mmsent score: argument --format: invalid choice: 'xml'"),
     (["pipeline", "go"], "mmsent pipeline: argument command: invalid choice: 'go'"),
+    (["fit", "--trainer.max_epochs=x"], 'mmsent fit: Parser key "trainer.max_epochs": Does not validate'),
+    (["test", "--no_such_key=1"], "mmsent test: unrecognized arguments: --no_such_key=1 (see mmsent test --help)"),
     (["trian"], ("'trian' is not an mmsent command; the commands: fit, validate, test, predict, pipeline, export, "
                 "score (see mmsent --help)")),
 ])

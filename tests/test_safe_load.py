@@ -3,6 +3,7 @@ load strictly, an export replaces its folder whole, and a path is never a Hub id
 
 import errno
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ import mmsent
 from mmsent import SentimentModel
 from mmsent.errors import ConfigError, MissingFileError
 from mmsent.hub.export import export
-from mmsent.io import write_folder
+from mmsent.io import atomic_write, save_json, write_folder
 from mmsent.main import main
 from mmsent.models import AcousticMLPEncoder
 from mmsent.models.config import HubMixin, build_module
@@ -285,6 +286,22 @@ def test_an_export_that_fails_midway_leaves_the_previous_folder_and_nothing_besi
         write_folder(target, out_of_disk)
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
     assert (target / "config.json").read_text() == '{"format_version": 1}'
+
+
+def test_a_file_write_that_fails_names_its_destination_and_leaves_nothing_beside_it(tmp_path):
+    target = tmp_path / "notes.json"
+    save_json(target, {"old": True})
+
+    def refused(part: Path) -> None:
+        part.write_text("half")
+        raise PermissionError(errno.EACCES, "Permission denied", str(part))
+
+    with pytest.raises(PermissionError, match=re.escape(f"writing {target} failed: Permission denied")):
+        atomic_write(target, refused)
+    with pytest.raises(FileNotFoundError, match="elsewhere.txt"):  # an error about another file stays its own
+        atomic_write(target, lambda part: (tmp_path / "elsewhere.txt").read_text())
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.json"]
+    assert json.loads(target.read_text()) == {"old": True}
 
 
 class PluginEncoder(UserEncoder):

@@ -10,24 +10,29 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 class LastEpochCheckpoint(ModelCheckpoint):
     """A :class:`~pytorch_lightning.callbacks.ModelCheckpoint` that writes ``last.ckpt``
-    after every validation, not only when a new best checkpoint is saved.
+    for every epoch it judges, not only when it keeps a new best checkpoint.
 
     Lightning 2.6 saves the last checkpoint only in a step that also saved a top-k one,
     so with ``save_top_k: 1`` its ``last.ckpt`` is the best epoch: a run stopped after
     a few epochs without improvement resumed from the best epoch and trained those
     epochs again, and ``--ckpt_path=last.ckpt`` evaluated the best weights, not the
-    last. The callback state is stored under ModelCheckpoint's key, so checkpoints
-    written with either class resume with either.
+    last. An epoch judged not among the best (:meth:`check_monitor_top_k`) is therefore
+    saved as ``last.ckpt`` at the end of the hook that judged it. The callback state is
+    stored under ModelCheckpoint's key, so checkpoints written with either class
+    resume with either.
 
     An epoch whose monitored value is NaN or infinite is never kept as a best one:
     Lightning counts a NaN as the worst score, yet keeps it while it has fewer than
     ``save_top_k`` checkpoints, so the first epoch of a diverged fit was the best.
     """
 
+    passed_over_at_step: int | None = None
+
     def check_monitor_top_k(self, trainer: pl.Trainer, current: torch.Tensor | None = None) -> bool:
-        if current is not None and not bool(torch.isfinite(torch.as_tensor(current)).all()):
-            return False
-        return super().check_monitor_top_k(trainer, current)
+        finite = current is None or bool(torch.isfinite(torch.as_tensor(current)).all())
+        kept = finite and super().check_monitor_top_k(trainer, current)
+        self.passed_over_at_step = None if kept else trainer.global_step
+        return kept
 
     @property
     def state_key(self) -> str:
@@ -35,16 +40,17 @@ class LastEpochCheckpoint(ModelCheckpoint):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer):
-            self._save_last_if_missed(trainer)
+        self._save_last_if_passed_over(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
-        if not self._should_save_on_train_epoch_end(trainer):
-            self._save_last_if_missed(trainer)
+        self._save_last_if_passed_over(trainer)
 
-    def _save_last_if_missed(self, trainer: pl.Trainer) -> None:
-        """Writes ``last.ckpt`` when the step saved nothing and saving is not skipped."""
-        if (self.save_last and not self._should_skip_saving_checkpoint(trainer)
-                and self._last_global_step_saved != trainer.global_step):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+    def _save_last_if_passed_over(self, trainer: pl.Trainer) -> None:
+        """Writes ``last.ckpt`` when this step's epoch was judged and not kept."""
+        if self.save_last and self.passed_over_at_step == trainer.global_step:
+            self.passed_over_at_step = None
+            metrics = {**trainer.callback_metrics, "epoch": trainer.current_epoch, "step": trainer.global_step}
+            # Set before saving, as Lightning does: the path is part of the saved state.
+            self.last_model_path = self.format_checkpoint_name(metrics, self.CHECKPOINT_NAME_LAST)
+            trainer.save_checkpoint(self.last_model_path, self.save_weights_only)

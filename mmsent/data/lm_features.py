@@ -153,17 +153,16 @@ class StateStore:
             RuntimeError: If a clip's states do not have its announced length.
         """
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(int)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / (STATES_FILE + ".tmp")
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
-                                          shape=(int(offsets[-1]), dim))
-        for i, part in states:
-            if len(part) != lengths[i]:
-                raise RuntimeError(f"{ids[i]}: {len(part)} token states, expected {lengths[i]}")
-            array[offsets[i]:offsets[i + 1]] = part
-        array.flush()
-        del array
-        tmp.replace(self.folder / STATES_FILE)
+
+        def fill(path: Path) -> None:
+            array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(int(offsets[-1]), dim))
+            for i, part in states:
+                if len(part) != lengths[i]:
+                    raise RuntimeError(f"{ids[i]}: {len(part)} token states, expected {lengths[i]}")
+                array[offsets[i]:offsets[i + 1]] = part
+            array.flush()
+
+        atomic_write(self.folder / STATES_FILE, fill)
         index = {clip: [int(offsets[i]), int(lengths[i])] for i, clip in enumerate(ids)}
         atomic_write(self.folder / INDEX_FILE, lambda part: part.write_text(json.dumps(index)))
 

@@ -169,7 +169,7 @@ class BaseTask(pl.LightningModule):
         steps = self.global_step
         where = (f"training stopped in epoch {self.current_epoch} after {steps} optimizer "
                  f"step{'' if steps == 1 else 's'}: the loss is {loss.detach().float().flatten()[0].item()}")
-        groups = [group for optimizer in (self.trainer.optimizers if self._trainer else [])
+        groups = [group for optimizer in (self.attached_trainer.optimizers if self.attached_trainer else [])
                   for group in optimizer.param_groups]
         broken = [group for group in groups if any(not bool(torch.isfinite(p).all()) for p in group["params"])]
         if broken:
@@ -186,6 +186,14 @@ class BaseTask(pl.LightningModule):
                    if largest else "the weights are finite")
         return f"{where}; {weights}: lower the learning rate, or look at this batch's inputs and labels"
 
+    @property
+    def attached_trainer(self) -> pl.Trainer | None:
+        """pl.Trainer | None: The trainer running this task; None outside one."""
+        try:
+            return self.trainer
+        except RuntimeError:
+            return None
+
     def loggers_write_this_step(self) -> bool:
         """Whether the loggers write this training step's values.
 
@@ -197,7 +205,7 @@ class BaseTask(pl.LightningModule):
         Returns:
             bool: True on the steps Lightning writes, and outside a fit.
         """
-        trainer = self._trainer
+        trainer = self.attached_trainer
         if trainer is None or trainer.fast_dev_run or trainer.log_every_n_steps < 1:
             return True
         return (self.global_step + 1) % trainer.log_every_n_steps == 0

@@ -12,18 +12,16 @@ checkpoint intact; Lightning's own resume (``--ckpt_path``) reads through it too
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning_fabric.plugins import TorchCheckpointIO
 
-from mmsent.errors import ConfigError, MissingFileError, WriteError
-from mmsent.io import no_room, sync_path, write_failure
+from mmsent.errors import ConfigError, MissingFileError
+from mmsent.io import atomic_write
 from mmsent.models.config import META_KEY
 
 ZIP_SIGNATURE = b"PK\x03\x04"
@@ -82,7 +80,8 @@ def readable(path: str | Path) -> bool:
 
 
 def atomic_torch_save(checkpoint: Any, path: str | Path) -> None:
-    """Writes ``torch.save(checkpoint)`` to ``path`` all at once or not at all.
+    """Writes ``torch.save(checkpoint)`` to ``path`` all at once or not at all
+    (:func:`mmsent.io.atomic_write`).
 
     Args:
         checkpoint (Any): What to save.
@@ -92,28 +91,13 @@ def atomic_torch_save(checkpoint: Any, path: str | Path) -> None:
         WriteError: If the disk is full or the file too large, naming the file and
             the free space (:func:`mmsent.io.write_failure`).
         OSError: If the write fails otherwise, naming the file.
-
-    Either way the file as it was before is left in place and the temporary file
-    removed.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
+
+    def save(part: Path) -> None:
+        with part.open("wb") as stream:
             torch.save(checkpoint, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException as error:
-        Path(temporary).unlink(missing_ok=True)
-        failure = no_room(error)
-        if failure is not None:
-            raise WriteError(failure.errno, write_failure(path, failure, f"writing checkpoint {path}")) from error
-        if isinstance(error, OSError):
-            raise OSError(error.errno, f"writing checkpoint {path} failed: {error.strerror or error}") from error
-        raise
-    sync_path(path.parent)  # the rename is durable only once the folder's entry is on disk
+
+    atomic_write(path, save, "checkpoint", durable=True)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
