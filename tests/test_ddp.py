@@ -311,7 +311,7 @@ def test_a_second_process_joins_the_stage_the_main_one_runs(tiny_raw, tiny_cache
         monkeypatch.setenv(key, value)
     joined = []
     monkeypatch.setattr(runner, "build_cli", lambda args, run: SimpleNamespace(trainer=SimpleNamespace(world_size=2)))
-    monkeypatch.setattr(runner, "fit_and_score", lambda cli, stage, resume, folder: joined.append((stage.name, resume)))
+    monkeypatch.setattr(runner, "fit_and_evaluate", lambda cli, stage, resume, folder: joined.append((stage.name, resume)))
     run(path, start=start, extra=DDP, use_wandb=False)
     resumed = {"recorded": "recorded.ckpt", "last": str(last), None: None}[expected]
     assert joined == [("fusion", resumed)], "the next stage comes from the main process, which has none here"
