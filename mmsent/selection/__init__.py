@@ -1,31 +1,12 @@
-"""Choosing what a fused stage hands on, from validation evidence: the statistics
-(:mod:`~mmsent.selection.evidence`) and the step after the stage's fit that runs them
-(:func:`~mmsent.selection.step.select`)."""
+"""Choosing what a fused stage hands on, from validation evidence.
 
-from mmsent.selection.evidence import (
-    GainTest,
-    bootstrap_p_value,
-    measure_gain,
-    select_modalities,
-    video_groups,
-)
-from mmsent.selection.step import (
-    SELECTED_FILE,
-    Selection,
-    select,
-    starting_weights,
-    validation_errors,
-)
+* :mod:`~mmsent.selection.evidence`: the bootstrap tests and backward elimination;
+* :mod:`~mmsent.selection.step`: the step after a fused stage's fit (:func:`select`)
+  and its settings, the ``selection:`` section of a stage's config (:class:`Selection`).
+"""
 
-__all__ = [
-    "SELECTED_FILE",
-    "GainTest",
-    "Selection",
-    "bootstrap_p_value",
-    "measure_gain",
-    "select",
-    "select_modalities",
-    "starting_weights",
-    "validation_errors",
-    "video_groups",
-]
+from mmsent.selection.evidence import bootstrap_p_value, select_modalities, video_groups
+from mmsent.selection.step import Selection, select, starting_weights, validation_errors
+
+__all__ = ["Selection", "bootstrap_p_value", "select", "select_modalities", "starting_weights",
+           "validation_errors", "video_groups"]

@@ -27,16 +27,10 @@ class Selection:
     """The ``selection:`` section of a fused stage's config: what :func:`select` does
     after the fit.
 
-    Each modality whose gain is not significant at ``alpha``, or smaller than
-    ``min_gain``, is switched off (:meth:`LateFusionModel.switch_off`). With
-    ``keep_start_unless_better``, the result must also beat the stage's starting
-    weights (the model before its first training step) significantly (at
-    ``start_alpha``), or the starting model is handed on: the one-standard-error habit
-    of preferring the simpler, earlier model when a small validation split cannot tell
-    the two apart. A validation split of few videos gives that test little power; with
-    ``start_alpha: 1.0`` the start is only one more candidate checkpoint. With
-    ``no_worse_than_unimodal``, the model handed on must also be no worse on validation
-    than the best unimodal stage.
+    The test against the start is the one-standard-error habit of preferring the
+    simpler, earlier model when a small validation split cannot tell the two apart;
+    a split of few videos gives it little power, and with ``start_alpha: 1.0`` the
+    start is only one more candidate checkpoint.
 
     Attributes:
         alpha (float): Significance level of the one-sided bootstrap tests.
@@ -44,7 +38,8 @@ class Selection:
             without the modality) that keeps a modality; 0.005 is 0.5 %.
         samples (int): Bootstrap resamples (of whole videos).
         seed (int): Seed of the resampling.
-        keep_start_unless_better (bool): Test the result against the starting weights.
+        keep_start_unless_better (bool): Hand on the starting weights (the model before
+            its first training step) unless the result beats them significantly.
         start_alpha (float | None): Significance level of that test; None uses
             ``alpha``. The trained weights are handed on when their mean validation
             gain over the start is positive and its p-value is below ``start_alpha``,
