@@ -229,16 +229,9 @@ def _against_unimodal(trainer: pl.Trainer, task: pl.LightningModule, record: dic
     handed_on = "fused"
     # A tolerance for float32 sums: a fused model that starts as the unimodal one ties it.
     if fused > scores[best] + 1e-5:
-        path = unimodal[best].get("checkpoint")
-        handed_on = "fused, worse"
-        # The fusion passes the modality through unchanged once the others are off.
-        if getattr(model.fusion, "primary", None) == best and path and Path(path).is_file():
-            what = f"the {best} stage's checkpoint"
-            load_encoder(model.encoders[best], best, path, what)
-            load_head(model.head, best, path, what)
-            model.active.copy_(torch.tensor([m == best for m in model.encoders]))
-            handed_on = "unimodal"
-            record.update(kept=[best], switched_off=[m for m in model.encoders if m != best])
+        handed_on = "unimodal" if become_unimodal(model, best, unimodal[best].get("checkpoint")) else "fused, worse"
+    if handed_on == "unimodal":
+        record.update(kept=[best], switched_off=[m for m in model.encoders if m != best])
     record["unimodal"] = {"modality": best, "val_MAE": scores[best], "fused_val_MAE": fused, "handed_on": handed_on}
     message = f"selection: fused validation MAE {fused:.4f}, best unimodal stage ({best}) {scores[best]:.4f}: "
     if handed_on == "fused, worse":
@@ -248,6 +241,30 @@ def _against_unimodal(trainer: pl.Trainer, task: pl.LightningModule, record: dic
         rank_zero_info(message + f"{handed_on} model handed on")
     _log(trainer, {"selection/unimodal/fused_val_MAE": fused, "selection/unimodal/val_MAE": scores[best],
                    "selection/unimodal/handed_on": float(handed_on == "unimodal")})
+
+
+def become_unimodal(model: LateFusionModel, modality: str, checkpoint: str | None) -> bool:
+    """Turns a fused model into the unimodal model of ``modality`` when its fusion passes
+    that modality's embedding through unchanged once the others are off (a
+    ``GatedResidualFusion`` built on it): encoder and head from the unimodal stage's
+    checkpoint, every other modality switched off.
+
+    Args:
+        model (LateFusionModel): The fused model.
+        modality (str): The modality whose unimodal stage to become.
+        checkpoint (str | None): That stage's checkpoint.
+
+    Returns:
+        bool: Whether the model is now that unimodal model; False when the fusion cannot
+        pass the modality through or the checkpoint is unknown or gone.
+    """
+    if getattr(model.fusion, "primary", None) != modality or not checkpoint or not Path(checkpoint).is_file():
+        return False
+    what = f"the {modality} stage's checkpoint"
+    load_encoder(model.encoders[modality], modality, checkpoint, what)
+    load_head(model.head, modality, checkpoint, what)
+    model.active.copy_(torch.tensor([m == modality for m in model.encoders]))
+    return True
 
 
 def validation_errors(trainer: pl.Trainer, task: pl.LightningModule):
