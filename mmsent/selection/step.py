@@ -205,7 +205,8 @@ def _switch_off_weak(trainer: pl.Trainer, settings: Selection, record: dict, mod
     for modality in candidates:
         if modality not in kept:
             model.switch_off(modality)
-    record.update(kept=kept, switched_off=[m for m in candidates if m not in kept], tests=[{**asdict(t), "others": list(t.others)} for t in tests])
+    record.update(kept=kept, switched_off=[m for m in candidates if m not in kept],
+                  tests=[{**asdict(t), "others": list(t.others)} for t in tests])  # plain data, for JSON
     metrics = {}
     for modality, test in {t.modality: t for t in tests}.items():  # the last test of each modality
         on = modality in kept
