@@ -102,21 +102,6 @@ def stacked_setting(configs: list[Path], section: str, key: str, default=None):
     return value
 
 
-def callbacks_without(configs: list[Path], class_name: str) -> str:
-    """The stacked configs' trainer callbacks minus one class, as a CLI argument.
-
-    Args:
-        configs (list[Path]): The stage's config files, in stacking order.
-        class_name (str): E.g. ``"ModalitySelection"``.
-
-    Returns:
-        str: ``--trainer.callbacks=<json list>``.
-    """
-    callbacks = stacked_setting(configs, "trainer", "callbacks", [])
-    kept = [c for c in callbacks if c["class_path"].rsplit(".", 1)[-1] != class_name]
-    return "--trainer.callbacks=" + json.dumps(kept)
-
-
 def save_measurement(name: str, command: str, results: list[dict]) -> Path:
     """Writes one benchmark run's results with its command, machine and date.
 

@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from benchmarks.common import REPO, callbacks_without
+from benchmarks.common import REPO
 
 QUICKSTART = REPO / "pipelines" / "quickstart"
 STAGE_CONFIGS = {"text": "1_text.yaml", "audio": "2_audio.yaml", "video": "3_video.yaml"}
@@ -60,10 +60,9 @@ def unimodal_checkpoints(seed: int, epochs: int, root: str) -> dict[str, str]:
 
 def fusion_args(checkpoints: dict[str, str], seed: int, epochs: int, root: str) -> list[str]:
     """list[str]: Stage 4 arguments on the given unimodal checkpoints, without
-    ModalitySelection (every modality stays in use)."""
+    the selection (every modality stays in use)."""
     stage = configs("4_fusion.yaml")
-    files = [QUICKSTART / "base.yaml", QUICKSTART / "4_fusion.yaml"]
-    return [*stage, callbacks_without(files, "ModalitySelection"), f"--seed_everything={seed}", *QUIET,
+    return [*stage, "--selection=null", f"--seed_everything={seed}", *QUIET,
             f"--trainer.max_epochs={epochs}", f"--trainer.default_root_dir={root}/fusion/{seed}",
             *(f"--model.init_args.{m}_checkpoint={path}" for m, path in checkpoints.items())]
 

@@ -22,6 +22,7 @@ from mmsent.data.datamodule import MultimodalDataModule
 from mmsent.data.schema import MODALITIES
 from mmsent.errors import ConfigError, user_error
 from mmsent.optim import option_problem
+from mmsent.selection import Selection, select, starting_weights
 from mmsent.tasks.base import BaseTask
 from mmsent.tasks.checkpoint_io import AtomicCheckpointIO, load_weights_only
 
@@ -61,7 +62,8 @@ class EpochLearningRates(LearningRateMonitor):
 
 class MMSentCLI(LightningCLI):
     """LightningCLI with the data's input sizes linked to the model, checkpoints kept
-    for the best validation MAE and the last epoch, and the learning rates logged.
+    for the best validation MAE and the last epoch, the learning rates logged, and
+    after ``fit`` the ``selection`` of a fused stage (:func:`mmsent.selection.select`).
 
     Every trainer it builds writes checkpoints atomically and reads them with
     ``weights_only=True`` (:class:`mmsent.tasks.checkpoint_io.AtomicCheckpointIO`),
@@ -87,6 +89,22 @@ class MMSentCLI(LightningCLI):
         })
         parser.add_lightning_class_args(EpochLearningRates, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "epoch"})
+        parser.add_argument("--selection", type=Selection | None, default=None,
+                            help="What a fused stage hands on after its fit (mmsent.selection.Selection); "
+                                 "null: its best checkpoint")
+
+    @property
+    def selection(self) -> Selection | None:
+        """Selection | None: The configuration's ``selection`` (:func:`mmsent.selection.select`)."""
+        return self.config_init.get(str(self.subcommand), self.config_init).get("selection")
+
+    def before_fit(self) -> None:
+        """Keeps the weights the selection after the fit may hand on instead."""
+        self.start = starting_weights(self.model, self.selection)
+
+    def after_fit(self) -> None:
+        """Chooses what the fitted stage hands on, when the configuration has a ``selection``."""
+        select(self.trainer, self.model, self.selection, self.start)
 
     def parse_arguments(self, parser, args) -> None:
         """Parses, then loads ``--ckpt_path`` safely before LightningCLI reads its

@@ -3,7 +3,8 @@
 Imported by the processes of ``tests/test_ddp.py`` (the test puts this folder on
 ``PYTHONPATH``): a data source that records which process decodes clips, and a
 callback that records training ids, validation and test metrics, checkpoint writes,
-the modality selection and the weights handed on, per rank.
+the modality selection (rank 0 alone, after the fit) and the weights at the end of the fit,
+per rank.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from mmsent.callbacks import selection
 from mmsent.data import RawClipSource
+from mmsent.selection import step as selection
 
 
 def probe_file(name: str) -> Path:
@@ -52,7 +53,10 @@ class RankRecorder(pl.Callback):
             return write_file(obj, target, *args, **kwargs)
 
         def recording_selected(obj, target, *args, **kwargs):
+            # The selection runs after the fit: its file and record amend what the fit wrote.
             self.saves.append(str(target))
+            self.fit_record.update(saves=self.saves, selection=obj["mmsent"]["modality_selection"])
+            probe_file(f"fit-rank{self.rank}.json").write_text(json.dumps(self.fit_record, default=str))
             return write_selected(obj, target, *args, **kwargs)
 
         checkpoint_io.save_checkpoint = recording_checkpoint
@@ -74,10 +78,9 @@ class RankRecorder(pl.Callback):
         probe_file(f"test-rank{trainer.global_rank}.json").write_text(json.dumps(metrics))
 
     def on_fit_end(self, trainer, pl_module):
-        selection = next((c for c in trainer.callbacks if type(c).__name__ == "ModalitySelection"), None)
         weights = hashlib.sha1()
         for value in pl_module.state_dict().values():
             weights.update(value.detach().cpu().contiguous().numpy().tobytes())
-        record = {"saves": self.saves, "world_size": trainer.world_size, "weights": weights.hexdigest(),
-                  "selection": selection.record if selection else None}
-        probe_file(f"fit-rank{self.rank}.json").write_text(json.dumps(record, default=str))
+        self.fit_record = {"saves": self.saves, "world_size": trainer.world_size, "weights": weights.hexdigest(),
+                           "selection": None}
+        probe_file(f"fit-rank{self.rank}.json").write_text(json.dumps(self.fit_record, default=str))

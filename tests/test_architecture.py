@@ -24,9 +24,9 @@ LAYERS = [
     "mmsent.split_models",
     "mmsent.pretrained",
     "mmsent.models | mmsent.data",  # plain nn.Modules apart from the Lightning data module
-    "mmsent.regularization | mmsent.selection",
+    "mmsent.regularization",
     "mmsent.tasks",
-    "mmsent.callbacks",
+    "mmsent.callbacks | mmsent.selection",
     "mmsent.cli",
     "mmsent.pipeline",
     "mmsent.hub",

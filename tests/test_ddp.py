@@ -105,8 +105,8 @@ def check_one_fit(probe: Path, every_train_id: list[str], epochs: int) -> list[d
     ranks = read_ranks(probe, "fit-rank{rank}.json")
     assert [r["world_size"] for r in ranks] == [2, 2]
     assert ranks[1]["saves"] == [], "only rank 0 writes files"
-    assert ranks[0]["selection"] == ranks[1]["selection"] is not None
-    assert ranks[0]["weights"] == ranks[1]["weights"], "every rank must hand on the same weights"
+    assert ranks[0]["selection"] is not None and ranks[1]["selection"] is None, "rank 0 selects, once"
+    assert ranks[0]["weights"] == ranks[1]["weights"], "every rank must end the fit with the same weights"
     for epoch in range(epochs):
         rank0, rank1 = read_ranks(probe, f"val-rank{{rank}}-epoch{epoch}.json")
         assert rank0 == rank1, "every rank logs the metrics of the whole split"
@@ -311,7 +311,7 @@ def test_a_second_process_joins_the_stage_the_main_one_runs(tiny_raw, tiny_cache
         monkeypatch.setenv(key, value)
     joined = []
     monkeypatch.setattr(runner, "build_cli", lambda args, run: SimpleNamespace(trainer=SimpleNamespace(world_size=2)))
-    monkeypatch.setattr(runner, "fit_and_score", lambda cli, stage, resume, folder: joined.append((stage.name, resume)))
+    monkeypatch.setattr(runner, "fit_and_evaluate", lambda cli, stage, resume, folder: joined.append((stage.name, resume)))
     run(path, start=start, extra=DDP, use_wandb=False)
     resumed = {"recorded": "recorded.ckpt", "last": str(last), None: None}[expected]
     assert joined == [("fusion", resumed)], "the next stage comes from the main process, which has none here"

@@ -1,11 +1,14 @@
 """The staged pipeline: hand-off, manifest, report, skipping, resuming after SIGKILL."""
 
+import copy
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,13 +19,13 @@ import torch
 import yaml
 from helpers import CONF, REPO
 
-from mmsent.callbacks import ModalitySelection
+from mmsent.cli import build_cli
 from mmsent.data.schema import ID_SEPARATOR
 from mmsent.errors import ConfigError
 from mmsent.metrics import METRIC_NAMES
 from mmsent.pipeline import load_pipeline, run
-from mmsent.pipeline.scoring import selected_checkpoint
-from mmsent.tasks.checkpoints import read_checkpoint
+from mmsent.selection import bootstrap_p_value, select_modalities, validation_errors, video_groups
+from mmsent.tasks.checkpoints import load_weights
 
 QUICKSTART = REPO / "pipelines" / "quickstart"
 STAGES = ["text", "audio", "video", "fusion", "finetune"]
@@ -93,7 +96,7 @@ def test_pipeline_runs_every_stage_hands_checkpoints_on_and_reports(tiny_raw, ti
     assert f"{report['baselines']['test']['MAE']:.3f}" in trivial
     assert f"{100 * report['baselines']['test']['Non0_acc_2']:.1f}" in trivial
     assert (out / "report.md").read_text().count("\n| ") >= len(STAGES) + 1
-    # The fused stages' ModalitySelection outcome: in the manifest, the best checkpoint and the report.
+    # The fused stages' selection outcome: in the manifest, the best checkpoint and the report.
     fused = record["stages"]["fusion"]
     best = torch.load(fused["best_checkpoint"], weights_only=True)
     assert fused["selection"] == best["mmsent"]["modality_selection"]
@@ -101,6 +104,7 @@ def test_pipeline_runs_every_stage_hands_checkpoints_on_and_reports(tiny_raw, ti
     assert record["stages"]["text"]["selection"] is None
     assert "- fusion: " in (out / "report.md").read_text().split("Modality selection")[1]
     assert (out / "report.png").stat().st_size > 0
+    check_selections_follow_the_statistics(record)
 
     before = checkpoint_times(tmp_path, STAGES)
     run(tmp_path / "pipeline.yaml")
@@ -109,6 +113,46 @@ def test_pipeline_runs_every_stage_hands_checkpoints_on_and_reports(tiny_raw, ti
     after = checkpoint_times(tmp_path, STAGES)
     assert after["audio"] != before["audio"]
     assert {s: after[s] for s in STAGES if s != "audio"} == {s: before[s] for s in STAGES if s != "audio"}
+
+
+def elimination(candidates: list[str], errors, groups: list[str], settings) -> tuple[list[str], list[dict]]:
+    """What backward elimination keeps, and its tests as a selection record holds them."""
+    kept, tests = select_modalities(candidates, errors, groups, settings.alpha, settings.samples, settings.seed,
+                                    settings.min_gain)
+    return kept, [{**asdict(t), "others": list(t.others)} for t in tests]
+
+
+def check_selections_follow_the_statistics(record: dict) -> None:
+    """Each fused stage's record is what the statistics decide on the validation errors
+    of its best epoch and of its start (the model its config builds), against the
+    unimodal stages' validation MAE in the manifest."""
+    scores = {m: record["stages"][m]["metrics"]["val"]["MAE"] for m in STAGES[:3]}
+    for name in ("fusion", "finetune"):
+        stage, decided = record["stages"][name], record["stages"][name]["selection"]
+        cli = build_cli(shlex.split(stage["command"])[2:], run=False)
+        settings, data = cli.selection, SimpleNamespace(datamodule=cli.datamodule)
+        start = copy.deepcopy(cli.model)  # built from the stage's config and seed, as the fit began
+        (best,) = Path(stage["best_checkpoint"]).parent.glob("best-epoch*.ckpt")
+        load_weights(cli.model, best)
+        errors, ids = validation_errors(data, cli.model)
+        start_errors, _ = validation_errors(data, start)
+        groups = video_groups(ids)
+        kept, tests = elimination(cli.model.model.active_modalities, errors, groups, settings)
+        gain = start_errors(frozenset(kept)) - errors(frozenset(kept))
+        assert decided["start_gain"] == float(gain.mean())
+        assert decided["start_p_value"] == bootstrap_p_value(gain, groups, settings.samples, settings.seed)
+        trained = decided["start_gain"] > 0 and decided["start_p_value"] < settings.start_alpha
+        assert decided["handed_on"] == ("trained" if trained else "start")
+        if not trained:
+            kept, more = elimination(kept, start_errors, groups, settings)
+            tests += more
+        assert decided["tests"] == tests
+        fused = float((errors if trained else start_errors)(frozenset(kept)).mean())
+        best_unimodal = min(scores, key=scores.get)
+        worse = fused > scores[best_unimodal] + 1e-5
+        assert decided["unimodal"] == {"modality": best_unimodal, "val_MAE": scores[best_unimodal],
+                                       "fused_val_MAE": fused, "handed_on": "unimodal" if worse else "fused"}
+        assert decided["kept"] == ([best_unimodal] if worse else kept)
 
 
 def write_spec(path: Path, spec: dict) -> Path:
@@ -153,17 +197,6 @@ def test_pipeline_file_paths_are_relative_to_it(tmp_path):
     assert pipeline.args == ["--seed_everything=3"] and not pipeline.wandb.enabled
     with pytest.raises(ConfigError, match=r"no stage 'three'; the pipeline has \['one', 'two'\]"):
         pipeline.stage("three")
-
-
-def test_the_model_selection_picked_is_handed_on():
-    selection = ModalitySelection()
-    cli = SimpleNamespace(trainer=SimpleNamespace(callbacks=[object(), selection]))
-    assert selected_checkpoint(cli) is None  # no selected file: the best checkpoint goes on
-    selection.selected_path = "fusion/checkpoints/selected.ckpt"
-    assert selected_checkpoint(cli) == "fusion/checkpoints/selected.ckpt"
-    cli.trainer.callbacks.append(ModalitySelection())
-    assert selected_checkpoint(cli) is None, "the last selection decides"
-    assert selected_checkpoint(SimpleNamespace(trainer=SimpleNamespace(callbacks=[]))) is None
 
 
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
@@ -237,7 +270,8 @@ def test_the_minilm_quickstart_fine_tunes_the_transformer_in_stages_one_and_five
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["own_score_correlations"]["text_backfit"]["corr"] == pytest.approx(expected, abs=1e-5)
     # The fused stage still measures itself against the unimodal stages, not the backfit ones.
-    unimodal = read_checkpoint(record["stages"]["fusion"]["best_checkpoint"], "fusion")["mmsent"]["unimodal"]
-    assert unimodal["checkpoints"] == {m: record["stages"][m]["best_checkpoint"] for m in STAGES[:3]}
+    checked = record["stages"]["fusion"]["selection"]["unimodal"]
+    scores = {m: record["stages"][m]["metrics"]["val"]["MAE"] for m in STAGES[:3]}
+    assert (checked["modality"], checked["val_MAE"]) == (min(scores, key=scores.get), min(scores.values()))
     finetune_command = record["stages"]["finetune"]["command"]
     assert finetune_command.index("5_finetune.yaml") < finetune_command.index("5_finetune_minilm.yaml")

@@ -112,10 +112,10 @@ class Crash(RuntimeError):
 
 
 def killable_pipeline(folder: Path, tiny_raw: Path, tiny_cache: Path) -> Path:
-    """Text, audio, then a three-epoch fusion stage whose ModalitySelection judges (and
-    the pipeline hands on) the last epoch, not the best one, which may come before the
+    """Text, audio, then a three-epoch fusion stage whose selection judges (and the
+    pipeline hands on) the last epoch, not the best one, which may come before the
     kill: the report then depends on every random draw of the stage's training and on
-    the selection's state (its starting weights) carried over the kill."""
+    the selection's starting weights, which the resumed stage builds anew."""
     folder.mkdir()
     path = write_pipeline(folder, tiny_raw, tiny_cache, fusion_epochs=3, with_video=False)
     spec = yaml.safe_load(path.read_text())

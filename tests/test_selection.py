@@ -9,11 +9,17 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
-from mmsent.callbacks import ModalitySelection
 from mmsent.models import AcousticMLPEncoder, TextLSTMEncoder
 from mmsent.models.fusion import ConcatFusion, GatedResidualFusion, RegressionHead
 from mmsent.models.late_fusion import LateFusionModel
-from mmsent.selection import bootstrap_p_value, select_modalities, video_groups
+from mmsent.selection import (
+    Selection,
+    bootstrap_p_value,
+    select,
+    select_modalities,
+    starting_weights,
+    video_groups,
+)
 from mmsent.tasks import FusionTask
 from mmsent.tasks.checkpoints import META_KEY
 
@@ -160,7 +166,9 @@ class SignalAndNoise(pl.LightningDataModule):
 
 
 def fit_gated_model(tmp_path, audio_informative: bool, epochs: int = 4, accelerator: str = "cpu",
-                    **selection) -> tuple[dict, ModalitySelection]:
+                    **selection) -> tuple[dict, dict, dict | None]:
+    """Fits a gated fusion and selects after the fit, as ``mmsent fit`` does: the
+    selected checkpoint, the record and the starting weights."""
     pl.seed_everything(0)
     task = FusionTask(
         input_dims={"text": 6, "audio": 5},
@@ -168,33 +176,34 @@ def fit_gated_model(tmp_path, audio_informative: bool, epochs: int = 4, accelera
         audio_encoder=lambda d: AcousticMLPEncoder(d, hidden_dims=[8], out_dim=8),
         fusion=partial(GatedResidualFusion, primary="text", dropout=0.0), freeze_encoders=False,
         optimizer=partial(torch.optim.Adam, lr=0.01))
-    callback = ModalitySelection(samples=2000, **selection)
+    settings = Selection(samples=2000, **selection)
+    start = starting_weights(task, settings)
     checkpoint = ModelCheckpoint(dirpath=tmp_path, monitor="val/MAE", mode="min")
-    trainer = pl.Trainer(max_epochs=epochs, callbacks=[checkpoint, callback], logger=False,
+    trainer = pl.Trainer(max_epochs=epochs, callbacks=[checkpoint], logger=False,
                          enable_progress_bar=False, enable_model_summary=False, accelerator=accelerator)
     trainer.fit(task, datamodule=SignalAndNoise(audio_informative))
-    assert callback.selected_path == str(Path(checkpoint.best_model_path).with_name("selected.ckpt"))
-    return torch.load(callback.selected_path, weights_only=True), callback
+    record, selected = select(trainer, task, settings, start)
+    assert selected == str(Path(checkpoint.best_model_path).with_name("selected.ckpt"))
+    return torch.load(selected, weights_only=True), record, start
 
 
 def test_noise_audio_is_switched_off_in_the_selected_checkpoint(tmp_path):
-    best, callback = fit_gated_model(tmp_path, audio_informative=False)
+    best, record, _ = fit_gated_model(tmp_path, audio_informative=False)
     assert best["state_dict"]["model.active"].tolist() == [True, False]
-    record = best[META_KEY]["modality_selection"]
+    assert best[META_KEY]["modality_selection"] == record
     assert record["kept"] == ["text"] and record["switched_off"] == ["audio"]
-    assert record == callback.record
     audio = [t for t in record["tests"] if t["modality"] == "audio"][-1]
     assert audio["p_value"] >= 0.05 and audio["groups"] == 20
 
 
 def test_informative_audio_is_kept(tmp_path):
-    best, callback = fit_gated_model(tmp_path, audio_informative=True)
+    best, record, _ = fit_gated_model(tmp_path, audio_informative=True)
     assert best["state_dict"]["model.active"].tolist() == [True, True]
-    assert callback.record["switched_off"] == []
+    assert record["switched_off"] == []
 
 
 def test_the_best_epoch_checkpoint_keeps_what_its_epoch_trained(tmp_path):
-    selected, _ = fit_gated_model(tmp_path, audio_informative=False, keep_start_unless_better=True, alpha=1e-9)
+    selected, _, _ = fit_gated_model(tmp_path, audio_informative=False, keep_start_unless_better=True, alpha=1e-9)
     (best,) = tmp_path.glob("epoch=*.ckpt")
     trained = torch.load(best, weights_only=True)
     assert trained["state_dict"]["model.active"].tolist() == [True, True]
@@ -206,33 +215,33 @@ def test_the_best_epoch_checkpoint_keeps_what_its_epoch_trained(tmp_path):
 
 def test_a_stage_that_cannot_beat_its_start_hands_the_start_on(tmp_path):
     # No gain is significant at this alpha (the smallest p-value is 1 / (samples + 1)).
-    best, callback = fit_gated_model(tmp_path / "still", audio_informative=True, epochs=1,
-                                     keep_start_unless_better=True, alpha=1e-9)
-    assert callback.record["handed_on"] == "start"
-    torch.testing.assert_close(best["state_dict"]["model.head.net.0.weight"], callback.start["model.head.net.0.weight"])
+    best, record, start = fit_gated_model(tmp_path / "still", audio_informative=True, epochs=1,
+                                          keep_start_unless_better=True, alpha=1e-9)
+    assert record["handed_on"] == "start"
+    torch.testing.assert_close(best["state_dict"]["model.head.net.0.weight"], start["model.head.net.0.weight"])
     # The start's audio projection is still zero: audio contributes nothing there, so it is not kept.
-    assert callback.record["kept"] == ["text"] and callback.record["switched_off"] == ["audio"]
-    assert [t["modality"] for t in callback.record["tests"]] == ["text", "audio"], "the trained model's tests stay"
+    assert record["kept"] == ["text"] and record["switched_off"] == ["audio"]
+    assert [t["modality"] for t in record["tests"]] == ["text", "audio"], "the trained model's tests stay"
     assert best["state_dict"]["model.active"].tolist() == [True, False]
-    best, callback = fit_gated_model(tmp_path / "learns", audio_informative=True, epochs=4,
-                                     keep_start_unless_better=True)
-    assert callback.record["handed_on"] == "trained"
-    assert callback.record["start_p_value"] < 0.05
+    best, record, _ = fit_gated_model(tmp_path / "learns", audio_informative=True, epochs=4,
+                                      keep_start_unless_better=True)
+    assert record["handed_on"] == "trained"
+    assert record["start_p_value"] < 0.05
 
 
 def test_start_alpha_one_hands_on_the_trained_weights_whenever_validation_prefers_them(tmp_path):
     # The same one-epoch run whose gain alpha 1e-9 cannot call significant.
-    best, callback = fit_gated_model(tmp_path, audio_informative=True, epochs=1,
-                                     keep_start_unless_better=True, alpha=1e-9, start_alpha=1.0)
-    assert callback.record["start_gain"] > 0 and callback.record["start_alpha"] == 1.0
-    assert callback.record["handed_on"] == "trained"
-    assert not torch.equal(best["state_dict"]["model.head.net.0.weight"], callback.start["model.head.net.0.weight"])
+    best, record, start = fit_gated_model(tmp_path, audio_informative=True, epochs=1,
+                                          keep_start_unless_better=True, alpha=1e-9, start_alpha=1.0)
+    assert record["start_gain"] > 0 and record["start_alpha"] == 1.0
+    assert record["handed_on"] == "trained"
+    assert not torch.equal(best["state_dict"]["model.head.net.0.weight"], start["model.head.net.0.weight"])
 
 
 @pytest.mark.parametrize("start_alpha", [0.0, 1.5])
 def test_start_alpha_outside_its_range_is_refused(start_alpha):
-    with pytest.raises(ValueError, match="start_alpha must be in"):
-        ModalitySelection(start_alpha=start_alpha)
+    with pytest.raises(ValueError, match="selection.start_alpha must be in"):
+        Selection(start_alpha=start_alpha)
 
 
 def test_selection_needs_a_fused_model():
@@ -240,22 +249,15 @@ def test_selection_needs_a_fused_model():
         pass
 
     with pytest.raises(TypeError, match="needs a fused model"):
-        ModalitySelection().on_fit_end(pl.Trainer(logger=False), NotFused())
-
-
-def test_a_resumed_stage_keeps_the_start_it_checkpointed():
-    callback = ModalitySelection(keep_start_unless_better=True)
-    saved = {"start": {"model.head.net.0.weight": torch.ones(1, 4)}}
-    callback.load_state_dict(saved)
-    callback.on_train_start(None, small_fused_model())
-    assert callback.state_dict() is not saved and callback.state_dict()["start"] is saved["start"]
+        select(pl.Trainer(logger=False), NotFused(), Selection())
+    assert select(pl.Trainer(logger=False), NotFused(), None) == (None, None), "no selection configured"
 
 
 def test_the_start_kept_for_the_test_leaves_frozen_weights_out():
     task = FusionTask(input_dims={"text": 6, "audio": 5}, freeze_encoders=True,
                       text_encoder=lambda d: TextLSTMEncoder(d, input_kind="vectors", embed_dim=8, hidden_dim=8, out_dim=8),
                       audio_encoder=lambda d: AcousticMLPEncoder(d, hidden_dims=[8], out_dim=8))
-    callback = ModalitySelection(keep_start_unless_better=True)
-    callback.on_train_start(None, task)
-    assert callback.start and not any(key.startswith("model.encoders.text.") for key in callback.start)
-    assert "model.active" in callback.start and "model.head.net.0.weight" in callback.start
+    start = starting_weights(task, Selection(keep_start_unless_better=True))
+    assert start and not any(key.startswith("model.encoders.text.") for key in start)
+    assert "model.active" in start and "model.head.net.0.weight" in start
+    assert starting_weights(task, Selection()) is None, "no start kept when no test needs it"

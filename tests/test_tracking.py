@@ -138,7 +138,7 @@ def test_history_has_metrics_learning_rates_and_media(offline_pipeline):
     assert learning_rate_groups(runs["text"].history) == {"text", "head"}
     assert learning_rate_groups(runs["finetune"].history) == {"text", "fusion"}
     assert {"test/contribution/text", "figures/contributions", "media/samples"} <= runs["fusion"].history
-    # ModalitySelection (in the fusion configs) reports its test against the stage's start.
+    # The selection (in the fusion configs) reports its test against the stage's start.
     assert {"selection/start/gain_MAE", "selection/start/p_value"} <= runs["fusion"].history
     assert "media/samples" not in runs["text"].history
     # On generated data a unimodal stage logs how well it recovers its own modality's score.

@@ -5,7 +5,7 @@ once per seed, each stage keeping its checkpoint with the lowest validation MAE,
 and reports the test metrics of those checkpoints as mean and standard deviation
 over seeds. Beside them: a ridge regression on mean-pooled MiniLM sentence
 embeddings (its penalty chosen by validation MAE) and the published MMSA rows.
-The fused stages end with :class:`mmsent.callbacks.ModalitySelection` (audio kept
+The fused stages end with the selection (:func:`mmsent.selection.select`; audio kept
 only if validation shows a significant gain, a stage's start handed on unless its
 result is significantly better); the same stages are run again without it, from the
 same unimodal checkpoints, for comparison. Raw results go to
@@ -37,8 +37,7 @@ import numpy as np
 
 # Run as a file, a script sees only its own folder; the repository root makes `benchmarks` importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from benchmarks.common import REPO, callbacks_without, machine, mean_std, save
-from mmsent.pipeline import load_pipeline
+from benchmarks.common import REPO, machine, mean_std, save
 
 PIPELINE = REPO / "pipelines" / "mosi.yaml"
 STAGES = {"text": "text only", "audio": "audio only", "fusion": "fused, frozen encoders",
@@ -101,7 +100,7 @@ def run_seed(seed: int, output_dir: Path, cache_dir: str, extra: tuple[str, ...]
 
 
 def run_seed_without_selection(seed: int, output_dir: Path, cache_dir: str, manifest: dict) -> dict:
-    """The fused stages of one seed again, without ModalitySelection, from its unimodal stages.
+    """The fused stages of one seed again, without the selection, from its unimodal stages.
 
     Args:
         seed (int): The seed.
@@ -117,25 +116,19 @@ def run_seed_without_selection(seed: int, output_dir: Path, cache_dir: str, mani
     if not path.is_file():
         unimodal = {k: v for k, v in manifest["stages"].items() if k not in FUSED}
         path.write_text(json.dumps({**manifest, "stages": unimodal}, indent=2))
-    configs = load_pipeline(PIPELINE).stage("fusion").configs
-    return run_seed(seed, output_dir, cache_dir, (callbacks_without(configs, "ModalitySelection"),))
+    return run_seed(seed, output_dir, cache_dir, ("--selection=null",))
 
 
 def selection_records(manifests: dict[int, dict]) -> dict:
-    """Per fused stage, per seed, what ModalitySelection decided (from the best checkpoint).
+    """Per fused stage, per seed, what the selection decided (from the manifest).
 
     Args:
         manifests (dict[int, dict]): Seed -> pipeline manifest.
 
     Returns:
-        dict: ``{stage: [record per seed]}``, each record as the callback wrote it.
+        dict: ``{stage: [record per seed]}``, each record as the selection wrote it.
     """
-    import torch
-
-    from mmsent.tasks.checkpoints import META_KEY
-
-    return {stage: [torch.load(m["stages"][stage]["best_checkpoint"], weights_only=True)[META_KEY]
-                    ["modality_selection"] for m in manifests.values()] for stage in FUSED}
+    return {stage: [m["stages"][stage]["selection"] for m in manifests.values()] for stage in FUSED}
 
 
 def stage_results(manifests: dict[int, dict]) -> dict:
@@ -276,7 +269,7 @@ def paired(results: dict, stage: str = "finetune", reference: str = "text") -> s
 
 
 def selection_lines(results: dict, selection: dict) -> str:
-    """What ModalitySelection decided per seed, and what the audio did to the test MAE without it.
+    """What the selection decided per seed, and what the audio did to the test MAE without it.
 
     Args:
         results (dict): From :func:`stage_results`, with the variant's stages.

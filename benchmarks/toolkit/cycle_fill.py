@@ -1,7 +1,7 @@
 """Filling a masked modality with a CycleGAN's translation vs leaving it out, fused model.
 
 Per seed: the quickstart unimodal stages and the frozen-encoder fusion stage (stage 4,
-without ModalitySelection) are trained with a few epochs each; then, on the fusion
+without the selection) are trained with a few epochs each; then, on the fusion
 model's embeddings of the training set, one :class:`EmbeddingCycleGAN` per pair of
 modalities (unpaired: cycle loss only; and paired: ``paired_weight`` too). At test
 time one modality is masked for every clip and the fused model scores the clips with

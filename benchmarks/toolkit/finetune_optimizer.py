@@ -25,7 +25,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.common import (
     RESULTS,
-    callbacks_without,
     fit_and_test,
     machine,
     mean_std,
@@ -95,8 +94,8 @@ def main() -> None:
         return
     pipeline = load_pipeline(options.pipeline)
     base, start = stage_args(pipeline, options.output_dir, options.stage, options.source)
-    # The optimizers are compared as they train, not after ModalitySelection's choice.
-    base.append(callbacks_without(pipeline.stage(options.stage).configs, "ModalitySelection"))
+    # The optimizers are compared as they train, not after the selection's choice.
+    base.append("--selection=null")
     variants = {
         "sgd": [],
         "adam": ["--model.init_args.optimizer=torch.optim.Adam",

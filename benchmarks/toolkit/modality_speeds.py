@@ -9,7 +9,7 @@ stage 5 beat one shared rate?
 2. Stage 5 from each seed's stage 4 checkpoint of the same runs, with the per-modality
    rates and schedules of ``5_finetune.yaml`` against every group at one shared rate
    (``--shared-rates``, by default the config's audio/fusion rate and its text rate)
-   with the same cosine schedule; no ModalitySelection, so each variant's own result.
+   with the same cosine schedule; no selection, so each variant's own result.
 
     OMP_NUM_THREADS=1 python benchmarks/toolkit/modality_speeds.py --seed-runs runs/quickstart_seeds \
         --seeds 0 1 2 --epochs 12
@@ -28,8 +28,8 @@ import torch
 
 # Run as a file, a script sees only its own folder; the repository root makes `benchmarks` importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from benchmarks.common import REPO, callbacks_without, fit_and_test, machine, mean_std, save
-from benchmarks.quickstart_stages import QUICKSTART, QUIET, configs
+from benchmarks.common import REPO, fit_and_test, machine, mean_std, save
+from benchmarks.quickstart_stages import QUIET, configs
 
 RUNS = Path("runs/bench_cycle")
 PARTS = ("text", "audio", "video", "fusion")
@@ -92,8 +92,7 @@ def main() -> None:
     payload = {"seeds": args.seeds, "epochs": args.epochs, "curves": curves, "machine": machine(),
                "date": datetime.date.today().isoformat(), "runs": []}
     save("modality_speeds", payload)
-    files = [QUICKSTART / "base.yaml", QUICKSTART / "4_fusion.yaml", QUICKSTART / "5_finetune.yaml"]
-    stage = [*configs("4_fusion.yaml", "5_finetune.yaml"), callbacks_without(files, "ModalitySelection"), *QUIET]
+    stage = [*configs("4_fusion.yaml", "5_finetune.yaml"), "--selection=null", *QUIET]
 
     def shared(lr: float) -> list[str]:
         group = {"lr": lr, "schedule": {"name": "cosine", "epochs": args.epochs}}

@@ -8,7 +8,7 @@ validation MAE wins) and the chosen rate is reported over every ``--seeds`` seed
 reported seed took part in the choice. The text stage
 starts from scratch; the fine-tuning stage trains everything from a fusion checkpoint
 (``--fusion-checkpoint``) with one rate for every parameter group (``param_groups`` off,
-no schedule) and without ModalitySelection. The stages' configs come from a pipeline
+no schedule) and without the selection. The stages' configs come from a pipeline
 file (``--pipeline``, the quickstart by default; ``pipelines/mosi.yaml`` for CMU-MOSI);
 arguments after ``--`` go to every run (e.g. data folders).
 
@@ -41,7 +41,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.common import (
     REPO,
     RESULTS,
-    callbacks_without,
     fit_and_test,
     machine,
     mean_std,
@@ -103,7 +102,7 @@ def stage_args(pipeline: Pipeline, stage: str, fusion_checkpoint: str | None) ->
     args = [arg for config in files for arg in ("-c", str(config))] + pipeline.args + pipeline.stage(stage).args
     if stage == "text":
         return args
-    return [*args, callbacks_without(files, "ModalitySelection"), "--model.init_args.param_groups=null",
+    return [*args, "--selection=null", "--model.init_args.param_groups=null",
             f"--model.init_args.init_checkpoint={fusion_checkpoint}"]
 
 

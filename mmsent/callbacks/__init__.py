@@ -5,13 +5,11 @@ from mmsent.callbacks.compile import CompileParts
 from mmsent.callbacks.dropout import EpochDropoutCallback
 from mmsent.callbacks.pretraining import LayerwisePretraining
 from mmsent.callbacks.saddle import SaddlePointMonitor
-from mmsent.callbacks.selection import ModalitySelection
 
 __all__ = [
     "CompileParts",
     "EpochDropoutCallback",
     "LastEpochCheckpoint",
     "LayerwisePretraining",
-    "ModalitySelection",
     "SaddlePointMonitor",
 ]

@@ -140,19 +140,5 @@ class LateFusionModel(nn.Module):
             raise ValueError(f"cannot switch off {modality!r}: it is the last modality in use")
         self.active[list(self.encoders).index(modality)] = False
 
-    def use_only(self, modality: str) -> None:
-        """Uses one modality alone from now on, switching every other one off (and
-        that one on, if it was off).
-
-        Args:
-            modality (str): One of the encoders' modalities.
-
-        Raises:
-            ValueError: If the model has no such encoder.
-        """
-        if modality not in self.encoders:
-            raise ValueError(f"cannot use {modality!r} alone: the model fuses {list(self.encoders)}")
-        self.active.copy_(torch.tensor([m == modality for m in self.encoders]))
-
     def _in_use(self, present: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {m: present[m] & on for m, on in zip(self.encoders, self.active, strict=True)}

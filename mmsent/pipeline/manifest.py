@@ -5,7 +5,7 @@ Per stage it holds the status (``running``, then ``done``, or ``failed`` with th
 error and the command that resumes it, or ``skipped`` with the reason when the data
 leaves the stage nothing to do), the command, the
 checkpoint it resumed from, the best and last checkpoints, the validation and test
-metrics, the test predictions, what :class:`mmsent.callbacks.ModalitySelection`
+metrics, the test predictions, what the selection (:func:`mmsent.selection.select`)
 decided, the wall time and the stage's W&B run. At the top: the pipeline's name,
 its W&B group (a stable id per pipeline run) and the reference predictors. Every
 change is written at once, atomically, so a rerun after a kill finds the truth.

@@ -240,10 +240,10 @@ def generative_table(rows: list[dict]) -> list[str]:
 
 
 def selection_summary(record: dict) -> str:
-    """One line on what :class:`mmsent.callbacks.ModalitySelection` decided in a stage.
+    """One line on what the selection (:func:`mmsent.selection.select`) decided in a stage.
 
     Args:
-        record (dict): The callback's ``record``.
+        record (dict): The selection's record.
 
     Returns:
         str: Modalities kept and switched off with their evidence, and which model

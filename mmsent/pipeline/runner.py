@@ -26,13 +26,14 @@ from pathlib import Path
 from jsonargparse import Namespace
 
 from mmsent.cli import build_cli, check_config
+from mmsent.data.schema import MODALITIES
 from mmsent.errors import ConfigError, user_error
 from mmsent.pipeline import ranks, tracking
+from mmsent.pipeline.fitting import INTERRUPTED, fit_and_evaluate, stopped
 from mmsent.pipeline.lock import RunLock
 from mmsent.pipeline.manifest import Manifest
 from mmsent.pipeline.modalities import follow_data
 from mmsent.pipeline.report import write_report
-from mmsent.pipeline.scoring import INTERRUPTED, fit_and_score, stopped
 from mmsent.pipeline.spec import Pipeline, Stage, load_pipeline
 from mmsent.tasks.checkpoint_io import load_weights_only
 
@@ -65,7 +66,7 @@ def stage_arguments(pipeline: Pipeline, stage: Stage, manifest: Manifest | None,
 
 
 def run_stage(pipeline: Pipeline, stage: Stage, manifest: Manifest, extra: list[str]) -> None:
-    """Runs one stage in the main process (:func:`mmsent.pipeline.scoring.fit_and_score`), recording
+    """Runs one stage in the main process (:func:`mmsent.pipeline.fitting.fit_and_evaluate`), recording
     everything in the manifest (and in the stage's W&B run, when W&B is on).
 
     A multi-process stage is first announced to the other processes, once they exist
@@ -88,10 +89,36 @@ def run_stage(pipeline: Pipeline, stage: Stage, manifest: Manifest, extra: list[
     tracker = tracking.start_stage(pipeline, stage, manifest, cli)
     if tracker:
         manifest.track_stage(stage.name, **tracker.record)
-    results = fit_and_score(cli, stage, resume, pipeline.output_dir / stage.name)
+    results = fit_and_evaluate(cli, stage, resume, pipeline.output_dir / stage.name,
+                               unimodal_figures(pipeline, stage, manifest))
     manifest.finish_stage(stage.name, **results, wall_time_s=round(time.time() - started, 1))
     if tracker:
         tracker.finish(manifest)
+
+
+def unimodal_figures(pipeline: Pipeline, stage: Stage, manifest: Manifest) -> dict[str, dict]:
+    """What the selection after a fused stage's fit compares it with: per modality, the
+    validation MAE and best checkpoint of the unimodal stage it builds on
+    (``model.init_args.<modality>_checkpoint``), also through the fused stage its
+    ``init_checkpoint`` comes from.
+
+    Args:
+        pipeline (Pipeline): The pipeline.
+        stage (Stage): The stage.
+        manifest (Manifest): Where the earlier stages are recorded.
+
+    Returns:
+        dict[str, dict]: ``{modality: {"val_MAE": ..., "checkpoint": ...}}``.
+    """
+    figures = {}
+    for key, source in stage.checkpoints.items():
+        name = key.rsplit(".", 1)[-1].removesuffix("_checkpoint")
+        record = manifest.stage(source)
+        if name == "init":
+            figures.update(unimodal_figures(pipeline, pipeline.stage(source), manifest))
+        elif name in MODALITIES and "MAE" in record.get("metrics", {}).get("val", {}):
+            figures[name] = {"val_MAE": record["metrics"]["val"]["MAE"], "checkpoint": record["best_checkpoint"]}
+    return figures
 
 
 def follow(pipeline: Pipeline, start: str | None, only: str | None, extra: list[str]) -> None:
@@ -130,7 +157,7 @@ def follow(pipeline: Pipeline, start: str | None, only: str | None, extra: list[
         cli = build_cli(stage_arguments(pipeline, stage, manifest, extra), run=False)
         if cli.trainer.world_size == 1:
             raise ConfigError(f"stage {name!r} runs in one process, yet this process was started for it")
-        fit_and_score(cli, stage, resume, pipeline.output_dir / name)
+        fit_and_evaluate(cli, stage, resume, pipeline.output_dir / name)
         announced = ranks.share_from_main(None)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -23,7 +22,6 @@ from mmsent.tasks.checkpoints import (
     EncoderFactory,
     build_encoders,
     encoder_config,
-    load_encoder,
     load_fused,
     load_generator,
     load_head,
@@ -118,8 +116,7 @@ class FusionTask(BaseTask):
         encoder_checkpoints = {"text": text_encoder_checkpoint, "audio": audio_encoder_checkpoint,
                                "video": video_encoder_checkpoint}
         encoders = build_encoders(factories, checkpoints, self.input_dims, init_checkpoint, encoder_checkpoints)
-        self.unimodal = unimodal_record(checkpoints, init_checkpoint)
-        self.head_modality = self._head_modality(head_from, list(encoders))
+        self.head_modality = self._head_modality(head_from, list(encoders), checkpoints, init_checkpoint)
         fusion_module = build_fusion(fusion, {m: e.out_dim for m, e in encoders.items()}, self.head_modality)
         start = self._start_checkpoint(checkpoints, init_checkpoint)
         if head_hidden is None:
@@ -178,40 +175,24 @@ class FusionTask(BaseTask):
             return None
         return path, key, read_checkpoint(path, key)
 
-    def _head_modality(self, head_from: str | None, modalities: list[str]) -> str | None:
+    def _head_modality(self, head_from: str | None, modalities: list[str], checkpoints: dict[str, str | None],
+                       init_checkpoint: str | None) -> str | None:
         if head_from not in (None, "best", *modalities):
             raise ConfigError(f"model.head_from is {head_from!r}, not 'best' nor one of the fused "
                               f"modalities {modalities}")
-        if self.unimodal["head_modality"]:
-            return self.unimodal["head_modality"]  # the fused checkpoint started from has its head
+        if init_checkpoint:  # the fused checkpoint started from has its head
+            recorded = read_checkpoint(init_checkpoint, "model.init_checkpoint").get(META_KEY, {}).get("unimodal")
+            if recorded and recorded.get("head_modality"):
+                return recorded["head_modality"]
         if head_from != "best":
             return head_from
-        scores = {m: v for m, v in self.unimodal["scores"].items() if m in modalities}
-        if not scores and self.unimodal["checkpoints"]:
+        scores = {m: recorded_val_mae(path, f"model.{m}_checkpoint") for m, path in checkpoints.items()
+                  if path and m in modalities}
+        scores = {m: score for m, score in scores.items() if score is not None}
+        if not scores and any(checkpoints.values()):
             raise ConfigError(f"model.head_from is 'best', but no unimodal checkpoint records its "
                               f"validation MAE ({MONITOR} monitored by its ModelCheckpoint)")
         return min(scores, key=scores.get) if scores else None
-
-    def fall_back_to_unimodal(self, modality: str) -> bool:
-        """Turns the fused model into the unimodal model of ``modality``, when the fusion
-        passes that modality's embedding through unchanged once the others are off
-        (a ``GatedResidualFusion`` built on it): its encoder and head are loaded from
-        the unimodal checkpoint and every other modality is switched off.
-
-        Args:
-            modality (str): The modality whose unimodal stage to become.
-
-        Returns:
-            bool: Whether the model is now that unimodal model; False when the fusion
-            cannot pass it through or its checkpoint is unknown or gone.
-        """
-        path = self.unimodal["checkpoints"].get(modality)
-        if getattr(self.model.fusion, "primary", None) != modality or not path or not Path(path).is_file():
-            return False
-        load_encoder(self.model.encoders[modality], modality, path, f"the {modality} stage's checkpoint")
-        load_head(self.model.head, modality, path, f"the {modality} stage's checkpoint")
-        self.model.use_only(modality)
-        return True
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -276,7 +257,7 @@ class FusionTask(BaseTask):
 
     def checkpoint_meta(self) -> dict:
         return {"task": "fusion", "encoder_configs": {m: encoder_config(e) for m, e in self.model.encoders.items()},
-                "unimodal": {**self.unimodal, "head_modality": self.head_modality},
+                "unimodal": {"head_modality": self.head_modality},
                 "fusion_config": module_config(self.model.fusion), "head_config": module_config(self.model.head)}
 
 
@@ -358,30 +339,3 @@ def recorded_val_mae(path: str, what: str) -> float | None:
         if key.startswith("ModelCheckpoint") and state.get("monitor") == MONITOR and score is not None:
             return float(score)
     return None
-
-
-def unimodal_record(checkpoints: dict[str, str | None], init_checkpoint: str | None) -> dict:
-    """What a fused stage knows of the unimodal stages it builds on.
-
-    Args:
-        checkpoints (dict[str, str | None]): Per modality, its unimodal checkpoint.
-        init_checkpoint (str | None): A fused checkpoint, whose record is taken over.
-
-    Returns:
-        dict: ``scores`` (per modality, its stage's best validation MAE),
-        ``checkpoints`` (per modality, its file) and ``head_modality`` (the modality
-        the fused head came from, or None).
-    """
-    if init_checkpoint:
-        recorded = read_checkpoint(init_checkpoint, "model.init_checkpoint").get(META_KEY, {}).get("unimodal")
-        if recorded:
-            return {"scores": dict(recorded["scores"]), "checkpoints": dict(recorded["checkpoints"]),
-                    "head_modality": recorded.get("head_modality")}
-    record = {"scores": {}, "checkpoints": {}, "head_modality": None}
-    for modality, path in checkpoints.items():
-        if path:
-            record["checkpoints"][modality] = str(path)
-            score = recorded_val_mae(path, f"model.{modality}_checkpoint")
-            if score is not None:
-                record["scores"][modality] = score
-    return record

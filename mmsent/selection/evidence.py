@@ -1,4 +1,4 @@
-"""Choosing the modalities a fused model uses, from validation evidence.
+"""The evidence a modality must show to stay in a fused model.
 
 A weak modality can lower the validation error of a fused model by chance and raise
 the error on new speakers. Here each modality has to earn its place: its *gain* on a
@@ -14,7 +14,7 @@ first, and the rest are tested again without it (backward elimination).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
@@ -162,15 +162,3 @@ def select_modalities(modalities: Sequence[str], errors: Callable[[frozenset[str
             break
         kept.remove(weakest.modality)
     return kept, history
-
-
-def as_records(tests: Sequence[GainTest]) -> list[dict]:
-    """Plain dicts of the tests, for checkpoints (``weights_only``) and JSON.
-
-    Args:
-        tests (Sequence[GainTest]): Tests from :func:`select_modalities`.
-
-    Returns:
-        list[dict]: One dict per test, ``others`` as a list.
-    """
-    return [{**asdict(t), "others": list(t.others)} for t in tests]

@@ -1,6 +1,7 @@
-"""Fitting and scoring one stage, the same in every process of a multi-process stage:
-the fit, the checkpoint handed on, its validation and test metrics and its test
-predictions (``predictions.csv``, written by the main process).
+"""Fitting and evaluating one stage, the same in every process of a multi-process
+stage: the fit, the selection after it (:func:`mmsent.selection.select`), the
+checkpoint handed on, its validation and test metrics and its test predictions
+(``predictions.csv``, written by the main process).
 """
 
 from __future__ import annotations
@@ -10,29 +11,31 @@ from pathlib import Path
 import pandas as pd
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from mmsent.callbacks import ModalitySelection
 from mmsent.cli import MMSentCLI
 from mmsent.pipeline import ranks
 from mmsent.pipeline.figures import PREDICTIONS_FILE, predictions_table
 from mmsent.pipeline.spec import Stage
+from mmsent.selection import select, starting_weights
 
 INTERRUPTED = "interrupted (SIGINT)"
 
 
-def fit_and_score(cli: MMSentCLI, stage: Stage, resume: str | None, folder: Path) -> dict:
+def fit_and_evaluate(cli: MMSentCLI, stage: Stage, resume: str | None, folder: Path,
+                     unimodal: dict[str, dict] | None = None) -> dict:
     """Fits one stage (resuming it if it was interrupted), then validates, tests and
     predicts the test split with the checkpoint it hands on; every process of a
     multi-process stage calls this alike.
 
-    The checkpoint handed on is the one :class:`mmsent.callbacks.ModalitySelection`
-    selected, when the stage has that callback and it wrote one, else the best
-    validation checkpoint.
+    The checkpoint handed on is the one the selection after the fit wrote, when the
+    stage's config has a ``selection``, else the best validation checkpoint.
 
     Args:
         cli (MMSentCLI): The stage's CLI, built but not run.
         stage (Stage): The stage.
         resume (str | None): The checkpoint to resume the fit from.
         folder (Path): The stage folder.
+        unimodal (dict[str, dict] | None): For the selection, per modality, the
+            ``val_MAE`` and ``checkpoint`` of the unimodal stage the stage builds on.
 
     Returns:
         dict: ``selection``, ``config``, ``best_checkpoint``, ``last_checkpoint``,
@@ -44,7 +47,7 @@ def fit_and_score(cli: MMSentCLI, stage: Stage, resume: str | None, folder: Path
             ends cleanly (status 0) or with a bare status 1, naming the stage.
     """
     try:
-        return _fit_and_score(cli, stage, resume, folder)
+        return _fit_and_evaluate(cli, stage, resume, folder, unimodal)
     except SIGTERMException:
         raise SystemExit(stopped(stage, "stopped by SIGTERM")) from None
     except SystemExit as error:
@@ -59,37 +62,24 @@ def stopped(stage: Stage, how: str) -> str:
     return f"stage {stage.name!r} {how}; run the same command again to resume it from its last checkpoint"
 
 
-def _fit_and_score(cli: MMSentCLI, stage: Stage, resume: str | None, folder: Path) -> dict:
+def _fit_and_evaluate(cli: MMSentCLI, stage: Stage, resume: str | None, folder: Path,
+                      unimodal: dict[str, dict] | None) -> dict:
+    start = starting_weights(cli.model, cli.selection)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume)
     # Every process reads the checkpoints the main one wrote.
     cli.trainer.strategy.barrier("mmsent.pipeline: checkpoints written")
     # Read before validate/test: loading the best checkpoint resets the callback's state.
     last = cli.trainer.checkpoint_callback.last_model_path
-    best = selected_checkpoint(cli) or cli.trainer.checkpoint_callback.best_model_path or last
+    selection, selected = select(cli.trainer, cli.model, cli.selection, start, unimodal)
+    best = selected or cli.trainer.checkpoint_callback.best_model_path or last
     metrics = {
         "val": flat_metrics(cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path=best)),
         "test": flat_metrics(cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best)),
     }
-    selection = [c.record for c in cli.trainer.callbacks if isinstance(c, ModalitySelection)]
     # trainer.log_dir is a collective call on several processes.
     config = str(Path(cli.trainer.log_dir or folder) / "config.yaml")
-    return {"selection": selection[-1] if selection else None, "config": config, "best_checkpoint": best,
+    return {"selection": selection, "config": config, "best_checkpoint": best,
             "last_checkpoint": last, "metrics": metrics, "predictions": save_predictions(cli, best, folder)}
-
-
-def selected_checkpoint(cli: MMSentCLI) -> str | None:
-    """The checkpoint the stage's (last) :class:`mmsent.callbacks.ModalitySelection`
-    wrote its selected model to.
-
-    Args:
-        cli (MMSentCLI): The stage's CLI, after fitting.
-
-    Returns:
-        str | None: The selected model's file (``selected_path``), or None without a
-        selection.
-    """
-    selections = [c for c in cli.trainer.callbacks if isinstance(c, ModalitySelection)]
-    return getattr(selections[-1], "selected_path", None) if selections else None
 
 
 def save_predictions(cli: MMSentCLI, checkpoint: str, folder: Path) -> str | None:
