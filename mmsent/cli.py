@@ -23,7 +23,8 @@ from mmsent.data.schema import MODALITIES
 from mmsent.errors import ConfigError, user_error
 from mmsent.optim import option_problem
 from mmsent.tasks.base import BaseTask
-from mmsent.tasks.checkpoint_io import AtomicCheckpointIO, load_weights_only
+from mmsent.tasks.checkpoint_io import AtomicCheckpointIO
+from mmsent.tasks.checkpoints import current_hyperparameters, read_checkpoint
 
 MONITOR = "val/MAE"
 
@@ -118,13 +119,19 @@ class MMSentCLI(LightningCLI):
             print(json.dumps(metrics))
 
     def _parse_ckpt_path(self) -> None:
-        # LightningCLI reads the file's hyperparameters here; a refused or corrupt file
-        # is reported naming it and the key instead of with torch's traceback.
+        # LightningCLI reads the file's hyperparameters here, with torch.load; mmsent's loader
+        # reads it instead, naming a refused or corrupt file and the key, and gives the
+        # arguments of a checkpoint from an older mmsent under today's names.
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if path and Path(path).is_file():
-            load_weights_only(path, "--ckpt_path")
-        super()._parse_ckpt_path()
+        if not path or not Path(path).is_file():
+            return
+        hparams = current_hyperparameters(read_checkpoint(path, "--ckpt_path").get("hyper_parameters", {}))
+        hparams.pop("_instantiator", None)
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        if hparams:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
 
     def instantiate_classes(self) -> None:
         """Checks the configuration's values (:func:`check_values`), then instantiates

@@ -12,7 +12,7 @@ import torch
 from mmsent.errors import ConfigError
 from mmsent.models import AcousticMLPEncoder, ConditionalVAE, TextLSTMEncoder
 from mmsent.models.fusion import GatedResidualFusion
-from mmsent.models.rebuilt import fingerprint, rebuilt_fingerprint, tensor_digest, weights_digest
+from mmsent.models.weights import fingerprint, rebuilt_fingerprint, tensor_digest, weights_digest
 from mmsent.tasks import FusionTask, GenerativeTask, UnimodalTask
 from mmsent.tasks.checkpoints import META_KEY
 

@@ -388,7 +388,7 @@ def test_fusion_stage_validates_the_generator_checkpoint(augmented, tmp_path):
     with pytest.raises(ValueError, match="holds a unimodal checkpoint, not a generator"):
         stage_cli(record, f"--model.init_args.generator_checkpoint={augmented['text']['best_checkpoint']}")
     with pytest.raises(ValueError, match="laid out as .* but the configured encoders produce"):
-        stage_cli(record, "--model.init_args.audio_checkpoint=null",
+        stage_cli(record, "--model.init_args.encoders.audio=null",
                   "--model.init_args.audio_encoder=mmsent.models.AcousticMLPEncoder",
                   "--model.init_args.audio_encoder.init_args.out_dim=32")
     text = torch.load(augmented["text"]["best_checkpoint"], weights_only=True)
@@ -396,7 +396,7 @@ def test_fusion_stage_validates_the_generator_checkpoint(augmented, tmp_path):
     retrained = tmp_path / "retrained_text.ckpt"
     torch.save(text, retrained)
     with pytest.raises(ValueError, match="other text encoder weights"):
-        stage_cli(record, f"--model.init_args.text_checkpoint={retrained}")
+        stage_cli(record, f"--model.init_args.encoders.text={retrained}")
     with pytest.raises(ValueError, match="needs model.freeze_encoders: true"):
         stage_cli(record, "--model.init_args.freeze_encoders=false")
     with pytest.raises(ValueError, match="generated_ratio > 0 needs model.generator_checkpoint"):

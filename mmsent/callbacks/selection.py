@@ -11,7 +11,7 @@ from pytorch_lightning.utilities import move_data_to_device, rank_zero_info, ran
 from torch import nn
 
 from mmsent.models.late_fusion import LateFusionModel
-from mmsent.models.rebuilt import omit_rebuilt
+from mmsent.models.weights import omit_rebuilt
 from mmsent.selection import as_records, bootstrap_p_value, select_modalities, video_groups
 from mmsent.tasks.checkpoint_io import atomic_torch_save
 from mmsent.tasks.checkpoints import META_KEY, load_weights

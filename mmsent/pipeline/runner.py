@@ -34,7 +34,7 @@ from mmsent.pipeline.modalities import follow_data
 from mmsent.pipeline.report import write_report
 from mmsent.pipeline.scoring import INTERRUPTED, fit_and_score, stopped
 from mmsent.pipeline.spec import Pipeline, Stage, load_pipeline
-from mmsent.tasks.checkpoint_io import load_weights_only
+from mmsent.models.weights import read_weights_file
 
 
 def stage_arguments(pipeline: Pipeline, stage: Stage, manifest: Manifest | None, extra: list[str]) -> list[str]:
@@ -162,7 +162,7 @@ def resume_checkpoint(pipeline: Pipeline, stage: Stage, record: dict) -> str | N
                     key=lambda p: p.stat().st_mtime, reverse=True)
     for candidate in [last, *others] if last.is_file() else others:
         try:
-            loaded = load_weights_only(candidate, f"stage {stage.name}: --ckpt_path")
+            loaded = read_weights_file(candidate, f"stage {stage.name}: --ckpt_path")
         except ConfigError as error:
             if isinstance(error.__cause__, pickle.UnpicklingError):
                 raise  # a file that is not a checkpoint: the user must look at it
