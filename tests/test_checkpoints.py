@@ -270,7 +270,7 @@ def test_checkpoints_written_before_encoders_load_and_score_the_same(monkeypatch
 
 
 def test_a_stage_reads_each_file_it_names_once(unimodal, tmp_path, monkeypatch):
-    import mmsent.tasks.checkpoints as checkpoints
+    from mmsent.tasks import checkpoints
 
     refit = save(UnimodalTask("audio", AUDIO, input_dims=INPUT_DIMS, fixed={"text": unimodal["text"]}),
                  tmp_path / "audio_refit.ckpt")

@@ -15,10 +15,10 @@ import yaml
 from helpers import CONF, REPO, data_args
 
 from mmsent.cli import build_cli
+from mmsent.models.weights import read_weights_file
 from mmsent.pipeline import report, run
 from mmsent.pipeline.runner import resume_checkpoint
 from mmsent.tasks import UnimodalTask
-from mmsent.models.weights import read_weights_file
 
 AUDIO = str(REPO / "pipelines" / "quickstart" / "2_audio.yaml")
 

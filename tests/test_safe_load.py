@@ -146,7 +146,7 @@ def test_a_registered_user_class_and_old_mmsent_class_paths_load(tmp_path):
 
 def test_export_never_imports_or_calls_the_data_source_a_run_folder_names(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("MMSENT_DEBUG", raising=False)
-    model = write_tiny_model(tmp_path / "model")
+    write_tiny_model(tmp_path / "model")
     run = tmp_path / "run"
     checkpoint = tmp_path / "model"  # a model folder reads as the fused checkpoint it came from
     run.joinpath("fusion").mkdir(parents=True)

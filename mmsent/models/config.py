@@ -32,8 +32,8 @@ from torch import nn
 
 from mmsent.errors import ConfigError
 from mmsent.io import read_json
-from mmsent.models.weights import fill_rebuilt, omit_rebuilt
 from mmsent.models.registry import register, registered_class
+from mmsent.models.weights import fill_rebuilt, omit_rebuilt
 
 _DOWNLOAD_ARGUMENTS = ("revision", "cache_dir", "force_download", "local_files_only", "token", "strict",
                        "proxies", "resume_download")

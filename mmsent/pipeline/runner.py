@@ -27,6 +27,7 @@ from jsonargparse import Namespace
 
 from mmsent.cli import build_cli, check_config
 from mmsent.errors import ConfigError, user_error
+from mmsent.models.weights import read_weights_file
 from mmsent.pipeline import ranks, tracking
 from mmsent.pipeline.lock import RunLock
 from mmsent.pipeline.manifest import Manifest
@@ -34,7 +35,6 @@ from mmsent.pipeline.modalities import follow_data
 from mmsent.pipeline.report import write_report
 from mmsent.pipeline.scoring import INTERRUPTED, fit_and_score, stopped
 from mmsent.pipeline.spec import Pipeline, Stage, load_pipeline
-from mmsent.models.weights import read_weights_file
 
 
 def stage_arguments(pipeline: Pipeline, stage: Stage, manifest: Manifest | None, extra: list[str]) -> list[str]:

@@ -39,7 +39,13 @@ from mmsent.models.generative import (
 from mmsent.models.weights import weights_digest
 from mmsent.optim import build_param_groups, has_schedules
 from mmsent.tasks.base import BaseTask
-from mmsent.tasks.checkpoints import EncoderFactory, build_encoders, encoder_config, modality_paths, reading_once
+from mmsent.tasks.checkpoints import (
+    EncoderFactory,
+    build_encoders,
+    encoder_config,
+    modality_paths,
+    reading_once,
+)
 
 GeneratorFactory = Callable[[int], EmbeddingGenerator]
 
