@@ -23,8 +23,7 @@ from mmsent.data.schema import MODALITIES
 from mmsent.errors import ConfigError, user_error
 from mmsent.optim import option_problem
 from mmsent.tasks.base import BaseTask
-from mmsent.tasks.checkpoint_io import AtomicCheckpointIO
-from mmsent.tasks.checkpoints import current_hyperparameters, read_checkpoint
+from mmsent.tasks.checkpoint_io import AtomicCheckpointIO, current_hyperparameters, read_checkpoint
 
 MONITOR = "val/MAE"
 

@@ -15,7 +15,8 @@ from mmsent.models import AcousticMLPEncoder, ConditionalVAE, TextLSTMEncoder
 from mmsent.models.fusion import GatedResidualFusion
 from mmsent.models.weights import fingerprint, rebuilt_fingerprint, tensor_digest, weights_digest
 from mmsent.tasks import FusionTask, GenerativeTask, UnimodalTask
-from mmsent.tasks.checkpoints import META_KEY, current_hyperparameters, load_weights
+from mmsent.tasks.checkpoint_io import current_hyperparameters
+from mmsent.tasks.checkpoints import META_KEY, load_weights
 
 INPUT_DIMS = {"text": 6, "audio": 5}
 TEXT = partial(TextLSTMEncoder, input_kind="vectors", embed_dim=8, hidden_dim=8, out_dim=8)

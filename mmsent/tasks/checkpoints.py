@@ -5,10 +5,9 @@ A stage names where its weights come from by path, as init arguments: ``encoders
 maps a modality to the file its encoder comes from, ``init_checkpoint`` names a fused
 model to start from (see :class:`mmsent.tasks.FusionTask`). A path is a stage's
 checkpoint or a model folder written by ``mmsent export``, which reads as the fused
-checkpoint it came from. :func:`read_checkpoint` reads every such file with
-``weights_only=True`` (:func:`mmsent.models.weights.read_weights_file`), once per task
-built (:func:`reading_once`). LightningCLI's ``--ckpt_path`` is kept for resuming or
-evaluating the *same* stage.
+checkpoint it came from; each file is read once per task built
+(:func:`mmsent.tasks.checkpoint_io.read_checkpoint`). LightningCLI's ``--ckpt_path``
+is kept for resuming or evaluating the *same* stage.
 
 Checkpoints record what built their networks under :data:`META_KEY`: a unimodal one
 its encoder's configuration (``{"class_path", "init_args"}``, see
@@ -20,149 +19,28 @@ does configure must agree with every record it loads weights from.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable
 from pathlib import Path
 
 from torch import nn
 
 from mmsent.data.schema import MODALITIES
 from mmsent.errors import ConfigError
-from mmsent.io import read_json
 from mmsent.models.config import (
     META_KEY,
     build_module,
     check_finite,
-    check_saved_config,
     class_path,
     matches_record,
     module_config,
-    read_safetensors,
 )
 from mmsent.models.fusion import RegressionHead
 from mmsent.models.generative import GENERATORS, EmbeddingGenerator
 from mmsent.models.unimodal import UnimodalModel
-from mmsent.models.weights import fill_rebuilt, read_weights_file, weights_digest
+from mmsent.models.weights import fill_rebuilt, weights_digest
+from mmsent.tasks.checkpoint_io import read_checkpoint, reading_once, require_entries
 
 EncoderFactory = Callable[[int], nn.Module]
-_READ: ContextVar[dict[str, dict] | None] = ContextVar("mmsent_checkpoints_read", default=None)
-
-
-@contextmanager
-def reading_once() -> Iterator[None]:
-    """Within it, :func:`read_checkpoint` reads each file once and hands every later
-    caller the same contents (a task's ``__init__`` asks for one file several times:
-    its encoder, its head, its recorded validation MAE)."""
-    token = _READ.set({} if _READ.get() is None else _READ.get())
-    try:
-        yield
-    finally:
-        _READ.reset(token)
-
-
-def read_checkpoint(path: str | Path, what: str) -> dict:
-    """Reads a stage's checkpoint, or a model folder as the fused checkpoint it came from.
-
-    Args:
-        path (str | Path): A checkpoint file, or a folder written by ``mmsent export``.
-        what (str): The config key that named it, for messages.
-
-    Returns:
-        dict: The checkpoint (``state_dict``, :data:`META_KEY`, ``hyper_parameters``,
-        ``callbacks``, as far as the file holds them); within :func:`reading_once`,
-        the same dict for the same file.
-
-    Raises:
-        MissingFileError: If the file does not exist, naming the key and path.
-        ConfigError: If the file is refused or unreadable, or lacks its weights or
-            holds its metadata in another form, naming the key, path and entry.
-    """
-    read = _READ.get()
-    key = str(Path(path).resolve())
-    if read is not None and key in read:
-        return read[key]
-    checkpoint = _read_model_folder(Path(path), what) if Path(path).is_dir() else read_weights_file(path, what)
-    if not isinstance(checkpoint, dict):
-        raise ConfigError(f"{what}: checkpoint {path} holds a {type(checkpoint).__name__}, not a "
-                          f"Lightning checkpoint")
-    require_entries(checkpoint, {"state_dict": dict}, path, what)
-    if META_KEY in checkpoint:
-        require_entries(checkpoint, {META_KEY: dict}, path, what)
-    if read is not None:
-        read[key] = checkpoint
-    return checkpoint
-
-
-def _read_model_folder(folder: Path, what: str) -> dict:
-    config = read_json(folder / "config.json") if (folder / "config.json").is_file() else None
-    if not isinstance(config, dict) or not all(isinstance(config.get(k), dict) for k in ("encoders", "fusion", "head")):
-        raise ConfigError(f"{what}: {folder} is a folder but no model folder of mmsent export (a config.json "
-                          f"with encoders, fusion and head)")
-    check_saved_config(folder / "model.safetensors", config)
-    state, omitted = read_safetensors(folder / "model.safetensors")
-    if not isinstance(omitted, dict):
-        raise ConfigError(f"{what}: {folder / 'model.safetensors'}: its header's record of the weights left out "
-                          f"is not a mapping")
-    encoders = {m: {"class_path": record.get("class_path"),
-                    "init_args": {k: v for k, v in (record.get("init_args") or {}).items() if k != "input_dim"}}
-                for m, record in config["encoders"].items() if isinstance(record, dict)}
-    # The modality the fusion is built on, so that a stage starting from it builds it alike.
-    primary = (config["fusion"].get("init_args") or {}).get("primary")
-    return {"state_dict": state, "hyper_parameters": {"head_hidden": (config["head"].get("init_args") or {})
-                                                      .get("hidden_dim", 0)},
-            META_KEY: {"task": "fusion", "encoder_configs": encoders, "fusion_config": config["fusion"],
-                       "head_config": config["head"], "rebuilt": omitted,
-                       "unimodal": {"scores": {}, "checkpoints": {}, "head_modality": primary}}}
-
-
-def current_hyperparameters(saved: dict) -> dict:
-    """A checkpoint's saved init arguments under today's names.
-
-    A checkpoint from mmsent before ``encoders`` (up to 53a6aae) names each source in
-    an argument of its own: ``<m>_checkpoint`` (the unimodal stage: encoder, head,
-    validation MAE), ``<m>_encoder_checkpoint`` (the encoder's weights instead) and
-    ``fixed_<m>_checkpoint`` (a backfitting stage's fixed models).
-
-    Args:
-        saved (dict): The checkpoint's ``hyper_parameters``.
-
-    Returns:
-        dict: The same arguments, those in ``encoders``, ``unimodal`` and ``fixed``.
-    """
-    current = dict(saved)
-    for m in MODALITIES:
-        unimodal, encoder = current.pop(f"{m}_checkpoint", None), current.pop(f"{m}_encoder_checkpoint", None)
-        fixed = current.pop(f"fixed_{m}_checkpoint", None)
-        if unimodal or encoder:
-            current.setdefault("encoders", {})[m] = encoder or unimodal
-        if unimodal and encoder:
-            current.setdefault("unimodal", {})[m] = unimodal
-        if fixed:
-            current.setdefault("fixed", {})[m] = fixed
-    return current
-
-
-def require_entries(record: dict, kinds: dict[str, type], path: str | Path, what: str, within: str = "") -> None:
-    """Checks that a checkpoint (or its metadata) holds the entries read from it.
-
-    Args:
-        record (dict): The checkpoint, or a part of it.
-        kinds (dict[str, type]): Per entry, the type it must have.
-        path (str | Path): The checkpoint, for the message.
-        what (str): The config key that named it, for the message.
-        within (str): Where ``record`` sits in the checkpoint (``"mmsent."``).
-
-    Raises:
-        ConfigError: Naming the key, the file and the entry missing or of another type.
-    """
-    for key, kind in kinds.items():
-        if key not in record:
-            raise ConfigError(f"{what}: checkpoint {path} has no entry {within}{key}: it was not written by "
-                              f"mmsent, or was altered since")
-        if not isinstance(record[key], kind):
-            raise ConfigError(f"{what}: checkpoint {path}: entry {within}{key} is a "
-                              f"{type(record[key]).__name__}, not a {kind.__name__}: it was altered")
 
 
 def sub_state_dict(state: dict, prefix: str) -> dict:
@@ -369,14 +247,8 @@ def load_encoder(encoder: nn.Module, modality: str, path: str | Path, what: str)
     if saved not in (None, class_path(encoder)):
         raise ConfigError(f"{what}: {path} holds a {saved}, "
                           f"but the configured {modality} encoder is a {class_path(encoder)}")
-    state = sub_state_dict(checkpoint["state_dict"], prefix)
-    check_finite(state, f"{what}: {path}", prefix)
-    fill_rebuilt(state, encoder, checkpoint.get(META_KEY, {}).get("rebuilt", {}), prefix, what)
-    try:
-        encoder.load_state_dict(state)
-    except RuntimeError as error:
-        raise ConfigError(f"{what}: the weights in {path} do not fit the configured {modality} "
-                          f"encoder {type(encoder).__name__} (a different size?): {error}") from error
+    load_part(encoder, checkpoint, prefix, path, what, f"the weights in {path} do not fit the configured "
+              f"{modality} encoder {type(encoder).__name__} (a different size?)")
 
 
 def load_head(head: nn.Module, modality: str, path: str | Path, what: str) -> None:
@@ -396,14 +268,8 @@ def load_head(head: nn.Module, modality: str, path: str | Path, what: str) -> No
     meta = checkpoint.get(META_KEY, {})
     if meta.get("task") not in (None, "unimodal") or meta.get("modality") not in (None, modality):
         raise ConfigError(f"{what}: {path} holds no unimodal {modality} model to take the head from")
-    state = sub_state_dict(checkpoint["state_dict"], "head.")
-    check_finite(state, f"{what}: {path}", "head.")
-    try:
-        head.load_state_dict(state)
-    except RuntimeError as error:
-        raise ConfigError(f"{what}: the head in {path} does not fit the fused head (the fused "
-                         f"embedding must have the {modality} embedding's size, and head_hidden "
-                         f"must match): {error}") from error
+    load_part(head, checkpoint, "head.", path, what, f"the head in {path} does not fit the fused head (the "
+              f"fused embedding must have the {modality} embedding's size, and head_hidden must match)")
 
 
 @reading_once()
@@ -450,16 +316,9 @@ def load_fused(model: nn.Module, path: str | Path, what: str) -> None:
         ValueError: If the checkpoint holds no fused model or its weights do not fit.
     """
     checkpoint = _read_fused(path, what)
-    meta = checkpoint[META_KEY]
-    state = sub_state_dict(checkpoint["state_dict"], "model.")
-    check_finite(state, f"{what}: {path}", "model.")
-    fill_rebuilt(state, model, meta.get("rebuilt", {}), "model.", what)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        raise ConfigError(f"{what}: the weights in {path} do not fit the configured fused model "
-                         f"(encoders {list(meta.get('encoder_configs', {}))} in the checkpoint, "
-                         f"{list(model.encoders)} configured): {error}") from error
+    load_part(model, checkpoint, "model.", path, what, f"the weights in {path} do not fit the configured fused "
+              f"model (encoders {list(checkpoint[META_KEY].get('encoder_configs', {}))} in the checkpoint, "
+              f"{list(model.encoders)} configured)")
 
 
 def load_generator(path: str | Path, what: str, encoders: nn.ModuleDict) -> EmbeddingGenerator:
@@ -499,12 +358,31 @@ def load_generator(path: str | Path, what: str, encoders: nn.ModuleDict) -> Embe
                          "encoder weights; give the generative stage and this stage the same "
                          "unimodal checkpoints")
     generator = GENERATORS[name](**meta["generator_config"])
-    state = sub_state_dict(checkpoint["state_dict"], "generator.")
-    check_finite(state, f"{what}: {path}", "generator.")
+    load_part(generator, checkpoint, "generator.", path, what,
+              f"the weights in {path} do not fit a {name} built from {meta['generator_config']}")
+    return generator.requires_grad_(False).eval()
+
+
+def load_part(module: nn.Module, checkpoint: dict, prefix: str, path: str | Path, what: str, misfit: str) -> None:
+    """Loads a checkpoint's weights under a prefix into a module, the frozen weights
+    it left out put back (:func:`mmsent.models.weights.fill_rebuilt`).
+
+    Args:
+        module (nn.Module): The configured module.
+        checkpoint (dict): The checkpoint, as read.
+        prefix (str): Where its weights sit in ``state_dict`` (``"encoder."``).
+        path (str | Path): The checkpoint, for messages.
+        what (str): The config key that named it, for messages.
+        misfit (str): What to say when the weights do not fit.
+
+    Raises:
+        ConfigError: If a weight is not finite, or the weights do not fit (``misfit``).
+    """
+    state = sub_state_dict(checkpoint["state_dict"], prefix)
+    check_finite(state, f"{what}: {path}", prefix)
+    fill_rebuilt(state, module, checkpoint.get(META_KEY, {}).get("rebuilt", {}), prefix, what)
     try:
-        generator.load_state_dict(state)
+        module.load_state_dict(state)
     except RuntimeError as error:
         # Not chained: the CLI reports the innermost cause, and this is the message.
-        raise ConfigError(f"{what}: the weights in {path} do not fit a {name} built from "
-                         f"{meta['generator_config']}: {error}") from None
-    return generator.requires_grad_(False).eval()
+        raise ConfigError(f"{what}: {misfit}: {error}") from None
