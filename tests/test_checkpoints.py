@@ -14,7 +14,7 @@ from mmsent.errors import ConfigError
 from mmsent.models import AcousticMLPEncoder, ConditionalVAE, TextLSTMEncoder
 from mmsent.models.fusion import GatedResidualFusion
 from mmsent.models.weights import fingerprint, rebuilt_fingerprint, tensor_digest, weights_digest
-from mmsent.tasks import FusionTask, GenerativeTask, UnimodalTask
+from mmsent.tasks import FusionTask, GenerativeTask, UnimodalTask, checkpoint_io
 from mmsent.tasks.checkpoint_io import current_hyperparameters
 from mmsent.tasks.checkpoints import META_KEY, load_weights
 
@@ -271,14 +271,13 @@ def test_checkpoints_written_before_encoders_load_and_score_the_same(monkeypatch
 
 
 def test_a_stage_reads_each_file_it_names_once(unimodal, tmp_path, monkeypatch):
-    from mmsent.tasks import checkpoints
 
     refit = save(UnimodalTask("audio", AUDIO, input_dims=INPUT_DIMS, fixed={"text": unimodal["text"]}),
                  tmp_path / "audio_refit.ckpt")
     fused = save(FusionTask(encoders={"text": unimodal["text"], "audio": refit}, unimodal={"audio": unimodal["audio"]},
                             head_from="text", fusion=GatedResidualFusion, input_dims=INPUT_DIMS), tmp_path / "fused.ckpt")
-    read, reader = [], checkpoints.read_weights_file
-    monkeypatch.setattr(checkpoints, "read_weights_file", lambda path, what: read.append(path) or reader(path, what))
+    read, reader = [], checkpoint_io.read_weights_file
+    monkeypatch.setattr(checkpoint_io, "read_weights_file", lambda path, what: read.append(path) or reader(path, what))
     FusionTask(encoders={"text": unimodal["text"], "audio": refit}, unimodal={"audio": unimodal["audio"]},
                head_from="text", fusion=GatedResidualFusion, input_dims=INPUT_DIMS)
     assert sorted(read) == sorted([unimodal["text"], refit, unimodal["audio"]])

@@ -388,7 +388,8 @@ def test_fusion_stage_validates_the_generator_checkpoint(augmented, tmp_path):
     with pytest.raises(ValueError, match="holds a unimodal checkpoint, not a generator"):
         stage_cli(record, f"--model.init_args.generator_checkpoint={augmented['text']['best_checkpoint']}")
     with pytest.raises(ValueError, match="laid out as .* but the configured encoders produce"):
-        stage_cli(record, "--model.init_args.encoders.audio=null",
+        without_audio = {m: augmented[m]["best_checkpoint"] for m in ("text", "video")}
+        stage_cli(record, f"--model.init_args.encoders={json.dumps(without_audio)}",
                   "--model.init_args.audio_encoder=mmsent.models.AcousticMLPEncoder",
                   "--model.init_args.audio_encoder.init_args.out_dim=32")
     text = torch.load(augmented["text"]["best_checkpoint"], weights_only=True)

@@ -71,9 +71,7 @@ def load_weights(task: nn.Module, path: str | Path, what: str = "checkpoint") ->
         dict: The checkpoint as read.
     """
     checkpoint = read_checkpoint(path, what)
-    rebuilt = checkpoint.get(META_KEY, {}).get("rebuilt", {})
-    check_finite(checkpoint["state_dict"], f"{what}: {path}")
-    task.load_state_dict(fill_rebuilt(dict(checkpoint["state_dict"]), task, rebuilt, "", what))
+    _load_part(task, checkpoint, "", path, what, f"the weights in {path} do not fit the configured task")
     return checkpoint
 
 
@@ -135,7 +133,7 @@ def build_encoders(factories: dict[str, EncoderFactory | None], sources: dict[st
     encoders = nn.ModuleDict()
     for modality in MODALITIES:
         key, path = f"model.encoders.{modality}", sources.get(modality)
-        records = [(key, path, encoder_part(read_checkpoint(path, key), modality, path, key)[1])] if path else []
+        records = [(key, path, _encoder_part(read_checkpoint(path, key), modality, path, key)[1])] if path else []
         if modality in fused:
             records.append(("model.init_checkpoint", fused_checkpoint, fused[modality]))
         if factories[modality] is None and not records:
@@ -152,22 +150,9 @@ def build_encoders(factories: dict[str, EncoderFactory | None], sources: dict[st
     return encoders
 
 
-def encoder_part(checkpoint: dict, modality: str, path: str | Path, what: str) -> tuple[str, dict | None]:
-    """Where a checkpoint holds a modality's encoder, and the configuration it records.
-
-    Args:
-        checkpoint (dict): A unimodal, fused or generative checkpoint, as read.
-        modality (str): The encoder's modality.
-        path (str | Path): The checkpoint, for messages.
-        what (str): The config key that named it, for messages.
-
-    Returns:
-        tuple[str, dict | None]: The prefix of its weights in ``state_dict`` and its
-        recorded ``{"class_path", "init_args"}`` (None if the checkpoint records none).
-
-    Raises:
-        ConfigError: If the checkpoint holds no encoder of that modality.
-    """
+def _encoder_part(checkpoint: dict, modality: str, path: str | Path, what: str) -> tuple[str, dict | None]:
+    # Where a unimodal, fused or generative checkpoint holds a modality's encoder (the
+    # prefix of its weights) and the configuration it records for it.
     meta = checkpoint.get(META_KEY, {})
     if "encoder_configs" in meta:  # a fused or generative model: an encoder per modality
         if modality not in meta["encoder_configs"]:
@@ -242,12 +227,12 @@ def load_encoder(encoder: nn.Module, modality: str, path: str | Path, what: str)
             encoder class, or its weights do not fit, naming both sides.
     """
     checkpoint = read_checkpoint(path, what)
-    prefix, config = encoder_part(checkpoint, modality, path, what)
+    prefix, config = _encoder_part(checkpoint, modality, path, what)
     saved = (config or {}).get("class_path")
     if saved not in (None, class_path(encoder)):
         raise ConfigError(f"{what}: {path} holds a {saved}, "
                           f"but the configured {modality} encoder is a {class_path(encoder)}")
-    load_part(encoder, checkpoint, prefix, path, what, f"the weights in {path} do not fit the configured "
+    _load_part(encoder, checkpoint, prefix, path, what, f"the weights in {path} do not fit the configured "
               f"{modality} encoder {type(encoder).__name__} (a different size?)")
 
 
@@ -268,7 +253,7 @@ def load_head(head: nn.Module, modality: str, path: str | Path, what: str) -> No
     meta = checkpoint.get(META_KEY, {})
     if meta.get("task") not in (None, "unimodal") or meta.get("modality") not in (None, modality):
         raise ConfigError(f"{what}: {path} holds no unimodal {modality} model to take the head from")
-    load_part(head, checkpoint, "head.", path, what, f"the head in {path} does not fit the fused head (the "
+    _load_part(head, checkpoint, "head.", path, what, f"the head in {path} does not fit the fused head (the "
               f"fused embedding must have the {modality} embedding's size, and head_hidden must match)")
 
 
@@ -316,7 +301,7 @@ def load_fused(model: nn.Module, path: str | Path, what: str) -> None:
         ValueError: If the checkpoint holds no fused model or its weights do not fit.
     """
     checkpoint = _read_fused(path, what)
-    load_part(model, checkpoint, "model.", path, what, f"the weights in {path} do not fit the configured fused "
+    _load_part(model, checkpoint, "model.", path, what, f"the weights in {path} do not fit the configured fused "
               f"model (encoders {list(checkpoint[META_KEY].get('encoder_configs', {}))} in the checkpoint, "
               f"{list(model.encoders)} configured)")
 
@@ -358,26 +343,13 @@ def load_generator(path: str | Path, what: str, encoders: nn.ModuleDict) -> Embe
                          "encoder weights; give the generative stage and this stage the same "
                          "unimodal checkpoints")
     generator = GENERATORS[name](**meta["generator_config"])
-    load_part(generator, checkpoint, "generator.", path, what,
+    _load_part(generator, checkpoint, "generator.", path, what,
               f"the weights in {path} do not fit a {name} built from {meta['generator_config']}")
     return generator.requires_grad_(False).eval()
 
 
-def load_part(module: nn.Module, checkpoint: dict, prefix: str, path: str | Path, what: str, misfit: str) -> None:
-    """Loads a checkpoint's weights under a prefix into a module, the frozen weights
-    it left out put back (:func:`mmsent.models.weights.fill_rebuilt`).
-
-    Args:
-        module (nn.Module): The configured module.
-        checkpoint (dict): The checkpoint, as read.
-        prefix (str): Where its weights sit in ``state_dict`` (``"encoder."``).
-        path (str | Path): The checkpoint, for messages.
-        what (str): The config key that named it, for messages.
-        misfit (str): What to say when the weights do not fit.
-
-    Raises:
-        ConfigError: If a weight is not finite, or the weights do not fit (``misfit``).
-    """
+def _load_part(module: nn.Module, checkpoint: dict, prefix: str, path: str | Path, what: str, misfit: str) -> None:
+    # The weights under prefix, the frozen ones left out put back; misfit says why they may not fit.
     state = sub_state_dict(checkpoint["state_dict"], prefix)
     check_finite(state, f"{what}: {path}", prefix)
     fill_rebuilt(state, module, checkpoint.get(META_KEY, {}).get("rebuilt", {}), prefix, what)
