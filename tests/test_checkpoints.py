@@ -271,7 +271,6 @@ def test_checkpoints_written_before_encoders_load_and_score_the_same(monkeypatch
 
 
 def test_a_stage_reads_each_file_it_names_once(unimodal, tmp_path, monkeypatch):
-
     refit = save(UnimodalTask("audio", AUDIO, input_dims=INPUT_DIMS, fixed={"text": unimodal["text"]}),
                  tmp_path / "audio_refit.ckpt")
     fused = save(FusionTask(encoders={"text": unimodal["text"], "audio": refit}, unimodal={"audio": unimodal["audio"]},
