@@ -79,7 +79,7 @@ class FusionTask(BaseTask):
             the ``head_from`` stage's (0 when there is none), so ``head_from: best``
             fits whichever unimodal stage wins.
         head_from (str | None): A modality whose unimodal head (from its
-            ``<modality>_checkpoint``) the fused head starts from, or ``"best"``: the
+            ``unimodal`` checkpoint) the fused head starts from, or ``"best"``: the
             unimodal stage with the lowest validation MAE (as its checkpoint's
             ``ModelCheckpoint`` state records it). A fusion that takes a ``primary``
             argument (``GatedResidualFusion``) is built on that modality, so the fused
