@@ -417,7 +417,7 @@ def test_generator_weights_of_another_architecture_are_rejected(augmented, tmp_p
 def test_generator_stage_config_trains_on_the_pipeline_checkpoints(config, augmented, tiny_raw, tmp_path):
     from mmsent.main import main
 
-    checkpoints = [f"--model.init_args.{m}_checkpoint={augmented[stage]['best_checkpoint']}"
+    checkpoints = [f"--model.init_args.encoders.{m}={augmented[stage]['best_checkpoint']}"
                    for m, stage in (("text", "text"), ("audio", "audio"), ("video", "video"))]
     quickstart = AUGMENTED.parent / "quickstart"
     main(["fit", "-c", str(quickstart / "base.yaml"), "-c", str(quickstart / config),
