@@ -64,7 +64,7 @@ def fusion_args(checkpoints: dict[str, str], seed: int, epochs: int, root: str) 
     stage = configs("4_fusion.yaml")
     return [*stage, "--selection=null", f"--seed_everything={seed}", *QUIET,
             f"--trainer.max_epochs={epochs}", f"--trainer.default_root_dir={root}/fusion/{seed}",
-            *(f"--model.init_args.{m}_checkpoint={path}" for m, path in checkpoints.items())]
+            *(f"--model.init_args.encoders.{m}={path}" for m, path in checkpoints.items())]
 
 
 @torch.no_grad()

@@ -1,7 +1,7 @@
 """Fine-tune an exported model on a new labelled folder through the mmsent CLI.
 
-The model folder is turned into a fused stage's checkpoint, which stage 5 of the
-quickstart (all encoders trainable, plain SGD) starts from; any extra arguments go to
+Stage 5 of the quickstart (all encoders trainable, plain SGD) starts from the model
+folder, which a stage takes wherever it takes a checkpoint; any extra arguments go to
 ``mmsent fit`` (e.g. ``--trainer.max_epochs=3``).
 
     python examples/finetune_exported.py models/quickstart path/to/new/folder runs/finetuned
@@ -23,9 +23,7 @@ def main() -> None:
     parser.add_argument("folder", help="the new labelled folder (label.csv with train/valid/test + Raw/)")
     parser.add_argument("out", help="where the run goes")
     args, extra = parser.parse_known_args()
-    model = SentimentModel.from_pretrained(args.model)
-    start = model.save_checkpoint(Path(args.out) / "start.ckpt")
-    pre = model.config["preprocessing"]
+    pre = SentimentModel.from_pretrained(args.model).config["preprocessing"]
     command = [sys.executable, "-m", "mmsent", "fit",
                "-c", str(CONFIGS / "base.yaml"), "-c", str(CONFIGS / "4_fusion.yaml"),
                "-c", str(CONFIGS / "5_finetune.yaml"),
@@ -41,7 +39,7 @@ def main() -> None:
                f"--data.cache_dir={Path(args.out) / 'cache'}",
                f"--trainer.default_root_dir={args.out}",
                f"--checkpoint.dirpath={Path(args.out) / 'checkpoints'}",
-               f"--model.init_args.init_checkpoint={start}", *extra]
+               f"--model.init_args.init_checkpoint={args.model}", *extra]
     print(" ".join(command))
     raise SystemExit(subprocess.call(command))
 

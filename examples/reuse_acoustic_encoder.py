@@ -4,7 +4,7 @@ The task here: tell a rising tone from a falling one, from log-mel frames comput
 mmsent's own audio front end. The pretrained encoder is frozen; a small linear head
 on its embedding is trained.
 
-    python examples/reuse_acoustic_encoder.py models/quickstart/encoders/audio --steps 100
+    python examples/reuse_acoustic_encoder.py models/quickstart --steps 100
 """
 
 import argparse
@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from mmsent import SentimentModel
 from mmsent.data.media import log_mel_frames
-from mmsent.models import AcousticMLPEncoder
 
 SAMPLE_RATE = 16000
 
@@ -37,13 +37,13 @@ def batch(size: int, rng: np.random.Generator, n_mels: int) -> tuple[torch.Tenso
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("encoder", help="an encoder folder, e.g. models/quickstart/encoders/audio")
+    parser.add_argument("model", help="a model folder (mmsent export), e.g. models/quickstart")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    encoder = AcousticMLPEncoder.from_pretrained(args.encoder).eval().requires_grad_(False)
+    encoder = SentimentModel.from_pretrained(args.model).encoders["audio"].eval().requires_grad_(False)
     n_mels = encoder.config["input_dim"]
     head = nn.Linear(encoder.out_dim, 1)
     optimizer = torch.optim.Adam(head.parameters(), lr=0.01)

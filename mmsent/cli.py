@@ -24,7 +24,7 @@ from mmsent.errors import ConfigError, user_error
 from mmsent.optim import option_problem
 from mmsent.selection import Selection, select, starting_weights
 from mmsent.tasks.base import BaseTask
-from mmsent.tasks.checkpoint_io import AtomicCheckpointIO, load_weights_only
+from mmsent.tasks.checkpoint_io import AtomicCheckpointIO, current_hyperparameters, read_checkpoint
 
 MONITOR = "val/MAE"
 
@@ -107,14 +107,32 @@ class MMSentCLI(LightningCLI):
         select(self.trainer, self.model, self.selection, self.start)
 
     def parse_arguments(self, parser, args) -> None:
-        """Parses, then loads ``--ckpt_path`` safely before LightningCLI reads its
-        hyperparameters, so a refused or corrupt file is named with the key
-        (:func:`mmsent.tasks.checkpoint_io.load_weights_only`), not shown with torch's traceback."""
+        """Parses, then takes the model's hyperparameters from ``--ckpt_path`` itself:
+        read safely, so a refused or corrupt file is named with the key, not shown with
+        torch's traceback (:func:`mmsent.tasks.checkpoint_io.read_checkpoint`), and those
+        of a checkpoint from an older mmsent under today's names
+        (:func:`mmsent.tasks.checkpoint_io.current_hyperparameters`)."""
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if path and Path(path).is_file():
-            load_weights_only(path, "--ckpt_path")
+        if not path or not Path(path).is_file():
+            return
+        hparams = current_hyperparameters(read_checkpoint(path, "--ckpt_path").get("hyper_parameters", {}))
+        hparams.pop("_instantiator", None)
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        if hparams:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        # LightningCLI would read the file's hyperparameters again, under their saved
+        # names, before before_instantiate_classes; it is handed the path back there.
+        self._ckpt_path = path
+        self.config[subcommand].ckpt_path = None
+
+    def before_instantiate_classes(self) -> None:
+        """Gives back the ``--ckpt_path`` whose hyperparameters :meth:`parse_arguments` took."""
+        path = getattr(self, "_ckpt_path", None)
+        if path:
+            self.config[self.config["subcommand"]].ckpt_path = path
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         """Instantiates the trainer with what every mmsent trainer has: the atomic

@@ -5,6 +5,7 @@ generative."""
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,14 +13,17 @@ import torch
 from mmsent.errors import ConfigError
 from mmsent.models import AcousticMLPEncoder, ConditionalVAE, TextLSTMEncoder
 from mmsent.models.fusion import GatedResidualFusion
-from mmsent.models.rebuilt import fingerprint, rebuilt_fingerprint, tensor_digest, weights_digest
+from mmsent.models.weights import fingerprint, rebuilt_fingerprint, tensor_digest, weights_digest
 from mmsent.selection.step import become_unimodal
-from mmsent.tasks import FusionTask, GenerativeTask, UnimodalTask
-from mmsent.tasks.checkpoints import META_KEY
+from mmsent.tasks import FusionTask, GenerativeTask, UnimodalTask, checkpoint_io
+from mmsent.tasks.checkpoint_io import current_hyperparameters
+from mmsent.tasks.checkpoints import META_KEY, load_weights
+from mmsent.tasks.fusion import recorded_val_mae
 
 INPUT_DIMS = {"text": 6, "audio": 5}
 TEXT = partial(TextLSTMEncoder, input_kind="vectors", embed_dim=8, hidden_dim=8, out_dim=8)
 AUDIO = partial(AcousticMLPEncoder, hidden_dims=[8], out_dim=4)
+AUDIO_53A6AAE = partial(AcousticMLPEncoder, hidden_dims=[4], out_dim=4)
 
 
 def save(task, path) -> str:
@@ -47,7 +51,7 @@ def test_a_unimodal_checkpoint_records_its_encoder_as_plain_data(unimodal):
 
 
 def test_stage_4_and_5_build_their_encoders_from_the_checkpoints(unimodal, tmp_path):
-    fused = FusionTask(text_checkpoint=unimodal["text"], audio_checkpoint=unimodal["audio"], input_dims=INPUT_DIMS)
+    fused = FusionTask(encoders=unimodal, input_dims=INPUT_DIMS)
     audio_state = torch.load(unimodal["audio"], weights_only=True)["state_dict"]
     assert isinstance(fused.model.encoders["text"], TextLSTMEncoder)
     for key, value in fused.model.encoders["audio"].state_dict().items():
@@ -63,18 +67,18 @@ def test_stage_4_and_5_build_their_encoders_from_the_checkpoints(unimodal, tmp_p
 
 
 def test_a_configured_encoder_that_agrees_is_accepted(unimodal):
-    FusionTask(text_encoder=TEXT, text_checkpoint=unimodal["text"], input_dims=INPUT_DIMS)
+    FusionTask(text_encoder=TEXT, encoders={"text": unimodal["text"]}, input_dims=INPUT_DIMS)
 
 
 def test_a_configured_encoder_that_disagrees_fails_naming_key_path_and_both(unimodal):
     wider = partial(TextLSTMEncoder, input_kind="vectors", embed_dim=8, hidden_dim=16, out_dim=8)
     with pytest.raises(ValueError, match=r"model.text_encoder: the configured text encoder differs from the one "
-                                         r".*text.ckpt \(model.text_checkpoint\) was saved with \(in hidden_dim\)") as error:
-        FusionTask(text_encoder=wider, text_checkpoint=unimodal["text"], input_dims=INPUT_DIMS)
+                                         r".*text.ckpt \(model.encoders.text\) was saved with \(in hidden_dim\)") as error:
+        FusionTask(text_encoder=wider, encoders={"text": unimodal["text"]}, input_dims=INPUT_DIMS)
     assert '"hidden_dim": 16' in str(error.value) and '"hidden_dim": 8' in str(error.value)
     with pytest.raises(ValueError, match=r"\(class mmsent.models.audio.AcousticMLPEncoder vs "
                                          r"mmsent.models.text.TextLSTMEncoder\)"):
-        FusionTask(text_encoder=partial(AcousticMLPEncoder, out_dim=8), text_checkpoint=unimodal["text"],
+        FusionTask(text_encoder=partial(AcousticMLPEncoder, out_dim=8), encoders={"text": unimodal["text"]},
                    input_dims=INPUT_DIMS)
 
 
@@ -83,10 +87,10 @@ def test_a_checkpoint_without_a_record_needs_a_configured_encoder(unimodal, tmp_
     del checkpoint[META_KEY]["encoder_config"]
     bare = tmp_path / "bare.ckpt"
     torch.save(checkpoint, bare)
-    with pytest.raises(ValueError, match=r"model.text_encoder is not set and .*bare.ckpt \(model.text_checkpoint\) "
+    with pytest.raises(ValueError, match=r"model.text_encoder is not set and .*bare.ckpt \(model.encoders.text\) "
                                          r"records no encoder configuration"):
-        FusionTask(text_checkpoint=str(bare), input_dims=INPUT_DIMS)
-    FusionTask(text_encoder=TEXT, text_checkpoint=str(bare), input_dims=INPUT_DIMS)
+        FusionTask(encoders={"text": str(bare)}, input_dims=INPUT_DIMS)
+    FusionTask(text_encoder=TEXT, encoders={"text": str(bare)}, input_dims=INPUT_DIMS)
     with pytest.raises(ValueError, match="configure at least one of text_encoder"):
         FusionTask(input_dims=INPUT_DIMS)
 
@@ -96,18 +100,17 @@ def test_a_record_from_before_an_argument_existed_matches_that_argument_at_its_d
     del checkpoint[META_KEY]["encoder_config"]["init_args"]["swapout_samples"]  # at its default, 0
     older = tmp_path / "older.ckpt"
     torch.save(checkpoint, older)
-    FusionTask(audio_encoder=AUDIO, audio_checkpoint=str(older), input_dims=INPUT_DIMS)
+    FusionTask(audio_encoder=AUDIO, encoders={"audio": str(older)}, input_dims=INPUT_DIMS)
     with pytest.raises(ValueError, match=r"\(in residual"):
-        FusionTask(audio_encoder=partial(AUDIO, residual=True), audio_checkpoint=str(older), input_dims=INPUT_DIMS)
+        FusionTask(audio_encoder=partial(AUDIO, residual=True), encoders={"audio": str(older)}, input_dims=INPUT_DIMS)
     del checkpoint[META_KEY]["encoder_config"]["init_args"]["dropout"]  # 0.2, the default
     torch.save(checkpoint, older)
     with pytest.raises(ValueError, match=r"\(in dropout"):
-        FusionTask(audio_encoder=partial(AUDIO, dropout=0.1), audio_checkpoint=str(older), input_dims=INPUT_DIMS)
+        FusionTask(audio_encoder=partial(AUDIO, dropout=0.1), encoders={"audio": str(older)}, input_dims=INPUT_DIMS)
 
 
 def test_the_generative_stage_builds_its_encoders_from_the_checkpoints(unimodal, tmp_path):
-    task = GenerativeTask(partial(ConditionalVAE, latent_dim=2), text_checkpoint=unimodal["text"],
-                          audio_checkpoint=unimodal["audio"], input_dims=INPUT_DIMS)
+    task = GenerativeTask(partial(ConditionalVAE, latent_dim=2), encoders=unimodal, input_dims=INPUT_DIMS)
     assert task.dims == {"text": 8, "audio": 4}
     meta = torch.load(save(task, tmp_path / "vae.ckpt"), weights_only=True)[META_KEY]
     assert meta["encoder_configs"]["audio"]["class_path"] == "mmsent.models.audio.AcousticMLPEncoder"
@@ -138,16 +141,16 @@ def test_a_rebuilt_weight_is_hashed_again_once_changed_in_place_or_replaced():
 
 
 def test_records_that_disagree_with_each_other_fail(unimodal, tmp_path):
-    fused = save(FusionTask(text_checkpoint=unimodal["text"], input_dims=INPUT_DIMS), tmp_path / "fused.ckpt")
+    fused = save(FusionTask(encoders={"text": unimodal["text"]}, input_dims=INPUT_DIMS), tmp_path / "fused.ckpt")
     wider = partial(TextLSTMEncoder, input_kind="vectors", embed_dim=8, hidden_dim=16, out_dim=8)
     other = save(UnimodalTask("text", wider, input_dims=INPUT_DIMS), tmp_path / "other.ckpt")
-    with pytest.raises(ValueError, match=r"the text encoder recorded in .*other.ckpt \(model.text_checkpoint\) "
+    with pytest.raises(ValueError, match=r"the text encoder recorded in .*other.ckpt \(model.encoders.text\) "
                                          r"differs from the one .*fused.ckpt \(model.init_checkpoint\)"):
-        FusionTask(text_checkpoint=other, init_checkpoint=fused, input_dims=INPUT_DIMS)
+        FusionTask(encoders={"text": other}, init_checkpoint=fused, input_dims=INPUT_DIMS)
 
 
 def test_stage_5_can_keep_some_encoders_frozen(unimodal, tmp_path):
-    fused = FusionTask(text_checkpoint=unimodal["text"], audio_checkpoint=unimodal["audio"], input_dims=INPUT_DIMS)
+    fused = FusionTask(encoders=unimodal, input_dims=INPUT_DIMS)
     path = save(fused, tmp_path / "fused.ckpt")
     finetuned = FusionTask(init_checkpoint=path, freeze_encoders=["audio"], input_dims=INPUT_DIMS).train()
     encoders = finetuned.model.encoders
@@ -172,7 +175,7 @@ def batch_of(size: int = 4) -> dict:
 def test_a_backfit_stage_adds_the_fixed_stage_and_trains_only_its_own_model(unimodal):
     from mmsent.data.datamodule import model_modalities
 
-    refit = UnimodalTask("text", TEXT, input_dims=INPUT_DIMS, fixed_audio_checkpoint=unimodal["audio"])
+    refit = UnimodalTask("text", TEXT, input_dims=INPUT_DIMS, fixed={"audio": unimodal["audio"]})
     audio = UnimodalTask("audio", AUDIO, input_dims=INPUT_DIMS)
     audio.load_state_dict(torch.load(unimodal["audio"], weights_only=True)["state_dict"])
     refit.train()
@@ -195,22 +198,21 @@ def test_a_backfit_stage_adds_the_fixed_stage_and_trains_only_its_own_model(unim
 
 def test_a_backfit_stage_names_the_key_of_a_wrong_fixed_checkpoint(unimodal, tmp_path):
 
-    with pytest.raises(ConfigError, match="model.fixed_text_checkpoint is set, but this stage trains the text"):
-        UnimodalTask("text", TEXT, input_dims=INPUT_DIMS, fixed_text_checkpoint=unimodal["text"])
-    with pytest.raises(ConfigError, match=r"model.fixed_text_checkpoint: .*audio.ckpt holds a audio model"):
-        UnimodalTask("audio", AUDIO, input_dims=INPUT_DIMS, fixed_text_checkpoint=unimodal["audio"])
-    fused = save(FusionTask(text_checkpoint=unimodal["text"], input_dims=INPUT_DIMS), tmp_path / "fused.ckpt")
-    with pytest.raises(ConfigError, match=r"model.fixed_text_checkpoint: .*fused.ckpt holds no unimodal"):
-        UnimodalTask("audio", AUDIO, input_dims=INPUT_DIMS, fixed_text_checkpoint=fused)
+    with pytest.raises(ConfigError, match="model.fixed.text is set, but this stage trains the text"):
+        UnimodalTask("text", TEXT, input_dims=INPUT_DIMS, fixed={"text": unimodal["text"]})
+    with pytest.raises(ConfigError, match=r"model.fixed.text: .*audio.ckpt holds a audio model"):
+        UnimodalTask("audio", AUDIO, input_dims=INPUT_DIMS, fixed={"text": unimodal["audio"]})
+    fused = save(FusionTask(encoders={"text": unimodal["text"]}, input_dims=INPUT_DIMS), tmp_path / "fused.ckpt")
+    with pytest.raises(ConfigError, match=r"model.fixed.text: .*fused.ckpt holds no unimodal"):
+        UnimodalTask("audio", AUDIO, input_dims=INPUT_DIMS, fixed={"text": fused})
 
 
-def test_a_fused_stage_takes_encoder_weights_from_the_encoder_checkpoint(unimodal, tmp_path):
+def test_a_fused_stage_takes_encoder_weights_from_another_stage_than_the_head(unimodal, tmp_path):
     torch.manual_seed(5)
-    refit = save(UnimodalTask("audio", AUDIO, input_dims=INPUT_DIMS, fixed_text_checkpoint=unimodal["text"]),
+    refit = save(UnimodalTask("audio", AUDIO, input_dims=INPUT_DIMS, fixed={"text": unimodal["text"]}),
                  tmp_path / "audio_refit.ckpt")
-    fused = FusionTask(text_checkpoint=unimodal["text"], audio_checkpoint=unimodal["audio"],
-                       audio_encoder_checkpoint=refit, head_from="audio", fusion=GatedResidualFusion,
-                       input_dims=INPUT_DIMS)
+    fused = FusionTask(encoders={"text": unimodal["text"], "audio": refit}, unimodal={"audio": unimodal["audio"]},
+                       head_from="audio", fusion=GatedResidualFusion, input_dims=INPUT_DIMS)
     refit_state = torch.load(refit, weights_only=True)["state_dict"]
     unimodal_state = torch.load(unimodal["audio"], weights_only=True)["state_dict"]
     for key, value in fused.model.encoders["audio"].state_dict().items():
@@ -226,9 +228,8 @@ def test_the_fused_head_takes_the_hidden_size_of_the_head_it_starts_from(tmp_pat
     torch.manual_seed(0)
     paths = {"text": save(UnimodalTask("text", TEXT, head_hidden=6, input_dims=INPUT_DIMS), tmp_path / "text.ckpt"),
              "audio": save(UnimodalTask("audio", AUDIO, input_dims=INPUT_DIMS), tmp_path / "audio.ckpt")}
-    checkpoints = {"text_checkpoint": paths["text"], "audio_checkpoint": paths["audio"]}
     for modality, hidden in (("text", 6), ("audio", 0)):
-        fused = FusionTask(**checkpoints, head_from=modality, fusion=GatedResidualFusion, input_dims=INPUT_DIMS)
+        fused = FusionTask(encoders=paths, head_from=modality, fusion=GatedResidualFusion, input_dims=INPUT_DIMS)
         assert fused.hparams["head_hidden"] == hidden
         state = torch.load(paths[modality], weights_only=True)["state_dict"]
         for key, value in fused.model.head.state_dict().items():
@@ -241,4 +242,46 @@ def test_the_fused_head_takes_the_hidden_size_of_the_head_it_starts_from(tmp_pat
     assert finetuned.hparams["head_hidden"] == 6
     assert torch.load(path, weights_only=True)["hyper_parameters"]["head_hidden"] == 6
     with pytest.raises(ConfigError, match="head_hidden must match"):
-        FusionTask(**checkpoints, head_from="text", head_hidden=0, fusion=GatedResidualFusion, input_dims=INPUT_DIMS)
+        FusionTask(encoders=paths, head_from="text", head_hidden=0, fusion=GatedResidualFusion, input_dims=INPUT_DIMS)
+
+
+OLD = Path(__file__).parent / "data" / "checkpoints_53a6aae"
+"""Checkpoints written by mmsent 53a6aae, before ``encoders`` (``make.py`` beside them)."""
+
+
+def test_checkpoints_written_before_encoders_load_and_score_the_same(monkeypatch):
+    monkeypatch.chdir(OLD)  # their hyperparameters name each other by relative path
+    expected = torch.load("expected.pt", weights_only=True)
+    saved = torch.load("fused.ckpt", weights_only=True)["hyper_parameters"]
+    current = current_hyperparameters(saved)
+    assert current["encoders"] == {"text": "text.ckpt", "audio": "audio_backfit.ckpt"}
+    assert current["unimodal"] == {"audio": "audio.ckpt"}
+    assert not {"text_checkpoint", "audio_checkpoint", "audio_encoder_checkpoint"} & set(current)
+    # As `mmsent test --ckpt_path fused.ckpt` rebuilds it from its hyperparameters, then loads it.
+    rebuilt = FusionTask(fusion=GatedResidualFusion, **current).eval()
+    # What head_from: best compares, from the unimodal stages' ModelCheckpoint state.
+    assert {m: recorded_val_mae(f"{m}.ckpt", m) for m in ("text", "audio")} == pytest.approx({"text": 0.9, "audio": 1.1})
+    load_weights(rebuilt, "fused.ckpt")
+    finetuned = FusionTask(init_checkpoint="fused.ckpt", fusion=GatedResidualFusion, input_dims=INPUT_DIMS).eval()
+    refit = UnimodalTask(encoder=AUDIO_53A6AAE, **current_hyperparameters(
+        torch.load("audio_backfit.ckpt", weights_only=True)["hyper_parameters"])).eval()
+    load_weights(refit, "audio_backfit.ckpt")
+    with torch.no_grad():
+        assert torch.equal(rebuilt(expected["batch"]), expected["fused"])
+        assert torch.equal(finetuned(expected["batch"]), expected["fused"])
+        assert torch.equal(refit(expected["batch"]), expected["audio_backfit"])
+
+
+def test_a_stage_reads_each_file_it_names_once(unimodal, tmp_path, monkeypatch):
+    refit = save(UnimodalTask("audio", AUDIO, input_dims=INPUT_DIMS, fixed={"text": unimodal["text"]}),
+                 tmp_path / "audio_refit.ckpt")
+    fused = save(FusionTask(encoders={"text": unimodal["text"], "audio": refit}, unimodal={"audio": unimodal["audio"]},
+                            head_from="text", fusion=GatedResidualFusion, input_dims=INPUT_DIMS), tmp_path / "fused.ckpt")
+    read, reader = [], checkpoint_io.read_weights_file
+    monkeypatch.setattr(checkpoint_io, "read_weights_file", lambda path, what: read.append(path) or reader(path, what))
+    FusionTask(encoders={"text": unimodal["text"], "audio": refit}, unimodal={"audio": unimodal["audio"]},
+               head_from="text", fusion=GatedResidualFusion, input_dims=INPUT_DIMS)
+    assert sorted(read) == sorted([unimodal["text"], refit, unimodal["audio"]])
+    read.clear()
+    FusionTask(init_checkpoint=fused, fusion=GatedResidualFusion, input_dims=INPUT_DIMS)
+    assert read == [fused]

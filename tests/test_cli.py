@@ -40,7 +40,7 @@ def unimodal_checkpoints(tiny_raw, tiny_cache, tmp_path_factory):
 
 def fusion_args(tiny_data_args, checkpoints, extra=()):
     args = ["-c", f"{QUICKSTART}/4_fusion.yaml", *tiny_data_args]
-    args += [f"--model.init_args.{m}_checkpoint={path}" for m, path in checkpoints.items()]
+    args += [f"--model.init_args.encoders.{m}={path}" for m, path in checkpoints.items()]
     return args + list(extra)
 
 
@@ -71,12 +71,12 @@ def test_checkpoints_leave_the_frozen_pretrained_table_out_and_loading_checks_it
     main(["test", "-c", STAGE_CONFIGS["text"], *tiny_data_args, f"--ckpt_path={path}"])
     encoder = TextLSTMEncoder(30522, pretrained_embeddings="minilm", freeze_embeddings=True, embed_dim=384,
                               hidden_dim=64, out_dim=64)
-    load_encoder(encoder, "text", path, "model.text_checkpoint")
+    load_encoder(encoder, "text", path, "model.encoders.text")
     checkpoint["mmsent"]["rebuilt"]["encoder.embed.weight"]["sha1"] = "0" * 40
     torch.save(checkpoint, tmp_path / "other_table.ckpt")
-    with pytest.raises(ValueError, match=r"model.text_checkpoint: encoder.embed.weight was left out .* "
+    with pytest.raises(ValueError, match=r"model.encoders.text: encoder.embed.weight was left out .* "
                                          r"configure the same pretrained_embeddings"):
-        load_encoder(encoder, "text", tmp_path / "other_table.ckpt", "model.text_checkpoint")
+        load_encoder(encoder, "text", tmp_path / "other_table.ckpt", "model.encoders.text")
 
 
 def test_finetune_uses_one_sgd_group_per_modality(tiny_data_args, unimodal_checkpoints, tmp_path):
@@ -133,18 +133,18 @@ def test_fused_model_can_start_as_the_text_model(tiny_data_args, unimodal_checkp
 
 
 def test_head_of_another_size_is_rejected(tiny_data_args, unimodal_checkpoints):
-    with pytest.raises(ValueError, match=r"model.text_checkpoint: the head in .* does not fit the fused head"):
+    with pytest.raises(ValueError, match=r"model.unimodal.text: the head in .* does not fit the fused head"):
         main(["fit", *fusion_args(tiny_data_args, unimodal_checkpoints, GATED_ON_TEXT),
               "--model.init_args.head_from=text", "--model.init_args.head_hidden=16"])
 
 
 def test_missing_checkpoint_fails_before_training_naming_key_and_path(tiny_data_args, tmp_path):
     missing = tmp_path / "nowhere.ckpt"
-    with pytest.raises(FileNotFoundError, match=r"model.text_checkpoint: checkpoint .*nowhere.ckpt") as raised:
+    with pytest.raises(FileNotFoundError, match=r"model.encoders.text: checkpoint .*nowhere.ckpt") as raised:
         main(["fit", *fusion_args(tiny_data_args, {"text": missing})])
     # The class's own message, not jsonargparse's wrapper that repeats the configuration.
     assert isinstance(raised.value, MissingFileError)
-    assert str(raised.value) == f"model.text_checkpoint: checkpoint {missing} does not exist"
+    assert str(raised.value) == f"model.encoders.text: checkpoint {missing} does not exist"
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 

@@ -145,7 +145,7 @@ def fused_on_two_processes(raw: Path, tmp_path: Path, modalities: tuple[str, ...
                 for m in modalities}
     # A cache of its own, so the two-process run prepares the data itself.
     args = [*source_args(raw, tmp_path / "ddp-cache", tmp_path / "fusion"), "-c", f"{QUICKSTART}/4_fusion.yaml",
-            *[f"--model.init_args.{m}_checkpoint={path}" for m, path in unimodal.items()],
+            *[f"--model.init_args.encoders.{m}={path}" for m, path in unimodal.items()],
             f"--data.batch_size={BATCH}", *extra]
     probe = tmp_path / "fusion-probe"
     run_ddp("fit", args, probe)

@@ -19,7 +19,7 @@ def run_example(name: str, *args: str) -> str:
 
 
 def test_acoustic_encoder_trains_in_a_plain_loop(model_dir):  # noqa: F811
-    out = run_example("reuse_acoustic_encoder.py", model_dir / "encoders" / "audio", "--steps", "5",
+    out = run_example("reuse_acoustic_encoder.py", model_dir, "--steps", "5",
                       "--batch-size", "4")
     assert "held-out accuracy" in out
 

@@ -15,10 +15,10 @@ import yaml
 from helpers import CONF, REPO, data_args
 
 from mmsent.cli import build_cli
+from mmsent.models.weights import read_weights_file
 from mmsent.pipeline import report, run
 from mmsent.pipeline.runner import resume_checkpoint
 from mmsent.tasks import UnimodalTask
-from mmsent.tasks.checkpoint_io import load_weights_only
 
 AUDIO = str(REPO / "pipelines" / "quickstart" / "2_audio.yaml")
 
@@ -99,12 +99,12 @@ def test_a_full_disk_during_a_checkpoint_names_the_file_and_the_free_space(tiny_
                                   f"free on {disk}")
         assert "kB free" in line
         last = disk / "run" / "checkpoints" / "last.ckpt"
-        assert load_weights_only(last, "last")["epoch"] == 0, "the previous checkpoint is intact"
+        assert read_weights_file(last, "last")["epoch"] == 0, "the previous checkpoint is intact"
         assert not list(last.parent.glob(".*.tmp")), "no temporary file is left"
         subprocess.run(["mount", "-o", "remount,size=4m", str(disk)], check=True)
         cli = build_cli(audio_fit(tiny_raw, tiny_cache, disk / "run", "--trainer.max_epochs=2")[1:], run=False)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=str(last))
-        assert load_weights_only(last, "last")["epoch"] == 1, "the fit resumed from it"
+        assert read_weights_file(last, "last")["epoch"] == 1, "the fit resumed from it"
     finally:
         subprocess.run(["umount", str(disk)], check=False)
 

@@ -73,7 +73,7 @@ def weak_text_run(tmp_path_factory):
         {"name": "text", "configs": [str(configs["base"]), str(configs["text"])]},
         {"name": "audio", "configs": [str(configs["base"]), str(configs["audio"])]},
         {"name": "fusion", "configs": [str(configs["base"]), str(configs["fusion"])],
-         "checkpoints": {"model.init_args.text_checkpoint": "text", "model.init_args.audio_checkpoint": "audio"}},
+         "checkpoints": {"model.init_args.encoders.text": "text", "model.init_args.encoders.audio": "audio"}},
     ]}
     (folder / "pipeline.yaml").write_text(yaml.safe_dump(spec))
     out = run(folder / "pipeline.yaml", use_wandb=False)

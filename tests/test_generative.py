@@ -388,7 +388,8 @@ def test_fusion_stage_validates_the_generator_checkpoint(augmented, tmp_path):
     with pytest.raises(ValueError, match="holds a unimodal checkpoint, not a generator"):
         stage_cli(record, f"--model.init_args.generator_checkpoint={augmented['text']['best_checkpoint']}")
     with pytest.raises(ValueError, match="laid out as .* but the configured encoders produce"):
-        stage_cli(record, "--model.init_args.audio_checkpoint=null",
+        without_audio = {m: augmented[m]["best_checkpoint"] for m in ("text", "video")}
+        stage_cli(record, f"--model.init_args.encoders={json.dumps(without_audio)}",
                   "--model.init_args.audio_encoder=mmsent.models.AcousticMLPEncoder",
                   "--model.init_args.audio_encoder.init_args.out_dim=32")
     text = torch.load(augmented["text"]["best_checkpoint"], weights_only=True)
@@ -396,7 +397,7 @@ def test_fusion_stage_validates_the_generator_checkpoint(augmented, tmp_path):
     retrained = tmp_path / "retrained_text.ckpt"
     torch.save(text, retrained)
     with pytest.raises(ValueError, match="other text encoder weights"):
-        stage_cli(record, f"--model.init_args.text_checkpoint={retrained}")
+        stage_cli(record, f"--model.init_args.encoders.text={retrained}")
     with pytest.raises(ValueError, match="needs model.freeze_encoders: true"):
         stage_cli(record, "--model.init_args.freeze_encoders=false")
     with pytest.raises(ValueError, match="generated_ratio > 0 needs model.generator_checkpoint"):
@@ -416,7 +417,7 @@ def test_generator_weights_of_another_architecture_are_rejected(augmented, tmp_p
 def test_generator_stage_config_trains_on_the_pipeline_checkpoints(config, augmented, tiny_raw, tmp_path):
     from mmsent.main import main
 
-    checkpoints = [f"--model.init_args.{m}_checkpoint={augmented[stage]['best_checkpoint']}"
+    checkpoints = [f"--model.init_args.encoders.{m}={augmented[stage]['best_checkpoint']}"
                    for m, stage in (("text", "text"), ("audio", "audio"), ("video", "video"))]
     quickstart = AUGMENTED.parent / "quickstart"
     main(["fit", "-c", str(quickstart / "base.yaml"), "-c", str(quickstart / config),

@@ -62,7 +62,7 @@ def test_mismatched_2d_weights_are_rejected_naming_the_key(frame_weights, tmp_pa
     torch.save(wider.state_dict(), tmp_path / "wider.pt")
     with pytest.raises(ValueError, match=r"does not fit a 3D kernel"):
         Visual3DCNNEncoder(widths=[4, 8], inflate_from=str(tmp_path / "wider.pt"))
-    with pytest.raises(FileNotFoundError, match="inflate_from: no weights file"):
+    with pytest.raises(FileNotFoundError, match="inflate_from: weights file .* does not exist"):
         Visual3DCNNEncoder(inflate_from=str(tmp_path / "missing.pt"))
 
 

@@ -66,7 +66,7 @@ def test_raw_folder_without_any_audio_skips_the_audio_stage(tiny_raw, tmp_path):
     out = run(write_pipeline(tmp_path, folder, tmp_path / "cache", with_video=False), use_wandb=False)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stages"]["audio"]["status"] == "skipped"
-    assert "audio_checkpoint" not in manifest["stages"]["fusion"]["command"]
+    assert "encoders.audio" not in manifest["stages"]["fusion"]["command"]
     assert all(manifest["stages"][s]["status"] == "done" for s in ("text", "fusion", "finetune"))
     fusion = read_checkpoint(manifest["stages"]["finetune"]["best_checkpoint"], "finetune")
     assert list(fusion[META_KEY]["encoder_configs"]) == ["text"]

@@ -46,16 +46,16 @@ def write_pipeline(folder: Path, raw_root: Path, cache: Path, fusion_epochs: int
             {"name": "audio", "configs": base + [str(QUICKSTART / "2_audio.yaml")]},
             {"name": "video", "configs": base + [str(QUICKSTART / "3_video.yaml")]},
             {"name": "fusion", "configs": fused, "args": [f"--trainer.max_epochs={fusion_epochs}"],
-             "checkpoints": {"model.init_args.text_checkpoint": "text",
-                             "model.init_args.audio_checkpoint": "audio",
-                             "model.init_args.video_checkpoint": "video"}},
+             "checkpoints": {"model.init_args.encoders.text": "text",
+                             "model.init_args.encoders.audio": "audio",
+                             "model.init_args.encoders.video": "video"}},
             {"name": "finetune", "configs": fused + [str(QUICKSTART / "5_finetune.yaml")],
              "checkpoints": {"model.init_args.init_checkpoint": "fusion"}},
         ],
     }
     if not with_video:
         del spec["stages"][2]
-        del spec["stages"][2]["checkpoints"]["model.init_args.video_checkpoint"]
+        del spec["stages"][2]["checkpoints"]["model.init_args.encoders.video"]
         for stage in spec["stages"][2:]:
             stage["args"] = stage.get("args", []) + ["--model.init_args.video_encoder=null"]
     path = folder / "pipeline.yaml"

@@ -6,6 +6,7 @@ import json
 import re
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -19,10 +20,11 @@ from mmsent.errors import ConfigError, MissingFileError
 from mmsent.hub.export import export
 from mmsent.io import atomic_write, save_json, write_folder
 from mmsent.main import main
-from mmsent.models import AcousticMLPEncoder
+from mmsent.models import AcousticMLPEncoder, ConcatFusion
 from mmsent.models.config import HubMixin, build_module
 from mmsent.pretrained import resolve_model_path
-from mmsent.tasks.checkpoints import load_fused
+from mmsent.tasks import FusionTask
+from mmsent.tasks.checkpoints import load_fused, read_checkpoint
 
 
 def tiny_config() -> dict:
@@ -145,9 +147,10 @@ def test_a_registered_user_class_and_old_mmsent_class_paths_load(tmp_path):
 
 def test_export_never_imports_or_calls_the_data_source_a_run_folder_names(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("MMSENT_DEBUG", raising=False)
-    model = write_tiny_model(tmp_path / "model")
+    write_tiny_model(tmp_path / "model")
     run = tmp_path / "run"
-    checkpoint = model.save_checkpoint(run / "fusion" / "best.ckpt")
+    checkpoint = tmp_path / "model"  # a model folder reads as the fused checkpoint it came from
+    run.joinpath("fusion").mkdir(parents=True)
     marker = tmp_path / "ran.txt"
     config = run / "fusion" / "config.yaml"
     config.write_text(yaml.safe_dump({"data": {"source": {"class_path": "subprocess.Popen",
@@ -219,14 +222,31 @@ def test_a_config_json_changed_after_saving_is_refused(tmp_path):
 
 
 def test_a_checkpoint_with_non_finite_weights_is_refused_naming_the_tensor(tmp_path):
-    model = write_tiny_model(tmp_path / "model")
-    path = model.save_checkpoint(tmp_path / "fused.ckpt")
-    checkpoint = torch.load(path, weights_only=True)
+    write_tiny_model(tmp_path / "model")
+    checkpoint = read_checkpoint(tmp_path / "model", "model")
     checkpoint["state_dict"]["model.head.net.0.weight"][0, 0] = float("inf")
+    path = tmp_path / "fused.ckpt"
     torch.save(checkpoint, path)
     with pytest.raises(ConfigError, match=r"model.init_checkpoint: .*fused.ckpt: weights not finite .* "
                                           r"in model.head.net.0.weight"):
         load_fused(SentimentModel(tiny_config()).model, path, "model.init_checkpoint")
+
+
+def test_a_model_folder_is_taken_wherever_a_checkpoint_is(tmp_path):
+    model = write_tiny_model(tmp_path / "model")
+    folder, dims = str(tmp_path / "model"), {"text": 30, "audio": 5}
+    fusion = partial(ConcatFusion, hidden_dim=8, out_dim=4)
+    finetuned = FusionTask(init_checkpoint=folder, fusion=fusion, freeze_encoders=False, input_dims=dims).eval()
+    with torch.no_grad():
+        assert torch.equal(finetuned(tiny_batch()), model(tiny_batch()))
+    fused = FusionTask(encoders={"audio": folder}, input_dims=dims)
+    for key, value in model.encoders["audio"].state_dict().items():
+        assert torch.equal(fused.model.encoders["audio"].state_dict()[key], value)
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    config["encoders"]["audio"]["init_args"]["out_dim"] = 7
+    (tmp_path / "model" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="differs from the one these weights were saved with at encoders.audio"):
+        FusionTask(encoders={"audio": folder}, input_dims=dims)
 
 
 # --- paths are paths -------------------------------------------------------------------------------

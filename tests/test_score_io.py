@@ -34,8 +34,8 @@ def video_model(tiny_raw, tiny_cache, tmp_path_factory) -> Path:
             "stages": [{"name": "audio", "configs": [base, str(QUICKSTART / "2_audio.yaml")]},
                        {"name": "video", "configs": [base, str(QUICKSTART / "3_video.yaml")]},
                        {"name": "fusion", "configs": [base, str(folder / "fusion.yaml")],
-                        "checkpoints": {"model.init_args.audio_checkpoint": "audio",
-                                        "model.init_args.video_checkpoint": "video"}}]}
+                        "checkpoints": {"model.init_args.encoders.audio": "audio",
+                                        "model.init_args.encoders.video": "video"}}]}
     (folder / "pipeline.yaml").write_text(yaml.safe_dump(spec))
     run(folder / "pipeline.yaml", use_wandb=False)
     model = export(folder / "out", folder / "model")

@@ -38,7 +38,7 @@ def write_pipeline(folder: Path, raw_root: Path, stages: list[str], wandb: dict 
     every = {
         "text": {"name": "text", "configs": base + [str(QUICKSTART / "1_text.yaml")]},
         "fusion": {"name": "fusion", "configs": fused,
-                   "checkpoints": {"model.init_args.text_checkpoint": "text"}},
+                   "checkpoints": {"model.init_args.encoders.text": "text"}},
         "finetune": {"name": "finetune",
                      "configs": fused + [str(QUICKSTART / "5_finetune.yaml"), str(folder / "text_only_groups.yaml")],
                      "checkpoints": {"model.init_args.init_checkpoint": "fusion"}},
@@ -172,7 +172,7 @@ def test_each_run_names_the_artifact_versions_it_starts_from(offline_pipeline):
     manifest, runs = offline_pipeline["manifest"], offline_pipeline["runs"]
     group = manifest["group"]
     assert runs["text"].config["pipeline"]["inputs"] == {}
-    assert runs["fusion"].config["pipeline"]["inputs"] == {"model.init_args.text_checkpoint": f"tiny-text:{group}"}
+    assert runs["fusion"].config["pipeline"]["inputs"] == {"model.init_args.encoders.text": f"tiny-text:{group}"}
     assert runs["finetune"].config["pipeline"]["inputs"] == {
         "model.init_args.init_checkpoint": f"tiny-fusion:{group}"}
     for offline in runs.values():

@@ -181,7 +181,7 @@ def test_a_checkpoint_reloads_the_fine_tuned_weights_in_the_text_stage_and_in_st
     torch.testing.assert_close(reloaded.eval()(batch), expected, rtol=0, atol=0)
 
     # Stage 5 builds the encoder from the record alone and trains it in its own group.
-    fused = FusionTask(text_checkpoint=str(path), head_from="text", fusion=GatedResidualFusion, freeze_encoders=False,
+    fused = FusionTask(encoders={"text": str(path)}, head_from="text", fusion=GatedResidualFusion, freeze_encoders=False,
                        input_dims={"text": VOCAB}, param_groups={"text": {"lr": 1e-5}, "fusion": {"lr": 1e-3}})
     torch.testing.assert_close(fused.model.encoders["text"].eval()(batch["text"], batch["text_mask"]),
                                task.encoder(batch["text"], batch["text_mask"]), rtol=0, atol=0)

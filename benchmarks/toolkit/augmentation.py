@@ -100,9 +100,9 @@ def fusion_cli(spec: dict, modalities: list[str], fraction: float, seed: int, ch
         args += ["-c", str(spec["folder"] / config)]
     args += data_overrides(spec, modalities, fraction, seed)
     for modality in spec["stages"]:
-        value = checkpoints[modality] if modality in modalities else "null"
-        args.append(f"--model.init_args.{modality}_checkpoint={value}")
-        if modality not in modalities:
+        if modality in modalities:
+            args.append(f"--model.init_args.encoders.{modality}={checkpoints[modality]}")
+        else:
             args.append(f"--model.init_args.{modality}_encoder=null")
     return build_cli(args, run=False)
 

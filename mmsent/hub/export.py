@@ -2,9 +2,11 @@
 model as a self-contained model folder.
 
 The folder holds ``config.json`` (networks, modalities in use, every preprocessing
-setting, the format version), ``model.safetensors``, a ``README.md`` model card, each
-encoder alone under ``encoders/<modality>/`` (loadable with its class's
-``from_pretrained``) and, for a word-level vocabulary, ``tokenizer.json``.
+setting, the format version), ``model.safetensors`` (each tensor once), a ``README.md``
+model card and, for a word-level vocabulary, ``tokenizer.json``. A stage takes the
+folder wherever it takes a checkpoint (``model.init_args.init_checkpoint``, or
+``model.init_args.encoders.<modality>`` for one encoder); in plain PyTorch, an encoder
+is ``SentimentModel.from_pretrained(folder).encoders[modality]``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from mmsent.hub.preprocess import TOKENIZER_FILE, WORD_TOKENIZER, preprocessing_
 from mmsent.io import write_folder
 from mmsent.pipeline.manifest import read_manifest
 from mmsent.pipeline.report import report_rows
-from mmsent.tasks.checkpoints import META_KEY, load_fused, read_checkpoint
+from mmsent.tasks.checkpoints import META_KEY, load_fused, read_checkpoint, reading_once
 
 MANIFEST_FILE = "manifest.json"
 
@@ -243,18 +245,17 @@ def folder_writer(run_dir: str | Path, stage: str | None = None) -> Callable[[Pa
     """
     run_dir = Path(run_dir)
     manifest = run_manifest(run_dir)
-    name, checkpoint_path, checkpoint = fused_stage(manifest, run_dir, stage)
-    datamodule = stage_data(manifest["stages"][name]["config"])
-    config = model_config(checkpoint, checkpoint_path, datamodule)
-    model = SentimentModel(config)
-    load_fused(model.model, checkpoint_path, f"stage {name}")
+    with reading_once():
+        name, checkpoint_path, checkpoint = fused_stage(manifest, run_dir, stage)
+        datamodule = stage_data(manifest["stages"][name]["config"])
+        config = model_config(checkpoint, checkpoint_path, datamodule)
+        model = SentimentModel(config)
+        load_fused(model.model, checkpoint_path, f"stage {name}")
     card = model_card(config, manifest, report_rows(manifest), name, datamodule)
 
     def write(folder: Path) -> None:
         (folder / "README.md").write_text(card)
         model.save_pretrained(folder)
-        for modality, encoder in model.encoders.items():
-            encoder.save_pretrained(folder / "encoders" / modality)
         if config["preprocessing"]["text"]["tokenizer_file"]:
             shutil.copyfile(datamodule.prepared.path / TOKENIZER_FILE, folder / TOKENIZER_FILE)
 

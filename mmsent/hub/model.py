@@ -23,7 +23,6 @@ from mmsent.errors import ConfigError, MissingFileError
 from mmsent.hub.preprocess import Clip, PreparedClip, Preprocessor
 from mmsent.io import read_json
 from mmsent.models.config import (
-    META_KEY,
     HubMixin,
     build_module,
     check_saved_config,
@@ -32,7 +31,6 @@ from mmsent.models.config import (
     save_weights,
 )
 from mmsent.models.late_fusion import LateFusionModel
-from mmsent.models.rebuilt import omit_rebuilt
 from mmsent.pretrained import hub_offline_reason, looks_like_path
 
 FORMAT_VERSION = 1
@@ -142,33 +140,6 @@ class SentimentModel(nn.Module, HubMixin, tags=["mmsent", "multimodal-sentiment-
     def _save_pretrained(self, save_directory: Path) -> None:
         save_weights(self, Path(save_directory) / WEIGHTS_FILE, self.config)
         (Path(save_directory) / CONFIG_FILE).write_text(json.dumps(self.config, indent=2))
-
-    def save_checkpoint(self, path: str | Path) -> Path:
-        """Writes the model as a fused stage's checkpoint, to fine-tune it with the CLI
-        (``--model.init_args.init_checkpoint=PATH`` of a ``FusionTask`` configured
-        with the same fusion module and head).
-
-        Args:
-            path (str | Path): The checkpoint file to write.
-
-        Returns:
-            Path: The file.
-        """
-        state = self.model.state_dict()
-        rebuilt = omit_rebuilt(self.model, state)
-        configs = {m: {"class_path": c["class_path"], "init_args": {k: v for k, v in c["init_args"].items()
-                                                                     if k != "input_dim"}}
-                   for m, c in self.config["encoders"].items()}
-        # The modality the fusion is built on, so that the fine-tuning stage builds it alike.
-        unimodal = {"scores": {}, "checkpoints": {}, "head_modality": getattr(self.model.fusion, "primary", None)}
-        checkpoint = {"state_dict": {f"model.{k}": v for k, v in state.items()},
-                      META_KEY: {"task": "fusion", "encoder_configs": configs, "fusion_config": self.config["fusion"],
-                                 "head_config": self.config["head"], "unimodal": unimodal,
-                                 "rebuilt": {f"model.{k}": v for k, v in rebuilt.items()}}}
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(checkpoint, path)
-        return path
 
     @property
     def modalities(self) -> list[str]:

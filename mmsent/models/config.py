@@ -32,8 +32,8 @@ from torch import nn
 
 from mmsent.errors import ConfigError
 from mmsent.io import read_json
-from mmsent.models.rebuilt import fill_rebuilt, omit_rebuilt
 from mmsent.models.registry import register, registered_class
+from mmsent.models.weights import fill_rebuilt, omit_rebuilt
 
 _DOWNLOAD_ARGUMENTS = ("revision", "cache_dir", "force_download", "local_files_only", "token", "strict",
                        "proxies", "resume_download")
@@ -41,7 +41,7 @@ CONFIG_METADATA = "mmsent_config"
 """The key of the weights file's header that holds the config the weights were saved with."""
 REBUILT_METADATA = "mmsent_rebuilt"
 """The key of the weights file's header that records the weights left out, to be rebuilt
-from the config (:func:`~mmsent.models.rebuilt.omit_rebuilt`), with their fingerprints."""
+from the config (:func:`~mmsent.models.weights.omit_rebuilt`), with their fingerprints."""
 META_KEY = "mmsent"
 """The checkpoint entry that holds what mmsent records beside the weights."""
 
@@ -264,12 +264,7 @@ def load_strict(module: nn.Module, path: str | Path) -> None:
             another shape or dtype or not finite, or left out but rebuilt otherwise,
             naming the file and the tensors.
     """
-    try:
-        with safe_open(str(path), framework="pt") as weights:
-            state = {name: weights.get_tensor(name) for name in weights.keys()}  # noqa: SIM118
-            omitted = _parsed((weights.metadata() or {}).get(REBUILT_METADATA, "{}"))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        raise ConfigError(f"{path}: not a readable safetensors file ({error})") from error
+    state, omitted = read_safetensors(path)
     rebuilt = omit_rebuilt(module, module.state_dict())
     if not isinstance(omitted, dict) or not set(omitted) <= set(rebuilt):
         claimed = sorted(set(omitted) - set(rebuilt)) if isinstance(omitted, dict) else [str(omitted)[:60]]
@@ -277,6 +272,27 @@ def load_strict(module: nn.Module, path: str | Path) -> None:
                           f"model does not rebuild")
     check_state(module, state, str(path), omitted=frozenset(omitted))
     module.load_state_dict(fill_rebuilt(state, module, omitted, "", str(path)))
+
+
+def read_safetensors(path: str | Path) -> tuple[dict, object]:
+    """Reads a ``.safetensors`` file's tensors and its record of the weights left out.
+
+    Args:
+        path (str | Path): The weights file.
+
+    Returns:
+        tuple[dict, object]: Tensor name -> tensor, and the header's record of the
+        weights left out to be rebuilt (a dict of fingerprints, unchecked).
+
+    Raises:
+        ConfigError: If the file is unreadable, naming it.
+    """
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            state = {name: weights.get_tensor(name) for name in weights.keys()}  # noqa: SIM118
+            return state, _parsed((weights.metadata() or {}).get(REBUILT_METADATA, "{}"))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise ConfigError(f"{path}: not a readable safetensors file ({error})") from error
 
 
 def _parsed(text: str) -> object:

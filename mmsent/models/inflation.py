@@ -41,16 +41,14 @@ at them, and for ``r3d_18`` not even near; the figures depend on the weights and
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from mmsent.errors import ConfigError, MissingFileError
+from mmsent.errors import ConfigError
 from mmsent.models.config import check_finite
+from mmsent.models.weights import read_weights_file
 
 WEIGHT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
 
@@ -59,9 +57,9 @@ def read_state_dict(path: str | Path, key: str) -> dict[str, Tensor]:
     """Reads a state dict from a file without executing code in it.
 
     Args:
-        path (str | Path): A ``.safetensors`` file, or a ``.pt``/``.pth``/``.ckpt``
-            file read with ``torch.load(weights_only=True)``; a Lightning checkpoint's
-            ``state_dict`` is taken from it.
+        path (str | Path): A ``.safetensors``, ``.pt``, ``.pth`` or ``.ckpt`` file,
+            read as data (:func:`mmsent.models.weights.read_weights_file`); a
+            Lightning checkpoint's ``state_dict`` is taken from it.
         key (str): The config key that named the file, for errors.
 
     Returns:
@@ -73,18 +71,9 @@ def read_state_dict(path: str | Path, key: str) -> dict[str, Tensor]:
             tensors or a tensor is not finite.
     """
     path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"{key}: no weights file at {path}")
-    if path.suffix not in WEIGHT_SUFFIXES:
+    if path.suffix not in WEIGHT_SUFFIXES and path.is_file():
         raise ConfigError(f"{key}: {path} must end in one of {WEIGHT_SUFFIXES}")
-    try:
-        loaded = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(
-            path, map_location="cpu", weights_only=True)
-    except (SafetensorError, RuntimeError, EOFError, OSError, ValueError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"{key}: {path} is unreadable, refused or corrupt ({reason})") from error
-    except pickle.UnpicklingError as error:
-        raise ConfigError(f"{key}: {path} refused: it holds objects other than tensors") from error
+    loaded = read_weights_file(path, key, "weights file")
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, dict) or not all(isinstance(v, Tensor) for v in loaded.values()):

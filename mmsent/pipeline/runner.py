@@ -28,6 +28,7 @@ from jsonargparse import Namespace
 from mmsent.cli import build_cli, check_config
 from mmsent.data.schema import MODALITIES
 from mmsent.errors import ConfigError, user_error
+from mmsent.models.weights import read_weights_file
 from mmsent.pipeline import ranks, tracking
 from mmsent.pipeline.fitting import INTERRUPTED, fit_and_evaluate, stopped
 from mmsent.pipeline.lock import RunLock
@@ -35,7 +36,6 @@ from mmsent.pipeline.manifest import Manifest
 from mmsent.pipeline.modalities import follow_data
 from mmsent.pipeline.report import write_report
 from mmsent.pipeline.spec import Pipeline, Stage, load_pipeline
-from mmsent.tasks.checkpoint_io import load_weights_only
 
 
 def stage_arguments(pipeline: Pipeline, stage: Stage, manifest: Manifest | None, extra: list[str]) -> list[str]:
@@ -99,8 +99,8 @@ def run_stage(pipeline: Pipeline, stage: Stage, manifest: Manifest, extra: list[
 def unimodal_figures(pipeline: Pipeline, stage: Stage, manifest: Manifest) -> dict[str, dict]:
     """What the selection after a fused stage's fit compares it with: per modality, the
     validation MAE and best checkpoint of the unimodal stage it builds on
-    (``model.init_args.<modality>_checkpoint``), also through the fused stage its
-    ``init_checkpoint`` comes from.
+    (``model.init_args.unimodal.<modality>``, else ``model.init_args.encoders.<modality>``),
+    also through the fused stage its ``init_checkpoint`` comes from.
 
     Args:
         pipeline (Pipeline): The pipeline.
@@ -111,13 +111,15 @@ def unimodal_figures(pipeline: Pipeline, stage: Stage, manifest: Manifest) -> di
         dict[str, dict]: ``{modality: {"val_MAE": ..., "checkpoint": ...}}``.
     """
     figures = {}
-    for key, source in stage.checkpoints.items():
-        name = key.rsplit(".", 1)[-1].removesuffix("_checkpoint")
-        record = manifest.stage(source)
-        if name == "init":
-            figures.update(unimodal_figures(pipeline, pipeline.stage(source), manifest))
-        elif name in MODALITIES and "MAE" in record.get("metrics", {}).get("val", {}):
-            figures[name] = {"val_MAE": record["metrics"]["val"]["MAE"], "checkpoint": record["best_checkpoint"]}
+    init = stage.checkpoints.get("model.init_args.init_checkpoint")
+    if init:
+        figures.update(unimodal_figures(pipeline, pipeline.stage(init), manifest))
+    for modality in MODALITIES:
+        source = (stage.checkpoints.get(f"model.init_args.unimodal.{modality}")
+                  or stage.checkpoints.get(f"model.init_args.encoders.{modality}"))
+        record = manifest.stage(source) if source else {}
+        if "MAE" in record.get("metrics", {}).get("val", {}):
+            figures[modality] = {"val_MAE": record["metrics"]["val"]["MAE"], "checkpoint": record["best_checkpoint"]}
     return figures
 
 
@@ -189,7 +191,7 @@ def resume_checkpoint(pipeline: Pipeline, stage: Stage, record: dict) -> str | N
                     key=lambda p: p.stat().st_mtime, reverse=True)
     for candidate in [last, *others] if last.is_file() else others:
         try:
-            loaded = load_weights_only(candidate, f"stage {stage.name}: --ckpt_path")
+            loaded = read_weights_file(candidate, f"stage {stage.name}: --ckpt_path")
         except ConfigError as error:
             if isinstance(error.__cause__, pickle.UnpicklingError):
                 raise  # a file that is not a checkpoint: the user must look at it

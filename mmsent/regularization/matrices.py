@@ -1,8 +1,8 @@
 """Matrices for the weight penalties, given in a config inline or as a file.
 
 A config value is either an inline matrix (a list of rows) or the path of a file holding
-one tensor: ``.npy`` (read with ``allow_pickle=False``), ``.pt``/``.pth`` (read with
-``torch.load(weights_only=True)``) or ``.safetensors``. None of these readers executes
+one tensor: ``.npy`` (read with ``allow_pickle=False``), ``.pt``/``.pth`` or ``.safetensors``
+(read with :func:`mmsent.models.weights.read_weights_file`). None of these readers executes
 code from the file. Relative paths are taken from the working directory.
 """
 
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import Tensor
 
+from mmsent.models.weights import read_weights_file
 from mmsent.regularization.penalties import check_covariance
 
 MATRIX_SUFFIXES: tuple[str, ...] = (".npy", ".pt", ".pth", ".safetensors")
@@ -66,12 +66,7 @@ def load_matrix(spec: str | list[list[float]], key: str) -> Tensor:
         if not path.is_file():
             raise ValueError(f"{key}: matrix file {path} does not exist")
         try:
-            if path.suffix == ".npy":
-                loaded: object = np.load(path, allow_pickle=False)
-            elif path.suffix == ".safetensors":
-                loaded = load_file(path)
-            else:
-                loaded = torch.load(path, map_location="cpu", weights_only=True)
+            loaded = np.load(path, allow_pickle=False) if path.suffix == ".npy" else read_weights_file(path, key)
         except Exception as error:
             raise ValueError(f"{key}: cannot read matrix file {path}: {error}") from error
         matrix = _single_tensor(loaded, path, key)

@@ -14,10 +14,10 @@ from pytorch_lightning.utilities import move_data_to_device, rank_zero_info, ran
 from torch import nn
 
 from mmsent.models.late_fusion import LateFusionModel
-from mmsent.models.rebuilt import omit_rebuilt
+from mmsent.models.weights import omit_rebuilt
 from mmsent.selection.evidence import bootstrap_p_value, select_modalities, video_groups
 from mmsent.tasks.checkpoint_io import META_KEY, atomic_torch_save
-from mmsent.tasks.checkpoints import load_encoder, load_head, load_weights
+from mmsent.tasks.checkpoints import load_encoder, load_head, load_weights, reading_once
 
 SELECTED_FILE = "selected.ckpt"
 
@@ -262,8 +262,9 @@ def become_unimodal(model: LateFusionModel, modality: str, checkpoint: str | Non
     if getattr(model.fusion, "primary", None) != modality or not checkpoint or not Path(checkpoint).is_file():
         return False
     what = f"the {modality} stage's checkpoint"
-    load_encoder(model.encoders[modality], modality, checkpoint, what)
-    load_head(model.head, modality, checkpoint, what)
+    with reading_once():
+        load_encoder(model.encoders[modality], modality, checkpoint, what)
+        load_head(model.head, modality, checkpoint, what)
     model.active.copy_(torch.tensor([m == modality for m in model.encoders]))
     return True
 

@@ -19,7 +19,7 @@ from torchmetrics.aggregation import CatMetric
 from mmsent.data.schema import MODALITIES
 from mmsent.errors import NonFiniteError
 from mmsent.metrics import BatchMean, baseline_metrics, split_metrics
-from mmsent.models.rebuilt import fill_rebuilt, omit_rebuilt
+from mmsent.models.weights import fill_rebuilt, omit_rebuilt
 from mmsent.optim import build_param_groups, has_schedules, has_step_warmup, per_group_scheduler
 from mmsent.regularization import Regularizer
 from mmsent.tasks.checkpoints import META_KEY

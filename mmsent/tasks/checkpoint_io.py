@@ -1,82 +1,151 @@
-"""Reading and writing checkpoint files safely: tensors and plain data only, and
-never a half-written file.
+"""Reading and writing checkpoint files safely: tensors and plain data only, each file
+read once, and never a half-written file.
 
-Every checkpoint mmsent reads goes through :func:`load_weights_only`, which passes
-``weights_only=True`` to ``torch.load`` explicitly; torch honours an explicit value
-whatever ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says, so a checkpoint replaced by a
-malicious pickle is refused instead of run. :class:`AtomicCheckpointIO`, which every
-``mmsent fit`` installs, writes a checkpoint to a temporary file beside it, flushes it
-to disk and renames it over the old one, so a full disk or a kill leaves the previous
-checkpoint intact; Lightning's own resume (``--ckpt_path``) reads through it too.
+Every checkpoint a stage is handed goes through :func:`read_checkpoint`: a stage's
+checkpoint, read with ``weights_only=True`` (:func:`mmsent.models.weights.read_weights_file`),
+or a model folder written by ``mmsent export``, read as the fused checkpoint it came
+from; within :func:`reading_once` (a task's ``__init__``) each file once.
+:class:`AtomicCheckpointIO`, which every ``mmsent fit`` installs, writes a checkpoint
+to a temporary file beside it, flushes it to disk and renames it over the old one, so
+a full disk or a kill leaves the previous checkpoint intact; Lightning's own resume
+(``--ckpt_path``) reads through it too.
 """
 
 from __future__ import annotations
 
-import pickle
-import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning_fabric.plugins import TorchCheckpointIO
 
-from mmsent.errors import ConfigError, MissingFileError
-from mmsent.io import atomic_write
-from mmsent.models.config import META_KEY
+from mmsent.data.schema import MODALITIES
+from mmsent.errors import ConfigError
+from mmsent.io import atomic_write, read_json
+from mmsent.models.config import META_KEY, check_saved_config, read_safetensors
+from mmsent.models.weights import read_weights_file
 
-ZIP_SIGNATURE = b"PK\x03\x04"
+_READ: ContextVar[dict[str, dict] | None] = ContextVar("mmsent_checkpoints_read", default=None)
 
 
-def load_weights_only(path: str | Path, what: str) -> dict:
-    """Loads a checkpoint with ``weights_only=True``, whatever the environment says.
+@contextmanager
+def reading_once() -> Iterator[None]:
+    """Within it, :func:`read_checkpoint` reads each file once and hands every later
+    caller the same contents (a task's ``__init__`` asks for one file several times:
+    its encoder, its head, its recorded validation MAE)."""
+    token = _READ.set({} if _READ.get() is None else _READ.get())
+    try:
+        yield
+    finally:
+        _READ.reset(token)
+
+
+def read_checkpoint(path: str | Path, what: str) -> dict:
+    """Reads a stage's checkpoint, or a model folder as the fused checkpoint it came from.
 
     Args:
-        path (str | Path): The checkpoint file.
-        what (str): The config key that named it, for the message.
+        path (str | Path): A checkpoint file, or a folder written by ``mmsent export``.
+        what (str): The config key that named it, for messages.
 
     Returns:
-        dict: The checkpoint, on the CPU.
+        dict: The checkpoint (``state_dict``, :data:`META_KEY`, ``hyper_parameters``,
+        ``callbacks``, as far as the file holds them); within :func:`reading_once`,
+        the same dict for the same file.
 
     Raises:
-        MissingFileError: If the file does not exist.
-        ConfigError: If the file holds objects other than tensors and plain data
-            (refused), or is truncated or corrupt; naming the key and the file.
+        MissingFileError: If the file does not exist, naming the key and path.
+        ConfigError: If the file is refused or unreadable, or lacks its weights or
+            holds its metadata in another form, naming the key, path and entry.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"{what}: checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if _cut_inside_zip_signature(path):
-            raise ConfigError(f"{what}: checkpoint {path} is unreadable, truncated or corrupt "
-                              f"(cut to {path.stat().st_size} bytes)") from None
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"{what}: checkpoint {path} refused: it holds objects other than tensors "
-                          f"and plain data, which mmsent never loads ({reason})") from error
-    # torch's zip reader fails with EINVAL on a file cut a few kB after its start.
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"{what}: checkpoint {path} is unreadable, truncated or corrupt "
-                          f"({reason})") from error
+    read = _READ.get()
+    key = str(Path(path).resolve())
+    if read is not None and key in read:
+        return read[key]
+    checkpoint = _read_model_folder(Path(path), what) if Path(path).is_dir() else read_weights_file(path, what)
+    if not isinstance(checkpoint, dict):
+        raise ConfigError(f"{what}: checkpoint {path} holds a {type(checkpoint).__name__}, not a "
+                          f"Lightning checkpoint")
+    require_entries(checkpoint, {"state_dict": dict}, path, what)
+    if META_KEY in checkpoint:
+        require_entries(checkpoint, {META_KEY: dict}, path, what)
+    if read is not None:
+        read[key] = checkpoint
+    return checkpoint
 
 
-def _cut_inside_zip_signature(path: Path) -> bool:
-    # torch reads a file as a zip archive (every checkpoint since torch 1.6) only once
-    # its whole 4-byte signature is there; a shorter cut goes to the pickle reader,
-    # whose refusal would otherwise read as a checkpoint that is not one.
-    with path.open("rb") as stream:
-        head = stream.read(len(ZIP_SIGNATURE))
-    return len(head) < len(ZIP_SIGNATURE) and ZIP_SIGNATURE.startswith(head)
+def _read_model_folder(folder: Path, what: str) -> dict:
+    config = read_json(folder / "config.json") if (folder / "config.json").is_file() else None
+    if not isinstance(config, dict) or not all(isinstance(config.get(k), dict) for k in ("encoders", "fusion", "head")):
+        raise ConfigError(f"{what}: {folder} is a folder but no model folder of mmsent export (a config.json "
+                          f"with encoders, fusion and head)")
+    check_saved_config(folder / "model.safetensors", config)
+    state, omitted = read_safetensors(folder / "model.safetensors")
+    if not isinstance(omitted, dict):
+        raise ConfigError(f"{what}: {folder / 'model.safetensors'}: its header's record of the weights left out "
+                          f"is not a mapping")
+    encoders = {m: {"class_path": record.get("class_path"),
+                    "init_args": {k: v for k, v in (record.get("init_args") or {}).items() if k != "input_dim"}}
+                for m, record in config["encoders"].items() if isinstance(record, dict)}
+    # The modality the fusion is built on, so that a stage starting from it builds it alike.
+    primary = (config["fusion"].get("init_args") or {}).get("primary")
+    return {"state_dict": state, "hyper_parameters": {"head_hidden": (config["head"].get("init_args") or {})
+                                                      .get("hidden_dim", 0)},
+            META_KEY: {"task": "fusion", "encoder_configs": encoders, "fusion_config": config["fusion"],
+                       "head_config": config["head"], "rebuilt": omitted,
+                       "unimodal": {"scores": {}, "checkpoints": {}, "head_modality": primary}}}
 
 
-def readable(path: str | Path) -> bool:
-    """bool: Whether a checkpoint file loads (with ``weights_only=True``)."""
-    try:
-        load_weights_only(path, "checkpoint")
-    except (ConfigError, MissingFileError):
-        return False
-    return True
+def current_hyperparameters(saved: dict) -> dict:
+    """A checkpoint's saved init arguments under today's names.
+
+    A checkpoint from mmsent before ``encoders`` (up to 53a6aae) names each source in
+    an argument of its own: ``<m>_checkpoint`` (the unimodal stage: encoder, head,
+    validation MAE), ``<m>_encoder_checkpoint`` (the encoder's weights instead) and
+    ``fixed_<m>_checkpoint`` (a backfitting stage's fixed models).
+
+    Args:
+        saved (dict): The checkpoint's ``hyper_parameters``.
+
+    Returns:
+        dict: The same arguments, those in ``encoders``, ``unimodal`` and ``fixed``.
+    """
+    current = dict(saved)
+    for m in MODALITIES:
+        unimodal, encoder = current.pop(f"{m}_checkpoint", None), current.pop(f"{m}_encoder_checkpoint", None)
+        fixed = current.pop(f"fixed_{m}_checkpoint", None)
+        if unimodal or encoder:
+            current.setdefault("encoders", {})[m] = encoder or unimodal
+        if unimodal and encoder:
+            current.setdefault("unimodal", {})[m] = unimodal
+        if fixed:
+            current.setdefault("fixed", {})[m] = fixed
+    return current
+
+
+def require_entries(record: dict, kinds: dict[str, type], path: str | Path, what: str, within: str = "") -> None:
+    """Checks that a checkpoint (or its metadata) holds the entries read from it.
+
+    Args:
+        record (dict): The checkpoint, or a part of it.
+        kinds (dict[str, type]): Per entry, the type it must have.
+        path (str | Path): The checkpoint, for the message.
+        what (str): The config key that named it, for the message.
+        within (str): Where ``record`` sits in the checkpoint (``"mmsent."``).
+
+    Raises:
+        ConfigError: Naming the key, the file and the entry missing or of another type.
+    """
+    for key, kind in kinds.items():
+        if key not in record:
+            raise ConfigError(f"{what}: checkpoint {path} has no entry {within}{key}: it was not written by "
+                              f"mmsent, or was altered since")
+        if not isinstance(record[key], kind):
+            raise ConfigError(f"{what}: checkpoint {path}: entry {within}{key} is a "
+                              f"{type(record[key]).__name__}, not a {kind.__name__}: it was altered")
+
 
 
 def atomic_torch_save(checkpoint: Any, path: str | Path) -> None:
@@ -120,7 +189,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_torch_save(checkpoint, path)
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
-        """Reads a checkpoint with ``weights_only=True`` (:func:`load_weights_only`),
+        """Reads a checkpoint with ``weights_only=True`` (:func:`read_weights_file`),
         whatever ``weights_only`` Lightning asks for.
 
         Args:
@@ -132,51 +201,4 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         Returns:
             dict: The checkpoint.
         """
-        return load_weights_only(path, "--ckpt_path")
-
-
-def read_checkpoint(path: str | Path, what: str) -> dict:
-    """Loads a Lightning checkpoint safely (tensors and plain data only).
-
-    Args:
-        path (str | Path): The checkpoint file.
-        what (str): The config key that named it, for the message.
-
-    Returns:
-        dict: The checkpoint.
-
-    Raises:
-        FileNotFoundError: If the file does not exist, naming the key and path.
-        ConfigError: If the file is refused or unreadable, or lacks its weights or
-            holds its metadata in another form, naming the key, path and entry.
-    """
-    checkpoint = load_weights_only(path, what)
-    if not isinstance(checkpoint, dict):
-        raise ConfigError(f"{what}: checkpoint {path} holds a {type(checkpoint).__name__}, not a "
-                          f"Lightning checkpoint")
-    require_entries(checkpoint, {"state_dict": dict}, path, what)
-    if META_KEY in checkpoint:
-        require_entries(checkpoint, {META_KEY: dict}, path, what)
-    return checkpoint
-
-
-def require_entries(record: dict, kinds: dict[str, type], path: str | Path, what: str, within: str = "") -> None:
-    """Checks that a checkpoint (or its metadata) holds the entries read from it.
-
-    Args:
-        record (dict): The checkpoint, or a part of it.
-        kinds (dict[str, type]): Per entry, the type it must have.
-        path (str | Path): The checkpoint, for the message.
-        what (str): The config key that named it, for the message.
-        within (str): Where ``record`` sits in the checkpoint (``"mmsent."``).
-
-    Raises:
-        ConfigError: Naming the key, the file and the entry missing or of another type.
-    """
-    for key, kind in kinds.items():
-        if key not in record:
-            raise ConfigError(f"{what}: checkpoint {path} has no entry {within}{key}: it was not written by "
-                              f"mmsent, or was altered since")
-        if not isinstance(record[key], kind):
-            raise ConfigError(f"{what}: checkpoint {path}: entry {within}{key} is a "
-                              f"{type(record[key]).__name__}, not a {kind.__name__}: it was altered")
+        return read_weights_file(path, "--ckpt_path")

@@ -1,8 +1,13 @@
-"""Every loading of saved weights: encoders, heads, fused models and generators.
+"""The one loader of weights handed between stages: encoders, heads, fused models and
+generators.
 
-A stage names the checkpoints it starts from (a path, as an init argument); the task
-loads the matching sub-network's state dict with ``weights_only=True``. LightningCLI's
-``--ckpt_path`` is kept for resuming or evaluating the *same* stage.
+A stage names where its weights come from by path, as init arguments: ``encoders``
+maps a modality to the file its encoder comes from, ``init_checkpoint`` names a fused
+model to start from (see :class:`mmsent.tasks.FusionTask`). A path is a stage's
+checkpoint or a model folder written by ``mmsent export``, which reads as the fused
+checkpoint it came from; each file is read once per task built
+(:func:`mmsent.tasks.checkpoint_io.read_checkpoint`). LightningCLI's ``--ckpt_path``
+is kept for resuming or evaluating the *same* stage.
 
 Checkpoints record what built their networks under :data:`META_KEY`: a unimodal one
 its encoder's configuration (``{"class_path", "init_args"}``, see
@@ -22,6 +27,7 @@ from torch import nn
 from mmsent.data.schema import MODALITIES
 from mmsent.errors import ConfigError
 from mmsent.models.config import (
+    META_KEY,
     build_module,
     check_finite,
     class_path,
@@ -30,9 +36,9 @@ from mmsent.models.config import (
 )
 from mmsent.models.fusion import RegressionHead
 from mmsent.models.generative import GENERATORS, EmbeddingGenerator
-from mmsent.models.rebuilt import fill_rebuilt, weights_digest
 from mmsent.models.unimodal import UnimodalModel
-from mmsent.tasks.checkpoint_io import META_KEY, read_checkpoint, require_entries
+from mmsent.models.weights import fill_rebuilt, weights_digest
+from mmsent.tasks.checkpoint_io import read_checkpoint, reading_once, require_entries
 
 EncoderFactory = Callable[[int], nn.Module]
 
@@ -65,9 +71,7 @@ def load_weights(task: nn.Module, path: str | Path, what: str = "checkpoint") ->
         dict: The checkpoint as read.
     """
     checkpoint = read_checkpoint(path, what)
-    rebuilt = checkpoint.get(META_KEY, {}).get("rebuilt", {})
-    check_finite(checkpoint["state_dict"], f"{what}: {path}")
-    task.load_state_dict(fill_rebuilt(dict(checkpoint["state_dict"]), task, rebuilt, "", what))
+    _load_part(task, checkpoint, "", path, what, f"the weights in {path} do not fit the configured task")
     return checkpoint
 
 
@@ -77,27 +81,44 @@ def encoder_config(encoder: nn.Module) -> dict | None:
     return module_config(encoder, leave_out=("input_dim",))
 
 
-def build_encoders(factories: dict[str, EncoderFactory | None], checkpoints: dict[str, str | None],
-                   input_dims: dict[str, int], fused_checkpoint: str | None = None,
-                   encoder_checkpoints: dict[str, str | None] | None = None) -> nn.ModuleDict:
-    """Builds each modality's encoder and loads it from its unimodal checkpoint.
+def modality_paths(paths: dict[str, str | None] | None, key: str) -> dict[str, str]:
+    """The set entries of a mapping from modality to path (``model.encoders``).
+
+    Args:
+        paths (dict[str, str | None] | None): The mapping as configured; an entry set
+            to null is left out.
+        key (str): The config key, for messages.
+
+    Returns:
+        dict[str, str]: Modality -> path.
+
+    Raises:
+        ConfigError: If a key is not a modality, naming it.
+    """
+    unknown = sorted(set(paths or {}) - set(MODALITIES))
+    if unknown:
+        raise ConfigError(f"{key} names {unknown}, not among the modalities {list(MODALITIES)}")
+    return {m: str(p) for m, p in (paths or {}).items() if p}
+
+
+def build_encoders(factories: dict[str, EncoderFactory | None], sources: dict[str, str],
+                   input_dims: dict[str, int], fused_checkpoint: str | None = None) -> nn.ModuleDict:
+    """Builds each modality's encoder and loads its weights from where the stage says.
 
     A modality's encoder comes from its factory (``model.<modality>_encoder``) when
-    one is configured, else from the configuration recorded in its unimodal checkpoint
-    (``model.<modality>_checkpoint``), its encoder checkpoint
-    (``model.<modality>_encoder_checkpoint``) or the fused checkpoint the stage starts
-    from (``model.init_checkpoint``). Every record must agree with the encoder built.
+    one is configured, else from the configuration recorded in its source
+    (``model.encoders.<modality>``: a unimodal, fused or generative stage's checkpoint,
+    or a model folder) or in the fused checkpoint the stage starts from
+    (``model.init_checkpoint``). Every record must agree with the encoder built.
 
     Args:
         factories (dict[str, EncoderFactory | None]): Per modality, the configured
             encoder factory or None.
-        checkpoints (dict[str, str | None]): Per modality, its unimodal checkpoint or None.
+        sources (dict[str, str]): Per modality, where its encoder's weights come from
+            (:func:`modality_paths`).
         input_dims (dict[str, int]): Per modality in the data, the encoder's input size.
         fused_checkpoint (str | None): A fused checkpoint whose encoders to rebuild
             (its weights are loaded later, with :func:`load_fused`).
-        encoder_checkpoints (dict[str, str | None] | None): Per modality, a unimodal
-            checkpoint to take the encoder's weights from instead of its
-            ``checkpoints`` entry.
 
     Returns:
         nn.ModuleDict: The encoders, in the canonical modality order.
@@ -105,43 +126,48 @@ def build_encoders(factories: dict[str, EncoderFactory | None], checkpoints: dic
     Raises:
         ValueError: If an encoder is wanted for a modality the data lacks, none is
             wanted, a record is missing or disagrees with the configuration, or a
-            checkpoint does not fit (see :func:`load_encoder`), naming the keys.
+            source does not fit (see :func:`load_encoder`), naming the keys.
     """
-    fused = _fused_records(fused_checkpoint) if fused_checkpoint else {}
-    encoder_checkpoints = encoder_checkpoints or {}
+    fused = _read_fused(fused_checkpoint, "model.init_checkpoint")[META_KEY].get("encoder_configs", {}) \
+        if fused_checkpoint else {}
     encoders = nn.ModuleDict()
     for modality in MODALITIES:
-        records = []
-        weights = None
-        for key, path in ((f"model.{modality}_checkpoint", checkpoints[modality]),
-                          (f"model.{modality}_encoder_checkpoint", encoder_checkpoints.get(modality))):
-            if path:
-                checkpoint = read_checkpoint(path, key)
-                records.append((key, path, checkpoint.get(META_KEY, {}).get("encoder_config")))
-                weights = (key, path, checkpoint)
+        key, path = f"model.encoders.{modality}", sources.get(modality)
+        records = [(key, path, _encoder_part(read_checkpoint(path, key), modality, path, key)[1])] if path else []
         if modality in fused:
             records.append(("model.init_checkpoint", fused_checkpoint, fused[modality]))
         if factories[modality] is None and not records:
             continue
         if modality not in input_dims:
             raise ConfigError(f"model.{modality}_encoder: the stage wants a {modality} encoder but the data "
-                             f"holds only {sorted(input_dims)}")
+                              f"holds only {sorted(input_dims)}")
         encoders[modality] = _build_encoder(modality, factories[modality], records, input_dims[modality])
-        if weights:
-            key, path, checkpoint = weights
-            load_encoder(encoders[modality], modality, path, key, checkpoint)
+        if path:
+            load_encoder(encoders[modality], modality, path, key)
     if not encoders:
         raise ConfigError("model: configure at least one of text_encoder, audio_encoder, video_encoder "
-                         "or the checkpoints to build them from")
+                          "or the model.encoders to build them from")
     return encoders
 
 
-def _fused_records(path: str) -> dict[str, dict | None]:
-    return _read_fused(path, "model.init_checkpoint")[META_KEY].get("encoder_configs", {})
+def _encoder_part(checkpoint: dict, modality: str, path: str | Path, what: str) -> tuple[str, dict | None]:
+    # Where a unimodal, fused or generative checkpoint holds a modality's encoder (the
+    # prefix of its weights) and the configuration it records for it.
+    meta = checkpoint.get(META_KEY, {})
+    if "encoder_configs" in meta:  # a fused or generative model: an encoder per modality
+        if modality not in meta["encoder_configs"]:
+            raise ConfigError(f"{what}: {path} holds no {modality} encoder, only "
+                              f"{'/'.join(meta['encoder_configs']) or 'none'}")
+        prefix = "model.encoders." if meta.get("task") == "fusion" else "encoders."
+        return f"{prefix}{modality}.", meta["encoder_configs"][modality]
+    if meta.get("modality") not in (None, modality):
+        raise ConfigError(f"{what}: {path} holds a {meta['modality']} encoder, "
+                          f"but it is configured for {modality}")
+    return meta.get("encoder_prefix", "encoder."), meta.get("encoder_config")
 
 
-def _read_fused(path: str | Path, what: str, checkpoint: dict | None = None) -> dict:
-    checkpoint = read_checkpoint(path, what) if checkpoint is None else checkpoint
+def _read_fused(path: str | Path, what: str) -> dict:
+    checkpoint = read_checkpoint(path, what)
     checkpoint.setdefault(META_KEY, {})
     task = checkpoint[META_KEY].get("task")
     if task not in (None, "fusion"):
@@ -187,44 +213,30 @@ def _differences(built: dict, recorded: dict) -> str:
     return f" (in {', '.join(changed)})" if changed else ""
 
 
-def load_encoder(encoder: nn.Module, modality: str, path: str | Path, what: str,
-                 checkpoint: dict | None = None) -> None:
-    """Loads a pretrained encoder from a unimodal stage's checkpoint.
+def load_encoder(encoder: nn.Module, modality: str, path: str | Path, what: str) -> None:
+    """Loads a pretrained encoder from a stage's checkpoint or a model folder.
 
     Args:
         encoder (nn.Module): The configured encoder.
         modality (str): The modality it encodes.
-        path (str | Path): The unimodal checkpoint.
+        path (str | Path): A unimodal, fused or generative checkpoint, or a model folder.
         what (str): The config key that named the path, for messages.
-        checkpoint (dict | None): The file's contents, when already read.
 
     Raises:
-        ValueError: If the checkpoint holds another modality or another encoder
-            class, or its weights do not fit, naming both sides.
+        ValueError: If the checkpoint holds no encoder of that modality or another
+            encoder class, or its weights do not fit, naming both sides.
     """
-    checkpoint = read_checkpoint(path, what) if checkpoint is None else checkpoint
-    meta = checkpoint.get(META_KEY, {})
-    configured = type(encoder).__name__
-    if meta.get("modality") not in (None, modality):
-        raise ConfigError(f"{what}: {path} holds a {meta['modality']} encoder, "
-                         f"but it is configured for {modality}")
-    saved = (meta.get("encoder_config") or {}).get("class_path")
+    checkpoint = read_checkpoint(path, what)
+    prefix, config = _encoder_part(checkpoint, modality, path, what)
+    saved = (config or {}).get("class_path")
     if saved not in (None, class_path(encoder)):
         raise ConfigError(f"{what}: {path} holds a {saved}, "
-                         f"but the configured {modality} encoder is a {class_path(encoder)}")
-    prefix = meta.get("encoder_prefix", "encoder.")
-    state = sub_state_dict(checkpoint["state_dict"], prefix)
-    check_finite(state, f"{what}: {path}", prefix)
-    fill_rebuilt(state, encoder, meta.get("rebuilt", {}), prefix, what)
-    try:
-        encoder.load_state_dict(state)
-    except RuntimeError as error:
-        raise ConfigError(f"{what}: the weights in {path} do not fit the configured {modality} "
-                         f"encoder {configured} (a different size?): {error}") from error
+                          f"but the configured {modality} encoder is a {class_path(encoder)}")
+    _load_part(encoder, checkpoint, prefix, path, what, f"the weights in {path} do not fit the configured "
+              f"{modality} encoder {type(encoder).__name__} (a different size?)")
 
 
-def load_head(head: nn.Module, modality: str, path: str | Path, what: str,
-              checkpoint: dict | None = None) -> None:
+def load_head(head: nn.Module, modality: str, path: str | Path, what: str) -> None:
     """Loads the regression head of a unimodal stage's checkpoint.
 
     Args:
@@ -232,26 +244,20 @@ def load_head(head: nn.Module, modality: str, path: str | Path, what: str,
         modality (str): The modality the unimodal stage was trained on.
         path (str | Path): The unimodal checkpoint.
         what (str): The config key that named the path, for messages.
-        checkpoint (dict | None): The file's contents, when already read.
 
     Raises:
         ValueError: If the checkpoint holds another modality, or its head does not fit
             the configured one, naming both sides.
     """
-    checkpoint = read_checkpoint(path, what) if checkpoint is None else checkpoint
+    checkpoint = read_checkpoint(path, what)
     meta = checkpoint.get(META_KEY, {})
     if meta.get("task") not in (None, "unimodal") or meta.get("modality") not in (None, modality):
         raise ConfigError(f"{what}: {path} holds no unimodal {modality} model to take the head from")
-    state = sub_state_dict(checkpoint["state_dict"], "head.")
-    check_finite(state, f"{what}: {path}", "head.")
-    try:
-        head.load_state_dict(state)
-    except RuntimeError as error:
-        raise ConfigError(f"{what}: the head in {path} does not fit the fused head (the fused "
-                         f"embedding must have the {modality} embedding's size, and head_hidden "
-                         f"must match): {error}") from error
+    _load_part(head, checkpoint, "head.", path, what, f"the head in {path} does not fit the fused head (the "
+              f"fused embedding must have the {modality} embedding's size, and head_hidden must match)")
 
 
+@reading_once()
 def load_unimodal(path: str | Path, what: str, input_dims: dict[str, int]) -> UnimodalModel:
     """Rebuilds a unimodal stage's whole model (encoder and head) from its checkpoint.
 
@@ -276,36 +282,28 @@ def load_unimodal(path: str | Path, what: str, input_dims: dict[str, int]) -> Un
     if modality not in input_dims:
         raise ConfigError(f"{what}: {path} holds a {modality} model, but the data holds only {sorted(input_dims)}")
     encoder = build_module(meta["encoder_config"], input_dims[modality], what=f"{what} {path}")
-    load_encoder(encoder, modality, path, what, checkpoint)
+    load_encoder(encoder, modality, path, what)
     settings = checkpoint.get("hyper_parameters", {})
     head = RegressionHead(encoder.out_dim, settings.get("head_hidden", 0), settings.get("head_dropout", 0.0))
-    load_head(head, modality, path, what, checkpoint)
+    load_head(head, modality, path, what)
     return UnimodalModel(modality, encoder, head).requires_grad_(False).eval()
 
 
-def load_fused(model: nn.Module, path: str | Path, what: str, checkpoint: dict | None = None) -> None:
+def load_fused(model: nn.Module, path: str | Path, what: str) -> None:
     """Loads a fused stage's whole model (encoders, fusion, head, modalities in use).
 
     Args:
         model (nn.Module): The configured :class:`~mmsent.models.LateFusionModel`.
-        path (str | Path): The fused checkpoint.
+        path (str | Path): The fused checkpoint, or a model folder.
         what (str): The config key that named the path, for messages.
-        checkpoint (dict | None): The file's contents, when already read.
 
     Raises:
         ValueError: If the checkpoint holds no fused model or its weights do not fit.
     """
-    checkpoint = _read_fused(path, what, checkpoint)
-    meta = checkpoint[META_KEY]
-    state = sub_state_dict(checkpoint["state_dict"], "model.")
-    check_finite(state, f"{what}: {path}", "model.")
-    fill_rebuilt(state, model, meta.get("rebuilt", {}), "model.", what)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        raise ConfigError(f"{what}: the weights in {path} do not fit the configured fused model "
-                         f"(encoders {list(meta.get('encoder_configs', {}))} in the checkpoint, "
-                         f"{list(model.encoders)} configured): {error}") from error
+    checkpoint = _read_fused(path, what)
+    _load_part(model, checkpoint, "model.", path, what, f"the weights in {path} do not fit the configured fused "
+              f"model (encoders {list(checkpoint[META_KEY].get('encoder_configs', {}))} in the checkpoint, "
+              f"{list(model.encoders)} configured)")
 
 
 def load_generator(path: str | Path, what: str, encoders: nn.ModuleDict) -> EmbeddingGenerator:
@@ -345,12 +343,18 @@ def load_generator(path: str | Path, what: str, encoders: nn.ModuleDict) -> Embe
                          "encoder weights; give the generative stage and this stage the same "
                          "unimodal checkpoints")
     generator = GENERATORS[name](**meta["generator_config"])
-    state = sub_state_dict(checkpoint["state_dict"], "generator.")
-    check_finite(state, f"{what}: {path}", "generator.")
+    _load_part(generator, checkpoint, "generator.", path, what,
+              f"the weights in {path} do not fit a {name} built from {meta['generator_config']}")
+    return generator.requires_grad_(False).eval()
+
+
+def _load_part(module: nn.Module, checkpoint: dict, prefix: str, path: str | Path, what: str, misfit: str) -> None:
+    # The weights under prefix, the frozen ones left out put back; misfit says why they may not fit.
+    state = sub_state_dict(checkpoint["state_dict"], prefix)
+    check_finite(state, f"{what}: {path}", prefix)
+    fill_rebuilt(state, module, checkpoint.get(META_KEY, {}).get("rebuilt", {}), prefix, what)
     try:
-        generator.load_state_dict(state)
+        module.load_state_dict(state)
     except RuntimeError as error:
         # Not chained: the CLI reports the innermost cause, and this is the message.
-        raise ConfigError(f"{what}: the weights in {path} do not fit a {name} built from "
-                         f"{meta['generator_config']}: {error}") from None
-    return generator.requires_grad_(False).eval()
+        raise ConfigError(f"{what}: {misfit}: {error}") from None

@@ -25,7 +25,9 @@ from mmsent.tasks.checkpoints import (
     load_fused,
     load_generator,
     load_head,
+    modality_paths,
     read_checkpoint,
+    reading_once,
 )
 
 MONITOR = "val/MAE"
@@ -34,14 +36,16 @@ MONITOR = "val/MAE"
 class FusionTask(BaseTask):
     """Pretrained encoders, a fusion module and a head, over every modality present.
 
-    Stage 4 sets ``freeze_encoders: true`` and builds and loads each encoder from its
-    unimodal checkpoint; frozen encoders also stay in eval mode, so batch norm
+    Stage 4 sets ``freeze_encoders: true`` and builds and loads each encoder from where
+    ``encoders`` says; frozen encoders also stay in eval mode, so batch norm
     statistics and dropout do not drift while the head learns. Stage 5 builds and
     loads the whole stage-4 model from ``init_checkpoint``, unfreezes everything
     (except what an encoder's own config freezes, such as ``freeze_embeddings``, and
     the encoders ``freeze_encoders`` names) and trains with plain SGD, one parameter
-    group per modality plus ``fusion`` (fusion module and head). Neither names the encoders: the checkpoints record them (see
-    :func:`mmsent.tasks.checkpoints.build_encoders`).
+    group per modality plus ``fusion`` (fusion module and head). Neither names the
+    encoders: the checkpoints record them (see
+    :func:`mmsent.tasks.checkpoints.build_encoders`). Wherever a checkpoint is named, a
+    model folder written by ``mmsent export`` is accepted too; each file is read once.
 
     With ``generator_checkpoint`` (a stage-4a generator trained on the same frozen
     encoders), every training batch of ``B`` real samples gets
@@ -51,21 +55,21 @@ class FusionTask(BaseTask):
 
     Args:
         text_encoder (EncoderFactory | None): Builds the text encoder; None builds the
-            one recorded in ``text_checkpoint`` or ``init_checkpoint`` (a configured one
-            must agree with those records).
+            one recorded in ``encoders["text"]`` or ``init_checkpoint`` (a configured
+            one must agree with those records).
         audio_encoder (EncoderFactory | None): Builds the acoustic encoder, likewise.
         video_encoder (EncoderFactory | None): Builds the video encoder, likewise.
-        text_checkpoint (str | None): The text stage's checkpoint.
-        audio_checkpoint (str | None): The audio stage's checkpoint.
-        video_checkpoint (str | None): The video stage's checkpoint.
-        init_checkpoint (str | None): A fusion checkpoint to start from (stage 5).
-        text_encoder_checkpoint (str | None): A text stage's checkpoint to take the
-            text encoder's weights from instead of ``text_checkpoint``, which still
-            gives the head, the unimodal stage's validation MAE and the model to fall
-            back to: e.g. a stage that refit the encoder with the other modalities'
-            predictions held fixed (``UnimodalTask``'s ``fixed_<m>_checkpoint``).
-        audio_encoder_checkpoint (str | None): The same for the audio encoder.
-        video_encoder_checkpoint (str | None): The same for the video encoder.
+        encoders (dict[str, str | None] | None): Per modality, where its encoder comes
+            from: a unimodal stage's checkpoint, a fused or generative one, or a model
+            folder.
+        unimodal (dict[str, str | None] | None): Per modality, the unimodal stage's
+            checkpoint that gives the head, the validation MAE and the model to fall
+            back to, where it is not the one ``encoders`` names: e.g. when the encoder
+            comes from a stage that refit it with the other modalities' predictions
+            held fixed (``UnimodalTask``'s ``fixed``). By default, each unimodal
+            checkpoint of ``encoders``.
+        init_checkpoint (str | None): A fused checkpoint (or model folder) to start
+            from (stage 5).
         fusion (Callable[[dict], nn.Module]): Builds the fusion module from the
             encoders' output sizes (``ConcatFusion``, ``TensorFusion``, ``LowRankFusion``).
         head_hidden (int | None): Hidden size of the head; 0 for linear. None takes
@@ -73,7 +77,7 @@ class FusionTask(BaseTask):
             the ``head_from`` stage's (0 when there is none), so ``head_from: best``
             fits whichever unimodal stage wins.
         head_from (str | None): A modality whose unimodal head (from its
-            ``<modality>_checkpoint``) the fused head starts from, or ``"best"``: the
+            ``unimodal`` checkpoint) the fused head starts from, or ``"best"``: the
             unimodal stage with the lowest validation MAE (as its checkpoint's
             ``ModelCheckpoint`` state records it). A fusion that takes a ``primary``
             argument (``GatedResidualFusion``) is built on that modality, so the fused
@@ -97,13 +101,12 @@ class FusionTask(BaseTask):
         **kwargs: :class:`BaseTask` arguments (loss, optimizer, param_groups, ...).
     """
 
+    @reading_once()
     def __init__(self, text_encoder: EncoderFactory | None = None,
                  audio_encoder: EncoderFactory | None = None,
                  video_encoder: EncoderFactory | None = None,
-                 text_checkpoint: str | None = None, audio_checkpoint: str | None = None,
-                 video_checkpoint: str | None = None, init_checkpoint: str | None = None,
-                 text_encoder_checkpoint: str | None = None, audio_encoder_checkpoint: str | None = None,
-                 video_encoder_checkpoint: str | None = None,
+                 encoders: dict[str, str | None] | None = None, unimodal: dict[str, str | None] | None = None,
+                 init_checkpoint: str | None = None,
                  fusion: Callable[[dict], nn.Module] = ConcatFusion, head_hidden: int | None = None,
                  head_from: str | None = None, freeze_encoders: bool | list[str] = True,
                  modality_dropout: float = 0.0,
@@ -112,30 +115,31 @@ class FusionTask(BaseTask):
         super().__init__(**kwargs)
         self.save_plain_hyperparameters(ignore=("text_encoder", "audio_encoder", "video_encoder", "fusion"))
         factories = {"text": text_encoder, "audio": audio_encoder, "video": video_encoder}
-        checkpoints = {"text": text_checkpoint, "audio": audio_checkpoint, "video": video_checkpoint}
-        encoder_checkpoints = {"text": text_encoder_checkpoint, "audio": audio_encoder_checkpoint,
-                               "video": video_encoder_checkpoint}
-        encoders = build_encoders(factories, checkpoints, self.input_dims, init_checkpoint, encoder_checkpoints)
-        self.head_modality = self._head_modality(head_from, list(encoders), checkpoints, init_checkpoint)
-        fusion_module = build_fusion(fusion, {m: e.out_dim for m, e in encoders.items()}, self.head_modality)
+        sources = modality_paths(encoders, "model.encoders")
+        named = modality_paths(unimodal, "model.unimodal")
+        built = build_encoders(factories, sources, self.input_dims, init_checkpoint)
+        checkpoints = {m: named.get(m) or (sources.get(m) if _is_unimodal(sources.get(m)) else None)
+                       for m in MODALITIES}
+        self.head_modality = self._head_modality(head_from, list(built), checkpoints, init_checkpoint)
+        fusion_module = build_fusion(fusion, {m: e.out_dim for m, e in built.items()}, self.head_modality)
         start = self._start_checkpoint(checkpoints, init_checkpoint)
         if head_hidden is None:
-            recorded = start[2].get("hyper_parameters", {}) if start else {}
+            recorded = read_checkpoint(*start).get("hyper_parameters", {}) if start else {}
             head_hidden = int(recorded.get("head_hidden") or 0)
         self.hparams["head_hidden"] = head_hidden  # rebuilding from the saved hyperparameters needs no file
         head = RegressionHead(fusion_module.out_dim, head_hidden)
         self.start_head(head)
-        self.model = LateFusionModel(encoders, fusion_module, head, modality_dropout)
+        self.model = LateFusionModel(built, fusion_module, head, modality_dropout)
         if init_checkpoint:
             load_fused(self.model, *start)
         elif start:
             load_head(self.model.head, self.head_modality, *start)
-        self.frozen = frozen_modalities(freeze_encoders, list(encoders))
-        self.freeze_encoders = self.frozen == list(encoders)
+        self.frozen = frozen_modalities(freeze_encoders, list(built))
+        self.freeze_encoders = self.frozen == list(built)
         for modality in self.frozen:
             self.model.encoders[modality].requires_grad_(False)
         # Otherwise each encoder keeps what its own config froze (e.g. freeze_embeddings).
-        self.ablation = nn.ModuleDict({m: SentimentMetrics() for m in encoders})
+        self.ablation = nn.ModuleDict({m: SentimentMetrics() for m in built})
         self.generated_ratio = generated_ratio
         self.generated_scores = generated_scores
         self.generator = self._load_generator(generator_checkpoint)
@@ -159,21 +163,19 @@ class FusionTask(BaseTask):
         return load_generator(path, "model.generator_checkpoint", self.model.encoders)
 
     def _start_checkpoint(self, checkpoints: dict[str, str | None],
-                          init_checkpoint: str | None) -> tuple[str, str, dict] | None:
-        """The checkpoint the fused model's head starts from, read once for its size
-        and its weights: ``init_checkpoint``, else the ``head_from`` stage's.
+                          init_checkpoint: str | None) -> tuple[str, str] | None:
+        """The checkpoint the fused model's head starts from, for its size and its
+        weights: ``init_checkpoint``, else the ``head_from`` stage's.
 
         Returns:
-            tuple[str, str, dict] | None: Its path, the config key that named it and
-            its contents; None when the head starts fresh.
+            tuple[str, str] | None: Its path and the config key that named it; None
+            when the head starts fresh.
         """
         if init_checkpoint:
-            path, key = init_checkpoint, "model.init_checkpoint"
-        elif self.head_modality and checkpoints[self.head_modality]:
-            path, key = checkpoints[self.head_modality], f"model.{self.head_modality}_checkpoint"
-        else:
-            return None
-        return path, key, read_checkpoint(path, key)
+            return init_checkpoint, "model.init_checkpoint"
+        if self.head_modality and checkpoints[self.head_modality]:
+            return checkpoints[self.head_modality], f"model.unimodal.{self.head_modality}"
+        return None
 
     def _head_modality(self, head_from: str | None, modalities: list[str], checkpoints: dict[str, str | None],
                        init_checkpoint: str | None) -> str | None:
@@ -186,7 +188,7 @@ class FusionTask(BaseTask):
                 return recorded["head_modality"]
         if head_from != "best":
             return head_from
-        scores = {m: recorded_val_mae(path, f"model.{m}_checkpoint") for m, path in checkpoints.items()
+        scores = {m: recorded_val_mae(path, f"model.unimodal.{m}") for m, path in checkpoints.items()
                   if path and m in modalities}
         scores = {m: score for m, score in scores.items() if score is not None}
         if not scores and any(checkpoints.values()):
@@ -259,6 +261,10 @@ class FusionTask(BaseTask):
         return {"task": "fusion", "encoder_configs": {m: encoder_config(e) for m, e in self.model.encoders.items()},
                 "unimodal": {"head_modality": self.head_modality},
                 "fusion_config": module_config(self.model.fusion), "head_config": module_config(self.model.head)}
+
+
+def _is_unimodal(path: str | None) -> bool:
+    return bool(path) and read_checkpoint(path, "model.encoders").get(META_KEY, {}).get("task") in (None, "unimodal")
 
 
 def frozen_modalities(freeze_encoders: bool | list[str], modalities: list[str]) -> list[str]:

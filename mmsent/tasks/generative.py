@@ -36,10 +36,16 @@ from mmsent.models.generative import (
     sample_quality,
     split_embeddings,
 )
-from mmsent.models.rebuilt import weights_digest
+from mmsent.models.weights import weights_digest
 from mmsent.optim import build_param_groups, has_schedules
 from mmsent.tasks.base import BaseTask
-from mmsent.tasks.checkpoints import EncoderFactory, build_encoders, encoder_config
+from mmsent.tasks.checkpoints import (
+    EncoderFactory,
+    build_encoders,
+    encoder_config,
+    modality_paths,
+    reading_once,
+)
 
 GeneratorFactory = Callable[[int], EmbeddingGenerator]
 
@@ -60,12 +66,11 @@ class GenerativeTask(BaseTask):
             concatenated embeddings (in YAML: a ``class_path`` from
             :mod:`mmsent.models.generative` and ``init_args`` without ``data_dim``).
         text_encoder (EncoderFactory | None): Builds the text encoder; None builds the
-            one recorded in ``text_checkpoint``, as in the fusion stage.
+            one recorded in ``encoders["text"]``, as in the fusion stage.
         audio_encoder (EncoderFactory | None): Builds the acoustic encoder, likewise.
         video_encoder (EncoderFactory | None): Builds the video encoder, likewise.
-        text_checkpoint (str | None): The text stage's checkpoint.
-        audio_checkpoint (str | None): The audio stage's checkpoint.
-        video_checkpoint (str | None): The video stage's checkpoint.
+        encoders (dict[str, str | None] | None): Per modality, where its encoder comes
+            from, as in the fusion stage.
         discriminator_steps (int): Discriminator updates per generator update (GAN).
         probe_alpha (float): Ridge penalty of the regressor fitted on real training
             embeddings that scores generated ones.
@@ -77,10 +82,10 @@ class GenerativeTask(BaseTask):
         **kwargs: :class:`BaseTask` arguments (optimizer, param_groups, ...).
     """
 
+    @reading_once()
     def __init__(self, generator: GeneratorFactory, text_encoder: EncoderFactory | None = None,
                  audio_encoder: EncoderFactory | None = None,
-                 video_encoder: EncoderFactory | None = None, text_checkpoint: str | None = None,
-                 audio_checkpoint: str | None = None, video_checkpoint: str | None = None,
+                 video_encoder: EncoderFactory | None = None, encoders: dict[str, str | None] | None = None,
                  discriminator_steps: int = 1, probe_alpha: float = 1.0, quality_seed: int = 0,
                  cache_embeddings: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -91,8 +96,7 @@ class GenerativeTask(BaseTask):
             raise ValueError(f"model.discriminator_steps must be >= 1, got {discriminator_steps}")
         self.save_plain_hyperparameters(ignore=("generator", "text_encoder", "audio_encoder", "video_encoder"))
         factories = {"text": text_encoder, "audio": audio_encoder, "video": video_encoder}
-        checkpoints = {"text": text_checkpoint, "audio": audio_checkpoint, "video": video_checkpoint}
-        self.encoders = build_encoders(factories, checkpoints, self.input_dims)
+        self.encoders = build_encoders(factories, modality_paths(encoders, "model.encoders"), self.input_dims)
         self.encoders.requires_grad_(False)
         self.dims = {m: e.out_dim for m, e in self.encoders.items()}
         self.generator = generator(sum(self.dims.values()))

@@ -11,13 +11,13 @@ from mmsent.data.schema import MODALITIES
 from mmsent.errors import ConfigError
 from mmsent.models.fusion import RegressionHead
 from mmsent.tasks.base import BaseTask
-from mmsent.tasks.checkpoints import encoder_config, load_unimodal
+from mmsent.tasks.checkpoints import encoder_config, load_unimodal, modality_paths
 
 
 class UnimodalTask(BaseTask):
     """An encoder and a regression head, trained on one modality.
 
-    With ``fixed_<m>_checkpoint`` set for other modalities, the stage refits its
+    With ``fixed`` naming other modalities' stages, the stage refits its
     modality on what the others leave unexplained (one backfitting step of an additive
     model): those stages' models are loaded, frozen, and their predictions added to
     this model's, so the loss, the metrics and ``predictions.csv`` are those of the
@@ -31,17 +31,13 @@ class UnimodalTask(BaseTask):
             (in YAML: a ``class_path`` and ``init_args`` without ``input_dim``).
         head_hidden (int): Hidden size of the head; 0 for linear.
         head_dropout (float): Dropout in the head.
-        fixed_text_checkpoint (str | None): A text stage's checkpoint whose
-            predictions are held fixed and added (not for the text stage itself).
-        fixed_audio_checkpoint (str | None): The same for an audio stage.
-        fixed_video_checkpoint (str | None): The same for a video stage.
+        fixed (dict[str, str | None] | None): Per other modality, a unimodal stage's
+            checkpoint whose predictions are held fixed and added.
         **kwargs: :class:`BaseTask` arguments (loss, optimizer, ...).
     """
 
     def __init__(self, modality: str, encoder: Callable[[int], nn.Module], head_hidden: int = 0,
-                 head_dropout: float = 0.0, fixed_text_checkpoint: str | None = None,
-                 fixed_audio_checkpoint: str | None = None, fixed_video_checkpoint: str | None = None,
-                 **kwargs) -> None:
+                 head_dropout: float = 0.0, fixed: dict[str, str | None] | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         if modality not in MODALITIES:
             raise ValueError(f"model.modality must be one of {MODALITIES}, got {modality!r}")
@@ -53,16 +49,13 @@ class UnimodalTask(BaseTask):
         self.encoder = encoder(self.input_dims[modality])
         self.head = RegressionHead(self.encoder.out_dim, head_hidden, head_dropout)
         self.start_head(self.head)
-        self.fixed = self._load_fixed({"text": fixed_text_checkpoint, "audio": fixed_audio_checkpoint,
-                                       "video": fixed_video_checkpoint})
+        self.fixed = self._load_fixed(modality_paths(fixed, "model.fixed"))
         self.param_groups()
 
-    def _load_fixed(self, paths: dict[str, str | None]) -> nn.ModuleDict:
+    def _load_fixed(self, paths: dict[str, str]) -> nn.ModuleDict:
         fixed = nn.ModuleDict()
         for name, path in paths.items():
-            if not path:
-                continue
-            key = f"model.fixed_{name}_checkpoint"
+            key = f"model.fixed.{name}"
             if name == self.modality:
                 raise ConfigError(f"{key} is set, but this stage trains the {name} model itself; "
                                   "fix only other modalities' stages")

@@ -1,16 +1,77 @@
-"""Weights a checkpoint leaves out and rebuilds from the configuration, and the
-hashes that recognize weights (a frozen pretrained table, a generator's encoders).
+"""Weight files: the one reader of saved tensors, the frozen weights a save leaves out
+and rebuilds from the configuration, and the hashes that recognize weights (a frozen
+pretrained table, a generator's encoders).
+
+Every file of weights mmsent reads goes through :func:`read_weights_file`: a
+``.safetensors`` file holds tensors only, and any other file is read by ``torch.load``
+with ``weights_only=True`` given explicitly; torch honours an explicit value whatever
+``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says, so a file replaced by a malicious pickle is
+refused instead of run.
 """
 
 from __future__ import annotations
 
 import hashlib
+import pickle
+import zipfile
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
-from mmsent.errors import ConfigError
+from mmsent.errors import ConfigError, MissingFileError
+
+ZIP_SIGNATURE = b"PK\x03\x04"
+
+
+def read_weights_file(path: str | Path, what: str, kind: str = "checkpoint") -> object:
+    """Reads a file of tensors and plain data, never code.
+
+    Args:
+        path (str | Path): A ``.safetensors`` file, or a file ``torch.save`` wrote.
+        what (str): The config key that named it, for messages.
+        kind (str): What the file is to the caller (``checkpoint``, ``weights file``),
+            for messages.
+
+    Returns:
+        object: What the file holds, on the CPU.
+
+    Raises:
+        MissingFileError: If the file does not exist.
+        ConfigError: If the file holds objects other than tensors and plain data
+            (refused), or is truncated or corrupt; naming the key and the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{what}: {kind} {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if _cut_inside_zip_signature(path):
+            raise ConfigError(f"{what}: {kind} {path} is unreadable, truncated or corrupt "
+                              f"(cut to {path.stat().st_size} bytes)") from None
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"{what}: {kind} {path} refused: it holds objects other than tensors "
+                          f"and plain data, which mmsent never loads ({reason})") from error
+    # torch's zip reader fails with EINVAL on a file cut a few kB after its start.
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, SafetensorError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"{what}: {kind} {path} is unreadable, truncated or corrupt "
+                          f"({reason})") from error
+
+
+def _cut_inside_zip_signature(path: Path) -> bool:
+    # torch reads a file as a zip archive (every checkpoint since torch 1.6) only once
+    # its whole 4-byte signature is there; a shorter cut goes to the pickle reader,
+    # whose refusal would otherwise read as a checkpoint that is not one.
+    with path.open("rb") as stream:
+        head = stream.read(len(ZIP_SIGNATURE))
+    return len(head) < len(ZIP_SIGNATURE) and ZIP_SIGNATURE.startswith(head)
 
 
 def tensor_digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
