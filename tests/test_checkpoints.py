@@ -279,8 +279,9 @@ def test_a_stage_reads_each_file_it_names_once(unimodal, tmp_path, monkeypatch):
                             head_from="text", fusion=GatedResidualFusion, input_dims=INPUT_DIMS), tmp_path / "fused.ckpt")
     read, reader = [], checkpoint_io.read_weights_file
     monkeypatch.setattr(checkpoint_io, "read_weights_file", lambda path, what: read.append(path) or reader(path, what))
+    # Encoders from text.ckpt and the refit, the head from audio.ckpt.
     FusionTask(encoders={"text": unimodal["text"], "audio": refit}, unimodal={"audio": unimodal["audio"]},
-               head_from="text", fusion=GatedResidualFusion, input_dims=INPUT_DIMS)
+               head_from="audio", fusion=GatedResidualFusion, input_dims=INPUT_DIMS)
     assert sorted(read) == sorted([unimodal["text"], refit, unimodal["audio"]])
     read.clear()
     FusionTask(init_checkpoint=fused, fusion=GatedResidualFusion, input_dims=INPUT_DIMS)

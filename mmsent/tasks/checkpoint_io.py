@@ -95,7 +95,7 @@ def _read_model_folder(folder: Path, what: str) -> dict:
                                                       .get("hidden_dim", 0)},
             META_KEY: {"task": "fusion", "encoder_configs": encoders, "fusion_config": config["fusion"],
                        "head_config": config["head"], "rebuilt": omitted,
-                       "unimodal": {"scores": {}, "checkpoints": {}, "head_modality": primary}}}
+                       "unimodal": {"head_modality": primary}}}
 
 
 def current_hyperparameters(saved: dict) -> dict:
