@@ -1,6 +1,7 @@
 """The one LightningCLI, run in-process with tiny configs."""
 
 import csv as csv_module
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,9 +9,11 @@ import yaml
 from helpers import data_args
 from pytorch_lightning.callbacks import LearningRateMonitor
 
-from mmsent.cli import build_cli
+from mmsent.cli import MMSentCLI, build_cli
+from mmsent.data.datamodule import MultimodalDataModule
 from mmsent.errors import ConfigError, MissingFileError, user_error
 from mmsent.main import main
+from mmsent.tasks.base import BaseTask
 
 QUICKSTART = "pipelines/quickstart"
 STAGE_CONFIGS = {
@@ -56,6 +59,33 @@ def test_fusion_validate_test_predict_from_unimodal_checkpoints(tiny_data_args, 
             assert torch.equal(fused_state["model.encoders.text." + key[len("encoder."):]], value)
     for command in ("validate", "test", "predict"):
         main([command, *args, f"--ckpt_path={fused}"])
+
+
+class Parsed(Exception):
+    """Carries the configuration a CLI parsed, before it builds anything."""
+
+
+class ParseOnlyCLI(MMSentCLI):
+    def instantiate_classes(self) -> None:
+        raise Parsed(self.config)
+
+
+def test_ckpt_path_of_a_checkpoint_from_before_encoders_gives_its_arguments_under_todays_names(tmp_path):
+    checkpoint = torch.load(Path(__file__).parent / "data" / "checkpoints_53a6aae" / "fused.ckpt", weights_only=True)
+    # What LightningCLI adds to the hyperparameters of a model it built.
+    checkpoint["hyper_parameters"].update(_class_path="mmsent.tasks.FusionTask",
+                                          _instantiator="pytorch_lightning.cli.instantiate_module")
+    torch.save(checkpoint, tmp_path / "fused.ckpt")
+    args = ["test", "-c", f"{QUICKSTART}/4_fusion.yaml", "-c", "tests/conf/tiny_data.yaml",
+            f"--ckpt_path={tmp_path / 'fused.ckpt'}"]
+    with pytest.raises(Parsed) as parsed:
+        ParseOnlyCLI(BaseTask, MultimodalDataModule, subclass_mode_model=True, auto_configure_optimizers=False,
+                     parser_kwargs={"exit_on_error": False}, args=args)
+    config = parsed.value.args[0].test
+    assert config.model.init_args.encoders == {"text": "text.ckpt", "audio": "audio_backfit.ckpt"}
+    assert config.model.init_args.unimodal == {"audio": "audio.ckpt"}
+    assert not config.model.get("dict_kwargs"), "no argument under its old name is left to pass"
+    assert config.ckpt_path == str(tmp_path / "fused.ckpt")  # still there for Lightning to load the weights from
 
 
 def test_checkpoints_leave_the_frozen_pretrained_table_out_and_loading_checks_it(
