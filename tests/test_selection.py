@@ -2,6 +2,7 @@
 
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
@@ -12,6 +13,7 @@ from torch.utils.data import DataLoader
 from mmsent.models import AcousticMLPEncoder, TextLSTMEncoder
 from mmsent.models.fusion import ConcatFusion, GatedResidualFusion, RegressionHead
 from mmsent.models.late_fusion import LateFusionModel
+from mmsent.pipeline.runner import unimodal_figures
 from mmsent.selection import (
     Selection,
     bootstrap_p_value,
@@ -261,3 +263,17 @@ def test_the_start_kept_for_the_test_leaves_frozen_weights_out():
     assert start and not any(key.startswith("model.encoders.text.") for key in start)
     assert "model.active" in start and "model.head.net.0.weight" in start
     assert starting_weights(task, Selection()) is None, "no start kept when no test needs it"
+
+
+def test_the_unimodal_figures_are_those_of_the_stages_a_fused_stage_names_unimodal_else_encoders():
+    stages = {"fusion": SimpleNamespace(checkpoints={"model.init_args.encoders.text": "text_backfit",
+                                                     "model.init_args.unimodal.text": "text",
+                                                     "model.init_args.encoders.audio": "audio"}),
+              "finetune": SimpleNamespace(checkpoints={"model.init_args.init_checkpoint": "fusion"})}
+    val_mae = {"text": 1.0, "text_backfit": 0.5, "audio": 2.0, "fusion": 0.1}
+    pipeline = SimpleNamespace(stage=stages.__getitem__)
+    manifest = SimpleNamespace(stage=lambda name: {"metrics": {"val": {"MAE": val_mae[name]}},
+                                                   "best_checkpoint": f"{name}.ckpt"})
+    expected = {"text": {"val_MAE": 1.0, "checkpoint": "text.ckpt"}, "audio": {"val_MAE": 2.0, "checkpoint": "audio.ckpt"}}
+    assert unimodal_figures(pipeline, stages["fusion"], manifest) == expected
+    assert unimodal_figures(pipeline, stages["finetune"], manifest) == expected
