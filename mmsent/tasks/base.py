@@ -18,7 +18,7 @@ from torchmetrics.aggregation import CatMetric
 
 from mmsent.data.schema import MODALITIES
 from mmsent.errors import NonFiniteError
-from mmsent.metrics import BatchMean, baseline_metrics, split_metrics
+from mmsent.metrics import baseline_metrics, sentiment_metrics
 from mmsent.models.rebuilt import fill_rebuilt, omit_rebuilt
 from mmsent.optim import build_param_groups, has_schedules, has_step_warmup, per_group_scheduler
 from mmsent.regularization import Regularizer
@@ -67,12 +67,13 @@ class BaseTask(pl.LightningModule):
         self.scheduler_factory = lr_scheduler
         self.group_settings = param_groups
         self.regularizer = regularizer
-        self.metrics = nn.ModuleDict({stage: split_metrics(stage) for stage in STAGES})
-        # Gathered over the processes like the metrics, so that the loss, the best
-        # achievable error and the baselines are those of the whole split too.
-        self.losses = nn.ModuleDict({stage: BatchMean() for stage in STAGES})
+        self.metrics = nn.ModuleDict({stage: sentiment_metrics(f"{stage}/") for stage in STAGES})
+        # Gathered over the processes like the metrics, so that the best achievable error
+        # and the baselines are those of the whole split too; they depend on the data
+        # alone, so each split's are computed once per fit, validate or test.
         self.best_errors = nn.ModuleDict({stage: CatMetric(nan_strategy="disable") for stage in STAGES})
         self.targets = nn.ModuleDict({stage: CatMetric(nan_strategy="disable") for stage in STAGES})
+        self.split_statistics: dict[str, dict[str, float]] = {}
 
     @property
     def label_center(self) -> float | None:
@@ -219,11 +220,15 @@ class BaseTask(pl.LightningModule):
 
     def _evaluate(self, batch: dict, stage: str, preds: torch.Tensor | None = None) -> torch.Tensor:
         preds = self(batch) if preds is None else preds
-        self.losses[stage].update(self.loss_fn(preds, batch["label"]), len(preds))
+        self.log(f"{stage}/loss", self.loss_fn(preds, batch["label"]), batch_size=len(preds), sync_dist=True)
         self.metrics[stage].update(preds, batch["label"])
-        self.best_errors[stage].update((batch["label"] - batch["clean_label"]).abs())
-        self.targets[stage].update(batch["label"].detach())
+        if stage not in self.split_statistics:
+            self.best_errors[stage].update((batch["label"] - batch["clean_label"]).abs())
+            self.targets[stage].update(batch["label"].detach())
         return preds
+
+    def setup(self, stage: str) -> None:
+        self.split_statistics = {}
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics("val")
@@ -235,19 +240,26 @@ class BaseTask(pl.LightningModule):
         for name, value in self.metrics[stage].compute().items():
             self.log_gathered(name, value, prog_bar=name in (f"{stage}/MAE", f"{stage}/Corr"))
         self.metrics[stage].reset()
-        if not self.targets[stage].update_called:
-            return
-        self.log_gathered(f"{stage}/loss", self.losses[stage].compute())
-        self.losses[stage].reset()
+        for name, value in self._split_statistics(stage).items():
+            self.log_gathered(name, value)
+
+    def _split_statistics(self, stage: str) -> dict[str, float]:
+        """The split's best achievable error and its baselines, from the first epoch
+        that sees all of it (not Lightning's sanity check of a few batches)."""
+        if stage in self.split_statistics or not self.targets[stage].update_called:
+            return self.split_statistics.get(stage, {})
+        statistics = {}
         best = self.best_errors[stage].compute().mean().item()
         if math.isfinite(best):
-            self.log_gathered(f"{stage}/best_achievable_MAE", best)
-        targets = self.targets[stage].compute()
+            statistics[f"{stage}/best_achievable_MAE"] = best
+        if self.label_statistics is not None:
+            baselines = baseline_metrics(self.label_statistics, self.targets[stage].compute())
+            statistics.update({f"{stage}/baseline/{name}": value for name, value in baselines.items()})
         self.best_errors[stage].reset()
         self.targets[stage].reset()
-        if self.label_statistics is not None:
-            for name, value in baseline_metrics(self.label_statistics, targets).items():
-                self.log_gathered(f"{stage}/baseline/{name}", value)
+        if not self.trainer.sanity_checking:
+            self.split_statistics[stage] = statistics
+        return statistics
 
     def log_gathered(self, name: str, value: float | torch.Tensor, prog_bar: bool = False) -> None:
         """Logs an epoch value computed from states gathered over every process.

@@ -12,7 +12,7 @@ from torch import nn
 
 from mmsent.data.schema import MODALITIES
 from mmsent.errors import ConfigError
-from mmsent.metrics import SentimentMetrics
+from mmsent.metrics import sentiment_metrics
 from mmsent.models.config import module_config
 from mmsent.models.fusion import ConcatFusion, RegressionHead
 from mmsent.models.generative import SCORE_MODES, sample_embeddings
@@ -138,7 +138,7 @@ class FusionTask(BaseTask):
         for modality in self.frozen:
             self.model.encoders[modality].requires_grad_(False)
         # Otherwise each encoder keeps what its own config froze (e.g. freeze_embeddings).
-        self.ablation = nn.ModuleDict({m: SentimentMetrics() for m in encoders})
+        self.ablation = nn.ModuleDict({m: sentiment_metrics() for m in encoders})
         self.generated_ratio = generated_ratio
         self.generated_scores = generated_scores
         self.generator = self._load_generator(generator_checkpoint)
@@ -265,7 +265,7 @@ class FusionTask(BaseTask):
             metric.update(self.model.predict_from_embeddings(embeddings, ablated), batch["label"])
 
     def on_test_epoch_end(self) -> None:
-        full_mae = self.metrics["test"].compute()["test/MAE"]
+        full_mae = self.metrics["test"]["MAE"].compute()
         super().on_test_epoch_end()
         for modality, metric in self.ablation.items():
             without = metric.compute()
