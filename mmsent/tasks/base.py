@@ -9,21 +9,30 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Literal
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from pytorch_lightning.cli import OptimizerCallable
 from torch import nn
 from torchmetrics.aggregation import CatMetric
 
 from mmsent.data.schema import MODALITIES
-from mmsent.errors import NonFiniteError
+from mmsent.errors import NonFiniteError, check_choice
 from mmsent.metrics import baseline_metrics, sentiment_metrics
 from mmsent.models.rebuilt import fill_rebuilt, omit_rebuilt
-from mmsent.optim import build_param_groups, has_schedules, has_step_warmup, per_group_scheduler
+from mmsent.optim import (
+    ParamGroup,
+    build_param_groups,
+    has_schedules,
+    has_step_warmup,
+    per_group_scheduler,
+    plain_groups,
+)
 from mmsent.regularization import Regularizer
 from mmsent.tasks.checkpoints import META_KEY
 
+Loss = Literal["l1", "mse", "huber"]
 LOSSES = {"l1": nn.functional.l1_loss, "mse": nn.functional.mse_loss,
           "huber": nn.functional.smooth_l1_loss}
 STAGES = ("val", "test")
@@ -41,31 +50,27 @@ class BaseTask(pl.LightningModule):
             ``mse``), and every validation and test epoch also logs the trivial
             predictors' metrics (``<split>/baseline/<metric>``). None: heads start at
             0 and no baseline is logged.
-        loss (str): ``"l1"`` (the field's default), ``"mse"`` or ``"huber"``.
+        loss (Loss): ``"l1"`` (the field's default), ``"mse"`` or ``"huber"``.
         optimizer (OptimizerCallable): Builds the optimizer from parameter groups.
-        lr_scheduler (LRSchedulerCallable | None): Builds a scheduler for the whole
-            optimizer; ignored when ``param_groups`` set per-group schedules.
-        param_groups (dict[str, dict] | None): Per part (see :meth:`parameter_parts`),
-            its own ``lr``, ``weight_decay``, ``momentum`` and ``schedule``.
+        param_groups (dict[str, ParamGroup] | None): Per part (see :meth:`parameter_parts`),
+            its own ``lr``, ``weight_decay``, ``momentum`` and ``schedule`` (a cosine
+            schedule's length defaults to the trainer's ``max_epochs``).
         regularizer (Regularizer | None): A weight penalty added to the training loss.
     """
 
     def __init__(self, input_dims: dict[str, int] | None = None,
-                 label_statistics: dict[str, float] | None = None, loss: str = "l1",
+                 label_statistics: dict[str, float] | None = None, loss: Loss = "l1",
                  optimizer: OptimizerCallable = torch.optim.Adam,
-                 lr_scheduler: LRSchedulerCallable | None = None,
-                 param_groups: dict[str, dict] | None = None,
+                 param_groups: dict[str, ParamGroup] | None = None,
                  regularizer: Regularizer | None = None) -> None:
         super().__init__()
-        if loss not in LOSSES:
-            raise ValueError(f"model.loss must be one of {sorted(LOSSES)}, got {loss!r}")
+        check_choice("model.loss", loss, Loss)
         self.input_dims = dict(input_dims or {})
         self.label_statistics = dict(label_statistics) if label_statistics else None
         self.loss_name = loss
         self.loss_fn = LOSSES[loss]
         self.optimizer_factory = optimizer
-        self.scheduler_factory = lr_scheduler
-        self.group_settings = param_groups
+        self.group_settings = plain_groups(param_groups)
         self.regularizer = regularizer
         self.metrics = nn.ModuleDict({stage: sentiment_metrics(f"{stage}/") for stage in STAGES})
         # Gathered over the processes like the metrics, so that the best achievable error
@@ -99,7 +104,9 @@ class BaseTask(pl.LightningModule):
         Args:
             ignore (tuple[str, ...]): Further argument names to leave out.
         """
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "regularizer", *ignore])
+        self.save_hyperparameters(ignore=["optimizer", "regularizer", *ignore])
+        if self.group_settings is not None:
+            self.hparams["param_groups"] = self.group_settings
 
     def parameter_parts(self) -> dict[str, nn.Module]:
         """dict[str, nn.Module]: Named parts that get one optimizer group each."""
@@ -295,19 +302,12 @@ class BaseTask(pl.LightningModule):
         if not groups:
             raise ValueError("no trainable parameter: every part of the model is frozen")
         optimizer = self.optimizer_factory(groups)
-        interval = "epoch"
-        if has_schedules(self.group_settings):
-            steps = self._steps_per_epoch() if has_step_warmup(self.group_settings) else None
-            scheduler = per_group_scheduler(optimizer, self.group_settings, steps)
-            interval = "step" if steps else "epoch"
-        elif self.scheduler_factory is not None:
-            scheduler = self.scheduler_factory(optimizer)
-        else:
+        if not has_schedules(self.group_settings):
             return optimizer
-        config = {"scheduler": scheduler, "interval": interval}
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            config["monitor"] = "val/MAE"
-        return {"optimizer": optimizer, "lr_scheduler": config}
+        steps = self._steps_per_epoch() if has_step_warmup(self.group_settings) else None
+        max_epochs = self.trainer.max_epochs if (self.trainer.max_epochs or 0) > 0 else None
+        scheduler = per_group_scheduler(optimizer, self.group_settings, steps, max_epochs)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step" if steps else "epoch"}}
 
     def _steps_per_epoch(self) -> int:
         self.trainer.estimated_stepping_batches  # noqa: B018 (sets up the training data)

@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 from mmsent.data.schema import MODALITIES
-from mmsent.errors import ConfigError
+from mmsent.errors import ConfigError, check_choice
 from mmsent.metrics import sentiment_metrics
 from mmsent.models.config import module_config
 from mmsent.models.fusion import ConcatFusion, RegressionHead
-from mmsent.models.generative import SCORE_MODES, sample_embeddings
+from mmsent.models.generative import ScoreMode, sample_embeddings
 from mmsent.models.late_fusion import LateFusionModel
 from mmsent.tasks.base import BaseTask
 from mmsent.tasks.checkpoints import (
@@ -93,7 +93,7 @@ class FusionTask(BaseTask):
         generator_checkpoint (str | None): A generative stage's checkpoint; needs
             ``freeze_encoders``, since its samples live in the frozen encoders' space.
         generated_ratio (float): Generated samples per real sample in training.
-        generated_scores (str): Scores the samples are conditioned on: ``"train"``
+        generated_scores (ScoreMode): Scores the samples are conditioned on: ``"train"``
             (drawn from the batch's labels, i.e. the training distribution) or
             ``"uniform"`` (uniform in [-3, 3]).
         **kwargs: :class:`BaseTask` arguments (loss, optimizer, param_groups, ...).
@@ -110,7 +110,7 @@ class FusionTask(BaseTask):
                  head_from: str | None = None, freeze_encoders: bool | list[str] = True,
                  modality_dropout: float = 0.0,
                  generator_checkpoint: str | None = None, generated_ratio: float = 0.0,
-                 generated_scores: str = "train", **kwargs) -> None:
+                 generated_scores: ScoreMode = "train", **kwargs) -> None:
         super().__init__(**kwargs)
         self.save_plain_hyperparameters(ignore=("text_encoder", "audio_encoder", "video_encoder", "fusion"))
         factories = {"text": text_encoder, "audio": audio_encoder, "video": video_encoder}
@@ -150,8 +150,7 @@ class FusionTask(BaseTask):
     def _load_generator(self, path: str | None) -> nn.Module | None:
         if self.generated_ratio < 0:
             raise ValueError(f"model.generated_ratio must be >= 0, got {self.generated_ratio}")
-        if self.generated_scores not in SCORE_MODES:
-            raise ValueError(f"model.generated_scores must be one of {SCORE_MODES}, got {self.generated_scores!r}")
+        check_choice("model.generated_scores", self.generated_scores, ScoreMode)
         if not path:
             if self.generated_ratio > 0:
                 raise ValueError("model.generated_ratio > 0 needs model.generator_checkpoint")
