@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, is_dataclass
 from typing import Literal
 
+from jsonargparse import ArgumentError, ArgumentParser
 from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt, restricted_number_type
 from torch import nn
 from torch.optim import Optimizer
@@ -86,21 +87,25 @@ def plain_groups(settings: dict[str, ParamGroup | dict] | None) -> dict[str, dic
         a dict too.
 
     Raises:
-        ValueError: If a dict holds a key :class:`ParamGroup` or :class:`Schedule` lacks,
-            naming the group.
+        ValueError: If a dict does not fit :class:`ParamGroup` (an unknown key, a
+            negative learning rate...), naming the group and the key.
     """
     if settings is None:
         return None
     plain = {}
     for name, group in settings.items():
-        if not is_dataclass(group):
-            try:
-                schedule = group.get("schedule")
-                group = ParamGroup(**{**group, "schedule": Schedule(**schedule) if isinstance(schedule, dict) else schedule})
-            except TypeError as error:
-                raise ValueError(f"param_groups.{name}: {error}") from None
-        plain[name] = _set_keys(asdict(group))
+        plain[name] = _set_keys(asdict(group if is_dataclass(group) else _parsed(name, group)))
     return plain
+
+
+def _parsed(name: str, group: dict) -> ParamGroup:
+    # A dict from Python or a checkpoint is checked as the command line checks its YAML.
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument(f"--{name}", type=ParamGroup)
+    try:
+        return parser.instantiate(parser.parse_object({name: group}))[name]
+    except ArgumentError as error:
+        raise ValueError(f"param_groups: {' '.join(str(error).split())}") from None
 
 
 def _set_keys(options: dict) -> dict:

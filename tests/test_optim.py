@@ -49,8 +49,10 @@ def test_numbers_given_as_strings_on_the_command_line_are_converted():
 
 @pytest.mark.parametrize(("settings", "message"), [
     ({"audio": {"lr": 0.1}}, r"unknown group\(s\) \['audio'\]"),
-    ({"text": {"learning_rate": 0.1}}, r"param_groups.text: .*unexpected keyword argument 'learning_rate'"),
-    ({"text": {"schedule": {"name": "cosine", "length": 3}}}, r"param_groups.text: .*unexpected keyword argument 'length'"),
+    ({"text": {"learning_rate": 0.1}}, r"param_groups: Group 'text' does not accept option 'learning_rate'"),
+    ({"text": {"schedule": {"name": "cosine", "length": 3}}},
+     r"param_groups: Parser key \"text.schedule\".*Option 'length' is not accepted"),
+    ({"text": {"lr": "fast"}}, r"param_groups: Parser key \"text.lr\".*FiniteNonNegativeFloat"),
 ])
 def test_bad_settings_name_the_key(settings, message):
     with pytest.raises(ValueError, match=message):

@@ -26,7 +26,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-SPLITS: tuple[str, ...] = ("train", "valid", "test")
+Split = Literal["train", "valid", "test"]
+SPLITS: tuple[str, ...] = get_args(Split)
 Modality = Literal["text", "audio", "video"]
 MODALITIES: tuple[str, ...] = get_args(Modality)
 LABEL_RANGE: tuple[float, float] = (-3.0, 3.0)

@@ -305,8 +305,8 @@ class BaseTask(pl.LightningModule):
         if not has_schedules(self.group_settings):
             return optimizer
         steps = self._steps_per_epoch() if has_step_warmup(self.group_settings) else None
-        max_epochs = self.trainer.max_epochs if (self.trainer.max_epochs or 0) > 0 else None
-        scheduler = per_group_scheduler(optimizer, self.group_settings, steps, max_epochs)
+        epochs = getattr(self._trainer, "max_epochs", None)  # -1 or None: unbounded
+        scheduler = per_group_scheduler(optimizer, self.group_settings, steps, epochs if (epochs or 0) > 0 else None)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step" if steps else "epoch"}}
 
     def _steps_per_epoch(self) -> int:
