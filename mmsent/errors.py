@@ -85,19 +85,16 @@ def user_error(error: BaseException) -> BaseException:
 
 
 def check_choice(key: str, value: object, choices: object) -> None:
-    """Refuses a value its ``Literal`` type does not allow.
-
-    The command line refuses it as it parses (jsonargparse checks the type); this is
-    for a class built from Python or from a model folder's record.
+    """Refuses a value outside its ``Literal`` type, for a class built from Python or
+    from a model folder's record (the command line refuses it as it parses).
 
     Args:
         key (str): The setting, for the message.
         value (object): Its value.
-        choices (object): The ``Literal[...]`` type of the setting.
+        choices (object): The setting's ``Literal[...]`` type.
 
     Raises:
         ConfigError: Naming the key, the allowed values and the value.
     """
-    allowed = typing.get_args(choices)
-    if value not in allowed:
-        raise ConfigError(f"{key} must be one of {list(allowed)}, got {value!r}")
+    if value not in typing.get_args(choices):
+        raise ConfigError(f"{key} must be one of {list(typing.get_args(choices))}, got {value!r}")

@@ -92,10 +92,8 @@ def plain_groups(settings: dict[str, ParamGroup | dict] | None) -> dict[str, dic
     """
     if settings is None:
         return None
-    plain = {}
-    for name, group in settings.items():
-        plain[name] = _set_keys(asdict(group if is_dataclass(group) else _parsed(name, group)))
-    return plain
+    return {name: _plain(asdict(group if is_dataclass(group) else _parsed(name, group)))
+            for name, group in settings.items()}
 
 
 def _parsed(name: str, group: dict) -> ParamGroup:
@@ -108,13 +106,14 @@ def _parsed(name: str, group: dict) -> ParamGroup:
         raise ValueError(f"param_groups: {' '.join(str(error).split())}") from None
 
 
-def _set_keys(options: dict) -> dict:
+def _plain(value):
     # jsonargparse's checked numbers are subclasses of int and float, which checkpoints
     # loaded with weights_only cannot hold.
-    kinds = (bool, int, float)
-    return {key: _set_keys(value) if isinstance(value, dict) else
-            next(kind(value) for kind in kinds if isinstance(value, kind)) if isinstance(value, kinds) else value
-            for key, value in options.items() if value is not None}
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items() if item is not None}
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return (float if isinstance(value, float) else int)(value)
+    return value
 
 
 def build_param_groups(parts: dict[str, nn.Module], settings: dict[str, ParamGroup | dict] | None,

@@ -17,18 +17,11 @@ from pytorch_lightning.cli import OptimizerCallable
 from torch import nn
 from torchmetrics.aggregation import CatMetric
 
+from mmsent import optim
 from mmsent.data.schema import MODALITIES
 from mmsent.errors import NonFiniteError, check_choice
 from mmsent.metrics import baseline_metrics, sentiment_metrics
 from mmsent.models.rebuilt import fill_rebuilt, omit_rebuilt
-from mmsent.optim import (
-    ParamGroup,
-    build_param_groups,
-    has_schedules,
-    has_step_warmup,
-    per_group_scheduler,
-    plain_groups,
-)
 from mmsent.regularization import Regularizer
 from mmsent.tasks.checkpoints import META_KEY
 
@@ -61,7 +54,7 @@ class BaseTask(pl.LightningModule):
     def __init__(self, input_dims: dict[str, int] | None = None,
                  label_statistics: dict[str, float] | None = None, loss: Loss = "l1",
                  optimizer: OptimizerCallable = torch.optim.Adam,
-                 param_groups: dict[str, ParamGroup] | None = None,
+                 param_groups: dict[str, optim.ParamGroup] | None = None,
                  regularizer: Regularizer | None = None) -> None:
         super().__init__()
         check_choice("model.loss", loss, Loss)
@@ -70,7 +63,7 @@ class BaseTask(pl.LightningModule):
         self.loss_name = loss
         self.loss_fn = LOSSES[loss]
         self.optimizer_factory = optimizer
-        self.group_settings = plain_groups(param_groups)
+        self.group_settings = optim.plain_groups(param_groups)
         self.regularizer = regularizer
         self.metrics = nn.ModuleDict({stage: sentiment_metrics(f"{stage}/") for stage in STAGES})
         # Gathered over the processes like the metrics, so that the best achievable error
@@ -124,7 +117,7 @@ class BaseTask(pl.LightningModule):
         """
         if self.regularizer is not None:
             self.regularizer.check_fits(self)
-        return build_param_groups(self.parameter_parts(), self.group_settings, optional=MODALITIES)
+        return optim.build_param_groups(self.parameter_parts(), self.group_settings, optional=MODALITIES)
 
     def compute_loss(self, batch: dict, loss_fn: Callable | None = None) -> torch.Tensor:
         """The training objective on one batch (used by diagnostics too).
@@ -302,11 +295,12 @@ class BaseTask(pl.LightningModule):
         if not groups:
             raise ValueError("no trainable parameter: every part of the model is frozen")
         optimizer = self.optimizer_factory(groups)
-        if not has_schedules(self.group_settings):
+        if not optim.has_schedules(self.group_settings):
             return optimizer
-        steps = self._steps_per_epoch() if has_step_warmup(self.group_settings) else None
-        epochs = getattr(self._trainer, "max_epochs", None)  # -1 or None: unbounded
-        scheduler = per_group_scheduler(optimizer, self.group_settings, steps, epochs if (epochs or 0) > 0 else None)
+        steps = self._steps_per_epoch() if optim.has_step_warmup(self.group_settings) else None
+        epochs = getattr(self._trainer, "max_epochs", None)
+        epochs = epochs if (epochs or 0) > 0 else None  # -1 or None: unbounded
+        scheduler = optim.per_group_scheduler(optimizer, self.group_settings, steps, epochs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step" if steps else "epoch"}}
 
     def _steps_per_epoch(self) -> int:
