@@ -129,3 +129,17 @@ def test_extends_errors_name_the_files(tmp_path):
             load_pipeline(write(tmp_path / "bad.yaml", spec))
     with pytest.raises(MissingFileError, match=r"pipeline file .*absent.yaml does not exist"):
         load_pipeline(tmp_path / "absent.yaml")
+
+
+def test_a_stage_config_adds_to_the_base_callbacks_with_callbacks_plus():
+    from mmsent.cli import check_config
+
+    def callbacks(*configs: str) -> list[tuple[str, dict]]:
+        parsed = check_config([arg for config in configs for arg in ("-c", str(PIPELINES / "mosi" / config))])
+        return [(c.class_path.rsplit(".", 1)[1], dict(c.init_args)) for c in parsed.trainer.callbacks]
+
+    (base,) = callbacks("base.yaml")
+    fusion = callbacks("base.yaml", "3_fusion.yaml")
+    assert [name for name, _ in fusion] == ["EarlyStopping", "ModalitySelection"] and fusion[0] == base
+    assert callbacks("base.yaml", "3_fusion.yaml", "4_finetune.yaml") == fusion
+    assert base[1]["patience"] == 8 and base[1]["monitor"] == "val/MAE"
