@@ -83,18 +83,18 @@ class _WholeSplit(Metric):
 class MeanAbsoluteError(_WholeSplit):
     """The mean absolute error over the epoch (the checkpoints' criterion as ``val/MAE``)."""
 
-    def compute(self) -> float:
-        """float: The mean of ``|pred - target|``."""
+    def compute(self) -> torch.Tensor:
+        """torch.Tensor: The mean of ``|pred - target|``."""
         preds, targets = self.scores()
-        return float((preds - targets).abs().mean())
+        return (preds - targets).abs().mean()
 
 
 class PearsonCorrelation(_WholeSplit):
     """The Pearson correlation over the epoch, 0 when either side is constant (:func:`pearson`)."""
 
-    def compute(self) -> float:
-        """float: The correlation coefficient."""
-        return pearson(*self.scores())
+    def compute(self) -> torch.Tensor:
+        """torch.Tensor: The correlation coefficient (float32, as Lightning logs a float)."""
+        return torch.tensor(pearson(*self.scores()))
 
 
 def _has0(scores: torch.Tensor) -> torch.Tensor:

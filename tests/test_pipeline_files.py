@@ -138,7 +138,7 @@ def test_a_stage_config_adds_to_the_base_callbacks_with_callbacks_plus():
         parsed = check_config([arg for config in configs for arg in ("-c", str(PIPELINES / "mosi" / config))])
         return [(c.class_path.rsplit(".", 1)[1], dict(c.init_args)) for c in parsed.trainer.callbacks]
 
-    (base,) = callbacks("base.yaml")
+    (base,) = callbacks("base.yaml", "1_text.yaml")
     fusion = callbacks("base.yaml", "3_fusion.yaml")
     assert [name for name, _ in fusion] == ["EarlyStopping", "ModalitySelection"] and fusion[0] == base
     assert callbacks("base.yaml", "3_fusion.yaml", "4_finetune.yaml") == fusion

@@ -222,6 +222,9 @@ class BaseTask(pl.LightningModule):
         preds = self(batch) if preds is None else preds
         self.log(f"{stage}/loss", self.loss_fn(preds, batch["label"]), batch_size=len(preds), sync_dist=True)
         self.metrics[stage].update(preds, batch["label"])
+        # Lightning computes, gathers and resets them at the end of the epoch.
+        for name, metric in self.metrics[stage].items(copy_state=False):
+            self.log(name, metric, prog_bar=name in (f"{stage}/MAE", f"{stage}/Corr"))
         if stage not in self.split_statistics:
             self.best_errors[stage].update((batch["label"] - batch["clean_label"]).abs())
             self.targets[stage].update(batch["label"].detach())
@@ -237,29 +240,22 @@ class BaseTask(pl.LightningModule):
         self._log_epoch_metrics("test")
 
     def _log_epoch_metrics(self, stage: str) -> None:
-        for name, value in self.metrics[stage].compute().items():
-            self.log_gathered(name, value, prog_bar=name in (f"{stage}/MAE", f"{stage}/Corr"))
-        self.metrics[stage].reset()
-        for name, value in self._split_statistics(stage).items():
+        """Logs the split's best achievable error and its baselines, computed on the
+        first epoch that sees all of it (not Lightning's sanity check of a few batches)."""
+        statistics = self.split_statistics.get(stage, {})
+        if stage not in self.split_statistics and self.targets[stage].update_called:
+            best = self.best_errors[stage].compute().mean().item()
+            if math.isfinite(best):
+                statistics[f"{stage}/best_achievable_MAE"] = best
+            if self.label_statistics is not None:
+                baselines = baseline_metrics(self.label_statistics, self.targets[stage].compute())
+                statistics.update({f"{stage}/baseline/{name}": value for name, value in baselines.items()})
+            self.best_errors[stage].reset()
+            self.targets[stage].reset()
+            if not self.trainer.sanity_checking:
+                self.split_statistics[stage] = statistics
+        for name, value in statistics.items():
             self.log_gathered(name, value)
-
-    def _split_statistics(self, stage: str) -> dict[str, float]:
-        """The split's best achievable error and its baselines, from the first epoch
-        that sees all of it (not Lightning's sanity check of a few batches)."""
-        if stage in self.split_statistics or not self.targets[stage].update_called:
-            return self.split_statistics.get(stage, {})
-        statistics = {}
-        best = self.best_errors[stage].compute().mean().item()
-        if math.isfinite(best):
-            statistics[f"{stage}/best_achievable_MAE"] = best
-        if self.label_statistics is not None:
-            baselines = baseline_metrics(self.label_statistics, self.targets[stage].compute())
-            statistics.update({f"{stage}/baseline/{name}": value for name, value in baselines.items()})
-        self.best_errors[stage].reset()
-        self.targets[stage].reset()
-        if not self.trainer.sanity_checking:
-            self.split_statistics[stage] = statistics
-        return statistics
 
     def log_gathered(self, name: str, value: float | torch.Tensor, prog_bar: bool = False) -> None:
         """Logs an epoch value computed from states gathered over every process.

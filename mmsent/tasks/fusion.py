@@ -271,7 +271,7 @@ class FusionTask(BaseTask):
             metric.reset()
             self.log_gathered(f"test/without_{modality}/MAE", without["MAE"])
             self.log_gathered(f"test/without_{modality}/Corr", without["Corr"])
-            self.log_gathered(f"test/contribution/{modality}", without["MAE"] - full_mae)
+            self.log_gathered(f"test/contribution/{modality}", float(without["MAE"]) - float(full_mae))
 
     def checkpoint_meta(self) -> dict:
         return {"task": "fusion", "encoder_configs": {m: encoder_config(e) for m, e in self.model.encoders.items()},
