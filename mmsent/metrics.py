@@ -15,6 +15,8 @@ the scores into; ``MAE`` and ``Corr`` are computed over the whole split at once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torchmetrics import Metric, MetricCollection
@@ -53,14 +55,20 @@ def pearson(pred: torch.Tensor, target: torch.Tensor) -> float:
     return float(pearson_corrcoef(pred, target))
 
 
-class _WholeSplit(Metric):
-    """Keeps every prediction and label of an epoch, for a metric computed over all of
-    them at once: the float sum of the errors in one order whatever the batches."""
+class WholeSplit(Metric):
+    """A metric computed over every prediction and label of an epoch at once, on the
+    CPU: its float sums run in one order whatever the batches and the device, as the
+    checkpoints' criterion ``val/MAE`` must.
+
+    Args:
+        score (Callable[[torch.Tensor, torch.Tensor], torch.Tensor]): ``(preds, targets) -> value``.
+    """
 
     full_state_update = False
 
-    def __init__(self) -> None:
+    def __init__(self, score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
         super().__init__()
+        self.score = score
         self.add_state("preds", default=[], dist_reduce_fx="cat")
         self.add_state("targets", default=[], dist_reduce_fx="cat")
 
@@ -74,27 +82,10 @@ class _WholeSplit(Metric):
         self.preds.append(preds.detach().flatten().float())
         self.targets.append(targets.detach().flatten().float())
 
-    def scores(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """tuple[torch.Tensor, torch.Tensor]: Every prediction and label, on the CPU,
-        whose sums are those of every run whatever its device."""
-        return dim_zero_cat(self.preds).cpu(), dim_zero_cat(self.targets).cpu()
-
-
-class MeanAbsoluteError(_WholeSplit):
-    """The mean absolute error over the epoch (the checkpoints' criterion as ``val/MAE``)."""
-
     def compute(self) -> torch.Tensor:
-        """torch.Tensor: The mean of ``|pred - target|``."""
-        preds, targets = self.scores()
-        return (preds - targets).abs().mean()
-
-
-class PearsonCorrelation(_WholeSplit):
-    """The Pearson correlation over the epoch, 0 when either side is constant (:func:`pearson`)."""
-
-    def compute(self) -> torch.Tensor:
-        """torch.Tensor: The correlation coefficient (float32, as Lightning logs a float)."""
-        return torch.tensor(pearson(*self.scores()))
+        """torch.Tensor: The score over the epoch, float32 (as Lightning logs a float)."""
+        return torch.as_tensor(self.score(dim_zero_cat(self.preds).cpu(), dim_zero_cat(self.targets).cpu()),
+                               dtype=torch.float32)
 
 
 def _has0(scores: torch.Tensor) -> torch.Tensor:
@@ -134,8 +125,8 @@ def sentiment_metrics(prefix: str | None = None) -> MetricCollection:
         "Non0_F1_score": classes(MulticlassF1Score(2, average="weighted", ignore_index=IGNORED), _positive, _non0),
         "Mult_acc_5": classes(MulticlassAccuracy(5, average="micro"), _classes(2)),
         "Mult_acc_7": classes(MulticlassAccuracy(7, average="micro"), _classes(3)),
-        "MAE": MeanAbsoluteError(),
-        "Corr": PearsonCorrelation(),
+        "MAE": WholeSplit(lambda preds, targets: (preds - targets).abs().mean()),
+        "Corr": WholeSplit(pearson),
     }, prefix=prefix, compute_groups=[["MAE", "Corr"]])
 
 
