@@ -354,3 +354,27 @@ def test_mmsent_score_imports_no_training_code():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_data_only_figures_are_computed_once_per_split_and_logged_every_epoch(tiny_data_args, tmp_path,
+                                                                                 monkeypatch):
+    from mmsent import metrics
+    from mmsent.tasks import base
+
+    calls = []
+
+    def counted(*args):
+        calls.append(args)
+        return metrics.baseline_metrics(*args)
+
+    monkeypatch.setattr(base, "baseline_metrics", counted)
+    cli = build_cli(["fit", "-c", STAGE_CONFIGS["audio"], *tiny_data_args, "--trainer.max_epochs=3",
+                     "--trainer.num_sanity_val_steps=0", "--trainer.logger=true",
+                     f"--trainer.default_root_dir={tmp_path}"])
+    assert len(calls) == 1, "the validation split's baselines are computed in the first epoch only"
+    with open(next(tmp_path.rglob("metrics.csv"))) as stream:
+        rows = [row for row in csv_module.DictReader(stream) if row["val/MAE"]]
+    assert len(rows) == 3 and all(row["val/best_achievable_MAE"] for row in rows)
+    assert len({row["val/baseline/MAE"] for row in rows}) == 1 and rows[0]["val/baseline/MAE"]
+    cli.trainer.test(cli.model, datamodule=cli.datamodule)
+    assert len(calls) == 2, "and the test split's once more"
