@@ -20,7 +20,7 @@ from torchmetrics.aggregation import CatMetric
 from mmsent import optim
 from mmsent.data.schema import MODALITIES
 from mmsent.errors import NonFiniteError, check_choice
-from mmsent.metrics import baseline_metrics, sentiment_metrics
+from mmsent.metrics import BatchMean, baseline_metrics, sentiment_metrics
 from mmsent.models.rebuilt import fill_rebuilt, omit_rebuilt
 from mmsent.regularization import Regularizer
 from mmsent.tasks.checkpoints import META_KEY
@@ -66,9 +66,11 @@ class BaseTask(pl.LightningModule):
         self.group_settings = optim.plain_groups(param_groups)
         self.regularizer = regularizer
         self.metrics = nn.ModuleDict({stage: sentiment_metrics(f"{stage}/") for stage in STAGES})
-        # Gathered over the processes like the metrics, so that the best achievable error
-        # and the baselines are those of the whole split too; they depend on the data
-        # alone, so each split's are computed once per fit, validate or test.
+        # Gathered over the processes like the metrics, so that the loss, the best
+        # achievable error and the baselines are those of the whole split too; the last
+        # two depend on the data alone, so each split's are computed once per fit,
+        # validate or test.
+        self.losses = nn.ModuleDict({stage: BatchMean() for stage in STAGES})
         self.best_errors = nn.ModuleDict({stage: CatMetric(nan_strategy="disable") for stage in STAGES})
         self.targets = nn.ModuleDict({stage: CatMetric(nan_strategy="disable") for stage in STAGES})
         self.split_statistics: dict[str, dict[str, float]] = {}
@@ -220,7 +222,7 @@ class BaseTask(pl.LightningModule):
 
     def _evaluate(self, batch: dict, stage: str, preds: torch.Tensor | None = None) -> torch.Tensor:
         preds = self(batch) if preds is None else preds
-        self.log(f"{stage}/loss", self.loss_fn(preds, batch["label"]), batch_size=len(preds), sync_dist=True)
+        self.losses[stage].update(self.loss_fn(preds, batch["label"]), len(preds))
         self.metrics[stage].update(preds, batch["label"])
         # Lightning computes, gathers and resets them at the end of the epoch.
         for name, metric in self.metrics[stage].items(copy_state=False):
@@ -240,8 +242,11 @@ class BaseTask(pl.LightningModule):
         self._log_epoch_metrics("test")
 
     def _log_epoch_metrics(self, stage: str) -> None:
-        """Logs the split's best achievable error and its baselines, computed on the
-        first epoch that sees all of it (not Lightning's sanity check of a few batches)."""
+        """Logs the split's loss, and its best achievable error and baselines, computed
+        on the first epoch that sees all of it (not Lightning's sanity check of a few batches)."""
+        if self.losses[stage].update_called:
+            self.log_gathered(f"{stage}/loss", self.losses[stage].compute())
+            self.losses[stage].reset()
         statistics = self.split_statistics.get(stage, {})
         if stage not in self.split_statistics and self.targets[stage].update_called:
             best = self.best_errors[stage].compute().mean().item()
