@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,14 +20,16 @@ from pytorch_lightning.cli import LightningCLI
 from mmsent.callbacks.checkpoint import LastEpochCheckpoint
 from mmsent.callbacks.random_state import RandomState
 from mmsent.data.datamodule import MultimodalDataModule
-from mmsent.data.schema import MODALITIES
 from mmsent.errors import ConfigError, user_error
-from mmsent.optim import option_problem
 from mmsent.selection import Selection, select, starting_weights
 from mmsent.tasks.base import BaseTask
 from mmsent.tasks.checkpoint_io import AtomicCheckpointIO, current_hyperparameters, read_checkpoint
 
 MONITOR = "val/MAE"
+# The optimizer's options that no type of mmsent's guards (its class is torch's), and
+# what a negative value does.
+NEGATIVE = {"lr": "a negative learning rate climbs the loss",
+            "weight_decay": "a negative weight decay pushes the weights away from zero"}
 
 # Not the user's to act on: the pipeline passes each stage's args while sys.argv holds the
 # pipeline's own, frozen encoders are in eval mode on purpose, CSV is the intended
@@ -247,11 +250,9 @@ def check_config(args: list[str]) -> Namespace:
 
 
 def check_values(config: Namespace) -> None:
-    """What the types allow but cannot work, checked before any data is prepared,
-    anywhere in the configuration: a learning rate or weight decay that is negative
-    or not finite, a ``schedule`` of a parameter group over no epoch
-    (:func:`mmsent.optim.option_problem`), a batch size below 1 and an unknown
-    ``modality``.
+    """What the types allow but cannot work, checked before any data is prepared: a
+    learning rate or weight decay of the optimizer that is negative or not finite
+    (the parameter groups' own are typed, :class:`mmsent.optim.ParamGroup`).
 
     Args:
         config (Namespace): The parsed configuration.
@@ -260,16 +261,17 @@ def check_values(config: Namespace) -> None:
         ConfigError: Naming the key and the value.
     """
     for key, value in _leaves(config.as_dict() if isinstance(config, Namespace) else config):
-        parts = key.split(".")
-        name, parent = parts[-1], parts[-2] if len(parts) > 1 else ""
-        problem = option_problem(name, value, in_schedule=parent == "schedule")
-        if problem:
-            raise ConfigError(f"{key} {problem}")
-        if name == "batch_size" and value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                                           or value < 1):
-            raise ConfigError(f"{key} must be a whole number >= 1, got {value!r}")
-        if name == "modality" and key.startswith("model.") and value not in MODALITIES:
-            raise ConfigError(f"{key} must be one of {list(MODALITIES)}, got {value!r}")
+        name = key.rsplit(".", 1)[-1]
+        if name not in NEGATIVE or value is None or isinstance(value, bool):
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} must be a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+        if number < 0:
+            raise ConfigError(f"{key} must be >= 0, got {value!r}: {NEGATIVE[name]}")
 
 
 def _leaves(tree: Any, prefix: str = ""):

@@ -12,6 +12,7 @@ This module imports nothing of mmsent, so every module can raise these errors.
 from __future__ import annotations
 
 import argparse
+import typing
 
 
 class MMSentError(Exception):
@@ -81,3 +82,19 @@ def user_error(error: BaseException) -> BaseException:
     while chain[-1].__cause__ is not None and chain[-1].__cause__ not in chain:
         chain.append(chain[-1].__cause__)
     return next((cause for cause in chain if isinstance(cause, MMSentError)), chain[-1])
+
+
+def check_choice(key: str, value: object, choices: object) -> None:
+    """Refuses a value outside its ``Literal`` type, for a class built from Python or
+    from a model folder's record (the command line refuses it as it parses).
+
+    Args:
+        key (str): The setting, for the message.
+        value (object): Its value.
+        choices (object): The setting's ``Literal[...]`` type.
+
+    Raises:
+        ConfigError: Naming the key, the allowed values and the value.
+    """
+    if value not in typing.get_args(choices):
+        raise ConfigError(f"{key} must be one of {list(typing.get_args(choices))}, got {value!r}")

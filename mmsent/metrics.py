@@ -9,17 +9,21 @@ the names and definitions here match it exactly:
 * ``Mult_acc_5`` / ``Mult_acc_7``: clip to ``[-2, 2]`` / ``[-3, 3]``, round, exact match.
 * ``MAE`` and ``Corr`` (Pearson). F1 is weighted by class support.
 
-The F1 score and the correlation are torchmetrics' own; this module decides which
-samples and which binarization they see.
+The accuracies and F1 scores are torchmetrics' own, on the classes this module cuts
+the scores into; ``MAE`` and ``Corr`` are computed over the whole split at once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torchmetrics import Metric, MetricCollection
+from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy, MulticlassF1Score
 from torchmetrics.functional import pearson_corrcoef
-from torchmetrics.functional.classification import multiclass_f1_score
+from torchmetrics.utilities import dim_zero_cat
+from torchmetrics.wrappers import LambdaInputTransformer
 
 METRIC_NAMES: tuple[str, ...] = (
     "Has0_acc_2",
@@ -31,21 +35,7 @@ METRIC_NAMES: tuple[str, ...] = (
     "MAE",
     "Corr",
 )
-
-
-def weighted_f1(truth: torch.Tensor, pred: torch.Tensor) -> float:
-    """F1 averaged over the two classes, weighted by their support (sklearn's "weighted").
-
-    Args:
-        truth (torch.Tensor): Boolean ground truth, shape ``(N,)``.
-        pred (torch.Tensor): Boolean predictions, shape ``(N,)``.
-
-    Returns:
-        float: The weighted F1 score, 0 for empty input.
-    """
-    if truth.numel() == 0:
-        return 0.0
-    return float(multiclass_f1_score(pred.long(), truth.long(), num_classes=2, average="weighted"))
+IGNORED = -1  # the class of a sample a binary Non0 metric leaves out (label exactly 0)
 
 
 def pearson(pred: torch.Tensor, target: torch.Tensor) -> float:
@@ -65,8 +55,114 @@ def pearson(pred: torch.Tensor, target: torch.Tensor) -> float:
     return float(pearson_corrcoef(pred, target))
 
 
+class WholeSplit(Metric):
+    """A metric computed over every prediction and label of an epoch at once, on the
+    CPU: its float sums run in one order whatever the batches and the device, as the
+    checkpoints' criterion ``val/MAE`` must.
+
+    Args:
+        score (Callable[[torch.Tensor, torch.Tensor], torch.Tensor]): ``(preds, targets) -> value``.
+    """
+
+    full_state_update = False
+
+    def __init__(self, score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.score = score
+        self.add_state("preds", default=[], dist_reduce_fx="cat")
+        self.add_state("targets", default=[], dist_reduce_fx="cat")
+
+    def update(self, preds: torch.Tensor, targets: torch.Tensor) -> None:
+        """Adds a batch.
+
+        Args:
+            preds (torch.Tensor): Predicted scores.
+            targets (torch.Tensor): True scores.
+        """
+        self.preds.append(preds.detach().flatten().float())
+        self.targets.append(targets.detach().flatten().float())
+
+    def compute(self) -> torch.Tensor:
+        """torch.Tensor: The score over the epoch, float32 (as Lightning logs a float)."""
+        return torch.as_tensor(self.score(dim_zero_cat(self.preds).cpu(), dim_zero_cat(self.targets).cpu()),
+                               dtype=torch.float32)
+
+
+class BatchMean(Metric):
+    """The mean of a per-batch mean over every sample, weighting each batch by its size
+    (Lightning's epoch mean of a logged value), summed over the processes when several
+    evaluate a split together.
+
+    torchmetrics' ``MeanMetric`` would do, but with ``nan_strategy="disable"`` (a nan
+    loss must stay nan) it ignores the weights.
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, value: torch.Tensor, batch_size: int) -> None:
+        """Adds a batch.
+
+        Args:
+            value (torch.Tensor): The batch's mean, a scalar.
+            batch_size (int): Its sample count.
+        """
+        self.total = self.total + value.detach().float() * batch_size
+        self.count = self.count + batch_size
+
+    def compute(self) -> torch.Tensor:
+        """torch.Tensor: The mean over the samples added."""
+        return self.total / self.count
+
+
+def _has0(scores: torch.Tensor) -> torch.Tensor:
+    return (scores >= 0).long()
+
+
+def _positive(scores: torch.Tensor) -> torch.Tensor:
+    return (scores > 0).long()
+
+
+def _non0(labels: torch.Tensor) -> torch.Tensor:
+    return torch.where(labels == 0, IGNORED, _positive(labels))
+
+
+def _classes(bound: int):
+    def rounded(scores: torch.Tensor) -> torch.Tensor:
+        return torch.round(scores.float().clamp(-bound, bound)).long() + bound
+    return rounded
+
+
+def sentiment_metrics(prefix: str | None = None) -> MetricCollection:
+    """Every metric of :data:`METRIC_NAMES`, updated with ``(preds, targets)`` scores.
+
+    Args:
+        prefix (str | None): Put before every name, e.g. ``"val/"``.
+
+    Returns:
+        MetricCollection: Accuracies and F1 as fractions in ``[0, 1]``.
+    """
+    def classes(metric: Metric, pred, target=None) -> LambdaInputTransformer:
+        return LambdaInputTransformer(metric, pred, target or pred)
+
+    return MetricCollection({
+        "Has0_acc_2": classes(BinaryAccuracy(), _has0),
+        "Has0_F1_score": classes(MulticlassF1Score(2, average="weighted"), _has0),
+        "Non0_acc_2": classes(BinaryAccuracy(ignore_index=IGNORED), _positive, _non0),
+        "Non0_F1_score": classes(MulticlassF1Score(2, average="weighted", ignore_index=IGNORED), _positive, _non0),
+        "Mult_acc_5": classes(MulticlassAccuracy(5, average="micro"), _classes(2)),
+        "Mult_acc_7": classes(MulticlassAccuracy(7, average="micro"), _classes(3)),
+        "MAE": WholeSplit(lambda preds, targets: (preds - targets).abs().mean()),
+        "Corr": WholeSplit(pearson),
+    }, prefix=prefix, compute_groups=[["MAE", "Corr"]])
+
+
 def regression_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-    """Computes every MMSA regression metric.
+    """Computes every MMSA regression metric (:func:`sentiment_metrics`) at once.
 
     Args:
         pred (torch.Tensor): Predicted scores, shape ``(N,)``.
@@ -76,21 +172,9 @@ def regression_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, fl
         dict[str, float]: One value per name in :data:`METRIC_NAMES`; accuracies and F1
         as fractions in ``[0, 1]``.
     """
-    pred = pred.detach().float().flatten().cpu()
-    target = target.detach().float().flatten().cpu()
-    non_zero = target != 0
-    has0_truth, has0_pred = target >= 0, pred >= 0
-    non0_truth, non0_pred = target[non_zero] > 0, pred[non_zero] > 0
-    return {
-        "Has0_acc_2": float((has0_truth == has0_pred).float().mean()),
-        "Has0_F1_score": weighted_f1(has0_truth, has0_pred),
-        "Non0_acc_2": float((non0_truth == non0_pred).float().mean()) if non_zero.any() else 0.0,
-        "Non0_F1_score": weighted_f1(non0_truth, non0_pred),
-        "Mult_acc_5": _class_accuracy(pred, target, 2.0),
-        "Mult_acc_7": _class_accuracy(pred, target, 3.0),
-        "MAE": float((pred - target).abs().mean()),
-        "Corr": pearson(pred, target),
-    }
+    metrics = sentiment_metrics()
+    metrics.update(pred.detach().float().flatten().cpu(), target.detach().float().flatten().cpu())
+    return {name: float(value) for name, value in metrics.compute().items()}
 
 
 # Per accuracy or F1 metric, the label statistic that predicts the training set's majority class.
@@ -144,84 +228,3 @@ def baseline_metrics(statistics: dict[str, float], target: torch.Tensor) -> dict
               **{name: statistics[key] for name, key in MAJORITY_KEYS.items()}}
     return {name: regression_metrics(torch.full_like(target, scores[name]), target)[name]
             for name in METRIC_NAMES}
-
-
-def _class_accuracy(pred: torch.Tensor, target: torch.Tensor, bound: float) -> float:
-    pred_class = torch.round(pred.clamp(-bound, bound))
-    target_class = torch.round(target.clamp(-bound, bound))
-    return float((pred_class == target_class).float().mean())
-
-
-class SentimentMetrics(Metric):
-    """Accumulates predictions over an epoch and computes :func:`regression_metrics`.
-
-    The metrics are not decomposable (F1, correlation), so the metric keeps every
-    prediction; an epoch of sentiment scores is small.
-    """
-
-    full_state_update = False
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.add_state("preds", default=[], dist_reduce_fx="cat")
-        self.add_state("targets", default=[], dist_reduce_fx="cat")
-
-    def update(self, preds: torch.Tensor, targets: torch.Tensor) -> None:
-        """Adds a batch.
-
-        Args:
-            preds (torch.Tensor): Predicted scores.
-            targets (torch.Tensor): True scores.
-        """
-        self.preds.append(preds.detach().flatten().float())
-        self.targets.append(targets.detach().flatten().float())
-
-    def compute(self) -> dict[str, float]:
-        """dict[str, float]: Every MMSA metric over the accumulated samples."""
-        preds = torch.cat(self.preds) if isinstance(self.preds, list) else self.preds
-        targets = torch.cat(self.targets) if isinstance(self.targets, list) else self.targets
-        return regression_metrics(preds, targets)
-
-
-class BatchMean(Metric):
-    """The mean of a per-batch mean over every sample, weighting each batch by its size
-    (Lightning's epoch mean of a logged value), summed over the processes when several
-    evaluate a split together.
-
-    torchmetrics' ``MeanMetric`` would do, but with ``nan_strategy="disable"`` (a nan
-    loss must stay nan) it ignores the weights.
-    """
-
-    full_state_update = False
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.tensor(0), dist_reduce_fx="sum")
-
-    def update(self, value: torch.Tensor, batch_size: int) -> None:
-        """Adds a batch.
-
-        Args:
-            value (torch.Tensor): The batch's mean, a scalar.
-            batch_size (int): Its sample count.
-        """
-        self.total = self.total + value.detach().float() * batch_size
-        self.count = self.count + batch_size
-
-    def compute(self) -> torch.Tensor:
-        """torch.Tensor: The mean over the samples added."""
-        return self.total / self.count
-
-
-def split_metrics(split: str) -> MetricCollection:
-    """The metrics of one split, their names prefixed with it (``val/MAE``).
-
-    Args:
-        split (str): ``"val"`` or ``"test"``.
-
-    Returns:
-        MetricCollection: :class:`SentimentMetrics`, to which other torchmetrics
-        metrics of ``(preds, targets)`` can be added.
-    """
-    return MetricCollection([SentimentMetrics()], prefix=f"{split}/")

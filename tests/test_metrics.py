@@ -5,14 +5,7 @@ import math
 import pytest
 import torch
 
-from mmsent.metrics import (
-    SentimentMetrics,
-    baseline_metrics,
-    label_statistics,
-    regression_metrics,
-    split_metrics,
-    weighted_f1,
-)
+from mmsent.metrics import baseline_metrics, label_statistics, regression_metrics, sentiment_metrics
 
 PREDS = torch.tensor([2.6, -0.4, 0.2, -1.6, 0.0, 1.2])
 LABELS = torch.tensor([3.0, 0.0, -0.4, -2.0, 0.0, 1.4])
@@ -47,10 +40,18 @@ def test_mae_and_correlation():
 
 
 def test_weighted_f1_by_hand():
-    truth = torch.tensor([True, True, True, False])
-    pred = torch.tensor([True, False, True, True])
+    truth = torch.tensor([1.0, 1.0, 1.0, -1.0])
+    pred = torch.tensor([1.0, -1.0, 1.0, 1.0])
     # positive: precision 2/3, recall 2/3 -> f1 2/3, support 3; negative: p 0, r 0 -> 0, support 1.
-    assert weighted_f1(truth, pred) == pytest.approx((2 / 3 * 3 + 0 * 1) / 4)
+    values = regression_metrics(pred, truth)
+    assert values["Has0_F1_score"] == pytest.approx((2 / 3 * 3 + 0 * 1) / 4)
+    assert values["Non0_F1_score"] == pytest.approx((2 / 3 * 3 + 0 * 1) / 4)
+
+
+def test_only_zero_labels_leave_the_non0_metrics_at_zero():
+    values = regression_metrics(torch.tensor([0.5, -0.5]), torch.zeros(2))
+    assert values["Non0_acc_2"] == 0.0 and values["Non0_F1_score"] == 0.0
+    assert values["Has0_acc_2"] == 0.5
 
 
 def test_constant_predictions_have_zero_correlation():
@@ -59,18 +60,24 @@ def test_constant_predictions_have_zero_correlation():
     assert math.isfinite(values["MAE"])
 
 
-def test_metric_accumulates_batches_like_one_call():
-    metric = SentimentMetrics()
-    metric.update(PREDS[:3], LABELS[:3])
-    metric.update(PREDS[3:], LABELS[3:])
-    assert metric.compute() == pytest.approx(regression_metrics(PREDS, LABELS))
-
-
 def test_split_collection_prefixes_every_metric_with_its_split():
-    metrics = split_metrics("val")
+    metrics = sentiment_metrics("val/")
     metrics.update(PREDS[:2], LABELS[:2])
     metrics.update(PREDS[2:], LABELS[2:])
     assert metrics.compute() == pytest.approx({f"val/{k}": v for k, v in regression_metrics(PREDS, LABELS).items()})
+
+
+def test_batches_give_the_figures_of_one_call_to_the_last_bit():
+    # The checkpoints are chosen by val/MAE: its float sum runs over the whole split in
+    # one order, whatever the batches, as the figures of earlier runs were computed.
+    generator = torch.Generator().manual_seed(0)
+    preds, labels = torch.randn(1000, generator=generator) * 3, torch.randn(1000, generator=generator) * 3
+    metrics = sentiment_metrics()
+    for start in range(0, 1000, 7):
+        metrics.update(preds[start:start + 7], labels[start:start + 7])
+    batched = {name: float(value) for name, value in metrics.compute().items()}
+    assert batched == regression_metrics(preds, labels)
+    assert batched["MAE"] == float((preds - labels).abs().mean())
 
 
 def test_label_statistics_and_trivial_predictors_by_hand():

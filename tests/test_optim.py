@@ -6,7 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-from mmsent.optim import build_param_groups, has_schedules, per_group_scheduler, schedule_factor
+from mmsent.cli import check_config
+from mmsent.errors import ConfigError
+from mmsent.optim import (
+    build_param_groups,
+    has_schedules,
+    per_group_scheduler,
+    plain_groups,
+    schedule_factor,
+)
 
 
 def parts() -> dict[str, nn.Module]:
@@ -27,19 +35,42 @@ def test_one_group_per_trainable_part_with_its_own_options():
     assert [g["lr"] for g in optimizer.param_groups] == [0.002, 0.01, 0.5]
 
 
+QUICKSTART_TEXT = ["-c", "pipelines/quickstart/base.yaml", "-c", "pipelines/quickstart/1_text.yaml"]
+
+
 def test_numbers_given_as_strings_on_the_command_line_are_converted():
-    (group, *_) = build_param_groups(parts(), {"text": {"lr": "0.006", "momentum": "0.9"}})
+    config = check_config([*QUICKSTART_TEXT, "--model.init_args.param_groups={'text': {'lr': '0.006', 'momentum': '0.9'}}"])
+    groups = plain_groups(config.model.init_args.param_groups)
+    assert groups == {"text": {"lr": 0.006, "momentum": 0.9}}
+    assert type(groups["text"]["lr"]) is float, "a checkpoint holds plain numbers"
+    (group, *_) = build_param_groups(parts(), groups)
     assert group["lr"] == 0.006 and group["momentum"] == 0.9
 
 
 @pytest.mark.parametrize(("settings", "message"), [
     ({"audio": {"lr": 0.1}}, r"unknown group\(s\) \['audio'\]"),
-    ({"text": {"learning_rate": 0.1}}, r"param_groups.text: unknown option\(s\) \['learning_rate'\]"),
-    ({"text": {"lr": "fast"}}, r"param_groups.text.lr must be a number, got 'fast'"),
+    ({"text": {"learning_rate": 0.1}}, r"param_groups: Group 'text' does not accept option 'learning_rate'"),
+    ({"text": {"schedule": {"name": "cosine", "length": 3}}},
+     r"param_groups: Parser key \"text.schedule\".*Option 'length' is not accepted"),
+    ({"text": {"lr": "fast"}}, r"param_groups: Parser key \"text.lr\".*FiniteNonNegativeFloat"),
 ])
 def test_bad_settings_name_the_key(settings, message):
     with pytest.raises(ValueError, match=message):
         build_param_groups(parts(), settings)
+
+
+@pytest.mark.parametrize(("group", "key", "message"), [
+    ("{'learning_rate': 0.1}", "", "Option 'learning_rate' is not accepted"),
+    ("{'lr': 'fast'}", 'Parser key "lr"', "FiniteNonNegativeFloat"),
+    ("{'lr': 0.1, 'schedule': {'name': 'linear'}}", 'Parser key "name"', "Literal"),
+    ("{'lr': 0.1, 'schedule': {'warmup_steps': 'ten'}}", 'Parser key "warmup_steps"', "NonNegativeInt"),
+    ("{'lr': 0.1, 'layer_decay': 1.5}", 'Parser key "layer_decay"', "v>0 and v<=1"),
+])
+def test_the_command_line_refuses_a_bad_group_as_it_parses_naming_the_key(group, key, message):
+    with pytest.raises(ConfigError) as raised:
+        check_config([*QUICKSTART_TEXT, f"--model.init_args.param_groups={{'text': {group}}}"])
+    assert 'Parser key "param_groups"' in str(raised.value) and key in str(raised.value)
+    assert message in str(raised.value)
 
 
 def test_a_modality_the_data_lacks_may_be_configured_when_optional():
@@ -58,6 +89,9 @@ def test_schedules():
     assert schedule_factor(None)(5) == 1.0
     with pytest.raises(ValueError, match="schedule name must be one of"):
         schedule_factor({"name": "linear"})
+    with pytest.raises(ValueError, match="a cosine schedule without epochs"):
+        schedule_factor({"name": "cosine"})
+    assert schedule_factor({"name": "cosine", "min_factor": 0.2}, max_epochs=4)(2) == cosine(2), "its length: max_epochs"
 
 
 def test_each_group_follows_its_own_schedule():

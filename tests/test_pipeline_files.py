@@ -129,3 +129,17 @@ def test_extends_errors_name_the_files(tmp_path):
             load_pipeline(write(tmp_path / "bad.yaml", spec))
     with pytest.raises(MissingFileError, match=r"pipeline file .*absent.yaml does not exist"):
         load_pipeline(tmp_path / "absent.yaml")
+
+
+def test_early_stopping_is_stated_once_and_kept_by_the_fused_stages():
+    from mmsent.cli import check_config
+
+    def callbacks(*configs: str) -> list[tuple[str, dict]]:
+        parsed = check_config([arg for config in configs for arg in ("-c", str(PIPELINES / "mosi" / config))])
+        return [(c.class_path.rsplit(".", 1)[1], dict(c.init_args)) for c in parsed.trainer.callbacks]
+
+    base = callbacks("base.yaml", "1_text.yaml")
+    assert [name for name, _ in base] == ["EarlyStopping"]
+    assert callbacks("base.yaml", "3_fusion.yaml") == base
+    assert callbacks("base.yaml", "3_fusion.yaml", "4_finetune.yaml") == base
+    assert base[0][1]["patience"] == 8 and base[0][1]["monitor"] == "val/MAE"

@@ -18,6 +18,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Literal
 
 import datasets
 from filelock import FileLock
@@ -26,13 +27,13 @@ from tqdm.auto import tqdm
 from mmsent.data.batches import to_row
 from mmsent.data.schema import MODALITIES, SPLITS, DatasetSpec
 from mmsent.data.sources import DataSource
-from mmsent.errors import ConfigError, WriteError
+from mmsent.errors import ConfigError, WriteError, check_choice
 from mmsent.io import no_room, save_json, write_failure
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
-ERROR_POLICIES = ("mask", "skip", "raise")
+DecodeErrorPolicy = Literal["mask", "skip", "raise"]
 WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
 NOTES_FILE = "notes.json"
 
@@ -78,7 +79,7 @@ def cache_key(source: DataSource, on_error: str) -> str:
     return f"{source.name}-{digest[:12]}"
 
 
-def prepare(source: DataSource, cache_dir: str | Path, on_error: str = "mask",
+def prepare(source: DataSource, cache_dir: str | Path, on_error: DecodeErrorPolicy = "mask",
             chunk_size: int = 256, num_workers: int = 0,
             multiprocessing_context: str | None = None) -> PreparedData:
     """Returns the cached dataset for a source, preparing it first when needed.
@@ -86,7 +87,7 @@ def prepare(source: DataSource, cache_dir: str | Path, on_error: str = "mask",
     Args:
         source (DataSource): The data source.
         cache_dir (str | Path): The folder holding all caches.
-        on_error (str): What to do with a clip whose file fails to decode:
+        on_error (DecodeErrorPolicy): What to do with a clip whose file fails to decode:
             ``"mask"`` keeps it with that modality masked, ``"skip"`` leaves it out,
             ``"raise"`` stops with the file's name.
         chunk_size (int): Clips per shard: the most work an interruption can lose.
@@ -101,8 +102,7 @@ def prepare(source: DataSource, cache_dir: str | Path, on_error: str = "mask",
     Raises:
         OSError: If writing the cache fails (a full disk), naming the cache folder.
     """
-    if on_error not in ERROR_POLICIES:
-        raise ValueError(f"on_decode_error must be one of {ERROR_POLICIES}, got {on_error!r}")
+    check_choice("on_decode_error", on_error, DecodeErrorPolicy)
     folder = Path(cache_dir) / cache_key(source, on_error)
     if not (folder / "spec.json").exists():
         folder.parent.mkdir(parents=True, exist_ok=True)

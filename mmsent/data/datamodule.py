@@ -9,6 +9,7 @@ from functools import partial
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from jsonargparse.typing import PositiveInt
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
@@ -21,9 +22,10 @@ from mmsent.data.batches import (
     move_batch,
     pad_sequences,
 )
-from mmsent.data.cache import PreparedData, prepare
-from mmsent.data.schema import SPLITS, DatasetSpec
+from mmsent.data.cache import DecodeErrorPolicy, PreparedData, prepare
+from mmsent.data.schema import DatasetSpec, Split
 from mmsent.data.sources import DataSource
+from mmsent.errors import check_choice
 from mmsent.metrics import label_statistics
 
 
@@ -50,15 +52,15 @@ class MultimodalDataModule(pl.LightningDataModule):
         source (DataSource): Where the data comes from (raw clips, generated clips,
             MMSA pickles, SDK files, feature tables).
         cache_dir (str): Folder for prepared datasets.
-        batch_size (int): Samples per batch.
+        batch_size (PositiveInt): Samples per batch, at least 1.
         num_workers (int): DataLoader worker processes.
-        on_decode_error (str): ``"mask"``, ``"skip"`` or ``"raise"`` for a clip whose
+        on_decode_error (DecodeErrorPolicy): ``"mask"``, ``"skip"`` or ``"raise"`` for a clip whose
             file fails to decode.
         prepare_workers (int): Processes decoding clips while preparing.
         train_fraction (float): Use this fraction of the training split (for
             data-efficiency studies); the subset is fixed by ``subset_seed``.
         subset_seed (int): Seed of the training subset.
-        predict_split (str): The split ``predict`` runs on.
+        predict_split (Split): The split ``predict`` runs on.
         multiprocessing_context (str | None): How worker processes start, for the
             DataLoader and for preparation: ``"spawn"``, ``"forkserver"`` or
             ``"fork"``; None takes the platform's default.
@@ -74,18 +76,17 @@ class MultimodalDataModule(pl.LightningDataModule):
             never loaded.
     """
 
-    def __init__(self, source: DataSource, cache_dir: str = "data/cache", batch_size: int = 32,
-                 num_workers: int = 0, on_decode_error: str = "mask", prepare_workers: int = 0,
+    def __init__(self, source: DataSource, cache_dir: str = "data/cache", batch_size: PositiveInt = 32,
+                 num_workers: int = 0, on_decode_error: DecodeErrorPolicy = "mask", prepare_workers: int = 0,
                  train_fraction: float = 1.0, subset_seed: int = 0,
-                 predict_split: str = "test", multiprocessing_context: str | None = None,
+                 predict_split: Split = "test", multiprocessing_context: str | None = None,
                  memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB, pin_memory: bool = False,
                  modalities: list[str] | None = None) -> None:
         super().__init__()
         settings = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         if not 0.0 < train_fraction <= 1.0:
             raise ValueError(f"data.train_fraction must be in (0, 1], got {train_fraction}")
-        if predict_split not in SPLITS:
-            raise ValueError(f"data.predict_split must be one of {SPLITS}, got {predict_split!r}")
+        check_choice("data.predict_split", predict_split, Split)
         methods = multiprocessing.get_all_start_methods()
         if multiprocessing_context is not None and multiprocessing_context not in methods:
             raise ValueError(f"data.multiprocessing_context must be one of {methods} or null, "

@@ -14,16 +14,18 @@ import math
 from abc import abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from mmsent.data.lm_features import TranscriptText
 from mmsent.data.schema import MODALITIES, SPLITS, DatasetSpec
 from mmsent.data.sources import DataSource, Loaded
+from mmsent.errors import check_choice
 
 log = logging.getLogger(__name__)
 
-MISSING_POLICIES = ("mask", "drop")
+MissingPolicy = Literal["mask", "drop"]
 
 
 @dataclass
@@ -185,7 +187,7 @@ class FeatureSource(DataSource):
         modalities (list[str] | None): Which of text, audio, video to prepare.
         standardize (bool): Scale audio and video features with training
             statistics (text vectors are left as the model produced them).
-        missing (str): A labelled clip without one of the modalities is kept with it
+        missing (MissingPolicy): A labelled clip without one of the modalities is kept with it
             masked (``"mask"``) or left out (``"drop"``).
         tokenizer (str): Tokenizer of transcripts: ``"word"``, ``"minilm"``, or a
             Hugging Face id or path.
@@ -198,14 +200,13 @@ class FeatureSource(DataSource):
     """
 
     def __init__(self, modalities: list[str] | None = None, standardize: bool = True,
-                 missing: str = "mask", tokenizer: str = "word", max_text_length: int = 64,
+                 missing: MissingPolicy = "mask", tokenizer: str = "word", max_text_length: int = 64,
                  text_features: str | None = None, text_layer: int = -1) -> None:
         self.modalities = list(modalities or MODALITIES)
         unknown = set(self.modalities) - set(MODALITIES)
         if unknown:
             raise ValueError(f"modalities: unknown {sorted(unknown)}; expected some of {MODALITIES}")
-        if missing not in MISSING_POLICIES:
-            raise ValueError(f"missing must be one of {MISSING_POLICIES}, got {missing!r}")
+        check_choice("missing", missing, MissingPolicy)
         self.standardize = standardize
         self.missing = missing
         self.text = TranscriptText(tokenizer, max_text_length, text_features, layer=text_layer)

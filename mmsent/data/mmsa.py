@@ -27,16 +27,18 @@ from __future__ import annotations
 import logging
 import pickle
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from mmsent.data.features import FeatureData, FeatureSource
 from mmsent.data.schema import ID_SEPARATOR, SPLITS, check_label, scale_label
+from mmsent.errors import check_choice
 from mmsent.io import file_signature
 
 log = logging.getLogger(__name__)
 
-TEXT_MODES = ("vectors", "bert_ids", "transcript")
+TextMode = Literal["vectors", "bert_ids", "transcript"]
 MODALITY_KEYS = {"audio": "audio", "video": "vision"}
 
 
@@ -112,7 +114,7 @@ class MMSAPickleSource(FeatureSource):
             ``vision``) to prepare; by default each one the pickle holds (text: the
             array ``text`` names; audio: ``audio``; video: ``vision``), so a pickle
             without one of them prepares the others.
-        text (str | None): ``"vectors"`` (the pickle's ``text`` array: BERT states or
+        text (TextMode | None): ``"vectors"`` (the pickle's ``text`` array: BERT states or
             GloVe vectors), ``"bert_ids"`` (``text_bert``'s word-piece ids, for an
             embedding table such as ``TextLSTMEncoder(pretrained_embeddings=
             "bert-base-uncased")``) or ``"transcript"`` (``raw_text`` through
@@ -130,7 +132,7 @@ class MMSAPickleSource(FeatureSource):
 
     name = "mmsa"
 
-    def __init__(self, path: str, modalities: list[str] | None = None, text: str | None = None,
+    def __init__(self, path: str, modalities: list[str] | None = None, text: TextMode | None = None,
                  vocab_size: int = 30522, standardize: bool = False, label_scale: list[float] | None = None,
                  **kwargs) -> None:
         super().__init__(modalities=modalities, standardize=standardize, **kwargs)
@@ -142,8 +144,7 @@ class MMSAPickleSource(FeatureSource):
         self.label_scale = tuple(float(v) for v in label_scale) if label_scale is not None else None
         if text is None:
             text = "transcript" if self.text.states is not None else "vectors"
-        if text not in TEXT_MODES:
-            raise ValueError(f"text must be one of {TEXT_MODES}, got {text!r}")
+        check_choice("text", text, TextMode)
         if self.text.states is not None and text != "transcript":
             raise ValueError(f"text_features computes text from the transcripts; it cannot be "
                              f"combined with text: {text}")

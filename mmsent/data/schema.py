@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
-SPLITS: tuple[str, ...] = ("train", "valid", "test")
-MODALITIES: tuple[str, ...] = ("text", "audio", "video")
+Split = Literal["train", "valid", "test"]
+SPLITS: tuple[str, ...] = get_args(Split)
+Modality = Literal["text", "audio", "video"]
+MODALITIES: tuple[str, ...] = get_args(Modality)
 LABEL_RANGE: tuple[float, float] = (-3.0, 3.0)
 ID_SEPARATOR = "$_$"
 

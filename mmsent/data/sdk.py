@@ -18,6 +18,7 @@ Every feature sequence is aligned to the clip intervals once, while preparing
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -28,7 +29,7 @@ from mmsent.data.labels import read_label_table
 from mmsent.data.schema import MODALITIES, check_label, check_split, make_id
 from mmsent.io import content_hash, file_signature
 
-ALIGNMENTS = ("mean", "sequence")
+Alignment = Literal["mean", "sequence"]
 
 
 class SDKSource(FeatureSource):
@@ -45,7 +46,7 @@ class SDKSource(FeatureSource):
         words (str | None): A word ``.csd`` (``CMU_MOSI_TimestampedWords.csd``) whose
             words, joined per clip, are the transcripts (with a label ``.csd``).
         label_column (int): Which feature column of the label ``.csd`` is the score.
-        align (str | dict[str, str] | None): ``"mean"`` or ``"sequence"``, for all
+        align (Alignment | dict[str, Alignment] | None): ``"mean"`` or ``"sequence"``, for all
             modalities or per modality; None: ``"sequence"`` for text vectors,
             ``"mean"`` for the others.
         max_steps (int): Longest aligned sequence kept (``align: sequence``).
@@ -59,7 +60,7 @@ class SDKSource(FeatureSource):
 
     def __init__(self, root: str, features: dict[str, str], labels: str = "label.csv",
                  splits: str | None = None, words: str | None = None, label_column: int = 0,
-                 align: str | dict[str, str] | None = None, max_steps: int = 50,
+                 align: Alignment | dict[str, Alignment] | None = None, max_steps: int = 50,
                  modalities: list[str] | None = None, **kwargs) -> None:
         unknown = set(features) - set(MODALITIES)
         if unknown:
@@ -78,12 +79,12 @@ class SDKSource(FeatureSource):
         default = [m for m in MODALITIES if m in features or (m == "text" and transcripts)]
         super().__init__(modalities=modalities or default, **kwargs)
 
-    def _alignments(self, align: str | dict[str, str] | None) -> dict[str, str]:
+    def _alignments(self, align: Alignment | dict[str, Alignment] | None) -> dict[str, str]:
         chosen = {m: ("sequence" if m == "text" else "mean") for m in MODALITIES}
         chosen.update({m: align for m in MODALITIES} if isinstance(align, str) else align or {})
-        bad = {m: a for m, a in chosen.items() if a not in ALIGNMENTS}
+        bad = {m: a for m, a in chosen.items() if a not in get_args(Alignment)}
         if bad:
-            raise ValueError(f"align must be one of {ALIGNMENTS} (or a dict of them), got {bad}")
+            raise ValueError(f"align must be one of {list(get_args(Alignment))} (or a dict of them), got {bad}")
         return chosen
 
     def fingerprint(self) -> dict:

@@ -13,12 +13,15 @@ a configuration choice; :func:`resample_epoch_masks` (driven by
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-BERNOULLI_MODES: tuple[str, ...] = ("sample", "batch", "epoch")
+from mmsent.errors import check_choice
+
+BernoulliMode = Literal["sample", "batch", "epoch"]
 DROPOUT_KINDS: tuple[str, ...] = ("bernoulli", "bernoulli_batch", "bernoulli_epoch", "gaussian",
                                   "none")
 
@@ -88,7 +91,7 @@ class BernoulliDropout(nn.Module):
 
     Args:
         p (float): The probability of dropping a unit, in ``[0, 1)``.
-        mode (str): ``"sample"``, ``"batch"`` or ``"epoch"``.
+        mode (BernoulliMode): ``"sample"``, ``"batch"`` or ``"epoch"``.
         feature_ndim (int | None): How many trailing dimensions the batch/epoch mask
             covers; ``None`` means all but the first. Ignored in sample mode.
 
@@ -99,10 +102,9 @@ class BernoulliDropout(nn.Module):
 
     mask: Tensor | None
 
-    def __init__(self, p: float, mode: str = "sample", feature_ndim: int | None = None) -> None:
+    def __init__(self, p: float, mode: BernoulliMode = "sample", feature_ndim: int | None = None) -> None:
         super().__init__()
-        if mode not in BERNOULLI_MODES:
-            raise ValueError(f"mode must be one of {BERNOULLI_MODES}, got {mode!r}")
+        check_choice("mode", mode, BernoulliMode)
         if feature_ndim is not None and feature_ndim < 1:
             raise ValueError(f"feature_ndim must be >= 1 or None, got {feature_ndim!r}")
         self.p = _check_drop_probability(p)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
+from mmsent.errors import check_choice
 from mmsent.models.config import HubMixin, init_args
 from mmsent.models.dropout import make_dropout
 from mmsent.models.pooling import all_valid, masked_max, masked_mean
 from mmsent.models.recurrent import lstm_over_lengths
 from mmsent.pretrained import resolve_model_path
 
-POOLINGS = ("mean", "max", "last")
+Pooling = Literal["mean", "max", "last"]
 
 
 def pretrained_input_embeddings(name_or_path: str) -> torch.Tensor:
@@ -43,7 +46,7 @@ class TextLSTMEncoder(nn.Module, HubMixin):
         bidirectional (bool): Run the LSTM both ways.
         dropout (float): Dropout on the embeddings and the pooled output.
         dropout_kind (str): A kind accepted by :func:`make_dropout`.
-        pooling (str): ``"mean"``, ``"max"`` or ``"last"`` (the final hidden states).
+        pooling (Pooling): ``"mean"``, ``"max"`` or ``"last"`` (the final hidden states).
         out_dim (int): Size of the returned embedding.
         pretrained_embeddings (str | None): A ``transformers`` model whose input
             embeddings initialize the embedding table; its tokenizer must be the
@@ -54,15 +57,14 @@ class TextLSTMEncoder(nn.Module, HubMixin):
 
     def __init__(self, input_dim: int, input_kind: str = "tokens", embed_dim: int = 128,
                  hidden_dim: int = 128, num_layers: int = 1, bidirectional: bool = True,
-                 dropout: float = 0.2, dropout_kind: str = "bernoulli", pooling: str = "mean",
+                 dropout: float = 0.2, dropout_kind: str = "bernoulli", pooling: Pooling = "mean",
                  out_dim: int = 128, pretrained_embeddings: str | None = None,
                  freeze_embeddings: bool = False, padding_idx: int = 0) -> None:
         super().__init__()
         self.config = init_args(locals())
         if input_kind not in ("tokens", "vectors"):
             raise ValueError(f"input_kind must be 'tokens' or 'vectors', got {input_kind!r}")
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        check_choice("pooling", pooling, Pooling)
         self.input_kind = input_kind
         self.pooling = pooling
         self.out_dim = out_dim

@@ -10,14 +10,17 @@ given its own parameter group with a lower learning rate and a linear warm-up
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
+from mmsent.errors import check_choice
 from mmsent.models.config import HubMixin, init_args
 from mmsent.models.pooling import all_valid, masked_mean
 from mmsent.pretrained import resolve_model_path
 
-POOLINGS = ("mean", "cls")
+TransformerPooling = Literal["mean", "cls"]
 WORD_EMBEDDINGS = "word_embeddings"
 
 
@@ -66,7 +69,7 @@ class TransformerTextEncoder(nn.Module, HubMixin):
             is downloaded when it names a local folder or the offline package.
         architecture (dict | None): Instead of ``model``, a ``transformers`` config as
             a dict with its ``model_type``: a randomly initialised encoder of that shape.
-        pooling (str): ``"mean"`` (the mean of the last hidden states over the real
+        pooling (TransformerPooling): ``"mean"`` (the mean of the last hidden states over the real
             tokens, as sentence-transformers pool MiniLM) or ``"cls"`` (the first
             token's state).
         out_dim (int | None): Size of the returned embedding, through a linear
@@ -81,12 +84,11 @@ class TransformerTextEncoder(nn.Module, HubMixin):
     """
 
     def __init__(self, input_dim: int, model: str | None = "minilm", architecture: dict | None = None,
-                 pooling: str = "mean", out_dim: int | None = None, dropout: float = 0.1,
+                 pooling: TransformerPooling = "mean", out_dim: int | None = None, dropout: float = 0.1,
                  freeze: bool = False, freeze_embeddings: bool = False) -> None:
         super().__init__()
         self.config = init_args(locals())
-        if pooling not in POOLINGS:
-            raise ValueError(f"TransformerTextEncoder pooling must be one of {POOLINGS}, got {pooling!r}")
+        check_choice("TransformerTextEncoder pooling", pooling, TransformerPooling)
         self.pooling = pooling
         self.freeze = freeze
         self.freeze_embeddings = freeze_embeddings

@@ -15,9 +15,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mmsent.errors import check_choice
 from mmsent.models.config import HubMixin, init_args
 from mmsent.models.pooling import masked_mean
-from mmsent.models.transformer_text import POOLINGS, load_transformer
+from mmsent.models.transformer_text import TransformerPooling, load_transformer
 
 
 def _layer_stack(transformer: nn.Module) -> nn.ModuleList:
@@ -59,7 +60,7 @@ class TransformerTopEncoder(nn.Module, HubMixin):
         from_layer (int): The data's ``text_layer``: how many of the model's layers
             produced the cached states; the layers above it run here. ``-1`` means the
             last layer: nothing runs, the states are pooled.
-        pooling (str): ``"mean"`` over the real tokens or ``"cls"`` (the first token).
+        pooling (TransformerPooling): ``"mean"`` over the real tokens or ``"cls"`` (the first token).
         out_dim (int | None): Size of the returned embedding, through a linear
             projection; None returns the hidden size unprojected.
         dropout (float): Dropout on the pooled embedding.
@@ -68,12 +69,11 @@ class TransformerTopEncoder(nn.Module, HubMixin):
     """
 
     def __init__(self, input_dim: int, model: str | None = "all-mpnet-base-v2", from_layer: int = -1,
-                 pooling: str = "mean", out_dim: int | None = None, dropout: float = 0.1,
+                 pooling: TransformerPooling = "mean", out_dim: int | None = None, dropout: float = 0.1,
                  architecture: dict | None = None) -> None:
         super().__init__()
         self.config = init_args(locals())
-        if pooling not in POOLINGS:
-            raise ValueError(f"TransformerTopEncoder pooling must be one of {POOLINGS}, got {pooling!r}")
+        check_choice("TransformerTopEncoder pooling", pooling, TransformerPooling)
         self.pooling = pooling
         transformer = load_transformer(model, architecture)
         depth = int(transformer.config.num_hidden_layers)

@@ -3,9 +3,12 @@ per-frame 2D-CNN baseline, and an LSTM over pre-extracted feature sequences."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
+from mmsent.errors import check_choice
 from mmsent.models.config import HubMixin, init_args
 from mmsent.models.dropout import make_dropout
 from mmsent.models.inflation import (
@@ -18,18 +21,18 @@ from mmsent.models.inflation import (
 from mmsent.models.text import TextLSTMEncoder
 
 TORCHVISION_BACKBONES = ("r3d_18", "mc3_18", "r2plus1d_18")
-TEMPORAL_PADDINGS = ("zeros", "replicate")
+TemporalPadding = Literal["zeros", "replicate"]
 
 
 def conv3d_block(in_channels: int, out_channels: int, pool: tuple[int, int, int],
-                 temporal_padding: str = "zeros") -> nn.Sequential:
+                 temporal_padding: TemporalPadding = "zeros") -> nn.Sequential:
     """Conv3d 3x3x3, batch norm, ReLU, max pool.
 
     Args:
         in_channels (int): Input channels.
         out_channels (int): Output channels.
         pool (tuple[int, int, int]): Max-pool kernel (time, height, width).
-        temporal_padding (str): ``"zeros"`` or ``"replicate"`` (the clip's end frames
+        temporal_padding (TemporalPadding): ``"zeros"`` or ``"replicate"`` (the clip's end frames
             repeated; see :class:`~mmsent.models.inflation.TimeReplicateConv3d`).
 
     Returns:
@@ -40,17 +43,16 @@ def conv3d_block(in_channels: int, out_channels: int, pool: tuple[int, int, int]
                          nn.BatchNorm3d(out_channels), nn.ReLU(inplace=True), nn.MaxPool3d(pool))
 
 
-GLOBAL_POOLS = ("max", "avg")
+GlobalPool = Literal["max", "avg"]
 
 
-def _temporal_padding(kind: str) -> str:
-    if kind not in TEMPORAL_PADDINGS:
-        raise ValueError(f"temporal_padding must be one of {TEMPORAL_PADDINGS}, got {kind!r}")
+def _temporal_padding(kind: TemporalPadding) -> str:
+    check_choice("temporal_padding", kind, TemporalPadding)
     return kind
 
 
-def compact_c3d(in_channels: int, widths: list[int], global_pool: str = "max",
-                temporal_bins: int = 1, temporal_padding: str = "zeros") -> nn.Sequential:
+def compact_c3d(in_channels: int, widths: list[int], global_pool: GlobalPool = "max",
+                temporal_bins: int = 1, temporal_padding: TemporalPadding = "zeros") -> nn.Sequential:
     """A C3D-style stack small enough to train on a CPU.
 
     The first block pools space only, as C3D does, so early layers keep the temporal
@@ -62,12 +64,12 @@ def compact_c3d(in_channels: int, widths: list[int], global_pool: str = "max",
     Args:
         in_channels (int): Input channels (3 for RGB).
         widths (list[int]): Channels of each block.
-        global_pool (str): ``"max"`` or ``"avg"`` over the last block's positions.
+        global_pool (GlobalPool): ``"max"`` or ``"avg"`` over the last block's positions.
         temporal_bins (int): The last block's time axis is pooled into this many
             ordered bins instead of one, and the bins are concatenated: with more
             than one, what follows sees *when* a feature fired, so the direction of
             a movement (a feature early versus late) is a linear read-out.
-        temporal_padding (str): ``"zeros"`` or ``"replicate"``, for every block's
+        temporal_padding (TemporalPadding): ``"zeros"`` or ``"replicate"``, for every block's
             convolution (see :func:`conv3d_block`).
 
     Returns:
@@ -86,16 +88,15 @@ def compact_c3d(in_channels: int, widths: list[int], global_pool: str = "max",
     return nn.Sequential(*blocks, _global_pool(global_pool, 3, temporal_bins), nn.Flatten())
 
 
-def _global_pool(kind: str, dims: int, temporal_bins: int = 1) -> nn.Module:
-    if kind not in GLOBAL_POOLS:
-        raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {kind!r}")
+def _global_pool(kind: GlobalPool, dims: int, temporal_bins: int = 1) -> nn.Module:
+    check_choice("global_pool", kind, GlobalPool)
     if dims == 3:
         size = (temporal_bins, 1, 1)
         return nn.AdaptiveMaxPool3d(size) if kind == "max" else nn.AdaptiveAvgPool3d(size)
     return nn.AdaptiveMaxPool2d(1) if kind == "max" else nn.AdaptiveAvgPool2d(1)
 
 
-def torchvision_backbone(name: str, temporal_padding: str = "zeros",
+def torchvision_backbone(name: str, temporal_padding: TemporalPadding = "zeros",
                          stem_pool: bool = False) -> tuple[nn.Module, int]:
     """A randomly initialized torchvision video network without its classifier.
 
@@ -104,7 +105,7 @@ def torchvision_backbone(name: str, temporal_padding: str = "zeros",
 
     Args:
         name (str): One of :data:`TORCHVISION_BACKBONES`.
-        temporal_padding (str): ``"zeros"`` (torchvision's) or ``"replicate"``: every
+        temporal_padding (TemporalPadding): ``"zeros"`` (torchvision's) or ``"replicate"``: every
             convolution that pads time repeats the clip's end frames instead.
         stem_pool (bool): Append ``resnet18``'s stem max-pool, which the video networks
             lack (see :func:`~mmsent.models.inflation.add_image_stem_pool`).
@@ -134,7 +135,7 @@ class Visual3DCNNEncoder(nn.Module, HubMixin):
         backbone (str): ``"c3d"`` (compact, CPU-friendly) or a torchvision video
             network (``"r3d_18"``, ``"mc3_18"``, ``"r2plus1d_18"``) for GPUs.
         widths (list[int]): Channels of the compact network's blocks.
-        global_pool (str): The compact network's final pooling, ``"max"`` or ``"avg"``.
+        global_pool (GlobalPool): The compact network's final pooling, ``"max"`` or ``"avg"``.
         temporal_bins (int): Ordered time bins the compact network's final pooling
             keeps (see :func:`compact_c3d`); 1 pools time away with space.
         motion_input (bool): Give the compact network, besides each frame, the
@@ -160,7 +161,7 @@ class Visual3DCNNEncoder(nn.Module, HubMixin):
             2D network (e.g. ``["conv1.weight", "conv2.weight", "conv3.weight"]`` of a
             face detector, with ``widths`` equal to their output channels). None: a
             :class:`FrameCNNEncoder`'s convolutions, or every 2D kernel of the file.
-        temporal_padding (str): How the 3D convolutions pad time: ``"zeros"`` or
+        temporal_padding (TemporalPadding): How the 3D convolutions pad time: ``"zeros"`` or
             ``"replicate"`` (the clip's end frames repeated). With ``"replicate"`` an
             inflated network computes its 2D network's features on a still clip at
             every frame, not only away from the clip's ends (see
@@ -172,10 +173,10 @@ class Visual3DCNNEncoder(nn.Module, HubMixin):
     """
 
     def __init__(self, input_dim: int = 3, backbone: str = "c3d", widths: list[int] | None = None,
-                 global_pool: str = "max", temporal_bins: int = 1, motion_input: bool = False,
+                 global_pool: GlobalPool = "max", temporal_bins: int = 1, motion_input: bool = False,
                  out_dim: int = 64, dropout: float = 0.2, dropout_kind: str = "bernoulli",
                  channels_last: bool = False, inflate_from: str | None = None,
-                 inflate_kernels: list[str] | None = None, temporal_padding: str = "zeros",
+                 inflate_kernels: list[str] | None = None, temporal_padding: TemporalPadding = "zeros",
                  stem_pool: bool = False) -> None:
         super().__init__()
         self.config = init_args(locals())
@@ -240,7 +241,7 @@ class FrameCNNEncoder(nn.Module, HubMixin):
     Args:
         input_dim (int): Input channels (3 for RGB frames).
         widths (list[int]): Channels of each 2D block.
-        global_pool (str): Pooling over each frame's positions, ``"max"`` or ``"avg"``;
+        global_pool (GlobalPool): Pooling over each frame's positions, ``"max"`` or ``"avg"``;
             frames are then averaged over time.
         out_dim (int): Size of the returned embedding.
         dropout (float): Dropout before the projection.
@@ -248,7 +249,7 @@ class FrameCNNEncoder(nn.Module, HubMixin):
     """
 
     def __init__(self, input_dim: int = 3, widths: list[int] | None = None,
-                 global_pool: str = "max", out_dim: int = 64, dropout: float = 0.2,
+                 global_pool: GlobalPool = "max", out_dim: int = 64, dropout: float = 0.2,
                  dropout_kind: str = "bernoulli") -> None:
         super().__init__()
         self.config = init_args(locals())

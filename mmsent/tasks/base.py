@@ -9,21 +9,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Literal
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from pytorch_lightning.cli import OptimizerCallable
 from torch import nn
 from torchmetrics.aggregation import CatMetric
 
+from mmsent import optim
 from mmsent.data.schema import MODALITIES
-from mmsent.errors import NonFiniteError
-from mmsent.metrics import BatchMean, baseline_metrics, split_metrics
+from mmsent.errors import NonFiniteError, check_choice
+from mmsent.metrics import BatchMean, baseline_metrics, sentiment_metrics
 from mmsent.models.weights import fill_rebuilt, omit_rebuilt
-from mmsent.optim import build_param_groups, has_schedules, has_step_warmup, per_group_scheduler
 from mmsent.regularization import Regularizer
 from mmsent.tasks.checkpoints import META_KEY
 
+Loss = Literal["l1", "mse", "huber"]
 LOSSES = {"l1": nn.functional.l1_loss, "mse": nn.functional.mse_loss,
           "huber": nn.functional.smooth_l1_loss}
 STAGES = ("val", "test")
@@ -41,38 +43,37 @@ class BaseTask(pl.LightningModule):
             ``mse``), and every validation and test epoch also logs the trivial
             predictors' metrics (``<split>/baseline/<metric>``). None: heads start at
             0 and no baseline is logged.
-        loss (str): ``"l1"`` (the field's default), ``"mse"`` or ``"huber"``.
+        loss (Loss): ``"l1"`` (the field's default), ``"mse"`` or ``"huber"``.
         optimizer (OptimizerCallable): Builds the optimizer from parameter groups.
-        lr_scheduler (LRSchedulerCallable | None): Builds a scheduler for the whole
-            optimizer; ignored when ``param_groups`` set per-group schedules.
-        param_groups (dict[str, dict] | None): Per part (see :meth:`parameter_parts`),
-            its own ``lr``, ``weight_decay``, ``momentum`` and ``schedule``.
+        param_groups (dict[str, ParamGroup] | None): Per part (see :meth:`parameter_parts`),
+            its own ``lr``, ``weight_decay``, ``momentum`` and ``schedule`` (a cosine
+            schedule's length defaults to the trainer's ``max_epochs``).
         regularizer (Regularizer | None): A weight penalty added to the training loss.
     """
 
     def __init__(self, input_dims: dict[str, int] | None = None,
-                 label_statistics: dict[str, float] | None = None, loss: str = "l1",
+                 label_statistics: dict[str, float] | None = None, loss: Loss = "l1",
                  optimizer: OptimizerCallable = torch.optim.Adam,
-                 lr_scheduler: LRSchedulerCallable | None = None,
-                 param_groups: dict[str, dict] | None = None,
+                 param_groups: dict[str, optim.ParamGroup] | None = None,
                  regularizer: Regularizer | None = None) -> None:
         super().__init__()
-        if loss not in LOSSES:
-            raise ValueError(f"model.loss must be one of {sorted(LOSSES)}, got {loss!r}")
+        check_choice("model.loss", loss, Loss)
         self.input_dims = dict(input_dims or {})
         self.label_statistics = dict(label_statistics) if label_statistics else None
         self.loss_name = loss
         self.loss_fn = LOSSES[loss]
         self.optimizer_factory = optimizer
-        self.scheduler_factory = lr_scheduler
-        self.group_settings = param_groups
+        self.group_settings = optim.plain_groups(param_groups)
         self.regularizer = regularizer
-        self.metrics = nn.ModuleDict({stage: split_metrics(stage) for stage in STAGES})
+        self.metrics = nn.ModuleDict({stage: sentiment_metrics(f"{stage}/") for stage in STAGES})
         # Gathered over the processes like the metrics, so that the loss, the best
-        # achievable error and the baselines are those of the whole split too.
+        # achievable error and the baselines are those of the whole split too; the last
+        # two depend on the data alone, so each split's are computed once per fit,
+        # validate or test.
         self.losses = nn.ModuleDict({stage: BatchMean() for stage in STAGES})
         self.best_errors = nn.ModuleDict({stage: CatMetric(nan_strategy="disable") for stage in STAGES})
         self.targets = nn.ModuleDict({stage: CatMetric(nan_strategy="disable") for stage in STAGES})
+        self.split_statistics: dict[str, dict[str, float]] = {}
 
     @property
     def label_center(self) -> float | None:
@@ -98,7 +99,9 @@ class BaseTask(pl.LightningModule):
         Args:
             ignore (tuple[str, ...]): Further argument names to leave out.
         """
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "regularizer", *ignore])
+        self.save_hyperparameters(ignore=["optimizer", "regularizer", *ignore])
+        if self.group_settings is not None:
+            self.hparams["param_groups"] = self.group_settings
 
     def parameter_parts(self) -> dict[str, nn.Module]:
         """dict[str, nn.Module]: Named parts that get one optimizer group each."""
@@ -116,7 +119,7 @@ class BaseTask(pl.LightningModule):
         """
         if self.regularizer is not None:
             self.regularizer.check_fits(self)
-        return build_param_groups(self.parameter_parts(), self.group_settings, optional=MODALITIES)
+        return optim.build_param_groups(self.parameter_parts(), self.group_settings, optional=MODALITIES)
 
     def compute_loss(self, batch: dict, loss_fn: Callable | None = None) -> torch.Tensor:
         """The training objective on one batch (used by diagnostics too).
@@ -229,9 +232,16 @@ class BaseTask(pl.LightningModule):
         preds = self(batch) if preds is None else preds
         self.losses[stage].update(self.loss_fn(preds, batch["label"]), len(preds))
         self.metrics[stage].update(preds, batch["label"])
-        self.best_errors[stage].update((batch["label"] - batch["clean_label"]).abs())
-        self.targets[stage].update(batch["label"].detach())
+        # Lightning computes, gathers and resets them at the end of the epoch.
+        for name, metric in self.metrics[stage].items(copy_state=False):
+            self.log(name, metric, prog_bar=name in (f"{stage}/MAE", f"{stage}/Corr"))
+        if stage not in self.split_statistics:
+            self.best_errors[stage].update((batch["label"] - batch["clean_label"]).abs())
+            self.targets[stage].update(batch["label"].detach())
         return preds
+
+    def setup(self, stage: str) -> None:
+        self.split_statistics = {}
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics("val")
@@ -240,22 +250,25 @@ class BaseTask(pl.LightningModule):
         self._log_epoch_metrics("test")
 
     def _log_epoch_metrics(self, stage: str) -> None:
-        for name, value in self.metrics[stage].compute().items():
-            self.log_gathered(name, value, prog_bar=name in (f"{stage}/MAE", f"{stage}/Corr"))
-        self.metrics[stage].reset()
-        if not self.targets[stage].update_called:
-            return
-        self.log_gathered(f"{stage}/loss", self.losses[stage].compute())
-        self.losses[stage].reset()
-        best = self.best_errors[stage].compute().mean().item()
-        if math.isfinite(best):
-            self.log_gathered(f"{stage}/best_achievable_MAE", best)
-        targets = self.targets[stage].compute()
-        self.best_errors[stage].reset()
-        self.targets[stage].reset()
-        if self.label_statistics is not None:
-            for name, value in baseline_metrics(self.label_statistics, targets).items():
-                self.log_gathered(f"{stage}/baseline/{name}", value)
+        """Logs the split's loss, and its best achievable error and baselines, computed
+        on the first epoch that sees all of it (not Lightning's sanity check of a few batches)."""
+        if self.losses[stage].update_called:
+            self.log_gathered(f"{stage}/loss", self.losses[stage].compute())
+            self.losses[stage].reset()
+        statistics = self.split_statistics.get(stage, {})
+        if stage not in self.split_statistics and self.targets[stage].update_called:
+            best = self.best_errors[stage].compute().mean().item()
+            if math.isfinite(best):
+                statistics[f"{stage}/best_achievable_MAE"] = best
+            if self.label_statistics is not None:
+                baselines = baseline_metrics(self.label_statistics, self.targets[stage].compute())
+                statistics.update({f"{stage}/baseline/{name}": value for name, value in baselines.items()})
+            self.best_errors[stage].reset()
+            self.targets[stage].reset()
+            if not self.trainer.sanity_checking:
+                self.split_statistics[stage] = statistics
+        for name, value in statistics.items():
+            self.log_gathered(name, value)
 
     def log_gathered(self, name: str, value: float | torch.Tensor, prog_bar: bool = False) -> None:
         """Logs an epoch value computed from states gathered over every process.
@@ -291,19 +304,13 @@ class BaseTask(pl.LightningModule):
         if not groups:
             raise ValueError("no trainable parameter: every part of the model is frozen")
         optimizer = self.optimizer_factory(groups)
-        interval = "epoch"
-        if has_schedules(self.group_settings):
-            steps = self._steps_per_epoch() if has_step_warmup(self.group_settings) else None
-            scheduler = per_group_scheduler(optimizer, self.group_settings, steps)
-            interval = "step" if steps else "epoch"
-        elif self.scheduler_factory is not None:
-            scheduler = self.scheduler_factory(optimizer)
-        else:
+        if not optim.has_schedules(self.group_settings):
             return optimizer
-        config = {"scheduler": scheduler, "interval": interval}
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            config["monitor"] = "val/MAE"
-        return {"optimizer": optimizer, "lr_scheduler": config}
+        steps = self._steps_per_epoch() if optim.has_step_warmup(self.group_settings) else None
+        epochs = getattr(self._trainer, "max_epochs", None)
+        epochs = epochs if (epochs or 0) > 0 else None  # -1 or None: unbounded
+        scheduler = optim.per_group_scheduler(optimizer, self.group_settings, steps, epochs)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step" if steps else "epoch"}}
 
     def _steps_per_epoch(self) -> int:
         self.trainer.estimated_stepping_batches  # noqa: B018 (sets up the training data)

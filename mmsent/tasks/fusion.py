@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from mmsent.data.schema import MODALITIES
-from mmsent.errors import ConfigError
-from mmsent.metrics import SentimentMetrics
+from mmsent.errors import ConfigError, check_choice
+from mmsent.metrics import sentiment_metrics
 from mmsent.models.config import module_config
 from mmsent.models.fusion import ConcatFusion, RegressionHead
-from mmsent.models.generative import SCORE_MODES, sample_embeddings
+from mmsent.models.generative import ScoreMode, sample_embeddings
 from mmsent.models.late_fusion import LateFusionModel
 from mmsent.tasks.base import BaseTask
 from mmsent.tasks.checkpoints import (
@@ -95,7 +95,7 @@ class FusionTask(BaseTask):
         generator_checkpoint (str | None): A generative stage's checkpoint; needs
             ``freeze_encoders``, since its samples live in the frozen encoders' space.
         generated_ratio (float): Generated samples per real sample in training.
-        generated_scores (str): Scores the samples are conditioned on: ``"train"``
+        generated_scores (ScoreMode): Scores the samples are conditioned on: ``"train"``
             (drawn from the batch's labels, i.e. the training distribution) or
             ``"uniform"`` (uniform in [-3, 3]).
         **kwargs: :class:`BaseTask` arguments (loss, optimizer, param_groups, ...).
@@ -111,7 +111,7 @@ class FusionTask(BaseTask):
                  head_from: str | None = None, freeze_encoders: bool | list[str] = True,
                  modality_dropout: float = 0.0,
                  generator_checkpoint: str | None = None, generated_ratio: float = 0.0,
-                 generated_scores: str = "train", **kwargs) -> None:
+                 generated_scores: ScoreMode = "train", **kwargs) -> None:
         super().__init__(**kwargs)
         self.save_plain_hyperparameters(ignore=("text_encoder", "audio_encoder", "video_encoder", "fusion"))
         factories = {"text": text_encoder, "audio": audio_encoder, "video": video_encoder}
@@ -139,7 +139,7 @@ class FusionTask(BaseTask):
         for modality in self.frozen:
             self.model.encoders[modality].requires_grad_(False)
         # Otherwise each encoder keeps what its own config froze (e.g. freeze_embeddings).
-        self.ablation = nn.ModuleDict({m: SentimentMetrics() for m in built})
+        self.ablation = nn.ModuleDict({m: sentiment_metrics() for m in built})
         self.generated_ratio = generated_ratio
         self.generated_scores = generated_scores
         self.generator = self._load_generator(generator_checkpoint)
@@ -151,8 +151,7 @@ class FusionTask(BaseTask):
     def _load_generator(self, path: str | None) -> nn.Module | None:
         if self.generated_ratio < 0:
             raise ValueError(f"model.generated_ratio must be >= 0, got {self.generated_ratio}")
-        if self.generated_scores not in SCORE_MODES:
-            raise ValueError(f"model.generated_scores must be one of {SCORE_MODES}, got {self.generated_scores!r}")
+        check_choice("model.generated_scores", self.generated_scores, ScoreMode)
         if not path:
             if self.generated_ratio > 0:
                 raise ValueError("model.generated_ratio > 0 needs model.generator_checkpoint")
@@ -248,14 +247,14 @@ class FusionTask(BaseTask):
             metric.update(self.model.predict_from_embeddings(embeddings, ablated), batch["label"])
 
     def on_test_epoch_end(self) -> None:
-        full_mae = self.metrics["test"].compute()["test/MAE"]
+        full_mae = self.metrics["test"]["MAE"].compute()
         super().on_test_epoch_end()
         for modality, metric in self.ablation.items():
             without = metric.compute()
             metric.reset()
             self.log_gathered(f"test/without_{modality}/MAE", without["MAE"])
             self.log_gathered(f"test/without_{modality}/Corr", without["Corr"])
-            self.log_gathered(f"test/contribution/{modality}", without["MAE"] - full_mae)
+            self.log_gathered(f"test/contribution/{modality}", float(without["MAE"]) - float(full_mae))
 
     def checkpoint_meta(self) -> dict:
         return {"task": "fusion", "encoder_configs": {m: encoder_config(e) for m, e in self.model.encoders.items()},

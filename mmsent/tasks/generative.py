@@ -102,7 +102,7 @@ class GenerativeTask(BaseTask):
         self.generator = generator(sum(self.dims.values()))
         self.probe = RidgeProbe(self.generator.data_dim, probe_alpha)
         self.automatic_optimization = not self.generator.adversarial
-        if self.generator.adversarial and (self.scheduler_factory is not None or has_schedules(self.group_settings)):
+        if self.generator.adversarial and has_schedules(self.group_settings):
             raise ValueError("model: learning-rate schedules are not supported for an adversarial "
                              "generator; give generator and discriminator constant rates")
         self.discriminator_steps = discriminator_steps

@@ -7,8 +7,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from mmsent.data.schema import MODALITIES
-from mmsent.errors import ConfigError
+from mmsent.data.schema import Modality
+from mmsent.errors import ConfigError, check_choice
 from mmsent.models.fusion import RegressionHead
 from mmsent.tasks.base import BaseTask
 from mmsent.tasks.checkpoints import encoder_config, load_unimodal, modality_paths
@@ -26,7 +26,7 @@ class UnimodalTask(BaseTask):
     trained on the label alone sees the other modalities' part of it as noise.
 
     Args:
-        modality (str): ``"text"``, ``"audio"`` or ``"video"``.
+        modality (Modality): ``"text"``, ``"audio"`` or ``"video"``.
         encoder (Callable[[int], nn.Module]): Builds the encoder from its input size
             (in YAML: a ``class_path`` and ``init_args`` without ``input_dim``).
         head_hidden (int): Hidden size of the head; 0 for linear.
@@ -36,11 +36,10 @@ class UnimodalTask(BaseTask):
         **kwargs: :class:`BaseTask` arguments (loss, optimizer, ...).
     """
 
-    def __init__(self, modality: str, encoder: Callable[[int], nn.Module], head_hidden: int = 0,
+    def __init__(self, modality: Modality, encoder: Callable[[int], nn.Module], head_hidden: int = 0,
                  head_dropout: float = 0.0, fixed: dict[str, str | None] | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
-        if modality not in MODALITIES:
-            raise ValueError(f"model.modality must be one of {MODALITIES}, got {modality!r}")
+        check_choice("model.modality", modality, Modality)
         if modality not in self.input_dims:
             raise ValueError(f"model.modality is {modality!r} but the data holds only "
                              f"{sorted(self.input_dims)}")

@@ -38,10 +38,10 @@ Usage without Lightning::
 
 from mmsent.models.generative.autoencoder import ConditionalAutoencoder
 from mmsent.models.generative.base import (
-    SCORE_MODES,
     SCORE_SCALE,
     EmbeddingGenerator,
     RunningStandardizer,
+    ScoreMode,
     concat_embeddings,
     draw_scores,
     sample_embeddings,
@@ -51,9 +51,9 @@ from mmsent.models.generative.base import (
 from mmsent.models.generative.bigan import BiGAN
 from mmsent.models.generative.cycle import EmbeddingCycleGAN, fill_missing
 from mmsent.models.generative.gan import (
-    GAN_LOSSES,
     ConditionalGAN,
     Critic,
+    GanLoss,
     discriminator_objective,
     generator_objective,
     gradient_penalty,
@@ -71,10 +71,9 @@ GENERATORS: dict[str, type[EmbeddingGenerator]] = {
     cls.__name__: cls for cls in (ConditionalAutoencoder, ConditionalVAE, ConditionalGAN, BiGAN)}
 """The generators a checkpoint may name, by class name."""
 
-__all__ = ["GAN_LOSSES", "GENERATORS", "SCORE_MODES", "SCORE_SCALE", "BiGAN",
-           "ConditionalAutoencoder", "ConditionalGAN", "ConditionalVAE", "Critic",
-           "EmbeddingCycleGAN", "EmbeddingGenerator", "RidgeProbe", "RunningStandardizer",
-           "concat_embeddings", "conditional_diversity", "discriminator_objective", "draw_scores",
-           "fill_missing", "frechet_distance", "generator_objective", "gradient_penalty",
-           "mean_pairwise_distance", "sample_embeddings", "sample_quality", "score_condition",
-           "split_embeddings"]
+__all__ = ["GENERATORS", "SCORE_SCALE", "BiGAN", "ConditionalAutoencoder", "ConditionalGAN",
+           "ConditionalVAE", "Critic", "EmbeddingCycleGAN", "EmbeddingGenerator", "GanLoss", "RidgeProbe",
+           "RunningStandardizer", "ScoreMode", "concat_embeddings", "conditional_diversity",
+           "discriminator_objective", "draw_scores", "fill_missing", "frechet_distance",
+           "generator_objective", "gradient_penalty", "mean_pairwise_distance", "sample_embeddings",
+           "sample_quality", "score_condition", "split_embeddings"]

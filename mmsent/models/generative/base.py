@@ -3,13 +3,16 @@ standardization and sampling."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor, nn
 
+from mmsent.errors import check_choice
 from mmsent.models.config import HubMixin
 
 SCORE_SCALE = 3.0
-SCORE_MODES = ("train", "uniform")
+ScoreMode = Literal["train", "uniform"]
 
 
 def concat_embeddings(embeddings: dict[str, Tensor], dims: dict[str, int]) -> Tensor:
@@ -38,7 +41,7 @@ def split_embeddings(x: Tensor, dims: dict[str, int]) -> dict[str, Tensor]:
     return dict(zip(dims, x.split(list(dims.values()), dim=-1), strict=True))
 
 
-def draw_scores(labels: Tensor, count: int, mode: str = "train",
+def draw_scores(labels: Tensor, count: int, mode: ScoreMode = "train",
                 rng: torch.Generator | None = None) -> Tensor:
     """Scores to condition generated samples on.
 
@@ -46,17 +49,16 @@ def draw_scores(labels: Tensor, count: int, mode: str = "train",
         labels (Tensor): Real training scores, shape ``(B,)``; ``"train"`` resamples
             them, so generated scores follow the training label distribution.
         count (int): How many scores.
-        mode (str): ``"train"`` or ``"uniform"`` (uniform in ``[-3, 3]``).
+        mode (ScoreMode): ``"train"`` or ``"uniform"`` (uniform in ``[-3, 3]``).
         rng (torch.Generator | None): Random source.
 
     Returns:
         Tensor: Shape ``(count,)``.
     """
+    check_choice("score mode", mode, ScoreMode)
     if mode == "train":
         return labels[torch.randint(len(labels), (count,), generator=rng, device=labels.device)]
-    if mode == "uniform":
-        return (torch.rand(count, generator=rng, device=labels.device) * 2 - 1) * SCORE_SCALE
-    raise ValueError(f"score mode must be one of {SCORE_MODES}, got {mode!r}")
+    return (torch.rand(count, generator=rng, device=labels.device) * 2 - 1) * SCORE_SCALE
 
 
 def score_condition(scores: Tensor) -> Tensor:

@@ -10,6 +10,7 @@ from mmsent.models.config import init_args
 from mmsent.models.generative.base import EmbeddingGenerator, score_condition
 from mmsent.models.generative.gan import (
     Critic,
+    GanLoss,
     check_adversarial_loss,
     discriminator_objective,
     generator_objective,
@@ -53,7 +54,7 @@ class BiGAN(EmbeddingGenerator):
     can_reconstruct = True
 
     def __init__(self, data_dim: int, noise_dim: int = 16, hidden_dims: list[int] | None = None,
-                 critic_dims: list[int] | None = None, loss: str = "wasserstein",
+                 critic_dims: list[int] | None = None, loss: GanLoss = "wasserstein",
                  spectral_norm: bool = False, gradient_penalty: float = 10.0) -> None:
         super().__init__(data_dim)
         self.config = init_args(locals())

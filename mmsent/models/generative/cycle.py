@@ -15,6 +15,7 @@ from mmsent.models.config import init_args
 from mmsent.models.generative.base import RunningStandardizer
 from mmsent.models.generative.gan import (
     Critic,
+    GanLoss,
     check_adversarial_loss,
     discriminator_objective,
     generator_objective,
@@ -59,7 +60,7 @@ class EmbeddingCycleGAN(nn.Module):
     """
 
     def __init__(self, source_dim: int, target_dim: int, source: str = "text", target: str = "audio",
-                 hidden_dims: list[int] | None = None, loss: str = "wasserstein",
+                 hidden_dims: list[int] | None = None, loss: GanLoss = "wasserstein",
                  spectral_norm: bool = False, gradient_penalty: float = 10.0,
                  cycle_weight: float = 10.0, paired_weight: float = 0.0) -> None:
         super().__init__()

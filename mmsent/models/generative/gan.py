@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import spectral_norm as apply_spectral_norm
 
+from mmsent.errors import check_choice
 from mmsent.models.audio import mlp
 from mmsent.models.config import init_args
 from mmsent.models.generative.base import EmbeddingGenerator, score_condition
 
-GAN_LOSSES = ("hinge", "bce", "wasserstein")
+GanLoss = Literal["hinge", "bce", "wasserstein"]
 
 
 class Critic(nn.Module):
@@ -62,32 +65,31 @@ class Critic(nn.Module):
         return logits, info
 
 
-def check_adversarial_loss(owner: str, loss: str, spectral_norm: bool, gradient_penalty: float) -> None:
+def check_adversarial_loss(owner: str, loss: GanLoss, spectral_norm: bool, gradient_penalty: float) -> None:
     """Checks an adversarial model's loss settings.
 
     Args:
         owner (str): The model's name, for the message.
-        loss (str): One of :data:`GAN_LOSSES`.
+        loss (GanLoss): ``"hinge"``, ``"bce"`` or ``"wasserstein"``.
         spectral_norm (bool): Whether the critic is spectrally normalized.
         gradient_penalty (float): Weight of the gradient penalty.
 
     Raises:
         ValueError: If ``loss`` is unknown, or Wasserstein has no Lipschitz constraint.
     """
-    if loss not in GAN_LOSSES:
-        raise ValueError(f"{owner}: loss must be one of {GAN_LOSSES}, got {loss!r}")
+    check_choice(f"{owner}: loss", loss, GanLoss)
     if loss == "wasserstein" and not (spectral_norm or gradient_penalty):
         raise ValueError(f"{owner}: the wasserstein loss needs a Lipschitz constraint: "
                          "spectral_norm or gradient_penalty > 0")
 
 
-def discriminator_objective(real: Tensor, fake: Tensor, kind: str) -> Tensor:
+def discriminator_objective(real: Tensor, fake: Tensor, kind: GanLoss) -> Tensor:
     """The discriminator's loss for real and fake logits.
 
     Args:
         real (Tensor): Logits of real samples.
         fake (Tensor): Logits of generated samples.
-        kind (str): One of :data:`GAN_LOSSES`.
+        kind (GanLoss): ``"hinge"``, ``"bce"`` or ``"wasserstein"``.
 
     Returns:
         Tensor: The scalar loss.
@@ -99,12 +101,12 @@ def discriminator_objective(real: Tensor, fake: Tensor, kind: str) -> Tensor:
     return fake.mean() - real.mean()
 
 
-def generator_objective(fake: Tensor, kind: str) -> Tensor:
+def generator_objective(fake: Tensor, kind: GanLoss) -> Tensor:
     """The generator's (non-saturating) loss for the logits of its samples.
 
     Args:
         fake (Tensor): Logits of generated samples.
-        kind (str): One of :data:`GAN_LOSSES`.
+        kind (GanLoss): ``"hinge"``, ``"bce"`` or ``"wasserstein"``.
 
     Returns:
         Tensor: The scalar loss.
@@ -158,7 +160,7 @@ class ConditionalGAN(EmbeddingGenerator):
     can_reconstruct = False
 
     def __init__(self, data_dim: int, noise_dim: int = 32, hidden_dims: list[int] | None = None,
-                 critic_dims: list[int] | None = None, loss: str = "wasserstein",
+                 critic_dims: list[int] | None = None, loss: GanLoss = "wasserstein",
                  spectral_norm: bool = False, gradient_penalty: float = 10.0, info_dim: int = 0,
                  info_weight: float = 1.0) -> None:
         super().__init__(data_dim)
