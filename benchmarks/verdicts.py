@@ -8,6 +8,8 @@ detected"; an interval within ±:data:`MATTERS` is flagged as too small to matte
 rule is fixed before the results and is the same for every table.
 
     python benchmarks/verdicts.py benchmarks/results/audio_dropout.json --baseline none --metric MAE
+    python benchmarks/verdicts.py benchmarks/results/optimizers_finetune.json --stage finetune --baseline Nesterov
+    python benchmarks/verdicts.py benchmarks/results/optimizers_mosi{,_seed1,_seed2}.json --stage finetune --baseline SGD
 """
 
 from __future__ import annotations
@@ -82,14 +84,37 @@ def by_seed(runs: list[dict], key: str, variant_key: str = "variant") -> dict[st
     return table
 
 
+def chosen_runs(payload: dict, stage: str) -> list[dict]:
+    """An ``optimizers.py`` results file's reported runs of one stage at each optimizer's chosen
+    rate, each with its optimizer as ``variant`` (the sweep's other rates left out).
+
+    Args:
+        payload (dict): The results file.
+        stage (str): ``text`` or ``finetune``.
+
+    Returns:
+        list[dict]: The runs over the file's reported seeds.
+    """
+    chosen = payload["best_lr"][stage]
+    return [{**run, "variant": run["optimizer"]} for run in payload["runs"]
+            if run["stage"] == stage and run["lr"] == chosen[run["optimizer"]] and run["seed"] in payload["seeds"]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", type=Path, help="a results JSON with 'runs' of variant, seed and metrics")
+    parser.add_argument("results", type=Path, nargs="+",
+                        help="results JSONs with 'runs' of variant, seed and metrics; several files pair "
+                             "their runs by (file, seed), e.g. one file per pipeline seed")
     parser.add_argument("--baseline", required=True, help="the variant every other one is compared with")
     parser.add_argument("--metric", nargs="+", default=["val_MAE", "MAE", "Corr"])
     parser.add_argument("--variant-key", default="variant")
+    parser.add_argument("--stage", help="an optimizers.py file: compare its optimizers at their chosen rates on this stage")
     args = parser.parse_args()
-    runs = json.loads(args.results.read_text())["runs"]
+    runs = []
+    for index, path in enumerate(args.results):
+        payload = json.loads(path.read_text())
+        runs += [{**run, "seed": (index, run["seed"])}
+                 for run in (chosen_runs(payload, args.stage) if args.stage else payload["runs"])]
     for metric in args.metric:
         values = by_seed(runs, metric, args.variant_key)
         base = values[args.baseline]

@@ -10,9 +10,14 @@ stage 5 beat one shared rate?
    rates and schedules of ``5_finetune.yaml`` against every group at one shared rate
    (``--shared-rates``, by default the config's audio/fusion rate and its text rate)
    with the same cosine schedule; no selection, so each variant's own result.
+   With ``--fusion-checkpoint`` every stage-5 seed starts from that one stage-4 model
+   instead (no learning curves read), so the seeds pair the variants on stage 5's own
+   randomness; runs already in the results file (``--name``) are kept, not repeated.
 
     OMP_NUM_THREADS=1 python benchmarks/toolkit/modality_speeds.py --seed-runs runs/quickstart_seeds \
         --seeds 0 1 2 --epochs 12
+    OMP_NUM_THREADS=1 python benchmarks/toolkit/modality_speeds.py --name stage5_rates --epochs 12 \
+        --fusion-checkpoint runs/quickstart/fusion/checkpoints/selected.ckpt --seeds 0 1 2 3 4 5 6 7 8 9
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import torch
 
 # Run as a file, a script sees only its own folder; the repository root makes `benchmarks` importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from benchmarks.common import REPO, fit_and_test, machine, mean_std, save
+from benchmarks.common import REPO, RESULTS, fit_and_test, machine, mean_std, save
 from benchmarks.quickstart_stages import QUIET, configs
 
 RUNS = Path("runs/bench_cycle")
@@ -85,13 +90,23 @@ def main() -> None:
     parser.add_argument("--seed-runs", type=Path, help="a quickstart_seeds.py output folder to start from")
     parser.add_argument("--shared-rates", type=float, nargs="+", default=[0.02, 0.1],
                         help="the one rate of every group in the shared variants")
+    parser.add_argument("--fusion-checkpoint", help="one stage-4 checkpoint that every seed's stage 5 starts from")
+    parser.add_argument("--name", default="modality_speeds", help="results file name")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    curves = {m: [learning_curves(m, seed, args.seed_runs) for seed in args.seeds] for m in ("text", "audio", "video")}
-    curve_figure(curves, REPO / "benchmarks" / "figures" / "modality_speeds.png")
-    payload = {"seeds": args.seeds, "epochs": args.epochs, "curves": curves, "machine": machine(),
-               "date": datetime.date.today().isoformat(), "runs": []}
-    save("modality_speeds", payload)
+    curves = {}
+    if not args.fusion_checkpoint:
+        curves = {m: [learning_curves(m, seed, args.seed_runs) for seed in args.seeds]
+                  for m in ("text", "audio", "video")}
+        curve_figure(curves, REPO / "benchmarks" / "figures" / "modality_speeds.png")
+    saved = RESULTS / f"{args.name}.json"
+    earlier = json.loads(saved.read_text()) if saved.is_file() else {}
+    same = (earlier.get("epochs"), earlier.get("fusion_checkpoint")) == (args.epochs, args.fusion_checkpoint)
+    payload = {"seeds": args.seeds, "epochs": args.epochs, "fusion_checkpoint": args.fusion_checkpoint,
+               "curves": curves, "machine": machine(), "date": datetime.date.today().isoformat(),
+               "runs": earlier.get("runs", []) if same else []}
+    done = {(r["variant"], r["seed"]) for r in payload["runs"]}
+    save(args.name, payload)
     stage = [*configs("4_fusion.yaml", "5_finetune.yaml"), "--selection=null", *QUIET]
 
     def shared(lr: float) -> list[str]:
@@ -101,16 +116,19 @@ def main() -> None:
     variants = {"per_modality": [], **{f"shared_{lr:g}": shared(lr) for lr in args.shared_rates}}
     for seed in args.seeds:
         for name, extra in variants.items():
+            if (name, seed) in done:
+                continue
+            start = args.fusion_checkpoint or fusion_checkpoint(seed, args.seed_runs)
             result = fit_and_test([*stage, f"--seed_everything={seed}", f"--trainer.max_epochs={args.epochs}",
-                                   f"--model.init_args.init_checkpoint={fusion_checkpoint(seed, args.seed_runs)}",
+                                   f"--model.init_args.init_checkpoint={start}",
                                    f"--trainer.default_root_dir=runs/bench_rates/{name}/{seed}", *extra])
             payload["runs"].append({"variant": name, "seed": seed, **result})
-            save("modality_speeds", payload)
+            save(args.name, payload)
             print(json.dumps({"variant": name, "seed": seed, "MAE": result["MAE"], "val_MAE": result["val_MAE"],
                               "seconds": result["seconds"]}), flush=True)
     print("| stage 5 rates | val MAE | test MAE | test Corr |")
     for name in variants:
-        runs = [r for r in payload["runs"] if r["variant"] == name]
+        runs = [r for r in payload["runs"] if r["variant"] == name and r["seed"] in args.seeds]
         print(f"| {name} | " + " | ".join(mean_std([r[k] for r in runs]) for k in ("val_MAE", "MAE", "Corr")) + " |")
 
 

@@ -76,7 +76,13 @@ RATES = {
 GRIDS = {"text12": {"SGD": [0.01, 0.03, 0.1, 0.3, 1.0], "momentum": [0.003, 0.01, 0.03, 0.1, 0.3],
                     "Nesterov": [0.03, 0.1, 0.3, 1.0], "Adam": [1e-3, 3e-3, 1e-2, 3e-2],
                     "RMSprop": [3e-4, 1e-3, 3e-3, 1e-2], "Adadelta": [10.0, 30.0, 100.0],
-                    "Adagrad": [3e-3, 1e-2, 3e-2, 1e-1]}}
+                    "Adagrad": [3e-3, 1e-2, 3e-2, 1e-1]},
+         # Stage 5 from today's stage 4: three rates around each optimizer's seed-0 choice of the
+         # 2026-11-30 sweep (Adagrad, new, four), widened where a choice falls on a grid's end.
+         "finetune3": {"SGD": [0.003, 0.01, 0.03], "momentum": [0.0003, 0.001, 0.003],
+                       "Nesterov": [0.0003, 0.001, 0.003], "Adam": [3e-5, 1e-4, 3e-4],
+                       "RMSprop": [1e-5, 3e-5, 1e-4], "Adadelta": [0.3, 1.0, 3.0],
+                       "Adagrad": [3e-4, 1e-3, 3e-3, 1e-2]}}
 # CMU-MOSI's fusion model starts close to its best: Adam's and RMSprop's best rates there
 # lie below the quickstart's grids.
 PIPELINE_RATES = {

@@ -310,7 +310,7 @@ def average_stochastic_passes(network: nn.Module, x: Tensor, samples: int, seed:
     Singh et al. (2016) infer with Swapout by averaging the outputs of ``samples``
     forward passes, each with freshly drawn masks in every Swapout layer, rather than by
     replacing every layer with its expectation: downstream nonlinearities make the two
-    differ, and the average is the better estimate of the trained ensemble's prediction.
+    differ; the average estimates the ensemble's mean output, whose error need not be lower.
     Every other module keeps its mode (dropout stays off in eval mode). The masks come
     from a private generator seeded with ``seed``, so the result is reproducible and the
     global random state, which training draws from, is left alone.
