@@ -25,7 +25,9 @@ differences. Raw results: ``benchmarks/results/mosi_mpnet_<name>.json``.
     # the CMU-MOSI table of BENCHMARKS.md from the raw results of the named settings
     python benchmarks/quality/mosi_mpnet.py --table frozen pipeline
 
-Finished seeds are kept (``--output-dir``), so an interrupted run resumes.
+Finished seeds are kept (``--output-dir``), so an interrupted run resumes. Seeds already in
+the raw results file of the same name, setting and stages are kept there too, so
+``--seeds 3 4`` adds two seeds to a row of seeds 0-2 without running them again.
 """
 
 from __future__ import annotations
@@ -115,6 +117,30 @@ def stage_records(manifest: dict, stages: list[str]) -> dict:
                          "seconds": stage["wall_time_s"], "epochs": epochs,
                          "s_per_epoch": stage["wall_time_s"] / epochs}
     return records
+
+
+def earlier_seeds(name: str, pipeline: str, overrides: list[str], stages: list[str]) -> dict[int, dict]:
+    """Per-seed records of an earlier run of the same setting, from its raw results file.
+
+    Args:
+        name (str): The setting's name (``mosi_mpnet_<name>.json``).
+        pipeline (str): The pipeline file, as given on the command line.
+        overrides (list[str]): The setting's overrides.
+        stages (list[str]): The stages run.
+
+    Returns:
+        dict[int, dict]: Seed -> :func:`stage_records`; empty when there is no such file,
+        or when it holds another pipeline, other overrides or other stages.
+    """
+    path = RESULTS / f"mosi_mpnet_{name}.json"
+    if not path.is_file():
+        return {}
+    earlier = json.loads(path.read_text())
+    rows = {int(s): r for s, r in earlier["per_seed"].items()}
+    if earlier["pipeline"] != pipeline or earlier["overrides"] != overrides or any(
+            list(r) != stages for r in rows.values()):
+        return {}
+    return rows
 
 
 def mean_std(values: list[float]) -> list[float]:
@@ -252,16 +278,21 @@ def main(args: list[str] | None = None) -> None:
     cache_seconds = cache_states(pipeline, cache, overrides)
     print(f"token states cached in {cache_seconds:.0f} s", flush=True)
     stages = [parsed.only] if parsed.only else list(STAGES)
-    per_seed = {}
+    per_seed = earlier_seeds(parsed.name, parsed.pipeline, overrides, stages)
+    earlier = json.loads((RESULTS / f"mosi_mpnet_{parsed.name}.json").read_text()) if per_seed else {}
+    runs = earlier.get("runs", [{k: earlier[k] for k in ("command", "date", "seeds", "wall_time_s")}] if earlier else [])
     for seed in parsed.seeds:
         manifest = run_seed(seed, REPO / parsed.output_dir / parsed.name / f"seed{seed}", cache,
                             tuple(overrides), pipeline=pipeline, only=parsed.only)
         per_seed[seed] = stage_records(manifest, stages)
+    per_seed = dict(sorted(per_seed.items()))
     stats = summary(per_seed, stages)
     payload = {"name": parsed.name, "command": "python benchmarks/quality/mosi_mpnet.py " + " ".join(argv),
                "machine": machine(), "date": datetime.now(UTC).isoformat(timespec="minutes"), "threads": 1,
-               "pipeline": parsed.pipeline, "seeds": parsed.seeds, "overrides": overrides, "cache_seconds": round(cache_seconds),
+               "pipeline": parsed.pipeline, "seeds": sorted(per_seed), "overrides": overrides, "cache_seconds": round(cache_seconds),
                "wall_time_s": round(time.time() - started), "per_seed": per_seed, "summary": stats}
+    # Each run that added seeds to this file: its command, date, seeds and wall time.
+    payload["runs"] = [*runs, {k: payload[k] for k in ("command", "date", "wall_time_s")} | {"seeds": parsed.seeds}]
     if parsed.against:
         reference = json.loads((RESULTS / f"mosi_mpnet_{parsed.against}.json").read_text())
         payload["comparison"] = compare(per_seed, reference, stages[0])
