@@ -46,10 +46,13 @@ from pathlib import Path
 # Run as a file, a script sees only its own folder; the repository root makes `benchmarks` importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.common import REPO, machine, save
+from benchmarks.peers.peer_mosi_seeds import summary as summary_of_peers
 from benchmarks.quality.mosi import PUBLISHED, STAGES, run_seed
 
 MPNET = REPO / "pipelines" / "mosi_mpnet.yaml"
 REPORTED = ("Non0_acc_2", "MAE", "Corr")
+# MMSA's names of the models the peer harness runs.
+PEER_NAMES = {"lf_dnn": "LF_DNN", "tfn": "TFN", "lmf": "LMF", "mult": "MulT"}
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 # MMSA's published Self-MM row on CMU-MOSI (thuiar/MMSA results table, BERT-base, three
 # modalities): Non0_acc_2 / MAE / Corr.
@@ -204,8 +207,8 @@ def _cells(acc: list[float], mae: list[float], corr: list[float]) -> list[str]:
 def table(names: list[str]) -> str:
     """The CMU-MOSI comparison table in Markdown, from raw result files only.
 
-    Rows: MMSA's published TFN, MulT, MISA and Self-MM; MMSA's LF_DNN as run here by
-    ``benchmarks/peers/peer_mosi.py``; the MiniLM pipeline (``mosi_finetuned_text.py``);
+    Rows: MMSA's published TFN, MulT, MISA and Self-MM; MMSA's models as run here over
+    seeds by ``benchmarks/peers/peer_mosi_seeds.py``; the MiniLM pipeline (``mosi_finetuned_text.py``);
     then every stage of each named setting of this script.
 
     Args:
@@ -218,15 +221,15 @@ def table(names: list[str]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for model, (acc, mae, corr) in {**PUBLISHED, "Self-MM": SELF_MM}.items():
         lines.append(f"| {model} (MMSA, published) | - | {acc:.2f} | {mae:.3f} | {corr:.3f} | - | - | - |")
-    peer = json.loads((RESULTS / "peer_mosi_lf_dnn_run1.json").read_text())["results"][-1]["peer"]
-    seeds = sorted({run["seed"] for run in peer})
-    # Runs of one seed repeat each other to the digit: one figure, not a spread.
-    runs = peer if len(seeds) > 1 else peer[:1]
-    lines.append("| LF_DNN (MMSA 2.2.1 run here, MiniLM states + audio, `peer_mosi.py`) | "
-                 f"{', '.join(map(str, seeds))} | " + " | ".join(_cells(
-                     [r["Non0_acc_2"] for r in runs], [r["MAE"] for r in runs], [r["Corr"] for r in runs]))
-                 + f" | - | {statistics.mean(r['wall_s'] for r in peer):.0f} | "
-                 f"{statistics.mean(r['epoch_s'] for r in peer):.2f} |")
+    peers = RESULTS / "peer_mosi_seeds.json"
+    for model, row in (summary_of_peers(json.loads(peers.read_text())) if peers.is_file() else {}).items():
+        seeds = row["seeds"]
+        span = f"{min(seeds)}-{max(seeds)}" if seeds == list(range(min(seeds), max(seeds) + 1)) else ", ".join(map(str, seeds))
+        cells = [f"{100 * row['Non0_acc_2'][0]:.1f} ± {100 * row['Non0_acc_2'][1]:.1f}",
+                 f"{row['MAE'][0]:.3f} ± {row['MAE'][1]:.3f}", f"{row['Corr'][0]:.3f} ± {row['Corr'][1]:.3f}"]
+        lines.append(f"| {PEER_NAMES.get(model, model)} (MMSA 2.2.1 run here, MiniLM states + audio, "
+                     f"`peer_mosi_seeds.py`) | {span} | " + " | ".join(cells)
+                     + f" | - | {row['wall_s'][0]:.0f} | {row['epoch_s'][0]:.2f} |")
     minilm = json.loads((RESULTS / "mosi_finetuned_text_head128_batch8.json").read_text())
     stages = minilm["stages"]["minilm"]
     per_seed = [sum(stages[s]["seconds"][i] for s in STAGES) for i in range(len(minilm["seeds"]))]
