@@ -121,8 +121,9 @@ def main() -> None:
         return
     if not args.peer:
         parser.error("--peer is required to run")
-    results.update(command="python benchmarks/peers/peer_mosi_seeds.py " + " ".join(sys.argv[1:]),
-                   machine=machine(), threads=1)
+    # Every invocation that added runs, in order (seeds may be run round-robin over models).
+    results.setdefault("commands", []).append("python benchmarks/peers/peer_mosi_seeds.py " + " ".join(sys.argv[1:]))
+    results.update(machine=machine(), threads=1)
     for model in args.models:
         for seed in args.seeds:
             if any(r["model"] == model and r["seed"] == seed for r in results["runs"]):
