@@ -204,6 +204,13 @@ def _cells(acc: list[float], mae: list[float], corr: list[float]) -> list[str]:
     return [fmt(acc, 100, 1), fmt(mae, 1, 3), fmt(corr, 1, 3)]
 
 
+def _span(seeds: list[int]) -> str:
+    """str: Seeds as ``0-4`` when consecutive, else listed."""
+    if len(seeds) > 1 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ", ".join(map(str, seeds))
+
+
 def table(names: list[str]) -> str:
     """The CMU-MOSI comparison table in Markdown, from raw result files only.
 
@@ -223,12 +230,10 @@ def table(names: list[str]) -> str:
         lines.append(f"| {model} (MMSA, published) | - | {acc:.2f} | {mae:.3f} | {corr:.3f} | - | - | - |")
     peers = RESULTS / "peer_mosi_seeds.json"
     for model, row in (summary_of_peers(json.loads(peers.read_text())) if peers.is_file() else {}).items():
-        seeds = row["seeds"]
-        span = f"{min(seeds)}-{max(seeds)}" if seeds == list(range(min(seeds), max(seeds) + 1)) else ", ".join(map(str, seeds))
-        cells = [f"{100 * row['Non0_acc_2'][0]:.1f} ± {100 * row['Non0_acc_2'][1]:.1f}",
-                 f"{row['MAE'][0]:.3f} ± {row['MAE'][1]:.3f}", f"{row['Corr'][0]:.3f} ± {row['Corr'][1]:.3f}"]
+        cells = [f"{scale * row[k][0]:.{digits}f}" + (f" ± {scale * row[k][1]:.{digits}f}" if len(row["seeds"]) > 1 else "")
+                 for k, scale, digits in (("Non0_acc_2", 100, 1), ("MAE", 1, 3), ("Corr", 1, 3))]
         lines.append(f"| {PEER_NAMES.get(model, model)} (MMSA 2.2.1 run here, MiniLM states + audio, "
-                     f"`peer_mosi_seeds.py`) | {span} | " + " | ".join(cells)
+                     f"`peer_mosi_seeds.py`) | {_span(row['seeds'])} | " + " | ".join(cells)
                      + f" | - | {row['wall_s'][0]:.0f} | {row['epoch_s'][0]:.2f} |")
     minilm = json.loads((RESULTS / "mosi_finetuned_text_head128_batch8.json").read_text())
     stages = minilm["stages"]["minilm"]
@@ -244,7 +249,7 @@ def table(names: list[str]) -> str:
     for name in names:
         result = json.loads((RESULTS / f"mosi_mpnet_{name}.json").read_text())
         rows = result["per_seed"]
-        seeds = ", ".join(rows)
+        seeds = _span([int(s) for s in rows])
         for stage in rows[next(iter(rows))]:
             values = [r[stage] for r in rows.values()]
             total = statistics.mean(sum(r[s]["seconds"] for s in r) for r in rows.values())
