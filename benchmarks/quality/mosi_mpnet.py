@@ -25,7 +25,9 @@ differences. Raw results: ``benchmarks/results/mosi_mpnet_<name>.json``.
     # the CMU-MOSI table of BENCHMARKS.md from the raw results of the named settings
     python benchmarks/quality/mosi_mpnet.py --table frozen pipeline
 
-Finished seeds are kept (``--output-dir``), so an interrupted run resumes.
+Finished seeds are kept (``--output-dir``), so an interrupted run resumes. Seeds already in
+the raw results file of the same name, setting and stages are kept there too, so
+``--seeds 3 4`` adds two seeds to a row of seeds 0-2 without running them again.
 """
 
 from __future__ import annotations
@@ -44,10 +46,13 @@ from pathlib import Path
 # Run as a file, a script sees only its own folder; the repository root makes `benchmarks` importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.common import REPO, machine, save
+from benchmarks.peers.peer_mosi_seeds import summary as summary_of_peers
 from benchmarks.quality.mosi import PUBLISHED, STAGES, run_seed
 
 MPNET = REPO / "pipelines" / "mosi_mpnet.yaml"
 REPORTED = ("Non0_acc_2", "MAE", "Corr")
+# MMSA's names of the models the peer harness runs.
+PEER_NAMES = {"lf_dnn": "LF_DNN", "tfn": "TFN", "lmf": "LMF", "mult": "MulT"}
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 # MMSA's published Self-MM row on CMU-MOSI (thuiar/MMSA results table, BERT-base, three
 # modalities): Non0_acc_2 / MAE / Corr.
@@ -117,6 +122,30 @@ def stage_records(manifest: dict, stages: list[str]) -> dict:
     return records
 
 
+def earlier_seeds(name: str, pipeline: str, overrides: list[str], stages: list[str]) -> dict[int, dict]:
+    """Per-seed records of an earlier run of the same setting, from its raw results file.
+
+    Args:
+        name (str): The setting's name (``mosi_mpnet_<name>.json``).
+        pipeline (str): The pipeline file, as given on the command line.
+        overrides (list[str]): The setting's overrides.
+        stages (list[str]): The stages run.
+
+    Returns:
+        dict[int, dict]: Seed -> :func:`stage_records`; empty when there is no such file,
+        or when it holds another pipeline, other overrides or other stages.
+    """
+    path = RESULTS / f"mosi_mpnet_{name}.json"
+    if not path.is_file():
+        return {}
+    earlier = json.loads(path.read_text())
+    rows = {int(s): r for s, r in earlier["per_seed"].items()}
+    if earlier["pipeline"] != pipeline or earlier["overrides"] != overrides or any(
+            list(r) != stages for r in rows.values()):
+        return {}
+    return rows
+
+
 def mean_std(values: list[float]) -> list[float]:
     """list[float]: ``[mean, sample std]`` (std 0 for one value)."""
     return [statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0]
@@ -175,11 +204,18 @@ def _cells(acc: list[float], mae: list[float], corr: list[float]) -> list[str]:
     return [fmt(acc, 100, 1), fmt(mae, 1, 3), fmt(corr, 1, 3)]
 
 
+def _span(seeds: list[int]) -> str:
+    """str: Seeds as ``0-4`` when consecutive, else listed."""
+    if len(seeds) > 1 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ", ".join(map(str, seeds))
+
+
 def table(names: list[str]) -> str:
     """The CMU-MOSI comparison table in Markdown, from raw result files only.
 
-    Rows: MMSA's published TFN, MulT, MISA and Self-MM; MMSA's LF_DNN as run here by
-    ``benchmarks/peers/peer_mosi.py``; the MiniLM pipeline (``mosi_finetuned_text.py``);
+    Rows: MMSA's published TFN, MulT, MISA and Self-MM; MMSA's models as run here over
+    seeds by ``benchmarks/peers/peer_mosi_seeds.py``; the MiniLM pipeline (``mosi_finetuned_text.py``);
     then every stage of each named setting of this script.
 
     Args:
@@ -192,15 +228,13 @@ def table(names: list[str]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for model, (acc, mae, corr) in {**PUBLISHED, "Self-MM": SELF_MM}.items():
         lines.append(f"| {model} (MMSA, published) | - | {acc:.2f} | {mae:.3f} | {corr:.3f} | - | - | - |")
-    peer = json.loads((RESULTS / "peer_mosi_lf_dnn_run1.json").read_text())["results"][-1]["peer"]
-    seeds = sorted({run["seed"] for run in peer})
-    # Runs of one seed repeat each other to the digit: one figure, not a spread.
-    runs = peer if len(seeds) > 1 else peer[:1]
-    lines.append("| LF_DNN (MMSA 2.2.1 run here, MiniLM states + audio, `peer_mosi.py`) | "
-                 f"{', '.join(map(str, seeds))} | " + " | ".join(_cells(
-                     [r["Non0_acc_2"] for r in runs], [r["MAE"] for r in runs], [r["Corr"] for r in runs]))
-                 + f" | - | {statistics.mean(r['wall_s'] for r in peer):.0f} | "
-                 f"{statistics.mean(r['epoch_s'] for r in peer):.2f} |")
+    peers = RESULTS / "peer_mosi_seeds.json"
+    for model, row in (summary_of_peers(json.loads(peers.read_text())) if peers.is_file() else {}).items():
+        cells = [f"{scale * row[k][0]:.{digits}f}" + (f" ± {scale * row[k][1]:.{digits}f}" if len(row["seeds"]) > 1 else "")
+                 for k, scale, digits in (("Non0_acc_2", 100, 1), ("MAE", 1, 3), ("Corr", 1, 3))]
+        lines.append(f"| {PEER_NAMES.get(model, model)} (MMSA 2.2.1 run here, MiniLM states + audio, "
+                     f"`peer_mosi_seeds.py`) | {_span(row['seeds'])} | " + " | ".join(cells)
+                     + f" | - | {row['wall_s'][0]:.0f} | {row['epoch_s'][0]:.2f} |")
     minilm = json.loads((RESULTS / "mosi_finetuned_text_head128_batch8.json").read_text())
     stages = minilm["stages"]["minilm"]
     per_seed = [sum(stages[s]["seconds"][i] for s in STAGES) for i in range(len(minilm["seeds"]))]
@@ -215,7 +249,7 @@ def table(names: list[str]) -> str:
     for name in names:
         result = json.loads((RESULTS / f"mosi_mpnet_{name}.json").read_text())
         rows = result["per_seed"]
-        seeds = ", ".join(rows)
+        seeds = _span([int(s) for s in rows])
         for stage in rows[next(iter(rows))]:
             values = [r[stage] for r in rows.values()]
             total = statistics.mean(sum(r[s]["seconds"] for s in r) for r in rows.values())
@@ -252,16 +286,21 @@ def main(args: list[str] | None = None) -> None:
     cache_seconds = cache_states(pipeline, cache, overrides)
     print(f"token states cached in {cache_seconds:.0f} s", flush=True)
     stages = [parsed.only] if parsed.only else list(STAGES)
-    per_seed = {}
+    per_seed = earlier_seeds(parsed.name, parsed.pipeline, overrides, stages)
+    earlier = json.loads((RESULTS / f"mosi_mpnet_{parsed.name}.json").read_text()) if per_seed else {}
+    runs = earlier.get("runs", [{k: earlier[k] for k in ("command", "date", "seeds", "wall_time_s")}] if earlier else [])
     for seed in parsed.seeds:
         manifest = run_seed(seed, REPO / parsed.output_dir / parsed.name / f"seed{seed}", cache,
                             tuple(overrides), pipeline=pipeline, only=parsed.only)
         per_seed[seed] = stage_records(manifest, stages)
+    per_seed = dict(sorted(per_seed.items()))
     stats = summary(per_seed, stages)
     payload = {"name": parsed.name, "command": "python benchmarks/quality/mosi_mpnet.py " + " ".join(argv),
                "machine": machine(), "date": datetime.now(UTC).isoformat(timespec="minutes"), "threads": 1,
-               "pipeline": parsed.pipeline, "seeds": parsed.seeds, "overrides": overrides, "cache_seconds": round(cache_seconds),
+               "pipeline": parsed.pipeline, "seeds": sorted(per_seed), "overrides": overrides, "cache_seconds": round(cache_seconds),
                "wall_time_s": round(time.time() - started), "per_seed": per_seed, "summary": stats}
+    # Each run that added seeds to this file: its command, date, seeds and wall time.
+    payload["runs"] = [*runs, {k: payload[k] for k in ("command", "date", "wall_time_s")} | {"seeds": parsed.seeds}]
     if parsed.against:
         reference = json.loads((RESULTS / f"mosi_mpnet_{parsed.against}.json").read_text())
         payload["comparison"] = compare(per_seed, reference, stages[0])
