@@ -40,6 +40,8 @@ class RankRecorder(pl.Callback):
     def setup(self, trainer, pl_module, stage):
         self.rank = trainer.global_rank
         self.saves = []
+        if stage != "fit":  # a validate or test in the test's own process must leave torch.save alone
+            return
         checkpoint_io = trainer.strategy.checkpoint_io
         write_checkpoint, write_file = checkpoint_io.save_checkpoint, torch.save
 
@@ -54,6 +56,7 @@ class RankRecorder(pl.Callback):
 
         def recording_selected(obj, target, *args, **kwargs):
             # The selection runs after the fit: its file and record amend what the fit wrote.
+            selection.atomic_torch_save = write_selected
             self.saves.append(str(target))
             self.fit_record.update(saves=self.saves, selection=obj["mmsent"]["modality_selection"])
             probe_file(f"fit-rank{self.rank}.json").write_text(json.dumps(self.fit_record, default=str))
