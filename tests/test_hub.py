@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers import training_modules_after
 from safetensors import safe_open
 from test_pipeline import write_pipeline
 
@@ -262,14 +263,8 @@ def test_a_re_export_replaces_the_old_folder_whole(pipeline_run, model_dir, tmp_
 
 
 def test_loading_and_scoring_import_neither_lightning_nor_the_training_side():
-    import subprocess
-
-    probe = ("import sys; from mmsent import SentimentModel; import mmsent.hub.score; "
-             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning', "
-             "'lightning_fabric') or m.startswith('mmsent.pipeline') or m.startswith('mmsent.tasks')))")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.stdout.strip() == "[]"
+    code = "from mmsent import SentimentModel; import mmsent.hub.score"
+    assert training_modules_after(code, ("mmsent.pipeline", "mmsent.tasks")) == []
 
 
 MINILM_TEXT = {"class_path": "mmsent.models.TextLSTMEncoder",
