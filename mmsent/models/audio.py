@@ -151,13 +151,11 @@ class AcousticMLPEncoder(nn.Module, HubMixin):
         out_dim: Size of the returned embedding.
         dropout: Dropout probability between layers.
         dropout_kind: A kind accepted by :func:`make_dropout`.
-        input_norm: Batch-normalize the pooled statistics, so raw features (openSMILE,
-            COVAREP) need no preprocessing.
+        input_norm: Batch-normalize the pooled statistics, so raw features need no scaling.
         residual: Residual hidden layers (:func:`residual_mlp`).
         swapout: ``(p_skip, p_residual)``: Swapout units instead (needs ``residual``).
         swapout_samples: In eval mode, average this many sampled passes
-            (:func:`~mmsent.models.dropout.average_stochastic_passes`); 0 for the
-            expectation.
+            (:func:`~mmsent.models.dropout.average_stochastic_passes`); 0: the expectation.
 
     Raises:
         ValueError: If ``swapout`` is set without ``residual``, or ``swapout_samples``

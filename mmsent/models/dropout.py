@@ -57,12 +57,10 @@ class BernoulliDropout(nn.Module):
     Args:
         p: The probability of dropping a unit, in ``[0, 1)``.
         mode: ``"sample"``, ``"batch"`` or ``"epoch"``.
-        feature_ndim: How many trailing dimensions the batch/epoch mask covers; ``None``
-            means all but the first.
+        feature_ndim: Trailing dimensions the batch/epoch mask covers; None: all but the first.
 
     Raises:
-        ValueError: If ``p`` is outside ``[0, 1)``, ``mode`` is unknown or
-            ``feature_ndim < 1``.
+        ValueError: If ``p`` is outside ``[0, 1)``, ``mode`` is unknown or ``feature_ndim < 1``.
     """
 
     mask: Tensor | None

@@ -173,8 +173,7 @@ class GatedResidualFusion(nn.Module, HubMixin):
 
     Args:
         input_dims: Embedding size per modality.
-        primary: The modality the fused embedding is built on (default: the first);
-            its embedding size is the fused size.
+        primary: The modality built on (default: the first); its size is the fused size.
         dropout: Dropout on the other modalities' embeddings.
         gate_bias: Initial gate bias; ``0`` opens the gates halfway.
     """

@@ -31,9 +31,8 @@ def read_state_dict(path: str | Path, key: str) -> dict[str, Tensor]:
     """Reads a state dict from a file without executing code in it.
 
     Args:
-        path: A file with one of :data:`WEIGHT_SUFFIXES`, read as data
-            (:func:`mmsent.models.weights.read_weights_file`); a Lightning
-            checkpoint's ``state_dict`` is taken from it.
+        path: A file with one of :data:`WEIGHT_SUFFIXES`, read as data; of a Lightning
+            checkpoint, its ``state_dict``.
         key: The config key that named the file, for errors.
 
     Returns:

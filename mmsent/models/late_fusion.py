@@ -103,8 +103,7 @@ class LateFusionModel(nn.Module):
 
         Args:
             embeddings: Shape ``(B, D_m)`` per modality.
-            present: Boolean ``(B,)`` per modality; None means all. Absent and
-                switched-off modalities are zeroed.
+            present: Boolean ``(B,)`` per modality, None: all; absent ones are zeroed.
 
         Returns:
             Scores, shape ``(B,)``.

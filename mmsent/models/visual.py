@@ -126,19 +126,16 @@ class Visual3DCNNEncoder(nn.Module, HubMixin):
 
     Args:
         input_dim: Input channels (3 for RGB frames).
-        backbone: ``"c3d"`` (compact, CPU-friendly) or one of
-            :data:`TORCHVISION_BACKBONES` for GPUs.
+        backbone: ``"c3d"`` (compact, CPU-friendly) or one of :data:`TORCHVISION_BACKBONES`.
         widths: Channels of the compact network's blocks.
         global_pool: The compact network's final pooling.
-        temporal_bins: Ordered time bins of the compact network's final pooling
-            (:func:`compact_c3d`).
+        temporal_bins: Ordered time bins of the compact network's pooling (:func:`compact_c3d`).
         motion_input: Add the frame minus the clip's mean frame as channels, where only
             what moves is left: a cheap motion stream, as in two-stream networks.
         out_dim: Size of the returned embedding.
         dropout: Dropout before the projection.
         dropout_kind: A kind accepted by :func:`make_dropout`.
-        channels_last: Run the 3D convolutions in ``channels_last_3d`` (faster on tensor
-            cores; equal up to float rounding).
+        channels_last: Use ``channels_last_3d`` (faster on tensor cores; equal up to rounding).
         inflate_from: A 2D network's state dict file (read with ``weights_only``) whose
             kernels, inflated over time (I3D, :func:`~mmsent.models.inflation.inflate_into`),
             initialize the 3D convolutions: a :class:`FrameCNNEncoder` for ``c3d``,

@@ -42,8 +42,7 @@ class EmbeddingCycleGAN(nn.Module):
         spectral_norm: Spectrally normalize the critics.
         gradient_penalty: Weight of WGAN-GP's gradient penalty; 0 for none.
         cycle_weight: Weight of the cycle-consistency loss.
-        paired_weight: Weight of the L1 loss of each translation against its partner,
-            where the data pairs them (one clip's text and audio); 0 for none.
+        paired_weight: Weight of the L1 loss against the partner of the same clip; 0: none.
 
     Raises:
         ValueError: If ``loss`` is unknown, source and target are the same modality,

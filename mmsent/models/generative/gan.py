@@ -144,8 +144,7 @@ class ConditionalGAN(EmbeddingGenerator):
         loss: ``"bce"`` is the non-saturating loss.
         spectral_norm: Spectrally normalize the discriminator.
         gradient_penalty: Weight of WGAN-GP's gradient penalty; 0 for none.
-        info_dim: InfoGAN: size of a uniform ``[-1, 1]`` code the discriminator must
-            recover from generated samples; 0 for none.
+        info_dim: InfoGAN: size of a uniform ``[-1, 1]`` code to recover from fakes; 0: none.
         info_weight: Weight of the code's reconstruction loss.
     """
 
