@@ -44,7 +44,7 @@ class TextLSTMEncoder(nn.Module, HubMixin):
         bidirectional: Run the LSTM both ways.
         dropout: Dropout on the embeddings and the pooled output.
         dropout_kind: A kind accepted by :func:`make_dropout`.
-        pooling: ``"last"`` takes the final hidden states.
+        pooling: Over the real steps; ``"last"`` takes the final hidden states.
         out_dim: Size of the returned embedding.
         pretrained_embeddings: A ``transformers`` model whose input embeddings initialize
             the table; the data must be tokenized with its tokenizer.

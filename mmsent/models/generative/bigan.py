@@ -32,7 +32,7 @@ class BiGAN(EmbeddingGenerator):
         noise_dim: Size of the Gaussian noise ``z``.
         hidden_dims: Hidden sizes of generator and encoder; None means ``[128, 128]``.
         critic_dims: Discriminator hidden sizes; None means the generator's.
-        loss: ``"bce"`` is the non-saturating loss.
+        loss: The adversarial loss; ``"bce"`` is the non-saturating one.
         spectral_norm: Spectrally normalize the discriminator.
         gradient_penalty: Weight of WGAN-GP's gradient penalty on the pairs; 0 for none.
 

@@ -130,7 +130,7 @@ class EmbeddingCycleGAN(nn.Module):
             target: Target embeddings, paired row by row when ``paired_weight`` is set.
 
         Returns:
-            ``loss``, ``adversarial``, ``cycle`` and with ``paired_weight`` ``paired``.
+            ``loss``, ``adversarial``, ``cycle`` and, with ``paired_weight``, ``paired``.
 
         Raises:
             ValueError: If ``paired_weight`` is set and the batches differ in length.

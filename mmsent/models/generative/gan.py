@@ -141,7 +141,7 @@ class ConditionalGAN(EmbeddingGenerator):
         noise_dim: Size of the Gaussian noise.
         hidden_dims: Generator hidden sizes; None means ``[128, 128]``.
         critic_dims: Discriminator hidden sizes; None means the generator's.
-        loss: ``"bce"`` is the non-saturating loss.
+        loss: The adversarial loss; ``"bce"`` is the non-saturating one.
         spectral_norm: Spectrally normalize the discriminator.
         gradient_penalty: Weight of WGAN-GP's gradient penalty; 0 for none.
         info_dim: InfoGAN: size of a uniform ``[-1, 1]`` code to recover from fakes; 0: none.
