@@ -16,9 +16,8 @@ class TextTokenizer:
     """Turns transcripts into token ids, and saves itself beside the cache.
 
     Args:
-        name (str): ``"word"`` for a word-level vocabulary learned from the training
-            texts; ``"minilm"`` for the offline MiniLM word-piece tokenizer; anything
-            else is a Hugging Face model id or local path.
+        name (str): ``"word"`` (a vocabulary learned from the training texts),
+            ``"minilm"`` (the offline MiniLM), or a Hugging Face model id or local path.
         max_length (int): Longest token sequence kept.
         min_frequency (int): For ``"word"``: rarer words map to ``[UNK]``.
     """
@@ -34,8 +33,7 @@ class TextTokenizer:
         """Learns the vocabulary (word level) or loads the pretrained tokenizer.
 
         Args:
-            train_texts (list[str]): Training transcripts only, so no test word leaks
-                into the vocabulary.
+            train_texts (list[str]): Training transcripts only, so no test word leaks.
             save_dir (Path): Where ``tokenizer.json`` is written for later reuse.
         """
         if self.name == "word":
