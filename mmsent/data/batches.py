@@ -41,7 +41,7 @@ def pad_value(modality: str, spec: DatasetSpec):
 class PaddedColumn:
     """A modality's sequences held in memory as one tensor padded to the longest.
 
-    A batch is then one indexed copy, without a Python step per sequence.
+    A batch is one indexed copy of it, without a Python step per sequence.
 
     Args:
         sequences (list[torch.Tensor]): One ``(L_i,)`` or ``(L_i, D)`` tensor per row.

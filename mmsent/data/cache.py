@@ -177,7 +177,7 @@ def _build(source: DataSource, folder: Path, on_error: str, chunk_size: int, wor
 
 
 def _shard(task: tuple) -> tuple[Path, int, list[str]]:
-    """Writes one chunk's shard (or reads its problems if done): its folder, size and problems."""
+    """Writes one chunk's shard (or reads a finished one's); returns folder, records, problems."""
     source, chunk, spec, features, path, on_error = task
     datasets.disable_progress_bars()
     done = path / "problems.json"

@@ -59,8 +59,8 @@ class MultimodalDataModule(pl.LightningDataModule):
         predict_split (Split): The split ``predict`` runs on.
         multiprocessing_context (str | None): How loading and preparing processes start.
         memory_budget_mb (float): Per split, megabytes of non-frame modalities held in memory.
-        pin_memory (bool): Page-locked batches for faster copies to a GPU (only with one).
-        modalities (list[str] | None): The modalities batches hold; None: those the model reads.
+        pin_memory (bool): Page-locked batches for faster copies to a GPU, if there is one.
+        modalities (list[str] | None): Those batches hold; None: what the model reads, else all.
     """
 
     def __init__(self, source: DataSource, cache_dir: str = "data/cache", batch_size: PositiveInt = 32,

@@ -141,7 +141,7 @@ def clean_nonfinite(features: dict[str, np.ndarray]) -> dict[str, int]:
 
 
 def standardize(features: dict[str, np.ndarray], train_ids: list[str]) -> dict:
-    """Scales each dimension to zero mean and unit variance with training statistics only.
+    """Scales each dimension to zero mean and unit variance in place, by training statistics.
 
     Args:
         features (dict[str, np.ndarray]): Clip id -> ``float32 (T, D)``.

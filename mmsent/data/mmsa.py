@@ -1,5 +1,4 @@
-"""MMSA's processed feature pickles (``aligned_50.pkl``, ``unaligned_50.pkl``) for
-CMU-MOSI, CMU-MOSEI and CH-SIMS.
+"""MMSA's processed feature pickles of CMU-MOSI, CMU-MOSEI and CH-SIMS (``aligned_50.pkl``).
 
 The keys and shapes are listed in the Data guide. In the aligned pickles every
 sequence follows the words, so the text length applies to all three modalities.

@@ -1,5 +1,4 @@
-"""The command line of the generator: one option per parameter of
-:func:`~mmsent.data.synthetic.writer.generate_raw_dataset`, from its signature."""
+"""The generator's command line: one option per parameter of ``generate_raw_dataset``."""
 
 from __future__ import annotations
 
