@@ -175,8 +175,7 @@ class FeatureSource(DataSource):
         missing (MissingPolicy): A clip lacking a modality is masked or dropped.
         tokenizer (str): ``"word"``, ``"minilm"``, or a Hugging Face id or path.
         max_text_length (int): Longest token sequence kept.
-        text_features (str | None): A language model whose frozen token states become
-            the text input (see :mod:`mmsent.data.lm_features`); None for token ids.
+        text_features (str | None): A language model whose token states become the text input.
         text_layer (int): Its hidden layer kept: ``-1`` the last, ``k`` the ``k``-th's output.
     """
 

@@ -177,8 +177,7 @@ class TranscriptText:
     Args:
         tokenizer (str): ``"word"``, ``"minilm"``, or a Hugging Face model id or path.
         max_length (int): Longest token sequence kept.
-        text_features (str | None): A language model whose frozen token states become
-            the text input; None for token ids.
+        text_features (str | None): A language model whose token states become the text input.
         batch_size (int): Transcripts per forward pass of the language model.
         layer (int): Hidden layer of ``text_features`` kept (see :class:`LMTokenStates`).
     """

@@ -1,4 +1,4 @@
-"""MMSA's processed feature pickles of CMU-MOSI, CMU-MOSEI and CH-SIMS (``aligned_50.pkl``).
+"""MMSA's processed feature pickles (aligned or unaligned) of CMU-MOSI, MOSEI and CH-SIMS.
 
 The keys and shapes are listed in the Data guide. In the aligned pickles every
 sequence follows the words, so the text length applies to all three modalities.
@@ -94,10 +94,8 @@ class MMSAPickleSource(FeatureSource):
     Args:
         path (str): The pickle, e.g. ``.../MOSI/Processed/unaligned_50.pkl``.
         modalities (list[str] | None): Which of text, audio, video to prepare; None: those held.
-        text (TextMode | None): ``"vectors"`` (the ``text`` array), ``"bert_ids"``
-            (``text_bert``'s word-piece ids) or ``"transcript"`` (``raw_text`` through
-            ``tokenizer`` or ``text_features``). None: ``"transcript"`` when
-            ``text_features`` is set, else ``"vectors"``.
+        text (TextMode | None): The ``text`` array, ``text_bert``'s ids, or ``raw_text`` tokenized;
+            None: ``"transcript"`` with ``text_features``, else ``"vectors"``.
         vocab_size (int): Vocabulary size of ``text_bert`` ids (BERT base: 30522).
         standardize (bool): Scale audio and vision with training statistics (MMSA's models do not).
         label_scale (list[float] | None): The scores' ``[low, high]``, mapped onto [-3, 3].

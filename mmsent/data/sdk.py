@@ -35,7 +35,7 @@ class SDKSource(FeatureSource):
         align (Alignment | dict[str, Alignment] | None): For all modalities or per
             modality; None: ``"sequence"`` for text, ``"mean"`` for the others.
         max_steps (int): Longest aligned sequence kept (``align: sequence``).
-        modalities (list[str] | None): None: those in ``features``, and text if transcribed.
+        modalities (list[str] | None): None: those in ``features``, and text when transcripts exist.
         **kwargs: :class:`FeatureSource` options.
     """
 
