@@ -128,14 +128,7 @@ class ExampleDataset(Dataset):
         return len(self.ids)
 
     def __getitems__(self, indices: list[int] | torch.Tensor) -> dict:
-        """Reads a batch as columns.
-
-        Args:
-            indices (list[int] | torch.Tensor): Row positions in the split.
-
-        Returns:
-            dict: Per key of :func:`collate_columns`, one entry per row.
-        """
+        """The rows at ``indices`` as columns, the input of :func:`collate_columns`."""
         positions = torch.as_tensor(indices, dtype=torch.long)
         rows = positions.tolist()
         columns = {"id": [self.ids[i] for i in rows],

@@ -214,16 +214,7 @@ class MultimodalDataModule(pl.LightningDataModule):
         return self._loader(self.predict_split, shuffle=False)
 
     def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
-        """Moves a batch's tensors with :func:`mmsent.data.batches.move_batch`.
-
-        Args:
-            batch: A collated batch (a dict), or anything else Lightning can move.
-            device (torch.device): The target device.
-            dataloader_idx (int): The loader the batch came from.
-
-        Returns:
-            The batch on ``device``.
-        """
+        """Moves dict batches with :func:`~mmsent.data.batches.move_batch`, others as usual."""
         if not isinstance(batch, dict):
             return super().transfer_batch_to_device(batch, device, dataloader_idx)
         return move_batch(batch, device)
