@@ -13,27 +13,27 @@ DEFAULT_MEMORY_BUDGET_MB = 2048
 
 
 def is_frames(modality: str, spec: DatasetSpec) -> bool:
-    """Whether a modality holds raw video frames (the one kind always read from the cache).
+    """Whether a modality holds raw uint8 video frames (always read from the cache).
 
     Args:
         modality (str): The modality name.
         spec (DatasetSpec): What the dataset holds.
 
     Returns:
-        bool: True for ``video`` stored as uint8 frames.
+        bool: Whether it does.
     """
     return modality == "video" and spec.video_kind == "frames"
 
 
 def pad_value(modality: str, spec: DatasetSpec):
-    """The value sequences of a modality are padded with.
+    """The padding value of a modality: the pad id for token ids, else 0.
 
     Args:
         modality (str): The modality name.
         spec (DatasetSpec): What the dataset holds.
 
     Returns:
-        The tokenizer's pad id for token ids, 0 otherwise.
+        The value.
     """
     return spec.pad_token_id if modality == "text" and spec.text_kind == "tokens" else 0
 
@@ -41,10 +41,7 @@ def pad_value(modality: str, spec: DatasetSpec):
 class PaddedColumn:
     """A modality's sequences held in memory as one tensor padded to the longest.
 
-    A batch is then one indexed copy cut to its own longest sequence, the same tensor
-    (in the model's dtype) that padding the batch's sequences gives, without a Python
-    step per sequence; its mask (real steps of present rows) is cut from one computed
-    once.
+    A batch is one indexed copy of it, without a Python step per sequence.
 
     Args:
         sequences (list[torch.Tensor]): One ``(L_i,)`` or ``(L_i, D)`` tensor per row.
@@ -70,8 +67,7 @@ class PaddedColumn:
             positions (torch.Tensor): Row positions, ``(B,)`` long.
 
         Returns:
-            tuple[torch.Tensor, torch.Tensor]: ``(B, L, ...)`` values and their
-            ``(B, L)`` mask, true at real steps of present rows.
+            tuple[torch.Tensor, torch.Tensor]: ``(B, L, ...)`` and the mask ``(B, L)``.
         """
         longest = int(self.lengths[positions].max())
         return (torch.index_select(self.values.narrow(1, 0, longest), 0, positions),
@@ -81,11 +77,8 @@ class PaddedColumn:
 class IndexBatchSampler(BatchSampler):
     """:class:`torch.utils.data.BatchSampler` yielding each batch as one ``(B,)`` long tensor.
 
-    It draws one epoch's order from ``sampler`` at once, consuming random numbers
-    exactly as a ``BatchSampler`` over it does, so the batches are the same; a
-    dataset's ``__getitems__`` then gathers them without a Python int per row.
-    Same arguments as ``BatchSampler`` (which lets Lightning rebuild it around
-    another sampler).
+    The batches are those of a ``BatchSampler`` (same random draws, same arguments,
+    so Lightning can rebuild it around another sampler), without a Python int per row.
     """
 
     def __iter__(self):
@@ -97,18 +90,14 @@ class IndexBatchSampler(BatchSampler):
 class ExampleDataset(Dataset):
     """One prepared split, read a whole batch at a time.
 
-    Ids, transcripts, labels and presence flags are always held in memory; each
-    modality of vectors, token ids or feature sequences is held in memory too, as a
-    :class:`PaddedColumn`, while the total stays under ``memory_budget_bytes``
-    (counted as the larger of its Arrow bytes and its padded tensor's), so an epoch
-    touches no Arrow row for them. Frames, and whatever exceeds the budget, are read
-    from the memory-mapped cache with one Arrow read per batch.
+    Non-frame modalities are held in memory as :class:`PaddedColumn` while they fit the
+    budget (the larger of Arrow and tensor size); the rest takes one Arrow read per batch.
 
     Args:
         rows: A ``datasets.Dataset`` (memory-mapped Arrow).
         spec (DatasetSpec): What the rows hold.
-        memory_budget_bytes (int): The most Arrow bytes of modality columns held in memory.
-        modalities (list[str] | None): The modalities to read (None: all of ``spec``).
+        memory_budget_bytes (int): The most bytes of modality columns held in memory.
+        modalities (list[str] | None): The modalities to read; None: all of ``spec``.
     """
 
     def __init__(self, rows, spec: DatasetSpec, memory_budget_bytes: int,
@@ -139,14 +128,7 @@ class ExampleDataset(Dataset):
         return len(self.ids)
 
     def __getitems__(self, indices: list[int] | torch.Tensor) -> dict:
-        """Reads a batch as columns.
-
-        Args:
-            indices (list[int] | torch.Tensor): Row positions in the split.
-
-        Returns:
-            dict: Per key of :func:`collate_columns`, one entry per row.
-        """
+        """The rows at ``indices`` as columns, the input of :func:`collate_columns`."""
         positions = torch.as_tensor(indices, dtype=torch.long)
         rows = positions.tolist()
         columns = {"id": [self.ids[i] for i in rows],
@@ -176,8 +158,7 @@ def pad_sequences(sequences: list, pad_value=0) -> tuple[torch.Tensor, torch.Ten
         pad_value: The fill value.
 
     Returns:
-        tuple[torch.Tensor, torch.Tensor]: The padded batch ``(B, L, ...)`` and the
-        mask ``(B, L)``, true at real steps.
+        tuple[torch.Tensor, torch.Tensor]: ``(B, L, ...)`` and the mask ``(B, L)``.
     """
     tensors = [torch.as_tensor(seq) for seq in sequences]
     padded = pad_sequence(tensors, batch_first=True, padding_value=pad_value)
@@ -216,17 +197,15 @@ def collate_columns(columns: dict, spec: DatasetSpec) -> dict:
     """Builds a batch dict from a batch read as columns.
 
     Args:
-        columns (dict): ``id`` and ``transcript`` (lists of str), ``label``,
-            ``clean_label`` and ``<m>_present`` (one value per row), and per modality
-            ``m`` its rows: a list of sequences, a stacked uint8 frame array, or a
-            tensor already padded (:class:`PaddedColumn`) with its final mask under
-            ``<m>_mask``.
+        columns (dict): ``id``, ``transcript``, ``label``, ``clean_label``, ``<m>_present``
+            per row, and per modality ``m`` a list of sequences, stacked uint8 frames,
+            or a padded tensor with its mask under ``<m>_mask``.
         spec (DatasetSpec): What the rows hold.
 
     Returns:
-        dict: ``id``, ``transcript``, ``label``, ``clean_label`` and per modality read
-        ``m``: ``m`` (input tensor), ``m_mask`` (``(B, T)`` bool), ``m_present``
-        (``(B,)`` bool). Frames come as float ``(B, 3, T, H, W)`` scaled to [-1, 1].
+        dict: ``id``, ``transcript``, ``label``, ``clean_label`` and per modality ``m``:
+        ``m``, ``m_mask`` ``(B, T)`` and ``m_present`` ``(B,)``. Frames come as float
+        ``(B, 3, T, H, W)`` scaled to [-1, 1].
     """
     batch = {"id": list(columns["id"]), "transcript": list(columns["transcript"]),
              "label": torch.as_tensor(columns["label"], dtype=torch.float32),
@@ -250,7 +229,7 @@ def collate_columns(columns: dict, spec: DatasetSpec) -> dict:
 
 
 def collate(examples: list[dict], spec: DatasetSpec) -> dict:
-    """Builds a batch dict from single rows (see :func:`collate_columns`).
+    """Builds a batch dict from single rows.
 
     Args:
         examples (list[dict]): Rows, each with the keys of :func:`collate_columns`.
@@ -263,9 +242,9 @@ def collate(examples: list[dict], spec: DatasetSpec) -> dict:
 
 
 def move_batch(batch: dict, device: torch.device) -> dict:
-    """Moves a batch's tensors to ``device`` as Lightning does, without visiting every
-    string of its ``id`` and ``transcript`` lists, which Lightning's generic walk does
-    on every step (a visible share of a small model's step on CPU).
+    """Moves a batch's tensors to ``device`` as Lightning does, skipping its string lists.
+
+    Lightning's generic walk visits every string, a visible cost of a small model's step.
 
     Args:
         batch (dict): A collated batch.

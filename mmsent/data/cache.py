@@ -1,10 +1,8 @@
 """Prepare once, then read fast: the cached Arrow dataset behind every DataModule.
 
-The cache folder is named after a hash of the source's fingerprint, so a changed
-input file or preprocessing setting prepares anew and an unchanged one is read
-back memory-mapped without decoding a frame. Preparation writes shards as it goes:
-an interrupted run keeps them and the next run starts where it stopped. A file lock
-beside the folder lets one run prepare while another run of the same cache waits.
+The cache folder is named after a hash of the source's fingerprint, so any changed
+input or setting prepares anew. Shards are written as preparation goes, so an
+interrupted run resumes; a file lock makes a second run of the same cache wait.
 """
 
 from __future__ import annotations
@@ -47,9 +45,7 @@ class PreparedData:
         spec (DatasetSpec): What the examples hold.
         path (Path): The cache folder.
         problems (list[str]): Clips that failed to decode, one message each.
-        summary (dict): ``clips`` prepared, per modality the clips ``missing`` it, and
-            counts of what the source noted per clip (``transcript``: where the text
-            came from; ``face``: found or centre crop).
+        summary (dict): The counts of :func:`preparation_summary`.
         missing (dict[str, list[str]]): Per modality, the ids of the clips without it.
         notes (dict[str, dict]): Per clip id, what the source noted about it.
     """
@@ -87,14 +83,11 @@ def prepare(source: DataSource, cache_dir: str | Path, on_error: DecodeErrorPoli
     Args:
         source (DataSource): The data source.
         cache_dir (str | Path): The folder holding all caches.
-        on_error (DecodeErrorPolicy): What to do with a clip whose file fails to decode:
-            ``"mask"`` keeps it with that modality masked, ``"skip"`` leaves it out,
-            ``"raise"`` stops with the file's name.
+        on_error (DecodeErrorPolicy): For a clip whose file fails to decode: ``"mask"``
+            the modality, ``"skip"`` the clip, or ``"raise"`` naming the file.
         chunk_size (int): Clips per shard: the most work an interruption can lose.
         num_workers (int): Processes decoding in parallel (0: in this process).
-        multiprocessing_context (str | None): How those processes start
-            (``"spawn"``, ``"forkserver"``, ``"fork"``); None takes the platform's
-            default.
+        multiprocessing_context (str | None): How those processes start.
 
     Returns:
         PreparedData: The dataset, its spec and any decode problems.
@@ -114,8 +107,7 @@ def prepare(source: DataSource, cache_dir: str | Path, on_error: DecodeErrorPoli
 
 
 def _build_or_clean(source: DataSource, folder: Path, *options) -> None:
-    """Builds a cache; a failure leaves no folder without a finished shard, and a
-    write that fails for want of space names the cache folder."""
+    """Builds a cache; a failure keeps only finished shards and names the folder if out of room."""
     existed = folder.exists()
     try:
         _build(source, folder, *options)
@@ -185,16 +177,7 @@ def _build(source: DataSource, folder: Path, on_error: str, chunk_size: int, wor
 
 
 def _shard(task: tuple) -> tuple[Path, int, list[str]]:
-    """Prepares one chunk of clips into a shard, or reads its problems if already done.
-
-    Args:
-        task (tuple): The source, the chunk's records, the spec, the Arrow features,
-            the shard's folder and the decode-error policy.
-
-    Returns:
-        tuple[Path, int, list[str]]: The shard's folder, its number of records and
-        its decode problems.
-    """
+    """Writes one chunk's shard (or reads a finished one's); returns folder, records, problems."""
     source, chunk, spec, features, path, on_error = task
     datasets.disable_progress_bars()
     done = path / "problems.json"
@@ -220,7 +203,7 @@ def _shard(task: tuple) -> tuple[Path, int, list[str]]:
 
 
 def preparation_summary(clips: int, missing: dict[str, list[str]], notes: dict[str, dict]) -> dict:
-    """Counts of a preparation: clips, clips without each modality, and each kind of note.
+    """Counts of a preparation: clips, clips without each modality, each kind of note.
 
     Args:
         clips (int): Clips prepared.

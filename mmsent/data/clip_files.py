@@ -1,8 +1,6 @@
 """Finding a clip's files: its video in any container, its audio and its subtitle.
 
-:func:`find_clip_media` looks a clip up by id whatever its container (or by the
-file ``label.csv``'s ``media`` column names); training preparation and scoring both
-use it, so a clip is found the same way on both paths.
+Training preparation and scoring both look clips up here, so both find the same files.
 """
 
 from __future__ import annotations
@@ -22,8 +20,7 @@ class ClipMedia:
 
     Attributes:
         video (Path | None): The video container.
-        audio (Path | None): Where the audio comes from: a separate audio file beside
-            the clip, else the video container itself (its own audio stream, if any).
+        audio (Path | None): An audio file beside the clip, else the video container.
         subtitle (Path | None): An ``.srt`` or ``.vtt`` file beside the clip.
     """
 
@@ -46,24 +43,18 @@ def find_clip_media(root: str | Path, video_id: str, clip_id: str, media: str | 
                     video_dir: str = DEFAULT_VIDEO_DIR) -> ClipMedia:
     """Finds a clip's video, audio and subtitle files.
 
-    The clip is ``<root>/<video_dir>/<video_id>/<clip_id>.<ext>`` for any container of
-    :data:`VIDEO_SUFFIXES`, or the file ``media`` names (label.csv's ``media``
-    column, relative to ``root``). Audio comes from a file of the same name with an
-    audio suffix (:data:`AUDIO_SUFFIXES`) beside it, else from the video container;
-    a subtitle from an ``.srt`` or ``.vtt`` of the same name. A clip with only an
-    audio file has no video.
+    The clip is ``<root>/<video_dir>/<video_id>/<clip_id>.<ext>`` (any of :data:`VIDEO_SUFFIXES`)
+    or ``media``; audio comes from a file of the same name beside it, else the container.
 
     Args:
         root (str | Path): The dataset folder (holding ``label.csv``).
         video_id (str): The source video.
         clip_id (str): The clip.
-        media (str | None): An explicit path relative to ``root``; empty or None looks
-            the clip up by id.
+        media (str | None): A path relative to ``root``; empty or None looks up by id.
         video_dir (str): The clip folder, relative to ``root``.
 
     Returns:
-        ClipMedia: What was found; ``video`` and ``audio`` are None when no file is
-        there (the modality is then missing for this clip).
+        ClipMedia: What was found; None where no file is there.
     """
     if media and str(media).strip():
         return media_for_file(Path(root) / str(media).strip())
@@ -73,8 +64,7 @@ def find_clip_media(root: str | Path, video_id: str, clip_id: str, media: str | 
 
 
 def media_for_file(path: str | Path) -> ClipMedia:
-    """The media of one clip given by its file: a video (audio and subtitle beside it
-    found as :func:`find_clip_media` does) or an audio file.
+    """The media of one clip given by its video or audio file (as :func:`find_clip_media` finds).
 
     Args:
         path (str | Path): The clip's file.

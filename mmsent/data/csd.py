@@ -1,17 +1,9 @@
-"""CMU-MultimodalSDK computational sequences (``.csd``): reading them, and aligning
-their steps to clip intervals.
+"""CMU-MultimodalSDK computational sequences (``.csd``): reading, and aligning to clips.
 
-A ``.csd`` file is HDF5 with one root group (the sequence's name) holding
-``data/<video_id>/features`` ``(N, D)`` and ``data/<video_id>/intervals`` ``(N, 2)``
-(start and end in seconds), plus a ``metadata`` group. One file per modality (e.g.
-``CMU_MOSI_COVAREP.csd`` for audio, ``CMU_MOSI_Visual_Facet_42.csd`` for video,
-``CMU_MOSI_TimestampedWordVectors.csd`` for text vectors).
-
-A feature step belongs to a clip when its interval overlaps the clip's.
-:func:`align_mean` averages those steps into one vector per clip (``T == 1``, as the
-SDK's ``align`` with an average collapse function does); :func:`align_sequence` keeps
-them in order, average-pooled down to ``max_steps``. Both are vectorized per video
-with :func:`numpy.searchsorted` over the sorted step intervals.
+A ``.csd`` file is HDF5 with one root group holding ``data/<video_id>/features``
+``(N, D)`` and ``data/<video_id>/intervals`` ``(N, 2)`` (seconds), plus ``metadata``.
+A step belongs to a clip when its interval overlaps the clip's; :func:`align_mean`
+averages them as the SDK's ``align`` with an average collapse does.
 """
 
 from __future__ import annotations
@@ -45,14 +37,12 @@ def read_csd(path: Path) -> tuple[dict[str, Sequence], dict]:
         path (Path): The ``.csd`` file.
 
     Returns:
-        tuple[dict[str, Sequence], dict]: Per video its sequence (steps sorted by
-        start time), and the metadata (JSON values decoded).
+        tuple[dict[str, Sequence], dict]: Per video its sequence, and the decoded metadata.
 
     Raises:
         FileNotFoundError: If the file is missing.
         ValueError: If it is not a computational sequence, or a video's features and
-            intervals disagree, or its feature size differs from the others',
-            naming the file and the video.
+            intervals or feature size disagree, naming the file and the video.
     """
     import h5py
 
@@ -107,18 +97,16 @@ def _metadata(group) -> dict:
 def step_ranges(steps: np.ndarray, clips: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """The steps overlapping each clip, as contiguous index ranges.
 
-    Step ``i`` overlaps clip ``[s, e]`` when ``start_i < e`` and ``end_i > s``. With
-    steps sorted by start and non-decreasing ends, those steps are contiguous and
-    two binary searches find them.
+    With steps sorted by start and non-decreasing ends, the steps overlapping a clip
+    are contiguous and two binary searches find them.
 
     Args:
         steps (np.ndarray): Step intervals ``(N, 2)``, sorted by start.
         clips (np.ndarray): Clip intervals ``(M, 2)``.
 
     Returns:
-        tuple[np.ndarray, np.ndarray] | None: ``lo`` and ``hi`` ``(M,)``, the steps of
-        clip ``j`` being ``lo[j]:hi[j]``; None when the ends are not sorted (steps
-        nested in longer ones), where ranges would be wrong.
+        tuple[np.ndarray, np.ndarray] | None: ``lo`` and ``hi`` ``(M,)``, clip ``j``'s
+        steps being ``lo[j]:hi[j]``; None when the ends are not sorted (nested steps).
     """
     ends = steps[:, 1]
     if np.any(np.diff(ends) < 0):
@@ -158,9 +146,7 @@ def clip_steps(steps: np.ndarray, clips: np.ndarray) -> list[np.ndarray]:
 
 
 def align_mean(sequence: Sequence, clips: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The average feature vector of each clip.
-
-    Non-finite values count as 0 and are counted per clip.
+    """The average feature vector of each clip, non-finite values counting as 0.
 
     Args:
         sequence (Sequence): One video's steps.
@@ -195,8 +181,8 @@ def align_sequence(sequence: Sequence, clips: np.ndarray, max_steps: int) -> lis
         max_steps (int): Longer clips are average-pooled to this many steps.
 
     Returns:
-        list[tuple[np.ndarray, int]]: Per clip its steps ``float32 (T, D)`` (``T`` may
-        be 0) and its number of non-finite values (set to 0).
+        list[tuple[np.ndarray, int]]: Per clip its steps ``float32 (T, D)`` (``T`` may be 0)
+        and its non-finite values (set to 0).
     """
     values, bad = _finite(sequence.features)
     rows = clip_steps(sequence.intervals, clips)

@@ -30,8 +30,7 @@ from mmsent.metrics import label_statistics
 
 
 def model_modalities(module) -> list[str] | None:
-    """The modalities a task reads: its ``modality`` (and those of the stages it holds
-    fixed), or its fused model's encoders.
+    """The modalities a task reads: its ``modality`` and fixed stages', or its model's encoders.
 
     Args:
         module: A LightningModule, or None.
@@ -49,31 +48,19 @@ class MultimodalDataModule(pl.LightningDataModule):
     """Serves any :class:`DataSource` as dict batches, preparing and caching it once.
 
     Args:
-        source (DataSource): Where the data comes from (raw clips, generated clips,
-            MMSA pickles, SDK files, feature tables).
+        source (DataSource): Where the data comes from.
         cache_dir (str): Folder for prepared datasets.
-        batch_size (PositiveInt): Samples per batch, at least 1.
+        batch_size (PositiveInt): Samples per batch.
         num_workers (int): DataLoader worker processes.
-        on_decode_error (DecodeErrorPolicy): ``"mask"``, ``"skip"`` or ``"raise"`` for a clip whose
-            file fails to decode.
+        on_decode_error (DecodeErrorPolicy): What to do with a clip whose file fails to decode.
         prepare_workers (int): Processes decoding clips while preparing.
-        train_fraction (float): Use this fraction of the training split (for
-            data-efficiency studies); the subset is fixed by ``subset_seed``.
+        train_fraction (float): Fraction of the training split used, fixed by ``subset_seed``.
         subset_seed (int): Seed of the training subset.
         predict_split (Split): The split ``predict`` runs on.
-        multiprocessing_context (str | None): How worker processes start, for the
-            DataLoader and for preparation: ``"spawn"``, ``"forkserver"`` or
-            ``"fork"``; None takes the platform's default.
-        memory_budget_mb (float): Per split, the most megabytes (Arrow size) of
-            vectors, token ids and feature sequences held in memory as tensors; the
-            rest, and video frames always, are read from the memory-mapped cache a
-            batch at a time.
-        pin_memory (bool): Page-locked batches for faster copies to a GPU; ignored
-            (with nothing to pin to) when no GPU is present.
-        modalities (list[str] | None): The modalities batches hold. None: those the
-            trained model reads (a unimodal task's ``modality``, a fused model's
-            encoders) when a trainer runs it, otherwise all; unread video frames are
-            never loaded.
+        multiprocessing_context (str | None): How loading and preparing processes start.
+        memory_budget_mb (float): Per split, megabytes of non-frame modalities held in memory.
+        pin_memory (bool): Page-locked batches for faster copies to a GPU, if there is one.
+        modalities (list[str] | None): Those batches hold; None: what the model reads, else all.
     """
 
     def __init__(self, source: DataSource, cache_dir: str = "data/cache", batch_size: PositiveInt = 32,
@@ -119,8 +106,7 @@ class MultimodalDataModule(pl.LightningDataModule):
 
     @property
     def label_statistics(self) -> dict[str, float]:
-        """dict[str, float]: The training labels' median, mean and majority classes
-        (:func:`mmsent.metrics.label_statistics`; linked to the model)."""
+        """dict[str, float]: :func:`mmsent.metrics.label_statistics` of the training labels."""
         return label_statistics(self.split("train")["label"])
 
     def prepare_data(self) -> None:
@@ -144,10 +130,10 @@ class MultimodalDataModule(pl.LightningDataModule):
         return rows
 
     def read_modalities(self) -> list[str]:
-        """The modalities batches hold (see ``modalities``).
+        """The modalities batches hold, in the canonical order (see ``modalities``).
 
         Returns:
-            list[str]: In the canonical order.
+            list[str]: The modalities.
 
         Raises:
             ValueError: If ``data.modalities`` names one the dataset lacks.
@@ -182,14 +168,9 @@ class MultimodalDataModule(pl.LightningDataModule):
     def _sampler(self, dataset: ExampleDataset, shuffle: bool) -> DistributedSampler | None:
         """This process's share of a split when the trainer runs several (None otherwise).
 
-        Lightning keeps a sampler that is already a ``DistributedSampler``. Training
-        takes torch's with ``drop_last``: one permutation per epoch (seeded by the
-        global seed and the epoch, alike in every process), cut to a multiple of the
-        process count and dealt out, so no clip is repeated in an epoch (at most
-        ``world_size - 1`` clips sit out, different ones each epoch) where Lightning's
-        default would pad the shares with repeated clips. Evaluation takes Lightning's
-        ``UnrepeatedDistributedSampler``: shares may differ by one row, none is
-        repeated, so the metrics gathered over the processes are those of the split.
+        No clip is repeated, unlike Lightning's default sampler: training drops up to
+        ``world_size - 1`` clips per epoch, evaluation lets shares differ by one row, so
+        gathered metrics are the split's (see the Scaling out guide).
         """
         trainer = self.trainer
         if trainer is None or trainer.world_size <= 1:
@@ -204,13 +185,11 @@ class MultimodalDataModule(pl.LightningDataModule):
     def _loader(self, name: str, shuffle: bool, shard: bool = True) -> DataLoader:
         dataset = self.dataset(name)
         sampler = self._sampler(dataset, shuffle) if shard else None
-        # A last training batch of one sample breaks batch norm. Decided on this
-        # process's share, which is the same size in every process: equal batch
-        # counts, and a share smaller than a batch still trains.
+        # A last training batch of one sample breaks batch norm. Decided on this process's
+        # share (equal in every process), so batch counts match and a small share trains.
         drop_last = shuffle and len(dataset if sampler is None else sampler) > self.batch_size
         if sampler is None:
-            # One process: each batch is one tensor of row positions, gathered by
-            # ``__getitems__`` at once (the same batches as a ``BatchSampler``).
+            # One process: each batch is one tensor of positions, gathered by ``__getitems__``.
             order = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
             batching = {"batch_sampler": IndexBatchSampler(order, self.batch_size, drop_last)}
         else:
@@ -235,24 +214,13 @@ class MultimodalDataModule(pl.LightningDataModule):
         return self._loader(self.predict_split, shuffle=False)
 
     def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
-        """Moves this module's batches with :func:`mmsent.data.batches.move_batch`
-        (tensors only; the ``id`` and ``transcript`` lists stay as they are).
-
-        Args:
-            batch: A collated batch (a dict), or anything else Lightning can move.
-            device (torch.device): The target device.
-            dataloader_idx (int): The loader the batch came from.
-
-        Returns:
-            The batch on ``device``.
-        """
+        """Moves dict batches with :func:`~mmsent.data.batches.move_batch`, others as usual."""
         if not isinstance(batch, dict):
             return super().transfer_batch_to_device(batch, device, dataloader_idx)
         return move_batch(batch, device)
 
     def split_dataloader(self, name: str) -> DataLoader:
-        """Every sample of one split, in order, none dropped (unlike training batches),
-        in every process alike when several train together.
+        """Every sample of one split, in order, none dropped, alike in every process.
 
         Args:
             name (str): ``"train"``, ``"valid"`` or ``"test"``.

@@ -1,13 +1,7 @@
-"""The face front end: one face box per clip, so the video encoder sees the speaker's
-face rather than the whole room.
+"""The face front end: one box per clip, so the video encoder sees the speaker, not the room.
 
-The detector is OpenCV's Haar cascade for frontal faces, whose weights ship inside the
-``opencv-python-headless`` wheel (the ``faces`` extra), so nothing is downloaded. Each
-sampled frame is searched; the face seen in most frames is tracked through the clip
-(a misfire elsewhere in the frame is left out), and the clip's box is the smallest
-square holding it on every frame, widened by a margin of the median face size and
-kept inside the frame; every frame is cropped to it and scaled to the encoder's frame
-size. A clip where no frame shows a face falls back to the centre square.
+The detector is OpenCV's frontal-face Haar cascade, whose weights ship inside the
+``opencv-python-headless`` wheel (the ``faces`` extra), so nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -39,8 +33,7 @@ class FaceCrop:
     Attributes:
         frames (np.ndarray): ``uint8 (T, size, size, 3)``.
         found (bool): Whether a face was found (else the centre square was taken).
-        box (tuple[int, int, int, int]): The crop ``(x, y, side, side)`` in the
-            frames given.
+        box (tuple[int, int, int, int]): The crop ``(x, y, side, side)`` in the frames given.
     """
 
     frames: np.ndarray
@@ -55,10 +48,8 @@ class FaceCropper:
     Args:
         detector (str): ``"haar"``: OpenCV's frontal-face Haar cascade.
         margin (float): Added on each side of the face box, as a fraction of its side.
-        min_face (float): The smallest face searched for, as a fraction of the
-            frame's shorter side.
-        detect_width (int): Frames are searched (and cropped) at this width, or at the
-            source width when smaller, so a 1080p frame costs little more than a 360p one.
+        min_face (float): The smallest face searched for, as a fraction of the shorter side.
+        detect_width (int): Frames are searched and cropped at most this wide, bounding the cost.
         scale_factor (float): The detector's step between searched face sizes.
         min_neighbors (int): Overlapping detections needed to accept a face.
 
@@ -109,7 +100,7 @@ class FaceCropper:
         return {**self.__dict__, "_cascade": None}
 
     def working_size(self, width: int, height: int, size: int) -> tuple[int, int]:
-        """The size a frame is converted to for detection and cropping.
+        """The even size, aspect kept, a frame is converted to for detection and cropping.
 
         Args:
             width (int): Source width.
@@ -117,7 +108,7 @@ class FaceCropper:
             size (int): The encoder's frame size (the crop must not be smaller).
 
         Returns:
-            tuple[int, int]: Width and height, aspect kept, even.
+            tuple[int, int]: Width and height.
         """
         target = min(width, max(self.detect_width, 2 * size))
         scaled = max(2, round(height * target / width / 2) * 2)
@@ -156,10 +147,8 @@ class FaceCropper:
     def track(self, detections: list[list[tuple[int, int, int, int]]]) -> list[tuple[int, int, int, int]]:
         """The speaker's face through a clip, one box per frame where it was seen.
 
-        The face seen in most frames anchors the track (a misfire on a poster or a
-        shadow shows in few); from its frame, each next and previous frame keeps the
-        box nearest the last kept one, if within one face size of it, so a face that
-        drifts or leans in stays on the track.
+        The face seen in most frames anchors it (a misfire shows in few); each other frame
+        keeps the box nearest the last kept one within one face size, following drift.
 
         Args:
             detections (list): Per frame, its boxes.
@@ -199,9 +188,8 @@ class FaceCropper:
             height (int): Frame height.
 
         Returns:
-            tuple: ``((x, y, side, side), found)``: the square holding every box on the
-            face's :meth:`track`, widened by ``margin`` median face sizes on each side
-            and kept inside the frame; the centre square when no frame holds a face.
+            tuple: ``((x, y, side, side), found)``: the square holding the :meth:`track`,
+            widened by ``margin`` median face sizes, inside the frame; else the centre square.
         """
         limit = min(width, height)
         track = np.array(self.track(detections), dtype=np.float64)

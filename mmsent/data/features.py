@@ -1,10 +1,7 @@
-"""The base class every reader of precomputed features shares.
+"""The base class of every reader of precomputed features.
 
-A feature source reads its features in full in ``open`` (they are small next to raw
-video), checks them, sets non-finite values to 0, standardizes them with training
-statistics, and hands each clip's arrays to ``load`` inside its record. Everything
-it had to repair or leave out is counted, logged with the sample ids and kept in
-the dataset spec (``spec.extras["issues"]``, saved in the cache's ``spec.json``).
+Features are read in full in ``open`` (small next to raw video); whatever was repaired
+or left out is logged with the sample ids and kept in ``spec.extras["issues"]``.
 """
 
 from __future__ import annotations
@@ -33,16 +30,13 @@ class FeatureData:
     """What a feature reader found on disk, before cleaning.
 
     Attributes:
-        clips (list[dict]): One dict per labelled clip: ``id``, ``split``,
-            ``transcript``, ``label``.
-        features (dict[str, dict[str, np.ndarray]]): Per modality, clip id ->
-            ``float32 (T, D)`` (or token ids ``int (L,)`` for text ids).
+        clips (list[dict]): Per labelled clip: ``id``, ``split``, ``transcript``, ``label``.
+        features (dict[str, dict[str, np.ndarray]]): Per modality, clip id -> ``(T, D)``
+            (``(L,)`` for token ids).
         files (dict[str, str]): Per modality, the file it came from (for messages).
         unlabelled (dict[str, list[str]]): Per modality, ids with features but no label.
-        text (tuple[str, int, int] | None): ``(kind, input size, pad id)`` when the
-            text modality comes from the file rather than from transcripts.
-        nonfinite (dict[str, dict[str, int]]): Per modality, clip id -> NaN or
-            infinite values the reader already set to 0 (while aligning).
+        text (tuple[str, int, int] | None): ``(kind, input size, pad id)`` of text in the file.
+        nonfinite (dict[str, dict[str, int]]): Per modality, clip id -> values set to 0.
         left_out (dict[str, list[str]]): Anything else the reader left out, by reason.
     """
 
@@ -60,11 +54,9 @@ class FeatureIssues:
     """What was repaired or left out while reading features, by sample id.
 
     Attributes:
-        nonfinite (dict[str, dict[str, int]]): Per modality, clip id -> number of NaN
-            or infinite values set to 0.
+        nonfinite (dict[str, dict[str, int]]): Per modality, clip id -> non-finite values.
         no_features (dict[str, list[str]]): Per modality, labelled clips without it.
-        unlabelled (dict[str, list[str]]): Per modality, feature ids (clips, or
-            videos for ``.csd`` files) without a label.
+        unlabelled (dict[str, list[str]]): Per modality, feature ids without a label.
         dropped (list[str]): Clips left out (``missing: drop``).
         left_out (dict[str, list[str]]): What the reader left out, by reason.
     """
@@ -118,11 +110,10 @@ def _first(ids: list[str], count: int = 5) -> str:
 
 
 def clean_nonfinite(features: dict[str, np.ndarray]) -> dict[str, int]:
-    """Masks NaN and infinite values, in place: a frame of a sequence ``(T, D)``,
-    ``T > 1``, holding any is dropped (the batch's time mask then leaves it out, and
-    a clip with no finite frame left lacks the modality); in a single vector
-    (``(D,)`` or ``(1, D)``, utterance-level features) they are set to 0, as masking
-    would drop the clip's whole modality for one value.
+    """Masks NaN and infinite values, in place.
+
+    A sequence's frame holding any is dropped (no frame left: the modality is missing);
+    in a single vector they are set to 0, as masking would drop the whole modality.
 
     Args:
         features (dict[str, np.ndarray]): Clip id -> float array.
@@ -150,10 +141,7 @@ def clean_nonfinite(features: dict[str, np.ndarray]) -> dict[str, int]:
 
 
 def standardize(features: dict[str, np.ndarray], train_ids: list[str]) -> dict:
-    """Scales each feature dimension to zero mean and unit variance, in place.
-
-    The statistics come from every frame of the training clips only, so nothing of
-    the validation or test split leaks into preprocessing.
+    """Scales each dimension to zero mean and unit variance in place, by training statistics.
 
     Args:
         features (dict[str, np.ndarray]): Clip id -> ``float32 (T, D)``.
@@ -176,27 +164,19 @@ def standardize(features: dict[str, np.ndarray], train_ids: list[str]) -> dict:
 
 
 class FeatureSource(DataSource):
-    """A source of precomputed per-clip features, read in full by :meth:`read`.
+    """A source of precomputed per-clip features.
 
-    Subclasses implement :meth:`read` (and :meth:`fingerprint`, extending
-    :meth:`settings`); this class cleans, standardizes, applies the missing-modality
-    policy, checks the splits, and builds the text modality from transcripts when
-    the files hold none.
+    Subclasses implement :meth:`read` and :meth:`fingerprint` (extending :meth:`settings`);
+    without text features in the files, text comes from the transcripts.
 
     Args:
         modalities (list[str] | None): Which of text, audio, video to prepare.
-        standardize (bool): Scale audio and video features with training
-            statistics (text vectors are left as the model produced them).
-        missing (MissingPolicy): A labelled clip without one of the modalities is kept with it
-            masked (``"mask"``) or left out (``"drop"``).
-        tokenizer (str): Tokenizer of transcripts: ``"word"``, ``"minilm"``, or a
-            Hugging Face id or path.
+        standardize (bool): Scale audio and video features with training statistics.
+        missing (MissingPolicy): A clip lacking a modality is masked or dropped.
+        tokenizer (str): ``"word"``, ``"minilm"``, or a Hugging Face id or path.
         max_text_length (int): Longest token sequence kept.
-        text_features (str | None): A language model (``"minilm"``, an id or a path)
-            whose frozen token states become the text input (see
-            :mod:`mmsent.data.lm_features`); None for token ids.
-        text_layer (int): Which of its hidden layers: ``-1`` the last, ``k`` the output
-            of its ``k``-th layer (for :class:`~mmsent.models.TransformerTopEncoder`).
+        text_features (str | None): A language model whose token states become the text input.
+        text_layer (int): Its hidden layer kept: ``-1`` the last, ``k`` the ``k``-th's output.
     """
 
     def __init__(self, modalities: list[str] | None = None, standardize: bool = True,
@@ -214,14 +194,13 @@ class FeatureSource(DataSource):
 
     @abstractmethod
     def read(self) -> FeatureData:
-        """Reads labels and features, validating them.
+        """Reads and validates labels and features.
 
         Returns:
             FeatureData: Everything found, before cleaning.
 
         Raises:
-            ValueError: On a bad label or a feature size that differs between
-                rows or files, naming the file and the id.
+            ValueError: On a bad label or feature size, naming the file and the id.
         """
 
     def settings(self) -> dict:
@@ -287,13 +266,13 @@ class FeatureSource(DataSource):
 
 
 def feature_dim(values: dict[str, np.ndarray]) -> int:
-    """The feature size of a modality's arrays.
+    """The feature size ``D`` of a modality's ``(T, D)`` arrays (0 without any).
 
     Args:
-        values (dict[str, np.ndarray]): Clip id -> ``(T, D)`` array.
+        values (dict[str, np.ndarray]): Clip id -> array.
 
     Returns:
-        int: ``D`` of the first array, 0 when there is none.
+        int: ``D`` of the first array.
     """
     first = next(iter(values.values()), None)
     return int(first.shape[-1]) if first is not None else 0

@@ -21,31 +21,25 @@ RAW_COLUMNS = ("video_id", "clip_id", "text", "label", "mode")
 
 
 def read_label_table(path: Path, labelled: bool = True) -> pd.DataFrame:
-    """Reads and validates an MMSA-style ``label.csv``: the one reader of a label table,
-    for training and for scoring.
+    """Reads and validates an MMSA-style ``label.csv``.
 
-    An empty transcript is allowed: that clip's text is looked for elsewhere
-    (:func:`~mmsent.data.transcripts.clip_transcript`) or is missing. An optional
-    ``media`` column names a clip's file (relative to the table's folder) where it is
-    not ``Raw/<video_id>/<clip_id>.<ext>``.
+    An empty transcript is allowed (see :func:`~mmsent.data.transcripts.clip_transcript`);
+    an optional ``media`` column names a clip's file, relative to the table's folder.
 
     Args:
         path (Path): The CSV (``video_id, clip_id, text, label, annotation, mode`` and
             optionally ``media``).
-        labelled (bool): Whether every clip must have a label and a split (training);
-            scoring needs only ``video_id`` and ``clip_id``, and an empty label or
-            split is then allowed (the label read as NaN).
+        labelled (bool): Every clip must have a label and a split (training); else only
+            ``video_id`` and ``clip_id`` are required, an empty label read as NaN.
 
     Returns:
-        pd.DataFrame: The table with an ``id`` column, float labels, transcripts with
-        whitespace collapsed, and ``text``, ``mode`` and ``media`` columns (empty where
-        not given).
+        pd.DataFrame: The table with an ``id`` column, float labels, whitespace-collapsed
+        transcripts, and ``text``, ``mode`` and ``media`` columns (empty where not given).
 
     Raises:
         FileNotFoundError: If the file is missing.
         ValueError: On a table that is not CSV, a missing column, no row, a bad label,
-            an unknown split or a duplicate id, naming the file, the row (1-based,
-            header = row 1), the column and the value as written.
+            an unknown split or a duplicate id, naming the file, row, column and value.
     """
     if not path.is_file():
         raise MissingFileError(f"{path}: label file not found")
@@ -101,8 +95,7 @@ def check_utf8(path: Path) -> None:
         path (Path): The file.
 
     Raises:
-        ConfigError: Naming the file, the line (1-based) and the byte, and asking
-            for UTF-8.
+        ConfigError: Naming the file, the line (1-based) and the byte.
     """
     with path.open("rb") as stream:
         for number, line in enumerate(stream, start=1):
@@ -115,8 +108,7 @@ def check_utf8(path: Path) -> None:
 
 
 def check_row_lengths(path: Path) -> None:
-    """Checks that every row of a CSV table has one cell per column (pandas would fill
-    a short row's missing cells with empty strings).
+    """Checks that every row of a CSV table has one cell per column (pandas would pad it).
 
     Args:
         path (Path): The table, UTF-8.

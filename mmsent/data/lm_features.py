@@ -1,16 +1,7 @@
-"""Text from a pretrained language model: frozen contextual token states, computed
-once while preparing and cached beside the prepared dataset.
+"""Text from a pretrained language model: frozen token states, computed once while preparing.
 
-Any source with transcripts takes ``tokenizer`` and ``text_features`` options and
-hands them to :class:`TranscriptText`. With ``text_features`` unset the text modality
-is token ids (``text_kind == "tokens"``); with ``text_features: minilm`` (or any
-Hugging Face model id or local path) it is the model's last hidden states, one
-vector per word piece (``text_kind == "vectors"``, 384-d for MiniLM), which
-:class:`mmsent.models.TextLSTMEncoder` reads with ``input_kind: vectors``.
-
-The states are computed in one batched pass in ``open`` and written to a
-memory-mapped file in the cache folder, so ``load`` (possibly in worker processes)
-only slices it and an interrupted preparation does not compute them again.
+The states live in a memory-mapped file in the cache folder, so ``load`` (in any
+worker) only slices it and an interrupted preparation does not compute them again.
 """
 
 from __future__ import annotations
@@ -41,8 +32,7 @@ class LMTokenStates:
             Hugging Face model id or a local path.
         max_length (int): Longest word-piece sequence kept, special tokens included.
         batch_size (int): Transcripts per forward pass.
-        layer (int): Which hidden layer to keep: ``-1`` is the last, ``0`` the
-            input embeddings.
+        layer (int): Hidden layer kept: ``-1`` the last, ``0`` the input embeddings.
     """
 
     def __init__(self, name: str = "minilm", max_length: int = 64, batch_size: int = 64,
@@ -88,17 +78,13 @@ class LMTokenStates:
         return [len(ids) for ids in encoded["input_ids"]]
 
     def encode(self, texts: list[str]) -> Iterator[tuple[int, np.ndarray]]:
-        """Computes the states of many transcripts, batched and without gradients.
-
-        Transcripts are batched by length, so little time goes into padding.
+        """Computes the states of many transcripts, batched by length to save padding.
 
         Args:
             texts (list[str]): The transcripts.
 
         Yields:
-            tuple[int, np.ndarray]: The index of a transcript in ``texts`` and its
-            states, ``float32`` of shape ``(L, hidden_size)`` with ``L`` its number of
-            word pieces (special tokens included).
+            tuple[int, np.ndarray]: A transcript's index, its ``float32 (L, hidden_size)`` states.
         """
         import torch
 
@@ -144,8 +130,7 @@ class StateStore:
 
         Args:
             ids (list[str]): Clip ids, in the order the states refer to.
-            lengths (list[int]): Each clip's number of states, known before computing
-                them, so nothing but the memory map holds them all.
+            lengths (list[int]): Each clip's number of states, known beforehand.
             states (Iterator[tuple[int, np.ndarray]]): Index into ``ids`` and states.
             dim (int): The state size.
 
@@ -173,7 +158,7 @@ class StateStore:
             clip_id (str): The clip id.
 
         Returns:
-            np.ndarray: ``float32``, shape ``(L, dim)``.
+            np.ndarray: ``float32 (L, dim)``.
         """
         if self._index is None:
             self._index = json.loads((self.folder / INDEX_FILE).read_text())
@@ -190,15 +175,11 @@ class TranscriptText:
     """The text modality of a source with transcripts: token ids or frozen LM states.
 
     Args:
-        tokenizer (str): ``"word"``, ``"minilm"``, or a Hugging Face model id or path,
-            used when ``text_features`` is unset.
+        tokenizer (str): ``"word"``, ``"minilm"``, or a Hugging Face model id or path.
         max_length (int): Longest token sequence kept.
-        text_features (str | None): A language model (``"minilm"``, an id or a path)
-            whose frozen token states become the text input, computed once while
-            preparing; None for token ids.
+        text_features (str | None): A language model whose token states become the text input.
         batch_size (int): Transcripts per forward pass of the language model.
-        layer (int): Which hidden layer of ``text_features`` to keep (see
-            :class:`LMTokenStates`).
+        layer (int): Hidden layer of ``text_features`` kept (see :class:`LMTokenStates`).
     """
 
     def __init__(self, tokenizer: str = "word", max_length: int = 64,
@@ -256,8 +237,8 @@ class TranscriptText:
         """The text input of one clip.
 
         Args:
-            clip_id (str): The clip id (looks up cached states).
-            text (str): The transcript (tokenized).
+            clip_id (str): The clip id (for cached states).
+            text (str): The transcript (for token ids).
 
         Returns:
             list[int] | np.ndarray: Token ids, or states ``float32 (L, D)``.

@@ -1,9 +1,6 @@
 """Reading clips with PyAV: frames for the video encoder, log-mel frames for audio.
 
-One module serves training preparation and scoring alike, so a clip is decoded the
-same way on both paths (found by :mod:`mmsent.data.clip_files`):
-:func:`decode_frames` samples frames by their timestamps (not by what the header
-claims), and :func:`decode_audio` resamples once to mono.
+Training preparation and scoring both decode here, so a clip reads the same on both paths.
 """
 
 from __future__ import annotations
@@ -31,8 +28,7 @@ class DecodedVideo:
     Attributes:
         frames (np.ndarray): ``uint8 (num_frames, size, size, 3)``.
         face_found (bool | None): Whether a face was found (None with faces off).
-        box (tuple[int, int, int, int] | None): The clip's crop ``(x, y, side, side)``
-            in the frames the detector saw, when faces are on.
+        box (tuple[int, int, int, int] | None): The crop ``(x, y, side, side)`` (faces on).
     """
 
     frames: np.ndarray
@@ -47,11 +43,9 @@ def _open(path: str | Path):
 
 
 def _frame_index(container, stream) -> tuple[list[int], list[int]]:
-    """Every frame's timestamp and every keyframe's, read from packets without decoding.
+    """Sorted frame and keyframe timestamps from the packets, without decoding.
 
-    Returns:
-        tuple[list[int], list[int]]: Sorted frame and keyframe timestamps (stream time base);
-        both empty when some packet carries no timestamp.
+    Both lists are empty when some packet carries no timestamp.
     """
     times, keys = [], []
     for packet in container.demux(stream):
@@ -66,8 +60,9 @@ def _frame_index(container, stream) -> tuple[list[int], list[int]]:
 
 
 def sample_times(times: list[int], count: int) -> list[int]:
-    """The frames on display at ``count`` instants spread evenly from the first frame's
-    timestamp to the last's (so a variable frame rate samples by time, not by index).
+    """The frames on display at ``count`` instants spread evenly from first to last timestamp.
+
+    A variable frame rate thus samples by time, not by index.
 
     Args:
         times (list[int]): Sorted frame timestamps.
@@ -82,8 +77,7 @@ def sample_times(times: list[int], count: int) -> list[int]:
 
 def _rotation(frame, stream) -> int:
     """Counter-clockwise quarter turns that make a frame upright."""
-    # PyAV reads the display matrix from version 14 on; before it, and for files of
-    # older muxers, the clockwise "rotate" tag says the same.
+    # PyAV < 14 and older muxers give the clockwise "rotate" tag instead of a display matrix.
     angle = getattr(frame, "rotation", 0)
     if not angle:
         try:
@@ -107,19 +101,16 @@ def decode_frames(path: str | Path, num_frames: int, size: int,
                   face: FaceCropper | None = None) -> DecodedVideo:
     """Samples ``num_frames`` frames evenly over a video's real, decoded duration.
 
-    The frames' timestamps are read from the packets first (no decoding), so a header
-    that claims more frames than the file holds, a variable frame rate, a late first
-    timestamp or a wrong base rate change nothing. Only sampled frames are converted,
-    scaled while converting; decoding seeks past whole groups of pictures holding no
-    sampled frame. A display rotation (phone clips) is undone, so frames come out
-    upright.
+    Timestamps come from the packets, so a header claiming more frames than the file
+    holds, a variable frame rate, a late first timestamp or a wrong base rate change
+    nothing. Groups of pictures holding no sampled frame are skipped; a display rotation
+    (phone clips) is undone.
 
     Args:
         path (str | Path): The video file (any container and codec FFmpeg reads).
         num_frames (int): Frames to return.
         size (int): Output height and width.
-        face (FaceCropper | None): Crop every frame to the clip's face, else the whole
-            frame is scaled to ``size x size``.
+        face (FaceCropper | None): Crop to the clip's face; None scales the whole frame.
 
     Returns:
         DecodedVideo: ``uint8`` frames of shape ``(num_frames, size, size, 3)``.
@@ -142,8 +133,7 @@ def read_sampled_frames(path: str | Path, num_frames: int, size: int,
         path (str | Path): The video file.
         num_frames (int): Frames to return.
         size (int): The encoder's frame size.
-        face (FaceCropper | None): With faces on, frames come at the cropper's
-            working size (aspect kept); else scaled to ``size x size``.
+        face (FaceCropper | None): Frames come at its working size; None: ``size x size``.
 
     Returns:
         list[np.ndarray]: ``uint8 (H, W, 3)`` frames.
@@ -176,15 +166,13 @@ def read_sampled_frames(path: str | Path, num_frames: int, size: int,
 
 def _decode_at(container, stream, wanted: list[int], keys: list[int], size: int,
                face: FaceCropper | None) -> list[np.ndarray]:
-    """Decodes the frames with the wanted timestamps, seeking over groups of pictures
-    that hold none of them."""
+    """Decodes the frames at ``wanted`` timestamps, seeking over groups of pictures without one."""
     pending = sorted(set(wanted))
     pending_set = set(pending)
     got: dict[int, np.ndarray] = {}
     position: int | None = None
-    # One decoding iterator, resumed target after target: the decoder's last frames
-    # come out together from its final flush, and a new iterator would flush it a
-    # second time, which it refuses.
+    # One iterator, resumed per target: the last frames come from the decoder's final
+    # flush, and a new iterator would flush it a second time, which it refuses.
     frames = container.decode(stream)
     index = 0
     while index < len(pending):
@@ -235,13 +223,11 @@ def _decode_indices(container, stream, indices: list[int], size: int,
 def decode_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     """Decodes the first audio stream of a file to mono float samples.
 
-    Any channel count is mixed down and any rate resampled, once, by FFmpeg's
-    resampler. When the audio starts later than the video of the same container,
-    silence fills the gap, so audio and video share one clock.
+    Audio starting later than the container's video is preceded by silence (one clock).
 
     Args:
         path (str | Path): An audio file, or a video whose container carries audio.
-        sample_rate (int): The rate to resample to.
+        sample_rate (int): The rate to resample to, in Hz.
 
     Returns:
         np.ndarray: ``float32`` samples in [-1, 1], shape ``(N,)``.
@@ -307,10 +293,7 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
 def log_mel_frames(samples: np.ndarray, sample_rate: int, n_mels: int = 40,
                    window_ms: float = 25.0, hop_ms: float = 10.0,
                    max_frames: int = 256) -> np.ndarray:
-    """Log-mel filterbank energies, the usual front end for speech models.
-
-    Long clips are average-pooled in time down to ``max_frames`` so a batch stays
-    small whatever the clip length.
+    """Log-mel filterbank energies, average-pooled in time down to ``max_frames``.
 
     Args:
         samples (np.ndarray): Mono samples, shape ``(N,)``.

@@ -1,25 +1,9 @@
-"""MMSA's processed feature pickles (``aligned_50.pkl``, ``unaligned_50.pkl``) for
-CMU-MOSI, CMU-MOSEI and CH-SIMS.
+"""MMSA's processed feature pickles (aligned or unaligned) of CMU-MOSI, MOSEI and CH-SIMS.
 
-A pickle holds a dict of splits ``train`` / ``valid`` / ``test``, each a dict of
-arrays over its ``N`` samples:
-
-* ``id``: ``"<video_id>$_$<clip_id>"``; ``raw_text``: the transcripts;
-  ``regression_labels``: the scores.
-* ``text``: ``(N, L, 768)`` BERT states or ``(N, L, 300)`` GloVe vectors;
-  ``text_bert``: ``(N, 3, L)`` word-piece ids, attention mask and segment ids.
-* ``audio`` ``(N, T_a, D_a)`` and ``vision`` ``(N, T_v, D_v)``, zero-padded at the
-  end or at the front (MMSA's own pickles do both); the unaligned pickles add
-  ``audio_lengths`` and ``vision_lengths``. In the aligned ones every sequence
-  follows the words, so the text length applies to all three.
-
-A sequence's real steps are those between its first and last non-zero step
-(:func:`real_steps`), or its recorded length counted from the end it is not padded
-at. Frames holding NaN or infinite values are dropped, i.e. masked, by
-:class:`~mmsent.data.features.FeatureSource`, not set to 0.
-
-Unpickling can run arbitrary code, so only load pickles from a source you trust;
-the cache converts the pickle once into Arrow, and later runs never unpickle again.
+The keys and shapes are listed in the Data guide. In the aligned pickles every
+sequence follows the words, so the text length applies to all three modalities.
+Unpickling can run arbitrary code, so load only pickles you trust; the cache converts
+a pickle once, and later runs never unpickle it again.
 """
 
 from __future__ import annotations
@@ -69,7 +53,7 @@ def load_pickle(path: Path) -> dict:
 
 
 def text_lengths(split: dict) -> np.ndarray | None:
-    """Word pieces per sample from ``text_bert``'s attention mask, if present.
+    """Word pieces per sample from ``text_bert``'s attention mask.
 
     Args:
         split (dict): One split of the pickle.
@@ -91,9 +75,8 @@ def real_steps(sequence: np.ndarray, length: int | None = None) -> np.ndarray:
         length (int | None): The recorded number of real steps, if the pickle has it.
 
     Returns:
-        np.ndarray: Without the padding: with ``length``, its first ``length`` steps,
-        or its last ones when the sequence starts with a zero step; without, the
-        steps from the first non-zero step to the last.
+        np.ndarray: With ``length``, that many steps from the end that is not padded;
+        without, the steps from the first non-zero step to the last.
     """
     steps = sequence.reshape(len(sequence), -1)
     nonzero = np.flatnonzero(np.any(steps != 0, axis=-1))
@@ -110,24 +93,13 @@ class MMSAPickleSource(FeatureSource):
 
     Args:
         path (str): The pickle, e.g. ``.../MOSI/Processed/unaligned_50.pkl``.
-        modalities (list[str] | None): Which of text, audio, video (MMSA's
-            ``vision``) to prepare; by default each one the pickle holds (text: the
-            array ``text`` names; audio: ``audio``; video: ``vision``), so a pickle
-            without one of them prepares the others.
-        text (TextMode | None): ``"vectors"`` (the pickle's ``text`` array: BERT states or
-            GloVe vectors), ``"bert_ids"`` (``text_bert``'s word-piece ids, for an
-            embedding table such as ``TextLSTMEncoder(pretrained_embeddings=
-            "bert-base-uncased")``) or ``"transcript"`` (``raw_text`` through
-            ``tokenizer`` or ``text_features``). None: ``"transcript"`` when
-            ``text_features`` is set, else ``"vectors"``.
+        modalities (list[str] | None): Which of text, audio, video to prepare; None: those held.
+        text (TextMode | None): The ``text`` array, ``text_bert``'s ids, or ``raw_text`` tokenized;
+            None: ``"transcript"`` with ``text_features``, else ``"vectors"``.
         vocab_size (int): Vocabulary size of ``text_bert`` ids (BERT base: 30522).
-        standardize (bool): Scale audio and vision with training statistics; off by
-            default, as MMSA's models take the features as they are.
-        label_scale (list[float] | None): ``[low, high]`` of a corpus scored on another
-            range (e.g. ``[1, 5]``), mapped linearly onto [-3, 3]; None: the scores
-            are already on [-3, 3].
-        **kwargs: :class:`FeatureSource` options (``missing``, ``tokenizer``,
-            ``max_text_length``, ``text_features``).
+        standardize (bool): Scale audio and vision with training statistics (MMSA's models do not).
+        label_scale (list[float] | None): The scores' ``[low, high]``, mapped onto [-3, 3].
+        **kwargs: :class:`FeatureSource` options.
     """
 
     name = "mmsa"
@@ -182,12 +154,7 @@ class MMSAPickleSource(FeatureSource):
         return FeatureData(clips, features, files, text=text)
 
     def _held(self, data: dict) -> list[str]:
-        """The modalities whose arrays every split of the pickle holds (text from
-        transcripts needs only ``raw_text``, which every pickle has).
-
-        Raises:
-            ValueError: If the pickle holds none of them.
-        """
+        """The requested modalities whose arrays every split holds; raises if none is held."""
         held = [m for m in self.requested_modalities
                 if (m == "text" and self.text_mode == "transcript")
                 or all(self._key(m) in data[split] for split in SPLITS)]

@@ -1,8 +1,7 @@
 """Real CMU-MOSI: its feature-table source, and where its folder is.
 
-The folder comes from the configuration (``data.source.init_args.root``) or, when
-that is null, from the environment variable ``MMSENT_MOSI_DIR``; nothing else is
-searched, so the same configuration runs from any working directory.
+Only the configuration and ``MMSENT_MOSI_DIR`` are searched, so the same configuration
+runs from any working directory.
 """
 
 from __future__ import annotations
@@ -31,16 +30,14 @@ def find_mosi(root: str | None = None) -> Path:
     """The CMU-MOSI folder, from the configuration or the environment.
 
     Args:
-        root (str | None): The folder (``data.source.init_args.root``); None reads
-            ``$MMSENT_MOSI_DIR``.
+        root (str | None): The folder; None reads ``$MMSENT_MOSI_DIR``.
 
     Returns:
         Path: The folder holding ``label.csv``, made absolute.
 
     Raises:
-        FileNotFoundError: If neither names a folder, or the folder named holds no
-            ``label.csv``; the message says where the setting came from and how to
-            get the data.
+        FileNotFoundError: If neither names a folder holding ``label.csv``; the message
+            says where the setting came from and how to get the data.
     """
     if root:
         folder, origin = Path(root), MOSI_ROOT_KEY
@@ -56,16 +53,13 @@ def find_mosi(root: str | None = None) -> Path:
 
 
 class MOSISource(FeatureTableSource):
-    """Real CMU-MOSI: transcripts and scores from ``label.csv``, openSMILE acoustic
-    vectors (73-d, one per clip) from ``audio_opensmile.parquet``.
+    """Real CMU-MOSI: ``label.csv`` and openSMILE acoustic vectors (73-d, one per clip).
 
     Args:
-        root (str | None): The data folder; None reads ``$MMSENT_MOSI_DIR`` (see
-            :func:`find_mosi`).
+        root (str | None): The data folder; None reads ``$MMSENT_MOSI_DIR``.
         audio_table (str): The acoustic table, relative to the folder.
         modalities (list[str] | None): Default ``["text", "audio"]``.
-        **kwargs: :class:`~mmsent.data.features.FeatureSource` options, e.g.
-            ``text_features: minilm``.
+        **kwargs: :class:`~mmsent.data.features.FeatureSource` options.
     """
 
     name = "cmu-mosi"

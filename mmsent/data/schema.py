@@ -1,9 +1,4 @@
-"""The prepared-example format every data source produces.
-
-A data source turns one dataset (raw clips, MMSA pickles, SDK ``.csd`` files,
-feature tables, generated clips) into examples of one shape. The cache stores them
-as Arrow; the DataModule pads them into batches. Keeping this contract in one place
-is what lets any source feed any encoder.
+"""The prepared-example format every data source produces, so any source feeds any encoder.
 
 Example keys (one dict per clip):
 
@@ -11,8 +6,7 @@ Example keys (one dict per clip):
 * ``split`` (str): one of :data:`SPLITS`.
 * ``transcript`` (str): the transcript, kept for reports and prediction tables.
 * ``label`` (float): the sentiment score in ``[-3, 3]``.
-* ``clean_label`` (float): the noise-free score where it is known (generated
-  data), otherwise ``nan``.
+* ``clean_label`` (float): the noise-free score (generated data), otherwise ``nan``.
 * ``text``: token ids ``list[int]`` (``text_kind == "tokens"``) or vectors
   ``float32 (L, D)`` (``text_kind == "vectors"``); empty when the modality is missing.
 * ``audio``: acoustic frames ``float32 (T, D)``; empty when missing.
@@ -74,8 +68,7 @@ def scale_label(value: float, label_scale: tuple[float, float] | None) -> float:
 
     Args:
         value (float): The score as the corpus records it.
-        label_scale (tuple[float, float] | None): The corpus's ``(low, high)``, e.g.
-            ``(1, 5)``; None leaves the score as it is.
+        label_scale (tuple[float, float] | None): The corpus's ``(low, high)``; None: as it is.
 
     Returns:
         float: The score on ``[-3, 3]`` (not yet checked: see :func:`check_label`).
@@ -110,9 +103,8 @@ class DatasetSpec:
     """What a prepared dataset holds, handed from the data to the models.
 
     Attributes:
-        input_dims (dict[str, int]): Per present modality, the size an encoder needs:
-            the vocabulary size for token ids, the feature size for vectors, 3 for
-            RGB frames.
+        input_dims (dict[str, int]): Per present modality, the encoder's input size:
+            vocabulary size for token ids, feature size for vectors, 3 for frames.
         text_kind (str): ``"tokens"`` or ``"vectors"``.
         video_kind (str): ``"frames"`` or ``"features"``.
         pad_token_id (int): The id used for padding token sequences.

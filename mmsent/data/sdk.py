@@ -1,18 +1,8 @@
 """CMU-MultimodalSDK ``.csd`` files, one per modality, aligned to the labelled clips.
 
-Clips and their scores come from either
-
-* a label ``.csd`` (``CMU_MOSI_Opinion_Labels.csd``): per video one row per opinion
-  segment, the score in feature column ``label_column``; clip ids are the
-  segments' 1-based positions in time order, and the split of each video comes
-  from ``splits``, a CSV with ``video_id`` and ``mode`` columns (an MMSA
-  ``label.csv`` will do); or
-* a ``label.csv`` in MMSA's layout (``video_id, clip_id, text, label, annotation,
-  mode``) with two more columns, ``start`` and ``end``, the clip's interval in
-  seconds inside its video.
-
-Every feature sequence is aligned to the clip intervals once, while preparing
-(``align: mean`` or ``align: sequence``, see :mod:`mmsent.data.csd`).
+Clips come from a label ``.csd`` (``CMU_MOSI_Opinion_Labels.csd``; clip ids are the
+segments' 1-based positions in time order, splits come from ``splits``), or from an
+MMSA ``label.csv`` with ``start`` and ``end`` columns, the clip's interval in seconds.
 """
 
 from __future__ import annotations
@@ -37,23 +27,16 @@ class SDKSource(FeatureSource):
 
     Args:
         root (str): The folder holding the files.
-        features (dict[str, str]): Per modality, its ``.csd`` file relative to
-            ``root``; a text file holds word vectors (``text_kind == "vectors"``).
-        labels (str): A label ``.csd`` or an MMSA ``label.csv`` with ``start`` and
-            ``end`` columns, relative to ``root``.
-        splits (str | None): With a label ``.csd``: a CSV with ``video_id`` and
-            ``mode`` (train, valid, test) columns, relative to ``root``.
-        words (str | None): A word ``.csd`` (``CMU_MOSI_TimestampedWords.csd``) whose
-            words, joined per clip, are the transcripts (with a label ``.csd``).
+        features (dict[str, str]): Per modality, its ``.csd`` file (text: word vectors).
+        labels (str): A label ``.csd`` or a ``label.csv``, relative to ``root``.
+        splits (str | None): With a label ``.csd``: a CSV of ``video_id`` and ``mode``.
+        words (str | None): A word ``.csd`` giving the transcripts (with a label ``.csd``).
         label_column (int): Which feature column of the label ``.csd`` is the score.
-        align (Alignment | dict[str, Alignment] | None): ``"mean"`` or ``"sequence"``, for all
-            modalities or per modality; None: ``"sequence"`` for text vectors,
-            ``"mean"`` for the others.
+        align (Alignment | dict[str, Alignment] | None): For all modalities or per
+            modality; None: ``"sequence"`` for text, ``"mean"`` for the others.
         max_steps (int): Longest aligned sequence kept (``align: sequence``).
-        modalities (list[str] | None): Default: every modality in ``features``, and
-            text from transcripts when there are any (a ``label.csv`` or ``words``).
-        **kwargs: :class:`FeatureSource` options (``standardize``, ``missing``,
-            ``tokenizer``, ``max_text_length``, ``text_features``).
+        modalities (list[str] | None): None: those in ``features``, and text when transcripts exist.
+        **kwargs: :class:`FeatureSource` options.
     """
 
     name = "sdk"
@@ -192,13 +175,13 @@ def read_splits(path: Path) -> dict[str, str]:
     """The split of each video.
 
     Args:
-        path (Path): A CSV with ``video_id`` and ``mode`` columns (more are ignored,
-            so an MMSA ``label.csv`` serves).
+        path (Path): A CSV with ``video_id`` and ``mode`` columns (an MMSA ``label.csv`` serves).
 
     Returns:
         dict[str, str]: Video id -> split.
 
     Raises:
+        FileNotFoundError: If the file is missing.
         ValueError: On a missing column, an unknown split, or a video in two splits.
     """
     if not path.is_file():

@@ -1,10 +1,8 @@
 """Data sources: one class per on-disk format, each producing prepared examples.
 
-A source is chosen in YAML (``data.source.class_path``). It does two things: a cheap
-``open`` that validates the index and fits what must be fitted on the training
-split (a tokenizer, feature statistics), and a per-clip ``load`` that does the heavy
-work (decoding). :mod:`mmsent.data.cache` runs ``load`` once per clip, with
-progress, error handling and resumable shards, and caches the result.
+A source has a cheap ``open`` that validates the index and fits what depends on the
+training split, and a per-clip ``load`` that decodes; :mod:`mmsent.data.cache` runs
+``load`` once per clip and caches the result.
 """
 
 from __future__ import annotations
@@ -38,12 +36,10 @@ class Loaded:
     """What ``load`` returns for one clip.
 
     Attributes:
-        example (dict): The example (see :mod:`mmsent.data.schema`); a modality that
-            could not be read is ``None``.
+        example (dict): The example (see :mod:`mmsent.data.schema`); ``None`` if unreadable.
         problems (list[str]): One message per modality that failed, naming the file.
-        notes (dict): What the cache records about the clip without it being a
-            failure: ``transcript`` (where the text came from, see
-            :mod:`mmsent.data.transcripts`), ``face`` (``"found"`` or ``"centre crop"``).
+        notes (dict): What is recorded about the clip without being a failure:
+            ``transcript`` (where the text came from), ``face`` (found or centre crop).
     """
 
     example: dict
@@ -54,18 +50,14 @@ class Loaded:
 class DataSource(ABC):
     """One dataset on disk, turned into prepared examples.
 
-    Subclasses set :attr:`name` and implement :meth:`fingerprint`, :meth:`open` and
-    :meth:`load`.
+    Subclasses set :attr:`name` and implement the abstract methods.
     """
 
     name: str = "dataset"
 
     @abstractmethod
     def fingerprint(self) -> dict:
-        """dict: Every setting and input-file signature the prepared data depends on.
-
-        The cache is rebuilt exactly when this changes.
-        """
+        """dict: Every setting and input-file signature the cache depends on."""
 
     @abstractmethod
     def open(self, workdir: Path) -> tuple[list[dict], DatasetSpec]:
@@ -76,7 +68,7 @@ class DataSource(ABC):
 
         Returns:
             tuple[list[dict], DatasetSpec]: One record per clip (at least ``id`` and
-            ``split``), handed to :meth:`load`, and the spec of what load produces.
+            ``split``) for :meth:`load`, and the spec of what it produces.
 
         Raises:
             ValueError: On bad index content, naming the file and row.
@@ -104,37 +96,26 @@ def _as_float(value) -> float:
 class RawClipSource(DataSource):
     """Raw clips in MMSA's layout: ``label.csv`` plus ``Raw/<video_id>/<clip_id>.<ext>``.
 
-    A clip is found by its id in any container of
-    :data:`~mmsent.data.clip_files.VIDEO_SUFFIXES` (one folder may mix them), or at the path
-    ``label.csv``'s optional ``media`` column gives. Audio comes from an audio file of
-    the same name beside it (:data:`~mmsent.data.clip_files.AUDIO_SUFFIXES`) where present,
-    otherwise from the container's own audio stream, which is how MMSA ships raw
-    MOSI/MOSEI/SIMS. A clip with an empty transcript takes the text of an ``.srt`` or
-    ``.vtt`` beside it, else what ``asr`` hears, else lacks the text modality.
+    Files are found as :func:`~mmsent.data.clip_files.find_clip_media` says (audio
+    from the container where no audio file is beside it, as MMSA ships raw
+    MOSI/MOSEI/SIMS), transcripts as :func:`~mmsent.data.transcripts.clip_transcript` says.
 
     Args:
         root (str): The dataset folder.
         label_file (str): The label table, relative to ``root``.
         video_dir (str): The clip folder, relative to ``root``.
-        video_ext (str | None): A container tried first when a clip has files in
-            several; by default they are tried in the order of ``VIDEO_SUFFIXES``.
+        video_ext (str | None): A container tried first when a clip has files in several.
         modalities (list[str]): Which of text, audio, video to prepare.
         frames (int): Frames sampled per clip, evenly over its decoded duration.
         frame_size (int): Frame height and width after scaling.
-        sample_rate (int): Audio resampling rate.
+        sample_rate (int): Audio resampling rate, in Hz.
         n_mels (int): Log-mel bands per audio frame.
         max_audio_frames (int): Longer clips are average-pooled down to this.
         tokenizer (str): ``"word"``, ``"minilm"``, or a Hugging Face model id or path.
         max_text_length (int): Longest token sequence kept.
-        text_features (str | None): A language model (``"minilm"``, a Hugging Face id
-            or a local path) whose frozen token states, computed once while
-            preparing, become the text input (``text_kind == "vectors"``) instead of
-            token ids; see :mod:`mmsent.data.lm_features`.
-        face (dict | None): Crop frames to the speaker's face
-            (:class:`~mmsent.data.faces.FaceCropper` settings, e.g.
-            ``{detector: haar, margin: 0.25}``); None scales the whole frame.
-        asr (str | None): A local speech-recognition model folder that transcribes
-            clips with no transcript and no subtitle; never downloaded.
+        text_features (str | None): A language model whose token states become the text input.
+        face (dict | None): :class:`~mmsent.data.faces.FaceCropper` settings; None: whole frames.
+        asr (str | None): A local speech-recognition model folder (never downloaded).
     """
 
     name = "raw"
@@ -164,7 +145,7 @@ class RawClipSource(DataSource):
         self.asr = Transcriber(asr) if asr else None
 
     def clip_media(self, video_id: str, clip_id: str, media: str | None = None) -> ClipMedia:
-        """The files of one clip (see :func:`~mmsent.data.clip_files.find_clip_media`).
+        """The files of one clip, in ``video_ext`` where it has one.
 
         Args:
             video_id (str): The video.
@@ -172,7 +153,7 @@ class RawClipSource(DataSource):
             media (str | None): ``label.csv``'s ``media`` cell, if any.
 
         Returns:
-            ClipMedia: Its video, audio and subtitle files (None where absent).
+            ClipMedia: Its files (None where absent).
         """
         if self.video_ext and not (media and media.strip()):
             preferred = self.root / self.video_dir / video_id / f"{clip_id}.{self.video_ext}"
@@ -262,10 +243,7 @@ class RawClipSource(DataSource):
 
 def clip_record(clip_id: str, split: str, text: str | None, label: float, media: ClipMedia,
                 transcriber: Transcriber | None = None) -> dict:
-    """One clip's record for :meth:`RawClipSource.load`, from its table row and files.
-
-    Training preparation and scoring both build records here, so a clip's transcript
-    and files are chosen the same way on both paths.
+    """One clip's record for :meth:`RawClipSource.load`; scoring builds its records here too.
 
     Args:
         clip_id (str): The clip id.
@@ -277,8 +255,7 @@ def clip_record(clip_id: str, split: str, text: str | None, label: float, media:
 
     Returns:
         dict: ``id``, ``split``, ``transcript``, ``transcript_source``, ``label``,
-        ``clean_label``, ``video_path``, ``audio_path``, ``subtitle_path`` (paths as
-        strings, empty where absent).
+        ``clean_label`` and ``video_path``, ``audio_path``, ``subtitle_path`` ("" if absent).
     """
     transcript, origin = clip_transcript(text, media.subtitle, media.audio, transcriber)
     return {"id": clip_id, "split": split, "transcript": transcript, "transcript_source": origin,
@@ -289,8 +266,7 @@ def clip_record(clip_id: str, split: str, text: str | None, label: float, media:
 
 
 def _media_column(table: Path) -> list[str]:
-    """The paths a label table's ``media`` column names; none when it is unreadable
-    (reading it in ``open`` then says why, naming the row)."""
+    """The paths a ``media`` column names; none when unreadable (``open`` then says why)."""
     import pandas as pd
 
     try:
@@ -303,9 +279,8 @@ def _media_column(table: Path) -> list[str]:
 class GeneratedSource(RawClipSource):
     """The built-in default dataset: generated clips in the raw layout.
 
-    The clips are written on first use (deterministic from ``seed``) and then read
-    back through :class:`RawClipSource`, the path real raw clips take. The label
-    table carries the noise-free score, so reports show the best achievable error.
+    The clips are written on first use (deterministic from ``seed``) and read back as
+    real raw clips are. The noise-free score lets reports show the best achievable error.
 
     Args:
         root (str): Where the clips are written.
@@ -313,7 +288,7 @@ class GeneratedSource(RawClipSource):
         seed (int): Generation seed.
         source_frames (int): Frames written per clip.
         source_frame_size (int): Height and width of the written video.
-        **kwargs: Any :class:`RawClipSource` argument (decoded frames, tokenizer, ...).
+        **kwargs: Any :class:`RawClipSource` argument.
     """
 
     name = "generated"

@@ -4,9 +4,6 @@ Table layout (one file per modality, each optional)::
 
     video_id, clip_id, <modality>          # a vector (or a list of vectors) per cell
     video_id, clip_id, f0, f1, ..., fD     # or one numeric column per dimension
-
-A cell holding one vector is an utterance-level feature and becomes a length-1
-sequence (``T == 1``); a cell holding a list of equally long vectors is a sequence.
 """
 
 from __future__ import annotations
@@ -63,15 +60,14 @@ def read_feature_table(path: Path, column: str | None) -> dict[str, np.ndarray]:
 
     Args:
         path (Path): A ``.parquet`` or ``.csv`` file with ``video_id`` and ``clip_id``.
-        column (str | None): The column holding a vector per cell; None takes every
-            other column as one dimension each (the wide layout).
+        column (str | None): The column holding a vector per cell; None: the wide layout.
 
     Returns:
         dict[str, np.ndarray]: Clip id -> ``float32 (T, D)``.
 
     Raises:
         ValueError: On a missing column, a duplicate id, a non-numeric value, or a
-            feature size that differs from the first row's, naming file, row and id.
+            feature size differing from the first row's, naming file, row and id.
     """
     table = _read_table(path)
     missing = [c for c in KEYS if c not in table.columns]
@@ -110,24 +106,18 @@ def _read_table(path: Path) -> pd.DataFrame:
 
 
 class FeatureTableSource(FeatureSource):
-    """Per-clip feature tables joined to an MMSA-style ``label.csv``.
+    """Per-clip feature tables joined on ``video_id`` + ``clip_id`` to a ``label.csv``.
 
-    Labels, splits and transcripts come from ``label.csv`` (``video_id, clip_id,
-    text, label, annotation, mode``); each modality's features from its own table,
-    joined on ``video_id`` + ``clip_id``. Text comes from the transcripts
-    (``tokenizer`` or ``text_features``) unless ``tables`` names a text table.
+    Text comes from the transcripts unless ``tables`` names a text table.
 
     Args:
         root (str): The dataset folder.
         label_file (str): The label table, relative to ``root``.
         tables (dict[str, str] | None): Per modality, its table relative to ``root``.
-        columns (dict[str, str | None] | None): Per modality, the column holding the
-            vectors; by default the column named after the modality if there is one,
-            else every column but the keys (wide layout).
-        modalities (list[str] | None): What to prepare; by default text and every
-            modality with a table.
-        **kwargs: :class:`FeatureSource` options (``standardize``, ``missing``,
-            ``tokenizer``, ``max_text_length``, ``text_features``).
+        columns (dict[str, str | None] | None): Per modality, its vector column; by default
+            the one named after it, else the wide layout.
+        modalities (list[str] | None): None: text and every modality with a table.
+        **kwargs: :class:`FeatureSource` options.
     """
 
     name = "tables"

@@ -1,5 +1,4 @@
-"""Text tokenizers: a word-level one trained on the training split, or any Hugging
-Face tokenizer by name or path."""
+"""Text tokenizers: word level (trained on the training split) or any Hugging Face one."""
 
 from __future__ import annotations
 
@@ -16,17 +15,14 @@ class TextTokenizer:
     """Turns transcripts into token ids, and saves itself beside the cache.
 
     Args:
-        name (str): ``"word"`` for a word-level vocabulary learned from the training
-            texts; ``"minilm"`` for the offline MiniLM word-piece tokenizer; anything
-            else is a Hugging Face model id or local path.
+        name (str): ``"word"`` (a vocabulary learned from the training texts),
+            ``"minilm"`` (the offline MiniLM), or a Hugging Face model id or local path.
         max_length (int): Longest token sequence kept.
-        min_frequency (int): For ``"word"``: rarer words map to ``[UNK]``.
     """
 
-    def __init__(self, name: str = "word", max_length: int = 64, min_frequency: int = 1) -> None:
+    def __init__(self, name: str = "word", max_length: int = 64) -> None:
         self.name = name
         self.max_length = max_length
-        self.min_frequency = min_frequency
         self._word = None
         self._hf = None
 
@@ -34,12 +30,11 @@ class TextTokenizer:
         """Learns the vocabulary (word level) or loads the pretrained tokenizer.
 
         Args:
-            train_texts (list[str]): Training transcripts only, so no test word leaks
-                into the vocabulary.
+            train_texts (list[str]): Training transcripts only, so no test word leaks.
             save_dir (Path): Where ``tokenizer.json`` is written for later reuse.
         """
         if self.name == "word":
-            self._word = train_word_tokenizer(train_texts, self.min_frequency)
+            self._word = train_word_tokenizer(train_texts)
             save_dir.mkdir(parents=True, exist_ok=True)
             self._word.save(str(save_dir / "tokenizer.json"))
         else:

@@ -1,9 +1,7 @@
-"""Where a clip's transcript comes from: ``label.csv``, a subtitle file beside the clip,
-or a local speech-recognition model.
+"""Where a clip's transcript comes from: ``label.csv``, a subtitle beside it, or local ASR.
 
-A clip without any is not an error: its text modality is missing, as a clip without
-an audio track lacks audio. Training preparation and scoring both call
-:func:`clip_transcript`, so a clip gets the same text on both paths.
+Training preparation and scoring both call :func:`clip_transcript`, so a clip gets the
+same text on both paths; a clip without any lacks the text modality.
 """
 
 from __future__ import annotations
@@ -62,8 +60,7 @@ def read_subtitle(path: str | Path) -> str:
 
 
 class Transcriber:
-    """A local speech-recognition model (``transformers``' automatic-speech-recognition
-    pipeline), for clips without a transcript. Never downloads: the model is a folder.
+    """A local speech-recognition model for clips without a transcript; never downloaded.
 
     Args:
         folder (str): The model folder (weights, config, processor files).
@@ -116,8 +113,7 @@ def clip_transcript(text: str | None, subtitle: str | Path | None, audio: str | 
                     transcriber: Transcriber | None = None) -> tuple[str, str]:
     """A clip's transcript and where it came from.
 
-    The table's text wins; else the subtitle file's cues; else, with a transcriber,
-    what it hears in the clip's audio; else there is none.
+    The table's text wins; else the subtitle's; else what the transcriber hears.
 
     Args:
         text (str | None): The transcript in ``label.csv`` (empty or None when unknown).

@@ -2,7 +2,6 @@
 
 from mmsent.data.synthetic.cli import main
 
-# The guard keeps worker processes started with "spawn", which import this module
-# again, from generating anew.
+# Worker processes started with "spawn" import this module again and must not generate.
 if __name__ == "__main__":
     main()

@@ -50,10 +50,8 @@ def synthesize_audio(s_audio: float, duration: float, sample_rate: int, voice: V
                      rng: np.random.Generator) -> np.ndarray:
     """Synthesizes a voiced-like signal whose acoustics carry ``s_audio``.
 
-    The fundamental frequency is ``140 + 50 * s_audio`` Hz, loudness rises by 5 dB
-    and the spectrum brightens (smaller harmonic roll-off) per unit of ``s_audio``.
-    The speaker's voice, a per-clip pitch and loudness jitter, a slow pitch contour,
-    a random syllable envelope and background noise are nuisance.
+    Per unit of ``s_audio``, pitch rises 50 Hz (from 140), loudness 5 dB, and the
+    spectrum brightens; voice, jitter, contour, syllables and noise are nuisance.
 
     Args:
         s_audio (float): The audio latent score in ``[-1, 1]``.

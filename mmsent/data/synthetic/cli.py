@@ -1,8 +1,4 @@
-"""The command line of the generator: ``python -m mmsent.data.synthetic --out_dir DIR``.
-
-The options are :func:`~mmsent.data.synthetic.writer.generate_raw_dataset`'s
-parameters, typed and documented from its signature by jsonargparse.
-"""
+"""The generator's command line: one option per parameter of ``generate_raw_dataset``."""
 
 from __future__ import annotations
 
@@ -19,8 +15,7 @@ def build_parser() -> ArgumentParser:
     """The argument parser, one option per parameter of the generator.
 
     Returns:
-        ArgumentParser: The parser; ``num_workers`` defaults to the CPU count (at
-        most 8) instead of the function's single process.
+        ArgumentParser: The parser; ``num_workers`` defaults to the CPU count (at most 8).
     """
     parser = ArgumentParser(prog="python -m mmsent.data.synthetic",
                             description="A generated raw dataset laid out like MMSA's raw "

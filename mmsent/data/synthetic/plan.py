@@ -1,9 +1,7 @@
 """The dataset plan: videos, splits, latent scores, text and labels (no media).
 
-Every clip has three independent latent scores in ``[-1, 1]``, one per modality, and
-its noise-free sentiment is a weighted sum of them (:data:`MODALITY_WEIGHTS`). Each
-modality alone therefore predicts the score only in part, and all three together
-predict it strictly better.
+A clip's noise-free sentiment is a weighted sum (:data:`MODALITY_WEIGHTS`) of three
+independent latent scores in ``[-1, 1]``, one per modality.
 """
 
 from __future__ import annotations
@@ -128,8 +126,7 @@ def best_achievable_mae(label_csv_or_frame: str | os.PathLike | pd.DataFrame,
     """The mean absolute error of predicting the noise-free score, the floor for any model.
 
     Args:
-        label_csv_or_frame (str | os.PathLike | pd.DataFrame): A generated ``label.csv``
-            or its table.
+        label_csv_or_frame (str | os.PathLike | pd.DataFrame): A generated ``label.csv``.
         split (str | None): The split to average over, or None for all clips.
 
     Returns:

@@ -118,12 +118,8 @@ def _split_at(tokens: list[str], word: str) -> tuple[list[str], list[str]] | Non
 def score_sentence(tokens: Sequence[str] | str) -> float:
     """Computes the compositional sentiment of a review sentence.
 
-    "although X, Y" and "X but Y" weight the conceded clause X and the dominant
-    clause Y by :data:`CONTRAST_WEIGHTS`; "X and Y" averages the clauses; a clause
-    sums its polar words, each scaled by the intensifiers before it and multiplied
-    by :data:`NEGATION_FACTOR` when a negator precedes it, and is clipped to
-    ``[-1, 1]``. "good but boring" and "boring but good" hold the same words and
-    score differently.
+    "although X, Y" and "X but Y" weight X and Y by :data:`CONTRAST_WEIGHTS`; "X and Y"
+    averages them; a clause sums its polar words, scaled by intensifiers and negation.
 
     Args:
         tokens (Sequence[str] | str): The tokens from :func:`tokenize`, or the sentence.
@@ -158,8 +154,7 @@ def _polar_word(rng: np.random.Generator, sign: int) -> str:
 
 
 def _clause(rng: np.random.Generator, sign: int = 0) -> str:
-    """Draws one clause, either "<subject> <copula> [intensifier] <adjective>" or
-    "<speaker> [intensifier] <verb> <subject>"; ``sign`` constrains the clause score's sign."""
+    """Draws one adjectival or verbal clause; ``sign`` constrains the clause score's sign."""
     negated = rng.random() < 0.25
     verbal = rng.random() < 0.25
     # "not very good" and "really liked" are natural, "not slightly good" and "fairly liked" not.
@@ -207,18 +202,16 @@ def _sentence_candidate(rng: np.random.Generator, structure: str) -> str:
 
 
 def make_sentence(target: float, rng: np.random.Generator) -> tuple[str, float]:
-    """Writes a review sentence whose compositional score is close to a target.
+    """Writes a review sentence whose score is close to a target.
 
-    A sentence structure is drawn first, then several sentences of that structure,
-    and the one scoring closest to ``target`` is kept. The returned score is exactly
-    :func:`score_sentence` of the returned text.
+    Of several sentences of one drawn structure, the one scoring closest is kept.
 
     Args:
         target (float): The wanted score in ``[-1, 1]``.
         rng (np.random.Generator): The random source.
 
     Returns:
-        tuple[str, float]: The sentence and its score.
+        tuple[str, float]: The sentence and its :func:`score_sentence`.
     """
     structure = _STRUCTURES[rng.choice(len(_STRUCTURES), p=_STRUCTURE_PROBS)]
     candidates = [_sentence_candidate(rng, structure) for _ in range(_SENTENCE_CANDIDATES)]

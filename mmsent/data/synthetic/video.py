@@ -1,8 +1,7 @@
 """Video: a cartoon face whose mouth curvature moves linearly over the clip.
 
-The score is the direction of that movement: the multiset of frames says nothing
-about its sign and any single frame little, so only a model that sees time order
-can recover it.
+The score is the direction of that movement, so only a model that sees time order
+can recover it: the set of frames says nothing about its sign.
 """
 
 from __future__ import annotations
@@ -107,8 +106,7 @@ def sample_face_style(appearance: Appearance, frame_size: int,
 def mouth_curvatures(midpoint: float, s_video: float, frames: int) -> np.ndarray:
     """The mouth curvature in each frame: a line from ``A`` to ``B`` around ``midpoint``.
 
-    ``B - A = VIDEO_SWING * s_video``. The time steps are exactly antisymmetric, so
-    the curvatures for ``-s_video`` are exactly those for ``s_video`` reversed.
+    ``B - A = VIDEO_SWING * s_video``; ``-s_video`` gives exactly the reverse.
 
     Args:
         midpoint (float): The curvature half-way through the clip.
@@ -144,9 +142,7 @@ def _face_layers(style: FaceStyle, frame_size: int) -> tuple[np.ndarray, np.ndar
 def _mouth_layer(curvatures: np.ndarray, style: FaceStyle, frame_size: int) -> np.ndarray:
     """Coverage maps of the mouth, a parabola per frame, shape ``(T, H, W)``.
 
-    The mouth is ``y = y_m + c * bend * (0.5 - u^2)`` for ``u`` in ``[-1, 1]`` across its
-    width: a positive curvature ``c`` lifts the corners (a smile), and the curve stays
-    centred on ``y_m`` so its height says nothing about the curvature.
+    The curve stays centred on its height, so the height says nothing about the curvature.
     """
     y, x = np.mgrid[0:frame_size, 0:frame_size].astype(np.float64) + 0.5
     (cx, cy), (rx, ry) = style.center, style.radii
@@ -212,9 +208,8 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int) -> None:
         stream = container.add_stream("libx264", rate=fps)
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
-        # Low crf keeps the thin mouth stroke; one thread keeps workers from oversubscribing.
-        # Macroblock-tree rate control makes the bytes of identical frames differ between
-        # runs at these tiny sizes; off, the same seed writes the same files.
+        # Low crf keeps the thin mouth stroke; one thread keeps workers from oversubscribing;
+        # mbtree=0 makes the same seed write the same bytes at these tiny sizes.
         stream.options = {
             "crf": "18", "preset": "veryfast", "threads": "1", "x264-params": "mbtree=0",}
         for pixels in frames:

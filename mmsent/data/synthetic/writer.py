@@ -66,10 +66,7 @@ def _media_paths(job: _MediaJob) -> tuple[Path, Path]:
 
 
 def _write_clip(job: _MediaJob) -> int:
-    """Renders and writes one clip's video and audio; returns the clip index.
-
-    Files appear atomically, so an interrupted run leaves either whole files or none.
-    """
+    """Writes one clip's video and audio atomically; returns the clip index."""
     params = job.params
     video_rng = stream_rng(params["seed"], VIDEO_STREAM, job.video_index)
     voice, appearance = sample_voice(video_rng), sample_appearance(video_rng)
@@ -127,11 +124,7 @@ def _write_marker(out_dir: Path, params: dict, complete: bool) -> None:
 
 
 def _prepare_dir(out_dir: Path, params: dict, overwrite: bool) -> bool:
-    """Checks what ``out_dir`` holds; returns True when the dataset is already complete.
-
-    Raises:
-        ValueError: If it holds a different or foreign dataset and ``overwrite`` is False.
-    """
+    """True when ``out_dir`` is complete; refuses another dataset there unless ``overwrite``."""
     marker = _read_marker(out_dir)
     same = marker is not None and (marker.get("params"), marker.get("version")) == (
         params, GENERATOR_VERSION)
@@ -184,10 +177,8 @@ def generate_raw_dataset(out_dir: str | os.PathLike, num_clips: int = 1200, seed
                          overwrite: bool = False) -> Path:
     """Writes a generated raw dataset in MMSA's raw layout.
 
-    The same parameters always give the same dataset: every clip draws from a random
-    stream seeded by ``(seed, clip index)``, whatever the number of workers. Media are
-    written first, then ``label.csv``, then ``generated.json`` with ``"complete": true``,
-    so an interrupted run never looks complete; rerunning it resumes.
+    Every clip draws from a stream seeded by ``(seed, clip index)``, so the files do
+    not depend on the number of workers.
 
     Args:
         out_dir (str | os.PathLike): The dataset folder; created when missing.
@@ -198,18 +189,15 @@ def generate_raw_dataset(out_dir: str | os.PathLike, num_clips: int = 1200, seed
         fps (int): Video frames per second.
         sample_rate (int): Audio samples per second.
         noise_std (float): The standard deviation of the Gaussian label noise.
-        split_fractions (Sequence[float]): Train, valid and test shares of the clips,
-            assigned by whole video.
+        split_fractions (Sequence[float]): Train, valid and test shares, by whole video.
         num_workers (int): Processes writing media; 1 writes in this process.
-        overwrite (bool): Replace a dataset generated with other parameters; a complete
-            one with the same parameters is kept as it is.
+        overwrite (bool): Replace a dataset generated with other parameters.
 
     Returns:
         Path: ``out_dir``.
 
     Raises:
-        ValueError: If the parameters are invalid, or ``out_dir`` holds a dataset made
-            with other parameters (or without ``generated.json``) and ``overwrite`` is False.
+        ValueError: On invalid parameters, or another dataset in ``out_dir`` without ``overwrite``.
     """
     out_dir = Path(out_dir)
     params = _params(num_clips=num_clips, seed=seed, frames=frames, frame_size=frame_size, fps=fps,
