@@ -37,9 +37,6 @@ COLUMNS = ["id", "score", *(f"score_{m}" for m in MODALITIES), "label_2", "label
 def folder_clips(root: Path, split: str | None, video_ext: str | None = None) -> tuple[list[Clip], bool]:
     """The clips of a folder in the raw layout, read as training reads them.
 
-    Only ``video_id`` and ``clip_id`` are required; each clip's files are found by
-    :meth:`~mmsent.data.sources.RawClipSource.clip_media`.
-
     Args:
         root: The folder.
         split: Keep only rows whose ``mode`` is this.

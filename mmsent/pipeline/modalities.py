@@ -1,8 +1,6 @@
 """Stages that follow the data: a modality no clip holds has its stages skipped.
 
-A stage is skipped when the modality it trains is not held, or when every stage it takes a
-checkpoint from was skipped; the others lose the checkpoint keys naming a skipped stage and
-any encoder for a missing modality, so a fused stage fuses what is there.
+So is a stage whose every checkpoint source was skipped; a fused stage fuses what is there.
 """
 
 from __future__ import annotations

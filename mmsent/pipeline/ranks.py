@@ -1,9 +1,8 @@
 """The processes of a pipeline run whose stages train on several processes.
 
-The same command runs in every process: Lightning's ``ddp`` starts the others when the first
-multi-process stage fits, torchrun or ``srun`` start them all at once. The main process runs
-the pipeline; the others join the multi-process stages only. Everything here reads the
-environment when called, since Lightning's launch changes it.
+Lightning's ``ddp`` starts the other processes when the first multi-process stage fits,
+torchrun or ``srun`` start all at once. Everything here reads the environment when called,
+since Lightning's launch changes it.
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
 """Running a pipeline: the stages in order, each through the same CLI.
 
-Each stage gets the best checkpoints of the stages it names as init arguments (never
-``--ckpt_path``) and is recorded in ``manifest.json`` as it goes; a rerun skips finished
-stages and resumes an interrupted one from its last checkpoint. In a multi-process stage
-the same command runs in each process (:mod:`mmsent.pipeline.ranks`); only the main one
-writes the pipeline's files. Progress goes to stderr; stdout holds the report's table alone.
+A stage gets earlier stages' best checkpoints as init arguments (never ``--ckpt_path``); a
+rerun skips finished stages and resumes an interrupted one. Only the main process writes the
+pipeline's files. Progress goes to stderr; stdout holds the report's table alone.
 """
 
 from __future__ import annotations
@@ -86,9 +84,8 @@ def run_stage(pipeline: Pipeline, stage: Stage, manifest: Manifest, extra: list[
 def unimodal_figures(pipeline: Pipeline, stage: Stage, manifest: Manifest) -> dict[str, dict]:
     """Per modality, the validation MAE and best checkpoint of the unimodal stage it builds on.
 
-    The selection after a fused stage's fit compares it with these. The unimodal stage is
-    ``model.init_args.unimodal.<modality>``, else ``encoders.<modality>``, also through the
-    stage its ``init_checkpoint`` comes from.
+    The stage is ``model.init_args.unimodal.<modality>``, else ``encoders.<modality>``, also
+    through the stage its ``init_checkpoint`` comes from; the selection compares with these.
 
     Args:
         pipeline: The pipeline.
@@ -114,9 +111,7 @@ def unimodal_figures(pipeline: Pipeline, stage: Stage, manifest: Manifest) -> di
 def follow(pipeline: Pipeline, start: str | None, only: str | None, extra: list[str]) -> None:
     """Runs the multi-process stages in a non-main process, writing nothing of the pipeline's own.
 
-    The first stage is the main process's first selected one (torchrun, ``srun``) or, under
-    Lightning's launch, the first selected one not finished yet; after each, the main process
-    names the next one and its resume checkpoint, or None at the end.
+    After each stage, the main process names the next one and its resume checkpoint, or None.
 
     Args:
         pipeline: The pipeline.

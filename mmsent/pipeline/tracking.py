@@ -147,9 +147,7 @@ class StageTracker(pl.Callback):
     def media(self, manifest: dict) -> dict[str, Any]:
         """The stage's figures, predictions table, video frames and pictures, keyed for ``run.log``.
 
-        On generated data, also a unimodal stage's correlation with its modality's noise-free score.
-
-        Args:
+            Args:
             manifest: The manifest's data.
 
         Returns:

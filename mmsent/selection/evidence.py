@@ -1,11 +1,9 @@
 """The evidence a modality must show to stay in a fused model.
 
-A weak modality can lower the validation error by chance and raise it on new speakers. Its
-*gain* on a clip is the absolute error without it minus with it; it stays only if the mean
-gain is significantly above zero under a bootstrap over whole videos (clips of one video
-share a speaker, so are not independent) *and* at least ``min_gain`` of the MAE without it
-(on a large split a negligible gain can be significant). Modalities are removed one at a
-time, the least significant first (backward elimination).
+A weak modality can lower the validation error by chance and raise it on new speakers, so it
+stays only if its mean gain is significant under a bootstrap over whole videos (clips of one
+video share a speaker) *and* at least ``min_gain`` of the MAE without it (on a large split a
+negligible gain can be significant).
 """
 
 from __future__ import annotations

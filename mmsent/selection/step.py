@@ -32,8 +32,7 @@ class Selection:
         min_gain: Smallest relative validation MAE gain that keeps a modality; 0.005 is 0.5 %.
         samples: Bootstrap resamples (of whole videos).
         seed: Seed of the resampling.
-        keep_start_unless_better: Hand on the starting weights unless the result beats them
-            significantly.
+        keep_start_unless_better: Hand on the starting weights unless beaten significantly.
         start_alpha: Significance level of that test; None uses ``alpha``; 1.0 makes the start
             one more checkpoint, selected on validation MAE like the others.
         no_worse_than_unimodal: Never hand on a model worse on validation than the best
@@ -87,12 +86,9 @@ def select(trainer: pl.Trainer, task: pl.LightningModule, settings: Selection | 
            ) -> tuple[dict | None, str | None]:
     """After a fused stage's fit, hands on only what validation can vouch for.
 
-    On the best checkpoint's weights, modalities that do not earn their place on the validation
-    split are switched off; then, as ``settings`` ask, the result is tested against ``start``
-    and against the best unimodal stage, which replaces a worse fused model when its fusion can
-    pass that modality through. The main process decides and writes ``selected.ckpt`` beside
-    the best checkpoint (the record in its metadata, the evidence to the logger); every process
-    then reads that file.
+    Modalities that do not earn their place are switched off; then, as ``settings`` ask, the
+    result is tested against ``start`` and the best unimodal stage. The main process decides
+    and writes ``selected.ckpt`` beside the best checkpoint; every process then reads it.
 
     Args:
         trainer: The trainer that fitted ``task``.
