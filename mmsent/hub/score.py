@@ -128,14 +128,7 @@ def write_rows(results: Iterator[dict], out: TextIO, kind: str) -> list[dict]:
 
 
 def load_model(model_dir: str) -> SentimentModel:
-    """The model folder's model; what loading prints goes to stderr, as stdout carries the scores.
-
-    Args:
-        model_dir: The model folder (or Hub name).
-
-    Returns:
-        The model.
-    """
+    """The model in ``model_dir``; what loading prints goes to stderr (stdout holds the scores)."""
     with contextlib.redirect_stdout(sys.stderr):
         return SentimentModel.from_pretrained(model_dir)
 

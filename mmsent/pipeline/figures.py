@@ -22,14 +22,7 @@ PANEL_SIZE = 4.0
 
 
 def seven_classes(scores: Iterable[float]) -> np.ndarray:
-    """Sentiment classes -3..3 as ``Mult_acc_7`` counts them: clip to [-3, 3], round.
-
-    Args:
-        scores: Scores.
-
-    Returns:
-        Integer classes; halves round to even, as ``torch.round`` does.
-    """
+    """The classes -3..3 of ``scores`` as ``Mult_acc_7`` counts them: clipped, halves to even."""
     return np.rint(np.clip(np.asarray(scores, dtype=float), -LABEL_BOUND, LABEL_BOUND)).astype(int)
 
 
@@ -70,14 +63,7 @@ def predictions_table(outputs: Iterable[Mapping]) -> pd.DataFrame:
 
 
 def read_predictions(path: str | Path) -> pd.DataFrame:
-    """Reads a stage's ``predictions.csv``, ids as strings.
-
-    Args:
-        path: The file.
-
-    Returns:
-        Columns ``id``, ``text``, ``label``, ``prediction``.
-    """
+    """Reads a stage's ``predictions.csv``, ids as strings."""
     return pd.read_csv(path, dtype={"id": str, "text": str}, keep_default_na=False)
 
 
@@ -100,14 +86,7 @@ def merge_predictions(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
 
 
 def stage_predictions(manifest: Mapping) -> dict[str, pd.DataFrame]:
-    """The predictions of every finished stage the manifest records, in run order.
-
-    Args:
-        manifest: The pipeline manifest.
-
-    Returns:
-        Stage name -> predictions, for finished stages whose file exists.
-    """
+    """Stage -> test predictions, for the finished stages of ``manifest`` whose file exists."""
     tables = {}
     for name, record in manifest.get("stages", {}).items():
         path = record.get("predictions")
@@ -117,14 +96,7 @@ def stage_predictions(manifest: Mapping) -> dict[str, pd.DataFrame]:
 
 
 def contributions(manifest: Mapping) -> dict[str, dict[str, float]]:
-    """Per stage, the test MAE added by masking each modality (the fusion ablation).
-
-    Args:
-        manifest: The pipeline manifest.
-
-    Returns:
-        Stage -> modality -> contribution, for stages that ran the ablation.
-    """
+    """Stage -> modality -> test MAE added by masking it, for stages of ``manifest`` that ran it."""
     found = {}
     for name, record in manifest.get("stages", {}).items():
         test = record.get("metrics", {}).get("test", {})
@@ -202,14 +174,7 @@ def stage_panels(tables: Mapping[str, pd.DataFrame], draw) -> Figure:
 
 
 def contribution_figure(values: Mapping[str, Mapping[str, float]]) -> Figure:
-    """Bars of each modality's contribution (test MAE with it masked, minus full MAE).
-
-    Args:
-        values: Stage -> modality -> contribution.
-
-    Returns:
-        Grouped bars, a group per modality and a bar per stage.
-    """
+    """Grouped bars of ``values`` (stage -> modality -> contribution), a group per modality."""
     modalities = list(dict.fromkeys(m for per_stage in values.values() for m in per_stage))
     figure = Figure(figsize=(max(4.0, 1.6 * len(modalities) * max(1, len(values))), 3.5),
                     layout="constrained")

@@ -103,14 +103,7 @@ def save_predictions(cli: MMSentCLI, checkpoint: str, folder: Path) -> str | Non
 
 
 def flat_metrics(results: list[dict]) -> dict[str, float]:
-    """What ``trainer.validate`` or ``trainer.test`` returned, without the split prefix.
-
-    Args:
-        results: One dict per dataloader, keys like ``test/MAE``.
-
-    Returns:
-        E.g. ``{"MAE": ..., "contribution/text": ...}``.
-    """
+    """What ``trainer.validate`` or ``trainer.test`` returned, merged, without the split prefix."""
     merged = {}
     for result in results:
         merged.update({key.split("/", 1)[1]: float(value) for key, value in result.items() if "/" in key})

@@ -57,14 +57,7 @@ class Manifest:
         return self.data["group"]
 
     def stage(self, name: str) -> dict:
-        """The record of one stage, to read.
-
-        Args:
-            name: The stage.
-
-        Returns:
-            Its record; empty for a stage that never started.
-        """
+        """The record of stage ``name``, to read; empty for a stage that never started."""
         return self.data["stages"].get(name, {})
 
     def is_done(self, name: str) -> bool:
@@ -84,11 +77,7 @@ class Manifest:
         self.save()
 
     def forget(self, name: str) -> None:
-        """Drops a stage's record, so that it runs again from scratch.
-
-        Args:
-            name: The stage.
-        """
+        """Drops stage ``name``'s record, so that it runs again from scratch."""
         self.data["stages"].pop(name, None)
         self.save()
 

@@ -18,14 +18,7 @@ from mmsent.pipeline.spec import Pipeline
 
 
 def held_modalities(data: Namespace) -> list[str]:
-    """The modalities at least one clip of the data holds, preparing it if needed.
-
-    Args:
-        data: A stage's parsed ``data`` section.
-
-    Returns:
-        In the canonical order.
-    """
+    """The modalities some clip of a stage's ``data`` holds, in order; prepares it if needed."""
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(MultimodalDataModule, "data")
     datamodule = parser.instantiate(parser.parse_object({"data": data.as_dict()})).data

@@ -17,11 +17,7 @@ from mmsent.errors import ConfigError
 
 
 def is_main_process() -> bool:
-    """Whether this is the process that writes the pipeline's files (global rank 0).
-
-    Returns:
-        True without any launcher and in the process Lightning's launch starts from.
-    """
+    """Whether this process writes the pipeline's files (global rank 0; True without a launcher)."""
     if TorchElasticEnvironment.detect():
         return int(os.environ.get("RANK", "0")) == 0
     if launched_processes() > 1:
@@ -31,11 +27,7 @@ def is_main_process() -> bool:
 
 
 def launched_processes() -> int:
-    """How many processes an external launcher (torchrun, ``srun``) started for this run.
-
-    Returns:
-        Their number; 1 without such a launcher (one process, or Lightning's own launch).
-    """
+    """How many processes torchrun or ``srun`` started, each running every stage; else 1."""
     if TorchElasticEnvironment.detect():
         return int(os.environ.get("WORLD_SIZE", "1"))
     if SLURMEnvironment.detect():

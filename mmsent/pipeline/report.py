@@ -197,26 +197,12 @@ def markdown_table(rows: list[dict], baselines: dict, own_scores: dict | None = 
 
 
 def scoring_rows(rows: list[dict]) -> list[dict]:
-    """The rows of stages that predict sentiment (a generative stage only generates).
-
-    Args:
-        rows: From :func:`report_rows`.
-
-    Returns:
-        The rows with test sentiment metrics, or without generative ones.
-    """
+    """The :func:`report_rows` of stages that predict sentiment (not a generative stage's)."""
     return [r for r in rows if r["test"] or "generative" not in r]
 
 
 def generative_table(rows: list[dict]) -> list[str]:
-    """Markdown lines: the generative stages' sample quality on the test split.
-
-    Args:
-        rows: From :func:`report_rows`.
-
-    Returns:
-        A titled table, or nothing without generative stages.
-    """
+    """Markdown lines: the generative stages' test sample quality; none without such stages."""
     generative = [r for r in rows if "generative" in r]
     if not generative:
         return []
@@ -232,14 +218,7 @@ def generative_table(rows: list[dict]) -> list[str]:
 
 
 def selection_summary(record: dict) -> str:
-    """One line on what the selection (:func:`mmsent.selection.select`) decided in a stage.
-
-    Args:
-        record: The selection's record.
-
-    Returns:
-        Modalities kept and switched off with their evidence, and the model handed on.
-    """
+    """One line on what a stage's selection ``record`` kept, switched off and handed on, and why."""
     final = {t["modality"]: t for t in record["tests"]}  # the last test of each
     parts = []
     for modality in [*record["kept"], *record["switched_off"]]:
@@ -291,14 +270,7 @@ def plot(rows: list[dict], baselines: dict, path: Path) -> None:
 
 
 def figures_section(files: list[Path]) -> str:
-    """Markdown that shows the figures and links the predictions table.
-
-    Args:
-        files: Files beside ``report.md``.
-
-    Returns:
-        The section; empty without files.
-    """
+    """Markdown that shows the figure ``files`` beside ``report.md``; empty without files."""
     if not files:
         return ""
     lines = ["", "## Test predictions", ""]

@@ -37,14 +37,7 @@ def new_id(length: int = 8) -> str:
 
 
 def new_group(pipeline: str) -> str:
-    """A new pipeline-run id, used as the W&B group of its stages.
-
-    Args:
-        pipeline: The pipeline's name.
-
-    Returns:
-        E.g. ``quickstart-20250101-120000-k3x9``.
-    """
+    """A new id for a run of ``pipeline``, the W&B group of its stages: ``<name>-<time>-<id>``."""
     return f"{pipeline}-{time.strftime('%Y%m%d-%H%M%S')}-{new_id(4)}"
 
 
@@ -145,14 +138,7 @@ class StageTracker(pl.Callback):
         self.run.finish()
 
     def media(self, manifest: dict) -> dict[str, Any]:
-        """The stage's figures, predictions table, video frames and pictures, keyed for ``run.log``.
-
-            Args:
-            manifest: The manifest's data.
-
-        Returns:
-            W&B media by key.
-        """
+        """The stage's figures, tables, frames and pictures, from ``manifest``, for ``run.log``."""
         logged: dict[str, Any] = {}
         tables = figures.stage_predictions(manifest)
         own = tables.get(self.stage)
@@ -201,27 +187,13 @@ class StageTracker(pl.Callback):
 
 
 def stage_pictures(folder: Path) -> dict[str, Any]:
-    """Every PNG under a stage's ``media`` folder, keyed ``media/<relative path>``.
-
-    Args:
-        folder: ``<stage dir>/media``.
-
-    Returns:
-        Key -> image; empty when the folder does not exist.
-    """
+    """Every PNG under ``folder`` as a W&B image keyed ``media/<relative path>``."""
     return {f"{MEDIA_DIR}/{path.relative_to(folder).with_suffix('').as_posix()}": wandb.Image(str(path))
             for path in sorted(folder.rglob("*.png"))}
 
 
 def resolved_config(cli) -> dict:
-    """The stage's full configuration, as ``config.yaml`` holds it.
-
-    Args:
-        cli: The stage's CLI.
-
-    Returns:
-        The configuration as plain data.
-    """
+    """The full configuration of a stage's ``cli`` as plain data, as ``config.yaml`` holds it."""
     return yaml.safe_load(cli.parser.dump(cli.config, skip_none=False))
 
 
@@ -310,14 +282,7 @@ def declare_inputs(run: wandb.Run, pipeline: Pipeline, stage: Stage, manifest: M
 
 
 def sync_hint(manifest: dict) -> str | None:
-    """The command that uploads the pipeline's offline runs.
-
-    Args:
-        manifest: The manifest's data.
-
-    Returns:
-        The message, or None when no run was written offline.
-    """
+    """The command that uploads the offline runs ``manifest`` records; None when there are none."""
     folders = sorted({str(Path(record["wandb"]["dir"]).parent)
                       for record in manifest.get("stages", {}).values()
                       if record.get("wandb", {}).get("mode") == "offline" and "dir" in record["wandb"]})

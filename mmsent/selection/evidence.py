@@ -50,14 +50,7 @@ class GainTest:
 
 
 def video_groups(ids: Sequence[str]) -> list[str]:
-    """The video of each clip id (``"<video_id>$_$<clip_id>"``); the id itself otherwise.
-
-    Args:
-        ids: Clip ids.
-
-    Returns:
-        One group name per id.
-    """
+    """The video of each clip id (``"<video_id>$_$<clip_id>"``); the id itself otherwise."""
     return [clip.split(ID_SEPARATOR, 1)[0] for clip in ids]
 
 
