@@ -3,7 +3,7 @@
 The folder is the Hugging Face layout (``config.json``, ``model.safetensors``,
 ``README.md``), so it loads from a local path or, pushed with ``push_to_hub``, from the Hub
 by name. ``config.json`` holds how to build every network, the modalities in use, and every
-preprocessing setting (:mod:`mmsent.hub.preprocess`).
+preprocessing setting (``mmsent.hub.preprocess``).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def class_labels(score: float) -> dict[str, int | str]:
 
     Returns:
         ``label_2`` (``positive`` for ``>= 0``, as ``Has0_acc_2``), ``label_5`` and ``label_7``
-        (rounded after clipping to [-2, 2] and [-3, 3]).
+            (rounded after clipping to [-2, 2] and [-3, 3]).
     """
     return {"label_2": "positive" if score >= 0 else "negative",
             "label_5": int(np.round(np.clip(score, -2.0, 2.0))),
@@ -176,7 +176,7 @@ class SentimentModel(nn.Module, HubMixin, tags=["mmsent", "multimodal-sentiment-
 
         Returns:
             ``score`` and ``score_<modality>`` per modality in use, shape ``(B,)``; NaN where the
-            sample lacks that modality.
+                sample lacks that modality.
         """
         embeddings = self.model.encode(batch)
         present = self.model.presence(batch)
@@ -195,8 +195,8 @@ class SentimentModel(nn.Module, HubMixin, tags=["mmsent", "multimodal-sentiment-
             batch_size: Clips per forward pass.
 
         Yields:
-            Per clip: ``id``, the scores and class labels as :meth:`predict` gives them, and
-            ``label``; a clip with nothing readable gets ``score`` None.
+            Per clip: ``id``, the scores and class labels as ``predict`` gives them, and
+                ``label``; a clip with nothing readable gets ``score`` None.
         """
         pending: list[PreparedClip] = []
         for clip in clips:
@@ -236,8 +236,8 @@ class SentimentModel(nn.Module, HubMixin, tags=["mmsent", "multimodal-sentiment-
 
         Returns:
             Per clip (a list when lists were given): ``score``, ``score_<modality>``, the
-            2-/5-/7-class labels, ``modalities`` (the ones used) and ``problems`` (inputs given
-            but unreadable).
+                2-/5-/7-class labels, ``modalities`` (the ones used) and ``problems`` (inputs given
+                but unreadable).
 
         Raises:
             ValueError: If the lists differ in length or no input is given.
@@ -314,7 +314,7 @@ def read_config(path: Path) -> dict:
         The config.
 
     Raises:
-        ConfigError: If it is not JSON, not an object, or fails :func:`check_config`.
+        ConfigError: If it is not JSON, not an object, or fails ``check_config``.
     """
     config = read_json(path)
     check_config(config, str(path))

@@ -154,7 +154,7 @@ class Preprocessor:
 
         Returns:
             Its example; an input given but unreadable is left out and named in ``problems``; an
-            empty transcript with no subtitle counts as no text.
+                empty transcript with no subtitle counts as no text.
         """
         subtitle = clip.subtitle or (media_for_file(clip.video).subtitle if clip.video else None)
         media = ClipMedia(clip.video or None, clip.audio or None, subtitle)

@@ -212,7 +212,7 @@ def score(model_dir: str, target: str, output: str | None = None, kind: str | No
 
     Returns:
         The exit status: 1 when a clip could not be scored or a used modality is in no clip
-        (unless ``allow_missing``), else 0.
+            (unless ``allow_missing``), else 0.
 
     Raises:
         ConfigError: If ``batch_size`` < 1 or ``output`` is an input.

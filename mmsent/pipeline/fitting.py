@@ -33,7 +33,7 @@ def fit_and_evaluate(cli: MMSentCLI, stage: Stage, resume: str | None, folder: P
 
     Returns:
         ``selection``, ``config``, ``best_checkpoint``, ``last_checkpoint``, ``metrics`` (``val``
-        and ``test``) and ``predictions``, as the manifest records them.
+            and ``test``) and ``predictions``, as the manifest records them.
 
     Raises:
         SystemExit: When SIGTERM or SIGINT stopped the stage (which Lightning ends with status 0

@@ -33,7 +33,7 @@ def report_rows(manifest: dict) -> list[dict]:
 
     Returns:
         ``stage``, ``val`` and ``test`` (MMSA metric name -> value), ``best_achievable_MAE``
-        where known, ``wall_time_s``.
+            where known, ``wall_time_s``.
     """
     rows = []
     for name, record in manifest.get("stages", {}).items():

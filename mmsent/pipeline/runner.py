@@ -335,7 +335,7 @@ def stage_exit(stage: Stage, error: SystemExit, where: str | None = None) -> Bas
 
     Returns:
         ``error`` itself when it carries a message (mmsent's own); else a ConfigError naming
-        the stage and the status.
+            the stage and the status.
     """
     if isinstance(error.code, str):
         return error

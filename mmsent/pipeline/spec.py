@@ -143,7 +143,7 @@ def resolved_file(path: Path, chain: list[Path]) -> tuple[dict[str, Any], list[t
 
     Returns:
         The top-level keys set (``wandb`` as :class:`WandbSettings`), and the stages in run
-        order, each with the file and key that last wrote it, for messages.
+            order, each with the file and key that last wrote it, for messages.
 
     Raises:
         ConfigError: As :func:`load_pipeline`.
@@ -191,7 +191,7 @@ def merged_stages(stages: list[tuple[Stage, str]],
 
     Returns:
         Named stages with the fields given replaced, new ones right after the entry listed
-        before them (the parent's last stage for the first), each with where last written.
+            before them (the parent's last stage for the first), each with where last written.
     """
     merged = list(stages)
     after = len(merged) - 1

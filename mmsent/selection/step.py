@@ -72,7 +72,7 @@ def starting_weights(task: nn.Module, settings: Selection | None) -> dict[str, t
 
     Returns:
         What training can change (not frozen weights), on the CPU; None unless
-        ``keep_start_unless_better``.
+            ``keep_start_unless_better``.
     """
     if settings is None or not settings.keep_start_unless_better:
         return None
@@ -99,9 +99,9 @@ def select(trainer: pl.Trainer, task: pl.LightningModule, settings: Selection | 
 
     Returns:
         The record (None in the other processes or without ``settings``): ``alpha``, ``kept``,
-        ``switched_off``, the tests and, as tested, ``handed_on`` and ``unimodal``. Then
-        ``selected.ckpt``, or None when the trainer keeps no checkpoint (the selection is then
-        in ``task`` only).
+            ``switched_off``, the tests and, as tested, ``handed_on`` and ``unimodal``. Then
+            ``selected.ckpt``, or None when the trainer keeps no checkpoint (the selection is then
+            in ``task`` only).
 
     Raises:
         TypeError: If the task holds no fused model.
@@ -248,7 +248,7 @@ def validation_errors(trainer: pl.Trainer, task: pl.LightningModule):
 
     Returns:
         A function from a set of modalities to the per-clip absolute errors of the model using
-        exactly those (cached), and the clip ids.
+            exactly those (cached), and the clip ids.
     """
     data = trainer.datamodule
     if hasattr(data, "split_dataloader"):
