@@ -13,15 +13,14 @@ def model_card(config: dict, manifest: dict, rows: list[dict], stage: str,
     """The model card: what it is, the data, per-stage test metrics, use and limits.
 
     Args:
-        config (dict): The folder's ``config.json``.
-        manifest (dict): The pipeline's manifest.
-        rows (list[dict]): The pipeline report's rows
-            (:func:`mmsent.pipeline.report.report_rows`).
-        stage (str): The exported stage.
-        datamodule (MultimodalDataModule): The data it was trained on.
+        config: The folder's ``config.json``.
+        manifest: The pipeline's manifest.
+        rows: The pipeline report's rows (:func:`mmsent.pipeline.report.report_rows`).
+        stage: The exported stage.
+        datamodule: The data it was trained on.
 
     Returns:
-        str: Markdown with a YAML header for the Hub.
+        Markdown with a YAML header for the Hub.
     """
     source = datamodule.source
     sizes = ", ".join(f"{split} {len(datamodule.prepared.splits[split])}" for split in SPLITS)

@@ -1,12 +1,8 @@
-"""``mmsent export RUN_DIR --to FOLDER [--stage NAME]``: a finished pipeline's fused
-model as a self-contained model folder.
+"""``mmsent export RUN_DIR --to FOLDER [--stage NAME]``: a pipeline's fused model as a model folder.
 
-The folder holds ``config.json`` (networks, modalities in use, every preprocessing
-setting, the format version), ``model.safetensors`` (each tensor once), a ``README.md``
-model card and, for a word-level vocabulary, ``tokenizer.json``. A stage takes the
-folder wherever it takes a checkpoint (``model.init_args.init_checkpoint``, or
-``model.init_args.encoders.<modality>`` for one encoder); in plain PyTorch, an encoder
-is ``SentimentModel.from_pretrained(folder).encoders[modality]``.
+The folder holds ``config.json``, ``model.safetensors`` (each tensor once), a ``README.md``
+model card and, for a word-level vocabulary, ``tokenizer.json``; the guide "Reuse a trained
+model" shows how stages and plain PyTorch take it.
 """
 
 from __future__ import annotations
@@ -40,8 +36,7 @@ MANIFEST_FILE = "manifest.json"
 
 
 def run_manifest(run_dir: Path) -> dict:
-    """dict: A pipeline output folder's manifest, checked as the pipeline checks it
-    (:func:`mmsent.pipeline.manifest.read_manifest`).
+    """A pipeline output folder's manifest, checked as the pipeline checks it.
 
     Raises:
         MissingFileError: If the folder holds none.
@@ -57,13 +52,12 @@ def fused_stage(manifest: dict, run_dir: Path, stage: str | None) -> tuple[str, 
     """The stage to export: the one named, else the last finished fused stage.
 
     Args:
-        manifest (dict): The pipeline's manifest.
-        run_dir (Path): Its folder, for messages.
-        stage (str | None): A stage name, or None.
+        manifest: The pipeline's manifest.
+        run_dir: Its folder, for messages.
+        stage: A stage name, or None.
 
     Returns:
-        tuple[str, str, dict]: The stage's name, its handed-on checkpoint and that
-        checkpoint as read.
+        The stage's name, its handed-on checkpoint and that checkpoint as read.
 
     Raises:
         ConfigError: If the stage is unknown, unfinished or not fused.
@@ -98,19 +92,19 @@ FEATURE_SOURCES = {f"{module}.{cls.__name__}" for cls in (FeatureSource, Feature
 def stage_data(config_path: str | Path) -> MultimodalDataModule:
     """The DataModule a stage trained on, rebuilt from its saved ``config.yaml``.
 
-    The config is read as data: its data source is built only when it names one of
-    mmsent's raw-clip sources (:data:`RAW_SOURCES`); no other name in it is imported.
+    The config is read as data: its data source is built only when it names one of mmsent's
+    raw-clip sources (:data:`RAW_SOURCES`); no other name in it is imported.
 
     Args:
-        config_path (str | Path): The stage's config (recorded in the manifest).
+        config_path: The stage's config (recorded in the manifest).
 
     Returns:
-        MultimodalDataModule: Its data, prepared (read back from the cache).
+        Its data, prepared (read back from the cache).
 
     Raises:
         MissingFileError: If the config is missing.
-        ConfigError: If it is unreadable or its data source is not one of mmsent's
-            raw-clip sources, naming the file and the key.
+        ConfigError: If it is unreadable or its data source is not one of mmsent's raw-clip
+            sources, naming the file and the key.
     """
     path = Path(config_path)
     if not path.is_file():
@@ -146,12 +140,12 @@ def model_config(checkpoint: dict, path: str, datamodule: MultimodalDataModule) 
     """The model folder's ``config.json`` for a fused checkpoint and its data.
 
     Args:
-        checkpoint (dict): The fused checkpoint, as read.
-        path (str): Its file, for messages.
-        datamodule (MultimodalDataModule): The data it was trained on.
+        checkpoint: The fused checkpoint, as read.
+        path: Its file, for messages.
+        datamodule: The data it was trained on.
 
     Returns:
-        dict: The config.
+        The config.
 
     Raises:
         ConfigError: If the checkpoint does not record its fusion module and head.
@@ -182,7 +176,7 @@ def _fit_tokenizer(source: RawClipSource, cache_folder: Path) -> None:
 
 
 def is_model_folder(folder: Path) -> bool:
-    """bool: Whether a folder holds an mmsent export (a ``config.json`` with a ``format_version``)."""
+    """Whether a folder holds an mmsent export (a ``config.json`` with a ``format_version``)."""
     try:
         config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
@@ -194,8 +188,8 @@ def check_target(to: Path, overwrite: bool) -> None:
     """Refuses to replace what is not an earlier export, unless told to.
 
     Args:
-        to (Path): The model folder to write.
-        overwrite (bool): Replace whatever is there.
+        to: The model folder to write.
+        overwrite: Replace whatever is there.
 
     Raises:
         ConfigError: If ``to`` exists, is not empty and is no mmsent model folder.
@@ -212,17 +206,17 @@ def check_target(to: Path, overwrite: bool) -> None:
 def export(run_dir: str | Path, to: str | Path, stage: str | None = None, overwrite: bool = False) -> Path:
     """Writes a pipeline's fused model as a model folder, all at once.
 
-    The folder is written beside ``to`` and renamed into place (:func:`mmsent.io.write_folder`):
-    an export killed or out of disk leaves the previous folder, or none.
+    The folder is written beside ``to`` and renamed into place: an export killed or out of
+    disk leaves the previous folder, or none.
 
     Args:
-        run_dir (str | Path): The pipeline's output folder (``runs/<name>``).
-        to (str | Path): The model folder to write (created, or replaced whole).
-        stage (str | None): The stage to export; by default the last fused one.
-        overwrite (bool): Replace ``to`` even when it is not an earlier export.
+        run_dir: The pipeline's output folder (``runs/<name>``).
+        to: The model folder to write (created, or replaced whole).
+        stage: The stage to export; by default the last fused one.
+        overwrite: Replace ``to`` even when it is not an earlier export.
 
     Returns:
-        Path: The model folder.
+        The model folder.
 
     Raises:
         ConfigError: If ``to`` holds something other than an export (without ``overwrite``).
@@ -236,12 +230,11 @@ def folder_writer(run_dir: str | Path, stage: str | None = None) -> Callable[[Pa
     """Reads a pipeline's fused stage and prepares its model folder's files.
 
     Args:
-        run_dir (str | Path): The pipeline's output folder.
-        stage (str | None): The stage to export; by default the last fused one.
+        run_dir: The pipeline's output folder.
+        stage: The stage to export; by default the last fused one.
 
     Returns:
-        Callable[[Path], None]: Writes the model folder's files into the (empty)
-        folder it is given.
+        Writes the model folder's files into the (empty) folder it is given.
     """
     run_dir = Path(run_dir)
     manifest = run_manifest(run_dir)
@@ -266,7 +259,7 @@ def main(args: list[str] | None = None) -> None:
     """``mmsent export``: parses the arguments and exports.
 
     Args:
-        args (list[str] | None): The arguments after ``export``.
+        args: The arguments after ``export``.
 
     Raises:
         UsageError: On arguments it cannot parse.

@@ -1,9 +1,9 @@
 """The fused model as a self-contained folder: ``SentimentModel.from_pretrained(folder)``.
 
 The folder is the Hugging Face layout (``config.json``, ``model.safetensors``,
-``README.md``), so it loads from a local path or, pushed with ``push_to_hub``, from
-the Hub by name. ``config.json`` holds how to build every network, which modalities
-are in use, and every preprocessing setting (:mod:`mmsent.hub.preprocess`).
+``README.md``), so it loads from a local path or, pushed with ``push_to_hub``, from the Hub
+by name. ``config.json`` holds how to build every network, the modalities in use, and every
+preprocessing setting (``mmsent.hub.preprocess``).
 """
 
 from __future__ import annotations
@@ -42,12 +42,11 @@ def class_labels(score: float) -> dict[str, int | str]:
     """The field's 2-, 5- and 7-class labels of a score (MMSA's conventions).
 
     Args:
-        score (float): A sentiment score.
+        score: A sentiment score.
 
     Returns:
-        dict[str, int | str]: ``label_2`` (``positive`` for ``>= 0``, else
-        ``negative``, as ``Has0_acc_2``), ``label_5`` (rounded after clipping to
-        [-2, 2]) and ``label_7`` (rounded after clipping to [-3, 3]).
+        ``label_2`` (``positive`` for ``>= 0``, as ``Has0_acc_2``), ``label_5`` and ``label_7``
+            (rounded after clipping to [-2, 2] and [-3, 3]).
     """
     return {"label_2": "positive" if score >= 0 else "negative",
             "label_5": int(np.round(np.clip(score, -2.0, 2.0))),
@@ -58,9 +57,8 @@ class SentimentModel(nn.Module, HubMixin, tags=["mmsent", "multimodal-sentiment-
     """A fused sentiment model with its preprocessing, built from a model folder's config.
 
     Args:
-        config (dict): ``format_version``, ``encoders`` (per modality a
-            ``{"class_path", "init_args"}`` record), ``fusion``, ``head``,
-            ``active_modalities`` and ``preprocessing``.
+        config: ``format_version``, ``encoders`` (per modality a ``{"class_path", "init_args"}``
+            record), ``fusion``, ``head``, ``active_modalities`` and ``preprocessing``.
 
     Raises:
         ConfigError: If the config is of another format version or lacks a key.
@@ -88,31 +86,28 @@ class SentimentModel(nn.Module, HubMixin, tags=["mmsent", "multimodal-sentiment-
                         map_location: str = "cpu") -> SentimentModel:
         """Loads a model folder, or a Hub repository by name; nothing in it is run.
 
-        The networks ``config.json`` names are built from the registry
-        (:func:`mmsent.models.config.build_module`); ``model.safetensors`` must hold
-        exactly their tensors, all finite (:func:`mmsent.models.config.load_strict`).
-        An argument that looks like a path (:func:`mmsent.pretrained.looks_like_path`)
-        is never sent to the Hub.
+        The networks ``config.json`` names are built only from mmsent's registry (a class outside
+        it is refused); ``model.safetensors`` must hold exactly their tensors, all finite. An
+        argument that looks like a path is never sent to the Hub.
 
         Args:
-            pretrained_model_name_or_path (str | Path): The folder or Hub repository id.
-            revision (str | None): For a Hub repository: the revision, as
-                ``huggingface_hub.snapshot_download`` takes it.
-            cache_dir (str | Path | None): For a Hub repository: where to keep its files.
-            force_download (bool): For a Hub repository: fetch it again.
-            token (str | bool | None): For a Hub repository: the access token.
-            local_files_only (bool): For a Hub repository: use the cached files only.
-            map_location (str): The device to load onto.
+            pretrained_model_name_or_path: The folder or Hub repository id.
+            revision: For a Hub repository: the revision, as ``snapshot_download`` takes it.
+            cache_dir: For a Hub repository: where to keep its files.
+            force_download: For a Hub repository: fetch it again.
+            token: For a Hub repository: the access token.
+            local_files_only: For a Hub repository: use the cached files only.
+            map_location: The device to load onto.
 
         Returns:
-            SentimentModel: The model, in eval mode.
+            The model, in eval mode.
 
         Raises:
-            MissingFileError: If the folder or one of its files is missing, or a Hub
-                repository cannot be fetched (offline), naming it.
-            ConfigError: If ``config.json`` is unreadable, of another format version,
-                names an unregistered class or disagrees with the weights, or the
-                weights do not fit; naming the file and the key or tensors.
+            MissingFileError: If the folder or one of its files is missing, or a Hub repository
+                cannot be fetched (offline), naming it.
+            ConfigError: If ``config.json`` is unreadable, of another format version, names an
+                unregistered class or disagrees with the weights, or the weights do not fit;
+                naming the file and the key or tensors.
         """
         folder = model_folder(str(pretrained_model_name_or_path), revision=revision, cache_dir=cache_dir,
                               force_download=force_download, token=token, local_files_only=local_files_only)
@@ -143,17 +138,17 @@ class SentimentModel(nn.Module, HubMixin, tags=["mmsent", "multimodal-sentiment-
 
     @property
     def modalities(self) -> list[str]:
-        """list[str]: The modalities the model uses."""
+        """The modalities the model uses."""
         return self.model.active_modalities
 
     @property
     def encoders(self) -> nn.ModuleDict:
-        """nn.ModuleDict: The encoder of each modality."""
+        """The encoder of each modality."""
         return self.model.encoders
 
     @property
     def preprocessor(self) -> Preprocessor:
-        """Preprocessor: Raw files to inputs, built on first use."""
+        """Raw files to inputs, built on first use."""
         if self._preprocessor is None:
             self._preprocessor = Preprocessor(self.config["preprocessing"], self.folder)
         return self._preprocessor
@@ -162,10 +157,10 @@ class SentimentModel(nn.Module, HubMixin, tags=["mmsent", "multimodal-sentiment-
         """Scores a collated batch (as the DataModule serves them).
 
         Args:
-            batch (dict): The batch.
+            batch: The batch.
 
         Returns:
-            torch.Tensor: Scores, shape ``(B,)``.
+            Scores, shape ``(B,)``.
         """
         return self.model(batch)
 
@@ -173,15 +168,15 @@ class SentimentModel(nn.Module, HubMixin, tags=["mmsent", "multimodal-sentiment-
     def score_batch(self, batch: dict) -> dict[str, torch.Tensor]:
         """The fused score and each modality's own score of a collated batch.
 
-        A modality's own score is the fused model's with only that modality present
-        (the others enter as absent, as modality dropout trained it to handle).
+        A modality's own score is the fused model's with only that modality present (the others
+        enter as absent, as modality dropout trained it to handle).
 
         Args:
-            batch (dict): The batch.
+            batch: The batch.
 
         Returns:
-            dict[str, torch.Tensor]: ``score`` and ``score_<modality>`` per modality
-            in use, shape ``(B,)``; NaN where the sample lacks that modality.
+            ``score`` and ``score_<modality>`` per modality in use, shape ``(B,)``; NaN where the
+                sample lacks that modality.
         """
         embeddings = self.model.encode(batch)
         present = self.model.presence(batch)
@@ -196,13 +191,12 @@ class SentimentModel(nn.Module, HubMixin, tags=["mmsent", "multimodal-sentiment-
         """Scores clips from their files, a batch at a time (bounded memory).
 
         Args:
-            clips (Iterable[Clip]): The clips.
-            batch_size (int): Clips per forward pass.
+            clips: The clips.
+            batch_size: Clips per forward pass.
 
         Yields:
-            dict: Per clip: ``id``, ``score``, ``score_<modality>``, the class labels,
-            ``modalities`` (those read), ``problems`` (inputs given but unreadable),
-            ``label``; a clip with nothing readable gets ``score`` None.
+            Per clip: ``id``, the scores and class labels as ``predict`` gives them, and
+                ``label``; a clip with nothing readable gets ``score`` None.
         """
         pending: list[PreparedClip] = []
         for clip in clips:
@@ -233,17 +227,17 @@ class SentimentModel(nn.Module, HubMixin, tags=["mmsent", "multimodal-sentiment-
         """Scores one clip or a list of clips from raw inputs.
 
         Args:
-            video (str | list | None): The video file(s).
-            audio (str | list | None): The audio file(s); by default an audio file
-                of the video's name beside it, else its own audio track.
-            text (str | list | None): What is said in each clip; when empty, the cues
-                of an ``.srt``/``.vtt`` of the video's name beside it.
-            batch_size (int): Clips per forward pass.
+            video: The video file(s).
+            audio: The audio file(s); by default an audio file of the video's name beside it, else
+                its own audio track.
+            text: What is said in each clip; when empty, the cues of an ``.srt``/``.vtt`` of the
+                video's name beside it.
+            batch_size: Clips per forward pass.
 
         Returns:
-            dict | list[dict]: Per clip (a list when lists were given): ``score``,
-            ``score_<modality>``, the 2-/5-/7-class labels, ``modalities`` (the ones
-            used) and ``problems``.
+            Per clip (a list when lists were given): ``score``, ``score_<modality>``, the
+                2-/5-/7-class labels, ``modalities`` (the ones used) and ``problems`` (inputs given
+                but unreadable).
 
         Raises:
             ValueError: If the lists differ in length or no input is given.
@@ -270,19 +264,18 @@ class SentimentModel(nn.Module, HubMixin, tags=["mmsent", "multimodal-sentiment-
 
 
 def model_folder(name: str, **download) -> Path:
-    """The local folder of a model argument: the folder itself, or the Hub repository's
-    snapshot (downloaded or cached).
+    """The local folder of a model argument: the folder itself, or the Hub repository's snapshot.
 
     Args:
-        name (str): A folder, or a Hub repository id.
+        name: A folder, or a Hub repository id.
         **download: Passed to ``huggingface_hub.snapshot_download``.
 
     Returns:
-        Path: The folder.
+        The folder.
 
     Raises:
-        MissingFileError: If a path does not exist (it is never sent to the Hub), or
-            a Hub id cannot be fetched, saying why (offline, unknown repository).
+        MissingFileError: If a path does not exist (it is never sent to the Hub), or a Hub id
+            cannot be fetched, saying why.
     """
     if looks_like_path(name):
         folder = Path(name).expanduser()
@@ -306,8 +299,7 @@ def model_folder(name: str, **download) -> Path:
 
 
 def network_records(config: dict) -> list[tuple[str, object]]:
-    """list[tuple[str, object]]: Each ``{"class_path", "init_args"}`` record of a model
-    config (every encoder, the fusion, the head) with its key."""
+    """Each ``{"class_path", "init_args"}`` record of a model config, with its key."""
     return [*((f"encoders.{m}", record) for m, record in config["encoders"].items()),
             ("fusion", config["fusion"]), ("head", config["head"])]
 
@@ -316,13 +308,13 @@ def read_config(path: Path) -> dict:
     """Reads and checks a model folder's ``config.json``.
 
     Args:
-        path (Path): The file.
+        path: The file.
 
     Returns:
-        dict: The config.
+        The config.
 
     Raises:
-        ConfigError: If it is not JSON, not an object, or fails :func:`check_config`.
+        ConfigError: If it is not JSON, not an object, or fails ``check_config``.
     """
     config = read_json(path)
     check_config(config, str(path))
@@ -333,8 +325,8 @@ def check_config(config: dict, where: str) -> None:
     """Checks a model config's format version and keys.
 
     Args:
-        config (dict): The config.
-        where (str): Its file, for messages.
+        config: The config.
+        where: Its file, for messages.
 
     Raises:
         ConfigError: If it is of another format version or lacks a key, naming it.

@@ -1,10 +1,8 @@
 """Raw clips to model inputs, through the code that prepared the training data.
 
-A model folder records every setting of that preparation (:func:`preprocessing_settings`);
-:class:`Preprocessor` rebuilds the same :class:`~mmsent.data.RawClipSource` from them
-and runs its per-clip ``load``, :func:`~mmsent.data.batches.to_row` and the
-DataModule's :func:`~mmsent.data.batches.collate`, so a clip scored from its files
-gets exactly the tensors it had in training.
+:class:`Preprocessor` rebuilds the training :class:`~mmsent.data.RawClipSource` from the
+settings a model folder records and runs its per-clip ``load``, ``to_row`` and ``collate``,
+so a clip scored from its files gets exactly the tensors it had in training.
 """
 
 from __future__ import annotations
@@ -27,13 +25,13 @@ class Clip:
     """One clip to score: any of its three inputs may be missing.
 
     Attributes:
-        id (str): What the output calls it.
-        video (str | None): The video file.
-        audio (str | None): The audio file (an audio file, or a video whose track to use).
-        text (str | None): What is said in it.
-        label (float | None): Its true score, when known.
-        subtitle (str | None): An ``.srt``/``.vtt`` file whose cues are the transcript
-            when ``text`` is empty; by default the one beside the video, if any.
+        id: What the output calls it.
+        video: The video file.
+        audio: The audio file (an audio file, or a video whose track to use).
+        text: What is said in it.
+        label: Its true score, when known.
+        subtitle: An ``.srt``/``.vtt`` whose cues are the transcript when ``text`` is empty; by
+            default the one beside the video, if any.
     """
 
     id: str
@@ -49,12 +47,11 @@ class PreparedClip:
     """A clip's model inputs and what could not be read.
 
     Attributes:
-        clip (Clip): The clip.
-        row (dict): Its prepared example (:func:`~mmsent.data.batches.to_row`).
-        present (list[str]): The modalities read.
-        problems (list[str]): One line per input that was given but could not be read.
-        notes (dict): What preparation noted (``transcript``: where the text came
-            from; ``face``: found or centre crop), as in the training cache.
+        clip: The clip.
+        row: Its prepared example (:func:`~mmsent.data.batches.to_row`).
+        present: The modalities read.
+        problems: One line per input that was given but could not be read.
+        notes: What preparation noted (``transcript``, ``face``), as in the training cache.
     """
 
     clip: Clip
@@ -68,15 +65,15 @@ def preprocessing_settings(source: RawClipSource, spec: DatasetSpec) -> dict:
     """Every setting that turns raw files into the model's inputs, for ``config.json``.
 
     Args:
-        source (RawClipSource): The training data's source, its tokenizer fitted.
-        spec (DatasetSpec): What its prepared examples hold.
+        source: The training data's source, its tokenizer fitted.
+        spec: What its prepared examples hold.
 
     Returns:
-        dict: The settings, as plain data.
+        The settings, as plain data.
 
     Raises:
-        ConfigError: If the text input is frozen language-model states, which are
-            computed per dataset, not per clip.
+        ConfigError: If the text input is frozen language-model states (computed per dataset,
+            not per clip).
     """
     if source.text.states is not None:
         raise ConfigError("data.source.init_args.text_features: a model whose text input is frozen "
@@ -113,8 +110,8 @@ class Preprocessor:
     """Turns raw clips into collated batches, as the training data was prepared.
 
     Args:
-        settings (dict): The model folder's ``preprocessing`` settings.
-        folder (str | Path | None): The model folder (for a word-level tokenizer's file).
+        settings: The model folder's ``preprocessing`` settings.
+        folder: The model folder (for a word-level tokenizer's file).
 
     Raises:
         MissingFileError: If a word-level tokenizer's file is missing.
@@ -153,12 +150,11 @@ class Preprocessor:
         """Reads one clip's files through the training data's ``load``.
 
         Args:
-            clip (Clip): The clip.
+            clip: The clip.
 
         Returns:
-            PreparedClip: Its example; an input that was given but could not be read
-            (an unreadable video, a video without an audio track) is left out and
-            named in ``problems``; an empty transcript with no subtitle counts as no text.
+            Its example; an input given but unreadable is left out and named in ``problems``; an
+                empty transcript with no subtitle counts as no text.
         """
         subtitle = clip.subtitle or (media_for_file(clip.video).subtitle if clip.video else None)
         media = ClipMedia(clip.video or None, clip.audio or None, subtitle)
@@ -177,6 +173,6 @@ class Preprocessor:
         return PreparedClip(clip, to_row(example, self.spec), present, problems, loaded.notes)
 
     def collate(self, prepared: list[PreparedClip]) -> dict:
-        """dict: A batch of prepared clips, as the DataModule collates it."""
+        """A batch of prepared clips, as the DataModule collates it."""
         return collate([p.row for p in prepared], self.spec)
 

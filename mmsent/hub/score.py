@@ -1,16 +1,8 @@
 """``mmsent score MODEL_DIR INPUT``: score raw clips with an exported model.
 
-``INPUT`` is a folder in the raw layout (``label.csv`` with ``video_id``, ``clip_id``
-and optionally ``text``, ``label``, ``mode``; media under ``Raw/<video_id>/``) or one
-clip's file (with ``--text``). Clips stream through in batches, so memory stays
-bounded whatever the folder's size. The output has one row per clip: id, fused score,
-each modality's own score, the 2-/5-/7-class labels, the modalities read and the
-inputs that could not be read. A clip with nothing readable gets a one-line error on
-stderr, the others are still scored, and the exit status is 1. The scores go to
-stdout (or ``-o``), everything else to stderr: the MMSA metrics of the labelled clips
-(on how many clips, with which modalities), and a summary of the clips scored and,
-per modality the model uses, how many were scored without it. A modality the model
-uses that no clip has is an error (exit status 1) unless ``--allow-missing``.
+``INPUT`` is a folder in the raw layout or one clip's file. Clips stream through in batches,
+so memory stays bounded. The scores go to stdout (or ``-o``), everything else to stderr; the
+guide "Reuse a trained model" shows the output and the exit status.
 """
 
 from __future__ import annotations
@@ -43,24 +35,19 @@ COLUMNS = ["id", "score", *(f"score_{m}" for m in MODALITIES), "label_2", "label
 
 
 def folder_clips(root: Path, split: str | None, video_ext: str | None = None) -> tuple[list[Clip], bool]:
-    """The clips of a folder in the raw layout, read as training reads them: the table
-    by :func:`~mmsent.data.labels.read_label_table` (only ``video_id`` and
-    ``clip_id`` required), each clip's files by
-    :meth:`~mmsent.data.sources.RawClipSource.clip_media` (any container, or the
-    ``media`` column; audio and subtitle beside the clip).
+    """The clips of a folder in the raw layout, read as training reads them.
 
     Args:
-        root (Path): The folder.
-        split (str | None): Keep only rows whose ``mode`` is this.
-        video_ext (str | None): The container tried first, as in training.
+        root: The folder.
+        split: Keep only rows whose ``mode`` is this.
+        video_ext: The container tried first, as in training.
 
     Returns:
-        tuple[list[Clip], bool]: The clips, and whether every one has a label.
+        The clips, and whether every one has a label.
 
     Raises:
         MissingFileError: If ``label.csv`` is missing.
-        ConfigError: If it is bad (:func:`~mmsent.data.labels.read_label_table`),
-            has no ``mode`` to select ``split`` by, or no row of that split.
+        ConfigError: If it is bad, has no ``mode`` to select ``split`` by, or no row of that split.
     """
     path = root / LABEL_FILE
     if not path.is_file():
@@ -86,11 +73,11 @@ def single_clip(path: Path, text: str | None) -> Clip:
     """One clip from its file: a video (audio from it, or a ``.wav`` beside it) or an audio file.
 
     Args:
-        path (Path): The file.
-        text (str | None): What is said in it.
+        path: The file.
+        text: What is said in it.
 
     Returns:
-        Clip: The clip, named after the file.
+        The clip, named after the file.
     """
     media = media_for_file(path)
     return Clip(id=path.stem, video=_path(media.video), audio=_path(media.audio), text=text,
@@ -102,7 +89,7 @@ def _path(path: Path | None) -> str | None:
 
 
 def output_row(result: dict) -> dict:
-    """dict: A result flattened for the output (lists joined, absent scores empty)."""
+    """A result flattened for the output (lists joined, absent scores empty)."""
     row = {column: result.get(column) for column in COLUMNS}
     row["modalities"] = "+".join(result["modalities"])
     row["problems"] = "; ".join(result["problems"])
@@ -113,13 +100,12 @@ def write_rows(results: Iterator[dict], out: TextIO, kind: str) -> list[dict]:
     """Writes each result as it comes, reporting clips with nothing readable on stderr.
 
     Args:
-        results (Iterator[dict]): :meth:`SentimentModel.score_clips`' results.
-        out (TextIO): Where rows go.
-        kind (str): ``"csv"`` or ``"jsonl"``.
+        results: :meth:`SentimentModel.score_clips`' results.
+        out: Where rows go.
+        kind: ``"csv"`` or ``"jsonl"``.
 
     Returns:
-        list[dict]: Per clip only ``score``, ``label``, ``modalities`` and ``failed``,
-        for the summary, the metrics and the exit status.
+        Per clip only ``score``, ``label``, ``modalities`` and ``failed``.
     """
     writer = csv.DictWriter(out, COLUMNS) if kind == "csv" else None
     if writer:
@@ -142,27 +128,18 @@ def write_rows(results: Iterator[dict], out: TextIO, kind: str) -> list[dict]:
 
 
 def load_model(model_dir: str) -> SentimentModel:
-    """The model folder's model; what loading prints goes to stderr, as stdout carries
-    only the scores.
-
-    Args:
-        model_dir (str): The model folder (or Hub name).
-
-    Returns:
-        SentimentModel: The model.
-    """
+    """The model in ``model_dir``; what loading prints goes to stderr (stdout holds the scores)."""
     with contextlib.redirect_stdout(sys.stderr):
         return SentimentModel.from_pretrained(model_dir)
 
 
 def check_output(output: str | None, model_dir: str, target: Path) -> None:
-    """Refuses an output file that is one of the inputs: a file of the model folder,
-    the clip file, or the folder's ``label.csv``.
+    """Refuses an output file that is an input: a model file, the clip file or ``label.csv``.
 
     Args:
-        output (str | None): The ``-o`` file.
-        model_dir (str): The model folder.
-        target (Path): The clip file or the folder of clips.
+        output: The ``-o`` file.
+        model_dir: The model folder.
+        target: The clip file or the folder of clips.
 
     Raises:
         ConfigError: If ``output`` is an input, naming it.
@@ -177,16 +154,14 @@ def check_output(output: str | None, model_dir: str, target: Path) -> None:
 
 
 def summary(kept: list[dict], used: list[str]) -> tuple[str, list[str]]:
-    """What scoring used: clips scored, and per modality the model uses, how many were
-    scored without it.
+    """Clips scored and, per modality the model uses, how many were scored without it.
 
     Args:
-        kept (list[dict]): From :func:`write_rows`.
-        used (list[str]): The modalities the model uses.
+        kept: From :func:`write_rows`.
+        used: The modalities the model uses.
 
     Returns:
-        tuple[str, list[str]]: The summary line, and the modalities the model uses
-        that no scored clip had.
+        The summary line, and the modalities the model uses that no scored clip had.
     """
     scored = [k for k in kept if not k["failed"]]
     without = {m: sum(m not in k["modalities"] for k in scored) for m in used}
@@ -197,15 +172,14 @@ def summary(kept: list[dict], used: list[str]) -> tuple[str, list[str]]:
 
 
 def metrics_line(kept: list[dict], used: list[str]) -> str | None:
-    """The MMSA metrics of the scored clips against their labels, saying on how many
-    clips and with which modalities they were computed.
+    """The MMSA metrics of the scored clips against their labels, on how many and with what.
 
     Args:
-        kept (list[dict]): From :func:`write_rows`.
-        used (list[str]): The modalities the model uses.
+        kept: From :func:`write_rows`.
+        used: The modalities the model uses.
 
     Returns:
-        str | None: The line; None without a scored, labelled clip.
+        The line; None without a scored, labelled clip.
     """
     scored = [k for k in kept if not k["failed"] and k["label"] is not None]
     if not scored:
@@ -226,25 +200,19 @@ def score(model_dir: str, target: str, output: str | None = None, kind: str | No
           allow_missing: bool = False) -> int:
     """Scores a folder or one clip; the body of ``mmsent score``.
 
-    The scores go to ``output`` or stdout; everything else (progress, the metrics,
-    the summary, errors) to stderr.
-
     Args:
-        model_dir (str): The exported model folder.
-        target (str): A folder in the raw layout, or one clip's file.
-        output (str | None): The output file; None writes to stdout.
-        kind (str | None): ``"csv"`` or ``"jsonl"``; by default from ``output``'s
-            suffix, else CSV.
-        text (str | None): The transcript of a single clip.
-        split (str | None): For a folder: only rows of this ``mode``.
-        batch_size (int): Clips per forward pass.
-        allow_missing (bool): Accept scores when a modality the model uses is missing
-            from every clip.
+        model_dir: The exported model folder.
+        target: A folder in the raw layout, or one clip's file.
+        output: The output file; None writes to stdout.
+        kind: ``"csv"`` or ``"jsonl"``; by default from ``output``'s suffix, else CSV.
+        text: The transcript of a single clip.
+        split: For a folder: only rows of this ``mode``.
+        batch_size: Clips per forward pass.
+        allow_missing: Accept scores when a modality the model uses is in no clip.
 
     Returns:
-        int: The exit status: 1 when some clip could not be scored, or when a
-        modality the model uses is missing from every clip (unless
-        ``allow_missing``), else 0.
+        The exit status: 1 when a clip could not be scored or a used modality is in no clip
+            (unless ``allow_missing``), else 0.
 
     Raises:
         ConfigError: If ``batch_size`` < 1 or ``output`` is an input.
@@ -286,7 +254,7 @@ def score(model_dir: str, target: str, output: str | None = None, kind: str | No
 
 
 def positive_int(value: str) -> int:
-    """int: An argument that must be a whole number >= 1 (argparse type)."""
+    """An argument that must be a whole number >= 1 (argparse type)."""
     number = int(value) if value.strip().lstrip("-").isdigit() else None
     if number is None or number < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {value}")
@@ -297,11 +265,10 @@ def main(args: list[str] | None = None) -> None:
     """``mmsent score``: parses the arguments, scores, exits with the status.
 
     Args:
-        args (list[str] | None): The arguments after ``score``.
+        args: The arguments after ``score``.
 
     Raises:
-        SystemExit: With status 1 when some clip could not be scored or a modality
-            the model uses is missing from every clip.
+        SystemExit: With status 1 when a clip could not be scored or a used modality is in no clip.
         UsageError: On arguments it cannot parse.
         MMSentError: On a bad model folder or input, naming it (``mmsent.main`` shows it).
     """

@@ -1,13 +1,7 @@
-"""Figures of a stage's test predictions, usable with or without W&B.
+"""Figures of a stage's test predictions, the same in ``report.md`` and in W&B.
 
-Every function returns a :class:`matplotlib.figure.Figure` (never touching pyplot's
-global state), or a table or an image array; :mod:`mmsent.pipeline.tracking` sends the same
-figures to W&B that :func:`write_figures` saves beside ``report.md``:
-
-* predicted against true score, one panel per stage (``scatter.png``);
-* the 7-class confusion matrix, the classes of ``Mult_acc_7`` (``confusion.png``);
-* per-modality contributions from the fusion stages' ablation (``contributions.png``);
-* every stage's test predictions side by side (``predictions.csv``).
+Every function returns a :class:`matplotlib.figure.Figure` (never touching pyplot's global
+state), a table or an image array.
 """
 
 from __future__ import annotations
@@ -28,14 +22,7 @@ PANEL_SIZE = 4.0
 
 
 def seven_classes(scores: Iterable[float]) -> np.ndarray:
-    """Sentiment classes -3..3 as ``Mult_acc_7`` counts them: clip to [-3, 3], round.
-
-    Args:
-        scores (Iterable[float]): Scores.
-
-    Returns:
-        np.ndarray: Integer classes; halves round to even, as ``torch.round`` does.
-    """
+    """The classes -3..3 of ``scores`` as ``Mult_acc_7`` counts them: clipped, halves to even."""
     return np.rint(np.clip(np.asarray(scores, dtype=float), -LABEL_BOUND, LABEL_BOUND)).astype(int)
 
 
@@ -43,11 +30,11 @@ def confusion_matrix(labels: Iterable[float], predictions: Iterable[float]) -> n
     """Counts of true class (rows) against predicted class (columns), classes -3..3.
 
     Args:
-        labels (Iterable[float]): True scores.
-        predictions (Iterable[float]): Predicted scores.
+        labels: True scores.
+        predictions: Predicted scores.
 
     Returns:
-        np.ndarray: A ``(7, 7)`` integer matrix; its trace over its sum is ``Mult_acc_7``.
+        A ``(7, 7)`` integer matrix; its trace over its sum is ``Mult_acc_7``.
     """
     offset = int(LABEL_BOUND)
     matrix = np.zeros((len(CLASSES), len(CLASSES)), dtype=int)
@@ -59,13 +46,11 @@ def predictions_table(outputs: Iterable[Mapping]) -> pd.DataFrame:
     """One row per sample from what ``predict_step`` returned for each batch.
 
     Args:
-        outputs (Iterable[Mapping]): Batches with ``id``, ``transcript``, ``label`` and
-            ``prediction``, and ``own_prediction`` from a stage that adds fixed
-            stages' predictions to its own.
+        outputs: Batches with ``id``, ``transcript``, ``label``, ``prediction`` and maybe
+            ``own_prediction`` (a stage that adds fixed stages' predictions to its own).
 
     Returns:
-        pd.DataFrame: Columns ``id``, ``text``, ``label``, ``prediction`` (and
-        ``own_prediction``).
+        Columns ``id``, ``text``, ``label``, ``prediction`` (and ``own_prediction``).
     """
     frames = [pd.DataFrame({
         "id": [str(i) for i in batch["id"]],
@@ -78,14 +63,7 @@ def predictions_table(outputs: Iterable[Mapping]) -> pd.DataFrame:
 
 
 def read_predictions(path: str | Path) -> pd.DataFrame:
-    """Reads a stage's ``predictions.csv``.
-
-    Args:
-        path (str | Path): The file.
-
-    Returns:
-        pd.DataFrame: Columns ``id``, ``text``, ``label``, ``prediction``; ids as strings.
-    """
+    """Reads a stage's ``predictions.csv``, ids as strings."""
     return pd.read_csv(path, dtype={"id": str, "text": str}, keep_default_na=False)
 
 
@@ -93,11 +71,10 @@ def merge_predictions(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """Every stage's predictions side by side, one row per test sample.
 
     Args:
-        tables (Mapping[str, pd.DataFrame]): Stage name -> its predictions, in stage order.
+        tables: Stage name -> its predictions, in stage order.
 
     Returns:
-        pd.DataFrame: ``id``, ``text``, ``label``, then ``pred_<stage>`` per stage
-        (NaN where a stage did not predict that sample).
+        ``id``, ``text``, ``label``, then ``pred_<stage>`` per stage (NaN where none).
     """
     if not tables:
         return pd.DataFrame(columns=["id", "text", "label"])
@@ -109,15 +86,7 @@ def merge_predictions(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
 
 
 def stage_predictions(manifest: Mapping) -> dict[str, pd.DataFrame]:
-    """The predictions of every stage the manifest records, in run order.
-
-    Args:
-        manifest (Mapping): The pipeline manifest (``stages.<name>.predictions``).
-
-    Returns:
-        dict[str, pd.DataFrame]: Stage name -> predictions, for finished stages whose
-        file exists.
-    """
+    """Stage -> test predictions, for the finished stages of ``manifest`` whose file exists."""
     tables = {}
     for name, record in manifest.get("stages", {}).items():
         path = record.get("predictions")
@@ -127,15 +96,7 @@ def stage_predictions(manifest: Mapping) -> dict[str, pd.DataFrame]:
 
 
 def contributions(manifest: Mapping) -> dict[str, dict[str, float]]:
-    """Per stage, the test MAE added by masking each modality (the fusion ablation).
-
-    Args:
-        manifest (Mapping): The pipeline manifest.
-
-    Returns:
-        dict[str, dict[str, float]]: Stage -> modality -> contribution, for stages
-        that ran the ablation.
-    """
+    """Stage -> modality -> test MAE added by masking it, for stages of ``manifest`` that ran it."""
     found = {}
     for name, record in manifest.get("stages", {}).items():
         test = record.get("metrics", {}).get("test", {})
@@ -159,10 +120,10 @@ def draw_scatter(ax, labels: Iterable[float], predictions: Iterable[float], titl
     """Draws predicted against true score with the identity line.
 
     Args:
-        ax (matplotlib.axes.Axes): Where to draw.
-        labels (Iterable[float]): True scores.
-        predictions (Iterable[float]): Predicted scores.
-        title (str): The panel title; the MAE is appended.
+        ax: The matplotlib axes to draw on.
+        labels: True scores.
+        predictions: Predicted scores.
+        title: The panel title; the MAE is appended.
     """
     labels, predictions = np.asarray(labels, dtype=float), np.asarray(predictions, dtype=float)
     ax.scatter(labels, predictions, s=10, alpha=0.6, color="tab:blue")
@@ -177,10 +138,10 @@ def draw_confusion(ax, labels: Iterable[float], predictions: Iterable[float], ti
     """Draws the 7-class confusion matrix with counts in the cells.
 
     Args:
-        ax (matplotlib.axes.Axes): Where to draw.
-        labels (Iterable[float]): True scores.
-        predictions (Iterable[float]): Predicted scores.
-        title (str): The panel title; ``Mult_acc_7`` is appended.
+        ax: The matplotlib axes to draw on.
+        labels: True scores.
+        predictions: Predicted scores.
+        title: The panel title; ``Mult_acc_7`` is appended.
     """
     matrix = confusion_matrix(labels, predictions)
     ax.imshow(matrix, cmap="Blues")
@@ -200,12 +161,11 @@ def stage_panels(tables: Mapping[str, pd.DataFrame], draw) -> Figure:
     """One panel per stage, each drawn from the stage's test predictions.
 
     Args:
-        tables (Mapping[str, pd.DataFrame]): Stage -> predictions.
-        draw: :func:`draw_scatter` (predicted against true score) or
-            :func:`draw_confusion` (the 7-class confusion matrix).
+        tables: Stage -> predictions.
+        draw: :func:`draw_scatter` or :func:`draw_confusion`.
 
     Returns:
-        Figure: The figure.
+        The figure.
     """
     figure, axes = _grid(len(tables))
     for ax, (stage, table) in zip(axes, tables.items(), strict=True):
@@ -214,14 +174,7 @@ def stage_panels(tables: Mapping[str, pd.DataFrame], draw) -> Figure:
 
 
 def contribution_figure(values: Mapping[str, Mapping[str, float]]) -> Figure:
-    """Bars of each modality's contribution (test MAE with it masked, minus full MAE).
-
-    Args:
-        values (Mapping[str, Mapping[str, float]]): Stage -> modality -> contribution.
-
-    Returns:
-        Figure: Grouped bars, a group per modality and a bar per stage.
-    """
+    """Grouped bars of ``values`` (stage -> modality -> contribution), a group per modality."""
     modalities = list(dict.fromkeys(m for per_stage in values.values() for m in per_stage))
     figure = Figure(figsize=(max(4.0, 1.6 * len(modalities) * max(1, len(values))), 3.5),
                     layout="constrained")
@@ -242,13 +195,12 @@ def frame_strip(video, count: int = 3, min_height: int = 96) -> np.ndarray:
     """A few frames of one clip side by side, first to last (the cue is the motion).
 
     Args:
-        video: Frames ``(3, T, H, W)`` scaled to [-1, 1], as the DataModule serves them
-            (a tensor or an array).
-        count (int): Frames to show, evenly spaced over the clip.
-        min_height (int): Small frames are enlarged by whole pixels to at least this.
+        video: Frames ``(3, T, H, W)`` in [-1, 1], as the DataModule serves them.
+        count: Frames to show, evenly spaced over the clip.
+        min_height: Small frames are enlarged by whole pixels to at least this.
 
     Returns:
-        np.ndarray: An ``(s * H, s * count * W, 3)`` uint8 image, ``s`` the enlargement.
+        An ``(s * H, s * count * W, 3)`` uint8 image, ``s`` the enlargement.
     """
     frames = np.asarray(video, dtype=np.float32)
     picks = np.linspace(0, frames.shape[1] - 1, num=min(count, frames.shape[1])).round().astype(int)
@@ -259,14 +211,14 @@ def frame_strip(video, count: int = 3, min_height: int = 96) -> np.ndarray:
 
 
 def write_figures(manifest: Mapping, out_dir: str | Path) -> list[Path]:
-    """Saves the figures and the merged predictions beside the report.
+    """Saves ``scatter.png``, ``confusion.png``, ``contributions.png`` and ``predictions.csv``.
 
     Args:
-        manifest (Mapping): The pipeline manifest.
-        out_dir (str | Path): The report folder.
+        manifest: The pipeline manifest.
+        out_dir: The report folder.
 
     Returns:
-        list[Path]: The files written (none when no stage recorded predictions).
+        The files written (none when no stage recorded predictions).
     """
     out_dir = Path(out_dir)
     tables = stage_predictions(manifest)

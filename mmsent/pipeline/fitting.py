@@ -1,8 +1,4 @@
-"""Fitting and evaluating one stage, the same in every process of a multi-process
-stage: the fit, the selection after it (:func:`mmsent.selection.select`), the
-checkpoint handed on, its validation and test metrics and its test predictions
-(``predictions.csv``, written by the main process).
-"""
+"""Fitting and evaluating one stage, the same in every process of a multi-process stage."""
 
 from __future__ import annotations
 
@@ -22,29 +18,26 @@ INTERRUPTED = "interrupted (SIGINT)"
 
 def fit_and_evaluate(cli: MMSentCLI, stage: Stage, resume: str | None, folder: Path,
                      unimodal: dict[str, dict] | None = None) -> dict:
-    """Fits one stage (resuming it if it was interrupted), then validates, tests and
-    predicts the test split with the checkpoint it hands on; every process of a
-    multi-process stage calls this alike.
+    """Fits one stage (resuming it), then evaluates the checkpoint it hands on.
 
-    The checkpoint handed on is the one the selection after the fit wrote, when the
-    stage's config has a ``selection``, else the best validation checkpoint.
+    That checkpoint is the selection's (when the config has a ``selection``), else the best
+    validation checkpoint.
 
     Args:
-        cli (MMSentCLI): The stage's CLI, built but not run.
-        stage (Stage): The stage.
-        resume (str | None): The checkpoint to resume the fit from.
-        folder (Path): The stage folder.
-        unimodal (dict[str, dict] | None): For the selection, per modality, the
-            ``val_MAE`` and ``checkpoint`` of the unimodal stage the stage builds on.
+        cli: The stage's CLI, built but not run.
+        stage: The stage.
+        resume: The checkpoint to resume the fit from.
+        folder: The stage folder.
+        unimodal: For the selection, per modality, the ``val_MAE`` and ``checkpoint`` of the
+            unimodal stage the stage builds on.
 
     Returns:
-        dict: ``selection``, ``config``, ``best_checkpoint``, ``last_checkpoint``,
-        ``metrics`` (``val`` and ``test``) and ``predictions``, as the manifest
-        records them.
+        ``selection``, ``config``, ``best_checkpoint``, ``last_checkpoint``, ``metrics`` (``val``
+            and ``test``) and ``predictions``, as the manifest records them.
 
     Raises:
-        SystemExit: When the stage was stopped by SIGTERM or SIGINT, which Lightning
-            ends cleanly (status 0) or with a bare status 1, naming the stage.
+        SystemExit: When SIGTERM or SIGINT stopped the stage (which Lightning ends with status 0
+            or a bare 1), naming the stage.
     """
     try:
         return _fit_and_evaluate(cli, stage, resume, folder, unimodal)
@@ -58,7 +51,7 @@ def fit_and_evaluate(cli: MMSentCLI, stage: Stage, resume: str | None, folder: P
 
 
 def stopped(stage: Stage, how: str) -> str:
-    """str: What the manifest and the terminal say of a stage stopped by a signal."""
+    """What the manifest and the terminal say of a stage stopped by a signal."""
     return f"stage {stage.name!r} {how}; run the same command again to resume it from its last checkpoint"
 
 
@@ -83,19 +76,15 @@ def _fit_and_evaluate(cli: MMSentCLI, stage: Stage, resume: str | None, folder: 
 
 
 def save_predictions(cli: MMSentCLI, checkpoint: str, folder: Path) -> str | None:
-    """Predicts the test split with a checkpoint into ``<folder>/predictions.csv``.
-
-    On several processes each predicts its share; the main process writes them all,
-    in the split's order.
+    """Predicts the test split into ``<folder>/predictions.csv``, written by the main process.
 
     Args:
-        cli (MMSentCLI): The stage's CLI.
-        checkpoint (str): The checkpoint to predict with.
-        folder (Path): The stage folder.
+        cli: The stage's CLI.
+        checkpoint: The checkpoint to predict with.
+        folder: The stage folder.
 
     Returns:
-        str | None: The file, or None when the model predicts no score (a generative
-        stage).
+        The file, or None when the model predicts no score (a generative stage).
     """
     outputs = cli.trainer.predict(cli.model, dataloaders=cli.datamodule.test_dataloader(),
                                   ckpt_path=checkpoint)
@@ -114,14 +103,7 @@ def save_predictions(cli: MMSentCLI, checkpoint: str, folder: Path) -> str | Non
 
 
 def flat_metrics(results: list[dict]) -> dict[str, float]:
-    """What ``trainer.validate`` or ``trainer.test`` returned, without the split prefix.
-
-    Args:
-        results (list[dict]): One dict per dataloader, keys like ``test/MAE``.
-
-    Returns:
-        dict[str, float]: E.g. ``{"MAE": ..., "contribution/text": ...}``.
-    """
+    """What ``trainer.validate`` or ``trainer.test`` returned, merged, without the split prefix."""
     merged = {}
     for result in results:
         merged.update({key.split("/", 1)[1]: float(value) for key, value in result.items() if "/" in key})

@@ -19,13 +19,12 @@ LOCK_FILE = "run.lock"
 class RunLock:
     """Holds ``<output_dir>/run.lock`` while a pipeline runs, as a context manager.
 
-    The lock is ``filelock``'s: the operating system releases it when its process
-    ends, however it ends, so a lock file left by a run killed with SIGKILL is taken
-    over. The file records the holder's pid, host and start time, and a second run on
-    the same folder refuses to start, naming the first; the file goes on release.
+    The lock is ``filelock``'s: the operating system releases it when its process ends, so a
+    lock left by a killed run is taken over. The file names the holder (pid, host, start), and
+    a second run on the folder refuses to start, naming it.
 
     Args:
-        folder (Path): The pipeline's output folder.
+        folder: The pipeline's output folder.
     """
 
     def __init__(self, folder: Path) -> None:
@@ -34,7 +33,7 @@ class RunLock:
 
     @property
     def held(self) -> bool:
-        """bool: Whether this run holds the lock."""
+        """Whether this run holds the lock."""
         return self._lock.is_locked
 
     def __enter__(self) -> Self:

@@ -1,14 +1,7 @@
-"""``manifest.json``: what a pipeline run did, stage by stage; the only code that
-writes it.
+"""``manifest.json``: what a pipeline run did, stage by stage; the only code that writes it.
 
-Per stage it holds the status (``running``, then ``done``, or ``failed`` with the
-error and the command that resumes it, or ``skipped`` with the reason when the data
-leaves the stage nothing to do), the command, the
-checkpoint it resumed from, the best and last checkpoints, the validation and test
-metrics, the test predictions, what the selection (:func:`mmsent.selection.select`)
-decided, the wall time and the stage's W&B run. At the top: the pipeline's name,
-its W&B group (a stable id per pipeline run) and the reference predictors. Every
-change is written at once, atomically, so a rerun after a kill finds the truth.
+Per stage: its status (``running``, ``done``, ``failed`` or ``skipped``) and what it produced.
+Every change is written at once, atomically, so a rerun after a kill finds the truth.
 """
 
 from __future__ import annotations
@@ -27,14 +20,13 @@ def read_manifest(path: Path) -> dict:
     """Reads a manifest, checking its layout before anything relies on it.
 
     Args:
-        path (Path): The file.
+        path: The file.
 
     Returns:
-        dict: The manifest.
+        The manifest.
 
     Raises:
-        ConfigError: If the file is not JSON or not laid out as a manifest, naming it
-            and the entry at fault.
+        ConfigError: If it is not JSON or not laid out as a manifest, naming the entry at fault.
     """
     data = read_json(path, "a readable manifest", REMEDY)
     if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
@@ -49,11 +41,10 @@ class Manifest:
     """The manifest of one pipeline output folder.
 
     Args:
-        path (Path): The manifest file; read if it exists.
+        path: The manifest file; read if it exists.
 
     Raises:
-        ConfigError: If the file is not JSON, or not a manifest (a mapping whose
-            ``stages`` maps each stage to its record), naming it.
+        ConfigError: If the file is not JSON, or not a manifest, naming it.
     """
 
     def __init__(self, path: Path) -> None:
@@ -62,22 +53,15 @@ class Manifest:
 
     @property
     def group(self) -> str:
-        """str: The pipeline run's id, the W&B group of its stages."""
+        """The pipeline run's id, the W&B group of its stages."""
         return self.data["group"]
 
     def stage(self, name: str) -> dict:
-        """The record of one stage, to read.
-
-        Args:
-            name (str): The stage.
-
-        Returns:
-            dict: Its record; empty for a stage that never started.
-        """
+        """The record of stage ``name``, to read; empty for a stage that never started."""
         return self.data["stages"].get(name, {})
 
     def is_done(self, name: str) -> bool:
-        """bool: Whether the stage finished and its best checkpoint still exists."""
+        """Whether the stage finished and its best checkpoint still exists."""
         record = self.stage(name)
         return record.get("status") == "done" and Path(record.get("best_checkpoint", "")).is_file()
 
@@ -85,19 +69,15 @@ class Manifest:
         """Names the pipeline, and keeps the group of an earlier run of this folder.
 
         Args:
-            pipeline (str): The pipeline's name.
-            group (str): The group for a folder that has none yet.
+            pipeline: The pipeline's name.
+            group: The group for a folder that has none yet.
         """
         self.data["pipeline"] = pipeline
         self.data.setdefault("group", group)
         self.save()
 
     def forget(self, name: str) -> None:
-        """Drops a stage's record, so that it runs again from scratch.
-
-        Args:
-            name (str): The stage.
-        """
+        """Drops stage ``name``'s record, so that it runs again from scratch."""
         self.data["stages"].pop(name, None)
         self.save()
 
@@ -105,13 +85,12 @@ class Manifest:
         """Marks a stage as running.
 
         Args:
-            name (str): The stage.
-            command (str): The ``mmsent fit`` command it runs.
-            resumed_from (str | None): The checkpoint an interrupted fit resumes from.
+            name: The stage.
+            command: The ``mmsent fit`` command it runs.
+            resumed_from: The checkpoint an interrupted fit resumes from.
 
         Returns:
-            float: The seconds the stage already ran before it was interrupted; 0 for
-            a fresh start.
+            The seconds the stage ran before it was interrupted; 0 for a fresh start.
         """
         record = self.data["stages"].setdefault(name, {})
         spent = record.get("wall_time_s", 0.0) if resumed_from else 0.0
@@ -122,11 +101,11 @@ class Manifest:
         return spent
 
     def track_stage(self, name: str, **wandb: Any) -> None:
-        """Records the stage's W&B run (``run_id``, ``mode``, ``project``, ``dir``).
+        """Records the stage's W&B run.
 
         Args:
-            name (str): The stage.
-            **wandb: The fields to set, merged into what is recorded.
+            name: The stage.
+            **wandb: ``run_id``, ``mode``, ``project``, ``dir``; merged into what is recorded.
         """
         self.data["stages"].setdefault(name, {}).setdefault("wandb", {}).update(wandb)
         self.save()
@@ -135,7 +114,7 @@ class Manifest:
         """Marks a stage as done with what it produced.
 
         Args:
-            name (str): The stage.
+            name: The stage.
             **results: ``best_checkpoint``, ``metrics``, ``predictions`` and the like.
         """
         self.data["stages"].setdefault(name, {}).update({"status": "done", **results})
@@ -145,8 +124,8 @@ class Manifest:
         """Marks a stage as skipped, replacing what an earlier run recorded of it.
 
         Args:
-            name (str): The stage.
-            reason (str): Why, as shown to the user.
+            name: The stage.
+            reason: Why, as shown to the user.
         """
         self.data["stages"][name] = {"status": "skipped", "reason": reason}
         self.save()
@@ -155,9 +134,9 @@ class Manifest:
         """Marks a stage as failed.
 
         Args:
-            name (str): The stage.
-            error (str): What went wrong, as shown to the user.
-            resume (str): The command that resumes the pipeline from this stage.
+            name: The stage.
+            error: What went wrong, as shown to the user.
+            resume: The command that resumes the pipeline from this stage.
         """
         self.data["stages"].setdefault(name, {}).update({"status": "failed", "error": error,
                                                           "resume_command": resume})

@@ -1,13 +1,6 @@
-"""Stages that follow the data: a pipeline on data lacking a modality skips that
-modality's stages and hands the later ones only what ran.
+"""Stages that follow the data: a modality no clip holds has its stages skipped.
 
-Which modalities the data holds is read from the prepared dataset (prepared here
-once, as the first stage would prepare it): a modality counts as held when at least
-one clip of any split has it. A stage is skipped when the modality it trains
-(``model.init_args.modality``) is not held, or when every stage whose checkpoint
-it takes was skipped; the other stages lose the checkpoint keys that name a skipped
-stage and any encoder configured for a modality the data lacks, so a fused stage
-fuses what is there.
+So is a stage whose every checkpoint source was skipped; a fused stage fuses what is there.
 """
 
 from __future__ import annotations
@@ -25,14 +18,7 @@ from mmsent.pipeline.spec import Pipeline
 
 
 def held_modalities(data: Namespace) -> list[str]:
-    """The modalities at least one clip of the data holds, preparing it if needed.
-
-    Args:
-        data (Namespace): A stage's parsed ``data`` section.
-
-    Returns:
-        list[str]: In the canonical order.
-    """
+    """The modalities some clip of a stage's ``data`` holds, in order; prepares it if needed."""
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(MultimodalDataModule, "data")
     datamodule = parser.instantiate(parser.parse_object({"data": data.as_dict()})).data
@@ -48,7 +34,7 @@ def held_modalities(data: Namespace) -> list[str]:
 
 
 def stage_modality(config: Namespace) -> str | None:
-    """str | None: The modality a stage trains alone (``model.init_args.modality``)."""
+    """The modality a stage trains alone (``model.init_args.modality``), if any."""
     init_args = (config.get("model") or Namespace()).get("init_args") or Namespace()
     modality = init_args.get("modality") if isinstance(init_args, Namespace) else None
     return modality if modality in MODALITIES else None
@@ -57,16 +43,14 @@ def stage_modality(config: Namespace) -> str | None:
 def absent_stages(pipeline: Pipeline, configs: dict[str, Namespace]) -> tuple[dict[str, str], dict[str, list[str]]]:
     """Decides which stages the data leaves nothing to do for.
 
+    Data that cannot be prepared here decides nothing: its stages run and report their error.
+
     Args:
-        pipeline (Pipeline): The pipeline.
-        configs (dict[str, Namespace]): Per stage, its parsed configuration
-            (:func:`mmsent.cli.check_config`).
+        pipeline: The pipeline.
+        configs: Per stage, its parsed configuration.
 
     Returns:
-        tuple[dict[str, str], dict[str, list[str]]]: The stages to skip, each with
-        its reason, and per stage the modalities its data lacks. Data that cannot be
-        prepared here decides nothing: its stages run and fail with their own error,
-        recorded as theirs.
+        The stages to skip, each with its reason, and per stage the modalities its data lacks.
     """
     held_by_data: dict[str, list[str]] = {}
     lacking: dict[str, list[str]] = {}
@@ -94,18 +78,16 @@ def absent_stages(pipeline: Pipeline, configs: dict[str, Namespace]) -> tuple[di
 
 def without_stages(pipeline: Pipeline, skipped: dict[str, str], lacking: dict[str, list[str]],
                    configs: dict[str, Namespace]) -> Pipeline:
-    """The pipeline with the skipped stages left out and nothing handed on from them.
+    """The pipeline without the skipped stages, nothing handed on from them.
 
     Args:
-        pipeline (Pipeline): The pipeline.
-        skipped (dict[str, str]): From :func:`absent_stages`.
-        lacking (dict[str, list[str]]): From :func:`absent_stages`.
-        configs (dict[str, Namespace]): Per stage, its parsed configuration.
+        pipeline: The pipeline.
+        skipped: From :func:`absent_stages`.
+        lacking: From :func:`absent_stages`.
+        configs: Per stage, its parsed configuration.
 
     Returns:
-        Pipeline: A copy; each remaining stage keeps the checkpoint keys of stages
-        that run, and an encoder it configures for a modality its data lacks is set
-        to null.
+        A copy; an encoder a stage configures for a modality its data lacks is set to null.
     """
     stages = []
     for stage in pipeline.stages:
@@ -121,19 +103,16 @@ def without_stages(pipeline: Pipeline, skipped: dict[str, str], lacking: dict[st
 
 def follow_data(pipeline: Pipeline, configs: dict[str, Namespace], start: str | None,
                 only: str | None) -> tuple[Pipeline, dict[str, str], str | None, str | None]:
-    """The pipeline without the stages its data leaves nothing to do for
-    (:func:`mmsent.pipeline.modalities.absent_stages`), and the stages selected in it.
+    """The pipeline without the stages its data leaves nothing to do for.
 
     Args:
-        pipeline (Pipeline): The pipeline.
-        configs (dict[str, Namespace]): Per stage, its parsed configuration.
-        start (str | None): ``--from``.
-        only (str | None): ``--only``.
+        pipeline: The pipeline.
+        configs: Per stage, its parsed configuration.
+        start: ``--from``.
+        only: ``--only``.
 
     Returns:
-        tuple[Pipeline, dict[str, str], str | None, str | None]: The stages that run,
-        with nothing handed on from a skipped one; the skipped stages with their
-        reasons; ``--from`` and ``--only`` (:func:`still_selected`).
+        The stages that run, the skipped stages with their reasons, ``--from`` and ``--only``.
     """
     skipped, lacking = absent_stages(pipeline, configs)
     start, only = still_selected(pipeline, skipped, start, only)
@@ -145,18 +124,17 @@ def still_selected(pipeline: Pipeline, skipped: dict[str, str], start: str | Non
     """``--from`` and ``--only`` once the skipped stages are left out.
 
     Args:
-        pipeline (Pipeline): The pipeline, skipped stages included.
-        skipped (dict[str, str]): The skipped stages and their reasons.
-        start (str | None): ``--from``.
-        only (str | None): ``--only``.
+        pipeline: The pipeline, skipped stages included.
+        skipped: The skipped stages and their reasons.
+        start: ``--from``.
+        only: ``--only``.
 
     Returns:
-        tuple[str | None, str | None]: ``--from``, moved to the next stage that runs
-        when it names a skipped one, and ``--only``.
+        ``--from`` (moved to the next stage that runs when it names a skipped one), ``--only``.
 
     Raises:
-        ConfigError: If ``--only`` names a skipped stage, or ``--from`` a skipped
-            stage with none running after it.
+        ConfigError: If ``--only`` names a skipped stage, or ``--from`` a skipped stage with
+            none running after it.
     """
     if only in skipped:
         raise ConfigError(f"stage {only!r} is skipped: {skipped[only]}")

@@ -1,12 +1,8 @@
 """The processes of a pipeline run whose stages train on several processes.
 
-The same ``mmsent pipeline run`` command runs in every process: Lightning's ``ddp``
-starts the others by running it again when the first multi-process stage fits, and
-torchrun or SLURM's ``srun`` start them all at once. The main process (rank 0) runs
-the pipeline as one process would; the others only join the multi-process stages,
-each told by the main process which stage comes next (:func:`share_from_main`).
-Everything here reads the environment when called, since Lightning's launch changes
-the main process's environment.
+Lightning's ``ddp`` starts the other processes when the first multi-process stage fits,
+torchrun or ``srun`` start all at once. Everything here reads the environment when called,
+since Lightning's launch changes it.
 """
 
 from __future__ import annotations
@@ -21,12 +17,7 @@ from mmsent.errors import ConfigError
 
 
 def is_main_process() -> bool:
-    """Whether this is the process that writes the pipeline's files (global rank 0).
-
-    Returns:
-        bool: True without any launcher, and in the process Lightning's launch starts
-        from; False in the processes it starts and in torchrun's or srun's others.
-    """
+    """Whether this process writes the pipeline's files (global rank 0; True without a launcher)."""
     if TorchElasticEnvironment.detect():
         return int(os.environ.get("RANK", "0")) == 0
     if launched_processes() > 1:
@@ -36,13 +27,7 @@ def is_main_process() -> bool:
 
 
 def launched_processes() -> int:
-    """How many processes an external launcher (torchrun, SLURM's ``srun``) started
-    for this run, each running every stage.
-
-    Returns:
-        int: Their number; 1 without such a launcher (one process, or Lightning's own
-        launch, which starts the others only for the stages that ask for them).
-    """
+    """How many processes torchrun or ``srun`` started, each running every stage; else 1."""
     if TorchElasticEnvironment.detect():
         return int(os.environ.get("WORLD_SIZE", "1"))
     if SLURMEnvironment.detect():
@@ -51,13 +36,12 @@ def launched_processes() -> int:
 
 
 def announce_stage(name: str, processes: int, resume: str | None) -> None:
-    """Tells the other processes, once they exist, which multi-process stage the main
-    one runs next and the checkpoint it resumes from (:func:`share_from_main`).
+    """Tells the other processes which multi-process stage comes next and its resume checkpoint.
 
     Args:
-        name (str): The stage.
-        processes (int): How many processes its trainer runs.
-        resume (str | None): The checkpoint its fit resumes from.
+        name: The stage.
+        processes: How many processes its trainer runs.
+        resume: The checkpoint its fit resumes from.
 
     Raises:
         ConfigError: If the processes started for an earlier stage are another number.
@@ -70,14 +54,13 @@ def announce_stage(name: str, processes: int, resume: str | None) -> None:
 
 
 def share_from_main(value: Any) -> Any:
-    """The main process's ``value``, in every process of the run (a collective call:
-    each must make it, after the process group exists).
+    """The main process's ``value``, in every process (collective: each process must call it).
 
     Args:
-        value (Any): What to share (picklable); ignored outside the main process.
+        value: What to share (picklable); ignored outside the main process.
 
     Returns:
-        Any: The main process's value; ``value`` itself before any process group.
+        The main process's value; ``value`` itself before any process group.
     """
     if not dist.is_available() or not dist.is_initialized():
         return value
@@ -87,14 +70,13 @@ def share_from_main(value: Any) -> Any:
 
 
 def gather(value: Any) -> list[Any]:
-    """Every process's ``value``, in rank order (a collective call, as
-    :func:`share_from_main`).
+    """Every process's ``value``, in rank order (collective, as :func:`share_from_main`).
 
     Args:
-        value (Any): This process's part (picklable).
+        value: This process's part (picklable).
 
     Returns:
-        list[Any]: One value per process; ``[value]`` before any process group.
+        One value per process; ``[value]`` before any process group.
     """
     if not dist.is_available() or not dist.is_initialized():
         return [value]
@@ -107,11 +89,10 @@ def configured_processes(trainer: Any) -> int | None:
     """How many processes a stage's trainer configuration asks for.
 
     Args:
-        trainer (Any): The parsed ``trainer`` section (``devices``, ``num_nodes``).
+        trainer: The parsed ``trainer`` section.
 
     Returns:
-        int | None: ``devices`` times ``num_nodes``; None when ``devices`` is left to
-        Lightning to count (``auto``, ``-1``).
+        ``devices`` times ``num_nodes``; None when Lightning counts the devices (``auto``, ``-1``).
     """
     devices = trainer.get("devices", "auto")
     if isinstance(devices, str):
@@ -130,18 +111,14 @@ def configured_processes(trainer: Any) -> int | None:
 def check_process_counts(counts: dict[str, tuple[int | None, Any]]) -> None:
     """Refuses stages whose process counts cannot run together in one pipeline run.
 
-    Under torchrun or ``srun`` every process runs every stage, so each stage must
-    train on all of them: a single-process stage would run on each at once. Without
-    them, Lightning starts the other processes once, so every multi-process stage
-    must ask for the same number.
+    Under torchrun or ``srun`` every process runs every stage, so each stage must train on all
+    of them; Lightning starts the other processes once, so multi-process stages must agree.
 
     Args:
-        counts (dict[str, tuple[int | None, Any]]): Per stage, in order, its process
-            count (:func:`configured_processes`) and its ``trainer`` section.
+        counts: Per stage, in order, its process count and its ``trainer`` section.
 
     Raises:
-        ConfigError: Naming the stage, its ``trainer.devices`` and
-            ``trainer.num_nodes``, and what to set.
+        ConfigError: Naming the stage, its ``trainer.devices`` and ``num_nodes``, and what to set.
     """
     launched = launched_processes()
     for name, (count, trainer) in counts.items():

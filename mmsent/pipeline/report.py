@@ -1,6 +1,4 @@
-"""The pipeline report: every stage's validation and test metrics side by side,
-printed and written as ``report.json``, ``report.md`` and ``report.png``, with the
-figures of the stages' test predictions beside it (:func:`mmsent.pipeline.figures.write_figures`)."""
+"""The pipeline report: every stage's metrics side by side, with its figures and table files."""
 
 from __future__ import annotations
 
@@ -20,10 +18,9 @@ from mmsent.pipeline.figures import stage_predictions, write_figures
 
 PERCENT = {"Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score", "Mult_acc_5", "Mult_acc_7"}
 TABLE_METRICS = ("MAE", "Corr", "Non0_acc_2", "Non0_F1_score", "Has0_acc_2", "Mult_acc_7")
-# What a generative stage measures (mmsent.models.generative.sample_quality), in table order.
-# Lower is better for these; higher for every other metric of the table.
 LOWER_IS_BETTER = {"MAE"}
 WORSE_MARK = "\N{DAGGER}"
+# What a generative stage measures (mmsent.models.generative.sample_quality), in table order.
 GENERATIVE_METRICS = ("frechet", "diversity", "conditional_diversity", "fidelity_MAE", "real_MAE",
                       "recon_error")
 
@@ -32,11 +29,11 @@ def report_rows(manifest: dict) -> list[dict]:
     """One row per finished stage.
 
     Args:
-        manifest (dict): The pipeline manifest.
+        manifest: The pipeline manifest.
 
     Returns:
-        list[dict]: ``stage``, ``val`` and ``test`` (MMSA metric name -> value),
-        ``best_achievable_MAE`` where known, ``wall_time_s``.
+        ``stage``, ``val`` and ``test`` (MMSA metric name -> value), ``best_achievable_MAE``
+            where known, ``wall_time_s``.
     """
     rows = []
     for name, record in manifest.get("stages", {}).items():
@@ -58,16 +55,15 @@ def report_rows(manifest: dict) -> list[dict]:
 
 
 def stage_baselines(manifest: dict) -> dict[str, dict[str, float]]:
-    """The trivial predictors' metrics, as the first finished stage that scored
-    sentiment logged them (``<split>/baseline/<metric>``, see
-    :class:`mmsent.tasks.base.BaseTask`): every stage sees the same data.
+    """The trivial predictors' metrics, as the first finished stage scoring sentiment logged them.
+
+    Every stage sees the same data, so one stage's ``<split>/baseline/<metric>`` serve all.
 
     Args:
-        manifest (dict): The pipeline manifest.
+        manifest: The pipeline manifest.
 
     Returns:
-        dict[str, dict[str, float]]: ``{"val": {metric: value}, "test": {...}}``;
-        empty when no stage logged them.
+        ``{"val": {metric: value}, "test": {...}}``; empty when no stage logged them.
     """
     for record in manifest.get("stages", {}).values():
         metrics = record.get("metrics", {}) if record.get("status") == "done" else {}
@@ -79,17 +75,16 @@ def stage_baselines(manifest: dict) -> dict[str, dict[str, float]]:
 
 
 def own_score_correlations(manifest: dict) -> dict[str, dict]:
-    """On generated data, how well each unimodal stage recovers its own modality's
-    noise-free score (``<modality>_score`` in the generated ``label.csv``): the
-    Pearson correlation of its test predictions with that score (of its own model's
-    part, for a stage that adds fixed stages' predictions).
+    """On generated data, each unimodal stage's correlation with its modality's noise-free score.
+
+    The score is ``<modality>_score`` in the generated ``label.csv``; for a stage that adds
+    fixed stages' predictions, its own model's part is compared.
 
     Args:
-        manifest (dict): The pipeline manifest.
+        manifest: The pipeline manifest.
 
     Returns:
-        dict[str, dict]: Stage -> ``{"modality": ..., "corr": ...}``; empty for data
-        that records no per-modality score.
+        Stage -> ``{"modality": ..., "corr": ...}``; empty for data without such scores.
     """
     found = {}
     for name, table in stage_predictions(manifest).items():
@@ -124,12 +119,12 @@ def worse_than_trivial(name: str, value: float | None, trivial: float | None) ->
     """Whether a stage's metric is worse than the trivial predictor's on it.
 
     Args:
-        name (str): The metric (MMSA's name).
-        value (float | None): The stage's value.
-        trivial (float | None): The trivial predictor's value.
+        name: The metric (MMSA's name).
+        value: The stage's value.
+        trivial: The trivial predictor's value.
 
     Returns:
-        bool: False when either is unknown or not a number.
+        False when either is unknown or not a number.
     """
     if value is None or trivial is None or not (math.isfinite(value) and math.isfinite(trivial)):
         return False
@@ -142,7 +137,7 @@ def _cell(name: str, value: float | None, trivial: float | None) -> str:
 
 
 def skipped_stages(manifest: dict) -> dict[str, str]:
-    """dict[str, str]: The stages the data left nothing to do for, with the reason."""
+    """The stages the data left nothing to do for, with the reason."""
     return {name: record.get("reason", "") for name, record in manifest.get("stages", {}).items()
             if record.get("status") == "skipped"}
 
@@ -152,16 +147,13 @@ def markdown_table(rows: list[dict], baselines: dict, own_scores: dict | None = 
     """The report as a Markdown table.
 
     Args:
-        rows (list[dict]): From :func:`report_rows`.
-        baselines (dict): The trivial predictors' metrics per split, from
-            :func:`stage_baselines`.
-        own_scores (dict | None): From :func:`own_score_correlations`.
-        skipped (dict[str, str] | None): From :func:`skipped_stages`, listed under
-            the table with their reasons.
+        rows: From :func:`report_rows`.
+        baselines: From :func:`stage_baselines`.
+        own_scores: From :func:`own_score_correlations`.
+        skipped: From :func:`skipped_stages`, listed under the table with their reasons.
 
     Returns:
-        str: Markdown; accuracies and F1 in percent, a cell worse than the trivial
-        predictor's on its metric marked with a dagger.
+        Markdown; accuracies and F1 in percent, cells worse than the trivial predictor marked.
     """
     trivial = {split: baselines.get(split, {}) for split in ("val", "test")}
     marked = False
@@ -205,26 +197,12 @@ def markdown_table(rows: list[dict], baselines: dict, own_scores: dict | None = 
 
 
 def scoring_rows(rows: list[dict]) -> list[dict]:
-    """The rows of stages that predict sentiment (a generative stage only generates).
-
-    Args:
-        rows (list[dict]): From :func:`report_rows`.
-
-    Returns:
-        list[dict]: The rows with test sentiment metrics, or without generative ones.
-    """
+    """The :func:`report_rows` of stages that predict sentiment (not a generative stage's)."""
     return [r for r in rows if r["test"] or "generative" not in r]
 
 
 def generative_table(rows: list[dict]) -> list[str]:
-    """Markdown lines: the generative stages' sample quality on the test split.
-
-    Args:
-        rows (list[dict]): From :func:`report_rows`.
-
-    Returns:
-        list[str]: A titled table, or nothing without generative stages.
-    """
+    """Markdown lines: the generative stages' test sample quality; none without such stages."""
     generative = [r for r in rows if "generative" in r]
     if not generative:
         return []
@@ -240,15 +218,7 @@ def generative_table(rows: list[dict]) -> list[str]:
 
 
 def selection_summary(record: dict) -> str:
-    """One line on what the selection (:func:`mmsent.selection.select`) decided in a stage.
-
-    Args:
-        record (dict): The selection's record.
-
-    Returns:
-        str: Modalities kept and switched off with their evidence, and which model
-        was handed on.
-    """
+    """One line on what a stage's selection ``record`` kept, switched off and handed on, and why."""
     final = {t["modality"]: t for t in record["tests"]}  # the last test of each
     parts = []
     for modality in [*record["kept"], *record["switched_off"]]:
@@ -274,9 +244,9 @@ def plot(rows: list[dict], baselines: dict, path: Path) -> None:
     """A bar chart of test MAE and correlation per stage.
 
     Args:
-        rows (list[dict]): From :func:`report_rows`.
-        baselines (dict): The trivial predictors' metrics per split, drawn as lines.
-        path (Path): The PNG to write.
+        rows: From :func:`report_rows`.
+        baselines: The trivial predictors' metrics per split, drawn as lines.
+        path: The PNG to write.
     """
     rows = scoring_rows(rows)
     names = [r["stage"] for r in rows]
@@ -300,14 +270,7 @@ def plot(rows: list[dict], baselines: dict, path: Path) -> None:
 
 
 def figures_section(files: list[Path]) -> str:
-    """Markdown that shows the figures and links the predictions table.
-
-    Args:
-        files (list[Path]): Files beside ``report.md``.
-
-    Returns:
-        str: The section; empty without files.
-    """
+    """Markdown that shows the figure ``files`` beside ``report.md``; empty without files."""
     if not files:
         return ""
     lines = ["", "## Test predictions", ""]
@@ -318,16 +281,14 @@ def figures_section(files: list[Path]) -> str:
 
 
 def write_report(manifest: dict, out_dir: Path) -> dict:
-    """Prints the table and writes ``report.json``, ``report.md`` and ``report.png``,
-    and beside them ``scatter.png``, ``confusion.png``, ``contributions.png`` and
-    ``predictions.csv`` when the stages recorded test predictions.
+    """Prints the table and writes ``report.json``, ``report.md``, ``report.png`` and the figures.
 
     Args:
-        manifest (dict): The pipeline manifest.
-        out_dir (Path): The pipeline's output folder.
+        manifest: The pipeline manifest.
+        out_dir: The pipeline's output folder.
 
     Returns:
-        dict: The report as written to ``report.json``.
+        The report as written to ``report.json``.
     """
     out_dir = Path(out_dir)
     rows = report_rows(manifest)

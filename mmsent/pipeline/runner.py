@@ -1,17 +1,8 @@
 """Running a pipeline: the stages in order, each through the same CLI.
 
-Each stage is a stack of LightningCLI config files. The runner hands every stage the
-best checkpoints of the stages it names (as init arguments, never ``--ckpt_path``),
-records each stage in ``manifest.json`` as it goes, and writes the report at the
-end. A rerun skips finished stages and resumes an interrupted one from its last
-checkpoint. With a ``wandb:`` section, every stage is also a W&B run in the pipeline
-run's group (see :mod:`mmsent.pipeline.tracking`).
-
-A stage may train on several processes (``trainer.strategy=ddp``,
-``trainer.devices``): the same command then runs in each (:mod:`mmsent.pipeline.ranks`).
-The main process does all of the above; the others join the multi-process stages
-only (:func:`follow`) and write nothing of the pipeline's own. Progress goes to
-stderr; stdout holds the report's table alone.
+A stage gets earlier stages' best checkpoints as init arguments (never ``--ckpt_path``); a
+rerun skips finished stages and resumes an interrupted one. Only the main process writes the
+pipeline's files. Progress goes to stderr; stdout holds the report's table alone.
 """
 
 from __future__ import annotations
@@ -42,16 +33,14 @@ def stage_arguments(pipeline: Pipeline, stage: Stage, manifest: Manifest | None,
     """The CLI arguments of one stage (without the subcommand).
 
     Args:
-        pipeline (Pipeline): The pipeline.
-        stage (Stage): The stage.
-        manifest (Manifest | None): Where earlier stages' checkpoints are recorded;
-            None names each handed-on checkpoint by a placeholder, to check the
-            configuration before those stages have run.
-        extra (list[str]): Arguments from the command line, added last.
+        pipeline: The pipeline.
+        stage: The stage.
+        manifest: Where earlier stages' checkpoints are recorded; None puts placeholders for
+            them, to check the configuration before those stages have run.
+        extra: Arguments from the command line, added last.
 
     Returns:
-        list[str]: ``-c`` files, handed-on checkpoints, the stage and checkpoint folders,
-        then overrides.
+        ``-c`` files, handed-on checkpoints, the stage and checkpoint folders, then overrides.
     """
     args = []
     for config in stage.configs:
@@ -66,17 +55,13 @@ def stage_arguments(pipeline: Pipeline, stage: Stage, manifest: Manifest | None,
 
 
 def run_stage(pipeline: Pipeline, stage: Stage, manifest: Manifest, extra: list[str]) -> None:
-    """Runs one stage in the main process (:func:`mmsent.pipeline.fitting.fit_and_evaluate`), recording
-    everything in the manifest (and in the stage's W&B run, when W&B is on).
-
-    A multi-process stage is first announced to the other processes, once they exist
-    (:func:`mmsent.pipeline.ranks.announce_stage`, :func:`follow`).
+    """Runs one stage in the main process, recording it in the manifest (and W&B, when on).
 
     Args:
-        pipeline (Pipeline): The pipeline.
-        stage (Stage): The stage to run.
-        manifest (Manifest): Updated as the stage progresses.
-        extra (list[str]): Arguments from the command line.
+        pipeline: The pipeline.
+        stage: The stage to run.
+        manifest: Updated as the stage progresses.
+        extra: Arguments from the command line.
     """
     args = stage_arguments(pipeline, stage, manifest, extra)
     resume = resume_checkpoint(pipeline, stage, manifest.stage(stage.name))
@@ -97,18 +82,18 @@ def run_stage(pipeline: Pipeline, stage: Stage, manifest: Manifest, extra: list[
 
 
 def unimodal_figures(pipeline: Pipeline, stage: Stage, manifest: Manifest) -> dict[str, dict]:
-    """What the selection after a fused stage's fit compares it with: per modality, the
-    validation MAE and best checkpoint of the unimodal stage it builds on
-    (``model.init_args.unimodal.<modality>``, else ``model.init_args.encoders.<modality>``),
-    also through the fused stage its ``init_checkpoint`` comes from.
+    """Per modality, the validation MAE and best checkpoint of the unimodal stage it builds on.
+
+    The stage is ``model.init_args.unimodal.<modality>``, else ``encoders.<modality>``, also
+    through the stage its ``init_checkpoint`` comes from; the selection compares with these.
 
     Args:
-        pipeline (Pipeline): The pipeline.
-        stage (Stage): The stage.
-        manifest (Manifest): Where the earlier stages are recorded.
+        pipeline: The pipeline.
+        stage: The fused stage.
+        manifest: Where the earlier stages are recorded.
 
     Returns:
-        dict[str, dict]: ``{modality: {"val_MAE": ..., "checkpoint": ...}}``.
+        ``{modality: {"val_MAE": ..., "checkpoint": ...}}``.
     """
     figures = {}
     init = stage.checkpoints.get("model.init_args.init_checkpoint")
@@ -124,20 +109,15 @@ def unimodal_figures(pipeline: Pipeline, stage: Stage, manifest: Manifest) -> di
 
 
 def follow(pipeline: Pipeline, start: str | None, only: str | None, extra: list[str]) -> None:
-    """Runs the multi-process stages in a process other than the main one, writing
-    nothing of the pipeline's own (no lock, manifest, report or W&B run).
+    """Runs the multi-process stages in a non-main process, writing nothing of the pipeline's own.
 
-    The first is the main process's first selected stage under torchrun or ``srun``;
-    under Lightning's launch (which starts this process when the main one fits its
-    first multi-process stage), the first selected one not finished yet. After each,
-    the main process, having recorded it, names the next one and its resume
-    checkpoint, or None at the end; this process then rereads the manifest.
+    After each stage, the main process names the next one and its resume checkpoint, or None.
 
     Args:
-        pipeline (Pipeline): The pipeline.
-        start (str | None): ``--from``, as the main process got it.
-        only (str | None): ``--only``, as the main process got it.
-        extra (list[str]): Arguments from the command line.
+        pipeline: The pipeline.
+        start: ``--from``, as the main process got it.
+        only: ``--only``, as the main process got it.
+        extra: Arguments from the command line.
     """
     manifest = Manifest(pipeline.output_dir / "manifest.json")
     configs = stage_configs(pipeline, pipeline.stages, extra)
@@ -166,22 +146,19 @@ def follow(pipeline: Pipeline, start: str | None, only: str | None, extra: list[
 def resume_checkpoint(pipeline: Pipeline, stage: Stage, record: dict) -> str | None:
     """The checkpoint to resume an interrupted or failed stage's fit from.
 
-    That is ``last.ckpt``; when it is unreadable (a write cut short by a full disk
-    before checkpoints were written atomically, or a damaged file), the newest
-    readable checkpoint of the stage, saying so. A file holding more than tensors and
-    plain data is refused, never skipped over.
+    That is ``last.ckpt``, else (unreadable: damaged or cut short) the newest readable one,
+    saying so. A file holding more than tensors and plain data is refused, never skipped over.
 
     Args:
-        pipeline (Pipeline): The pipeline.
-        stage (Stage): The stage.
-        record (dict): The stage's manifest record.
+        pipeline: The pipeline.
+        stage: The stage.
+        record: The stage's manifest record.
 
     Returns:
-        str | None: The checkpoint, or None for a stage to start afresh.
+        The checkpoint, or None for a stage to start afresh.
 
     Raises:
-        ConfigError: If a checkpoint of the stage is refused (not tensors and plain
-            data), naming the file.
+        ConfigError: If a checkpoint of the stage is refused, naming the file.
     """
     if record.get("status") not in ("running", "failed"):
         return None
@@ -212,19 +189,16 @@ def select_stages(pipeline: Pipeline, manifest: Manifest, start: str | None,
     """The stages to run now; nothing is changed, so a run refused later loses nothing.
 
     Args:
-        pipeline (Pipeline): The pipeline.
-        manifest (Manifest): What has run before.
-        start (str | None): ``--from``: rerun this stage and every later one.
-        only (str | None): ``--only``: rerun this stage alone.
+        pipeline: The pipeline.
+        manifest: What has run before.
+        start: ``--from``: rerun this stage and every later one.
+        only: ``--only``: rerun this stage alone.
 
     Returns:
-        tuple[list[Stage], list[str]]: The stages that are not finished or must run
-        again, in order, and the names of the finished ones among them that must run
-        again (:func:`forget_stages`).
+        The stages to run, in order, and the names of the finished ones among them.
 
     Raises:
-        ConfigError: If a stage to run needs the checkpoint of a stage that has not
-            finished and will not run now.
+        ConfigError: If a stage to run needs a stage that has not finished and will not run now.
     """
     names = [s.name for s in pipeline.stages]
     forced: list[str] = []
@@ -247,9 +221,9 @@ def forget_stages(pipeline: Pipeline, manifest: Manifest, names: list[str]) -> N
     """Drops the records and folders of finished stages that are to run again.
 
     Args:
-        pipeline (Pipeline): The pipeline.
-        manifest (Manifest): Its records.
-        names (list[str]): The stages to forget.
+        pipeline: The pipeline.
+        manifest: Its records.
+        names: The stages to forget.
     """
     for name in names:
         manifest.forget(name)
@@ -259,19 +233,18 @@ def forget_stages(pipeline: Pipeline, manifest: Manifest, names: list[str]) -> N
 def run(path: str | Path, start: str | None = None, only: str | None = None,
         extra: list[str] | None = None, output_dir: str | None = None,
         use_wandb: bool = True) -> Path:
-    """Runs a pipeline file and writes its report; in a process other than the main
-    one of a multi-process run, joins its multi-process stages instead (:func:`follow`).
+    """Runs a pipeline file and writes its report; a non-main process joins its stages instead.
 
     Args:
-        path (str | Path): The pipeline file.
-        start (str | None): Rerun from this stage on.
-        only (str | None): Rerun only this stage.
-        extra (list[str] | None): CLI arguments added to every stage.
-        output_dir (str | None): Overrides the file's ``output_dir``.
-        use_wandb (bool): False turns the file's ``wandb:`` section off.
+        path: The pipeline file.
+        start: Rerun from this stage on.
+        only: Rerun only this stage.
+        extra: CLI arguments added to every stage.
+        output_dir: Overrides the file's ``output_dir``.
+        use_wandb: False turns the file's ``wandb:`` section off.
 
     Returns:
-        Path: The output folder (manifest, stage folders, report).
+        The output folder (manifest, stage folders, report).
     """
     pipeline = load_pipeline(path)
     if output_dir:
@@ -321,16 +294,15 @@ def run(path: str | Path, start: str | None = None, only: str | None = None,
 
 
 def stage_configs(pipeline: Pipeline, stages: list[Stage], extra: list[str]) -> dict[str, Namespace]:
-    """Parses and checks the configuration of stages (:func:`mmsent.cli.check_config`);
-    handed-on checkpoints are placeholders.
+    """Parses and checks each stage's configuration, with placeholders for handed-on checkpoints.
 
     Args:
-        pipeline (Pipeline): The pipeline.
-        stages (list[Stage]): The stages.
-        extra (list[str]): Arguments from the command line.
+        pipeline: The pipeline.
+        stages: The stages.
+        extra: Arguments from the command line.
 
     Returns:
-        dict[str, Namespace]: Per stage, its parsed configuration.
+        Per stage, its parsed configuration.
 
     Raises:
         ConfigError: Naming the stage and the key at fault.
@@ -353,18 +325,17 @@ def stage_configs(pipeline: Pipeline, stages: list[Stage], extra: list[str]) -> 
 def stage_exit(stage: Stage, error: SystemExit, where: str | None = None) -> BaseException:
     """The error to raise for a stage whose config or run called ``sys.exit``.
 
-    Something a stage's config imports may exit (with status 0, even); the pipeline
-    then has not finished that stage and must not exit as if it had.
+    Something a stage's config imports may exit, even with status 0; the pipeline must then not
+    exit as if the stage had finished.
 
     Args:
-        stage (Stage): The stage.
-        error (SystemExit): What was raised.
-        where (str | None): The stage and its files, for the message.
+        stage: The stage.
+        error: What was raised.
+        where: The stage and its files, for the message.
 
     Returns:
-        BaseException: ``error`` itself when it carries a message (mmsent's own,
-        e.g. a stage stopped by SIGTERM); otherwise a :class:`ConfigError` naming
-        the stage and the status.
+        ``error`` itself when it carries a message (mmsent's own); else a ConfigError naming
+            the stage and the status.
     """
     if isinstance(error.code, str):
         return error
@@ -375,16 +346,13 @@ def stage_exit(stage: Stage, error: SystemExit, where: str | None = None) -> Bas
 
 def check_stages(pipeline: Pipeline, stages: list[Stage], extra: list[str],
                  configs: dict[str, Namespace] | None = None) -> None:
-    """Checks the configuration of every stage to run, before the first starts
-    (:func:`stage_configs`), and that their process counts can run together
-    (:func:`mmsent.pipeline.ranks.check_process_counts`).
+    """Checks every stage to run before the first starts: its config and the process counts.
 
     Args:
-        pipeline (Pipeline): The pipeline.
-        stages (list[Stage]): The stages about to run.
-        extra (list[str]): Arguments from the command line.
-        configs (dict[str, Namespace] | None): Configurations parsed before; the
-            others are parsed here.
+        pipeline: The pipeline.
+        stages: The stages about to run.
+        extra: Arguments from the command line.
+        configs: Configurations parsed before; the others are parsed here.
 
     Raises:
         ConfigError: Naming the stage and the key at fault.

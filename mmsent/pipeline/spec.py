@@ -1,27 +1,8 @@
 """The pipeline file: its sections as dataclasses, validated by jsonargparse.
 
-A pipeline file names the stages in run order, each a stack of LightningCLI config
-files (paths relative to the pipeline file), the earlier stages whose best
-checkpoints it receives, and further arguments; an optional ``wandb:`` section
-turns W&B tracking on. Every mistake is reported before any stage runs, naming
-the file and the key: an unknown key, a value of the wrong type, a missing config
-file, a duplicate stage, or a checkpoint taken from a stage that does not run
-earlier.
-
-A pipeline file may build on another with ``extends: <file>`` (relative to it) and
-say only what differs:
-
-* ``args`` and ``wandb`` given in the file replace the parent's whole; those it
-  leaves out are the parent's. ``name`` and ``output_dir`` are never inherited: left
-  out, they follow the file's own stem, so two pipelines never share a run folder.
-* ``stages`` merge by name. An entry naming a stage of the parent replaces the fields
-  it gives (``configs``, ``checkpoints``, ``args``, each whole) and keeps the others.
-  An entry with a new name adds a stage right after the entry listed before it in
-  the file, or after the parent's last stage when it is listed first; an entry with
-  only a name changes nothing and can place the new stages after it. A stage is never
-  removed.
-* Config paths are relative to the file that writes them; the parent may extend
-  another in turn, and a chain that comes back to a file is refused, naming the files.
+Every mistake is reported before any stage runs, naming the file and the key. A file may
+build on another with ``extends: <file>``; the guide "Stages and pipelines" gives the
+merge rules. Config paths are relative to the file that writes them.
 """
 
 from __future__ import annotations
@@ -44,14 +25,12 @@ class WandbSettings:
     """The ``wandb:`` section of a pipeline file.
 
     Attributes:
-        enabled (bool): Log every stage to W&B. False (or no ``wandb:`` section) leaves
-            each stage's own ``trainer.logger`` as configured.
-        project (str): The W&B project.
-        entity (str | None): The W&B team or user; None uses the account's default.
-        tags (list[str]): Tags on every run of the pipeline.
-        mode (str): ``auto`` (online with credentials, offline without), ``online`` or
-            ``offline``. ``WANDB_MODE``, when set, overrides it; without credentials a
-            run is always offline (:func:`mmsent.pipeline.wandb_mode.resolve_mode`).
+        enabled: Log every stage to W&B; False leaves each stage's ``trainer.logger`` as is.
+        project: The W&B project.
+        entity: The W&B team or user; None uses the account's default.
+        tags: Tags on every run of the pipeline.
+        mode: ``auto`` (online with credentials, offline without), ``online`` or ``offline``;
+            see :func:`mmsent.pipeline.wandb_mode.resolve_mode`.
     """
 
     enabled: bool = True
@@ -66,12 +45,10 @@ class Stage:
     """One entry of ``stages:``.
 
     Attributes:
-        name (str): Unique stage name.
-        configs (list[Path]): Config files stacked with ``-c``, in order; relative to
-            the pipeline file as written, resolved by :func:`load_pipeline`.
-        checkpoints (dict[str, str]): Config key -> earlier stage whose best
-            checkpoint it receives.
-        args (list[str]): Further command-line arguments for this stage.
+        name: Unique stage name.
+        configs: Config files stacked with ``-c``, in order; relative to the pipeline file.
+        checkpoints: Config key -> earlier stage whose best checkpoint it receives.
+        args: Further command-line arguments for this stage.
     """
 
     name: str
@@ -85,13 +62,12 @@ class PipelineFile:
     """The top level of a pipeline file, before its sections are validated.
 
     Attributes:
-        stages (list[dict[str, Any]]): One :class:`Stage` mapping per stage; with
-            ``extends``, the stages to add or change.
-        extends (str | None): The pipeline file this one builds on, relative to it.
-        name (str | None): The pipeline's name; None takes the file's stem.
-        output_dir (Path | None): Where its runs go; None: ``runs/<file stem>``.
-        args (list[str]): Command-line arguments added to every stage.
-        wandb (dict[str, Any] | None): A :class:`WandbSettings` mapping.
+        stages: One :class:`Stage` mapping per stage; with ``extends``, those to add or change.
+        extends: The pipeline file this one builds on, relative to it.
+        name: The pipeline's name; None takes the file's stem.
+        output_dir: Where its runs go; None: ``runs/<file stem>``.
+        args: Command-line arguments added to every stage.
+        wandb: A :class:`WandbSettings` mapping.
     """
 
     stages: list[dict[str, Any]] = field(default_factory=list)
@@ -107,11 +83,11 @@ class Pipeline:
     """A validated pipeline file.
 
     Attributes:
-        name (str): The pipeline's name.
-        output_dir (Path): Where stage folders, the manifest and the report go.
-        stages (list[Stage]): The stages in run order, config paths resolved.
-        args (list[str]): Command-line arguments added to every stage.
-        wandb (WandbSettings): The ``wandb:`` section; disabled when absent.
+        name: The pipeline's name.
+        output_dir: Where stage folders, the manifest and the report go.
+        stages: The stages in run order, config paths resolved.
+        args: Command-line arguments added to every stage.
+        wandb: The ``wandb:`` section; disabled when absent.
     """
 
     name: str
@@ -136,17 +112,14 @@ def load_pipeline(path: str | Path) -> Pipeline:
     """Reads and validates a pipeline file, and the files it extends.
 
     Args:
-        path (str | Path): The YAML file; config paths inside are relative to it.
+        path: The YAML file; config paths inside are relative to it.
 
     Returns:
-        Pipeline: The pipeline, the files it extends merged in.
+        The pipeline, the files it extends merged in.
 
     Raises:
         MissingFileError: If ``path`` does not exist.
-        ConfigError: On a file that is not YAML, an unknown key, a value of the wrong type, a missing config
-            or extended file, a duplicate stage, a checkpoint taken from a stage that
-            does not run earlier, or a chain of ``extends`` coming back to a file,
-            naming the file and the key.
+        ConfigError: On any mistake in the file or those it extends, naming the file and key.
     """
     path = Path(path)
     top, written = resolved_file(path, [])
@@ -162,16 +135,15 @@ def load_pipeline(path: str | Path) -> Pipeline:
 
 
 def resolved_file(path: Path, chain: list[Path]) -> tuple[dict[str, Any], list[tuple[Stage, str]]]:
-    """One pipeline file with the files it extends merged in, as the module describes.
+    """One pipeline file with the files it extends merged in.
 
     Args:
-        path (Path): The file.
-        chain (list[Path]): The files that extend it, outermost first.
+        path: The file.
+        chain: The files that extend it, outermost first.
 
     Returns:
-        tuple[dict[str, Any], list[tuple[Stage, str]]]: The top-level keys set
-        (``wandb`` as :class:`WandbSettings`), and the stages in run order, each with
-        the file and key that last wrote it, for messages.
+        The top-level keys set (``wandb`` as :class:`WandbSettings`), and the stages in run
+            order, each with the file and key that last wrote it, for messages.
 
     Raises:
         ConfigError: As :func:`load_pipeline`.
@@ -214,15 +186,12 @@ def merged_stages(stages: list[tuple[Stage, str]],
     """The parent's stages with the child's entries merged in by name.
 
     Args:
-        stages (list[tuple[Stage, str]]): The parent's stages, each with where it was
-            written.
-        entries (list[tuple[dict[str, Any], str]]): The child's entries, each the
-            fields it gives (``name`` among them) and where it was written.
+        stages: The parent's stages, each with where it was written.
+        entries: The child's entries: the fields each gives (``name`` among them), and where.
 
     Returns:
-        list[tuple[Stage, str]]: A named stage with the fields given replaced, a new
-        one right after the entry listed before it (the parent's last stage for the
-        first), each with where it was last written.
+        Named stages with the fields given replaced, new ones right after the entry listed
+            before them (the parent's last stage for the first), each with where last written.
     """
     merged = list(stages)
     after = len(merged) - 1
@@ -238,20 +207,19 @@ def merged_stages(stages: list[tuple[Stage, str]],
 
 
 def validated(kind: type[Section], raw: Any, where: str) -> Section:
-    """One section of a pipeline file as its dataclass, its keys and types checked by
-    jsonargparse as it checks a LightningCLI config.
+    """One section of a pipeline file as its dataclass, checked as LightningCLI checks a config.
 
     Args:
-        kind (type[Section]): The section's dataclass.
-        raw (Any): The section as read from YAML.
-        where (str): The file and key, for messages.
+        kind: The section's dataclass.
+        raw: The section as read from YAML.
+        where: The file and key, for messages.
 
     Returns:
-        Section: The section.
+        The section.
 
     Raises:
-        ConfigError: If ``raw`` is not a mapping, has a key ``kind`` does not know, lacks
-            a required one, or holds a value of the wrong type.
+        ConfigError: If ``raw`` is not a mapping, has an unknown key, lacks a required one, or
+            holds a value of the wrong type.
     """
     keys = ", ".join(f.name for f in fields(kind))
     if not isinstance(raw, dict):
@@ -267,13 +235,12 @@ def validated(kind: type[Section], raw: Any, where: str) -> Section:
 
 
 def check_files(stage: Stage, earlier: list[str], where: str) -> None:
-    """What the types cannot tell of one entry in its file: its name is new there and
-    its config files exist.
+    """Checks what types cannot of one entry in its file: a new name, existing config files.
 
     Args:
-        stage (Stage): The entry, its config paths resolved.
-        earlier (list[str]): The names of the entries before it in the same file.
-        where (str): The file and key, for messages.
+        stage: The entry, its config paths resolved.
+        earlier: The names of the entries before it in the same file.
+        where: The file and key, for messages.
 
     Raises:
         ConfigError: On a duplicate stage name or a missing config file.
@@ -286,13 +253,12 @@ def check_files(stage: Stage, earlier: list[str], where: str) -> None:
 
 
 def check_order(stage: Stage, earlier: list[str], where: str) -> None:
-    """What the types cannot tell of a stage in the merged pipeline: each checkpoint
-    comes from a stage that runs before it.
+    """Checks that each checkpoint of a merged stage comes from a stage that runs before it.
 
     Args:
-        stage (Stage): The stage.
-        earlier (list[str]): The names of the stages before it.
-        where (str): The file and key that last wrote the stage, for messages.
+        stage: The stage.
+        earlier: The names of the stages before it.
+        where: The file and key that last wrote the stage, for messages.
 
     Raises:
         ConfigError: On a checkpoint taken from a stage that does not run earlier.

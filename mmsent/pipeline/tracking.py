@@ -1,20 +1,7 @@
-"""Weights & Biases runs for the staged pipeline: a group per pipeline run, a run per
-stage, model artifacts, and media.
+"""Weights & Biases for the staged pipeline: a group per pipeline run, a run per stage.
 
-A pipeline run is one W&B group (a stable id kept in ``manifest.json``); each stage is
-one run in it, named after the stage, with the stage as its job type. A stage logs
-its best checkpoint as a ``model`` artifact with its validation and test metrics,
-aliased with the group. The run's config names the artifacts the stage starts from
-(``pipeline.inputs``, config key -> ``<artifact>:<group>``); an online run also
-declares them used, so W&B's lineage graph draws the pipeline (W&B refuses to
-declare a used artifact offline). Media: predicted against true score, the 7-class
-confusion matrix, the per-modality contributions, a table of every stage's test
-predictions so far, a few video frames, and any PNG the stage writes under
-``<stage dir>/media/``.
-
-Which mode a run starts in is :mod:`mmsent.pipeline.wandb_mode`'s business; this
-module only reads the manifest, and hands what it started back to the runner to
-record.
+The guide "Tracking with Weights & Biases" describes what is logged. This module only reads
+the manifest, and hands what it started back to the runner to record.
 """
 
 from __future__ import annotations
@@ -45,41 +32,33 @@ ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 
 
 def new_id(length: int = 8) -> str:
-    """str: A random id in W&B's run-id alphabet (lower-case letters and digits)."""
+    """A random id in W&B's run-id alphabet (lower-case letters and digits)."""
     return "".join(secrets.choice(ID_ALPHABET) for _ in range(length))
 
 
 def new_group(pipeline: str) -> str:
-    """A new pipeline-run id, used as the W&B group of its stages.
-
-    Args:
-        pipeline (str): The pipeline's name.
-
-    Returns:
-        str: E.g. ``quickstart-20250101-120000-k3x9``.
-    """
+    """A new id for a run of ``pipeline``, the W&B group of its stages: ``<name>-<time>-<id>``."""
     return f"{pipeline}-{time.strftime('%Y%m%d-%H%M%S')}-{new_id(4)}"
 
 
 def artifact_name(pipeline: str, stage: str) -> str:
-    """str: The name of a stage's model artifact, e.g. ``quickstart-text``; each
-    pipeline run adds a version, aliased with its group."""
+    """A stage's model artifact name, e.g. ``quickstart-text``; each run adds a version."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{pipeline}-{stage}")
 
 
 def model_artifact(pipeline: str, stage: str, record: dict) -> wandb.Artifact:
     """A stage's best checkpoint as a ``model`` artifact, its metrics in the metadata.
 
-    Built from the manifest record alone, so a later stage rebuilds the identical
-    artifact (name, file digest, metadata) to declare it used.
+    Built from the manifest record alone, so a later stage rebuilds the identical artifact
+    (name, file digest, metadata) to declare it used.
 
     Args:
-        pipeline (str): The pipeline's name.
-        stage (str): The stage's name.
-        record (dict): The stage's manifest record (``best_checkpoint``, ``metrics``).
+        pipeline: The pipeline's name.
+        stage: The stage's name.
+        record: The stage's manifest record (``best_checkpoint``, ``metrics``).
 
     Returns:
-        wandb.Artifact: The artifact, not logged yet.
+        The artifact, not logged yet.
     """
     metrics = record.get("metrics", {})
     metadata = {"pipeline": pipeline, "stage": stage,
@@ -91,13 +70,12 @@ def model_artifact(pipeline: str, stage: str, record: dict) -> wandb.Artifact:
 
 
 class StageWandbLogger(WandbLogger):
-    """A ``WandbLogger`` whose W&B run folder is the pipeline's, while Lightning's files
-    (``config.yaml`` and anything under ``trainer.log_dir``) stay in the stage folder.
+    """A ``WandbLogger`` writing W&B files in the pipeline's folder, Lightning's in the stage's.
 
     One W&B folder per pipeline lists the offline runs in time order.
 
     Args:
-        stage_dir (str | Path): The stage folder, reported as ``save_dir``.
+        stage_dir: The stage folder, reported as ``save_dir``.
         **kwargs: :class:`WandbLogger` arguments; ``save_dir`` is where W&B writes.
     """
 
@@ -107,20 +85,19 @@ class StageWandbLogger(WandbLogger):
 
     @property
     def save_dir(self) -> str:
-        """str: The stage folder, which Lightning uses as ``trainer.log_dir``."""
+        """The stage folder, which Lightning uses as ``trainer.log_dir``."""
         return self._stage_dir
 
 
 class StageTracker(pl.Callback):
-    """One stage's W&B run: started by :func:`start_stage`, closed by :meth:`finish`,
-    or marked failed when training raises.
+    """One stage's W&B run: closed by :meth:`finish`, or marked failed when training raises.
 
     Args:
-        logger (WandbLogger): The stage's logger; its experiment is the run.
-        pipeline (str): The pipeline's name.
-        stage (str): The stage's name.
-        stage_dir (Path): The stage folder (``media/`` in it is logged).
-        group (str): The pipeline-run id, used as an artifact alias.
+        logger: The stage's logger; its experiment is the run.
+        pipeline: The pipeline's name.
+        stage: The stage's name.
+        stage_dir: The stage folder (``media/`` in it is logged).
+        group: The pipeline-run id, used as an artifact alias.
         datamodule: The stage's DataModule, for video frames; None for none.
     """
 
@@ -135,7 +112,7 @@ class StageTracker(pl.Callback):
 
     @property
     def run(self) -> wandb.Run:
-        """wandb.Run: The stage's run."""
+        """The stage's run."""
         return self.logger.experiment
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
@@ -144,18 +121,15 @@ class StageTracker(pl.Callback):
 
     @property
     def record(self) -> dict:
-        """dict: What the manifest keeps of the run, so that a rerun resumes it:
-        ``run_id``, ``mode`` (``online`` or ``offline``), ``project`` and ``dir`` (the
-        run's folder)."""
+        """What the manifest keeps of the run, so that a rerun resumes it."""
         return {"run_id": self.run.id, "mode": "offline" if self.run.offline else "online",
                 "project": self.run.project, "dir": self.run.sync_dir}
 
     def finish(self, manifest: Manifest) -> None:
-        """Logs the media and the best checkpoint as a ``model`` artifact, then closes
-        the run.
+        """Logs the media and the best checkpoint as a ``model`` artifact, then closes the run.
 
         Args:
-            manifest (Manifest): The manifest, this stage recorded as done.
+            manifest: The manifest, this stage recorded as done.
         """
         self.run.log(self.media(manifest.data))
         record = manifest.stage(self.stage)
@@ -164,16 +138,7 @@ class StageTracker(pl.Callback):
         self.run.finish()
 
     def media(self, manifest: dict) -> dict[str, Any]:
-        """The stage's figures, the predictions table of every stage so far, video
-        frames, the stage's own pictures and, on generated data, a unimodal stage's
-        correlation with its modality's noise-free score, keyed for ``run.log``.
-
-        Args:
-            manifest (dict): The manifest's data.
-
-        Returns:
-            dict[str, Any]: W&B media by key.
-        """
+        """The stage's figures, tables, frames and pictures, from ``manifest``, for ``run.log``."""
         logged: dict[str, Any] = {}
         tables = figures.stage_predictions(manifest)
         own = tables.get(self.stage)
@@ -198,10 +163,10 @@ class StageTracker(pl.Callback):
         """A few test clips as frame strips, captioned with their true and predicted score.
 
         Args:
-            predictions (pd.DataFrame | None): This stage's test predictions.
+            predictions: This stage's test predictions.
 
         Returns:
-            list[wandb.Image]: Empty when the data has no video frames.
+            Empty when the data has no video frames.
         """
         spec = getattr(self.datamodule, "spec", None)
         if spec is None or "video" not in spec.modalities or spec.video_kind != "frames":
@@ -222,38 +187,22 @@ class StageTracker(pl.Callback):
 
 
 def stage_pictures(folder: Path) -> dict[str, Any]:
-    """Every PNG under a folder as a ``wandb.Image`` keyed ``media/<relative path>``;
-    this is how a stage (the generative one's samples) adds its own pictures.
-
-    Args:
-        folder (Path): ``<stage dir>/media``.
-
-    Returns:
-        dict[str, Any]: Key -> image; empty when the folder does not exist.
-    """
+    """Every PNG under ``folder`` as a W&B image keyed ``media/<relative path>``."""
     return {f"{MEDIA_DIR}/{path.relative_to(folder).with_suffix('').as_posix()}": wandb.Image(str(path))
             for path in sorted(folder.rglob("*.png"))}
 
 
 def resolved_config(cli) -> dict:
-    """The stage's full configuration, as ``config.yaml`` holds it.
-
-    Args:
-        cli (MMSentCLI): The stage's CLI.
-
-    Returns:
-        dict: The configuration as plain data.
-    """
+    """The full configuration of a stage's ``cli`` as plain data, as ``config.yaml`` holds it."""
     return yaml.safe_load(cli.parser.dump(cli.config, skip_none=False))
 
 
 def attach_logger(trainer: pl.Trainer, logger: Logger, configured) -> None:
-    """Makes ``logger`` the trainer's first logger. Loggers the stage configured itself
-    (a CSV or TensorBoard logger) stay after it; Lightning's default one does not.
+    """Makes ``logger`` the trainer's first; loggers the stage configured itself stay after it.
 
     Args:
-        trainer (pl.Trainer): The stage's trainer.
-        logger (Logger): The W&B logger.
+        trainer: The stage's trainer.
+        logger: The W&B logger.
         configured: The stage's ``trainer.logger`` setting.
     """
     explicit = configured not in (None, True, False)
@@ -262,39 +211,33 @@ def attach_logger(trainer: pl.Trainer, logger: Logger, configured) -> None:
 
 
 def stage_inputs(pipeline: Pipeline, stage: Stage, group: str) -> dict[str, str]:
-    """The artifacts a stage starts from, as W&B names a version: config key ->
-    ``<artifact>:<group>``.
+    """The artifacts a stage starts from: config key -> ``<artifact>:<group>``.
 
     Args:
-        pipeline (Pipeline): The pipeline.
-        stage (Stage): The stage.
-        group (str): The pipeline-run id, the alias of this run's versions.
+        pipeline: The pipeline.
+        stage: The stage.
+        group: The pipeline-run id, the alias of this run's versions.
 
     Returns:
-        dict[str, str]: Empty for a stage that starts from scratch.
+        Empty for a stage that starts from scratch.
     """
     return {key: f"{artifact_name(pipeline.name, source)}:{group}"
             for key, source in stage.checkpoints.items()}
 
 
 def start_stage(pipeline: Pipeline, stage: Stage, manifest: Manifest, cli) -> StageTracker | None:
-    """Starts a stage's W&B run and attaches it to the stage's trainer.
+    """Starts a stage's W&B run in the pipeline run's group and attaches it to the trainer.
 
-    The run is named after the stage, in the pipeline run's group, with the stage as
-    its job type; it holds the resolved configuration and the artifacts the stage
-    starts from. A stage interrupted before resumes its run (its id is in the
-    manifest).
+    A stage interrupted before resumes its run (its id is in the manifest).
 
     Args:
-        pipeline (Pipeline): The pipeline (its ``wandb`` settings and output folder).
-        stage (Stage): The stage.
-        manifest (Manifest): Holds the group, the stage's command and, for a resumed
-            stage, its W&B run id; read only.
-        cli (MMSentCLI): The stage's instantiated CLI.
+        pipeline: The pipeline (its ``wandb`` settings and output folder).
+        stage: The stage.
+        manifest: Holds the group, the stage's command and any earlier run id; read only.
+        cli: The stage's instantiated CLI.
 
     Returns:
-        StageTracker | None: The run's tracker (also a callback of the trainer), or
-        None when W&B is off.
+        The run's tracker (also a callback of the trainer), or None when W&B is off.
     """
     settings = pipeline.wandb
     mode = resolve_mode(settings.mode) if settings.enabled else None
@@ -321,15 +264,15 @@ def start_stage(pipeline: Pipeline, stage: Stage, manifest: Manifest, cli) -> St
 
 
 def declare_inputs(run: wandb.Run, pipeline: Pipeline, stage: Stage, manifest: Manifest) -> None:
-    """Declares the model artifacts a stage starts from as used by its run, so that
-    W&B's lineage graph draws the pipeline. Offline W&B refuses to; the run's config
-    names them instead (:func:`stage_inputs`).
+    """Declares the artifacts a stage starts from as used, for W&B's lineage graph.
+
+    Offline W&B refuses to; the run's config names them instead (:func:`stage_inputs`).
 
     Args:
-        run (wandb.Run): The stage's run.
-        pipeline (Pipeline): The pipeline.
-        stage (Stage): The stage.
-        manifest (Manifest): The records of the stages it starts from.
+        run: The stage's run.
+        pipeline: The pipeline.
+        stage: The stage.
+        manifest: The records of the stages it starts from.
     """
     if run.offline:
         return
@@ -339,14 +282,7 @@ def declare_inputs(run: wandb.Run, pipeline: Pipeline, stage: Stage, manifest: M
 
 
 def sync_hint(manifest: dict) -> str | None:
-    """The command that uploads the pipeline's offline runs.
-
-    Args:
-        manifest (dict): The manifest's data.
-
-    Returns:
-        str | None: The message, or None when no run was written offline.
-    """
+    """The command that uploads the offline runs ``manifest`` records; None when there are none."""
     folders = sorted({str(Path(record["wandb"]["dir"]).parent)
                       for record in manifest.get("stages", {}).values()
                       if record.get("wandb", {}).get("mode") == "offline" and "dir" in record["wandb"]})

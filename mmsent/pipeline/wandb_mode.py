@@ -1,9 +1,7 @@
-"""Whether W&B logs online, offline or not at all, decided from its settings and the
-credentials at hand, so that nothing ever asks for a login.
+"""Whether W&B logs online, offline or not at all, so that nothing ever asks for a login.
 
-Without credentials (no ``WANDB_API_KEY``, no netrc entry for the W&B host) every
-run is written offline; ``wandb sync`` uploads it later. ``WANDB_MODE``, when set,
-decides over the pipeline file's ``wandb.mode``.
+Without credentials every run is written offline (``wandb sync`` uploads it later).
+``WANDB_MODE``, when set, decides over the pipeline file's ``wandb.mode``.
 """
 
 from __future__ import annotations
@@ -25,9 +23,7 @@ DEFAULT_HOST = "https://api.wandb.ai"
 
 
 def has_credentials() -> bool:
-    """bool: Whether W&B can log in without asking: ``WANDB_API_KEY``,
-    ``WANDB_IDENTITY_TOKEN_FILE``, or an entry for the W&B host (``WANDB_BASE_URL``)
-    in the netrc file (``NETRC`` or ``~/.netrc``), where ``wandb login`` stores the key."""
+    """Whether W&B can log in without asking: an API key or token file, or a netrc entry."""
     if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
     host = urlsplit(os.environ.get("WANDB_BASE_URL") or DEFAULT_HOST).netloc
@@ -43,12 +39,10 @@ def resolve_mode(requested: str = "auto") -> str | None:
     """The mode a run starts in.
 
     Args:
-        requested (str): ``auto``, ``online`` or ``offline``; ``WANDB_MODE``, when set,
-            overrides it.
+        requested: ``auto``, ``online`` or ``offline``; ``WANDB_MODE``, when set, overrides it.
 
     Returns:
-        str | None: ``"online"`` (only with credentials), ``"offline"``, or None when
-        ``WANDB_MODE=disabled``.
+        ``"online"`` (only with credentials), ``"offline"``, or None for ``WANDB_MODE=disabled``.
 
     Raises:
         ConfigError: If ``WANDB_MODE`` holds a value W&B does not know.
@@ -69,15 +63,13 @@ def resolve_mode(requested: str = "auto") -> str | None:
 
 
 def default_to_offline() -> None:
-    """Makes W&B write offline in this process when nobody chose a mode and there are
-    no credentials, so a ``WandbLogger`` in a config never asks for a login."""
+    """Makes W&B write offline here when no mode was chosen and there are no credentials."""
     if not _env_mode() and not has_credentials():
         os.environ["WANDB_MODE"] = "offline"
 
 
 def _env_mode() -> str:
-    """``WANDB_MODE`` normalized; a blank one is removed, since W&B rejects it and
-    nobody chose a mode by leaving it empty."""
+    """``WANDB_MODE`` normalized; a blank one is removed, since W&B rejects it."""
     if "WANDB_MODE" in os.environ and not os.environ["WANDB_MODE"].strip():
         del os.environ["WANDB_MODE"]
     return os.environ.get("WANDB_MODE", "").strip().lower()

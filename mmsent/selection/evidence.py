@@ -1,14 +1,9 @@
 """The evidence a modality must show to stay in a fused model.
 
-A weak modality can lower the validation error of a fused model by chance and raise
-the error on new speakers. Here each modality has to earn its place: its *gain* on a
-validation clip is the absolute error without it minus the error with it, and it is
-kept only if the mean gain is significantly above zero under a bootstrap that
-resamples whole videos (clips of one video share a speaker, so they are not
-independent evidence) *and* large enough to matter: at least ``min_gain`` (0.5 % by
-default) of the MAE without it. On a large validation split a gain of 0.0002 MAE
-can be significant and still not worth a modality. Modalities are removed one at a time, the least significant
-first, and the rest are tested again without it (backward elimination).
+A weak modality can lower the validation error by chance and raise it on new speakers, so it
+stays only if its mean gain is significant under a bootstrap over whole videos (clips of one
+video share a speaker) *and* at least ``min_gain`` of the MAE without it (on a large split a
+negligible gain can be significant).
 """
 
 from __future__ import annotations
@@ -26,12 +21,12 @@ class GainTest:
     """The validation evidence for one modality, given the others in use.
 
     Attributes:
-        modality (str): The modality tested.
-        others (tuple[str, ...]): The modalities in use beside it.
-        gain (float): Mean over clips of MAE without it minus MAE with it.
-        relative_gain (float): ``gain`` over the MAE without it.
-        p_value (float): One-sided bootstrap p-value of ``gain <= 0``.
-        groups (int): Number of independent groups (videos) resampled.
+        modality: The modality tested.
+        others: The modalities in use beside it.
+        gain: Mean over clips of MAE without it minus MAE with it.
+        relative_gain: ``gain`` over the MAE without it.
+        p_value: One-sided bootstrap p-value of ``gain <= 0``.
+        groups: Number of independent groups (videos) resampled.
     """
 
     modality: str
@@ -42,27 +37,20 @@ class GainTest:
     groups: int
 
     def passes(self, alpha: float, min_gain: float) -> bool:
-        """Whether the modality earns its place.
+        """Whether the modality earns its place: significant at ``alpha`` and at least ``min_gain``.
 
         Args:
-            alpha (float): Significance level.
-            min_gain (float): Smallest relative gain worth a modality.
+            alpha: Significance level.
+            min_gain: Smallest relative gain worth a modality.
 
         Returns:
-            bool: The gain is significant at ``alpha`` and at least ``min_gain``.
+            Whether both hold.
         """
         return self.p_value < alpha and self.relative_gain >= min_gain
 
 
 def video_groups(ids: Sequence[str]) -> list[str]:
-    """The video of each clip id (``"<video_id>$_$<clip_id>"``); the id itself otherwise.
-
-    Args:
-        ids (Sequence[str]): Clip ids.
-
-    Returns:
-        list[str]: One group name per id.
-    """
+    """The video of each clip id (``"<video_id>$_$<clip_id>"``); the id itself otherwise."""
     return [clip.split(ID_SEPARATOR, 1)[0] for clip in ids]
 
 
@@ -71,13 +59,13 @@ def bootstrap_p_value(gain: torch.Tensor, groups: Sequence[str], samples: int = 
     """One-sided p-value that the mean gain is not above zero, resampling whole groups.
 
     Args:
-        gain (torch.Tensor): Per-sample gain, shape ``(N,)``.
-        groups (Sequence[str]): The group of each sample (e.g. its video).
-        samples (int): Bootstrap resamples.
-        seed (int): Seed of the resampling, so a decision can be repeated exactly.
+        gain: Per-sample gain, shape ``(N,)``.
+        groups: The group of each sample (e.g. its video).
+        samples: Bootstrap resamples.
+        seed: Seed of the resampling, so a decision can be repeated exactly.
 
     Returns:
-        float: ``(1 + #{resampled mean <= 0}) / (1 + samples)``.
+        ``(1 + #{resampled mean <= 0}) / (1 + samples)``.
 
     Raises:
         ValueError: If ``gain`` is empty or ``groups`` does not match it in length.
@@ -101,16 +89,15 @@ def measure_gain(modality: str, others: Sequence[str], errors: Callable[[frozens
     """Tests one modality's gain on top of the others.
 
     Args:
-        modality (str): The modality tested.
-        others (Sequence[str]): The modalities in use beside it.
-        errors (Callable[[frozenset[str]], torch.Tensor]): Per-sample absolute error
-            of the model when it uses exactly the given modalities.
-        groups (Sequence[str]): The group of each sample.
-        samples (int): Bootstrap resamples.
-        seed (int): Seed of the resampling.
+        modality: The modality tested.
+        others: The modalities in use beside it.
+        errors: Per-sample absolute error of the model using exactly the given modalities.
+        groups: The group of each sample.
+        samples: Bootstrap resamples.
+        seed: Seed of the resampling.
 
     Returns:
-        GainTest: The gain and its p-value.
+        The gain and its p-value.
     """
     without = errors(frozenset(others))
     gain = without - errors(frozenset(others) | {modality})
@@ -123,28 +110,25 @@ def measure_gain(modality: str, others: Sequence[str], errors: Callable[[frozens
 def select_modalities(modalities: Sequence[str], errors: Callable[[frozenset[str]], torch.Tensor],
                       groups: Sequence[str], alpha: float = 0.05, samples: int = 10000,
                       seed: int = 0, min_gain: float = 0.005) -> tuple[list[str], list[GainTest]]:
-    """Backward elimination: drops the weakest modality until every one left passes
-    (:meth:`GainTest.passes`); the weakest is one that fails, the least significant first.
+    """Backward elimination: drops the weakest failing modality until every one left passes.
 
-    One modality is always kept, whatever its evidence.
+    The weakest is the least significant; one modality is always kept, whatever its evidence.
 
     Args:
-        modalities (Sequence[str]): The candidates, in the model's order.
-        errors (Callable[[frozenset[str]], torch.Tensor]): Per-sample absolute error
-            of the model when it uses exactly the given modalities.
-        groups (Sequence[str]): The group of each sample.
-        alpha (float): Significance level; a modality stays if its p-value is below it.
-        samples (int): Bootstrap resamples.
-        seed (int): Seed of the resampling.
-        min_gain (float): Smallest relative MAE gain worth a modality (0.005: 0.5 %).
+        modalities: The candidates, in the model's order.
+        errors: Per-sample absolute error of the model using exactly the given modalities.
+        groups: The group of each sample.
+        alpha: Significance level; a modality stays if its p-value is below it.
+        samples: Bootstrap resamples.
+        seed: Seed of the resampling.
+        min_gain: Smallest relative MAE gain worth a modality (0.005: 0.5 %).
 
     Returns:
-        tuple[list[str], list[GainTest]]: The modalities kept, and every test made, in
-        order (the last round's tests describe the kept ones).
+        The modalities kept, and every test made, in order (the last round's describe the kept).
 
     Raises:
-        ValueError: If ``alpha`` is not in (0, 1), ``min_gain`` is negative or there
-            is no candidate.
+        ValueError: If ``alpha`` is not in (0, 1), ``min_gain`` is negative or there is no
+            candidate.
     """
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")

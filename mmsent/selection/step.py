@@ -1,6 +1,4 @@
-"""The step after a fused stage's fit that chooses what it hands on: the fused model,
-its start or a unimodal model, with the modalities that earn their place
-(:mod:`mmsent.selection.evidence`)."""
+"""The step after a fused stage's fit: which model and modalities it hands on."""
 
 from __future__ import annotations
 
@@ -24,34 +22,25 @@ SELECTED_FILE = "selected.ckpt"
 
 @dataclass
 class Selection:
-    """The ``selection:`` section of a fused stage's config: what :func:`select` does
-    after the fit.
+    """The ``selection:`` section of a fused stage's config: what :func:`select` does after the fit.
 
-    The test against the start is the one-standard-error habit of preferring the
-    simpler, earlier model when a small validation split cannot tell the two apart;
-    a split of few videos gives it little power, and with ``start_alpha: 1.0`` the
-    start is only one more candidate checkpoint.
+    The test against the start is the one-standard-error habit: prefer the simpler, earlier
+    model when a small validation split cannot tell the two apart.
 
     Attributes:
-        alpha (float): Significance level of the one-sided bootstrap tests.
-        min_gain (float): Smallest relative validation MAE gain (gain over the MAE
-            without the modality) that keeps a modality; 0.005 is 0.5 %.
-        samples (int): Bootstrap resamples (of whole videos).
-        seed (int): Seed of the resampling.
-        keep_start_unless_better (bool): Hand on the starting weights (the model before
-            its first training step) unless the result beats them significantly.
-        start_alpha (float | None): Significance level of that test; None uses
-            ``alpha``. The trained weights are handed on when their mean validation
-            gain over the start is positive and its p-value is below ``start_alpha``,
-            so 1.0 drops the significance requirement: the start then competes as one
-            more checkpoint, selected on validation MAE like the others.
-        no_worse_than_unimodal (bool): Never hand on a model worse on validation than
-            the best unimodal stage, when their figures are known (a pipeline reads
-            them from its manifest).
+        alpha: Significance level of the one-sided bootstrap tests.
+        min_gain: Smallest relative validation MAE gain that keeps a modality; 0.005 is 0.5 %.
+        samples: Bootstrap resamples (of whole videos).
+        seed: Seed of the resampling.
+        keep_start_unless_better: Hand on the starting weights unless beaten significantly.
+        start_alpha: Significance level of that test; None uses ``alpha``; 1.0 makes the start
+            one more checkpoint, selected on validation MAE like the others.
+        no_worse_than_unimodal: Never hand on a model worse on validation than the best
+            unimodal stage, when its figures are known (a pipeline reads them from its manifest).
 
     Raises:
-        ValueError: If ``alpha`` is not in (0, 1), ``start_alpha`` not in (0, 1] or
-            ``min_gain`` negative.
+        ValueError: If ``alpha`` is not in (0, 1), ``start_alpha`` not in (0, 1] or ``min_gain``
+            negative.
     """
 
     alpha: float = 0.05
@@ -74,17 +63,16 @@ class Selection:
 def starting_weights(task: nn.Module, settings: Selection | None) -> dict[str, torch.Tensor] | None:
     """The weights :func:`select` tests the trained ones against, taken before the fit.
 
-    A resumed fit starts from a task built anew from the same config and seed, so it
-    takes the same start.
+    A resumed fit starts from a task built anew from the same config and seed, so it takes the
+    same start.
 
     Args:
-        task (nn.Module): The task about to be fitted.
-        settings (Selection | None): The stage's ``selection``.
+        task: The task about to be fitted.
+        settings: The stage's ``selection``.
 
     Returns:
-        dict[str, torch.Tensor] | None: What training can change (frozen weights, such
-        as a word-piece table, are left out), on the CPU; None unless
-        ``keep_start_unless_better``.
+        What training can change (not frozen weights), on the CPU; None unless
+            ``keep_start_unless_better``.
     """
     if settings is None or not settings.keep_start_unless_better:
         return None
@@ -98,39 +86,22 @@ def select(trainer: pl.Trainer, task: pl.LightningModule, settings: Selection | 
            ) -> tuple[dict | None, str | None]:
     """After a fused stage's fit, hands on only what validation can vouch for.
 
-    On the best checkpoint's weights, the modalities that do not earn their place on
-    the validation split (:func:`select_modalities`) are switched off; then, as
-    ``settings`` ask, the result is tested against ``start`` and against the best
-    unimodal stage. A fused model worse than that stage becomes that unimodal model
-    when its fusion passes the modality through (a ``GatedResidualFusion`` built on
-    it): encoder and head from the stage's checkpoint, every other modality off. The
-    modalities of a handed-on start are selected again on its own errors, so one it
-    does not use (a gated input still at zero) is switched off, not reported as kept.
-
-    The main process decides, and writes the selected model beside the best
-    checkpoint (which keeps what its epoch trained) as ``selected.ckpt``, the record
-    in its metadata (``mmsent.modality_selection``) and the evidence to the logger
-    (``selection/...``); every process then reads that file. ``mmsent fit`` runs this
-    for a config with a ``selection:`` section, without unimodal figures;
-    ``mmsent pipeline run`` gives those of its manifest.
+    Modalities that do not earn their place are switched off; then, as ``settings`` ask, the
+    result is tested against ``start`` and the best unimodal stage. The main process decides
+    and writes ``selected.ckpt`` beside the best checkpoint; every process then reads it.
 
     Args:
-        trainer (pl.Trainer): The trainer that fitted ``task``.
-        task (pl.LightningModule): A task whose ``model`` is a :class:`LateFusionModel`.
-        settings (Selection | None): What to test; None selects nothing.
-        start (dict[str, torch.Tensor] | None): From :func:`starting_weights`.
-        unimodal (dict[str, dict] | None): Per modality, its unimodal stage's
-            ``val_MAE`` and ``checkpoint``.
+        trainer: The trainer that fitted ``task``.
+        task: A task whose ``model`` is a :class:`LateFusionModel`.
+        settings: What to test; None selects nothing.
+        start: From :func:`starting_weights`.
+        unimodal: Per modality, its unimodal stage's ``val_MAE`` and ``checkpoint``.
 
     Returns:
-        tuple[dict | None, str | None]: The record (None in the other processes or
-        without ``settings``): ``alpha``, ``kept``, ``switched_off``, every modality
-        test, with ``keep_start_unless_better`` the test against the start and
-        ``handed_on`` (``"trained"`` or ``"start"``), and with the unimodal check
-        ``unimodal`` (the best unimodal stage's ``modality`` and ``val_MAE``, the
-        fused ``fused_val_MAE`` and ``handed_on``: ``"fused"``, ``"unimodal"`` or
-        ``"fused, worse"``). Then ``selected.ckpt``; None when the trainer keeps no
-        checkpoint (the selection is then in ``task`` only).
+        The record (None in the other processes or without ``settings``): ``alpha``, ``kept``,
+            ``switched_off``, the tests and, as tested, ``handed_on`` and ``unimodal``. Then
+            ``selected.ckpt``, or None when the trainer keeps no checkpoint (the selection is then
+            in ``task`` only).
 
     Raises:
         TypeError: If the task holds no fused model.
@@ -245,19 +216,18 @@ def _against_unimodal(trainer: pl.Trainer, task: pl.LightningModule, record: dic
 
 
 def become_unimodal(model: LateFusionModel, modality: str, checkpoint: str | None) -> bool:
-    """Turns a fused model into the unimodal model of ``modality`` when its fusion passes
-    that modality's embedding through unchanged once the others are off (a
-    ``GatedResidualFusion`` built on it): encoder and head from the unimodal stage's
-    checkpoint, every other modality switched off.
+    """Turns a fused model into the unimodal model of ``modality``, when its fusion allows.
+
+    The fusion must pass that modality's embedding through unchanged once the others are off
+    (a ``GatedResidualFusion`` built on it); encoder and head come from the stage's checkpoint.
 
     Args:
-        model (LateFusionModel): The fused model.
-        modality (str): The modality whose unimodal stage to become.
-        checkpoint (str | None): That stage's checkpoint.
+        model: The fused model.
+        modality: The modality whose unimodal stage to become.
+        checkpoint: That stage's checkpoint.
 
     Returns:
-        bool: Whether the model is now that unimodal model; False when the fusion cannot
-        pass the modality through or the checkpoint is unknown or gone.
+        Whether the model is now that unimodal model.
     """
     if getattr(model.fusion, "primary", None) != modality or not checkpoint or not Path(checkpoint).is_file():
         return False
@@ -273,12 +243,12 @@ def validation_errors(trainer: pl.Trainer, task: pl.LightningModule):
     """Embeds the validation split once, for scoring any set of modalities.
 
     Args:
-        trainer (pl.Trainer): Gives the validation dataloader.
-        task (pl.LightningModule): A task whose ``model`` is a :class:`LateFusionModel`.
+        trainer: Gives the validation dataloader.
+        task: A task whose ``model`` is a :class:`LateFusionModel`.
 
     Returns:
-        tuple: A function from a set of modalities to the per-clip absolute errors of
-        the model using exactly those (results cached), and the clip ids.
+        A function from a set of modalities to the per-clip absolute errors of the model using
+            exactly those (cached), and the clip ids.
     """
     data = trainer.datamodule
     if hasattr(data, "split_dataloader"):
