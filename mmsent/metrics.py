@@ -88,37 +88,6 @@ class WholeSplit(Metric):
                                dtype=torch.float32)
 
 
-class BatchMean(Metric):
-    """The mean of a per-batch mean over every sample, weighting each batch by its size
-    (Lightning's epoch mean of a logged value), summed over the processes when several
-    evaluate a split together.
-
-    torchmetrics' ``MeanMetric`` would do, but with ``nan_strategy="disable"`` (a nan
-    loss must stay nan) it ignores the weights.
-    """
-
-    full_state_update = False
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.tensor(0), dist_reduce_fx="sum")
-
-    def update(self, value: torch.Tensor, batch_size: int) -> None:
-        """Adds a batch.
-
-        Args:
-            value (torch.Tensor): The batch's mean, a scalar.
-            batch_size (int): Its sample count.
-        """
-        self.total = self.total + value.detach().float() * batch_size
-        self.count = self.count + batch_size
-
-    def compute(self) -> torch.Tensor:
-        """torch.Tensor: The mean over the samples added."""
-        return self.total / self.count
-
-
 def _has0(scores: torch.Tensor) -> torch.Tensor:
     return (scores >= 0).long()
 

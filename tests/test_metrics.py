@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mmsent.metrics import baseline_metrics, label_statistics, regression_metrics, sentiment_metrics
+from mmsent.tasks.base import BaseTask
 
 PREDS = torch.tensor([2.6, -0.4, 0.2, -1.6, 0.0, 1.2])
 LABELS = torch.tensor([3.0, 0.0, -0.4, -2.0, 0.0, 1.4])
@@ -79,6 +80,14 @@ def test_batches_give_the_figures_of_one_call_to_the_last_bit():
     assert batched == regression_metrics(preds, labels)
     assert batched["MAE"] == float((preds - labels).abs().mean())
 
+
+def test_the_split_loss_weights_each_batch_by_its_size_and_a_nan_batch_stays_nan():
+    loss = BaseTask().losses["val"]
+    loss.update(torch.tensor(1.0), 3)
+    loss.update(torch.tensor(2.0), 1)
+    assert loss.compute().item() == (3 * 1.0 + 1 * 2.0) / 4
+    loss.update(torch.tensor(math.nan), 2)
+    assert math.isnan(loss.compute().item())
 
 def test_label_statistics_and_trivial_predictors_by_hand():
     train = [2.0, 1.6, 1.4, -0.4, 0.0, 1.2, 2.6, 0.9, 1.0]

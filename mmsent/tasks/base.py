@@ -15,12 +15,12 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import OptimizerCallable
 from torch import nn
-from torchmetrics.aggregation import CatMetric
+from torchmetrics.aggregation import CatMetric, MeanMetric
 
 from mmsent import optim
 from mmsent.data.schema import MODALITIES
 from mmsent.errors import NonFiniteError, check_choice
-from mmsent.metrics import BatchMean, baseline_metrics, sentiment_metrics
+from mmsent.metrics import baseline_metrics, sentiment_metrics
 from mmsent.models.weights import fill_rebuilt, omit_rebuilt
 from mmsent.regularization import Regularizer
 from mmsent.tasks.checkpoints import META_KEY
@@ -69,8 +69,9 @@ class BaseTask(pl.LightningModule):
         # Gathered over the processes like the metrics, so that the loss, the best
         # achievable error and the baselines are those of the whole split too; the last
         # two depend on the data alone, so each split's are computed once per fit,
-        # validate or test.
-        self.losses = nn.ModuleDict({stage: BatchMean() for stage in STAGES})
+        # validate or test. The loss is each batch's mean weighted by its size, which
+        # nan_strategy="disable" would ignore; imputing nan with nan keeps a nan loss nan.
+        self.losses = nn.ModuleDict({stage: MeanMetric(nan_strategy=math.nan) for stage in STAGES})
         self.best_errors = nn.ModuleDict({stage: CatMetric(nan_strategy="disable") for stage in STAGES})
         self.targets = nn.ModuleDict({stage: CatMetric(nan_strategy="disable") for stage in STAGES})
         self.split_statistics: dict[str, dict[str, float]] = {}
@@ -230,11 +231,13 @@ class BaseTask(pl.LightningModule):
 
     def _evaluate(self, batch: dict, stage: str, preds: torch.Tensor | None = None) -> torch.Tensor:
         preds = self(batch) if preds is None else preds
-        self.losses[stage].update(self.loss_fn(preds, batch["label"]), len(preds))
+        self.losses[stage].update(self.loss_fn(preds, batch["label"]).detach(), len(preds))
         self.metrics[stage].update(preds, batch["label"])
         # Lightning computes, gathers and resets them at the end of the epoch.
-        for name, metric in self.metrics[stage].items(copy_state=False):
-            self.log(name, metric, prog_bar=name in (f"{stage}/MAE", f"{stage}/Corr"))
+        metrics = dict(self.metrics[stage].items(copy_state=False))
+        shown = {name: metrics.pop(name) for name in (f"{stage}/Corr", f"{stage}/MAE")}
+        self.log_dict(metrics)
+        self.log_dict(shown, prog_bar=True)
         if stage not in self.split_statistics:
             self.best_errors[stage].update((batch["label"] - batch["clean_label"]).abs())
             self.targets[stage].update(batch["label"].detach())
