@@ -165,7 +165,7 @@ def test_compact_c3d_with_zero_time_padding_differs_on_a_still_clip_by_the_docum
     encoder = Visual3DCNNEncoder(widths=[16, 32, 64], dropout=0.0, inflate_from=str(path)).eval()
     with torch.no_grad():
         distance, _ = _relative_distance(encoder.backbone(clip), frame.frame_net(image))
-    # models/inflation.py's docstring: 0.18 % on this clip (16 frames, 32x32).
+    # docs/guides/toolkit.md: 0.18 % on this clip (16 frames, 32x32).
     assert distance == pytest.approx(0.0018, abs=0.0003)
 
 

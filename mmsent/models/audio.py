@@ -23,14 +23,13 @@ def mlp(in_dim: int, hidden_dims: list[int], out_dim: int, dropout: nn.Module | 
     """A ReLU MLP with layer norm and optional dropout between layers.
 
     Args:
-        in_dim (int): Input size.
-        hidden_dims (list[int]): Sizes of the hidden layers.
-        out_dim (int): Output size (no activation after the last layer).
-        dropout (nn.Module | None): A copy is applied after every hidden activation;
-            copies, so a stateful dropout (an epoch-level mask) holds one mask per layer.
+        in_dim: Input size.
+        hidden_dims: Sizes of the hidden layers.
+        out_dim: Output size (no activation after the last layer).
+        dropout: Copied after every hidden activation, so an epoch mask is per layer.
 
     Returns:
-        nn.Sequential: The network.
+        The network.
     """
     layers: list[nn.Module] = []
     for width in hidden_dims:
@@ -46,7 +45,7 @@ class ResidualBlock(nn.Module):
     """``y = x + F(x)``, the identity shortcut of a ResNet block.
 
     Args:
-        block (nn.Module): ``F``; its output has the shape of its input.
+        block: ``F``; its output has the shape of its input.
     """
 
     def __init__(self, block: nn.Module) -> None:
@@ -62,22 +61,18 @@ def residual_mlp(in_dim: int, hidden_dims: list[int], out_dim: int, dropout: nn.
                  swapout: tuple[float, float] | None = None) -> nn.Sequential:
     """A ReLU MLP whose hidden layers after the first are residual blocks.
 
-    The first hidden layer maps the input to the hidden width, as in :func:`mlp`; every
-    further hidden layer ``F = Linear, LayerNorm, ReLU (, dropout)`` becomes
-    ``x + F(x)``, or with ``swapout = (p_skip, p_residual)`` the Swapout unit
-    ``Θ1 ⊙ x + Θ2 ⊙ F(x)`` (:class:`~mmsent.models.dropout.Swapout`).
+    Each hidden layer ``F`` after the first becomes ``x + F(x)``, or with ``swapout`` a
+    :class:`~mmsent.models.dropout.Swapout` unit.
 
     Args:
-        in_dim (int): Input size.
-        hidden_dims (list[int]): Sizes of the hidden layers; all equal, since a residual
-            block keeps its width.
-        out_dim (int): Output size (no activation after the last layer).
-        dropout (nn.Module | None): A copy is applied after every hidden activation.
-        swapout (tuple[float, float] | None): ``(p_skip, p_residual)`` of every block, or
-            ``None`` for plain residual blocks.
+        in_dim: Input size.
+        hidden_dims: Sizes of the hidden layers, all equal.
+        out_dim: Output size (no activation after the last layer).
+        dropout: Copied after every hidden activation.
+        swapout: ``(p_skip, p_residual)`` of every block; None for plain residual blocks.
 
     Returns:
-        nn.Sequential: The network.
+        The network.
 
     Raises:
         ValueError: If the hidden sizes differ or there is none.
@@ -101,22 +96,20 @@ def greedy_layerwise_pretraining(network: nn.Sequential, inputs: torch.Tensor, e
                                  batch_size: int = 64, seed: int = 0) -> list[float]:
     """Pretrains an :func:`mlp`'s hidden layers one at a time as autoencoders.
 
-    Greedy layer-wise pretraining (Bengio et al. 2007): hidden layer ``k`` (its
-    ``Linear``, ``LayerNorm``, ``ReLU`` and dropout) and a linear decoder learn to
-    reconstruct layer ``k``'s input, the output of the layers already pretrained, by
-    mean squared error; then the next layer learns on its output. The output layer is
-    left to supervised training.
+    Bengio et al. (2007): each hidden layer and a linear decoder learn to reconstruct the
+    layer's input (MSE), the output of the layers below; the output layer is left to
+    supervised training.
 
     Args:
-        network (nn.Sequential): An MLP built by :func:`mlp`.
-        inputs (torch.Tensor): The first layer's training inputs, ``(N, in_dim)``.
-        epochs (int): Passes over ``inputs`` per layer.
-        lr (float): Adam's learning rate.
-        batch_size (int): Batch size.
-        seed (int): Seed of the private generator that orders the batches.
+        network: An MLP built by :func:`mlp`.
+        inputs: The first layer's training inputs, ``(N, in_dim)``.
+        epochs: Passes over ``inputs`` per layer.
+        lr: Adam's learning rate.
+        batch_size: Batch size.
+        seed: Seed of the private generator that orders the batches.
 
     Returns:
-        list[float]: Per hidden layer, the reconstruction error of its last epoch.
+        Per hidden layer, the reconstruction error of its last epoch.
 
     Raises:
         ValueError: If ``network`` is not a plain MLP (residual blocks, Swapout).
@@ -150,24 +143,19 @@ def greedy_layerwise_pretraining(network: nn.Sequential, inputs: torch.Tensor, e
 class AcousticMLPEncoder(nn.Module, HubMixin):
     """Frame features -> masked mean and std pooling -> MLP.
 
-    Utterance-level features (one vector per clip, ``T == 1``) pass through the same
-    path; their standard deviation is zero and carries nothing.
+    Utterance-level features (``T == 1``) take the same path, with a zero std.
 
     Args:
-        input_dim (int): Acoustic feature size per frame.
-        hidden_dims (list[int]): MLP hidden sizes.
-        out_dim (int): Size of the returned embedding.
-        dropout (float): Dropout probability between layers.
-        dropout_kind (str): A kind accepted by :func:`make_dropout`.
-        input_norm (bool): Normalize the pooled statistics with a learned batch norm,
-            so raw, unscaled features (openSMILE, COVAREP) need no preprocessing.
-        residual (bool): Make the hidden layers after the first residual blocks
-            (:func:`residual_mlp`; the hidden sizes must then be equal).
-        swapout (tuple[float, float] | None): ``(p_skip, p_residual)``: Swapout units
-            instead of plain residual blocks (needs ``residual``).
-        swapout_samples (int): In eval mode, average this many sampled passes
-            (:func:`~mmsent.models.dropout.average_stochastic_passes`) instead of taking
-            every Swapout unit's expectation; 0 for the expectation.
+        input_dim: Acoustic feature size per frame.
+        hidden_dims: MLP hidden sizes.
+        out_dim: Size of the returned embedding.
+        dropout: Dropout probability between layers.
+        dropout_kind: A kind accepted by :func:`make_dropout`.
+        input_norm: Batch-normalize the pooled statistics, so raw features need no scaling.
+        residual: Residual hidden layers (:func:`residual_mlp`).
+        swapout: ``(p_skip, p_residual)``: Swapout units instead (needs ``residual``).
+        swapout_samples: In eval mode, average this many sampled passes
+            (:func:`~mmsent.models.dropout.average_stochastic_passes`); 0: the expectation.
 
     Raises:
         ValueError: If ``swapout`` is set without ``residual``, or ``swapout_samples``
@@ -199,15 +187,13 @@ class AcousticMLPEncoder(nn.Module, HubMixin):
     def pooled_inputs(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """The MLP's inputs for many batches: pooled statistics, standardized over them.
 
-        Standardizing over all of them stands in for the input batch norm, which
-        normalizes by batch statistics while training.
+        Standardizing stands in for the input batch norm's training-time batch statistics.
 
         Args:
-            batches (Iterable[tuple[torch.Tensor, torch.Tensor]]): ``(audio, mask)``
-                pairs as :meth:`forward` takes them.
+            batches: ``(audio, mask)`` pairs as :meth:`forward` takes them.
 
         Returns:
-            torch.Tensor: Shape ``(N, 2 * input_dim)``.
+            Shape ``(N, 2 * input_dim)``.
         """
         pooled = torch.cat([masked_mean_std(audio, mask) for audio, mask in batches])
         if isinstance(self.norm, nn.Identity):
@@ -218,12 +204,11 @@ class AcousticMLPEncoder(nn.Module, HubMixin):
         """Encodes a padded batch.
 
         Args:
-            audio (torch.Tensor): Frames, shape ``(B, T, D)``.
-            mask (torch.Tensor | None): True at valid frames, shape ``(B, T)``; None
-                when every frame is valid.
+            audio: Frames, shape ``(B, T, D)``.
+            mask: True at valid frames, shape ``(B, T)``; None when all are valid.
 
         Returns:
-            torch.Tensor: Shape ``(B, out_dim)``.
+            Shape ``(B, out_dim)``.
         """
         pooled = self.norm(masked_mean_std(audio, all_valid(audio) if mask is None else mask))
         if self.training or not self.swapout_samples:

@@ -1,21 +1,13 @@
 """What a module was built with, as plain data, and building it again from that.
 
-A module records its constructor's arguments in ``self.config`` (with
-:func:`init_args`); a checkpoint stores them next to the weights as
-``{"class_path": ..., "init_args": ...}`` (:func:`module_config`), the shape a
-LightningCLI config gives a class, so a later stage rebuilds the module without
-being told its configuration again (:func:`build_module`).
+A module records its constructor's arguments in ``self.config`` (:func:`init_args`); a
+checkpoint stores them beside the weights as ``{"class_path": ..., "init_args": ...}``
+(:func:`module_config`), so a later stage rebuilds the module (:func:`build_module`).
 
-A record is data from a file, never code: :func:`build_module` builds only classes
-of the registry (mmsent's own networks, every :class:`HubMixin` subclass under
-``mmsent.models``, plus the classes a user registers with :func:`register` or
-declares as an entry point of the ``mmsent.modules`` group), and refuses any other
-name before importing anything.
-
-Each network also saves and loads itself alone in the Hugging Face layout
-(``save_pretrained(folder)``, ``from_pretrained(folder or Hub name)``: a
-``config.json`` of its init arguments and a ``model.safetensors``) through
-:class:`HubMixin`, whose loading is strict (:func:`load_strict`).
+A record is data from a file, never code: :func:`build_module` builds only registered
+classes (:mod:`mmsent.models.registry`) and refuses any other name before importing
+anything. :class:`HubMixin` saves and loads a network alone in the Hugging Face layout,
+strictly (:func:`load_strict`).
 """
 
 from __future__ import annotations
@@ -40,8 +32,7 @@ _DOWNLOAD_ARGUMENTS = ("revision", "cache_dir", "force_download", "local_files_o
 CONFIG_METADATA = "mmsent_config"
 """The key of the weights file's header that holds the config the weights were saved with."""
 REBUILT_METADATA = "mmsent_rebuilt"
-"""The key of the weights file's header that records the weights left out, to be rebuilt
-from the config (:func:`~mmsent.models.weights.omit_rebuilt`), with their fingerprints."""
+"""The header key listing the weights left out to be rebuilt from the config, with fingerprints."""
 META_KEY = "mmsent"
 """The checkpoint entry that holds what mmsent records beside the weights."""
 
@@ -49,11 +40,9 @@ META_KEY = "mmsent"
 class HubMixin(PyTorchModelHubMixin, library_name="mmsent", tags=["mmsent"]):
     """``save_pretrained``/``from_pretrained``/``push_to_hub`` for an ``nn.Module``.
 
-    The saved ``config.json`` holds the module's JSON-able init arguments, which is
-    what its class needs to be built again, in the order the module was given them
-    (a fusion module concatenates its modalities in its ``input_dims`` order); the
-    weights go to ``model.safetensors``. Loading is strict (:func:`load_strict`).
-    Every subclass under ``mmsent.models`` is registered (:func:`register`).
+    ``config.json`` holds the init arguments in the order given (a fusion module
+    concatenates in its ``input_dims`` order); the weights go to ``model.safetensors``.
+    Loading is strict. Every subclass under ``mmsent.models`` is registered.
     """
 
     def __init_subclass__(cls, **kwargs) -> None:
@@ -66,15 +55,14 @@ class HubMixin(PyTorchModelHubMixin, library_name="mmsent", tags=["mmsent"]):
         """Loads a folder saved by ``save_pretrained`` (or a Hub repository by name).
 
         Args:
-            pretrained_model_name_or_path (str | Path): The folder or Hub repository id.
-            **kwargs (Any): As ``huggingface_hub``'s ``from_pretrained`` takes them.
+            pretrained_model_name_or_path: The folder or Hub repository id.
+            **kwargs: As ``huggingface_hub``'s ``from_pretrained`` takes them.
 
         Returns:
-            nn.Module: The module, in eval mode.
+            The module, in eval mode.
 
         Raises:
-            ConfigError: If a local folder's ``config.json`` is not JSON, naming it
-                (``huggingface_hub`` would raise a bare ``JSONDecodeError``).
+            ConfigError: If a local folder's ``config.json`` is not JSON, naming it.
         """
         config = Path(pretrained_model_name_or_path) / "config.json"
         if config.is_file():
@@ -135,13 +123,11 @@ def module_config(module: nn.Module, leave_out: tuple[str, ...] = ()) -> dict | 
     """How to build a module again: its class path and its recorded init arguments.
 
     Args:
-        module (nn.Module): A module that records its arguments in ``config``.
-        leave_out (tuple[str, ...]): Arguments given at build time instead (e.g. the
-            ``input_dim`` that the data decides).
+        module: A module that records its arguments in ``config``.
+        leave_out: Arguments given at build time instead (e.g. ``input_dim``).
 
     Returns:
-        dict | None: ``{"class_path": ..., "init_args": ...}``, or None for a module
-        that records nothing.
+        ``{"class_path": ..., "init_args": ...}``, or None for a module recording nothing.
     """
     recorded = getattr(module, "config", None)
     if not isinstance(recorded, dict):
@@ -153,16 +139,15 @@ def module_config(module: nn.Module, leave_out: tuple[str, ...] = ()) -> dict | 
 def matches_record(config: dict, recorded: dict, module_class: type) -> bool:
     """Whether a module's :func:`module_config` matches one recorded earlier.
 
-    A record written before an argument existed lacks it; it matches a module that
-    holds that argument at its default, which builds the same module the record did.
+    An argument the record lacks matches when the module holds it at its default.
 
     Args:
-        config (dict): The module's ``{"class_path": ..., "init_args": ...}``.
-        recorded (dict): The recorded one.
-        module_class (type): The module's class, whose signature gives the defaults.
+        config: The module's ``{"class_path": ..., "init_args": ...}``.
+        recorded: The recorded one.
+        module_class: The module's class, whose signature gives the defaults.
 
     Returns:
-        bool: Whether both name the same class with the same arguments.
+        Whether both name the same class with the same arguments.
     """
     if config["class_path"] != recorded["class_path"]:
         return False
@@ -175,17 +160,16 @@ def build_module(config: dict, *args, what: str = "config") -> nn.Module:
     """Builds a module from :func:`module_config`'s record, of a registered class only.
 
     Args:
-        config (dict): ``{"class_path": ..., "init_args": ...}``.
+        config: ``{"class_path": ..., "init_args": ...}``.
         *args: Positional arguments given at build time (e.g. ``input_dim``).
-        what (str): Where the record comes from (file and key), for messages.
+        what: Where the record comes from (file and key), for messages.
 
     Returns:
-        nn.Module: The module, freshly initialized.
+        The module, freshly initialized.
 
     Raises:
-        ConfigError: If the record is malformed, names a class outside the registry
-            (:func:`registered_class`; nothing is imported) or the class refuses its
-            arguments, naming ``what``.
+        ConfigError: If the record is malformed, names an unregistered class (nothing
+            is imported) or the class refuses its arguments, naming ``what``.
     """
     if not isinstance(config, dict):
         raise ConfigError(f"{what}: expected {{'class_path': ..., 'init_args': {{...}}}}, got {config!r:.80}")
@@ -196,8 +180,7 @@ def build_module(config: dict, *args, what: str = "config") -> nn.Module:
     try:
         return module_class(*args, **arguments)
     except Exception as error:
-        # A registered class given arguments of the wrong kind fails in its own way (an
-        # AttributeError on a list given for a mapping); the record is what is wrong.
+        # A class given arguments of the wrong kind fails in its own way; the record is wrong.
         if isinstance(error, ConfigError):
             raise ConfigError(f"{what}: {error}") from error
         raise ConfigError(f"{what}: {module_class.__name__} cannot be built from init_args "
@@ -205,13 +188,11 @@ def build_module(config: dict, *args, what: str = "config") -> nn.Module:
 
 
 def check_saved_config(path: str | Path, config: object) -> None:
-    """Refuses a config other than the one a weights file was saved with, before
-    anything is built from it.
+    """Refuses a config other than the one a weights file was saved with, before building.
 
     Args:
-        path (str | Path): The ``.safetensors`` file; its header records the config
-            (files saved before mmsent recorded it are not checked).
-        config (object): The config read from the ``config.json`` beside it.
+        path: The ``.safetensors`` file; a header without a config is not checked.
+        config: The config read from the ``config.json`` beside it.
 
     Raises:
         ConfigError: If the file is unreadable or records another config, naming the
@@ -228,17 +209,16 @@ def check_saved_config(path: str | Path, config: object) -> None:
 
 
 def save_weights(module: nn.Module, path: Path, config: object) -> None:
-    """Writes a module's weights as ``.safetensors``, each tensor once, leaving out the
-    frozen ones its config rebuilds (a pretrained word-piece table).
+    """Writes a module's weights as ``.safetensors``, leaving out the frozen ones its config
+    rebuilds.
 
-    The header records the config (so a ``config.json`` changed afterwards is noticed,
-    :func:`check_saved_config`) and the fingerprint of each weight left out (so loading
-    checks that the config rebuilds the same ones, :func:`load_strict`).
+    The header records the config (:func:`check_saved_config`) and a fingerprint of each
+    weight left out (checked by :func:`load_strict`).
 
     Args:
-        module (nn.Module): The module.
-        path (Path): The file to write.
-        config (object): The JSON-able config it is built from.
+        module: The module.
+        path: The file to write.
+        config: The JSON-able config it is built from.
     """
     state = module.state_dict()
     omitted = omit_rebuilt(module, state)
@@ -278,11 +258,10 @@ def read_safetensors(path: str | Path) -> tuple[dict, object]:
     """Reads a ``.safetensors`` file's tensors and its record of the weights left out.
 
     Args:
-        path (str | Path): The weights file.
+        path: The weights file.
 
     Returns:
-        tuple[dict, object]: Tensor name -> tensor, and the header's record of the
-        weights left out to be rebuilt (a dict of fingerprints, unchecked).
+        Tensor name -> tensor, and the header's unchecked record of the weights left out.
 
     Raises:
         ConfigError: If the file is unreadable, naming it.
@@ -318,10 +297,10 @@ def check_state(module: nn.Module, state: dict, where: str, omitted: frozenset[s
     """Checks that a state dict fits a module exactly, before loading it.
 
     Args:
-        module (nn.Module): The module.
-        state (dict): Tensor name -> tensor, as read from ``where``.
-        where (str): The file (and key), for messages.
-        omitted (frozenset[str]): Keys ``state`` may lack (weights the module rebuilds).
+        module: The module.
+        state: Tensor name -> tensor, as read from ``where``.
+        where: The file (and key), for messages.
+        omitted: Keys ``state`` may lack (weights the module rebuilds).
 
     Raises:
         ConfigError: Naming the missing, unexpected, wrong-shaped or non-finite tensors.
@@ -356,9 +335,9 @@ def check_finite(state: dict, where: str, prefix: str = "") -> None:
     """Refuses weights holding NaN or infinite values, naming the tensors.
 
     Args:
-        state (dict): Tensor name -> tensor.
-        where (str): The file (and key), for messages.
-        prefix (str): What the file's names have in front of ``state``'s.
+        state: Tensor name -> tensor.
+        where: The file (and key), for messages.
+        prefix: What the file's names have in front of ``state``'s.
 
     Raises:
         ConfigError: If a floating-point tensor holds a non-finite value.

@@ -1,13 +1,9 @@
 """Stochastic regularisers: Bernoulli dropout with three mask schedules, Gaussian dropout
 and Swapout.
 
-Every module here is the identity (or, for Swapout, its expectation) in eval mode, so a
-model trained with noise is evaluated deterministically; :func:`average_stochastic_passes`
-evaluates a Swapout network by averaging sampled passes instead.
-
-Encoders build their dropout layer with :func:`make_dropout` so that the kind of noise is
-a configuration choice; :func:`resample_epoch_masks` (driven by
-:class:`mmsent.callbacks.dropout.EpochDropoutCallback`) redraws the epoch-mode masks.
+In eval mode every module is the identity (Swapout: its expectation), so evaluation is
+deterministic. Encoders build their layer with :func:`make_dropout`, so the noise is a
+configuration choice.
 """
 
 from __future__ import annotations
@@ -27,18 +23,7 @@ DROPOUT_KINDS: tuple[str, ...] = ("bernoulli", "bernoulli_batch", "bernoulli_epo
 
 
 def _check_drop_probability(p: float, name: str = "p") -> float:
-    """Validates a drop probability for noise that must keep some signal.
-
-    Args:
-        p (float): The probability of dropping a unit.
-        name (str): The argument name, for the message.
-
-    Returns:
-        float: ``p`` as a float.
-
-    Raises:
-        ValueError: If ``p`` is not in ``[0, 1)``.
-    """
+    """Returns ``p`` as a float; raises ValueError unless it is in ``[0, 1)``."""
     value = float(p)
     if not 0.0 <= value < 1.0:
         raise ValueError(f"{name} must be in [0, 1), got {p!r}")
@@ -46,16 +31,7 @@ def _check_drop_probability(p: float, name: str = "p") -> float:
 
 
 def _bernoulli_mask(shape: torch.Size, p: float, like: Tensor) -> Tensor:
-    """Draws an inverted-dropout mask: ``0`` with probability ``p``, else ``1 / (1 - p)``.
-
-    Args:
-        shape (torch.Size): The mask shape.
-        p (float): The drop probability, in ``[0, 1)``.
-        like (Tensor): A tensor whose dtype and device the mask takes.
-
-    Returns:
-        Tensor: The scaled mask.
-    """
+    """Draws an inverted-dropout mask (``0`` with probability ``p``, else ``1 / (1 - p)``)."""
     keep = 1.0 - p
     mask = torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(keep)
     return mask.div_(keep)
@@ -64,40 +40,27 @@ def _bernoulli_mask(shape: torch.Size, p: float, like: Tensor) -> Tensor:
 class BernoulliDropout(nn.Module):
     """Inverted Bernoulli dropout with a choice of how masks are shared.
 
-    Kept units are scaled by ``1 / (1 - p)`` so the expected output equals the input and
-    nothing needs rescaling at evaluation time.
+    Kept units are scaled by ``1 / (1 - p)``, so nothing is rescaled at evaluation.
 
-    Modes:
+    * ``"sample"``: an independent mask per element (Srivastava et al. 2014).
+    * ``"batch"``: one mask over the feature dimensions, shared by the batch, redrawn
+      at every forward pass.
+    * ``"epoch"``: one mask kept from the first pass after :meth:`resample` until the
+      next, which :class:`mmsent.callbacks.EpochDropoutCallback` (or
+      :func:`resample_epoch_masks` in a plain loop) calls at every epoch start. Training
+      before any :meth:`resample` raises: the layer would silently keep one mask forever.
 
-    * ``"sample"``: an independent mask for every element of every sample (standard
-      dropout, Srivastava et al. 2014).
-    * ``"batch"``: one mask over the feature dimensions (all but the first), shared by
-      every sample of the batch and redrawn at every forward pass.
-    * ``"epoch"``: one mask over the feature dimensions, drawn lazily at the first
-      forward pass after :meth:`resample` and kept until the next :meth:`resample`,
-      which marks the start of an epoch. Under Lightning,
-      :class:`mmsent.callbacks.EpochDropoutCallback` calls it at every training epoch
-      start; in a plain loop, call :func:`resample_epoch_masks` there. A training
-      forward pass before any :meth:`resample` raises, naming the callback: without a
-      driver the layer would silently keep one mask for the whole run. The feature
-      shape is fixed by the first pass of an epoch, so epoch mode suits fixed-size
-      features (MLP layers, pooled encoder outputs) unless ``feature_ndim`` restricts
-      the mask to the trailing dimensions.
-
-    With ``feature_ndim=1`` a ``(batch, time, features)`` input gets one mask over the
-    last dimension shared by every time step, the "locked" or variational dropout of
-    Gal & Ghahramani (2016) for recurrent inputs; this also lets epoch mode accept
-    sequences whose length changes between batches.
+    ``feature_ndim=1`` on ``(batch, time, features)`` shares one mask over time, the
+    locked (variational) dropout of Gal & Ghahramani (2016); it also lets epoch mode take
+    sequences whose length varies.
 
     Args:
-        p (float): The probability of dropping a unit, in ``[0, 1)``.
-        mode (BernoulliMode): ``"sample"``, ``"batch"`` or ``"epoch"``.
-        feature_ndim (int | None): How many trailing dimensions the batch/epoch mask
-            covers; ``None`` means all but the first. Ignored in sample mode.
+        p: The probability of dropping a unit, in ``[0, 1)``.
+        mode: ``"sample"``, ``"batch"`` or ``"epoch"``.
+        feature_ndim: Trailing dimensions the batch/epoch mask covers; None: all but the first.
 
     Raises:
-        ValueError: If ``p`` is outside ``[0, 1)``, ``mode`` is unknown or
-            ``feature_ndim < 1``.
+        ValueError: If ``p`` is outside ``[0, 1)``, ``mode`` is unknown or ``feature_ndim < 1``.
     """
 
     mask: Tensor | None
@@ -110,8 +73,7 @@ class BernoulliDropout(nn.Module):
         self.p = _check_drop_probability(p)
         self.mode = mode
         self.feature_ndim = feature_ndim
-        # A buffer so that ``model.to(device)`` moves it; not persistent because a mask
-        # is training noise, not state worth checkpointing.
+        # A buffer so ``.to(device)`` moves it; not persistent: noise is not state.
         self.register_buffer("mask", None, persistent=False)
         self.epochs_started = 0
 
@@ -119,17 +81,15 @@ class BernoulliDropout(nn.Module):
         """Applies dropout in training mode.
 
         Args:
-            x (Tensor): Input of shape ``(batch, *features)``.
+            x: Input of shape ``(batch, *features)``.
 
         Returns:
-            Tensor: ``x`` with dropped units zeroed and the rest scaled, or ``x`` itself
-            in eval mode or when ``p == 0``.
+            The masked and scaled input; ``x`` itself in eval mode or when ``p == 0``.
 
         Raises:
-            ValueError: If ``x`` has no more than ``feature_ndim`` dimensions, or in epoch
-                mode if the feature shape differs from the shape of the current mask.
-            RuntimeError: In epoch mode, if no epoch has been started by
-                :meth:`resample`.
+            ValueError: If ``x`` has too few dimensions, or (epoch mode) its feature
+                shape differs from the current mask's.
+            RuntimeError: In epoch mode, if :meth:`resample` was never called.
         """
         if not self.training or self.p == 0.0:
             return x
@@ -140,17 +100,7 @@ class BernoulliDropout(nn.Module):
         return x * self._epoch_mask(x)
 
     def _feature_shape(self, x: Tensor) -> torch.Size:
-        """Returns the shape of the dimensions a shared mask covers.
-
-        Args:
-            x (Tensor): Input of shape ``(batch, *features)``.
-
-        Returns:
-            torch.Size: ``x.shape[1:]``, or its last ``feature_ndim`` entries.
-
-        Raises:
-            ValueError: If ``x`` has no more than ``feature_ndim`` dimensions.
-        """
+        """Returns the shape a shared mask covers: ``x.shape[1:]`` or its last ``feature_ndim``."""
         if self.feature_ndim is None:
             return x.shape[1:]
         if x.ndim <= self.feature_ndim:
@@ -159,18 +109,7 @@ class BernoulliDropout(nn.Module):
         return x.shape[x.ndim - self.feature_ndim :]
 
     def _epoch_mask(self, x: Tensor) -> Tensor:
-        """Returns the epoch mask, drawing it for ``x``'s feature shape if there is none.
-
-        Args:
-            x (Tensor): Input of shape ``(batch, *features)``.
-
-        Returns:
-            Tensor: The mask, in ``x``'s dtype and on its device.
-
-        Raises:
-            ValueError: If the feature shape differs from the mask's shape.
-            RuntimeError: If no epoch has been started by :meth:`resample`.
-        """
+        """Returns the epoch mask, drawing it for ``x``'s feature shape if there is none."""
         if not self.epochs_started:
             raise RuntimeError(
                 "BernoulliDropout(mode='epoch') was never told that an epoch started, so it "
@@ -189,8 +128,7 @@ class BernoulliDropout(nn.Module):
         return self.mask.to(dtype=x.dtype, device=x.device)
 
     def resample(self) -> None:
-        """Starts an epoch: discards the current mask, and the next training forward pass
-        draws a new one."""
+        """Starts an epoch: the next training forward pass draws a new mask."""
         self.mask = None
         self.epochs_started += 1
 
@@ -203,11 +141,11 @@ class BernoulliDropout(nn.Module):
 class GaussianDropout(nn.Module):
     """Multiplicative Gaussian noise ``x * e`` with ``e ~ N(1, p / (1 - p))``.
 
-    Srivastava et al. (2014) show this matches the mean and variance of inverted Bernoulli
-    dropout with drop probability ``p`` while keeping every unit active.
+    It matches the mean and variance of Bernoulli dropout with drop probability ``p``
+    while keeping every unit active (Srivastava et al. 2014).
 
     Args:
-        p (float): The equivalent drop probability, in ``[0, 1)``.
+        p: The equivalent drop probability, in ``[0, 1)``.
 
     Raises:
         ValueError: If ``p`` is outside ``[0, 1)``.
@@ -222,10 +160,10 @@ class GaussianDropout(nn.Module):
         """Multiplies by Gaussian noise in training mode.
 
         Args:
-            x (Tensor): Input of any shape.
+            x: Input of any shape.
 
         Returns:
-            Tensor: The noisy input, or ``x`` itself in eval mode or when ``p == 0``.
+            The noisy input; ``x`` itself in eval mode or when ``p == 0``.
         """
         if not self.training or self.p == 0.0:
             return x
@@ -239,24 +177,16 @@ class GaussianDropout(nn.Module):
 class Swapout(nn.Module):
     """Swapout (Singh et al. 2016): ``y = Θ1 ⊙ x + Θ2 ⊙ F(x)``.
 
-    ``Θ1`` and ``Θ2`` are independent per-element Bernoulli masks that keep a unit with
-    probability ``1 - p_skip`` and ``1 - p_residual``. Masks are not rescaled; in eval mode
-    the layer returns the expectation ``(1 - p_skip) x + (1 - p_residual) F(x)``, unless
-    :func:`average_stochastic_passes` is running, which samples masks in eval mode too.
-
-    The masks span a family of architectures, per unit and per sample:
-
-    * ``p_skip = p_residual = 0``: a ResNet block, ``x + F(x)``.
-    * ``p_skip = 1, p_residual = 0``: a plain feed-forward layer, ``F(x)``.
-    * ``p_skip = 0, p_residual = 1``: the identity (the block is skipped).
-    * ``p_skip = 1, p_residual = p``: dropout on ``F(x)`` without rescaling.
-    * ``p_skip = 0, p_residual = p``: a per-unit version of stochastic depth.
+    ``Θ1``, ``Θ2`` are unscaled per-element Bernoulli masks keeping a unit with probability
+    ``1 - p_skip`` and ``1 - p_residual``. Eval mode returns the expectation, unless
+    :func:`average_stochastic_passes` samples masks. ``p_skip = p_residual = 0`` is a ResNet
+    block, ``p_skip = 1, p_residual = 0`` a plain layer, ``p_skip = 0, p_residual = 1`` the
+    identity, ``p_skip = 0, p_residual = p`` per-unit stochastic depth.
 
     Args:
-        block (nn.Module): The residual function ``F``; its output must have the shape of
-            its input.
-        p_skip (float): Probability of dropping a unit of the skip path ``x``, in ``[0, 1]``.
-        p_residual (float): Probability of dropping a unit of ``F(x)``, in ``[0, 1]``.
+        block: The residual function ``F``; it must keep the shape of its input.
+        p_skip: Probability of dropping a unit of the skip path ``x``, in ``[0, 1]``.
+        p_residual: Probability of dropping a unit of ``F(x)``, in ``[0, 1]``.
 
     Raises:
         ValueError: If a probability is outside ``[0, 1]``.
@@ -270,19 +200,17 @@ class Swapout(nn.Module):
         self.block = block
         self.p_skip = float(p_skip)
         self.p_residual = float(p_residual)
-        # Set only while average_stochastic_passes runs: masks are then sampled in eval
-        # mode, from this private generator.
+        # Set only while average_stochastic_passes samples masks in eval mode.
         self.inference_generator: torch.Generator | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         """Combines the skip and residual paths.
 
         Args:
-            x (Tensor): Input of any shape accepted by ``block``.
+            x: Input of any shape ``block`` accepts.
 
         Returns:
-            Tensor: The masked sum in training mode (and under
-            :func:`average_stochastic_passes`), its expectation otherwise.
+            The masked sum in training (or sampled) mode, its expectation otherwise.
 
         Raises:
             ValueError: If ``block`` changes the shape of its input.
@@ -307,22 +235,18 @@ class Swapout(nn.Module):
 def average_stochastic_passes(network: nn.Module, x: Tensor, samples: int, seed: int = 0) -> Tensor:
     """Evaluates a network with Swapout layers by averaging sampled passes.
 
-    Singh et al. (2016) infer with Swapout by averaging the outputs of ``samples``
-    forward passes, each with freshly drawn masks in every Swapout layer, rather than by
-    replacing every layer with its expectation: downstream nonlinearities make the two
-    differ; the average estimates the ensemble's mean output, whose error need not be lower.
-    Every other module keeps its mode (dropout stays off in eval mode). The masks come
-    from a private generator seeded with ``seed``, so the result is reproducible and the
-    global random state, which training draws from, is left alone.
+    Singh et al. (2016) average sampled passes rather than use each layer's expectation,
+    which nonlinearities make differ. Other modules keep their mode. The masks come from a
+    private generator seeded with ``seed``: reproducible, and the global RNG is left alone.
 
     Args:
-        network (nn.Module): The network, normally in eval mode.
-        x (Tensor): Its input.
-        samples (int): How many passes to average, ``>= 1``.
-        seed (int): Seed of the masks' generator.
+        network: The network, normally in eval mode.
+        x: Its input.
+        samples: How many passes to average, ``>= 1``.
+        seed: Seed of the masks' generator.
 
     Returns:
-        Tensor: The mean output.
+        The mean output.
 
     Raises:
         ValueError: If ``samples < 1``.
@@ -347,15 +271,12 @@ def make_dropout(kind: str, p: float, feature_ndim: int | None = None) -> nn.Mod
     """Builds a dropout layer by name.
 
     Args:
-        kind (str): One of :data:`DROPOUT_KINDS`: ``"bernoulli"`` (per-sample masks),
-            ``"bernoulli_batch"``, ``"bernoulli_epoch"``, ``"gaussian"`` or ``"none"``.
-        p (float): The drop probability, in ``[0, 1)``; ignored for ``"none"``.
-        feature_ndim (int | None): For the batch and epoch kinds, how many trailing
-            dimensions one mask covers (``1`` for ``(batch, time, features)`` sequences);
-            see :class:`BernoulliDropout`.
+        kind: One of :data:`DROPOUT_KINDS`.
+        p: The drop probability, in ``[0, 1)``; ignored for ``"none"``.
+        feature_ndim: For the batch and epoch kinds, see :class:`BernoulliDropout`.
 
     Returns:
-        nn.Module: The layer (``nn.Identity`` for ``"none"``).
+        The layer (``nn.Identity`` for ``"none"``).
 
     Raises:
         ValueError: If ``kind`` is unknown or ``p`` is outside ``[0, 1)``.
@@ -374,10 +295,10 @@ def resample_epoch_masks(module: nn.Module) -> int:
     """Redraws the masks of every epoch-mode :class:`BernoulliDropout` in ``module``.
 
     Args:
-        module (nn.Module): The model to search, itself included.
+        module: The model to search, itself included.
 
     Returns:
-        int: How many epoch-mode layers were reset.
+        How many epoch-mode layers were reset.
     """
     count = 0
     for layer in module.modules():

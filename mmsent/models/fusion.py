@@ -15,10 +15,10 @@ class ConcatFusion(nn.Module, HubMixin):
     """Late fusion by concatenating the modality embeddings, then an MLP.
 
     Args:
-        input_dims (dict[str, int]): Embedding size per modality, in fusion order.
-        hidden_dim (int): MLP hidden size.
-        out_dim (int): Size of the fused embedding.
-        dropout (float): Dropout in the MLP.
+        input_dims: Embedding size per modality, in fusion order.
+        hidden_dim: MLP hidden size.
+        out_dim: Size of the fused embedding.
+        dropout: Dropout in the MLP.
     """
 
     def __init__(self, input_dims: dict[str, int], hidden_dim: int = 128, out_dim: int = 64,
@@ -33,10 +33,10 @@ class ConcatFusion(nn.Module, HubMixin):
         """Fuses one embedding per modality.
 
         Args:
-            embeddings (dict[str, torch.Tensor]): Shape ``(B, D_m)`` per modality.
+            embeddings: Shape ``(B, D_m)`` per modality.
 
         Returns:
-            torch.Tensor: Shape ``(B, out_dim)``.
+            Shape ``(B, out_dim)``.
         """
         return self.net(torch.cat([embeddings[name] for name in self.modalities], dim=-1))
 
@@ -44,15 +44,15 @@ class ConcatFusion(nn.Module, HubMixin):
 class TensorFusion(nn.Module, HubMixin):
     """Tensor fusion (Zadeh et al., 2017, TFN): the outer product of ``[1; z_m]``.
 
-    The appended 1 keeps every unimodal and bimodal term inside the product. Each
-    modality is first projected to ``proj_dim`` so the product stays small.
+    The appended 1 keeps the unimodal and bimodal terms; projecting each modality to
+    ``proj_dim`` first keeps the product small.
 
     Args:
-        input_dims (dict[str, int]): Embedding size per modality.
-        proj_dim (int): Size each modality is projected to before the product.
-        hidden_dim (int): MLP hidden size after the product.
-        out_dim (int): Size of the fused embedding.
-        dropout (float): Dropout in the MLP.
+        input_dims: Embedding size per modality.
+        proj_dim: Size each modality is projected to before the product.
+        hidden_dim: MLP hidden size after the product.
+        out_dim: Size of the fused embedding.
+        dropout: Dropout in the MLP.
     """
 
     def __init__(self, input_dims: dict[str, int], proj_dim: int = 16, hidden_dim: int = 128,
@@ -69,10 +69,10 @@ class TensorFusion(nn.Module, HubMixin):
         """Fuses one embedding per modality.
 
         Args:
-            embeddings (dict[str, torch.Tensor]): Shape ``(B, D_m)`` per modality.
+            embeddings: Shape ``(B, D_m)`` per modality.
 
         Returns:
-            torch.Tensor: Shape ``(B, out_dim)``.
+            Shape ``(B, out_dim)``.
         """
         product = None
         for name in self.modalities:
@@ -89,9 +89,9 @@ class LowRankFusion(nn.Module, HubMixin):
     cost grows linearly, not exponentially, with the number of modalities.
 
     Args:
-        input_dims (dict[str, int]): Embedding size per modality.
-        rank (int): Rank of the factorization.
-        out_dim (int): Size of the fused embedding.
+        input_dims: Embedding size per modality.
+        rank: Rank of the factorization.
+        out_dim: Size of the fused embedding.
     """
 
     def __init__(self, input_dims: dict[str, int], rank: int = 4, out_dim: int = 64) -> None:
@@ -110,10 +110,10 @@ class LowRankFusion(nn.Module, HubMixin):
         """Fuses one embedding per modality.
 
         Args:
-            embeddings (dict[str, torch.Tensor]): Shape ``(B, D_m)`` per modality.
+            embeddings: Shape ``(B, D_m)`` per modality.
 
         Returns:
-            torch.Tensor: Shape ``(B, out_dim)``.
+            Shape ``(B, out_dim)``.
         """
         fused = None
         for name in self.modalities:
@@ -128,9 +128,9 @@ class RegressionHead(nn.Module, HubMixin):
     """Maps an embedding to one sentiment score.
 
     Args:
-        in_dim (int): Embedding size.
-        hidden_dim (int): Hidden size; 0 for a single linear layer.
-        dropout (float): Dropout before the output layer.
+        in_dim: Embedding size.
+        hidden_dim: Hidden size; 0 for a single linear layer.
+        dropout: Dropout before the output layer.
     """
 
     def __init__(self, in_dim: int, hidden_dim: int = 0, dropout: float = 0.0) -> None:
@@ -145,19 +145,18 @@ class RegressionHead(nn.Module, HubMixin):
         """Scores a batch.
 
         Args:
-            x (torch.Tensor): Shape ``(B, in_dim)``.
+            x: Shape ``(B, in_dim)``.
 
         Returns:
-            torch.Tensor: Shape ``(B,)``.
+            Shape ``(B,)``.
         """
         return self.net(x).squeeze(-1)
 
     def start_at(self, value: float) -> None:
-        """Sets the output bias, so that the head starts predicting ``value`` on average
-        instead of 0. Consumes no random numbers.
+        """Sets the output bias so the head starts predicting ``value``; draws no random number.
 
         Args:
-            value (float): E.g. the training labels' median (L1) or mean (MSE).
+            value: E.g. the training labels' median (L1) or mean (MSE).
         """
         output = [m for m in self.net.modules() if isinstance(m, nn.Linear)][-1]
         with torch.no_grad():
@@ -167,19 +166,16 @@ class RegressionHead(nn.Module, HubMixin):
 class GatedResidualFusion(nn.Module, HubMixin):
     """A primary modality's embedding plus gated, residual contributions of the others.
 
-    ``fused = z_p + sum_{m != p} g_m * W_m z_m`` with per-dimension gates
-    ``g_m = sigmoid(G_m [z_1; ...; z_M])``. ``W_m`` starts at zero, so the fused
-    model begins as the primary modality alone (its pretrained embedding, unchanged)
-    and a weak modality, such as MOSI's utterance-level audio, enters only as far as
-    it lowers the training loss; ``W_m`` has no bias, so an absent (zeroed) modality
-    adds exactly nothing.
+    ``fused = z_p + sum_{m != p} g_m * W_m z_m``, gates ``g_m = sigmoid(G_m [z_1; ...; z_M])``.
+    ``W_m`` starts at zero, so the model begins as the primary modality alone and a weak
+    modality enters only as far as it lowers the loss; without bias, an absent (zeroed)
+    modality adds exactly nothing.
 
     Args:
-        input_dims (dict[str, int]): Embedding size per modality.
-        primary (str | None): The modality the fused embedding is built on; the
-            first one by default. Its embedding size is the fused size.
-        dropout (float): Dropout on the other modalities' embeddings.
-        gate_bias (float): Initial gate bias; ``0`` opens the gates halfway.
+        input_dims: Embedding size per modality.
+        primary: The modality built on (default: the first); its size is the fused size.
+        dropout: Dropout on the other modalities' embeddings.
+        gate_bias: Initial gate bias; ``0`` opens the gates halfway.
     """
 
     def __init__(self, input_dims: dict[str, int], primary: str | None = None, dropout: float = 0.1,
@@ -203,10 +199,10 @@ class GatedResidualFusion(nn.Module, HubMixin):
         """Fuses one embedding per modality.
 
         Args:
-            embeddings (dict[str, torch.Tensor]): Shape ``(B, D_m)`` per modality.
+            embeddings: Shape ``(B, D_m)`` per modality.
 
         Returns:
-            torch.Tensor: Shape ``(B, D_primary)``.
+            Shape ``(B, D_primary)``.
         """
         joint = torch.cat([embeddings[m] for m in self.modalities], dim=-1)
         fused = embeddings[self.primary]

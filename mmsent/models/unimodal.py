@@ -7,13 +7,12 @@ from torch import nn
 
 
 class UnimodalModel(nn.Module):
-    """``head(encoder(batch[m], batch[m_mask]))``: a unimodal stage's model without its
-    training task, e.g. to add a trained stage's predictions to another's.
+    """``head(encoder(batch[m], batch[m_mask]))``: a unimodal stage's model without its task.
 
     Args:
-        modality (str): The modality it reads.
-        encoder (nn.Module): The encoder, called with the features and their mask.
-        head (nn.Module): The regression head over the encoder's embedding.
+        modality: The modality it reads.
+        encoder: The encoder, called with the features and their mask.
+        head: The regression head over the encoder's embedding.
     """
 
     def __init__(self, modality: str, encoder: nn.Module, head: nn.Module) -> None:
@@ -26,10 +25,10 @@ class UnimodalModel(nn.Module):
         """Scores a dict batch.
 
         Args:
-            batch (dict): Holds ``<modality>`` and ``<modality>_mask``.
+            batch: Holds ``<modality>`` and ``<modality>_mask``.
 
         Returns:
-            torch.Tensor: Shape ``(B,)``.
+            Shape ``(B,)``.
         """
         m = self.modality
         return self.head(self.encoder(batch[m], batch[f"{m}_mask"]))

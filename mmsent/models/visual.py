@@ -29,14 +29,14 @@ def conv3d_block(in_channels: int, out_channels: int, pool: tuple[int, int, int]
     """Conv3d 3x3x3, batch norm, ReLU, max pool.
 
     Args:
-        in_channels (int): Input channels.
-        out_channels (int): Output channels.
-        pool (tuple[int, int, int]): Max-pool kernel (time, height, width).
-        temporal_padding (TemporalPadding): ``"zeros"`` or ``"replicate"`` (the clip's end frames
-            repeated; see :class:`~mmsent.models.inflation.TimeReplicateConv3d`).
+        in_channels: Input channels.
+        out_channels: Output channels.
+        pool: Max-pool kernel (time, height, width).
+        temporal_padding: ``"replicate"`` repeats the clip's end frames
+            (:class:`~mmsent.models.inflation.TimeReplicateConv3d`).
 
     Returns:
-        nn.Sequential: The block.
+        The block.
     """
     conv = TimeReplicateConv3d if _temporal_padding(temporal_padding) == "replicate" else nn.Conv3d
     return nn.Sequential(conv(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
@@ -55,26 +55,20 @@ def compact_c3d(in_channels: int, widths: list[int], global_pool: GlobalPool = "
                 temporal_bins: int = 1, temporal_padding: TemporalPadding = "zeros") -> nn.Sequential:
     """A C3D-style stack small enough to train on a CPU.
 
-    The first block pools space only, as C3D does, so early layers keep the temporal
-    resolution the motion cue lives in. Global max pooling is the default because
-    facial evidence is small and local: averaging it with the background dilutes
-    both the signal and its gradient, and the network then takes many more epochs
-    to find it.
+    The first block pools space only, as C3D does, keeping the temporal resolution the
+    motion cue lives in. Max pooling is the default: facial evidence is small and local,
+    and averaging it with the background dilutes the signal and its gradient.
 
     Args:
-        in_channels (int): Input channels (3 for RGB).
-        widths (list[int]): Channels of each block.
-        global_pool (GlobalPool): ``"max"`` or ``"avg"`` over the last block's positions.
-        temporal_bins (int): The last block's time axis is pooled into this many
-            ordered bins instead of one, and the bins are concatenated: with more
-            than one, what follows sees *when* a feature fired, so the direction of
-            a movement (a feature early versus late) is a linear read-out.
-        temporal_padding (TemporalPadding): ``"zeros"`` or ``"replicate"``, for every block's
-            convolution (see :func:`conv3d_block`).
+        in_channels: Input channels (3 for RGB).
+        widths: Channels of each block.
+        global_pool: ``"max"`` or ``"avg"`` over the last block's positions.
+        temporal_bins: Ordered time bins the last block is pooled into, concatenated;
+            with more than one, the direction of a movement is a linear read-out.
+        temporal_padding: For every block's convolution (see :func:`conv3d_block`).
 
     Returns:
-        nn.Sequential: Blocks ending in global pooling, output
-        ``(B, widths[-1] * temporal_bins)``.
+        Blocks ending in global pooling, output ``(B, widths[-1] * temporal_bins)``.
 
     Raises:
         ValueError: If ``temporal_bins`` is below 1.
@@ -100,18 +94,16 @@ def torchvision_backbone(name: str, temporal_padding: TemporalPadding = "zeros",
                          stem_pool: bool = False) -> tuple[nn.Module, int]:
     """A randomly initialized torchvision video network without its classifier.
 
-    Pretrained Kinetics weights are not fetched: nothing is downloaded at run time.
-    Load them yourself with ``load_state_dict`` where a copy is at hand.
+    Nothing is downloaded at run time: load Kinetics weights with ``load_state_dict``.
 
     Args:
-        name (str): One of :data:`TORCHVISION_BACKBONES`.
-        temporal_padding (TemporalPadding): ``"zeros"`` (torchvision's) or ``"replicate"``: every
-            convolution that pads time repeats the clip's end frames instead.
-        stem_pool (bool): Append ``resnet18``'s stem max-pool, which the video networks
-            lack (see :func:`~mmsent.models.inflation.add_image_stem_pool`).
+        name: One of :data:`TORCHVISION_BACKBONES`.
+        temporal_padding: ``"replicate"`` makes every convolution that pads time repeat
+            the clip's end frames.
+        stem_pool: Append ``resnet18``'s stem max-pool, which the video networks lack.
 
     Returns:
-        tuple[nn.Module, int]: The network (output ``(B, features)``) and its feature size.
+        The network (output ``(B, features)``) and its feature size.
     """
     from torchvision.models import video
 
@@ -130,46 +122,30 @@ def torchvision_backbone(name: str, temporal_padding: TemporalPadding = "zeros",
 class Visual3DCNNEncoder(nn.Module, HubMixin):
     """A 3D-CNN over a clip of frames.
 
+    Inflation from a 2D network is described in the tool-kit guide.
+
     Args:
-        input_dim (int): Input channels (3 for RGB frames).
-        backbone (str): ``"c3d"`` (compact, CPU-friendly) or a torchvision video
-            network (``"r3d_18"``, ``"mc3_18"``, ``"r2plus1d_18"``) for GPUs.
-        widths (list[int]): Channels of the compact network's blocks.
-        global_pool (GlobalPool): The compact network's final pooling, ``"max"`` or ``"avg"``.
-        temporal_bins (int): Ordered time bins the compact network's final pooling
-            keeps (see :func:`compact_c3d`); 1 pools time away with space.
-        motion_input (bool): Give the compact network, besides each frame, the
-            frame minus the clip's mean frame as extra channels: what stays still
-            (background, face, lighting) cancels there and only what moves is left,
-            a cheap motion stream in the spirit of two-stream networks.
-        out_dim (int): Size of the returned embedding.
-        dropout (float): Dropout before the projection.
-        dropout_kind (str): A kind accepted by :func:`make_dropout`.
-        channels_last (bool): Run the 3D convolutions in the ``channels_last_3d``
-            memory format (faster on GPUs with tensor cores, bf16 above all; the
-            numbers are the same up to float rounding).
-        inflate_from (str | None): A pretrained 2D network's weights (a state dict in a
-            ``.pt``/``.pth``/``.ckpt``/``.safetensors`` file, read with
-            ``weights_only``) whose kernels initialize the 3D convolutions, inflated
-            over time (I3D; see :func:`~mmsent.models.inflation.inflate_into`): a
-            :class:`FrameCNNEncoder` of the same widths for ``c3d``, torchvision's
-            ``resnet18`` for ``r3d_18``. None: random initialization. With
-            ``motion_input`` the first kernel serves the frame and the motion channels
-            alike.
-        inflate_kernels (list[str] | None): Names of the 2D kernels in
-            ``inflate_from`` to inflate, one per 3D convolution in order, for any other
-            2D network (e.g. ``["conv1.weight", "conv2.weight", "conv3.weight"]`` of a
-            face detector, with ``widths`` equal to their output channels). None: a
-            :class:`FrameCNNEncoder`'s convolutions, or every 2D kernel of the file.
-        temporal_padding (TemporalPadding): How the 3D convolutions pad time: ``"zeros"`` or
-            ``"replicate"`` (the clip's end frames repeated). With ``"replicate"`` an
-            inflated network computes its 2D network's features on a still clip at
-            every frame, not only away from the clip's ends (see
-            :mod:`mmsent.models.inflation`).
-        stem_pool (bool): For a torchvision backbone, add ``resnet18``'s stem
-            max-pool, which ``r3d_18`` lacks; with ``temporal_padding="replicate"`` an
-            ``r3d_18`` inflated from ``resnet18`` then reproduces its features on a
-            still clip.
+        input_dim: Input channels (3 for RGB frames).
+        backbone: ``"c3d"`` (compact, CPU-friendly) or one of :data:`TORCHVISION_BACKBONES`.
+        widths: Channels of the compact network's blocks.
+        global_pool: The compact network's final pooling.
+        temporal_bins: Ordered time bins of the compact network's pooling (:func:`compact_c3d`).
+        motion_input: Add the frame minus the clip's mean frame as channels, where only
+            what moves is left: a cheap motion stream, as in two-stream networks.
+        out_dim: Size of the returned embedding.
+        dropout: Dropout before the projection.
+        dropout_kind: A kind accepted by :func:`make_dropout`.
+        channels_last: Use ``channels_last_3d`` (faster on tensor cores; equal up to rounding).
+        inflate_from: A 2D network's state dict file (read with ``weights_only``) whose
+            kernels, inflated over time (I3D, :func:`~mmsent.models.inflation.inflate_into`),
+            initialize the 3D convolutions: a :class:`FrameCNNEncoder` for ``c3d``,
+            ``resnet18`` for ``r3d_18``. None: random initialization.
+        inflate_kernels: Names of the 2D kernels to inflate, one per 3D convolution, for
+            any other 2D network. None: a :class:`FrameCNNEncoder`'s, or every 2D kernel.
+        temporal_padding: ``"replicate"`` repeats the clip's end frames, so an inflated
+            network matches its 2D network on a still clip at every frame.
+        stem_pool: For a torchvision backbone, add ``resnet18``'s stem max-pool, which
+            ``r3d_18`` lacks.
     """
 
     def __init__(self, input_dim: int = 3, backbone: str = "c3d", widths: list[int] | None = None,
@@ -213,11 +189,11 @@ class Visual3DCNNEncoder(nn.Module, HubMixin):
         """Encodes a batch of clips.
 
         Args:
-            video (torch.Tensor): Frames, shape ``(B, 3, T, H, W)``, scaled to about [-1, 1].
-            mask (torch.Tensor | None): Unused: every clip has all its frames.
+            video: Frames, shape ``(B, 3, T, H, W)``, scaled to about [-1, 1].
+            mask: Unused: every clip has all its frames.
 
         Returns:
-            torch.Tensor: Shape ``(B, out_dim)``.
+            Shape ``(B, out_dim)``.
         """
         if self.motion_input:
             video = torch.cat([video, video - video.mean(2, keepdim=True)], dim=1)
@@ -235,17 +211,16 @@ def _frame_network_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 class FrameCNNEncoder(nn.Module, HubMixin):
     """A per-frame 2D-CNN whose frame embeddings are averaged over time.
 
-    The order-blind baseline for the 3D-CNN: the same widths, so a gap between the
-    two measures what temporal convolution adds.
+    The order-blind baseline for the 3D-CNN: with the same widths, the gap measures what
+    temporal convolution adds.
 
     Args:
-        input_dim (int): Input channels (3 for RGB frames).
-        widths (list[int]): Channels of each 2D block.
-        global_pool (GlobalPool): Pooling over each frame's positions, ``"max"`` or ``"avg"``;
-            frames are then averaged over time.
-        out_dim (int): Size of the returned embedding.
-        dropout (float): Dropout before the projection.
-        dropout_kind (str): A kind accepted by :func:`make_dropout`.
+        input_dim: Input channels (3 for RGB frames).
+        widths: Channels of each 2D block.
+        global_pool: Pooling over each frame's positions.
+        out_dim: Size of the returned embedding.
+        dropout: Dropout before the projection.
+        dropout_kind: A kind accepted by :func:`make_dropout`.
     """
 
     def __init__(self, input_dim: int = 3, widths: list[int] | None = None,
@@ -268,11 +243,11 @@ class FrameCNNEncoder(nn.Module, HubMixin):
         """Encodes a batch of clips frame by frame.
 
         Args:
-            video (torch.Tensor): Frames, shape ``(B, 3, T, H, W)``.
-            mask (torch.Tensor | None): Unused.
+            video: Frames, shape ``(B, 3, T, H, W)``.
+            mask: Unused.
 
         Returns:
-            torch.Tensor: Shape ``(B, out_dim)``.
+            Shape ``(B, out_dim)``.
         """
         batch, channels, time, height, width = video.shape
         frames = video.transpose(1, 2).reshape(batch * time, channels, height, width)
@@ -283,11 +258,10 @@ class FrameCNNEncoder(nn.Module, HubMixin):
 class VisualSequenceEncoder(TextLSTMEncoder):
     """An LSTM over pre-extracted video features per frame (FACET, OpenFace).
 
-    The same network as :class:`TextLSTMEncoder` over vectors; the separate name
-    keeps configs readable.
+    :class:`TextLSTMEncoder` over vectors, under a name that keeps configs readable.
 
     Args:
-        input_dim (int): Feature size per frame.
+        input_dim: Feature size per frame.
         **kwargs: Any other :class:`TextLSTMEncoder` argument except ``input_kind``.
     """
 

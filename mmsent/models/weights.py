@@ -1,12 +1,9 @@
-"""Weight files: the one reader of saved tensors, the frozen weights a save leaves out
-and rebuilds from the configuration, and the hashes that recognize weights (a frozen
-pretrained table, a generator's encoders).
+"""Weight files: the one reader of saved tensors, the frozen weights a save leaves out and
+rebuilds from the configuration, and the hashes that recognize weights.
 
-Every file of weights mmsent reads goes through :func:`read_weights_file`: a
-``.safetensors`` file holds tensors only, and any other file is read by ``torch.load``
-with ``weights_only=True`` given explicitly; torch honours an explicit value whatever
-``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says, so a file replaced by a malicious pickle is
-refused instead of run.
+Every weights file goes through :func:`read_weights_file`, which passes
+``weights_only=True`` explicitly: torch honours that whatever
+``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says, so a malicious pickle is refused, not run.
 """
 
 from __future__ import annotations
@@ -31,18 +28,17 @@ def read_weights_file(path: str | Path, what: str, kind: str = "checkpoint") -> 
     """Reads a file of tensors and plain data, never code.
 
     Args:
-        path (str | Path): A ``.safetensors`` file, or a file ``torch.save`` wrote.
-        what (str): The config key that named it, for messages.
-        kind (str): What the file is to the caller (``checkpoint``, ``weights file``),
-            for messages.
+        path: A ``.safetensors`` file, or a file ``torch.save`` wrote.
+        what: The config key that named it, for messages.
+        kind: What the file is to the caller (``checkpoint``, ``weights file``).
 
     Returns:
-        object: What the file holds, on the CPU.
+        What the file holds, on the CPU.
 
     Raises:
         MissingFileError: If the file does not exist.
-        ConfigError: If the file holds objects other than tensors and plain data
-            (refused), or is truncated or corrupt; naming the key and the file.
+        ConfigError: If the file holds objects other than tensors and plain data, or is
+            truncated or corrupt, naming the key and the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -66,9 +62,8 @@ def read_weights_file(path: str | Path, what: str, kind: str = "checkpoint") -> 
 
 
 def _cut_inside_zip_signature(path: Path) -> bool:
-    # torch reads a file as a zip archive (every checkpoint since torch 1.6) only once
-    # its whole 4-byte signature is there; a shorter cut goes to the pickle reader,
-    # whose refusal would otherwise read as a checkpoint that is not one.
+    # torch reads a zip archive only once its whole 4-byte signature is there; a shorter
+    # cut goes to the pickle reader, whose refusal would read as a foreign object.
     with path.open("rb") as stream:
         head = stream.read(len(ZIP_SIGNATURE))
     return len(head) < len(ZIP_SIGNATURE) and ZIP_SIGNATURE.startswith(head)
@@ -78,10 +73,10 @@ def tensor_digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
     """A SHA-1 of tensors' bytes, each preceded by its name.
 
     Args:
-        named (Iterable[tuple[str, torch.Tensor]]): Name and tensor pairs, in order.
+        named: Name and tensor pairs, in order.
 
     Returns:
-        str: A hex digest.
+        A hex digest.
     """
     digest = hashlib.sha1()
     for name, tensor in named:
@@ -94,10 +89,10 @@ def fingerprint(tensor: torch.Tensor) -> dict:
     """What tells two weight tensors apart: shape, dtype and a hash of the bytes.
 
     Args:
-        tensor (torch.Tensor): The weights.
+        tensor: The weights.
 
     Returns:
-        dict: ``shape``, ``dtype`` and ``sha1``.
+        ``shape``, ``dtype`` and ``sha1``.
     """
     return {"shape": list(tensor.shape), "dtype": str(tensor.dtype), "sha1": tensor_digest([("", tensor)])}
 
@@ -133,9 +128,8 @@ def omit_rebuilt(module: nn.Module, state: dict) -> dict[str, dict]:
 def rebuilt_fingerprint(owner: nn.Module, key: str, tensor: torch.Tensor) -> dict:
     """The :func:`fingerprint` of a weight its module rebuilds, hashed once per version.
 
-    Hashing a frozen transformer embedding table at every checkpoint takes tens of
-    milliseconds; it is hashed again only once changed in place (its version counter)
-    or replaced (its storage).
+    Hashing a frozen embedding table at every checkpoint costs tens of milliseconds; it is
+    hashed again only once changed in place or replaced.
 
     Args:
         owner (nn.Module): The module whose ``rebuilt_state_keys()`` named ``key``.
@@ -156,17 +150,17 @@ def fill_rebuilt(state: dict, module: nn.Module, omitted: dict[str, dict], prefi
     """Puts back the weights a checkpoint left out, taken from the configured module.
 
     Args:
-        state (dict): The (sub-)state dict to load into ``module``; changed in place.
-        module (nn.Module): The configured module, holding the rebuilt weights.
-        omitted (dict[str, dict]): The checkpoint's record (:func:`omit_rebuilt`).
-        prefix (str): What the checkpoint's keys have in front of ``module``'s keys.
-        what (str): The config key or file, for the message.
+        state: The (sub-)state dict to load into ``module``; changed in place.
+        module: The configured module, holding the rebuilt weights.
+        omitted: The checkpoint's record (:func:`omit_rebuilt`).
+        prefix: What the checkpoint's keys have in front of ``module``'s keys.
+        what: The config key or file, for the message.
 
     Returns:
-        dict: ``state``.
+        ``state``.
 
     Raises:
-        ValueError: If the configured module rebuilds other weights than were saved.
+        ConfigError: If the configured module rebuilds other weights than were saved.
     """
     own = module.state_dict()
     for key, expected in omitted.items():

@@ -1,32 +1,21 @@
 """Conditional generators of embedding tuples, and measures of what they generate.
 
-Each generator learns ``p(x | y)`` for a flat vector ``x`` and a sentiment score ``y``
-in ``[-3, 3]``. In mmsent ``x`` is the concatenation of the frozen encoders'
-embeddings (:func:`concat_embeddings`), which is exactly what the fusion head
-consumes, so generated tuples can be mixed into its training batches
-(:func:`sample_embeddings`). Any other vector works the same way.
+Each generator learns ``p(x | y)`` for a flat vector ``x`` and a score ``y`` in
+``[-3, 3]``; in mmsent ``x`` is the frozen encoders' embeddings concatenated
+(:func:`concat_embeddings`), what the fusion head consumes, so generated tuples can be
+mixed into its batches (:func:`sample_embeddings`). The generative-augmentation section
+of the tool-kit guide describes the stage.
 
-* :class:`ConditionalAutoencoder`: a deterministic autoencoder; it samples by drawing
-  codes from a Gaussian fitted to the training codes given the score (ex-post density
-  estimation, Ghosh et al. 2020).
-* :class:`ConditionalVAE`: a conditional VAE (Sohn et al. 2015) with a learned
-  decoder variance per dimension (a calibrated decoder, Rybkin et al. 2021), so the
-  balance between reconstruction and KL needs no tuning.
-* :class:`ConditionalGAN`: a conditional GAN stabilized by spectral normalization
-  (Miyato et al. 2018) and/or a gradient penalty (Gulrajani et al. 2017), with
-  InfoGAN's latent codes (Chen et al. 2016) as an option. It is trained by
-  alternating :meth:`ConditionalGAN.discriminator_loss` and
-  :meth:`ConditionalGAN.generator_loss` steps.
-* :class:`BiGAN`: a conditional BiGAN (Donahue et al. 2017), a generator and an
-  encoder whose discriminator judges (x, z) pairs; trained like the GAN, it can also
-  encode and reconstruct.
-* :class:`EmbeddingCycleGAN`: translators between two modalities' embedding spaces
-  (not score-conditioned), with the cycle-consistency loss; :func:`fill_missing` uses
-  them to fill in a modality a sample lacks.
+* :class:`ConditionalAutoencoder`: ex-post density estimation (Ghosh et al. 2020).
+* :class:`ConditionalVAE`: Sohn et al. 2015, with a calibrated decoder (Rybkin et al. 2021).
+* :class:`ConditionalGAN`: spectral norm (Miyato et al. 2018) and/or a gradient penalty
+  (Gulrajani et al. 2017), InfoGAN codes (Chen et al. 2016) as an option.
+* :class:`BiGAN`: Donahue et al. 2017; it can also encode and reconstruct.
+* :class:`EmbeddingCycleGAN`: translators between two modalities, for :func:`fill_missing`.
 
-Every generator standardizes its data with running statistics that the training loop
-feeds through :meth:`EmbeddingGenerator.observe`, and :meth:`EmbeddingGenerator.sample`
-returns vectors in the original scale.
+Every generator standardizes with running statistics fed by
+:meth:`EmbeddingGenerator.observe`; :meth:`EmbeddingGenerator.sample` returns the
+original scale.
 
 Usage without Lightning::
 

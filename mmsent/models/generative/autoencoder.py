@@ -15,19 +15,15 @@ from mmsent.models.generative.base import EmbeddingGenerator, score_condition
 class ConditionalAutoencoder(EmbeddingGenerator):
     """An autoencoder with the score fed to both encoder and decoder.
 
-    It trains on reconstruction alone. Its codes still carry the score (nothing
-    keeps it out of them), so it generates by drawing codes from a Gaussian whose mean
-    is linear in the score, ``z | y ~ N(W [1, y], S)``, fitted to the training codes
-    through moving moments, and decodes them with that score.
+    It trains on reconstruction alone; its codes still carry the score, so it generates
+    from ``z | y ~ N(W [1, y], S)`` fitted to the training codes by moving moments.
 
     Args:
-        data_dim (int): Size of the vectors.
-        latent_dim (int): Size of the code.
-        hidden_dims (list[int] | None): Encoder hidden sizes (the decoder mirrors them);
-            None means ``[128]``.
-        dropout (float): Dropout between hidden layers.
-        prior_momentum (float): Weight of each batch in the moving moments of
-            ``(1, y, z)``.
+        data_dim: Size of the vectors.
+        latent_dim: Size of the code.
+        hidden_dims: Encoder hidden sizes, mirrored by the decoder; None means ``[128]``.
+        dropout: Dropout between hidden layers.
+        prior_momentum: Weight of each batch in the moving moments of ``(1, y, z)``.
     """
 
     def __init__(self, data_dim: int, latent_dim: int = 16, hidden_dims: list[int] | None = None,
@@ -45,12 +41,11 @@ class ConditionalAutoencoder(EmbeddingGenerator):
         """The training objective on a batch (and, in training mode, a prior update).
 
         Args:
-            x (Tensor): Real vectors, shape ``(B, data_dim)``.
-            scores (Tensor): Their scores, shape ``(B,)``.
+            x: Real vectors, shape ``(B, data_dim)``.
+            scores: Their scores, shape ``(B,)``.
 
         Returns:
-            dict[str, Tensor]: ``loss`` (mean squared error in standardized units) and
-            ``recon`` (the same value).
+            ``loss`` (MSE in standardized units) and ``recon`` (the same value).
         """
         cond = score_condition(scores)
         target = self.scaler.normalize(x)

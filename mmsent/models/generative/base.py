@@ -19,11 +19,11 @@ def concat_embeddings(embeddings: dict[str, Tensor], dims: dict[str, int]) -> Te
     """Flattens one embedding per modality into one vector, in the order of ``dims``.
 
     Args:
-        embeddings (dict[str, Tensor]): Shape ``(B, D_m)`` per modality.
-        dims (dict[str, int]): The layout: modality -> embedding size.
+        embeddings: Shape ``(B, D_m)`` per modality.
+        dims: The layout: modality -> embedding size.
 
     Returns:
-        Tensor: Shape ``(B, sum(D_m))``.
+        Shape ``(B, sum(D_m))``.
     """
     return torch.cat([embeddings[m] for m in dims], dim=-1)
 
@@ -32,11 +32,11 @@ def split_embeddings(x: Tensor, dims: dict[str, int]) -> dict[str, Tensor]:
     """Inverts :func:`concat_embeddings`.
 
     Args:
-        x (Tensor): Shape ``(B, sum(D_m))``.
-        dims (dict[str, int]): The layout: modality -> embedding size.
+        x: Shape ``(B, sum(D_m))``.
+        dims: The layout: modality -> embedding size.
 
     Returns:
-        dict[str, Tensor]: Shape ``(B, D_m)`` per modality.
+        Shape ``(B, D_m)`` per modality.
     """
     return dict(zip(dims, x.split(list(dims.values()), dim=-1), strict=True))
 
@@ -46,14 +46,13 @@ def draw_scores(labels: Tensor, count: int, mode: ScoreMode = "train",
     """Scores to condition generated samples on.
 
     Args:
-        labels (Tensor): Real training scores, shape ``(B,)``; ``"train"`` resamples
-            them, so generated scores follow the training label distribution.
-        count (int): How many scores.
-        mode (ScoreMode): ``"train"`` or ``"uniform"`` (uniform in ``[-3, 3]``).
-        rng (torch.Generator | None): Random source.
+        labels: Real training scores ``(B,)``, which ``"train"`` resamples.
+        count: How many scores.
+        mode: ``"train"`` or ``"uniform"`` (in ``[-3, 3]``).
+        rng: Random source.
 
     Returns:
-        Tensor: Shape ``(count,)``.
+        Shape ``(count,)``.
     """
     check_choice("score mode", mode, ScoreMode)
     if mode == "train":
@@ -69,12 +68,12 @@ def score_condition(scores: Tensor) -> Tensor:
 class RunningStandardizer(nn.Module):
     """Per-dimension mean and standard deviation, accumulated over batches.
 
-    The statistics are exact over everything seen (Chan et al.'s parallel update), so
-    a generator trained on frozen embeddings sees fixed statistics after one epoch.
+    Exact over everything seen (Chan et al.'s parallel update): fixed after one epoch of
+    frozen embeddings.
 
     Args:
-        dim (int): Vector size.
-        eps (float): Floor of the standard deviation.
+        dim: Vector size.
+        eps: Floor of the standard deviation.
     """
 
     def __init__(self, dim: int, eps: float = 1e-6) -> None:
@@ -89,7 +88,7 @@ class RunningStandardizer(nn.Module):
         """Adds a batch to the statistics.
 
         Args:
-            x (Tensor): Shape ``(B, dim)``.
+            x: Shape ``(B, dim)``.
         """
         x = x.detach().double()
         if len(x) == 0:
@@ -120,11 +119,10 @@ class RunningStandardizer(nn.Module):
 class EmbeddingGenerator(nn.Module, HubMixin):
     """What every generator shares: standardization, conditioning and sampling.
 
-    Subclasses implement :meth:`_generate` (standardized samples for a condition) and,
-    if they can, :meth:`_reconstruct`.
+    Subclasses implement ``_generate`` and, if they can, ``_reconstruct``.
 
     Args:
-        data_dim (int): Size of the generated vectors.
+        data_dim: Size of the generated vectors.
     """
 
     adversarial: bool = False
@@ -139,7 +137,7 @@ class EmbeddingGenerator(nn.Module, HubMixin):
         """Adds a training batch to the standardization statistics.
 
         Args:
-            x (Tensor): Real vectors, shape ``(B, data_dim)``.
+            x: Real vectors, shape ``(B, data_dim)``.
         """
         self.scaler.update(x)
 
@@ -148,11 +146,11 @@ class EmbeddingGenerator(nn.Module, HubMixin):
         """Generates one vector per score.
 
         Args:
-            scores (Tensor): Conditioning scores in ``[-3, 3]``, shape ``(N,)``.
-            rng (torch.Generator | None): Random source, for reproducible samples.
+            scores: Conditioning scores in ``[-3, 3]``, shape ``(N,)``.
+            rng: Random source, for reproducible samples.
 
         Returns:
-            Tensor: Shape ``(N, data_dim)``, in the original scale.
+            Shape ``(N, data_dim)``, in the original scale.
         """
         return self.scaler.denormalize(self._generate(score_condition(scores), rng))
 
@@ -161,11 +159,14 @@ class EmbeddingGenerator(nn.Module, HubMixin):
         """Encodes and decodes real vectors.
 
         Args:
-            x (Tensor): Shape ``(B, data_dim)``.
-            scores (Tensor): Their scores, shape ``(B,)``.
+            x: Shape ``(B, data_dim)``.
+            scores: Their scores, shape ``(B,)``.
 
         Returns:
-            Tensor: The reconstructions, shape ``(B, data_dim)``, original scale.
+            The reconstructions, shape ``(B, data_dim)``, original scale.
+
+        Raises:
+            ValueError: If the generator has no encoder.
         """
         if not self.can_reconstruct:
             raise ValueError(f"{type(self).__name__} has no encoder, so it cannot reconstruct")
@@ -183,15 +184,14 @@ def sample_embeddings(generator: EmbeddingGenerator, dims: dict[str, int], label
     """Generated embedding tuples to mix into a real batch.
 
     Args:
-        generator (EmbeddingGenerator): A trained generator over ``dims``.
-        dims (dict[str, int]): The layout: modality -> embedding size.
-        labels (Tensor): The real batch's scores, shape ``(B,)``.
-        ratio (float): Generated samples per real sample (at least one is drawn).
-        mode (str): How scores are drawn, see :func:`draw_scores`.
+        generator: A trained generator over ``dims``.
+        dims: The layout: modality -> embedding size.
+        labels: The real batch's scores, shape ``(B,)``.
+        ratio: Generated samples per real sample (at least one is drawn).
+        mode: How scores are drawn, see :func:`draw_scores`.
 
     Returns:
-        tuple[dict[str, Tensor], Tensor]: Embeddings ``(N, D_m)`` per modality and
-        their conditioning scores ``(N,)``, with ``N = max(1, round(ratio * B))``.
+        Embeddings ``(N, D_m)`` per modality and their scores, ``N = max(1, round(ratio * B))``.
     """
     scores = draw_scores(labels, max(1, round(ratio * len(labels))), mode)
     return split_embeddings(generator.sample(scores), dims), scores

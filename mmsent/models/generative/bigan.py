@@ -21,33 +21,23 @@ from mmsent.models.generative.gan import (
 class BiGAN(EmbeddingGenerator):
     """A conditional BiGAN (Donahue et al. 2017; Dumoulin et al. 2017, ALI).
 
-    The generator ``G(z, y)`` maps noise to vectors and the encoder ``E(x, y)`` maps
-    vectors to noise; the discriminator sees pairs ``(x, E(x, y))`` of real vectors and
-    ``(G(z, y), z)`` of generated ones, with the score projected in as in
-    :class:`~mmsent.models.generative.Critic`. At the optimum ``E`` inverts ``G``, so
-    :meth:`reconstruct` (``G(E(x))``) and :meth:`encode` are available, unlike in a
-    plain GAN.
-
-    Train it as :class:`~mmsent.models.generative.ConditionalGAN`: alternate
-    :meth:`discriminator_loss` with the :meth:`parts` ``"discriminator"`` optimizer and
-    :meth:`generator_loss` (which needs the real batch, for the encoder's pairs) with
-    the ``"generator"`` one (generator and encoder together).
+    The discriminator judges pairs ``(x, E(x, y))`` of real vectors and ``(G(z, y), z)``
+    of generated ones. At the optimum ``E`` inverts ``G``, so unlike a plain GAN it can
+    :meth:`reconstruct` and :meth:`encode`. Train it as
+    :class:`~mmsent.models.generative.ConditionalGAN`; :meth:`generator_loss` needs the
+    real batch.
 
     Args:
-        data_dim (int): Size of the vectors.
-        noise_dim (int): Size of the Gaussian noise ``z``.
-        hidden_dims (list[int] | None): Hidden sizes of generator and encoder; None
-            means ``[128, 128]``.
-        critic_dims (list[int] | None): Discriminator hidden sizes; None means the
-            generator's.
-        loss (str): ``"wasserstein"``, ``"hinge"`` or ``"bce"`` (non-saturating).
-        spectral_norm (bool): Spectrally normalize the discriminator.
-        gradient_penalty (float): Weight of WGAN-GP's gradient penalty on the pairs; 0
-            for none.
+        data_dim: Size of the vectors.
+        noise_dim: Size of the Gaussian noise ``z``.
+        hidden_dims: Hidden sizes of generator and encoder; None means ``[128, 128]``.
+        critic_dims: Discriminator hidden sizes; None means the generator's.
+        loss: The adversarial loss; ``"bce"`` is the non-saturating one.
+        spectral_norm: Spectrally normalize the discriminator.
+        gradient_penalty: Weight of WGAN-GP's gradient penalty on the pairs; 0 for none.
 
     Raises:
-        ValueError: If ``loss`` is unknown, or Wasserstein without a Lipschitz
-            constraint.
+        ValueError: If ``loss`` is unknown, or Wasserstein without a Lipschitz constraint.
     """
 
     adversarial = True
@@ -68,8 +58,7 @@ class BiGAN(EmbeddingGenerator):
         self.discriminator = Critic(data_dim + noise_dim, critic, spectral_norm, info_dim=0)
 
     def parts(self) -> dict[str, nn.Module]:
-        """dict[str, nn.Module]: The parameters of each optimizer: ``generator``
-        (generator and encoder) and ``discriminator``."""
+        """dict[str, nn.Module]: The ``generator`` (with the encoder) and ``discriminator``."""
         return {"generator": nn.ModuleList([self.generator_net, self.encoder_net]),
                 "discriminator": self.discriminator}
 
@@ -78,11 +67,11 @@ class BiGAN(EmbeddingGenerator):
         """The noise the encoder assigns to real vectors.
 
         Args:
-            x (Tensor): Shape ``(B, data_dim)``, original scale.
-            scores (Tensor): Their scores, shape ``(B,)``.
+            x: Shape ``(B, data_dim)``, original scale.
+            scores: Their scores, shape ``(B,)``.
 
         Returns:
-            Tensor: Shape ``(B, noise_dim)``.
+            Shape ``(B, noise_dim)``.
         """
         return self._encode(self.scaler.normalize(x), score_condition(scores))
 
@@ -90,11 +79,11 @@ class BiGAN(EmbeddingGenerator):
         """The discriminator's objective on real pairs and as many generated pairs.
 
         Args:
-            x (Tensor): Real vectors, shape ``(B, data_dim)``.
-            scores (Tensor): Their scores; the generated pairs get the same ones.
+            x: Real vectors, shape ``(B, data_dim)``.
+            scores: Their scores; the generated pairs get the same ones.
 
         Returns:
-            dict[str, Tensor]: ``loss``, ``adversarial`` and, where enabled, ``penalty``.
+            ``loss``, ``adversarial`` and, where enabled, ``penalty``.
         """
         cond = score_condition(scores)
         with torch.no_grad():
@@ -110,16 +99,14 @@ class BiGAN(EmbeddingGenerator):
     def generator_loss(self, scores: Tensor, real: Tensor | None = None) -> dict[str, Tensor]:
         """The objective of generator and encoder: fool the discriminator both ways.
 
-        The encoder's pairs are real ones, so its loss is the discriminator's own on
-        them with the labels swapped: generated pairs should look real and real pairs
-        generated.
+        The labels are swapped: generated pairs should look real, and real pairs generated.
 
         Args:
-            scores (Tensor): The real batch's scores, shape ``(B,)``.
-            real (Tensor | None): The real batch, shape ``(B, data_dim)``.
+            scores: The real batch's scores, shape ``(B,)``.
+            real: The real batch, shape ``(B, data_dim)``.
 
         Returns:
-            dict[str, Tensor]: ``loss`` and ``adversarial``.
+            ``loss`` and ``adversarial``.
 
         Raises:
             ValueError: If ``real`` is missing.

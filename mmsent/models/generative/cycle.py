@@ -24,35 +24,25 @@ from mmsent.models.generative.gan import (
 
 
 class EmbeddingCycleGAN(nn.Module):
-    """Two translators between the embeddings of a ``source`` and a ``target``
-    modality, trained adversarially with the cycle-consistency loss (Zhu et al. 2017).
+    """Translators between two modalities' embeddings, trained adversarially with the
+    cycle-consistency loss (Zhu et al. 2017).
 
-    ``to_target`` maps source embeddings to the target space and ``to_source`` back;
-    a critic per space tells real embeddings from translated ones. The generator loss
-    adds ``cycle_weight`` times the L1 cycle errors ``|to_source(to_target(a)) - a|``
-    and ``|to_target(to_source(b)) - b|``, which make the translators (nearly) inverse
-    to each other. A CycleGAN needs no pairs; when the data does pair them (one clip's
-    text and audio), ``paired_weight`` adds the L1 error of each translation against
-    its partner. Inputs are standardized per space with running statistics fed by
-    :meth:`observe`.
-
-    Train it by alternating :meth:`discriminator_loss` with the :meth:`parts`
-    ``"discriminator"`` optimizer and :meth:`generator_loss` with the ``"generator"``
-    one, then fill in missing modalities with :func:`fill_missing`.
+    A critic per space tells real embeddings from translated ones; the L1 cycle errors
+    make the translators (nearly) inverse. Inputs are standardized per space with
+    statistics fed by :meth:`observe`. Train by alternating :meth:`discriminator_loss`
+    and :meth:`generator_loss`, each with its :meth:`parts` optimizer.
 
     Args:
-        source_dim (int): Size of the source embeddings.
-        target_dim (int): Size of the target embeddings.
-        source (str): The source modality's name.
-        target (str): The target modality's name.
-        hidden_dims (list[int] | None): Hidden sizes of translators and critics; None
-            means ``[128, 128]``.
-        loss (str): ``"wasserstein"``, ``"hinge"`` or ``"bce"``.
-        spectral_norm (bool): Spectrally normalize the critics.
-        gradient_penalty (float): Weight of WGAN-GP's gradient penalty; 0 for none.
-        cycle_weight (float): Weight of the cycle-consistency loss.
-        paired_weight (float): Weight of the L1 loss against paired partners; 0 for
-            the unpaired CycleGAN.
+        source_dim: Size of the source embeddings.
+        target_dim: Size of the target embeddings.
+        source: The source modality's name.
+        target: The target modality's name.
+        hidden_dims: Hidden sizes of translators and critics; None means ``[128, 128]``.
+        loss: The adversarial loss.
+        spectral_norm: Spectrally normalize the critics.
+        gradient_penalty: Weight of WGAN-GP's gradient penalty; 0 for none.
+        cycle_weight: Weight of the cycle-consistency loss.
+        paired_weight: Weight of the L1 loss against the partner of the same clip; 0: none.
 
     Raises:
         ValueError: If ``loss`` is unknown, source and target are the same modality,
@@ -81,8 +71,7 @@ class EmbeddingCycleGAN(nn.Module):
         self.target_critic = Critic(target_dim, hidden, spectral_norm, info_dim=0)
 
     def parts(self) -> dict[str, nn.Module]:
-        """dict[str, nn.Module]: The parameters of each optimizer: ``generator`` (both
-        translators) and ``discriminator`` (both critics)."""
+        """dict[str, nn.Module]: The ``generator`` (both translators) and ``discriminator``."""
         return {"generator": nn.ModuleList([self.forward_net, self.backward_net]),
                 "discriminator": nn.ModuleList([self.source_critic, self.target_critic])}
 
@@ -90,33 +79,31 @@ class EmbeddingCycleGAN(nn.Module):
         """Adds a training batch of each space to the standardization statistics.
 
         Args:
-            source (Tensor): Source embeddings ``(B, source_dim)``.
-            target (Tensor): Target embeddings ``(B', target_dim)``.
+            source: Source embeddings ``(B, source_dim)``.
+            target: Target embeddings ``(B', target_dim)``.
         """
         self.source_scaler.update(source)
         self.target_scaler.update(target)
 
     @torch.no_grad()
     def to_target(self, source: Tensor) -> Tensor:
-        """Tensor: Source embeddings ``(B, source_dim)`` translated to the target space,
-        original scale."""
+        """Tensor: Source embeddings translated to the target space, original scale."""
         return self.target_scaler.denormalize(self.forward_net(self.source_scaler.normalize(source)))
 
     @torch.no_grad()
     def to_source(self, target: Tensor) -> Tensor:
-        """Tensor: Target embeddings ``(B, target_dim)`` translated to the source space,
-        original scale."""
+        """Tensor: Target embeddings translated to the source space, original scale."""
         return self.source_scaler.denormalize(self.backward_net(self.target_scaler.normalize(target)))
 
     def discriminator_loss(self, source: Tensor, target: Tensor) -> dict[str, Tensor]:
         """Both critics' objective on real embeddings and translated ones.
 
         Args:
-            source (Tensor): Source embeddings ``(B, source_dim)``.
-            target (Tensor): Target embeddings ``(B', target_dim)`` (need not pair).
+            source: Source embeddings ``(B, source_dim)``.
+            target: Target embeddings ``(B', target_dim)`` (need not pair).
 
         Returns:
-            dict[str, Tensor]: ``loss``, ``adversarial`` and, where enabled, ``penalty``.
+            ``loss``, ``adversarial`` and, where enabled, ``penalty``.
         """
         a, b = self.source_scaler.normalize(source), self.target_scaler.normalize(target)
         with torch.no_grad():
@@ -139,13 +126,11 @@ class EmbeddingCycleGAN(nn.Module):
         """The translators' objective: fool both critics and come back where they started.
 
         Args:
-            source (Tensor): Source embeddings ``(B, source_dim)``.
-            target (Tensor): Target embeddings; ``(B, target_dim)`` pairs with
-                ``source`` row by row when ``paired_weight`` is set.
+            source: Source embeddings ``(B, source_dim)``.
+            target: Target embeddings, paired row by row when ``paired_weight`` is set.
 
         Returns:
-            dict[str, Tensor]: ``loss``, ``adversarial``, ``cycle`` and, with
-            ``paired_weight``, ``paired`` (L1 errors in standardized units).
+            ``loss``, ``adversarial``, ``cycle`` and, with ``paired_weight``, ``paired``.
 
         Raises:
             ValueError: If ``paired_weight`` is set and the batches differ in length.
@@ -170,20 +155,17 @@ def fill_missing(embeddings: dict[str, Tensor], present: dict[str, Tensor],
                  translators: list[EmbeddingCycleGAN]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Fills in absent modalities with embeddings translated from present ones.
 
-    A sample that lacks a modality gets, for it, the mean of the translations of the
-    modalities it has, over every translator that links the two (either direction);
-    a modality no translator reaches stays absent. Feed the result to
-    :meth:`~mmsent.models.LateFusionModel.predict_from_embeddings`.
+    A missing modality gets the mean translation of those the sample has, over every
+    translator linking them (either direction); one no translator reaches stays absent.
 
     Args:
-        embeddings (dict[str, Tensor]): Shape ``(B, D_m)`` per modality (absent ones
-            hold anything, typically the encoder's output on padding).
-        present (dict[str, Tensor]): Boolean ``(B,)`` per modality.
-        translators (list[EmbeddingCycleGAN]): Trained translators.
+        embeddings: Shape ``(B, D_m)`` per modality; absent rows may hold anything.
+        present: Boolean ``(B,)`` per modality.
+        translators: Trained translators.
 
     Returns:
-        tuple[dict[str, Tensor], dict[str, Tensor]]: The embeddings with filled rows
-        replaced, and the presence with those rows marked present.
+        The embeddings with filled rows, and the presence with them marked present, for
+        :meth:`~mmsent.models.LateFusionModel.predict_from_embeddings`.
     """
     filled, now_present = dict(embeddings), dict(present)
     for missing, own in embeddings.items():

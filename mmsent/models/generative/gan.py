@@ -18,19 +18,16 @@ GanLoss = Literal["hinge", "bce", "wasserstein"]
 
 
 class Critic(nn.Module):
-    """The GAN's discriminator: a LeakyReLU MLP, a projection on the score, and
-    InfoGAN's code head.
+    """The GAN's discriminator: a LeakyReLU MLP, a projection on the score, InfoGAN's code head.
 
-    The score enters as a projection (Miyato & Koyama 2018): the logit is
-    ``s(h) + <e(y), h>`` for features ``h`` of the input and an embedding ``e`` of the
-    score, which conditions far more strongly than appending one scalar to the input.
+    The score enters by projection (Miyato & Koyama 2018), logit ``s(h) + <e(y), h>``,
+    which conditions far more strongly than appending one scalar to the input.
 
     Args:
-        in_dim (int): Input size.
-        hidden_dims (list[int]): Hidden sizes.
-        spectral_norm (bool): Spectrally normalize every layer that feeds the score.
-        info_dim (int): Size of InfoGAN's code predicted from the shared features; 0
-            for none.
+        in_dim: Input size.
+        hidden_dims: Hidden sizes.
+        spectral_norm: Spectrally normalize every layer that feeds the score.
+        info_dim: Size of InfoGAN's code predicted from the features; 0 for none.
     """
 
     def __init__(self, in_dim: int, hidden_dims: list[int], spectral_norm: bool, info_dim: int) -> None:
@@ -52,12 +49,11 @@ class Critic(nn.Module):
         """Scores inputs under their conditions.
 
         Args:
-            inputs (Tensor): Shape ``(B, in_dim)``.
-            cond (Tensor): Scaled scores, shape ``(B, 1)``.
+            inputs: Shape ``(B, in_dim)``.
+            cond: Scaled scores, shape ``(B, 1)``.
 
         Returns:
-            tuple[Tensor, Tensor | None]: Logits ``(B,)`` and the predicted code
-            ``(B, info_dim)`` (None without InfoGAN).
+            Logits ``(B,)`` and the predicted code ``(B, info_dim)`` (None without InfoGAN).
         """
         features = self.body(inputs)
         logits = self.score(features).squeeze(-1) + (self.embed_condition(cond) * features).sum(-1)
@@ -69,10 +65,10 @@ def check_adversarial_loss(owner: str, loss: GanLoss, spectral_norm: bool, gradi
     """Checks an adversarial model's loss settings.
 
     Args:
-        owner (str): The model's name, for the message.
-        loss (GanLoss): ``"hinge"``, ``"bce"`` or ``"wasserstein"``.
-        spectral_norm (bool): Whether the critic is spectrally normalized.
-        gradient_penalty (float): Weight of the gradient penalty.
+        owner: The model's name, for the message.
+        loss: The adversarial loss.
+        spectral_norm: Whether the critic is spectrally normalized.
+        gradient_penalty: Weight of the gradient penalty.
 
     Raises:
         ValueError: If ``loss`` is unknown, or Wasserstein has no Lipschitz constraint.
@@ -87,12 +83,12 @@ def discriminator_objective(real: Tensor, fake: Tensor, kind: GanLoss) -> Tensor
     """The discriminator's loss for real and fake logits.
 
     Args:
-        real (Tensor): Logits of real samples.
-        fake (Tensor): Logits of generated samples.
-        kind (GanLoss): ``"hinge"``, ``"bce"`` or ``"wasserstein"``.
+        real: Logits of real samples.
+        fake: Logits of generated samples.
+        kind: The adversarial loss.
 
     Returns:
-        Tensor: The scalar loss.
+        The scalar loss.
     """
     if kind == "hinge":
         return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
@@ -105,11 +101,11 @@ def generator_objective(fake: Tensor, kind: GanLoss) -> Tensor:
     """The generator's (non-saturating) loss for the logits of its samples.
 
     Args:
-        fake (Tensor): Logits of generated samples.
-        kind (GanLoss): ``"hinge"``, ``"bce"`` or ``"wasserstein"``.
+        fake: Logits of generated samples.
+        kind: The adversarial loss.
 
     Returns:
-        Tensor: The scalar loss.
+        The scalar loss.
     """
     return F.softplus(-fake).mean() if kind == "bce" else -fake.mean()
 
@@ -118,13 +114,13 @@ def gradient_penalty(critic: Critic, real: Tensor, fake: Tensor, cond: Tensor) -
     """WGAN-GP's penalty: ``(||grad D||_2 - 1)^2`` at random points between pairs.
 
     Args:
-        critic (Critic): The discriminator.
-        real (Tensor): Critic inputs of real samples, ``(B, in_dim)``.
-        fake (Tensor): Critic inputs of generated samples.
-        cond (Tensor): The conditions both pairs share, ``(B, 1)``.
+        critic: The discriminator.
+        real: Critic inputs of real samples, ``(B, in_dim)``.
+        fake: Critic inputs of generated samples.
+        cond: The conditions both share, ``(B, 1)``.
 
     Returns:
-        Tensor: The scalar penalty, differentiable w.r.t. the critic.
+        The scalar penalty, differentiable w.r.t. the critic.
     """
     mix = torch.rand(len(real), 1, device=real.device)
     between = (mix * real + (1 - mix) * fake).requires_grad_(True)
@@ -135,25 +131,21 @@ def gradient_penalty(critic: Critic, real: Tensor, fake: Tensor, cond: Tensor) -
 
 class ConditionalGAN(EmbeddingGenerator):
     """A conditional GAN over vectors: the score is appended to the generator's input
-    and projected in the discriminator (see :class:`Critic`).
+    and projected in the discriminator (:class:`Critic`).
 
-    Train it by alternating steps: :meth:`discriminator_loss` with the
-    :meth:`parts` ``"discriminator"`` optimizer, then :meth:`generator_loss` with the
-    ``"generator"`` one.
+    Train it by alternating :meth:`discriminator_loss` and :meth:`generator_loss`, each
+    with the optimizer of its :meth:`parts` entry.
 
     Args:
-        data_dim (int): Size of the vectors.
-        noise_dim (int): Size of the Gaussian noise.
-        hidden_dims (list[int] | None): Generator hidden sizes; None means
-            ``[128, 128]``.
-        critic_dims (list[int] | None): Discriminator hidden sizes; None means the
-            generator's.
-        loss (str): ``"wasserstein"``, ``"hinge"`` or ``"bce"`` (non-saturating).
-        spectral_norm (bool): Spectrally normalize the discriminator.
-        gradient_penalty (float): Weight of WGAN-GP's gradient penalty; 0 for none.
-        info_dim (int): InfoGAN: size of a uniform ``[-1, 1]`` code the discriminator
-            must recover from generated samples; 0 for none.
-        info_weight (float): Weight of the code's reconstruction loss.
+        data_dim: Size of the vectors.
+        noise_dim: Size of the Gaussian noise.
+        hidden_dims: Generator hidden sizes; None means ``[128, 128]``.
+        critic_dims: Discriminator hidden sizes; None means the generator's.
+        loss: The adversarial loss; ``"bce"`` is the non-saturating one.
+        spectral_norm: Spectrally normalize the discriminator.
+        gradient_penalty: Weight of WGAN-GP's gradient penalty; 0 for none.
+        info_dim: InfoGAN: size of a uniform ``[-1, 1]`` code to recover from fakes; 0: none.
+        info_weight: Weight of the code's reconstruction loss.
     """
 
     adversarial = True
@@ -174,8 +166,7 @@ class ConditionalGAN(EmbeddingGenerator):
         self.discriminator = Critic(data_dim, critic, spectral_norm, info_dim)
 
     def parts(self) -> dict[str, nn.Module]:
-        """dict[str, nn.Module]: The parameters of each optimizer: ``generator`` and
-        ``discriminator`` (with InfoGAN's code head)."""
+        """dict[str, nn.Module]: The ``generator`` and ``discriminator`` (with the code head)."""
         return {"generator": self.generator_net, "discriminator": self.discriminator}
 
     def draw_latent(self, count: int, rng: torch.Generator | None = None,
@@ -183,12 +174,12 @@ class ConditionalGAN(EmbeddingGenerator):
         """Gaussian noise followed by the uniform InfoGAN code.
 
         Args:
-            count (int): How many latents.
-            rng (torch.Generator | None): Random source.
-            device (torch.device | None): Where to create them.
+            count: How many latents.
+            rng: Random source.
+            device: Where to create them.
 
         Returns:
-            Tensor: Shape ``(count, noise_dim + info_dim)``.
+            Shape ``(count, noise_dim + info_dim)``.
         """
         noise = torch.randn(count, self.noise_dim, generator=rng, device=device)
         code = torch.rand(count, self.info_dim, generator=rng, device=device) * 2 - 1
@@ -198,11 +189,11 @@ class ConditionalGAN(EmbeddingGenerator):
         """Decodes chosen latents (for instance with a swept InfoGAN code).
 
         Args:
-            latent (Tensor): Shape ``(N, noise_dim + info_dim)``.
-            scores (Tensor): Shape ``(N,)``.
+            latent: Shape ``(N, noise_dim + info_dim)``.
+            scores: Shape ``(N,)``.
 
         Returns:
-            Tensor: Shape ``(N, data_dim)``, original scale.
+            Shape ``(N, data_dim)``, original scale.
         """
         return self.scaler.denormalize(self.generator_net(torch.cat([latent, score_condition(scores)], -1)))
 
@@ -210,13 +201,12 @@ class ConditionalGAN(EmbeddingGenerator):
         """The discriminator's objective on a real batch and as many fakes.
 
         Args:
-            x (Tensor): Real vectors, shape ``(B, data_dim)``.
-            scores (Tensor): Their scores; the fakes get the same ones.
+            x: Real vectors, shape ``(B, data_dim)``.
+            scores: Their scores; the fakes get the same ones.
 
         Returns:
-            dict[str, Tensor]: ``loss`` and its terms: ``adversarial`` (for the
-            Wasserstein loss, minus the critic's estimate of the distance), and
-            ``penalty`` and ``info`` where enabled.
+            ``loss`` and its terms ``adversarial`` (Wasserstein: minus the critic's
+            distance estimate), ``penalty`` and ``info`` where enabled.
         """
         cond = score_condition(scores)
         real = self.scaler.normalize(x)
@@ -236,13 +226,11 @@ class ConditionalGAN(EmbeddingGenerator):
         """The generator's objective on one fake per score.
 
         Args:
-            scores (Tensor): Conditioning scores, shape ``(B,)`` (a real batch's).
-            real (Tensor | None): The real batch; unused here, taken so that every
-                adversarial generator is stepped alike (a BiGAN's encoder needs it).
+            scores: Conditioning scores, shape ``(B,)`` (a real batch's).
+            real: Unused; taken so every adversarial generator is stepped alike.
 
         Returns:
-            dict[str, Tensor]: ``loss`` and its terms: ``adversarial`` and, with
-            InfoGAN, ``info``.
+            ``loss`` and its terms ``adversarial`` and, with InfoGAN, ``info``.
         """
         cond = score_condition(scores)
         latent = self.draw_latent(len(scores), device=scores.device)

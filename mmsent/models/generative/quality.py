@@ -18,19 +18,17 @@ def mean_pairwise_distance(x: Tensor) -> float:
 def conditional_diversity(real: Tensor, generated: Tensor, scores: Tensor) -> float:
     """Spread of generated samples within each score class, relative to real ones.
 
-    Samples are grouped by their score rounded to an integer (the 7 classes of
-    Acc-7); a generator that ignores its noise and emits one vector per score has a
-    ratio near 0 even when the scores themselves spread its outputs.
+    Classes are the scores rounded (Acc-7's); a generator that ignores its noise scores
+    near 0 even when the scores spread its outputs.
 
     Args:
-        real (Tensor): Real vectors ``(N, D)`` with scores ``scores``.
-        generated (Tensor): Generated vectors ``(N, D)``, row ``i`` conditioned on
-            ``scores[i]``.
-        scores (Tensor): Shape ``(N,)``.
+        real: Real vectors ``(N, D)`` with scores ``scores``.
+        generated: Generated vectors ``(N, D)``, row ``i`` conditioned on ``scores[i]``.
+        scores: Shape ``(N,)``.
 
     Returns:
-        float: ``sum_c n_c * d_gen(c) / sum_c n_c * d_real(c)`` over classes with at
-        least two samples, ``d`` the mean pairwise distance; nan if there is none.
+        ``sum_c n_c * d_gen(c) / sum_c n_c * d_real(c)`` over classes of two or more,
+        ``d`` the mean pairwise distance; nan if there is none.
     """
     classes = scores.round().clamp(-SCORE_SCALE, SCORE_SCALE)
     generated_total = real_total = 0.0
@@ -47,11 +45,11 @@ def frechet_distance(real: Tensor, generated: Tensor) -> float:
     """The Fréchet distance between Gaussians fitted to two samples (FID's formula).
 
     Args:
-        real (Tensor): Shape ``(N, D)``.
-        generated (Tensor): Shape ``(M, D)``.
+        real: Shape ``(N, D)``.
+        generated: Shape ``(M, D)``.
 
     Returns:
-        float: ``|mu_r - mu_g|^2 + tr(S_r + S_g - 2 (S_r^1/2 S_g S_r^1/2)^1/2)``.
+        ``|mu_r - mu_g|^2 + tr(S_r + S_g - 2 (S_r^1/2 S_g S_r^1/2)^1/2)``.
     """
     real, generated = real.double(), generated.double()
     cov_r, cov_g = torch.cov(real.T), torch.cov(generated.T)
@@ -65,12 +63,11 @@ def frechet_distance(real: Tensor, generated: Tensor) -> float:
 class RidgeProbe(nn.Module):
     """A ridge regressor on standardized vectors, fitted in closed form on real data.
 
-    It scores generated samples against the score they were conditioned on: a low
-    error means they carry their score the way real data does.
+    A low error on generated samples means they carry their score as real data does.
 
     Args:
-        dim (int): Input size.
-        alpha (float): L2 penalty, per sample (the solve uses ``alpha * N``).
+        dim: Input size.
+        alpha: L2 penalty, per sample (the solve uses ``alpha * N``).
     """
 
     def __init__(self, dim: int, alpha: float = 1.0) -> None:
@@ -87,11 +84,11 @@ class RidgeProbe(nn.Module):
         """Fits the regressor.
 
         Args:
-            x (Tensor): Real vectors ``(N, dim)``.
-            y (Tensor): Their scores ``(N,)``.
+            x: Real vectors ``(N, dim)``.
+            y: Their scores ``(N,)``.
 
         Returns:
-            RidgeProbe: Itself.
+            Itself.
         """
         x, y = x.double(), y.double()
         mean, std = x.mean(0), x.std(0, correction=0).clamp(min=1e-6)
@@ -113,22 +110,19 @@ def sample_quality(generator: EmbeddingGenerator, real: Tensor, scores: Tensor,
                    rng: torch.Generator | None = None) -> tuple[dict[str, float], Tensor]:
     """Generates one sample per real one (same score) and compares the two sets.
 
-    Distances are measured in the generator's standardized units, so every dimension
-    counts alike.
+    Distances are in standardized units, so every dimension counts alike.
 
     Args:
-        generator (EmbeddingGenerator): The trained generator.
-        real (Tensor): Held-out real vectors ``(N, D)``.
-        scores (Tensor): Their scores ``(N,)``.
-        probe (RidgeProbe | None): A regressor fitted on real training data.
-        rng (torch.Generator | None): Random source for the samples.
+        generator: The trained generator.
+        real: Held-out real vectors ``(N, D)``.
+        scores: Their scores ``(N,)``.
+        probe: A regressor fitted on real training data.
+        rng: Random source for the samples.
 
     Returns:
-        tuple[dict[str, float], Tensor]: The measures and the generated vectors. Measures:
-        ``frechet``; ``diversity`` (mean pairwise distance of generated over real);
-        ``conditional_diversity`` (the same within score classes); with a fitted probe,
-        ``fidelity_MAE`` (its error on generated samples against their conditioning
-        score) and ``real_MAE`` (its error on the real samples, the reference).
+        The measures and the generated vectors. Measures: ``frechet``, ``diversity``
+        (mean pairwise distance, generated over real), ``conditional_diversity``; with a
+        fitted probe, its error on generated (``fidelity_MAE``) and real (``real_MAE``) ones.
     """
     generated = generator.sample(scores, rng)
     real_std, generated_std = generator.scaler.normalize(real), generator.scaler.normalize(generated)

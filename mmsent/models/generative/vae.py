@@ -17,15 +17,16 @@ from mmsent.models.generative.base import EmbeddingGenerator, score_condition
 class ConditionalVAE(EmbeddingGenerator):
     """A conditional VAE with a Gaussian decoder whose variance is learned per dimension.
 
+    The learned variance balances reconstruction and KL without tuning.
+
     Args:
-        data_dim (int): Size of the vectors.
-        latent_dim (int): Size of the latent variable.
-        hidden_dims (list[int] | None): Encoder hidden sizes (the decoder mirrors them);
-            None means ``[128]``.
-        beta (float): Weight of the KL term (1 is the ELBO).
-        dropout (float): Dropout between hidden layers.
-        min_log_sigma (float): Floor of the decoder's log standard deviation, in
-            standardized units, so the likelihood cannot diverge on a fitted dimension.
+        data_dim: Size of the vectors.
+        latent_dim: Size of the latent variable.
+        hidden_dims: Encoder hidden sizes, mirrored by the decoder; None means ``[128]``.
+        beta: Weight of the KL term (1 is the ELBO).
+        dropout: Dropout between hidden layers.
+        min_log_sigma: Floor of the decoder's log std (standardized units), so the
+            likelihood cannot diverge on a fitted dimension.
     """
 
     def __init__(self, data_dim: int, latent_dim: int = 16, hidden_dims: list[int] | None = None,
@@ -44,11 +45,11 @@ class ConditionalVAE(EmbeddingGenerator):
         """The approximate posterior ``q(z | x, y)``.
 
         Args:
-            x (Tensor): Standardized vectors, shape ``(B, data_dim)``.
-            cond (Tensor): Scaled scores, shape ``(B, 1)``.
+            x: Standardized vectors, shape ``(B, data_dim)``.
+            cond: Scaled scores, shape ``(B, 1)``.
 
         Returns:
-            tuple[Tensor, Tensor]: Mean and log-variance, each ``(B, latent_dim)``.
+            Mean and log-variance, each ``(B, latent_dim)``.
         """
         mean, log_var = self.encoder(torch.cat([x, cond], -1)).chunk(2, dim=-1)
         return mean, log_var.clamp(-10.0, 10.0)
@@ -61,13 +62,12 @@ class ConditionalVAE(EmbeddingGenerator):
         """The negative ELBO on a batch, per sample.
 
         Args:
-            x (Tensor): Real vectors, shape ``(B, data_dim)``.
-            scores (Tensor): Their scores, shape ``(B,)``.
+            x: Real vectors, shape ``(B, data_dim)``.
+            scores: Their scores, shape ``(B,)``.
 
         Returns:
-            dict[str, Tensor]: ``loss`` (``nll + beta * kl``), ``nll`` (Gaussian negative
-            log-likelihood, summed over dimensions), ``kl`` and ``recon`` (mean squared
-            error of the decoder mean, standardized units).
+            ``loss`` (``nll + beta * kl``), ``nll`` (summed over dimensions), ``kl`` and
+            ``recon`` (MSE of the decoder mean, standardized units).
         """
         cond = score_condition(scores)
         target = self.scaler.normalize(x)
