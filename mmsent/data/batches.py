@@ -13,28 +13,13 @@ DEFAULT_MEMORY_BUDGET_MB = 2048
 
 
 def is_frames(modality: str, spec: DatasetSpec) -> bool:
-    """Whether a modality holds raw uint8 video frames (always read from the cache).
-
-    Args:
-        modality (str): The modality name.
-        spec (DatasetSpec): What the dataset holds.
-
-    Returns:
-        bool: Whether it does.
-    """
+    """Returns whether ``modality`` holds raw uint8 video frames in ``spec`` (always read from
+    the cache)."""
     return modality == "video" and spec.video_kind == "frames"
 
 
 def pad_value(modality: str, spec: DatasetSpec):
-    """The padding value of a modality: the pad id for token ids, else 0.
-
-    Args:
-        modality (str): The modality name.
-        spec (DatasetSpec): What the dataset holds.
-
-    Returns:
-        The value.
-    """
+    """Returns the padding value of ``modality`` in ``spec``: the pad id for token ids, else 0."""
     return spec.pad_token_id if modality == "text" and spec.text_kind == "tokens" else 0
 
 
@@ -61,14 +46,8 @@ class PaddedColumn:
         return sum(t.numel() * t.element_size() for t in (self.values, self.mask))
 
     def batch(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The rows at ``positions``, padded to their longest.
-
-        Args:
-            positions (torch.Tensor): Row positions, ``(B,)`` long.
-
-        Returns:
-            tuple[torch.Tensor, torch.Tensor]: ``(B, L, ...)`` and the mask ``(B, L)``.
-        """
+        """Returns the rows at ``positions`` (``(B,)`` long), padded to their longest:
+        ``(B, L, ...)`` and the mask ``(B, L)``."""
         longest = int(self.lengths[positions].max())
         return (torch.index_select(self.values.narrow(1, 0, longest), 0, positions),
                 torch.index_select(self.mask.narrow(1, 0, longest), 0, positions))
@@ -151,15 +130,8 @@ class ExampleDataset(Dataset):
 
 
 def pad_sequences(sequences: list, pad_value=0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pads variable-length sequences.
-
-    Args:
-        sequences (list): Arrays or tensors, each ``(L_i,)`` or ``(L_i, D)``, of one dtype.
-        pad_value: The fill value.
-
-    Returns:
-        tuple[torch.Tensor, torch.Tensor]: ``(B, L, ...)`` and the mask ``(B, L)``.
-    """
+    """Returns ``sequences`` (arrays or tensors of one dtype, each ``(L_i,)`` or ``(L_i, D)``)
+    right-padded with ``pad_value``: ``(B, L, ...)`` and the mask ``(B, L)``."""
     tensors = [torch.as_tensor(seq) for seq in sequences]
     padded = pad_sequence(tensors, batch_first=True, padding_value=pad_value)
     lengths = torch.tensor([len(t) for t in tensors])
@@ -167,15 +139,8 @@ def pad_sequences(sequences: list, pad_value=0) -> tuple[torch.Tensor, torch.Ten
 
 
 def to_row(example: dict, spec: DatasetSpec) -> dict:
-    """Fills a missing modality with a placeholder and a false presence flag.
-
-    Args:
-        example (dict): An example whose missing modalities are ``None``.
-        spec (DatasetSpec): What the examples hold.
-
-    Returns:
-        dict: A row matching :func:`~mmsent.data.cache.arrow_features`.
-    """
+    """Returns ``example`` as a row matching :func:`~mmsent.data.cache.arrow_features` of
+    ``spec``: a missing (``None``) modality gets a placeholder and a false presence flag."""
     row = {key: example[key] for key in ("id", "split", "transcript", "label", "clean_label")}
     for modality in spec.modalities:
         value = example.get(modality)
@@ -229,29 +194,16 @@ def collate_columns(columns: dict, spec: DatasetSpec) -> dict:
 
 
 def collate(examples: list[dict], spec: DatasetSpec) -> dict:
-    """Builds a batch dict from single rows.
-
-    Args:
-        examples (list[dict]): Rows, each with the keys of :func:`collate_columns`.
-        spec (DatasetSpec): What the rows hold.
-
-    Returns:
-        dict: The batch, as :func:`collate_columns` builds it.
-    """
+    """Returns the batch :func:`collate_columns` builds from single rows ``examples``, each
+    with its keys, under ``spec``."""
     return collate_columns({key: [e[key] for e in examples] for key in examples[0]}, spec)
 
 
 def move_batch(batch: dict, device: torch.device) -> dict:
-    """Moves a batch's tensors to ``device`` as Lightning does, skipping its string lists.
+    """Returns ``batch`` with its tensors moved to ``device`` as Lightning does; its lists of
+    strings stay the same objects.
 
     Lightning's generic walk visits every string, a visible cost of a small model's step.
-
-    Args:
-        batch (dict): A collated batch.
-        device (torch.device): The target device.
-
-    Returns:
-        dict: The batch on ``device``; lists of strings are the same objects.
     """
     # Imported here: scoring collates batches too, and it runs without Lightning.
     from lightning_fabric.utilities.apply_func import move_data_to_device

@@ -60,15 +60,8 @@ class PreparedData:
 
 
 def cache_key(source: DataSource, on_error: str) -> str:
-    """The cache folder name for a source and its settings.
-
-    Args:
-        source (DataSource): The data source.
-        on_error (str): The decode-error policy (it changes what is kept).
-
-    Returns:
-        str: ``"<source name>-<12 hex digits>"``.
-    """
+    """Returns the cache folder name, ``"<source name>-<12 hex digits>"``, for ``source`` and
+    the decode-error policy ``on_error`` (it changes what is kept)."""
     payload = {"format": CACHE_FORMAT, "class": type(source).__qualname__,
                "on_error": on_error, **source.fingerprint()}
     digest = hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
@@ -247,14 +240,7 @@ def _report(source: DataSource, problems: list[str], on_error: str, folder: Path
 
 
 def arrow_features(spec: DatasetSpec) -> datasets.Features:
-    """The Arrow schema of prepared examples.
-
-    Args:
-        spec (DatasetSpec): What the examples hold.
-
-    Returns:
-        datasets.Features: The schema.
-    """
+    """Returns the Arrow schema of examples prepared under ``spec``."""
     features = {"id": datasets.Value("string"), "split": datasets.Value("string"),
                 "transcript": datasets.Value("string"), "label": datasets.Value("float32"),
                 "clean_label": datasets.Value("float32")}

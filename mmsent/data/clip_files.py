@@ -64,14 +64,8 @@ def find_clip_media(root: str | Path, video_id: str, clip_id: str, media: str | 
 
 
 def media_for_file(path: str | Path) -> ClipMedia:
-    """The media of one clip given by its video or audio file (as :func:`find_clip_media` finds).
-
-    Args:
-        path (str | Path): The clip's file.
-
-    Returns:
-        ClipMedia: Its files.
-    """
+    """Returns the media of the clip whose video or audio file is ``path``, as
+    :func:`find_clip_media` finds them."""
     path = Path(path)
     stem = path.with_suffix("")
     if path.suffix.lower() in AUDIO_SUFFIXES:

@@ -117,28 +117,14 @@ def step_ranges(steps: np.ndarray, clips: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def overlap_matrix(steps: np.ndarray, clips: np.ndarray) -> np.ndarray:
-    """Which steps overlap which clip, for steps whose ends are not sorted.
-
-    Args:
-        steps (np.ndarray): Step intervals ``(N, 2)``.
-        clips (np.ndarray): Clip intervals ``(M, 2)``.
-
-    Returns:
-        np.ndarray: Boolean ``(M, N)``.
-    """
+    """Returns which steps overlap which clip, boolean ``(M, N)``, for step intervals ``steps``
+    ``(N, 2)`` whose ends are not sorted and clip intervals ``clips`` ``(M, 2)``."""
     return (steps[None, :, 0] < clips[:, None, 1]) & (steps[None, :, 1] > clips[:, None, 0])
 
 
 def clip_steps(steps: np.ndarray, clips: np.ndarray) -> list[np.ndarray]:
-    """The indices of the steps overlapping each clip, in time order.
-
-    Args:
-        steps (np.ndarray): Step intervals ``(N, 2)``, sorted by start.
-        clips (np.ndarray): Clip intervals ``(M, 2)``.
-
-    Returns:
-        list[np.ndarray]: Per clip, its step indices (possibly none).
-    """
+    """Returns, per clip interval of ``clips`` ``(M, 2)``, the indices of the step intervals
+    ``steps`` ``(N, 2)`` (sorted by start) overlapping it, in time order; possibly none."""
     ranges = step_ranges(steps, clips)
     if ranges is None:
         return [np.flatnonzero(m) for m in overlap_matrix(steps, clips)]
@@ -196,15 +182,8 @@ def _finite(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pool_steps(values: np.ndarray, max_steps: int) -> np.ndarray:
-    """Average-pools a sequence into at most ``max_steps`` nearly equal bins.
-
-    Args:
-        values (np.ndarray): ``(T, D)``.
-        max_steps (int): The most steps kept.
-
-    Returns:
-        np.ndarray: ``(min(T, max_steps), D)``.
-    """
+    """Returns ``values`` ``(T, D)`` average-pooled into at most ``max_steps`` nearly equal
+    bins: ``(min(T, max_steps), D)``."""
     if len(values) <= max_steps:
         return values
     edges = np.linspace(0, len(values), max_steps + 1).astype(int)
@@ -212,15 +191,8 @@ def pool_steps(values: np.ndarray, max_steps: int) -> np.ndarray:
 
 
 def align_words(sequence: Sequence, clips: np.ndarray) -> list[str]:
-    """The transcript of each clip from a word sequence, silences left out.
-
-    Args:
-        sequence (Sequence): One video's words (bytes or str, one per step).
-        clips (np.ndarray): Its clip intervals ``(M, 2)``.
-
-    Returns:
-        list[str]: One transcript per clip.
-    """
+    """Returns one transcript per clip interval of ``clips`` ``(M, 2)`` from one video's word
+    ``sequence`` (bytes or str, one per step), silences left out."""
     words = [w.decode() if isinstance(w, bytes) else str(w) for w in sequence.features[:, 0]]
     rows = clip_steps(sequence.intervals, clips)
     return [" ".join(words[i] for i in row if words[i] != SILENCE) for row in rows]

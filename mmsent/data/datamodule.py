@@ -30,14 +30,9 @@ from mmsent.metrics import label_statistics
 
 
 def model_modalities(module) -> list[str] | None:
-    """The modalities a task reads: its ``modality`` and fixed stages', or its model's encoders.
-
-    Args:
-        module: A LightningModule, or None.
-
-    Returns:
-        list[str] | None: None when the task does not say (then every modality is read).
-    """
+    """Returns the modalities a task ``module`` (a LightningModule, or None) reads: its
+    ``modality`` and fixed stages', or its model's encoders; None when it does not say (then
+    every modality is read)."""
     if isinstance(getattr(module, "modality", None), str):
         return [module.modality, *getattr(module, "fixed", {})]
     encoders = getattr(getattr(module, "model", None), "encoders", None)
@@ -114,14 +109,8 @@ class MultimodalDataModule(pl.LightningDataModule):
         _ = self.prepared
 
     def split(self, name: str):
-        """The rows of one split, the training subset applied.
-
-        Args:
-            name (str): ``"train"``, ``"valid"`` or ``"test"``.
-
-        Returns:
-            datasets.Dataset: The rows.
-        """
+        """Returns the rows (a ``datasets.Dataset``) of the split ``name``, the training subset
+        applied."""
         rows = self.prepared.splits[name]
         if name == "train" and self.train_fraction < 1.0:
             count = max(1, round(len(rows) * self.train_fraction))
@@ -150,14 +139,8 @@ class MultimodalDataModule(pl.LightningDataModule):
         return [m for m in self.spec.modalities if m in wanted]
 
     def dataset(self, name: str) -> ExampleDataset:
-        """The batch-reading dataset of one split, built once and reused by every loader.
-
-        Args:
-            name (str): ``"train"``, ``"valid"`` or ``"test"``.
-
-        Returns:
-            ExampleDataset: The split, its small modalities held in memory.
-        """
+        """Returns the batch-reading dataset of the split ``name``, its small modalities held in
+        memory; built once and reused by every loader."""
         modalities = self.read_modalities()
         key = (name, tuple(modalities))
         if key not in self._datasets:
@@ -220,14 +203,8 @@ class MultimodalDataModule(pl.LightningDataModule):
         return move_batch(batch, device)
 
     def split_dataloader(self, name: str) -> DataLoader:
-        """Every sample of one split, in order, none dropped, alike in every process.
-
-        Args:
-            name (str): ``"train"``, ``"valid"`` or ``"test"``.
-
-        Returns:
-            DataLoader: The split's batches.
-        """
+        """Returns every sample of the split ``name``, in order, none dropped, alike in every
+        process."""
         return self._loader(name, shuffle=False, shard=False)
 
 

@@ -127,14 +127,8 @@ class FaceCropper:
         return self._cascade
 
     def detect(self, frame: np.ndarray) -> list[tuple[int, int, int, int]]:
-        """Every face the detector sees in one RGB frame.
-
-        Args:
-            frame (np.ndarray): ``uint8 (H, W, 3)``.
-
-        Returns:
-            list[tuple[int, int, int, int]]: ``(x, y, width, height)`` boxes, largest first.
-        """
+        """Returns every face the detector sees in an RGB ``frame`` ``uint8 (H, W, 3)``, as
+        ``(x, y, width, height)`` boxes, largest first."""
         cv2 = _cv2()
         cascade = self._load()
         gray = cv2.equalizeHist(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY))
@@ -145,16 +139,11 @@ class FaceCropper:
         return sorted(boxes, key=lambda b: -b[2] * b[3])
 
     def track(self, detections: list[list[tuple[int, int, int, int]]]) -> list[tuple[int, int, int, int]]:
-        """The speaker's face through a clip, one box per frame where it was seen.
+        """Returns the speaker's face through a clip, one box per frame where it was seen, from
+        ``detections`` (per frame, its boxes).
 
         The face seen in most frames anchors it (a misfire shows in few); each other frame
         keeps the box nearest the last kept one within one face size, following drift.
-
-        Args:
-            detections (list): Per frame, its boxes.
-
-        Returns:
-            list[tuple[int, int, int, int]]: The boxes on the track.
         """
         def centre(box):
             return np.array([box[0] + box[2] / 2, box[1] + box[3] / 2])
@@ -204,15 +193,8 @@ class FaceCropper:
         return (x, y, side, side), True
 
     def crop(self, frames: list[np.ndarray], size: int) -> FaceCrop:
-        """Crops a clip's frames to its face and scales them to ``size x size``.
-
-        Args:
-            frames (list[np.ndarray]): ``uint8 (H, W, 3)`` frames of one clip.
-            size (int): Output height and width.
-
-        Returns:
-            FaceCrop: The cropped frames, whether a face was found, and the box.
-        """
+        """Returns a clip's ``frames`` (``uint8 (H, W, 3)``) cropped to its face and scaled to
+        ``size x size``, with whether a face was found and the box."""
         cv2 = _cv2()
         height, width = frames[0].shape[:2]
         box, found = self.clip_box([self.detect(f) for f in frames], width, height)

@@ -77,12 +77,8 @@ class FeatureIssues:
                 **{reason: ids for reason, ids in self.left_out.items() if ids}}
 
     def log(self, name: str, files: dict[str, str]) -> None:
-        """Logs one warning per kind of problem, with the first sample ids.
-
-        Args:
-            name (str): The source name.
-            files (dict[str, str]): Per modality, the file it came from.
-        """
+        """Logs one warning per kind of problem, with the first sample ids, under the source
+        ``name``, naming per modality the file in ``files`` it came from."""
         for modality, counts in self.nonfinite.items():
             if counts:
                 log.warning("%s: %d NaN/infinite %s value(s) in %s set to 0, in %d clip(s): %s",
@@ -110,16 +106,11 @@ def _first(ids: list[str], count: int = 5) -> str:
 
 
 def clean_nonfinite(features: dict[str, np.ndarray]) -> dict[str, int]:
-    """Masks NaN and infinite values, in place.
+    """Masks NaN and infinite values of ``features`` (clip id -> float array) in place;
+    returns clip id -> non-finite values found, for the clips that had any.
 
     A sequence's frame holding any is dropped (no frame left: the modality is missing);
     in a single vector they are set to 0, as masking would drop the whole modality.
-
-    Args:
-        features (dict[str, np.ndarray]): Clip id -> float array.
-
-    Returns:
-        dict[str, int]: Clip id -> non-finite values found, for clips that had any.
     """
     counts = {}
     for clip, values in list(features.items()):
@@ -141,15 +132,9 @@ def clean_nonfinite(features: dict[str, np.ndarray]) -> dict[str, int]:
 
 
 def standardize(features: dict[str, np.ndarray], train_ids: list[str]) -> dict:
-    """Scales each dimension to zero mean and unit variance in place, by training statistics.
-
-    Args:
-        features (dict[str, np.ndarray]): Clip id -> ``float32 (T, D)``.
-        train_ids (list[str]): The training clips.
-
-    Returns:
-        dict: ``mean`` and ``std`` per dimension (lists), for the record.
-    """
+    """Scales each dimension of ``features`` (clip id -> ``float32 (T, D)``) in place to zero
+    mean and unit variance by the statistics of the ``train_ids`` clips; returns them for the
+    record, ``mean`` and ``std`` per dimension (lists)."""
     frames = [features[i] for i in train_ids if i in features]
     if not frames:
         return {}
@@ -266,14 +251,8 @@ class FeatureSource(DataSource):
 
 
 def feature_dim(values: dict[str, np.ndarray]) -> int:
-    """The feature size ``D`` of a modality's ``(T, D)`` arrays (0 without any).
-
-    Args:
-        values (dict[str, np.ndarray]): Clip id -> array.
-
-    Returns:
-        int: ``D`` of the first array.
-    """
+    """Returns the feature size ``D`` of a modality's ``values``, clip id -> ``(T, D)`` array,
+    from the first array (0 without any)."""
     first = next(iter(values.values()), None)
     return int(first.shape[-1]) if first is not None else 0
 

@@ -65,27 +65,15 @@ class LMTokenStates:
         return {**model_signature(self.name), "max_length": self.max_length, "layer": self.layer}
 
     def token_counts(self, texts: list[str]) -> list[int]:
-        """The number of states each transcript gets, without running the model.
-
-        Args:
-            texts (list[str]): The transcripts.
-
-        Returns:
-            list[int]: Word pieces per transcript, special tokens included.
-        """
+        """Returns the number of states each of ``texts`` gets (word pieces, special tokens
+        included), without running the model."""
         self._load()
         encoded = self._tokenizer(texts, truncation=True, max_length=self.max_length)
         return [len(ids) for ids in encoded["input_ids"]]
 
     def encode(self, texts: list[str]) -> Iterator[tuple[int, np.ndarray]]:
-        """Computes the states of many transcripts, batched by length to save padding.
-
-        Args:
-            texts (list[str]): The transcripts.
-
-        Yields:
-            tuple[int, np.ndarray]: A transcript's index, its ``float32 (L, hidden_size)`` states.
-        """
+        """Yields the index and the ``float32 (L, hidden_size)`` states of each of ``texts``,
+        computed in batches by length to save padding."""
         import torch
 
         self._load()
@@ -152,14 +140,7 @@ class StateStore:
         atomic_write(self.folder / INDEX_FILE, lambda part: part.write_text(json.dumps(index)))
 
     def get(self, clip_id: str) -> np.ndarray:
-        """The states of one clip.
-
-        Args:
-            clip_id (str): The clip id.
-
-        Returns:
-            np.ndarray: ``float32 (L, dim)``.
-        """
+        """Returns the states ``float32 (L, dim)`` of the clip ``clip_id``."""
         if self._index is None:
             self._index = json.loads((self.folder / INDEX_FILE).read_text())
             self._states = np.load(self.folder / STATES_FILE, mmap_mode="r")
@@ -234,15 +215,8 @@ class TranscriptText:
         return self.states.name if self.states is not None else self.tokenizer.name
 
     def encode(self, clip_id: str, text: str):
-        """The text input of one clip.
-
-        Args:
-            clip_id (str): The clip id (for cached states).
-            text (str): The transcript (for token ids).
-
-        Returns:
-            list[int] | np.ndarray: Token ids, or states ``float32 (L, D)``.
-        """
+        """Returns one clip's text input: the token ids of ``text``, or the cached states
+        ``float32 (L, D)`` of ``clip_id``."""
         if self._store is not None:
             return self._store.get(clip_id)
         return self.tokenizer.encode(text)

@@ -60,16 +60,10 @@ def _frame_index(container, stream) -> tuple[list[int], list[int]]:
 
 
 def sample_times(times: list[int], count: int) -> list[int]:
-    """The frames on display at ``count`` instants spread evenly from first to last timestamp.
+    """Returns the timestamp of the frame on display at each of ``count`` instants spread
+    evenly from the first to the last of the sorted ``times``.
 
     A variable frame rate thus samples by time, not by index.
-
-    Args:
-        times (list[int]): Sorted frame timestamps.
-        count (int): Instants.
-
-    Returns:
-        list[int]: One frame timestamp per instant.
     """
     instants = np.linspace(times[0], times[-1], count)
     return [times[max(bisect_right(times, round(t)) - 1, 0)] for t in instants]

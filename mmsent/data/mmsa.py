@@ -53,14 +53,8 @@ def load_pickle(path: Path) -> dict:
 
 
 def text_lengths(split: dict) -> np.ndarray | None:
-    """Word pieces per sample from ``text_bert``'s attention mask.
-
-    Args:
-        split (dict): One split of the pickle.
-
-    Returns:
-        np.ndarray | None: ``int (N,)``, or None without ``text_bert``.
-    """
+    """Returns the word pieces per sample, ``int (N,)``, of one ``split`` of the pickle, from
+    ``text_bert``'s attention mask; None without ``text_bert``."""
     bert = split.get("text_bert")
     if bert is None:
         return None

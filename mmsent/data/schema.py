@@ -29,15 +29,7 @@ ID_SEPARATOR = "$_$"
 
 
 def make_id(video_id: str, clip_id: str | int) -> str:
-    """Builds the MMSA-style clip id.
-
-    Args:
-        video_id (str): The source video.
-        clip_id (str | int): The clip inside that video.
-
-    Returns:
-        str: ``"<video_id>$_$<clip_id>"``.
-    """
+    """Returns the MMSA-style clip id ``"<video_id>$_$<clip_id>"``."""
     return f"{video_id}{ID_SEPARATOR}{clip_id}"
 
 
@@ -64,15 +56,8 @@ def check_label(value: float, where: str) -> float:
 
 
 def scale_label(value: float, label_scale: tuple[float, float] | None) -> float:
-    """Maps a score from a corpus's own range linearly onto :data:`LABEL_RANGE`.
-
-    Args:
-        value (float): The score as the corpus records it.
-        label_scale (tuple[float, float] | None): The corpus's ``(low, high)``; None: as it is.
-
-    Returns:
-        float: The score on ``[-3, 3]`` (not yet checked: see :func:`check_label`).
-    """
+    """Returns ``value`` mapped linearly from the corpus's range ``label_scale``, ``(low, high)``
+    (None: as it is), onto :data:`LABEL_RANGE`; not yet checked (see :func:`check_label`)."""
     if label_scale is None:
         return float(value)
     low, high = label_scale

@@ -76,14 +76,8 @@ class DataSource(ABC):
 
     @abstractmethod
     def load(self, record: dict) -> Loaded:
-        """Produces one example; must not raise for a bad clip, only report it.
-
-        Args:
-            record (dict): One record from :meth:`open`.
-
-        Returns:
-            Loaded: The example and its problems.
-        """
+        """Returns the example of one ``record`` from :meth:`open`, and its problems; must not
+        raise for a bad clip, only report it."""
 
 
 def _as_float(value) -> float:

@@ -27,12 +27,9 @@ class TextTokenizer:
         self._hf = None
 
     def fit(self, train_texts: list[str], save_dir: Path) -> None:
-        """Learns the vocabulary (word level) or loads the pretrained tokenizer.
-
-        Args:
-            train_texts (list[str]): Training transcripts only, so no test word leaks.
-            save_dir (Path): Where ``tokenizer.json`` is written for later reuse.
-        """
+        """Learns the vocabulary from ``train_texts`` (word level; training transcripts only, so
+        no test word leaks) and writes ``tokenizer.json`` to ``save_dir`` for reuse, or loads
+        the pretrained tokenizer."""
         if self.name == "word":
             self._word = train_word_tokenizer(train_texts)
             save_dir.mkdir(parents=True, exist_ok=True)
@@ -43,11 +40,8 @@ class TextTokenizer:
             self._hf = AutoTokenizer.from_pretrained(resolve_model_path(self.name))
 
     def load(self, path: Path) -> None:
-        """Loads a word-level vocabulary that :meth:`fit` saved, instead of learning it.
-
-        Args:
-            path (Path): The saved ``tokenizer.json``.
-        """
+        """Loads the word-level vocabulary that :meth:`fit` saved to ``path`` (``tokenizer.json``),
+        instead of learning it."""
         from tokenizers import Tokenizer
 
         self._word = Tokenizer.from_file(str(path))
@@ -72,29 +66,16 @@ class TextTokenizer:
         return self._hf.pad_token_id or 0
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of one transcript, truncated to ``max_length``.
-
-        Args:
-            text (str): The transcript.
-
-        Returns:
-            list[int]: The ids; a pretrained tokenizer adds its special tokens.
-        """
+        """Returns the token ids of the transcript ``text``, truncated to ``max_length``; a
+        pretrained tokenizer adds its special tokens."""
         if self._word is not None:
             return self._word.encode(text).ids[: self.max_length]
         return self._hf(text, truncation=True, max_length=self.max_length)["input_ids"]
 
 
 def train_word_tokenizer(texts: list[str], min_frequency: int = 1):
-    """Trains a lower-cased word-level tokenizer with the ``tokenizers`` library.
-
-    Args:
-        texts (list[str]): The corpus.
-        min_frequency (int): Words seen fewer times map to ``[UNK]``.
-
-    Returns:
-        tokenizers.Tokenizer: The trained tokenizer; ``[PAD]`` has id 0.
-    """
+    """Returns a lower-cased word-level tokenizer trained on ``texts`` with the ``tokenizers``
+    library, ``[PAD]`` at id 0; words seen fewer than ``min_frequency`` times map to ``[UNK]``."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))

@@ -94,14 +94,8 @@ class Transcriber:
         return self._pipeline
 
     def transcribe(self, samples: np.ndarray) -> str:
-        """The text spoken in mono samples at :attr:`sample_rate`.
-
-        Args:
-            samples (np.ndarray): ``float32 (N,)``.
-
-        Returns:
-            str: The transcript, whitespace collapsed (possibly empty).
-        """
+        """Returns the text spoken in mono ``samples`` ``float32 (N,)`` at :attr:`sample_rate`,
+        whitespace collapsed (possibly empty)."""
         result = self._load()({"raw": samples, "sampling_rate": self.sample_rate})
         return " ".join(str(result.get("text", "")).split())
 

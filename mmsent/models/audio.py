@@ -185,15 +185,10 @@ class AcousticMLPEncoder(nn.Module, HubMixin):
 
     @torch.no_grad()
     def pooled_inputs(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """The MLP's inputs for many batches: pooled statistics, standardized over them.
+        """Returns the MLP's inputs ``(N, 2 * input_dim)`` for ``batches`` of ``(audio, mask)``
+        pairs, as :meth:`forward` takes them: pooled statistics, standardized over all of them.
 
         Standardizing stands in for the input batch norm's training-time batch statistics.
-
-        Args:
-            batches: ``(audio, mask)`` pairs as :meth:`forward` takes them.
-
-        Returns:
-            Shape ``(N, 2 * input_dim)``.
         """
         pooled = torch.cat([masked_mean_std(audio, mask) for audio, mask in batches])
         if isinstance(self.norm, nn.Identity):
@@ -201,15 +196,8 @@ class AcousticMLPEncoder(nn.Module, HubMixin):
         return (pooled - pooled.mean(0)) / pooled.std(0).clamp(min=1e-5)
 
     def forward(self, audio: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Encodes a padded batch.
-
-        Args:
-            audio: Frames, shape ``(B, T, D)``.
-            mask: True at valid frames, shape ``(B, T)``; None when all are valid.
-
-        Returns:
-            Shape ``(B, out_dim)``.
-        """
+        """Returns the embedding ``(B, out_dim)`` of frames ``audio`` ``(B, T, D)``; ``mask``
+        ``(B, T)`` is True at valid frames, None when all are valid."""
         pooled = self.norm(masked_mean_std(audio, all_valid(audio) if mask is None else mask))
         if self.training or not self.swapout_samples:
             return self.net(pooled)

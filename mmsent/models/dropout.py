@@ -157,14 +157,8 @@ class GaussianDropout(nn.Module):
         self.std = math.sqrt(self.p / (1.0 - self.p))
 
     def forward(self, x: Tensor) -> Tensor:
-        """Multiplies by Gaussian noise in training mode.
-
-        Args:
-            x: Input of any shape.
-
-        Returns:
-            The noisy input; ``x`` itself in eval mode or when ``p == 0``.
-        """
+        """Returns ``x`` (any shape) times Gaussian noise in training mode; ``x`` itself in eval
+        mode or when ``p == 0``."""
         if not self.training or self.p == 0.0:
             return x
         return x * (1.0 + self.std * torch.randn_like(x))
@@ -292,14 +286,8 @@ def make_dropout(kind: str, p: float, feature_ndim: int | None = None) -> nn.Mod
 
 
 def resample_epoch_masks(module: nn.Module) -> int:
-    """Redraws the masks of every epoch-mode :class:`BernoulliDropout` in ``module``.
-
-    Args:
-        module: The model to search, itself included.
-
-    Returns:
-        How many epoch-mode layers were reset.
-    """
+    """Redraws the masks of every epoch-mode :class:`BernoulliDropout` in ``module``, itself
+    included; returns how many layers were reset."""
     count = 0
     for layer in module.modules():
         if isinstance(layer, BernoulliDropout) and layer.mode == "epoch":

@@ -30,14 +30,7 @@ class ConcatFusion(nn.Module, HubMixin):
         self.net = mlp(sum(input_dims.values()), [hidden_dim], out_dim, make_dropout("bernoulli", dropout))
 
     def forward(self, embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Fuses one embedding per modality.
-
-        Args:
-            embeddings: Shape ``(B, D_m)`` per modality.
-
-        Returns:
-            Shape ``(B, out_dim)``.
-        """
+        """Returns the fusion ``(B, out_dim)`` of ``embeddings``, ``(B, D_m)`` per modality."""
         return self.net(torch.cat([embeddings[name] for name in self.modalities], dim=-1))
 
 
@@ -66,14 +59,7 @@ class TensorFusion(nn.Module, HubMixin):
         self.net = mlp(product_dim, [hidden_dim], out_dim, make_dropout("bernoulli", dropout))
 
     def forward(self, embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Fuses one embedding per modality.
-
-        Args:
-            embeddings: Shape ``(B, D_m)`` per modality.
-
-        Returns:
-            Shape ``(B, out_dim)``.
-        """
+        """Returns the fusion ``(B, out_dim)`` of ``embeddings``, ``(B, D_m)`` per modality."""
         product = None
         for name in self.modalities:
             z = self.project[name](embeddings[name])
@@ -107,14 +93,7 @@ class LowRankFusion(nn.Module, HubMixin):
         self.bias = nn.Parameter(torch.zeros(out_dim))
 
     def forward(self, embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Fuses one embedding per modality.
-
-        Args:
-            embeddings: Shape ``(B, D_m)`` per modality.
-
-        Returns:
-            Shape ``(B, out_dim)``.
-        """
+        """Returns the fusion ``(B, out_dim)`` of ``embeddings``, ``(B, D_m)`` per modality."""
         fused = None
         for name in self.modalities:
             z = embeddings[name]
@@ -142,22 +121,12 @@ class RegressionHead(nn.Module, HubMixin):
             self.net = nn.Sequential(nn.Dropout(dropout), self.net)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Scores a batch.
-
-        Args:
-            x: Shape ``(B, in_dim)``.
-
-        Returns:
-            Shape ``(B,)``.
-        """
+        """Returns the scores ``(B,)`` of a batch ``x`` ``(B, in_dim)``."""
         return self.net(x).squeeze(-1)
 
     def start_at(self, value: float) -> None:
-        """Sets the output bias so the head starts predicting ``value``; draws no random number.
-
-        Args:
-            value: E.g. the training labels' median (L1) or mean (MSE).
-        """
+        """Sets the output bias so the head starts predicting ``value`` (e.g. the training labels'
+        median for L1, their mean for MSE); draws no random number."""
         output = [m for m in self.net.modules() if isinstance(m, nn.Linear)][-1]
         with torch.no_grad():
             output.bias.fill_(float(value))
@@ -196,14 +165,7 @@ class GatedResidualFusion(nn.Module, HubMixin):
             nn.init.constant_(self.gates[name].bias, gate_bias)
 
     def forward(self, embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Fuses one embedding per modality.
-
-        Args:
-            embeddings: Shape ``(B, D_m)`` per modality.
-
-        Returns:
-            Shape ``(B, D_primary)``.
-        """
+        """Returns the fusion ``(B, D_primary)`` of ``embeddings``, ``(B, D_m)`` per modality."""
         joint = torch.cat([embeddings[m] for m in self.modalities], dim=-1)
         fused = embeddings[self.primary]
         for name, project in self.project.items():

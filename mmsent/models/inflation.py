@@ -89,14 +89,8 @@ class TimeReplicateConv3d(nn.Conv3d):
 
 
 def replicate_time_padding_(network: nn.Module) -> int:
-    """Replaces in place every 3D convolution that zero-pads time by a :class:`TimeReplicateConv3d`.
-
-    Args:
-        network: A 3D network (e.g. torchvision's ``r3d_18``).
-
-    Returns:
-        How many convolutions were replaced.
-    """
+    """Replaces in place every 3D convolution of ``network`` (e.g. torchvision's ``r3d_18``)
+    that zero-pads time by a :class:`TimeReplicateConv3d`; returns how many it replaced."""
     replaced = 0
     for parent in list(network.modules()):
         for name, child in list(parent.named_children()):

@@ -23,14 +23,8 @@ class ModalityDropout(nn.Module):
         self.p = p
 
     def forward(self, present: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Thins out the modalities present, in training mode only.
-
-        Args:
-            present: Boolean ``(B,)`` per modality.
-
-        Returns:
-            Boolean ``(B,)`` per modality; a sample that would lose all keeps what it had.
-        """
+        """Returns ``present`` (boolean ``(B,)`` per modality) thinned out in training mode; a
+        sample that would lose all keeps what it had."""
         if not (self.training and self.p > 0):
             return present
         names = list(present)
@@ -41,15 +35,8 @@ class ModalityDropout(nn.Module):
 
 
 def zero_absent(embeddings: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Embeddings with those of absent modalities set to zero.
-
-    Args:
-        embeddings: Shape ``(B, D_m)`` per modality.
-        present: Boolean ``(B,)`` per modality.
-
-    Returns:
-        Shape ``(B, D_m)`` per modality.
-    """
+    """Returns ``embeddings`` (``(B, D_m)`` per modality) with the rows where ``present``
+    (boolean ``(B,)`` per modality) is false set to zero."""
     return {m: z * present[m].unsqueeze(-1).to(z.dtype) for m, z in embeddings.items()}
 
 
@@ -78,14 +65,7 @@ class LateFusionModel(nn.Module):
         self.register_buffer("active", torch.ones(len(encoders), dtype=torch.bool))
 
     def forward(self, batch: dict) -> torch.Tensor:
-        """Scores a batch.
-
-        Args:
-            batch: A collated batch.
-
-        Returns:
-            Scores, shape ``(B,)``.
-        """
+        """Returns the scores ``(B,)`` of a collated ``batch``."""
         embeddings = self.encode(batch)
         return self.predict_from_embeddings(embeddings, self.presence(batch))
 

@@ -91,12 +91,9 @@ class TransformerTopEncoder(nn.Module, HubMixin):
         self.out_dim = out_dim or hidden
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
-        """The parameters layer by layer, bottom first, for layer-wise rate decay.
-
-        Returns:
-            The weights shared by the layers, then each layer run here; the top layer's
-            list also holds the projection.
-        """
+        """Returns the parameters layer by layer, bottom first, for layer-wise rate decay: the
+        weights shared by the layers, then each layer run here; the top layer's list also holds
+        the projection."""
         if self.transformer is None:
             return [list(self.project.parameters())]
         layers = [list(layer.parameters()) for layer in self.transformer.encoder.layer]

@@ -22,13 +22,7 @@ class UnimodalModel(nn.Module):
         self.head = head
 
     def forward(self, batch: dict) -> torch.Tensor:
-        """Scores a dict batch.
-
-        Args:
-            batch: Holds ``<modality>`` and ``<modality>_mask``.
-
-        Returns:
-            Shape ``(B,)``.
-        """
+        """Returns the scores ``(B,)`` of a dict ``batch`` holding ``<modality>`` and
+        ``<modality>_mask``."""
         m = self.modality
         return self.head(self.encoder(batch[m], batch[f"{m}_mask"]))

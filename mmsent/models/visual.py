@@ -186,15 +186,8 @@ class Visual3DCNNEncoder(nn.Module, HubMixin):
             self.backbone.to(memory_format=torch.channels_last_3d)
 
     def forward(self, video: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Encodes a batch of clips.
-
-        Args:
-            video: Frames, shape ``(B, 3, T, H, W)``, scaled to about [-1, 1].
-            mask: Unused: every clip has all its frames.
-
-        Returns:
-            Shape ``(B, out_dim)``.
-        """
+        """Returns the embedding ``(B, out_dim)`` of clips ``video`` ``(B, 3, T, H, W)``, scaled
+        to about [-1, 1]; ``mask`` is unused: every clip has all its frames."""
         if self.motion_input:
             video = torch.cat([video, video - video.mean(2, keepdim=True)], dim=1)
         video = video.contiguous(memory_format=self.memory_format)
@@ -240,15 +233,8 @@ class FrameCNNEncoder(nn.Module, HubMixin):
         self.project = nn.Linear(channels, out_dim)
 
     def forward(self, video: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Encodes a batch of clips frame by frame.
-
-        Args:
-            video: Frames, shape ``(B, 3, T, H, W)``.
-            mask: Unused.
-
-        Returns:
-            Shape ``(B, out_dim)``.
-        """
+        """Returns the embedding ``(B, out_dim)`` of clips ``video`` ``(B, 3, T, H, W)``, encoded
+        frame by frame; ``mask`` is unused."""
         batch, channels, time, height, width = video.shape
         frames = video.transpose(1, 2).reshape(batch * time, channels, height, width)
         embedded = self.frame_net(frames).reshape(batch, time, -1).mean(1)

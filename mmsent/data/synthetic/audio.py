@@ -25,14 +25,7 @@ class Voice:
 
 
 def sample_voice(rng: np.random.Generator) -> Voice:
-    """Draws a speaker's voice.
-
-    Args:
-        rng (np.random.Generator): The random source.
-
-    Returns:
-        Voice: The voice.
-    """
+    """Returns a speaker's voice drawn from ``rng``."""
     return Voice(pitch_offset_hz=float(rng.normal(0.0, 20.0)),
                  tilt_offset=float(rng.normal(0.0, 0.25)),
                  gain_offset_db=float(rng.normal(0.0, 2.0)))

@@ -12,11 +12,8 @@ from mmsent.data.synthetic.writer import generate_raw_dataset
 
 
 def build_parser() -> ArgumentParser:
-    """The argument parser, one option per parameter of the generator.
-
-    Returns:
-        ArgumentParser: The parser; ``num_workers`` defaults to the CPU count (at most 8).
-    """
+    """Returns the argument parser, one option per parameter of the generator; ``num_workers``
+    defaults to the CPU count (at most 8)."""
     parser = ArgumentParser(prog="python -m mmsent.data.synthetic",
                             description="A generated raw dataset laid out like MMSA's raw "
                                         "CMU-MOSI, CMU-MOSEI and CH-SIMS.")
@@ -26,11 +23,7 @@ def build_parser() -> ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command-line entry point.
-
-    Args:
-        argv (Sequence[str] | None): Arguments; None reads ``sys.argv``.
-    """
+    """Runs the generator from the command line, on ``argv`` (None reads ``sys.argv``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -81,14 +81,7 @@ _TOKEN_PATTERN = re.compile(r"[a-z']+|,")
 
 
 def tokenize(text: str) -> list[str]:
-    """Splits a sentence into lower-case words and commas.
-
-    Args:
-        text (str): A sentence.
-
-    Returns:
-        list[str]: The tokens, commas kept as their own token.
-    """
+    """Returns the lower-case words of the sentence ``text``, commas kept as their own token."""
     return _TOKEN_PATTERN.findall(text.lower())
 
 
@@ -116,16 +109,11 @@ def _split_at(tokens: list[str], word: str) -> tuple[list[str], list[str]] | Non
 
 
 def score_sentence(tokens: Sequence[str] | str) -> float:
-    """Computes the compositional sentiment of a review sentence.
+    """Returns the compositional sentiment, in ``[-1, 1]``, of a review sentence given as
+    ``tokens`` from :func:`tokenize` or as its text.
 
     "although X, Y" and "X but Y" weight X and Y by :data:`CONTRAST_WEIGHTS`; "X and Y"
     averages them; a clause sums its polar words, scaled by intensifiers and negation.
-
-    Args:
-        tokens (Sequence[str] | str): The tokens from :func:`tokenize`, or the sentence.
-
-    Returns:
-        float: The score in ``[-1, 1]``.
     """
     tokens = tokenize(tokens) if isinstance(tokens, str) else list(tokens)
     first, second = CONTRAST_WEIGHTS
@@ -202,16 +190,10 @@ def _sentence_candidate(rng: np.random.Generator, structure: str) -> str:
 
 
 def make_sentence(target: float, rng: np.random.Generator) -> tuple[str, float]:
-    """Writes a review sentence whose score is close to a target.
+    """Returns a review sentence whose score is close to ``target`` (in ``[-1, 1]``), drawn
+    from ``rng``, and its :func:`score_sentence`.
 
     Of several sentences of one drawn structure, the one scoring closest is kept.
-
-    Args:
-        target (float): The wanted score in ``[-1, 1]``.
-        rng (np.random.Generator): The random source.
-
-    Returns:
-        tuple[str, float]: The sentence and its :func:`score_sentence`.
     """
     structure = _STRUCTURES[rng.choice(len(_STRUCTURES), p=_STRUCTURE_PROBS)]
     candidates = [_sentence_candidate(rng, structure) for _ in range(_SENTENCE_CANDIDATES)]

@@ -63,14 +63,7 @@ def _colour(rng: np.random.Generator, low: float, high: float) -> tuple[float, f
 
 
 def sample_appearance(rng: np.random.Generator) -> Appearance:
-    """Draws a speaker's look.
-
-    Args:
-        rng (np.random.Generator): The random source.
-
-    Returns:
-        Appearance: The look.
-    """
+    """Returns a speaker's look drawn from ``rng``."""
     return Appearance(
         radius=float(rng.uniform(0.28, 0.34)),
         aspect=float(rng.uniform(1.0, 1.15)),

@@ -38,15 +38,9 @@ class ConditionalAutoencoder(EmbeddingGenerator):
         self.register_buffer("prior_batches", torch.zeros((), dtype=torch.long))
 
     def losses(self, x: Tensor, scores: Tensor) -> dict[str, Tensor]:
-        """The training objective on a batch (and, in training mode, a prior update).
-
-        Args:
-            x: Real vectors, shape ``(B, data_dim)``.
-            scores: Their scores, shape ``(B,)``.
-
-        Returns:
-            ``loss`` (MSE in standardized units) and ``recon`` (the same value).
-        """
+        """Returns the training objective on real vectors ``x`` ``(B, data_dim)`` with their
+        ``scores`` ``(B,)``: ``loss`` (MSE in standardized units) and ``recon`` (the same value);
+        in training mode it also updates the prior."""
         cond = score_condition(scores)
         target = self.scaler.normalize(x)
         code = self.encoder(torch.cat([target, cond], -1))

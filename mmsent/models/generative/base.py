@@ -16,28 +16,14 @@ ScoreMode = Literal["train", "uniform"]
 
 
 def concat_embeddings(embeddings: dict[str, Tensor], dims: dict[str, int]) -> Tensor:
-    """Flattens one embedding per modality into one vector, in the order of ``dims``.
-
-    Args:
-        embeddings: Shape ``(B, D_m)`` per modality.
-        dims: The layout: modality -> embedding size.
-
-    Returns:
-        Shape ``(B, sum(D_m))``.
-    """
+    """Returns ``embeddings`` (``(B, D_m)`` per modality) concatenated in the order of the
+    layout ``dims`` (modality -> embedding size): ``(B, sum(D_m))``."""
     return torch.cat([embeddings[m] for m in dims], dim=-1)
 
 
 def split_embeddings(x: Tensor, dims: dict[str, int]) -> dict[str, Tensor]:
-    """Inverts :func:`concat_embeddings`.
-
-    Args:
-        x: Shape ``(B, sum(D_m))``.
-        dims: The layout: modality -> embedding size.
-
-    Returns:
-        Shape ``(B, D_m)`` per modality.
-    """
+    """Returns ``x`` ``(B, sum(D_m))`` split by the layout ``dims`` into ``(B, D_m)`` per
+    modality; inverts :func:`concat_embeddings`."""
     return dict(zip(dims, x.split(list(dims.values()), dim=-1), strict=True))
 
 
@@ -85,11 +71,7 @@ class RunningStandardizer(nn.Module):
 
     @torch.no_grad()
     def update(self, x: Tensor) -> None:
-        """Adds a batch to the statistics.
-
-        Args:
-            x: Shape ``(B, dim)``.
-        """
+        """Adds a batch ``x`` ``(B, dim)`` to the statistics."""
         x = x.detach().double()
         if len(x) == 0:
             return
@@ -134,24 +116,14 @@ class EmbeddingGenerator(nn.Module, HubMixin):
         self.scaler = RunningStandardizer(data_dim)
 
     def observe(self, x: Tensor) -> None:
-        """Adds a training batch to the standardization statistics.
-
-        Args:
-            x: Real vectors, shape ``(B, data_dim)``.
-        """
+        """Adds a training batch of real vectors ``x`` ``(B, data_dim)`` to the standardization
+        statistics."""
         self.scaler.update(x)
 
     @torch.no_grad()
     def sample(self, scores: Tensor, rng: torch.Generator | None = None) -> Tensor:
-        """Generates one vector per score.
-
-        Args:
-            scores: Conditioning scores in ``[-3, 3]``, shape ``(N,)``.
-            rng: Random source, for reproducible samples.
-
-        Returns:
-            Shape ``(N, data_dim)``, in the original scale.
-        """
+        """Returns one generated vector per conditioning score of ``scores`` ``(N,)``, in
+        ``[-3, 3]``: ``(N, data_dim)``, in the original scale; ``rng`` makes them reproducible."""
         return self.scaler.denormalize(self._generate(score_condition(scores), rng))
 
     @torch.no_grad()

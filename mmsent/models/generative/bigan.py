@@ -64,27 +64,14 @@ class BiGAN(EmbeddingGenerator):
 
     @torch.no_grad()
     def encode(self, x: Tensor, scores: Tensor) -> Tensor:
-        """The noise the encoder assigns to real vectors.
-
-        Args:
-            x: Shape ``(B, data_dim)``, original scale.
-            scores: Their scores, shape ``(B,)``.
-
-        Returns:
-            Shape ``(B, noise_dim)``.
-        """
+        """Returns the noise ``(B, noise_dim)`` the encoder assigns to real vectors ``x``
+        ``(B, data_dim)``, original scale, with their ``scores`` ``(B,)``."""
         return self._encode(self.scaler.normalize(x), score_condition(scores))
 
     def discriminator_loss(self, x: Tensor, scores: Tensor) -> dict[str, Tensor]:
-        """The discriminator's objective on real pairs and as many generated pairs.
-
-        Args:
-            x: Real vectors, shape ``(B, data_dim)``.
-            scores: Their scores; the generated pairs get the same ones.
-
-        Returns:
-            ``loss``, ``adversarial`` and, where enabled, ``penalty``.
-        """
+        """Returns the discriminator's objective on the real pairs of ``x`` ``(B, data_dim)`` and as
+        many generated pairs, which get the same ``scores``: ``loss``, ``adversarial`` and, where
+        enabled, ``penalty``."""
         cond = score_condition(scores)
         with torch.no_grad():
             real, fake = self._pairs(self.scaler.normalize(x), cond)

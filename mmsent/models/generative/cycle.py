@@ -76,12 +76,8 @@ class EmbeddingCycleGAN(nn.Module):
                 "discriminator": nn.ModuleList([self.source_critic, self.target_critic])}
 
     def observe(self, source: Tensor, target: Tensor) -> None:
-        """Adds a training batch of each space to the standardization statistics.
-
-        Args:
-            source: Source embeddings ``(B, source_dim)``.
-            target: Target embeddings ``(B', target_dim)``.
-        """
+        """Adds a training batch of each space, ``source`` ``(B, source_dim)`` and ``target``
+        ``(B', target_dim)``, to the standardization statistics."""
         self.source_scaler.update(source)
         self.target_scaler.update(target)
 
@@ -96,15 +92,9 @@ class EmbeddingCycleGAN(nn.Module):
         return self.source_scaler.denormalize(self.backward_net(self.target_scaler.normalize(target)))
 
     def discriminator_loss(self, source: Tensor, target: Tensor) -> dict[str, Tensor]:
-        """Both critics' objective on real embeddings and translated ones.
-
-        Args:
-            source: Source embeddings ``(B, source_dim)``.
-            target: Target embeddings ``(B', target_dim)`` (need not pair).
-
-        Returns:
-            ``loss``, ``adversarial`` and, where enabled, ``penalty``.
-        """
+        """Returns both critics' objective on real embeddings, ``source`` ``(B, source_dim)`` and
+        ``target`` ``(B', target_dim)`` (need not pair), and translated ones: ``loss``,
+        ``adversarial`` and, where enabled, ``penalty``."""
         a, b = self.source_scaler.normalize(source), self.target_scaler.normalize(target)
         with torch.no_grad():
             fake_b, fake_a = self.forward_net(a), self.backward_net(b)

@@ -46,15 +46,8 @@ class Critic(nn.Module):
         self.info = nn.Linear(in_dim, info_dim) if info_dim else None
 
     def forward(self, inputs: Tensor, cond: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Scores inputs under their conditions.
-
-        Args:
-            inputs: Shape ``(B, in_dim)``.
-            cond: Scaled scores, shape ``(B, 1)``.
-
-        Returns:
-            Logits ``(B,)`` and the predicted code ``(B, info_dim)`` (None without InfoGAN).
-        """
+        """Returns the logits ``(B,)`` of ``inputs`` ``(B, in_dim)`` under scaled scores ``cond``
+        ``(B, 1)``, and the predicted code ``(B, info_dim)`` (None without InfoGAN)."""
         features = self.body(inputs)
         logits = self.score(features).squeeze(-1) + (self.embed_condition(cond) * features).sum(-1)
         info = self.info(features) if self.info is not None else None
@@ -186,28 +179,15 @@ class ConditionalGAN(EmbeddingGenerator):
         return torch.cat([noise, code], -1)
 
     def generate(self, latent: Tensor, scores: Tensor) -> Tensor:
-        """Decodes chosen latents (for instance with a swept InfoGAN code).
-
-        Args:
-            latent: Shape ``(N, noise_dim + info_dim)``.
-            scores: Shape ``(N,)``.
-
-        Returns:
-            Shape ``(N, data_dim)``, original scale.
-        """
+        """Returns vectors ``(N, data_dim)``, original scale, decoded from chosen ``latent``
+        ``(N, noise_dim + info_dim)`` (e.g. with a swept InfoGAN code) under ``scores`` ``(N,)``."""
         return self.scaler.denormalize(self.generator_net(torch.cat([latent, score_condition(scores)], -1)))
 
     def discriminator_loss(self, x: Tensor, scores: Tensor) -> dict[str, Tensor]:
-        """The discriminator's objective on a real batch and as many fakes.
-
-        Args:
-            x: Real vectors, shape ``(B, data_dim)``.
-            scores: Their scores; the fakes get the same ones.
-
-        Returns:
-            ``loss`` and its terms ``adversarial`` (Wasserstein: minus the critic's
-            distance estimate), ``penalty`` and ``info`` where enabled.
-        """
+        """Returns the discriminator's objective on real vectors ``x`` ``(B, data_dim)`` and as
+        many fakes, which get the same ``scores``: ``loss`` and its terms ``adversarial``
+        (Wasserstein: minus the critic's distance estimate), ``penalty`` and ``info`` where
+        enabled."""
         cond = score_condition(scores)
         real = self.scaler.normalize(x)
         latent = self.draw_latent(len(x), device=x.device)
@@ -223,15 +203,9 @@ class ConditionalGAN(EmbeddingGenerator):
         return self._total(terms)
 
     def generator_loss(self, scores: Tensor, real: Tensor | None = None) -> dict[str, Tensor]:
-        """The generator's objective on one fake per score.
-
-        Args:
-            scores: Conditioning scores, shape ``(B,)`` (a real batch's).
-            real: Unused; taken so every adversarial generator is stepped alike.
-
-        Returns:
-            ``loss`` and its terms ``adversarial`` and, with InfoGAN, ``info``.
-        """
+        """Returns the generator's objective on one fake per score of ``scores`` ``(B,)`` (a real
+        batch's): ``loss`` and its terms ``adversarial`` and, with InfoGAN, ``info``. ``real`` is
+        unused, taken so every adversarial generator is stepped alike."""
         cond = score_condition(scores)
         latent = self.draw_latent(len(scores), device=scores.device)
         fake = self.generator_net(torch.cat([latent, cond], -1))

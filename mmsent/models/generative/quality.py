@@ -42,15 +42,9 @@ def conditional_diversity(real: Tensor, generated: Tensor, scores: Tensor) -> fl
 
 
 def frechet_distance(real: Tensor, generated: Tensor) -> float:
-    """The Fréchet distance between Gaussians fitted to two samples (FID's formula).
-
-    Args:
-        real: Shape ``(N, D)``.
-        generated: Shape ``(M, D)``.
-
-    Returns:
-        ``|mu_r - mu_g|^2 + tr(S_r + S_g - 2 (S_r^1/2 S_g S_r^1/2)^1/2)``.
-    """
+    """Returns the Fréchet distance (FID's formula) between Gaussians fitted to ``real``
+    ``(N, D)`` and ``generated`` ``(M, D)``, that is
+    ``|mu_r - mu_g|^2 + tr(S_r + S_g - 2 (S_r^1/2 S_g S_r^1/2)^1/2)``."""
     real, generated = real.double(), generated.double()
     cov_r, cov_g = torch.cov(real.T), torch.cov(generated.T)
     values, vectors = torch.linalg.eigh(cov_r)
@@ -81,15 +75,8 @@ class RidgeProbe(nn.Module):
 
     @torch.no_grad()
     def fit(self, x: Tensor, y: Tensor) -> RidgeProbe:
-        """Fits the regressor.
-
-        Args:
-            x: Real vectors ``(N, dim)``.
-            y: Their scores ``(N,)``.
-
-        Returns:
-            Itself.
-        """
+        """Fits the regressor to real vectors ``x`` ``(N, dim)`` and their scores ``y`` ``(N,)``;
+        returns itself."""
         x, y = x.double(), y.double()
         mean, std = x.mean(0), x.std(0, correction=0).clamp(min=1e-6)
         z = (x - mean) / std

@@ -42,15 +42,9 @@ class ConditionalVAE(EmbeddingGenerator):
         self.log_sigma = nn.Parameter(torch.zeros(data_dim))
 
     def encode(self, x: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
-        """The approximate posterior ``q(z | x, y)``.
-
-        Args:
-            x: Standardized vectors, shape ``(B, data_dim)``.
-            cond: Scaled scores, shape ``(B, 1)``.
-
-        Returns:
-            Mean and log-variance, each ``(B, latent_dim)``.
-        """
+        """Returns the mean and log-variance, each ``(B, latent_dim)``, of the approximate
+        posterior ``q(z | x, y)`` for standardized vectors ``x`` ``(B, data_dim)`` and scaled
+        scores ``cond`` ``(B, 1)``."""
         mean, log_var = self.encoder(torch.cat([x, cond], -1)).chunk(2, dim=-1)
         return mean, log_var.clamp(-10.0, 10.0)
 
@@ -59,16 +53,9 @@ class ConditionalVAE(EmbeddingGenerator):
         return self.decoder(torch.cat([z, cond], -1))
 
     def losses(self, x: Tensor, scores: Tensor) -> dict[str, Tensor]:
-        """The negative ELBO on a batch, per sample.
-
-        Args:
-            x: Real vectors, shape ``(B, data_dim)``.
-            scores: Their scores, shape ``(B,)``.
-
-        Returns:
-            ``loss`` (``nll + beta * kl``), ``nll`` (summed over dimensions), ``kl`` and
-            ``recon`` (MSE of the decoder mean, standardized units).
-        """
+        """Returns the negative ELBO, per sample, on real vectors ``x`` ``(B, data_dim)`` with their
+        ``scores`` ``(B,)``: ``loss`` (``nll + beta * kl``), ``nll`` (summed over dimensions),
+        ``kl`` and ``recon`` (MSE of the decoder mean, standardized units)."""
         cond = score_condition(scores)
         target = self.scaler.normalize(x)
         mean, log_var = self.encode(target, cond)
