@@ -168,7 +168,14 @@ class Regularizer(PenaltyTerms):
 
     @staticmethod
     def penalised_parameters(module: nn.Module) -> list[Tensor]:
-        """Returns the trainable parameters of ``module`` with at least two dimensions."""
+        """Selects the trainable weight matrices and kernels of ``module``.
+
+        Args:
+            module (nn.Module): The model.
+
+        Returns:
+            list[Tensor]: Its trainable parameters with at least two dimensions.
+        """
         return [p for p in module.parameters() if p.requires_grad and p.ndim >= 2]
 
     def assignments(self, module: nn.Module) -> list[tuple[str | None, list[Tensor]]]:
