@@ -10,10 +10,8 @@ import pytorch_lightning as pl
 class CompileParts(pl.Callback):
     """Compiles the networks of a task in place with ``torch.compile`` before it runs.
 
-    ``nn.Module.compile`` keeps the parameter names, so checkpoints written with and
-    without compilation are interchangeable. The first batches are slower while the
-    graphs are built; compilation pays off on GPUs and large backbones, rarely for the
-    small default models on a CPU.
+    Parameter names are kept, so checkpoints with and without compilation interchange.
+    It pays off on GPUs and large backbones, rarely for the small models on a CPU.
 
     In YAML::
 
@@ -25,8 +23,7 @@ class CompileParts(pl.Callback):
     Args:
         parts (list[str] | None): Names from the task's ``parameter_parts()`` (``text``,
             ``audio``, ``video``, ``fusion``, ``head``, ...); None compiles every part.
-        backend (str | Callable): The ``torch.compile`` backend, by name or as a
-            callable.
+        backend (str | Callable): The ``torch.compile`` backend, by name or as a callable.
         mode (str | None): The ``torch.compile`` mode (``default``, ``reduce-overhead``,
             ``max-autotune``).
         dynamic (bool | None): Whether to compile for dynamic shapes (batches and
