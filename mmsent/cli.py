@@ -25,7 +25,7 @@ from mmsent.tasks.base import BaseTask
 from mmsent.tasks.checkpoint_io import AtomicCheckpointIO, current_hyperparameters, read_checkpoint
 
 MONITOR = "val/MAE"
-# The optimizer's options no mmsent type guards (its class is torch's); what a negative does.
+# Optimizer options no mmsent type guards (the class is torch's), and what a negative does.
 NEGATIVE = {"lr": "a negative learning rate climbs the loss",
             "weight_decay": "a negative weight decay pushes the weights away from zero"}
 

@@ -12,9 +12,9 @@ class LastEpochCheckpoint(ModelCheckpoint):
     """A :class:`~pytorch_lightning.callbacks.ModelCheckpoint` that writes ``last.ckpt``
     for every epoch it judges, not only when it keeps a new best checkpoint.
 
-    Lightning 2.6 saves ``last.ckpt`` only with a new top-k one, so with ``save_top_k: 1``
-    it held the best epoch, and a resumed run trained the epochs since again. The state
-    is stored under ModelCheckpoint's key, so either class resumes the other's runs.
+    Lightning 2.6 writes ``last.ckpt`` only with a new top-k one, so with ``save_top_k: 1``
+    it would hold the best epoch and a resumed run would train the epochs since again. The
+    state is stored under ModelCheckpoint's key, so either class resumes the other's runs.
     An epoch whose monitored value is not finite is never kept as a best one.
     """
 

@@ -14,8 +14,8 @@ class RandomState(pl.Callback):
     """Saves torch's (CPU and CUDA), NumPy's and Python's global generator states with
     each checkpoint and restores them on resume.
 
-    Lightning restores neither, so a resumed fit would shuffle and drop out differently
-    from one never stopped. The states are plain data, as ``weights_only`` loading needs.
+    Lightning does not restore them, so a resumed fit would shuffle and drop out otherwise
+    than one never stopped. The states are plain data, as ``weights_only`` loading needs.
     """
 
     def state_dict(self) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from torch import Tensor
 
 
 class PlateauDetector:
-    """Tells a stall: a window mean of the loss improving on the previous one by too little.
+    """Detects a stall: a window mean of the loss improving too little on the previous one.
 
     Args:
         window (int): Steps per window.

@@ -197,8 +197,8 @@ def classify_critical_point(gradient_norm: float, spectrum: LanczosResult,
 
     * ``λ_min < 0 < λ_max`` (indefinite) is a **saddle**; both are Rayleigh quotients, so
       curvature of both signs has been seen and no convergence is needed.
-    * ``λ_min > 0`` is a **minimum** only once ``λ_min`` has converged and stays positive
-      minus its Ritz residual; before that it is just an upper bound.
+    * ``λ_min > 0`` is a **minimum** only once it has converged and ``λ_min`` minus its
+      Ritz residual is still positive; before that it is just an upper bound.
     * Otherwise it **cannot tell**: a zero eigenvalue leaves it to higher-order terms
       (``x⁴`` and ``-x⁴`` both have a zero Hessian at 0), and no positive curvature means
       a maximum or a degenerate point.
