@@ -24,10 +24,8 @@ class CompileParts(pl.Callback):
         parts (list[str] | None): Names from the task's ``parameter_parts()`` (``text``,
             ``audio``, ``video``, ``fusion``, ``head``, ...); None compiles every part.
         backend (str | Callable): The ``torch.compile`` backend, by name or as a callable.
-        mode (str | None): The ``torch.compile`` mode (``default``, ``reduce-overhead``,
-            ``max-autotune``).
-        dynamic (bool | None): Whether to compile for dynamic shapes (batches and
-            sequence lengths vary); None lets torch decide.
+        mode (str | None): The ``torch.compile`` mode, e.g. ``reduce-overhead``, ``max-autotune``.
+        dynamic (bool | None): Compile for varying batch and sequence sizes; None: torch decides.
     """
 
     def __init__(self, parts: list[str] | None = None, backend: str | Callable = "inductor",

@@ -111,8 +111,7 @@ def extreme_hessian_eigenvalues(loss_fn: LossFn, params: Iterable[Tensor],
         rtol (float): Convergence tolerance on the Ritz residuals.
 
     Returns:
-        tuple[float, float, Vector]: ``(λ_max, λ_min, v_min)`` where ``v_min`` is a unit
-        eigenvector estimate for ``λ_min``, shaped like ``params``.
+        tuple[float, float, Vector]: ``(λ_max, λ_min, v_min)``, ``v_min`` a unit eigenvector.
 
     Raises:
         ValueError: If ``params`` is empty or ``iterations < 1``.

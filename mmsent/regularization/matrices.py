@@ -42,8 +42,7 @@ def load_matrix(spec: str | list[list[float]], key: str) -> Tensor:
         Tensor: The matrix, float64 on the CPU.
 
     Raises:
-        ValueError: If the file is missing, of another kind or unreadable, or the value
-            is not a 2-D matrix of finite numbers.
+        ValueError: If the file is missing or unreadable, or not a finite 2-D matrix.
     """
     if isinstance(spec, str):
         path = Path(spec)

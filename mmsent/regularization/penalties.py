@@ -164,8 +164,7 @@ def check_covariance(matrix: Tensor, key: str = "covariance") -> Tensor:
         Tensor: ``matrix``, unchanged.
 
     Raises:
-        ValueError: If it is not a square 2-D matrix, not symmetric (to a relative
-            1e-6) or not positive definite.
+        ValueError: If it is not square, symmetric (to a relative 1e-6) and positive definite.
     """
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
         raise ValueError(f"{key}: a covariance must be a square matrix, got shape {tuple(matrix.shape)}")
@@ -197,8 +196,7 @@ def mahalanobis_penalty(params: Iterable[Tensor], covariance: str | Tensor = "ro
         Tensor: The penalty as a 0-d tensor.
 
     Raises:
-        ValueError: If ``covariance`` is another string, does not fit a tensor, or is
-            not symmetric positive definite.
+        ValueError: If ``covariance`` is another string, misfits, or is no valid covariance.
     """
     params = list(params)
     if isinstance(covariance, str) and covariance != "rows":

@@ -39,8 +39,7 @@ class BaseTask(pl.LightningModule):
         loss (Loss): ``"l1"`` (the field's default), ``"mse"`` or ``"huber"``.
         optimizer (OptimizerCallable): Builds the optimizer from parameter groups.
         param_groups (dict[str, ParamGroup] | None): Per part (see :meth:`parameter_parts`),
-            its own ``lr``, ``weight_decay``, ``momentum`` and ``schedule`` (a cosine
-            schedule's length defaults to the trainer's ``max_epochs``).
+            its own ``lr``, ``weight_decay``, ``momentum``, ``schedule``...
         regularizer (Regularizer | None): A weight penalty added to the training loss.
     """
 
