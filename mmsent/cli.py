@@ -1,5 +1,4 @@
-"""The one LightningCLI of mmsent, behind ``mmsent fit|validate|test|predict`` and
-every pipeline stage."""
+"""The one LightningCLI of mmsent, behind ``mmsent fit|validate|test|predict`` and every stage."""
 
 from __future__ import annotations
 
@@ -26,8 +25,7 @@ from mmsent.tasks.base import BaseTask
 from mmsent.tasks.checkpoint_io import AtomicCheckpointIO, current_hyperparameters, read_checkpoint
 
 MONITOR = "val/MAE"
-# The optimizer's options that no type of mmsent's guards (its class is torch's), and
-# what a negative value does.
+# Optimizer options no mmsent type guards (the class is torch's), and what a negative does.
 NEGATIVE = {"lr": "a negative learning rate climbs the loss",
             "weight_decay": "a negative weight decay pushes the weights away from zero"}
 
@@ -52,10 +50,8 @@ logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_WithoutAdv
 
 class EpochLearningRates(LearningRateMonitor):
     """Lightning's ``LearningRateMonitor``, logging every parameter group's learning
-    rate (``lr-<optimizer>/<group>``) once per epoch by default.
-
-    Lightning's stops the fit when the trainer has no logger (``trainer.logger:
-    false``); this one then has nothing to log to and stands aside.
+    rate (``lr-<optimizer>/<group>``) once per epoch by default; it stands aside without
+    a logger, where Lightning's would stop the fit.
     """
 
     def on_train_start(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
@@ -66,17 +62,11 @@ class EpochLearningRates(LearningRateMonitor):
 class MMSentCLI(LightningCLI):
     """LightningCLI with the data's input sizes linked to the model, checkpoints kept
     for the best validation MAE and the last epoch, the learning rates logged, and
-    after ``fit`` the ``selection`` of a fused stage (:func:`mmsent.selection.select`).
+    after ``fit`` the ``selection`` of a fused stage.
 
-    Every trainer it builds writes checkpoints atomically and reads them with
-    ``weights_only=True`` (:class:`mmsent.tasks.checkpoint_io.AtomicCheckpointIO`),
-    and keeps the random generators' states in them (:class:`RandomState`), so a
-    resumed fit ends with the figures of one never stopped.
-
-    Its streams are a command line's: Lightning's progress bar, model summary and
-    metric tables are notices, on stderr; stdout holds the data, which is the
-    configuration of ``--print_config`` and the metrics of ``validate`` and ``test``
-    (one JSON object).
+    Its trainers write checkpoints atomically, read them with ``weights_only=True`` and
+    keep the random states in them, so a resumed fit ends as one never stopped. Notices
+    go to stderr; stdout holds only data (``--print_config``, the metrics as JSON).
     """
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -110,11 +100,8 @@ class MMSentCLI(LightningCLI):
         select(self.trainer, self.model, self.selection, self.start)
 
     def parse_arguments(self, parser, args) -> None:
-        """Parses, then takes the model's hyperparameters from ``--ckpt_path`` itself:
-        read safely, so a refused or corrupt file is named with the key, not shown with
-        torch's traceback (:func:`mmsent.tasks.checkpoint_io.read_checkpoint`), and those
-        of a checkpoint from an older mmsent under today's names
-        (:func:`mmsent.tasks.checkpoint_io.current_hyperparameters`)."""
+        """Parses, then takes the model's hyperparameters from ``--ckpt_path``, read safely
+        (a bad file is named, not shown with torch's traceback) and under today's names."""
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
@@ -138,9 +125,8 @@ class MMSentCLI(LightningCLI):
             self.config[self.config["subcommand"]].ckpt_path = path
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
-        """Instantiates the trainer with what every mmsent trainer has: the atomic
-        checkpoint I/O (unless the configuration names its own), :class:`RandomState`
-        and a progress bar on stderr."""
+        """Adds the atomic checkpoint I/O (unless configured), :class:`RandomState` and a
+        progress bar on stderr to the trainer."""
         config = {**self.config_init.get(str(self.subcommand), self.config_init).get("trainer", {}), **kwargs}
         plugins = config.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, list) else [plugins]
@@ -169,10 +155,8 @@ class MMSentCLI(LightningCLI):
             print(json.dumps(metrics))
 
     def instantiate_classes(self) -> None:
-        """Checks the configuration's values (:func:`check_values`), then instantiates
-        as LightningCLI does, but raises the error a class raised (a
-        missing checkpoint, a bad label row) itself, not jsonargparse's wrapper around
-        it, which repeats the whole configuration (:func:`mmsent.errors.user_error`).
+        """Checks the values, then instantiates, raising a class's own error (a missing
+        checkpoint, a bad label row), not jsonargparse's wrapper repeating the config.
 
         Raises:
             Exception: The error a class raised, as it raised it.
@@ -193,8 +177,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> MMSentCLI:
 
     Args:
         args (list[str] | None): Command-line arguments; None reads ``sys.argv``.
-        run (bool): Run the subcommand; False parses and instantiates only (then
-            ``args`` holds no subcommand).
+        run (bool): Run the subcommand; False parses and instantiates only (no subcommand).
 
     Returns:
         MMSentCLI: The CLI, with ``model``, ``datamodule`` and ``trainer``.
@@ -216,8 +199,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> MMSentCLI:
 
 
 class ConfigCheckCLI(MMSentCLI):
-    """Parses a configuration and checks its values without building anything: no
-    data prepared, no model, no seeding."""
+    """Parses a configuration and checks its values without data, model or seeding."""
 
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
@@ -228,8 +210,7 @@ class ConfigCheckCLI(MMSentCLI):
 
 
 def check_config(args: list[str]) -> Namespace:
-    """Parses and checks a configuration (no subcommand) as ``mmsent fit`` would,
-    without preparing data or building a model.
+    """Parses and checks a configuration (no subcommand) as ``mmsent fit`` would, building nothing.
 
     Args:
         args (list[str]): Command-line arguments, e.g. ``-c`` files and overrides.
@@ -238,8 +219,7 @@ def check_config(args: list[str]) -> Namespace:
         Namespace: The parsed configuration.
 
     Raises:
-        ConfigError: On an unknown key, a value of the wrong type or a value that
-            cannot work (:func:`check_values`).
+        ConfigError: On an unknown key, a wrongly typed value or one that cannot work.
     """
     try:
         return ConfigCheckCLI(BaseTask, MultimodalDataModule, subclass_mode_model=True,
@@ -250,9 +230,9 @@ def check_config(args: list[str]) -> Namespace:
 
 
 def check_values(config: Namespace) -> None:
-    """What the types allow but cannot work, checked before any data is prepared: a
-    learning rate or weight decay of the optimizer that is negative or not finite
-    (the parameter groups' own are typed, :class:`mmsent.optim.ParamGroup`).
+    """Refuses an optimizer learning rate or weight decay that is negative or not finite.
+
+    The types allow them (the parameter groups' own are typed, :class:`~mmsent.optim.ParamGroup`).
 
     Args:
         config (Namespace): The parsed configuration.

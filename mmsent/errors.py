@@ -1,12 +1,9 @@
 """The errors mmsent raises about what a user gave it: a config, a file, a checkpoint.
 
-Each message names the setting, file or sample at fault. Both subclasses keep a
-built-in base, so code that catches ``ValueError`` or ``FileNotFoundError`` still
-does. A message that explains a lower-level error is an :class:`MMSentError` raised
-``from`` it: that is how the command line knows which message of a chain to show
-(:func:`user_error`).
-
-This module imports nothing of mmsent, so every module can raise these errors.
+Each message names the setting, file or sample at fault; each subclass keeps a built-in
+base (``ValueError``, ``FileNotFoundError``...). An :class:`MMSentError` raised ``from`` a
+lower-level error is the message the command line shows (:func:`user_error`). This module
+imports nothing of mmsent, so every module can raise these errors.
 """
 
 from __future__ import annotations
@@ -28,11 +25,7 @@ class MissingFileError(MMSentError, FileNotFoundError):
 
 
 class WriteError(MMSentError, OSError):
-    """A file mmsent writes that did not fit: a full disk or a file size limit.
-
-    Raised as ``WriteError(errno, message)``; shown as the message alone, which names
-    the file.
-    """
+    """A file mmsent writes that did not fit (full disk, size limit); shows its message alone."""
 
     def __str__(self) -> str:
         return str(self.strerror)
@@ -43,9 +36,7 @@ class UsageError(MMSentError, ValueError):
 
 
 class CommandParser(argparse.ArgumentParser):
-    """An ``argparse`` parser whose errors are :class:`UsageError` s, so that the
-    ``mmsent`` command shows them in its one-line form (``mmsent.main``) rather than
-    argparse printing and exiting on its own."""
+    """An ``argparse`` parser raising :class:`UsageError` s, shown in one line, not exiting."""
 
     def error(self, message: str):
         """Raises the parse error.
@@ -66,11 +57,8 @@ class NonFiniteError(MMSentError, FloatingPointError):
 def user_error(error: BaseException) -> BaseException:
     """The exception to show for one raised while the command line built its classes.
 
-    jsonargparse reports a class that fails as an error of its own, caused by the
-    class's error, that repeats the whole configuration. Shown instead is the
-    outermost :class:`MMSentError` along the chain of causes (``raise ... from ...``),
-    the message mmsent wrote closest to the user; without one, the root cause, where
-    things first went wrong.
+    Instead of jsonargparse's wrapper, which repeats the configuration: the outermost
+    :class:`MMSentError` along the chain of causes, else the root cause.
 
     Args:
         error (BaseException): The exception caught.
@@ -85,8 +73,7 @@ def user_error(error: BaseException) -> BaseException:
 
 
 def check_choice(key: str, value: object, choices: object) -> None:
-    """Refuses a value outside its ``Literal`` type, for a class built from Python or
-    from a model folder's record (the command line refuses it as it parses).
+    """Refuses a value outside its ``Literal`` type (for classes built outside the command line).
 
     Args:
         key (str): The setting, for the message.

@@ -1,7 +1,6 @@
 """File helpers shared across the package: signatures, content hashes, atomic writes.
 
-This module imports nothing of mmsent but its errors, so any module may use it
-without forming an import cycle.
+It imports nothing of mmsent but its errors, so any module may use it without a cycle.
 """
 
 from __future__ import annotations
@@ -56,20 +55,16 @@ def content_hash(path: Path) -> str:
 
 
 def atomic_write(path: Path, write: Callable[[Path], None], what: str = "", durable: bool = False) -> None:
-    """Writes a file in a temporary folder beside it, then renames it over the old one,
-    so an interrupted write (a kill, a full disk) leaves the file as it was or the
-    whole new one.
+    """Writes a file beside its destination, then renames it over: all or nothing.
 
     Args:
         path (Path): The destination; its folder is created.
         write (Callable[[Path], None]): Writes the content to the path it is given.
         what (str): What the file is, for messages (``"checkpoint"``).
-        durable (bool): Also flush the file and the rename to disk, so that the write
-            outlasts a power cut, at a few milliseconds a file.
+        durable (bool): Also flush file and rename to disk (survives a power cut; a few ms).
 
     Raises:
-        WriteError: If the disk is full or the file too large, naming the file and
-            the free space (:func:`write_failure`).
+        WriteError: If the disk is full or the file too large, naming the free space.
         OSError: If the write fails otherwise, naming the file.
     """
     path = Path(path)
@@ -84,9 +79,7 @@ def atomic_write(path: Path, write: Callable[[Path], None], what: str = "", dura
 
 @contextmanager
 def _staging(target: Path, what: str) -> Iterator[Path]:
-    """A new folder beside ``target`` to write it in, removed afterwards; an error of
-    the write (one without a file name, or naming a file in the folder) names
-    ``target`` instead."""
+    """A new folder beside ``target`` to write it in, removed afterwards; errors name ``target``."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
@@ -107,9 +100,7 @@ def _staging(target: Path, what: str) -> Iterator[Path]:
 
 
 def no_room(error: BaseException) -> OSError | None:
-    """The error of a write that failed for want of room, among an error and the ones
-    it was raised from or while handling (torch reports a full disk as a
-    ``RuntimeError`` raised while handling the ``OSError``).
+    """The full-disk error in an error's chain (torch raises a ``RuntimeError`` from it).
 
     Args:
         error (BaseException): The error caught.
@@ -127,8 +118,7 @@ def no_room(error: BaseException) -> OSError | None:
 
 
 def write_failure(path: Path, error: OSError, action: str | None = None) -> str:
-    """A one-line message for a write that failed for want of room: the file, the
-    reason, the free space where it goes and, for a file too large, the size limit.
+    """A one-line message for a write that failed for want of room, with the free space.
 
     Args:
         path (Path): The file being written.
@@ -159,12 +149,10 @@ def _size(count: float) -> str:
 
 
 def write_folder(target: Path, write: Callable[[Path], None]) -> Path:
-    """Writes a whole folder beside its target, then renames it into place, as
-    :func:`atomic_write` writes a file.
+    """Writes a whole folder beside its target, then renames it into place.
 
-    An existing target is renamed aside, the new folder renamed in, and the old one
-    deleted, so an interrupted write (a kill, a full disk) leaves the previous folder
-    or, between the two renames, none; never a mix or a part.
+    An interrupted write leaves the previous folder (or, between two renames, none),
+    never a mix or a part.
 
     Args:
         target (Path): The folder to create or replace.
@@ -239,7 +227,7 @@ def read_json(path: Path, what: str = "valid JSON", remedy: str = "") -> Any:
 
 
 def save_json(path: Path, payload) -> None:
-    """Writes JSON atomically (indented), so an interrupted write never leaves half a file.
+    """Writes indented JSON atomically.
 
     Args:
         path (Path): The destination.

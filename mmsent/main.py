@@ -1,14 +1,9 @@
-"""The ``mmsent`` command: ``mmsent fit|validate|test|predict`` go to the CLI
-(:mod:`mmsent.cli`), ``mmsent pipeline`` to the pipeline (:mod:`mmsent.pipeline`),
-``mmsent export`` and ``mmsent score`` to :mod:`mmsent.hub`; ``mmsent`` alone or
-``mmsent --help`` lists them all.
+"""The ``mmsent`` command, dispatching to the CLI, the pipeline and :mod:`mmsent.hub`.
 
-An error a user can act on (a config key, a data file, a checkpoint, a full disk)
-is printed in a line or two naming its culprit, with exit status 1; ``--debug`` (or
-``MMSENT_DEBUG=1``) shows the whole traceback instead. A command line a command
-cannot parse is printed the same way, with exit status 2.
-
-Each command's code is imported when it runs, so ``mmsent score`` loads no training code.
+A user's error is printed in a line or two naming its culprit, with exit status 1 (2 for
+a command line that does not parse); ``--debug`` (or ``MMSENT_DEBUG=1``) shows the
+traceback. Each command's code is imported when it runs, so ``mmsent score`` loads no
+training code.
 """
 
 from __future__ import annotations
@@ -57,8 +52,7 @@ def main(args: list[str] | None = None) -> None:
         args (list[str] | None): Command-line arguments; None reads ``sys.argv``.
 
     Raises:
-        SystemExit: Status 1 after a user's error, 2 after a command line that does
-            not parse, each printed short.
+        SystemExit: Status 1 after a user's error, 2 after a command line that does not parse.
     """
     args = sys.argv[1:] if args is None else list(args)
     cut = args.index("--") if "--" in args else len(args)

@@ -7,10 +7,7 @@ the names and definitions here match it exactly:
 * ``Non0_acc_2`` / ``Non0_F1_score``: binary, positive means ``> 0``, samples whose
   label is exactly 0 are left out.
 * ``Mult_acc_5`` / ``Mult_acc_7``: clip to ``[-2, 2]`` / ``[-3, 3]``, round, exact match.
-* ``MAE`` and ``Corr`` (Pearson). F1 is weighted by class support.
-
-The accuracies and F1 scores are torchmetrics' own, on the classes this module cuts
-the scores into; ``MAE`` and ``Corr`` are computed over the whole split at once.
+* ``MAE`` and ``Corr`` (Pearson), over the whole split at once. F1 is weighted by class support.
 """
 
 from __future__ import annotations
@@ -159,10 +156,9 @@ def label_statistics(labels) -> dict[str, float]:
         labels: The training scores, any array-like of shape ``(N,)``.
 
     Returns:
-        dict[str, float]: ``median`` (the best constant under L1), ``mean`` (under
-        MSE), and per class metric a score in the training set's majority class:
-        ``Has0_majority`` (0 or -1), ``Non0_majority`` (1 or -1), ``Mult5_majority``
-        and ``Mult7_majority`` (the most frequent rounded class).
+        dict[str, float]: ``median`` (the best constant under L1), ``mean`` (under MSE),
+        and per class metric a score in the majority class (``Has0_majority``,
+        ``Non0_majority``, ``Mult5_majority``, ``Mult7_majority``).
 
     Raises:
         ValueError: If there is no label.
@@ -181,9 +177,7 @@ def label_statistics(labels) -> dict[str, float]:
 
 
 def baseline_metrics(statistics: dict[str, float], target: torch.Tensor) -> dict[str, float]:
-    """Every metric of the trivial predictors: the training median for ``MAE`` and
-    ``Corr`` (a constant correlates with nothing: 0), the training set's majority class
-    for each accuracy and F1.
+    """Every metric of the trivial predictors: the training median, or the majority class.
 
     Args:
         statistics (dict[str, float]): From :func:`label_statistics` on the training labels.

@@ -1,10 +1,7 @@
 """Parameter groups with their own learning rate, weight decay and schedule.
 
-Fine-tuning a fused model wants different steps for different parts: a CNN likes a
-high, decaying rate, an LSTM and an MLP smaller ones, and the freshly trained fusion
-head its own. Groups are named after the modality (or ``fusion``) and configured in
-YAML as :class:`ParamGroup` s, whose types the command line checks as it parses; an
-optimizer callable from LightningCLI receives the groups.
+Fine-tuning a fused model wants different steps for different parts (a CNN a high,
+decaying rate, an LSTM smaller ones); groups are named after the modality or ``fusion``.
 """
 
 from __future__ import annotations
@@ -53,8 +50,7 @@ class Schedule:
 
 @dataclass
 class ParamGroup:
-    """One part's optimizer settings, checked by the command line as it parses them;
-    every key is optional (unset: the optimizer's own).
+    """One part's optimizer settings; every key is optional (unset: the optimizer's own).
 
     Attributes:
         lr: The learning rate, a finite number >= 0.
@@ -80,15 +76,13 @@ def plain_groups(settings: dict[str, ParamGroup | dict] | None) -> dict[str, dic
 
     Args:
         settings (dict[str, ParamGroup | dict] | None): Per part, a :class:`ParamGroup`
-            (from the command line) or a dict of its keys (from Python or a checkpoint).
+            or a dict of its keys.
 
     Returns:
-        dict[str, dict] | None: Per part, its set keys with plain numbers, ``schedule``
-        a dict too.
+        dict[str, dict] | None: Per part, its set keys with plain numbers.
 
     Raises:
-        ValueError: If a dict does not fit :class:`ParamGroup` (an unknown key, a
-            negative learning rate...), naming the group and the key.
+        ValueError: If a dict does not fit :class:`ParamGroup`, naming the group and key.
     """
     if settings is None:
         return None
@@ -122,19 +116,14 @@ def build_param_groups(parts: dict[str, nn.Module], settings: dict[str, ParamGro
 
     Args:
         parts (dict[str, nn.Module]): Named parts, e.g. ``{"text": ..., "fusion": ...}``.
-        settings (dict[str, ParamGroup | dict] | None): Per part name, optimizer options
-            for its group (``lr``, ``weight_decay``, ``momentum``...), an optional
-            ``schedule`` and, for a pretrained transformer, an optional
-            ``layer_decay`` (see :func:`_layer_decay_groups`); parts without settings
-            use the optimizer's defaults.
+        settings (dict[str, ParamGroup | dict] | None): Per part name, its group's
+            options; parts without settings use the optimizer's defaults.
         optional (tuple[str, ...]): Names settings may hold although the model lacks
-            them (a modality this dataset does not have), so one stage config serves
-            datasets with and without video.
+            them (a modality this dataset does not have).
 
     Returns:
-        list[dict]: Groups with ``params`` and ``name`` (one per part, or one per
-        layer of a part with ``layer_decay``); parts with no trainable parameter are
-        left out.
+        list[dict]: Groups with ``params`` and ``name``, one per part (or per layer with
+        ``layer_decay``); parts with no trainable parameter are left out.
 
     Raises:
         ValueError: If settings name a part that does not exist or an unknown option.
@@ -158,26 +147,10 @@ def build_param_groups(parts: dict[str, nn.Module], settings: dict[str, ParamGro
 
 
 def _layer_decay_groups(name: str, module: nn.Module, options: dict, decay: float) -> list[dict]:
-    """A part's groups under layer-wise rate decay: its top layer at the part's rate,
-    each layer below at ``layer_decay`` times the rate of the one above.
+    """Groups ``<part>.layer<i>``: the top at the part's ``lr``, each lower ``decay`` times less.
 
-    A pretrained transformer's lower layers hold general features that small steps
-    keep; its upper layers adapt most to the task (Howard & Ruder, 2018; Clark et al.,
-    2020). The groups are named ``<part>.layer<i>`` (0 the bottom) and keep the part
-    under ``part``, whose schedule they share.
-
-    Args:
-        name (str): The part's name, for messages and the groups' ``name``.
-        module (nn.Module): The part; it must have ``layer_groups()``, its parameters
-            from the bottom layer to the top (as :class:`~mmsent.models.TransformerTextEncoder`).
-        options (dict): The part's other group options; ``lr`` is required.
-        decay (float): The factor between neighbouring layers, in (0, 1].
-
-    Returns:
-        list[dict]: One group per layer with a trainable parameter.
-
-    Raises:
-        ValueError: If the part has no layers or ``lr`` is missing.
+    Lower transformer layers hold general features that small steps keep (Howard & Ruder,
+    2018; Clark et al., 2020). ``module`` must have ``layer_groups()``, bottom to top.
     """
     key = f"param_groups.{name}.layer_decay"
     if not hasattr(module, "layer_groups"):
@@ -200,25 +173,19 @@ def schedule_factor(schedule: dict | None, steps_per_epoch: int | None = None,
     """A learning-rate multiplier as a function of the epoch, or of the optimizer step.
 
     Args:
-        schedule (dict | None): ``{"name": "constant"}``, ``{"name": "step",
-            "step_size": 5, "gamma": 0.5}``, ``{"name": "exponential", "gamma": 0.9}``
-            or ``{"name": "cosine", "epochs": 20, "min_factor": 0.0}`` (:class:`Schedule`), each with an
-            optional ``warmup`` (epochs of linear ramp-up) or ``warmup_steps``
-            (optimizer steps of linear ramp-up: a pretrained transformer's first
-            steps at the full rate can undo its pretraining).
-        steps_per_epoch (int | None): Optimizer steps per epoch. Given, the multiplier
-            is a function of the step (the scheduler then steps after every batch),
-            with the schedule's decay still by epoch; ``warmup_steps`` needs it.
-        max_epochs (int | None): The trainer's ``max_epochs``, a cosine's length when
-            the schedule sets no ``epochs``.
+        schedule (dict | None): A :class:`Schedule` as a dict, e.g. ``{"name": "step",
+            "step_size": 5, "gamma": 0.5}``; ``warmup_steps`` matters for a pretrained
+            transformer, whose first full-rate steps can undo its pretraining.
+        steps_per_epoch (int | None): Given, the multiplier is a function of the step
+            (decay still by epoch); ``warmup_steps`` needs it.
+        max_epochs (int | None): A cosine's length when the schedule sets no ``epochs``.
 
     Returns:
-        Callable[[int], float]: The multiplier for epoch ``e`` (0-based), or for step
-        ``s`` when ``steps_per_epoch`` is given.
+        Callable[[int], float]: The multiplier for epoch ``e`` (0-based), or step ``s``.
 
     Raises:
-        ValueError: If the name is unknown, ``warmup_steps`` is set without
-            ``steps_per_epoch``, or a cosine has no length.
+        ValueError: If the name is unknown, ``warmup_steps`` lacks ``steps_per_epoch``,
+            or a cosine has no length.
     """
     schedule = dict(schedule or {"name": "constant"})
     name = schedule.pop("name", "constant")
@@ -272,10 +239,8 @@ def per_group_scheduler(optimizer: Optimizer, settings: dict[str, dict] | None,
     Args:
         optimizer (Optimizer): Built from :func:`build_param_groups`.
         settings (dict[str, dict] | None): The same settings, read for ``schedule``.
-        steps_per_epoch (int | None): Optimizer steps per epoch, for a scheduler that
-            steps after every batch (see :func:`has_step_warmup`); None steps per epoch.
-        max_epochs (int | None): The trainer's ``max_epochs``, the default length of a
-            cosine schedule.
+        steps_per_epoch (int | None): Steps per epoch for a per-batch scheduler; None: per epoch.
+        max_epochs (int | None): The default length of a cosine schedule.
 
     Returns:
         LambdaLR: One multiplier function per group.
@@ -295,6 +260,5 @@ def has_schedules(settings: dict[str, dict] | None) -> bool:
 
 
 def has_step_warmup(settings: dict[str, dict] | None) -> bool:
-    """bool: Whether any group's schedule warms up by optimizer steps (``warmup_steps``),
-    which needs a scheduler that steps after every batch."""
+    """bool: Whether any group's schedule has ``warmup_steps`` (a per-batch scheduler)."""
     return any((options.get("schedule") or {}).get("warmup_steps") for options in (settings or {}).values())

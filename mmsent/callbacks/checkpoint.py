@@ -12,18 +12,10 @@ class LastEpochCheckpoint(ModelCheckpoint):
     """A :class:`~pytorch_lightning.callbacks.ModelCheckpoint` that writes ``last.ckpt``
     for every epoch it judges, not only when it keeps a new best checkpoint.
 
-    Lightning 2.6 saves the last checkpoint only in a step that also saved a top-k one,
-    so with ``save_top_k: 1`` its ``last.ckpt`` is the best epoch: a run stopped after
-    a few epochs without improvement resumed from the best epoch and trained those
-    epochs again, and ``--ckpt_path=last.ckpt`` evaluated the best weights, not the
-    last. An epoch judged not among the best (:meth:`check_monitor_top_k`) is therefore
-    saved as ``last.ckpt`` at the end of the hook that judged it. The callback state is
-    stored under ModelCheckpoint's key, so checkpoints written with either class
-    resume with either.
-
-    An epoch whose monitored value is NaN or infinite is never kept as a best one:
-    Lightning counts a NaN as the worst score, yet keeps it while it has fewer than
-    ``save_top_k`` checkpoints, so the first epoch of a diverged fit was the best.
+    Lightning 2.6 writes ``last.ckpt`` only with a new top-k one, so with ``save_top_k: 1``
+    it would hold the best epoch and a resumed run would train the epochs since again. The
+    state is stored under ModelCheckpoint's key, so either class resumes the other's runs.
+    An epoch whose monitored value is not finite is never kept as a best one.
     """
 
     passed_over_at_step: int | None = None

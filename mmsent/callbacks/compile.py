@@ -10,10 +10,8 @@ import pytorch_lightning as pl
 class CompileParts(pl.Callback):
     """Compiles the networks of a task in place with ``torch.compile`` before it runs.
 
-    ``nn.Module.compile`` keeps the parameter names, so checkpoints written with and
-    without compilation are interchangeable. The first batches are slower while the
-    graphs are built; compilation pays off on GPUs and large backbones, rarely for the
-    small default models on a CPU.
+    Parameter names are kept, so checkpoints with and without compilation interchange.
+    It pays off on GPUs and large backbones, rarely for the small models on a CPU.
 
     In YAML::
 
@@ -25,12 +23,9 @@ class CompileParts(pl.Callback):
     Args:
         parts (list[str] | None): Names from the task's ``parameter_parts()`` (``text``,
             ``audio``, ``video``, ``fusion``, ``head``, ...); None compiles every part.
-        backend (str | Callable): The ``torch.compile`` backend, by name or as a
-            callable.
-        mode (str | None): The ``torch.compile`` mode (``default``, ``reduce-overhead``,
-            ``max-autotune``).
-        dynamic (bool | None): Whether to compile for dynamic shapes (batches and
-            sequence lengths vary); None lets torch decide.
+        backend (str | Callable): The ``torch.compile`` backend, by name or as a callable.
+        mode (str | None): The ``torch.compile`` mode, e.g. ``reduce-overhead``, ``max-autotune``.
+        dynamic (bool | None): Compile for varying batch and sequence sizes; None: torch decides.
     """
 
     def __init__(self, parts: list[str] | None = None, backend: str | Callable = "inductor",

@@ -8,12 +8,9 @@ from mmsent.models.dropout import resample_epoch_masks
 
 
 class EpochDropoutCallback(pl.Callback):
-    """Redraws every epoch-mode :class:`~mmsent.models.dropout.BernoulliDropout` mask at
-    the start of each training epoch, so one mask is used for a whole epoch.
+    """Redraws every epoch-mode dropout mask at each training epoch's start.
 
-    A model with epoch-mode dropout (``dropout_kind: bernoulli_epoch``) needs it: such a
-    layer refuses to train before an epoch start has redrawn its mask, rather than keep
-    one mask for the whole run.
+    ``dropout_kind: bernoulli_epoch`` needs it: such a layer refuses to train otherwise.
 
     Attributes:
         last_count (int): How many layers were reset at the last epoch start.

@@ -11,10 +11,8 @@ from mmsent.models.audio import AcousticMLPEncoder, greedy_layerwise_pretraining
 class LayerwisePretraining(pl.Callback):
     """Greedy layer-wise autoencoder pretraining of a unimodal task's acoustic MLP.
 
-    At the start of fitting, the encoder's hidden layers are pretrained one at a time
-    as autoencoders on the training set's pooled features
-    (:func:`~mmsent.models.audio.greedy_layerwise_pretraining`); supervised training
-    then starts from those weights. Add it to a unimodal audio stage::
+    At the start of fitting, the hidden layers are pretrained one at a time as
+    autoencoders on the training set's pooled features. For a unimodal audio stage::
 
         trainer:
           callbacks:

@@ -1,5 +1,4 @@
-"""The random number generators' states, kept in every checkpoint so that a resumed
-fit draws what an uninterrupted one would have drawn."""
+"""The random generators' states, kept in every checkpoint for an exact resume."""
 
 from __future__ import annotations
 
@@ -12,17 +11,11 @@ import torch
 
 
 class RandomState(pl.Callback):
-    """Saves the states of torch's (CPU and CUDA), NumPy's and Python's global
-    generators with each checkpoint, and restores them on resume.
+    """Saves torch's (CPU and CUDA), NumPy's and Python's global generator states with
+    each checkpoint and restores them on resume.
 
-    The shuffled order of an epoch, dropout masks and augmentation all come from these
-    generators: a shuffling DataLoader seeds each epoch's order from torch's global
-    generator. Lightning restores the weights, the optimizer, the loops and the
-    callbacks, but not these states, so a resumed fit would shuffle and drop out
-    differently from one never stopped. A checkpoint is written after the epoch's
-    validation, and restoring happens before the resumed fit draws anything, so the
-    next epoch sees the generators exactly as the uninterrupted fit would have.
-    The states are tensors and plain data, which ``weights_only`` loading accepts.
+    Lightning does not restore them, so a resumed fit would shuffle and drop out otherwise
+    than one never stopped. The states are plain data, as ``weights_only`` loading needs.
     """
 
     def state_dict(self) -> dict[str, Any]:

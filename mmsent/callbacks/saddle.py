@@ -24,16 +24,12 @@ from mmsent.diagnostics.saddle import (
 from mmsent.diagnostics.steps import EvalMode, escape_along, first_rows, loss_from_outputs, rows_of
 from mmsent.diagnostics.vectors import LossFn, Vector, axpy, norm, scale
 
-# The monitor's Lanczos budget and tolerance: a saddle verdict needs no convergence
-# (both Ritz values are Rayleigh quotients: any negative one certifies negative
-# curvature), and a minimum verdict still requires lambda_min minus its Ritz residual to
-# stay positive, so a small budget and a 1 % residual never give a wrong verdict, only
-# more "cannot tell"; warm starts carry the convergence over successive checks.
+# A small Lanczos budget and a 1 % residual never give a wrong verdict, only more "cannot
+# tell": a saddle needs no convergence, a minimum needs lambda_min minus its residual > 0.
 MONITOR_ITERATIONS = 10
 MONITOR_RTOL = 1e-2
-# A check starts only when the budget left covers this many training steps (the gradient,
-# two products and the probes on the quickstart's LSTM), and stops starting products
-# when the budget is spent but for this share, kept for the probes.
+# A check starts only when the budget left covers this many training steps, and stops
+# starting products when all but this share (kept for the probes) is spent.
 MIN_CHECK_STEPS = 5.0
 PROBE_SHARE = 0.2
 
@@ -41,60 +37,31 @@ PROBE_SHARE = 0.2
 class SaddlePointMonitor(pl.Callback):
     """Detects training plateaus and tests whether they are saddle points.
 
-    The training loss is averaged over consecutive windows of ``window`` steps. When the
-    relative improvement of one window mean over the previous one falls below
-    ``min_rel_improvement`` (or every ``every_n_steps`` steps, if set), a check is due.
-    It runs, with the model in eval mode so that dropout adds no noise, on a **fixed
-    subsample**: the first ``subsample`` samples of the batch at hand when the first
-    check runs, kept for every later check, so that the checks of a run look at one
-    loss surface and cost a fraction of a batch:
+    A check is due when a window mean of the training loss improves on the previous one
+    by less than ``min_rel_improvement`` (or every ``every_n_steps``). In eval mode, on a
+    fixed subsample taken at the first check, it:
 
-    1. computes the loss, its gradient norm and the extreme Hessian eigenvalues of
-       ``pl_module.compute_loss(batch)`` over the trainable parameters (Lanczos, at most
-       ``iterations`` Hessian-vector products, fewer once both ends have converged to
-       ``rtol``; **warm-started** from the last check's extreme eigenvectors, which
-       change little between checks), and gives the verdict of
+    1. estimates the gradient norm and the extreme Hessian eigenvalues of
+       ``pl_module.compute_loss(batch)`` (warm-started Lanczos) and gives the verdict of
        :func:`~mmsent.diagnostics.saddle.classify_critical_point`: ``"minimum"``,
-       ``"saddle"`` or ``"cannot tell"``. The point counts as critical when the
-       gradient norm is at most ``grad_tol`` or when one gradient step can gain at most
-       ``grad_rtol`` of the loss (:func:`~mmsent.diagnostics.saddle.first_order_gain`,
-       a test in the loss's own units);
+       ``"saddle"`` or ``"cannot tell"``;
     2. probes the loss at ``num_directions`` random points at distance ``probe_radius``;
-    3. if ``escape`` is set and the Hessian is indefinite, moves the parameters by
-       ``escape_step`` along the negative-curvature eigenvector, in whichever sign lowers
-       the loss (no move if neither does).
+    3. with ``escape``, at an indefinite Hessian, steps ``escape_step`` along the
+       negative-curvature eigenvector in whichever sign lowers the loss.
 
-    **L1-trained tasks.** A task whose ``loss_name`` is ``"l1"`` is checked on the
-    smooth surrogate :func:`~mmsent.diagnostics.saddle.smooth_l1_surrogate` (pseudo-Huber,
-    ``smooth_l1_delta``) of its predictions, not on the L1 loss itself (``None`` turns
-    this off): the L1 loss is piecewise linear in the prediction, so its Hessian has no
-    Gauss-Newton part and its gradient does not vanish at a minimum, and the
-    second-derivative test has nothing to decide on. The surrogate shares the L1 loss's
-    minimizers up to ``O(δ)`` and is smooth. The task's ``compute_loss`` must accept
-    ``loss_fn`` for this (:class:`~mmsent.tasks.base.BaseTask`'s does).
+    An L1-trained task (``loss_name == "l1"``) is checked on the smooth surrogate
+    :func:`~mmsent.diagnostics.saddle.smooth_l1_surrogate`, as the L1 loss has no
+    Gauss-Newton curvature; its ``compute_loss`` must accept ``loss_fn``. With
+    ``max_overhead``, a check waits until the budget covers ``MIN_CHECK_STEPS`` training
+    steps and stops early (saying "cannot tell") once it is spent; check timing then
+    depends on the machine, so ``escape`` runs reproduce only on the same machine.
 
-    **Cost.** With ``max_overhead`` set, the checks may spend that share of the training
-    time so far. A due check runs only when what is left of it covers
-    ``MIN_CHECK_STEPS`` (5) training steps, otherwise it waits for the next due step;
-    and Lanczos starts no product once the budget left (less a fifth, kept for the
-    probes) is spent, so a check stops early rather than overrun, and says "cannot
-    tell" where it has not seen enough. The monitor's share of a fit therefore stays
-    near ``max_overhead`` (overshooting by at most a product and the probes), on any
-    stage; set it to ``None`` for every due check, each with its full ``iterations``.
-    The timing of the checks then depends on the machine's speed, so with ``escape`` a
-    run is reproducible only on the same machine.
-
-    It logs ``saddle/lambda_max``, ``saddle/lambda_min``, ``saddle/indefinite`` (0/1),
-    ``saddle/probe_best_delta``, ``saddle/gradient_norm`` and ``saddle/verdict`` (the code
-    of :data:`~mmsent.diagnostics.saddle.VERDICT_CODES`: 0 cannot tell, 1 minimum,
-    2 saddle) and appends a dict per check, with the verdict in words, to
-    :attr:`history`. Random vectors come from a private generator, so a check leaves the
-    training's random draws, and hence its figures, unchanged (unless it escapes).
-
-    The model must define ``compute_loss(batch: dict) -> Tensor``. A check costs about
-    ``2 * iterations + num_directions + 3`` forward/backward passes on the subsample and
-    holds up to ``iterations`` copies of the trainable parameters. ``escape`` is refused
-    under multi-process training, where each rank would move its replica differently.
+    Logs ``saddle/lambda_max``, ``saddle/lambda_min``, ``saddle/indefinite``,
+    ``saddle/probe_best_delta``, ``saddle/gradient_norm`` and ``saddle/verdict`` (0 cannot
+    tell, 1 minimum, 2 saddle). Random vectors come from a private generator, so checks
+    leave training's random draws unchanged (unless one escapes). ``escape`` is refused
+    under multi-process training. A check costs about ``2 * iterations + num_directions + 3``
+    forward/backward passes on the subsample.
 
     Args:
         window (int): Steps per averaging window.
@@ -103,16 +70,14 @@ class SaddlePointMonitor(pl.Callback):
         iterations (int): The most Hessian-vector products per eigenvalue estimate.
         rtol (float): Lanczos stops once both extreme Ritz residuals are below ``rtol``
             times their Ritz values.
-        grad_tol (float): A batch gradient norm at or below this makes the point
-            critical.
+        grad_tol (float): A batch gradient norm at or below this makes the point critical.
         probe_radius (float): Step length of the random probe.
         num_directions (int): Random directions probed.
         escape (bool): Whether to step along negative curvature at a saddle.
         escape_step (float): Length of that step.
         every_n_steps (int | None): Also check every this many steps.
-        tol (float): Eigenvalues within ``tol`` of 0 (or within the products' rounding
-            level or ``curvature_rtol`` times the spectrum's scale, if larger) count as
-            flat.
+        tol (float): Eigenvalues within ``tol`` of 0 (or the rounding level, if larger)
+            count as flat.
         seed (int): Seed for the random vectors; check ``k`` uses ``seed + k``.
         grad_rtol (float | None): A gain of one gradient step at or below this share of
             the loss also makes the point critical; None: ``grad_tol`` alone.
@@ -123,18 +88,12 @@ class SaddlePointMonitor(pl.Callback):
             may take; None: no limit.
         smooth_l1_delta (float | None): ``δ`` of the surrogate for L1-trained tasks;
             None: check the task's own loss.
-        curvature_rtol (float): See
-            :func:`~mmsent.diagnostics.saddle.flat_curvature`; the default keeps float32
-            rounding in the products from reading as negative curvature.
+        curvature_rtol (float): Eigenvalues within this times the spectrum's scale count as
+            flat, so float32 rounding does not read as negative curvature.
 
     Attributes:
-        history (list[dict[str, Any]]): One record per check: ``step``, ``reason``
-            (``"plateau"`` or ``"schedule"``), ``loss``, ``lambda_max``, ``lambda_min``,
-            ``indefinite``, ``probe_best_delta``, ``escaped``, ``escape_delta`` (the
-            loss change of the escape step, or ``None``), ``gradient_norm``,
-            ``verdict`` and ``verdict_reason`` (text), ``verdict_code``, ``converged``
-            (both extreme eigenvalues), ``residual_min``, ``hessian_products``,
-            ``surrogate`` (whether the smooth L1 surrogate was checked) and ``seconds``.
+        history (list[dict[str, Any]]): One record per check (step, reason, eigenvalues,
+            verdict and its reason, probe and escape results, seconds).
         deferred (int): Due checks put off by ``max_overhead``.
 
     Raises:
@@ -181,11 +140,6 @@ class SaddlePointMonitor(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Checks that the model and the run support the monitor.
 
-        Args:
-            trainer (pl.Trainer): The trainer.
-            pl_module (pl.LightningModule): The model.
-            stage (str): ``"fit"``, ``"validate"``, ...
-
         Raises:
             TypeError: If the model has no ``compute_loss`` method.
             ValueError: If ``escape`` is set and training runs in several processes.
@@ -201,15 +155,7 @@ class SaddlePointMonitor(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
-        """Records the step's loss and runs a check when one is due and affordable.
-
-        Args:
-            trainer (pl.Trainer): The trainer.
-            pl_module (pl.LightningModule): The model.
-            outputs (Any): What ``training_step`` returned.
-            batch (Any): The batch just trained on.
-            batch_idx (int): Its index in the epoch.
-        """
+        """Records the step's loss and runs a check when one is due and affordable."""
         now = time.perf_counter()
         if self._last_step_end is not None:
             self._train_seconds += now - self._last_step_end
@@ -235,8 +181,7 @@ class SaddlePointMonitor(pl.Callback):
         self._last_step_end = time.perf_counter()
 
     def _budget(self) -> float | None:
-        """float | None: The seconds the checks may still spend within ``max_overhead``
-        of the training time so far (None: no limit)."""
+        """The seconds the checks may still spend within ``max_overhead`` (None: no limit)."""
         if self.max_overhead is None:
             return None
         return self.max_overhead * self._train_seconds - self._check_seconds
@@ -277,14 +222,7 @@ class SaddlePointMonitor(pl.Callback):
 
     def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                reason: str) -> None:
-        """Runs the diagnostics, logs them and optionally escapes.
-
-        Args:
-            trainer (pl.Trainer): The trainer.
-            pl_module (pl.LightningModule): The model.
-            batch (Any): The batch at hand (the subsample is taken from it once).
-            reason (str): Why the check runs, for :attr:`history`.
-        """
+        """Runs the diagnostics on the subsample, logs them and optionally escapes."""
         self._steps_since_check = 0
         self._plateau.reset()
         params = [p for p in pl_module.parameters() if p.requires_grad]
@@ -323,12 +261,7 @@ class SaddlePointMonitor(pl.Callback):
 
     @staticmethod
     def _log(pl_module: pl.LightningModule, record: dict[str, Any]) -> None:
-        """Logs a check's numbers through the module's loggers.
-
-        Args:
-            pl_module (pl.LightningModule): The model.
-            record (dict[str, Any]): The check's record.
-        """
+        """Logs a check's numbers through the module's loggers."""
         for key in ("lambda_max", "lambda_min", "indefinite", "probe_best_delta", "gradient_norm",
                     "verdict_code"):
             name = "saddle/" + key.removesuffix("_code")

@@ -1,35 +1,21 @@
 """The Lanczos method for the extreme eigenvalues of a symmetric operator.
 
-Lanczos builds an orthonormal basis ``Q`` of the Krylov space ``{v, Av, A²v, ...}`` from a
-random ``v``; the eigenvalues of ``T = QᵀAQ`` (a tridiagonal matrix, the Ritz values)
-approach both ends of ``A``'s spectrum at once, far faster than power iteration. Every Ritz
-value is a Rayleigh quotient of ``A``, so the smallest is an upper bound on ``λ_min`` and
-the largest a lower bound on ``λ_max`` at every step, converged or not.
+Lanczos builds an orthonormal basis ``Q`` of the Krylov space ``{v, Av, A²v, ...}``; the
+eigenvalues of the tridiagonal ``T = QᵀAQ`` (the Ritz values) approach both ends of the
+spectrum at once. Each is a Rayleigh quotient, so the smallest is always an upper bound
+on ``λ_min`` and the largest a lower bound on ``λ_max``, converged or not.
 
-Three choices make it trustworthy on the ill-conditioned spectra of trained networks:
+For the ill-conditioned spectra of trained networks: full reorthogonalisation (twice)
+prevents spurious copies of converged eigenvalues; breakdown is declared when ``‖r‖`` is
+at rounding level relative to the spectrum's scale (a higher threshold stops once a
+dominant eigenvalue is captured and misses small negative ones); and a breakdown restarts
+from a fresh random vector orthogonal to ``Q``.
 
-* **Full reorthogonalisation** (twice, against every basis vector) keeps ``Q`` orthonormal
-  in finite precision; without it Lanczos produces spurious copies of converged
-  eigenvalues.
-* **Breakdown relative to the spectrum's scale.** The new basis vector is the residual
-  ``r = Aq - (projections on Q)``; when ``‖r‖`` is at rounding level
-  (:data:`ROUNDING_LEVEL` ``· ε`` times the spectrum's scale, estimated by the largest
-  ``|Ritz value|``) the Krylov space is invariant. A threshold tied to ``‖Aq‖``, or far
-  above ``ε``, stops as soon as a dominant eigenvalue is captured and never sees the
-  small negative ones beside it.
-* **Restart on breakdown** from a fresh random vector orthogonal to ``Q``, so an invariant
-  subspace found early does not end the search: the rest of the space is still explored.
-
-Convergence is measured, not assumed: the Ritz pair ``(θ, Qy)`` has the residual
-``‖A Qy - θ Qy‖ = β |y_k|`` (``β`` the norm of the last ``r``, ``y_k`` the last coordinate
-of ``y``), and some eigenvalue of ``A`` lies within that residual of ``θ``. The iteration
-stops when both extreme pairs have residuals below ``rtol`` times their Ritz values (but
-never right at a breakdown, where every residual vanishes), or when the budget of
-products is spent. The tolerance is relative to each Ritz value: one relative to the
-largest eigenvalue would accept a smallest Ritz value whose sign is still open. A
-converged extreme Ritz value is taken as the extreme eigenvalue; Lanczos misses an
-eigenvalue only if its eigenvector is (almost) orthogonal to the start, which a random
-start makes unlikely but not impossible.
+Convergence is measured: the Ritz pair ``(θ, Qy)`` has residual ``β |y_k|``, and some
+eigenvalue lies within it of ``θ``. The iteration stops when both extreme residuals are
+below ``rtol`` times their own Ritz values (a tolerance relative to ``λ_max`` would accept
+a ``λ_min`` whose sign is still open), or when the product budget is spent. An
+eigenvalue whose eigenvector is almost orthogonal to the start can still be missed.
 """
 
 from __future__ import annotations
@@ -64,15 +50,12 @@ class LanczosResult:
         eigenvector_min (Vector): The unit Ritz vector of ``lambda_min``.
         eigenvector_max (Vector | None): The unit Ritz vector of ``lambda_max``.
         scale (float): The largest ``|Ritz value|``, an estimate of ``‖A‖``.
-        rtol (float): A pair ``(θ, x)`` has converged when its residual is at most
-            ``rtol · |θ|``.
+        rtol (float): A pair ``(θ, x)`` has converged when its residual is at most ``rtol · |θ|``.
         products (int): Operator applications used (the Krylov dimension).
-        restarts (int): How often an invariant subspace was found and the search went
-            on from a fresh random vector.
-        exhausted (bool): Whether the basis spans the whole space (the result is then
-            exact up to rounding).
-        rounding (float): The rounding level of the products, ``ROUNDING_LEVEL · ε ·
-            scale``: eigenvalues closer to 0 than this cannot be told from 0.
+        restarts (int): Restarts from a fresh random vector after an invariant subspace.
+        exhausted (bool): Whether the basis spans the whole space (exact up to rounding).
+        rounding (float): ``ROUNDING_LEVEL · ε · scale``: eigenvalues closer to 0 than this
+            cannot be told from 0.
     """
 
     lambda_max: float
@@ -110,15 +93,7 @@ class LanczosResult:
 
 
 def _tridiagonal(alphas: list[float], betas: list[float]) -> Tensor:
-    """Assembles the symmetric tridiagonal matrix ``T`` in float64.
-
-    Args:
-        alphas (list[float]): The diagonal, ``k`` entries.
-        betas (list[float]): The off-diagonal, ``k - 1`` entries (``0`` at restarts).
-
-    Returns:
-        Tensor: ``T`` of shape ``(k, k)``.
-    """
+    """The symmetric tridiagonal ``T`` in float64 (off-diagonal 0 at restarts)."""
     matrix = torch.diag(torch.tensor(alphas, dtype=torch.float64))
     if betas:
         off = torch.tensor(betas, dtype=torch.float64)
@@ -127,19 +102,10 @@ def _tridiagonal(alphas: list[float], betas: list[float]) -> Tensor:
 
 
 def _ritz_residuals(coords: Tensor, beta: float, dropped: list[tuple[int, float]]) -> Tensor:
-    """Computes ``‖A Qy - θ Qy‖`` for every Ritz pair from ``T``'s eigenvectors.
+    """``‖A Qy - θ Qy‖`` for every Ritz pair, in the order of ``T``'s eigenvalues.
 
-    ``AQ = QT + r e_kᵀ + Σ r_b e_bᵀ``, where ``r`` is the last remainder and each ``r_b``
-    one dropped at a restart, all orthogonal to ``Q``; so the residual of ``Qy`` is the
-    norm of ``(‖r‖ y_k, ‖r_b‖ y_b, ...)``.
-
-    Args:
-        coords (Tensor): ``T``'s eigenvectors as columns, shape ``(k, k)``.
-        beta (float): ``‖r‖``.
-        dropped (list[tuple[int, float]]): ``(b, ‖r_b‖)`` for each restart.
-
-    Returns:
-        Tensor: One residual per Ritz pair, in the order of ``T``'s eigenvalues.
+    ``AQ = QT + r e_kᵀ + Σ r_b e_bᵀ`` with ``r_b`` each remainder dropped at a restart
+    (``dropped`` holds ``(b, ‖r_b‖)``), so the residual is ``‖(β y_k, ‖r_b‖ y_b, ...)‖``.
     """
     squares = (beta * coords[-1]).pow(2)
     for index, remainder in dropped:
@@ -148,19 +114,7 @@ def _ritz_residuals(coords: Tensor, beta: float, dropped: list[tuple[int, float]
 
 
 def _orthogonalise(vector: Vector, basis: list[Vector]) -> Vector:
-    """Removes ``vector``'s components along an orthonormal basis, twice.
-
-    One Gram-Schmidt pass leaves components of rounding size times the vector's
-    original length, which matter when the projection removed most of it; a second
-    pass brings them to rounding level ("twice is enough").
-
-    Args:
-        vector (Vector): The vector to orthogonalise.
-        basis (list[Vector]): Orthonormal vectors.
-
-    Returns:
-        Vector: The orthogonalised vector.
-    """
+    """Removes ``vector``'s components along an orthonormal basis; twice is enough."""
     for _ in range(2):
         for u in basis:
             vector = axpy(-dot(vector, u), u, vector)
@@ -175,25 +129,19 @@ def lanczos(operator: Operator, like: Sequence[Tensor], iterations: int = DEFAUL
     Memory: the basis holds up to ``iterations`` vectors shaped like ``like``.
 
     Args:
-        operator (Operator): ``v -> Av`` for a symmetric ``A``, on vectors shaped like
-            ``like``.
+        operator (Operator): ``v -> Av`` for a symmetric ``A``.
         like (Sequence[Tensor]): Tensors that fix the vectors' shapes, dtype and device.
-        iterations (int): The most operator applications (Krylov dimension); capped at
-            the dimension of the space.
+        iterations (int): The most operator applications, capped at the space's dimension.
         rtol (float): Stop once both extreme Ritz residuals are at most ``rtol`` times
             their Ritz values.
-        generator (torch.Generator | None): The source of the random start and restart
-            vectors; a generator seeded with 0 when ``None``. The global random state
-            is never used.
-        start (Sequence[Tensor] | None): A starting vector instead of a random one
-            (normalised here); restarts are still random.
+        generator (torch.Generator | None): Source of the random vectors (None: seed 0);
+            the global random state is never used.
+        start (Sequence[Tensor] | None): A start vector instead of a random one.
         deadline (float | None): A ``time.perf_counter()`` value after which no further
-            product is started (at least one always is); the result then reports
-            whatever has converged by then.
+            product is started (at least one always is).
 
     Returns:
-        LanczosResult: The extreme Ritz values, their residuals and the Ritz vector of
-        the smallest.
+        LanczosResult: The extreme Ritz pairs and their residuals.
 
     Raises:
         ValueError: If ``like`` is empty, ``iterations < 1``, ``rtol < 0`` or the

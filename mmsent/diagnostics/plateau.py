@@ -9,14 +9,11 @@ from torch import Tensor
 
 
 class PlateauDetector:
-    """Averages the training loss over consecutive windows of ``window`` steps; training
-    has stalled when a window's mean improves on the previous one by less than
-    ``min_rel_improvement`` (relative).
+    """Detects a stall: a window mean of the loss improving too little on the previous one.
 
     Args:
         window (int): Steps per window.
-        min_rel_improvement (float): The relative improvement below which training has
-            stalled.
+        min_rel_improvement (float): The relative improvement below which training has stalled.
     """
 
     def __init__(self, window: int, min_rel_improvement: float) -> None:
@@ -47,7 +44,7 @@ class PlateauDetector:
         return len(self._means) == 2 and self.stalled(*self._means)
 
     def stalled(self, previous: float, current: float) -> bool:
-        """Tells whether a window mean improved on the previous by less than the threshold.
+        """Tells whether a window mean improved on the previous one by less than the threshold.
 
         Args:
             previous (float): The earlier window mean.

@@ -1,9 +1,5 @@
-"""The loss around the current parameters along random directions.
-
-A cheap, first-order-free look at the neighbourhood: if some direction at distance
-``radius`` lowers the loss, the point is not a minimum at that scale, whatever the
-Hessian says.
-"""
+"""The loss along random directions: if one at distance ``radius`` descends, the point is
+not a minimum at that scale, whatever the Hessian says."""
 
 from __future__ import annotations
 
@@ -23,8 +19,7 @@ class ProbeResult:
     Attributes:
         base_loss (float): The loss at the current parameters.
         losses (list[float]): The loss at ``params + radius * d`` for each direction ``d``.
-        best_delta (float): The lowest ``loss - base_loss``; negative when a direction
-            descends.
+        best_delta (float): The lowest ``loss - base_loss``; negative when a direction descends.
         best_direction (Vector): The unit direction that reached ``best_delta``.
         radius (float): The step length used.
     """
@@ -38,16 +33,7 @@ class ProbeResult:
 
 @torch.no_grad()
 def _loss_after_step(loss_fn: LossFn, params: Sequence[Tensor], step: Sequence[Tensor]) -> float:
-    """Evaluates the loss at ``params + step`` and moves the parameters back exactly.
-
-    Args:
-        loss_fn (LossFn): Returns the scalar loss at the current parameters.
-        params (Sequence[Tensor]): The parameters, modified in place and restored.
-        step (Sequence[Tensor]): The displacement.
-
-    Returns:
-        float: The loss at the displaced point.
-    """
+    """Evaluates the loss at ``params + step`` and moves the parameters back exactly."""
     # Copying the saved values back is bit-exact, unlike subtracting the step again.
     saved = [p.detach().clone() for p in params]
     try:
@@ -63,9 +49,8 @@ def probe_neighbourhood(loss_fn: LossFn, params: Iterable[Tensor], radius: float
                         num_directions: int = 8, seed: int = 0) -> ProbeResult:
     """Evaluates the loss at ``num_directions`` random points at distance ``radius``.
 
-    The parameters are restored bit-exactly afterwards, also when ``loss_fn`` raises.
-    Put the model in eval mode first if dropout or batch-norm statistics would otherwise
-    add noise to (or be changed by) the evaluations.
+    The parameters are restored bit-exactly, also when ``loss_fn`` raises. Use eval mode,
+    lest dropout or batch-norm statistics add noise or change.
 
     Args:
         loss_fn (LossFn): Returns the scalar loss at the current parameters.

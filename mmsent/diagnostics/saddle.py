@@ -1,14 +1,9 @@
-"""Second-order diagnostics for telling a saddle point from a minimum.
+"""Second-order test telling a saddle point from a minimum.
 
-At a critical point the gradient vanishes and the Hessian decides: all eigenvalues
-positive is a minimum, mixed signs (an indefinite Hessian) is a saddle, which gradient
-descent leaves only slowly because the gradient is small along the escape direction.
-Anything else, and any point whose gradient is not small, the test cannot decide:
-:func:`diagnose_critical_point` then says so rather than guess.
-
-The Hessian is never formed: everything is built on Hessian-vector products from double
-backpropagation, so the cost is a few backward passes per product. Vectors and loss
-closures are those of :mod:`mmsent.diagnostics.vectors`.
+At a critical point, all Hessian eigenvalues positive is a minimum and mixed signs (an
+indefinite Hessian) a saddle, which gradient descent leaves only slowly; anything else, or
+a gradient that is not small, gets the verdict "cannot tell" rather than a guess. The
+Hessian is never formed: only Hessian-vector products by double backpropagation.
 """
 
 from __future__ import annotations
@@ -36,18 +31,10 @@ DEFAULT_CURVATURE_TOL = 1e-6
 
 
 def _hessian_operator(loss_fn: LossFn, params: Sequence[Tensor]) -> tuple[Operator, Vector, float]:
-    """Builds ``v -> Hv`` for the Hessian of ``loss_fn`` at the current parameters.
+    """Returns ``v -> Hv``, the detached gradient and the loss at the current parameters.
 
-    The loss and its gradient graph are computed once and reused by every product, which
-    also keeps the Hessian consistent when ``loss_fn`` is stochastic.
-
-    Args:
-        loss_fn (LossFn): Returns the scalar loss.
-        params (Sequence[Tensor]): The parameters, all requiring gradients.
-
-    Returns:
-        tuple[Operator, Vector, float]: A function from a vector to its Hessian-vector
-        product, the (detached) gradient and the loss at the current parameters.
+    The gradient graph is built once and reused by every product, which keeps the Hessian
+    consistent when ``loss_fn`` is stochastic.
     """
     with torch.enable_grad():
         loss = loss_fn()
@@ -90,19 +77,15 @@ def hessian_extremes(loss_fn: LossFn, params: Iterable[Tensor],
                      seed: int = 0) -> LanczosResult:
     """Estimates the extreme Hessian eigenvalues by Lanczos on Hessian-vector products.
 
-    See :func:`mmsent.diagnostics.lanczos.lanczos` for the method, its stopping rule and
-    the convergence measure. A negative ``lambda_min`` is a certificate of negative
-    curvature even before convergence (it is a Rayleigh quotient); a positive one is only
-    an upper bound until ``converged_min``.
+    A negative ``lambda_min`` certifies negative curvature even before convergence (it is
+    a Rayleigh quotient); a positive one is only an upper bound until ``converged_min``.
 
     Args:
         loss_fn (LossFn): Returns the scalar loss at the current parameters.
         params (Iterable[Tensor]): The parameters, all requiring gradients.
         iterations (int): The most Hessian-vector products.
-        rtol (float): Convergence tolerance on the Ritz residuals, relative to their
-            Ritz values.
-        seed (int): Seed of the private generator for the random start (and restart)
-            vectors; the global random state is not touched.
+        rtol (float): Tolerance on the Ritz residuals, relative to their Ritz values.
+        seed (int): Seed of a private generator for the start vectors (global state untouched).
 
     Returns:
         LanczosResult: The extreme eigenvalue estimates and their residuals.
@@ -128,8 +111,7 @@ def extreme_hessian_eigenvalues(loss_fn: LossFn, params: Iterable[Tensor],
         rtol (float): Convergence tolerance on the Ritz residuals.
 
     Returns:
-        tuple[float, float, Vector]: ``(λ_max, λ_min, v_min)`` where ``v_min`` is a unit
-        eigenvector estimate for ``λ_min``, shaped like ``params``.
+        tuple[float, float, Vector]: ``(λ_max, λ_min, v_min)``, ``v_min`` a unit eigenvector.
 
     Raises:
         ValueError: If ``params`` is empty or ``iterations < 1``.
@@ -165,11 +147,9 @@ class CriticalPointDiagnosis:
 def first_order_gain(gradient_norm: float, spectrum: LanczosResult) -> float:
     """The loss decrease that one gradient step still guarantees, ``‖g‖² / (2 L)``.
 
-    With ``L = max(|λ_max|, |λ_min|)`` bounding the curvature, a step ``-g / L`` lowers
-    the local quadratic model by at least ``‖g‖² / (2 L)``. Set against the loss, it says
-    whether the gradient is still large in the loss's own units: a point where gradient
-    steps can gain only a tiny fraction of the loss behaves as a critical point, however
-    the loss is scaled (an absolute gradient norm depends on that scale).
+    With ``L = max(|λ_max|, |λ_min|)``, a step ``-g / L`` lowers the local quadratic model
+    by at least this much. Relative to the loss it measures the gradient in the loss's own
+    units, independent of how the loss is scaled.
 
     Args:
         gradient_norm (float): ``‖g‖``.
@@ -188,11 +168,10 @@ def flat_curvature(spectrum: LanczosResult, curvature_tol: float = DEFAULT_CURVA
                    curvature_rtol: float = 0.0) -> float:
     """The largest ``|eigenvalue|`` that counts as zero curvature.
 
-    ``max(curvature_tol, spectrum.rounding, curvature_rtol · spectrum.scale)``. In
-    float32 a Hessian-vector product carries errors of a few ``ε`` times the spectrum's
-    scale, summed over many terms, so a model's exactly flat directions (a symmetry of
-    its weights) come out as eigenvalues of either sign a little above ``ε · scale``:
-    ``curvature_rtol`` keeps them from reading as negative curvature.
+    ``max(curvature_tol, spectrum.rounding, curvature_rtol · spectrum.scale)``. Float32
+    products err by a few ``ε · scale``, so exactly flat directions (weight symmetries)
+    show as small eigenvalues of either sign: ``curvature_rtol`` keeps them from reading
+    as negative curvature.
 
     Args:
         spectrum (LanczosResult): The eigenvalue estimates.
@@ -212,38 +191,30 @@ def classify_critical_point(gradient_norm: float, spectrum: LanczosResult,
                             curvature_rtol: float = 0.0) -> tuple[str, str]:
     """Applies the second-derivative test, saying "cannot tell" when it cannot decide.
 
-    The test speaks of critical points only: a point whose gradient norm exceeds
-    ``grad_tol`` is neither a minimum nor a saddle, unless ``grad_rtol`` is given and
-    the gain one gradient step still guarantees (:func:`first_order_gain`) is at most
-    ``grad_rtol · |loss|``: the gradient is then small relative to the loss's scale. At
-    a critical point:
+    Only critical points are judged: the gradient norm must be at most ``grad_tol``, or,
+    with ``grad_rtol``, :func:`first_order_gain` at most ``grad_rtol · |loss|``. Then:
 
-    * ``λ_min < 0 < λ_max`` (an indefinite Hessian) is a **saddle**. Both Ritz values are
-      Rayleigh quotients, so this needs no convergence: curvature of both signs has been
-      seen along actual directions.
-    * ``λ_min > 0`` (positive definite) is a **minimum**, but only once ``λ_min`` has
-      converged and ``λ_min`` minus its Ritz residual is still positive: before that it is
-      an upper bound, and a true negative eigenvalue may not have been found yet.
-    * Otherwise it **cannot tell**: a zero eigenvalue leaves the decision to higher-order
-      terms (``x⁴`` and ``-x⁴`` both have a zero Hessian at 0), and a Hessian without
-      positive curvature (a maximum or a degenerate point) is neither case.
+    * ``λ_min < 0 < λ_max`` (indefinite) is a **saddle**; both are Rayleigh quotients, so
+      curvature of both signs has been seen and no convergence is needed.
+    * ``λ_min > 0`` is a **minimum** only once it has converged and ``λ_min`` minus its
+      Ritz residual is still positive; before that it is just an upper bound.
+    * Otherwise it **cannot tell**: a zero eigenvalue leaves it to higher-order terms
+      (``x⁴`` and ``-x⁴`` both have a zero Hessian at 0), and no positive curvature means
+      a maximum or a degenerate point.
 
-    An eigenvalue counts as zero within :func:`flat_curvature`: the Hessian-vector
-    products are only accurate to rounding level relative to the largest eigenvalue, so
-    a smaller curvature cannot be told from none.
+    Eigenvalues within :func:`flat_curvature` of 0 count as zero (rounding level).
 
     Args:
         gradient_norm (float): ``‖∇L‖`` at the point.
         spectrum (LanczosResult): The extreme Hessian eigenvalue estimates there.
-        grad_tol (float): The largest gradient norm of a critical point. With minibatch
-            losses the gradient of one batch is rarely this small; evaluate on a larger
-            batch or raise the tolerance knowingly.
+        grad_tol (float): The largest gradient norm of a critical point (one minibatch's
+            gradient is rarely this small).
         curvature_tol (float): Eigenvalues within this of 0 count as zero curvature.
         loss (float | None): The loss at the point, for ``grad_rtol``.
         grad_rtol (float | None): The largest :func:`first_order_gain` of a critical
             point, relative to ``|loss|``; None: the absolute ``grad_tol`` alone.
-        curvature_rtol (float): Eigenvalues within this times the spectrum's scale of 0
-            count as zero curvature too.
+        curvature_rtol (float): Eigenvalues within this times the spectrum's scale count
+            as zero too.
 
     Returns:
         tuple[str, str]: The verdict and the reason.
@@ -285,16 +256,14 @@ def diagnose_critical_point(loss_fn: LossFn, params: Iterable[Tensor],
                             deadline: float | None = None) -> CriticalPointDiagnosis:
     """Tells a minimum from a saddle at the current parameters, or says it cannot.
 
-    Computes the loss, the gradient norm and the extreme Hessian eigenvalues (one loss
-    evaluation, then up to ``iterations`` Hessian-vector products) and applies
+    One loss evaluation, up to ``iterations`` Hessian-vector products, then
     :func:`classify_critical_point`.
 
     Args:
         loss_fn (LossFn): Returns the scalar loss at the current parameters.
         params (Iterable[Tensor]): The parameters, all requiring gradients.
         iterations (int): The most Hessian-vector products.
-        rtol (float): Convergence tolerance on the Ritz residuals, relative to their
-            Ritz values.
+        rtol (float): Tolerance on the Ritz residuals, relative to their Ritz values.
         grad_tol (float): The largest gradient norm of a critical point.
         curvature_tol (float): Eigenvalues within this of 0 count as zero curvature.
         seed (int): Seed of the private generator for the Lanczos start vector.
@@ -322,8 +291,7 @@ def diagnose_critical_point(loss_fn: LossFn, params: Iterable[Tensor],
 
 
 def is_indefinite(lambda_max: float, lambda_min: float, tol: float = 1e-6) -> bool:
-    """Tells whether the Hessian has curvature of both signs (a saddle, if at a critical
-    point).
+    """Tells whether the Hessian has curvature of both signs (a saddle at a critical point).
 
     Args:
         lambda_max (float): The largest eigenvalue.
@@ -339,13 +307,10 @@ def is_indefinite(lambda_max: float, lambda_min: float, tol: float = 1e-6) -> bo
 def smooth_l1_surrogate(prediction: Tensor, target: Tensor, delta: float) -> Tensor:
     """The pseudo-Huber loss ``δ (√(1 + (r/δ)²) - 1)``, mean over the residuals ``r``.
 
-    A smooth stand-in for the L1 loss in second-order checks: it equals ``|r| - δ`` up
-    to ``O(δ²/|r|)`` for ``|r| ≫ δ`` and ``r² / (2δ)`` near 0, and is infinitely
-    differentiable. The L1 loss itself is piecewise linear in the prediction, so its
-    Hessian lacks the positive Gauss-Newton part (only the network's own curvature,
-    weighted by the residuals' signs, is left) and its (sub)gradient does not vanish at
-    a minimum of a batch's loss: neither half of the second-derivative test applies to
-    it.
+    A smooth stand-in for the L1 loss in second-order checks (about ``|r| - δ`` for
+    ``|r| ≫ δ``, ``r² / (2δ)`` near 0). The L1 loss is piecewise linear in the prediction:
+    its Hessian lacks the Gauss-Newton part and its subgradient need not vanish at a
+    minimum, so the second-derivative test does not apply to it.
 
     Args:
         prediction (Tensor): The predictions.

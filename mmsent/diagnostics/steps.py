@@ -1,6 +1,4 @@
-"""What a curvature check does to a model and its batch, apart from any training loop:
-the samples it evaluates, the eval mode it runs in, and the step off a saddle.
-"""
+"""A curvature check's subsample, its eval mode and its step off a saddle."""
 
 from __future__ import annotations
 
@@ -27,14 +25,12 @@ def rows_of(batch: Any) -> int | None:
 
 
 def first_rows(batch: Any, count: int, rows: int) -> Any:
-    """Copies the first ``count`` samples of a batch (dicts, lists and tuples of tensors
-    and per-sample lists, as collated), leaving anything that is not per sample whole.
+    """Copies the first ``count`` samples of a collated batch; what is not per sample stays whole.
 
     Args:
         batch (Any): The batch.
         count (int): Samples to keep.
-        rows (int): The batch's number of samples; a tensor or list of that length
-            along its first dimension is per sample.
+        rows (int): The batch's sample count: a tensor or list this long is per sample.
 
     Returns:
         Any: The subsample, detached from the batch's storage.
@@ -67,9 +63,9 @@ def loss_from_outputs(outputs: Any) -> Tensor | None:
 
 
 class EvalMode:
-    """Context manager that puts a module in eval mode and restores every submodule's
-    own train/eval flag afterwards (``module.train()`` would also wake up submodules that
-    were deliberately frozen in eval mode).
+    """Puts a module in eval mode, then restores every submodule's own flag.
+
+    ``module.train()`` would also wake submodules deliberately frozen in eval mode.
 
     Args:
         module (nn.Module): The model.
@@ -92,8 +88,7 @@ class EvalMode:
 @torch.no_grad()
 def escape_along(loss_fn: LossFn, params: list[Tensor], direction: Vector, base_loss: float,
                  step: float) -> float | None:
-    """Moves the parameters by ``±step * direction``, whichever sign lowers the loss
-    more, or leaves them if neither lowers it.
+    """Moves the parameters by ``±step * direction``, whichever lowers the loss (neither: no move).
 
     Args:
         loss_fn (LossFn): Zero-argument callable returning the loss.

@@ -1,11 +1,7 @@
-"""Parameter-space vectors (lists of tensors shaped like the parameters) and their
-arithmetic.
+"""Parameter-space vectors (one tensor per parameter, never flattened) and their arithmetic.
 
-The diagnostics work on vectors with one tensor per parameter, so that a model's
-parameters never have to be flattened into (and copied out of) one long vector. They
-evaluate the loss through a :data:`LossFn`: a zero-argument callable returning the scalar
-loss at the current value of the parameters, so the same closure can be re-evaluated after
-the parameters move.
+A :data:`LossFn` is a zero-argument callable returning the loss at the parameters' current
+value, so it can be re-evaluated after they move.
 """
 
 from __future__ import annotations
@@ -43,9 +39,8 @@ def scale(alpha: float, x: Sequence[Tensor]) -> Vector:
 def random_unit_vector(like: Sequence[Tensor], generator: torch.Generator) -> Vector:
     """Draws a direction uniformly on the unit sphere of parameter space.
 
-    The draw happens on the CPU with ``generator`` alone, so a seed gives the same
-    direction on every device and the global random state is left untouched (a
-    diagnostic run during training must not change the training's own random draws).
+    Drawn on the CPU from ``generator`` alone: the same on every device, and the global
+    random state (the training's draws) untouched.
 
     Args:
         like (Sequence[Tensor]): Tensors that fix shapes, dtypes and devices.

@@ -1,9 +1,5 @@
 """Weight penalties added to the training loss, and the configurable :class:`Regularizer`
 that applies them to a model's weight matrices and kernels.
-
-``penalties`` holds the free functions, ``matrices`` reads the operators and covariances
-a config gives as inline lists or files, ``regularizer`` decides which weights get which
-terms.
 """
 
 from mmsent.regularization.penalties import (

@@ -1,9 +1,7 @@
 """Matrices for the weight penalties, given in a config inline or as a file.
 
-A config value is either an inline matrix (a list of rows) or the path of a file holding
-one tensor: ``.npy`` (read with ``allow_pickle=False``), ``.pt``/``.pth`` or ``.safetensors``
-(read with :func:`mmsent.models.weights.read_weights_file`). None of these readers executes
-code from the file. Relative paths are taken from the working directory.
+A file holds one tensor: ``.npy`` (``allow_pickle=False``), ``.pt``/``.pth`` or
+``.safetensors``; no reader executes code from it. Relative paths start at the working folder.
 """
 
 from __future__ import annotations
@@ -21,19 +19,7 @@ MATRIX_SUFFIXES: tuple[str, ...] = (".npy", ".pt", ".pth", ".safetensors")
 
 
 def _single_tensor(loaded: object, path: Path, key: str) -> Tensor:
-    """Returns the one tensor a file holds, directly or as the only value of a dict.
-
-    Args:
-        loaded (object): What the reader returned.
-        path (Path): The file, for the message.
-        key (str): The config key, for the message.
-
-    Returns:
-        Tensor: The tensor.
-
-    Raises:
-        ValueError: If the file holds no tensor or several.
-    """
+    """The one tensor a file holds, directly or as a dict's only value; ValueError otherwise."""
     if isinstance(loaded, dict) and len(loaded) == 1:
         loaded = next(iter(loaded.values()))
     if isinstance(loaded, np.ndarray):
@@ -56,8 +42,7 @@ def load_matrix(spec: str | list[list[float]], key: str) -> Tensor:
         Tensor: The matrix, float64 on the CPU.
 
     Raises:
-        ValueError: If the file is missing, of another kind or unreadable, or the value
-            is not a 2-D matrix of finite numbers.
+        ValueError: If the file is missing or unreadable, or not a finite 2-D matrix.
     """
     if isinstance(spec, str):
         path = Path(spec)

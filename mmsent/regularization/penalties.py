@@ -1,10 +1,7 @@
-"""Weight penalties: each takes an iterable of parameter tensors and returns a scalar
-tensor that stays in the autograd graph, so ``loss + penalty`` trains the weights towards
-the prior the penalty encodes.
+"""Weight penalties: scalar tensors in the autograd graph, added to the loss.
 
-Operators and covariances act on the last dimension of a tensor: a weight matrix
-``W (out, in)`` is read as ``out`` rows ``θ_i ∈ R^in``, one per output unit (a
-convolution kernel ``(out, in, k)`` as ``out · in`` rows of length ``k``).
+Operators and covariances act on the last dimension: a weight ``W (out, in)`` is ``out``
+rows ``θ_i ∈ R^in`` (a kernel ``(out, in, k)`` is ``out · in`` rows of length ``k``).
 """
 
 from __future__ import annotations
@@ -18,41 +15,23 @@ TIKHONOV_OPERATORS: tuple[str, ...] = ("difference", "identity")
 
 
 def _zero(params: list[Tensor]) -> Tensor:
-    """Returns a scalar zero on the device and in the dtype of the first parameter.
-
-    Args:
-        params (list[Tensor]): The parameters, possibly empty.
-
-    Returns:
-        Tensor: ``0`` as a 0-d tensor (float32 on the CPU when ``params`` is empty).
-    """
+    """A 0-d zero in the first parameter's dtype and device (float32 CPU if none)."""
     if not params:
         return torch.zeros(())
     return torch.zeros((), dtype=params[0].dtype, device=params[0].device)
 
 
 def _sum(terms: list[Tensor], params: list[Tensor]) -> Tensor:
-    """Adds scalar terms, returning a zero tensor when there are none.
-
-    Args:
-        terms (list[Tensor]): Scalar tensors.
-        params (list[Tensor]): The parameters the terms came from, for the zero's device.
-
-    Returns:
-        Tensor: The sum as a 0-d tensor.
-    """
+    """Sums scalar terms; a zero on the parameters' device when there are none."""
     return sum(terms, _zero(params))
 
 
 def l1_penalty(params: Iterable[Tensor]) -> Tensor:
     """Sum of absolute values, ``Σ |w|`` (a Laplace prior).
 
-    Added to the loss, its gradient is the subgradient ``sign(w)``: (stochastic) gradient
-    descent then moves every weight by ``lr · λ`` towards 0 at each step and past it, so
-    weights that should be 0 oscillate around it with a size of about ``lr · λ`` and are
-    never exactly 0. The exact zeros of the lasso come from the proximal step instead,
-    :func:`soft_threshold_` after each optimizer step (``l1_proximal`` in
-    :class:`~mmsent.regularization.Regularizer`).
+    Its subgradient ``sign(w)`` makes weights that should be 0 oscillate around 0 by about
+    ``lr · λ``, never exactly 0; exact zeros come from the proximal step
+    :func:`soft_threshold_` (``l1_proximal`` in :class:`~mmsent.regularization.Regularizer`).
 
     Args:
         params (Iterable[Tensor]): The tensors to penalise.
@@ -65,9 +44,7 @@ def l1_penalty(params: Iterable[Tensor]) -> Tensor:
 
 
 def l2_penalty(params: Iterable[Tensor]) -> Tensor:
-    """Sum of squares, ``Σ w²`` (a Gaussian prior; shrinks weights towards 0).
-
-    There is no factor ``1/2``: the gradient is ``2w``.
+    """Sum of squares, ``Σ w²`` (a Gaussian prior), with no ``1/2``: the gradient is ``2w``.
 
     Args:
         params (Iterable[Tensor]): The tensors to penalise.
@@ -80,10 +57,7 @@ def l2_penalty(params: Iterable[Tensor]) -> Tensor:
 
 
 def elastic_net_penalty(params: Iterable[Tensor], l1_ratio: float = 0.5) -> Tensor:
-    """Elastic net, ``l1_ratio * Σ |w| + (1 - l1_ratio) * Σ w²``.
-
-    Unlike scikit-learn's ``ElasticNet`` the squared term has no factor ``1/2``, matching
-    :func:`l2_penalty`.
+    """Elastic net, ``l1_ratio * Σ |w| + (1 - l1_ratio) * Σ w²`` (no ``1/2``, unlike scikit-learn).
 
     Args:
         params (Iterable[Tensor]): The tensors to penalise.
@@ -102,18 +76,7 @@ def elastic_net_penalty(params: Iterable[Tensor], l1_ratio: float = 0.5) -> Tens
 
 
 def _apply_operator(w: Tensor, operator: str | Tensor) -> Tensor:
-    """Computes ``Γw`` along the last dimension of ``w``.
-
-    Args:
-        w (Tensor): A parameter of shape ``(..., n)``.
-        operator (str | Tensor): ``"difference"``, ``"identity"`` or a matrix ``(k, n)``.
-
-    Returns:
-        Tensor: ``Γw`` of shape ``(..., k)``.
-
-    Raises:
-        ValueError: If the operator name is unknown or the matrix does not fit ``w``.
-    """
+    """``Γw`` along the last dimension; ``operator`` is a name or a ``(k, n)`` matrix."""
     if isinstance(operator, Tensor):
         if operator.ndim != 2 or operator.shape[1] != w.shape[-1]:
             raise ValueError(
@@ -130,16 +93,13 @@ def _apply_operator(w: Tensor, operator: str | Tensor) -> Tensor:
 def tikhonov_penalty(params: Iterable[Tensor], operator: str | Tensor = "difference") -> Tensor:
     """Tikhonov penalty ``Σ ||Γw||²`` with ``Γ`` acting on the last dimension of each tensor.
 
-    The default ``Γ`` is the first-difference operator, ``(Γw)_i = w_{i+1} - w_i``: a
-    smoothness prior that makes neighbouring weights along the last dimension (input
-    features of a linear layer, the width of a convolution kernel) similar instead of
-    small. ``Γ = I`` (``"identity"`` or ``torch.eye(n)``) gives :func:`l2_penalty`.
+    The default first difference ``(Γw)_i = w_{i+1} - w_i`` is a smoothness prior: it makes
+    neighbouring weights similar instead of small. ``Γ = I`` gives :func:`l2_penalty`.
 
     Args:
-        params (Iterable[Tensor]): The tensors to penalise, each with at least one
-            dimension.
-        operator (str | Tensor): ``"difference"``, ``"identity"`` or a matrix of shape
-            ``(k, n)`` where ``n`` is the size of every tensor's last dimension.
+        params (Iterable[Tensor]): The tensors to penalise, each at least 1-D.
+        operator (str | Tensor): ``"difference"``, ``"identity"`` or a ``(k, n)`` matrix,
+            ``n`` being every tensor's last dimension.
 
     Returns:
         Tensor: The penalty as a 0-d tensor.
@@ -152,15 +112,11 @@ def tikhonov_penalty(params: Iterable[Tensor], operator: str | Tensor = "differe
 
 
 def row_covariance(weight: Tensor, shrinkage: float = 0.1) -> Tensor:
-    """Estimates the covariance of a tensor's rows about zero, shrunk towards a multiple
-    of the identity.
+    """Estimates the covariance of a tensor's rows about zero, shrunk towards the identity.
 
-    With the rows ``θ_i`` (last dimension, ``m`` of them) as samples of a zero-mean prior,
-    ``S = (1/m) Σ θ_i θ_iᵀ`` is their second moment; the estimate is
-    ``Σ = (1 - α) S + α (tr S / n) I``, the shrinkage of Ledoit & Wolf (2004) with a fixed
-    ``α``. ``S`` alone is singular when there are fewer rows than columns; the identity
-    share makes ``Σ`` invertible. The result is detached: the prior is estimated from the
-    weights, not trained through.
+    ``Σ = (1 - α) S + α (tr S / n) I`` with ``S = (1/m) Σ θ_i θ_iᵀ`` over the ``m`` rows
+    (Ledoit & Wolf 2004, fixed ``α``); the identity share keeps ``Σ`` invertible with
+    fewer rows than columns. Detached: the prior is estimated, not trained through.
 
     Args:
         weight (Tensor): A tensor of shape ``(..., n)``.
@@ -183,18 +139,7 @@ def row_covariance(weight: Tensor, shrinkage: float = 0.1) -> Tensor:
 
 
 def _mahalanobis(weight: Tensor, covariance: Tensor) -> Tensor:
-    """Computes ``Σ_i θ_iᵀ Σ⁻¹ θ_i`` over the rows of ``weight`` through a Cholesky factor.
-
-    Args:
-        weight (Tensor): A tensor of shape ``(..., n)``.
-        covariance (Tensor): ``Σ``, symmetric positive definite, ``(n, n)``.
-
-    Returns:
-        Tensor: The penalty as a 0-d tensor in ``weight``'s dtype.
-
-    Raises:
-        ValueError: If ``Σ`` does not fit the last dimension of ``weight``.
-    """
+    """``Σ_i θ_iᵀ Σ⁻¹ θ_i`` over the rows of ``weight``, through a Cholesky factor."""
     n = weight.shape[-1]
     if covariance.shape != (n, n):
         raise ValueError(f"a covariance of shape {tuple(covariance.shape)} cannot act on the last "
@@ -209,8 +154,7 @@ def _mahalanobis(weight: Tensor, covariance: Tensor) -> Tensor:
 def check_covariance(matrix: Tensor, key: str = "covariance") -> Tensor:
     """Checks that a matrix is a covariance: square, symmetric, positive definite.
 
-    A Cholesky factorisation reads only one triangle, so without this check an
-    asymmetric ``Σ`` would be taken silently as the symmetric matrix of its lower half.
+    Cholesky reads one triangle only: an asymmetric ``Σ`` would pass silently otherwise.
 
     Args:
         matrix (Tensor): The candidate ``Σ``.
@@ -220,8 +164,7 @@ def check_covariance(matrix: Tensor, key: str = "covariance") -> Tensor:
         Tensor: ``matrix``, unchanged.
 
     Raises:
-        ValueError: If it is not a square 2-D matrix, not symmetric (to a relative
-            1e-6) or not positive definite.
+        ValueError: If it is not square, symmetric (to a relative 1e-6) and positive definite.
     """
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
         raise ValueError(f"{key}: a covariance must be a square matrix, got shape {tuple(matrix.shape)}")
@@ -237,29 +180,23 @@ def mahalanobis_penalty(params: Iterable[Tensor], covariance: str | Tensor = "ro
                         shrinkage: float = 0.1) -> Tensor:
     """Mahalanobis penalty ``Σ_i θ_iᵀ Σ⁻¹ θ_i`` over the rows ``θ_i`` of every tensor.
 
-    This is the negative log-density of a Gaussian prior ``N(0, Σ)`` on each row (up to a
-    factor 2 and a constant): directions in which ``Σ`` is small are penalised hard,
-    directions in which it is large hardly at all. ``Σ = I`` gives :func:`l2_penalty`;
-    ``Σ = (ΓᵀΓ)⁻¹`` gives :func:`tikhonov_penalty` with ``Γ``.
-
-    With ``covariance="rows"`` each tensor gets its own ``Σ``, :func:`row_covariance` of
-    its current rows (detached, recomputed at every call): an empirical-Bayes prior that
-    shrinks each row towards the directions the rows already share and penalises the
-    directions they hardly use. A tensor whose rows are all zero contributes 0.
+    The negative log-density of a Gaussian prior ``N(0, Σ)`` per row (up to 2 and a
+    constant): directions where ``Σ`` is small are penalised hard. ``Σ = I`` gives
+    :func:`l2_penalty`, ``Σ = (ΓᵀΓ)⁻¹`` :func:`tikhonov_penalty`. With ``"rows"`` each
+    tensor gets :func:`row_covariance` of its current rows (empirical Bayes: directions the
+    rows hardly use are penalised); all-zero rows contribute 0.
 
     Args:
-        params (Iterable[Tensor]): The tensors to penalise, each with at least one
-            dimension.
-        covariance (str | Tensor): ``"rows"`` or ``Σ`` of shape ``(n, n)``, symmetric
-            positive definite, where ``n`` is every tensor's last dimension.
+        params (Iterable[Tensor]): The tensors to penalise, each at least 1-D.
+        covariance (str | Tensor): ``"rows"`` or a symmetric positive definite ``(n, n)``
+            ``Σ``, ``n`` being every tensor's last dimension.
         shrinkage (float): The identity share of the ``"rows"`` estimate, in ``(0, 1]``.
 
     Returns:
         Tensor: The penalty as a 0-d tensor.
 
     Raises:
-        ValueError: If ``covariance`` is another string, does not fit a tensor, or is
-            not symmetric positive definite.
+        ValueError: If ``covariance`` is another string, misfits, or is no valid covariance.
     """
     params = list(params)
     if isinstance(covariance, str) and covariance != "rows":
@@ -275,13 +212,10 @@ def mahalanobis_penalty(params: Iterable[Tensor], covariance: str | Tensor = "ro
 
 @torch.no_grad()
 def soft_threshold_(weight: Tensor, threshold: float) -> Tensor:
-    """The proximal step of ``threshold · Σ |w|``, in place:
-    ``w ← sign(w) · max(|w| - threshold, 0)``.
+    """The proximal step of ``threshold · Σ |w|`` in place: ``w ← sign(w) max(|w| - threshold, 0)``.
 
-    Applied after a gradient step on the rest of the loss with ``threshold = lr · λ``,
-    this is proximal gradient descent on ``loss + λ Σ |w|`` (ISTA): every weight whose
-    magnitude is below the threshold becomes exactly 0, which a subgradient step on the
-    penalty never achieves.
+    After a gradient step with ``threshold = lr · λ`` this is ISTA on ``loss + λ Σ |w|``:
+    weights below the threshold become exactly 0.
 
     Args:
         weight (Tensor): The tensor to shrink, modified in place.

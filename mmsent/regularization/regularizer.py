@@ -35,25 +35,20 @@ class PenaltyTerms:
         l2 (float): Weight of :func:`~mmsent.regularization.l2_penalty`.
         elastic (float): Weight of :func:`~mmsent.regularization.elastic_net_penalty`.
         l1_ratio (float): The elastic net's L1 share, in ``[0, 1]``.
-        l1_proximal (bool): Apply the L1 parts (``l1`` and the elastic net's
-            ``l1_ratio`` share) as a soft-threshold step after each optimizer step
-            instead of as a subgradient in the loss, so that small weights become exactly
-            0 (see :meth:`Regularizer.proximal_step`).
+        l1_proximal (bool): Apply the L1 parts as a soft-threshold step after each
+            optimizer step instead of in the loss, so small weights become exactly 0.
         tikhonov (float): Weight of :func:`~mmsent.regularization.tikhonov_penalty`,
             ``Σ ‖Γθ‖²`` over the rows ``θ``.
         tikhonov_operator (str | list[list[float]]): ``Γ``: ``"difference"``,
-            ``"identity"``, an inline matrix ``(k, n)`` (a list of rows) or the path of a
-            ``.npy``/``.pt``/``.pth``/``.safetensors`` file holding one.
+            ``"identity"``, an inline ``(k, n)`` matrix or a ``.npy``/``.pt``/``.pth``/
+            ``.safetensors`` file holding one.
         mahalanobis (float): Weight of
             :func:`~mmsent.regularization.mahalanobis_penalty`, ``Σ θᵀ Σ⁻¹ θ`` over the rows.
-        covariance (str | list[list[float]]): ``Σ``: ``"rows"`` (estimated per tensor
-            from its own rows, see :func:`~mmsent.regularization.row_covariance`), an
-            inline ``(n, n)`` matrix or a file as for ``tikhonov_operator``.
-        covariance_shrinkage (float): The identity share of the ``"rows"`` estimate, in
-            ``(0, 1]``.
-        parameters (list[str] | None): ``fnmatch`` patterns on parameter names that
-            narrow the weights these terms apply to (``None``: all of them). A matrix
-            ``Γ`` or ``Σ`` must fit the last dimension of every weight it reaches.
+        covariance (str | list[list[float]]): ``Σ``: ``"rows"`` (estimated from each
+            tensor's rows), an inline ``(n, n)`` matrix or a file as for ``tikhonov_operator``.
+        covariance_shrinkage (float): The identity share of the ``"rows"`` estimate, in ``(0, 1]``.
+        parameters (list[str] | None): ``fnmatch`` patterns on parameter names narrowing
+            the weights these terms apply to (None: all).
     """
 
     l1: float = 0.0
@@ -84,20 +79,7 @@ class PenaltyTerms:
 
 
 def _resolve(terms: PenaltyTerms, key: str) -> tuple[str | Tensor, str | Tensor]:
-    """Validates one set of terms and reads its matrices.
-
-    Args:
-        terms (PenaltyTerms): The terms.
-        key (str): Their config key, for messages.
-
-    Returns:
-        tuple[str | Tensor, str | Tensor]: The Tikhonov operator and the covariance, each
-        a name or a matrix.
-
-    Raises:
-        ValueError: If a weight is negative, a ratio out of range, or a matrix unknown,
-            unreadable or unfit.
-    """
+    """Validates one set of terms; returns its Tikhonov operator and covariance (name or matrix)."""
     for name in ("l1", "l2", "elastic", "tikhonov", "mahalanobis"):
         if getattr(terms, name) < 0:
             raise ValueError(f"{key}.{name} must be >= 0, got {getattr(terms, name)!r}")
@@ -125,32 +107,16 @@ def _resolve(terms: PenaltyTerms, key: str) -> tuple[str | Tensor, str | Tensor]
 
 @dataclass(frozen=True)
 class Regularizer(PenaltyTerms):
-    """A weighted sum of weight penalties over a model's weight matrices and kernels,
-    with its own terms per parameter group if wanted.
+    """A weighted sum of weight penalties over a model's weight matrices and kernels.
 
     ``Regularizer(l2=1e-4)(model)`` returns ``1e-4 * Σ w²`` over the trainable parameters
-    with at least two dimensions (linear and recurrent weight matrices, convolution
-    kernels, embeddings). Biases and normalisation scales/shifts are one-dimensional and
-    left out: each controls a single unit rather than the interaction between an input and
-    a unit, so it does not add to the model's sensitivity to its input and needs little
-    data to fit, and penalising it mostly causes underfitting (Goodfellow et al., *Deep
-    Learning*, §7.1); pulling a norm layer's scale towards 0 also fights the normalisation
-    itself. Frozen parameters are left out too, since a penalty on weights that cannot
-    move only shifts the reported loss.
+    with at least two dimensions. Biases and norm scales are left out: penalising them
+    mostly causes underfitting (Goodfellow et al., *Deep Learning*, §7.1). Frozen
+    parameters are left out too. ``Γ`` and ``Σ`` write the same family (``Σ⁻¹ = ΓᵀΓ``).
 
-    **Tikhonov in its general form.** ``tikhonov`` weights ``Σ ‖Γθ‖²`` over the rows
-    ``θ`` of every weight (``Γ`` acts on the last dimension): the first-difference
-    operator (a smoothness prior over input features), the identity (L2), or any matrix.
-    ``mahalanobis`` weights ``Σ θᵀ Σ⁻¹ θ``, a Gaussian prior ``N(0, Σ)`` per row, with
-    ``Σ`` given or estimated from the rows themselves. ``Γ`` and ``Σ`` are equivalent
-    ways of writing the same family (``Σ⁻¹ = ΓᵀΓ``).
-
-    **Groups.** ``groups`` maps a part of the model, as the task names it for its
-    optimizer groups (``text``, ``audio``, ``video``, ``fusion``, ``head``; ``model`` for
-    a plain module), to its own :class:`PenaltyTerms`. Those terms replace the top-level
-    ones for that part's weights (or those of them its ``parameters`` patterns select,
-    named relative to the part); every other weight keeps the top-level terms. A modality
-    the model lacks may be named, so one config serves datasets with and without video.
+    ``groups`` maps a part of the model as the task names it (``text``, ``audio``,
+    ``video``, ``fusion``, ``head``; ``model`` for a plain module) to terms that replace the
+    top-level ones for its weights; a modality the model lacks may be named.
 
     A stage config (``model.init_args.regularizer``)::
 
@@ -168,15 +134,9 @@ class Regularizer(PenaltyTerms):
               l1: 1.0e-5
               l1_proximal: true            # exact zeros, see proximal_step
 
-    An L2 penalty in the loss and an optimiser's ``weight_decay`` are the same thing for
-    plain SGD (with or without momentum): the penalty ``λ Σ w²`` adds ``2λw`` to the
-    gradient, which is what ``SGD(weight_decay=2λ)`` adds. They differ for adaptive
-    optimisers. With Adam, both the penalty gradient and Adam's own ``weight_decay`` are
-    divided by the running gradient scale, so weights with large gradients are barely
-    decayed; AdamW instead decouples the decay and shrinks every weight by
-    ``lr * weight_decay`` each step, which is the usual choice there. Note also that
-    ``weight_decay`` applies to every parameter in its group (biases included) unless the
-    groups are split, whereas this class only penalises weight matrices and kernels.
+    For SGD, ``l2=λ`` equals ``weight_decay=2λ``; with Adam both are divided by the gradient
+    scale, so AdamW's decoupled decay is the usual choice there. ``weight_decay`` also
+    reaches biases, this class only weight matrices and kernels.
 
     Args:
         groups (dict[str, PenaltyTerms] | None): Terms per part of the model.
@@ -222,12 +182,10 @@ class Regularizer(PenaltyTerms):
         """Splits the penalised weights of ``module`` among the groups.
 
         Args:
-            module (nn.Module): The model; its ``parameter_parts()``, if it has one, names
-                the parts that groups refer to.
+            module (nn.Module): The model; its ``parameter_parts()`` names the groups' parts.
 
         Returns:
-            list[tuple[str | None, list[Tensor]]]: ``(group, weights)`` pairs, the
-            top-level terms' weights first (group ``None``).
+            list[tuple[str | None, list[Tensor]]]: ``(group, weights)`` pairs, top-level first.
 
         Raises:
             ValueError: If a group names no part of the model (and no modality), or its
@@ -259,17 +217,14 @@ class Regularizer(PenaltyTerms):
         return [(None, rest), *grouped]
 
     def check_fits(self, module: nn.Module) -> None:
-        """Checks, once the model is built and before any data, that every matrix ``Γ``
-        and ``Σ`` fits the last dimension of each weight it applies to.
+        """Checks before any data that every ``Γ`` and ``Σ`` fits the weights it applies to.
 
         Args:
             module (nn.Module): The model, as for :meth:`assignments`.
 
         Raises:
-            ValueError: Naming the config key, the parameter and both shapes, if a
-                ``Γ`` of shape ``(k, n)`` or a ``Σ`` of shape ``(n, n)`` meets a weight
-                whose last dimension is not ``n``; as :meth:`assignments` for unknown
-                groups or patterns that select nothing.
+            ValueError: Naming the key, the parameter and both shapes, on a misfit; as
+                :meth:`assignments` for unknown groups or patterns selecting nothing.
         """
         if not self.active:
             return
@@ -291,15 +246,7 @@ class Regularizer(PenaltyTerms):
                             f"{p.shape[-1]}; narrow it with {key}.parameters or fit the matrix")
 
     def _loss_terms(self, group: str | None, params: list[Tensor]) -> list[Tensor]:
-        """The weighted penalties of one group's terms on its weights.
-
-        Args:
-            group (str | None): The group, ``None`` for the top-level terms.
-            params (list[Tensor]): Its weights.
-
-        Returns:
-            list[Tensor]: Scalar terms (the L1 parts left out when they are proximal).
-        """
+        """The weighted penalties of one group (None: top level), proximal L1 parts left out."""
         terms = self._terms(group)
         operator, covariance = self._matrices[group]
         out = []
@@ -342,17 +289,12 @@ class Regularizer(PenaltyTerms):
     def proximal_step(self, module: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Soft-thresholds the weights whose L1 terms are proximal, after an optimizer step.
 
-        Each such weight becomes ``sign(w) · max(|w| - lr · λ, 0)`` with ``lr`` its
-        optimizer group's current learning rate and ``λ`` its L1 strength: proximal
-        gradient descent (ISTA), exact for plain SGD. With momentum or adaptive
-        optimizers it is the usual approximation, a shrinkage of ``lr · λ`` per step.
-        Does nothing unless some ``l1_proximal`` is set; the task calls it after every
-        optimizer step.
+        Each becomes ``sign(w) · max(|w| - lr · λ, 0)`` with its group's current ``lr``:
+        ISTA, exact for plain SGD and the usual approximation for other optimizers.
 
         Args:
             module (nn.Module): The model.
-            optimizer (torch.optim.Optimizer): The optimizer that just stepped (a
-                Lightning wrapper is unwrapped).
+            optimizer (torch.optim.Optimizer): The optimizer that just stepped.
         """
         if not self.proximal:
             return

@@ -1,9 +1,4 @@
-"""The base LightningModule: loss, metrics, logging, optimizers, checkpoint metadata.
-
-Subclasses build their networks in :meth:`configure_models` and score a batch in
-:meth:`forward`; everything else (L1/MSE loss, the MMSA metrics per split, the best
-achievable error on generated data, regularization, per-group optimizers) lives here.
-"""
+"""The base LightningModule: loss, metrics, logging, optimizers, checkpoint metadata."""
 
 from __future__ import annotations
 
@@ -38,16 +33,13 @@ class BaseTask(pl.LightningModule):
         input_dims (dict[str, int] | None): Per modality, the input size of its
             encoder; linked from the DataModule by the CLI.
         label_statistics (dict[str, float] | None): The training labels' median, mean
-            and majority classes (:func:`mmsent.metrics.label_statistics`); linked from
-            the DataModule by the CLI. Heads start at the median (the mean under
-            ``mse``), and every validation and test epoch also logs the trivial
-            predictors' metrics (``<split>/baseline/<metric>``). None: heads start at
-            0 and no baseline is logged.
+            and majority classes, linked from the DataModule: heads start at the median
+            (the mean under ``mse``) and each evaluation also logs the trivial
+            predictors' metrics (``<split>/baseline/<metric>``). None: heads start at 0.
         loss (Loss): ``"l1"`` (the field's default), ``"mse"`` or ``"huber"``.
         optimizer (OptimizerCallable): Builds the optimizer from parameter groups.
         param_groups (dict[str, ParamGroup] | None): Per part (see :meth:`parameter_parts`),
-            its own ``lr``, ``weight_decay``, ``momentum`` and ``schedule`` (a cosine
-            schedule's length defaults to the trainer's ``max_epochs``).
+            its own ``lr``, ``weight_decay``, ``momentum``, ``schedule``...
         regularizer (Regularizer | None): A weight penalty added to the training loss.
     """
 
@@ -78,8 +70,7 @@ class BaseTask(pl.LightningModule):
 
     @property
     def label_center(self) -> float | None:
-        """float | None: Where a new head starts: the training labels' mean under the
-        ``mse`` loss, their median otherwise; None without label statistics."""
+        """float | None: Where a new head starts: the labels' mean under ``mse``, else median."""
         if self.label_statistics is None:
             return None
         return self.label_statistics["mean" if self.loss_name == "mse" else "median"]
@@ -94,8 +85,7 @@ class BaseTask(pl.LightningModule):
             head.start_at(self.label_center)
 
     def save_plain_hyperparameters(self, ignore: tuple[str, ...] = ()) -> None:
-        """Saves the init arguments that are plain data, so checkpoints load with
-        ``weights_only=True``; callables and modules are left to the YAML config.
+        """Saves the plain-data init arguments, so checkpoints load with ``weights_only=True``.
 
         Args:
             ignore (tuple[str, ...]): Further argument names to leave out.
@@ -111,9 +101,8 @@ class BaseTask(pl.LightningModule):
     def param_groups(self) -> list[dict]:
         """The optimizer's parameter groups, one per part, with their settings.
 
-        Subclasses call it once at the end of ``__init__`` too, so a misspelt group
-        name, or a regularizer matrix that does not fit its weights, fails before any
-        data is prepared.
+        Subclasses also call it at the end of ``__init__``, so a misspelt group or an
+        unfit regularizer matrix fails before any data is prepared.
 
         Returns:
             list[dict]: Groups for the optimizer callable.
@@ -152,19 +141,16 @@ class BaseTask(pl.LightningModule):
         return loss
 
     def on_before_backward(self, loss: torch.Tensor) -> None:
-        """Stops the fit before a loss that is not a finite number reaches the weights.
+        """Stops the fit before a non-finite loss reaches the weights or a checkpoint.
 
-        Lightning calls this before every backward pass, with automatic and with
-        manual optimization alike, so one check covers every task; stopped here, no
-        non-finite step is taken and no later checkpoint holds its weights.
+        Called before every backward pass, with automatic and manual optimization alike.
 
         Args:
             loss (torch.Tensor): The loss about to be backpropagated.
 
         Raises:
-            NonFiniteError: Naming the epoch, the step and, where it can tell, the
-                part at fault: the parameter groups whose weights a step made
-                non-finite, the regularizer's penalty, or else the loss itself.
+            NonFiniteError: Naming the epoch, the step and, where it can tell, the part
+                at fault (non-finite parameter groups, the penalty, or the loss itself).
         """
         if not bool(torch.isfinite(loss.detach()).all()):
             raise NonFiniteError(self._non_finite_report(loss))
@@ -201,10 +187,8 @@ class BaseTask(pl.LightningModule):
     def loggers_write_this_step(self) -> bool:
         """Whether the loggers write this training step's values.
 
-        Lightning writes step values every ``trainer.log_every_n_steps`` optimizer
-        steps, and each ``self.log`` call costs about half a millisecond, a sixth of
-        a small model's step on a CPU, so the steps in between log nothing. The
-        progress bar's loss changes on the written steps only.
+        Each ``self.log`` call costs about half a millisecond, a sixth of a small model's
+        CPU step, so steps between ``trainer.log_every_n_steps`` log nothing.
 
         Returns:
             bool: True on the steps Lightning writes, and outside a fit.

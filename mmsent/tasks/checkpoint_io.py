@@ -1,14 +1,10 @@
 """Reading and writing checkpoint files safely: tensors and plain data only, each file
 read once, and never a half-written file.
 
-Every checkpoint a stage is handed goes through :func:`read_checkpoint`: a stage's
-checkpoint, read with ``weights_only=True`` (:func:`mmsent.models.weights.read_weights_file`),
-or a model folder written by ``mmsent export``, read as the fused checkpoint it came
-from; within :func:`reading_once` (a task's ``__init__``) each file once.
-:class:`AtomicCheckpointIO`, which every ``mmsent fit`` installs, writes a checkpoint
-to a temporary file beside it, flushes it to disk and renames it over the old one, so
-a full disk or a kill leaves the previous checkpoint intact; Lightning's own resume
-(``--ckpt_path``) reads through it too.
+Every checkpoint a stage is handed, a model folder from ``mmsent export`` included, goes
+through :func:`read_checkpoint` (``weights_only=True``). :class:`AtomicCheckpointIO`,
+installed by every ``mmsent fit``, writes atomically, so a full disk or a kill leaves the
+previous checkpoint intact; Lightning's resume (``--ckpt_path``) reads through it too.
 """
 
 from __future__ import annotations
@@ -33,9 +29,7 @@ _READ: ContextVar[dict[str, dict] | None] = ContextVar("mmsent_checkpoints_read"
 
 @contextmanager
 def reading_once() -> Iterator[None]:
-    """Within it, :func:`read_checkpoint` reads each file once and hands every later
-    caller the same contents (a task's ``__init__`` asks for one file several times:
-    its encoder, its head, its recorded validation MAE)."""
+    """Within it, :func:`read_checkpoint` reads each file once and hands out the same dict."""
     token = _READ.set({} if _READ.get() is None else _READ.get())
     try:
         yield
@@ -52,13 +46,11 @@ def read_checkpoint(path: str | Path, what: str) -> dict:
 
     Returns:
         dict: The checkpoint (``state_dict``, :data:`META_KEY`, ``hyper_parameters``,
-        ``callbacks``, as far as the file holds them); within :func:`reading_once`,
-        the same dict for the same file.
+        ``callbacks``, as far as the file holds them).
 
     Raises:
         MissingFileError: If the file does not exist, naming the key and path.
-        ConfigError: If the file is refused or unreadable, or lacks its weights or
-            holds its metadata in another form, naming the key, path and entry.
+        ConfigError: If the file is refused, unreadable or malformed, naming the entry.
     """
     read = _READ.get()
     key = str(Path(path).resolve())
@@ -101,10 +93,8 @@ def _read_model_folder(folder: Path, what: str) -> dict:
 def current_hyperparameters(saved: dict) -> dict:
     """A checkpoint's saved init arguments under today's names.
 
-    A checkpoint from mmsent before ``encoders`` (up to 53a6aae) names each source in
-    an argument of its own: ``<m>_checkpoint`` (the unimodal stage: encoder, head,
-    validation MAE), ``<m>_encoder_checkpoint`` (the encoder's weights instead) and
-    ``fixed_<m>_checkpoint`` (a backfitting stage's fixed models).
+    Older checkpoints name each source in an argument of its own (``<m>_checkpoint``,
+    ``<m>_encoder_checkpoint``, ``fixed_<m>_checkpoint``).
 
     Args:
         saved (dict): The checkpoint's ``hyper_parameters``.
@@ -149,16 +139,14 @@ def require_entries(record: dict, kinds: dict[str, type], path: str | Path, what
 
 
 def atomic_torch_save(checkpoint: Any, path: str | Path) -> None:
-    """Writes ``torch.save(checkpoint)`` to ``path`` all at once or not at all
-    (:func:`mmsent.io.atomic_write`).
+    """Writes ``torch.save(checkpoint)`` to ``path`` all at once or not at all.
 
     Args:
         checkpoint (Any): What to save.
         path (str | Path): The file; its folder is created.
 
     Raises:
-        WriteError: If the disk is full or the file too large, naming the file and
-            the free space (:func:`mmsent.io.write_failure`).
+        WriteError: If the disk is full or the file too large, naming the free space.
         OSError: If the write fails otherwise, naming the file.
     """
 
@@ -170,8 +158,7 @@ def atomic_torch_save(checkpoint: Any, path: str | Path) -> None:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint I/O, writing atomically and reading tensors and plain
-    data only (``weights_only=True``, also on Lightning's resume path)."""
+    """Lightning's checkpoint I/O, writing atomically and reading with ``weights_only=True``."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         """Writes a checkpoint atomically (:func:`atomic_torch_save`).
@@ -189,13 +176,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_torch_save(checkpoint, path)
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
-        """Reads a checkpoint with ``weights_only=True`` (:func:`read_weights_file`),
-        whatever ``weights_only`` Lightning asks for.
+        """Reads a checkpoint with ``weights_only=True``, whatever Lightning asks for.
 
         Args:
             path: The file.
-            map_location (Any | None): Ignored: the checkpoint is read to the CPU and
-                Lightning moves the states where they belong.
+            map_location (Any | None): Ignored: read to the CPU, Lightning moves the states.
             weights_only (bool | None): Ignored, always True.
 
         Returns:

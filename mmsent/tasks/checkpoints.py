@@ -1,19 +1,10 @@
-"""The one loader of weights handed between stages: encoders, heads, fused models and
-generators.
+"""The one loader of weights handed between stages: encoders, heads, fused models, generators.
 
-A stage names where its weights come from by path, as init arguments: ``encoders``
-maps a modality to the file its encoder comes from, ``init_checkpoint`` names a fused
-model to start from (see :class:`mmsent.tasks.FusionTask`). A path is a stage's
-checkpoint or a model folder written by ``mmsent export``, which reads as the fused
-checkpoint it came from; each file is read once per task built
-(:func:`mmsent.tasks.checkpoint_io.read_checkpoint`). LightningCLI's ``--ckpt_path``
-is kept for resuming or evaluating the *same* stage.
-
-Checkpoints record what built their networks under :data:`META_KEY`: a unimodal one
-its encoder's configuration (``{"class_path", "init_args"}``, see
-:mod:`mmsent.models.config`), a fused or generative one each encoder's. A later stage
-builds its encoders from these records, so its config names no encoder; an encoder it
-does configure must agree with every record it loads weights from.
+A stage names its sources by path (``encoders`` per modality, ``init_checkpoint`` for a
+fused model): a stage's checkpoint or a model folder from ``mmsent export``, each read once
+per task built; ``--ckpt_path`` is kept for resuming the *same* stage. Checkpoints record
+their encoders' configurations under :data:`META_KEY`, so a later stage builds its encoders
+from them; an encoder it does configure must agree with every record it loads from.
 """
 
 from __future__ import annotations
@@ -57,10 +48,7 @@ def sub_state_dict(state: dict, prefix: str) -> dict:
 
 
 def load_weights(task: nn.Module, path: str | Path, what: str = "checkpoint") -> dict:
-    """Loads a saved task's weights into a configured one, rebuilt weights put back.
-
-    The plain-PyTorch counterpart of Lightning's ``ckpt_path`` loading, for scripts
-    and notebooks.
+    """Loads a saved task's weights into a configured one (for scripts and notebooks).
 
     Args:
         task (nn.Module): The configured task (a LightningModule).
@@ -76,8 +64,7 @@ def load_weights(task: nn.Module, path: str | Path, what: str = "checkpoint") ->
 
 
 def encoder_config(encoder: nn.Module) -> dict | None:
-    """dict | None: How to build an encoder again, without the ``input_dim`` the data
-    decides (:func:`mmsent.models.config.module_config`)."""
+    """How to build an encoder again, without the ``input_dim`` the data decides."""
     return module_config(encoder, leave_out=("input_dim",))
 
 
@@ -85,8 +72,7 @@ def modality_paths(paths: dict[str, str | None] | None, key: str) -> dict[str, s
     """The set entries of a mapping from modality to path (``model.encoders``).
 
     Args:
-        paths (dict[str, str | None] | None): The mapping as configured; an entry set
-            to null is left out.
+        paths (dict[str, str | None] | None): The mapping; null entries are left out.
         key (str): The config key, for messages.
 
     Returns:
@@ -105,28 +91,23 @@ def build_encoders(factories: dict[str, EncoderFactory | None], sources: dict[st
                    input_dims: dict[str, int], fused_checkpoint: str | None = None) -> nn.ModuleDict:
     """Builds each modality's encoder and loads its weights from where the stage says.
 
-    A modality's encoder comes from its factory (``model.<modality>_encoder``) when
-    one is configured, else from the configuration recorded in its source
-    (``model.encoders.<modality>``: a unimodal, fused or generative stage's checkpoint,
-    or a model folder) or in the fused checkpoint the stage starts from
-    (``model.init_checkpoint``). Every record must agree with the encoder built.
+    An encoder comes from its configured factory, else from the record in its source
+    (``model.encoders.<modality>``) or in ``model.init_checkpoint``; every record must
+    agree with the encoder built.
 
     Args:
-        factories (dict[str, EncoderFactory | None]): Per modality, the configured
-            encoder factory or None.
-        sources (dict[str, str]): Per modality, where its encoder's weights come from
-            (:func:`modality_paths`).
+        factories (dict[str, EncoderFactory | None]): Per modality, the configured factory.
+        sources (dict[str, str]): Per modality, where its encoder's weights come from.
         input_dims (dict[str, int]): Per modality in the data, the encoder's input size.
-        fused_checkpoint (str | None): A fused checkpoint whose encoders to rebuild
-            (its weights are loaded later, with :func:`load_fused`).
+        fused_checkpoint (str | None): A fused checkpoint whose encoders to rebuild (its
+            weights are loaded later, by :func:`load_fused`).
 
     Returns:
         nn.ModuleDict: The encoders, in the canonical modality order.
 
     Raises:
-        ValueError: If an encoder is wanted for a modality the data lacks, none is
-            wanted, a record is missing or disagrees with the configuration, or a
-            source does not fit (see :func:`load_encoder`), naming the keys.
+        ValueError: If an encoder is wanted for a modality the data lacks, none is wanted,
+            or a record is missing, disagrees or does not fit, naming the keys.
     """
     fused = _read_fused(fused_checkpoint, "model.init_checkpoint")[META_KEY].get("encoder_configs", {}) \
         if fused_checkpoint else {}
@@ -223,8 +204,7 @@ def load_encoder(encoder: nn.Module, modality: str, path: str | Path, what: str)
         what (str): The config key that named the path, for messages.
 
     Raises:
-        ValueError: If the checkpoint holds no encoder of that modality or another
-            encoder class, or its weights do not fit, naming both sides.
+        ValueError: If the checkpoint holds no such encoder or its weights do not fit.
     """
     checkpoint = read_checkpoint(path, what)
     prefix, config = _encoder_part(checkpoint, modality, path, what)
@@ -246,8 +226,7 @@ def load_head(head: nn.Module, modality: str, path: str | Path, what: str) -> No
         what (str): The config key that named the path, for messages.
 
     Raises:
-        ValueError: If the checkpoint holds another modality, or its head does not fit
-            the configured one, naming both sides.
+        ValueError: If the checkpoint holds another modality or its head does not fit.
     """
     checkpoint = read_checkpoint(path, what)
     meta = checkpoint.get(META_KEY, {})
@@ -270,8 +249,7 @@ def load_unimodal(path: str | Path, what: str, input_dims: dict[str, int]) -> Un
         UnimodalModel: The model, frozen, in eval mode.
 
     Raises:
-        ValueError: If the file holds no unimodal model, its modality is not in the
-            data, or it records no encoder configuration, naming the key.
+        ValueError: If the file holds no unimodal model or its modality is not in the data.
     """
     checkpoint = read_checkpoint(path, what)
     meta = checkpoint.get(META_KEY, {})
@@ -319,9 +297,8 @@ def load_generator(path: str | Path, what: str, encoders: nn.ModuleDict) -> Embe
 
     Raises:
         FileNotFoundError: If the file does not exist.
-        ValueError: If it holds no generator, an unknown generator class, another
-            embedding layout, weights that do not fit, or was trained on other encoder
-            weights, naming the key and path.
+        ValueError: If it holds no known generator, or one for other embeddings or
+            encoder weights, or weights that do not fit.
     """
     checkpoint = read_checkpoint(path, what)
     meta = checkpoint.get(META_KEY, {})

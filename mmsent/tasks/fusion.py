@@ -36,68 +36,47 @@ MONITOR = "val/MAE"
 class FusionTask(BaseTask):
     """Pretrained encoders, a fusion module and a head, over every modality present.
 
-    Stage 4 sets ``freeze_encoders: true`` and builds and loads each encoder from where
-    ``encoders`` says; frozen encoders also stay in eval mode, so batch norm
-    statistics and dropout do not drift while the head learns. Stage 5 builds and
-    loads the whole stage-4 model from ``init_checkpoint``, unfreezes everything
-    (except what an encoder's own config freezes, such as ``freeze_embeddings``, and
-    the encoders ``freeze_encoders`` names) and trains with plain SGD, one parameter
-    group per modality plus ``fusion`` (fusion module and head). Neither names the
-    encoders: the checkpoints record them (see
-    :func:`mmsent.tasks.checkpoints.build_encoders`). Wherever a checkpoint is named, a
-    model folder written by ``mmsent export`` is accepted too; each file is read once.
+    Stage 4 freezes the encoders (kept in eval mode, so batch-norm statistics and dropout
+    do not drift) and loads each from ``encoders``. Stage 5 loads the stage-4 model from
+    ``init_checkpoint`` and fine-tunes it, one parameter group per modality plus
+    ``fusion`` (fusion module and head). The checkpoints record the encoders, so neither
+    stage names them; a model folder from ``mmsent export`` serves as a checkpoint.
 
-    With ``generator_checkpoint`` (a stage-4a generator trained on the same frozen
-    encoders), every training batch of ``B`` real samples gets
-    ``round(generated_ratio * B)`` generated embedding tuples, and the loss becomes
-    ``loss(real) + generated_ratio * loss(generated)``: the real term keeps its scale,
-    and each generated sample weighs as much as a real one.
+    With ``generator_checkpoint``, a batch of ``B`` real samples gets
+    ``round(generated_ratio * B)`` generated embedding tuples and the loss becomes
+    ``loss(real) + generated_ratio * loss(generated)``: each generated sample weighs as
+    much as a real one.
 
     Args:
         text_encoder (EncoderFactory | None): Builds the text encoder; None builds the
-            one recorded in ``encoders["text"]`` or ``init_checkpoint`` (a configured
-            one must agree with those records).
+            one recorded in ``encoders["text"]`` or ``init_checkpoint``, which a
+            configured one must agree with.
         audio_encoder (EncoderFactory | None): Builds the acoustic encoder, likewise.
         video_encoder (EncoderFactory | None): Builds the video encoder, likewise.
         encoders (dict[str, str | None] | None): Per modality, where its encoder comes
-            from: a unimodal stage's checkpoint, a fused or generative one, or a model
-            folder.
-        unimodal (dict[str, str | None] | None): Per modality, the unimodal stage's
-            checkpoint that gives the head, the validation MAE and the model to fall
-            back to, where it is not the one ``encoders`` names: e.g. when the encoder
-            comes from a stage that refit it with the other modalities' predictions
-            held fixed (``UnimodalTask``'s ``fixed``). By default, each unimodal
-            checkpoint of ``encoders``.
+            from: a unimodal, fused or generative checkpoint, or a model folder.
+        unimodal (dict[str, str | None] | None): Per modality, the unimodal checkpoint
+            giving the head and the validation MAE, where it is not the one ``encoders``
+            names (e.g. after a ``fixed`` refit); by default those of ``encoders``.
         init_checkpoint (str | None): A fused checkpoint (or model folder) to start
             from (stage 5).
         fusion (Callable[[dict], nn.Module]): Builds the fusion module from the
             encoders' output sizes (``ConcatFusion``, ``TensorFusion``, ``LowRankFusion``).
-        head_hidden (int | None): Hidden size of the head; 0 for linear. None takes
-            the size of the head the fused head starts from: ``init_checkpoint``'s, or
-            the ``head_from`` stage's (0 when there is none), so ``head_from: best``
-            fits whichever unimodal stage wins.
-        head_from (str | None): A modality whose unimodal head (from its
-            ``unimodal`` checkpoint) the fused head starts from, or ``"best"``: the
-            unimodal stage with the lowest validation MAE (as its checkpoint's
-            ``ModelCheckpoint`` state records it). A fusion that takes a ``primary``
-            argument (``GatedResidualFusion``) is built on that modality, so the fused
-            model starts as the unimodal model, and the other modalities enter only as
-            far as training moves it from there. Like the encoders, the head is loaded
-            only when that checkpoint is set (evaluating a saved fused model needs
-            none), and not with ``init_checkpoint``, which brings its own head and
-            records which modality it came from.
+        head_hidden (int | None): Hidden size of the head; 0 for linear. None: that of
+            the head it starts from (``init_checkpoint``'s or ``head_from``'s, else 0).
+        head_from (str | None): A modality whose unimodal head the fused head starts
+            from, or ``"best"``: the one with the lowest recorded validation MAE. A
+            fusion taking ``primary`` (``GatedResidualFusion``) is built on it, so the
+            fused model starts as that unimodal model. Ignored with ``init_checkpoint``.
         freeze_encoders (bool | list[str]): Train only the fusion module and head
             (true), every encoder too (false), or all but the listed modalities'
-            encoders, which stay frozen and in eval mode: a slow encoder that already
-            recovers its cue (a 3D-CNN) can stay as it is while the others learn from
-            the fused error, and fine-tuning skips its backward pass.
+            encoders, which stay frozen and in eval mode (e.g. a slow 3D-CNN).
         modality_dropout (float): Probability of dropping each modality per sample.
         generator_checkpoint (str | None): A generative stage's checkpoint; needs
             ``freeze_encoders``, since its samples live in the frozen encoders' space.
         generated_ratio (float): Generated samples per real sample in training.
         generated_scores (ScoreMode): Scores the samples are conditioned on: ``"train"``
-            (drawn from the batch's labels, i.e. the training distribution) or
-            ``"uniform"`` (uniform in [-3, 3]).
+            (the batch's labels) or ``"uniform"`` (uniform in [-3, 3]).
         **kwargs: :class:`BaseTask` arguments (loss, optimizer, param_groups, ...).
     """
 
@@ -163,13 +142,7 @@ class FusionTask(BaseTask):
 
     def _start_checkpoint(self, checkpoints: dict[str, str | None],
                           init_checkpoint: str | None) -> tuple[str, str] | None:
-        """The checkpoint the fused model's head starts from, for its size and its
-        weights: ``init_checkpoint``, else the ``head_from`` stage's.
-
-        Returns:
-            tuple[str, str] | None: Its path and the config key that named it; None
-            when the head starts fresh.
-        """
+        """The (path, config key) the head starts from: ``init_checkpoint`` or ``head_from``'s."""
         if init_checkpoint:
             return init_checkpoint, "model.init_checkpoint"
         if self.head_modality and checkpoints[self.head_modality]:
@@ -221,8 +194,7 @@ class FusionTask(BaseTask):
             labels (torch.Tensor): The real batch's scores, shape ``(B,)``.
 
         Returns:
-            torch.Tensor: The loss of the fused prediction against the conditioning score
-            on ``round(generated_ratio * B)`` generated embedding tuples.
+            torch.Tensor: The loss on ``round(generated_ratio * B)`` generated tuples.
         """
         dims = {m: e.out_dim for m, e in self.model.encoders.items()}
         embeddings, scores = sample_embeddings(self.generator, dims, labels, self.generated_ratio,
@@ -269,12 +241,10 @@ def _is_unimodal(path: str | None) -> bool:
 def frozen_modalities(freeze_encoders: bool | list[str], modalities: list[str]) -> list[str]:
     """The modalities whose encoders a fused stage keeps frozen.
 
-    A modality the data lacks may be named, so one stage config serves datasets with
-    and without it.
+    A modality the data lacks may be named, so one config serves datasets with and without it.
 
     Args:
-        freeze_encoders (bool | list[str]): ``model.freeze_encoders``: all, none, or
-            the named modalities.
+        freeze_encoders (bool | list[str]): All, none, or the named modalities.
         modalities (list[str]): The fused model's modalities.
 
     Returns:
@@ -310,12 +280,8 @@ def build_fusion(factory: Callable[..., nn.Module], dims: dict[str, int], primar
 def takes_primary(factory: Callable[..., nn.Module]) -> bool:
     """Whether a fusion factory takes a ``primary`` argument.
 
-    A fusion configured in YAML reaches the task as a ``functools.partial`` of
-    jsonargparse's whose own signature is ``(*args, **kwargs)``; its keywords hold
-    every init argument of the class, ``primary`` among them.
-
     Args:
-        factory (Callable[..., nn.Module]): The configured fusion: a class, or a partial.
+        factory (Callable[..., nn.Module]): A class, or jsonargparse's partial of one.
 
     Returns:
         bool: True when ``primary`` can be passed.

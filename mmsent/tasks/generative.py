@@ -1,20 +1,10 @@
 """Stage 4a: a generator of embedding tuples, trained on the frozen unimodal encoders.
 
-The task loads the pretrained encoders exactly as the fusion stage does, encodes
-each training batch, and trains a generator from :mod:`mmsent.models.generative` on
-the concatenated embeddings and the score. The fusion stage then mixes generated
-tuples into its batches (``FusionTask(generator_checkpoint=..., generated_ratio=...)``),
-loading the generator with :func:`mmsent.tasks.checkpoints.load_generator`, which
-checks that it was trained on the same encoder weights.
-
-At every validation and test epoch the task logs, under ``val/`` or ``test/``:
-``recon_error`` (where the generator can reconstruct), ``frechet``, ``diversity``,
-``conditional_diversity``, ``fidelity_MAE`` and ``real_MAE`` (see
-:func:`mmsent.models.generative.sample_quality`), appends them to
-``<log_dir>/generative/quality.jsonl`` and draws real and generated samples in
-``<log_dir>/generative/val_epoch<NNN>.png`` while fitting, ``val.png`` / ``test.png``
-when a checkpoint is validated or tested (:attr:`GenerativeTask.figure_path`;
-:func:`sample_projection_figure` returns the figure itself).
+The fusion stage mixes its samples into its batches (``generator_checkpoint``). Each
+evaluation logs ``recon_error`` (where the generator reconstructs) and the measures of
+:func:`mmsent.models.generative.sample_quality`, appends them to
+``<log_dir>/generative/quality.jsonl`` and draws real and generated samples beside it
+(``val_epoch<NNN>.png`` while fitting, ``val.png`` / ``test.png`` otherwise).
 """
 
 from __future__ import annotations
@@ -53,18 +43,13 @@ GeneratorFactory = Callable[[int], EmbeddingGenerator]
 class GenerativeTask(BaseTask):
     """Frozen pretrained encoders and a generator of their embeddings given the score.
 
-    Autoencoders and VAEs train with one optimizer over the generator; a GAN or BiGAN
-    (``generator.adversarial``) trains with manual optimization, one optimizer for
-    the generator and one for the discriminator, built from the same ``optimizer``
-    with ``param_groups`` keys ``generator`` and ``discriminator`` (their own
-    learning rates, as two-time-scale updates want).
-
-    Samples that lack a modality are left out: the generator models complete tuples.
+    A GAN or BiGAN trains with manual optimization, with ``param_groups`` keys
+    ``generator`` and ``discriminator`` for two-time-scale learning rates. Samples that
+    lack a modality are left out: the generator models complete tuples.
 
     Args:
         generator (GeneratorFactory): Builds the generator from the size of the
-            concatenated embeddings (in YAML: a ``class_path`` from
-            :mod:`mmsent.models.generative` and ``init_args`` without ``data_dim``).
+            concatenated embeddings (in YAML: ``init_args`` without ``data_dim``).
         text_encoder (EncoderFactory | None): Builds the text encoder; None builds the
             one recorded in ``encoders["text"]``, as in the fusion stage.
         audio_encoder (EncoderFactory | None): Builds the acoustic encoder, likewise.
@@ -72,13 +57,11 @@ class GenerativeTask(BaseTask):
         encoders (dict[str, str | None] | None): Per modality, where its encoder comes
             from, as in the fusion stage.
         discriminator_steps (int): Discriminator updates per generator update (GAN).
-        probe_alpha (float): Ridge penalty of the regressor fitted on real training
-            embeddings that scores generated ones.
-        quality_seed (int): Seed of the samples drawn at each evaluation, so epochs
-            are compared on the same noise.
-        cache_embeddings (bool): Keep each clip's embeddings after its first batch:
-            frozen encoders in eval mode embed a clip the same way every epoch. Turn it
-            off if the data loader augments clips at random.
+        probe_alpha (float): Ridge penalty of the regressor, fitted on real training
+            embeddings, that scores generated ones.
+        quality_seed (int): Seed of the samples drawn at each evaluation.
+        cache_embeddings (bool): Keep each clip's embeddings after its first batch
+            (frozen encoders); turn it off if the data loader augments clips at random.
         **kwargs: :class:`BaseTask` arguments (optimizer, param_groups, ...).
     """
 
@@ -124,14 +107,13 @@ class GenerativeTask(BaseTask):
 
     @torch.no_grad()
     def embed(self, batch: dict) -> tuple[Tensor, Tensor]:
-        """The concatenated embeddings and scores of a batch's complete samples.
+        """The concatenated embeddings ``(N, D)`` and scores ``(N,)`` of a batch's complete samples.
 
         Args:
             batch (dict): A collated batch.
 
         Returns:
-            tuple[Tensor, Tensor]: Embeddings ``(N, D)`` and scores ``(N,)``, ``N`` the
-            samples with every modality present.
+            tuple[Tensor, Tensor]: The embeddings and the scores.
         """
         ids = batch["id"]
         if self.cache_embeddings and all(i in self._embedding_cache for i in ids):
@@ -292,8 +274,7 @@ def sample_projection_figure(real: Tensor, generated: Tensor, scores: Tensor, ti
         generated (Tensor): Generated vectors ``(M, D)``, same units.
         scores (Tensor): The real scores ``(N,)``; the colours.
         title (str): The figure title.
-        generated_scores (Tensor | None): The conditioning scores of the generated
-            vectors; None means ``scores`` (one generated per real sample).
+        generated_scores (Tensor | None): The generated vectors' scores; None: ``scores``.
 
     Returns:
         Figure: Two panels, real and generated, coloured by score on one scale.

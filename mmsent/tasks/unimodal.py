@@ -17,13 +17,9 @@ from mmsent.tasks.checkpoints import encoder_config, load_unimodal, modality_pat
 class UnimodalTask(BaseTask):
     """An encoder and a regression head, trained on one modality.
 
-    With ``fixed`` naming other modalities' stages, the stage refits its
-    modality on what the others leave unexplained (one backfitting step of an additive
-    model): those stages' models are loaded, frozen, and their predictions added to
-    this model's, so the loss, the metrics and ``predictions.csv`` are those of the
-    sum, and the trained encoder learns the label minus the fixed predictions. Where a
-    sample lacks a fixed modality, that modality adds nothing. The gain: a stage
-    trained on the label alone sees the other modalities' part of it as noise.
+    With ``fixed``, the stage refits its modality on what other modalities' stages leave
+    unexplained (one backfitting step of an additive model): their frozen predictions are
+    added to this model's, so the loss, metrics and ``predictions.csv`` are the sum's.
 
     Args:
         modality (Modality): ``"text"``, ``"audio"`` or ``"video"``.
@@ -83,13 +79,13 @@ class UnimodalTask(BaseTask):
         return self.head(self.encoder(batch[m], batch[f"{m}_mask"]))
 
     def fixed_prediction(self, batch: dict) -> torch.Tensor | float:
-        """The sum of the fixed models' predictions (0 without any).
+        """The sum of the fixed models' predictions.
 
         Args:
             batch (dict): A dict batch.
 
         Returns:
-            torch.Tensor | float: Shape ``(B,)``, or 0.0.
+            torch.Tensor | float: Shape ``(B,)``, or 0.0 without any.
         """
         total = 0.0
         with torch.no_grad():
