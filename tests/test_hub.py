@@ -336,3 +336,40 @@ def test_a_frozen_pretrained_table_is_stored_in_no_file_and_rebuilt_only_as_save
     rewrite_header(weights, drop="embed.weight_sha1", tensors={"embed.weight": text.embed.weight.detach()},
                    **{REBUILT_METADATA: "{}"})
     assert torch.equal(TextLSTMEncoder.from_pretrained(tmp_path / "text")(batch["text"]), text(batch["text"]))
+
+
+WRITTEN_BY_C6799CC = Path(__file__).parent / "data" / "weights_c6799cc"
+"""A model folder and a stage's checkpoint as mmsent c6799cc writes them, with the frozen
+MiniLM table left out and recorded beside the tensors (``make.py`` beside them)."""
+
+
+def test_weights_written_with_the_table_recorded_beside_them_load_and_score_the_same():
+    from functools import partial
+
+    from mmsent.models.weights import weights_digest
+    from mmsent.tasks import UnimodalTask
+    from mmsent.tasks.checkpoints import load_weights
+
+    expected = torch.load(WRITTEN_BY_C6799CC / "expected.pt", weights_only=True)
+    model = SentimentModel.from_pretrained(WRITTEN_BY_C6799CC / "model")
+    text = partial(TextLSTMEncoder, pretrained_embeddings="minilm", freeze_embeddings=True, embed_dim=384,
+                   hidden_dim=2, out_dim=2)
+    task = UnimodalTask("text", text, head_hidden=0, input_dims={"text": 30522})
+    load_weights(task, WRITTEN_BY_C6799CC / "text.ckpt")
+    with torch.no_grad():
+        assert torch.equal(model(expected["batch"]), expected["model"])
+        assert torch.equal(task.eval()(expected["batch"]), expected["text"])
+    # The digests generative checkpoints record of their encoders take the table in.
+    assert weights_digest(model.model.encoders["text"]) == expected["digests"]["model"]
+    assert weights_digest(task.encoder) == expected["digests"]["text"]
+    # Lightning's own loading (--ckpt_path) takes the record through the task's hook,
+    # and a checkpoint that holds the table itself loads it.
+    checkpoint = torch.load(WRITTEN_BY_C6799CC / "text.ckpt", weights_only=True)
+    fresh = UnimodalTask("text", text, head_hidden=0, input_dims={"text": 30522})
+    fresh.on_load_checkpoint(checkpoint)
+    fresh.load_state_dict(checkpoint["state_dict"])
+    whole = {**checkpoint["state_dict"], "encoder.embed.weight": task.encoder.embed.weight.detach()}
+    del whole["encoder.embed.weight_sha1"]
+    UnimodalTask("text", text, head_hidden=0, input_dims={"text": 30522}).load_state_dict(whole)
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(expected["batch"]), expected["text"])
