@@ -272,18 +272,19 @@ MINILM_TEXT = {"class_path": "mmsent.models.TextLSTMEncoder",
                              "hidden_dim": 8, "out_dim": 4}}
 
 
-def rewrite_header(path: Path, drop: str | None = None, **metadata: str) -> None:
-    """Rewrites a weights file with one tensor dropped and header entries replaced."""
+def rewrite_header(path: Path, drop: str | None = None, tensors: dict | None = None, **metadata: str) -> None:
+    """Rewrites a weights file with one tensor dropped, tensors and header entries replaced."""
     from safetensors.torch import save_file
 
     with safe_open(str(path), framework="pt") as weights:
         state = {k: weights.get_tensor(k) for k in weights.keys() if k != drop}  # noqa: SIM118
         header = {**weights.metadata(), **metadata}
-    save_file(state, str(path), metadata=header)
+    save_file({**state, **(tensors or {})}, str(path), metadata=header)
 
 
 def test_a_frozen_pretrained_table_is_stored_in_no_file_and_rebuilt_only_as_saved(tmp_path):
     from mmsent.models.config import REBUILT_METADATA
+    from mmsent.models.weights import fingerprint
 
     torch.manual_seed(0)
     config = {"format_version": 1, "encoders": {"text": MINILM_TEXT},
@@ -306,17 +307,69 @@ def test_a_frozen_pretrained_table_is_stored_in_no_file_and_rebuilt_only_as_save
     # Left out must mean rebuilt, and rebuilt as saved: any other gap is refused.
     weights = tmp_path / "text" / "model.safetensors"
     with safe_open(str(weights), framework="pt") as stored:
-        omitted = json.loads(stored.metadata()[REBUILT_METADATA])
-    rewrite_header(weights, drop="lstm.weight_ih_l0",
-                   **{REBUILT_METADATA: json.dumps({**omitted, "lstm.weight_ih_l0": omitted["embed.weight"]})})
-    with pytest.raises(ConfigError, match="lists as rebuilt from the config lstm.weight_ih_l0, which the model"):
+        sha1 = stored.get_tensor("embed.weight_sha1")
+    assert bytes(sha1.tolist()).hex() == fingerprint(text.embed.weight)["sha1"]
+    rewrite_header(weights, tensors={"embed.weight_sha1": torch.zeros(20, dtype=torch.uint8)})
+    with pytest.raises(ConfigError, match=r"(?s)text/model.safetensors: .*embed.weight was left out of the saved "
+                                          r"weights, to be rebuilt"):
         TextLSTMEncoder.from_pretrained(tmp_path / "text")
-    text.save_pretrained(tmp_path / "text")
-    rewrite_header(weights, **{REBUILT_METADATA: json.dumps({"embed.weight": {**omitted["embed.weight"],
+    rewrite_header(weights, drop="embed.weight_sha1")
+    with pytest.raises(ConfigError, match="text/model.safetensors: .*missing embed.weight$"):
+        TextLSTMEncoder.from_pretrained(tmp_path / "text")
+    # Files written before record the weights left out in their header.
+    recorded = {"embed.weight": fingerprint(text.embed.weight)}
+    rewrite_header(weights, **{REBUILT_METADATA: json.dumps(recorded)})
+    assert torch.equal(TextLSTMEncoder.from_pretrained(tmp_path / "text")(batch["text"]), text(batch["text"]))
+    rewrite_header(weights, **{REBUILT_METADATA: json.dumps({"embed.weight": {**recorded["embed.weight"],
                                                                               "sha1": "0" * 40}})})
     with pytest.raises(ConfigError, match="embed.weight was left out of the saved weights, to be rebuilt"):
         TextLSTMEncoder.from_pretrained(tmp_path / "text")
-    text.save_pretrained(tmp_path / "text")
-    rewrite_header(weights, **{REBUILT_METADATA: "{}"})
-    with pytest.raises(ConfigError, match="missing embed.weight"):
+    rewrite_header(weights, drop="lstm.weight_ih_l0",
+                   **{REBUILT_METADATA: json.dumps({**recorded, "lstm.weight_ih_l0": recorded["embed.weight"]})})
+    with pytest.raises(ConfigError, match="missing lstm.weight_ih_l0; unexpected lstm.weight_ih_l0_sha1"):
         TextLSTMEncoder.from_pretrained(tmp_path / "text")
+    rewrite_header(weights, **{REBUILT_METADATA: "[]"})
+    with pytest.raises(ConfigError, match="record of the weights left out.* is not a mapping of fingerprints"):
+        TextLSTMEncoder.from_pretrained(tmp_path / "text")
+    # Files written before the table was left out hold it in full.
+    text.save_pretrained(tmp_path / "text")
+    rewrite_header(weights, drop="embed.weight_sha1", tensors={"embed.weight": text.embed.weight.detach()},
+                   **{REBUILT_METADATA: "{}"})
+    assert torch.equal(TextLSTMEncoder.from_pretrained(tmp_path / "text")(batch["text"]), text(batch["text"]))
+
+
+WRITTEN_BY_C6799CC = Path(__file__).parent / "data" / "weights_c6799cc"
+"""A model folder and a stage's checkpoint as mmsent c6799cc writes them, with the frozen
+MiniLM table left out and recorded beside the tensors (``make.py`` beside them)."""
+
+
+def test_weights_written_with_the_table_recorded_beside_them_load_and_score_the_same():
+    from functools import partial
+
+    from mmsent.models.weights import weights_digest
+    from mmsent.tasks import UnimodalTask
+    from mmsent.tasks.checkpoints import load_weights
+
+    expected = torch.load(WRITTEN_BY_C6799CC / "expected.pt", weights_only=True)
+    model = SentimentModel.from_pretrained(WRITTEN_BY_C6799CC / "model")
+    text = partial(TextLSTMEncoder, pretrained_embeddings="minilm", freeze_embeddings=True, embed_dim=384,
+                   hidden_dim=2, out_dim=2)
+    task = UnimodalTask("text", text, head_hidden=0, input_dims={"text": 30522})
+    load_weights(task, WRITTEN_BY_C6799CC / "text.ckpt")
+    with torch.no_grad():
+        assert torch.equal(model(expected["batch"]), expected["model"])
+        assert torch.equal(task.eval()(expected["batch"]), expected["text"])
+    # The digests generative checkpoints record of their encoders take the table in.
+    assert weights_digest(model.model.encoders["text"]) == expected["digests"]["model"]
+    assert weights_digest(task.encoder) == expected["digests"]["text"]
+    # Lightning's own loading (--ckpt_path) takes the record through the task's hook,
+    # and a checkpoint that holds the table itself loads it.
+    checkpoint = torch.load(WRITTEN_BY_C6799CC / "text.ckpt", weights_only=True)
+    fresh = UnimodalTask("text", text, head_hidden=0, input_dims={"text": 30522})
+    fresh.on_load_checkpoint(checkpoint)
+    fresh.load_state_dict(checkpoint["state_dict"])
+    whole = {**checkpoint["state_dict"], "encoder.embed.weight": task.encoder.embed.weight.detach()}
+    del whole["encoder.embed.weight_sha1"]
+    UnimodalTask("text", text, head_hidden=0, input_dims={"text": 30522}).load_state_dict(whole)
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(expected["batch"]), expected["text"])

@@ -25,14 +25,14 @@ from torch import nn
 from mmsent.errors import ConfigError
 from mmsent.io import read_json
 from mmsent.models.registry import register, registered_class
-from mmsent.models.weights import fill_rebuilt, omit_rebuilt
+from mmsent.models.weights import REBUILT_SHA1, add_recorded_sha1, full_state_dict
 
 _DOWNLOAD_ARGUMENTS = ("revision", "cache_dir", "force_download", "local_files_only", "token", "strict",
                        "proxies", "resume_download")
 CONFIG_METADATA = "mmsent_config"
 """The key of the weights file's header that holds the config the weights were saved with."""
 REBUILT_METADATA = "mmsent_rebuilt"
-"""The header key listing the weights left out to be rebuilt from the config, with fingerprints."""
+"""The header key where files written before the SHA-1 entries list the weights left out."""
 META_KEY = "mmsent"
 """The checkpoint entry that holds what mmsent records beside the weights."""
 
@@ -209,31 +209,27 @@ def check_saved_config(path: str | Path, config: object) -> None:
 
 
 def save_weights(module: nn.Module, path: Path, config: object) -> None:
-    """Writes a module's weights as ``.safetensors``, leaving out the frozen ones its config
-    rebuilds.
+    """Writes a module's weights as ``.safetensors``, each tensor once.
 
-    The header records the config (:func:`check_saved_config`) and a fingerprint of each
-    weight left out (checked by :func:`load_strict`).
+    The header records the config (:func:`check_saved_config`). A frozen table the config
+    rebuilds is in the state dict as its SHA-1 only (:func:`~mmsent.models.weights.leave_out_rebuilt`).
 
     Args:
         module: The module.
         path: The file to write.
         config: The JSON-able config it is built from.
     """
-    state = module.state_dict()
-    omitted = omit_rebuilt(module, state)
     metadata = {"format": "pt", CONFIG_METADATA: json.dumps(config)}
-    if omitted:
-        metadata[REBUILT_METADATA] = json.dumps(omitted)
-    save_file({name: tensor.contiguous() for name, tensor in state.items()}, str(path), metadata=metadata)
+    save_file({name: tensor.contiguous() for name, tensor in module.state_dict().items()}, str(path),
+              metadata=metadata)
 
 
 def load_strict(module: nn.Module, path: str | Path) -> None:
     """Loads a ``.safetensors`` file into a module, every tensor accounted for.
 
-    The only tensors the file may lack are those the module rebuilds from its config
-    (``rebuilt_state_keys()``) that its header lists as left out, and only when the
-    module rebuilds exactly the weights that were saved (same fingerprint).
+    A frozen table the module rebuilds from its config may stand in the file as its
+    SHA-1, and is then loaded only when the module rebuilds the same one
+    (:func:`~mmsent.models.weights.leave_out_rebuilt`).
 
     Args:
         module (nn.Module): The module, built from its config.
@@ -244,34 +240,37 @@ def load_strict(module: nn.Module, path: str | Path) -> None:
             another shape or dtype or not finite, or left out but rebuilt otherwise,
             naming the file and the tensors.
     """
-    state, omitted = read_safetensors(path)
-    rebuilt = omit_rebuilt(module, module.state_dict())
-    if not isinstance(omitted, dict) or not set(omitted) <= set(rebuilt):
-        claimed = sorted(set(omitted) - set(rebuilt)) if isinstance(omitted, dict) else [str(omitted)[:60]]
-        raise ConfigError(f"{path}: the header lists as rebuilt from the config {_names(claimed)}, which the "
-                          f"model does not rebuild")
-    check_state(module, state, str(path), omitted=frozenset(omitted))
-    module.load_state_dict(fill_rebuilt(state, module, omitted, "", str(path)))
+    state = read_safetensors(path)
+    check_state(module, state, str(path))
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as error:
+        raise ConfigError(f"{path}: {error}") from None
 
 
-def read_safetensors(path: str | Path) -> tuple[dict, object]:
-    """Reads a ``.safetensors`` file's tensors and its record of the weights left out.
+def read_safetensors(path: str | Path) -> dict:
+    """Reads a ``.safetensors`` file's tensors, with the SHA-1 entries of the weights left out.
+
+    A file written before those entries records them in its header
+    (:data:`REBUILT_METADATA`); they are added from there.
 
     Args:
         path: The weights file.
 
     Returns:
-        Tensor name -> tensor, and the header's unchecked record of the weights left out.
+        Tensor name -> tensor.
 
     Raises:
-        ConfigError: If the file is unreadable, naming it.
+        ConfigError: If the file is unreadable, or its header's record of the weights
+            left out is malformed, naming it.
     """
     try:
         with safe_open(str(path), framework="pt") as weights:
             state = {name: weights.get_tensor(name) for name in weights.keys()}  # noqa: SIM118
-            return state, _parsed((weights.metadata() or {}).get(REBUILT_METADATA, "{}"))
+            record = _parsed((weights.metadata() or {}).get(REBUILT_METADATA, "{}"))
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise ConfigError(f"{path}: not a readable safetensors file ({error})") from error
+    return add_recorded_sha1(state, record, str(path))
 
 
 def _parsed(text: str) -> object:
@@ -293,21 +292,26 @@ def _first_difference(saved: object, found: object, key: str = "") -> str:
     return f" at {key or 'the top level'}: saved {json.dumps(saved)[:60]}, found {json.dumps(found, default=repr)[:60]}"
 
 
-def check_state(module: nn.Module, state: dict, where: str, omitted: frozenset[str] = frozenset()) -> None:
+def check_state(module: nn.Module, state: dict, where: str) -> None:
     """Checks that a state dict fits a module exactly, before loading it.
 
     Args:
         module: The module.
         state: Tensor name -> tensor, as read from ``where``.
         where: The file (and key), for messages.
-        omitted: Keys ``state`` may lack (weights the module rebuilds).
 
     Raises:
         ConfigError: Naming the missing, unexpected, wrong-shaped or non-finite tensors.
     """
     own = module.state_dict()
+    whole = full_state_dict(module)
+    # A weight left out as rebuilt stands as its SHA-1, or in full in a file saved before.
+    for key in set(whole) - set(own):
+        if key + REBUILT_SHA1 not in state:
+            del own[key + REBUILT_SHA1]
+            own[key] = whole[key]
     problems = []
-    missing = sorted(set(own) - set(state) - set(omitted))
+    missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing:
         problems.append(f"missing {_names(missing)}")

@@ -12,6 +12,7 @@ from mmsent.models.config import HubMixin, init_args
 from mmsent.models.dropout import make_dropout
 from mmsent.models.pooling import all_valid, masked_max, masked_mean
 from mmsent.models.recurrent import lstm_over_lengths
+from mmsent.models.weights import leave_out_rebuilt
 from mmsent.pretrained import resolve_model_path
 
 Pooling = Literal["mean", "max", "last"]
@@ -76,6 +77,7 @@ class TextLSTMEncoder(nn.Module, HubMixin):
         directions = 2 if bidirectional else 1
         self.output_dropout = make_dropout(dropout_kind, dropout)
         self.project = nn.Linear(hidden_dim * directions, out_dim)
+        leave_out_rebuilt(self)
 
     def _build_input(self, input_dim, embed_dim, pretrained, freeze, padding_idx) -> nn.Module:
         if self.input_kind == "vectors":
@@ -90,7 +92,8 @@ class TextLSTMEncoder(nn.Module, HubMixin):
         return nn.Embedding.from_pretrained(weights, freeze=freeze, padding_idx=padding_idx)
 
     def rebuilt_state_keys(self) -> list[str]:
-        """State-dict keys this encoder rebuilds from its config, so checkpoints can leave them out.
+        """State-dict keys this encoder rebuilds from its config, which its state dict leaves out
+        (:func:`~mmsent.models.weights.leave_out_rebuilt`).
 
         Returns:
             list[str]: ``["embed.weight"]`` while the table is a frozen copy of

@@ -16,6 +16,7 @@ from torch import nn
 from mmsent.errors import check_choice
 from mmsent.models.config import HubMixin, init_args
 from mmsent.models.pooling import all_valid, masked_mean
+from mmsent.models.weights import leave_out_rebuilt
 from mmsent.pretrained import resolve_model_path
 
 TransformerPooling = Literal["mean", "cls"]
@@ -99,6 +100,7 @@ class TransformerTextEncoder(nn.Module, HubMixin):
             self.transformer.requires_grad_(False)
         elif freeze_embeddings:
             self.transformer.get_input_embeddings().requires_grad_(False)
+        leave_out_rebuilt(self)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -107,7 +109,8 @@ class TransformerTextEncoder(nn.Module, HubMixin):
         return self
 
     def rebuilt_state_keys(self) -> list[str]:
-        """State-dict keys rebuilt from ``model``, so checkpoints can leave them out.
+        """State-dict keys rebuilt from ``model``, which the state dict leaves out
+        (:func:`~mmsent.models.weights.leave_out_rebuilt`).
 
         Returns:
             list[str]: Every transformer weight when ``freeze``, the word-piece table

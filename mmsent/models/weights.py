@@ -12,6 +12,7 @@ import hashlib
 import pickle
 import zipfile
 from collections.abc import Iterable
+from contextvars import ContextVar
 from pathlib import Path
 
 import torch
@@ -22,6 +23,11 @@ from torch import nn
 from mmsent.errors import ConfigError, MissingFileError
 
 ZIP_SIGNATURE = b"PK\x03\x04"
+REBUILT_SHA1 = "_sha1"
+"""What follows a left-out weight's key in the key of its SHA-1 (``embed.weight_sha1``),
+the entry :func:`leave_out_rebuilt` puts in its place."""
+
+_KEEP_REBUILT: ContextVar[bool] = ContextVar("mmsent_keep_rebuilt", default=False)
 
 
 def read_weights_file(path: str | Path, what: str, kind: str = "checkpoint") -> object:
@@ -98,31 +104,108 @@ def fingerprint(tensor: torch.Tensor) -> dict:
 
 
 def weights_digest(module: nn.Module) -> str:
-    """str: A hash of a module's parameters and buffers, to recognize the same weights."""
-    return tensor_digest(sorted(module.state_dict().items()))
+    """str: A hash of a module's parameters and buffers, to recognize the same weights;
+    taken over :func:`full_state_dict`, as generative checkpoints have always recorded it."""
+    return tensor_digest(sorted(full_state_dict(module).items()))
 
 
-def omit_rebuilt(module: nn.Module, state: dict) -> dict[str, dict]:
-    """Removes from a state dict the frozen weights its modules rebuild from their config.
-
-    A submodule opts in with ``rebuilt_state_keys()`` (e.g. a frozen pretrained
-    embedding table); each key left out is recorded with its :func:`fingerprint`, so
-    loading can check that the configured module rebuilds the same weights.
+def full_state_dict(module: nn.Module) -> dict:
+    """A module's state dict with the weights :func:`leave_out_rebuilt` leaves out kept in.
 
     Args:
-        module (nn.Module): The module whose ``state_dict()`` ``state`` is.
-        state (dict): Changed in place.
+        module (nn.Module): The module.
 
     Returns:
-        dict[str, dict]: Full key -> fingerprint of each weight left out.
+        dict: Every parameter and persistent buffer, and no SHA-1 entries.
     """
-    omitted = {}
-    for prefix, sub in module.named_modules():
-        for key in getattr(sub, "rebuilt_state_keys", list)():
-            full = f"{prefix}.{key}" if prefix else key
-            if full in state:
-                omitted[full] = rebuilt_fingerprint(sub, key, state.pop(full))
-    return omitted
+    token = _KEEP_REBUILT.set(True)
+    try:
+        return module.state_dict()
+    finally:
+        _KEEP_REBUILT.reset(token)
+
+
+def leave_out_rebuilt(module: nn.Module) -> None:
+    """Makes a module leave the weights it rebuilds from its config out of its state dict.
+
+    The module names them with ``rebuilt_state_keys()`` (a frozen pretrained word-piece
+    table: tens of MB that would go into every checkpoint, W&B artifact and model
+    folder). Its state dict holds instead the SHA-1 of each one's bytes, as a ``uint8``
+    tensor under the weight's key followed by :data:`REBUILT_SHA1`, so every file it is
+    written to leaves the weight out. ``load_state_dict`` puts the module's own weight
+    back where the SHA-1 is the one of the weight the module rebuilds, and reports any
+    other as an error; a state dict that holds the weight itself (a checkpoint written
+    before it was left out) loads it as saved.
+
+    Args:
+        module (nn.Module): The module, with a ``rebuilt_state_keys()`` method.
+    """
+    module.register_state_dict_post_hook(_replace_rebuilt_by_sha1)
+    module.register_load_state_dict_pre_hook(_put_back_rebuilt)
+
+
+def _replace_rebuilt_by_sha1(module: nn.Module, state: dict, prefix: str, local_metadata: dict) -> None:
+    if _KEEP_REBUILT.get():
+        return
+    for key in module.rebuilt_state_keys():
+        if prefix + key in state:
+            state[prefix + key + REBUILT_SHA1] = _sha1_entry(
+                rebuilt_fingerprint(module, key, state.pop(prefix + key))["sha1"])
+
+
+def _put_back_rebuilt(module: nn.Module, state: dict, prefix: str, local_metadata: dict, strict: bool,
+                      missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str]) -> None:
+    for key in module.rebuilt_state_keys():
+        saved = state.pop(prefix + key + REBUILT_SHA1, None)
+        if saved is None or prefix + key in state:
+            continue  # saved in full, or missing, which load_state_dict reports
+        owner, _, name = key.rpartition(".")
+        own = getattr(module.get_submodule(owner), name).detach()
+        expected = rebuilt_fingerprint(module, key, own)
+        found = saved.cpu().contiguous().numpy().tobytes().hex() if isinstance(saved, torch.Tensor) else repr(saved)
+        if found != expected["sha1"]:
+            error_msgs.append(f"{prefix}{key} was left out of the saved weights, to be rebuilt from the "
+                              f"configuration (a frozen pretrained table), but the configured module rebuilds "
+                              f"other weights (SHA-1 {found[:12]} saved, {expected['sha1'][:12]} rebuilt, of shape "
+                              f"{expected['shape']}); configure the same pretrained_embeddings as the run that saved it")
+        else:
+            state[prefix + key] = own
+
+
+def _sha1_entry(sha1: str) -> torch.Tensor:
+    return torch.tensor(list(bytes.fromhex(sha1)), dtype=torch.uint8)
+
+
+def add_recorded_sha1(state: dict, record: object, where: str) -> dict:
+    """Adds the SHA-1 entries of :func:`leave_out_rebuilt` for an older file's record of them.
+
+    Files written before those entries keep the record beside their tensors (a
+    checkpoint's ``mmsent.rebuilt`` entry, a weights file's ``mmsent_rebuilt`` header):
+    full key -> :func:`fingerprint`.
+
+    Args:
+        state (dict): The file's state dict; changed in place.
+        record (object): The record, as read.
+        where (str): The file (and key), for messages.
+
+    Returns:
+        dict: ``state``.
+
+    Raises:
+        ConfigError: If the record is not a mapping of fingerprints, naming ``where``.
+    """
+    if not isinstance(record, dict) or not all(isinstance(saved, dict) and _is_sha1(saved.get("sha1"))
+                                               for saved in record.values()):
+        raise ConfigError(f"{where}: its record of the weights left out, to be rebuilt from the configuration, "
+                          f"is not a mapping of fingerprints ({str(record)[:60]})")
+    for key, saved in record.items():
+        if key not in state:
+            state.setdefault(key + REBUILT_SHA1, _sha1_entry(saved["sha1"]))
+    return state
+
+
+def _is_sha1(text: object) -> bool:
+    return isinstance(text, str) and len(text) == 40 and all(c in "0123456789abcdef" for c in text)
 
 
 def rebuilt_fingerprint(owner: nn.Module, key: str, tensor: torch.Tensor) -> dict:
@@ -144,34 +227,3 @@ def rebuilt_fingerprint(owner: nn.Module, key: str, tensor: torch.Tensor) -> dic
     if key not in known or known[key][0] != version:
         known[key] = (version, fingerprint(tensor))
     return known[key][1]
-
-
-def fill_rebuilt(state: dict, module: nn.Module, omitted: dict[str, dict], prefix: str, what: str) -> dict:
-    """Puts back the weights a checkpoint left out, taken from the configured module.
-
-    Args:
-        state: The (sub-)state dict to load into ``module``; changed in place.
-        module: The configured module, holding the rebuilt weights.
-        omitted: The checkpoint's record (:func:`omit_rebuilt`).
-        prefix: What the checkpoint's keys have in front of ``module``'s keys.
-        what: The config key or file, for the message.
-
-    Returns:
-        ``state``.
-
-    Raises:
-        ConfigError: If the configured module rebuilds other weights than were saved.
-    """
-    own = module.state_dict()
-    for key, expected in omitted.items():
-        local = key[len(prefix):] if key.startswith(prefix) else None
-        if local not in own:
-            continue  # not part of this module; load_state_dict names anything missing
-        found = fingerprint(own[local])
-        if found != expected:
-            raise ConfigError(f"{what}: {key} was left out of the saved weights, to be rebuilt from the "
-                             f"configuration (a frozen pretrained table), but the configured module "
-                             f"rebuilds other weights (shape {found['shape']} vs {expected['shape']}); "
-                             f"configure the same pretrained_embeddings as the run that saved it")
-        state[local] = own[local]
-    return state

@@ -12,7 +12,6 @@ from pytorch_lightning.utilities import move_data_to_device, rank_zero_info, ran
 from torch import nn
 
 from mmsent.models.late_fusion import LateFusionModel
-from mmsent.models.weights import omit_rebuilt
 from mmsent.selection.evidence import bootstrap_p_value, select_modalities, video_groups
 from mmsent.tasks.checkpoint_io import META_KEY, atomic_torch_save
 from mmsent.tasks.checkpoints import load_encoder, load_head, load_weights, reading_once
@@ -118,9 +117,7 @@ def select(trainer: pl.Trainer, task: pl.LightningModule, settings: Selection | 
         record = _decide(trainer, task, settings, start, unimodal or {})
         if checkpoint is not None:
             checkpoint["state_dict"] = _cpu_copy(task.state_dict())
-            meta = checkpoint.setdefault(META_KEY, {})
-            meta["rebuilt"] = omit_rebuilt(task, checkpoint["state_dict"])
-            meta["modality_selection"] = record
+            checkpoint.setdefault(META_KEY, {})["modality_selection"] = record
             atomic_torch_save(checkpoint, selected)
     trainer.strategy.barrier("mmsent.selection: selected.ckpt written")
     return record, selected

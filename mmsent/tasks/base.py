@@ -16,7 +16,7 @@ from mmsent import optim
 from mmsent.data.schema import MODALITIES
 from mmsent.errors import NonFiniteError, check_choice
 from mmsent.metrics import baseline_metrics, sentiment_metrics
-from mmsent.models.weights import fill_rebuilt, omit_rebuilt
+from mmsent.models.weights import add_recorded_sha1
 from mmsent.regularization import Regularizer
 from mmsent.tasks.checkpoints import META_KEY
 
@@ -277,14 +277,10 @@ class BaseTask(pl.LightningModule):
         return {}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # Frozen weights rebuilt from the config (a pretrained embedding table) are left
-        # out: they would make every checkpoint, and every W&B artifact, tens of MB.
-        rebuilt = omit_rebuilt(self, checkpoint["state_dict"])
-        checkpoint[META_KEY] = {**self.checkpoint_meta(), "rebuilt": rebuilt}
+        checkpoint[META_KEY] = self.checkpoint_meta()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        rebuilt = checkpoint.get(META_KEY, {}).get("rebuilt", {})
-        fill_rebuilt(checkpoint["state_dict"], self, rebuilt, "", "checkpoint")
+        add_recorded_sha1(checkpoint["state_dict"], checkpoint.get(META_KEY, {}).pop("rebuilt", {}), "checkpoint")
 
     def configure_optimizers(self):
         groups = self.param_groups()

@@ -22,7 +22,7 @@ from mmsent.data.schema import MODALITIES
 from mmsent.errors import ConfigError
 from mmsent.io import atomic_write, read_json
 from mmsent.models.config import META_KEY, check_saved_config, read_safetensors
-from mmsent.models.weights import read_weights_file
+from mmsent.models.weights import add_recorded_sha1, read_weights_file
 
 _READ: ContextVar[dict[str, dict] | None] = ContextVar("mmsent_checkpoints_read", default=None)
 
@@ -63,6 +63,7 @@ def read_checkpoint(path: str | Path, what: str) -> dict:
     require_entries(checkpoint, {"state_dict": dict}, path, what)
     if META_KEY in checkpoint:
         require_entries(checkpoint, {META_KEY: dict}, path, what)
+        add_recorded_sha1(checkpoint["state_dict"], checkpoint[META_KEY].pop("rebuilt", {}), f"{what}: {path}")
     if read is not None:
         read[key] = checkpoint
     return checkpoint
@@ -74,10 +75,7 @@ def _read_model_folder(folder: Path, what: str) -> dict:
         raise ConfigError(f"{what}: {folder} is a folder but no model folder of mmsent export (a config.json "
                           f"with encoders, fusion and head)")
     check_saved_config(folder / "model.safetensors", config)
-    state, omitted = read_safetensors(folder / "model.safetensors")
-    if not isinstance(omitted, dict):
-        raise ConfigError(f"{what}: {folder / 'model.safetensors'}: its header's record of the weights left out "
-                          f"is not a mapping")
+    state = read_safetensors(folder / "model.safetensors")
     encoders = {m: {"class_path": record.get("class_path"),
                     "init_args": {k: v for k, v in (record.get("init_args") or {}).items() if k != "input_dim"}}
                 for m, record in config["encoders"].items() if isinstance(record, dict)}
@@ -86,7 +84,7 @@ def _read_model_folder(folder: Path, what: str) -> dict:
     return {"state_dict": state, "hyper_parameters": {"head_hidden": (config["head"].get("init_args") or {})
                                                       .get("hidden_dim", 0)},
             META_KEY: {"task": "fusion", "encoder_configs": encoders, "fusion_config": config["fusion"],
-                       "head_config": config["head"], "rebuilt": omitted,
+                       "head_config": config["head"],
                        "unimodal": {"head_modality": primary}}}
 
 

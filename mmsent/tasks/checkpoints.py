@@ -28,7 +28,7 @@ from mmsent.models.config import (
 from mmsent.models.fusion import RegressionHead
 from mmsent.models.generative import GENERATORS, EmbeddingGenerator
 from mmsent.models.unimodal import UnimodalModel
-from mmsent.models.weights import fill_rebuilt, weights_digest
+from mmsent.models.weights import weights_digest
 from mmsent.tasks.checkpoint_io import read_checkpoint, reading_once, require_entries
 
 EncoderFactory = Callable[[int], nn.Module]
@@ -326,10 +326,9 @@ def load_generator(path: str | Path, what: str, encoders: nn.ModuleDict) -> Embe
 
 
 def _load_part(module: nn.Module, checkpoint: dict, prefix: str, path: str | Path, what: str, misfit: str) -> None:
-    # The weights under prefix, the frozen ones left out put back; misfit says why they may not fit.
+    # The weights under prefix; misfit says why they may not fit.
     state = sub_state_dict(checkpoint["state_dict"], prefix)
     check_finite(state, f"{what}: {path}", prefix)
-    fill_rebuilt(state, module, checkpoint.get(META_KEY, {}).get("rebuilt", {}), prefix, what)
     try:
         module.load_state_dict(state)
     except RuntimeError as error:
