@@ -1,7 +1,7 @@
 """What a module was built with, as plain data, and building it again from that.
 
-A module records its constructor's arguments in ``self.config`` (with
-:func:`init_args`); a checkpoint stores them next to the weights as
+A module records its constructor's arguments in ``config`` (a :class:`HubMixin`
+records them as it is built); a checkpoint stores them next to the weights as
 ``{"class_path": ..., "init_args": ...}`` (:func:`module_config`), the shape a
 LightningCLI config gives a class, so a later stage rebuilds the module without
 being told its configuration again (:func:`build_module`).
@@ -61,6 +61,15 @@ class HubMixin(PyTorchModelHubMixin, library_name="mmsent", tags=["mmsent"]):
         if cls.__module__.startswith("mmsent.models."):
             register(cls)
 
+    @property
+    def config(self) -> dict:
+        """dict: The init arguments the module was built with, as ``huggingface_hub``'s
+        mixin recorded them (defaults included, non-JSON values left out), in the
+        constructor's order with ``**kwargs`` last, tuples as lists."""
+        recorded = self._hub_mixin_config or {}
+        ordered = {name: recorded[name] for name in self._hub_mixin_init_parameters if name in recorded} | recorded
+        return {name: list(value) if isinstance(value, tuple) else value for name, value in ordered.items()}
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs) -> nn.Module:
         """Loads a folder saved by ``save_pretrained`` (or a Hub repository by name).
@@ -109,21 +118,6 @@ class HubMixin(PyTorchModelHubMixin, library_name="mmsent", tags=["mmsent"]):
         save_weights(self, Path(save_directory) / "model.safetensors", self._hub_mixin_config)
         # huggingface_hub would write the config with sorted keys, reordering input_dims.
         (Path(save_directory) / "config.json").write_text(json.dumps(self._hub_mixin_config, indent=2))
-
-
-def init_args(frame_locals: dict) -> dict:
-    """A constructor's arguments as plain data, for ``self.config``.
-
-    Args:
-        frame_locals (dict): ``locals()`` taken in ``__init__`` before any other
-            local is assigned; ``**kwargs`` are merged in, tuples become lists.
-
-    Returns:
-        dict: Argument name -> value.
-    """
-    args = {k: v for k, v in frame_locals.items() if k not in ("self", "__class__", "kwargs")}
-    args.update(frame_locals.get("kwargs") or {})
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in args.items()}
 
 
 def class_path(module: nn.Module) -> str:
