@@ -106,3 +106,14 @@ def test_the_sequence_encoder_records_as_the_text_encoder_does_less_the_input_ki
 def test_the_record_is_read_only():
     with pytest.raises(AttributeError):
         RegressionHead(5).config = {"in_dim": 6}
+
+
+def test_a_value_the_record_cannot_hold_is_refused_rather_than_recorded_as_the_default():
+    import numpy as np
+
+    from mmsent.errors import ConfigError
+
+    encoder = AcousticMLPEncoder(5, out_dim=np.int64(4))
+    with pytest.raises(ConfigError, match="AcousticMLPEncoder: out_dim cannot be recorded"):
+        module_config(encoder)
+    assert AcousticMLPEncoder(5, out_dim=4).config["out_dim"] == 4

@@ -61,14 +61,40 @@ class HubMixin(PyTorchModelHubMixin, library_name="mmsent", tags=["mmsent"]):
         if cls.__module__.startswith("mmsent.models."):
             register(cls)
 
+    def __new__(cls, *args, **kwargs):
+        instance = super().__new__(cls, *args, **kwargs)
+        # The mixin leaves out values that are not JSON; the record would then hold the
+        # default instead, so those names are kept to be refused when the record is read.
+        passed = dict(zip(list(cls._hub_mixin_init_parameters)[1:], args, strict=False)) | kwargs
+        instance._unrecorded = sorted(name for name, value in passed.items() if not _is_json(value))
+        return instance
+
     @property
     def config(self) -> dict:
         """dict: The init arguments the module was built with, as ``huggingface_hub``'s
-        mixin recorded them (defaults included, non-JSON values left out), in the
-        constructor's order with ``**kwargs`` last, tuples as lists."""
+        mixin recorded them (defaults included), in the constructor's order with
+        ``**kwargs`` last, tuples as lists.
+
+        Raises:
+            ConfigError: If an argument was given a value that is not JSON data.
+        """
+        return self.recorded_arguments()
+
+    def recorded_arguments(self, leave_out: tuple[str, ...] = ()) -> dict:
+        """Returns :attr:`config` without the arguments ``leave_out`` names.
+
+        Raises:
+            ConfigError: If an argument kept was given a value that is not JSON data,
+                which the record cannot hold.
+        """
+        unrecorded = [name for name in getattr(self, "_unrecorded", ()) if name not in leave_out]
+        if unrecorded:
+            raise ConfigError(f"{type(self).__name__}: {', '.join(unrecorded)} cannot be recorded: give "
+                              f"JSON data (numbers, strings, lists, mappings), e.g. str() of a path")
         recorded = self._hub_mixin_config or {}
         ordered = {name: recorded[name] for name in self._hub_mixin_init_parameters if name in recorded} | recorded
-        return {name: list(value) if isinstance(value, tuple) else value for name, value in ordered.items()}
+        return {name: list(value) if isinstance(value, tuple) else value for name, value in ordered.items()
+                if name not in leave_out}
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs) -> nn.Module:
@@ -118,6 +144,14 @@ class HubMixin(PyTorchModelHubMixin, library_name="mmsent", tags=["mmsent"]):
         save_weights(self, Path(save_directory) / "model.safetensors", self._hub_mixin_config)
         # huggingface_hub would write the config with sorted keys, reordering input_dims.
         (Path(save_directory) / "config.json").write_text(json.dumps(self._hub_mixin_config, indent=2))
+
+
+def _is_json(value: object) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def class_path(module: nn.Module) -> str:

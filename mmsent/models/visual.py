@@ -211,8 +211,7 @@ class Visual3DCNNEncoder(nn.Module, HubMixin):
         """dict: The init arguments but ``inflate_from`` and ``inflate_kernels``."""
         # The 2D weights only initialize: a rebuilt encoder takes its checkpoint's
         # weights, so its record must not need the 2D file.
-        return {name: value for name, value in super().config.items()
-                if name not in ("inflate_from", "inflate_kernels")}
+        return self.recorded_arguments(leave_out=("inflate_from", "inflate_kernels"))
 
     def forward(self, video: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Encodes a batch of clips.
