@@ -121,7 +121,6 @@ class UserEncoder(torch.nn.Module, HubMixin):
 
     def __init__(self, input_dim: int, out_dim: int = 6) -> None:
         super().__init__()
-        self.config = {"input_dim": input_dim, "out_dim": out_dim}
         self.out_dim = out_dim
         self.linear = torch.nn.Linear(input_dim, out_dim)
 

@@ -67,7 +67,6 @@ class SentimentModel(nn.Module, HubMixin, tags=["mmsent", "multimodal-sentiment-
     def __init__(self, config: dict) -> None:
         super().__init__()
         check_config(config, "config")
-        self.config = config
         encoders = nn.ModuleDict({m: build_module(config["encoders"][m], what=f"encoders.{m}")
                                   for m in MODALITIES if m in config["encoders"]})
         self.model = LateFusionModel(encoders, build_module(config["fusion"], what="fusion"),

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from mmsent.models.config import HubMixin, init_args
+from mmsent.models.config import HubMixin
 from mmsent.models.dropout import (
     Swapout,
     average_stochastic_passes,
@@ -167,7 +167,6 @@ class AcousticMLPEncoder(nn.Module, HubMixin):
                  residual: bool = False, swapout: tuple[float, float] | None = None,
                  swapout_samples: int = 0) -> None:
         super().__init__()
-        self.config = init_args(locals())
         if swapout is not None and not residual:
             raise ValueError("AcousticMLPEncoder: swapout needs residual=True")
         if swapout_samples < 0 or (swapout_samples and swapout is None):

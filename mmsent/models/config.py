@@ -1,8 +1,9 @@
 """What a module was built with, as plain data, and building it again from that.
 
-A module records its constructor's arguments in ``self.config`` (:func:`init_args`); a
-checkpoint stores them beside the weights as ``{"class_path": ..., "init_args": ...}``
-(:func:`module_config`), so a later stage rebuilds the module (:func:`build_module`).
+A network records its constructor's arguments in ``config`` (:class:`HubMixin` records
+them as it is built); a checkpoint stores them beside the weights as
+``{"class_path": ..., "init_args": ...}`` (:func:`module_config`), so a later stage
+rebuilds the module (:func:`build_module`).
 
 A record is data from a file, never code: :func:`build_module` builds only registered
 classes (:mod:`mmsent.models.registry`) and refuses any other name before importing
@@ -49,6 +50,41 @@ class HubMixin(PyTorchModelHubMixin, library_name="mmsent", tags=["mmsent"]):
         super().__init_subclass__(**kwargs)
         if cls.__module__.startswith("mmsent.models."):
             register(cls)
+
+    def __new__(cls, *args, **kwargs):
+        instance = super().__new__(cls, *args, **kwargs)
+        # The mixin leaves out values that are not JSON; the record would then hold the
+        # default instead, so those names are kept to be refused when the record is read.
+        passed = dict(zip(list(cls._hub_mixin_init_parameters)[1:], args, strict=False)) | kwargs
+        instance._unrecorded = sorted(name for name, value in passed.items() if not _is_json(value))
+        return instance
+
+    @property
+    def config(self) -> dict:
+        """dict: The init arguments the module was built with, as ``huggingface_hub``'s
+        mixin recorded them (defaults included), in the constructor's order with
+        ``**kwargs`` last, tuples as lists.
+
+        Raises:
+            ConfigError: If an argument was given a value that is not JSON data.
+        """
+        return self.recorded_arguments()
+
+    def recorded_arguments(self, leave_out: tuple[str, ...] = ()) -> dict:
+        """Returns :attr:`config` without the arguments ``leave_out`` names.
+
+        Raises:
+            ConfigError: If an argument kept was given a value that is not JSON data,
+                which the record cannot hold.
+        """
+        unrecorded = [name for name in getattr(self, "_unrecorded", ()) if name not in leave_out]
+        if unrecorded:
+            raise ConfigError(f"{type(self).__name__}: {', '.join(unrecorded)} cannot be recorded: give "
+                              f"JSON data (numbers, strings, lists, mappings), e.g. str() of a path")
+        recorded = self._hub_mixin_config or {}
+        ordered = {name: recorded[name] for name in self._hub_mixin_init_parameters if name in recorded} | recorded
+        return {name: list(value) if isinstance(value, tuple) else value for name, value in ordered.items()
+                if name not in leave_out}
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs) -> nn.Module:
@@ -99,19 +135,12 @@ class HubMixin(PyTorchModelHubMixin, library_name="mmsent", tags=["mmsent"]):
         (Path(save_directory) / "config.json").write_text(json.dumps(self._hub_mixin_config, indent=2))
 
 
-def init_args(frame_locals: dict) -> dict:
-    """A constructor's arguments as plain data, for ``self.config``.
-
-    Args:
-        frame_locals (dict): ``locals()`` taken in ``__init__`` before any other
-            local is assigned; ``**kwargs`` are merged in, tuples become lists.
-
-    Returns:
-        dict: Argument name -> value.
-    """
-    args = {k: v for k, v in frame_locals.items() if k not in ("self", "__class__", "kwargs")}
-    args.update(frame_locals.get("kwargs") or {})
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in args.items()}
+def _is_json(value: object) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def class_path(module: nn.Module) -> str:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from mmsent.models.audio import mlp
-from mmsent.models.config import HubMixin, init_args
+from mmsent.models.config import HubMixin
 from mmsent.models.dropout import make_dropout
 
 
@@ -24,7 +24,6 @@ class ConcatFusion(nn.Module, HubMixin):
     def __init__(self, input_dims: dict[str, int], hidden_dim: int = 128, out_dim: int = 64,
                  dropout: float = 0.2) -> None:
         super().__init__()
-        self.config = init_args(locals())
         self.modalities = list(input_dims)
         self.out_dim = out_dim
         self.net = mlp(sum(input_dims.values()), [hidden_dim], out_dim, make_dropout("bernoulli", dropout))
@@ -51,7 +50,6 @@ class TensorFusion(nn.Module, HubMixin):
     def __init__(self, input_dims: dict[str, int], proj_dim: int = 16, hidden_dim: int = 128,
                  out_dim: int = 64, dropout: float = 0.2) -> None:
         super().__init__()
-        self.config = init_args(locals())
         self.modalities = list(input_dims)
         self.out_dim = out_dim
         self.project = nn.ModuleDict({m: nn.Linear(d, proj_dim) for m, d in input_dims.items()})
@@ -82,7 +80,6 @@ class LowRankFusion(nn.Module, HubMixin):
 
     def __init__(self, input_dims: dict[str, int], rank: int = 4, out_dim: int = 64) -> None:
         super().__init__()
-        self.config = init_args(locals())
         self.modalities = list(input_dims)
         self.out_dim = out_dim
         self.factors = nn.ParameterDict({
@@ -114,7 +111,6 @@ class RegressionHead(nn.Module, HubMixin):
 
     def __init__(self, in_dim: int, hidden_dim: int = 0, dropout: float = 0.0) -> None:
         super().__init__()
-        self.config = init_args(locals())
         hidden = [hidden_dim] if hidden_dim else []
         self.net = mlp(in_dim, hidden, 1, make_dropout("bernoulli", dropout) if hidden else None)
         if not hidden and dropout:
@@ -150,7 +146,6 @@ class GatedResidualFusion(nn.Module, HubMixin):
     def __init__(self, input_dims: dict[str, int], primary: str | None = None, dropout: float = 0.1,
                  gate_bias: float = 0.0) -> None:
         super().__init__()
-        self.config = init_args(locals())
         self.modalities = list(input_dims)
         self.primary = primary or self.modalities[0]
         if self.primary not in input_dims:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from mmsent.errors import check_choice
-from mmsent.models.config import HubMixin, init_args
+from mmsent.models.config import HubMixin
 from mmsent.models.dropout import make_dropout
 from mmsent.models.pooling import all_valid, masked_max, masked_mean
 from mmsent.models.recurrent import lstm_over_lengths
@@ -59,7 +59,6 @@ class TextLSTMEncoder(nn.Module, HubMixin):
                  out_dim: int = 128, pretrained_embeddings: str | None = None,
                  freeze_embeddings: bool = False, padding_idx: int = 0) -> None:
         super().__init__()
-        self.config = init_args(locals())
         if input_kind not in ("tokens", "vectors"):
             raise ValueError(f"input_kind must be 'tokens' or 'vectors', got {input_kind!r}")
         check_choice("pooling", pooling, Pooling)

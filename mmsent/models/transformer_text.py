@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from mmsent.errors import check_choice
-from mmsent.models.config import HubMixin, init_args
+from mmsent.models.config import HubMixin
 from mmsent.models.pooling import all_valid, masked_mean
 from mmsent.models.weights import leave_out_rebuilt
 from mmsent.pretrained import resolve_model_path
@@ -78,7 +78,6 @@ class TransformerTextEncoder(nn.Module, HubMixin):
                  pooling: TransformerPooling = "mean", out_dim: int | None = None, dropout: float = 0.1,
                  freeze: bool = False, freeze_embeddings: bool = False) -> None:
         super().__init__()
-        self.config = init_args(locals())
         check_choice("TransformerTextEncoder pooling", pooling, TransformerPooling)
         self.pooling = pooling
         self.freeze = freeze

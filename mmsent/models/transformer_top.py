@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from mmsent.errors import check_choice
-from mmsent.models.config import HubMixin, init_args
+from mmsent.models.config import HubMixin
 from mmsent.models.pooling import masked_mean
 from mmsent.models.transformer_text import TransformerPooling, load_transformer
 
@@ -63,7 +63,6 @@ class TransformerTopEncoder(nn.Module, HubMixin):
                  pooling: TransformerPooling = "mean", out_dim: int | None = None, dropout: float = 0.1,
                  architecture: dict | None = None) -> None:
         super().__init__()
-        self.config = init_args(locals())
         check_choice("TransformerTopEncoder pooling", pooling, TransformerPooling)
         self.pooling = pooling
         transformer = load_transformer(model, architecture)

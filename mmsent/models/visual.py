@@ -3,13 +3,14 @@ per-frame 2D-CNN baseline, and an LSTM over pre-extracted feature sequences."""
 
 from __future__ import annotations
 
+import inspect
 from typing import Literal
 
 import torch
 from torch import nn
 
 from mmsent.errors import check_choice
-from mmsent.models.config import HubMixin, init_args
+from mmsent.models.config import HubMixin
 from mmsent.models.dropout import make_dropout
 from mmsent.models.inflation import (
     TimeReplicateConv3d,
@@ -155,10 +156,6 @@ class Visual3DCNNEncoder(nn.Module, HubMixin):
                  inflate_kernels: list[str] | None = None, temporal_padding: TemporalPadding = "zeros",
                  stem_pool: bool = False) -> None:
         super().__init__()
-        self.config = init_args(locals())
-        # The 2D weights only initialize: a rebuilt encoder takes its checkpoint's
-        # weights, so its record must not need the 2D file.
-        del self.config["inflate_from"], self.config["inflate_kernels"]
         self.out_dim = out_dim
         self.motion_input = motion_input
         if backbone == "c3d":
@@ -184,6 +181,13 @@ class Visual3DCNNEncoder(nn.Module, HubMixin):
         self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
         if channels_last:
             self.backbone.to(memory_format=torch.channels_last_3d)
+
+    @property
+    def config(self) -> dict:
+        """dict: The init arguments but ``inflate_from`` and ``inflate_kernels``."""
+        # The 2D weights only initialize: a rebuilt encoder takes its checkpoint's
+        # weights, so its record must not need the 2D file.
+        return self.recorded_arguments(leave_out=("inflate_from", "inflate_kernels"))
 
     def forward(self, video: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Returns the embedding ``(B, out_dim)`` of clips ``video`` ``(B, 3, T, H, W)``, scaled
@@ -220,7 +224,6 @@ class FrameCNNEncoder(nn.Module, HubMixin):
                  global_pool: GlobalPool = "max", out_dim: int = 64, dropout: float = 0.2,
                  dropout_kind: str = "bernoulli") -> None:
         super().__init__()
-        self.config = init_args(locals())
         self.out_dim = out_dim
         widths = [16, 32, 64] if widths is None else list(widths)
         blocks, channels = [], input_dim
@@ -255,5 +258,11 @@ class VisualSequenceEncoder(TextLSTMEncoder):
                  out_dim: int = 64, **kwargs) -> None:
         super().__init__(input_dim, input_kind="vectors", embed_dim=embed_dim,
                          hidden_dim=hidden_dim, out_dim=out_dim, **kwargs)
-        # The base class recorded every argument; input_kind is fixed by this class.
-        del self.config["input_kind"]
+
+    @property
+    def config(self) -> dict:
+        """dict: The init arguments as :class:`TextLSTMEncoder` records them, defaults
+        included, but the ``input_kind`` this class fixes."""
+        given = super().config
+        return {name: given.get(name, parameter.default)
+                for name, parameter in inspect.signature(TextLSTMEncoder).parameters.items() if name != "input_kind"}

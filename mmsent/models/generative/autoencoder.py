@@ -7,7 +7,6 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from mmsent.models.audio import mlp
-from mmsent.models.config import init_args
 from mmsent.models.dropout import make_dropout
 from mmsent.models.generative.base import EmbeddingGenerator, score_condition
 
@@ -29,7 +28,6 @@ class ConditionalAutoencoder(EmbeddingGenerator):
     def __init__(self, data_dim: int, latent_dim: int = 16, hidden_dims: list[int] | None = None,
                  dropout: float = 0.0, prior_momentum: float = 0.05) -> None:
         super().__init__(data_dim)
-        self.config = init_args(locals())
         hidden = [128] if hidden_dims is None else list(hidden_dims)
         self.momentum = prior_momentum
         self.encoder = mlp(data_dim + 1, hidden, latent_dim, make_dropout("bernoulli", dropout))

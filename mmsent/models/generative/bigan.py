@@ -6,7 +6,6 @@ import torch
 from torch import Tensor, nn
 
 from mmsent.models.audio import mlp
-from mmsent.models.config import init_args
 from mmsent.models.generative.base import EmbeddingGenerator, score_condition
 from mmsent.models.generative.gan import (
     Critic,
@@ -47,7 +46,6 @@ class BiGAN(EmbeddingGenerator):
                  critic_dims: list[int] | None = None, loss: GanLoss = "wasserstein",
                  spectral_norm: bool = False, gradient_penalty: float = 10.0) -> None:
         super().__init__(data_dim)
-        self.config = init_args(locals())
         check_adversarial_loss("BiGAN", loss, spectral_norm, gradient_penalty)
         hidden = [128, 128] if hidden_dims is None else list(hidden_dims)
         critic = hidden if critic_dims is None else list(critic_dims)

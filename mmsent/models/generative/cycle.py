@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from mmsent.models.audio import mlp
-from mmsent.models.config import init_args
+from mmsent.models.config import HubMixin
 from mmsent.models.generative.base import RunningStandardizer
 from mmsent.models.generative.gan import (
     Critic,
@@ -23,7 +23,7 @@ from mmsent.models.generative.gan import (
 )
 
 
-class EmbeddingCycleGAN(nn.Module):
+class EmbeddingCycleGAN(nn.Module, HubMixin):
     """Translators between two modalities' embeddings, trained adversarially with the
     cycle-consistency loss (Zhu et al. 2017).
 
@@ -54,7 +54,6 @@ class EmbeddingCycleGAN(nn.Module):
                  spectral_norm: bool = False, gradient_penalty: float = 10.0,
                  cycle_weight: float = 10.0, paired_weight: float = 0.0) -> None:
         super().__init__()
-        self.config = init_args(locals())
         check_adversarial_loss("EmbeddingCycleGAN", loss, spectral_norm, gradient_penalty)
         if source == target:
             raise ValueError(f"EmbeddingCycleGAN: source and target are both {source!r}")

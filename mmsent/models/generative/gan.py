@@ -11,7 +11,6 @@ from torch.nn.utils.parametrizations import spectral_norm as apply_spectral_norm
 
 from mmsent.errors import check_choice
 from mmsent.models.audio import mlp
-from mmsent.models.config import init_args
 from mmsent.models.generative.base import EmbeddingGenerator, score_condition
 
 GanLoss = Literal["hinge", "bce", "wasserstein"]
@@ -149,7 +148,6 @@ class ConditionalGAN(EmbeddingGenerator):
                  spectral_norm: bool = False, gradient_penalty: float = 10.0, info_dim: int = 0,
                  info_weight: float = 1.0) -> None:
         super().__init__(data_dim)
-        self.config = init_args(locals())
         check_adversarial_loss("ConditionalGAN", loss, spectral_norm, gradient_penalty)
         hidden = [128, 128] if hidden_dims is None else list(hidden_dims)
         critic = hidden if critic_dims is None else list(critic_dims)

@@ -9,7 +9,6 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from mmsent.models.audio import mlp
-from mmsent.models.config import init_args
 from mmsent.models.dropout import make_dropout
 from mmsent.models.generative.base import EmbeddingGenerator, score_condition
 
@@ -32,7 +31,6 @@ class ConditionalVAE(EmbeddingGenerator):
     def __init__(self, data_dim: int, latent_dim: int = 16, hidden_dims: list[int] | None = None,
                  beta: float = 1.0, dropout: float = 0.0, min_log_sigma: float = -3.0) -> None:
         super().__init__(data_dim)
-        self.config = init_args(locals())
         hidden = [128] if hidden_dims is None else list(hidden_dims)
         self.latent_dim = latent_dim
         self.beta = beta
