@@ -124,3 +124,18 @@ def test_the_media_column_names_a_clip_stored_elsewhere(video_model, tiny_raw, t
     score_command.main([str(video_model), str(folder)])
     scores = pd.read_csv(io.StringIO(capsys.readouterr().out), keep_default_na=False)
     assert set(scores["modalities"]) == {"text+audio+video"} and set(scores["problems"]) == {""}
+
+
+def test_an_interrupted_score_leaves_the_earlier_output_file_whole(tmp_path, monkeypatch):
+    output = tmp_path / "scores.csv"
+    output.write_text("id,score\nearlier,0.5\n")
+
+    def interrupted(results, out, kind):
+        out.write("id,score\n")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(score_command, "write_rows", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        score_command.write_output(iter([]), str(output), "csv")
+    assert output.read_text() == "id,score\nearlier,0.5\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["scores.csv"]

@@ -27,6 +27,7 @@ from mmsent.data.sources import RawClipSource
 from mmsent.errors import CommandParser, ConfigError, MissingFileError
 from mmsent.hub.model import SentimentModel
 from mmsent.hub.preprocess import Clip
+from mmsent.io import atomic_write
 from mmsent.metrics import regression_metrics
 
 LABEL_FILE = "label.csv"
@@ -233,10 +234,7 @@ def score(model_dir: str, target: str, output: str | None = None, kind: str | No
     bar = tqdm(clips, desc="scoring", unit="clip", file=sys.stderr, disable=len(clips) < 2)
     with torch.inference_mode():
         results = model.score_clips(bar, batch_size)
-        if output:
-            Path(output).parent.mkdir(parents=True, exist_ok=True)
-        with open(output, "w", newline="") if output else contextlib.nullcontext(sys.stdout) as out:
-            kept = write_rows(results, out, kind)
+        kept = write_output(results, output, kind)
     line = metrics_line(kept, model.modalities)
     if line:
         print(line, file=sys.stderr)
@@ -251,6 +249,30 @@ def score(model_dir: str, target: str, output: str | None = None, kind: str | No
               file=sys.stderr)
         return 1
     return 1 if failed else 0
+
+
+def write_output(results: Iterator[dict], output: str | None, kind: str) -> list[dict]:
+    """Writes the rows to stdout, or to ``output`` whole or not at all (an interrupted
+    run leaves no half-written file and an earlier one in place).
+
+    Args:
+        results: The scored clips, as :func:`write_rows` takes them.
+        output: The file, or None for stdout.
+        kind: ``"csv"`` or ``"jsonl"``.
+
+    Returns:
+        What :func:`write_rows` returns.
+    """
+    if not output:
+        return write_rows(results, sys.stdout, kind)
+    kept = []
+
+    def write(part: Path) -> None:
+        with open(part, "w", newline="") as out:
+            kept.extend(write_rows(results, out, kind))
+
+    atomic_write(Path(output), write, "scores")
+    return kept
 
 
 def positive_int(value: str) -> int:

@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from mmsent.io import atomic_write
+
 LABEL_BOUND = 3.0
 CLASSES = np.arange(-3, 4)
 PREDICTIONS_FILE = "predictions.csv"
@@ -224,13 +226,16 @@ def write_figures(manifest: Mapping, out_dir: str | Path) -> list[Path]:
     tables = stage_predictions(manifest)
     written = []
     if tables:
-        merge_predictions(tables).to_csv(out_dir / PREDICTIONS_FILE, index=False)
+        merged = merge_predictions(tables)
+        atomic_write(out_dir / PREDICTIONS_FILE, lambda part: merged.to_csv(part, index=False))
         written.append(out_dir / PREDICTIONS_FILE)
         for name, draw in (("scatter.png", draw_scatter), ("confusion.png", draw_confusion)):
-            stage_panels(tables, draw).savefig(out_dir / name, dpi=100)
+            figure = stage_panels(tables, draw)
+            atomic_write(out_dir / name, lambda part, figure=figure: figure.savefig(part, dpi=100))
             written.append(out_dir / name)
     values = contributions(manifest)
     if values:
-        contribution_figure(values).savefig(out_dir / "contributions.png", dpi=100)
+        figure = contribution_figure(values)
+        atomic_write(out_dir / "contributions.png", lambda part: figure.savefig(part, dpi=100))
         written.append(out_dir / "contributions.png")
     return written

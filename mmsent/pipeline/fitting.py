@@ -8,6 +8,7 @@ import pandas as pd
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mmsent.cli import MMSentCLI
+from mmsent.io import atomic_write
 from mmsent.pipeline import ranks
 from mmsent.pipeline.figures import PREDICTIONS_FILE, predictions_table
 from mmsent.pipeline.spec import Stage
@@ -98,7 +99,7 @@ def save_predictions(cli: MMSentCLI, checkpoint: str, folder: Path) -> str | Non
         return None
     path = folder / PREDICTIONS_FILE
     if cli.trainer.is_global_zero:
-        table.to_csv(path, index=False)
+        atomic_write(path, lambda part: table.to_csv(part, index=False), "predictions")
     return str(path)
 
 

@@ -12,7 +12,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from mmsent.data.schema import ID_SEPARATOR
-from mmsent.io import save_json
+from mmsent.io import atomic_write, save_json
 from mmsent.metrics import METRIC_NAMES, pearson
 from mmsent.pipeline.figures import stage_predictions, write_figures
 
@@ -266,7 +266,7 @@ def plot(rows: list[dict], baselines: dict, path: Path) -> None:
     for ax in (ax_mae, ax_corr):
         ax.tick_params(axis="x", rotation=30)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    atomic_write(path, lambda part: figure.savefig(part, dpi=100))
 
 
 def figures_section(files: list[Path]) -> str:
@@ -302,7 +302,8 @@ def write_report(manifest: dict, out_dir: Path) -> dict:
     if rows:
         plot(rows, baselines, out_dir / "report.png")
     figures = figures_section(write_figures(manifest, out_dir))
-    (out_dir / "report.md").write_text(f"# {manifest.get('pipeline')} report\n\n{table}{figures}")
+    text = f"# {manifest.get('pipeline')} report\n\n{table}{figures}"
+    atomic_write(out_dir / "report.md", lambda part: part.write_text(text))
     # The table is the run's result; where it was written, a notice.
     print(table)
     print(f"report written to {out_dir / 'report.md'}", file=sys.stderr)
