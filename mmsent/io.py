@@ -168,6 +168,7 @@ def write_folder(target: Path, write: Callable[[Path], None]) -> Path:
     aside = None
     with _staging(target, "") as staging:
         write(staging)
+        _usual_modes(staging)
         _sync_tree(staging)
         if target.exists() or target.is_symlink():
             aside = target.with_name(f".{target.name}.old-{os.getpid()}")
@@ -180,6 +181,17 @@ def write_folder(target: Path, write: Callable[[Path], None]) -> Path:
         else:
             aside.unlink()
     return target
+
+
+def _usual_modes(folder: Path) -> None:
+    """Gives a staged folder and its files the modes ``mkdir`` and ``open`` give under the
+    umask; the staging folder is private (0700) and safetensors writes files 0600, so a
+    model folder on a shared disk would otherwise be readable by its writer only."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [folder, *folder.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def _sync_tree(folder: Path, files: bool = True) -> None:

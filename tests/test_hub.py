@@ -373,3 +373,20 @@ def test_weights_written_with_the_table_recorded_beside_them_load_and_score_the_
     UnimodalTask("text", text, head_hidden=0, input_dims={"text": 30522}).load_state_dict(whole)
     with torch.no_grad():
         assert torch.equal(fresh.eval()(expected["batch"]), expected["text"])
+
+
+def test_an_exported_folder_is_readable_by_others_as_the_umask_allows(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    def write(folder):
+        save_file({"w": torch.zeros(2)}, str(folder / "model.safetensors"))  # safetensors writes 0600
+        (folder / "config.json").write_text("{}")
+
+    previous = os.umask(0o022)
+    try:
+        write_folder(tmp_path / "model", write)
+    finally:
+        os.umask(previous)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [tmp_path / "model", *(tmp_path / "model").iterdir()]}
+    assert modes == {"model": 0o755, "model.safetensors": 0o644, "config.json": 0o644}
