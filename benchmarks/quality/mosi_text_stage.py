@@ -61,17 +61,19 @@ def main(args: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--output-dir", default="runs/benchmark-mosi-text-stage")
     parser.add_argument("--cache-dir", default="data/cache")
+    parser.add_argument("--pipeline", default=str(FINETUNED.relative_to(REPO)),
+                        help="the pipeline whose text stage runs (its stages must be pipelines/mosi.yaml's)")
     parsed = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     started = time.time()
     per_seed = {}
     for seed in parsed.seeds:
         manifest = run_seed(seed, REPO / parsed.output_dir / parsed.name / f"seed{seed}", str(REPO / parsed.cache_dir),
-                            tuple(overrides), pipeline=FINETUNED, only="text")
+                            tuple(overrides), pipeline=REPO / parsed.pipeline, only="text")
         per_seed[seed] = manifest["stages"]["text"]["metrics"]
     stats = summary(per_seed)
     payload = {"command": "python benchmarks/quality/mosi_text_stage.py " + " ".join(argv), "machine": machine(),
                "date": datetime.now(UTC).isoformat(timespec="minutes"),
-               "threads": 1, "seeds": parsed.seeds, "overrides": overrides,
+               "threads": 1, "pipeline": parsed.pipeline, "seeds": parsed.seeds, "overrides": overrides,
                "wall_time_s": round(time.time() - started), "per_seed": per_seed, "summary": stats}
     path = save(f"mosi_text_stage_{parsed.name}", payload)
     cells = ", ".join(f"{k} {m:.4f} ± {s:.4f}" for k, (m, s) in stats.items())
