@@ -7,7 +7,7 @@ Before the seeds, the token states the setting reads are computed and cached onc
 so each stage's time is training and evaluation. Reported per stage: the validation
 MAE of the selected checkpoint (what settings are chosen on), the test metrics (never
 chosen on), the wall time per seed and the seconds per epoch (stage wall time over
-epochs run). With ``--against NAME`` the setting is compared with an earlier one
+epochs run). With ``--against NAME ...`` the setting is compared with earlier ones
 seed by seed on validation MAE: the rule, fixed before the runs, keeps a change only
 if it lowers the mean validation MAE by more than the standard error of the paired
 differences. Raw results: ``benchmarks/results/mosi_mpnet_<name>.json``.
@@ -22,6 +22,8 @@ differences. Raw results: ``benchmarks/results/mosi_mpnet_<name>.json``.
     python benchmarks/quality/mosi_mpnet.py --name pipeline
     # pipelines/mosi.yaml (biLSTM over frozen states) with MPNet's last states instead of MiniLM's
     python benchmarks/quality/mosi_mpnet.py --name lstm --pipeline pipelines/mosi_mpnet_lstm.yaml
+    # all of MPNet fine-tuned (pipelines/mosi_mpnet_whole.yaml), against the MiniLM pipeline's text stage
+    python benchmarks/quality/mosi_mpnet.py --name whole --pipeline pipelines/mosi_mpnet_whole.yaml --against minilm pipeline
     # the CMU-MOSI table of BENCHMARKS.md from the raw results of the named settings
     python benchmarks/quality/mosi_mpnet.py --table frozen pipeline
 
@@ -71,7 +73,8 @@ def cache_states(pipeline: Path, cache_dir: str, overrides: list[str]) -> float:
         overrides (list[str]): The setting's overrides (``text_layer`` among them).
 
     Returns:
-        float: Seconds, in a process of its own with one thread (near 0 when cached).
+        float: Seconds, in a process of its own with one thread (near 0 when cached); 0
+        when the text stage reads word-piece ids (no states to cache).
     """
     import yaml
 
@@ -81,6 +84,8 @@ def cache_states(pipeline: Path, cache_dir: str, overrides: list[str]) -> float:
     for config in load_pipeline(pipeline).stage("text").configs:
         settings = yaml.safe_load(Path(config).read_text()) or {}
         source.update(settings.get("data", {}).get("source", {}).get("init_args", {}))
+    if not source.get("text_features"):
+        return 0.0
     layer = next((int(o.split("=", 1)[1]) for o in overrides if o.startswith("--data.source.init_args.text_layer=")),
                  source.get("text_layer", -1))
     code = ("import sys; from mmsent.data.cache import prepare; from mmsent.data.mosi import MOSISource; "
@@ -195,6 +200,23 @@ def compare(per_seed: dict[int, dict], reference: dict, stage: str) -> dict | No
             "kept": mean < -error}
 
 
+def reference_results(name: str) -> dict:
+    """An earlier setting's raw results, for :func:`compare`.
+
+    Args:
+        name (str): A setting of this script, or ``"minilm"``: the MiniLM pipeline
+            (``mosi_finetuned_text_head128_batch8.json``), its text stage per seed.
+
+    Returns:
+        dict: ``{"name", "per_seed": {seed: {stage: {"val_MAE": ...}}}}`` at least.
+    """
+    if name != "minilm":
+        return json.loads((RESULTS / f"mosi_mpnet_{name}.json").read_text())
+    minilm = json.loads((RESULTS / "mosi_finetuned_text_head128_batch8.json").read_text())
+    val = minilm["stages"]["minilm"]["text"]["val"]["MAE"]
+    return {"name": name, "per_seed": {str(seed): {"text": {"val_MAE": mae}} for seed, mae in zip(minilm["seeds"], val)}}
+
+
 def _cells(acc: list[float], mae: list[float], corr: list[float]) -> list[str]:
     def fmt(values, scale, digits):
         values = [scale * v for v in values]
@@ -276,7 +298,9 @@ def main(args: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--only", choices=list(STAGES), help="run this stage alone")
     parser.add_argument("--pipeline", default=str(MPNET.relative_to(REPO)), help="the pipeline file")
-    parser.add_argument("--against", help="an earlier setting's name to compare with on validation MAE")
+    parser.add_argument("--against", nargs="+", default=[],
+                        help="earlier settings' names to compare with on validation MAE "
+                             "(minilm: the MiniLM pipeline's text stage)")
     parser.add_argument("--output-dir", default="runs/benchmark-mosi-mpnet")
     parser.add_argument("--cache-dir", default="data/cache")
     parsed = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
@@ -302,15 +326,14 @@ def main(args: list[str] | None = None) -> None:
     # Each run that added seeds to this file: its command, date, seeds and wall time.
     payload["runs"] = [*runs, {k: payload[k] for k in ("command", "date", "wall_time_s")} | {"seeds": parsed.seeds}]
     if parsed.against:
-        reference = json.loads((RESULTS / f"mosi_mpnet_{parsed.against}.json").read_text())
-        payload["comparison"] = compare(per_seed, reference, stages[0])
+        payload["comparisons"] = [compare(per_seed, reference_results(name), stages[0]) for name in parsed.against]
     path = save(f"mosi_mpnet_{parsed.name}", payload)
     for name in stages:
         cells = ", ".join(f"{k} {m:.4f} ± {s:.4f}" for k, (m, s) in stats[name].items())
         per = ", ".join(f"{s}: {r[name]['val_MAE']:.3f}" for s, r in per_seed.items())
         print(f"{parsed.name} {name}: {cells}\n  val MAE per seed: {per}")
-    if payload.get("comparison"):
-        print(f"against {parsed.against}: {payload['comparison']}")
+    for name, comparison in zip(parsed.against, payload.get("comparisons", [])):
+        print(f"against {name}: {comparison}")
     print(f"raw results: {path}")
 
 
