@@ -114,7 +114,9 @@ def stage_records(manifest: dict, stages: list[str]) -> dict:
         stages (list[str]): The stages run.
 
     Returns:
-        dict: ``{stage: {"val_MAE", "test": {...}, "seconds", "epochs", "s_per_epoch"}}``.
+        dict: ``{stage: {"val_MAE", "test": {...}, "seconds", "epochs", "s_per_epoch"}}``, and
+        for a fused stage ``"selection"``: the modalities switched off, the model handed on
+        (``"start"`` or ``"trained"``), and the validation gain over the start with its p-value.
     """
     records = {}
     for name in stages:
@@ -124,6 +126,11 @@ def stage_records(manifest: dict, stages: list[str]) -> dict:
                          "test": {k: stage["metrics"]["test"][k] for k in REPORTED},
                          "seconds": stage["wall_time_s"], "epochs": epochs,
                          "s_per_epoch": stage["wall_time_s"] / epochs}
+        if stage.get("selection"):
+            chosen = stage["selection"]
+            records[name]["selection"] = {"switched_off": chosen["switched_off"], "handed_on": chosen["handed_on"],
+                                          "start_gain": chosen["start_gain"],
+                                          "start_p_value": chosen["start_p_value"]}
     return records
 
 
