@@ -59,6 +59,9 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 # MMSA's published Self-MM row on CMU-MOSI (thuiar/MMSA results table, BERT-base, three
 # modalities): Non0_acc_2 / MAE / Corr.
 SELF_MM = (85.46, 0.708, 0.796)
+# The MiniLM pipeline's raw results (benchmarks/quality/mosi_finetuned_text.py), the row
+# the MPNet settings are compared and tabled with.
+MINILM_RESULTS = RESULTS / "mosi_finetuned_text_head128_batch8.json"
 # Epochs each stage of pipelines/mosi_finetuned_text.yaml trains (its configs), to turn
 # that benchmark's seconds per stage into seconds per epoch.
 MINILM_EPOCHS = {"text": 6, "audio": None, "fusion": 2, "finetune": 1}
@@ -212,14 +215,14 @@ def reference_results(name: str) -> dict:
 
     Args:
         name (str): A setting of this script, or ``"minilm"``: the MiniLM pipeline
-            (``mosi_finetuned_text_head128_batch8.json``), its text stage per seed.
+            (:data:`MINILM_RESULTS`), its text stage per seed.
 
     Returns:
         dict: ``{"name", "per_seed": {seed: {stage: {"val_MAE": ...}}}}`` at least.
     """
     if name != "minilm":
         return json.loads((RESULTS / f"mosi_mpnet_{name}.json").read_text())
-    minilm = json.loads((RESULTS / "mosi_finetuned_text_head128_batch8.json").read_text())
+    minilm = json.loads(MINILM_RESULTS.read_text())
     val = minilm["stages"]["minilm"]["text"]["val"]["MAE"]
     return {"name": name, "per_seed": {str(seed): {"text": {"val_MAE": mae}} for seed, mae in zip(minilm["seeds"], val)}}
 
@@ -264,7 +267,7 @@ def table(names: list[str]) -> str:
         lines.append(f"| {PEER_NAMES.get(model, model)} (MMSA 2.2.1 run here, MiniLM states + audio, "
                      f"`peer_mosi_seeds.py`) | {_span(row['seeds'])} | " + " | ".join(cells)
                      + f" | - | {row['wall_s'][0]:.0f} | {row['epoch_s'][0]:.2f} |")
-    minilm = json.loads((RESULTS / "mosi_finetuned_text_head128_batch8.json").read_text())
+    minilm = json.loads(MINILM_RESULTS.read_text())
     stages = minilm["stages"]["minilm"]
     per_seed = [sum(stages[s]["seconds"][i] for s in STAGES) for i in range(len(minilm["seeds"]))]
     for stage in ("text", "finetune"):

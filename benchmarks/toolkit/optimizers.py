@@ -83,9 +83,8 @@ GRIDS = {"text12": {"SGD": [0.01, 0.03, 0.1, 0.3, 1.0], "momentum": [0.003, 0.01
                        "Nesterov": [0.0003, 0.001, 0.003], "Adam": [3e-5, 1e-4, 3e-4],
                        "RMSprop": [1e-5, 3e-5, 1e-4], "Adadelta": [0.3, 1.0, 3.0],
                        "Adagrad": [3e-4, 1e-3, 3e-3, 1e-2]},
-         # Stage 5 for its own 12 epochs: finetune3 widened upwards by two steps for every
-         # optimizer, as at 12 epochs each adaptive one chose finetune3's top rate, and by two
-         # more for the four whose choice then fell on the top again.
+         # Stage 5 for its own 12 epochs: finetune3 widened upwards until no optimizer's
+         # chosen rate lies at the top of its grid (docs/benchmarks/toolkit.md).
          "finetune12": {"SGD": [0.003, 0.01, 0.03, 0.1, 0.3], "momentum": [0.0003, 0.001, 0.003, 0.01, 0.03],
                         "Nesterov": [0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3],
                         "Adam": [3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2],
